@@ -1,1 +1,74 @@
-fn main() {}
+//! `paddock-controller`: `init` a data dir once, then `run` (the default).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use paddock_config::ControllerConfig;
+
+#[derive(Parser)]
+#[command(name = "paddock-controller", version, about = "The Paddock controller")]
+struct Cli {
+    /// Configuration file (TOML); built-in defaults when omitted.
+    #[arg(long, short, global = true, env = "PADDOCK_CONTROLLER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data dir, store, default plans, admin token and join token.
+    Init,
+    /// Serve the gRPC API (the default).
+    Run,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => ControllerConfig::load(path)?,
+        None => ControllerConfig::default(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Init => {
+                let done = paddock_controller::init::init(&config).await?;
+                println!("{}", done.admin_token);
+                eprintln!(
+                    "initialized {}; the line above is the admin token, shown only once. \
+                     Agents join with the token in {}",
+                    config.data_dir.display(),
+                    done.join_token_path.display()
+                );
+                Ok(())
+            }
+            Command::Run => {
+                let shutdown = async {
+                    let mut terminate =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .ok();
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = async {
+                            match terminate.as_mut() {
+                                Some(signal) => { signal.recv().await; }
+                                None => std::future::pending::<()>().await,
+                            }
+                        } => {}
+                    }
+                    tracing::info!("shutting down");
+                };
+                paddock_controller::run(config, shutdown).await?;
+                Ok(())
+            }
+        }
+    })
+}

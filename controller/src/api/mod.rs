@@ -1,0 +1,90 @@
+//! The gRPC surface: thin services over the domain, plus health and reflection.
+
+mod billing;
+mod nodes;
+mod tenants;
+mod vps;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use paddock_proto::v1;
+use tonic::transport::Server;
+
+use crate::app::Controller;
+
+/// Why the gRPC server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves every controller service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    controller: Arc<Controller>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    use v1::agent_registry_server::AgentRegistryServer;
+    use v1::audit_service_server::AuditServiceServer;
+    use v1::billing_service_server::BillingServiceServer;
+    use v1::node_service_server::NodeServiceServer;
+    use v1::plan_service_server::PlanServiceServer;
+    use v1::pool_service_server::PoolServiceServer;
+    use v1::tenant_service_server::TenantServiceServer;
+    use v1::token_service_server::TokenServiceServer;
+    use v1::vps_service_server::VpsServiceServer;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<VpsServiceServer<vps::VpsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<TenantServiceServer<tenants::TenantApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AgentRegistryServer<nodes::RegistryApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let c = || controller.clone();
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(VpsServiceServer::new(vps::VpsApi { controller: c() }))
+        .add_service(TenantServiceServer::new(tenants::TenantApi {
+            controller: c(),
+        }))
+        .add_service(TokenServiceServer::new(tenants::TokenApi {
+            controller: c(),
+        }))
+        .add_service(PlanServiceServer::new(nodes::PlanApi { controller: c() }))
+        .add_service(NodeServiceServer::new(nodes::NodeApi { controller: c() }))
+        .add_service(PoolServiceServer::new(nodes::PoolApi { controller: c() }))
+        .add_service(AgentRegistryServer::new(nodes::RegistryApi {
+            controller: c(),
+        }))
+        .add_service(BillingServiceServer::new(billing::BillingApi {
+            controller: c(),
+        }))
+        .add_service(AuditServiceServer::new(billing::AuditApi {
+            controller: c(),
+        }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! `NodeService`, `PoolService`, `PlanService` and the agents' `AgentRegistry`.
+
+use std::sync::Arc;
+
+use paddock_proto::v1;
+use paddock_proto::v1::agent_registry_server::AgentRegistry;
+use paddock_proto::v1::node_service_server::NodeService;
+use paddock_proto::v1::plan_service_server::PlanService;
+use paddock_proto::v1::pool_service_server::PoolService;
+use tonic::{Request, Response, Status};
+
+use crate::app::Controller;
+use crate::convert;
+use crate::error::ControllerError;
+use crate::store::PlanRecord;
+use crate::validate;
+
+pub struct NodeApi {
+    pub controller: Arc<Controller>,
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn list_nodes(
+        &self,
+        request: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        self.controller.admin(request.metadata())?;
+        let nodes = self
+            .controller
+            .node_views()?
+            .iter()
+            .map(|(record, view, count)| convert::node(record, view, *count))
+            .collect();
+        Ok(Response::new(v1::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<v1::GetNodeRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        self.controller.admin(request.metadata())?;
+        Ok(Response::new(
+            self.controller.get_node(&request.into_inner().name)?,
+        ))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<v1::GetNodeRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        self.controller.admin(request.metadata())?;
+        let name = request.into_inner().name;
+        let node = self
+            .controller
+            .update_node(&name, |node| node.cordoned = true)
+            .await?;
+        Ok(Response::new(node))
+    }
+
+    async fn undrain_node(
+        &self,
+        request: Request<v1::GetNodeRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        self.controller.admin(request.metadata())?;
+        let name = request.into_inner().name;
+        let node = self
+            .controller
+            .update_node(&name, |node| node.cordoned = false)
+            .await?;
+        Ok(Response::new(node))
+    }
+
+    async fn set_node_labels(
+        &self,
+        request: Request<v1::SetNodeLabelsRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        self.controller.admin(request.metadata())?;
+        let request = request.into_inner();
+        let labels = request.labels.into_iter().collect();
+        let node = self
+            .controller
+            .update_node(&request.name, |node| node.labels = labels)
+            .await?;
+        Ok(Response::new(node))
+    }
+}
+
+pub struct PoolApi {
+    pub controller: Arc<Controller>,
+}
+
+const POOLS: &str = "address pools (networking issue)";
+
+#[tonic::async_trait]
+impl PoolService for PoolApi {
+    async fn create_pool(
+        &self,
+        request: Request<v1::CreatePoolRequest>,
+    ) -> Result<Response<v1::Pool>, Status> {
+        self.controller.admin(request.metadata())?;
+        Err(ControllerError::Unimplemented(POOLS).into())
+    }
+
+    async fn list_pools(
+        &self,
+        request: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListPoolsResponse>, Status> {
+        self.controller.admin(request.metadata())?;
+        Err(ControllerError::Unimplemented(POOLS).into())
+    }
+
+    async fn get_pool(
+        &self,
+        request: Request<v1::GetPoolRequest>,
+    ) -> Result<Response<v1::Pool>, Status> {
+        self.controller.admin(request.metadata())?;
+        Err(ControllerError::Unimplemented(POOLS).into())
+    }
+
+    async fn delete_pool(
+        &self,
+        request: Request<v1::GetPoolRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.controller.admin(request.metadata())?;
+        Err(ControllerError::Unimplemented(POOLS).into())
+    }
+}
+
+pub struct PlanApi {
+    pub controller: Arc<Controller>,
+}
+
+#[tonic::async_trait]
+impl PlanService for PlanApi {
+    async fn list_plans(
+        &self,
+        request: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListPlansResponse>, Status> {
+        self.controller.caller(request.metadata())?;
+        let mut plans = self
+            .controller
+            .store
+            .list_plans()
+            .map_err(ControllerError::from)?;
+        plans.sort_by_key(|plan| (plan.resources.memory_bytes, plan.name.clone()));
+        Ok(Response::new(v1::ListPlansResponse {
+            plans: plans.iter().map(convert::plan).collect(),
+        }))
+    }
+
+    async fn create_plan(
+        &self,
+        request: Request<v1::CreatePlanRequest>,
+    ) -> Result<Response<v1::Plan>, Status> {
+        self.controller.admin(request.metadata())?;
+        let plan = request.into_inner().plan.unwrap_or_default();
+        validate::name("plan.name", &plan.name).map_err(ControllerError::from)?;
+        let resources = convert::resources_from(&plan.resources.unwrap_or_default());
+        validate::vcpus("plan.resources.vcpus", resources.vcpus).map_err(ControllerError::from)?;
+        validate::positive("plan.resources.memory_bytes", resources.memory_bytes)
+            .map_err(ControllerError::from)?;
+        validate::positive("plan.resources.disk_bytes", resources.disk_bytes)
+            .map_err(ControllerError::from)?;
+        let record = PlanRecord {
+            name: plan.name,
+            resources,
+            monthly_transfer_bytes: plan.monthly_transfer_bytes,
+        };
+        self.controller
+            .store
+            .create_plan(&record)
+            .map_err(ControllerError::from)?;
+        self.controller.commit().await?;
+        Ok(Response::new(convert::plan(&record)))
+    }
+
+    async fn delete_plan(
+        &self,
+        request: Request<v1::DeletePlanRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.controller.admin(request.metadata())?;
+        let name = request.into_inner().name;
+        validate::name("name", &name).map_err(ControllerError::from)?;
+        self.controller
+            .store
+            .delete_plan(&name)
+            .map_err(ControllerError::from)?;
+        self.controller.commit().await?;
+        Ok(Response::new(v1::Empty {}))
+    }
+}
+
+pub struct RegistryApi {
+    pub controller: Arc<Controller>,
+}
+
+#[tonic::async_trait]
+impl AgentRegistry for RegistryApi {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        self.controller.check_node(request.metadata())?;
+        self.controller.register_node(request.into_inner()).await?;
+        Ok(Response::new(v1::RegisterResponse {
+            heartbeat_interval_secs: self.controller.config.heartbeat_interval_secs,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.controller.check_node(request.metadata())?;
+        self.controller.heartbeat(request.into_inner())?;
+        Ok(Response::new(v1::HeartbeatResponse {}))
+    }
+}

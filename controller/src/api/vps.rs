@@ -1,0 +1,222 @@
+//! `VpsService`: unpack, call the domain, convert back.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use paddock_proto::v1;
+use paddock_proto::v1::vps_service_server::VpsService;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::agents::agent_error;
+use crate::app::Controller;
+use crate::convert;
+use crate::error::ControllerError;
+use crate::store::Power;
+use crate::validate::ValidationError;
+use crate::vps::CreateVps;
+
+pub struct VpsApi {
+    pub controller: Arc<Controller>,
+}
+
+type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl VpsApi {
+    fn view(&self, record: &crate::store::VpsRecord) -> Result<v1::Vps, ControllerError> {
+        let (online, suspended) = self.controller.vps_context(record)?;
+        Ok(convert::vps(record, online, suspended))
+    }
+
+    fn reference(vps: Option<v1::VpsRef>) -> v1::VpsRef {
+        vps.unwrap_or_default()
+    }
+}
+
+#[tonic::async_trait]
+impl VpsService for VpsApi {
+    async fn create_vps(
+        &self,
+        request: Request<v1::CreateVpsRequest>,
+    ) -> Result<Response<v1::Vps>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let request = request.into_inner();
+        let created = self
+            .controller
+            .create_vps(
+                &principal,
+                CreateVps {
+                    tenant: request.tenant,
+                    name: request.name,
+                    plan: request.plan,
+                    template: request.template,
+                    overrides: request.overrides.as_ref().map(convert::resources_from),
+                    start: request.start,
+                },
+            )
+            .await?;
+        Ok(Response::new(self.view(&created)?))
+    }
+
+    async fn get_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let vps = request.into_inner();
+        let record = self
+            .controller
+            .get_vps(&principal, &vps.tenant, &vps.name)?;
+        Ok(Response::new(self.view(&record)?))
+    }
+
+    async fn list_vps(
+        &self,
+        request: Request<v1::ListVpsRequest>,
+    ) -> Result<Response<v1::ListVpsResponse>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let request = request.into_inner();
+        let records = self.controller.list_vps(&principal, &request.tenant)?;
+        let vps = records
+            .iter()
+            .map(|record| self.view(record))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(v1::ListVpsResponse {
+            vps,
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn start_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let vps = request.into_inner();
+        let record = self
+            .controller
+            .set_power(&principal, &vps.tenant, &vps.name, Power::Running)
+            .await?;
+        Ok(Response::new(self.view(&record)?))
+    }
+
+    async fn stop_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let vps = request.into_inner();
+        let record = self
+            .controller
+            .set_power(&principal, &vps.tenant, &vps.name, Power::Stopped)
+            .await?;
+        Ok(Response::new(self.view(&record)?))
+    }
+
+    async fn restart_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let vps = request.into_inner();
+        let record = self
+            .controller
+            .restart_vps(&principal, &vps.tenant, &vps.name)
+            .await?;
+        Ok(Response::new(self.view(&record)?))
+    }
+
+    async fn delete_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let vps = request.into_inner();
+        let record = self
+            .controller
+            .delete_vps(&principal, &vps.tenant, &vps.name)
+            .await?;
+        Ok(Response::new(self.view(&record)?))
+    }
+
+    async fn resize_vps(
+        &self,
+        request: Request<v1::ResizeVpsRequest>,
+    ) -> Result<Response<v1::Vps>, Status> {
+        self.controller.caller(request.metadata())?;
+        Err(ControllerError::Unimplemented("resize (node runtime issue)").into())
+    }
+
+    async fn rebuild_vps(
+        &self,
+        request: Request<v1::RebuildVpsRequest>,
+    ) -> Result<Response<v1::Vps>, Status> {
+        self.controller.caller(request.metadata())?;
+        Err(ControllerError::Unimplemented("rebuild (node runtime issue)").into())
+    }
+
+    async fn list_templates(
+        &self,
+        request: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
+        self.controller.caller(request.metadata())?;
+        let templates = self.controller.list_templates().await?;
+        Ok(Response::new(v1::ListTemplatesResponse { templates }))
+    }
+
+    type ExecStream = OutputStream<v1::ExecOutput>;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<v1::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await? {
+            Some(v1::ExecInput {
+                input: Some(v1::exec_input::Input::Start(start)),
+            }) => start,
+            _ => {
+                return Err(ValidationError::new(
+                    "start",
+                    "the first Exec message must carry `start`",
+                )
+                .into())
+            }
+        };
+        if start.command.is_empty() {
+            return Err(ValidationError::new("command", "is required").into());
+        }
+        let vps = Self::reference(start.vps);
+        let record = self
+            .controller
+            .get_vps(&principal, &vps.tenant, &vps.name)?;
+        let mut client = self.controller.agent_for(&record.node)?;
+        let first = v1::AgentExecInput {
+            input: Some(v1::agent_exec_input::Input::Start(v1::AgentExecStart {
+                vps_id: record.vps_id.clone(),
+                command: start.command,
+                env: start.env,
+                tty: start.tty,
+                size: start.size,
+            })),
+        };
+        // Forward the client's stdin and resizes until it stops sending or errs.
+        let rest = inbound
+            .take_while(|message| futures::future::ready(message.is_ok()))
+            .filter_map(|message| futures::future::ready(message.ok().and_then(exec_input)));
+        let outbound = futures::stream::iter([first]).chain(rest);
+        let response = client
+            .exec(outbound)
+            .await
+            .map_err(|status| agent_error(&record.node, status))?;
+        Ok(Response::new(Box::pin(response.into_inner())))
+    }
+
+    type ConsoleStream = OutputStream<v1::ConsoleOutput>;
+
+    async fn console(
+        &self,
+        request: Request<Streaming<v1::ConsoleInput>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        self.controller.caller(request.metadata())?;
+        Err(ControllerError::Unimplemented("console (node runtime issue)").into())
+    }
+}
+
+fn exec_input(message: v1::ExecInput) -> Option<v1::AgentExecInput> {
+    use v1::agent_exec_input::Input as Agent;
+    use v1::exec_input::Input;
+    let input = match message.input? {
+        Input::Start(_) => return None,
+        Input::Stdin(bytes) => Agent::Stdin(bytes),
+        Input::StdinEof(eof) => Agent::StdinEof(eof),
+        Input::Resize(size) => Agent::Resize(size),
+    };
+    Some(v1::AgentExecInput { input: Some(input) })
+}

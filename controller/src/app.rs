@@ -1,0 +1,125 @@
+//! The controller's shared state, handed to every gRPC service and background task.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use paddock_config::ControllerConfig;
+use tonic::metadata::MetadataMap;
+
+use crate::agents::AgentPool;
+use crate::auth::{self, Principal};
+use crate::error::ControllerError;
+use crate::reconcile::ReconcileHandle;
+use crate::scheduler::NodeView;
+use crate::store::{Capacity, NodeRecord, Store, VpsRecord};
+
+/// Everything a request handler needs; cheap to share behind an `Arc`.
+pub struct Controller {
+    pub store: Arc<dyn Store>,
+    pub config: ControllerConfig,
+    pub agents: AgentPool,
+    pub reconciler: ReconcileHandle,
+    /// Shared secret agents present to register (replaced by mTLS enrolment later).
+    pub join_token: String,
+}
+
+impl Controller {
+    /// Authenticates the caller of a request.
+    pub fn caller(&self, metadata: &MetadataMap) -> Result<Principal, ControllerError> {
+        Ok(auth::authenticate(self.store.as_ref(), metadata)?)
+    }
+
+    /// Requires an admin token.
+    pub fn admin(&self, metadata: &MetadataMap) -> Result<Principal, ControllerError> {
+        let principal = self.caller(metadata)?;
+        match principal {
+            Principal::Admin { .. } => Ok(principal),
+            other => Err(auth::AuthError::Forbidden {
+                needed: "an admin token",
+                actual: other.actor(),
+            }
+            .into()),
+        }
+    }
+
+    /// Makes every mutation so far durable; called before acknowledging one.
+    pub async fn commit(&self) -> Result<(), ControllerError> {
+        Ok(self.store.flush().await?)
+    }
+
+    /// Whether a node's last heartbeat is recent enough to call it online.
+    pub fn node_online(&self, node: &NodeRecord, now: DateTime<Utc>) -> bool {
+        let silence = now.signed_duration_since(node.last_heartbeat);
+        silence.num_seconds() < i64::from(self.config.node_offline_after_secs)
+    }
+
+    /// Every node with what is promised on it, for scheduling and `admin node list`.
+    pub fn node_views(&self) -> Result<Vec<(NodeRecord, NodeView, u32)>, ControllerError> {
+        let nodes = self.store.list_nodes()?;
+        let vpses = self.store.list_vps(None)?;
+        let now = Utc::now();
+        Ok(nodes
+            .into_iter()
+            .map(|node| {
+                let mut allocated = Capacity::default();
+                let mut count = 0;
+                for vps in vpses.iter().filter(|v| v.node == node.name) {
+                    allocated.vcpus += vps.resources.vcpus;
+                    allocated.memory_bytes += vps.resources.memory_bytes;
+                    allocated.disk_bytes += vps.resources.disk_bytes;
+                    count += 1;
+                }
+                let view = NodeView {
+                    name: node.name.clone(),
+                    online: self.node_online(&node, now),
+                    cordoned: node.cordoned,
+                    capacity: node.capacity.clone(),
+                    allocated,
+                };
+                (node, view, count)
+            })
+            .collect())
+    }
+
+    /// Resolves which tenant a VPS request acts on: a tenant token always acts
+    /// on its own tenant; an admin names one; billing tokens manage no VPSes.
+    pub fn vps_scope(
+        &self,
+        principal: &Principal,
+        requested: &str,
+    ) -> Result<String, ControllerError> {
+        match principal {
+            Principal::Tenant { tenant, .. } => {
+                if !requested.is_empty() && requested != tenant {
+                    // Do not reveal whether the other tenant exists.
+                    return Err(ControllerError::not_found("tenant", requested));
+                }
+                Ok(tenant.clone())
+            }
+            Principal::Admin { .. } => {
+                if requested.is_empty() {
+                    return Err(crate::validate::ValidationError::new(
+                        "tenant",
+                        "is required with an admin token (name the tenant that owns the VPS)",
+                    )
+                    .into());
+                }
+                crate::validate::name("tenant", requested)?;
+                Ok(requested.to_owned())
+            }
+            Principal::Billing { .. } => Err(auth::AuthError::Forbidden {
+                needed: "a tenant or admin token",
+                actual: principal.actor(),
+            }
+            .into()),
+        }
+    }
+
+    /// Looks a VPS up by tenant and name; `NotFound` is the same whether it
+    /// does not exist or belongs to someone else.
+    pub fn find_vps(&self, tenant: &str, name: &str) -> Result<VpsRecord, ControllerError> {
+        self.store
+            .find_vps(tenant, name)?
+            .ok_or_else(|| ControllerError::not_found("VPS", name))
+    }
+}

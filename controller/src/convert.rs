@@ -1,0 +1,292 @@
+//! All conversions between the proto types and the controller's records.
+
+use chrono::{DateTime, Utc};
+use paddock_proto::v1;
+
+use crate::scheduler::NodeView;
+use crate::store::{
+    Capacity, NodeRecord, Observed, PlanRecord, Power, Quota, Resources, Role, TenantRecord,
+    TokenRecord, VpsRecord,
+};
+
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn from_timestamp(at: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?)
+}
+
+pub fn resources(r: &Resources) -> v1::Resources {
+    v1::Resources {
+        vcpus: r.vcpus,
+        cpu_weight: r.cpu_weight,
+        memory_bytes: r.memory_bytes,
+        swap_bytes: r.swap_bytes,
+        disk_bytes: r.disk_bytes,
+        io_read_bytes_per_sec: r.io_read_bytes_per_sec,
+        io_write_bytes_per_sec: r.io_write_bytes_per_sec,
+        io_read_iops: r.io_read_iops,
+        io_write_iops: r.io_write_iops,
+        pids_max: r.pids_max,
+        net_ingress_bits_per_sec: r.net_ingress_bits_per_sec,
+        net_egress_bits_per_sec: r.net_egress_bits_per_sec,
+        ipv4_count: r.ipv4_count,
+        ipv6_count: r.ipv6_count,
+    }
+}
+
+pub fn resources_from(r: &v1::Resources) -> Resources {
+    Resources {
+        vcpus: r.vcpus,
+        cpu_weight: r.cpu_weight,
+        memory_bytes: r.memory_bytes,
+        swap_bytes: r.swap_bytes,
+        disk_bytes: r.disk_bytes,
+        io_read_bytes_per_sec: r.io_read_bytes_per_sec,
+        io_write_bytes_per_sec: r.io_write_bytes_per_sec,
+        io_read_iops: r.io_read_iops,
+        io_write_iops: r.io_write_iops,
+        pids_max: r.pids_max,
+        net_ingress_bits_per_sec: r.net_ingress_bits_per_sec,
+        net_egress_bits_per_sec: r.net_egress_bits_per_sec,
+        ipv4_count: r.ipv4_count,
+        ipv6_count: r.ipv6_count,
+    }
+}
+
+pub fn plan(p: &PlanRecord) -> v1::Plan {
+    v1::Plan {
+        name: p.name.clone(),
+        resources: Some(resources(&p.resources)),
+        monthly_transfer_bytes: p.monthly_transfer_bytes,
+    }
+}
+
+pub fn quota(q: &Quota) -> v1::Quota {
+    v1::Quota {
+        max_vps: q.max_vps,
+        vcpus: q.vcpus,
+        memory_bytes: q.memory_bytes,
+        disk_bytes: q.disk_bytes,
+        ipv4_count: q.ipv4_count,
+    }
+}
+
+pub fn quota_from(q: &v1::Quota) -> Quota {
+    Quota {
+        max_vps: q.max_vps,
+        vcpus: q.vcpus,
+        memory_bytes: q.memory_bytes,
+        disk_bytes: q.disk_bytes,
+        ipv4_count: q.ipv4_count,
+    }
+}
+
+pub fn tenant(t: &TenantRecord) -> v1::Tenant {
+    v1::Tenant {
+        name: t.name.clone(),
+        quota: Some(quota(&t.quota)),
+        used: Some(quota(&t.used)),
+        suspended: t.suspended,
+        created_at: Some(timestamp(t.created_at)),
+    }
+}
+
+pub fn role(r: Role) -> v1::Role {
+    match r {
+        Role::Admin => v1::Role::Admin,
+        Role::Tenant => v1::Role::Tenant,
+        Role::Billing => v1::Role::Billing,
+    }
+}
+
+pub fn token_info(t: &TokenRecord) -> v1::TokenInfo {
+    v1::TokenInfo {
+        token_id: t.token_id.clone(),
+        role: role(t.role).into(),
+        tenant: t.tenant.clone().unwrap_or_default(),
+        description: t.description.clone(),
+        created_at: Some(timestamp(t.created_at)),
+        expires_at: t.expires_at.map(timestamp),
+        revoked: t.revoked,
+    }
+}
+
+fn capacity(c: &Capacity) -> v1::NodeCapacity {
+    v1::NodeCapacity {
+        vcpus: c.vcpus,
+        memory_bytes: c.memory_bytes,
+        disk_bytes: c.disk_bytes,
+    }
+}
+
+pub fn capacity_from(c: &v1::NodeCapacityReport) -> Capacity {
+    Capacity {
+        vcpus: c.vcpus,
+        memory_bytes: c.memory_bytes,
+        disk_bytes: c.disk_bytes,
+    }
+}
+
+pub fn node(record: &NodeRecord, view: &NodeView, vps_count: u32) -> v1::Node {
+    let status = if view.online {
+        v1::NodeStatus::Online
+    } else {
+        v1::NodeStatus::Offline
+    };
+    v1::Node {
+        name: record.name.clone(),
+        address: record.address.clone(),
+        status: status.into(),
+        cordoned: record.cordoned,
+        labels: record.labels.clone().into_iter().collect(),
+        capacity: Some(capacity(&record.capacity)),
+        allocated: Some(capacity(&view.allocated)),
+        last_heartbeat: Some(timestamp(record.last_heartbeat)),
+        vps_count,
+        agent_version: record.agent_version.clone(),
+    }
+}
+
+fn power(p: Power) -> v1::PowerState {
+    match p {
+        Power::Running => v1::PowerState::Running,
+        Power::Stopped => v1::PowerState::Stopped,
+    }
+}
+
+/// The state a user sees, derived from desired state, the node's last report
+/// and whether the node is reachable.
+pub fn vps_state(vps: &VpsRecord, node_online: bool, tenant_suspended: bool) -> v1::VpsState {
+    if vps.deleting {
+        return v1::VpsState::Deleting;
+    }
+    if !node_online {
+        return v1::VpsState::Unknown;
+    }
+    let observed = vps.observed.as_ref().map(|o| o.state);
+    if tenant_suspended && observed != Some(Observed::Running) {
+        return v1::VpsState::Suspended;
+    }
+    match observed {
+        None | Some(Observed::Absent) => v1::VpsState::Pending,
+        Some(Observed::Running) => v1::VpsState::Running,
+        Some(Observed::Stopped) => v1::VpsState::Stopped,
+        Some(Observed::Error) => v1::VpsState::Error,
+    }
+}
+
+pub fn vps(record: &VpsRecord, node_online: bool, tenant_suspended: bool) -> v1::Vps {
+    let observed = record.observed.as_ref();
+    let running = observed.is_some_and(|o| o.state == Observed::Running);
+    v1::Vps {
+        id: record.vps_id.clone(),
+        name: record.name.clone(),
+        tenant: record.tenant.clone(),
+        state: vps_state(record, node_online, tenant_suspended).into(),
+        desired_power: power(record.desired_power).into(),
+        node: record.node.clone(),
+        plan: record.plan.clone(),
+        template: record.template.clone(),
+        resources: Some(resources(&record.resources)),
+        ipv4: record.ipv4.clone(),
+        ipv6: Vec::new(),
+        created_at: Some(timestamp(record.created_at)),
+        message: observed.map(|o| o.message.clone()).unwrap_or_default(),
+        init_pid: if running {
+            observed.map(|o| o.init_pid).unwrap_or(0)
+        } else {
+            0
+        },
+    }
+}
+
+/// What the node agent is told to make exist.
+pub fn vps_spec(record: &VpsRecord) -> v1::VpsSpec {
+    v1::VpsSpec {
+        vps_id: record.vps_id.clone(),
+        name: record.name.clone(),
+        tenant: record.tenant.clone(),
+        template: record.template.clone(),
+        resources: Some(resources(&record.resources)),
+        desired_power: power(record.desired_power).into(),
+        ipv4: record.ipv4.clone(),
+        rebuild_generation: record.rebuild_generation,
+        restart_generation: record.restart_generation,
+    }
+}
+
+pub fn observed_from_agent(state: v1::AgentVpsState) -> Observed {
+    match state {
+        v1::AgentVpsState::Running => Observed::Running,
+        v1::AgentVpsState::Stopped => Observed::Stopped,
+        v1::AgentVpsState::Absent => Observed::Absent,
+        v1::AgentVpsState::Error | v1::AgentVpsState::Unspecified => Observed::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObservedState;
+
+    fn record(observed: Option<Observed>) -> VpsRecord {
+        VpsRecord {
+            vps_id: "id".into(),
+            name: "web1".into(),
+            tenant: "demo".into(),
+            plan: "nano".into(),
+            template: "busybox".into(),
+            resources: Resources::default(),
+            node: "n1".into(),
+            desired_power: Power::Running,
+            deleting: false,
+            ipv4: vec![],
+            rebuild_generation: 0,
+            restart_generation: 0,
+            created_at: Utc::now(),
+            observed: observed.map(|state| ObservedState {
+                state,
+                init_pid: 42,
+                message: String::new(),
+                at: Utc::now(),
+            }),
+        }
+    }
+
+    #[test]
+    fn derived_states() {
+        assert_eq!(vps_state(&record(None), true, false), v1::VpsState::Pending);
+        assert_eq!(
+            vps_state(&record(Some(Observed::Running)), true, false),
+            v1::VpsState::Running
+        );
+        assert_eq!(
+            vps_state(&record(Some(Observed::Running)), false, false),
+            v1::VpsState::Unknown
+        );
+        assert_eq!(
+            vps_state(&record(Some(Observed::Stopped)), true, true),
+            v1::VpsState::Suspended
+        );
+        let mut deleting = record(Some(Observed::Running));
+        deleting.deleting = true;
+        assert_eq!(vps_state(&deleting, false, false), v1::VpsState::Deleting);
+    }
+
+    #[test]
+    fn init_pid_only_when_running() {
+        assert_eq!(
+            vps(&record(Some(Observed::Running)), true, false).init_pid,
+            42
+        );
+        assert_eq!(
+            vps(&record(Some(Observed::Stopped)), true, false).init_pid,
+            0
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! `paddock-controller init`: a new data dir with the store, seeded plans,
+//! the first admin token and the node join token.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use paddock_config::ControllerConfig;
+
+use crate::auth::{self, mint_join_token};
+use crate::store::{PlanRecord, Resources, Role, SledStore, Store, StoreError};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Why initialization failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{path} is already initialized (delete it to start over, losing all state)")]
+    AlreadyInitialized { path: PathBuf },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What init produced; the admin token is only ever shown here.
+pub struct Initialized {
+    pub admin_token: String,
+    pub join_token_path: PathBuf,
+}
+
+/// The plans every installation starts with.
+pub fn default_plans() -> Vec<PlanRecord> {
+    let plan =
+        |name: &str, vcpus: f64, memory_bytes: u64, disk_bytes: u64, pids_max: u64| PlanRecord {
+            name: name.to_owned(),
+            resources: Resources {
+                vcpus,
+                cpu_weight: 100,
+                memory_bytes,
+                swap_bytes: 0,
+                disk_bytes,
+                pids_max,
+                ipv4_count: 1,
+                ..Resources::default()
+            },
+            monthly_transfer_bytes: 0,
+        };
+    vec![
+        plan("nano", 1.0, 256 * MIB, 2 * GIB, 512),
+        plan("small", 1.0, GIB, 10 * GIB, 1024),
+        plan("medium", 2.0, 4 * GIB, 40 * GIB, 2048),
+        plan("large", 4.0, 8 * GIB, 80 * GIB, 4096),
+    ]
+}
+
+/// The store lives here inside the data dir.
+pub fn store_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
+}
+
+/// The node join token file inside the data dir.
+pub fn join_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("join-token")
+}
+
+fn write_secret(path: &Path, contents: &str) -> Result<(), InitError> {
+    let io = |op, source| InitError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("creating", e))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("writing", e))
+}
+
+/// Creates the data dir, the store, the seeded plans and both tokens.
+pub async fn init(config: &ControllerConfig) -> Result<Initialized, InitError> {
+    let data_dir = &config.data_dir;
+    let store_dir = store_path(data_dir);
+    if store_dir.exists() {
+        return Err(InitError::AlreadyInitialized {
+            path: data_dir.clone(),
+        });
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|source| InitError::Io {
+            op: "creating",
+            path: data_dir.clone(),
+            source,
+        })?;
+    let store = SledStore::create(&store_dir)?;
+    for plan in default_plans() {
+        store.create_plan(&plan)?;
+    }
+    let admin = auth::mint(Role::Admin, None, "created by init".to_owned(), None);
+    store.put_token(&admin.hash, &admin.record)?;
+    store.flush().await?;
+    let join_token_path = join_token_path(data_dir);
+    if !join_token_path.exists() {
+        write_secret(&join_token_path, &mint_join_token())?;
+    }
+    Ok(Initialized {
+        admin_token: admin.secret,
+        join_token_path,
+    })
+}

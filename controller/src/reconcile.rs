@@ -1,0 +1,207 @@
+//! Level-triggered convergence: each node's agent is repeatedly told the
+//! desired state of every VPS placed on it, and what it reports is recorded.
+//!
+//! Mutations "kick" the node's worker so changes apply at once; a periodic
+//! tick re-converges every node anyway, so a lost kick, a failed call or a
+//! node that comes back converges without manual action.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::join_all;
+use paddock_proto::v1;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::agents::{agent_error, AgentClient};
+use crate::app::Controller;
+use crate::convert;
+use crate::error::ControllerError;
+use crate::store::{ObservedState, VpsRecord};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Asks for a node to be reconciled soon.
+#[derive(Clone)]
+pub struct ReconcileHandle {
+    kicks: mpsc::UnboundedSender<String>,
+}
+
+/// The receiving end, consumed by [`spawn`].
+pub struct ReconcileQueue {
+    kicks: mpsc::UnboundedReceiver<String>,
+}
+
+/// Creates the kick channel; the handle goes into the `Controller`.
+pub fn channel() -> (ReconcileHandle, ReconcileQueue) {
+    let (kicks, receiver) = mpsc::unbounded_channel();
+    (
+        ReconcileHandle { kicks },
+        ReconcileQueue { kicks: receiver },
+    )
+}
+
+impl ReconcileHandle {
+    /// Schedules a reconcile pass for `node`; repeated kicks coalesce.
+    pub fn kick(&self, node: &str) {
+        // The dispatcher only stops when the controller shuts down.
+        let _ = self.kicks.send(node.to_owned());
+    }
+}
+
+/// Runs the dispatcher: one worker task per node, fed by kicks and a periodic tick.
+pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut workers: HashMap<String, mpsc::Sender<()>> = HashMap::new();
+        let period = Duration::from_secs(u64::from(controller.config.reconcile_interval_secs));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            let nodes: Vec<String> = tokio::select! {
+                Some(node) = queue.kicks.recv() => vec![node],
+                _ = tick.tick() => match controller.store.list_nodes() {
+                    Ok(nodes) => nodes.into_iter().map(|n| n.name).collect(),
+                    Err(error) => {
+                        warn!(%error, "listing nodes for the periodic reconcile");
+                        continue;
+                    }
+                },
+                else => return,
+            };
+            for node in nodes {
+                let worker = workers
+                    .entry(node.clone())
+                    .or_insert_with(|| spawn_worker(controller.clone(), node.clone()));
+                // A full queue means a pass is already pending: the kick is coalesced.
+                let _ = worker.try_send(());
+            }
+        }
+    })
+}
+
+fn spawn_worker(controller: Arc<Controller>, node: String) -> mpsc::Sender<()> {
+    let (sender, mut receiver) = mpsc::channel::<()>(1);
+    let retry = sender.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        while receiver.recv().await.is_some() {
+            match reconcile_node(&controller, &node).await {
+                Ok(()) => backoff = Duration::from_millis(500),
+                Err(error) => {
+                    warn!(node = %node, %error, retry_in = ?backoff, "reconcile failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let _ = retry.try_send(());
+                }
+            }
+        }
+    });
+    sender
+}
+
+/// One pass over a node: apply or delete every VPS placed there.
+async fn reconcile_node(controller: &Controller, node_name: &str) -> Result<(), ControllerError> {
+    let Some(node) = controller.store.get_node(node_name)? else {
+        return Ok(());
+    };
+    if !controller.node_online(&node, Utc::now()) {
+        debug!(node = node_name, "node offline; waiting for it to return");
+        return Ok(());
+    }
+    let client = controller.agents.client(&node.name, &node.address)?;
+    let vpses: Vec<VpsRecord> = controller
+        .store
+        .list_vps(None)?
+        .into_iter()
+        .filter(|vps| vps.node == node.name)
+        .collect();
+    let outcomes = join_all(
+        vpses
+            .iter()
+            .map(|vps| reconcile_vps(controller, client.clone(), node_name, vps)),
+    )
+    .await;
+    let mut first_error = None;
+    for outcome in outcomes {
+        if let Err(error) = outcome {
+            first_error.get_or_insert(error);
+        }
+    }
+    report_orphans(controller, client, node_name).await?;
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+async fn reconcile_vps(
+    controller: &Controller,
+    mut client: AgentClient,
+    node: &str,
+    vps: &VpsRecord,
+) -> Result<(), ControllerError> {
+    if vps.deleting {
+        client
+            .delete_vps(v1::AgentVpsRef {
+                vps_id: vps.vps_id.clone(),
+            })
+            .await
+            .map_err(|status| agent_error(node, status))?;
+        controller.store.remove_vps(&vps.vps_id)?;
+        controller.commit().await?;
+        info!(vps = %vps.name, tenant = %vps.tenant, node, "VPS deleted");
+        return Ok(());
+    }
+    let mut request = tonic::Request::new(convert::vps_spec(vps));
+    request.set_timeout(Duration::from_secs(120));
+    let status = client
+        .apply_vps(request)
+        .await
+        .map_err(|status| agent_error(node, status))?
+        .into_inner();
+    record_observed(controller, &vps.vps_id, &status)
+}
+
+/// Stores what an agent reported for a VPS (apply result or heartbeat).
+pub fn record_observed(
+    controller: &Controller,
+    vps_id: &str,
+    status: &v1::VpsStatus,
+) -> Result<(), ControllerError> {
+    let observed = ObservedState {
+        state: convert::observed_from_agent(status.state()),
+        init_pid: status.init_pid,
+        message: status.message.clone(),
+        at: Utc::now(),
+    };
+    let result = controller.store.update_vps(vps_id, &|vps| {
+        vps.observed = Some(observed.clone());
+        Ok(())
+    });
+    match result {
+        Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// VPSes the agent runs that the controller does not know: reported, never
+/// silently adopted (removal by policy comes with the controller issue).
+async fn report_orphans(
+    controller: &Controller,
+    mut client: AgentClient,
+    node: &str,
+) -> Result<(), ControllerError> {
+    let listed = client
+        .list_vps(v1::Empty {})
+        .await
+        .map_err(|status| agent_error(node, status))?
+        .into_inner();
+    for status in listed.vps {
+        if controller.store.get_vps(&status.vps_id)?.is_none() {
+            warn!(node, vps_id = %status.vps_id, "node runs a VPS the controller does not know");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The controller's durable state behind the `Store` trait; sled is the embedded default.
+
+mod records;
+mod sled_store;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use records::*;
+pub use sled_store::SledStore;
+
+/// Version of the on-disk layout; a store written by another version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening store at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("store at {path} has schema version {found}, this controller needs {expected}; run the matching controller version or migrate")]
+    SchemaMismatch {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("store at {path} is not initialized; run `paddock-controller init` first")]
+    NotInitialized { path: String },
+    #[error("store I/O: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record {key:?} in {tree}: {source}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A boxed future, so the trait stays object-safe.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Everything the controller persists. Mutations apply atomically in memory;
+/// callers `flush` before acknowledging them, which the implementation may
+/// batch with concurrent flushes (group commit).
+pub trait Store: Send + Sync + 'static {
+    /// Makes every mutation so far durable.
+    fn flush(&self) -> StoreFuture<'_, ()>;
+
+    fn list_plans(&self) -> Result<Vec<PlanRecord>, StoreError>;
+    fn get_plan(&self, name: &str) -> Result<Option<PlanRecord>, StoreError>;
+    /// Inserts a plan; `AlreadyExists` if the name is taken.
+    fn create_plan(&self, plan: &PlanRecord) -> Result<(), StoreError>;
+    /// Removes a plan unless a VPS uses it.
+    fn delete_plan(&self, name: &str) -> Result<(), StoreError>;
+
+    fn create_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
+    fn get_tenant(&self, name: &str) -> Result<Option<TenantRecord>, StoreError>;
+    fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
+    /// Read-modify-write of one tenant in a transaction.
+    fn update_tenant(
+        &self,
+        name: &str,
+        change: &(dyn Fn(&mut TenantRecord) -> Result<(), StoreError> + Sync),
+    ) -> Result<TenantRecord, StoreError>;
+    /// Removes a tenant that has no VPSes, with its tokens.
+    fn delete_tenant(&self, name: &str) -> Result<(), StoreError>;
+
+    fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), StoreError>;
+    fn get_token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Marks the token with this public id revoked.
+    fn revoke_token(&self, token_id: &str) -> Result<(), StoreError>;
+
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    fn get_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
+    fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Inserts a VPS, checking name uniqueness and the tenant's quota and
+    /// charging the tenant's usage in one transaction.
+    fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError>;
+    fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError>;
+    fn find_vps(&self, tenant: &str, name: &str) -> Result<Option<VpsRecord>, StoreError>;
+    /// All VPSes, or one tenant's.
+    fn list_vps(&self, tenant: Option<&str>) -> Result<Vec<VpsRecord>, StoreError>;
+    /// Read-modify-write of one VPS in a transaction (not for resource changes).
+    fn update_vps(
+        &self,
+        vps_id: &str,
+        change: &(dyn Fn(&mut VpsRecord) -> Result<(), StoreError> + Sync),
+    ) -> Result<VpsRecord, StoreError>;
+    /// Removes a VPS and releases its usage from the tenant, in one transaction.
+    fn remove_vps(&self, vps_id: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,152 @@
+//! What the controller persists: plain serde records, independent of the proto types.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Resource entitlement of one VPS (or the template a plan gives).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub vcpus: f64,
+    pub cpu_weight: u32,
+    pub memory_bytes: u64,
+    pub swap_bytes: u64,
+    pub disk_bytes: u64,
+    pub io_read_bytes_per_sec: u64,
+    pub io_write_bytes_per_sec: u64,
+    pub io_read_iops: u64,
+    pub io_write_iops: u64,
+    pub pids_max: u64,
+    pub net_ingress_bits_per_sec: u64,
+    pub net_egress_bits_per_sec: u64,
+    pub ipv4_count: u32,
+    pub ipv6_count: u32,
+}
+
+/// A named resource bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub name: String,
+    pub resources: Resources,
+    pub monthly_transfer_bytes: u64,
+}
+
+/// Tenant limits, and (in `TenantRecord::used`) what is consumed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quota {
+    pub max_vps: u32,
+    pub vcpus: f64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub ipv4_count: u32,
+}
+
+impl Quota {
+    /// The usage one VPS with `resources` adds.
+    pub fn of_vps(resources: &Resources) -> Self {
+        Self {
+            max_vps: 1,
+            vcpus: resources.vcpus,
+            memory_bytes: resources.memory_bytes,
+            disk_bytes: resources.disk_bytes,
+            ipv4_count: resources.ipv4_count,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub name: String,
+    pub quota: Quota,
+    /// Sum over the tenant's VPSes, maintained in the same transaction as they change.
+    pub used: Quota,
+    pub suspended: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Tenant,
+    Billing,
+}
+
+/// An API token; the secret itself is never stored, only its SHA-256 (the key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub token_id: String,
+    pub role: Role,
+    pub tenant: Option<String>,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+/// A node agent as last registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub address: String,
+    pub capacity: Capacity,
+    pub cordoned: bool,
+    pub labels: BTreeMap<String, String>,
+    pub last_heartbeat: DateTime<Utc>,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub vcpus: f64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Power {
+    Running,
+    Stopped,
+}
+
+/// What the node agent last said exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Observed {
+    Running,
+    Stopped,
+    Error,
+    Absent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedState {
+    pub state: Observed,
+    pub init_pid: u32,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The desired state of a VPS plus what its node last reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VpsRecord {
+    pub vps_id: String,
+    pub name: String,
+    pub tenant: String,
+    pub plan: String,
+    pub template: String,
+    pub resources: Resources,
+    pub node: String,
+    pub desired_power: Power,
+    /// Set by delete; the record goes away once the node confirms removal.
+    pub deleting: bool,
+    pub ipv4: Vec<String>,
+    pub rebuild_generation: u64,
+    /// Bumped by every restart request; the agent restarts once per bump.
+    #[serde(default)]
+    pub restart_generation: u64,
+    pub created_at: DateTime<Utc>,
+    pub observed: Option<ObservedState>,
+}

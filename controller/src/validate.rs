@@ -1,0 +1,99 @@
+//! Edge validation of request fields: every rule names the field it guards.
+
+/// A request field that breaks a rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub rule: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, rule: impl Into<String>) -> Self {
+        Self {
+            field,
+            rule: rule.into(),
+        }
+    }
+}
+
+impl From<ValidationError> for tonic::Status {
+    fn from(error: ValidationError) -> Self {
+        tonic::Status::invalid_argument(error.to_string())
+    }
+}
+
+/// Names of tenants, VPSes, plans, templates and nodes: `^[a-z][a-z0-9-]{0,62}$`.
+pub fn name(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    let rule = "must match ^[a-z][a-z0-9-]{0,62}$ (a lowercase letter, then up to 62 lowercase letters, digits or '-')";
+    let mut chars = value.chars();
+    let valid = value.len() <= 63
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if value.is_empty() {
+        return Err(ValidationError::new(field, "is required"));
+    }
+    if !valid {
+        return Err(ValidationError::new(field, format!("{value:?} {rule}")));
+    }
+    Ok(())
+}
+
+/// A size or count that must be positive.
+pub fn positive(field: &'static str, value: u64) -> Result<(), ValidationError> {
+    if value == 0 {
+        return Err(ValidationError::new(field, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// A vCPU count: positive, finite, at most 1024.
+pub fn vcpus(field: &'static str, value: f64) -> Result<(), ValidationError> {
+    if !value.is_finite() || value <= 0.0 || value > 1024.0 {
+        return Err(ValidationError::new(
+            field,
+            format!("{value} must be a number greater than 0 and at most 1024"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rule() {
+        for good in ["a", "web1", "my-vps-2", &"a".repeat(63)] {
+            assert!(name("name", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "../etc",
+            "Web",
+            "1web",
+            "-a",
+            "a_b",
+            "a.b",
+            &"a".repeat(64),
+            "wéb",
+        ] {
+            let error = name("name", bad).expect_err(bad);
+            assert_eq!(error.field, "name");
+        }
+        assert!(name("name", "../etc")
+            .expect_err("bad")
+            .to_string()
+            .starts_with("name: \"../etc\" must match"));
+    }
+
+    #[test]
+    fn numbers() {
+        assert!(positive("memory", 0).is_err());
+        assert!(positive("memory", 1).is_ok());
+        assert!(vcpus("vcpus", 0.5).is_ok());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 2048.0] {
+            assert!(vcpus("vcpus", bad).is_err(), "{bad}");
+        }
+    }
+}

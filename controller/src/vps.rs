@@ -1,0 +1,297 @@
+//! VPS lifecycle as the controller sees it: validate, check quota, place,
+//! record the desired state durably, then let the reconciler converge the node.
+
+use chrono::Utc;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::app::Controller;
+use crate::auth::Principal;
+use crate::error::ControllerError;
+use crate::scheduler::{self, Overcommit};
+use crate::store::{Power, Resources, StoreError, VpsRecord};
+use crate::validate::{self, ValidationError};
+
+/// The default template when a create request names none.
+pub const DEFAULT_TEMPLATE: &str = "busybox";
+
+/// A validated create request.
+pub struct CreateVps {
+    pub tenant: String,
+    pub name: String,
+    pub plan: String,
+    pub template: String,
+    pub overrides: Option<Resources>,
+    pub start: bool,
+}
+
+/// Applies non-zero override fields on top of a plan's resources.
+fn with_overrides(mut base: Resources, overrides: &Resources) -> Resources {
+    let pick = |base: &mut u64, value: u64| {
+        if value != 0 {
+            *base = value;
+        }
+    };
+    if overrides.vcpus != 0.0 {
+        base.vcpus = overrides.vcpus;
+    }
+    if overrides.cpu_weight != 0 {
+        base.cpu_weight = overrides.cpu_weight;
+    }
+    pick(&mut base.memory_bytes, overrides.memory_bytes);
+    pick(&mut base.swap_bytes, overrides.swap_bytes);
+    pick(&mut base.disk_bytes, overrides.disk_bytes);
+    pick(&mut base.pids_max, overrides.pids_max);
+    pick(
+        &mut base.io_read_bytes_per_sec,
+        overrides.io_read_bytes_per_sec,
+    );
+    pick(
+        &mut base.io_write_bytes_per_sec,
+        overrides.io_write_bytes_per_sec,
+    );
+    pick(&mut base.io_read_iops, overrides.io_read_iops);
+    pick(&mut base.io_write_iops, overrides.io_write_iops);
+    pick(
+        &mut base.net_ingress_bits_per_sec,
+        overrides.net_ingress_bits_per_sec,
+    );
+    pick(
+        &mut base.net_egress_bits_per_sec,
+        overrides.net_egress_bits_per_sec,
+    );
+    base
+}
+
+impl Controller {
+    /// Creates a VPS: nothing is stored unless every check passes, and the
+    /// quota check and the write are one transaction.
+    pub async fn create_vps(
+        &self,
+        principal: &Principal,
+        request: CreateVps,
+    ) -> Result<VpsRecord, ControllerError> {
+        let tenant_name = self.vps_scope(principal, &request.tenant)?;
+        validate::name("name", &request.name)?;
+        validate::name("plan", &request.plan)?;
+        let template = if request.template.is_empty() {
+            DEFAULT_TEMPLATE.to_owned()
+        } else {
+            request.template
+        };
+        validate::name("template", &template)?;
+        let plan = self.store.get_plan(&request.plan)?.ok_or_else(|| {
+            ValidationError::new(
+                "plan",
+                format!("unknown plan {:?}; see `paddock plans`", request.plan),
+            )
+        })?;
+        let resources = match &request.overrides {
+            Some(overrides) => with_overrides(plan.resources.clone(), overrides),
+            None => plan.resources.clone(),
+        };
+        validate::vcpus("vcpus", resources.vcpus)?;
+        validate::positive("memory_bytes", resources.memory_bytes)?;
+        validate::positive("disk_bytes", resources.disk_bytes)?;
+        let tenant = self
+            .store
+            .get_tenant(&tenant_name)?
+            .ok_or_else(|| ControllerError::not_found("tenant", &tenant_name))?;
+        if tenant.suspended {
+            return Err(ControllerError::Suspended {
+                tenant: tenant_name,
+                what: "creating a VPS",
+            });
+        }
+        if self.store.find_vps(&tenant_name, &request.name)?.is_some() {
+            return Err(StoreError::AlreadyExists {
+                kind: "VPS",
+                name: request.name,
+            }
+            .into());
+        }
+        let views: Vec<_> = self
+            .node_views()?
+            .into_iter()
+            .map(|(_, view, _)| view)
+            .collect();
+        let node = scheduler::place(&views, &resources, Overcommit::default())?;
+        let record = VpsRecord {
+            vps_id: Uuid::new_v4().to_string(),
+            name: request.name,
+            tenant: tenant_name,
+            plan: plan.name,
+            template,
+            resources,
+            node,
+            desired_power: if request.start {
+                Power::Running
+            } else {
+                Power::Stopped
+            },
+            deleting: false,
+            ipv4: Vec::new(),
+            rebuild_generation: 0,
+            restart_generation: 0,
+            created_at: Utc::now(),
+            observed: None,
+        };
+        self.store.create_vps(&record)?;
+        self.commit().await?;
+        info!(vps = %record.name, tenant = %record.tenant, node = %record.node, actor = %principal.actor(), "VPS created");
+        self.reconciler.kick(&record.node);
+        Ok(record)
+    }
+
+    pub fn get_vps(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        name: &str,
+    ) -> Result<VpsRecord, ControllerError> {
+        let tenant = self.vps_scope(principal, tenant)?;
+        self.find_vps(&tenant, name)
+    }
+
+    /// A tenant's VPSes; admins may list every tenant's by naming none.
+    pub fn list_vps(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+    ) -> Result<Vec<VpsRecord>, ControllerError> {
+        let mut list = match principal {
+            Principal::Admin { .. } if tenant.is_empty() => self.store.list_vps(None)?,
+            _ => {
+                let tenant = self.vps_scope(principal, tenant)?;
+                self.store.list_vps(Some(&tenant))?
+            }
+        };
+        list.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+        Ok(list)
+    }
+
+    /// Records the desired power state; the reconciler makes it so.
+    pub async fn set_power(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        name: &str,
+        power: Power,
+    ) -> Result<VpsRecord, ControllerError> {
+        let tenant = self.vps_scope(principal, tenant)?;
+        let vps = self.find_vps(&tenant, name)?;
+        if power == Power::Running {
+            self.refuse_if_suspended(&tenant, "starting a VPS")?;
+        }
+        let updated = self.store.update_vps(&vps.vps_id, &|vps| {
+            if vps.deleting {
+                return Err(StoreError::Conflict(format!(
+                    "VPS {:?} is being deleted",
+                    vps.name
+                )));
+            }
+            vps.desired_power = power;
+            Ok(())
+        })?;
+        self.commit().await?;
+        self.reconciler.kick(&updated.node);
+        Ok(updated)
+    }
+
+    /// Asks for one restart (stop, then start) of a VPS.
+    pub async fn restart_vps(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        name: &str,
+    ) -> Result<VpsRecord, ControllerError> {
+        let tenant = self.vps_scope(principal, tenant)?;
+        let vps = self.find_vps(&tenant, name)?;
+        self.refuse_if_suspended(&tenant, "restarting a VPS")?;
+        let updated = self.store.update_vps(&vps.vps_id, &|vps| {
+            if vps.deleting {
+                return Err(StoreError::Conflict(format!(
+                    "VPS {:?} is being deleted",
+                    vps.name
+                )));
+            }
+            vps.desired_power = Power::Running;
+            vps.restart_generation += 1;
+            // Until the node reports again, the VPS is on its way back up.
+            vps.observed = None;
+            Ok(())
+        })?;
+        self.commit().await?;
+        self.reconciler.kick(&updated.node);
+        Ok(updated)
+    }
+
+    /// Marks a VPS for deletion; it disappears once its node has removed it.
+    pub async fn delete_vps(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        name: &str,
+    ) -> Result<VpsRecord, ControllerError> {
+        let tenant = self.vps_scope(principal, tenant)?;
+        let vps = self.find_vps(&tenant, name)?;
+        let updated = self.store.update_vps(&vps.vps_id, &|vps| {
+            vps.deleting = true;
+            Ok(())
+        })?;
+        self.commit().await?;
+        info!(vps = %updated.name, tenant = %updated.tenant, actor = %principal.actor(), "VPS delete requested");
+        self.reconciler.kick(&updated.node);
+        Ok(updated)
+    }
+
+    fn refuse_if_suspended(&self, tenant: &str, what: &'static str) -> Result<(), ControllerError> {
+        match self.store.get_tenant(tenant)? {
+            Some(record) if record.suspended => Err(ControllerError::Suspended {
+                tenant: tenant.to_owned(),
+                what,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the node hosting a VPS is online and its tenant suspended, for display.
+    pub fn vps_context(&self, vps: &VpsRecord) -> Result<(bool, bool), ControllerError> {
+        let online = self
+            .store
+            .get_node(&vps.node)?
+            .is_some_and(|node| self.node_online(&node, Utc::now()));
+        let suspended = self
+            .store
+            .get_tenant(&vps.tenant)?
+            .is_some_and(|tenant| tenant.suspended);
+        Ok((online, suspended))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_replace_only_nonzero_fields() {
+        let base = Resources {
+            vcpus: 1.0,
+            memory_bytes: 100,
+            disk_bytes: 200,
+            pids_max: 10,
+            ..Resources::default()
+        };
+        let merged = with_overrides(
+            base,
+            &Resources {
+                memory_bytes: 300,
+                ..Resources::default()
+            },
+        );
+        assert_eq!(merged.memory_bytes, 300);
+        assert_eq!(merged.disk_bytes, 200);
+        assert_eq!(merged.vcpus, 1.0);
+        assert_eq!(merged.pids_max, 10);
+    }
+}
