@@ -1,0 +1,82 @@
+//! Conversions between the agent protocol and the runtime's types.
+
+use paddock_proto::v1;
+
+use crate::runtime::{Limits, ObservedState, Power, VpsObserved, VpsSpec};
+
+/// Ids are controller-made UUIDs; anything else could escape the state dir.
+pub fn valid_vps_id(vps_id: &str) -> bool {
+    vps_id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && vps_id.len() <= 64
+        && vps_id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+pub fn spec(spec: &v1::VpsSpec) -> Result<VpsSpec, tonic::Status> {
+    if !valid_vps_id(&spec.vps_id) {
+        return Err(tonic::Status::invalid_argument(
+            "vps_id: must be 1-64 lowercase letters, digits or '-'",
+        ));
+    }
+    let resources = spec.resources.unwrap_or_default();
+    let power = match spec.desired_power() {
+        v1::PowerState::Running => Power::Running,
+        v1::PowerState::Stopped => Power::Stopped,
+        v1::PowerState::Unspecified => {
+            return Err(tonic::Status::invalid_argument(
+                "desired_power: must be RUNNING or STOPPED",
+            ))
+        }
+    };
+    Ok(VpsSpec {
+        vps_id: spec.vps_id.clone(),
+        hostname: spec.name.clone(),
+        template: spec.template.clone(),
+        limits: Limits {
+            vcpus: resources.vcpus,
+            cpu_weight: resources.cpu_weight,
+            memory_bytes: resources.memory_bytes,
+            swap_bytes: resources.swap_bytes,
+            pids_max: resources.pids_max,
+        },
+        power,
+    })
+}
+
+pub fn status(observed: &VpsObserved) -> v1::VpsStatus {
+    let state = match observed.state {
+        ObservedState::Running => v1::AgentVpsState::Running,
+        ObservedState::Stopped => v1::AgentVpsState::Stopped,
+        ObservedState::Error => v1::AgentVpsState::Error,
+    };
+    v1::VpsStatus {
+        vps_id: observed.vps_id.clone(),
+        state: state.into(),
+        init_pid: observed.init_pid.unwrap_or(0),
+        message: observed.message.clone(),
+    }
+}
+
+/// Reported when a runtime operation failed: the controller shows the message.
+pub fn error_status(vps_id: &str, message: String) -> v1::VpsStatus {
+    v1::VpsStatus {
+        vps_id: vps_id.to_owned(),
+        state: v1::AgentVpsState::Error.into(),
+        init_pid: 0,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vps_ids_cannot_escape() {
+        assert!(valid_vps_id("0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a10"));
+        for bad in ["", "../x", "a/b", "A", "-a", &"a".repeat(65)] {
+            assert!(!valid_vps_id(bad), "{bad}");
+        }
+    }
+}

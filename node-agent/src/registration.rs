@@ -1,0 +1,186 @@
+//! Registration with the controller and the heartbeat that reports what exists.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use paddock_proto::v1;
+use paddock_proto::v1::agent_registry_client::AgentRegistryClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use crate::convert;
+use crate::runtime::Runtime;
+
+/// What the agent tells the controller about itself.
+pub struct NodeIdentity {
+    pub node_name: String,
+    pub address: String,
+    pub controller: String,
+    pub join_token: String,
+}
+
+fn with_token<T>(message: T, token: &MetadataValue<Ascii>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", token.clone());
+    request.set_timeout(Duration::from_secs(10));
+    request
+}
+
+/// Registers (retrying with backoff until the controller answers), then
+/// sends heartbeats forever; re-registers if the controller forgot the node.
+pub async fn run(identity: NodeIdentity, runtime: Arc<Runtime>, capacity: v1::NodeCapacityReport) {
+    let token: MetadataValue<Ascii> = match format!("Bearer {}", identity.join_token).parse() {
+        Ok(token) => token,
+        Err(_) => {
+            warn!("join token is not ASCII; cannot register");
+            return;
+        }
+    };
+    let channel = match Endpoint::from_shared(identity.controller.clone()) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .connect_lazy(),
+        Err(error) => {
+            warn!(controller = %identity.controller, %error, "bad controller address");
+            return;
+        }
+    };
+    let mut client = AgentRegistryClient::new(channel);
+    loop {
+        let interval = register(&mut client, &identity, &capacity, &token).await;
+        heartbeat_until_forgotten(
+            &mut client,
+            &identity,
+            &runtime,
+            &capacity,
+            &token,
+            interval,
+        )
+        .await;
+    }
+}
+
+async fn register(
+    client: &mut AgentRegistryClient<Channel>,
+    identity: &NodeIdentity,
+    capacity: &v1::NodeCapacityReport,
+    token: &MetadataValue<Ascii>,
+) -> Duration {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let request = v1::RegisterRequest {
+            node_name: identity.node_name.clone(),
+            address: identity.address.clone(),
+            capacity: Some(*capacity),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        match client.register(with_token(request, token)).await {
+            Ok(response) => {
+                let secs = response.into_inner().heartbeat_interval_secs.max(1);
+                info!(node = %identity.node_name, controller = %identity.controller, "registered");
+                return Duration::from_secs(u64::from(secs));
+            }
+            Err(status) => {
+                warn!(controller = %identity.controller, code = ?status.code(), message = status.message(), retry_in = ?backoff, "registration failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn heartbeat_until_forgotten(
+    client: &mut AgentRegistryClient<Channel>,
+    identity: &NodeIdentity,
+    runtime: &Arc<Runtime>,
+    capacity: &v1::NodeCapacityReport,
+    token: &MetadataValue<Ascii>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let listed = {
+            let runtime = runtime.clone();
+            tokio::task::spawn_blocking(move || runtime.list()).await
+        };
+        let vps = match listed {
+            Ok(Ok(list)) => list.iter().map(convert::status).collect(),
+            Ok(Err(error)) => {
+                warn!(%error, "listing VPSes for the heartbeat");
+                Vec::new()
+            }
+            Err(error) => {
+                warn!(%error, "heartbeat listing task failed");
+                Vec::new()
+            }
+        };
+        let request = v1::HeartbeatRequest {
+            node_name: identity.node_name.clone(),
+            vps,
+            capacity: Some(*capacity),
+        };
+        match client.heartbeat(with_token(request, token)).await {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                warn!("controller does not know this node; registering again");
+                return;
+            }
+            Err(status) => {
+                warn!(code = ?status.code(), message = status.message(), "heartbeat failed")
+            }
+        }
+    }
+}
+
+/// CPUs, memory and state-dir disk space of this node.
+pub fn capacity(state_dir: &std::path::Path) -> v1::NodeCapacityReport {
+    let vcpus = std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0);
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0);
+    let disk_bytes = nix::sys::statvfs::statvfs(state_dir)
+        .map(|stat| stat.blocks() * stat.fragment_size())
+        .unwrap_or(0);
+    v1::NodeCapacityReport {
+        vcpus,
+        memory_bytes,
+        disk_bytes,
+    }
+}
+
+/// A node name from the host name, made to fit the name rule.
+pub fn default_node_name() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_default();
+    let mut name: String = host
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        name = format!("node-{name}");
+        name.truncate(63);
+    }
+    name.trim_end_matches('-').to_owned()
+}

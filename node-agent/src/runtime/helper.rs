@@ -1,0 +1,310 @@
+//! Re-executed helpers (`paddock-agent __internal <helper> <json>`): fresh single-threaded
+//! processes, so that fork, unshare and setns are safe, and so that the VPS's init is never a
+//! child of the (multi-threaded, restartable) agent.
+//!
+//! `start`: joins the VPS cgroup, unshares the VPS namespaces, forks the future init (PID 1 of
+//! the new pid namespace), which unshares its mount namespace, mounts the rootfs, pivots into it
+//! and execs `/sbin/init`.
+//! Setup errors come back through a close-on-exec pipe; on success the helper prints the init's
+//! identity as JSON on stdout and exits, so the init is reparented away from the agent.
+//!
+//! `exec`: see [`super::exec`].
+
+use std::convert::Infallible;
+use std::ffi::{CString, NulError, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{dup2, execve, fork, pipe2, sethostname, setsid, ForkResult};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::cgroups::{CgroupError, VpsCgroup};
+use super::namespaces::{self, NamespaceError};
+use super::process::{self, ProcessError, ProcessIdentity};
+use super::rootfs::{RootfsError, RootfsLayout};
+use super::{exec, INTERNAL_ARG};
+
+/// Name of the start helper.
+pub(crate) const START: &str = "start";
+/// Name of the exec helper.
+pub(crate) const EXEC: &str = "exec";
+
+/// The init's environment.
+const INIT_ENV: &[&str] = &[
+    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+    "TERM=linux",
+    "container=paddock",
+];
+const INIT_PATH: &str = "/sbin/init";
+
+/// Errors inside a helper process (reported on its stderr, or through the setup pipe).
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// The helper's arguments were not `<helper> <json>`.
+    #[error("bad helper arguments: {0}")]
+    Usage(String),
+    /// The request JSON did not decode.
+    #[error("decode request: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The helper is not single-threaded, so fork/setns would be unsafe.
+    #[error("helper has {threads} threads; it must be single-threaded")]
+    NotSingleThreaded {
+        /// Threads found in /proc/self/task.
+        threads: usize,
+    },
+    /// A filesystem operation failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A system call failed.
+    #[error("{operation}: {source}")]
+    Sys {
+        /// The call (`fork`, `pipe2`, `sethostname`, ...).
+        operation: &'static str,
+        /// The errno.
+        source: Errno,
+    },
+    /// A string passed to exec contained a NUL byte.
+    #[error("argument contains a NUL byte: {0}")]
+    Nul(#[from] NulError),
+    /// Joining the VPS cgroup failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Creating or joining namespaces failed.
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    /// Building the root filesystem failed.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// Inspecting a process failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The container's setup failed in the child before exec; the message is the child's.
+    #[error("container setup failed: {0}")]
+    ChildSetup(String),
+    /// The init exec'd but is already gone.
+    #[error("init exited immediately ({0})")]
+    InitExited(String),
+    /// The exec helper died before the command was started.
+    #[error("the exec helper exited before the command started")]
+    ParentGone,
+    /// The VPS's init is not running (exec).
+    #[error("the VPS init (pid {0}) is not running")]
+    NotRunning(u32),
+}
+
+pub(crate) fn sys_err(operation: &'static str) -> impl FnOnce(Errno) -> HelperError {
+    move |source| HelperError::Sys { operation, source }
+}
+
+/// What the agent asks the start helper to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StartRequest {
+    pub vps_id: String,
+    pub hostname: String,
+    pub cgroup_parent: String,
+    pub rootfs: RootfsLayout,
+    pub console_log: PathBuf,
+}
+
+/// What the start helper prints on success.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StartReply {
+    pub init: ProcessIdentity,
+}
+
+/// Dispatches `__internal <helper> <json>`; returns the process exit code.
+pub(crate) fn run(args: Vec<OsString>) -> i32 {
+    match args.first().and_then(|a| a.to_str()) {
+        Some(START) => match start(&args[1..]) {
+            Ok(reply) => match serde_json::to_string(&reply) {
+                Ok(json) => {
+                    println!("{json}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("encode start reply: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Some(EXEC) => exec::helper_main(&args[1..]),
+        other => {
+            eprintln!(
+                "{INTERNAL_ARG}: unknown helper {:?} (expected {START} or {EXEC})",
+                other.unwrap_or("")
+            );
+            2
+        }
+    }
+}
+
+/// Decodes the single JSON argument of a helper.
+pub(crate) fn decode_request<T: DeserializeOwned>(args: &[OsString]) -> Result<T, HelperError> {
+    match args {
+        [json] => {
+            let json = json
+                .to_str()
+                .ok_or_else(|| HelperError::Usage("request is not UTF-8".into()))?;
+            Ok(serde_json::from_str(json)?)
+        }
+        _ => Err(HelperError::Usage(format!(
+            "expected one JSON argument, got {}",
+            args.len()
+        ))),
+    }
+}
+
+/// fork and setns(CLONE_NEWNS) are only sound in a single-threaded process.
+pub(crate) fn ensure_single_threaded() -> Result<(), HelperError> {
+    let task_dir = PathBuf::from("/proc/self/task");
+    let threads = fs::read_dir(&task_dir)
+        .map_err(|source| HelperError::Io {
+            operation: "read dir",
+            path: task_dir,
+            source,
+        })?
+        .count();
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(HelperError::NotSingleThreaded { threads })
+    }
+}
+
+/// Restores what a Rust `main` changes and `exec` would carry over: SIGPIPE ignored, and any
+/// blocked signals.
+pub(crate) fn reset_signals() -> Result<(), HelperError> {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_DFL registers no handler code, so no async-signal-safety
+    // requirement applies.
+    unsafe { sigaction(Signal::SIGPIPE, &default) }.map_err(sys_err("reset SIGPIPE"))?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(sys_err("clear signal mask"))
+}
+
+/// Exits the forked child immediately, without running the parent's atexit handlers or
+/// flushing its stdio buffers a second time.
+pub(crate) fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and always sound to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
+    let request: StartRequest = decode_request(args)?;
+    ensure_single_threaded()?;
+    VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
+    namespaces::unshare_vps_namespaces()?;
+
+    let console = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(&request.console_log)
+        .map_err(|source| HelperError::Io {
+            operation: "open console log",
+            path: request.console_log.clone(),
+            source,
+        })?;
+    let devnull = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|source| HelperError::Io {
+            operation: "open",
+            path: PathBuf::from("/dev/null"),
+            source,
+        })?;
+    let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
+
+    // SAFETY: this helper is single-threaded (checked above), so the child is a complete copy of
+    // the process and may allocate and run arbitrary code before exec.
+    match unsafe { fork() }.map_err(sys_err("fork"))? {
+        ForkResult::Child => {
+            drop(report_read);
+            let Err(error) = init_child(&request, &console, &devnull);
+            let mut pipe = File::from(report_write);
+            let _ = pipe.write_all(error.to_string().as_bytes());
+            exit_child(1)
+        }
+        ForkResult::Parent { child } => {
+            drop(report_write);
+            let mut message = String::new();
+            File::from(report_read)
+                .read_to_string(&mut message)
+                .map_err(|source| HelperError::Io {
+                    operation: "read setup report",
+                    path: PathBuf::from("pipe"),
+                    source,
+                })?;
+            if !message.is_empty() {
+                let _ = waitpid(child, None);
+                return Err(HelperError::ChildSetup(message));
+            }
+            // The init is still our child until we exit, so its pid cannot have been reused.
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(status) => return Err(HelperError::InitExited(format!("{status:?}"))),
+                Err(e) => {
+                    return Err(HelperError::Sys {
+                        operation: "waitpid",
+                        source: e,
+                    })
+                }
+            }
+            let pid = u32::try_from(child.as_raw())
+                .map_err(|_| HelperError::InitExited(format!("bad pid {child}")))?;
+            let init = ProcessIdentity::of(pid)?
+                .ok_or_else(|| HelperError::InitExited("no longer in /proc".into()))?;
+            Ok(StartReply { init })
+        }
+    }
+}
+
+/// Runs in the forked child: becomes the VPS's init. Returns only on failure.
+fn init_child(
+    request: &StartRequest,
+    console: &File,
+    devnull: &File,
+) -> Result<Infallible, HelperError> {
+    setsid().map_err(sys_err("setsid"))?;
+    namespaces::unshare_mount_namespace()?;
+    sethostname(&request.hostname).map_err(sys_err("sethostname"))?;
+    request.rootfs.enter()?;
+    let argv = [CString::new(INIT_PATH)?];
+    let env = INIT_ENV
+        .iter()
+        .map(|e| CString::new(*e))
+        .collect::<Result<Vec<_>, _>>()?;
+    redirect_stdio(devnull, console)?;
+    process::mark_cloexec_from(3).map_err(sys_err("close_range"))?;
+    reset_signals()?;
+    execve(&argv[0], &argv, &env).map_err(sys_err("execve /sbin/init"))
+}
+
+/// stdin from /dev/null, stdout and stderr appended to the console log.
+fn redirect_stdio(devnull: &File, console: &File) -> Result<(), HelperError> {
+    for (fd, target) in [(devnull, 0), (console, 1), (console, 2)] {
+        dup2(fd.as_raw_fd(), target).map_err(sys_err("dup2 stdio"))?;
+    }
+    Ok(())
+}

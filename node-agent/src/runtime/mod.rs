@@ -1,0 +1,980 @@
+//! The container runtime: turns a [`VpsSpec`] into a running system container (own init as
+//! PID 1, pid/mount/uts/ipc/net/cgroup namespaces, overlayfs root, cgroup limits) and reports
+//! what exists.
+//!
+//! The API is blocking and idempotent; the gRPC layer calls it from `spawn_blocking`. State
+//! lives on disk under `state_dir` (see [`state`]) and in the kernel, never only in memory, so a
+//! restarted agent re-adopts running VPSes and finishes or rolls back interrupted operations.
+//!
+//! Privileged work (fork, unshare, setns, mounts) happens in re-executed helper processes
+//! (`helper_binary __internal ...`, see [`run_internal`]), never in the multi-threaded agent.
+
+mod cgroups;
+mod exec;
+mod helper;
+mod namespaces;
+mod process;
+mod rootfs;
+mod state;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::cgroups::CgroupError;
+use self::cgroups::VpsCgroup;
+use self::exec::ExecRequest;
+pub use self::exec::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED};
+pub use self::helper::HelperError;
+use self::helper::StartRequest;
+pub use self::namespaces::NamespaceError;
+pub use self::process::ProcessError;
+use self::process::ProcessIdentity;
+pub use self::rootfs::RootfsError;
+use self::rootfs::RootfsLayout;
+pub use self::state::StateError;
+use self::state::{Layout, Phase, VpsState, STATE_VERSION};
+pub use self::supervisor::SupervisorError;
+
+/// First argument that makes `paddock-agent` run a runtime helper instead of the agent.
+pub const INTERNAL_ARG: &str = "__internal";
+
+/// Largest vcpus value accepted in [`Limits`].
+pub const MAX_VCPUS: f64 = 1024.0;
+/// Smallest non-zero memory limit accepted in [`Limits`].
+pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
+
+/// Entry point of the re-executed helpers: `paddock-agent __internal <helper> <json>`.
+///
+/// `main` must call this before starting any threads (the helpers fork and setns) with the
+/// arguments after `__internal`, and exit with the returned code.
+pub fn run_internal(args: Vec<OsString>) -> i32 {
+    helper::run(args)
+}
+
+/// Node-level settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Root of all runtime state: `templates/`, `vps/<id>/`, `trash/`. Must be absolute and must
+    /// not contain `,` or `:` (overlayfs option syntax).
+    pub state_dir: PathBuf,
+    /// cgroup under which every VPS gets `vps-<id>` (relative to each hierarchy root).
+    pub cgroup_parent: String,
+    /// How long a stop waits for the init to power off before SIGKILL.
+    pub stop_grace: Duration,
+    /// The `paddock-agent` executable, re-executed with [`INTERNAL_ARG`] for helpers.
+    pub helper_binary: PathBuf,
+}
+
+/// Desired power state of a VPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Power {
+    /// The init should be running.
+    Running,
+    /// No process of the VPS should exist.
+    Stopped,
+}
+
+/// Resource limits of a VPS, enforced through its cgroup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPUs worth of CFS quota (fractional allowed); 0 = unlimited.
+    pub vcpus: f64,
+    /// cgroup v2 style weight 1..=10000 (v1 shares are derived); 0 = default (100).
+    pub cpu_weight: u32,
+    /// Memory hard limit; 0 = unlimited.
+    pub memory_bytes: u64,
+    /// Swap allowed on top of memory (v1: only where memsw accounting exists).
+    pub swap_bytes: u64,
+    /// Maximum number of tasks; 0 = unlimited.
+    pub pids_max: u64,
+}
+
+/// What should exist for one VPS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VpsSpec {
+    /// Stable id; 1-64 of `[A-Za-z0-9_-]`, starting alphanumeric. Names paths and the cgroup.
+    pub vps_id: String,
+    /// Hostname inside the VPS (applied at the next start).
+    pub hostname: String,
+    /// Template name under `state_dir/templates/`; fixed at creation.
+    pub template: String,
+    /// Resource limits, updated in place on a running VPS.
+    pub limits: Limits,
+    /// Whether the init should run.
+    pub power: Power,
+}
+
+/// Observed state of a VPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedState {
+    /// The recorded init is alive.
+    Running,
+    /// No init is running.
+    Stopped,
+    /// The runtime cannot tell (e.g. unreadable state); see the message.
+    Error,
+}
+
+/// What exists for one VPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpsObserved {
+    /// The VPS id.
+    pub vps_id: String,
+    /// Running, stopped or error.
+    pub state: ObservedState,
+    /// Host pid of the VPS's init while running.
+    pub init_pid: Option<u32>,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Errors of the runtime API.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A spec field or argument breaks a rule.
+    #[error("invalid {field}: {rule}")]
+    InvalidArgument {
+        /// The field (`vps_id`, `hostname`, `limits.vcpus`, `command`, ...).
+        field: &'static str,
+        /// The rule it breaks.
+        rule: String,
+    },
+    /// A [`RuntimeConfig`] field is unusable.
+    #[error("invalid runtime config {field}: {rule}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        rule: String,
+    },
+    /// No such VPS on this node.
+    #[error("vps {0} not found")]
+    NotFound(String),
+    /// The VPS exists but is not running (exec).
+    #[error("vps {0} is not running")]
+    NotRunning(String),
+    /// The requested template has not been built on this node.
+    #[error("template {0} is not installed on this node")]
+    TemplateMissing(String),
+    /// apply asked for a different template than the VPS was created from (use rebuild).
+    #[error("vps {vps_id} was created from template {current}, not {requested}")]
+    TemplateMismatch {
+        /// The VPS.
+        vps_id: String,
+        /// Its template.
+        current: String,
+        /// The requested one.
+        requested: String,
+    },
+    /// Runtime-wide state (directories under `state_dir`) failed.
+    #[error("runtime state: {0}")]
+    Setup(#[source] StateError),
+    /// The VPS's state files failed.
+    #[error("vps {vps_id}: {source}")]
+    State {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: StateError,
+    },
+    /// The VPS's cgroup failed.
+    #[error("vps {vps_id}: {source}")]
+    Cgroup {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: CgroupError,
+    },
+    /// The VPS's root filesystem failed.
+    #[error("vps {vps_id}: {source}")]
+    Rootfs {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: RootfsError,
+    },
+    /// Inspecting the VPS's init failed.
+    #[error("vps {vps_id}: {source}")]
+    Process {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: ProcessError,
+    },
+    /// Starting or stopping the VPS failed.
+    #[error("vps {vps_id}: {source}")]
+    Supervisor {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: SupervisorError,
+    },
+    /// The exec helper could not be spawned.
+    #[error("vps {vps_id}: spawn exec helper {path}: {source}")]
+    ExecSpawn {
+        /// The VPS.
+        vps_id: String,
+        /// The helper binary.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A multi-step operation failed and rolling it back failed too.
+    #[error("{error}; rollback also failed: {cleanup}")]
+    RollbackFailed {
+        /// The original error.
+        error: Box<RuntimeError>,
+        /// The cleanup error.
+        cleanup: Box<RuntimeError>,
+    },
+}
+
+/// The node's container runtime. Cheap to clone; all clones share per-VPS locks.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RuntimeConfig,
+    layout: Layout,
+    /// One lock per VPS id, so concurrent calls for the same VPS serialise while different
+    /// VPSes proceed in parallel.
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Runtime {
+    /// Validates the config, creates the state directories, and recovers from a previous run:
+    /// rolls back interrupted creates, finishes interrupted deletes and adopts VPSes whose init
+    /// is still running (without touching them).
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        validate_config(&config)?;
+        let layout = Layout {
+            state_dir: config.state_dir.clone(),
+        };
+        layout.create_dirs().map_err(RuntimeError::Setup)?;
+        let runtime = Self {
+            inner: Arc::new(Inner {
+                config,
+                layout,
+                locks: Mutex::new(HashMap::new()),
+            }),
+        };
+        runtime.recover()?;
+        Ok(runtime)
+    }
+
+    fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    fn vps_lock(&self, vps_id: &str) -> Arc<Mutex<()>> {
+        let mut locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        locks.entry(vps_id.to_string()).or_default().clone()
+    }
+
+    fn cgroup(&self, vps_id: &str) -> VpsCgroup {
+        VpsCgroup::open(&self.config().cgroup_parent, vps_id)
+    }
+
+    fn recover(&self) -> Result<(), RuntimeError> {
+        let trash = self.layout().trash_root();
+        for entry in fs::read_dir(&trash)
+            .map_err(state::io_err("read dir", &trash))
+            .map_err(RuntimeError::Setup)?
+            .flatten()
+        {
+            if let Err(e) = state::remove_tree(&entry.path()) {
+                tracing::error!(error = %e, "purging trash");
+            }
+        }
+        let ids = self.layout().vps_ids().map_err(RuntimeError::Setup)?;
+        for vps_id in ids {
+            if let Err(e) = self.recover_vps(&vps_id) {
+                tracing::error!(vps_id, error = %e, "recovering VPS state");
+            }
+        }
+        Ok(())
+    }
+
+    fn recover_vps(&self, vps_id: &str) -> Result<(), RuntimeError> {
+        let lock = self.vps_lock(vps_id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.load(vps_id)? {
+            // Crashed between creating the directory and writing the intent marker.
+            None => self.remove_vps(vps_id),
+            Some(st) if st.phase == Phase::Creating => {
+                tracing::info!(vps_id, "rolling back interrupted create");
+                self.remove_vps(vps_id)
+            }
+            Some(st) if st.phase == Phase::Deleting => {
+                tracing::info!(vps_id, "finishing interrupted delete");
+                self.remove_vps(vps_id)
+            }
+            Some(st) => {
+                let observed = self.observe(&st);
+                tracing::info!(vps_id, state = ?observed.state, init_pid = ?observed.init_pid, "adopted VPS");
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the VPS match `spec`: creates its rootfs and cgroup if missing, writes the limits
+    /// (in place, also on a running VPS), and starts or stops it to match `spec.power`.
+    ///
+    /// Blocks while starting (until the init has exec'd) and while stopping (up to
+    /// `stop_grace` plus the kill timeout).
+    pub fn apply(&self, spec: &VpsSpec) -> Result<VpsObserved, RuntimeError> {
+        validate_spec(spec)?;
+        let vps_id = spec.vps_id.as_str();
+        let lock = self.vps_lock(vps_id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+
+        let mut st = match self.load(vps_id)? {
+            Some(st) if st.phase == Phase::Ready => st,
+            Some(_) => {
+                // A create or delete was interrupted: clean up, then build afresh.
+                self.remove_vps(vps_id)?;
+                self.create(spec)?
+            }
+            None => self.create(spec)?,
+        };
+        if st.template != spec.template {
+            return Err(RuntimeError::TemplateMismatch {
+                vps_id: vps_id.to_string(),
+                current: st.template,
+                requested: spec.template.clone(),
+            });
+        }
+
+        let cgroup = self.cgroup(vps_id);
+        // Recreated after a node reboot, where the state survives but cgroups do not.
+        cgroup.create().map_err(|source| RuntimeError::Cgroup {
+            vps_id: vps_id.to_string(),
+            source,
+        })?;
+        cgroup
+            .apply_limits(&spec.limits)
+            .map_err(|source| RuntimeError::Cgroup {
+                vps_id: vps_id.to_string(),
+                source,
+            })?;
+
+        let running = self.live_init(&st)?;
+        st.limits = spec.limits.clone();
+        st.hostname = spec.hostname.clone();
+        st.power = spec.power;
+        st.init = running.clone();
+        self.save(&st)?;
+
+        match (spec.power, running) {
+            (Power::Running, Some(_)) => {}
+            (Power::Running, None) => {
+                self.kill(None, &cgroup, vps_id)?;
+                let init = self.start(&st)?;
+                tracing::info!(vps_id, pid = init.pid, "started VPS");
+                st.init = Some(init);
+                self.save(&st)?;
+            }
+            (Power::Stopped, init) => {
+                supervisor::stop(init.as_ref(), &cgroup, self.config().stop_grace).map_err(
+                    |source| RuntimeError::Supervisor {
+                        vps_id: vps_id.to_string(),
+                        source,
+                    },
+                )?;
+                if init.is_some() {
+                    tracing::info!(vps_id, "stopped VPS");
+                }
+                st.init = None;
+                self.save(&st)?;
+            }
+        }
+        Ok(self.observe(&st))
+    }
+
+    /// Removes the VPS completely: kills every process, removes its cgroup in every hierarchy
+    /// and its state directory (writable layer included). Absent is `Ok`.
+    pub fn delete(&self, vps_id: &str) -> Result<(), RuntimeError> {
+        validate_vps_id(vps_id)?;
+        let lock = self.vps_lock(vps_id);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // An unreadable record must not block deletion: the cgroup and paths derive from the id.
+        if let Ok(Some(mut st)) = self.layout().read_state(vps_id) {
+            if st.phase != Phase::Deleting {
+                st.phase = Phase::Deleting;
+                self.save(&st)?;
+            }
+        }
+        self.remove_vps(vps_id)
+    }
+
+    /// The observed state of one VPS, `None` if it does not exist.
+    pub fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, RuntimeError> {
+        validate_vps_id(vps_id)?;
+        match self.layout().read_state(vps_id) {
+            Ok(Some(st)) => Ok(Some(self.observe(&st))),
+            Ok(None) => Ok(None),
+            Err(e) => Ok(Some(VpsObserved {
+                vps_id: vps_id.to_string(),
+                state: ObservedState::Error,
+                init_pid: None,
+                message: e.to_string(),
+            })),
+        }
+    }
+
+    /// The observed state of every VPS on this node, sorted by id.
+    pub fn list(&self) -> Result<Vec<VpsObserved>, RuntimeError> {
+        let ids = self.layout().vps_ids().map_err(RuntimeError::Setup)?;
+        let mut all = Vec::with_capacity(ids.len());
+        for vps_id in ids {
+            if validate_vps_id(&vps_id).is_err() {
+                continue;
+            }
+            if let Some(observed) = self.status(&vps_id)? {
+                all.push(observed);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Runs `command` inside the running VPS (all its namespaces and its cgroup), with
+    /// `PATH`, `HOME=/root`, `TERM` defaults overridden/extended by `env` (`KEY=VALUE`).
+    ///
+    /// stdin, stdout and stderr are piped. The child's exit status is the command's exit code
+    /// (128 + signal if it was killed; 125 if the helper could not set up, 126/127 for a
+    /// command that cannot be executed / is not found). Dropping the child kills the command.
+    /// Must be called within a tokio runtime context (e.g. from `spawn_blocking`).
+    pub fn exec(
+        &self,
+        vps_id: &str,
+        command: &[String],
+        env: &[String],
+    ) -> Result<tokio::process::Child, RuntimeError> {
+        validate_vps_id(vps_id)?;
+        validate_command(command, env)?;
+        let st = self
+            .load(vps_id)?
+            .filter(|st| st.phase == Phase::Ready)
+            .ok_or_else(|| RuntimeError::NotFound(vps_id.to_string()))?;
+        let init = self
+            .live_init(&st)?
+            .ok_or_else(|| RuntimeError::NotRunning(vps_id.to_string()))?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(RuntimeError::InvalidArgument {
+                field: "context",
+                rule: "exec must be called within a tokio runtime".into(),
+            });
+        }
+        let request = ExecRequest {
+            vps_id: vps_id.to_string(),
+            cgroup_parent: self.config().cgroup_parent.clone(),
+            init,
+            command: command.to_vec(),
+            env: env.to_vec(),
+        };
+        exec::spawn(&self.config().helper_binary, &request).map_err(|source| {
+            RuntimeError::ExecSpawn {
+                vps_id: vps_id.to_string(),
+                path: self.config().helper_binary.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Host paths of the VPS's cgroup directories, one per hierarchy (they may not exist).
+    pub fn cgroup_paths(&self, vps_id: &str) -> Vec<PathBuf> {
+        self.cgroup(vps_id).paths()
+    }
+
+    /// The path of the VPS's console log (the init's stdout and stderr).
+    pub fn console_log_path(&self, vps_id: &str) -> PathBuf {
+        self.layout().console_log(vps_id)
+    }
+
+    fn load(&self, vps_id: &str) -> Result<Option<VpsState>, RuntimeError> {
+        self.layout()
+            .read_state(vps_id)
+            .map_err(|source| RuntimeError::State {
+                vps_id: vps_id.to_string(),
+                source,
+            })
+    }
+
+    fn save(&self, st: &VpsState) -> Result<(), RuntimeError> {
+        self.layout()
+            .write_state(st)
+            .map_err(|source| RuntimeError::State {
+                vps_id: st.vps_id.clone(),
+                source,
+            })
+    }
+
+    fn rootfs_layout(&self, vps_id: &str, template: &str) -> RootfsLayout {
+        RootfsLayout::new(
+            &self.layout().vps_dir(vps_id),
+            &self.layout().template_rootfs(template),
+        )
+    }
+
+    /// Creates a VPS: intent marker first, then rootfs dirs and cgroup, then `Ready`. Rolls back
+    /// on failure.
+    fn create(&self, spec: &VpsSpec) -> Result<VpsState, RuntimeError> {
+        let vps_id = spec.vps_id.as_str();
+        if !self.layout().template_rootfs(&spec.template).is_dir() {
+            return Err(RuntimeError::TemplateMissing(spec.template.clone()));
+        }
+        let dir = self.layout().vps_dir(vps_id);
+        fs::create_dir_all(&dir)
+            .map_err(state::io_err("create dir", &dir))
+            .map_err(|source| RuntimeError::State {
+                vps_id: vps_id.to_string(),
+                source,
+            })?;
+        let mut st = VpsState {
+            version: STATE_VERSION,
+            vps_id: vps_id.to_string(),
+            phase: Phase::Creating,
+            hostname: spec.hostname.clone(),
+            template: spec.template.clone(),
+            limits: spec.limits.clone(),
+            power: Power::Stopped,
+            init: None,
+        };
+        self.save(&st)?;
+        let built = self.build(spec);
+        if let Err(error) = built {
+            return Err(match self.remove_vps(vps_id) {
+                Ok(()) => error,
+                Err(cleanup) => RuntimeError::RollbackFailed {
+                    error: Box::new(error),
+                    cleanup: Box::new(cleanup),
+                },
+            });
+        }
+        st.phase = Phase::Ready;
+        self.save(&st)?;
+        tracing::info!(vps_id, template = spec.template, "created VPS");
+        Ok(st)
+    }
+
+    fn build(&self, spec: &VpsSpec) -> Result<(), RuntimeError> {
+        let vps_id = spec.vps_id.as_str();
+        self.rootfs_layout(vps_id, &spec.template)
+            .prepare()
+            .map_err(|source| RuntimeError::Rootfs {
+                vps_id: vps_id.to_string(),
+                source,
+            })?;
+        let cgroup = self.cgroup(vps_id);
+        cgroup
+            .create()
+            .and_then(|()| cgroup.apply_limits(&spec.limits))
+            .map_err(|source| RuntimeError::Cgroup {
+                vps_id: vps_id.to_string(),
+                source,
+            })
+    }
+
+    /// Kills everything, removes the cgroup and the VPS directory (via the trash, so a crash
+    /// mid-removal never leaves a half-deleted VPS that looks real).
+    fn remove_vps(&self, vps_id: &str) -> Result<(), RuntimeError> {
+        let init = self
+            .layout()
+            .read_state(vps_id)
+            .ok()
+            .flatten()
+            .and_then(|st| st.init);
+        let cgroup = self.cgroup(vps_id);
+        self.kill(init.as_ref(), &cgroup, vps_id)?;
+        cgroup.delete().map_err(|source| RuntimeError::Cgroup {
+            vps_id: vps_id.to_string(),
+            source,
+        })?;
+        let dir = self.layout().vps_dir(vps_id);
+        let state_err = |source| RuntimeError::State {
+            vps_id: vps_id.to_string(),
+            source,
+        };
+        if dir.exists() {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let trash = self.layout().trash_root().join(format!("{vps_id}-{nanos}"));
+            fs::rename(&dir, &trash)
+                .map_err(state::io_err("move to trash", &dir))
+                .map_err(state_err)?;
+            state::remove_tree(&trash).map_err(state_err)?;
+            tracing::info!(vps_id, "deleted VPS");
+        }
+        Ok(())
+    }
+
+    fn kill(
+        &self,
+        init: Option<&ProcessIdentity>,
+        cgroup: &VpsCgroup,
+        vps_id: &str,
+    ) -> Result<(), RuntimeError> {
+        supervisor::kill_all(init, cgroup).map_err(|source| RuntimeError::Supervisor {
+            vps_id: vps_id.to_string(),
+            source,
+        })
+    }
+
+    fn start(&self, st: &VpsState) -> Result<ProcessIdentity, RuntimeError> {
+        let vps_id = st.vps_id.as_str();
+        let rootfs = self.rootfs_layout(vps_id, &st.template);
+        // Idempotent; also re-checks that the template is still there.
+        rootfs.prepare().map_err(|source| RuntimeError::Rootfs {
+            vps_id: vps_id.to_string(),
+            source,
+        })?;
+        let request = StartRequest {
+            vps_id: vps_id.to_string(),
+            hostname: st.hostname.clone(),
+            cgroup_parent: self.config().cgroup_parent.clone(),
+            rootfs,
+            console_log: self.layout().console_log(vps_id),
+        };
+        supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {
+            RuntimeError::Supervisor {
+                vps_id: vps_id.to_string(),
+                source,
+            }
+        })
+    }
+
+    /// The recorded init if it is still the same running process.
+    fn live_init(&self, st: &VpsState) -> Result<Option<ProcessIdentity>, RuntimeError> {
+        match &st.init {
+            Some(init) => match init.is_alive() {
+                Ok(true) => Ok(Some(init.clone())),
+                Ok(false) => Ok(None),
+                Err(source) => Err(RuntimeError::Process {
+                    vps_id: st.vps_id.clone(),
+                    source,
+                }),
+            },
+            None => Ok(None),
+        }
+    }
+
+    fn observe(&self, st: &VpsState) -> VpsObserved {
+        let (state, init_pid, message) = match st.phase {
+            Phase::Creating => (ObservedState::Stopped, None, "being created".to_string()),
+            Phase::Deleting => (ObservedState::Stopped, None, "being deleted".to_string()),
+            Phase::Ready => match self.live_init(st) {
+                Ok(Some(init)) => (
+                    ObservedState::Running,
+                    Some(init.pid),
+                    format!("running, init pid {}", init.pid),
+                ),
+                Ok(None) => match (&st.init, st.power) {
+                    (Some(init), Power::Running) => (
+                        ObservedState::Stopped,
+                        None,
+                        format!(
+                            "init (pid {}) exited unexpectedly; see {}",
+                            init.pid,
+                            self.layout().console_log(&st.vps_id).display()
+                        ),
+                    ),
+                    _ => (ObservedState::Stopped, None, "stopped".to_string()),
+                },
+                Err(e) => (ObservedState::Error, None, e.to_string()),
+            },
+        };
+        VpsObserved {
+            vps_id: st.vps_id.clone(),
+            state,
+            init_pid,
+            message,
+        }
+    }
+}
+
+fn invalid(field: &'static str, rule: impl Into<String>) -> RuntimeError {
+    RuntimeError::InvalidArgument {
+        field,
+        rule: rule.into(),
+    }
+}
+
+fn validate_vps_id(vps_id: &str) -> Result<(), RuntimeError> {
+    let mut chars = vps_id.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if first_ok && rest_ok && vps_id.len() <= 64 {
+        Ok(())
+    } else {
+        Err(invalid(
+            "vps_id",
+            "must be 1-64 characters of [A-Za-z0-9_-] starting with a letter or digit",
+        ))
+    }
+}
+
+fn validate_hostname(hostname: &str) -> Result<(), RuntimeError> {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if hostname.len() <= 64 && hostname.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "hostname",
+            "must be at most 64 characters of dot-separated labels of [A-Za-z0-9-], \
+             not starting or ending with '-'",
+        ))
+    }
+}
+
+/// Template names are directory names under `state_dir/templates`.
+pub(crate) fn validate_template_name(template: &str) -> Result<(), RuntimeError> {
+    let mut chars = template.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if first_ok && rest_ok && template.len() <= 63 && !template.contains("..") {
+        Ok(())
+    } else {
+        Err(invalid(
+            "template",
+            "must be 1-63 characters of [a-z0-9._-] starting with a letter or digit",
+        ))
+    }
+}
+
+fn validate_limits(limits: &Limits) -> Result<(), RuntimeError> {
+    if !limits.vcpus.is_finite() || limits.vcpus < 0.0 || limits.vcpus > MAX_VCPUS {
+        return Err(invalid(
+            "limits.vcpus",
+            format!("must be between 0 (unlimited) and {MAX_VCPUS}"),
+        ));
+    }
+    if limits.cpu_weight > cgroups::MAX_CPU_WEIGHT {
+        return Err(invalid(
+            "limits.cpu_weight",
+            format!("must be 0 (default) or 1-{}", cgroups::MAX_CPU_WEIGHT),
+        ));
+    }
+    if limits.memory_bytes != 0 && limits.memory_bytes < MIN_MEMORY_BYTES {
+        return Err(invalid(
+            "limits.memory_bytes",
+            format!("must be 0 (unlimited) or at least {MIN_MEMORY_BYTES}"),
+        ));
+    }
+    for (field, value) in [
+        ("limits.memory_bytes", limits.memory_bytes),
+        ("limits.swap_bytes", limits.swap_bytes),
+        ("limits.pids_max", limits.pids_max),
+    ] {
+        if i64::try_from(value).is_err() {
+            return Err(invalid(field, format!("must be at most {}", i64::MAX)));
+        }
+    }
+    if limits.memory_bytes.checked_add(limits.swap_bytes).is_none() {
+        return Err(invalid("limits.swap_bytes", "memory + swap overflows"));
+    }
+    Ok(())
+}
+
+fn validate_spec(spec: &VpsSpec) -> Result<(), RuntimeError> {
+    validate_vps_id(&spec.vps_id)?;
+    validate_hostname(&spec.hostname)?;
+    validate_template_name(&spec.template)?;
+    validate_limits(&spec.limits)
+}
+
+fn validate_command(command: &[String], env: &[String]) -> Result<(), RuntimeError> {
+    if command.first().is_none_or(|program| program.is_empty()) {
+        return Err(invalid("command", "must name a program"));
+    }
+    if command.iter().any(|arg| arg.contains('\0')) {
+        return Err(invalid("command", "must not contain NUL bytes"));
+    }
+    for entry in env {
+        match entry.split_once('=') {
+            Some((key, _)) if !key.is_empty() && !entry.contains('\0') => {}
+            _ => {
+                return Err(invalid(
+                    "env",
+                    "entries must be KEY=VALUE without NUL bytes",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_config(config: &RuntimeConfig) -> Result<(), RuntimeError> {
+    rootfs::check_overlay_path(&config.state_dir).map_err(|e| RuntimeError::InvalidConfig {
+        field: "state_dir",
+        rule: e.to_string(),
+    })?;
+    let parent = config.cgroup_parent.trim_matches('/');
+    let parent_ok = !parent.is_empty()
+        && parent.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        });
+    if !parent_ok {
+        return Err(RuntimeError::InvalidConfig {
+            field: "cgroup_parent",
+            rule: "must be a relative cgroup path of [A-Za-z0-9._-] components".into(),
+        });
+    }
+    if !config.helper_binary.is_file() {
+        return Err(RuntimeError::InvalidConfig {
+            field: "helper_binary",
+            rule: format!("{} is not a file", config.helper_binary.display()),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VpsSpec {
+        VpsSpec {
+            vps_id: "vps-1".into(),
+            hostname: "web1.example".into(),
+            template: "busybox".into(),
+            limits: Limits {
+                vcpus: 1.0,
+                cpu_weight: 0,
+                memory_bytes: 64 << 20,
+                swap_bytes: 0,
+                pids_max: 0,
+            },
+            power: Power::Running,
+        }
+    }
+
+    #[test]
+    fn runtime_can_be_shared_across_threads() {
+        fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+        assert_shareable::<Runtime>();
+    }
+
+    #[test]
+    fn accepts_a_good_spec() {
+        validate_spec(&spec()).expect("valid");
+    }
+
+    #[test]
+    fn rejects_bad_fields_naming_them() {
+        let cases: Vec<(VpsSpec, &str)> = vec![
+            (
+                VpsSpec {
+                    vps_id: "../x".into(),
+                    ..spec()
+                },
+                "vps_id",
+            ),
+            (
+                VpsSpec {
+                    vps_id: String::new(),
+                    ..spec()
+                },
+                "vps_id",
+            ),
+            (
+                VpsSpec {
+                    hostname: "-bad".into(),
+                    ..spec()
+                },
+                "hostname",
+            ),
+            (
+                VpsSpec {
+                    hostname: "a".repeat(65),
+                    ..spec()
+                },
+                "hostname",
+            ),
+            (
+                VpsSpec {
+                    template: "../etc".into(),
+                    ..spec()
+                },
+                "template",
+            ),
+            (
+                VpsSpec {
+                    limits: Limits {
+                        vcpus: -1.0,
+                        ..spec().limits
+                    },
+                    ..spec()
+                },
+                "limits.vcpus",
+            ),
+            (
+                VpsSpec {
+                    limits: Limits {
+                        memory_bytes: 1,
+                        ..spec().limits
+                    },
+                    ..spec()
+                },
+                "limits.memory_bytes",
+            ),
+            (
+                VpsSpec {
+                    limits: Limits {
+                        cpu_weight: 10_001,
+                        ..spec().limits
+                    },
+                    ..spec()
+                },
+                "limits.cpu_weight",
+            ),
+        ];
+        for (bad, field) in cases {
+            match validate_spec(&bad) {
+                Err(RuntimeError::InvalidArgument { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{bad:?}: expected invalid {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn validates_exec_arguments() {
+        assert!(validate_command(&[], &[]).is_err());
+        assert!(validate_command(&["ls".into()], &["NOEQUALS".into()]).is_err());
+        assert!(validate_command(&["ls".into()], &["=x".into()]).is_err());
+        validate_command(&["ls".into(), "-l".into()], &["A=b".into()]).expect("valid");
+    }
+}

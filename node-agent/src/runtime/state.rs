@@ -1,0 +1,281 @@
+//! The runtime's on-disk state: the directory layout under `state_dir`, and each VPS's
+//! `state.json` journal, written atomically (tmp + fsync + rename + fsync dir) so that a crash
+//! at any point leaves either the old or the new record.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::process::ProcessIdentity;
+use super::{Limits, Power};
+
+/// Errors reading or writing runtime state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A filesystem operation on the state directory failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done (`create dir`, `write`, `rename`, ...).
+        operation: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// `state.json` exists but cannot be decoded.
+    #[error("decode {path}: {source}")]
+    Decode {
+        /// The state file.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// The record could not be encoded (should not happen).
+    #[error("encode state for {path}: {source}")]
+    Encode {
+        /// The state file.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+/// Attaches the operation and path to an `io::Error`.
+pub(crate) fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
+/// Where a multi-step operation on a VPS stands: the intent marker that makes create and delete
+/// restartable after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Phase {
+    /// Create started; rootfs dirs and cgroup may be half-built. Rolled back on recovery.
+    Creating,
+    /// Fully created; the VPS may be running or stopped.
+    Ready,
+    /// Delete started; processes, cgroup and files may be partly gone. Finished on recovery.
+    Deleting,
+}
+
+/// The persisted record of one VPS (`state_dir/vps/<id>/state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct VpsState {
+    /// Format version of this record.
+    pub version: u32,
+    pub vps_id: String,
+    pub phase: Phase,
+    pub hostname: String,
+    pub template: String,
+    pub limits: Limits,
+    /// The last desired power state the runtime was asked for.
+    pub power: Power,
+    /// The running init, if the runtime started one and has not seen it stop.
+    pub init: Option<ProcessIdentity>,
+}
+
+/// Current `VpsState::version`.
+pub(crate) const STATE_VERSION: u32 = 1;
+
+/// The directory layout under `state_dir`.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub state_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn vps_root(&self) -> PathBuf {
+        self.state_dir.join("vps")
+    }
+
+    pub fn templates_root(&self) -> PathBuf {
+        self.state_dir.join("templates")
+    }
+
+    /// Where deleted VPS directories are moved before being removed, so a half-removed tree is
+    /// never mistaken for a VPS.
+    pub fn trash_root(&self) -> PathBuf {
+        self.state_dir.join("trash")
+    }
+
+    pub fn vps_dir(&self, vps_id: &str) -> PathBuf {
+        self.vps_root().join(vps_id)
+    }
+
+    pub fn state_file(&self, vps_id: &str) -> PathBuf {
+        self.vps_dir(vps_id).join("state.json")
+    }
+
+    pub fn console_log(&self, vps_id: &str) -> PathBuf {
+        self.vps_dir(vps_id).join("console.log")
+    }
+
+    pub fn template_rootfs(&self, template: &str) -> PathBuf {
+        self.templates_root().join(template).join("rootfs")
+    }
+
+    /// Creates the top-level directories.
+    pub fn create_dirs(&self) -> Result<(), StateError> {
+        for dir in [self.vps_root(), self.templates_root(), self.trash_root()] {
+            fs::create_dir_all(&dir).map_err(io_err("create dir", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// The ids of all VPS directories (with or without a state file).
+    pub fn vps_ids(&self) -> Result<Vec<String>, StateError> {
+        let root = self.vps_root();
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&root).map_err(io_err("read dir", &root))? {
+            let entry = entry.map_err(io_err("read dir", &root))?;
+            let is_dir = entry
+                .file_type()
+                .map_err(io_err("stat", &entry.path()))?
+                .is_dir();
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
+                ids.push(name.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads a VPS's state; `Ok(None)` if there is no state file.
+    pub fn read_state(&self, vps_id: &str) -> Result<Option<VpsState>, StateError> {
+        let path = self.state_file(vps_id);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    operation: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Decode { path, source })
+    }
+
+    /// Writes a VPS's state atomically and durably.
+    pub fn write_state(&self, state: &VpsState) -> Result<(), StateError> {
+        let path = self.state_file(&state.vps_id);
+        let bytes = serde_json::to_vec_pretty(state).map_err(|source| StateError::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &bytes)
+    }
+}
+
+/// Writes `bytes` to `path` via a temp file in the same directory, fsyncs it, renames it into
+/// place and fsyncs the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    file.write_all(bytes).map_err(io_err("write", &tmp))?;
+    file.sync_all().map_err(io_err("fsync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync dir", dir))
+}
+
+/// Removes a directory tree; absent is fine.
+pub(crate) fn remove_tree(path: &Path) -> Result<(), StateError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Io {
+            operation: "remove tree",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(vps_id: &str) -> VpsState {
+        VpsState {
+            version: STATE_VERSION,
+            vps_id: vps_id.into(),
+            phase: Phase::Ready,
+            hostname: "web1".into(),
+            template: "busybox".into(),
+            limits: Limits {
+                vcpus: 1.5,
+                cpu_weight: 0,
+                memory_bytes: 64 << 20,
+                swap_bytes: 0,
+                pids_max: 100,
+            },
+            power: Power::Running,
+            init: Some(ProcessIdentity {
+                pid: 42,
+                start_time: 7,
+                boot_id: "b".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn state_round_trips_and_lists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout {
+            state_dir: dir.path().to_path_buf(),
+        };
+        layout.create_dirs().expect("dirs");
+        assert_eq!(layout.read_state("a").expect("read"), None);
+        fs::create_dir(layout.vps_dir("a")).expect("mkdir");
+        let state = sample("a");
+        layout.write_state(&state).expect("write");
+        assert_eq!(layout.read_state("a").expect("read"), Some(state.clone()));
+        let mut next = state;
+        next.phase = Phase::Deleting;
+        layout.write_state(&next).expect("overwrite");
+        assert_eq!(layout.read_state("a").expect("read"), Some(next));
+        assert_eq!(layout.vps_ids().expect("ids"), vec!["a".to_string()]);
+        let leftovers: Vec<_> = fs::read_dir(layout.vps_dir("a"))
+            .expect("read dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left behind");
+    }
+
+    #[test]
+    fn corrupt_state_is_reported_with_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout {
+            state_dir: dir.path().to_path_buf(),
+        };
+        layout.create_dirs().expect("dirs");
+        fs::create_dir(layout.vps_dir("b")).expect("mkdir");
+        fs::write(layout.state_file("b"), b"{not json").expect("write");
+        let err = layout.read_state("b").expect_err("must fail");
+        assert!(err.to_string().contains("state.json"), "{err}");
+    }
+}

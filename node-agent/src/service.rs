@@ -1,0 +1,305 @@
+//! The `NodeAgent` gRPC service the controller calls. It only translates:
+//! the runtime does the work, on blocking threads, one operation per VPS at a time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use paddock_proto::v1;
+use paddock_proto::v1::node_agent_server::NodeAgent;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::convert;
+use crate::generations::RestartGenerations;
+use crate::runtime::{Power, Runtime};
+use crate::template;
+
+/// Serves the controller; every call must carry the node join token.
+pub struct AgentService {
+    pub runtime: Arc<Runtime>,
+    pub state_dir: PathBuf,
+    pub join_token: String,
+    pub restarts: Arc<RestartGenerations>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl AgentService {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        state_dir: PathBuf,
+        join_token: String,
+        restarts: Arc<RestartGenerations>,
+    ) -> Self {
+        Self {
+            runtime,
+            state_dir,
+            join_token,
+            restarts,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+        let expected = self.join_token.as_bytes();
+        let presented = presented.as_bytes();
+        let equal = expected.len() == presented.len()
+            && expected
+                .iter()
+                .zip(presented)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !equal {
+            return Err(Status::unauthenticated("invalid node token"));
+        }
+        Ok(())
+    }
+
+    /// Serializes operations on one VPS (apply, delete) across concurrent calls.
+    fn lock(&self, vps_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.locks.lock() {
+            Ok(locks) => locks,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks.entry(vps_id.to_owned()).or_default().clone()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Runtime) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || work(&runtime))
+            .await
+            .map_err(|error| Status::internal(format!("runtime task failed: {error}")))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAgent for AgentService {
+    async fn apply_vps(
+        &self,
+        request: Request<v1::VpsSpec>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        self.authorize(&request)?;
+        let wire = request.into_inner();
+        let spec = convert::spec(&wire)?;
+        let lock = self.lock(&spec.vps_id);
+        let _guard = lock.lock().await;
+        let vps_id = spec.vps_id.clone();
+        // A restart is a stop then a start, applied once per generation bump.
+        let restart = self.restarts.pending(&vps_id, wire.restart_generation);
+        let restarts = self.restarts.clone();
+        let generation = wire.restart_generation;
+        let result = self
+            .blocking(move |runtime| {
+                if restart && spec.power == Power::Running {
+                    let mut stopped = spec.clone();
+                    stopped.power = Power::Stopped;
+                    runtime.apply(&stopped)?;
+                }
+                let observed = runtime.apply(&spec)?;
+                if let Err(error) = restarts.record(&spec.vps_id, generation) {
+                    warn!(vps_id = %spec.vps_id, %error, "recording restart generation");
+                }
+                Ok::<_, crate::runtime::RuntimeError>(observed)
+            })
+            .await?;
+        let status = match result {
+            Ok(observed) => convert::status(&observed),
+            Err(error) => {
+                warn!(%vps_id, %error, "apply failed");
+                convert::error_status(&vps_id, error.to_string())
+            }
+        };
+        Ok(Response::new(status))
+    }
+
+    async fn delete_vps(
+        &self,
+        request: Request<v1::AgentVpsRef>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.authorize(&request)?;
+        let vps_id = request.into_inner().vps_id;
+        if !convert::valid_vps_id(&vps_id) {
+            return Err(Status::invalid_argument(
+                "vps_id: must be 1-64 lowercase letters, digits or '-'",
+            ));
+        }
+        let lock = self.lock(&vps_id);
+        let _guard = lock.lock().await;
+        let id = vps_id.clone();
+        self.blocking(move |runtime| runtime.delete(&id))
+            .await?
+            .map_err(|error| Status::internal(format!("deleting VPS {vps_id}: {error}")))?;
+        if let Err(error) = self.restarts.forget(&vps_id) {
+            warn!(%vps_id, %error, "forgetting restart generation");
+        }
+        info!(%vps_id, "VPS deleted");
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn list_vps(
+        &self,
+        request: Request<v1::Empty>,
+    ) -> Result<Response<v1::AgentListVpsResponse>, Status> {
+        self.authorize(&request)?;
+        let listed = self
+            .blocking(|runtime| runtime.list())
+            .await?
+            .map_err(|error| Status::internal(format!("listing VPSes: {error}")))?;
+        Ok(Response::new(v1::AgentListVpsResponse {
+            vps: listed.iter().map(convert::status).collect(),
+        }))
+    }
+
+    async fn list_templates(
+        &self,
+        request: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
+        self.authorize(&request)?;
+        let names = template::list(&self.state_dir)
+            .map_err(|error| Status::internal(format!("listing templates: {error}")))?;
+        Ok(Response::new(v1::ListTemplatesResponse {
+            templates: names
+                .into_iter()
+                .map(|name| v1::Template {
+                    description: template::describe(&name),
+                    name,
+                })
+                .collect(),
+        }))
+    }
+
+    type ExecStream = OutputStream<v1::ExecOutput>;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<v1::AgentExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        use v1::agent_exec_input::Input;
+        self.authorize(&request)?;
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await? {
+            Some(v1::AgentExecInput {
+                input: Some(Input::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "start: the first Exec message must carry `start`",
+                ))
+            }
+        };
+        if !convert::valid_vps_id(&start.vps_id) {
+            return Err(Status::invalid_argument("vps_id: invalid"));
+        }
+        if start.command.is_empty() {
+            return Err(Status::invalid_argument("command: is required"));
+        }
+        let vps_id = start.vps_id.clone();
+        let mut child = self
+            .blocking(move |runtime| runtime.exec(&start.vps_id, &start.command, &start.env))
+            .await?
+            .map_err(|error| {
+                Status::failed_precondition(format!("exec in VPS {vps_id}: {error}"))
+            })?;
+
+        let (sender, receiver) = mpsc::channel::<Result<v1::ExecOutput, Status>>(32);
+        let mut stdin = child.stdin.take();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = inbound.next().await {
+                match message.input {
+                    Some(Input::Stdin(bytes)) => {
+                        let Some(pipe) = stdin.as_mut() else { continue };
+                        if pipe.write_all(&bytes).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                    Some(Input::StdinEof(_)) => stdin = None,
+                    // Window sizes matter only with a TTY, which arrives with the runtime issue.
+                    Some(Input::Resize(_)) | Some(Input::Start(_)) | None => {}
+                }
+            }
+        });
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        tokio::spawn(async move {
+            let out = pump(stdout, sender.clone(), v1::exec_output::Output::Stdout);
+            let err = pump(stderr, sender.clone(), v1::exec_output::Output::Stderr);
+            tokio::join!(out, err);
+            let code = match child.wait().await {
+                Ok(status) => exit_code(status),
+                Err(error) => {
+                    let _ = sender
+                        .send(Err(Status::internal(format!("waiting for exec: {error}"))))
+                        .await;
+                    return;
+                }
+            };
+            let _ = sender
+                .send(Ok(v1::ExecOutput {
+                    output: Some(v1::exec_output::Output::ExitCode(code)),
+                }))
+                .await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    type ConsoleStream = OutputStream<v1::ConsoleOutput>;
+
+    async fn console(
+        &self,
+        request: Request<Streaming<v1::AgentConsoleInput>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented(
+            "console is not implemented yet (node runtime issue)",
+        ))
+    }
+}
+
+/// Copies one output pipe of an exec'd command into the response stream.
+async fn pump(
+    pipe: Option<impl AsyncRead + Unpin>,
+    sender: mpsc::Sender<Result<v1::ExecOutput, Status>>,
+    wrap: fn(Vec<u8>) -> v1::exec_output::Output,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let message = v1::ExecOutput {
+                    output: Some(wrap(buffer[..n].to_vec())),
+                };
+                if sender.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The shell convention: the exit code, or 128 + the signal that killed it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(1)
+}

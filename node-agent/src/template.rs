@@ -1,0 +1,482 @@
+//! OS templates: read-only root filesystems under `state_dir/templates/<name>/rootfs` that VPSes
+//! use as their overlayfs lower layer.
+//!
+//! Issue 2 ships the `busybox` template, built from the host's static busybox (the
+//! `busybox-static` package). Issue 3 adds `debian-12`, built with debootstrap.
+
+use std::fs::{self, Permissions};
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Name of the busybox template.
+pub const BUSYBOX: &str = "busybox";
+/// Where `busybox-static` installs the binary.
+pub const HOST_BUSYBOX: &str = "/bin/busybox";
+
+const INITTAB: &str = "\
+# Paddock busybox template. A VPS has no ttys, so no getty is respawned;
+# init's own stdout/stderr is the VPS console log.
+::sysinit:/etc/init.d/rcS
+::ctrlaltdel:/sbin/reboot
+::shutdown:/bin/echo \"paddock: shutting down\"
+::shutdown:/bin/sync
+::restart:/sbin/init
+";
+
+const RC_S: &str = "\
+#!/bin/sh
+# Paddock busybox template: early boot.
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
+ip link set lo up 2>/dev/null || ifconfig lo up
+echo \"paddock: $(hostname) booted\"
+";
+
+const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/bin/false
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+";
+
+const GROUP: &str = "\
+root:x:0:
+daemon:x:1:
+tty:x:5:
+nogroup:x:65534:
+";
+
+const OS_RELEASE: &str = "\
+NAME=\"Paddock busybox\"
+ID=paddock-busybox
+PRETTY_NAME=\"Paddock busybox\"
+";
+
+/// Errors building or listing templates.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The host has no busybox binary.
+    #[error("{path} not found: install it with `apt-get install busybox-static`")]
+    BusyboxMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The host's busybox is dynamically linked, so it cannot run inside a bare rootfs.
+    #[error(
+        "{path} is not statically linked: install the static build with \
+         `apt-get install busybox-static`"
+    )]
+    BusyboxNotStatic {
+        /// The binary.
+        path: PathBuf,
+    },
+    /// No template of that name can be built on this node.
+    #[error("unknown template {name:?}: this node can build {BUSYBOX:?} (debian-12 arrives with issue 3)")]
+    Unknown {
+        /// The requested name.
+        name: String,
+    },
+    /// `busybox --list` failed.
+    #[error("list applets of {path}: {detail}")]
+    Applets {
+        /// The binary.
+        path: PathBuf,
+        /// Exit status and stderr.
+        detail: String,
+    },
+    /// A filesystem operation failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TemplateError {
+    let path = path.to_path_buf();
+    move |source| TemplateError::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
+/// `state_dir/templates/<name>/rootfs`.
+pub fn rootfs_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("templates").join(name).join("rootfs")
+}
+
+/// Builds the template `name` (only [`BUSYBOX`] so far) unless it exists (or always with
+/// `force`); returns its rootfs path.
+pub fn build(state_dir: &Path, name: &str, force: bool) -> Result<PathBuf, TemplateError> {
+    match name {
+        BUSYBOX => build_busybox_from(state_dir, Path::new(HOST_BUSYBOX), force),
+        _ => Err(TemplateError::Unknown {
+            name: name.to_string(),
+        }),
+    }
+}
+
+/// A one-line human description of template `name`, for template listings.
+pub fn describe(name: &str) -> String {
+    match name {
+        BUSYBOX => {
+            "Paddock busybox: static busybox userland with busybox init (tests, demos)".into()
+        }
+        _ => format!("{name} (custom template)"),
+    }
+}
+
+/// Builds the busybox template from the host's `/bin/busybox` if it does not exist yet, and
+/// returns its rootfs path. A no-op when the template is already there.
+pub fn build_busybox(state_dir: &Path) -> Result<PathBuf, TemplateError> {
+    build_busybox_from(state_dir, Path::new(HOST_BUSYBOX), false)
+}
+
+/// Builds the busybox template from the static busybox at `busybox`; with `force`, replaces an
+/// existing one (do not force while VPSes using it are running: overlayfs does not support
+/// changing a lower layer under a mounted overlay).
+///
+/// The tree is built in a temporary directory and renamed into place, so a crash never leaves a
+/// half-built template under the real name.
+pub fn build_busybox_from(
+    state_dir: &Path,
+    busybox: &Path,
+    force: bool,
+) -> Result<PathBuf, TemplateError> {
+    let templates = state_dir.join("templates");
+    let final_dir = templates.join(BUSYBOX);
+    let rootfs = final_dir.join("rootfs");
+    if rootfs.is_dir() && !force {
+        return Ok(rootfs);
+    }
+    check_static_busybox(busybox)?;
+    fs::create_dir_all(&templates).map_err(io_err("create dir", &templates))?;
+    let suffix = unique_suffix();
+    let staging = templates.join(format!(".{BUSYBOX}.tmp-{suffix}"));
+    if let Err(e) = populate_busybox(&staging.join("rootfs"), busybox) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let mut old = None;
+    if final_dir.exists() {
+        if !force {
+            // Someone else finished first.
+            let _ = fs::remove_dir_all(&staging);
+            return Ok(rootfs);
+        }
+        let old_dir = templates.join(format!(".{BUSYBOX}.old-{suffix}"));
+        fs::rename(&final_dir, &old_dir).map_err(io_err("move aside", &final_dir))?;
+        old = Some(old_dir);
+    }
+    if let Err(source) = fs::rename(&staging, &final_dir) {
+        let _ = fs::remove_dir_all(&staging);
+        if let Some(old_dir) = &old {
+            let _ = fs::rename(old_dir, &final_dir);
+        }
+        return Err(TemplateError::Io {
+            operation: "rename into place",
+            path: final_dir,
+            source,
+        });
+    }
+    if let Some(old_dir) = old {
+        fs::remove_dir_all(&old_dir).map_err(io_err("remove old template", &old_dir))?;
+    }
+    Ok(rootfs)
+}
+
+/// Names of the installed templates (those with a `rootfs` directory), sorted.
+pub fn list(state_dir: &Path) -> Result<Vec<String>, TemplateError> {
+    let templates = state_dir.join("templates");
+    let entries = match fs::read_dir(&templates) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TemplateError::Io {
+                operation: "read dir",
+                path: templates,
+                source,
+            })
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err("read dir", &templates))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !name.starts_with('.') && entry.path().join("rootfs").is_dir() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn unique_suffix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{}-{nanos}", std::process::id())
+}
+
+fn check_static_busybox(busybox: &Path) -> Result<(), TemplateError> {
+    let bytes = match fs::read(busybox) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(TemplateError::BusyboxMissing {
+                path: busybox.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(TemplateError::Io {
+                operation: "read",
+                path: busybox.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if is_static_elf(&bytes) == Some(true) {
+        Ok(())
+    } else {
+        Err(TemplateError::BusyboxNotStatic {
+            path: busybox.to_path_buf(),
+        })
+    }
+}
+
+/// Whether `elf` is an ELF executable without a program interpreter (`PT_INTERP`), i.e. one
+/// that runs without a dynamic loader. `None` if it is not a well-formed ELF file.
+pub fn is_static_elf(elf: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    if elf.get(..4)? != b"\x7fELF" {
+        return None;
+    }
+    let little_endian = match elf.get(5)? {
+        1 => true,
+        2 => false,
+        _ => return None,
+    };
+    let read = |offset: usize, len: usize| -> Option<u64> {
+        let bytes = elf.get(offset..offset.checked_add(len)?)?;
+        let mut value = 0u64;
+        for i in 0..len {
+            let byte = if little_endian {
+                bytes[len - 1 - i]
+            } else {
+                bytes[i]
+            };
+            value = (value << 8) | u64::from(byte);
+        }
+        Some(value)
+    };
+    let (phoff, phentsize, phnum) = match elf.get(4)? {
+        1 => (read(0x1c, 4)?, read(0x2a, 2)?, read(0x2c, 2)?),
+        2 => (read(0x20, 8)?, read(0x36, 2)?, read(0x38, 2)?),
+        _ => return None,
+    };
+    let phoff = usize::try_from(phoff).ok()?;
+    let phentsize = usize::try_from(phentsize).ok()?;
+    for index in 0..usize::try_from(phnum).ok()? {
+        let entry = phoff.checked_add(index.checked_mul(phentsize)?)?;
+        if read(entry, 4)? == u64::from(PT_INTERP) {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
+/// Applet install paths relative to the rootfs (`bin/sh`, `sbin/init`, ...): from
+/// `busybox --list-full`, or `bin/<applet>` from `busybox --list` for builds without it.
+fn applet_paths(busybox: &Path) -> Result<Vec<PathBuf>, TemplateError> {
+    let run = |arg: &str| Command::new(busybox).arg(arg).env_clear().output();
+    let full = run("--list-full").map_err(io_err("run", busybox))?;
+    let (output, prefix) = if full.status.success() && !full.stdout.is_empty() {
+        (full, "")
+    } else {
+        let short = run("--list").map_err(io_err("run", busybox))?;
+        if !short.status.success() {
+            return Err(TemplateError::Applets {
+                path: busybox.to_path_buf(),
+                detail: format!(
+                    "{}: {}",
+                    short.status,
+                    String::from_utf8_lossy(&short.stderr).trim()
+                ),
+            });
+        }
+        (short, "bin/")
+    };
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| PathBuf::from(format!("{prefix}{line}")))
+        // Only plain relative paths: never let tool output escape the rootfs.
+        .filter(|path| path.components().all(|c| matches!(c, Component::Normal(_))))
+        .collect())
+}
+
+/// The symlink target for an applet at `applet` (relative to the rootfs), pointing at
+/// `bin/busybox` relatively, e.g. `usr/bin/awk` → `../../bin/busybox`.
+fn applet_target(applet: &Path) -> PathBuf {
+    let depth = applet.components().count().saturating_sub(1);
+    let mut target = PathBuf::new();
+    for _ in 0..depth {
+        target.push("..");
+    }
+    target.join("bin").join("busybox")
+}
+
+fn populate_busybox(root: &Path, busybox: &Path) -> Result<(), TemplateError> {
+    for (dir, mode) in [
+        ("", 0o755),
+        ("bin", 0o755),
+        ("sbin", 0o755),
+        ("usr/bin", 0o755),
+        ("usr/sbin", 0o755),
+        ("etc/init.d", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+        ("run", 0o755),
+        ("root", 0o700),
+        ("home", 0o755),
+        ("var/log", 0o755),
+    ] {
+        let path = root.join(dir);
+        fs::create_dir_all(&path).map_err(io_err("create dir", &path))?;
+        fs::set_permissions(&path, Permissions::from_mode(mode)).map_err(io_err("chmod", &path))?;
+    }
+    let binary = root.join("bin/busybox");
+    fs::copy(busybox, &binary).map_err(io_err("copy busybox to", &binary))?;
+    fs::set_permissions(&binary, Permissions::from_mode(0o755))
+        .map_err(io_err("chmod", &binary))?;
+
+    let mut applets = applet_paths(busybox)?;
+    applets.push(PathBuf::from("sbin/init"));
+    for applet in applets {
+        let link = root.join(&applet);
+        if link.symlink_metadata().is_ok() {
+            continue;
+        }
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create dir", parent))?;
+        }
+        symlink(applet_target(&applet), &link).map_err(io_err("symlink", &link))?;
+    }
+
+    for (file, content, mode) in [
+        ("etc/inittab", INITTAB, 0o644),
+        ("etc/init.d/rcS", RC_S, 0o755),
+        ("etc/passwd", PASSWD, 0o644),
+        ("etc/group", GROUP, 0o644),
+        ("etc/hostname", "paddock\n", 0o644),
+        ("etc/os-release", OS_RELEASE, 0o644),
+    ] {
+        let path = root.join(file);
+        fs::write(&path, content).map_err(io_err("write", &path))?;
+        fs::set_permissions(&path, Permissions::from_mode(mode)).map_err(io_err("chmod", &path))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applet_targets_are_relative_to_bin_busybox() {
+        assert_eq!(
+            applet_target(Path::new("sbin/init")),
+            Path::new("../bin/busybox")
+        );
+        assert_eq!(
+            applet_target(Path::new("usr/bin/awk")),
+            Path::new("../../bin/busybox")
+        );
+        assert_eq!(
+            applet_target(Path::new("linuxrc")),
+            Path::new("bin/busybox")
+        );
+    }
+
+    #[test]
+    fn detects_static_and_dynamic_elf() {
+        assert_eq!(is_static_elf(b"not an elf"), None);
+        // A dynamically linked binary from the host: std's own test executable.
+        let me = fs::read(std::env::current_exe().expect("exe")).expect("read self");
+        assert_eq!(is_static_elf(&me), Some(false));
+        if let Ok(busybox) = fs::read(HOST_BUSYBOX) {
+            assert_eq!(is_static_elf(&busybox), Some(true));
+        }
+    }
+
+    #[test]
+    fn unknown_templates_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = build(dir.path(), "plan9", false).expect_err("unknown");
+        assert!(err.to_string().contains("plan9"), "{err}");
+        assert!(describe(BUSYBOX).contains("busybox"));
+    }
+
+    #[test]
+    fn missing_busybox_names_the_package() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err =
+            build_busybox_from(dir.path(), &dir.path().join("nope"), false).expect_err("must fail");
+        assert!(
+            err.to_string().contains("apt-get install busybox-static"),
+            "{err}"
+        );
+        assert!(list(dir.path()).expect("list").is_empty());
+    }
+
+    #[test]
+    fn builds_busybox_template_once() {
+        if !Path::new(HOST_BUSYBOX).exists() {
+            eprintln!("skipping: {HOST_BUSYBOX} not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = build_busybox(dir.path()).expect("build");
+        assert_eq!(rootfs, rootfs_path(dir.path(), BUSYBOX));
+        assert_eq!(
+            fs::read_link(rootfs.join("sbin/init")).expect("init link"),
+            Path::new("../bin/busybox")
+        );
+        assert!(rootfs.join("bin/sh").symlink_metadata().is_ok());
+        for dir_name in ["proc", "sys", "dev", "tmp", "run", "root", "etc"] {
+            assert!(rootfs.join(dir_name).is_dir(), "{dir_name}");
+        }
+        let inittab = fs::read_to_string(rootfs.join("etc/inittab")).expect("inittab");
+        assert!(!inittab.contains(":respawn:"), "{inittab}");
+        assert!(inittab.contains("::sysinit:/etc/init.d/rcS"));
+        let os_release = fs::read_to_string(rootfs.join("etc/os-release")).expect("os-release");
+        assert!(os_release.contains("PRETTY_NAME=\"Paddock busybox\""));
+        assert_eq!(list(dir.path()).expect("list"), vec![BUSYBOX.to_string()]);
+
+        // A second build is a no-op: the marker survives.
+        fs::write(rootfs.join("marker"), "x").expect("marker");
+        build_busybox(dir.path()).expect("rebuild");
+        assert!(rootfs.join("marker").exists());
+        // A forced build replaces it.
+        build_busybox_from(dir.path(), Path::new(HOST_BUSYBOX), true).expect("force");
+        assert!(!rootfs.join("marker").exists());
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("templates"))
+            .expect("read")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from(BUSYBOX)]);
+    }
+}
