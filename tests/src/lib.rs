@@ -1,1 +1,408 @@
-//! Harness for end-to-end tests.
+//! Harness for end-to-end tests: runs the real `paddock-controller`,
+//! `paddock-agent` and `paddock` binaries on loopback with private state.
+//!
+//! Every cluster gets its own ports, state dirs and cgroup parent, and its
+//! `Drop` stops the processes and removes any VPS cgroup left behind, even
+//! when the test panicked.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this test may run: root is required; without it the test fails
+/// under `PADDOCK_REQUIRE_PRIVILEGED=1` (CI) and is skipped loudly otherwise.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        return true;
+    }
+    if std::env::var("PADDOCK_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("this test needs root (PADDOCK_REQUIRE_PRIVILEGED=1 forbids skipping it)");
+    }
+    eprintln!("SKIPPED: this test needs root");
+    false
+}
+
+/// Directory holding the built binaries: `PADDOCK_BIN_DIR`, else the cargo
+/// target dir this test binary lives in (target/<profile>/deps/..).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PADDOCK_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps")
+        .to_owned()
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{what} exited with {status}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} did not listen on port {port} within 30 s")
+}
+
+/// A controller and one agent, started from the real binaries.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub controller_port: u16,
+    pub agent_port: u16,
+    pub cgroup_parent: String,
+    pub node_name: String,
+    pub admin_token: String,
+    controller: Option<Child>,
+    agent: Option<Child>,
+}
+
+impl Cluster {
+    /// Initializes a controller, builds the busybox template, starts both
+    /// daemons and waits until the node is registered.
+    pub fn start() -> Result<Self> {
+        let n = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{n}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("paddock-e2e-")
+            .tempdir()
+            .context("temp dir")?;
+        let controller_port = free_port();
+        let agent_port = free_port();
+        let cgroup_parent = format!("paddock-e2e-{tag}");
+        let node_name = format!("node-e2e-{tag}");
+        let root = dir.path();
+        std::fs::write(
+            root.join("controller.toml"),
+            format!(
+                "listen = \"127.0.0.1:{controller_port}\"\ndata_dir = \"{}\"\nheartbeat_interval_secs = 1\nnode_offline_after_secs = 5\nreconcile_interval_secs = 2\n",
+                root.join("controller").display()
+            ),
+        )?;
+        std::fs::write(
+            root.join("agent.toml"),
+            format!(
+                "node_name = \"{node_name}\"\nlisten = \"127.0.0.1:{agent_port}\"\ncontroller = \"http://127.0.0.1:{controller_port}\"\njoin_token_file = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\nstop_grace_secs = 3\n",
+                root.join("controller/join-token").display(),
+                root.join("agent").display()
+            ),
+        )?;
+        let init = Command::new(binary("paddock-controller"))
+            .arg("--config")
+            .arg(root.join("controller.toml"))
+            .arg("init")
+            .output()
+            .context("running paddock-controller init")?;
+        if !init.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&init.stderr));
+        }
+        let admin_token = String::from_utf8(init.stdout)?.trim().to_owned();
+        let template = Command::new(binary("paddock-agent"))
+            .arg("--config")
+            .arg(root.join("agent.toml"))
+            .args(["template", "build", "busybox"])
+            .output()
+            .context("building the busybox template")?;
+        if !template.status.success() {
+            bail!(
+                "template build failed: {}",
+                String::from_utf8_lossy(&template.stderr)
+            );
+        }
+        let mut cluster = Self {
+            dir,
+            controller_port,
+            agent_port,
+            cgroup_parent,
+            node_name,
+            admin_token,
+            controller: None,
+            agent: None,
+        };
+        cluster.start_controller()?;
+        cluster.start_agent()?;
+        cluster.cli_ok(&[
+            "context",
+            "add",
+            "admin",
+            "--controller",
+            &cluster.controller_url(),
+            "--token",
+            &cluster.admin_token.clone(),
+        ])?;
+        cluster.wait_until("node registered", Duration::from_secs(30), |c| {
+            let nodes = c.json(&["--context", "admin", "admin", "node", "list"])?;
+            Ok(nodes.as_array().is_some_and(|list| {
+                list.iter()
+                    .any(|node| node["name"] == c.node_name.as_str() && node["status"] == "online")
+            }))
+        })?;
+        Ok(cluster)
+    }
+
+    pub fn controller_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.controller_port)
+    }
+
+    fn spawn_logged(&self, binary_name: &str, config: &str, log: &str) -> Result<Child> {
+        let root = self.dir.path();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join(log))?;
+        Ok(Command::new(binary(binary_name))
+            .arg("--config")
+            .arg(root.join(config))
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()?)
+    }
+
+    pub fn start_controller(&mut self) -> Result<()> {
+        let mut child =
+            self.spawn_logged("paddock-controller", "controller.toml", "controller.log")?;
+        wait_for_port(
+            self.controller_port,
+            &mut child,
+            "controller",
+            &self.dir.path().join("controller.log"),
+        )?;
+        self.controller = Some(child);
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self) -> Result<()> {
+        let mut child = self.spawn_logged("paddock-agent", "agent.toml", "agent.log")?;
+        wait_for_port(
+            self.agent_port,
+            &mut child,
+            "agent",
+            &self.dir.path().join("agent.log"),
+        )?;
+        self.agent = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` of the agent: its VPSes must keep running.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the CLI with this cluster's private config file.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Command::new(binary("paddock"))
+            .args(args)
+            .env("PADDOCK_CONFIG", self.dir.path().join("cli.toml"))
+            .env_remove("PADDOCK_CONTROLLER")
+            .env_remove("PADDOCK_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .context("running paddock")
+    }
+
+    /// Runs the CLI and requires success, returning stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.cli(args)?;
+        if !output.status.success() {
+            bail!(
+                "paddock {} failed ({}): {}{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// Runs the CLI with `-o json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let stdout = self.cli_ok(&full)?;
+        serde_json::from_str(&stdout)
+            .with_context(|| format!("parsing JSON of `paddock {}`: {stdout}", args.join(" ")))
+    }
+
+    /// Creates a tenant and a CLI context `name` holding a token for it.
+    pub fn add_tenant(&self, name: &str) -> Result<()> {
+        self.cli_ok(&["--context", "admin", "admin", "tenant", "create", name])?;
+        let token = self.cli_ok(&[
+            "--context",
+            "admin",
+            "admin",
+            "token",
+            "create",
+            "--tenant",
+            name,
+        ])?;
+        self.cli_ok(&[
+            "context",
+            "add",
+            name,
+            "--controller",
+            &self.controller_url(),
+            "--token",
+            token.trim(),
+        ])?;
+        Ok(())
+    }
+
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = None;
+        while Instant::now() < deadline {
+            match check(self) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(error) => last_error = Some(error),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "timed out after {timeout:?} waiting for {what} (last error: {last_error:?})\n--- agent log ---\n{}",
+            self.log("agent.log")
+        )
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    pub fn agent_state_dir(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    /// Host paths of the cgroup directories of a VPS (one per v1 hierarchy, or one on v2).
+    pub fn vps_cgroup_dirs(&self, vps_id: &str) -> Vec<PathBuf> {
+        cgroup_roots()
+            .into_iter()
+            .map(|root| root.join(&self.cgroup_parent).join(format!("vps-{vps_id}")))
+            .collect()
+    }
+
+    /// Leftovers of a VPS: cgroup dirs and mounts that mention it.
+    pub fn leftovers(&self, vps_id: &str) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .vps_cgroup_dirs(vps_id)
+            .into_iter()
+            .filter(|dir| dir.exists())
+            .map(|dir| format!("cgroup {}", dir.display()))
+            .collect();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        found.extend(
+            mountinfo
+                .lines()
+                .filter(|line| line.contains(vps_id))
+                .map(|line| format!("mount {line}")),
+        );
+        found
+    }
+}
+
+/// Mount points of the cgroup hierarchies on this host.
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            let is_v1_with_controllers = fstype == "cgroup" && !right.contains("name=");
+            let is_v2_root = fstype == "cgroup2" && mount_point == "/sys/fs/cgroup";
+            (is_v1_with_controllers || is_v2_root).then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
+/// Kills every process in a cgroup dir tree and removes it, deepest first.
+fn purge_cgroup(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                purge_cgroup(&entry.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill has no memory-safety preconditions; the pid is from our own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in [self.agent.take(), self.controller.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // VPSes outlive their agent by design: remove whatever this test left.
+        for root in cgroup_roots() {
+            purge_cgroup(&root.join(&self.cgroup_parent));
+        }
+    }
+}

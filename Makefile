@@ -1,0 +1,33 @@
+# Paddock: `make up` brings up an all-in-one node, `make test` runs every test.
+# Both must be run as root and install missing OS packages themselves.
+
+SHELL := /bin/bash
+PADDOCK_HOME ?= /var/lib/paddock
+CARGO ?= cargo
+
+.PHONY: up down status test lint deps build-release build-debug clean-state
+
+up: deps build-release
+	PADDOCK_HOME=$(PADDOCK_HOME) scripts/up.sh
+
+down:
+	PADDOCK_HOME=$(PADDOCK_HOME) scripts/down.sh
+
+status:
+	PADDOCK_HOME=$(PADDOCK_HOME) scripts/up.sh --status
+
+test: deps lint build-debug
+	PADDOCK_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+deps:
+	scripts/deps.sh
+
+build-release:
+	$(CARGO) build --release --bins
+
+build-debug:
+	$(CARGO) build --bins

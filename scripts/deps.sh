@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the OS packages Paddock needs, only those that are missing.
+set -euo pipefail
+
+packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod)
+missing=()
+for package in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$package")
+    fi
+done
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "error: missing packages ${missing[*]}; run as root to install them" >&2
+    exit 1
+fi
+echo "installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Brings up an all-in-one Paddock node: controller + local agent + busybox
+# template + demo tenant and CLI contexts. Idempotent: starts only what is
+# not running and keeps all state. `--status` only reports.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+HOME_DIR=${PADDOCK_HOME:-/var/lib/paddock}
+BIN=$PWD/target/release
+CONTROLLER_CONFIG=$PWD/config/controller.toml
+AGENT_CONFIG=$PWD/config/agent.toml
+CONTROLLER_URL=http://127.0.0.1:7443
+LOGS=$HOME_DIR/logs
+PADDOCK="$BIN/paddock"
+
+running() { # pidfile binary
+    local pid
+    [[ -f $1 ]] || return 1
+    pid=$(<"$1")
+    [[ -n $pid && -d /proc/$pid ]] || return 1
+    local exe
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+    # A rebuilt binary shows as "<path> (deleted)" in the running process.
+    [[ ${exe% (deleted)} == "$(readlink -f "$2")" ]]
+}
+
+status() {
+    for daemon in controller agent; do
+        if running "$HOME_DIR/$daemon.pid" "$BIN/paddock-$daemon"; then
+            echo "$daemon: running (pid $(<"$HOME_DIR/$daemon.pid"))"
+        else
+            echo "$daemon: stopped"
+        fi
+    done
+}
+
+if [[ ${1:-} == --status ]]; then
+    status
+    exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "error: make up must run as root (it creates namespaces, cgroups and mounts)" >&2
+    exit 1
+fi
+
+wait_port() { # port what log
+    for _ in $(seq 1 150); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "error: $2 did not start listening on port $1; see $3" >&2
+    tail -n 20 "$3" >&2 || true
+    exit 1
+}
+
+start() { # daemon port
+    local daemon=$1 port=$2 config
+    config=$PWD/config/$daemon.toml
+    if running "$HOME_DIR/$daemon.pid" "$BIN/paddock-$daemon"; then
+        echo "$daemon already running (pid $(<"$HOME_DIR/$daemon.pid"))"
+        return
+    fi
+    setsid "$BIN/paddock-$daemon" --config "$config" run \
+        >>"$LOGS/$daemon.log" 2>&1 </dev/null &
+    echo $! >"$HOME_DIR/$daemon.pid"
+    wait_port "$port" "$daemon" "$LOGS/$daemon.log"
+    echo "started $daemon (pid $(<"$HOME_DIR/$daemon.pid"), log $LOGS/$daemon.log)"
+}
+
+mkdir -p "$HOME_DIR" "$LOGS"
+chmod 700 "$HOME_DIR"
+
+# The CLI and daemons on PATH, as an installed package would put them.
+for binary in paddock paddock-controller paddock-agent; do
+    ln -sf "$BIN/$binary" "/usr/local/bin/$binary"
+done
+
+admin_token=""
+if [[ ! -d $HOME_DIR/controller/store ]]; then
+    admin_token=$("$BIN/paddock-controller" --config "$CONTROLLER_CONFIG" init)
+fi
+start controller 7443
+
+if [[ -n $admin_token ]]; then
+    "$PADDOCK" context add local-admin --controller "$CONTROLLER_URL" --token "$admin_token" >/dev/null
+elif ! "$PADDOCK" context list -o json | grep -q '"local-admin"'; then
+    echo "warning: the controller was initialized earlier but the CLI has no local-admin context;" >&2
+    echo "         its admin token was shown only at init. Re-create with: paddock context add local-admin ..." >&2
+fi
+
+"$BIN/paddock-agent" --config "$AGENT_CONFIG" template build busybox >/dev/null
+start agent 7444
+
+admin=("$PADDOCK" --context local-admin)
+for _ in $(seq 1 100); do
+    if "${admin[@]}" admin node list -o json 2>/dev/null | grep -q '"online"'; then
+        break
+    fi
+    sleep 0.2
+done
+
+if ! "${admin[@]}" admin tenant show demo >/dev/null 2>&1; then
+    "${admin[@]}" admin tenant create demo >/dev/null
+    echo "created tenant demo"
+fi
+if ! "$PADDOCK" context list -o json | grep -q '"demo"'; then
+    demo_token=$("${admin[@]}" admin token create --tenant demo)
+    "$PADDOCK" context add demo --controller "$CONTROLLER_URL" --token "$demo_token" >/dev/null
+fi
+"$PADDOCK" context use demo >/dev/null
+
+cat <<MSG
+
+Paddock is up: controller on $CONTROLLER_URL, agent on this node, busybox template built.
+State and logs are in $HOME_DIR. The CLI context is "demo" (a tenant); "local-admin" is the provider.
+
+Try:
+  paddock create web1 --plan nano --wait     # a real system container
+  paddock list
+  paddock exec web1 -- ps                    # its own process tree, PID 1 is init
+  paddock exec web1 -- hostname
+  paddock stop web1 && paddock start web1
+  paddock delete web1 --yes
+  paddock plans
+  paddock --context local-admin admin node list
+
+Stop the daemons with: make down   (VPSes keep running and are re-adopted by make up)
+MSG
