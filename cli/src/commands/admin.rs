@@ -1,0 +1,397 @@
+//! `paddock admin ...`: tenants, tokens, nodes, plans, pools and the audit trail.
+
+use paddock_proto::v1::{
+    self, CreatePlanRequest, CreatePoolRequest, CreateTenantRequest, CreateTokenRequest,
+    DeletePlanRequest, DeleteTenantRequest, Empty, GetNodeRequest, GetPoolRequest,
+    GetTenantRequest, ListAuditRequest, ListTenantsRequest, ListTokensRequest, PageRequest, Quota,
+    Resources, RevokeTokenRequest, Role, SetQuotaRequest, SuspendTenantRequest,
+    UnsuspendTenantRequest,
+};
+
+use super::vps::MAX_PAGES;
+use super::{confirm_destructive, CommandError};
+use crate::args::{
+    AdminCommand, NodeCommand, PlanCommand, PoolCommand, QuotaArgs, TenantCommand, TokenCommand,
+    TokenRole,
+};
+use crate::client::Session;
+use crate::output::{Format, Printer};
+use crate::views::{
+    AuditView, CreatedTokenView, DoneView, NodeView, PlanView, PoolView, TenantView, TokenView,
+};
+
+/// Runs one `admin` subcommand.
+pub async fn run(
+    session: &Session,
+    printer: &Printer,
+    command: AdminCommand,
+) -> Result<(), CommandError> {
+    match command {
+        AdminCommand::Tenant(command) => tenant(session, printer, command).await,
+        AdminCommand::Token(command) => token(session, printer, command).await,
+        AdminCommand::Node(command) => node(session, printer, command).await,
+        AdminCommand::Plan(command) => plan(session, printer, command).await,
+        AdminCommand::Pool(command) => pool(session, printer, command).await,
+        AdminCommand::Audit { limit } => audit(session, printer, limit).await,
+    }
+}
+
+fn done(
+    printer: &Printer,
+    kind: &'static str,
+    name: String,
+    action: &'static str,
+) -> Result<(), CommandError> {
+    let text = format!("{kind} {name} {action}");
+    Ok(printer.outcome(&DoneView { kind, name, action }, &text)?)
+}
+
+/// Applies the given flags on top of `base`; flags not given keep `base`'s value.
+pub fn merge_quota(base: Quota, args: &QuotaArgs) -> Quota {
+    Quota {
+        max_vps: args.max_vps.unwrap_or(base.max_vps),
+        vcpus: args.vcpus.unwrap_or(base.vcpus),
+        memory_bytes: args.memory.map_or(base.memory_bytes, |s| s.0),
+        disk_bytes: args.disk.map_or(base.disk_bytes, |s| s.0),
+        ipv4_count: args.ipv4.unwrap_or(base.ipv4_count),
+    }
+}
+
+async fn tenant(
+    session: &Session,
+    printer: &Printer,
+    command: TenantCommand,
+) -> Result<(), CommandError> {
+    let mut client = session.tenants();
+    let tenant = match command {
+        TenantCommand::Create { name, quota } => {
+            let request = CreateTenantRequest {
+                name,
+                // Zero fields take the controller's default quota.
+                quota: quota.any().then(|| merge_quota(Quota::default(), &quota)),
+            };
+            session.call(client.create_tenant(request)).await?
+        }
+        TenantCommand::List => {
+            let mut tenants = Vec::new();
+            let mut page_token = String::new();
+            for _ in 0..MAX_PAGES {
+                let request = ListTenantsRequest {
+                    page: Some(PageRequest {
+                        page_size: 0,
+                        page_token: page_token.clone(),
+                    }),
+                };
+                let response = session.call(client.list_tenants(request)).await?;
+                tenants.extend(response.tenants);
+                if response.next_page_token.is_empty() || response.next_page_token == page_token {
+                    break;
+                }
+                page_token = response.next_page_token;
+            }
+            let mut views: Vec<TenantView> = tenants.iter().map(TenantView::from).collect();
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(printer.list(&views)?);
+        }
+        TenantCommand::Show { name } => {
+            session
+                .call(client.get_tenant(GetTenantRequest { name }))
+                .await?
+        }
+        TenantCommand::SetQuota { name, quota } => {
+            // Read-modify-write so flags not given keep their current value.
+            let current = session
+                .call(client.get_tenant(GetTenantRequest { name: name.clone() }))
+                .await?;
+            let request = SetQuotaRequest {
+                name,
+                quota: Some(merge_quota(current.quota.unwrap_or_default(), &quota)),
+            };
+            session.call(client.set_quota(request)).await?
+        }
+        TenantCommand::Suspend { name, reason } => {
+            session
+                .call(client.suspend_tenant(SuspendTenantRequest { name, reason }))
+                .await?
+        }
+        TenantCommand::Unsuspend { name } => {
+            session
+                .call(client.unsuspend_tenant(UnsuspendTenantRequest { name }))
+                .await?
+        }
+        TenantCommand::Delete { name, yes } => {
+            confirm_destructive(yes, &format!("Delete tenant {name}?"))?;
+            session
+                .call(client.delete_tenant(DeleteTenantRequest { name: name.clone() }))
+                .await?;
+            return done(printer, "tenant", name, "deleted");
+        }
+    };
+    Ok(printer.one(&TenantView::from(&tenant))?)
+}
+
+/// The role and tenant of a new token (clap guarantees exactly one of the two).
+pub fn token_subject(tenant: Option<String>, role: Option<TokenRole>) -> (Role, String) {
+    match (tenant, role) {
+        (Some(tenant), _) => (Role::Tenant, tenant),
+        (None, Some(TokenRole::Billing)) => (Role::Billing, String::new()),
+        (None, Some(TokenRole::Admin) | None) => (Role::Admin, String::new()),
+    }
+}
+
+async fn token(
+    session: &Session,
+    printer: &Printer,
+    command: TokenCommand,
+) -> Result<(), CommandError> {
+    let mut client = session.tokens();
+    match command {
+        TokenCommand::Create {
+            tenant,
+            role,
+            description,
+        } => {
+            let (role, tenant) = token_subject(tenant, role);
+            let request = CreateTokenRequest {
+                role: role as i32,
+                tenant,
+                description,
+                expires_at: None,
+            };
+            let created = session.call(client.create_token(request)).await?;
+            match printer.format {
+                // Only the secret, so `TOKEN=$(paddock admin token create ...)` works.
+                Format::Table => Ok(printer.line(&created.token)?),
+                Format::Json => Ok(printer.json(&CreatedTokenView {
+                    token: created.token.clone(),
+                    info: created.info.as_ref().map(TokenView::from),
+                })?),
+            }
+        }
+        TokenCommand::List { tenant } => {
+            let request = ListTokensRequest {
+                tenant: tenant.unwrap_or_default(),
+            };
+            let response = session.call(client.list_tokens(request)).await?;
+            let views: Vec<TokenView> = response.tokens.iter().map(TokenView::from).collect();
+            Ok(printer.list(&views)?)
+        }
+        TokenCommand::Revoke { id } => {
+            session
+                .call(client.revoke_token(RevokeTokenRequest {
+                    token_id: id.clone(),
+                }))
+                .await?;
+            done(printer, "token", id, "revoked")
+        }
+    }
+}
+
+async fn node(
+    session: &Session,
+    printer: &Printer,
+    command: NodeCommand,
+) -> Result<(), CommandError> {
+    let mut client = session.nodes();
+    let node = match command {
+        NodeCommand::List => {
+            let response = session.call(client.list_nodes(Empty {})).await?;
+            let mut views: Vec<NodeView> = response.nodes.iter().map(NodeView::from).collect();
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(printer.list(&views)?);
+        }
+        NodeCommand::Show { name } => {
+            session
+                .call(client.get_node(GetNodeRequest { name }))
+                .await?
+        }
+        NodeCommand::Drain { name } => {
+            session
+                .call(client.drain_node(GetNodeRequest { name }))
+                .await?
+        }
+        NodeCommand::Undrain { name } => {
+            session
+                .call(client.undrain_node(GetNodeRequest { name }))
+                .await?
+        }
+    };
+    Ok(printer.one(&NodeView::from(&node))?)
+}
+
+async fn plan(
+    session: &Session,
+    printer: &Printer,
+    command: PlanCommand,
+) -> Result<(), CommandError> {
+    let mut client = session.plans();
+    match command {
+        PlanCommand::Create {
+            name,
+            vcpus,
+            memory,
+            disk,
+            pids,
+            swap,
+            ipv4,
+            transfer,
+        } => {
+            let plan = v1::Plan {
+                name,
+                resources: Some(Resources {
+                    vcpus,
+                    memory_bytes: memory.0,
+                    disk_bytes: disk.0,
+                    pids_max: pids.unwrap_or_default(),
+                    swap_bytes: swap.map(|s| s.0).unwrap_or_default(),
+                    ipv4_count: ipv4.unwrap_or_default(),
+                    ..Default::default()
+                }),
+                monthly_transfer_bytes: transfer.map(|s| s.0).unwrap_or_default(),
+            };
+            let created = session
+                .call(client.create_plan(CreatePlanRequest { plan: Some(plan) }))
+                .await?;
+            Ok(printer.one(&PlanView::from(&created))?)
+        }
+        PlanCommand::List => {
+            let response = session.call(client.list_plans(Empty {})).await?;
+            let mut views: Vec<PlanView> = response.plans.iter().map(PlanView::from).collect();
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(printer.list(&views)?)
+        }
+        PlanCommand::Delete { name } => {
+            session
+                .call(client.delete_plan(DeletePlanRequest { name: name.clone() }))
+                .await?;
+            done(printer, "plan", name, "deleted")
+        }
+    }
+}
+
+async fn pool(
+    session: &Session,
+    printer: &Printer,
+    command: PoolCommand,
+) -> Result<(), CommandError> {
+    let mut client = session.pools();
+    let pool = match command {
+        PoolCommand::Create {
+            name,
+            node,
+            cidr,
+            gateway,
+            range_start,
+            range_end,
+            ipv6_prefix,
+            nat,
+        } => {
+            let pool = v1::Pool {
+                name,
+                node,
+                cidr,
+                gateway,
+                range_start: range_start.unwrap_or_default(),
+                range_end: range_end.unwrap_or_default(),
+                ipv6_prefix: ipv6_prefix.unwrap_or_default(),
+                nat,
+                total: 0,
+                allocated: 0,
+            };
+            session
+                .call(client.create_pool(CreatePoolRequest { pool: Some(pool) }))
+                .await?
+        }
+        PoolCommand::List => {
+            let response = session.call(client.list_pools(Empty {})).await?;
+            let mut views: Vec<PoolView> = response.pools.iter().map(PoolView::from).collect();
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(printer.list(&views)?);
+        }
+        PoolCommand::Show { name } => {
+            session
+                .call(client.get_pool(GetPoolRequest { name }))
+                .await?
+        }
+        PoolCommand::Delete { name } => {
+            session
+                .call(client.delete_pool(GetPoolRequest { name: name.clone() }))
+                .await?;
+            return done(printer, "pool", name, "deleted");
+        }
+    };
+    Ok(printer.one(&PoolView::from(&pool))?)
+}
+
+async fn audit(session: &Session, printer: &Printer, limit: u32) -> Result<(), CommandError> {
+    let mut client = session.audit();
+    let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..MAX_PAGES {
+        if entries.len() >= wanted {
+            break;
+        }
+        let remaining = u32::try_from(wanted - entries.len()).unwrap_or(u32::MAX);
+        let request = ListAuditRequest {
+            page: Some(PageRequest {
+                page_size: remaining,
+                page_token: page_token.clone(),
+            }),
+        };
+        let response = session.call(client.list_audit(request)).await?;
+        entries.extend(response.entries);
+        if response.next_page_token.is_empty() || response.next_page_token == page_token {
+            break;
+        }
+        page_token = response.next_page_token;
+    }
+    entries.truncate(wanted);
+    let views: Vec<AuditView> = entries.iter().map(AuditView::from).collect();
+    Ok(printer.list(&views)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use paddock_config::ByteSize;
+
+    use super::*;
+
+    #[test]
+    fn quota_flags_override_only_what_they_name() {
+        let base = Quota {
+            max_vps: 10,
+            vcpus: 16.0,
+            memory_bytes: 32 << 30,
+            disk_bytes: 400 << 30,
+            ipv4_count: 10,
+        };
+        let args = QuotaArgs {
+            max_vps: Some(20),
+            memory: Some(ByteSize(64 << 30)),
+            ..Default::default()
+        };
+        let merged = merge_quota(base, &args);
+        assert_eq!(merged.max_vps, 20);
+        assert_eq!(merged.memory_bytes, 64 << 30);
+        assert_eq!(merged.vcpus, 16.0);
+        assert_eq!(merged.disk_bytes, 400 << 30);
+        assert_eq!(merged.ipv4_count, 10);
+    }
+
+    #[test]
+    fn token_subjects() {
+        assert_eq!(
+            token_subject(Some("acme".into()), None),
+            (Role::Tenant, "acme".to_owned())
+        );
+        assert_eq!(
+            token_subject(None, Some(TokenRole::Admin)),
+            (Role::Admin, String::new())
+        );
+        assert_eq!(
+            token_subject(None, Some(TokenRole::Billing)),
+            (Role::Billing, String::new())
+        );
+    }
+}

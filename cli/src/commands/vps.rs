@@ -1,0 +1,314 @@
+//! Tenant self-service: VPS lifecycle, quota, usage, plans and templates.
+
+use std::time::Duration;
+
+use paddock_proto::v1::{
+    self, CreateVpsRequest, Empty, ListVpsRequest, PageRequest, RebuildVpsRequest,
+    ResizeVpsRequest, Resources, TenantUsageSummaryRequest, VpsRef,
+};
+
+use super::{confirm_destructive, CommandError};
+use crate::args::{
+    CreateArgs, DeleteArgs, PowerArgs, RebuildArgs, ResizeArgs, ResourceOverrides, TenantArg,
+    UsageArgs, VpsArgs, WaitArgs,
+};
+use crate::client::Session;
+use crate::output::{Format, Printer};
+use crate::views::{
+    quota_rows, DoneView, PlanView, QuotaReportView, TemplateView, TenantView, UsageSummaryView,
+    UsageView, VpsView, QUOTA_HEADERS,
+};
+use crate::wait::{wait_for, Goal};
+
+/// Upper bound on pages fetched for one list, against a server that never stops paging.
+pub const MAX_PAGES: usize = 10_000;
+
+/// The power operations that share `start|stop|restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// `StartVps`, then wait for `running`.
+    Start,
+    /// `StopVps`, then wait for `stopped`.
+    Stop,
+    /// `RestartVps`, then wait for `running`.
+    Restart,
+}
+
+fn vps_ref(args: &VpsArgs) -> VpsRef {
+    VpsRef {
+        tenant: args.tenant.value(),
+        name: args.name.clone(),
+    }
+}
+
+fn timeout(wait: &WaitArgs) -> Option<Duration> {
+    (wait.timeout > 0).then(|| Duration::from_secs(wait.timeout))
+}
+
+/// The override fields as a proto `Resources`; zero means "keep / plan default".
+pub fn overrides(o: &ResourceOverrides) -> Option<Resources> {
+    o.any().then(|| Resources {
+        vcpus: o.vcpus.unwrap_or_default(),
+        memory_bytes: o.memory.map(|s| s.0).unwrap_or_default(),
+        disk_bytes: o.disk.map(|s| s.0).unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// `paddock create`: `CreateVps`, then poll `GetVps` until running.
+pub async fn create(
+    session: &Session,
+    printer: &Printer,
+    args: CreateArgs,
+) -> Result<(), CommandError> {
+    let request = CreateVpsRequest {
+        tenant: args.tenant.value(),
+        name: args.name.clone(),
+        plan: args.plan.clone(),
+        template: args.template.clone().unwrap_or_default(),
+        overrides: overrides(&args.overrides),
+        start: true,
+    };
+    let mut vps = session.call(session.vps().create_vps(request)).await?;
+    if args.wait.enabled() {
+        let reference = VpsRef {
+            tenant: args.tenant.value(),
+            name: args.name.clone(),
+        };
+        if let Some(ready) =
+            wait_for(session, &reference, Goal::Running, timeout(&args.wait)).await?
+        {
+            vps = ready;
+        }
+    }
+    Ok(printer.one(&VpsView::from(&vps))?)
+}
+
+/// Fetches every VPS visible to the caller (all pages) with `ListVps`.
+pub async fn fetch_all_vps(
+    session: &Session,
+    tenant: String,
+) -> Result<Vec<v1::Vps>, CommandError> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..MAX_PAGES {
+        let request = ListVpsRequest {
+            tenant: tenant.clone(),
+            page: Some(PageRequest {
+                page_size: 0,
+                page_token: page_token.clone(),
+            }),
+        };
+        let response = session.call(session.vps().list_vps(request)).await?;
+        all.extend(response.vps);
+        if response.next_page_token.is_empty() || response.next_page_token == page_token {
+            break;
+        }
+        page_token = response.next_page_token;
+    }
+    Ok(all)
+}
+
+/// `paddock list`: `ListVps`, sorted by tenant and name.
+pub async fn list(
+    session: &Session,
+    printer: &Printer,
+    tenant: TenantArg,
+) -> Result<(), CommandError> {
+    let mut views: Vec<VpsView> = fetch_all_vps(session, tenant.value())
+        .await?
+        .iter()
+        .map(VpsView::from)
+        .collect();
+    views.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    Ok(printer.list(&views)?)
+}
+
+/// `paddock show`: `GetVps`.
+pub async fn show(session: &Session, printer: &Printer, args: VpsArgs) -> Result<(), CommandError> {
+    let vps = session.call(session.vps().get_vps(vps_ref(&args))).await?;
+    Ok(printer.one(&VpsView::from(&vps))?)
+}
+
+/// `paddock start|stop|restart`: the power RPC, then wait for the target state.
+pub async fn power(
+    session: &Session,
+    printer: &Printer,
+    op: Power,
+    args: PowerArgs,
+) -> Result<(), CommandError> {
+    let reference = vps_ref(&args.vps);
+    let mut client = session.vps();
+    let mut vps = match op {
+        Power::Start => session.call(client.start_vps(reference.clone())).await?,
+        Power::Stop => session.call(client.stop_vps(reference.clone())).await?,
+        Power::Restart => session.call(client.restart_vps(reference.clone())).await?,
+    };
+    if args.wait.enabled() {
+        let goal = match op {
+            Power::Start | Power::Restart => Goal::Running,
+            Power::Stop => Goal::Stopped,
+        };
+        if let Some(done) = wait_for(session, &reference, goal, timeout(&args.wait)).await? {
+            vps = done;
+        }
+    }
+    Ok(printer.one(&VpsView::from(&vps))?)
+}
+
+/// `paddock delete`: confirm on a TTY, `DeleteVps`, then poll until NotFound.
+pub async fn delete(
+    session: &Session,
+    printer: &Printer,
+    args: DeleteArgs,
+) -> Result<(), CommandError> {
+    let reference = vps_ref(&args.vps);
+    confirm_destructive(
+        args.yes,
+        &format!(
+            "Delete vps {}? Its disk and everything on it will be destroyed.",
+            reference.name
+        ),
+    )?;
+    let vps = session
+        .call(session.vps().delete_vps(reference.clone()))
+        .await?;
+    if !args.wait.enabled() {
+        return Ok(printer.one(&VpsView::from(&vps))?);
+    }
+    wait_for(session, &reference, Goal::Gone, timeout(&args.wait)).await?;
+    let done = DoneView {
+        kind: "vps",
+        name: reference.name.clone(),
+        action: "deleted",
+    };
+    Ok(printer.outcome(&done, &format!("vps {} deleted", reference.name))?)
+}
+
+/// `paddock resize`: `ResizeVps` with a plan and/or single overrides.
+pub async fn resize(
+    session: &Session,
+    printer: &Printer,
+    args: ResizeArgs,
+) -> Result<(), CommandError> {
+    let request = ResizeVpsRequest {
+        vps: Some(vps_ref(&args.vps)),
+        plan: args.plan.clone().unwrap_or_default(),
+        resources: overrides(&args.overrides),
+    };
+    let vps = session.call(session.vps().resize_vps(request)).await?;
+    Ok(printer.one(&VpsView::from(&vps))?)
+}
+
+/// `paddock rebuild`: confirm on a TTY, then `RebuildVps`.
+pub async fn rebuild(
+    session: &Session,
+    printer: &Printer,
+    args: RebuildArgs,
+) -> Result<(), CommandError> {
+    let reference = vps_ref(&args.vps);
+    confirm_destructive(
+        args.yes,
+        &format!(
+            "Rebuild vps {}? Its root filesystem will be replaced and all changes lost.",
+            reference.name
+        ),
+    )?;
+    let request = RebuildVpsRequest {
+        vps: Some(reference),
+        template: args.template.clone().unwrap_or_default(),
+    };
+    let vps = session.call(session.vps().rebuild_vps(request)).await?;
+    Ok(printer.one(&VpsView::from(&vps))?)
+}
+
+/// `paddock quota`: `GetMyQuota`, or `GetTenant` when an admin names `--tenant`.
+pub async fn quota(
+    session: &Session,
+    printer: &Printer,
+    tenant: TenantArg,
+) -> Result<(), CommandError> {
+    let report = match tenant.tenant {
+        Some(name) => {
+            let request = v1::GetTenantRequest { name };
+            let tenant = session.call(session.tenants().get_tenant(request)).await?;
+            QuotaReportView::from(&TenantView::from(&tenant))
+        }
+        None => {
+            let report = session
+                .call(session.tenants().get_my_quota(Empty {}))
+                .await?;
+            QuotaReportView::from(&report)
+        }
+    };
+    let rows = quota_rows(&report.used, &report.quota);
+    Ok(printer.table(&report, QUOTA_HEADERS, &rows)?)
+}
+
+/// `paddock usage`: `BillingService.TenantUsageSummary`.
+pub async fn usage(
+    session: &Session,
+    printer: &Printer,
+    args: UsageArgs,
+) -> Result<(), CommandError> {
+    let to_ts = |t: chrono::DateTime<chrono::Utc>| prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    };
+    let request = TenantUsageSummaryRequest {
+        tenant: args.tenant.value(),
+        from: args.from.map(to_ts),
+        to: args.to.map(to_ts),
+    };
+    let summary = session
+        .call(session.billing().tenant_usage_summary(request))
+        .await?;
+    let view = UsageSummaryView::from(&summary);
+    match printer.format {
+        Format::Json => Ok(printer.json(&view)?),
+        Format::Table => {
+            let mut rows: Vec<UsageView> = view.per_vps.clone();
+            if let Some(mut total) = view.total.clone() {
+                total.vps.clear();
+                rows.push(total);
+            }
+            Ok(printer.list(&rows)?)
+        }
+    }
+}
+
+/// `paddock plans`: `PlanService.ListPlans`.
+pub async fn plans(session: &Session, printer: &Printer) -> Result<(), CommandError> {
+    let response = session.call(session.plans().list_plans(Empty {})).await?;
+    let mut views: Vec<PlanView> = response.plans.iter().map(PlanView::from).collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(printer.list(&views)?)
+}
+
+/// `paddock templates`: `VpsService.ListTemplates`.
+pub async fn templates(session: &Session, printer: &Printer) -> Result<(), CommandError> {
+    let response = session.call(session.vps().list_templates(Empty {})).await?;
+    let views: Vec<TemplateView> = response.templates.iter().map(TemplateView::from).collect();
+    Ok(printer.list(&views)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use paddock_config::ByteSize;
+
+    use super::*;
+
+    #[test]
+    fn overrides_only_when_given() {
+        assert_eq!(overrides(&ResourceOverrides::default()), None);
+        let given = ResourceOverrides {
+            vcpus: Some(1.5),
+            memory: Some(ByteSize(1 << 30)),
+            disk: None,
+        };
+        let resources = overrides(&given).expect("some");
+        assert_eq!(resources.vcpus, 1.5);
+        assert_eq!(resources.memory_bytes, 1 << 30);
+        assert_eq!(resources.disk_bytes, 0);
+    }
+}

@@ -1,0 +1,234 @@
+//! Waiting for a VPS to reach a state by polling `GetVps`, with a progress
+//! line on a terminal and a clear error when the VPS fails or time runs out.
+
+use std::time::{Duration, Instant};
+
+use paddock_proto::v1::{self, VpsRef, VpsState};
+use tonic::Code;
+
+use crate::client::{ClientError, Session};
+use crate::terminal::Progress;
+use crate::views::vps_state_name;
+
+/// How often `GetVps` is polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What the caller waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// State `running`.
+    Running,
+    /// State `stopped`.
+    Stopped,
+    /// `GetVps` answers NotFound.
+    Gone,
+}
+
+impl Goal {
+    fn describe(self) -> &'static str {
+        match self {
+            Goal::Running => "running",
+            Goal::Stopped => "stopped",
+            Goal::Gone => "deleted",
+        }
+    }
+}
+
+/// Why waiting ended without reaching the goal.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("vps {name} failed: {message}")]
+    Failed { name: String, message: String },
+    #[error("vps {name} is suspended{}", detail(.message))]
+    Suspended { name: String, message: String },
+    #[error("vps {name} disappeared while waiting for it to be {goal}")]
+    Vanished { name: String, goal: &'static str },
+    #[error(
+        "timed out after {secs}s waiting for vps {name} to be {goal} (state: {state}{}); \
+         it may still get there: check `paddock show {name}`",
+        detail(.message)
+    )]
+    Timeout {
+        name: String,
+        goal: &'static str,
+        state: &'static str,
+        message: String,
+        secs: u64,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+fn detail(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+/// Where one observation leaves the wait.
+#[derive(Debug)]
+pub enum Progression {
+    /// The goal is reached.
+    Done,
+    /// Keep polling.
+    Pending,
+    /// The VPS will not get there by itself.
+    Failed(WaitError),
+}
+
+/// Judges one observed VPS against the goal.
+pub fn assess(vps: &v1::Vps, goal: Goal) -> Progression {
+    let state = VpsState::try_from(vps.state).unwrap_or(VpsState::Unknown);
+    let failed = |vps: &v1::Vps| WaitError::Failed {
+        name: vps.name.clone(),
+        message: if vps.message.is_empty() {
+            "state is error (no message from the controller)".to_owned()
+        } else {
+            vps.message.clone()
+        },
+    };
+    match (goal, state) {
+        (Goal::Running, VpsState::Running) | (Goal::Stopped, VpsState::Stopped) => {
+            Progression::Done
+        }
+        (_, VpsState::Error) => Progression::Failed(failed(vps)),
+        (Goal::Running, VpsState::Suspended) => Progression::Failed(WaitError::Suspended {
+            name: vps.name.clone(),
+            message: vps.message.clone(),
+        }),
+        _ => Progression::Pending,
+    }
+}
+
+/// Polls until the VPS reaches `goal`. Returns the last VPS seen (`None`
+/// once it is gone). `timeout` of `None` waits forever.
+pub async fn wait_for(
+    session: &Session,
+    vps_ref: &VpsRef,
+    goal: Goal,
+    timeout: Option<Duration>,
+) -> Result<Option<v1::Vps>, WaitError> {
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    loop {
+        let vps = match session.vps().get_vps(vps_ref.clone()).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::NotFound => {
+                return match goal {
+                    Goal::Gone => Ok(None),
+                    _ => Err(WaitError::Vanished {
+                        name: vps_ref.name.clone(),
+                        goal: goal.describe(),
+                    }),
+                };
+            }
+            Err(status) => return Err(session.status_error(&status).into()),
+        };
+        match assess(&vps, goal) {
+            Progression::Done => return Ok(Some(vps)),
+            Progression::Failed(err) => return Err(err),
+            Progression::Pending => {}
+        }
+        let elapsed = started.elapsed();
+        if timeout.is_some_and(|limit| elapsed >= limit) {
+            return Err(WaitError::Timeout {
+                name: vps.name.clone(),
+                goal: goal.describe(),
+                state: vps_state_name(vps.state),
+                message: vps.message.clone(),
+                secs: elapsed.as_secs(),
+            });
+        }
+        let node = if vps.node.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", vps.node)
+        };
+        progress.update(&format!(
+            "vps {}: {}{node}{} ({}s, waiting for {})",
+            vps.name,
+            vps_state_name(vps.state),
+            detail(&vps.message),
+            elapsed.as_secs(),
+            goal.describe()
+        ));
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vps(state: VpsState, message: &str) -> v1::Vps {
+        v1::Vps {
+            name: "web1".into(),
+            state: state as i32,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn running_goal() {
+        assert!(matches!(
+            assess(&vps(VpsState::Running, ""), Goal::Running),
+            Progression::Done
+        ));
+        assert!(matches!(
+            assess(&vps(VpsState::Pending, ""), Goal::Running),
+            Progression::Pending
+        ));
+        match assess(
+            &vps(VpsState::Error, "template foo not found"),
+            Goal::Running,
+        ) {
+            Progression::Failed(err) => {
+                assert_eq!(err.to_string(), "vps web1 failed: template foo not found")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            assess(&vps(VpsState::Suspended, ""), Goal::Running),
+            Progression::Failed(WaitError::Suspended { .. })
+        ));
+    }
+
+    #[test]
+    fn stopped_and_gone_goals() {
+        assert!(matches!(
+            assess(&vps(VpsState::Stopped, ""), Goal::Stopped),
+            Progression::Done
+        ));
+        assert!(matches!(
+            assess(&vps(VpsState::Running, ""), Goal::Stopped),
+            Progression::Pending
+        ));
+        assert!(matches!(
+            assess(&vps(VpsState::Deleting, ""), Goal::Gone),
+            Progression::Pending
+        ));
+        assert!(matches!(
+            assess(&vps(VpsState::Error, "umount failed"), Goal::Gone),
+            Progression::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn timeout_message_names_state_and_reason() {
+        let err = WaitError::Timeout {
+            name: "web1".into(),
+            goal: "running",
+            state: "pending",
+            message: "no node has capacity".into(),
+            secs: 300,
+        };
+        assert_eq!(
+            err.to_string(),
+            "timed out after 300s waiting for vps web1 to be running (state: pending: \
+             no node has capacity); it may still get there: check `paddock show web1`"
+        );
+    }
+}
