@@ -6,5 +6,6 @@ pub mod v1 {
     tonic::include_proto!("paddock.v1");
 
     /// Encoded file descriptors, for the gRPC reflection service.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("paddock_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("paddock_descriptor");
 }
