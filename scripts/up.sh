@@ -9,7 +9,8 @@ HOME_DIR=${PADDOCK_HOME:-/var/lib/paddock}
 BIN=$PWD/target/release
 CONTROLLER_CONFIG=$PWD/config/controller.toml
 AGENT_CONFIG=$PWD/config/agent.toml
-CONTROLLER_URL=http://127.0.0.1:7443
+CONTROLLER_URL=https://127.0.0.1:7443
+CA_CERT=$HOME_DIR/controller/tls/ca.crt
 LOGS=$HOME_DIR/logs
 PADDOCK="$BIN/paddock"
 
@@ -84,7 +85,8 @@ fi
 start controller 7443
 
 if [[ -n $admin_token ]]; then
-    "$PADDOCK" context add local-admin --controller "$CONTROLLER_URL" --token "$admin_token" >/dev/null
+    "$PADDOCK" context add local-admin --controller "$CONTROLLER_URL" --ca-cert "$CA_CERT" \
+        --token "$admin_token" >/dev/null
 elif ! "$PADDOCK" context list -o json | grep -q '"local-admin"'; then
     echo "warning: the controller was initialized earlier but the CLI has no local-admin context;" >&2
     echo "         its admin token was shown only at init. Re-create with: paddock context add local-admin ..." >&2
@@ -107,7 +109,8 @@ if ! "${admin[@]}" admin tenant show demo >/dev/null 2>&1; then
 fi
 if ! "$PADDOCK" context list -o json | grep -q '"demo"'; then
     demo_token=$("${admin[@]}" admin token create --tenant demo)
-    "$PADDOCK" context add demo --controller "$CONTROLLER_URL" --token "$demo_token" >/dev/null
+    "$PADDOCK" context add demo --controller "$CONTROLLER_URL" --ca-cert "$CA_CERT" \
+        --token "$demo_token" >/dev/null
 fi
 "$PADDOCK" context use demo >/dev/null
 

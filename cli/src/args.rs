@@ -199,12 +199,23 @@ pub struct CreateArgs {
     /// OS template (see `paddock templates`); the controller defaults to busybox.
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,
+    /// Place only on a node with this label (repeatable), e.g. `--node-selector region=eu1`.
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub node_selector: Vec<(String, String)>,
     #[command(flatten)]
     pub overrides: ResourceOverrides,
     #[command(flatten)]
     pub tenant: TenantArg,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `KEY=VALUE` with a non-empty key.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 /// `paddock start|stop|restart`.

@@ -3,7 +3,8 @@
 //! The file is TOML: `current = "demo"` plus one `[contexts.NAME]` table per
 //! controller. It holds bearer tokens, so it is written atomically with mode
 //! 0600 inside a directory created with mode 0700. `PADDOCK_CONFIG` moves it;
-//! `PADDOCK_CONTROLLER` and `PADDOCK_TOKEN` override the selected context.
+//! `PADDOCK_CONTROLLER`, `PADDOCK_TOKEN` and `PADDOCK_CA_CERT` override the
+//! selected context.
 
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, OpenOptions};
@@ -19,6 +20,8 @@ pub const ENV_CONFIG: &str = "PADDOCK_CONFIG";
 pub const ENV_CONTROLLER: &str = "PADDOCK_CONTROLLER";
 /// Environment variable overriding the context's token.
 pub const ENV_TOKEN: &str = "PADDOCK_TOKEN";
+/// Environment variable naming the CA certificate that overrides the context's.
+pub const ENV_CA_CERT: &str = "PADDOCK_CA_CERT";
 
 /// Why the configuration could not be read, written or resolved.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,8 @@ pub struct EnvOverrides {
     pub controller: Option<String>,
     /// `PADDOCK_TOKEN`.
     pub token: Option<String>,
+    /// `PADDOCK_CA_CERT`.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl EnvOverrides {
@@ -99,6 +104,7 @@ impl EnvOverrides {
         Self {
             controller: read(ENV_CONTROLLER),
             token: read(ENV_TOKEN),
+            ca_cert: read(ENV_CA_CERT).map(PathBuf::from),
         }
     }
 }
@@ -281,7 +287,10 @@ impl Config {
             controller,
             token,
             token_source,
-            ca_cert: chosen.and_then(|(_, ctx)| ctx.ca_cert.clone()),
+            ca_cert: env
+                .ca_cert
+                .clone()
+                .or_else(|| chosen.and_then(|(_, ctx)| ctx.ca_cert.clone())),
         })
     }
 
@@ -416,6 +425,7 @@ mod tests {
         let env = EnvOverrides {
             controller: Some("http://env:2".into()),
             token: None,
+            ..EnvOverrides::default()
         };
         let target = config.resolve(None, &env).expect("resolve");
         assert_eq!(target.controller, "http://env:2");
@@ -424,11 +434,19 @@ mod tests {
         let env = EnvOverrides {
             controller: None,
             token: Some("from-env".into()),
+            ..EnvOverrides::default()
         };
         let target = config.resolve(None, &env).expect("resolve");
         assert_eq!(target.controller, "http://a:1");
         assert_eq!(target.token, "from-env");
         assert_eq!(target.token_source, TokenSource::Env);
+
+        let env = EnvOverrides {
+            ca_cert: Some("/env/ca.crt".into()),
+            ..EnvOverrides::default()
+        };
+        let target = config.resolve(None, &env).expect("resolve");
+        assert_eq!(target.ca_cert.as_deref(), Some(Path::new("/env/ca.crt")));
     }
 
     #[test]
@@ -437,12 +455,14 @@ mod tests {
         let env = EnvOverrides {
             controller: Some("http://env:2".into()),
             token: Some("t".into()),
+            ..EnvOverrides::default()
         };
         let target = config.resolve(None, &env).expect("resolve");
         assert_eq!(target.context, None);
         let env = EnvOverrides {
             controller: Some("http://env:2".into()),
             token: None,
+            ..EnvOverrides::default()
         };
         assert!(matches!(
             config.resolve(None, &env),
@@ -451,6 +471,7 @@ mod tests {
         let env = EnvOverrides {
             controller: Some("env:2".into()),
             token: Some("t".into()),
+            ..EnvOverrides::default()
         };
         assert!(matches!(
             config.resolve(None, &env),

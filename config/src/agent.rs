@@ -15,18 +15,27 @@ pub struct AgentConfig {
     pub node_name: Option<String>,
     /// Address of the agent's own gRPC service (called by the controller).
     pub listen: SocketAddr,
-    /// Address the controller should dial; defaults to `http://<listen>`.
+    /// Address the controller should dial; defaults to `https://<listen>`.
     pub advertise_address: Option<String>,
     /// The controller's gRPC endpoint.
     pub controller: String,
-    /// File holding the node join token issued by `paddock-controller init`.
+    /// File holding the node join token issued by `paddock-controller init`;
+    /// used once, to enrol and obtain the node's certificate.
     pub join_token_file: PathBuf,
+    /// The controller's CA certificate (`<controller data_dir>/tls/ca.crt`).
+    pub controller_ca_file: PathBuf,
     /// Templates, VPS root filesystems, console logs and the agent journal.
     pub state_dir: PathBuf,
     /// Parent cgroup (under every controller hierarchy) of all VPS cgroups.
     pub cgroup_parent: String,
     /// How long a stopping VPS gets after its power-off signal before SIGKILL.
     pub stop_grace_secs: u32,
+    /// Host bridge the VPS ports attach to (created if missing; at most 15 characters).
+    pub bridge: String,
+    /// Interface that NAT pools masquerade out of; unset = any interface but the bridge.
+    pub uplink: Option<String>,
+    /// Turn on `net.ipv4.ip_forward` when a VPS gets a gateway, so the host routes VPS traffic.
+    pub ip_forward: bool,
 }
 
 impl Default for AgentConfig {
@@ -35,11 +44,15 @@ impl Default for AgentConfig {
             node_name: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
             advertise_address: None,
-            controller: "http://127.0.0.1:7443".to_owned(),
+            controller: "https://127.0.0.1:7443".to_owned(),
             join_token_file: PathBuf::from("/var/lib/paddock/controller/join-token"),
+            controller_ca_file: PathBuf::from("/var/lib/paddock/controller/tls/ca.crt"),
             state_dir: PathBuf::from("/var/lib/paddock/agent"),
             cgroup_parent: "paddock".to_owned(),
             stop_grace_secs: 10,
+            bridge: "pdk0".to_owned(),
+            uplink: None,
+            ip_forward: true,
         }
     }
 }
@@ -65,8 +78,34 @@ impl AgentConfig {
                 "must be a relative cgroup path without empty or '..' components",
             ));
         }
-        if !config.controller.starts_with("http://") && !config.controller.starts_with("https://") {
-            return Err(invalid("controller", "must start with http:// or https://"));
+        let ifname_ok = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 15
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !ifname_ok(&config.bridge) {
+            return Err(invalid(
+                "bridge",
+                "must be an interface name of 1-15 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if config
+            .uplink
+            .as_deref()
+            .is_some_and(|uplink| !ifname_ok(uplink))
+        {
+            return Err(invalid(
+                "uplink",
+                "must be an interface name of 1-15 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if !config.controller.starts_with("https://") {
+            return Err(invalid(
+                "controller",
+                "must start with https:// (agents talk to the controller over mutual TLS)",
+            ));
         }
         Ok(config)
     }
@@ -75,7 +114,7 @@ impl AgentConfig {
     pub fn advertised(&self) -> String {
         self.advertise_address
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| format!("https://{}", self.listen))
     }
 }
 

@@ -13,6 +13,11 @@ use crate::{load_toml, ByteSize, ConfigError};
 pub struct ControllerConfig {
     /// Address of the gRPC API (CLI, billing, agents).
     pub listen: SocketAddr,
+    /// Prometheus metrics endpoint (`GET /metrics`); unset disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Extra host names / IPs for the controller's TLS certificate (made at
+    /// init; localhost, 127.0.0.1 and ::1 are always included).
+    pub tls_sans: Vec<String>,
     /// Where the sled store, the admin and join tokens live.
     pub data_dir: PathBuf,
     /// How often agents are asked to send a heartbeat.
@@ -21,8 +26,56 @@ pub struct ControllerConfig {
     pub node_offline_after_secs: u32,
     /// How often every node is reconciled even when nothing changed.
     pub reconcile_interval_secs: u32,
+    /// How new VPSes are placed on nodes.
+    pub scheduler: SchedulerConfig,
+    /// What to do with a VPS a node runs that the controller does not know.
+    pub orphan_policy: OrphanPolicy,
     /// Quota given to a tenant created without explicit limits.
     pub default_quota: QuotaDefaults,
+}
+
+/// Placement policy. Per-node ratios can be overridden with the node labels
+/// `paddock.io/cpu-overcommit`, `paddock.io/memory-overcommit`, `paddock.io/disk-overcommit`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// `spread` (most free memory first) or `binpack` (fullest node that fits).
+    pub strategy: SchedulerStrategy,
+    /// How many vCPUs may be promised per physical CPU.
+    pub cpu_overcommit: f64,
+    /// How much memory may be promised per byte of RAM.
+    pub memory_overcommit: f64,
+    /// How much disk may be promised per byte of the agent's state-dir filesystem.
+    pub disk_overcommit: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            strategy: SchedulerStrategy::Spread,
+            cpu_overcommit: 4.0,
+            memory_overcommit: 1.0,
+            disk_overcommit: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerStrategy {
+    Spread,
+    Binpack,
+}
+
+/// Handling of VPSes found on a node but unknown to the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrphanPolicy {
+    /// Log them (the safe default: a controller restored from an old backup
+    /// must not destroy VPSes created since).
+    Report,
+    /// Delete them from the node.
+    Remove,
 }
 
 /// Default limits of a new tenant.
@@ -52,10 +105,14 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7453))),
+            tls_sans: Vec::new(),
             data_dir: PathBuf::from("/var/lib/paddock/controller"),
             heartbeat_interval_secs: 5,
             node_offline_after_secs: 30,
             reconcile_interval_secs: 10,
+            orphan_policy: OrphanPolicy::Report,
+            scheduler: SchedulerConfig::default(),
             default_quota: QuotaDefaults::default(),
         }
     }
@@ -83,6 +140,19 @@ impl ControllerConfig {
                 "node_offline_after_secs",
                 "must be longer than heartbeat_interval_secs",
             ));
+        }
+        let ratios = [
+            ("scheduler.cpu_overcommit", self.scheduler.cpu_overcommit),
+            (
+                "scheduler.memory_overcommit",
+                self.scheduler.memory_overcommit,
+            ),
+            ("scheduler.disk_overcommit", self.scheduler.disk_overcommit),
+        ];
+        for (field, ratio) in ratios {
+            if !ratio.is_finite() || ratio <= 0.0 {
+                return Err(invalid(field, "must be a number greater than 0"));
+            }
         }
         if self.reconcile_interval_secs == 0 {
             return Err(invalid("reconcile_interval_secs", "must be at least 1"));

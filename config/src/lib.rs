@@ -10,7 +10,9 @@ mod size;
 use std::path::{Path, PathBuf};
 
 pub use agent::AgentConfig;
-pub use controller::{ControllerConfig, QuotaDefaults};
+pub use controller::{
+    ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy,
+};
 use serde::de::DeserializeOwned;
 pub use size::{ByteSize, SizeError};
 

@@ -5,46 +5,30 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use paddock_proto::v1::node_agent_client::NodeAgentClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::ControllerError;
+use crate::pki::Pki;
 
-/// Adds the node join token as bearer credentials to every call to an agent.
-#[derive(Clone)]
-pub struct NodeAuth(MetadataValue<Ascii>);
+pub type AgentClient = NodeAgentClient<Channel>;
 
-impl Interceptor for NodeAuth {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-pub type AgentClient = NodeAgentClient<InterceptedService<Channel, NodeAuth>>;
-
-/// Cached channels to agents, keyed by node name and address.
+/// Cached channels to agents, keyed by node name and address. Every channel
+/// is mutual TLS: the agent's certificate must be signed by our CA, and we
+/// present the controller's certificate.
 pub struct AgentPool {
-    auth: NodeAuth,
+    tls: ClientTlsConfig,
     channels: Mutex<HashMap<String, (String, Channel)>>,
 }
 
 impl AgentPool {
-    pub fn new(join_token: &str) -> Result<Self, ControllerError> {
-        let value = format!("Bearer {join_token}").parse().map_err(|_| {
-            ControllerError::Precondition("join token contains non-ASCII characters".to_owned())
-        })?;
-        Ok(Self {
-            auth: NodeAuth(value),
+    pub fn new(pki: &Pki) -> Self {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki.ca_cert_pem))
+            .identity(Identity::from_pem(&pki.cert_pem, &pki.key_pem));
+        Self {
+            tls,
             channels: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// A client for `node` at `address`; reconnects lazily if the address changed.
@@ -62,6 +46,8 @@ impl AgentPool {
             _ => {
                 let channel = Endpoint::from_shared(address.to_owned())
                     .map_err(|e| unavailable(format!("bad agent address {address:?}: {e}")))?
+                    .tls_config(self.tls.clone())
+                    .map_err(|e| unavailable(format!("TLS setup for {address:?}: {e}")))?
                     .connect_timeout(Duration::from_secs(3))
                     .tcp_keepalive(Some(Duration::from_secs(30)))
                     .connect_lazy();
@@ -69,10 +55,7 @@ impl AgentPool {
                 channel
             }
         };
-        Ok(NodeAgentClient::with_interceptor(
-            channel,
-            self.auth.clone(),
-        ))
+        Ok(NodeAgentClient::new(channel))
     }
 }
 

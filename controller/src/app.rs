@@ -19,8 +19,10 @@ pub struct Controller {
     pub config: ControllerConfig,
     pub agents: AgentPool,
     pub reconciler: ReconcileHandle,
-    /// Shared secret agents present to register (replaced by mTLS enrolment later).
+    /// Shared secret a new agent presents once, to enrol and get its certificate.
     pub join_token: String,
+    /// The CA and the controller's TLS identity.
+    pub pki: crate::pki::Pki,
 }
 
 impl Controller {
@@ -42,6 +44,19 @@ impl Controller {
         }
     }
 
+    /// Requires a billing or admin token.
+    pub fn billing(&self, metadata: &MetadataMap) -> Result<Principal, ControllerError> {
+        let principal = self.caller(metadata)?;
+        match principal {
+            Principal::Admin { .. } | Principal::Billing { .. } => Ok(principal),
+            other => Err(auth::AuthError::Forbidden {
+                needed: "a billing or admin token",
+                actual: other.actor(),
+            }
+            .into()),
+        }
+    }
+
     /// Makes every mutation so far durable; called before acknowledging one.
     pub async fn commit(&self) -> Result<(), ControllerError> {
         Ok(self.store.flush().await?)
@@ -57,6 +72,7 @@ impl Controller {
     pub fn node_views(&self) -> Result<Vec<(NodeRecord, NodeView, u32)>, ControllerError> {
         let nodes = self.store.list_nodes()?;
         let vpses = self.store.list_vps(None)?;
+        let pools = self.store.list_pools()?;
         let now = Utc::now();
         Ok(nodes
             .into_iter()
@@ -75,6 +91,13 @@ impl Controller {
                     cordoned: node.cordoned,
                     capacity: node.capacity.clone(),
                     allocated,
+                    free_ipv4: crate::ipam::free_on_node(&pools, &node.name),
+                    pools: pools
+                        .iter()
+                        .filter(|pool| pool.node == node.name)
+                        .map(|pool| pool.name.clone())
+                        .collect(),
+                    labels: node.labels.clone(),
                 };
                 (node, view, count)
             })
@@ -113,6 +136,60 @@ impl Controller {
             }
             .into()),
         }
+    }
+
+    /// Gauges for the metrics endpoint: VPSes by state, nodes by status.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let mut vps_by_state: std::collections::BTreeMap<String, f64> = [
+            "pending",
+            "running",
+            "stopped",
+            "error",
+            "unknown",
+            "suspended",
+            "deleting",
+        ]
+        .into_iter()
+        .map(|state| (state.to_owned(), 0.0))
+        .collect();
+        let mut nodes = (0.0, 0.0);
+        if let Ok(views) = self.node_views() {
+            for (_, view, _) in &views {
+                if view.online {
+                    nodes.0 += 1.0;
+                } else {
+                    nodes.1 += 1.0;
+                }
+            }
+        }
+        for vps in self.store.list_vps(None).unwrap_or_default() {
+            if let Ok((online, suspended)) = self.vps_context(&vps) {
+                let state = crate::convert::vps_state(&vps, online, suspended);
+                let name = state
+                    .as_str_name()
+                    .trim_start_matches("VPS_STATE_")
+                    .to_lowercase();
+                *vps_by_state.entry(name).or_default() += 1.0;
+            }
+        }
+        vec![
+            (
+                "paddock_vps",
+                "VPSes by state.",
+                vps_by_state
+                    .into_iter()
+                    .map(|(state, count)| (format!("state=\"{state}\""), count))
+                    .collect(),
+            ),
+            (
+                "paddock_nodes",
+                "Nodes by status.",
+                vec![
+                    ("status=\"online\"".to_owned(), nodes.0),
+                    ("status=\"offline\"".to_owned(), nodes.1),
+                ],
+            ),
+        ]
     }
 
     /// Looks a VPS up by tenant and name; `NotFound` is the same whether it

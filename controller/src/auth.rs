@@ -42,6 +42,8 @@ pub enum AuthError {
     Revoked,
     #[error("token has expired")]
     Expired,
+    #[error("node authentication failed: {0}")]
+    NodeCertificate(&'static str),
     #[error("this operation needs {needed}; the token is for {actual}")]
     Forbidden {
         needed: &'static str,
@@ -58,7 +60,8 @@ impl From<AuthError> for tonic::Status {
             | AuthError::Malformed
             | AuthError::Invalid
             | AuthError::Revoked
-            | AuthError::Expired => tonic::Status::unauthenticated(error.to_string()),
+            | AuthError::Expired
+            | AuthError::NodeCertificate(_) => tonic::Status::unauthenticated(error.to_string()),
             AuthError::Forbidden { .. } => tonic::Status::permission_denied(error.to_string()),
             AuthError::Store(error) => error.into(),
         }

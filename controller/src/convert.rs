@@ -5,8 +5,8 @@ use paddock_proto::v1;
 
 use crate::scheduler::NodeView;
 use crate::store::{
-    Capacity, NodeRecord, Observed, PlanRecord, Power, Quota, Resources, Role, TenantRecord,
-    TokenRecord, VpsRecord,
+    Capacity, NodeRecord, Observed, PlanRecord, PoolRecord, Power, Quota, Resources, Role,
+    TenantRecord, TokenRecord, VpsRecord,
 };
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -205,18 +205,66 @@ pub fn vps(record: &VpsRecord, node_online: bool, tenant_suspended: bool) -> v1:
     }
 }
 
-/// What the node agent is told to make exist.
-pub fn vps_spec(record: &VpsRecord) -> v1::VpsSpec {
+/// What the node agent is told to make exist. A suspended tenant's VPSes are
+/// held stopped without touching the power state the owner chose, so
+/// unsuspending puts each one back as it was.
+pub fn vps_spec(record: &VpsRecord, tenant_suspended: bool) -> v1::VpsSpec {
+    let power = if tenant_suspended {
+        Power::Stopped
+    } else {
+        record.desired_power
+    };
     v1::VpsSpec {
         vps_id: record.vps_id.clone(),
         name: record.name.clone(),
         tenant: record.tenant.clone(),
         template: record.template.clone(),
         resources: Some(resources(&record.resources)),
-        desired_power: power(record.desired_power).into(),
+        desired_power: self::power(power).into(),
         ipv4: record.ipv4.clone(),
         rebuild_generation: record.rebuild_generation,
         restart_generation: record.restart_generation,
+        network: network_spec(record),
+    }
+}
+
+/// The VPS's port: its addresses with the pool's prefix length, gateway, MAC and rates.
+fn network_spec(record: &VpsRecord) -> Option<v1::NetworkSpec> {
+    let network = record.network.as_ref()?;
+    let prefix_len = network.cidr.split_once('/').map_or("32", |(_, len)| len);
+    Some(v1::NetworkSpec {
+        addresses: record
+            .ipv4
+            .iter()
+            .map(|address| format!("{address}/{prefix_len}"))
+            .collect(),
+        gateway: network.gateway.clone(),
+        mac: network.mac.clone(),
+        ingress_bits_per_sec: record.resources.net_ingress_bits_per_sec,
+        egress_bits_per_sec: record.resources.net_egress_bits_per_sec,
+        nat: network.nat,
+        pool_cidr: network.cidr.clone(),
+    })
+}
+
+/// A pool as the admin API shows it.
+pub fn pool(record: &PoolRecord) -> v1::Pool {
+    let plan = crate::ipam::plan(record).ok();
+    v1::Pool {
+        name: record.name.clone(),
+        node: record.node.clone(),
+        cidr: record.cidr.clone(),
+        gateway: record.gateway.clone(),
+        range_start: plan
+            .as_ref()
+            .map_or_else(|| record.range_start.clone(), |p| p.range_start.to_string()),
+        range_end: plan
+            .as_ref()
+            .map_or_else(|| record.range_end.clone(), |p| p.range_end.to_string()),
+        ipv6_prefix: record.ipv6_prefix.clone().unwrap_or_default(),
+        nat: record.nat,
+        total: plan.as_ref().map_or(0, |p| p.total()),
+        allocated: u32::try_from(record.allocated.len()).unwrap_or(u32::MAX),
     }
 }
 
@@ -246,6 +294,7 @@ mod tests {
             desired_power: Power::Running,
             deleting: false,
             ipv4: vec![],
+            network: None,
             rebuild_generation: 0,
             restart_generation: 0,
             created_at: Utc::now(),

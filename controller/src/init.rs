@@ -27,12 +27,16 @@ pub enum InitError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 /// What init produced; the admin token is only ever shown here.
 pub struct Initialized {
     pub admin_token: String,
     pub join_token_path: PathBuf,
+    /// The CA certificate agents and CLI users trust.
+    pub ca_path: PathBuf,
 }
 
 /// The plans every installation starts with.
@@ -112,6 +116,7 @@ pub async fn init(config: &ControllerConfig) -> Result<Initialized, InitError> {
     let admin = auth::mint(Role::Admin, None, "created by init".to_owned(), None);
     store.put_token(&admin.hash, &admin.record)?;
     store.flush().await?;
+    crate::pki::Pki::create(data_dir, &config.tls_sans)?;
     let join_token_path = join_token_path(data_dir);
     if !join_token_path.exists() {
         write_secret(&join_token_path, &mint_join_token())?;
@@ -119,5 +124,6 @@ pub async fn init(config: &ControllerConfig) -> Result<Initialized, InitError> {
     Ok(Initialized {
         admin_token: admin.secret,
         join_token_path,
+        ca_path: crate::pki::ca_path(data_dir),
     })
 }

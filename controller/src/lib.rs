@@ -8,7 +8,10 @@ pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod init;
+pub mod ipam;
+pub mod metrics;
 pub mod nodes;
+pub mod pki;
 pub mod quota;
 pub mod reconcile;
 pub mod scheduler;
@@ -23,7 +26,7 @@ pub use app::Controller;
 use paddock_config::ControllerConfig;
 
 use crate::api::ServeError;
-use crate::store::{SledStore, StoreError};
+use crate::store::{SledStore, Store, StoreError};
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Controller(#[from] error::ControllerError),
+    #[error("loading the controller's certificates (run `paddock-controller init`): {0}")]
+    Pki(#[from] pki::PkiError),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -46,7 +51,7 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let store = SledStore::open(&init::store_path(&config.data_dir))?;
+    let store = Arc::new(SledStore::open(&init::store_path(&config.data_dir))?);
     let join_token_path = init::join_token_path(&config.data_dir);
     let join_token = std::fs::read_to_string(&join_token_path)
         .map_err(|source| StartError::JoinToken {
@@ -61,18 +66,49 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
+    let pki = pki::Pki::load(&config.data_dir)?;
+    serve_with(config, store, join_token, pki, listener, shutdown).await
+}
+
+/// Serves the API on `listener` over an already opened store (tests use
+/// this to inspect the store while the controller runs).
+pub async fn serve_with(
+    config: ControllerConfig,
+    store: Arc<dyn Store>,
+    join_token: String,
+    pki: pki::Pki,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), StartError> {
     let (reconciler, queue) = reconcile::channel();
     let controller = Arc::new(Controller {
-        store: Arc::new(store),
-        agents: agents::AgentPool::new(&join_token)?,
+        store,
+        agents: agents::AgentPool::new(&pki),
         reconciler,
         join_token,
+        pki,
         config,
     });
-    tracing::info!(listen = %controller.config.listen, data_dir = %controller.config.data_dir.display(), "controller serving");
+    let listen = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |addr| addr.to_string());
+    tracing::info!(%listen, data_dir = %controller.config.data_dir.display(), "controller serving");
     let reconcile_task = reconcile::spawn(controller.clone(), queue);
+    let metrics_task = controller.config.metrics_listen.map(|addr| {
+        let gauges = controller.clone();
+        tokio::spawn(async move {
+            let gauges: Arc<dyn Fn() -> metrics::Gauges + Send + Sync> =
+                Arc::new(move || gauges.gauges());
+            if let Err(error) = metrics::serve(addr, gauges).await {
+                tracing::error!(%addr, %error, "metrics endpoint failed");
+            }
+        })
+    });
     let served = api::serve(controller.clone(), listener, shutdown).await;
     reconcile_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     controller.store.flush().await?;
     Ok(served?)
 }

@@ -11,13 +11,14 @@ use crate::app::Controller;
 use crate::auth::{self, AuthError};
 use crate::convert;
 use crate::error::ControllerError;
+use crate::pki;
 use crate::reconcile::record_observed;
 use crate::store::NodeRecord;
 use crate::validate::{self, ValidationError};
 
 impl Controller {
-    /// Checks the node join token an agent presents.
-    pub fn check_node(
+    /// Checks the node join token an enrolling agent presents.
+    pub fn check_join_token(
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(), ControllerError> {
@@ -26,6 +27,67 @@ impl Controller {
             return Err(AuthError::Invalid.into());
         }
         Ok(())
+    }
+
+    /// The node a request comes from, by its verified client certificate.
+    pub fn node_of(peer_certs: Option<&[impl AsRef<[u8]>]>) -> Result<String, ControllerError> {
+        let leaf = peer_certs
+            .and_then(|certs| certs.first())
+            .ok_or(AuthError::NodeCertificate("no client certificate"))?;
+        let name = pki::common_name(leaf.as_ref())
+            .ok_or(AuthError::NodeCertificate("certificate has no common name"))?;
+        name.strip_prefix(pki::NODE_CN_PREFIX)
+            .map(str::to_owned)
+            .ok_or(AuthError::NodeCertificate("not a node certificate").into())
+    }
+
+    /// Requires the caller's certificate to belong to `node_name`.
+    pub fn check_node(
+        peer_certs: Option<&[impl AsRef<[u8]>]>,
+        node_name: &str,
+    ) -> Result<(), ControllerError> {
+        let node = Self::node_of(peer_certs)?;
+        if node != node_name {
+            return Err(AuthError::Forbidden {
+                needed: "the certificate of the node named in the request",
+                actual: format!("node {node}"),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Signs an enrolling node's certificate request.
+    pub fn enroll_node(&self, request: &v1::EnrollRequest) -> Result<String, ControllerError> {
+        validate::name("node_name", &request.node_name)?;
+        if request.subject_alt_names.is_empty() {
+            return Err(ValidationError::new(
+                "subject_alt_names",
+                "at least the address the controller dials must be given",
+            )
+            .into());
+        }
+        let certificate = self
+            .pki
+            .sign_node(
+                &request.node_name,
+                &request.csr_pem,
+                &request.subject_alt_names,
+            )
+            .map_err(|error| match error {
+                pki::PkiError::BadSan(_) => ControllerError::Invalid(ValidationError::new(
+                    "subject_alt_names",
+                    error.to_string(),
+                )),
+                pki::PkiError::BadCsr(_) => {
+                    ControllerError::Invalid(ValidationError::new("csr_pem", error.to_string()))
+                }
+                other => {
+                    ControllerError::Precondition(format!("signing the node certificate: {other}"))
+                }
+            })?;
+        info!(node = %request.node_name, "node enrolled");
+        Ok(certificate)
     }
 
     /// Records (or refreshes) a node; cordon state and labels survive re-registration.

@@ -154,7 +154,11 @@ async fn reconcile_vps(
         info!(vps = %vps.name, tenant = %vps.tenant, node, "VPS deleted");
         return Ok(());
     }
-    let mut request = tonic::Request::new(convert::vps_spec(vps));
+    let suspended = controller
+        .store
+        .get_tenant(&vps.tenant)?
+        .is_some_and(|tenant| tenant.suspended);
+    let mut request = tonic::Request::new(convert::vps_spec(vps, suspended));
     request.set_timeout(Duration::from_secs(120));
     let status = client
         .apply_vps(request)
@@ -186,8 +190,8 @@ pub fn record_observed(
     }
 }
 
-/// VPSes the agent runs that the controller does not know: reported, never
-/// silently adopted (removal by policy comes with the controller issue).
+/// VPSes the agent runs that the controller does not know: always reported,
+/// and removed from the node when `orphan_policy = "remove"`.
 async fn report_orphans(
     controller: &Controller,
     mut client: AgentClient,
@@ -199,8 +203,18 @@ async fn report_orphans(
         .map_err(|status| agent_error(node, status))?
         .into_inner();
     for status in listed.vps {
-        if controller.store.get_vps(&status.vps_id)?.is_none() {
-            warn!(node, vps_id = %status.vps_id, "node runs a VPS the controller does not know");
+        if controller.store.get_vps(&status.vps_id)?.is_some() {
+            continue;
+        }
+        warn!(node, vps_id = %status.vps_id, policy = ?controller.config.orphan_policy, "node runs a VPS the controller does not know");
+        if controller.config.orphan_policy == paddock_config::OrphanPolicy::Remove {
+            client
+                .delete_vps(v1::AgentVpsRef {
+                    vps_id: status.vps_id.clone(),
+                })
+                .await
+                .map_err(|status| agent_error(node, status))?;
+            info!(node, vps_id = %status.vps_id, "orphan VPS removed");
         }
     }
     Ok(())

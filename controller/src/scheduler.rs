@@ -1,5 +1,7 @@
 //! Placement of a new VPS: filter the nodes that can take it, then score them.
 
+use std::collections::BTreeMap;
+
 use paddock_config::ByteSize;
 
 use crate::store::{Capacity, Resources};
@@ -13,6 +15,60 @@ pub struct NodeView {
     pub capacity: Capacity,
     /// Sum of the resources of the VPSes already placed there.
     pub allocated: Capacity,
+    /// Unallocated IPv4 addresses over all of the node's pools.
+    pub free_ipv4: u32,
+    /// Names of the node's pools, for error messages.
+    pub pools: Vec<String>,
+    /// Admin-set labels; `paddock.io/{cpu,memory,disk}-overcommit` override the ratios.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How to choose among the nodes that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Most free memory first: spreads load and failure impact.
+    #[default]
+    Spread,
+    /// Least free memory first: fills nodes up, leaves others empty.
+    Binpack,
+}
+
+/// Everything that shapes one placement decision.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub overcommit: Overcommit,
+    pub strategy: Strategy,
+    /// Labels a node must carry, all of them.
+    pub selector: BTreeMap<String, String>,
+}
+
+/// Label keys with which an admin overrides a node's overcommit ratios.
+pub const CPU_OVERCOMMIT_LABEL: &str = "paddock.io/cpu-overcommit";
+pub const MEMORY_OVERCOMMIT_LABEL: &str = "paddock.io/memory-overcommit";
+pub const DISK_OVERCOMMIT_LABEL: &str = "paddock.io/disk-overcommit";
+
+impl NodeView {
+    /// The node's overcommit ratios: the defaults, overridden by its labels.
+    fn overcommit(&self, defaults: Overcommit) -> Overcommit {
+        let ratio = |key: &str, default: f64| {
+            self.labels
+                .get(key)
+                .and_then(|value| value.parse::<f64>().ok())
+                .filter(|ratio| ratio.is_finite() && *ratio > 0.0)
+                .unwrap_or(default)
+        };
+        Overcommit {
+            cpu: ratio(CPU_OVERCOMMIT_LABEL, defaults.cpu),
+            memory: ratio(MEMORY_OVERCOMMIT_LABEL, defaults.memory),
+            disk: ratio(DISK_OVERCOMMIT_LABEL, defaults.disk),
+        }
+    }
+
+    fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(key, value)| self.labels.get(key) == Some(value))
+    }
 }
 
 /// How far each resource may be promised beyond the node's physical capacity.
@@ -45,6 +101,10 @@ pub enum ScheduleError {
         best: String,
         free: String,
     },
+    #[error("pool {pools} on node {node} has no free IPv4 address")]
+    NoAddress { node: String, pools: String },
+    #[error("node {node} has no IPv4 pool; an admin must create one (paddock admin pool create)")]
+    NoPool { node: String },
 }
 
 impl From<ScheduleError> for tonic::Status {
@@ -73,15 +133,32 @@ fn describe(capacity: &Capacity) -> String {
     )
 }
 
-/// Picks the node for a VPS needing `need`: the eligible node with the most
-/// free memory (spreading load), ties broken by name for determinism.
+/// Picks the node for a VPS needing `need` with the default strategy (spread).
 pub fn place(
     nodes: &[NodeView],
     need: &Resources,
     overcommit: Overcommit,
 ) -> Result<String, ScheduleError> {
-    let eligible: Vec<&NodeView> = nodes.iter().filter(|n| n.online && !n.cordoned).collect();
-    if eligible.is_empty() {
+    place_with(
+        nodes,
+        need,
+        &Placement {
+            overcommit,
+            ..Placement::default()
+        },
+    )
+}
+
+/// Picks the node for a VPS needing `need`: filter (online, not cordoned,
+/// labels, room within the node's overcommit, free addresses), then score by
+/// free memory per `placement.strategy`, ties broken by name for determinism.
+pub fn place_with(
+    nodes: &[NodeView],
+    need: &Resources,
+    placement: &Placement,
+) -> Result<String, ScheduleError> {
+    let up: Vec<&NodeView> = nodes.iter().filter(|n| n.online && !n.cordoned).collect();
+    if up.is_empty() {
         let reason = if nodes.is_empty() {
             "no node is registered; start paddock-agent on a server".to_owned()
         } else {
@@ -92,6 +169,21 @@ pub fn place(
         };
         return Err(ScheduleError::NoEligibleNode(reason));
     }
+    let eligible: Vec<&NodeView> = up
+        .into_iter()
+        .filter(|n| n.matches(&placement.selector))
+        .collect();
+    if eligible.is_empty() {
+        let wanted: Vec<String> = placement
+            .selector
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        return Err(ScheduleError::NoEligibleNode(format!(
+            "no online node carries the labels {}",
+            wanted.join(", ")
+        )));
+    }
     let fits = |free: &Capacity| {
         free.vcpus + 1e-9 >= need.vcpus
             && free.memory_bytes >= need.memory_bytes
@@ -99,15 +191,33 @@ pub fn place(
     };
     let mut scored: Vec<(&NodeView, Capacity)> = eligible
         .into_iter()
-        .map(|node| (node, free(node, overcommit)))
+        .map(|node| (node, free(node, node.overcommit(placement.overcommit))))
         .collect();
     scored.sort_by(|(a, fa), (b, fb)| {
-        fb.memory_bytes
-            .cmp(&fa.memory_bytes)
-            .then_with(|| a.name.cmp(&b.name))
+        let by_memory = match placement.strategy {
+            Strategy::Spread => fb.memory_bytes.cmp(&fa.memory_bytes),
+            Strategy::Binpack => fa.memory_bytes.cmp(&fb.memory_bytes),
+        };
+        by_memory.then_with(|| a.name.cmp(&b.name))
     });
-    if let Some((node, _)) = scored.iter().find(|(_, free)| fits(free)) {
+    let has_addresses = |node: &NodeView| node.free_ipv4 >= need.ipv4_count;
+    if let Some((node, _)) = scored
+        .iter()
+        .find(|(node, free)| fits(free) && has_addresses(node))
+    {
         return Ok(node.name.clone());
+    }
+    if let Some((node, _)) = scored.iter().find(|(_, free)| fits(free)) {
+        return Err(if node.pools.is_empty() {
+            ScheduleError::NoPool {
+                node: node.name.clone(),
+            }
+        } else {
+            ScheduleError::NoAddress {
+                node: node.name.clone(),
+                pools: node.pools.join(", "),
+            }
+        });
     }
     let (best, best_free) = &scored[0];
     Err(ScheduleError::NoRoom {
@@ -142,7 +252,52 @@ mod tests {
                 memory_bytes: allocated_gib * GIB,
                 disk_bytes: 0,
             },
+            free_ipv4: 10,
+            pools: vec![format!("{name}-pool")],
+            labels: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn binpack_fills_the_fullest_node_that_fits() {
+        let nodes = [node("a", 8, 6), node("b", 8, 1), node("c", 8, 7)];
+        let binpack = Placement {
+            strategy: Strategy::Binpack,
+            ..Placement::default()
+        };
+        // c has 1 GiB free: it fits a 1 GiB VPS and is the fullest.
+        assert_eq!(place_with(&nodes, &need(1), &binpack), Ok("c".to_owned()));
+        // A 2 GiB VPS does not fit c; a (2 GiB free) is next fullest.
+        assert_eq!(place_with(&nodes, &need(2), &binpack), Ok("a".to_owned()));
+        assert_eq!(
+            place_with(&nodes, &need(2), &Placement::default()),
+            Ok("b".to_owned())
+        );
+    }
+
+    #[test]
+    fn selector_and_per_node_overcommit_labels() {
+        let mut ssd = node("a", 4, 4);
+        ssd.labels.insert("disk".into(), "ssd".into());
+        let hdd = node("b", 64, 0);
+        let want_ssd = Placement {
+            selector: [("disk".to_owned(), "ssd".to_owned())].into(),
+            ..Placement::default()
+        };
+        // a is full at memory overcommit 1.0 ...
+        assert!(matches!(
+            place_with(&[ssd.clone(), hdd.clone()], &need(1), &want_ssd),
+            Err(ScheduleError::NoRoom { .. })
+        ));
+        // ... and takes the VPS once its label allows 1.5x memory.
+        ssd.labels
+            .insert(MEMORY_OVERCOMMIT_LABEL.into(), "1.5".into());
+        assert_eq!(
+            place_with(&[ssd, hdd.clone()], &need(1), &want_ssd),
+            Ok("a".to_owned())
+        );
+        let err = place_with(&[hdd], &need(1), &want_ssd).expect_err("no ssd node");
+        assert!(err.to_string().contains("disk=ssd"), "{err}");
     }
 
     fn need(memory_gib: u64) -> Resources {
@@ -197,6 +352,29 @@ mod tests {
             ..Overcommit::default()
         };
         assert!(place(&[busy], &need(1), strict).is_err());
+    }
+
+    #[test]
+    fn skips_nodes_without_free_addresses() {
+        let mut full = node("a", 64, 0);
+        full.free_ipv4 = 0;
+        let need = Resources {
+            ipv4_count: 1,
+            ..need(1)
+        };
+        let nodes = [full.clone(), node("b", 4, 0)];
+        assert_eq!(
+            place(&nodes, &need, Overcommit::default()),
+            Ok("b".to_owned())
+        );
+        let err = place(&[full.clone()], &need, Overcommit::default()).expect_err("full");
+        assert_eq!(
+            err.to_string(),
+            "pool a-pool on node a has no free IPv4 address"
+        );
+        full.pools.clear();
+        let err = place(&[full], &need, Overcommit::default()).expect_err("no pool");
+        assert!(err.to_string().contains("node a has no IPv4 pool"), "{err}");
     }
 
     #[test]

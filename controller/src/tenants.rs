@@ -112,6 +112,39 @@ impl Controller {
         Ok(())
     }
 
+    /// Suspends or unsuspends a tenant. While suspended its VPSes are held
+    /// stopped and start/create are refused; each VPS keeps the power state
+    /// its owner chose, so unsuspending restores it.
+    pub async fn set_suspended(
+        &self,
+        name: &str,
+        suspended: bool,
+        reason: &str,
+    ) -> Result<TenantRecord, ControllerError> {
+        validate::name("name", name)?;
+        let updated = self.store.update_tenant(name, &|tenant| {
+            tenant.suspended = suspended;
+            Ok(())
+        })?;
+        self.commit().await?;
+        info!(
+            tenant = name,
+            suspended, reason, "tenant suspension changed"
+        );
+        let mut nodes: Vec<String> = self
+            .store
+            .list_vps(Some(name))?
+            .into_iter()
+            .map(|vps| vps.node)
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            self.reconciler.kick(&node);
+        }
+        Ok(updated)
+    }
+
     /// Issues a token; the secret is returned once and only its hash is kept.
     pub async fn create_token(
         &self,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
-use crate::scheduler::{self, Overcommit};
+use crate::scheduler::{self, Overcommit, Placement, Strategy};
 use crate::store::{Power, Resources, StoreError, VpsRecord};
 use crate::validate::{self, ValidationError};
 
@@ -23,6 +23,7 @@ pub struct CreateVps {
     pub template: String,
     pub overrides: Option<Resources>,
     pub start: bool,
+    pub node_selector: std::collections::BTreeMap<String, String>,
 }
 
 /// Applies non-zero override fields on top of a plan's resources.
@@ -64,6 +65,23 @@ fn with_overrides(mut base: Resources, overrides: &Resources) -> Resources {
 }
 
 impl Controller {
+    /// The configured placement policy with a request's node selector.
+    fn placement(&self, selector: std::collections::BTreeMap<String, String>) -> Placement {
+        let config = &self.config.scheduler;
+        Placement {
+            overcommit: Overcommit {
+                cpu: config.cpu_overcommit,
+                memory: config.memory_overcommit,
+                disk: config.disk_overcommit,
+            },
+            strategy: match config.strategy {
+                paddock_config::SchedulerStrategy::Spread => Strategy::Spread,
+                paddock_config::SchedulerStrategy::Binpack => Strategy::Binpack,
+            },
+            selector,
+        }
+    }
+
     /// Creates a VPS: nothing is stored unless every check passes, and the
     /// quota check and the write are one transaction.
     pub async fn create_vps(
@@ -115,7 +133,19 @@ impl Controller {
             .into_iter()
             .map(|(_, view, _)| view)
             .collect();
-        let node = scheduler::place(&views, &resources, Overcommit::default())?;
+        for (key, value) in &request.node_selector {
+            if key.is_empty() || key.len() > 253 || value.len() > 63 {
+                return Err(ValidationError::new(
+                    "node_selector",
+                    format!(
+                        "label {key:?}={value:?}: keys are 1-253 characters, values at most 63"
+                    ),
+                )
+                .into());
+            }
+        }
+        let node =
+            scheduler::place_with(&views, &resources, &self.placement(request.node_selector))?;
         let record = VpsRecord {
             vps_id: Uuid::new_v4().to_string(),
             name: request.name,
@@ -131,12 +161,15 @@ impl Controller {
             },
             deleting: false,
             ipv4: Vec::new(),
+            network: None,
             rebuild_generation: 0,
             restart_generation: 0,
             created_at: Utc::now(),
             observed: None,
         };
         self.store.create_vps(&record)?;
+        // The store allocated the addresses in the create transaction.
+        let record = self.store.get_vps(&record.vps_id)?.unwrap_or(record);
         self.commit().await?;
         info!(vps = %record.name, tenant = %record.tenant, node = %record.node, actor = %principal.actor(), "VPS created");
         self.reconciler.kick(&record.node);
@@ -170,18 +203,20 @@ impl Controller {
         Ok(list)
     }
 
-    /// Records the desired power state; the reconciler makes it so.
-    pub async fn set_power(
+    /// Changes the desired state of a live (not deleting) VPS of the caller's
+    /// scope durably, then kicks its node's reconciler.
+    async fn change_vps(
         &self,
         principal: &Principal,
         tenant: &str,
         name: &str,
-        power: Power,
+        refused_when_suspended: Option<&'static str>,
+        change: &(dyn Fn(&mut VpsRecord) + Sync),
     ) -> Result<VpsRecord, ControllerError> {
         let tenant = self.vps_scope(principal, tenant)?;
         let vps = self.find_vps(&tenant, name)?;
-        if power == Power::Running {
-            self.refuse_if_suspended(&tenant, "starting a VPS")?;
+        if let Some(what) = refused_when_suspended {
+            self.refuse_if_suspended(&tenant, what)?;
         }
         let updated = self.store.update_vps(&vps.vps_id, &|vps| {
             if vps.deleting {
@@ -190,12 +225,27 @@ impl Controller {
                     vps.name
                 )));
             }
-            vps.desired_power = power;
+            change(vps);
             Ok(())
         })?;
         self.commit().await?;
         self.reconciler.kick(&updated.node);
         Ok(updated)
+    }
+
+    /// Records the desired power state; the reconciler makes it so.
+    pub async fn set_power(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        name: &str,
+        power: Power,
+    ) -> Result<VpsRecord, ControllerError> {
+        let refused = (power == Power::Running).then_some("starting a VPS");
+        self.change_vps(principal, tenant, name, refused, &|vps| {
+            vps.desired_power = power;
+        })
+        .await
     }
 
     /// Asks for one restart (stop, then start) of a VPS.
@@ -205,25 +255,13 @@ impl Controller {
         tenant: &str,
         name: &str,
     ) -> Result<VpsRecord, ControllerError> {
-        let tenant = self.vps_scope(principal, tenant)?;
-        let vps = self.find_vps(&tenant, name)?;
-        self.refuse_if_suspended(&tenant, "restarting a VPS")?;
-        let updated = self.store.update_vps(&vps.vps_id, &|vps| {
-            if vps.deleting {
-                return Err(StoreError::Conflict(format!(
-                    "VPS {:?} is being deleted",
-                    vps.name
-                )));
-            }
+        self.change_vps(principal, tenant, name, Some("restarting a VPS"), &|vps| {
             vps.desired_power = Power::Running;
             vps.restart_generation += 1;
             // Until the node reports again, the VPS is on its way back up.
             vps.observed = None;
-            Ok(())
-        })?;
-        self.commit().await?;
-        self.reconciler.kick(&updated.node);
-        Ok(updated)
+        })
+        .await
     }
 
     /// Marks a VPS for deletion; it disappears once its node has removed it.

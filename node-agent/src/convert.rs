@@ -2,6 +2,7 @@
 
 use paddock_proto::v1;
 
+use crate::network::{IfAddr, NetworkError, PortSpec};
 use crate::runtime::{Limits, ObservedState, Power, VpsObserved, VpsSpec};
 
 /// Ids are controller-made UUIDs; anything else could escape the state dir.
@@ -39,9 +40,60 @@ pub fn spec(spec: &v1::VpsSpec) -> Result<VpsSpec, tonic::Status> {
             memory_bytes: resources.memory_bytes,
             swap_bytes: resources.swap_bytes,
             pids_max: resources.pids_max,
+            disk_bytes: resources.disk_bytes,
+            io_read_bps: resources.io_read_bytes_per_sec,
+            io_write_bps: resources.io_write_bytes_per_sec,
+            io_read_iops: resources.io_read_iops,
+            io_write_iops: resources.io_write_iops,
         },
         power,
+        rebuild_generation: spec.rebuild_generation,
     })
+}
+
+/// The VPS's network port, if the controller gave it one.
+pub fn port_spec(spec: &v1::VpsSpec) -> Result<Option<PortSpec>, tonic::Status> {
+    let Some(network) = &spec.network else {
+        return Ok(None);
+    };
+    let invalid = |error: NetworkError| tonic::Status::invalid_argument(error.to_string());
+    if network.mac.is_empty() {
+        return Err(tonic::Status::invalid_argument("network.mac: is required"));
+    }
+    let mac = network.mac.parse().map_err(invalid)?;
+    let addresses = network
+        .addresses
+        .iter()
+        .map(|address| address.parse::<IfAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let gateway = if network.gateway.is_empty() {
+        None
+    } else {
+        Some(network.gateway.parse().map_err(|_| {
+            tonic::Status::invalid_argument(format!(
+                "network.gateway: {:?} is not an IP address",
+                network.gateway
+            ))
+        })?)
+    };
+    let pool = if network.pool_cidr.is_empty() {
+        None
+    } else {
+        Some(network.pool_cidr.parse::<IfAddr>().map_err(invalid)?)
+    };
+    let port = PortSpec {
+        vps_id: spec.vps_id.clone(),
+        mac,
+        addresses,
+        gateway,
+        ingress_bps: network.ingress_bits_per_sec,
+        egress_bps: network.egress_bits_per_sec,
+        nat: network.nat,
+        pool,
+    };
+    port.validate().map_err(invalid)?;
+    Ok(Some(port))
 }
 
 pub fn status(observed: &VpsObserved) -> v1::VpsStatus {

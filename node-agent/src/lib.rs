@@ -3,6 +3,8 @@
 
 pub mod convert;
 pub mod generations;
+pub mod network;
+pub mod pki;
 pub mod registration;
 pub mod runtime;
 pub mod service;
@@ -17,17 +19,16 @@ use paddock_proto::v1::node_agent_server::NodeAgentServer;
 /// Why the agent could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("reading the join token {path}: {source}")]
-    JoinToken {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("node identity: {0}")]
+    Pki(#[from] pki::PkiError),
     #[error("locating the paddock-agent executable: {0}")]
     Executable(std::io::Error),
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
     #[error(transparent)]
     Generations(#[from] generations::GenerationError),
+    #[error("VPS networking: {0}")]
+    Network(#[from] network::NetworkError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -43,41 +44,70 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    let join_token = std::fs::read_to_string(&config.join_token_file)
-        .map_err(|source| AgentError::JoinToken {
-            path: config.join_token_file.clone(),
-            source,
-        })?
-        .trim()
-        .to_owned();
     let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
         state_dir: config.state_dir.clone(),
         cgroup_parent: config.cgroup_parent.clone(),
         stop_grace: Duration::from_secs(u64::from(config.stop_grace_secs)),
         helper_binary: std::env::current_exe().map_err(AgentError::Executable)?,
+        id_base: runtime::idmap::DEFAULT_ID_BASE,
     })?);
     let restarts = Arc::new(generations::RestartGenerations::load(&config.state_dir)?);
+    // Repair the ports of running VPSes and remove what a crash left behind.
+    let running: Vec<(String, u32)> = runtime
+        .list()?
+        .into_iter()
+        .filter_map(|vps| vps.init_pid.map(|pid| (vps.vps_id, pid)))
+        .collect();
+    let network = Arc::new(
+        network::Network::start(
+            network::NetworkConfig {
+                bridge: config.bridge.clone(),
+                uplink: config.uplink.clone(),
+                ip_forward: config.ip_forward,
+                state_dir: config.state_dir.join("network"),
+            },
+            &running,
+        )
+        .await?,
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| AgentError::Bind {
             addr: config.listen,
             source,
         })?;
+    let node_name = config
+        .node_name
+        .clone()
+        .unwrap_or_else(registration::default_node_name);
+    let tls = pki::ensure_enrolled(
+        &config.state_dir,
+        &node_name,
+        &config.controller,
+        &config.controller_ca_file,
+        &config.join_token_file,
+        &config.advertised(),
+    )
+    .await?;
+    let server_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &tls.cert_pem,
+            &tls.key_pem,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem));
     let identity = registration::NodeIdentity {
-        node_name: config
-            .node_name
-            .clone()
-            .unwrap_or_else(registration::default_node_name),
+        node_name,
         address: config.advertised(),
         controller: config.controller.clone(),
-        join_token: join_token.clone(),
+        tls,
     };
     tracing::info!(node = %identity.node_name, listen = %config.listen, state_dir = %config.state_dir.display(), "agent serving");
     let capacity = registration::capacity(&config.state_dir);
     let heartbeat = tokio::spawn(registration::run(identity, runtime.clone(), capacity));
-    let service =
-        service::AgentService::new(runtime, config.state_dir.clone(), join_token, restarts);
+    let service = service::AgentService::new(runtime, config.state_dir.clone(), restarts)
+        .with_network(network);
     let served = tonic::transport::Server::builder()
+        .tls_config(server_tls)?
         .add_service(NodeAgentServer::new(service))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use paddock_proto::v1;
 use paddock_proto::v1::agent_registry_client::AgentRegistryClient;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
@@ -17,14 +16,12 @@ pub struct NodeIdentity {
     pub node_name: String,
     pub address: String,
     pub controller: String,
-    pub join_token: String,
+    /// Certificate and key from enrolment: the controller knows us by them.
+    pub tls: crate::pki::NodeIdentity,
 }
 
-fn with_token<T>(message: T, token: &MetadataValue<Ascii>) -> tonic::Request<T> {
+fn timed<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", token.clone());
     request.set_timeout(Duration::from_secs(10));
     request
 }
@@ -32,34 +29,21 @@ fn with_token<T>(message: T, token: &MetadataValue<Ascii>) -> tonic::Request<T> 
 /// Registers (retrying with backoff until the controller answers), then
 /// sends heartbeats forever; re-registers if the controller forgot the node.
 pub async fn run(identity: NodeIdentity, runtime: Arc<Runtime>, capacity: v1::NodeCapacityReport) {
-    let token: MetadataValue<Ascii> = match format!("Bearer {}", identity.join_token).parse() {
-        Ok(token) => token,
-        Err(_) => {
-            warn!("join token is not ASCII; cannot register");
-            return;
-        }
-    };
-    let channel = match Endpoint::from_shared(identity.controller.clone()) {
+    let endpoint = Endpoint::from_shared(identity.controller.clone())
+        .and_then(|endpoint| endpoint.tls_config(identity.tls.client_tls()));
+    let channel = match endpoint {
         Ok(endpoint) => endpoint
             .connect_timeout(Duration::from_secs(3))
             .connect_lazy(),
         Err(error) => {
-            warn!(controller = %identity.controller, %error, "bad controller address");
+            warn!(controller = %identity.controller, %error, "bad controller address or TLS setup");
             return;
         }
     };
     let mut client = AgentRegistryClient::new(channel);
     loop {
-        let interval = register(&mut client, &identity, &capacity, &token).await;
-        heartbeat_until_forgotten(
-            &mut client,
-            &identity,
-            &runtime,
-            &capacity,
-            &token,
-            interval,
-        )
-        .await;
+        let interval = register(&mut client, &identity, &capacity).await;
+        heartbeat_until_forgotten(&mut client, &identity, &runtime, &capacity, interval).await;
     }
 }
 
@@ -67,17 +51,16 @@ async fn register(
     client: &mut AgentRegistryClient<Channel>,
     identity: &NodeIdentity,
     capacity: &v1::NodeCapacityReport,
-    token: &MetadataValue<Ascii>,
 ) -> Duration {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let request = v1::RegisterRequest {
+        let message = v1::RegisterRequest {
             node_name: identity.node_name.clone(),
             address: identity.address.clone(),
             capacity: Some(*capacity),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        match client.register(with_token(request, token)).await {
+        match client.register(timed(message)).await {
             Ok(response) => {
                 let secs = response.into_inner().heartbeat_interval_secs.max(1);
                 info!(node = %identity.node_name, controller = %identity.controller, "registered");
@@ -97,7 +80,6 @@ async fn heartbeat_until_forgotten(
     identity: &NodeIdentity,
     runtime: &Arc<Runtime>,
     capacity: &v1::NodeCapacityReport,
-    token: &MetadataValue<Ascii>,
     interval: Duration,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -118,12 +100,12 @@ async fn heartbeat_until_forgotten(
                 Vec::new()
             }
         };
-        let request = v1::HeartbeatRequest {
+        let message = v1::HeartbeatRequest {
             node_name: identity.node_name.clone(),
             vps,
             capacity: Some(*capacity),
         };
-        match client.heartbeat(with_token(request, token)).await {
+        match client.heartbeat(timed(message)).await {
             Ok(_) => {}
             Err(status) if status.code() == tonic::Code::NotFound => {
                 warn!("controller does not know this node; registering again");

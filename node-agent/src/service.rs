@@ -18,15 +18,17 @@ use tracing::{info, warn};
 
 use crate::convert;
 use crate::generations::RestartGenerations;
-use crate::runtime::{Power, Runtime};
+use crate::network::{Network, NetworkError, PortSpec};
+use crate::runtime::{ObservedState, Power, Runtime};
 use crate::template;
 
-/// Serves the controller; every call must carry the node join token.
+/// Serves the controller, over mutual TLS.
 pub struct AgentService {
     pub runtime: Arc<Runtime>,
     pub state_dir: PathBuf,
-    pub join_token: String,
     pub restarts: Arc<RestartGenerations>,
+    /// The VPS ports; `None` leaves VPSes with loopback only.
+    network: Option<Arc<Network>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -36,35 +38,48 @@ impl AgentService {
     pub fn new(
         runtime: Arc<Runtime>,
         state_dir: PathBuf,
-        join_token: String,
         restarts: Arc<RestartGenerations>,
     ) -> Self {
         Self {
             runtime,
             state_dir,
-            join_token,
             restarts,
+            network: None,
             locks: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Gives every running VPS a network port from its spec.
+    pub fn with_network(mut self, network: Arc<Network>) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    /// Makes the VPS's port match what the runtime reports: a running VPS
+    /// with a network spec gets its port ensured, anything else has none.
+    async fn converge_network(
+        &self,
+        vps_id: &str,
+        port: Option<&PortSpec>,
+        observed: &crate::runtime::VpsObserved,
+    ) -> Result<(), NetworkError> {
+        let Some(network) = &self.network else {
+            return Ok(());
+        };
+        match (observed.state, observed.init_pid, port) {
+            (ObservedState::Running, Some(pid), Some(port)) => network.ensure_port(port, pid).await,
+            _ => network.remove_port(vps_id).await,
+        }
+    }
+
+    /// Only the controller may call: its certificate was verified against
+    /// our CA by TLS; here we check it is the controller's and not a node's.
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
-        let expected = self.join_token.as_bytes();
-        let presented = presented.as_bytes();
-        let equal = expected.len() == presented.len()
-            && expected
-                .iter()
-                .zip(presented)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !equal {
-            return Err(Status::unauthenticated("invalid node token"));
+        let certs = request.peer_certs();
+        if !crate::pki::is_controller(certs.as_deref().map(|c| c.as_slice())) {
+            return Err(Status::unauthenticated(
+                "only the controller's certificate may call this agent",
+            ));
         }
         Ok(())
     }
@@ -98,6 +113,7 @@ impl NodeAgent for AgentService {
         self.authorize(&request)?;
         let wire = request.into_inner();
         let spec = convert::spec(&wire)?;
+        let port = convert::port_spec(&wire)?;
         let lock = self.lock(&spec.vps_id);
         let _guard = lock.lock().await;
         let vps_id = spec.vps_id.clone();
@@ -120,7 +136,16 @@ impl NodeAgent for AgentService {
             })
             .await?;
         let status = match result {
-            Ok(observed) => convert::status(&observed),
+            Ok(observed) => match self
+                .converge_network(&vps_id, port.as_ref(), &observed)
+                .await
+            {
+                Ok(()) => convert::status(&observed),
+                Err(error) => {
+                    warn!(%vps_id, %error, "network setup failed");
+                    convert::error_status(&vps_id, format!("network: {error}"))
+                }
+            },
             Err(error) => {
                 warn!(%vps_id, %error, "apply failed");
                 convert::error_status(&vps_id, error.to_string())
@@ -146,6 +171,13 @@ impl NodeAgent for AgentService {
         self.blocking(move |runtime| runtime.delete(&id))
             .await?
             .map_err(|error| Status::internal(format!("deleting VPS {vps_id}: {error}")))?;
+        if let Some(network) = &self.network {
+            network.remove_port(&vps_id).await.map_err(|error| {
+                Status::internal(format!(
+                    "removing the network port of VPS {vps_id}: {error}"
+                ))
+            })?;
+        }
         if let Err(error) = self.restarts.forget(&vps_id) {
             warn!(%vps_id, %error, "forgetting restart generation");
         }

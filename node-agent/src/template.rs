@@ -1,8 +1,12 @@
 //! OS templates: read-only root filesystems under `state_dir/templates/<name>/rootfs` that VPSes
 //! use as their overlayfs lower layer.
 //!
-//! Issue 2 ships the `busybox` template, built from the host's static busybox (the
-//! `busybox-static` package). Issue 3 adds `debian-12`, built with debootstrap.
+//! `busybox` is built from the host's static busybox (the `busybox-static` package), for tests
+//! and demos; `debian-12` is a minimal Debian bookworm (sysvinit as init) built with debootstrap
+//! from the host's configured Debian mirror.
+//!
+//! Template files are owned by host root on disk; each VPS sees them owned by its own root
+//! through an idmapped mount (see `runtime::idmap`), so one copy serves every VPS.
 
 use std::fs::{self, Permissions};
 use std::io;
@@ -15,6 +19,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const BUSYBOX: &str = "busybox";
 /// Where `busybox-static` installs the binary.
 pub const HOST_BUSYBOX: &str = "/bin/busybox";
+/// Name of the Debian 12 (bookworm) template.
+pub const DEBIAN_12: &str = "debian-12";
+/// Mirror used for `debian-12` when the host's apt sources name none.
+pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+/// Packages added to debootstrap's minbase: an init that runs without systemd's cgroup
+/// needs, and the tools a VPS owner expects.
+const DEBIAN_PACKAGES: &str = "sysvinit-core,ifupdown,iproute2,iputils-ping,procps,less,nano";
 
 const INITTAB: &str = "\
 # Paddock busybox template. A VPS has no ttys, so no getty is respawned;
@@ -73,10 +84,25 @@ pub enum TemplateError {
         path: PathBuf,
     },
     /// No template of that name can be built on this node.
-    #[error("unknown template {name:?}: this node can build {BUSYBOX:?} (debian-12 arrives with issue 3)")]
+    #[error("unknown template {name:?}: this node can build {BUSYBOX:?} and {DEBIAN_12:?}")]
     Unknown {
         /// The requested name.
         name: String,
+    },
+    /// debootstrap is not installed.
+    #[error("debootstrap not found: install it with `apt-get install debootstrap`")]
+    DebootstrapMissing,
+    /// debootstrap failed.
+    #[error("debootstrap {suite} into {path} failed ({status}): {stderr}")]
+    Debootstrap {
+        /// The Debian suite.
+        suite: &'static str,
+        /// The target rootfs.
+        path: PathBuf,
+        /// Its exit status.
+        status: String,
+        /// The end of its output.
+        stderr: String,
     },
     /// `busybox --list` failed.
     #[error("list applets of {path}: {detail}")]
@@ -117,6 +143,7 @@ pub fn rootfs_path(state_dir: &Path, name: &str) -> PathBuf {
 pub fn build(state_dir: &Path, name: &str, force: bool) -> Result<PathBuf, TemplateError> {
     match name {
         BUSYBOX => build_busybox_from(state_dir, Path::new(HOST_BUSYBOX), force),
+        DEBIAN_12 => build_debian_12(state_dir, force),
         _ => Err(TemplateError::Unknown {
             name: name.to_string(),
         }),
@@ -129,6 +156,7 @@ pub fn describe(name: &str) -> String {
         BUSYBOX => {
             "Paddock busybox: static busybox userland with busybox init (tests, demos)".into()
         }
+        DEBIAN_12 => "Debian 12 (bookworm), minimal, sysvinit".into(),
         _ => format!("{name} (custom template)"),
     }
 }
@@ -150,17 +178,102 @@ pub fn build_busybox_from(
     busybox: &Path,
     force: bool,
 ) -> Result<PathBuf, TemplateError> {
-    let templates = state_dir.join("templates");
-    let final_dir = templates.join(BUSYBOX);
-    let rootfs = final_dir.join("rootfs");
+    let rootfs = rootfs_path(state_dir, BUSYBOX);
     if rootfs.is_dir() && !force {
         return Ok(rootfs);
     }
     check_static_busybox(busybox)?;
+    install(state_dir, BUSYBOX, force, |staging_rootfs| {
+        populate_busybox(staging_rootfs, busybox)
+    })
+}
+
+/// Builds `debian-12` with `debootstrap --variant=minbase bookworm` from the host's Debian
+/// mirror (or [`DEFAULT_DEBIAN_MIRROR`]) unless it exists (or always with `force`).
+pub fn build_debian_12(state_dir: &Path, force: bool) -> Result<PathBuf, TemplateError> {
+    let rootfs = rootfs_path(state_dir, DEBIAN_12);
+    if rootfs.is_dir() && !force {
+        return Ok(rootfs);
+    }
+    let debootstrap = ["/usr/sbin/debootstrap", "/sbin/debootstrap", "/usr/bin/debootstrap"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or(TemplateError::DebootstrapMissing)?;
+    let mirror = host_debian_mirror().unwrap_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string());
+    install(state_dir, DEBIAN_12, force, |staging_rootfs| {
+        let output = Command::new(debootstrap)
+            .args(["--variant=minbase", "--include", DEBIAN_PACKAGES, "bookworm"])
+            .arg(staging_rootfs)
+            .arg(&mirror)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .map_err(io_err("run debootstrap for", staging_rootfs))?;
+        if !output.status.success() {
+            let text = String::from_utf8_lossy(&output.stderr).into_owned()
+                + &String::from_utf8_lossy(&output.stdout);
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            return Err(TemplateError::Debootstrap {
+                suite: "bookworm",
+                path: staging_rootfs.to_path_buf(),
+                status: output.status.to_string(),
+                stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            });
+        }
+        // A VPS has no real consoles: no gettys, and the console is the init's output.
+        let inittab = staging_rootfs.join("etc/inittab");
+        if let Ok(content) = fs::read_to_string(&inittab) {
+            let without_gettys: String = content
+                .lines()
+                .map(|line| {
+                    if line.contains("getty") && !line.starts_with('#') {
+                        format!("#{line}\n")
+                    } else {
+                        format!("{line}\n")
+                    }
+                })
+                .collect();
+            fs::write(&inittab, without_gettys).map_err(io_err("write", &inittab))?;
+        }
+        let hostname = staging_rootfs.join("etc/hostname");
+        fs::write(&hostname, "localhost\n").map_err(io_err("write", &hostname))?;
+        Ok(())
+    })
+}
+
+/// The first `deb.debian.org`-style Debian mirror the host's apt sources name.
+fn host_debian_mirror() -> Option<String> {
+    let sources = fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .or_else(|_| fs::read_to_string("/etc/apt/sources.list"))
+        .ok()?;
+    sources.lines().find_map(|line| {
+        let line = line.trim();
+        let uri = line
+            .strip_prefix("URIs:")
+            .map(str::trim)
+            .or_else(|| line.strip_prefix("deb ").map(str::trim))?;
+        let uri = uri.split_whitespace().find(|w| w.starts_with("http"))?;
+        (uri.ends_with("/debian") || uri.ends_with("/debian/")).then(|| uri.to_string())
+    })
+}
+
+/// Builds a template's rootfs with `populate` in a staging directory and renames it into
+/// place (replacing an existing one only with `force`), so a crash never leaves a half-built
+/// template under the real name. Do not force while VPSes using it are running: overlayfs does
+/// not support changing a lower layer under a mounted overlay.
+fn install(
+    state_dir: &Path,
+    name: &str,
+    force: bool,
+    populate: impl FnOnce(&Path) -> Result<(), TemplateError>,
+) -> Result<PathBuf, TemplateError> {
+    let templates = state_dir.join("templates");
+    let final_dir = templates.join(name);
+    let rootfs = final_dir.join("rootfs");
     fs::create_dir_all(&templates).map_err(io_err("create dir", &templates))?;
     let suffix = unique_suffix();
-    let staging = templates.join(format!(".{BUSYBOX}.tmp-{suffix}"));
-    if let Err(e) = populate_busybox(&staging.join("rootfs"), busybox) {
+    let staging = templates.join(format!(".{name}.tmp-{suffix}"));
+    if let Err(e) = populate(&staging.join("rootfs")) {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);
     }
@@ -171,7 +284,7 @@ pub fn build_busybox_from(
             let _ = fs::remove_dir_all(&staging);
             return Ok(rootfs);
         }
-        let old_dir = templates.join(format!(".{BUSYBOX}.old-{suffix}"));
+        let old_dir = templates.join(format!(".{name}.old-{suffix}"));
         fs::rename(&final_dir, &old_dir).map_err(io_err("move aside", &final_dir))?;
         old = Some(old_dir);
     }

@@ -102,6 +102,7 @@ fn config(state_dir: &Path, cgroup_parent: &str) -> RuntimeConfig {
         cgroup_parent: cgroup_parent.to_string(),
         stop_grace: Duration::from_secs(10),
         helper_binary: PathBuf::from(env!("CARGO_BIN_EXE_paddock-agent")),
+        id_base: paddock_agent::runtime::idmap::DEFAULT_ID_BASE,
     }
 }
 
@@ -112,12 +113,13 @@ fn spec(vps_id: &str, memory_bytes: u64, power: Power) -> VpsSpec {
         template: template::BUSYBOX.to_string(),
         limits: Limits {
             vcpus: 0.5,
-            cpu_weight: 0,
             memory_bytes,
-            swap_bytes: 0,
             pids_max: 256,
+            disk_bytes: 64 << 20,
+            ..Limits::default()
         },
         power,
+        rebuild_generation: 0,
     }
 }
 

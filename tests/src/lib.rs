@@ -83,7 +83,12 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub controller_port: u16,
     pub agent_port: u16,
+    pub metrics_port: u16,
     pub cgroup_parent: String,
+    /// The agent's bridge (unique per cluster, so tests never touch `pdk0`).
+    pub bridge: String,
+    /// The first three octets of the cluster's private /24 (`10.A.B`).
+    pub subnet: String,
     pub node_name: String,
     pub admin_token: String,
     controller: Option<Child>,
@@ -102,24 +107,36 @@ impl Cluster {
             .context("temp dir")?;
         let controller_port = free_port();
         let agent_port = free_port();
+        let metrics_port = free_port();
         let cgroup_parent = format!("paddock-e2e-{tag}");
         let node_name = format!("node-e2e-{tag}");
         let root = dir.path();
         std::fs::write(
             root.join("controller.toml"),
             format!(
-                "listen = \"127.0.0.1:{controller_port}\"\ndata_dir = \"{}\"\nheartbeat_interval_secs = 1\nnode_offline_after_secs = 5\nreconcile_interval_secs = 2\n",
+                "listen = \"127.0.0.1:{controller_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"{}\"\nheartbeat_interval_secs = 1\nnode_offline_after_secs = 5\nreconcile_interval_secs = 2\n",
                 root.join("controller").display()
             ),
         )?;
         std::fs::write(
             root.join("agent.toml"),
             format!(
-                "node_name = \"{node_name}\"\nlisten = \"127.0.0.1:{agent_port}\"\ncontroller = \"http://127.0.0.1:{controller_port}\"\njoin_token_file = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\nstop_grace_secs = 3\n",
+                "node_name = \"{node_name}\"\nlisten = \"127.0.0.1:{agent_port}\"\ncontroller = \"https://127.0.0.1:{controller_port}\"\ncontroller_ca_file = \"{}\"\njoin_token_file = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\nstop_grace_secs = 3\n",
+                root.join("controller/tls/ca.crt").display(),
                 root.join("controller/join-token").display(),
                 root.join("agent").display()
             ),
         )?;
+        // A bridge and a private /24 of its own: parallel clusters never share either.
+        let bridge = format!("pdkt{}{n}", std::process::id() % 10000);
+        let subnet = format!("10.{}.{}", 100 + std::process::id() % 150, n % 250);
+        {
+            use std::io::Write as _;
+            let mut agent_toml = std::fs::OpenOptions::new()
+                .append(true)
+                .open(root.join("agent.toml"))?;
+            write!(agent_toml, "bridge = \"{bridge}\"\nip_forward = false\n")?;
+        }
         let init = Command::new(binary("paddock-controller"))
             .arg("--config")
             .arg(root.join("controller.toml"))
@@ -146,7 +163,10 @@ impl Cluster {
             dir,
             controller_port,
             agent_port,
+            metrics_port,
             cgroup_parent,
+            bridge,
+            subnet,
             node_name,
             admin_token,
             controller: None,
@@ -160,6 +180,8 @@ impl Cluster {
             "admin",
             "--controller",
             &cluster.controller_url(),
+            "--ca-cert",
+            &cluster.ca_cert(),
             "--token",
             &cluster.admin_token.clone(),
         ])?;
@@ -170,11 +192,87 @@ impl Cluster {
                     .any(|node| node["name"] == c.node_name.as_str() && node["status"] == "online")
             }))
         })?;
+        cluster.create_pool(
+            "pool-e2e",
+            &format!("{}.0/24", cluster.subnet),
+            &cluster.gateway(),
+        )?;
         Ok(cluster)
     }
 
+    /// The gateway of the cluster's default pool (the bridge's address).
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    /// Creates an address pool on the cluster's node (not NAT: tests route nothing off the node).
+    pub fn create_pool(&self, name: &str, cidr: &str, gateway: &str) -> Result<()> {
+        self.cli_ok(&[
+            "--context",
+            "admin",
+            "admin",
+            "pool",
+            "create",
+            name,
+            "--node",
+            &self.node_name,
+            "--cidr",
+            cidr,
+            "--gateway",
+            gateway,
+        ])
+        .map(drop)
+    }
+
+    /// Network leftovers on the host: links marked as this cluster's, its nft
+    /// rules (beyond empty tables' headers), and the pool's address on the bridge.
+    pub fn network_leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let marker = format!("paddock:{}:", self.bridge);
+        let links = Command::new("ip").args(["-o", "link", "show"]).output();
+        if let Ok(links) = links {
+            for line in String::from_utf8_lossy(&links.stdout).lines() {
+                if line.contains(&marker) || line.contains(&format!("master {} ", self.bridge)) {
+                    found.push(format!("link {line}"));
+                }
+            }
+        }
+        let table = format!("paddock_{}", self.bridge);
+        for family in ["bridge", "ip"] {
+            if let Ok(out) = Command::new("nft")
+                .args(["list", "table", family, &table])
+                .output()
+            {
+                let text = String::from_utf8_lossy(&out.stdout);
+                if text.contains("drop") || text.contains("masquerade") || text.contains("jump") {
+                    found.push(format!("nft table {family} {table}: {text}"));
+                }
+            }
+        }
+        if let Ok(out) = Command::new("ip")
+            .args(["-o", "addr", "show", "dev", &self.bridge])
+            .output()
+        {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if line.contains(&format!("{}.", self.subnet)) {
+                    found.push(format!("address {line}"));
+                }
+            }
+        }
+        found
+    }
+
     pub fn controller_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.controller_port)
+        format!("https://127.0.0.1:{}", self.controller_port)
+    }
+
+    /// The controller's CA certificate, which CLI contexts must trust.
+    pub fn ca_cert(&self) -> String {
+        self.dir
+            .path()
+            .join("controller/tls/ca.crt")
+            .display()
+            .to_string()
     }
 
     fn spawn_logged(&self, binary_name: &str, config: &str, log: &str) -> Result<Child> {
@@ -281,6 +379,8 @@ impl Cluster {
             name,
             "--controller",
             &self.controller_url(),
+            "--ca-cert",
+            &self.ca_cert(),
             "--token",
             token.trim(),
         ])?;
@@ -360,6 +460,28 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Removes a cluster's bridge, every link the agent marked as its own, and its nft tables.
+fn remove_network(bridge: &str) {
+    let marker = format!("paddock:{bridge}:");
+    if let Ok(links) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        for line in String::from_utf8_lossy(&links.stdout).lines() {
+            if line.contains(&marker) {
+                // "7: pv0123abcd@if6: <...": the name sits between the index and '@' or ':'.
+                if let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) {
+                    let _ = Command::new("ip").args(["link", "del", name]).output();
+                }
+            }
+        }
+    }
+    let _ = Command::new("ip").args(["link", "del", bridge]).output();
+    let table = format!("paddock_{bridge}");
+    for family in ["bridge", "ip"] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, &table])
+            .output();
+    }
+}
+
 /// Kills every process in a cgroup dir tree and removes it, deepest first.
 fn purge_cgroup(dir: &Path) {
     if !dir.exists() {
@@ -400,6 +522,8 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The cluster's network: its bridge, marked links and nft tables.
+        remove_network(&self.bridge);
         // VPSes outlive their agent by design: remove whatever this test left.
         for root in cgroup_roots() {
             purge_cgroup(&root.join(&self.cgroup_parent));

@@ -184,6 +184,8 @@ fn bad_input_is_refused_and_stores_nothing() {
             "nobody",
             "--controller",
             &cluster.controller_url(),
+            "--ca-cert",
+            &cluster.ca_cert(),
             "--token",
             "pdk_0000_wrong",
         ])

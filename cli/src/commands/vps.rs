@@ -68,6 +68,7 @@ pub async fn create(
         template: args.template.clone().unwrap_or_default(),
         overrides: overrides(&args.overrides),
         start: true,
+        node_selector: args.node_selector.iter().cloned().collect(),
     };
     let mut vps = session.call(session.vps().create_vps(request)).await?;
     if args.wait.enabled() {

@@ -10,7 +10,9 @@ use paddock_proto::v1::audit_service_server::AuditService;
 use paddock_proto::v1::billing_service_server::BillingService;
 use tonic::{Request, Response, Status};
 
+use crate::api::audit_target;
 use crate::app::Controller;
+use crate::convert;
 use crate::error::ControllerError;
 
 pub struct BillingApi {
@@ -43,7 +45,7 @@ impl BillingService for BillingApi {
         &self,
         request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        self.controller.caller(request.metadata())?;
+        self.controller.billing(request.metadata())?;
         Err(ControllerError::Unimplemented(METERING).into())
     }
 
@@ -51,16 +53,25 @@ impl BillingService for BillingApi {
         &self,
         request: Request<v1::BillingSuspendRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
-        self.controller.caller(request.metadata())?;
-        Err(ControllerError::Unimplemented(METERING).into())
+        audit_target(&request, request.get_ref().tenant.clone());
+        self.controller.billing(request.metadata())?;
+        let request = request.into_inner();
+        self.controller
+            .set_suspended(&request.tenant, true, &request.reason)
+            .await?;
+        Ok(Response::new(v1::Empty {}))
     }
 
     async fn unsuspend_tenant(
         &self,
         request: Request<v1::BillingSuspendRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
-        self.controller.caller(request.metadata())?;
-        Err(ControllerError::Unimplemented(METERING).into())
+        audit_target(&request, request.get_ref().tenant.clone());
+        self.controller.billing(request.metadata())?;
+        self.controller
+            .set_suspended(&request.into_inner().tenant, false, "")
+            .await?;
+        Ok(Response::new(v1::Empty {}))
     }
 }
 
@@ -75,6 +86,47 @@ impl AuditService for AuditApi {
         request: Request<v1::ListAuditRequest>,
     ) -> Result<Response<v1::ListAuditResponse>, Status> {
         self.controller.admin(request.metadata())?;
-        Err(ControllerError::Unimplemented("the audit log (controller issue)").into())
+        let page = request.into_inner().page.unwrap_or_default();
+        let after_seq = if page.page_token.is_empty() {
+            0
+        } else {
+            page.page_token.parse::<u64>().map_err(|_| {
+                ControllerError::from(crate::validate::ValidationError::new(
+                    "page.page_token",
+                    "is not a token returned by ListAudit",
+                ))
+            })?
+        };
+        let limit = match page.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let entries = self
+            .controller
+            .store
+            .list_audit(after_seq, limit)
+            .map_err(ControllerError::from)?;
+        let next_page_token = if entries.len() == limit {
+            entries
+                .last()
+                .map(|e| e.seq.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(v1::ListAuditResponse {
+            entries: entries
+                .iter()
+                .map(|e| v1::AuditEntry {
+                    seq: e.seq,
+                    at: Some(convert::timestamp(e.at)),
+                    actor: e.actor.clone(),
+                    method: e.method.clone(),
+                    target: e.target.clone(),
+                    result: e.result.clone(),
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 }

@@ -2,6 +2,8 @@
 
 mod billing;
 mod nodes;
+mod observe;
+mod pools;
 mod tenants;
 mod vps;
 
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use paddock_proto::v1;
 use tonic::transport::Server;
 
+pub use self::observe::{audit_target, AuditTarget};
 use crate::app::Controller;
 
 /// Why the gRPC server stopped.
@@ -59,7 +62,21 @@ pub async fn serve(
         .build_v1()?;
 
     let c = || controller.clone();
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &controller.pki.cert_pem,
+            &controller.pki.key_pem,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(
+            &controller.pki.ca_cert_pem,
+        ))
+        // Users authenticate with tokens; only agents present certificates.
+        .client_auth_optional(true);
     Server::builder()
+        .tls_config(tls)?
+        .layer(observe::ObserveLayer {
+            controller: controller.clone(),
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(VpsServiceServer::new(vps::VpsApi { controller: c() }))
@@ -71,7 +88,7 @@ pub async fn serve(
         }))
         .add_service(PlanServiceServer::new(nodes::PlanApi { controller: c() }))
         .add_service(NodeServiceServer::new(nodes::NodeApi { controller: c() }))
-        .add_service(PoolServiceServer::new(nodes::PoolApi { controller: c() }))
+        .add_service(PoolServiceServer::new(pools::PoolApi { controller: c() }))
         .add_service(AgentRegistryServer::new(nodes::RegistryApi {
             controller: c(),
         }))

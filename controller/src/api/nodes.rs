@@ -1,4 +1,4 @@
-//! `NodeService`, `PoolService`, `PlanService` and the agents' `AgentRegistry`.
+//! `NodeService`, `PlanService` and the agents' `AgentRegistry`.
 
 use std::sync::Arc;
 
@@ -6,9 +6,9 @@ use paddock_proto::v1;
 use paddock_proto::v1::agent_registry_server::AgentRegistry;
 use paddock_proto::v1::node_service_server::NodeService;
 use paddock_proto::v1::plan_service_server::PlanService;
-use paddock_proto::v1::pool_service_server::PoolService;
 use tonic::{Request, Response, Status};
 
+use crate::api::audit_target;
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
@@ -86,47 +86,6 @@ impl NodeService for NodeApi {
     }
 }
 
-pub struct PoolApi {
-    pub controller: Arc<Controller>,
-}
-
-const POOLS: &str = "address pools (networking issue)";
-
-#[tonic::async_trait]
-impl PoolService for PoolApi {
-    async fn create_pool(
-        &self,
-        request: Request<v1::CreatePoolRequest>,
-    ) -> Result<Response<v1::Pool>, Status> {
-        self.controller.admin(request.metadata())?;
-        Err(ControllerError::Unimplemented(POOLS).into())
-    }
-
-    async fn list_pools(
-        &self,
-        request: Request<v1::Empty>,
-    ) -> Result<Response<v1::ListPoolsResponse>, Status> {
-        self.controller.admin(request.metadata())?;
-        Err(ControllerError::Unimplemented(POOLS).into())
-    }
-
-    async fn get_pool(
-        &self,
-        request: Request<v1::GetPoolRequest>,
-    ) -> Result<Response<v1::Pool>, Status> {
-        self.controller.admin(request.metadata())?;
-        Err(ControllerError::Unimplemented(POOLS).into())
-    }
-
-    async fn delete_pool(
-        &self,
-        request: Request<v1::GetPoolRequest>,
-    ) -> Result<Response<v1::Empty>, Status> {
-        self.controller.admin(request.metadata())?;
-        Err(ControllerError::Unimplemented(POOLS).into())
-    }
-}
-
 pub struct PlanApi {
     pub controller: Arc<Controller>,
 }
@@ -195,13 +154,36 @@ pub struct RegistryApi {
     pub controller: Arc<Controller>,
 }
 
+fn peer_certs<T>(request: &Request<T>) -> Option<Vec<Vec<u8>>> {
+    request
+        .peer_certs()
+        .map(|certs| certs.iter().map(|cert| cert.to_vec()).collect())
+}
+
 #[tonic::async_trait]
 impl AgentRegistry for RegistryApi {
+    async fn enroll(
+        &self,
+        request: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        audit_target(&request, request.get_ref().node_name.clone());
+        self.controller.check_join_token(request.metadata())?;
+        let certificate_pem = self.controller.enroll_node(request.get_ref())?;
+        Ok(Response::new(v1::EnrollResponse {
+            certificate_pem,
+            ca_pem: self.controller.pki.ca_cert_pem.clone(),
+        }))
+    }
+
     async fn register(
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
-        self.controller.check_node(request.metadata())?;
+        audit_target(&request, request.get_ref().node_name.clone());
+        Controller::check_node(
+            peer_certs(&request).as_deref(),
+            &request.get_ref().node_name,
+        )?;
         self.controller.register_node(request.into_inner()).await?;
         Ok(Response::new(v1::RegisterResponse {
             heartbeat_interval_secs: self.controller.config.heartbeat_interval_secs,
@@ -212,7 +194,10 @@ impl AgentRegistry for RegistryApi {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        self.controller.check_node(request.metadata())?;
+        Controller::check_node(
+            peer_certs(&request).as_deref(),
+            &request.get_ref().node_name,
+        )?;
         self.controller.heartbeat(request.into_inner())?;
         Ok(Response::new(v1::HeartbeatResponse {}))
     }

@@ -7,6 +7,7 @@ use paddock_proto::v1::tenant_service_server::TenantService;
 use paddock_proto::v1::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
+use crate::api::audit_target;
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
@@ -23,6 +24,7 @@ impl TenantService for TenantApi {
         &self,
         request: Request<v1::CreateTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
         let request = request.into_inner();
         let quota = request.quota.as_ref().map(convert::quota_from);
@@ -59,6 +61,7 @@ impl TenantService for TenantApi {
         &self,
         request: Request<v1::SetQuotaRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
         let request = request.into_inner();
         let quota = request.quota.as_ref().map(convert::quota_from);
@@ -70,6 +73,7 @@ impl TenantService for TenantApi {
         &self,
         request: Request<v1::DeleteTenantRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
         self.controller
             .delete_tenant(&request.into_inner().name)
@@ -81,16 +85,27 @@ impl TenantService for TenantApi {
         &self,
         request: Request<v1::SuspendTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
-        Err(ControllerError::Unimplemented("tenant suspension (controller issue)").into())
+        let request = request.into_inner();
+        let tenant = self
+            .controller
+            .set_suspended(&request.name, true, &request.reason)
+            .await?;
+        Ok(Response::new(convert::tenant(&tenant)))
     }
 
     async fn unsuspend_tenant(
         &self,
         request: Request<v1::UnsuspendTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
-        Err(ControllerError::Unimplemented("tenant suspension (controller issue)").into())
+        let tenant = self
+            .controller
+            .set_suspended(&request.into_inner().name, false, "")
+            .await?;
+        Ok(Response::new(convert::tenant(&tenant)))
     }
 
     async fn get_my_quota(
@@ -129,6 +144,14 @@ impl TokenService for TokenApi {
         &self,
         request: Request<v1::CreateTokenRequest>,
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        audit_target(
+            &request,
+            format!(
+                "{:?} {}",
+                request.get_ref().role(),
+                request.get_ref().tenant
+            ),
+        );
         self.controller.admin(request.metadata())?;
         let request = request.into_inner();
         let role = role_from(request.role()).map_err(ControllerError::from)?;
@@ -172,6 +195,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<v1::RevokeTokenRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
+        audit_target(&request, request.get_ref().token_id.clone());
         self.controller.admin(request.metadata())?;
         self.controller
             .revoke_token(&request.into_inner().token_id)

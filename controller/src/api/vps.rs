@@ -9,6 +9,7 @@ use paddock_proto::v1::vps_service_server::VpsService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agents::agent_error;
+use crate::api::{audit_target, AuditTarget};
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
@@ -39,6 +40,10 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::CreateVpsRequest>,
     ) -> Result<Response<v1::Vps>, Status> {
+        audit_target(
+            &request,
+            format!("{}/{}", request.get_ref().tenant, request.get_ref().name),
+        );
         let principal = self.controller.caller(request.metadata())?;
         let request = request.into_inner();
         let created = self
@@ -52,6 +57,7 @@ impl VpsService for VpsApi {
                     template: request.template,
                     overrides: request.overrides.as_ref().map(convert::resources_from),
                     start: request.start,
+                    node_selector: request.node_selector.into_iter().collect(),
                 },
             )
             .await?;
@@ -85,6 +91,7 @@ impl VpsService for VpsApi {
     }
 
     async fn start_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        audit_target(&request, vps_target(request.get_ref()));
         let principal = self.controller.caller(request.metadata())?;
         let vps = request.into_inner();
         let record = self
@@ -95,6 +102,7 @@ impl VpsService for VpsApi {
     }
 
     async fn stop_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        audit_target(&request, vps_target(request.get_ref()));
         let principal = self.controller.caller(request.metadata())?;
         let vps = request.into_inner();
         let record = self
@@ -105,6 +113,7 @@ impl VpsService for VpsApi {
     }
 
     async fn restart_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        audit_target(&request, vps_target(request.get_ref()));
         let principal = self.controller.caller(request.metadata())?;
         let vps = request.into_inner();
         let record = self
@@ -115,6 +124,7 @@ impl VpsService for VpsApi {
     }
 
     async fn delete_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
+        audit_target(&request, vps_target(request.get_ref()));
         let principal = self.controller.caller(request.metadata())?;
         let vps = request.into_inner();
         let record = self
@@ -128,7 +138,10 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::ResizeVpsRequest>,
     ) -> Result<Response<v1::Vps>, Status> {
-        self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(request.metadata())?;
+        let vps = Self::reference(request.into_inner().vps);
+        self.controller
+            .get_vps(&principal, &vps.tenant, &vps.name)?;
         Err(ControllerError::Unimplemented("resize (node runtime issue)").into())
     }
 
@@ -136,7 +149,10 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::RebuildVpsRequest>,
     ) -> Result<Response<v1::Vps>, Status> {
-        self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(request.metadata())?;
+        let vps = Self::reference(request.into_inner().vps);
+        self.controller
+            .get_vps(&principal, &vps.tenant, &vps.name)?;
         Err(ControllerError::Unimplemented("rebuild (node runtime issue)").into())
     }
 
@@ -156,6 +172,7 @@ impl VpsService for VpsApi {
         request: Request<Streaming<v1::ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let principal = self.controller.caller(request.metadata())?;
+        let audit_slot = request.extensions().get::<AuditTarget>().cloned();
         let mut inbound = request.into_inner();
         let start = match inbound.message().await? {
             Some(v1::ExecInput {
@@ -173,6 +190,9 @@ impl VpsService for VpsApi {
             return Err(ValidationError::new("command", "is required").into());
         }
         let vps = Self::reference(start.vps);
+        if let Some(slot) = audit_slot {
+            slot.set(vps_target(&vps));
+        }
         let record = self
             .controller
             .get_vps(&principal, &vps.tenant, &vps.name)?;
@@ -204,7 +224,23 @@ impl VpsService for VpsApi {
         &self,
         request: Request<Streaming<v1::ConsoleInput>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
-        self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(request.metadata())?;
+        let mut inbound = request.into_inner();
+        let attach = match inbound.message().await? {
+            Some(v1::ConsoleInput {
+                input: Some(v1::console_input::Input::Attach(attach)),
+            }) => attach,
+            _ => {
+                return Err(ValidationError::new(
+                    "attach",
+                    "the first Console message must carry `attach`",
+                )
+                .into())
+            }
+        };
+        let vps = Self::reference(attach.vps);
+        self.controller
+            .get_vps(&principal, &vps.tenant, &vps.name)?;
         Err(ControllerError::Unimplemented("console (node runtime issue)").into())
     }
 }
@@ -219,4 +255,12 @@ fn exec_input(message: v1::ExecInput) -> Option<v1::AgentExecInput> {
         Input::Resize(size) => Agent::Resize(size),
     };
     Some(v1::AgentExecInput { input: Some(input) })
+}
+
+fn vps_target(vps: &v1::VpsRef) -> String {
+    if vps.tenant.is_empty() {
+        vps.name.clone()
+    } else {
+        format!("{}/{}", vps.tenant, vps.name)
+    }
 }

@@ -82,8 +82,10 @@ pub trait Store: Send + Sync + 'static {
     fn get_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
 
-    /// Inserts a VPS, checking name uniqueness and the tenant's quota and
-    /// charging the tenant's usage in one transaction.
+    /// Inserts a VPS, checking name uniqueness and the tenant's quota,
+    /// charging the tenant's usage and allocating `resources.ipv4_count`
+    /// addresses from its node's pools (written to the stored record's `ipv4`
+    /// and `network`; read it back) in one transaction.
     fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError>;
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError>;
     fn find_vps(&self, tenant: &str, name: &str) -> Result<Option<VpsRecord>, StoreError>;
@@ -95,6 +97,20 @@ pub trait Store: Send + Sync + 'static {
         vps_id: &str,
         change: &(dyn Fn(&mut VpsRecord) -> Result<(), StoreError> + Sync),
     ) -> Result<VpsRecord, StoreError>;
-    /// Removes a VPS and releases its usage from the tenant, in one transaction.
+    /// Removes a VPS and releases its usage from the tenant and its addresses
+    /// back to their pool, in one transaction.
     fn remove_vps(&self, vps_id: &str) -> Result<(), StoreError>;
+
+    /// Inserts a pool; `Conflict` if its network overlaps another pool's
+    /// (checked in the same transaction), `AlreadyExists` if the name is taken.
+    fn create_pool(&self, pool: &PoolRecord) -> Result<(), StoreError>;
+    fn get_pool(&self, name: &str) -> Result<Option<PoolRecord>, StoreError>;
+    fn list_pools(&self) -> Result<Vec<PoolRecord>, StoreError>;
+    /// Removes a pool that has no allocated address.
+    fn delete_pool(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Appends an audit entry, assigning its sequence number.
+    fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError>;
+    /// Audit entries with a sequence number above `after_seq`, oldest first.
+    fn list_audit(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
 }

@@ -143,10 +143,62 @@ pub struct VpsRecord {
     /// Set by delete; the record goes away once the node confirms removal.
     pub deleting: bool,
     pub ipv4: Vec<String>,
+    /// The pool port the addresses came from; `None` for a VPS without addresses.
+    #[serde(default)]
+    pub network: Option<VpsNetwork>,
     pub rebuild_generation: u64,
     /// Bumped by every restart request; the agent restarts once per bump.
     #[serde(default)]
     pub restart_generation: u64,
     pub created_at: DateTime<Utc>,
     pub observed: Option<ObservedState>,
+}
+
+/// One mutation attempt: who, what, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub method: String,
+    pub target: String,
+    /// "ok" or the gRPC code name.
+    pub result: String,
+}
+
+/// How a VPS is attached to its node's network: filled in by the store when it
+/// allocates the VPS's addresses, in the same transaction as the create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpsNetwork {
+    /// The pool the addresses belong to.
+    pub pool: String,
+    /// The pool's network, e.g. `10.77.0.0/24`.
+    pub cidr: String,
+    /// The pool's gateway (the node bridge's address).
+    pub gateway: String,
+    /// Whether the pool is private and masqueraded.
+    pub nat: bool,
+    /// eth0's MAC, derived from the VPS id.
+    pub mac: String,
+}
+
+/// An IPv4 address pool of one node, with what is allocated from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub name: String,
+    pub node: String,
+    /// Network in CIDR notation, e.g. `10.77.0.0/24`.
+    pub cidr: String,
+    pub gateway: String,
+    /// First and last allocatable address, inclusive.
+    pub range_start: String,
+    pub range_end: String,
+    /// Optional IPv6 prefix (stored and shown; allocation comes later).
+    pub ipv6_prefix: Option<String>,
+    /// Private pool: masquerade egress through the node's uplink.
+    pub nat: bool,
+    /// Allocated address -> VPS id; changed only inside VPS create/remove transactions.
+    #[serde(default)]
+    pub allocated: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
 }

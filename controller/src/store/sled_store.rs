@@ -27,6 +27,22 @@ pub struct SledStore {
     vps: Tree,
     /// `tenant/name` -> vps id.
     vps_names: Tree,
+    /// Pool name -> pool, with its allocated addresses.
+    pools: Tree,
+    /// Big-endian sequence number -> audit entry.
+    audit: Tree,
+    commits: GroupCommit,
+}
+
+/// Group commit: concurrent `flush` calls share one disk flush. A caller's
+/// mutations are covered by any flush that starts after it asked, so while
+/// one flush runs, everyone who asks meanwhile is served by the next one.
+#[derive(Default)]
+struct GroupCommit {
+    leader: tokio::sync::Mutex<()>,
+    requested: std::sync::atomic::AtomicU64,
+    completed: std::sync::atomic::AtomicU64,
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -44,6 +60,65 @@ fn decode<T: DeserializeOwned>(
         key: String::from_utf8_lossy(key).into_owned(),
         source,
     })
+}
+
+/// Generation bumped by every pool create, so concurrent creates conflict (not a pool).
+const POOL_GUARD: &[u8] = b"\0guard";
+
+/// Takes `vps.resources.ipv4_count` addresses from the first of `node_pools`
+/// with enough free ones and records them on the VPS and in the pool.
+fn allocate_addresses(
+    pools: &TransactionalTree,
+    node_pools: &[String],
+    vps: &mut VpsRecord,
+) -> TxResult<()> {
+    let count = vps.resources.ipv4_count;
+    if count == 0 {
+        return Ok(());
+    }
+    let mut full = Vec::new();
+    for name in node_pools {
+        let Some(mut pool) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
+            continue;
+        };
+        let Ok(plan) = crate::ipam::plan(&pool) else {
+            continue;
+        };
+        let Some(addresses) = plan.allocate(&pool.allocated, count) else {
+            full.push(pool.name);
+            continue;
+        };
+        for address in &addresses {
+            pool.allocated
+                .insert(address.to_string(), vps.vps_id.clone());
+        }
+        pools.insert(name.as_bytes(), encode(&pool))?;
+        vps.ipv4 = addresses.iter().map(ToString::to_string).collect();
+        vps.network = Some(VpsNetwork {
+            pool: pool.name.clone(),
+            cidr: plan.cidr.to_string(),
+            gateway: plan.gateway.to_string(),
+            nat: pool.nat,
+            mac: crate::ipam::mac_for(&vps.vps_id),
+        });
+        return Ok(());
+    }
+    if full.is_empty() {
+        return abort(StoreError::Conflict(format!(
+            "node {} has no IPv4 pool; an admin must create one (paddock admin pool create)",
+            vps.node
+        )));
+    }
+    abort(StoreError::Conflict(format!(
+        "pool {} on node {} has no {}",
+        full.join(", "),
+        vps.node,
+        if count == 1 {
+            "free IPv4 address".to_owned()
+        } else {
+            format!("{count} free IPv4 addresses")
+        }
+    )))
 }
 
 fn name_key(tenant: &str, name: &str) -> Vec<u8> {
@@ -104,6 +179,9 @@ impl SledStore {
             nodes: db.open_tree("nodes")?,
             vps: db.open_tree("vps")?,
             vps_names: db.open_tree("vps_names")?,
+            pools: db.open_tree("pools")?,
+            audit: db.open_tree("audit")?,
+            commits: GroupCommit::default(),
             db,
         })
     }
@@ -152,6 +230,13 @@ impl SledStore {
         Ok(())
     }
 
+    /// How many disk flushes ran (each may serve many `flush` calls).
+    pub fn disk_flushes(&self) -> u64 {
+        self.commits
+            .flushes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Every key and value of every tree, for tests that check a failed request changed nothing.
     pub fn dump(&self) -> Result<Vec<DumpEntry>, StoreError> {
         let mut out = Vec::new();
@@ -190,9 +275,43 @@ impl SledStore {
 }
 
 impl Store for SledStore {
+    fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError> {
+        // Strictly increasing across restarts: sled persists the id generator.
+        let seq = self.db.generate_id()? + 1;
+        let mut entry = entry.clone();
+        entry.seq = seq;
+        self.audit.insert(seq.to_be_bytes(), encode(&entry))?;
+        Ok(seq)
+    }
+
+    fn list_audit(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let start = after_seq.saturating_add(1).to_be_bytes();
+        self.audit
+            .range(start..)
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("audit", &key, &value)
+            })
+            .collect()
+    }
+
     fn flush(&self) -> StoreFuture<'_, ()> {
+        use std::sync::atomic::Ordering::SeqCst;
         Box::pin(async move {
+            let commits = &self.commits;
+            let ticket = commits.requested.fetch_add(1, SeqCst) + 1;
+            let _leader = commits.leader.lock().await;
+            if commits.completed.load(SeqCst) >= ticket {
+                return Ok(());
+            }
+            // Every ticket issued so far belongs to a mutation already applied.
+            let covering = commits.requested.load(SeqCst);
+            let started = std::time::Instant::now();
             self.db.flush_async().await?;
+            crate::metrics::observe_store_flush(started.elapsed());
+            commits.flushes.fetch_add(1, SeqCst);
+            commits.completed.store(covering, SeqCst);
             Ok(())
         })
     }
@@ -348,31 +467,44 @@ impl Store for SledStore {
 
     fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError> {
         let key = name_key(&vps.tenant, &vps.name);
+        // Candidate pools are listed outside the transaction (sled transactions
+        // cannot scan); each is re-read inside it, so allocations serialize.
+        let mut node_pools: Vec<String> = self
+            .list_pools()?
+            .into_iter()
+            .filter(|pool| pool.node == vps.node)
+            .map(|pool| pool.name)
+            .collect();
+        node_pools.sort();
         flatten(
-            (&self.tenants, &self.vps, &self.vps_names).transaction(|(tenants, all, names)| {
-                let Some(mut tenant) =
-                    tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
-                else {
-                    return abort(StoreError::NotFound {
-                        kind: "tenant",
-                        name: vps.tenant.clone(),
-                    });
-                };
-                if names.get(&key)?.is_some() {
-                    return abort(StoreError::AlreadyExists {
-                        kind: "VPS",
-                        name: vps.name.clone(),
-                    });
-                }
-                if let Err(message) = crate::quota::check(&tenant, &vps.resources, &vps.plan) {
-                    return abort(StoreError::QuotaExceeded(message));
-                }
-                crate::quota::charge(&mut tenant.used, &Quota::of_vps(&vps.resources));
-                tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
-                all.insert(vps.vps_id.as_bytes(), encode(vps))?;
-                names.insert(key.clone(), vps.vps_id.as_bytes())?;
-                Ok(())
-            }),
+            (&self.tenants, &self.vps, &self.vps_names, &self.pools).transaction(
+                |(tenants, all, names, pools)| {
+                    let Some(mut tenant) =
+                        tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
+                    else {
+                        return abort(StoreError::NotFound {
+                            kind: "tenant",
+                            name: vps.tenant.clone(),
+                        });
+                    };
+                    if names.get(&key)?.is_some() {
+                        return abort(StoreError::AlreadyExists {
+                            kind: "VPS",
+                            name: vps.name.clone(),
+                        });
+                    }
+                    if let Err(message) = crate::quota::check(&tenant, &vps.resources, &vps.plan) {
+                        return abort(StoreError::QuotaExceeded(message));
+                    }
+                    crate::quota::charge(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                    let mut vps = vps.clone();
+                    allocate_addresses(pools, &node_pools, &mut vps)?;
+                    tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
+                    all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
+                    names.insert(key.clone(), vps.vps_id.as_bytes())?;
+                    Ok(())
+                },
+            ),
         )
     }
 
@@ -423,21 +555,110 @@ impl Store for SledStore {
 
     fn remove_vps(&self, vps_id: &str) -> Result<(), StoreError> {
         flatten(
-            (&self.tenants, &self.vps, &self.vps_names).transaction(|(tenants, all, names)| {
-                let Some(vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
-                    return Ok(());
-                };
-                if let Some(mut tenant) =
-                    tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
-                {
-                    crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
-                    tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
-                }
-                all.remove(vps_id.as_bytes())?;
-                names.remove(name_key(&vps.tenant, &vps.name))?;
-                Ok(())
-            }),
+            (&self.tenants, &self.vps, &self.vps_names, &self.pools).transaction(
+                |(tenants, all, names, pools)| {
+                    let Some(vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
+                        return Ok(());
+                    };
+                    if let Some(mut tenant) =
+                        tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
+                    {
+                        crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                        tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
+                    }
+                    if let Some(network) = &vps.network {
+                        if let Some(mut pool) =
+                            tx_get::<PoolRecord>(pools, "pools", network.pool.as_bytes())?
+                        {
+                            pool.allocated.retain(|_, owner| owner != vps_id);
+                            pools.insert(network.pool.as_bytes(), encode(&pool))?;
+                        }
+                    }
+                    all.remove(vps_id.as_bytes())?;
+                    names.remove(name_key(&vps.tenant, &vps.name))?;
+                    Ok(())
+                },
+            ),
         )
+    }
+
+    fn create_pool(&self, pool: &PoolRecord) -> Result<(), StoreError> {
+        let cidr = crate::ipam::plan(pool)
+            .map_err(|error| StoreError::Conflict(error.to_string()))?
+            .cidr;
+        let others: Vec<String> = self
+            .list_pools()?
+            .into_iter()
+            .map(|pool| pool.name)
+            .collect();
+        flatten(self.pools.transaction(|pools| {
+            if pools.get(pool.name.as_bytes())?.is_some() {
+                return abort(StoreError::AlreadyExists {
+                    kind: "pool",
+                    name: pool.name.clone(),
+                });
+            }
+            // Every other pool is read in the transaction: a concurrent create
+            // of an overlapping pool conflicts and is retried, then refused.
+            for name in &others {
+                let Some(other) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
+                    continue;
+                };
+                let overlaps = other
+                    .cidr
+                    .parse::<crate::ipam::Ipv4Cidr>()
+                    .is_ok_and(|theirs| theirs.overlaps(&cidr));
+                if overlaps {
+                    return abort(StoreError::Conflict(format!(
+                        "pool {:?} ({cidr}) overlaps pool {:?} ({}) on node {}",
+                        pool.name, other.name, other.cidr, other.node
+                    )));
+                }
+            }
+            // Every pool create reads and bumps the guard, so two concurrent
+            // creates conflict and the retried one sees the other's pool.
+            let generation = pools
+                .get(POOL_GUARD)?
+                .map(|bytes| String::from_utf8_lossy(&bytes).parse::<u64>().unwrap_or(0))
+                .unwrap_or(0);
+            pools.insert(POOL_GUARD, (generation + 1).to_string().as_bytes())?;
+            pools.insert(pool.name.as_bytes(), encode(pool))?;
+            Ok(())
+        }))
+    }
+
+    fn get_pool(&self, name: &str) -> Result<Option<PoolRecord>, StoreError> {
+        Self::get(&self.pools, "pools", name.as_bytes())
+    }
+
+    fn list_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        self.pools
+            .iter()
+            .filter(|entry| !matches!(entry, Ok((key, _)) if key.starts_with(b"\0")))
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("pools", &key, &value)
+            })
+            .collect()
+    }
+
+    fn delete_pool(&self, name: &str) -> Result<(), StoreError> {
+        flatten(self.pools.transaction(|pools| {
+            let Some(pool) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
+                return abort(StoreError::NotFound {
+                    kind: "pool",
+                    name: name.to_owned(),
+                });
+            };
+            if !pool.allocated.is_empty() {
+                return abort(StoreError::Conflict(format!(
+                    "pool {name:?} has {} allocated address(es); delete their VPSes first",
+                    pool.allocated.len()
+                )));
+            }
+            pools.remove(name.as_bytes())?;
+            Ok(())
+        }))
     }
 }
 
@@ -482,6 +703,7 @@ mod tests {
             desired_power: Power::Running,
             deleting: false,
             ipv4: vec![],
+            network: None,
             rebuild_generation: 0,
             restart_generation: 0,
             created_at: Utc::now(),
@@ -547,6 +769,35 @@ mod tests {
         store.delete_tenant("acme").expect("empty tenant can go");
         let busy = store.delete_tenant("other").expect_err("has a VPS");
         assert!(matches!(busy, StoreError::Conflict(_)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_share_disk_flushes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SledStore::create(dir.path()).expect("create"));
+        let mut roomy = tenant("acme", 1000);
+        roomy.quota.vcpus = 1000.0;
+        store.create_tenant(&roomy).expect("tenant");
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.create_vps(&vps("acme", &format!("v{i}")))?;
+                    store.flush().await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("join").expect("create+flush");
+        }
+        let flushes = store.disk_flushes();
+        assert!(
+            (1..200).contains(&flushes),
+            "{flushes} disk flushes for 200 commits"
+        );
+        drop(store);
+        let reopened = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.list_vps(Some("acme")).expect("list").len(), 200);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The VPS's control group, through cgroups-rs (v1 and v2): creation, limits (memory + swap,
-//! CFS quota, CPU weight, pids), membership, kill-all and removal.
+//! CFS quota, CPU weight, pids, IO throttling on the VPS's own disk), the device policy
+//! (deny everything but the nodes of a minimal /dev), membership, kill-all and removal.
 //!
 //! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy of the controllers it needs
 //! (`memory`, `cpu`, `cpuacct` on v1, `pids`). cpuset is deliberately left out: on v1 a new cpuset
@@ -7,8 +8,10 @@
 
 use std::path::PathBuf;
 
+use cgroups_rs::blkio::BlkIoController;
 use cgroups_rs::cgroup::Cgroup;
 use cgroups_rs::cpu::CpuController;
+use cgroups_rs::devices::{DevicePermissions, DeviceType, DevicesController};
 use cgroups_rs::memory::MemController;
 use cgroups_rs::pid::PidController;
 use cgroups_rs::{CgroupPid, Controller, Hierarchy, MaxValue};
@@ -28,8 +31,21 @@ pub const MAX_CPU_WEIGHT: u32 = 10_000;
 /// cgroup v1 `cpu.shares` that corresponds to the default weight.
 pub const DEFAULT_CPU_SHARES: u64 = 1024;
 
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids"];
-const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "blkio"];
+const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "io"];
+
+/// Character devices a VPS may open (type, major, minor; -1 = any): the nodes of its /dev.
+pub const ALLOWED_CHAR_DEVICES: &[(i64, i64, &str)] = &[
+    (1, 3, "null"),
+    (1, 5, "zero"),
+    (1, 7, "full"),
+    (1, 8, "random"),
+    (1, 9, "urandom"),
+    (5, 0, "tty"),
+    (5, 1, "console"),
+    (5, 2, "ptmx"),
+    (136, -1, "pts/*"),
+];
 
 /// Errors managing a VPS cgroup.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +67,16 @@ pub enum CgroupError {
         path: String,
         /// `memory`, `cpu` or `pids`.
         controller: &'static str,
+    },
+    /// Writing a control file directly failed.
+    #[error("write {value:?} to {path}: {source}")]
+    Write {
+        /// The control file.
+        path: PathBuf,
+        /// What was written.
+        value: String,
+        /// The underlying error.
+        source: std::io::Error,
     },
     /// The cgroup directory was not created (cgroups-rs only logs mkdir failures).
     #[error("create cgroup dir {path}: directory missing after create")]
@@ -228,6 +254,72 @@ impl VpsCgroup {
         }
     }
 
+    /// Denies every device, then allows [`ALLOWED_CHAR_DEVICES`] (read, write; no mknod).
+    /// v1 only: on cgroup v2 device access is an eBPF program attached to the cgroup, which is
+    /// not implemented yet (the VPS still cannot create device nodes: it has no `CAP_MKNOD` in
+    /// the host's user namespace, and its /dev is a nodev tmpfs with bind-mounted nodes).
+    /// Must run while the cgroup is empty: the deny-all briefly covers everything.
+    pub fn apply_device_policy(&self) -> Result<(), CgroupError> {
+        if self.cgroup.v2() {
+            tracing::warn!(
+                cgroup = self.path,
+                "cgroup v2 eBPF device filter not implemented; relying on userns + nodev /dev"
+            );
+            return Ok(());
+        }
+        let devices: &DevicesController = self.controller("devices")?;
+        devices
+            .deny_device(DeviceType::All, -1, -1, &DevicePermissions::all())
+            .map_err(self.err("deny all devices in"))?;
+        for (major, minor, name) in ALLOWED_CHAR_DEVICES {
+            devices
+                .allow_device(
+                    DeviceType::Char,
+                    *major,
+                    *minor,
+                    &[DevicePermissions::Read, DevicePermissions::Write],
+                )
+                .map_err(self.err(format!("allow device {name} in")))?;
+        }
+        Ok(())
+    }
+
+    /// Throttles IO on the VPS's disk (`major:minor` of its loop device); 0 = unlimited.
+    /// The IO weight follows the CPU weight where the host's IO scheduler offers one.
+    pub fn apply_io(&self, limits: &Limits, device: (u64, u64)) -> Result<(), CgroupError> {
+        let blkio: &BlkIoController = self.controller("blkio")?;
+        let (major, minor) = device;
+        let v2 = self.cgroup.v2();
+        let value = |v: u64| if v == 0 && v2 { u64::MAX } else { v };
+        blkio
+            .throttle_read_bps_for_device(major, minor, value(limits.io_read_bps))
+            .map_err(self.err("set read bps"))?;
+        blkio
+            .throttle_write_bps_for_device(major, minor, value(limits.io_write_bps))
+            .map_err(self.err("set write bps"))?;
+        blkio
+            .throttle_read_iops_for_device(major, minor, value(limits.io_read_iops))
+            .map_err(self.err("set read iops"))?;
+        blkio
+            .throttle_write_iops_for_device(major, minor, value(limits.io_write_iops))
+            .map_err(self.err("set write iops"))?;
+        let weight = effective_cpu_weight(limits.cpu_weight);
+        let (file, content) = if v2 {
+            ("io.weight", format!("default {weight}"))
+        } else {
+            ("blkio.weight", weight_to_blkio_weight(weight).to_string())
+        };
+        let path = blkio.path().join(file);
+        if path.exists() {
+            std::fs::write(&path, &content).map_err(|source| CgroupError::Write {
+                path: path.clone(),
+                value: content.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     fn apply_pids(&self, limits: &Limits) -> Result<(), CgroupError> {
         let pids: &PidController = self.controller("pids")?;
         pids.set_pid_max(pids_max_value(limits.pids_max))
@@ -316,6 +408,11 @@ pub fn effective_cpu_weight(cpu_weight: u32) -> u32 {
 /// (100 → 1024), clamped to the kernel's 2..=262144.
 pub fn weight_to_shares(weight: u32) -> u64 {
     (u64::from(weight) * DEFAULT_CPU_SHARES / u64::from(DEFAULT_CPU_WEIGHT)).clamp(2, 262_144)
+}
+
+/// v1 `blkio.weight` (10..=1000) for a v2-style weight (default 100 -> 500).
+pub fn weight_to_blkio_weight(weight: u32) -> u64 {
+    (u64::from(weight) * 5).clamp(10, 1000)
 }
 
 /// Memory hard limit for cgroups-rs (`-1` = unlimited for 0).
@@ -437,6 +534,7 @@ mod tests {
             memory_bytes: 256 << 20,
             swap_bytes: 64 << 20,
             pids_max: 512,
+            ..Limits::default()
         };
         cgroup.apply_limits(&limits).expect("apply");
         let read = |f: &str| fs::read_to_string(cg_dir.join(f)).expect(f);
@@ -452,6 +550,7 @@ mod tests {
             memory_bytes: 0,
             swap_bytes: 0,
             pids_max: 0,
+            ..Limits::default()
         };
         cgroup.apply_limits(&unlimited).expect("apply unlimited");
         assert_eq!(read("memory.max"), "max");

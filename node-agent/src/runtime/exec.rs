@@ -2,24 +2,27 @@
 //!
 //! The agent spawns `paddock-agent __internal exec <json>` with piped stdio. That helper joins
 //! the VPS's cgroup and namespaces (through `/proc/<init>/ns/*`, checked against the init's
-//! recorded identity), forks — the child is the first process that is really inside the pid
+//! recorded identity; the user namespace first), becomes the VPS's root, forks — the child is the first process that is really inside the pid
 //! namespace — and the child execs the command. The helper waits and exits with the command's
 //! exit code, or 128 + signal, so the agent sees the command's status as the helper's.
 
 use std::ffi::{CString, OsString};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{access, chdir, execve, fork, getcwd, getppid, AccessFlags, ForkResult, Pid};
+use seccompiler::BpfProgram;
 use serde::{Deserialize, Serialize};
 
 use super::cgroups::VpsCgroup;
 use super::helper::{self, sys_err, HelperError, EXEC};
 use super::namespaces;
-use super::process::{self, ProcessIdentity};
+use super::process::ProcessIdentity;
+use super::seccomp;
 use super::INTERNAL_ARG;
 
 /// Exit code of the exec helper when it could not set up the command (like `docker exec`).
@@ -44,15 +47,46 @@ pub(crate) struct ExecRequest {
     pub init: ProcessIdentity,
     pub command: Vec<String>,
     pub env: Vec<String>,
+    /// Run the command on a new pseudo-terminal of the VPS with this initial size.
+    #[serde(default)]
+    pub tty: Option<TtySize>,
 }
 
-/// Agent side: spawns the exec helper with piped stdio. Needs a tokio runtime context.
+/// A terminal window size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// The fd on which a TTY exec helper reads window sizes (`"<rows> <cols>\n"` lines).
+const RESIZE_FD: i32 = 3;
+
+/// Agent side of a TTY exec: sends window-size changes to the helper.
+pub struct ResizeSender {
+    pipe: std::fs::File,
+}
+
+impl ResizeSender {
+    /// Resizes the command's terminal (SIGWINCH reaches its foreground process group).
+    pub fn resize(&mut self, size: TtySize) -> io::Result<()> {
+        use std::io::Write;
+        self.pipe
+            .write_all(format!("{} {}\n", size.rows, size.cols).as_bytes())
+    }
+}
+
+/// Agent side: spawns the exec helper with piped stdio (and, for a TTY, a resize pipe as its
+/// fd 3). Needs a tokio runtime context.
 pub(crate) fn spawn(
     helper_binary: &Path,
     request: &ExecRequest,
-) -> io::Result<tokio::process::Child> {
+) -> io::Result<(tokio::process::Child, Option<ResizeSender>)> {
     let json = serde_json::to_string(request).map_err(io::Error::other)?;
-    tokio::process::Command::new(helper_binary)
+    let mut command = tokio::process::Command::new(helper_binary);
+    command
         .arg(INTERNAL_ARG)
         .arg(EXEC)
         .arg(json)
@@ -60,8 +94,31 @@ pub(crate) fn spawn(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    if request.tty.is_none() {
+        return Ok((command.spawn()?, None));
+    }
+    let (resize_read, resize_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let raw_read = resize_read.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2, which is
+    // async-signal-safe; dup2 clears close-on-exec on the new fd 3, so only it is inherited.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(raw_read, RESIZE_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(resize_read);
+    Ok((
+        child,
+        Some(ResizeSender {
+            pipe: std::fs::File::from(resize_write),
+        }),
+    ))
 }
 
 /// The command's environment: the defaults, overridden and extended by `extra` (`KEY=VALUE`).
@@ -118,6 +175,8 @@ fn run(args: &[OsString]) -> Result<i32, HelperError> {
     VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
     namespaces::join_namespaces(&namespace_fds)?;
     drop(namespace_fds);
+    helper::become_vps_root()?;
+    let filter = seccomp::vps_filter()?;
     chdir("/").map_err(sys_err("chdir /"))?;
     let cwd = getcwd().map_err(sys_err("getcwd"))?;
     if cwd != Path::new("/") {
@@ -147,27 +206,31 @@ fn run(args: &[OsString]) -> Result<i32, HelperError> {
         .map(|e| CString::new(e.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
 
+    if let Some(size) = request.tty {
+        return tty::run(program, &resolved, &argv, &envp, &filter, size);
+    }
+
     // SAFETY: this helper is single-threaded (checked above), so the child may run arbitrary
     // code before exec.
     match unsafe { fork() }.map_err(sys_err("fork"))? {
         ForkResult::Child => {
-            let errno = exec_child(&resolved, &argv, &envp);
+            let errno = exec_child(&resolved, &argv, &envp, &filter);
             eprintln!("paddock exec: {program}: {errno}");
-            helper::exit_child(match errno {
-                HelperError::Sys {
-                    source: nix::errno::Errno::ENOENT,
-                    ..
-                } => EXIT_NOT_FOUND,
-                _ => EXIT_CANNOT_EXECUTE,
-            })
+            helper::exit_child(exec_failure_code(&errno))
         }
         ForkResult::Parent { child } => wait_exit_code(child),
     }
 }
 
-/// In the forked child (now PID n of the VPS's pid namespace): dies with the helper, drops
-/// every inherited fd except stdio on exec, and execs. Returns only on failure.
-fn exec_child(program: &CString, argv: &[CString], envp: &[CString]) -> HelperError {
+/// In the forked child (now PID n of the VPS's pid namespace, root of its user namespace): dies
+/// with the helper, gets the VPS's capability bounding set, fd hygiene and seccomp filter, and
+/// execs. Returns only on failure.
+fn exec_child(
+    program: &CString,
+    argv: &[CString],
+    envp: &[CString],
+    filter: &BpfProgram,
+) -> HelperError {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return sys_err("set parent-death signal")(e);
     }
@@ -176,15 +239,210 @@ fn exec_child(program: &CString, argv: &[CString], envp: &[CString]) -> HelperEr
     if getppid() != Pid::from_raw(0) {
         return HelperError::ParentGone;
     }
-    if let Err(e) = process::mark_cloexec_from(3) {
-        return sys_err("close_range")(e);
-    }
-    if let Err(e) = helper::reset_signals() {
+    if let Err(e) = helper::lock_down(filter) {
         return e;
     }
     match execve(program, argv, envp) {
         Ok(never) => match never {},
         Err(e) => sys_err("execve")(e),
+    }
+}
+
+/// The errno-to-exit-code convention of a failed exec in the child.
+fn exec_failure_code(error: &HelperError) -> i32 {
+    match error {
+        HelperError::Sys {
+            source: nix::errno::Errno::ENOENT,
+            ..
+        } => EXIT_NOT_FOUND,
+        _ => EXIT_CANNOT_EXECUTE,
+    }
+}
+
+/// Running the command on a pseudo-terminal allocated in the VPS's own devpts.
+mod tty {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
+
+    use nix::fcntl::{open, OFlag};
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
+    use nix::sys::stat::Mode;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::{dup2, fork, setsid, ForkResult, Pid};
+
+    use super::*;
+
+    nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, libc::winsize);
+
+    fn apply_size(master: &PtyMaster, size: TtySize) {
+        let winsize = libc::winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: `winsize` is a valid struct for TIOCSWINSZ and outlives the call.
+        let _ = unsafe { set_window_size(master.as_raw_fd(), &winsize) };
+    }
+
+    /// Parses `"<rows> <cols>"`.
+    pub(super) fn parse_size(line: &str) -> Option<TtySize> {
+        let mut parts = line.split_whitespace();
+        let rows = parts.next()?.parse().ok()?;
+        let cols = parts.next()?.parse().ok()?;
+        Some(TtySize { rows, cols })
+    }
+
+    /// Allocates the pty, forks the command onto it and relays stdin → pty → stdout and
+    /// window sizes from fd 3 until the command exits; returns its exit code.
+    pub(super) fn run(
+        program: &str,
+        resolved: &CString,
+        argv: &[CString],
+        envp: &[CString],
+        filter: &BpfProgram,
+        size: TtySize,
+    ) -> Result<i32, HelperError> {
+        // /dev/ptmx of the VPS (we are in its mount namespace): the pty belongs to its devpts.
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .map_err(sys_err("open /dev/ptmx"))?;
+        grantpt(&master).map_err(sys_err("grantpt"))?;
+        unlockpt(&master).map_err(sys_err("unlockpt"))?;
+        let slave_path = ptsname_r(&master).map_err(sys_err("ptsname"))?;
+        apply_size(&master, size);
+
+        // SAFETY: this helper is single-threaded, so the child may run arbitrary code.
+        match unsafe { fork() }.map_err(sys_err("fork"))? {
+            ForkResult::Child => {
+                drop(master);
+                let error = (|| -> HelperError {
+                    if let Err(e) = setsid() {
+                        return sys_err("setsid")(e);
+                    }
+                    // Opening the slave as a session leader without a terminal makes it ours.
+                    let slave = match open(slave_path.as_str(), OFlag::O_RDWR, Mode::empty()) {
+                        Ok(fd) => fd,
+                        Err(e) => return sys_err("open pty slave")(e),
+                    };
+                    // SAFETY: TIOCSCTTY takes an int argument; no memory is passed.
+                    unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) };
+                    for target in 0..3 {
+                        if let Err(e) = dup2(slave, target) {
+                            return sys_err("dup2 pty")(e);
+                        }
+                    }
+                    exec_child(resolved, argv, envp, filter)
+                })();
+                eprintln!("paddock exec: {program}: {error}");
+                helper::exit_child(exec_failure_code(&error))
+            }
+            ForkResult::Parent { child } => relay(&master, child),
+        }
+    }
+
+    fn relay(master: &PtyMaster, child: Pid) -> Result<i32, HelperError> {
+        // SAFETY: fds 0, 1 and 3 are this helper's stdio pipes and the resize pipe, open for
+        // its whole life; File takes them over (the helper exits right after the relay).
+        let (mut stdin, mut stdout, mut resize) = unsafe {
+            (
+                File::from_raw_fd(0),
+                File::from_raw_fd(1),
+                File::from_raw_fd(RESIZE_FD),
+            )
+        };
+        // SAFETY: the master fd stays open for this whole function.
+        let mut master_file = unsafe { File::from_raw_fd(master.as_raw_fd()) };
+        let mut stdin_open = true;
+        let mut resize_open = true;
+        let mut pending = String::new();
+        let mut buffer = vec![0u8; 16 * 1024];
+        let exit = loop {
+            let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+            // SAFETY: fds 0 and 3 are open (see above).
+            let stdin_fd = unsafe { BorrowedFd::borrow_raw(0) };
+            // SAFETY: as above.
+            let resize_fd = unsafe { BorrowedFd::borrow_raw(RESIZE_FD) };
+            if stdin_open {
+                fds.push(PollFd::new(stdin_fd, PollFlags::POLLIN));
+            }
+            if resize_open {
+                fds.push(PollFd::new(resize_fd, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::from(100u16)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(sys_err("poll")(e)),
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+            let mut index = 1;
+            let stdin_ready = stdin_open && {
+                index += 1;
+                ready[index - 1]
+            };
+            let resize_ready = resize_open && ready[index];
+            if ready[0] {
+                match master_file.read(&mut buffer) {
+                    Ok(0) | Err(_) => {
+                        // EIO: every slave fd is closed; the command is exiting.
+                        break wait_exit(child)?;
+                    }
+                    Ok(n) => {
+                        if stdout.write_all(&buffer[..n]).is_err() {
+                            break wait_exit(child)?;
+                        }
+                    }
+                }
+            }
+            if stdin_ready {
+                match stdin.read(&mut buffer) {
+                    Ok(0) | Err(_) => stdin_open = false,
+                    Ok(n) => {
+                        let _ = master_file.write_all(&buffer[..n]);
+                    }
+                }
+            }
+            if resize_ready {
+                match resize.read(&mut buffer) {
+                    Ok(0) | Err(_) => resize_open = false,
+                    Ok(n) => {
+                        pending.push_str(&String::from_utf8_lossy(&buffer[..n]));
+                        while let Some((line, rest)) = pending.split_once('\n') {
+                            if let Some(size) = parse_size(line) {
+                                apply_size(master, size);
+                            }
+                            pending = rest.to_string();
+                        }
+                    }
+                }
+            }
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => break code,
+                Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
+                _ => {}
+            }
+        };
+        // Whatever the command wrote last is still in the pty: drain it without blocking.
+        let _ = nix::fcntl::fcntl(
+            master.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+        );
+        while let Ok(n) = master_file.read(&mut buffer) {
+            if n == 0 || stdout.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+        }
+        // The PtyMaster owns the fd; do not close it twice.
+        std::mem::forget(master_file);
+        Ok(exit)
+    }
+
+    fn wait_exit(child: Pid) -> Result<i32, HelperError> {
+        wait_exit_code(child)
     }
 }
 

@@ -2,9 +2,12 @@
 //! processes, so that fork, unshare and setns are safe, and so that the VPS's init is never a
 //! child of the (multi-threaded, restartable) agent.
 //!
-//! `start`: joins the VPS cgroup, unshares the VPS namespaces, forks the future init (PID 1 of
-//! the new pid namespace), which unshares its mount namespace, mounts the rootfs, pivots into it
-//! and execs `/sbin/init`.
+//! `start`: joins the VPS cgroup, takes a private mount namespace in which (as host root) it
+//! mounts the VPS's disk, the idmapped template and the overlay, then `clone3`s the future init
+//! into new user, pid, mount, uts, ipc, net and cgroup namespaces, writes the init's uid/gid
+//! maps and lets it continue: the init becomes root of its user namespace (an unprivileged id
+//! on the host), mounts /proc, /sys and /dev, pivots into the rootfs, drops capabilities from
+//! its bounding set, closes every other fd, installs the seccomp filter and execs `/sbin/init`.
 //! Setup errors come back through a close-on-exec pipe; on success the helper prints the init's
 //! identity as JSON on stdout and exits, so the init is reparented away from the agent.
 //!
@@ -22,14 +25,20 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{dup2, execve, fork, pipe2, sethostname, setsid, ForkResult};
+use nix::unistd::{
+    dup2, execve, pipe2, setgroups, sethostname, setresgid, setresuid, setsid, Gid, Uid,
+};
+use seccompiler::BpfProgram;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::capabilities::{self, CapabilityError};
 use super::cgroups::{CgroupError, VpsCgroup};
+use super::idmap::{self, IdRange, IdmapError};
 use super::namespaces::{self, NamespaceError};
 use super::process::{self, ProcessError, ProcessIdentity};
 use super::rootfs::{RootfsError, RootfsLayout};
+use super::seccomp::{self, SeccompError};
 use super::{exec, INTERNAL_ARG};
 
 /// Name of the start helper.
@@ -94,6 +103,15 @@ pub enum HelperError {
     /// Inspecting a process failed.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// Writing the id maps failed.
+    #[error(transparent)]
+    Idmap(#[from] IdmapError),
+    /// Building or installing the seccomp filter failed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// Dropping capabilities failed.
+    #[error(transparent)]
+    Capability(#[from] CapabilityError),
     /// The container's setup failed in the child before exec; the message is the child's.
     #[error("container setup failed: {0}")]
     ChildSetup(String),
@@ -120,6 +138,7 @@ pub(crate) struct StartRequest {
     pub cgroup_parent: String,
     pub rootfs: RootfsLayout,
     pub console_log: PathBuf,
+    pub ids: IdRange,
 }
 
 /// What the start helper prints on success.
@@ -212,8 +231,11 @@ pub(crate) fn exit_child(code: i32) -> ! {
 fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     let request: StartRequest = decode_request(args)?;
     ensure_single_threaded()?;
+    namespaces::unshare_mount_namespace()?;
+    // Before joining the cgroup: its device policy denies the loop devices.
+    request.rootfs.mount_host_side(request.ids)?;
+    // The init's cgroup namespace is rooted at the cgroup its creator is in.
     VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
-    namespaces::unshare_vps_namespaces()?;
 
     let console = OpenOptions::new()
         .append(true)
@@ -234,20 +256,38 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
             path: PathBuf::from("/dev/null"),
             source,
         })?;
+    let filter = seccomp::vps_filter()?;
     let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
+    let (maps_read, maps_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
 
     // SAFETY: this helper is single-threaded (checked above), so the child is a complete copy of
     // the process and may allocate and run arbitrary code before exec.
-    match unsafe { fork() }.map_err(sys_err("fork"))? {
-        ForkResult::Child => {
+    match unsafe { namespaces::clone_into_vps_namespaces() }? {
+        None => {
             drop(report_read);
-            let Err(error) = init_child(&request, &console, &devnull);
+            drop(maps_write);
+            // Wait until the parent has written our id maps; EOF without "1" means it failed.
+            let mut byte = [0u8; 1];
+            if !matches!(File::from(maps_read).read(&mut byte), Ok(1) if byte[0] == b'1') {
+                exit_child(1)
+            }
+            let Err(error) = init_child(&request, &console, &devnull, &filter);
             let mut pipe = File::from(report_write);
             let _ = pipe.write_all(error.to_string().as_bytes());
             exit_child(1)
         }
-        ForkResult::Parent { child } => {
+        Some(child) => {
             drop(report_write);
+            drop(maps_read);
+            let mapped = idmap::write_id_maps(child.as_raw(), request.ids);
+            if let Err(error) = mapped {
+                drop(maps_write);
+                let _ = waitpid(child, None);
+                return Err(error.into());
+            }
+            let mut maps_write = File::from(maps_write);
+            let _ = maps_write.write_all(b"1");
+            drop(maps_write);
             let mut message = String::new();
             File::from(report_read)
                 .read_to_string(&mut message)
@@ -280,14 +320,15 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     }
 }
 
-/// Runs in the forked child: becomes the VPS's init. Returns only on failure.
+/// Runs in the cloned child: becomes the VPS's init. Returns only on failure.
 fn init_child(
     request: &StartRequest,
     console: &File,
     devnull: &File,
+    filter: &BpfProgram,
 ) -> Result<Infallible, HelperError> {
+    become_vps_root()?;
     setsid().map_err(sys_err("setsid"))?;
-    namespaces::unshare_mount_namespace()?;
     sethostname(&request.hostname).map_err(sys_err("sethostname"))?;
     request.rootfs.enter()?;
     let argv = [CString::new(INIT_PATH)?];
@@ -296,9 +337,29 @@ fn init_child(
         .map(|e| CString::new(*e))
         .collect::<Result<Vec<_>, _>>()?;
     redirect_stdio(devnull, console)?;
+    lock_down(filter)?;
+    execve(&argv[0], &argv, &env).map_err(sys_err("execve /sbin/init"))
+}
+
+/// In a process that has just created or joined the VPS's user namespace: become its root
+/// (uid and gid 0 inside, the VPS's base id on the host), with no supplementary groups.
+pub(crate) fn become_vps_root() -> Result<(), HelperError> {
+    let root_gid = Gid::from_raw(0);
+    let root_uid = Uid::from_raw(0);
+    setgroups(&[]).map_err(sys_err("setgroups"))?;
+    setresgid(root_gid, root_gid, root_gid).map_err(sys_err("setresgid 0"))?;
+    setresuid(root_uid, root_uid, root_uid).map_err(sys_err("setresuid 0"))
+}
+
+/// The last steps before a VPS process execs: shrink the capability bounding set, make every
+/// fd but stdio close on exec, restore default signal handling and install the seccomp filter
+/// (last, so the setup itself is not filtered).
+pub(crate) fn lock_down(filter: &BpfProgram) -> Result<(), HelperError> {
+    capabilities::drop_bounding_set()?;
     process::mark_cloexec_from(3).map_err(sys_err("close_range"))?;
     reset_signals()?;
-    execve(&argv[0], &argv, &env).map_err(sys_err("execve /sbin/init"))
+    seccomp::install(filter)?;
+    Ok(())
 }
 
 /// stdin from /dev/null, stdout and stderr appended to the console log.

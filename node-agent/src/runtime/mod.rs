@@ -1,6 +1,8 @@
 //! The container runtime: turns a [`VpsSpec`] into a running system container (own init as
-//! PID 1, pid/mount/uts/ipc/net/cgroup namespaces, overlayfs root, cgroup limits) and reports
-//! what exists.
+//! PID 1; user namespace with its own host id range; pid/mount/uts/ipc/net/cgroup namespaces;
+//! overlayfs root over an idmapped template with the writable layer on the VPS's own ext4 disk
+//! image; masked /proc, read-only /sys, minimal /dev, device cgroup, seccomp filter, reduced
+//! capability bounding set; cgroup limits) and reports what exists.
 //!
 //! The API is blocking and idempotent; the gRPC layer calls it from `spawn_blocking`. State
 //! lives on disk under `state_dir` (see [`state`]) and in the kernel, never only in memory, so a
@@ -9,12 +11,16 @@
 //! Privileged work (fork, unshare, setns, mounts) happens in re-executed helper processes
 //! (`helper_binary __internal ...`, see [`run_internal`]), never in the multi-threaded agent.
 
+pub mod capabilities;
 mod cgroups;
+pub mod disk;
 mod exec;
 mod helper;
+pub mod idmap;
 mod namespaces;
 mod process;
 mod rootfs;
+pub mod seccomp;
 mod state;
 mod supervisor;
 
@@ -22,23 +28,31 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::cgroups::CgroupError;
+pub use self::capabilities::CapabilityError;
 use self::cgroups::VpsCgroup;
+pub use self::cgroups::{CgroupError, ALLOWED_CHAR_DEVICES};
+pub use self::disk::DiskError;
 use self::exec::ExecRequest;
-pub use self::exec::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED};
+pub use self::exec::{
+    ResizeSender, TtySize, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED,
+};
 pub use self::helper::HelperError;
 use self::helper::StartRequest;
+use self::idmap::IdAllocator;
+pub use self::idmap::{IdRange, IdmapError};
 pub use self::namespaces::NamespaceError;
 pub use self::process::ProcessError;
 use self::process::ProcessIdentity;
 pub use self::rootfs::RootfsError;
 use self::rootfs::RootfsLayout;
+pub use self::rootfs::{MASKED_PATHS, READ_ONLY_PATHS};
+pub use self::seccomp::SeccompError;
 pub use self::state::StateError;
 use self::state::{Layout, Phase, VpsState, STATE_VERSION};
 pub use self::supervisor::SupervisorError;
@@ -71,6 +85,9 @@ pub struct RuntimeConfig {
     pub stop_grace: Duration,
     /// The `paddock-agent` executable, re-executed with [`INTERNAL_ARG`] for helpers.
     pub helper_binary: PathBuf,
+    /// First host id handed to VPS user namespaces (each VPS gets the next free
+    /// [`idmap::ID_RANGE_SIZE`] ids; ranges in /etc/subuid and /etc/subgid are skipped).
+    pub id_base: u32,
 }
 
 /// Desired power state of a VPS.
@@ -83,8 +100,8 @@ pub enum Power {
     Stopped,
 }
 
-/// Resource limits of a VPS, enforced through its cgroup.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Resource limits of a VPS, enforced through its cgroup and its disk image.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     /// CPUs worth of CFS quota (fractional allowed); 0 = unlimited.
     pub vcpus: f64,
@@ -96,6 +113,21 @@ pub struct Limits {
     pub swap_bytes: u64,
     /// Maximum number of tasks; 0 = unlimited.
     pub pids_max: u64,
+    /// Size of the VPS's disk image; 0 = [`disk::DEFAULT_DISK_BYTES`]. Fixed at creation.
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// Read bytes/s on the VPS's disk; 0 = unlimited.
+    #[serde(default)]
+    pub io_read_bps: u64,
+    /// Write bytes/s on the VPS's disk; 0 = unlimited.
+    #[serde(default)]
+    pub io_write_bps: u64,
+    /// Read operations/s on the VPS's disk; 0 = unlimited.
+    #[serde(default)]
+    pub io_read_iops: u64,
+    /// Write operations/s on the VPS's disk; 0 = unlimited.
+    #[serde(default)]
+    pub io_write_iops: u64,
 }
 
 /// What should exist for one VPS.
@@ -111,6 +143,9 @@ pub struct VpsSpec {
     pub limits: Limits,
     /// Whether the init should run.
     pub power: Power,
+    /// Bumped to rebuild: a higher value than last carried out gives the VPS a fresh writable
+    /// layer (a new filesystem on the same disk) from `template`, once.
+    pub rebuild_generation: u64,
 }
 
 /// Observed state of a VPS.
@@ -229,6 +264,22 @@ pub enum RuntimeError {
         /// The underlying error.
         source: io::Error,
     },
+    /// Allocating the VPS's id range failed.
+    #[error("vps {vps_id}: {source}")]
+    Idmap {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: IdmapError,
+    },
+    /// The VPS's disk image failed.
+    #[error("vps {vps_id}: {source}")]
+    Disk {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: DiskError,
+    },
     /// A multi-step operation failed and rolling it back failed too.
     #[error("{error}; rollback also failed: {cleanup}")]
     RollbackFailed {
@@ -248,6 +299,7 @@ pub struct Runtime {
 struct Inner {
     config: RuntimeConfig,
     layout: Layout,
+    ids: IdAllocator,
     /// One lock per VPS id, so concurrent calls for the same VPS serialise while different
     /// VPSes proceed in parallel.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -265,6 +317,7 @@ impl Runtime {
         layout.create_dirs().map_err(RuntimeError::Setup)?;
         let runtime = Self {
             inner: Arc::new(Inner {
+                ids: IdAllocator::new(&config.state_dir, config.id_base),
                 config,
                 layout,
                 locks: Mutex::new(HashMap::new()),
@@ -312,6 +365,15 @@ impl Runtime {
                 tracing::error!(vps_id, error = %e, "recovering VPS state");
             }
         }
+        // Ranges allocated by a create that crashed before its directory existed.
+        let layout = self.layout().clone();
+        if let Err(e) = self
+            .inner
+            .ids
+            .retain(|vps_id| layout.vps_dir(vps_id).is_dir())
+        {
+            tracing::error!(error = %e, "pruning id allocations");
+        }
         Ok(())
     }
 
@@ -349,7 +411,7 @@ impl Runtime {
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
 
         let mut st = match self.load(vps_id)? {
-            Some(st) if st.phase == Phase::Ready => st,
+            Some(st) if matches!(st.phase, Phase::Ready | Phase::Rebuilding) => st,
             Some(_) => {
                 // A create or delete was interrupted: clean up, then build afresh.
                 self.remove_vps(vps_id)?;
@@ -357,7 +419,9 @@ impl Runtime {
             }
             None => self.create(spec)?,
         };
-        if st.template != spec.template {
+        if st.phase == Phase::Rebuilding || spec.rebuild_generation > st.rebuild_generation {
+            self.rebuild(&mut st, spec)?;
+        } else if st.template != spec.template {
             return Err(RuntimeError::TemplateMismatch {
                 vps_id: vps_id.to_string(),
                 current: st.template,
@@ -386,13 +450,20 @@ impl Runtime {
         self.save(&st)?;
 
         match (spec.power, running) {
-            (Power::Running, Some(_)) => {}
+            (Power::Running, Some(_)) => self.apply_io(&st, &cgroup)?,
             (Power::Running, None) => {
                 self.kill(None, &cgroup, vps_id)?;
-                let init = self.start(&st)?;
+                cgroup
+                    .apply_device_policy()
+                    .map_err(|source| RuntimeError::Cgroup {
+                        vps_id: vps_id.to_string(),
+                        source,
+                    })?;
+                let init = self.start(&mut st)?;
                 tracing::info!(vps_id, pid = init.pid, "started VPS");
                 st.init = Some(init);
                 self.save(&st)?;
+                self.apply_io(&st, &cgroup)?;
             }
             (Power::Stopped, init) => {
                 supervisor::stop(init.as_ref(), &cgroup, self.config().stop_grace).map_err(
@@ -470,6 +541,33 @@ impl Runtime {
         command: &[String],
         env: &[String],
     ) -> Result<tokio::process::Child, RuntimeError> {
+        self.spawn_exec(vps_id, command, env, None)
+            .map(|(child, _)| child)
+    }
+
+    /// Like [`Runtime::exec`], but the command runs on a new pseudo-terminal of the VPS (its
+    /// controlling terminal, stdin/stdout/stderr) with the given window size. The child's
+    /// stdout carries the terminal's output (stderr stays empty); the [`ResizeSender`]
+    /// changes the window size.
+    pub fn exec_tty(
+        &self,
+        vps_id: &str,
+        command: &[String],
+        env: &[String],
+        size: TtySize,
+    ) -> Result<(tokio::process::Child, ResizeSender), RuntimeError> {
+        let (child, resize) = self.spawn_exec(vps_id, command, env, Some(size))?;
+        let resize = resize.ok_or_else(|| invalid("tty", "no resize channel"))?;
+        Ok((child, resize))
+    }
+
+    fn spawn_exec(
+        &self,
+        vps_id: &str,
+        command: &[String],
+        env: &[String],
+        tty: Option<TtySize>,
+    ) -> Result<(tokio::process::Child, Option<ResizeSender>), RuntimeError> {
         validate_vps_id(vps_id)?;
         validate_command(command, env)?;
         let st = self
@@ -491,6 +589,7 @@ impl Runtime {
             init,
             command: command.to_vec(),
             env: env.to_vec(),
+            tty,
         };
         exec::spawn(&self.config().helper_binary, &request).map_err(|source| {
             RuntimeError::ExecSpawn {
@@ -504,6 +603,27 @@ impl Runtime {
     /// Host paths of the VPS's cgroup directories, one per hierarchy (they may not exist).
     pub fn cgroup_paths(&self, vps_id: &str) -> Vec<PathBuf> {
         self.cgroup(vps_id).paths()
+    }
+
+    /// The VPS's network namespace (`/proc/<init>/ns/net`) while it runs, for attaching its
+    /// network port. The namespace is owned by the VPS's user namespace; host root can still
+    /// move links into it.
+    pub fn netns_path(&self, vps_id: &str) -> Result<Option<PathBuf>, RuntimeError> {
+        Ok(self
+            .status(vps_id)?
+            .and_then(|observed| observed.init_pid)
+            .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net"))))
+    }
+
+    /// The host id range mapped into the VPS's user namespace, once allocated.
+    pub fn id_range(&self, vps_id: &str) -> Result<Option<IdRange>, RuntimeError> {
+        validate_vps_id(vps_id)?;
+        Ok(self.load(vps_id)?.and_then(|st| st.ids))
+    }
+
+    /// Loop devices backed by files under the runtime's state dir (for leak checks).
+    pub fn loop_devices(&self) -> Vec<String> {
+        disk::loop_devices_under(&self.config().state_dir)
     }
 
     /// The path of the VPS's console log (the init's stdout and stderr).
@@ -559,9 +679,13 @@ impl Runtime {
             limits: spec.limits.clone(),
             power: Power::Stopped,
             init: None,
+            ids: None,
+            rebuild_generation: spec.rebuild_generation,
         };
         self.save(&st)?;
-        let built = self.build(spec);
+        let built = self
+            .allocate_ids(&mut st)
+            .and_then(|ids| self.build(spec, ids));
         if let Err(error) = built {
             return Err(match self.remove_vps(vps_id) {
                 Ok(()) => error,
@@ -577,22 +701,108 @@ impl Runtime {
         Ok(st)
     }
 
-    fn build(&self, spec: &VpsSpec) -> Result<(), RuntimeError> {
-        let vps_id = spec.vps_id.as_str();
-        self.rootfs_layout(vps_id, &spec.template)
-            .prepare()
-            .map_err(|source| RuntimeError::Rootfs {
-                vps_id: vps_id.to_string(),
+    /// The VPS's id range: the recorded one, else a newly allocated one, recorded in `st`.
+    fn allocate_ids(&self, st: &mut VpsState) -> Result<IdRange, RuntimeError> {
+        if let Some(ids) = st.ids {
+            return Ok(ids);
+        }
+        let ids = self
+            .inner
+            .ids
+            .allocate(&st.vps_id)
+            .map_err(|source| RuntimeError::Idmap {
+                vps_id: st.vps_id.clone(),
                 source,
             })?;
+        st.ids = Some(ids);
+        self.save(st)?;
+        Ok(ids)
+    }
+
+    fn build(&self, spec: &VpsSpec, ids: IdRange) -> Result<(), RuntimeError> {
+        let vps_id = spec.vps_id.as_str();
+        let rootfs = self.rootfs_layout(vps_id, &spec.template);
+        rootfs.prepare().map_err(|source| RuntimeError::Rootfs {
+            vps_id: vps_id.to_string(),
+            source,
+        })?;
+        disk::create_image(&rootfs.disk_image, disk_bytes(&spec.limits), ids).map_err(
+            |source| RuntimeError::Disk {
+                vps_id: vps_id.to_string(),
+                source,
+            },
+        )?;
         let cgroup = self.cgroup(vps_id);
         cgroup
             .create()
             .and_then(|()| cgroup.apply_limits(&spec.limits))
+            .and_then(|()| cgroup.apply_device_policy())
             .map_err(|source| RuntimeError::Cgroup {
                 vps_id: vps_id.to_string(),
                 source,
             })
+    }
+
+    /// Stops the VPS and gives it a fresh filesystem on its disk (same size) from
+    /// `spec.template`. Journaled as [`Phase::Rebuilding`], so an interrupted rebuild is redone.
+    fn rebuild(&self, st: &mut VpsState, spec: &VpsSpec) -> Result<(), RuntimeError> {
+        let vps_id = spec.vps_id.clone();
+        if !self.layout().template_rootfs(&spec.template).is_dir() {
+            return Err(RuntimeError::TemplateMissing(spec.template.clone()));
+        }
+        if st.phase != Phase::Rebuilding {
+            st.phase = Phase::Rebuilding;
+            st.template = spec.template.clone();
+            st.rebuild_generation = spec.rebuild_generation.max(st.rebuild_generation);
+            self.save(st)?;
+        }
+        let cgroup = self.cgroup(&vps_id);
+        let init = self.live_init(st)?;
+        supervisor::stop(init.as_ref(), &cgroup, self.config().stop_grace).map_err(|source| {
+            RuntimeError::Supervisor {
+                vps_id: vps_id.clone(),
+                source,
+            }
+        })?;
+        st.init = None;
+        let ids = self.allocate_ids(st)?;
+        let rootfs = self.rootfs_layout(&vps_id, &st.template);
+        let disk_err = |source| RuntimeError::Disk {
+            vps_id: vps_id.clone(),
+            source,
+        };
+        let size = disk::image_size(&rootfs.disk_image)
+            .map_err(disk_err)?
+            .unwrap_or_else(|| disk_bytes(&st.limits));
+        // The old filesystem is gone once the last mount of it (in the VPS's namespaces) is.
+        wait_for_detach(&rootfs.disk_image);
+        disk::create_image(&rootfs.disk_image, size, ids).map_err(disk_err)?;
+        st.phase = Phase::Ready;
+        self.save(st)?;
+        tracing::info!(vps_id, template = st.template, "rebuilt VPS");
+        Ok(())
+    }
+
+    /// Applies the IO limits to the running VPS's loop device.
+    fn apply_io(&self, st: &VpsState, cgroup: &VpsCgroup) -> Result<(), RuntimeError> {
+        let image = self.rootfs_layout(&st.vps_id, &st.template).disk_image;
+        match disk::loop_device_of(&image) {
+            Some(device) => {
+                cgroup
+                    .apply_io(&st.limits, device)
+                    .map_err(|source| RuntimeError::Cgroup {
+                        vps_id: st.vps_id.clone(),
+                        source,
+                    })
+            }
+            None => {
+                tracing::warn!(
+                    vps_id = st.vps_id,
+                    "no loop device for the running VPS's disk"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Kills everything, removes the cgroup and the VPS directory (via the trash, so a crash
@@ -627,7 +837,13 @@ impl Runtime {
             state::remove_tree(&trash).map_err(state_err)?;
             tracing::info!(vps_id, "deleted VPS");
         }
-        Ok(())
+        self.inner
+            .ids
+            .release(vps_id)
+            .map_err(|source| RuntimeError::Idmap {
+                vps_id: vps_id.to_string(),
+                source,
+            })
     }
 
     fn kill(
@@ -642,20 +858,37 @@ impl Runtime {
         })
     }
 
-    fn start(&self, st: &VpsState) -> Result<ProcessIdentity, RuntimeError> {
-        let vps_id = st.vps_id.as_str();
-        let rootfs = self.rootfs_layout(vps_id, &st.template);
+    fn start(&self, st: &mut VpsState) -> Result<ProcessIdentity, RuntimeError> {
+        let vps_id = st.vps_id.clone();
+        let rootfs = self.rootfs_layout(&vps_id, &st.template);
         // Idempotent; also re-checks that the template is still there.
         rootfs.prepare().map_err(|source| RuntimeError::Rootfs {
-            vps_id: vps_id.to_string(),
+            vps_id: vps_id.clone(),
             source,
         })?;
+        let ids = self.allocate_ids(st)?;
+        let disk_err = |source| RuntimeError::Disk {
+            vps_id: vps_id.clone(),
+            source,
+        };
+        // A VPS from before per-VPS disks (or whose image was lost) gets an empty one.
+        if disk::image_size(&rootfs.disk_image)
+            .map_err(disk_err)?
+            .is_none()
+        {
+            disk::create_image(&rootfs.disk_image, disk_bytes(&st.limits), ids)
+                .map_err(disk_err)?;
+        }
+        // After a quick stop/start the previous instance's mount may still be going away;
+        // mounting the same ext4 twice would corrupt it.
+        wait_for_detach(&rootfs.disk_image);
         let request = StartRequest {
-            vps_id: vps_id.to_string(),
+            vps_id: vps_id.clone(),
             hostname: st.hostname.clone(),
             cgroup_parent: self.config().cgroup_parent.clone(),
             rootfs,
-            console_log: self.layout().console_log(vps_id),
+            console_log: self.layout().console_log(&vps_id),
+            ids,
         };
         supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {
             RuntimeError::Supervisor {
@@ -684,6 +917,7 @@ impl Runtime {
         let (state, init_pid, message) = match st.phase {
             Phase::Creating => (ObservedState::Stopped, None, "being created".to_string()),
             Phase::Deleting => (ObservedState::Stopped, None, "being deleted".to_string()),
+            Phase::Rebuilding => (ObservedState::Stopped, None, "being rebuilt".to_string()),
             Phase::Ready => match self.live_init(st) {
                 Ok(Some(init)) => (
                     ObservedState::Running,
@@ -711,6 +945,29 @@ impl Runtime {
             init_pid,
             message,
         }
+    }
+}
+
+/// The disk size for `limits` (0 means the default).
+fn disk_bytes(limits: &Limits) -> u64 {
+    if limits.disk_bytes == 0 {
+        disk::DEFAULT_DISK_BYTES
+    } else {
+        limits.disk_bytes
+    }
+}
+
+/// Waits (bounded) until no loop device is backed by `image` any more: the VPS's mount
+/// namespace, and with it the disk's mount and autoclear loop device, goes away shortly after
+/// its last process.
+fn wait_for_detach(image: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while disk::loop_device_of(image).is_some() {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(image = %image.display(), "disk still attached after 10s");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -799,6 +1056,12 @@ fn validate_limits(limits: &Limits) -> Result<(), RuntimeError> {
             return Err(invalid(field, format!("must be at most {}", i64::MAX)));
         }
     }
+    if limits.disk_bytes != 0 && limits.disk_bytes < disk::MIN_DISK_BYTES {
+        return Err(invalid(
+            "limits.disk_bytes",
+            format!("must be 0 (default) or at least {}", disk::MIN_DISK_BYTES),
+        ));
+    }
     if limits.memory_bytes.checked_add(limits.swap_bytes).is_none() {
         return Err(invalid("limits.swap_bytes", "memory + swap overflows"));
     }
@@ -873,12 +1136,11 @@ mod tests {
             template: "busybox".into(),
             limits: Limits {
                 vcpus: 1.0,
-                cpu_weight: 0,
                 memory_bytes: 64 << 20,
-                swap_bytes: 0,
-                pids_max: 0,
+                ..Limits::default()
             },
             power: Power::Running,
+            rebuild_generation: 0,
         }
     }
 

@@ -1,8 +1,6 @@
-//! The kernel namespaces of a VPS: which ones it gets (unshared by the start helper before it
-//! forks the init) and joining them from the exec helper through `/proc/<init>/ns/*`.
-//!
-//! Issue 3 adds the user namespace: it is unshared first (and joined first), with the
-//! VPS's uid/gid range mapped by the helper's parent before the child continues.
+//! The kernel namespaces of a VPS: which ones it gets (all created at once by `clone3` in the
+//! start helper, so every one is owned by the VPS's user namespace) and joining them from the
+//! exec helper through `/proc/<init>/ns/*` (the user namespace first).
 
 use std::fs::File;
 use std::io;
@@ -11,6 +9,7 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::sched::{setns, unshare, CloneFlags};
+use nix::unistd::Pid;
 
 /// Errors creating or joining namespaces.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +47,14 @@ pub(crate) struct Namespace {
     pub name: &'static str,
 }
 
-/// The namespaces every VPS gets, in the order they are joined by `exec`: the mount namespace
-/// last, because after it `/proc` is the container's. (Issue 3: `user` goes first.)
+/// The namespaces every VPS gets, in the order they are joined by `exec`: the user namespace
+/// first (it grants the capabilities needed to join the others, which it owns), the mount
+/// namespace last, because after it `/proc` is the container's.
 pub(crate) const VPS_NAMESPACES: &[Namespace] = &[
+    Namespace {
+        flag: CloneFlags::CLONE_NEWUSER,
+        name: "user",
+    },
     Namespace {
         flag: CloneFlags::CLONE_NEWIPC,
         name: "ipc",
@@ -77,22 +81,65 @@ pub(crate) const VPS_NAMESPACES: &[Namespace] = &[
     },
 ];
 
-/// Moves the calling (single-threaded) start helper into fresh VPS namespaces, except the
-/// mount namespace (see [`unshare_mount_namespace`]). The pid namespace applies to children
-/// only: the next forked child becomes PID 1. Must be called after joining the VPS's cgroup, so
-/// the cgroup namespace is rooted there.
-pub(crate) fn unshare_vps_namespaces() -> Result<(), NamespaceError> {
-    unshare_flags(
-        VPS_NAMESPACES
-            .iter()
-            .filter(|ns| ns.flag != CloneFlags::CLONE_NEWNS)
-            .fold(CloneFlags::empty(), |acc, ns| acc | ns.flag),
-    )
+/// `struct clone_args` of clone3(2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
 
-/// Gives the forked init its own mount namespace. Done in the child rather than the helper
-/// because `pivot_root` re-roots every process of the mount namespace, and the helper must keep
-/// seeing the host's `/proc` to report the init's identity.
+/// Forks a child in fresh instances of all [`VPS_NAMESPACES`], every one owned by the child's
+/// new user namespace; the child is PID 1 of its pid namespace. Returns the child's pid in the
+/// parent and `None` in the child (like fork: no new stack). The child has no id mappings yet:
+/// the parent writes them (see `idmap::write_id_maps`).
+///
+/// # Safety
+/// Like `fork`: the caller must be single-threaded, so the child is a complete copy.
+pub(crate) unsafe fn clone_into_vps_namespaces() -> Result<Option<Pid>, NamespaceError> {
+    let flags = VPS_NAMESPACES
+        .iter()
+        .fold(CloneFlags::empty(), |acc, ns| acc | ns.flag);
+    let args = CloneArgs {
+        flags: u64::from(flags.bits() as u32),
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; with stack 0 the child continues
+    // on a copy of the parent's stack, exactly like fork, which the caller's contract makes
+    // sound.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        0 => Ok(None),
+        pid if pid > 0 => Ok(Some(Pid::from_raw(pid as i32))),
+        _ => Err(NamespaceError::Unshare {
+            namespaces: VPS_NAMESPACES
+                .iter()
+                .map(|ns| ns.name)
+                .collect::<Vec<_>>()
+                .join(","),
+            source: Errno::last(),
+        }),
+    }
+}
+
+/// Gives the start helper a private mount namespace (owned by the host's user namespace) in
+/// which it mounts the VPS's disk and overlay; the init's namespace is a copy of it.
 pub(crate) fn unshare_mount_namespace() -> Result<(), NamespaceError> {
     unshare_flags(CloneFlags::CLONE_NEWNS)
 }

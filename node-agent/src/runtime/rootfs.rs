@@ -1,10 +1,14 @@
-//! The VPS root filesystem: an overlayfs of the read-only template (lower) and the VPS's
-//! writable layer (upper + work), mounted inside the VPS's own mount namespace together with
-//! /proc, a read-only /sys and a minimal /dev, then made the root with `pivot_root`.
+//! The VPS root filesystem: an overlayfs of the read-only template, seen through an idmapped
+//! mount so it appears owned by the VPS's root (lower), and the VPS's writable layer (upper +
+//! work) on its own ext4 disk image ([`super::disk`]).
 //!
-//! Nothing is mounted in the host's mount namespace, so nothing can leak there: the mounts go
-//! away with the VPS's last process. Issue 3 moves `upper`/`work` onto a per-VPS ext4 loop image
-//! (a size-limited disk, like OpenVZ's ploop): that is `prepare` / a new `release` here.
+//! Two halves, both in namespaces that die with the VPS, so nothing is ever mounted in the
+//! host's mount namespace and nothing can leak there:
+//! - [`RootfsLayout::mount_host_side`] runs in the start helper's private mount namespace as
+//!   host root: disk, idmapped template and overlay (host-only filesystems and flags).
+//! - [`RootfsLayout::enter`] runs in the VPS's init, as root of the VPS's user namespace: /proc
+//!   (nosuid, noexec, nodev) with masked and read-only paths, a read-only /sys with
+//!   /sys/firmware masked, a tmpfs /dev with only the allowed nodes, then `pivot_root`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -14,11 +18,45 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::unistd::{chdir, fchdir, getcwd, pivot_root};
+use nix::unistd::{chdir, chown, fchdir, getcwd, pivot_root, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-/// Host device nodes bind-mounted into every VPS's /dev.
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+use super::disk;
+use super::idmap::{self, IdRange};
+
+/// Host device nodes bind-mounted into every VPS's /dev (`console` gets /dev/null until a
+/// console pty exists).
+const DEVICES: &[(&str, &str)] = &[
+    ("null", "null"),
+    ("zero", "zero"),
+    ("full", "full"),
+    ("random", "random"),
+    ("urandom", "urandom"),
+    ("tty", "tty"),
+    ("console", "null"),
+];
+
+/// Files and directories hidden from the VPS: files get /dev/null, directories an empty
+/// read-only tmpfs. Paths relative to the VPS root; missing ones are skipped.
+pub const MASKED_PATHS: &[&str] = &[
+    "proc/kcore",
+    "proc/keys",
+    "proc/timer_list",
+    "proc/sched_debug",
+    "proc/latency_stats",
+    "proc/acpi",
+    "proc/scsi",
+    "sys/firmware",
+];
+
+/// Paths made read-only inside the VPS (relative to its root; missing ones are skipped).
+pub const READ_ONLY_PATHS: &[&str] = &[
+    "proc/sys",
+    "proc/sysrq-trigger",
+    "proc/irq",
+    "proc/bus",
+    "proc/fs",
+];
 
 /// Errors preparing or mounting a root filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +100,12 @@ pub enum RootfsError {
         /// Why.
         reason: &'static str,
     },
+    /// The VPS's disk failed.
+    #[error(transparent)]
+    Disk(#[from] super::disk::DiskError),
+    /// Setting up the idmapped template failed.
+    #[error(transparent)]
+    Idmap(#[from] super::idmap::IdmapError),
     /// The template's root filesystem does not exist.
     #[error("template rootfs {path} does not exist")]
     LowerMissing {
@@ -85,72 +129,92 @@ fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Roo
     }
 }
 
-/// The directories that make up a VPS's root filesystem.
+/// The files and directories that make up a VPS's root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct RootfsLayout {
-    /// The read-only template rootfs (overlay lowerdir).
+    /// The shared read-only template rootfs (owned by host root on disk).
+    pub template: PathBuf,
+    /// Mount point of the idmapped view of `template` (the overlay lowerdir).
     pub lower: PathBuf,
-    /// The VPS's writable layer (overlay upperdir).
+    /// The VPS's ext4 disk image.
+    pub disk_image: PathBuf,
+    /// Mount point of the disk.
+    pub disk: PathBuf,
+    /// The VPS's writable layer (overlay upperdir), on the disk.
     pub upper: PathBuf,
-    /// overlayfs's work dir (same filesystem as `upper`).
+    /// overlayfs's work dir, on the disk.
     pub work: PathBuf,
-    /// The mount point of the merged tree (only mounted inside the VPS's mount namespace).
+    /// The mount point of the merged tree.
     pub merged: PathBuf,
 }
 
 impl RootfsLayout {
     /// The layout of `vps_dir` on top of `template_rootfs`.
     pub fn new(vps_dir: &Path, template_rootfs: &Path) -> Self {
+        let disk = vps_dir.join("disk");
         Self {
-            lower: template_rootfs.to_path_buf(),
-            upper: vps_dir.join("overlay").join("upper"),
-            work: vps_dir.join("overlay").join("work"),
+            template: template_rootfs.to_path_buf(),
+            lower: vps_dir.join("lower"),
+            disk_image: vps_dir.join("disk.img"),
+            upper: disk.join("upper"),
+            work: disk.join("work"),
+            disk,
             merged: vps_dir.join("rootfs"),
         }
     }
 
-    /// Host side: creates the writable layer and mount point (idempotent).
+    /// Host side: checks the paths and creates the mount points (idempotent).
     pub fn prepare(&self) -> Result<(), RootfsError> {
-        for path in [&self.lower, &self.upper, &self.work, &self.merged] {
+        for path in [
+            &self.template,
+            &self.lower,
+            &self.disk,
+            &self.upper,
+            &self.work,
+            &self.merged,
+        ] {
             check_overlay_path(path)?;
         }
-        if !self.lower.is_dir() {
+        if !self.template.is_dir() {
             return Err(RootfsError::LowerMissing {
-                path: self.lower.clone(),
+                path: self.template.clone(),
             });
         }
-        for dir in [&self.upper, &self.work, &self.merged] {
+        for dir in [&self.lower, &self.disk, &self.merged] {
             fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
         }
         Ok(())
     }
 
-    fn overlay_options(&self) -> String {
-        format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.lower.display(),
-            self.upper.display(),
-            self.work.display()
-        )
-    }
-
-    /// Container side, in the start helper's child (PID 1 of the new pid namespace, in the new
-    /// mount namespace, before exec): mounts everything and pivots into the merged tree.
-    /// Afterwards the working directory is the new `/`.
-    pub fn enter(&self) -> Result<(), RootfsError> {
-        // Nothing below may propagate back to the host.
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(|source| RootfsError::Mount {
-            fstype: "propagation",
-            target: PathBuf::from("/"),
-            source,
+    /// In the start helper, as host root, inside its private mount namespace: mounts the disk,
+    /// creates the writable layer on it (owned by the VPS's root), mounts the idmapped template
+    /// and the overlay on `merged`.
+    pub fn mount_host_side(&self, ids: IdRange) -> Result<(), RootfsError> {
+        make_private("/")?;
+        disk::attach_and_mount(&self.disk_image, &self.disk)?;
+        for dir in [&self.upper, &self.work] {
+            match fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(RootfsError::Io {
+                        operation: "create dir",
+                        path: dir.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        let root = Some(Uid::from_raw(ids.host_base));
+        let root_group = Some(Gid::from_raw(ids.host_base));
+        chown(&self.upper, root, root_group).map_err(|source| RootfsError::Io {
+            operation: "chown",
+            path: self.upper.clone(),
+            source: io::Error::from(source),
         })?;
+        let userns = idmap::mapped_userns(ids)?;
+        idmap::idmapped_bind(&self.template, &self.lower, &userns)?;
+        drop(userns);
         let options = self.overlay_options();
         mount_fs(
             "overlay",
@@ -158,8 +222,26 @@ impl RootfsLayout {
             "overlay",
             MsFlags::empty(),
             Some(&options),
-        )?;
+        )
+    }
+
+    fn overlay_options(&self) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={},xino=off",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        )
+    }
+
+    /// Container side, in the VPS's init (PID 1 of its pid namespace, root of its user and
+    /// mount namespaces, before exec): mounts /proc, /sys and /dev with their masks and pivots
+    /// into the merged tree. Afterwards the working directory is the new `/`.
+    pub fn enter(&self) -> Result<(), RootfsError> {
         let root = &self.merged;
+        // The overlay came from the helper's (more privileged) namespace, so it is locked here
+        // and cannot be pivoted into; a bind mount of it made in this namespace can.
+        bind(root, root, MsFlags::MS_REC)?;
         let proc_dir = plain_dir(root, "proc")?;
         mount_fs(
             "proc",
@@ -178,8 +260,93 @@ impl RootfsLayout {
         )?;
         let dev_dir = plain_dir(root, "dev")?;
         mount_dev(&dev_dir)?;
+        mask_paths(root)?;
+        read_only_paths(root)?;
         pivot_into(root)
     }
+}
+
+/// Stops mounts below `path` from propagating to or from other namespaces.
+fn make_private(path: &str) -> Result<(), RootfsError> {
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|source| RootfsError::Mount {
+        fstype: "propagation",
+        target: PathBuf::from(path),
+        source,
+    })
+}
+
+/// Hides [`MASKED_PATHS`]: /dev/null over files, an empty read-only tmpfs over directories.
+fn mask_paths(root: &Path) -> Result<(), RootfsError> {
+    let null = root.join("dev/null");
+    for relative in MASKED_PATHS {
+        let path = root.join(relative);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            mount_fs(
+                "tmpfs",
+                &path,
+                "tmpfs",
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,mode=555"),
+            )?;
+        } else {
+            bind(&null, &path, MsFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes [`READ_ONLY_PATHS`] read-only bind mounts of themselves.
+fn read_only_paths(root: &Path) -> Result<(), RootfsError> {
+    for relative in READ_ONLY_PATHS {
+        let path = root.join(relative);
+        if fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        bind(&path, &path, MsFlags::MS_REC)?;
+        mount(
+            None::<&str>,
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|source| RootfsError::Mount {
+            fstype: "remount read-only",
+            target: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn bind(source: &Path, target: &Path, extra: MsFlags) -> Result<(), RootfsError> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | extra,
+        None::<&str>,
+    )
+    .map_err(|source| RootfsError::Mount {
+        fstype: "bind",
+        target: target.to_path_buf(),
+        source,
+    })
 }
 
 /// overlayfs options are comma-separated `key=value` pairs with `:`-separated lowerdirs, so
@@ -250,8 +417,8 @@ fn mount_dev(dev: &Path) -> Result<(), RootfsError> {
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
-    for name in DEVICES {
-        let host = Path::new("/dev").join(name);
+    for (name, host_name) in DEVICES {
+        let host = Path::new("/dev").join(host_name);
         let target = dev.join(name);
         OpenOptions::new()
             .write(true)
@@ -343,9 +510,9 @@ mod tests {
         );
         assert_eq!(
             layout.overlay_options(),
-            "lowerdir=/var/lib/paddock/templates/busybox/rootfs,\
-             upperdir=/var/lib/paddock/vps/a1/overlay/upper,\
-             workdir=/var/lib/paddock/vps/a1/overlay/work"
+            "lowerdir=/var/lib/paddock/vps/a1/lower,\
+             upperdir=/var/lib/paddock/vps/a1/disk/upper,\
+             workdir=/var/lib/paddock/vps/a1/disk/work,xino=off"
         );
         assert_eq!(layout.merged, Path::new("/var/lib/paddock/vps/a1/rootfs"));
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::idmap::IdRange;
 use super::process::ProcessIdentity;
 use super::{Limits, Power};
 
@@ -63,6 +64,9 @@ pub(crate) enum Phase {
     Ready,
     /// Delete started; processes, cgroup and files may be partly gone. Finished on recovery.
     Deleting,
+    /// Rebuild started: the VPS is stopped and its disk may be half re-made. The next apply
+    /// (which carries the same rebuild generation) redoes it.
+    Rebuilding,
 }
 
 /// The persisted record of one VPS (`state_dir/vps/<id>/state.json`).
@@ -79,10 +83,16 @@ pub(crate) struct VpsState {
     pub power: Power,
     /// The running init, if the runtime started one and has not seen it stop.
     pub init: Option<ProcessIdentity>,
+    /// The host id range mapped into the VPS's user namespace.
+    #[serde(default)]
+    pub ids: Option<IdRange>,
+    /// The last rebuild generation carried out.
+    #[serde(default)]
+    pub rebuild_generation: u64,
 }
 
 /// Current `VpsState::version`.
-pub(crate) const STATE_VERSION: u32 = 1;
+pub(crate) const STATE_VERSION: u32 = 2;
 
 /// The directory layout under `state_dir`.
 #[derive(Debug, Clone)]
@@ -227,10 +237,9 @@ mod tests {
             template: "busybox".into(),
             limits: Limits {
                 vcpus: 1.5,
-                cpu_weight: 0,
                 memory_bytes: 64 << 20,
-                swap_bytes: 0,
                 pids_max: 100,
+                ..Limits::default()
             },
             power: Power::Running,
             init: Some(ProcessIdentity {
@@ -238,6 +247,8 @@ mod tests {
                 start_time: 7,
                 boot_id: "b".into(),
             }),
+            ids: None,
+            rebuild_generation: 0,
         }
     }
 

@@ -1,0 +1,217 @@
+//! A tower layer around every RPC: request metrics by method and code, and
+//! an audit entry (who, what, when, result) for every mutation — including
+//! refused ones, so failed attempts are on record too.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use chrono::Utc;
+use tracing::warn;
+
+use crate::app::Controller;
+use crate::auth;
+use crate::metrics;
+use crate::store::AuditRecord;
+
+/// Where a handler names the object a mutation acted on (`tenant/name`).
+#[derive(Clone, Default)]
+pub struct AuditTarget(Arc<Mutex<String>>);
+
+impl AuditTarget {
+    /// Names the target; for handlers that consume their request early (streams).
+    pub fn set(&self, target: impl Into<String>) {
+        if let Ok(mut value) = self.0.lock() {
+            *value = target.into();
+        }
+    }
+
+    fn get(&self) -> String {
+        match self.0.lock() {
+            Ok(target) => target.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Names the target of the audited request (no-op for unaudited methods).
+pub fn audit_target<T>(request: &tonic::Request<T>, target: impl Into<String>) {
+    if let Some(slot) = request.extensions().get::<AuditTarget>() {
+        slot.set(target);
+    }
+}
+
+/// Methods that change state (or, like Exec, act inside a tenant's VPS).
+fn is_audited(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    const VERBS: [&str; 14] = [
+        "Create",
+        "Delete",
+        "Start",
+        "Stop",
+        "Restart",
+        "Resize",
+        "Rebuild",
+        "Set",
+        "Suspend",
+        "Unsuspend",
+        "Revoke",
+        "Drain",
+        "Undrain",
+        "Register",
+    ];
+    VERBS.iter().any(|verb| method.starts_with(verb)) || method == "Exec" || method == "Console"
+}
+
+fn grpc_code(headers: &http::HeaderMap) -> String {
+    // Errors are "trailers-only" responses: the status is in the headers.
+    // A successful unary call carries it in the trailers, so absent means OK.
+    let code = headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+        .unwrap_or(tonic::Code::Ok);
+    format!("{code:?}")
+}
+
+fn actor<B>(controller: &Controller, request: &http::Request<B>) -> String {
+    let headers = request.headers();
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    if let Some(value) = headers.get("authorization") {
+        if let Ok(value) = tonic::metadata::MetadataValue::try_from(value.as_bytes()) {
+            metadata.insert("authorization", value);
+        }
+    }
+    match auth::authenticate(controller.store.as_ref(), &metadata) {
+        Ok(principal) => principal.actor(),
+        Err(_) if controller.check_join_token(&metadata).is_ok() => "node-enrolment".to_owned(),
+        Err(auth::AuthError::Missing) => {
+            let certs =
+                request
+                    .extensions()
+                    .get::<tonic::transport::server::TlsConnectInfo<
+                        tonic::transport::server::TcpConnectInfo,
+                    >>()
+                    .and_then(|info| info.peer_certs());
+            match certs
+                .as_deref()
+                .map(|certs| Controller::node_of(Some(certs.as_slice())))
+            {
+                Some(Ok(node)) => format!("node:{node}"),
+                _ => "anonymous".to_owned(),
+            }
+        }
+        Err(_) => "invalid-token".to_owned(),
+    }
+}
+
+#[derive(Clone)]
+pub struct ObserveLayer {
+    pub controller: Arc<Controller>,
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            controller: self.controller.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    controller: Arc<Controller>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // The clone is ready only after poll_ready; call the one that was polled.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let method = request.uri().path().to_owned();
+        let audited = is_audited(&method);
+        let target = AuditTarget::default();
+        let who = if audited {
+            request.extensions_mut().insert(target.clone());
+            actor(&self.controller, &request)
+        } else {
+            String::new()
+        };
+        let controller = self.controller.clone();
+        let started = Instant::now();
+        Box::pin(async move {
+            let response = inner.call(request).await;
+            let code = match &response {
+                Ok(response) => grpc_code(response.headers()),
+                Err(_) => "Transport".to_owned(),
+            };
+            metrics::observe_request(&method, &code, started.elapsed());
+            if audited {
+                let entry = AuditRecord {
+                    seq: 0,
+                    at: Utc::now(),
+                    actor: who,
+                    method: method.rsplit('/').next().unwrap_or_default().to_owned(),
+                    target: target.get(),
+                    result: if code == "Ok" { "ok".to_owned() } else { code },
+                };
+                // Durable before the caller sees the answer.
+                let written = controller.store.append_audit(&entry);
+                if let Err(error) = written {
+                    warn!(%error, "writing audit entry");
+                } else if let Err(error) = controller.store.flush().await {
+                    warn!(%error, "flushing audit entry");
+                }
+            }
+            response
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutations_are_audited_reads_are_not() {
+        assert!(is_audited("/paddock.v1.VpsService/CreateVps"));
+        assert!(is_audited("/paddock.v1.TenantService/SetQuota"));
+        assert!(is_audited("/paddock.v1.VpsService/Exec"));
+        assert!(!is_audited("/paddock.v1.VpsService/GetVps"));
+        assert!(!is_audited("/paddock.v1.VpsService/ListVps"));
+        assert!(!is_audited("/paddock.v1.AgentRegistry/Heartbeat"));
+    }
+
+    #[test]
+    fn status_codes_from_headers() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_code(&headers), "Ok");
+        headers.insert("grpc-status", http::HeaderValue::from_static("5"));
+        assert_eq!(grpc_code(&headers), "NotFound");
+    }
+}

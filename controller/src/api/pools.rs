@@ -1,0 +1,71 @@
+//! `PoolService`: admin management of the nodes' IPv4 address pools.
+
+use std::sync::Arc;
+
+use paddock_proto::v1;
+use paddock_proto::v1::pool_service_server::PoolService;
+use tonic::{Request, Response, Status};
+
+use crate::app::Controller;
+use crate::convert;
+use crate::ipam::CreatePool;
+
+pub struct PoolApi {
+    pub controller: Arc<Controller>,
+}
+
+#[tonic::async_trait]
+impl PoolService for PoolApi {
+    async fn create_pool(
+        &self,
+        request: Request<v1::CreatePoolRequest>,
+    ) -> Result<Response<v1::Pool>, Status> {
+        self.controller.admin(request.metadata())?;
+        let pool = request.into_inner().pool.unwrap_or_default();
+        let record = self
+            .controller
+            .create_pool(CreatePool {
+                name: pool.name,
+                node: pool.node,
+                cidr: pool.cidr,
+                gateway: pool.gateway,
+                range_start: pool.range_start,
+                range_end: pool.range_end,
+                ipv6_prefix: pool.ipv6_prefix,
+                nat: pool.nat,
+            })
+            .await?;
+        Ok(Response::new(convert::pool(&record)))
+    }
+
+    async fn list_pools(
+        &self,
+        request: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListPoolsResponse>, Status> {
+        self.controller.admin(request.metadata())?;
+        let pools = self.controller.list_pools()?;
+        Ok(Response::new(v1::ListPoolsResponse {
+            pools: pools.iter().map(convert::pool).collect(),
+        }))
+    }
+
+    async fn get_pool(
+        &self,
+        request: Request<v1::GetPoolRequest>,
+    ) -> Result<Response<v1::Pool>, Status> {
+        self.controller.admin(request.metadata())?;
+        let pool = self.controller.get_pool(&request.into_inner().name)?;
+        Ok(Response::new(convert::pool(&pool)))
+    }
+
+    async fn delete_pool(
+        &self,
+        request: Request<v1::GetPoolRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.controller.admin(request.metadata())?;
+        self.controller
+            .delete_pool(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(v1::Empty {}))
+    }
+}

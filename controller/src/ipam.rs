@@ -1,0 +1,607 @@
+//! IP address management: pool validation, overlap checks, address allocation
+//! and MAC derivation. Pure functions; the store calls them inside the
+//! transactions that create and remove VPSes, so an address is never given twice.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+use crate::app::Controller;
+use crate::error::ControllerError;
+use crate::store::PoolRecord;
+use crate::validate::{self, ValidationError};
+
+/// An IPv4 network: a network address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    /// The network address (host bits zero).
+    pub network: Ipv4Addr,
+    /// Prefix length, 0..=32.
+    pub prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    fn mask(&self) -> u32 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len))
+        }
+    }
+
+    /// The first address of the network.
+    pub fn first(&self) -> u32 {
+        u32::from(self.network)
+    }
+
+    /// The last address of the network (the broadcast address for prefixes below /31).
+    pub fn last(&self) -> u32 {
+        self.first() | !self.mask()
+    }
+
+    /// Whether `address` lies inside the network.
+    pub fn contains(&self, address: Ipv4Addr) -> bool {
+        u32::from(address) & self.mask() == self.first()
+    }
+
+    /// Whether the two networks share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.first() <= other.last() && other.first() <= self.last()
+    }
+
+    /// Whether `address` is usable by a host: not the network or broadcast
+    /// address (both are usable in /31 and /32, RFC 3021).
+    pub fn is_host(&self, address: Ipv4Addr) -> bool {
+        let value = u32::from(address);
+        self.contains(address)
+            && (self.prefix_len >= 31 || (value != self.first() && value != self.last()))
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+/// Why a CIDR string is not a network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not in CIDR notation (e.g. 10.77.0.0/24)")]
+    Syntax(String),
+    #[error("{given} has host bits set; the network is {network}")]
+    HostBits { given: String, network: Ipv4Cidr },
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let syntax = || CidrError::Syntax(text.to_owned());
+        let (address, prefix) = text.split_once('/').ok_or_else(syntax)?;
+        let address: Ipv4Addr = address.parse().map_err(|_| syntax())?;
+        let prefix_len: u8 = prefix.parse().map_err(|_| syntax())?;
+        if prefix_len > 32 || prefix.starts_with('+') {
+            return Err(syntax());
+        }
+        let cidr = Ipv4Cidr {
+            network: address,
+            prefix_len,
+        };
+        let network = Ipv4Addr::from(u32::from(address) & cidr.mask());
+        if network != address {
+            return Err(CidrError::HostBits {
+                given: text.to_owned(),
+                network: Ipv4Cidr {
+                    network,
+                    prefix_len,
+                },
+            });
+        }
+        Ok(cidr)
+    }
+}
+
+/// A pool's addresses, validated: what may be handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPlan {
+    pub cidr: Ipv4Cidr,
+    pub gateway: Ipv4Addr,
+    pub range_start: Ipv4Addr,
+    pub range_end: Ipv4Addr,
+}
+
+impl PoolPlan {
+    /// Whether `address` may be allocated: in the range, a host address, not the gateway.
+    pub fn allocatable(&self, address: Ipv4Addr) -> bool {
+        let value = u32::from(address);
+        value >= u32::from(self.range_start)
+            && value <= u32::from(self.range_end)
+            && self.cidr.is_host(address)
+            && address != self.gateway
+    }
+
+    /// How many addresses the pool can hand out in total.
+    pub fn total(&self) -> u32 {
+        let (start, end) = (u32::from(self.range_start), u32::from(self.range_end));
+        // Pools are /8../30, so network, broadcast and gateway are three distinct addresses.
+        let excluded = [self.cidr.first(), self.cidr.last(), u32::from(self.gateway)]
+            .into_iter()
+            .filter(|value| (start..=end).contains(value))
+            .count() as u32;
+        (end - start + 1).saturating_sub(excluded)
+    }
+
+    /// The lowest `count` free addresses, or `None` if fewer are free.
+    pub fn allocate(
+        &self,
+        allocated: &BTreeMap<String, String>,
+        count: u32,
+    ) -> Option<Vec<Ipv4Addr>> {
+        let mut picked = Vec::new();
+        if count == 0 {
+            return Some(picked);
+        }
+        for value in u32::from(self.range_start)..=u32::from(self.range_end) {
+            let address = Ipv4Addr::from(value);
+            if self.allocatable(address) && !allocated.contains_key(&address.to_string()) {
+                picked.push(address);
+                if picked.len() == count as usize {
+                    return Some(picked);
+                }
+            }
+        }
+        None
+    }
+}
+
+fn parse_address(field: &'static str, text: &str) -> Result<Ipv4Addr, ValidationError> {
+    text.parse()
+        .map_err(|_| ValidationError::new(field, format!("{text:?} is not an IPv4 address")))
+}
+
+/// Validates a pool's network, gateway and range; an empty range means
+/// "every host address of the network except the gateway".
+pub fn plan(pool: &PoolRecord) -> Result<PoolPlan, ValidationError> {
+    let cidr: Ipv4Cidr = pool
+        .cidr
+        .parse()
+        .map_err(|error: CidrError| ValidationError::new("pool.cidr", error.to_string()))?;
+    if cidr.prefix_len < 8 || cidr.prefix_len > 30 {
+        return Err(ValidationError::new(
+            "pool.cidr",
+            format!("{cidr}: the prefix length must be between /8 and /30"),
+        ));
+    }
+    if pool.gateway.is_empty() {
+        return Err(ValidationError::new("pool.gateway", "is required"));
+    }
+    let gateway = parse_address("pool.gateway", &pool.gateway)?;
+    if !cidr.is_host(gateway) {
+        return Err(ValidationError::new(
+            "pool.gateway",
+            format!("{gateway} is not a host address inside {cidr}"),
+        ));
+    }
+    let range_start = if pool.range_start.is_empty() {
+        Ipv4Addr::from(cidr.first() + 1)
+    } else {
+        parse_address("pool.range_start", &pool.range_start)?
+    };
+    let range_end = if pool.range_end.is_empty() {
+        Ipv4Addr::from(cidr.last() - 1)
+    } else {
+        parse_address("pool.range_end", &pool.range_end)?
+    };
+    for (field, address) in [
+        ("pool.range_start", range_start),
+        ("pool.range_end", range_end),
+    ] {
+        if !cidr.contains(address) {
+            return Err(ValidationError::new(
+                field,
+                format!("{address} is outside {cidr}"),
+            ));
+        }
+    }
+    if u32::from(range_start) > u32::from(range_end) {
+        return Err(ValidationError::new(
+            "pool.range_end",
+            format!("{range_end} is before range_start {range_start}"),
+        ));
+    }
+    let plan = PoolPlan {
+        cidr,
+        gateway,
+        range_start,
+        range_end,
+    };
+    if plan.total() == 0 {
+        return Err(ValidationError::new(
+            "pool.range_start",
+            format!("the range {range_start}-{range_end} holds no allocatable address"),
+        ));
+    }
+    if let Some(prefix) = &pool.ipv6_prefix {
+        let valid = prefix
+            .split_once('/')
+            .and_then(|(address, len)| {
+                Some((
+                    address.parse::<std::net::Ipv6Addr>().ok()?,
+                    len.parse::<u8>().ok()?,
+                ))
+            })
+            .is_some_and(|(_, len)| (16..=64).contains(&len));
+        if !valid {
+            return Err(ValidationError::new(
+                "pool.ipv6_prefix",
+                format!("{prefix:?} must be an IPv6 prefix of /16 to /64, e.g. fd00:77::/64"),
+            ));
+        }
+    }
+    Ok(plan)
+}
+
+/// A validated pool create request (the proto `Pool` minus the counters).
+pub struct CreatePool {
+    pub name: String,
+    pub node: String,
+    pub cidr: String,
+    pub gateway: String,
+    pub range_start: String,
+    pub range_end: String,
+    pub ipv6_prefix: String,
+    pub nat: bool,
+}
+
+impl Controller {
+    /// Creates a pool on a registered node; nothing is stored unless the
+    /// network, gateway and range are valid and no other pool overlaps it.
+    pub async fn create_pool(&self, request: CreatePool) -> Result<PoolRecord, ControllerError> {
+        validate::name("pool.name", &request.name)?;
+        validate::name("pool.node", &request.node)?;
+        if self.store.get_node(&request.node)?.is_none() {
+            return Err(ControllerError::not_found("node", &request.node));
+        }
+        let record = PoolRecord {
+            name: request.name,
+            node: request.node,
+            cidr: request.cidr,
+            gateway: request.gateway,
+            range_start: request.range_start,
+            range_end: request.range_end,
+            ipv6_prefix: Some(request.ipv6_prefix).filter(|prefix| !prefix.is_empty()),
+            nat: request.nat,
+            allocated: BTreeMap::new(),
+            created_at: chrono::Utc::now(),
+        };
+        let plan = plan(&record)?;
+        let record = PoolRecord {
+            range_start: plan.range_start.to_string(),
+            range_end: plan.range_end.to_string(),
+            ..record
+        };
+        self.store.create_pool(&record)?;
+        self.commit().await?;
+        tracing::info!(pool = %record.name, node = %record.node, cidr = %record.cidr, "pool created");
+        Ok(record)
+    }
+
+    /// Every pool, sorted by name.
+    pub fn list_pools(&self) -> Result<Vec<PoolRecord>, ControllerError> {
+        let mut pools = self.store.list_pools()?;
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pools)
+    }
+
+    pub fn get_pool(&self, name: &str) -> Result<PoolRecord, ControllerError> {
+        validate::name("name", name)?;
+        self.store
+            .get_pool(name)?
+            .ok_or_else(|| ControllerError::not_found("pool", name))
+    }
+
+    /// Deletes a pool none of whose addresses is in use.
+    pub async fn delete_pool(&self, name: &str) -> Result<(), ControllerError> {
+        validate::name("name", name)?;
+        self.store.delete_pool(name)?;
+        self.commit().await?;
+        tracing::info!(pool = %name, "pool deleted");
+        Ok(())
+    }
+}
+
+/// Unallocated addresses over every pool of `node`.
+pub fn free_on_node(pools: &[PoolRecord], node: &str) -> u32 {
+    pools
+        .iter()
+        .filter(|pool| pool.node == node)
+        .filter_map(|pool| {
+            let total = plan(pool).ok()?.total();
+            Some(total.saturating_sub(u32::try_from(pool.allocated.len()).unwrap_or(u32::MAX)))
+        })
+        .sum()
+}
+
+/// The MAC address of a VPS's eth0: locally administered, unicast, stable for its id.
+pub fn mac_for(vps_id: &str) -> String {
+    let digest = Sha256::digest(vps_id.as_bytes());
+    let mut mac = [0x02u8, 0, 0, 0, 0, 0];
+    mac[1..].copy_from_slice(&digest[..5]);
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::store::{Quota, Resources, SledStore, Store, StoreError, TenantRecord, VpsRecord};
+
+    fn pool(name: &str, node: &str, cidr: &str, gateway: &str) -> PoolRecord {
+        PoolRecord {
+            name: name.to_owned(),
+            node: node.to_owned(),
+            cidr: cidr.to_owned(),
+            gateway: gateway.to_owned(),
+            range_start: String::new(),
+            range_end: String::new(),
+            ipv6_prefix: None,
+            nat: true,
+            allocated: BTreeMap::new(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn cidr_parsing_and_validation() {
+        let cidr: Ipv4Cidr = "10.77.0.0/24".parse().expect("valid");
+        assert_eq!(cidr.to_string(), "10.77.0.0/24");
+        assert!(cidr.contains("10.77.0.255".parse().expect("ip")));
+        assert!(!cidr.contains("10.77.1.0".parse().expect("ip")));
+        assert!(!cidr.is_host("10.77.0.0".parse().expect("ip")));
+        assert!(!cidr.is_host("10.77.0.255".parse().expect("ip")));
+        let err = "10.77.0.5/24".parse::<Ipv4Cidr>().expect_err("host bits");
+        assert!(
+            err.to_string().contains("the network is 10.77.0.0/24"),
+            "{err}"
+        );
+        for bad in ["10.77.0.0", "10.77.0.0/33", "x/24", "10.77.0.0/+8", ""] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+        let a: Ipv4Cidr = "10.0.0.0/16".parse().expect("a");
+        let b: Ipv4Cidr = "10.0.200.0/24".parse().expect("b");
+        let c: Ipv4Cidr = "10.1.0.0/24".parse().expect("c");
+        assert!(a.overlaps(&b) && b.overlaps(&a));
+        assert!(!a.overlaps(&c));
+    }
+
+    #[test]
+    fn pool_validation_names_the_field() {
+        let plan = plan(&pool("p", "n", "10.77.0.0/24", "10.77.0.1")).expect("valid");
+        assert_eq!(plan.range_start, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(plan.range_end, Ipv4Addr::new(10, 77, 0, 254));
+        assert_eq!(plan.total(), 253, "254 hosts minus the gateway");
+
+        let cases = [
+            (pool("p", "n", "10.77.0.0/24", "10.78.0.1"), "pool.gateway"),
+            (
+                pool("p", "n", "10.77.0.0/24", "10.77.0.255"),
+                "pool.gateway",
+            ),
+            (pool("p", "n", "10.77.0.0/24", ""), "pool.gateway"),
+            (pool("p", "n", "10.77.0.1/24", "10.77.0.1"), "pool.cidr"),
+            (pool("p", "n", "10.0.0.0/4", "10.0.0.1"), "pool.cidr"),
+            (
+                PoolRecord {
+                    range_start: "10.77.1.10".into(),
+                    ..pool("p", "n", "10.77.0.0/24", "10.77.0.1")
+                },
+                "pool.range_start",
+            ),
+            (
+                PoolRecord {
+                    range_start: "10.77.0.100".into(),
+                    range_end: "10.77.0.10".into(),
+                    ..pool("p", "n", "10.77.0.0/24", "10.77.0.1")
+                },
+                "pool.range_end",
+            ),
+            (
+                PoolRecord {
+                    ipv6_prefix: Some("nope".into()),
+                    ..pool("p", "n", "10.77.0.0/24", "10.77.0.1")
+                },
+                "pool.ipv6_prefix",
+            ),
+        ];
+        for (bad, field) in cases {
+            let error = super::plan(&bad).expect_err(field);
+            assert_eq!(error.field, field, "{error}");
+        }
+    }
+
+    #[test]
+    fn allocation_skips_gateway_and_allocated() {
+        let plan = plan(&PoolRecord {
+            range_start: "10.77.0.1".into(),
+            range_end: "10.77.0.4".into(),
+            ..pool("p", "n", "10.77.0.0/24", "10.77.0.2")
+        })
+        .expect("valid");
+        assert_eq!(plan.total(), 3);
+        let mut allocated = BTreeMap::new();
+        allocated.insert("10.77.0.1".to_owned(), "vps-a".to_owned());
+        assert_eq!(
+            plan.allocate(&allocated, 2),
+            Some(vec![
+                Ipv4Addr::new(10, 77, 0, 3),
+                Ipv4Addr::new(10, 77, 0, 4)
+            ])
+        );
+        assert_eq!(plan.allocate(&allocated, 3), None);
+        assert_eq!(plan.allocate(&allocated, 0), Some(vec![]));
+    }
+
+    #[test]
+    fn macs_are_stable_local_unicast() {
+        let mac = mac_for("0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a10");
+        assert_eq!(mac, mac_for("0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a10"));
+        assert_ne!(mac, mac_for("another"));
+        assert!(mac.starts_with("02:"), "{mac}");
+        assert_eq!(mac.len(), 17);
+    }
+
+    fn tenant(name: &str) -> TenantRecord {
+        TenantRecord {
+            name: name.to_owned(),
+            quota: Quota {
+                max_vps: 1000,
+                vcpus: 1000.0,
+                memory_bytes: u64::MAX,
+                disk_bytes: u64::MAX,
+                ipv4_count: 1000,
+            },
+            used: Quota::default(),
+            suspended: false,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn vps(name: &str, ipv4_count: u32) -> VpsRecord {
+        VpsRecord {
+            vps_id: format!("{name}-id"),
+            name: name.to_owned(),
+            tenant: "acme".to_owned(),
+            plan: "nano".to_owned(),
+            template: "busybox".to_owned(),
+            resources: Resources {
+                vcpus: 1.0,
+                memory_bytes: 1,
+                disk_bytes: 1,
+                ipv4_count,
+                ..Resources::default()
+            },
+            node: "n1".to_owned(),
+            desired_power: crate::store::Power::Running,
+            deleting: false,
+            ipv4: vec![],
+            network: None,
+            rebuild_generation: 0,
+            restart_generation: 0,
+            created_at: Utc::now(),
+            observed: None,
+        }
+    }
+
+    #[test]
+    fn overlapping_pools_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::create(dir.path()).expect("store");
+        store
+            .create_pool(&pool("a", "n1", "10.77.0.0/24", "10.77.0.1"))
+            .expect("first");
+        let before = store.dump().expect("dump");
+        let err = store
+            .create_pool(&pool("b", "n2", "10.77.0.128/25", "10.77.0.129"))
+            .expect_err("overlap");
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m.contains("overlaps pool \"a\"")),
+            "{err}"
+        );
+        assert_eq!(store.dump().expect("dump"), before, "nothing changed");
+        store
+            .create_pool(&pool("c", "n2", "10.78.0.0/24", "10.78.0.1"))
+            .expect("disjoint");
+    }
+
+    #[test]
+    fn concurrent_creates_never_share_an_address_and_release_on_remove() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SledStore::create(dir.path()).expect("store"));
+        store.create_tenant(&tenant("acme")).expect("tenant");
+        // 10 allocatable addresses: .1-.11 minus the gateway .1 -> .2..=.11
+        store
+            .create_pool(&PoolRecord {
+                range_start: "10.77.0.1".into(),
+                range_end: "10.77.0.11".into(),
+                ..pool("p", "n1", "10.77.0.0/24", "10.77.0.1")
+            })
+            .expect("pool");
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || store.create_vps(&vps(&format!("v{i}"), 1)))
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+        for error in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(error, StoreError::Conflict(m) if m == "pool p on node n1 has no free IPv4 address"),
+                "{error}"
+            );
+        }
+        let vpses = store.list_vps(None).expect("list");
+        let mut addresses: Vec<String> = vpses.iter().flat_map(|v| v.ipv4.clone()).collect();
+        addresses.sort();
+        addresses.dedup();
+        assert_eq!(addresses.len(), 10, "ten distinct addresses");
+        let pool = store.get_pool("p").expect("get").expect("pool");
+        assert_eq!(pool.allocated.len(), 10);
+        let first = &vpses[0];
+        let network = first.network.as_ref().expect("network");
+        assert_eq!(network.gateway, "10.77.0.1");
+        assert_eq!(network.mac, mac_for(&first.vps_id));
+        assert_eq!(
+            store
+                .get_tenant("acme")
+                .expect("t")
+                .expect("t")
+                .used
+                .ipv4_count,
+            10
+        );
+        // The pool cannot go while addresses are in use.
+        assert!(matches!(
+            store.delete_pool("p"),
+            Err(StoreError::Conflict(_))
+        ));
+        // Removing a VPS returns its address, which the next create gets.
+        let freed = first.ipv4[0].clone();
+        store.remove_vps(&first.vps_id).expect("remove");
+        let pool = store.get_pool("p").expect("get").expect("pool");
+        assert!(!pool.allocated.contains_key(&freed));
+        store.create_vps(&vps("again", 1)).expect("fits again");
+        let again = store.find_vps("acme", "again").expect("find").expect("vps");
+        assert_eq!(again.ipv4, vec![freed]);
+    }
+
+    #[test]
+    fn no_pool_or_zero_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::create(dir.path()).expect("store");
+        store.create_tenant(&tenant("acme")).expect("tenant");
+        let before = store.dump().expect("dump");
+        let err = store.create_vps(&vps("v", 1)).expect_err("no pool");
+        assert!(
+            err.to_string().contains("node n1 has no IPv4 pool"),
+            "{err}"
+        );
+        assert_eq!(store.dump().expect("dump"), before);
+        store.create_vps(&vps("v", 0)).expect("no address needed");
+        let v = store.find_vps("acme", "v").expect("find").expect("vps");
+        assert!(v.ipv4.is_empty() && v.network.is_none());
+    }
+}

@@ -1,0 +1,206 @@
+//! Prometheus metrics: request counts and latencies by RPC and code, store
+//! flush latency, and gauges (VPSes by state, nodes by status) computed at
+//! scrape time. Served as text on a small HTTP endpoint.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::warn;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum_secs: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        for (bucket, bound) in self.counts.iter_mut().zip(BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_secs += secs;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (count, bound) in self.counts.iter().zip(BUCKETS) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_secs);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    requests: BTreeMap<(String, String), u64>,
+    latency: BTreeMap<String, Histogram>,
+    store_flush: Histogram,
+}
+
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(Mutex::default)
+}
+
+fn with_registry(f: impl FnOnce(&mut Registry)) {
+    let mut guard = match registry().lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    f(&mut guard);
+}
+
+/// Records one finished RPC.
+pub fn observe_request(method: &str, code: &str, elapsed: Duration) {
+    with_registry(|r| {
+        *r.requests
+            .entry((method.to_owned(), code.to_owned()))
+            .or_default() += 1;
+        r.latency
+            .entry(method.to_owned())
+            .or_default()
+            .observe(elapsed);
+    });
+}
+
+/// Records one disk flush of the store.
+pub fn observe_store_flush(elapsed: Duration) {
+    with_registry(|r| r.store_flush.observe(elapsed));
+}
+
+/// Gauges computed when scraped.
+pub type Gauges = Vec<(&'static str, &'static str, Vec<(String, f64)>)>;
+
+/// The exposition text: counters and histograms, then `gauges`
+/// (metric name, help, [(label set, value)]).
+pub fn render(gauges: &Gauges) -> String {
+    let mut out = String::new();
+    with_registry(|r| {
+        out.push_str(
+            "# HELP paddock_grpc_requests_total gRPC requests by method and status code.\n",
+        );
+        out.push_str("# TYPE paddock_grpc_requests_total counter\n");
+        for ((method, code), count) in &r.requests {
+            let _ = writeln!(
+                out,
+                "paddock_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {count}"
+            );
+        }
+        out.push_str(
+            "# HELP paddock_grpc_request_duration_seconds gRPC request latency by method.\n",
+        );
+        out.push_str("# TYPE paddock_grpc_request_duration_seconds histogram\n");
+        for (method, histogram) in &r.latency {
+            histogram.render(
+                &mut out,
+                "paddock_grpc_request_duration_seconds",
+                &format!("method=\"{method}\""),
+            );
+        }
+        out.push_str("# HELP paddock_store_flush_duration_seconds Duration of store disk flushes (group commits).\n");
+        out.push_str("# TYPE paddock_store_flush_duration_seconds histogram\n");
+        r.store_flush
+            .render(&mut out, "paddock_store_flush_duration_seconds", "");
+    });
+    for (name, help, samples) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `addr` with `render(gauges())`; anything else is 404.
+pub async fn serve(
+    addr: SocketAddr,
+    gauges: Arc<dyn Fn() -> Gauges + Send + Sync>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "metrics accept");
+                continue;
+            }
+        };
+        let gauges = gauges.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::with_capacity(1024);
+            let mut buffer = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
+                    Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buffer[..n]),
+                    _ => return,
+                }
+            }
+            let wanted =
+                request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?");
+            let response = if wanted {
+                let body = render(&gauges());
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        observe_request(
+            "/paddock.v1.TestService/Thing",
+            "NotFound",
+            Duration::from_millis(3),
+        );
+        observe_store_flush(Duration::from_micros(800));
+        let text = render(&vec![(
+            "paddock_vps",
+            "VPSes by state.",
+            vec![("state=\"running\"".to_owned(), 2.0)],
+        )]);
+        assert!(text.contains(
+            "paddock_grpc_requests_total{method=\"/paddock.v1.TestService/Thing\",code=\"NotFound\"} 1"
+        ));
+        assert!(text.contains(
+            "paddock_grpc_request_duration_seconds_bucket{method=\"/paddock.v1.TestService/Thing\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains("paddock_store_flush_duration_seconds_bucket{le=\"0.001\"}"));
+        assert!(text.contains("paddock_vps{state=\"running\"} 2"));
+    }
+}

@@ -1,0 +1,321 @@
+//! The controller's gRPC API over real TCP with a real sled store: bad input
+//! that must change nothing, quotas under concurrency, suspension and the
+//! audit trail. No agent is needed: a node is registered with an unreachable
+//! address, so VPSes stay `pending`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{start, with_token};
+use paddock_proto::v1;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_and_changes_nothing() {
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    let before = api.store.dump().expect("dump");
+    let cases: Vec<(v1::CreateVpsRequest, &str)> = vec![
+        (
+            v1::CreateVpsRequest {
+                name: "".into(),
+                plan: "nano".into(),
+                ..Default::default()
+            },
+            "name: is required",
+        ),
+        (
+            v1::CreateVpsRequest {
+                name: "../etc".into(),
+                plan: "nano".into(),
+                ..Default::default()
+            },
+            "name: \"../etc\" must match",
+        ),
+        (
+            v1::CreateVpsRequest {
+                name: "a".repeat(64),
+                plan: "nano".into(),
+                ..Default::default()
+            },
+            "name:",
+        ),
+        (
+            v1::CreateVpsRequest {
+                name: "Web".into(),
+                plan: "nano".into(),
+                ..Default::default()
+            },
+            "name:",
+        ),
+        (
+            v1::CreateVpsRequest {
+                name: "web1".into(),
+                plan: "nosuch".into(),
+                ..Default::default()
+            },
+            "plan: unknown plan \"nosuch\"",
+        ),
+        (
+            v1::CreateVpsRequest {
+                name: "web1".into(),
+                plan: "".into(),
+                ..Default::default()
+            },
+            "plan: is required",
+        ),
+        (
+            v1::CreateVpsRequest {
+                name: "web1".into(),
+                plan: "nano".into(),
+                template: "Bad/T".into(),
+                ..Default::default()
+            },
+            "template:",
+        ),
+        (
+            v1::CreateVpsRequest {
+                name: "web1".into(),
+                plan: "nano".into(),
+                overrides: Some(v1::Resources {
+                    vcpus: -1.0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "vcpus:",
+        ),
+        (
+            v1::CreateVpsRequest {
+                name: "web1".into(),
+                plan: "nano".into(),
+                overrides: Some(v1::Resources {
+                    vcpus: f64::NAN,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "vcpus:",
+        ),
+    ];
+    for (request, message) in cases {
+        let status = api
+            .vps()
+            .create_vps(with_token(request.clone(), &acme))
+            .await
+            .expect_err("must be refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{request:?}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(message),
+            "{request:?}: {}",
+            status.message()
+        );
+    }
+    let bad_tenant = api
+        .tenants()
+        .create_tenant(with_token(
+            v1::CreateTenantRequest {
+                name: "x y".into(),
+                quota: None,
+            },
+            &api.admin,
+        ))
+        .await
+        .expect_err("bad tenant name");
+    assert_eq!(bad_tenant.code(), Code::InvalidArgument);
+    assert!(bad_tenant.message().starts_with("name:"));
+    let bad_plan = v1::plan_service_client::PlanServiceClient::new(api.channel.clone())
+        .create_plan(with_token(
+            v1::CreatePlanRequest {
+                plan: Some(v1::Plan {
+                    name: "zero".into(),
+                    resources: Some(v1::Resources {
+                        vcpus: 1.0,
+                        memory_bytes: 0,
+                        disk_bytes: 1 << 30,
+                        ..Default::default()
+                    }),
+                    monthly_transfer_bytes: 0,
+                }),
+            },
+            &api.admin,
+        ))
+        .await
+        .expect_err("zero memory");
+    assert_eq!(bad_plan.code(), Code::InvalidArgument);
+    assert!(
+        bad_plan.message().contains("memory_bytes"),
+        "{}",
+        bad_plan.message()
+    );
+    let unknown_tenant = api
+        .create_vps(&api.admin, "nosuch", "web1")
+        .await
+        .expect_err("unknown tenant");
+    assert_eq!(unknown_tenant.code(), Code::NotFound);
+
+    // Audit entries are appended for refused mutations; every other tree is byte-for-byte unchanged.
+    let after: Vec<_> = api
+        .store
+        .dump()
+        .expect("dump")
+        .into_iter()
+        .filter(|(tree, _, _)| tree != "audit")
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(tree, _, _)| tree != "audit")
+        .collect();
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_creates_respect_a_quota_of_ten() {
+    let api = start().await;
+    let acme = Arc::new(api.tenant("acme", 10).await);
+    let api = Arc::new(api);
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let (api, acme) = (api.clone(), acme.clone());
+            tokio::spawn(async move { api.create_vps(&acme, "", &format!("vps{i}")).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.expect("join") {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert!(
+                    status.message().contains("quota exceeded"),
+                    "{}",
+                    status.message()
+                );
+            }
+        }
+    }
+    assert_eq!(ok, 10);
+    let report = api
+        .tenants()
+        .get_my_quota(with_token(v1::Empty {}, &acme))
+        .await
+        .expect("quota")
+        .into_inner();
+    let (limit, used) = (report.limit.expect("limit"), report.used.expect("used"));
+    assert_eq!(used.max_vps, limit.max_vps);
+    assert_eq!(used.memory_bytes, 10 * (256 << 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_blocks_create_and_start_and_is_audited() {
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    let billing = api.token(v1::Role::Billing, "").await;
+    api.create_vps(&acme, "", "web1").await.expect("create");
+    let mut billing_client =
+        v1::billing_service_client::BillingServiceClient::new(api.channel.clone());
+    billing_client
+        .suspend_tenant(with_token(
+            v1::BillingSuspendRequest {
+                tenant: "acme".into(),
+                reason: "unpaid".into(),
+            },
+            &billing,
+        ))
+        .await
+        .expect("billing suspends");
+    let refused = api
+        .create_vps(&acme, "", "web2")
+        .await
+        .expect_err("suspended");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("suspended"),
+        "{}",
+        refused.message()
+    );
+    let start = api
+        .vps()
+        .start_vps(with_token(
+            v1::VpsRef {
+                tenant: String::new(),
+                name: "web1".into(),
+            },
+            &acme,
+        ))
+        .await
+        .expect_err("start refused");
+    assert_eq!(start.code(), Code::FailedPrecondition);
+    let shown = api
+        .vps()
+        .get_vps(with_token(
+            v1::VpsRef {
+                tenant: String::new(),
+                name: "web1".into(),
+            },
+            &acme,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(shown.state(), v1::VpsState::Suspended);
+    assert_eq!(
+        shown.desired_power(),
+        v1::PowerState::Running,
+        "the owner's choice is kept"
+    );
+    billing_client
+        .unsuspend_tenant(with_token(
+            v1::BillingSuspendRequest {
+                tenant: "acme".into(),
+                reason: String::new(),
+            },
+            &billing,
+        ))
+        .await
+        .expect("billing unsuspends");
+    api.create_vps(&acme, "", "web2")
+        .await
+        .expect("create after unsuspend");
+
+    let audit = v1::audit_service_client::AuditServiceClient::new(api.channel.clone())
+        .list_audit(with_token(v1::ListAuditRequest::default(), &api.admin))
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    let lines: Vec<String> = audit
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {} {}",
+                e.actor.split(':').next().unwrap_or(""),
+                e.method,
+                e.target,
+                e.result
+            )
+        })
+        .collect();
+    for expected in [
+        "tenant CreateVps /web1 ok",
+        "billing SuspendTenant acme ok",
+        "tenant CreateVps /web2 FailedPrecondition",
+        "tenant StartVps web1 FailedPrecondition",
+        "billing UnsuspendTenant acme ok",
+        "tenant CreateVps /web2 ok",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == expected),
+            "missing {expected:?} in {lines:#?}"
+        );
+    }
+    assert!(
+        audit.windows(2).all(|w| w[0].seq < w[1].seq),
+        "strictly increasing seq"
+    );
+}

@@ -1,0 +1,62 @@
+//! The capability bounding set of a VPS: root inside keeps what a system container needs
+//! (chown, setuid, net admin of its own namespace, mount inside its namespaces, reboot of its
+//! pid namespace, ...) but loses capabilities that act on the whole machine, so they cannot be
+//! regained even by a setuid binary or file capabilities.
+
+use nix::errno::Errno;
+
+/// Capabilities removed from every VPS process's bounding set (number, name).
+pub const DROPPED: &[(libc::c_int, &str)] = &[
+    (16, "CAP_SYS_MODULE"),
+    (17, "CAP_SYS_RAWIO"),
+    (20, "CAP_SYS_PACCT"),
+    (25, "CAP_SYS_TIME"),
+    (30, "CAP_AUDIT_CONTROL"),
+    (32, "CAP_MAC_OVERRIDE"),
+    (33, "CAP_MAC_ADMIN"),
+    (34, "CAP_SYSLOG"),
+    (35, "CAP_WAKE_ALARM"),
+    (36, "CAP_BLOCK_SUSPEND"),
+    (37, "CAP_AUDIT_READ"),
+    (38, "CAP_PERFMON"),
+    (39, "CAP_BPF"),
+];
+
+/// Errors changing capabilities.
+#[derive(Debug, thiserror::Error)]
+pub enum CapabilityError {
+    /// `prctl(PR_CAPBSET_DROP)` failed.
+    #[error("drop {name} from the bounding set: {source}")]
+    Drop {
+        /// The capability.
+        name: &'static str,
+        /// The errno.
+        source: Errno,
+    },
+}
+
+/// Removes [`DROPPED`] from the calling thread's bounding set (needs `CAP_SETPCAP` in its user
+/// namespace). Capabilities this kernel does not know (`EINVAL`) are skipped.
+pub fn drop_bounding_set() -> Result<(), CapabilityError> {
+    for (cap, name) in DROPPED {
+        // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes integers only and touches no memory.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            let errno = Errno::last();
+            if errno != Errno::EINVAL {
+                return Err(CapabilityError::Drop {
+                    name,
+                    source: errno,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The bounding-set mask that [`drop_bounding_set`] clears, as in `/proc/<pid>/status` `CapBnd`.
+pub fn dropped_mask() -> u64 {
+    DROPPED
+        .iter()
+        .fold(0u64, |mask, (cap, _)| mask | (1u64 << cap))
+}

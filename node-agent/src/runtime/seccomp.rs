@@ -1,0 +1,132 @@
+//! The VPS's seccomp filter: everything is allowed except the system calls that reach past the
+//! container boundary (kernel modules, kexec, the kernel keyring, file handles, io_uring) and
+//! host reboots, which fail with `EPERM`. Built with seccompiler (Firecracker's BPF compiler).
+//!
+//! Installed by the VPS's init and by exec'd commands right before `execve`, without
+//! `no_new_privs` (so setuid binaries inside the VPS keep working): the process is root in the
+//! VPS's user namespace and so has `CAP_SYS_ADMIN` there, which the kernel accepts instead.
+
+use std::collections::BTreeMap;
+
+use nix::errno::Errno;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// System calls that always fail with `EPERM` inside a VPS.
+pub const DENIED_SYSCALLS: &[(&str, libc::c_long)] = &[
+    ("kexec_load", libc::SYS_kexec_load),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("init_module", libc::SYS_init_module),
+    ("finit_module", libc::SYS_finit_module),
+    ("delete_module", libc::SYS_delete_module),
+    ("keyctl", libc::SYS_keyctl),
+    ("add_key", libc::SYS_add_key),
+    ("request_key", libc::SYS_request_key),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("acct", libc::SYS_acct),
+    ("swapon", libc::SYS_swapon),
+    ("swapoff", libc::SYS_swapoff),
+    ("syslog", libc::SYS_syslog),
+    ("iopl", libc::SYS_iopl),
+    ("ioperm", libc::SYS_ioperm),
+];
+
+/// `reboot(2)` commands a VPS may use: in a child pid namespace they only end that namespace
+/// (its init exits), which is how `poweroff` and `reboot` work inside the VPS. Every other
+/// command (kexec, suspend, Ctrl-Alt-Del handling) is denied.
+pub const ALLOWED_REBOOT_CMDS: &[u32] = &[
+    0x0123_4567, // LINUX_REBOOT_CMD_RESTART
+    0xA1B2_C3D4, // LINUX_REBOOT_CMD_RESTART2
+    0xCDEF_0123, // LINUX_REBOOT_CMD_HALT
+    0x4321_FEDC, // LINUX_REBOOT_CMD_POWER_OFF
+];
+
+/// Errors building or installing the filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// seccompiler rejected the rules (a bug in this module).
+    #[error("build seccomp filter: {0}")]
+    Build(String),
+    /// The kernel refused the filter.
+    #[error("install seccomp filter: {0}")]
+    Install(Errno),
+}
+
+fn build_err(e: impl std::fmt::Display) -> SeccompError {
+    SeccompError::Build(e.to_string())
+}
+
+/// The compiled VPS filter for this machine's architecture.
+pub fn vps_filter() -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS
+        .iter()
+        .map(|(_, nr)| (*nr, Vec::new()))
+        .collect();
+    // One rule, all conditions ANDed: the command is none of the allowed ones.
+    let conditions = ALLOWED_REBOOT_CMDS
+        .iter()
+        .map(|cmd| {
+            SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Ne,
+                u64::from(*cmd),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(build_err)?;
+    rules.insert(
+        libc::SYS_reboot,
+        vec![SeccompRule::new(conditions).map_err(build_err)?],
+    );
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(build_err)?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(build_err)?;
+    filter.try_into().map_err(build_err)
+}
+
+/// Installs `program` on the calling thread (inherited across fork and exec). Requires
+/// `CAP_SYS_ADMIN` in the caller's user namespace, since `no_new_privs` is deliberately not set.
+pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
+    let len = u16::try_from(program.len()).map_err(|_| build_err("filter too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `program`, which stays alive for the call; seccompiler's
+    // sock_filter has the kernel's layout (u16, u8, u8, u32). The kernel copies the program.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(SeccompError::Install(Errno::last()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_compiles() {
+        let program = vps_filter().expect("compiles");
+        assert!(program.len() > DENIED_SYSCALLS.len());
+    }
+}

@@ -1,0 +1,481 @@
+//! Issue 4, end to end: VPSes get addresses from the controller's pool, reach
+//! each other and the gateway, cannot spoof, and leave no network trace.
+//!
+//! "Listeners" for spoofed traffic are packet sockets on the host: one on the
+//! bridge device (what the host receives) and one on the receiving VPS's host
+//! veth (every frame delivered to that VPS passes it). A spoofed TCP SYN never
+//! completes a handshake whatever the filter does, so only frame capture tells.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use paddock_tests::{require_root, Cluster};
+
+fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&["--context", "acme"][..], args].concat()
+}
+
+fn create(cluster: &Cluster, name: &str) -> (String, String) {
+    cluster
+        .cli_ok(&with(&["create", name, "--plan", "nano", "--wait"]))
+        .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", cluster.log("agent.log")));
+    let vps = cluster.json(&with(&["show", name])).expect("show");
+    assert_eq!(vps["state"], "running", "{vps}");
+    let ipv4 = vps["ipv4"][0].as_str().expect("an IPv4 address").to_owned();
+    (vps["id"].as_str().expect("id").to_owned(), ipv4)
+}
+
+fn sh(cluster: &Cluster, vps: &str, script: &str) -> std::process::Output {
+    cluster
+        .cli(&with(&["exec", vps, "--", "sh", "-c", script]))
+        .expect("exec")
+}
+
+fn sh_ok(cluster: &Cluster, vps: &str, script: &str) -> String {
+    let out = sh(cluster, vps, script);
+    assert!(
+        out.status.success(),
+        "`{script}` in {vps} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The host end of a VPS's veth, found by the alias the agent gives it.
+fn host_veth(cluster: &Cluster, vps_id: &str) -> String {
+    let marker = format!("paddock:{}:{vps_id}", cluster.bridge);
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter(|line| line.contains(&marker) && line.contains("@"))
+        .find_map(|line| {
+            line.split(": ")
+                .nth(1)
+                .and_then(|n| n.split('@').next())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no veth marked {marker}"))
+}
+
+/// Every frame seen on one interface while it runs.
+struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Vec<u8>>>,
+}
+
+impl Capture {
+    fn start(ifname: &str) -> Self {
+        const ETH_P_ALL: u16 = 0x0003;
+        let name = std::ffi::CString::new(ifname).expect("name");
+        // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(index > 0, "no interface {ifname}");
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from(ETH_P_ALL.to_be()),
+            )
+        };
+        assert!(
+            raw >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = ETH_P_ALL.to_be();
+        address.sll_ifindex = index as i32;
+        // SAFETY: the pointer and length describe `address`, alive for the call.
+        let bound = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: the pointer and length describe `timeout`, alive for the call.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            let mut buffer = vec![0u8; 65536];
+            while !stopped.load(Ordering::SeqCst) {
+                // SAFETY: the buffer is valid for writes of its length.
+                let n = unsafe {
+                    libc::recv(
+                        socket.as_raw_fd(),
+                        buffer.as_mut_ptr().cast(),
+                        buffer.len(),
+                        0,
+                    )
+                };
+                if n > 0 {
+                    frames.push(buffer[..n as usize].to_vec());
+                }
+            }
+            frames
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("capture thread")
+    }
+}
+
+fn ipv4(text: &str) -> [u8; 4] {
+    text.parse::<std::net::Ipv4Addr>().expect("ipv4").octets()
+}
+
+fn mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+/// IPv4 packets with this source address.
+fn from_ipv4(frames: &[Vec<u8>], source: [u8; 4]) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[26..30] == source)
+        .count()
+}
+
+/// Frames with this source MAC.
+fn from_mac(frames: &[Vec<u8>], source: [u8; 6]) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.len() >= 14 && f[6..12] == source)
+        .count()
+}
+
+/// ARP packets claiming `ip` is at `hw`.
+fn arp_claims(frames: &[Vec<u8>], ip: [u8; 4], hw: [u8; 6]) -> usize {
+    frames
+        .iter()
+        .filter(|f| {
+            f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[22..28] == hw && f[28..32] == ip
+        })
+        .count()
+}
+
+fn eth0_mac(cluster: &Cluster, vps: &str) -> [u8; 6] {
+    mac(&sh_ok(cluster, vps, "cat /sys/class/net/eth0/address"))
+}
+
+#[test]
+fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start().expect("start cluster");
+    cluster.add_tenant("acme").expect("tenant");
+    let (a_id, a_ip) = create(&cluster, "a");
+    let (b_id, b_ip) = create(&cluster, "b");
+    let (_c_id, c_ip) = create(&cluster, "c");
+    let gateway = cluster.gateway();
+    let prefix = format!("{}.", cluster.subnet);
+    for ip in [&a_ip, &b_ip, &c_ip] {
+        assert!(ip.starts_with(&prefix), "{ip} from the cluster's pool");
+    }
+    assert!(a_ip != b_ip && b_ip != c_ip && a_ip != c_ip);
+    let pools = cluster
+        .json(&["--context", "admin", "admin", "pool", "show", "pool-e2e"])
+        .expect("pool show");
+    assert_eq!(pools["allocated"], 3, "{pools}");
+
+    // What the VPS sees: its address on eth0, a default route via the gateway, lo up.
+    let addr = sh_ok(&cluster, "a", "ip -4 addr show dev eth0");
+    assert!(addr.contains(&format!("{a_ip}/24")), "{addr}");
+    let route = sh_ok(&cluster, "a", "ip route");
+    assert!(
+        route.contains(&format!("default via {gateway} dev eth0")),
+        "{route}"
+    );
+    sh_ok(&cluster, "a", "ping -c 1 -W 2 127.0.0.1");
+    let a_mac = eth0_mac(&cluster, "a");
+    assert_eq!(a_mac[0], 0x02, "locally administered MAC");
+
+    // Reachability by ping and TCP, with only the assigned addresses.
+    sh_ok(&cluster, "a", &format!("ping -c 2 -W 2 {b_ip}"));
+    sh_ok(&cluster, "a", &format!("ping -c 2 -W 2 {gateway}"));
+    sh_ok(&cluster, "b", &format!("ping -c 2 -W 2 {a_ip}"));
+    sh_ok(&cluster, "b", &format!("ping -c 1 -W 2 {gateway}"));
+    sh_ok(
+        &cluster,
+        "b",
+        "nc -l -p 7000 > /tmp/got 2>/dev/null </dev/null & sleep 0.3",
+    );
+    sh_ok(
+        &cluster,
+        "a",
+        &format!("echo hello-over-tcp | nc -w 3 {b_ip} 7000"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        sh_ok(&cluster, "b", "cat /tmp/got").trim(),
+        "hello-over-tcp"
+    );
+    let host = std::net::TcpListener::bind((gateway.as_str(), 7001)).expect("listen on gateway");
+    let server = std::thread::spawn(move || {
+        let (stream, peer) = host.accept().expect("accept");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)
+            .expect("read");
+        // Dropping the stream closes it, which ends the client.
+        (peer.ip().to_string(), line)
+    });
+    sh_ok(
+        &cluster,
+        "a",
+        &format!("echo to-host | nc -w 3 {gateway} 7001"),
+    );
+    let (peer, got) = server.join().expect("server");
+    assert_eq!(peer, a_ip, "the host sees a's own address");
+    assert_eq!(got.trim(), "to-host");
+
+    // Spoofing, as root inside VPS a, watched on the host's bridge and on b's port.
+    let b_port = host_veth(&cluster, &b_id);
+    let on_bridge = Capture::start(&cluster.bridge);
+    let on_b = Capture::start(&b_port);
+    // Control: a's legitimate traffic is seen, so the captures work.
+    sh_ok(&cluster, "a", &format!("ping -c 1 -W 2 {b_ip}"));
+    sh_ok(&cluster, "a", &format!("ping -c 1 -W 2 {gateway}"));
+    // 1. A neighbour's address (c's) on eth0, used as the source towards b and the host.
+    sh_ok(
+        &cluster,
+        "a",
+        &format!(
+            "ip addr add {c_ip}/32 dev eth0 && ip route replace {b_ip}/32 dev eth0 src {c_ip} \
+             && ip route replace {gateway}/32 dev eth0 src {c_ip}"
+        ),
+    );
+    let _ = sh(&cluster, "a", &format!("echo spoof | nc -w 2 {b_ip} 7002"));
+    let _ = sh(
+        &cluster,
+        "a",
+        &format!("echo spoof | nc -w 2 {gateway} 7003"),
+    );
+    let _ = sh(&cluster, "a", &format!("ping -c 2 -W 1 {b_ip}"));
+    // 2. Gratuitous ARP claiming the gateway's address.
+    sh_ok(&cluster, "a", &format!("ip addr add {gateway}/32 dev eth0"));
+    let _ = sh(
+        &cluster,
+        "a",
+        &format!("arping -U -c 3 -I eth0 -s {gateway} {gateway}"),
+    );
+    let _ = sh(
+        &cluster,
+        "a",
+        &format!("arping -A -c 3 -I eth0 -s {gateway} {gateway}"),
+    );
+    // 3. Another MAC on eth0, with a's own address.
+    let fake_mac = "02:de:ad:be:ef:01";
+    sh_ok(
+        &cluster,
+        "a",
+        &format!(
+            "ip addr del {c_ip}/32 dev eth0; ip addr del {gateway}/32 dev eth0; \
+             ip route del {b_ip}/32; ip route del {gateway}/32; \
+             ip link set eth0 address {fake_mac}"
+        ),
+    );
+    let _ = sh(&cluster, "a", &format!("echo spoof | nc -w 2 {b_ip} 7004"));
+    let _ = sh(&cluster, "a", &format!("ping -c 2 -W 1 {gateway}"));
+    std::thread::sleep(Duration::from_millis(500));
+    let bridge_frames = on_bridge.finish();
+    let b_frames = on_b.finish();
+
+    assert!(
+        from_ipv4(&bridge_frames, ipv4(&a_ip)) > 0,
+        "control: the host sees a's legitimate packets"
+    );
+    assert!(
+        from_ipv4(&b_frames, ipv4(&a_ip)) > 0,
+        "control: b sees a's legitimate packets"
+    );
+    for (frames, who) in [(&bridge_frames, "the host"), (&b_frames, "b")] {
+        assert_eq!(
+            from_ipv4(frames, ipv4(&c_ip)),
+            0,
+            "{who} received packets with c's address as source"
+        );
+        assert_eq!(
+            arp_claims(frames, ipv4(&gateway), a_mac),
+            0,
+            "{who} received a's ARP claiming the gateway"
+        );
+        assert_eq!(
+            arp_claims(frames, ipv4(&c_ip), a_mac),
+            0,
+            "{who} received a's ARP claiming c's address"
+        );
+        assert_eq!(
+            from_mac(frames, mac(fake_mac)),
+            0,
+            "{who} received frames from a's forged MAC"
+        );
+    }
+    // b still resolves the gateway to the bridge, not to a.
+    let neighbours = sh_ok(&cluster, "b", "ip neigh show");
+    assert!(
+        !neighbours.contains(&format!("{gateway} dev eth0 lladdr {}", fmt_mac(a_mac))),
+        "{neighbours}"
+    );
+
+    // The nft counters on a's port record the drops.
+    let rules = Command::new("nft")
+        .args([
+            "list",
+            "table",
+            "bridge",
+            &format!("paddock_{}", cluster.bridge),
+        ])
+        .output()
+        .expect("nft");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let a_port = host_veth(&cluster, &a_id);
+    assert!(rules.contains(&format!("chain port_{a_port}")), "{rules}");
+
+    for name in ["a", "b", "c"] {
+        cluster
+            .cli_ok(&with(&["delete", name, "--yes"]))
+            .expect("delete");
+    }
+    cluster
+        .wait_until("VPSes deleted", Duration::from_secs(60), |c| {
+            Ok(c.json(&with(&["list"]))?
+                .as_array()
+                .is_some_and(|l| l.is_empty()))
+        })
+        .expect("deleted");
+    assert_eq!(cluster.network_leftovers(), Vec::<String>::new());
+    let pool = cluster
+        .json(&["--context", "admin", "admin", "pool", "show", "pool-e2e"])
+        .expect("pool show");
+    assert_eq!(pool["allocated"], 0, "addresses return to the pool: {pool}");
+}
+
+fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[test]
+fn agent_crash_and_delete_leave_no_network_trace() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = Cluster::start().expect("start cluster");
+    cluster.add_tenant("acme").expect("tenant");
+    let (a_id, a_ip) = create(&cluster, "a");
+    let (b_id, _) = create(&cluster, "b");
+    let a_pid = cluster.json(&with(&["show", "a"])).expect("show")["init_pid"]
+        .as_u64()
+        .expect("pid");
+
+    // The agent dies; a keeps running; b dies behind its back.
+    cluster.kill_agent();
+    let b_pid = cluster.json(&with(&["show", "b"])).expect("show")["init_pid"]
+        .as_u64()
+        .expect("pid");
+    // SAFETY: kill(2) on the pid of a VPS init this test created.
+    unsafe { libc::kill(b_pid as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_agent().expect("agent restarts");
+
+    // a's port survives untouched and still works; b comes back with a fresh one.
+    cluster
+        .wait_until("b running again", Duration::from_secs(60), |c| {
+            let b = c.json(&with(&["show", "b"]))?;
+            Ok(b["state"] == "running" && b["init_pid"].as_u64() != Some(b_pid))
+        })
+        .expect("b restarted");
+    assert_eq!(
+        cluster.json(&with(&["show", "a"])).expect("show")["init_pid"].as_u64(),
+        Some(a_pid)
+    );
+    sh_ok(&cluster, "b", &format!("ping -c 2 -W 2 {a_ip}"));
+    sh_ok(
+        &cluster,
+        "a",
+        &format!("ping -c 1 -W 2 {}", cluster.gateway()),
+    );
+    let _ = host_veth(&cluster, &a_id);
+    let _ = host_veth(&cluster, &b_id);
+
+    // Delete while the agent is down: the restarted agent finishes the job.
+    cluster.kill_agent();
+    cluster
+        .cli_ok(&with(&["delete", "a", "--yes"]))
+        .expect("delete a");
+    cluster.start_agent().expect("agent restarts");
+    cluster
+        .cli_ok(&with(&["delete", "b", "--yes"]))
+        .expect("delete b");
+    cluster
+        .wait_until("VPSes deleted", Duration::from_secs(60), |c| {
+            Ok(c.json(&with(&["list"]))?
+                .as_array()
+                .is_some_and(|l| l.is_empty()))
+        })
+        .expect("deleted");
+    cluster
+        .wait_until("no network leftovers", Duration::from_secs(10), |c| {
+            Ok(c.network_leftovers().is_empty())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}", cluster.network_leftovers()));
+    let qdiscs = Command::new("tc")
+        .args(["qdisc", "show"])
+        .output()
+        .expect("tc");
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+    for vps_id in [&a_id, &b_id] {
+        let suffix = &host_veth_name_suffix(&cluster, vps_id);
+        assert!(!qdiscs.contains(suffix.as_str()), "{qdiscs}");
+    }
+}
+
+/// Nothing is left to look up once a VPS is gone, so the name is recomputed
+/// from the agent's scheme (FNV-1a of the id): any qdisc naming it is a leak.
+fn host_veth_name_suffix(_cluster: &Cluster, vps_id: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in vps_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:012x}", hash & 0xffff_ffff_ffff)
+}
