@@ -210,6 +210,29 @@ pub struct CreateArgs {
     pub wait: WaitArgs,
 }
 
+/// A duration such as `90s`, `15m`, `12h` or `30d`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h or 30d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
+    };
+    number
+        .checked_mul(seconds)
+        .filter(|secs| *secs > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} must be greater than zero and not absurdly long"))
+}
+
 /// `KEY=VALUE` with a non-empty key.
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -514,6 +537,9 @@ pub enum TokenCommand {
         /// Free text to recognise the token by later.
         #[arg(long, value_name = "TEXT", default_value = "")]
         description: String,
+        /// Expire the token after this long: 3600s, 90m, 12h, 30d (default: never).
+        #[arg(long = "expires-in", value_name = "DURATION", value_parser = parse_duration)]
+        expires_in: Option<std::time::Duration>,
     },
     /// List tokens (never their secrets).
     #[command(
@@ -555,6 +581,20 @@ pub enum NodeCommand {
     Undrain {
         /// Node name.
         name: String,
+    },
+    /// Set (KEY=VALUE) or remove (KEY-) node labels, used by `create --node-selector`
+    /// and for per-node overcommit (paddock.io/cpu-overcommit=2.0).
+    #[command(
+        after_help = "Examples:\n  paddock admin node label node-a region=eu1 disk=ssd\n  \
+                      paddock admin node label node-a paddock.io/cpu-overcommit=2.0\n  \
+                      paddock admin node label node-a disk-"
+    )]
+    Label {
+        /// Node name.
+        name: String,
+        /// KEY=VALUE to set, KEY- to remove.
+        #[arg(required = true, value_name = "LABEL")]
+        labels: Vec<String>,
     },
 }
 
@@ -752,6 +792,32 @@ mod tests {
         for bad in ["", "1web", "Web", "web_1", "-a", "wéb", &"a".repeat(64)] {
             assert!(parse_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn durations_and_labels() {
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("12h"),
+            Ok(std::time::Duration::from_secs(12 * 3600))
+        );
+        assert_eq!(
+            parse_duration("30d"),
+            Ok(std::time::Duration::from_secs(30 * 86_400))
+        );
+        for bad in ["", "h", "0s", "5w", "-1d", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_label("region=eu1"),
+            Ok(("region".into(), "eu1".into()))
+        );
+        assert_eq!(parse_label("k="), Ok(("k".into(), String::new())));
+        assert!(parse_label("=v").is_err());
+        assert!(parse_label("novalue").is_err());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub enum Format {
     Table,
     /// JSON for scripts: arrays for lists, one object otherwise.
     Json,
+    /// The same document as JSON, in YAML.
+    Yaml,
 }
 
 /// Why output could not be produced.
@@ -144,7 +146,7 @@ impl Printer {
     /// Prints a list: a table, or a JSON array.
     pub fn list<T: Serialize + Tabular>(&self, items: &[T]) -> Result<(), OutputError> {
         match self.format {
-            Format::Json => self.json(&items),
+            Format::Json | Format::Yaml => self.json(&items),
             Format::Table => {
                 let now = Utc::now();
                 let rows: Vec<Vec<String>> = items.iter().map(|item| item.row(now)).collect();
@@ -156,7 +158,7 @@ impl Printer {
     /// Prints one item: `Key: value` lines, or one JSON object.
     pub fn one<T: Serialize + Detail>(&self, item: &T) -> Result<(), OutputError> {
         match self.format {
-            Format::Json => self.json(item),
+            Format::Json | Format::Yaml => self.json(item),
             Format::Table => write_stdout(&render_details(&item.fields(Utc::now()))),
         }
     }
@@ -164,7 +166,7 @@ impl Printer {
     /// Prints `value` as JSON, or the plain `text` line in table mode.
     pub fn outcome<T: Serialize>(&self, value: &T, text: &str) -> Result<(), OutputError> {
         match self.format {
-            Format::Json => self.json(value),
+            Format::Json | Format::Yaml => self.json(value),
             Format::Table => write_stdout(&format!("{text}\n")),
         }
     }
@@ -178,7 +180,7 @@ impl Printer {
         rows: &[Vec<String>],
     ) -> Result<(), OutputError> {
         match self.format {
-            Format::Json => self.json(value),
+            Format::Json | Format::Yaml => self.json(value),
             Format::Table => write_stdout(&render_table(headers, rows, self.headers)),
         }
     }
@@ -188,12 +190,67 @@ impl Printer {
         write_stdout(&format!("{text}\n"))
     }
 
-    /// Prints any serializable value as pretty JSON.
+    /// Prints any serializable value as pretty JSON, or as YAML with `-o yaml`.
     pub fn json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), OutputError> {
+        if self.format == Format::Yaml {
+            return write_stdout(&to_yaml(&serde_json::to_value(value)?));
+        }
         let mut text = serde_json::to_string_pretty(value)?;
         text.push('\n');
         write_stdout(&text)
     }
+}
+
+/// Renders a JSON document as block-style YAML (strings always quoted, so
+/// values like `no` or `1.0` keep their type).
+pub fn to_yaml(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn scalar(value: &Value) -> String {
+        match value {
+            Value::Null => "null".to_owned(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n.to_string(),
+            // A JSON string is a valid YAML double-quoted scalar.
+            Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
+            Value::Array(a) if a.is_empty() => "[]".to_owned(),
+            Value::Object(o) if o.is_empty() => "{}".to_owned(),
+            Value::Array(_) | Value::Object(_) => String::new(),
+        }
+    }
+    fn nested(value: &Value) -> bool {
+        matches!(value, Value::Array(a) if !a.is_empty())
+            || matches!(value, Value::Object(o) if !o.is_empty())
+    }
+    fn emit(value: &Value, indent: usize, out: &mut String) {
+        let pad = "  ".repeat(indent);
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, item) in map {
+                    let key = serde_json::to_string(key).unwrap_or_default();
+                    if nested(item) {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        emit(item, indent + 1, out);
+                    } else {
+                        out.push_str(&format!("{pad}{key}: {}\n", scalar(item)));
+                    }
+                }
+            }
+            Value::Array(items) if !items.is_empty() => {
+                for item in items {
+                    if nested(item) {
+                        out.push_str(&format!("{pad}-\n"));
+                        emit(item, indent + 1, out);
+                    } else {
+                        out.push_str(&format!("{pad}- {}\n", scalar(item)));
+                    }
+                }
+            }
+            other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+        }
+    }
+    let mut out = String::new();
+    emit(value, 0, &mut out);
+    out
 }
 
 /// Writes to stdout; a closed pipe (`paddock list | head -1`) is not an error.
@@ -210,6 +267,22 @@ fn write_stdout(text: &str) -> Result<(), OutputError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn yaml_rendering_keeps_types_and_nesting() {
+        let value = serde_json::json!({
+            "name": "web1",
+            "vcpus": 1.5,
+            "ipv4": ["10.0.0.2", "10.0.0.3"],
+            "ipv6": [],
+            "quota": {"max_vps": 10, "suspended": false},
+            "note": "no",
+            "list": [{"a": 1}],
+        });
+        let yaml = super::to_yaml(&value);
+        let expected = "\"ipv4\":\n  - \"10.0.0.2\"\n  - \"10.0.0.3\"\n\"ipv6\": []\n\"list\":\n  -\n    \"a\": 1\n\"name\": \"web1\"\n\"note\": \"no\"\n\"quota\":\n  \"max_vps\": 10\n  \"suspended\": false\n\"vcpus\": 1.5\n";
+        assert_eq!(yaml, expected);
+    }
+
     use chrono::TimeZone;
 
     use super::*;

@@ -4,8 +4,8 @@ use paddock_proto::v1::{
     self, CreatePlanRequest, CreatePoolRequest, CreateTenantRequest, CreateTokenRequest,
     DeletePlanRequest, DeleteTenantRequest, Empty, GetNodeRequest, GetPoolRequest,
     GetTenantRequest, ListAuditRequest, ListTenantsRequest, ListTokensRequest, PageRequest, Quota,
-    Resources, RevokeTokenRequest, Role, SetQuotaRequest, SuspendTenantRequest,
-    UnsuspendTenantRequest,
+    Resources, RevokeTokenRequest, Role, SetNodeLabelsRequest, SetQuotaRequest,
+    SuspendTenantRequest, UnsuspendTenantRequest,
 };
 
 use super::vps::MAX_PAGES;
@@ -150,19 +150,24 @@ async fn token(
             tenant,
             role,
             description,
+            expires_in,
         } => {
             let (role, tenant) = token_subject(tenant, role);
+            let expires_at = expires_in.map(|after| {
+                let at = std::time::SystemTime::now() + after;
+                prost_types::Timestamp::from(at)
+            });
             let request = CreateTokenRequest {
                 role: role as i32,
                 tenant,
                 description,
-                expires_at: None,
+                expires_at,
             };
             let created = session.call(client.create_token(request)).await?;
             match printer.format {
                 // Only the secret, so `TOKEN=$(paddock admin token create ...)` works.
                 Format::Table => Ok(printer.line(&created.token)?),
-                Format::Json => Ok(printer.json(&CreatedTokenView {
+                Format::Json | Format::Yaml => Ok(printer.json(&CreatedTokenView {
                     token: created.token.clone(),
                     info: created.info.as_ref().map(TokenView::from),
                 })?),
@@ -215,8 +220,41 @@ async fn node(
                 .call(client.undrain_node(GetNodeRequest { name }))
                 .await?
         }
+        NodeCommand::Label { name, labels } => {
+            let current = session
+                .call(client.get_node(GetNodeRequest { name: name.clone() }))
+                .await?;
+            let labels = merge_labels(current.labels, &labels)?;
+            session
+                .call(client.set_node_labels(SetNodeLabelsRequest { name, labels }))
+                .await?
+        }
     };
     Ok(printer.one(&NodeView::from(&node))?)
+}
+
+/// Applies `KEY=VALUE` (set) and `KEY-` (remove) to a node's labels.
+fn merge_labels(
+    mut labels: std::collections::HashMap<String, String>,
+    changes: &[String],
+) -> Result<std::collections::HashMap<String, String>, CommandError> {
+    for change in changes {
+        if let Some((key, value)) = change.split_once('=') {
+            if key.is_empty() {
+                return Err(CommandError::Usage(format!(
+                    "label {change:?} has an empty key"
+                )));
+            }
+            labels.insert(key.to_owned(), value.to_owned());
+        } else if let Some(key) = change.strip_suffix('-').filter(|key| !key.is_empty()) {
+            labels.remove(key);
+        } else {
+            return Err(CommandError::Usage(format!(
+                "label {change:?} is neither KEY=VALUE nor KEY-"
+            )));
+        }
+    }
+    Ok(labels)
 }
 
 async fn plan(
@@ -353,6 +391,31 @@ async fn audit(session: &Session, printer: &Printer, limit: u32) -> Result<(), C
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn labels_are_set_and_removed() {
+        let current = [
+            ("disk".to_owned(), "hdd".to_owned()),
+            ("zone".to_owned(), "a".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let merged = super::merge_labels(
+            current,
+            &[
+                "disk=ssd".to_owned(),
+                "zone-".to_owned(),
+                "region=eu1".to_owned(),
+            ],
+        )
+        .expect("merge");
+        assert_eq!(merged.get("disk").map(String::as_str), Some("ssd"));
+        assert_eq!(merged.get("region").map(String::as_str), Some("eu1"));
+        assert!(!merged.contains_key("zone"));
+        assert!(super::merge_labels(Default::default(), &["oops".to_owned()]).is_err());
+        assert!(super::merge_labels(Default::default(), &["=v".to_owned()]).is_err());
+    }
+
     use paddock_config::ByteSize;
 
     use super::*;

@@ -266,7 +266,7 @@ pub async fn usage(
         .await?;
     let view = UsageSummaryView::from(&summary);
     match printer.format {
-        Format::Json => Ok(printer.json(&view)?),
+        Format::Json | Format::Yaml => Ok(printer.json(&view)?),
         Format::Table => {
             let mut rows: Vec<UsageView> = view.per_vps.clone();
             if let Some(mut total) = view.total.clone() {
