@@ -93,9 +93,103 @@ pub struct Cluster {
     pub admin_token: String,
     controller: Option<Child>,
     agent: Option<Child>,
+    /// Agents added by `start_with_agents`, each a node of its own.
+    extra_agents: Vec<ExtraAgent>,
+}
+
+/// A further node of the cluster: its own agent process, state, cgroup parent and bridge.
+pub struct ExtraAgent {
+    pub node_name: String,
+    pub cgroup_parent: String,
+    pub bridge: String,
+    child: Child,
 }
 
 impl Cluster {
+    /// A cluster whose controller has `agents` nodes (at least one).
+    pub fn start_with_agents(agents: usize) -> Result<Self> {
+        let mut cluster = Self::start()?;
+        for index in 2..=agents {
+            cluster.add_agent(index)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts agent number `index` (2, 3, ...) as a new node with its own
+    /// state, cgroup parent, bridge and /24 pool, and waits until it is online.
+    fn add_agent(&mut self, index: usize) -> Result<()> {
+        let root = self.dir.path().to_owned();
+        let port = free_port();
+        let node_name = format!("{}-{index}", self.node_name);
+        let cgroup_parent = format!("{}-{index}", self.cgroup_parent);
+        let bridge = format!("{}x{index}", self.bridge);
+        let subnet_third: u32 = self
+            .subnet
+            .rsplit('.')
+            .next()
+            .and_then(|octet| octet.parse().ok())
+            .unwrap_or(0);
+        let prefix = self
+            .subnet
+            .rsplit_once('.')
+            .map_or("10.99", |(head, _)| head);
+        let subnet = format!("{prefix}.{}", (subnet_third + 100 * index as u32) % 250);
+        let config = format!("agent-{index}.toml");
+        std::fs::write(
+            root.join(&config),
+            format!(
+                "node_name = \"{node_name}\"\nlisten = \"127.0.0.1:{port}\"\ncontroller = \"https://127.0.0.1:{}\"\ncontroller_ca_file = \"{}\"\njoin_token_file = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\nstop_grace_secs = 3\nbridge = \"{bridge}\"\nip_forward = false\n",
+                self.controller_port,
+                root.join("controller/tls/ca.crt").display(),
+                root.join("controller/join-token").display(),
+                root.join(format!("agent-{index}")).display()
+            ),
+        )?;
+        let template = Command::new(binary("paddock-agent"))
+            .arg("--config")
+            .arg(root.join(&config))
+            .args(["template", "build", "busybox"])
+            .output()
+            .context("building the busybox template")?;
+        if !template.status.success() {
+            bail!(
+                "template build failed: {}",
+                String::from_utf8_lossy(&template.stderr)
+            );
+        }
+        let log = format!("agent-{index}.log");
+        let mut child = self.spawn_logged("paddock-agent", &config, &log)?;
+        wait_for_port(port, &mut child, "agent", &root.join(&log))?;
+        self.extra_agents.push(ExtraAgent {
+            node_name: node_name.clone(),
+            cgroup_parent,
+            bridge,
+            child,
+        });
+        self.wait_until("extra node registered", Duration::from_secs(30), |c| {
+            let nodes = c.json(&["--context", "admin", "admin", "node", "list"])?;
+            Ok(nodes.as_array().is_some_and(|list| {
+                list.iter()
+                    .any(|node| node["name"] == node_name.as_str() && node["status"] == "online")
+            }))
+        })?;
+        self.cli_ok(&[
+            "--context",
+            "admin",
+            "admin",
+            "pool",
+            "create",
+            &format!("pool-e2e-{index}"),
+            "--node",
+            &node_name,
+            "--cidr",
+            &format!("{subnet}.0/24"),
+            "--gateway",
+            &format!("{subnet}.1"),
+        ])?;
+        Ok(())
+    }
+
     /// Initializes a controller, builds the busybox template, starts both
     /// daemons and waits until the node is registered.
     pub fn start() -> Result<Self> {
@@ -171,6 +265,7 @@ impl Cluster {
             admin_token,
             controller: None,
             agent: None,
+            extra_agents: Vec::new(),
         };
         cluster.start_controller()?;
         cluster.start_agent()?;
@@ -521,6 +616,14 @@ impl Drop for Cluster {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for extra in &mut self.extra_agents {
+            let _ = extra.child.kill();
+            let _ = extra.child.wait();
+            remove_network(&extra.bridge);
+            for root in cgroup_roots() {
+                purge_cgroup(&root.join(&extra.cgroup_parent));
+            }
         }
         // The cluster's network: its bridge, marked links and nft tables.
         remove_network(&self.bridge);
