@@ -103,3 +103,49 @@ fn a_dead_node_goes_unknown_and_comes_back_without_help() {
         .cli_ok(&["--context", "acme", "delete", "web1", "--yes"])
         .expect("delete");
 }
+
+#[test]
+fn suspension_stops_vpses_and_unsuspension_restores_their_power_state() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start().expect("cluster");
+    cluster.add_tenant("acme").expect("tenant");
+    fn acme<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [&["--context", "acme"][..], args].concat()
+    }
+    cluster
+        .cli_ok(&acme(&["create", "up", "--plan", "nano"]))
+        .expect("create up");
+    cluster
+        .cli_ok(&acme(&["create", "down", "--plan", "nano"]))
+        .expect("create down");
+    cluster.cli_ok(&acme(&["stop", "down"])).expect("stop down");
+
+    let admin = ["--context", "admin", "admin", "tenant"];
+    cluster
+        .cli_ok(&[&admin[..], &["suspend", "acme", "--reason", "unpaid"]].concat())
+        .expect("suspend");
+    cluster
+        .wait_until("both suspended", Duration::from_secs(30), |c| {
+            Ok(state_of(c, "up") == "suspended" && state_of(c, "down") == "suspended")
+        })
+        .expect("held stopped");
+    let refused = cluster.cli(&acme(&["start", "up"])).expect("run");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("suspended"));
+
+    cluster
+        .cli_ok(&[&admin[..], &["unsuspend", "acme"]].concat())
+        .expect("unsuspend");
+    cluster
+        .wait_until("power states restored", Duration::from_secs(30), |c| {
+            Ok(state_of(c, "up") == "running" && state_of(c, "down") == "stopped")
+        })
+        .expect("each VPS back as its owner left it");
+    for name in ["up", "down"] {
+        cluster
+            .cli_ok(&acme(&["delete", name, "--yes"]))
+            .expect("delete");
+    }
+}
