@@ -85,7 +85,7 @@ pub enum Command {
                             tar c site | paddock exec web1 -- tar x -C /srv\n  \
                             paddock exec -t web1 -- sh")]
     Exec(ExecArgs),
-    /// Attach to a VPS's console (Ctrl-] detaches).
+    /// Attach to a VPS's console (Ctrl-a q detaches).
     #[command(after_help = "Example:\n  paddock console web1")]
     Console(ConsoleArgs),
     /// Show your tenant's quota and how much of it is used.

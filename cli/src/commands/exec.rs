@@ -27,8 +27,38 @@ use crate::terminal::{self, RawMode};
 /// Size of the stdin chunks sent to the controller.
 const CHUNK_BYTES: usize = 32 * 1024;
 
-/// Ctrl-] detaches from the console, as in telnet.
-const DETACH_BYTE: u8 = 0x1d;
+/// Ctrl-a, the console's escape byte (as in screen and `lxc console`).
+const ESCAPE_BYTE: u8 = 0x01;
+
+/// Finds the console's detach sequence `Ctrl-a q` in typed input, across
+/// chunk boundaries. `Ctrl-a Ctrl-a` sends one literal Ctrl-a; Ctrl-a before
+/// any other key passes both through.
+#[derive(Debug, Default)]
+pub struct DetachFilter {
+    escaped: bool,
+}
+
+impl DetachFilter {
+    /// The bytes to send on, or `None` when the user asked to detach.
+    pub fn feed(&mut self, input: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(input.len());
+        for &byte in input {
+            if self.escaped {
+                self.escaped = false;
+                match byte {
+                    b'q' => return None,
+                    ESCAPE_BYTE => out.push(ESCAPE_BYTE),
+                    other => out.extend([ESCAPE_BYTE, other]),
+                }
+            } else if byte == ESCAPE_BYTE {
+                self.escaped = true;
+            } else {
+                out.push(byte);
+            }
+        }
+        Some(out)
+    }
+}
 
 /// Why a stream session ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +215,7 @@ async fn run_exec_stream(
     }
 }
 
-/// `paddock console`: `VpsService.Console`; Ctrl-] detaches.
+/// `paddock console`: `VpsService.Console`; `Ctrl-a q` detaches.
 pub async fn console(session: &Session, args: ConsoleArgs) -> Result<ExitCode, CommandError> {
     let stdin_tty = terminal::stdin_is_tty();
     let attach = ConsoleAttach {
@@ -204,7 +234,7 @@ pub async fn console(session: &Session, args: ConsoleArgs) -> Result<ExitCode, C
     .map_err(|_| ExecError::Closed)?;
     if stdin_tty && terminal::stderr_is_tty() {
         eprint!(
-            "Connected to the console of {}. Press Ctrl-] to detach.\r\n",
+            "Connected to the console of {}. Press Ctrl-a q to detach.\r\n",
             args.vps.name
         );
     }
@@ -213,14 +243,18 @@ pub async fn console(session: &Session, args: ConsoleArgs) -> Result<ExitCode, C
     } else {
         None
     };
-    // The pump ends on Ctrl-] (or EOF); its end ends the session.
+    // The pump ends on Ctrl-a q (or EOF); its end ends the session.
+    let detach = std::sync::Mutex::new(DetachFilter::default());
     let mut input = tokio::spawn(pump(
         tokio::io::stdin(),
         tx.clone(),
         move |bytes: Vec<u8>| {
-            if stdin_tty && bytes.contains(&DETACH_BYTE) {
-                return None;
-            }
+            let bytes = if stdin_tty {
+                let mut filter = detach.lock().unwrap_or_else(|p| p.into_inner());
+                filter.feed(&bytes)?
+            } else {
+                bytes
+            };
             Some(ConsoleInput {
                 input: Some(console_input::Input::Data(bytes)),
             })
@@ -269,6 +303,18 @@ pub async fn console(session: &Session, args: ConsoleArgs) -> Result<ExitCode, C
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ctrl_a_q_detaches_even_across_chunks() {
+        let mut filter = super::DetachFilter::default();
+        assert_eq!(filter.feed(b"ls\r"), Some(b"ls\r".to_vec()));
+        assert_eq!(filter.feed(b"a\x01"), Some(b"a".to_vec()));
+        assert_eq!(filter.feed(b"q"), None);
+        let mut filter = super::DetachFilter::default();
+        assert_eq!(filter.feed(b"\x01\x01x"), Some(b"\x01x".to_vec()));
+        assert_eq!(filter.feed(b"\x01c"), Some(b"\x01c".to_vec()));
+        assert_eq!(filter.feed(b"q"), Some(b"q".to_vec()));
+    }
+
     use super::*;
 
     #[tokio::test]
