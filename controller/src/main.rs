@@ -12,6 +12,9 @@ struct Cli {
     /// Configuration file (TOML); built-in defaults when omitted.
     #[arg(long, short, global = true, env = "PADDOCK_CONTROLLER_CONFIG")]
     config: Option<PathBuf>,
+    /// Log JSON lines (for log shippers) instead of text.
+    #[arg(long, global = true, env = "PADDOCK_CONTROLLER_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -30,12 +33,16 @@ fn main() -> anyhow::Result<()> {
         Some(path) => ControllerConfig::load(path)?,
         None => ControllerConfig::default(),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {

@@ -15,6 +15,9 @@ struct Cli {
     /// Configuration file (TOML); built-in defaults when omitted.
     #[arg(long, short, global = true, env = "PADDOCK_AGENT_CONFIG")]
     config: Option<PathBuf>,
+    /// Log JSON lines (for log shippers) instead of text.
+    #[arg(long, global = true, env = "PADDOCK_AGENT_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -62,12 +65,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::Template(TemplateCommand::Build { name, force }) => {
             let path = template::build(&config.state_dir, &name, force)?;
