@@ -194,7 +194,11 @@ pub fn vps(record: &VpsRecord, node_online: bool, tenant_suspended: bool) -> v1:
         template: record.template.clone(),
         resources: Some(resources(&record.resources)),
         ipv4: record.ipv4.clone(),
-        ipv6: Vec::new(),
+        ipv6: record
+            .network
+            .as_ref()
+            .map(|network| network.ipv6.clone())
+            .unwrap_or_default(),
         created_at: Some(timestamp(record.created_at)),
         message: observed.map(|o| o.message.clone()).unwrap_or_default(),
         init_pid: if running {
@@ -232,12 +236,32 @@ pub fn vps_spec(record: &VpsRecord, tenant_suspended: bool) -> v1::VpsSpec {
 fn network_spec(record: &VpsRecord) -> Option<v1::NetworkSpec> {
     let network = record.network.as_ref()?;
     let prefix_len = network.cidr.split_once('/').map_or("32", |(_, len)| len);
+    let ipv6_prefix = network
+        .ipv6_prefix
+        .as_deref()
+        .and_then(crate::ipam::parse_ipv6_prefix);
+    let mut addresses: Vec<String> = record
+        .ipv4
+        .iter()
+        .map(|address| format!("{address}/{prefix_len}"))
+        .collect();
+    if let Some((_, len)) = ipv6_prefix {
+        addresses.extend(
+            network
+                .ipv6
+                .iter()
+                .map(|address| format!("{address}/{len}")),
+        );
+    }
+    let gateway6 = match (&network.ipv6_prefix, network.ipv6.is_empty()) {
+        (Some(prefix), false) => crate::ipam::ipv6_gateway(prefix)
+            .map(|gateway| gateway.to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
     Some(v1::NetworkSpec {
-        addresses: record
-            .ipv4
-            .iter()
-            .map(|address| format!("{address}/{prefix_len}"))
-            .collect(),
+        addresses,
+        gateway6,
         gateway: network.gateway.clone(),
         mac: network.mac.clone(),
         ingress_bits_per_sec: record.resources.net_ingress_bits_per_sec,
@@ -265,6 +289,29 @@ pub fn pool(record: &PoolRecord) -> v1::Pool {
         nat: record.nat,
         total: plan.as_ref().map_or(0, |p| p.total()),
         allocated: u32::try_from(record.allocated.len()).unwrap_or(u32::MAX),
+    }
+}
+
+pub fn event(e: &crate::store::EventRecord) -> v1::Event {
+    use crate::store::EventKind as K;
+    let kind = match e.kind {
+        K::Created => v1::EventKind::Created,
+        K::Started => v1::EventKind::Started,
+        K::Stopped => v1::EventKind::Stopped,
+        K::Resized => v1::EventKind::Resized,
+        K::Rebuilt => v1::EventKind::Rebuilt,
+        K::Deleted => v1::EventKind::Deleted,
+        K::Suspended => v1::EventKind::Suspended,
+        K::Unsuspended => v1::EventKind::Unsuspended,
+    };
+    v1::Event {
+        cursor: e.cursor,
+        kind: kind.into(),
+        tenant: e.tenant.clone(),
+        vps: e.vps.clone(),
+        vps_id: e.vps_id.clone(),
+        plan: e.plan.clone(),
+        at: Some(timestamp(e.at)),
     }
 }
 

@@ -226,16 +226,7 @@ pub fn plan(pool: &PoolRecord) -> Result<PoolPlan, ValidationError> {
         ));
     }
     if let Some(prefix) = &pool.ipv6_prefix {
-        let valid = prefix
-            .split_once('/')
-            .and_then(|(address, len)| {
-                Some((
-                    address.parse::<std::net::Ipv6Addr>().ok()?,
-                    len.parse::<u8>().ok()?,
-                ))
-            })
-            .is_some_and(|(_, len)| (16..=64).contains(&len));
-        if !valid {
+        if parse_ipv6_prefix(prefix).is_none() {
             return Err(ValidationError::new(
                 "pool.ipv6_prefix",
                 format!("{prefix:?} must be an IPv6 prefix of /16 to /64, e.g. fd00:77::/64"),
@@ -276,6 +267,7 @@ impl Controller {
             ipv6_prefix: Some(request.ipv6_prefix).filter(|prefix| !prefix.is_empty()),
             nat: request.nat,
             allocated: BTreeMap::new(),
+            allocated_ipv6: BTreeMap::new(),
             created_at: chrono::Utc::now(),
         };
         let plan = plan(&record)?;
@@ -312,6 +304,41 @@ impl Controller {
         tracing::info!(pool = %name, "pool deleted");
         Ok(())
     }
+}
+
+/// An IPv6 prefix of /16../64 (`fd00:77::/64`): its network and length.
+pub fn parse_ipv6_prefix(text: &str) -> Option<(std::net::Ipv6Addr, u8)> {
+    let (address, len) = text.split_once('/')?;
+    let address: std::net::Ipv6Addr = address.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    if !(16..=64).contains(&len) {
+        return None;
+    }
+    let mask = u128::MAX << (128 - u32::from(len));
+    Some(((u128::from(address) & mask).into(), len))
+}
+
+/// The lowest `count` free IPv6 addresses of a prefix (from `::2`; `::1` is
+/// the gateway), or `None` if the prefix is invalid.
+pub fn allocate_ipv6(
+    prefix: &str,
+    allocated: &BTreeMap<String, String>,
+    count: u32,
+) -> Option<Vec<std::net::Ipv6Addr>> {
+    let (network, _) = parse_ipv6_prefix(prefix)?;
+    let base = u128::from(network);
+    let picked: Vec<std::net::Ipv6Addr> = (2u128..)
+        .map(|host| std::net::Ipv6Addr::from(base + host))
+        .filter(|address| !allocated.contains_key(&address.to_string()))
+        .take(count as usize)
+        .collect();
+    Some(picked)
+}
+
+/// The gateway of an IPv6 prefix: its `::1`.
+pub fn ipv6_gateway(prefix: &str) -> Option<std::net::Ipv6Addr> {
+    let (network, _) = parse_ipv6_prefix(prefix)?;
+    Some((u128::from(network) + 1).into())
 }
 
 /// Unallocated addresses over every pool of `node`.
@@ -357,6 +384,7 @@ mod tests {
             ipv6_prefix: None,
             nat: true,
             allocated: BTreeMap::new(),
+            allocated_ipv6: BTreeMap::new(),
             created_at: Utc::now(),
         }
     }
@@ -449,6 +477,25 @@ mod tests {
         );
         assert_eq!(plan.allocate(&allocated, 3), None);
         assert_eq!(plan.allocate(&allocated, 0), Some(vec![]));
+    }
+
+    #[test]
+    fn ipv6_allocation_skips_the_gateway_and_allocated() {
+        assert_eq!(
+            ipv6_gateway("fd00:77::/64"),
+            Some("fd00:77::1".parse().expect("ip"))
+        );
+        let mut allocated = BTreeMap::new();
+        allocated.insert("fd00:77::2".to_owned(), "other".to_owned());
+        assert_eq!(
+            allocate_ipv6("fd00:77::/64", &allocated, 2),
+            Some(vec![
+                "fd00:77::3".parse().expect("ip"),
+                "fd00:77::4".parse().expect("ip")
+            ])
+        );
+        assert_eq!(allocate_ipv6("nope", &allocated, 1), None);
+        assert!(parse_ipv6_prefix("fd00::/96").is_none(), "longer than /64");
     }
 
     #[test]

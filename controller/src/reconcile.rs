@@ -20,7 +20,7 @@ use crate::agents::{agent_error, AgentClient};
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::store::{ObservedState, VpsRecord};
+use crate::store::{EventKind, Observed, ObservedState, VpsRecord};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -180,9 +180,18 @@ pub fn record_observed(
         message: status.message.clone(),
         at: Utc::now(),
     };
-    let result = controller.store.update_vps(vps_id, &|vps| {
+    let result = controller.store.update_vps_emitting(vps_id, &|vps| {
+        let was_running = vps
+            .observed
+            .as_ref()
+            .is_some_and(|o| o.state == Observed::Running);
+        let event = match observed.state {
+            Observed::Running if !was_running => Some(EventKind::Started),
+            Observed::Stopped if was_running => Some(EventKind::Stopped),
+            _ => None,
+        };
         vps.observed = Some(observed.clone());
-        Ok(())
+        Ok(event)
     });
     match result {
         Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => Ok(()),

@@ -6,7 +6,7 @@ use tracing::info;
 use crate::app::Controller;
 use crate::auth::{self, Principal};
 use crate::error::ControllerError;
-use crate::store::{Quota, Role, TenantRecord, TokenRecord};
+use crate::store::{EventKind, Quota, Role, TenantRecord, TokenRecord};
 use crate::validate::{self, ValidationError};
 
 impl Controller {
@@ -122,9 +122,14 @@ impl Controller {
         reason: &str,
     ) -> Result<TenantRecord, ControllerError> {
         validate::name("name", name)?;
-        let updated = self.store.update_tenant(name, &|tenant| {
+        let updated = self.store.update_tenant_emitting(name, &|tenant| {
+            let changed = tenant.suspended != suspended;
             tenant.suspended = suspended;
-            Ok(())
+            Ok(changed.then_some(if suspended {
+                EventKind::Suspended
+            } else {
+                EventKind::Unsuspended
+            }))
         })?;
         self.commit().await?;
         info!(

@@ -264,6 +264,30 @@ impl Controller {
         .await
     }
 
+    /// Asks for one rebuild of a VPS: a fresh root filesystem from `template` (empty keeps the
+    /// current one) on the same disk. The agent carries it out once per generation bump.
+    pub async fn rebuild_vps(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        name: &str,
+        template: &str,
+    ) -> Result<VpsRecord, ControllerError> {
+        if !template.is_empty() {
+            validate::name("template", template)?;
+        }
+        let template = template.to_owned();
+        self.change_vps(principal, tenant, name, Some("rebuilding a VPS"), &|vps| {
+            if !template.is_empty() {
+                vps.template = template.clone();
+            }
+            vps.rebuild_generation += 1;
+            // Until the node reports again, the VPS is being rebuilt.
+            vps.observed = None;
+        })
+        .await
+    }
+
     /// Marks a VPS for deletion; it disappears once its node has removed it.
     pub async fn delete_vps(
         &self,

@@ -368,7 +368,7 @@ async fn every_rpc_checks_role_and_tenant() {
         ("RestartVps", tenant_scoped(Ok)),
         ("DeleteVps", tenant_scoped(Ok)),
         ("ResizeVps", tenant_scoped(Ni)),
-        ("RebuildVps", tenant_scoped(Ni)),
+        ("RebuildVps", tenant_scoped(Ok)),
         ("ListTemplates", [Ok, Ok, Ok, Ok]),
         // The fixture node's agent is unreachable: authorized callers get Unavailable.
         ("Exec", tenant_scoped(Ua)),
@@ -398,7 +398,7 @@ async fn every_rpc_checks_role_and_tenant() {
         ("CreatePool", admin_only(Inv)),
         ("ListUsage", [Ni, Ni, Ni, Ni]),
         ("TenantUsageSummary", [Ni, Ni, Ni, Ni]),
-        ("WatchEvents", [Pd, Pd, Ni, Ni]),
+        ("WatchEvents", [Pd, Pd, Ok, Ok]),
         ("BillingSuspendTenant", [Pd, Pd, Ok, Ok]),
         ("BillingUnsuspendTenant", [Pd, Pd, Ok, Ok]),
         ("ListAudit", admin_only(Ok)),

@@ -19,7 +19,10 @@ pub struct BillingApi {
     pub controller: Arc<Controller>,
 }
 
-const METERING: &str = "metering and billing (billing issue)";
+const METERING: &str = "usage metering (billing issue)";
+
+/// How often a following `WatchEvents` stream looks for new events.
+const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[tonic::async_trait]
 impl BillingService for BillingApi {
@@ -41,12 +44,54 @@ impl BillingService for BillingApi {
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
 
+    /// Replays the durable event log after the client's cursor, then follows
+    /// it. Only flushed events are sent, so a cursor a client has seen can
+    /// never be reused for another event after a controller crash.
     async fn watch_events(
         &self,
         request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         self.controller.billing(request.metadata())?;
-        Err(ControllerError::Unimplemented(METERING).into())
+        let request = request.into_inner();
+        if !request.tenant.is_empty() {
+            crate::validate::name("tenant", &request.tenant).map_err(ControllerError::from)?;
+        }
+        let controller = self.controller.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(128);
+        tokio::spawn(async move {
+            let mut cursor = request.after_cursor;
+            loop {
+                let batch = match controller.store.list_events(cursor, 256) {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(EVENT_POLL) => continue,
+                        _ = sender.closed() => return,
+                    }
+                }
+                if let Err(error) = controller.store.flush().await {
+                    let _ = sender.send(Err(Status::from(error))).await;
+                    return;
+                }
+                for event in batch {
+                    cursor = event.cursor;
+                    if !request.tenant.is_empty() && event.tenant != request.tenant {
+                        continue;
+                    }
+                    if sender.send(Ok(convert::event(&event))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn suspend_tenant(

@@ -150,10 +150,13 @@ impl VpsService for VpsApi {
         request: Request<v1::RebuildVpsRequest>,
     ) -> Result<Response<v1::Vps>, Status> {
         let principal = self.controller.caller(request.metadata())?;
-        let vps = Self::reference(request.into_inner().vps);
-        self.controller
-            .get_vps(&principal, &vps.tenant, &vps.name)?;
-        Err(ControllerError::Unimplemented("rebuild (node runtime issue)").into())
+        let request = request.into_inner();
+        let vps = Self::reference(request.vps);
+        let record = self
+            .controller
+            .rebuild_vps(&principal, &vps.tenant, &vps.name, &request.template)
+            .await?;
+        Ok(Response::new(self.view(&record)?))
     }
 
     async fn list_templates(

@@ -109,6 +109,22 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a pool that has no allocated address.
     fn delete_pool(&self, name: &str) -> Result<(), StoreError>;
 
+    /// Like `update_vps`, but `change` may name a lifecycle event, appended
+    /// to the event log in the same transaction.
+    fn update_vps_emitting(
+        &self,
+        vps_id: &str,
+        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventKind>, StoreError> + Sync),
+    ) -> Result<VpsRecord, StoreError>;
+    /// Like `update_tenant`, appending `event` (if any) in the same transaction.
+    fn update_tenant_emitting(
+        &self,
+        name: &str,
+        change: &(dyn Fn(&mut TenantRecord) -> Result<Option<EventKind>, StoreError> + Sync),
+    ) -> Result<TenantRecord, StoreError>;
+    /// Events with a cursor above `after`, oldest first.
+    fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+
     /// Appends an audit entry, assigning its sequence number.
     fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError>;
     /// Audit entries with a sequence number above `after_seq`, oldest first.

@@ -180,6 +180,12 @@ pub struct VpsNetwork {
     pub nat: bool,
     /// eth0's MAC, derived from the VPS id.
     pub mac: String,
+    /// IPv6 addresses from the pool's prefix (`resources.ipv6_count` of them).
+    #[serde(default)]
+    pub ipv6: Vec<String>,
+    /// The pool's IPv6 prefix, e.g. `fd00:77::/64`, when it has one.
+    #[serde(default)]
+    pub ipv6_prefix: Option<String>,
 }
 
 /// An IPv4 address pool of one node, with what is allocated from it.
@@ -193,12 +199,70 @@ pub struct PoolRecord {
     /// First and last allocatable address, inclusive.
     pub range_start: String,
     pub range_end: String,
-    /// Optional IPv6 prefix (stored and shown; allocation comes later).
+    /// Optional IPv6 prefix; its `::1` is the gateway, VPSes get addresses from `::2` on.
     pub ipv6_prefix: Option<String>,
     /// Private pool: masquerade egress through the node's uplink.
     pub nat: bool,
     /// Allocated address -> VPS id; changed only inside VPS create/remove transactions.
     #[serde(default)]
     pub allocated: BTreeMap<String, String>,
+    /// Allocated IPv6 address -> VPS id.
+    #[serde(default)]
+    pub allocated_ipv6: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A lifecycle event for billing systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    Started,
+    Stopped,
+    Resized,
+    Rebuilt,
+    Deleted,
+    Suspended,
+    Unsuspended,
+}
+
+/// One entry of the durable event log; `cursor` is strictly increasing in
+/// commit order, so a client resuming after cursor N misses nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub cursor: u64,
+    pub kind: EventKind,
+    pub tenant: String,
+    pub vps: String,
+    pub vps_id: String,
+    pub plan: String,
+    pub at: DateTime<Utc>,
+}
+
+impl EventRecord {
+    /// An event about `vps` (cursor assigned when appended).
+    pub fn of_vps(kind: EventKind, vps: &VpsRecord) -> Self {
+        Self {
+            cursor: 0,
+            kind,
+            tenant: vps.tenant.clone(),
+            vps: vps.name.clone(),
+            vps_id: vps.vps_id.clone(),
+            plan: vps.plan.clone(),
+            at: Utc::now(),
+        }
+    }
+
+    /// An event about a whole tenant.
+    pub fn of_tenant(kind: EventKind, tenant: &str) -> Self {
+        Self {
+            cursor: 0,
+            kind,
+            tenant: tenant.to_owned(),
+            vps: String::new(),
+            vps_id: String::new(),
+            plan: String::new(),
+            at: Utc::now(),
+        }
+    }
 }

@@ -31,6 +31,11 @@ pub struct SledStore {
     pools: Tree,
     /// Big-endian sequence number -> audit entry.
     audit: Tree,
+    /// Big-endian cursor -> lifecycle event.
+    events: Tree,
+    /// `last` -> the highest cursor handed out (read and written by every
+    /// appending transaction, so appends serialize in commit order).
+    events_meta: Tree,
     commits: GroupCommit,
 }
 
@@ -92,6 +97,16 @@ fn allocate_addresses(
             pool.allocated
                 .insert(address.to_string(), vps.vps_id.clone());
         }
+        let ipv6 = match (&pool.ipv6_prefix, vps.resources.ipv6_count) {
+            (Some(prefix), count) if count > 0 => {
+                crate::ipam::allocate_ipv6(prefix, &pool.allocated_ipv6, count).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        for address in &ipv6 {
+            pool.allocated_ipv6
+                .insert(address.to_string(), vps.vps_id.clone());
+        }
         pools.insert(name.as_bytes(), encode(&pool))?;
         vps.ipv4 = addresses.iter().map(ToString::to_string).collect();
         vps.network = Some(VpsNetwork {
@@ -100,6 +115,8 @@ fn allocate_addresses(
             gateway: plan.gateway.to_string(),
             nat: pool.nat,
             mac: crate::ipam::mac_for(&vps.vps_id),
+            ipv6: ipv6.iter().map(ToString::to_string).collect(),
+            ipv6_prefix: pool.ipv6_prefix.clone(),
         });
         return Ok(());
     }
@@ -142,6 +159,25 @@ fn tx_get<T: DeserializeOwned>(
     }
 }
 
+const LAST_CURSOR: &[u8] = b"last";
+
+/// Appends `event` with the next cursor, inside a transaction.
+fn tx_append_event(
+    events: &TransactionalTree,
+    meta: &TransactionalTree,
+    mut event: EventRecord,
+) -> TxResult<u64> {
+    let last = meta
+        .get(LAST_CURSOR)?
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let cursor = last + 1;
+    event.cursor = cursor;
+    meta.insert(LAST_CURSOR, &cursor.to_be_bytes())?;
+    events.insert(&cursor.to_be_bytes(), encode(&event))?;
+    Ok(cursor)
+}
+
 fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
     result.map_err(|error| match error {
         TransactionError::Abort(error) => error,
@@ -181,6 +217,8 @@ impl SledStore {
             vps_names: db.open_tree("vps_names")?,
             pools: db.open_tree("pools")?,
             audit: db.open_tree("audit")?,
+            events: db.open_tree("events")?,
+            events_meta: db.open_tree("events_meta")?,
             commits: GroupCommit::default(),
             db,
         })
@@ -275,6 +313,68 @@ impl SledStore {
 }
 
 impl Store for SledStore {
+    fn update_vps_emitting(
+        &self,
+        vps_id: &str,
+        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventKind>, StoreError> + Sync),
+    ) -> Result<VpsRecord, StoreError> {
+        flatten(
+            (&self.vps, &self.events, &self.events_meta).transaction(|(all, events, meta)| {
+                let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
+                    return abort(StoreError::NotFound {
+                        kind: "VPS",
+                        name: vps_id.to_owned(),
+                    });
+                };
+                let event = change(&mut vps).or_else(abort)?;
+                all.insert(vps_id.as_bytes(), encode(&vps))?;
+                if let Some(kind) = event {
+                    tx_append_event(events, meta, EventRecord::of_vps(kind, &vps))?;
+                }
+                Ok(vps)
+            }),
+        )
+    }
+
+    fn update_tenant_emitting(
+        &self,
+        name: &str,
+        change: &(dyn Fn(&mut TenantRecord) -> Result<Option<EventKind>, StoreError> + Sync),
+    ) -> Result<TenantRecord, StoreError> {
+        flatten(
+            (&self.tenants, &self.events, &self.events_meta).transaction(
+                |(tenants, events, meta)| {
+                    let Some(mut tenant) =
+                        tx_get::<TenantRecord>(tenants, "tenants", name.as_bytes())?
+                    else {
+                        return abort(StoreError::NotFound {
+                            kind: "tenant",
+                            name: name.to_owned(),
+                        });
+                    };
+                    let event = change(&mut tenant).or_else(abort)?;
+                    tenants.insert(name.as_bytes(), encode(&tenant))?;
+                    if let Some(kind) = event {
+                        tx_append_event(events, meta, EventRecord::of_tenant(kind, name))?;
+                    }
+                    Ok(tenant)
+                },
+            ),
+        )
+    }
+
+    fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.events
+            .range(start..)
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("events", &key, &value)
+            })
+            .collect()
+    }
+
     fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError> {
         // Strictly increasing across restarts: sled persists the id generator.
         let seq = self.db.generate_id()? + 1;
@@ -477,8 +577,15 @@ impl Store for SledStore {
             .collect();
         node_pools.sort();
         flatten(
-            (&self.tenants, &self.vps, &self.vps_names, &self.pools).transaction(
-                |(tenants, all, names, pools)| {
+            (
+                &self.tenants,
+                &self.vps,
+                &self.vps_names,
+                &self.pools,
+                &self.events,
+                &self.events_meta,
+            )
+                .transaction(|(tenants, all, names, pools, events, meta)| {
                     let Some(mut tenant) =
                         tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
                     else {
@@ -502,9 +609,9 @@ impl Store for SledStore {
                     tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
                     all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
                     names.insert(key.clone(), vps.vps_id.as_bytes())?;
+                    tx_append_event(events, meta, EventRecord::of_vps(EventKind::Created, &vps))?;
                     Ok(())
-                },
-            ),
+                }),
         )
     }
 
@@ -555,8 +662,15 @@ impl Store for SledStore {
 
     fn remove_vps(&self, vps_id: &str) -> Result<(), StoreError> {
         flatten(
-            (&self.tenants, &self.vps, &self.vps_names, &self.pools).transaction(
-                |(tenants, all, names, pools)| {
+            (
+                &self.tenants,
+                &self.vps,
+                &self.vps_names,
+                &self.pools,
+                &self.events,
+                &self.events_meta,
+            )
+                .transaction(|(tenants, all, names, pools, events, meta)| {
                     let Some(vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
                         return Ok(());
                     };
@@ -571,14 +685,15 @@ impl Store for SledStore {
                             tx_get::<PoolRecord>(pools, "pools", network.pool.as_bytes())?
                         {
                             pool.allocated.retain(|_, owner| owner != vps_id);
+                            pool.allocated_ipv6.retain(|_, owner| owner != vps_id);
                             pools.insert(network.pool.as_bytes(), encode(&pool))?;
                         }
                     }
                     all.remove(vps_id.as_bytes())?;
                     names.remove(name_key(&vps.tenant, &vps.name))?;
+                    tx_append_event(events, meta, EventRecord::of_vps(EventKind::Deleted, &vps))?;
                     Ok(())
-                },
-            ),
+                }),
         )
     }
 
