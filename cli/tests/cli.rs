@@ -15,7 +15,7 @@ async fn bad_flags_are_usage_errors_with_exit_code_2() {
         &["create", "web1", "--plan", "small", "--memory", "lots"],
         &["create", "web1"],
         &["create", "Web_1", "--plan", "small"],
-        &["list", "-o", "yaml"],
+        &["list", "-o", "xml"],
         &["resize", "web1"],
         &["exec", "web1"],
         &["admin", "token", "create"],
