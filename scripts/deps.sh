@@ -2,7 +2,8 @@
 # Installs the OS packages Paddock needs, only those that are missing.
 set -euo pipefail
 
-packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod)
+# gcc + libc6-dev: the runtime tests build a static in-VPS isolation probe.
+packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

@@ -103,6 +103,14 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 
+# A private NAT pool for the local node, so VPSes get an address out of the box.
+node_name=$("${admin[@]}" admin node list -o json | grep -o '"name": *"[^"]*"' | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/')
+if [[ -n $node_name ]] && ! "${admin[@]}" admin pool show local >/dev/null 2>&1; then
+    "${admin[@]}" admin pool create local --node "$node_name" \
+        --cidr 10.77.0.0/24 --gateway 10.77.0.1 --nat >/dev/null
+    echo "created pool local (10.77.0.0/24, NAT) on node $node_name"
+fi
+
 if ! "${admin[@]}" admin tenant show demo >/dev/null 2>&1; then
     "${admin[@]}" admin tenant create demo >/dev/null
     echo "created tenant demo"

@@ -3,7 +3,7 @@
 use paddock_proto::v1;
 
 use crate::network::{IfAddr, NetworkError, PortSpec};
-use crate::runtime::{Limits, ObservedState, Power, VpsObserved, VpsSpec};
+use crate::runtime::{Limits, ObservedState, Power, TtySize, VpsObserved, VpsSpec};
 
 /// Ids are controller-made UUIDs; anything else could escape the state dir.
 pub fn valid_vps_id(vps_id: &str) -> bool {
@@ -77,6 +77,16 @@ pub fn port_spec(spec: &v1::VpsSpec) -> Result<Option<PortSpec>, tonic::Status> 
             ))
         })?)
     };
+    let gateway6 = if network.gateway6.is_empty() {
+        None
+    } else {
+        Some(network.gateway6.parse().map_err(|_| {
+            tonic::Status::invalid_argument(format!(
+                "network.gateway6: {:?} is not an IP address",
+                network.gateway6
+            ))
+        })?)
+    };
     let pool = if network.pool_cidr.is_empty() {
         None
     } else {
@@ -87,6 +97,7 @@ pub fn port_spec(spec: &v1::VpsSpec) -> Result<Option<PortSpec>, tonic::Status> 
         mac,
         addresses,
         gateway,
+        gateway6,
         ingress_bps: network.ingress_bits_per_sec,
         egress_bps: network.egress_bits_per_sec,
         nat: network.nat,
@@ -107,6 +118,18 @@ pub fn status(observed: &VpsObserved) -> v1::VpsStatus {
         state: state.into(),
         init_pid: observed.init_pid.unwrap_or(0),
         message: observed.message.clone(),
+    }
+}
+
+/// A terminal size from the wire; missing or zero dimensions fall back to 24x80.
+pub fn tty_size(size: Option<&v1::TerminalSize>) -> TtySize {
+    let clamp = |value: u32, default: u16| match value {
+        0 => default,
+        v => u16::try_from(v).unwrap_or(u16::MAX),
+    };
+    TtySize {
+        rows: clamp(size.map_or(0, |s| s.rows), 24),
+        cols: clamp(size.map_or(0, |s| s.cols), 80),
     }
 }
 

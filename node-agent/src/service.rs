@@ -243,8 +243,16 @@ impl NodeAgent for AgentService {
             return Err(Status::invalid_argument("command: is required"));
         }
         let vps_id = start.vps_id.clone();
-        let mut child = self
-            .blocking(move |runtime| runtime.exec(&start.vps_id, &start.command, &start.env))
+        let tty = start.tty.then(|| convert::tty_size(start.size.as_ref()));
+        let (mut child, mut resize) = self
+            .blocking(move |runtime| match tty {
+                Some(size) => runtime
+                    .exec_tty(&start.vps_id, &start.command, &start.env, size)
+                    .map(|(child, resize)| (child, Some(resize))),
+                None => runtime
+                    .exec(&start.vps_id, &start.command, &start.env)
+                    .map(|child| (child, None)),
+            })
             .await?
             .map_err(|error| {
                 Status::failed_precondition(format!("exec in VPS {vps_id}: {error}"))
@@ -262,8 +270,14 @@ impl NodeAgent for AgentService {
                         }
                     }
                     Some(Input::StdinEof(_)) => stdin = None,
-                    // Window sizes matter only with a TTY, which arrives with the runtime issue.
-                    Some(Input::Resize(_)) | Some(Input::Start(_)) | None => {}
+                    Some(Input::Resize(size)) => {
+                        if let Some(resize) = resize.as_mut() {
+                            // A small write on a pipe the helper drains; a failure means the
+                            // command is gone.
+                            let _ = resize.resize(convert::tty_size(Some(&size)));
+                        }
+                    }
+                    Some(Input::Start(_)) | None => {}
                 }
             }
         });
@@ -297,10 +311,77 @@ impl NodeAgent for AgentService {
         &self,
         request: Request<Streaming<v1::AgentConsoleInput>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
+        use crate::runtime::console;
+        use v1::agent_console_input::Input;
         self.authorize(&request)?;
-        Err(Status::unimplemented(
-            "console is not implemented yet (node runtime issue)",
-        ))
+        let mut inbound = request.into_inner();
+        let attach = match inbound.message().await? {
+            Some(v1::AgentConsoleInput {
+                input: Some(Input::Attach(attach)),
+            }) => attach,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "attach: the first Console message must carry `attach`",
+                ))
+            }
+        };
+        if !convert::valid_vps_id(&attach.vps_id) {
+            return Err(Status::invalid_argument("vps_id: invalid"));
+        }
+        let vps_id = attach.vps_id.clone();
+        let socket = self
+            .blocking(move |runtime| runtime.console_socket(&vps_id))
+            .await?
+            .map_err(|error| Status::failed_precondition(format!("console: {error}")))?;
+        let stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .map_err(|error| Status::unavailable(format!("console supervisor: {error}")))?;
+        let (mut from_console, mut to_console) = stream.into_split();
+        let mut hello = console::frame(console::FRAME_ATTACH, &[u8::from(attach.scrollback)]);
+        if let Some(size) = attach.size.as_ref() {
+            let size = convert::tty_size(Some(size));
+            hello.extend(console::resize_frame(size.rows, size.cols));
+        }
+        to_console
+            .write_all(&hello)
+            .await
+            .map_err(|error| Status::unavailable(format!("console supervisor: {error}")))?;
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = inbound.next().await {
+                let bytes = match message.input {
+                    Some(Input::Data(data)) => data
+                        .chunks(usize::from(u16::MAX))
+                        .flat_map(|chunk| console::frame(console::FRAME_DATA, chunk))
+                        .collect(),
+                    Some(Input::Resize(size)) => {
+                        let size = convert::tty_size(Some(&size));
+                        console::resize_frame(size.rows, size.cols)
+                    }
+                    Some(Input::Attach(_)) | None => continue,
+                };
+                if to_console.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (sender, receiver) = mpsc::channel::<Result<v1::ConsoleOutput, Status>>(32);
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                match from_console.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let message = v1::ConsoleOutput {
+                            data: buffer[..n].to_vec(),
+                        };
+                        if sender.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
 

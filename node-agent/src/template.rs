@@ -195,15 +195,24 @@ pub fn build_debian_12(state_dir: &Path, force: bool) -> Result<PathBuf, Templat
     if rootfs.is_dir() && !force {
         return Ok(rootfs);
     }
-    let debootstrap = ["/usr/sbin/debootstrap", "/sbin/debootstrap", "/usr/bin/debootstrap"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-        .ok_or(TemplateError::DebootstrapMissing)?;
+    let debootstrap = [
+        "/usr/sbin/debootstrap",
+        "/sbin/debootstrap",
+        "/usr/bin/debootstrap",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.is_file())
+    .ok_or(TemplateError::DebootstrapMissing)?;
     let mirror = host_debian_mirror().unwrap_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string());
     install(state_dir, DEBIAN_12, force, |staging_rootfs| {
         let output = Command::new(debootstrap)
-            .args(["--variant=minbase", "--include", DEBIAN_PACKAGES, "bookworm"])
+            .args([
+                "--variant=minbase",
+                "--include",
+                DEBIAN_PACKAGES,
+                "bookworm",
+            ])
             .arg(staging_rootfs)
             .arg(&mirror)
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

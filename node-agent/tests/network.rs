@@ -113,7 +113,10 @@ async fn rate_limits_hold_and_change_live() {
     let address = format!("{subnet}.10");
 
     network
-        .ensure_port(&port(&vps_id, &subnet, 10, 20_000_000, 30_000_000), vps.pid())
+        .ensure_port(
+            &port(&vps_id, &subnet, 10, 20_000_000, 30_000_000),
+            vps.pid(),
+        )
         .await
         .expect("port with 20 Mbit/s egress");
     let egress = tokio::task::block_in_place(|| egress_rate(&vps, &gateway));
@@ -123,15 +126,21 @@ async fn rate_limits_hold_and_change_live() {
 
     // Live resize: same namespace (same init), new rates.
     let host = host_ifname(&vps_id);
-    let index_before = std::fs::read_to_string(format!("/sys/class/net/{host}/ifindex"))
-        .expect("ifindex");
+    let index_before =
+        std::fs::read_to_string(format!("/sys/class/net/{host}/ifindex")).expect("ifindex");
     network
-        .ensure_port(&port(&vps_id, &subnet, 10, 50_000_000, 30_000_000), vps.pid())
+        .ensure_port(
+            &port(&vps_id, &subnet, 10, 50_000_000, 30_000_000),
+            vps.pid(),
+        )
         .await
         .expect("resize to 50 Mbit/s");
-    let index_after = std::fs::read_to_string(format!("/sys/class/net/{host}/ifindex"))
-        .expect("ifindex");
-    assert_eq!(index_before, index_after, "the port is changed in place, not rebuilt");
+    let index_after =
+        std::fs::read_to_string(format!("/sys/class/net/{host}/ifindex")).expect("ifindex");
+    assert_eq!(
+        index_before, index_after,
+        "the port is changed in place, not rebuilt"
+    );
     let egress = tokio::task::block_in_place(|| egress_rate(&vps, &gateway));
     assert_near(egress, 50e6, "egress after live resize to 50 Mbit/s");
 
@@ -147,7 +156,10 @@ async fn rate_limits_hold_and_change_live() {
         .expect("unlimited");
     assert!(!link_exists(&ifb_ifname(&vps_id)));
     let shown = qdiscs(&host);
-    assert!(!shown.contains("tbf") && !shown.contains("ingress"), "{shown}");
+    assert!(
+        !shown.contains("tbf") && !shown.contains("ingress"),
+        "{shown}"
+    );
 
     network.remove_port(&vps_id).await.expect("remove");
     assert!(!link_exists(&host));
@@ -169,17 +181,72 @@ async fn ports_connect_and_a_restart_repairs_and_removes_leftovers() {
     let b = Netns::new();
     let a_id = format!("a-{}", std::process::id());
     let b_id = format!("b-{}", std::process::id());
-    let a_spec = port(&a_id, &subnet, 10, 0, 0);
-    let b_spec = port(&b_id, &subnet, 11, 10_000_000, 0);
+    // Dual stack: IPv6 addresses from fd00:<n>::/64 with ::1 on the bridge.
+    let v6_prefix = format!("fd00:{:x}", std::process::id() & 0xffff);
+    let dual = |mut spec: paddock_agent::network::PortSpec, host: u8| {
+        spec.addresses
+            .push(format!("{v6_prefix}::{host:x}/64").parse().expect("v6"));
+        spec.gateway6 = Some(format!("{v6_prefix}::1").parse().expect("gw6"));
+        spec
+    };
+    let a_spec = dual(port(&a_id, &subnet, 10, 0, 0), 10);
+    let b_spec = dual(port(&b_id, &subnet, 11, 10_000_000, 0), 11);
     network.ensure_port(&a_spec, a.pid()).await.expect("a");
     network.ensure_port(&b_spec, b.pid()).await.expect("b");
     // Idempotent: a second apply changes nothing.
-    network.ensure_port(&a_spec, a.pid()).await.expect("a again");
-    assert!(a.command(&["ping", "-c", "1", "-W", "2", &format!("{subnet}.11")]));
-    assert!(a.command(&["ping", "-c", "1", "-W", "2", &format!("{subnet}.1")]));
+    network
+        .ensure_port(&a_spec, a.pid())
+        .await
+        .expect("a again");
+    assert!(a.command(&[
+        "busybox",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &format!("{subnet}.11")
+    ]));
+    assert!(a.command(&[
+        "busybox",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &format!("{subnet}.1")
+    ]));
     let rules = nft_table("bridge", &bridge);
-    assert!(rules.contains(&format!("port_{}", host_ifname(&a_id))), "{rules}");
+    assert!(
+        rules.contains(&format!("port_{}", host_ifname(&a_id))),
+        "{rules}"
+    );
     assert!(bridge_addresses(&bridge).contains(&format!("{subnet}.1/24")));
+    // IPv6 works once duplicate address detection is over (about a second).
+    let v6_ok = (0..20).any(|_| {
+        let ok = a.command(&[
+            "busybox",
+            "ping6",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &format!("{v6_prefix}::b"),
+        ]) && a.command(&[
+            "busybox",
+            "ping6",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &format!("{v6_prefix}::1"),
+        ]);
+        if !ok {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        ok
+    });
+    assert!(v6_ok, "a reaches b and the gateway over IPv6");
 
     // The agent "crashes" (the Network is dropped without cleanup), b's VPS
     // dies meanwhile, and someone removed a's rules behind our back.
@@ -202,18 +269,45 @@ async fn ports_connect_and_a_restart_repairs_and_removes_leftovers() {
     .await
     .expect("restart");
     let rules = nft_table("bridge", &bridge);
-    assert!(rules.contains(&format!("port_{}", host_ifname(&a_id))), "a's rules are back: {rules}");
-    assert!(!rules.contains(&host_ifname(&b_id)), "b's rules are gone: {rules}");
+    assert!(
+        rules.contains(&format!("port_{}", host_ifname(&a_id))),
+        "a's rules are back: {rules}"
+    );
+    assert!(
+        !rules.contains(&host_ifname(&b_id)),
+        "b's rules are gone: {rules}"
+    );
     assert!(!link_exists(&ifb_ifname(&b_id)), "b's ifb is gone");
     assert!(!link_exists(&host_ifname(&b_id)));
-    assert!(a.command(&["ping", "-c", "1", "-W", "2", &format!("{subnet}.1")]));
+    assert!(a.command(&[
+        "busybox",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &format!("{subnet}.1")
+    ]));
 
     restarted.remove_port(&a_id).await.expect("remove a");
     assert!(!link_exists(&host_ifname(&a_id)));
     assert!(!nft_table("bridge", &bridge).contains("drop"));
-    assert!(!bridge_addresses(&bridge).contains(&subnet), "gateway removed with the last port");
+    assert!(
+        !bridge_addresses(&bridge).contains(&subnet),
+        "gateway removed with the last port"
+    );
+    let v6_left = Command::new("ip")
+        .args(["-o", "-6", "addr", "show", "dev", &bridge])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&v6_left.stdout).contains(&v6_prefix),
+        "IPv6 gateway removed with the last port"
+    );
     assert_eq!(
-        std::fs::read_dir(state.path().join("network")).expect("dir").count(),
+        std::fs::read_dir(state.path().join("network"))
+            .expect("dir")
+            .count(),
         0,
         "no persisted port left"
     );

@@ -251,8 +251,7 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
     let server = std::thread::spawn(move || {
         let (stream, peer) = host.accept().expect("accept");
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)
-            .expect("read");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).expect("read");
         // Dropping the stream closes it, which ends the client.
         (peer.ip().to_string(), line)
     });
@@ -367,6 +366,18 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
     let rules = String::from_utf8_lossy(&rules.stdout);
     let a_port = host_veth(&cluster, &a_id);
     assert!(rules.contains(&format!("chain port_{a_port}")), "{rules}");
+    // Each attempt really was sent, and was dropped by the rule meant for it.
+    let chain = chain_text(&rules, &format!("port_{a_port}"));
+    for (rule, what) in [
+        ("ip saddr", "packets from c's address"),
+        ("arp saddr ip", "ARP claiming another address"),
+        ("ether saddr", "frames from the forged MAC"),
+    ] {
+        assert!(
+            dropped(&chain, rule) > 0,
+            "no {what} dropped by `{rule}` in:\n{chain}"
+        );
+    }
 
     for name in ["a", "b", "c"] {
         cluster
@@ -385,6 +396,43 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
         .json(&["--context", "admin", "admin", "pool", "show", "pool-e2e"])
         .expect("pool show");
     assert_eq!(pool["allocated"], 0, "addresses return to the pool: {pool}");
+}
+
+/// The body of one chain in `nft list table` output.
+fn chain_text(rules: &str, chain: &str) -> String {
+    rules
+        .lines()
+        .skip_while(|line| line.trim() != format!("chain {chain} {{"))
+        .skip(1)
+        .take_while(|line| line.trim() != "}")
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Packets counted by the drop rule on `match_` (e.g. `ip saddr`) in a chain.
+fn dropped(chain: &str, match_: &str) -> u64 {
+    chain
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.ends_with("drop"))
+        .filter(|line| {
+            let arp = line.contains("arp saddr");
+            match match_ {
+                "ip saddr" => line.contains("ip saddr") && !arp && !line.contains("ip6"),
+                "arp saddr ip" => arp && line.contains("saddr ip"),
+                "ether saddr" => line.starts_with("ether saddr"),
+                other => line.contains(other),
+            }
+        })
+        .filter_map(|line| {
+            line.split("packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 fn fmt_mac(mac: [u8; 6]) -> String {
@@ -440,7 +488,7 @@ fn agent_crash_and_delete_leave_no_network_trace() {
     // Delete while the agent is down: the restarted agent finishes the job.
     cluster.kill_agent();
     cluster
-        .cli_ok(&with(&["delete", "a", "--yes"]))
+        .cli_ok(&with(&["delete", "a", "--yes", "--no-wait"]))
         .expect("delete a");
     cluster.start_agent().expect("agent restarts");
     cluster
@@ -478,4 +526,133 @@ fn host_veth_name_suffix(_cluster: &Cluster, vps_id: &str) -> String {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{:012x}", hash & 0xffff_ffff_ffff)
+}
+
+fn admin<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&["--context", "admin", "admin"][..], args].concat()
+}
+
+fn cli_err(cluster: &Cluster, args: &[&str]) -> String {
+    let out = cluster.cli(args).expect("run paddock");
+    assert!(
+        !out.status.success(),
+        "`paddock {}` should fail but printed {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_pools_quota_and_exhaustion_allocate_nothing() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start().expect("start cluster");
+    cluster.add_tenant("acme").expect("tenant");
+    let node = cluster.node_name.clone();
+    let subnet = cluster.subnet.clone();
+    let pool_create = |name: &str, cidr: &str, gateway: &str, extra: &[&str]| {
+        let mut args = admin(&[
+            "pool",
+            "create",
+            name,
+            "--node",
+            &node,
+            "--cidr",
+            cidr,
+            "--gateway",
+            gateway,
+        ]);
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let run_err = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli_err(&cluster, &args)
+    };
+
+    let err = run_err(pool_create(
+        "dup",
+        &format!("{subnet}.128/25"),
+        &format!("{subnet}.129"),
+        &[],
+    ));
+    assert!(err.contains("overlaps pool \"pool-e2e\""), "{err}");
+    let err = run_err(pool_create("g", "10.251.250.0/24", "10.251.251.1", &[]));
+    assert!(err.contains("pool.gateway"), "{err}");
+    let err = run_err(pool_create(
+        "r",
+        "10.251.250.0/24",
+        "10.251.250.1",
+        &[
+            "--range-start",
+            "10.251.250.10",
+            "--range-end",
+            "10.251.251.5",
+        ],
+    ));
+    assert!(
+        err.contains("pool.range_end") && err.contains("outside"),
+        "{err}"
+    );
+    let pools = cluster.json(&admin(&["pool", "list"])).expect("list");
+    assert_eq!(pools.as_array().map(Vec::len), Some(1), "{pools}");
+
+    // More addresses than the tenant's quota.
+    cluster
+        .cli_ok(&admin(&["tenant", "set-quota", "acme", "--ipv4", "1"]))
+        .expect("quota");
+    create(&cluster, "a");
+    let err = cli_err(&cluster, &with(&["create", "b", "--plan", "nano"]));
+    assert!(err.contains("quota exceeded: ipv4"), "{err}");
+    let pool = cluster
+        .json(&admin(&["pool", "show", "pool-e2e"]))
+        .expect("show");
+    assert_eq!(pool["allocated"], 1, "{pool}");
+
+    // A pool in use cannot go; an exhausted pool refuses the create cleanly.
+    let err = cli_err(&cluster, &admin(&["pool", "delete", "pool-e2e"]));
+    assert!(err.contains("allocated address"), "{err}");
+    cluster
+        .cli_ok(&with(&["delete", "a", "--yes"]))
+        .expect("delete a");
+    cluster
+        .cli_ok(&admin(&["pool", "delete", "pool-e2e"]))
+        .expect("delete the empty pool");
+    cluster
+        .cli_ok(&admin(&["tenant", "set-quota", "acme", "--ipv4", "10"]))
+        .expect("quota");
+    let tiny: Vec<String> = pool_create(
+        "tiny",
+        &format!("{subnet}.0/24"),
+        &format!("{subnet}.1"),
+        &[
+            "--range-start",
+            &format!("{subnet}.10"),
+            "--range-end",
+            &format!("{subnet}.10"),
+        ],
+    );
+    let tiny: Vec<&str> = tiny.iter().map(String::as_str).collect();
+    cluster.cli_ok(&tiny).expect("tiny pool");
+    let (_, ip) = create(&cluster, "a");
+    assert_eq!(ip, format!("{subnet}.10"));
+    let err = cli_err(&cluster, &with(&["create", "b", "--plan", "nano"]));
+    assert!(
+        err.contains(&format!(
+            "pool tiny on node {node} has no free IPv4 address"
+        )),
+        "{err}"
+    );
+    let list = cluster.json(&with(&["list"])).expect("list");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(1),
+        "nothing half-created: {list}"
+    );
+    let used = cluster
+        .json(&admin(&["tenant", "show", "acme"]))
+        .expect("tenant");
+    assert!(used.to_string().contains("\"ipv4\":1"), "{used}");
 }

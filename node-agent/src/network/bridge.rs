@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use rtnetlink::LinkBridge;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{LinkBridge, LinkUnspec};
 
 use super::veth::{errno, Netlink};
-use super::{IfAddr, NetworkError};
+use super::{IfAddr, MacAddr, NetworkError};
 
 /// Creates the bridge `name` if it does not exist, brings it up, and returns its index.
 pub async fn ensure(netlink: &Netlink, name: &str) -> Result<u32, NetworkError> {
@@ -38,8 +39,43 @@ pub async fn ensure(netlink: &Netlink, name: &str) -> Result<u32, NetworkError> 
         }
     };
     let index = link.header.index;
+    // A bridge without an address of its own takes the lowest of its ports'
+    // MACs, so it would change as VPSes come and go and leave the VPSes' ARP
+    // entries for the gateway stale. A fixed MAC keeps the gateway stable.
+    let mac = mac_for(name);
+    let current = link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Address(address) => Some(address.clone()),
+        _ => None,
+    });
+    if current.as_deref() != Some(&mac.0[..]) {
+        netlink
+            .handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.0.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| NetworkError::Netlink {
+                op: format!("set the MAC of bridge {name}"),
+                source,
+            })?;
+    }
     netlink.set_up(index, None).await?;
     Ok(index)
+}
+
+/// The bridge's own MAC: locally administered, derived from its name.
+pub fn mac_for(bridge: &str) -> MacAddr {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bridge.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let bytes = hash.to_be_bytes();
+    MacAddr([0x02, bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]])
 }
 
 /// Makes the bridge carry exactly `wanted` (plus kernel-made IPv6 link-local

@@ -186,13 +186,13 @@ impl IfAddr {
         let address = match self.address {
             IpAddr::V4(v4) => {
                 let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .checked_shl(32u32.saturating_sub(u32::from(self.prefix_len)))
                     .unwrap_or(0);
                 IpAddr::V4((u32::from(v4) & mask).into())
             }
             IpAddr::V6(v6) => {
                 let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .checked_shl(128u32.saturating_sub(u32::from(self.prefix_len)))
                     .unwrap_or(0);
                 IpAddr::V6((u128::from(v6) & mask).into())
             }
@@ -215,6 +215,9 @@ pub struct PortSpec {
     pub addresses: Vec<IfAddr>,
     /// The default gateway; also put on the bridge with the pool's prefix length.
     pub gateway: Option<IpAddr>,
+    /// The IPv6 default gateway, when the VPS has IPv6 addresses.
+    #[serde(default)]
+    pub gateway6: Option<IpAddr>,
     /// Limit on traffic to the VPS, bits/s; 0 = unlimited.
     pub ingress_bps: u64,
     /// Limit on traffic from the VPS, bits/s; 0 = unlimited.
@@ -229,24 +232,35 @@ impl PortSpec {
     /// Checks the addresses, gateway and pool fit together.
     pub fn validate(&self) -> Result<(), NetworkError> {
         let invalid = |field, rule: String| NetworkError::InvalidSpec { field, rule };
-        if let Some(gateway) = self.gateway {
-            if self.addresses.iter().any(|a| a.address == gateway) {
+        for (field, gateway, v4) in [
+            ("gateway", self.gateway, true),
+            ("gateway6", self.gateway6, false),
+        ] {
+            let Some(gateway) = gateway else { continue };
+            if gateway.is_ipv4() != v4 {
                 return Err(invalid(
-                    "gateway",
-                    format!("{gateway} is also a VPS address"),
+                    field,
+                    format!("{gateway} is not an IPv{} address", if v4 { 4 } else { 6 }),
                 ));
             }
-            let reachable = self.addresses.iter().any(|a| {
-                IfAddr {
-                    address: gateway,
-                    prefix_len: a.prefix_len,
-                }
-                .network()
-                    == a.network()
-            });
+            if self.addresses.iter().any(|a| a.address == gateway) {
+                return Err(invalid(field, format!("{gateway} is also a VPS address")));
+            }
+            let reachable = self
+                .addresses
+                .iter()
+                .filter(|a| a.address.is_ipv4() == v4)
+                .any(|a| {
+                    IfAddr {
+                        address: gateway,
+                        prefix_len: a.prefix_len,
+                    }
+                    .network()
+                        == a.network()
+                });
             if !reachable {
                 return Err(invalid(
-                    "gateway",
+                    field,
                     format!("{gateway} is not inside the network of any VPS address"),
                 ));
             }
@@ -260,18 +274,23 @@ impl PortSpec {
         Ok(())
     }
 
-    /// The gateway with the prefix length of the VPS address it serves, as the bridge carries it.
-    fn gateway_on_bridge(&self) -> Option<IfAddr> {
-        let gateway = self.gateway?;
-        let prefix_len = self
-            .addresses
-            .iter()
-            .find(|a| a.address.is_ipv4() == gateway.is_ipv4())?
-            .prefix_len;
-        Some(IfAddr {
-            address: gateway,
-            prefix_len,
-        })
+    /// The gateways with the prefix length of the VPS address each serves, as the bridge carries them.
+    fn gateways_on_bridge(&self) -> Vec<IfAddr> {
+        [self.gateway, self.gateway6]
+            .into_iter()
+            .flatten()
+            .filter_map(|gateway| {
+                let prefix_len = self
+                    .addresses
+                    .iter()
+                    .find(|a| a.address.is_ipv4() == gateway.is_ipv4())?
+                    .prefix_len;
+                Some(IfAddr {
+                    address: gateway,
+                    prefix_len,
+                })
+            })
+            .collect()
     }
 }
 
@@ -306,6 +325,13 @@ pub fn host_ifname(vps_id: &str) -> String {
 /// The ifb device that shapes a VPS's egress.
 pub fn ifb_ifname(vps_id: &str) -> String {
     format!("pi{}", short_hash(vps_id))
+}
+
+/// Whether `name` has the shape of a port or ifb name this agent makes.
+fn is_port_name(name: &str) -> bool {
+    (name.starts_with("pv") || name.starts_with("pi"))
+        && name.len() == 14
+        && name[2..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// The alias marking a host link as belonging to `vps_id` on `bridge`.
@@ -383,8 +409,10 @@ impl Network {
             let Some(name) = link_name(&link).map(str::to_owned) else {
                 continue;
             };
+            // Only links we made: marked with our alias, or named like a port
+            // and on our bridge (the uplink an admin may bridge in is never touched).
             let ours = link_alias(&link).is_some_and(|a| a.starts_with(&marker))
-                || link_controller(&link) == Some(bridge_index);
+                || (link_controller(&link) == Some(bridge_index) && is_port_name(&name));
             if ours && !wanted.contains(&name) {
                 tracing::info!(link = %name, "removing leftover link");
                 network.host.delete_link(&name).await?;
@@ -467,9 +495,12 @@ impl Network {
         }
         if let Some(gateway) = spec.gateway {
             guest.replace_default_route(guest_index, gateway).await?;
-            if self.config.ip_forward && gateway.is_ipv4() {
+            if self.config.ip_forward {
                 enable_ip_forward()?;
             }
+        }
+        if let Some(gateway6) = spec.gateway6 {
+            guest.replace_default_route(guest_index, gateway6).await?;
         }
         Ok(())
     }
@@ -563,7 +594,7 @@ impl Network {
     async fn sync_bridge(&self, ports: &BTreeMap<String, PortSpec>) -> Result<(), NetworkError> {
         let wanted: BTreeSet<IfAddr> = ports
             .values()
-            .filter_map(PortSpec::gateway_on_bridge)
+            .flat_map(PortSpec::gateways_on_bridge)
             .collect();
         let Some(bridge) = self.host.link_by_name(&self.config.bridge).await? else {
             return Ok(());
@@ -661,6 +692,8 @@ mod tests {
         assert!(name.starts_with("pv"));
         assert_eq!(name, host_ifname("0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a10"));
         assert_ne!(name, host_ifname("0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a11"));
+        assert!(is_port_name(&name) && is_port_name(&ifb_ifname("x")));
+        assert!(!is_port_name("eth0") && !is_port_name("pvzzzzzzzzzzzz"));
         assert_eq!(
             ifb_ifname("x")[2..],
             host_ifname("x")[2..],
@@ -693,6 +726,7 @@ mod tests {
             mac: "02:00:00:00:00:01".parse().expect("mac"),
             addresses: vec!["10.77.0.10/24".parse().expect("addr")],
             gateway: Some("10.77.0.1".parse().expect("gw")),
+            gateway6: None,
             ingress_bps: 0,
             egress_bps: 0,
             nat: true,
@@ -700,9 +734,24 @@ mod tests {
         };
         spec.validate().expect("valid");
         assert_eq!(
-            spec.gateway_on_bridge(),
-            Some("10.77.0.1/24".parse().expect("gw"))
+            spec.gateways_on_bridge(),
+            vec!["10.77.0.1/24".parse().expect("gw")]
         );
+        let v6 = PortSpec {
+            addresses: vec![
+                "10.77.0.10/24".parse().expect("addr"),
+                "fd00:77::2/64".parse().expect("addr"),
+            ],
+            gateway6: Some("fd00:77::1".parse().expect("gw6")),
+            ..spec.clone()
+        };
+        v6.validate().expect("dual stack");
+        assert_eq!(v6.gateways_on_bridge().len(), 2);
+        let swapped = PortSpec {
+            gateway6: Some("10.77.0.1".parse().expect("gw")),
+            ..v6
+        };
+        assert!(swapped.validate().is_err());
         let outside = PortSpec {
             gateway: Some("10.78.0.1".parse().expect("gw")),
             ..spec.clone()

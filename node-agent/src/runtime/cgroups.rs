@@ -18,7 +18,7 @@ use cgroups_rs::{CgroupPid, Controller, Hierarchy, MaxValue};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::Limits;
+use super::{device_filter, Limits};
 
 /// CFS period for every VPS, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -68,6 +68,9 @@ pub enum CgroupError {
         /// `memory`, `cpu` or `pids`.
         controller: &'static str,
     },
+    /// Loading or attaching the v2 device program failed.
+    #[error(transparent)]
+    DeviceFilter(#[from] device_filter::DeviceFilterError),
     /// Writing a control file directly failed.
     #[error("write {value:?} to {path}: {source}")]
     Write {
@@ -254,17 +257,15 @@ impl VpsCgroup {
         }
     }
 
-    /// Denies every device, then allows [`ALLOWED_CHAR_DEVICES`] (read, write; no mknod).
-    /// v1 only: on cgroup v2 device access is an eBPF program attached to the cgroup, which is
-    /// not implemented yet (the VPS still cannot create device nodes: it has no `CAP_MKNOD` in
-    /// the host's user namespace, and its /dev is a nodev tmpfs with bind-mounted nodes).
-    /// Must run while the cgroup is empty: the deny-all briefly covers everything.
+    /// Denies every device, then allows [`ALLOWED_CHAR_DEVICES`] (read, write; no mknod):
+    /// through the `devices` controller on v1, an eBPF device program on v2
+    /// ([`device_filter`]). Must run while the cgroup is empty: on v1 the deny-all briefly
+    /// covers everything.
     pub fn apply_device_policy(&self) -> Result<(), CgroupError> {
         if self.cgroup.v2() {
-            tracing::warn!(
-                cgroup = self.path,
-                "cgroup v2 eBPF device filter not implemented; relying on userns + nodev /dev"
-            );
+            for dir in self.paths() {
+                device_filter::attach(&dir, ALLOWED_CHAR_DEVICES)?;
+            }
             return Ok(());
         }
         let devices: &DevicesController = self.controller("devices")?;

@@ -364,12 +364,14 @@ mod tty {
             let stdin_fd = unsafe { BorrowedFd::borrow_raw(0) };
             // SAFETY: as above.
             let resize_fd = unsafe { BorrowedFd::borrow_raw(RESIZE_FD) };
-            if stdin_open {
+            let stdin_pos = stdin_open.then(|| {
                 fds.push(PollFd::new(stdin_fd, PollFlags::POLLIN));
-            }
-            if resize_open {
+                fds.len() - 1
+            });
+            let resize_pos = resize_open.then(|| {
                 fds.push(PollFd::new(resize_fd, PollFlags::POLLIN));
-            }
+                fds.len() - 1
+            });
             match poll(&mut fds, PollTimeout::from(100u16)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(sys_err("poll")(e)),
@@ -379,12 +381,8 @@ mod tty {
                 .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
             drop(fds);
-            let mut index = 1;
-            let stdin_ready = stdin_open && {
-                index += 1;
-                ready[index - 1]
-            };
-            let resize_ready = resize_open && ready[index];
+            let stdin_ready = stdin_pos.is_some_and(|p| ready[p]);
+            let resize_ready = resize_pos.is_some_and(|p| ready[p]);
             if ready[0] {
                 match master_file.read(&mut buffer) {
                     Ok(0) | Err(_) => {

@@ -15,11 +15,11 @@
 
 use std::convert::Infallible;
 use std::ffi::{CString, NulError, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::capabilities::{self, CapabilityError};
 use super::cgroups::{CgroupError, VpsCgroup};
+use super::console::{self, ConsoleError};
 use super::idmap::{self, IdRange, IdmapError};
 use super::namespaces::{self, NamespaceError};
 use super::process::{self, ProcessError, ProcessIdentity};
@@ -103,6 +104,9 @@ pub enum HelperError {
     /// Inspecting a process failed.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// Setting up the console failed.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     /// Writing the id maps failed.
     #[error(transparent)]
     Idmap(#[from] IdmapError),
@@ -138,6 +142,8 @@ pub(crate) struct StartRequest {
     pub cgroup_parent: String,
     pub rootfs: RootfsLayout,
     pub console_log: PathBuf,
+    pub console_socket: PathBuf,
+    pub console_pid_file: PathBuf,
     pub ids: IdRange,
 }
 
@@ -231,31 +237,37 @@ pub(crate) fn exit_child(code: i32) -> ! {
 fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     let request: StartRequest = decode_request(args)?;
     ensure_single_threaded()?;
+    // The console pty and its supervisor, in the host's mount namespace (so the supervisor
+    // never pins the VPS's disk mount); the supervisor joins the VPS's cgroup itself.
+    let pty = console::allocate(request.ids)?;
+    let cgroup_parent = request.cgroup_parent.clone();
+    let vps_id = request.vps_id.clone();
+    console::spawn_supervisor(
+        &pty,
+        &console::SupervisorPaths {
+            socket: request.console_socket.clone(),
+            log: request.console_log.clone(),
+            pid_file: request.console_pid_file.clone(),
+        },
+        move || {
+            VpsCgroup::open(&cgroup_parent, &vps_id)
+                .add_process(std::process::id())
+                .is_ok()
+        },
+    )?;
+    let console::ConsolePty {
+        master,
+        slave,
+        slave_path,
+    } = pty;
+    drop(master);
+
     namespaces::unshare_mount_namespace()?;
     // Before joining the cgroup: its device policy denies the loop devices.
     request.rootfs.mount_host_side(request.ids)?;
     // The init's cgroup namespace is rooted at the cgroup its creator is in.
     VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
 
-    let console = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(&request.console_log)
-        .map_err(|source| HelperError::Io {
-            operation: "open console log",
-            path: request.console_log.clone(),
-            source,
-        })?;
-    let devnull = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|source| HelperError::Io {
-            operation: "open",
-            path: PathBuf::from("/dev/null"),
-            source,
-        })?;
     let filter = seccomp::vps_filter()?;
     let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
     let (maps_read, maps_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
@@ -271,7 +283,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
             if !matches!(File::from(maps_read).read(&mut byte), Ok(1) if byte[0] == b'1') {
                 exit_child(1)
             }
-            let Err(error) = init_child(&request, &console, &devnull, &filter);
+            let Err(error) = init_child(&request, &slave, &slave_path, &filter);
             let mut pipe = File::from(report_write);
             let _ = pipe.write_all(error.to_string().as_bytes());
             exit_child(1)
@@ -323,20 +335,20 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
 /// Runs in the cloned child: becomes the VPS's init. Returns only on failure.
 fn init_child(
     request: &StartRequest,
-    console: &File,
-    devnull: &File,
+    console: &OwnedFd,
+    console_path: &Path,
     filter: &BpfProgram,
 ) -> Result<Infallible, HelperError> {
     become_vps_root()?;
     setsid().map_err(sys_err("setsid"))?;
     sethostname(&request.hostname).map_err(sys_err("sethostname"))?;
-    request.rootfs.enter()?;
+    request.rootfs.enter(console_path)?;
     let argv = [CString::new(INIT_PATH)?];
     let env = INIT_ENV
         .iter()
         .map(|e| CString::new(*e))
         .collect::<Result<Vec<_>, _>>()?;
-    redirect_stdio(devnull, console)?;
+    redirect_stdio(console)?;
     lock_down(filter)?;
     execve(&argv[0], &argv, &env).map_err(sys_err("execve /sbin/init"))
 }
@@ -362,10 +374,13 @@ pub(crate) fn lock_down(filter: &BpfProgram) -> Result<(), HelperError> {
     Ok(())
 }
 
-/// stdin from /dev/null, stdout and stderr appended to the console log.
-fn redirect_stdio(devnull: &File, console: &File) -> Result<(), HelperError> {
-    for (fd, target) in [(devnull, 0), (console, 1), (console, 2)] {
-        dup2(fd.as_raw_fd(), target).map_err(sys_err("dup2 stdio"))?;
+/// The console pty as stdin, stdout, stderr and controlling terminal of the init.
+fn redirect_stdio(console: &OwnedFd) -> Result<(), HelperError> {
+    for target in 0..3 {
+        dup2(console.as_raw_fd(), target).map_err(sys_err("dup2 stdio"))?;
     }
+    // SAFETY: TIOCSCTTY takes an int argument; no memory is passed. Failure (e.g. no session)
+    // only means the console is not the init's controlling terminal.
+    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
     Ok(())
 }

@@ -13,6 +13,8 @@
 
 pub mod capabilities;
 mod cgroups;
+pub mod console;
+pub mod device_filter;
 pub mod disk;
 mod exec;
 mod helper;
@@ -443,6 +445,18 @@ impl Runtime {
             })?;
 
         let running = self.live_init(&st)?;
+        let image = self.rootfs_layout(vps_id, &st.template).disk_image;
+        if let Ok(Some(size)) = disk::image_size(&image) {
+            if spec.limits.disk_bytes != 0 && spec.limits.disk_bytes != size {
+                // Growing or shrinking the ext4 image online is not supported yet.
+                tracing::warn!(
+                    vps_id,
+                    disk_bytes = size,
+                    requested = spec.limits.disk_bytes,
+                    "disk size is fixed at creation; keeping the current size"
+                );
+            }
+        }
         st.limits = spec.limits.clone();
         st.hostname = spec.hostname.clone();
         st.power = spec.power;
@@ -626,7 +640,26 @@ impl Runtime {
         disk::loop_devices_under(&self.config().state_dir)
     }
 
-    /// The path of the VPS's console log (the init's stdout and stderr).
+    /// The socket of the running VPS's console supervisor (protocol: [`console::frame`]).
+    pub fn console_socket(&self, vps_id: &str) -> Result<PathBuf, RuntimeError> {
+        validate_vps_id(vps_id)?;
+        let st = self
+            .load(vps_id)?
+            .filter(|st| st.phase == Phase::Ready)
+            .ok_or_else(|| RuntimeError::NotFound(vps_id.to_string()))?;
+        if self.live_init(&st)?.is_none() {
+            return Err(RuntimeError::NotRunning(vps_id.to_string()));
+        }
+        Ok(console::socket_path(&self.layout().vps_dir(vps_id)))
+    }
+
+    /// The pid of the running VPS's console supervisor, if it recorded one.
+    pub fn console_supervisor_pid(&self, vps_id: &str) -> Option<u32> {
+        let pid_file = self.layout().vps_dir(vps_id).join("console.pid");
+        fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+    }
+
+    /// The path of the VPS's console log (everything the console showed).
     pub fn console_log_path(&self, vps_id: &str) -> PathBuf {
         self.layout().console_log(vps_id)
     }
@@ -888,6 +921,8 @@ impl Runtime {
             cgroup_parent: self.config().cgroup_parent.clone(),
             rootfs,
             console_log: self.layout().console_log(&vps_id),
+            console_socket: console::socket_path(&self.layout().vps_dir(&vps_id)),
+            console_pid_file: self.layout().vps_dir(&vps_id).join("console.pid"),
             ids,
         };
         supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {

@@ -24,17 +24,9 @@ use serde::{Deserialize, Serialize};
 use super::disk;
 use super::idmap::{self, IdRange};
 
-/// Host device nodes bind-mounted into every VPS's /dev (`console` gets /dev/null until a
-/// console pty exists).
-const DEVICES: &[(&str, &str)] = &[
-    ("null", "null"),
-    ("zero", "zero"),
-    ("full", "full"),
-    ("random", "random"),
-    ("urandom", "urandom"),
-    ("tty", "tty"),
-    ("console", "null"),
-];
+/// Host device nodes bind-mounted into every VPS's /dev (plus `console`, the VPS's console
+/// pty).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Files and directories hidden from the VPS: files get /dev/null, directories an empty
 /// read-only tmpfs. Paths relative to the VPS root; missing ones are skipped.
@@ -237,7 +229,7 @@ impl RootfsLayout {
     /// Container side, in the VPS's init (PID 1 of its pid namespace, root of its user and
     /// mount namespaces, before exec): mounts /proc, /sys and /dev with their masks and pivots
     /// into the merged tree. Afterwards the working directory is the new `/`.
-    pub fn enter(&self) -> Result<(), RootfsError> {
+    pub fn enter(&self, console: &Path) -> Result<(), RootfsError> {
         let root = &self.merged;
         // The overlay came from the helper's (more privileged) namespace, so it is locked here
         // and cannot be pivoted into; a bind mount of it made in this namespace can.
@@ -259,7 +251,7 @@ impl RootfsLayout {
             None,
         )?;
         let dev_dir = plain_dir(root, "dev")?;
-        mount_dev(&dev_dir)?;
+        mount_dev(&dev_dir, console)?;
         mask_paths(root)?;
         read_only_paths(root)?;
         pivot_into(root)
@@ -409,7 +401,7 @@ fn mount_fs(
 
 /// A tmpfs /dev with bind-mounted host nodes, a private devpts instance, /dev/shm and the
 /// usual symlinks.
-fn mount_dev(dev: &Path) -> Result<(), RootfsError> {
+fn mount_dev(dev: &Path, console: &Path) -> Result<(), RootfsError> {
     mount_fs(
         "tmpfs",
         dev,
@@ -417,8 +409,11 @@ fn mount_dev(dev: &Path) -> Result<(), RootfsError> {
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
-    for (name, host_name) in DEVICES {
-        let host = Path::new("/dev").join(host_name);
+    let devices = DEVICES
+        .iter()
+        .map(|name| (*name, Path::new("/dev").join(name)))
+        .chain([("console", console.to_path_buf())]);
+    for (name, host) in devices {
         let target = dev.join(name);
         OpenOptions::new()
             .write(true)

@@ -152,7 +152,11 @@ pub fn config(state_dir: &Path, cgroup_parent: &str) -> RuntimeConfig {
         state_dir: state_dir.to_path_buf(),
         cgroup_parent: cgroup_parent.to_string(),
         stop_grace: Duration::from_secs(10),
-        helper_binary: PathBuf::from(env!("CARGO_BIN_EXE_paddock-agent")),
+        // PADDOCK_HELPER_BINARY: run the helpers from another build (e.g. release, to measure
+        // the console supervisor's RSS).
+        helper_binary: std::env::var_os("PADDOCK_HELPER_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_paddock-agent"))),
         id_base: paddock_agent::runtime::idmap::DEFAULT_ID_BASE,
     }
 }

@@ -48,7 +48,10 @@ impl Netns {
     }
 
     /// Runs `f` on a fresh thread inside this namespace (sockets it opens stay there).
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let file = std::fs::File::open(self.path()).expect("open netns");
         std::thread::spawn(move || {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -133,8 +136,11 @@ pub fn port(vps_id: &str, subnet: &str, host: u8, egress_bps: u64, ingress_bps: 
     PortSpec {
         vps_id: vps_id.to_owned(),
         mac: format!("02:00:00:aa:00:{host:02x}").parse().expect("mac"),
-        addresses: vec![format!("{subnet}.{host}/24").parse::<IfAddr>().expect("addr")],
+        addresses: vec![format!("{subnet}.{host}/24")
+            .parse::<IfAddr>()
+            .expect("addr")],
         gateway: Some(format!("{subnet}.1").parse().expect("gw")),
+        gateway6: None,
         ingress_bps,
         egress_bps,
         nat: false,

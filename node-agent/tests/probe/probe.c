@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 static int failures;
@@ -114,6 +115,13 @@ int main(int argc, char **argv) {
         umount("/tmp/probe-cg");
     }
     rmdir("/tmp/probe-cg");
+
+    /* Setting the clock to the time it already shows: harmless even if it were allowed. */
+    {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        expect_eperm("clock_settime", clock_settime(CLOCK_REALTIME, &now));
+    }
 
     rc = kill(host_pid, 0);
     refused("signal host process", rc == 0, errno);

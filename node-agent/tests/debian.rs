@@ -1,0 +1,56 @@
+//! The `debian-12` template (built with `paddock-agent template build debian-12`, which needs
+//! debootstrap and a Debian mirror) boots as a VPS. Not part of CI: set
+//! `PADDOCK_DEBIAN_TEMPLATE` to a built template directory (`<state_dir>/templates/debian-12`).
+
+mod common;
+
+use common::*;
+use paddock_agent::template;
+
+#[test]
+fn debian_12_template_boots() {
+    let Ok(built) = std::env::var("PADDOCK_DEBIAN_TEMPLATE") else {
+        eprintln!("skipping: PADDOCK_DEBIAN_TEMPLATE is not set");
+        return;
+    };
+    if !require_root() {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let link = fixture
+        .state_dir
+        .path()
+        .join("templates")
+        .join(template::DEBIAN_12);
+    std::os::unix::fs::symlink(&built, &link).expect("link template");
+    let vps_id = fixture.new_vps_id();
+    let mut debian = spec(&vps_id, small_limits());
+    debian.template = template::DEBIAN_12.to_string();
+    debian.limits.memory_bytes = 256 << 20;
+    debian.limits.disk_bytes = 256 << 20;
+    let init_pid = running_pid(&fixture.runtime.apply(&debian).expect("apply"));
+    let version = sh_ok(&fixture.runtime, &vps_id, "cat /etc/debian_version");
+    assert!(version.starts_with("12"), "{version}");
+    assert_eq!(sh_ok(&fixture.runtime, &vps_id, "id -u").trim(), "0");
+    // Package-owned files appear owned by the VPS's root and its system users.
+    assert_eq!(
+        sh_ok(
+            &fixture.runtime,
+            &vps_id,
+            "stat -c %U:%G /usr/bin/passwd /var/log"
+        )
+        .trim(),
+        "root:root\nroot:root"
+    );
+    sh_ok(
+        &fixture.runtime,
+        &vps_id,
+        "useradd -m alice && su alice -c 'touch ~/x' && ls -l /home/alice/x",
+    );
+    assert_eq!(
+        sh_ok(&fixture.runtime, &vps_id, "cat /proc/1/comm").trim(),
+        "init"
+    );
+    fixture.runtime.delete(&vps_id).expect("delete");
+    fixture.assert_gone(&vps_id, &[init_pid]);
+}
