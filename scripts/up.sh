@@ -71,7 +71,10 @@ start() { # daemon port
 }
 
 mkdir -p "$HOME_DIR" "$LOGS"
-chmod 700 "$HOME_DIR"
+# Traversable but not listable: a VPS's root (an unprivileged id on the host)
+# must reach its own root filesystem below the agent's state dir. Secrets live
+# in the controller's data dir, which init creates with mode 0700.
+chmod 711 "$HOME_DIR"
 
 # The CLI and daemons on PATH, as an installed package would put them.
 for binary in paddock paddock-controller paddock-agent; do
