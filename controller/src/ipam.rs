@@ -289,6 +289,7 @@ impl Controller {
         Ok(pools)
     }
 
+    /// One pool by name.
     pub fn get_pool(&self, name: &str) -> Result<PoolRecord, ControllerError> {
         validate::name("name", name)?;
         self.store

@@ -9,7 +9,7 @@ use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
 use crate::scheduler::{self, Overcommit, Placement, Strategy};
-use crate::store::{Power, Resources, StoreError, VpsRecord};
+use crate::store::{EventKind, Power, Resources, StoreError, VpsRecord};
 use crate::validate::{self, ValidationError};
 
 /// The default template when a create request names none.
@@ -211,6 +211,7 @@ impl Controller {
         tenant: &str,
         name: &str,
         refused_when_suspended: Option<&'static str>,
+        event: Option<EventKind>,
         change: &(dyn Fn(&mut VpsRecord) + Sync),
     ) -> Result<VpsRecord, ControllerError> {
         let tenant = self.vps_scope(principal, tenant)?;
@@ -218,7 +219,7 @@ impl Controller {
         if let Some(what) = refused_when_suspended {
             self.refuse_if_suspended(&tenant, what)?;
         }
-        let updated = self.store.update_vps(&vps.vps_id, &|vps| {
+        let updated = self.store.update_vps_emitting(&vps.vps_id, &|vps| {
             if vps.deleting {
                 return Err(StoreError::Conflict(format!(
                     "VPS {:?} is being deleted",
@@ -226,7 +227,7 @@ impl Controller {
                 )));
             }
             change(vps);
-            Ok(())
+            Ok(event)
         })?;
         self.commit().await?;
         self.reconciler.kick(&updated.node);
@@ -242,7 +243,7 @@ impl Controller {
         power: Power,
     ) -> Result<VpsRecord, ControllerError> {
         let refused = (power == Power::Running).then_some("starting a VPS");
-        self.change_vps(principal, tenant, name, refused, &|vps| {
+        self.change_vps(principal, tenant, name, refused, None, &|vps| {
             vps.desired_power = power;
         })
         .await
@@ -255,12 +256,19 @@ impl Controller {
         tenant: &str,
         name: &str,
     ) -> Result<VpsRecord, ControllerError> {
-        self.change_vps(principal, tenant, name, Some("restarting a VPS"), &|vps| {
-            vps.desired_power = Power::Running;
-            vps.restart_generation += 1;
-            // Until the node reports again, the VPS is on its way back up.
-            vps.observed = None;
-        })
+        self.change_vps(
+            principal,
+            tenant,
+            name,
+            Some("restarting a VPS"),
+            None,
+            &|vps| {
+                vps.desired_power = Power::Running;
+                vps.restart_generation += 1;
+                // Until the node reports again, the VPS is on its way back up.
+                vps.observed = None;
+            },
+        )
         .await
     }
 
@@ -277,15 +285,77 @@ impl Controller {
             validate::name("template", template)?;
         }
         let template = template.to_owned();
-        self.change_vps(principal, tenant, name, Some("rebuilding a VPS"), &|vps| {
-            if !template.is_empty() {
-                vps.template = template.clone();
-            }
-            vps.rebuild_generation += 1;
-            // Until the node reports again, the VPS is being rebuilt.
-            vps.observed = None;
-        })
+        let rebuilt = Some(EventKind::Rebuilt);
+        self.change_vps(
+            principal,
+            tenant,
+            name,
+            Some("rebuilding a VPS"),
+            rebuilt,
+            &|vps| {
+                if !template.is_empty() {
+                    vps.template = template.clone();
+                }
+                vps.rebuild_generation += 1;
+                // Until the node reports again, the VPS is being rebuilt.
+                vps.observed = None;
+            },
+        )
         .await
+    }
+
+    /// Changes a VPS's limits (to another plan and/or single overrides) while
+    /// it runs; the agent applies them live. The quota check and the usage
+    /// change are one transaction. Disk size and address count stay as they
+    /// are: growing a disk or renumbering are not supported yet.
+    pub async fn resize_vps(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        name: &str,
+        plan: &str,
+        overrides: Option<Resources>,
+    ) -> Result<VpsRecord, ControllerError> {
+        let tenant = self.vps_scope(principal, tenant)?;
+        let vps = self.find_vps(&tenant, name)?;
+        self.refuse_if_suspended(&tenant, "resizing a VPS")?;
+        let (plan_name, base) = if plan.is_empty() {
+            (vps.plan.clone(), vps.resources.clone())
+        } else {
+            validate::name("plan", plan)?;
+            let record = self.store.get_plan(plan)?.ok_or_else(|| {
+                ValidationError::new(
+                    "plan",
+                    format!("unknown plan {plan:?}; see `paddock plans`"),
+                )
+            })?;
+            (record.name, record.resources)
+        };
+        let mut resources = match &overrides {
+            Some(overrides) => with_overrides(base, overrides),
+            None => base,
+        };
+        validate::vcpus("vcpus", resources.vcpus)?;
+        validate::positive("memory_bytes", resources.memory_bytes)?;
+        if resources.disk_bytes != vps.resources.disk_bytes {
+            let asked = overrides.as_ref().is_some_and(|o| o.disk_bytes != 0);
+            if asked {
+                return Err(ValidationError::new(
+                    "disk_bytes",
+                    "the disk of an existing VPS cannot be resized yet",
+                )
+                .into());
+            }
+        }
+        // The disk and the addresses stay; everything else follows the request.
+        resources.disk_bytes = vps.resources.disk_bytes;
+        resources.ipv4_count = vps.resources.ipv4_count;
+        resources.ipv6_count = vps.resources.ipv6_count;
+        let updated = self.store.resize_vps(&vps.vps_id, &plan_name, &resources)?;
+        self.commit().await?;
+        info!(vps = %updated.name, tenant = %updated.tenant, plan = %updated.plan, actor = %principal.actor(), "VPS resized");
+        self.reconciler.kick(&updated.node);
+        Ok(updated)
     }
 
     /// Marks a VPS for deletion; it disappears once its node has removed it.

@@ -319,3 +319,80 @@ async fn suspension_blocks_create_and_start_and_is_audited() {
         "strictly increasing seq"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_is_quota_checked_in_one_transaction() {
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    api.tenants()
+        .set_quota(with_token(
+            v1::SetQuotaRequest {
+                name: "acme".into(),
+                quota: Some(v1::Quota {
+                    memory_bytes: 2 << 30,
+                    ..Default::default()
+                }),
+            },
+            &api.admin,
+        ))
+        .await
+        .expect("quota");
+    api.create_vps(&acme, "", "web1")
+        .await
+        .expect("create nano");
+    let resize = |plan: &str, memory_bytes: u64, disk_bytes: u64| v1::ResizeVpsRequest {
+        vps: Some(v1::VpsRef {
+            tenant: String::new(),
+            name: "web1".into(),
+        }),
+        plan: plan.into(),
+        resources: Some(v1::Resources {
+            memory_bytes,
+            disk_bytes,
+            ..Default::default()
+        }),
+    };
+    // To plan small (1 GiB): fits the 2 GiB quota; the disk stays as created.
+    let small = api
+        .vps()
+        .resize_vps(with_token(resize("small", 0, 0), &acme))
+        .await
+        .expect("resize to small")
+        .into_inner();
+    assert_eq!(small.plan, "small");
+    let resources = small.resources.expect("resources");
+    assert_eq!(resources.memory_bytes, 1 << 30);
+    assert_eq!(resources.disk_bytes, 2 << 30, "the disk keeps its size");
+    // 4 GiB is over quota: refused, and the usage is unchanged.
+    let over = api
+        .vps()
+        .resize_vps(with_token(resize("", 4 << 30, 0), &acme))
+        .await
+        .expect_err("over quota");
+    assert_eq!(over.code(), Code::FailedPrecondition);
+    assert!(
+        over.message().contains("quota exceeded: memory"),
+        "{}",
+        over.message()
+    );
+    let used = api
+        .tenants()
+        .get_my_quota(with_token(v1::Empty {}, &acme))
+        .await
+        .expect("quota")
+        .into_inner()
+        .used
+        .expect("used");
+    assert_eq!(used.memory_bytes, 1 << 30);
+    let disk = api
+        .vps()
+        .resize_vps(with_token(resize("", 0, 20 << 30), &acme))
+        .await
+        .expect_err("disk");
+    assert_eq!(disk.code(), Code::InvalidArgument);
+    assert!(
+        disk.message().starts_with("disk_bytes:"),
+        "{}",
+        disk.message()
+    );
+}

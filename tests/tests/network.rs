@@ -232,19 +232,21 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
     sh_ok(&cluster, "a", &format!("ping -c 2 -W 2 {gateway}"));
     sh_ok(&cluster, "b", &format!("ping -c 2 -W 2 {a_ip}"));
     sh_ok(&cluster, "b", &format!("ping -c 1 -W 2 {gateway}"));
-    sh_ok(
-        &cluster,
-        "b",
-        "nc -l -p 7000 > /tmp/got 2>/dev/null </dev/null & sleep 0.3",
-    );
-    sh_ok(
-        &cluster,
-        "a",
-        &format!("echo hello-over-tcp | nc -w 3 {b_ip} 7000"),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    // b listens in the foreground of one exec while a connects from another.
+    let received = std::thread::scope(|scope| {
+        let listener = scope.spawn(|| sh(&cluster, "b", "timeout 20 nc -l -p 7000 </dev/null"));
+        sh_ok(
+            &cluster,
+            "a",
+            &format!(
+                "for i in 1 2 3 4 5 6 7 8 9 10; do \
+                 echo hello-over-tcp | nc -w 3 {b_ip} 7000 && exit 0; sleep 0.3; done; exit 1"
+            ),
+        );
+        listener.join().expect("listener")
+    });
     assert_eq!(
-        sh_ok(&cluster, "b", "cat /tmp/got").trim(),
+        String::from_utf8_lossy(&received.stdout).trim(),
         "hello-over-tcp"
     );
     let host = std::net::TcpListener::bind((gateway.as_str(), 7001)).expect("listen on gateway");

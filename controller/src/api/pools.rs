@@ -10,6 +10,7 @@ use crate::app::Controller;
 use crate::convert;
 use crate::ipam::CreatePool;
 
+/// Serves `PoolService`; admin tokens only.
 pub struct PoolApi {
     pub controller: Arc<Controller>,
 }

@@ -138,11 +138,22 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::ResizeVpsRequest>,
     ) -> Result<Response<v1::Vps>, Status> {
+        let target = vps_target(&request.get_ref().vps.clone().unwrap_or_default());
+        audit_target(&request, target);
         let principal = self.controller.caller(request.metadata())?;
-        let vps = Self::reference(request.into_inner().vps);
-        self.controller
-            .get_vps(&principal, &vps.tenant, &vps.name)?;
-        Err(ControllerError::Unimplemented("resize (node runtime issue)").into())
+        let request = request.into_inner();
+        let vps = Self::reference(request.vps);
+        let record = self
+            .controller
+            .resize_vps(
+                &principal,
+                &vps.tenant,
+                &vps.name,
+                &request.plan,
+                request.resources.as_ref().map(convert::resources_from),
+            )
+            .await?;
+        Ok(Response::new(self.view(&record)?))
     }
 
     async fn rebuild_vps(
@@ -228,6 +239,7 @@ impl VpsService for VpsApi {
         request: Request<Streaming<v1::ConsoleInput>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
         let principal = self.controller.caller(request.metadata())?;
+        let audit_slot = request.extensions().get::<AuditTarget>().cloned();
         let mut inbound = request.into_inner();
         let attach = match inbound.message().await? {
             Some(v1::ConsoleInput {
@@ -242,10 +254,43 @@ impl VpsService for VpsApi {
             }
         };
         let vps = Self::reference(attach.vps);
-        self.controller
+        let record = self
+            .controller
             .get_vps(&principal, &vps.tenant, &vps.name)?;
-        Err(ControllerError::Unimplemented("console (node runtime issue)").into())
+        if let Some(slot) = audit_slot {
+            slot.set(vps_target(&vps));
+        }
+        let mut client = self.controller.agent_for(&record.node)?;
+        let first = v1::AgentConsoleInput {
+            input: Some(v1::agent_console_input::Input::Attach(
+                v1::AgentConsoleAttach {
+                    vps_id: record.vps_id.clone(),
+                    size: attach.size,
+                    scrollback: attach.scrollback,
+                },
+            )),
+        };
+        let rest = inbound
+            .take_while(|message| futures::future::ready(message.is_ok()))
+            .filter_map(|message| futures::future::ready(message.ok().and_then(console_input)));
+        let outbound = futures::stream::iter([first]).chain(rest);
+        let response = client
+            .console(outbound)
+            .await
+            .map_err(|status| agent_error(&record.node, status))?;
+        Ok(Response::new(Box::pin(response.into_inner())))
     }
+}
+
+fn console_input(message: v1::ConsoleInput) -> Option<v1::AgentConsoleInput> {
+    use v1::agent_console_input::Input as Agent;
+    use v1::console_input::Input;
+    let input = match message.input? {
+        Input::Attach(_) => return None,
+        Input::Data(bytes) => Agent::Data(bytes),
+        Input::Resize(size) => Agent::Resize(size),
+    };
+    Some(v1::AgentConsoleInput { input: Some(input) })
 }
 
 fn exec_input(message: v1::ExecInput) -> Option<v1::AgentExecInput> {

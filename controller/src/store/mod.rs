@@ -122,6 +122,15 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         change: &(dyn Fn(&mut TenantRecord) -> Result<Option<EventKind>, StoreError> + Sync),
     ) -> Result<TenantRecord, StoreError>;
+    /// Moves a VPS to new resources (and plan) in one transaction: releases
+    /// its old usage, checks the tenant's quota for the new one, charges it,
+    /// and appends a `resized` event.
+    fn resize_vps(
+        &self,
+        vps_id: &str,
+        plan: &str,
+        resources: &Resources,
+    ) -> Result<VpsRecord, StoreError>;
     /// Events with a cursor above `after`, oldest first.
     fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
 

@@ -363,6 +363,51 @@ impl Store for SledStore {
         )
     }
 
+    fn resize_vps(
+        &self,
+        vps_id: &str,
+        plan: &str,
+        resources: &Resources,
+    ) -> Result<VpsRecord, StoreError> {
+        flatten(
+            (&self.tenants, &self.vps, &self.events, &self.events_meta).transaction(
+                |(tenants, all, events, meta)| {
+                    let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
+                        return abort(StoreError::NotFound {
+                            kind: "VPS",
+                            name: vps_id.to_owned(),
+                        });
+                    };
+                    if vps.deleting {
+                        return abort(StoreError::Conflict(format!(
+                            "VPS {:?} is being deleted",
+                            vps.name
+                        )));
+                    }
+                    let Some(mut tenant) =
+                        tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
+                    else {
+                        return abort(StoreError::NotFound {
+                            kind: "tenant",
+                            name: vps.tenant.clone(),
+                        });
+                    };
+                    crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                    if let Err(message) = crate::quota::check(&tenant, resources, plan) {
+                        return abort(StoreError::QuotaExceeded(message));
+                    }
+                    crate::quota::charge(&mut tenant.used, &Quota::of_vps(resources));
+                    vps.plan = plan.to_owned();
+                    vps.resources = resources.clone();
+                    tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
+                    all.insert(vps_id.as_bytes(), encode(&vps))?;
+                    tx_append_event(events, meta, EventRecord::of_vps(EventKind::Resized, &vps))?;
+                    Ok(vps)
+                },
+            ),
+        )
+    }
+
     fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let start = after.saturating_add(1).to_be_bytes();
         self.events

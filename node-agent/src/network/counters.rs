@@ -8,9 +8,13 @@ use super::NetworkError;
 /// host veth transmitted), `tx` what it sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Bytes delivered to the VPS.
     pub rx_bytes: u64,
+    /// Packets delivered to the VPS.
     pub rx_packets: u64,
+    /// Bytes the VPS sent (including any the anti-spoofing rules dropped).
     pub tx_bytes: u64,
+    /// Packets the VPS sent.
     pub tx_packets: u64,
 }
 
