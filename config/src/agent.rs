@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Parent cgroup (under every controller hierarchy) of all VPS cgroups.
     pub cgroup_parent: String,
+    /// First host uid/gid of the VPS id ranges: each VPS gets its own 65536
+    /// ids from here on (ranges listed in /etc/subuid and /etc/subgid are skipped).
+    pub id_base: u32,
     /// How long a stopping VPS gets after its power-off signal before SIGKILL.
     pub stop_grace_secs: u32,
     /// Host bridge the VPS ports attach to (created if missing; at most 15 characters).
@@ -36,6 +39,9 @@ pub struct AgentConfig {
     pub uplink: Option<String>,
     /// Turn on `net.ipv4.ip_forward` when a VPS gets a gateway, so the host routes VPS traffic.
     pub ip_forward: bool,
+    /// Seconds between usage samples (cumulative CPU, memory, IO, network and
+    /// disk counters per VPS) sent to the controller with the heartbeat.
+    pub usage_interval_secs: u32,
 }
 
 impl Default for AgentConfig {
@@ -49,10 +55,12 @@ impl Default for AgentConfig {
             controller_ca_file: PathBuf::from("/var/lib/paddock/controller/tls/ca.crt"),
             state_dir: PathBuf::from("/var/lib/paddock/agent"),
             cgroup_parent: "paddock".to_owned(),
+            id_base: 100_000,
             stop_grace_secs: 10,
             bridge: "pdk0".to_owned(),
             uplink: None,
             ip_forward: true,
+            usage_interval_secs: 10,
         }
     }
 }
@@ -99,6 +107,18 @@ impl AgentConfig {
             return Err(invalid(
                 "uplink",
                 "must be an interface name of 1-15 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if config.id_base < 65_536 {
+            return Err(invalid(
+                "id_base",
+                "must be at least 65536 so VPS ids never overlap the host's own users",
+            ));
+        }
+        if config.usage_interval_secs == 0 || config.usage_interval_secs > 3600 {
+            return Err(invalid(
+                "usage_interval_secs",
+                "must be between 1 and 3600 seconds",
             ));
         }
         if !config.controller.starts_with("https://") {

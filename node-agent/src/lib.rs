@@ -85,7 +85,7 @@ pub async fn run(
         cgroup_parent: config.cgroup_parent.clone(),
         stop_grace: Duration::from_secs(u64::from(config.stop_grace_secs)),
         helper_binary: std::env::current_exe().map_err(AgentError::Executable)?,
-        id_base: runtime::idmap::DEFAULT_ID_BASE,
+        id_base: config.id_base,
     })?);
     let restarts = Arc::new(generations::RestartGenerations::load(&config.state_dir)?);
     // Repair the ports of running VPSes and remove what a crash left behind.
