@@ -160,6 +160,8 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::RebuildVpsRequest>,
     ) -> Result<Response<v1::Vps>, Status> {
+        let target = vps_target(&request.get_ref().vps.clone().unwrap_or_default());
+        audit_target(&request, target);
         let principal = self.controller.caller(request.metadata())?;
         let request = request.into_inner();
         let vps = Self::reference(request.vps);
