@@ -241,6 +241,19 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `KEY=VALUE` (set) or `KEY-` (remove) for `admin node label`, checked before any request.
+fn parse_label_change(text: &str) -> Result<String, String> {
+    let valid = match text.split_once('=') {
+        Some((key, _)) => !key.is_empty(),
+        None => text.len() > 1 && text.ends_with('-'),
+    };
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is neither KEY=VALUE nor KEY-"))
+    }
+}
+
 /// `paddock start|stop|restart`.
 #[derive(Debug, Clone, Args)]
 pub struct PowerArgs {
@@ -287,6 +300,8 @@ pub struct RebuildArgs {
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `paddock exec`.
@@ -409,7 +424,7 @@ pub enum AdminCommand {
         after_help = "Examples:\n  paddock admin audit\n  paddock admin audit --limit 20 -o json"
     )]
     Audit {
-        /// Show at most this many entries.
+        /// Show the newest N entries (oldest first).
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u32,
     },
@@ -593,7 +608,7 @@ pub enum NodeCommand {
         /// Node name.
         name: String,
         /// KEY=VALUE to set, KEY- to remove.
-        #[arg(required = true, value_name = "LABEL")]
+        #[arg(required = true, value_name = "LABEL", value_parser = parse_label_change)]
         labels: Vec<String>,
     },
 }

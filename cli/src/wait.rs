@@ -18,6 +18,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub enum Goal {
     /// State `running`.
     Running,
+    /// State `running` with an init other than `previous_init_pid` (after a restart or
+    /// rebuild, a report of the old init still says "running").
+    RunningAgain { previous_init_pid: u32 },
     /// State `stopped`.
     Stopped,
     /// `GetVps` answers NotFound.
@@ -28,6 +31,7 @@ impl Goal {
     fn describe(self) -> &'static str {
         match self {
             Goal::Running => "running",
+            Goal::RunningAgain { .. } => "running again",
             Goal::Stopped => "stopped",
             Goal::Gone => "deleted",
         }
@@ -93,11 +97,20 @@ pub fn assess(vps: &v1::Vps, goal: Goal) -> Progression {
         (Goal::Running, VpsState::Running) | (Goal::Stopped, VpsState::Stopped) => {
             Progression::Done
         }
+        (Goal::RunningAgain { previous_init_pid }, VpsState::Running) => {
+            if vps.init_pid != 0 && vps.init_pid != previous_init_pid {
+                Progression::Done
+            } else {
+                Progression::Pending
+            }
+        }
         (_, VpsState::Error) => Progression::Failed(failed(vps)),
-        (Goal::Running, VpsState::Suspended) => Progression::Failed(WaitError::Suspended {
-            name: vps.name.clone(),
-            message: vps.message.clone(),
-        }),
+        (Goal::Running | Goal::RunningAgain { .. }, VpsState::Suspended) => {
+            Progression::Failed(WaitError::Suspended {
+                name: vps.name.clone(),
+                message: vps.message.clone(),
+            })
+        }
         _ => Progression::Pending,
     }
 }
@@ -193,6 +206,24 @@ mod tests {
         assert!(matches!(
             assess(&vps(VpsState::Suspended, ""), Goal::Running),
             Progression::Failed(WaitError::Suspended { .. })
+        ));
+    }
+
+    #[test]
+    fn running_again_needs_a_new_init() {
+        let goal = Goal::RunningAgain {
+            previous_init_pid: 42,
+        };
+        let with_pid = |init_pid| v1::Vps {
+            init_pid,
+            ..vps(VpsState::Running, "")
+        };
+        assert!(matches!(assess(&with_pid(42), goal), Progression::Pending));
+        assert!(matches!(assess(&with_pid(0), goal), Progression::Pending));
+        assert!(matches!(assess(&with_pid(43), goal), Progression::Done));
+        assert!(matches!(
+            assess(&vps(VpsState::Error, "rootfs"), goal),
+            Progression::Failed(_)
         ));
     }
 

@@ -303,6 +303,8 @@ pub fn event(e: &crate::store::EventRecord) -> v1::Event {
         K::Deleted => v1::EventKind::Deleted,
         K::Suspended => v1::EventKind::Suspended,
         K::Unsuspended => v1::EventKind::Unsuspended,
+        K::Transfer80Percent => v1::EventKind::Transfer80Percent,
+        K::Transfer100Percent => v1::EventKind::Transfer100Percent,
     };
     v1::Event {
         cursor: e.cursor,
@@ -322,6 +324,69 @@ pub fn observed_from_agent(state: v1::AgentVpsState) -> Observed {
         v1::AgentVpsState::Absent => Observed::Absent,
         v1::AgentVpsState::Error | v1::AgentVpsState::Unspecified => Observed::Error,
     }
+}
+
+/// A usage sample from an agent's heartbeat.
+pub fn usage_sample_from(sample: &v1::UsageSample) -> crate::metering::Sample {
+    crate::metering::Sample {
+        vps_id: sample.vps_id.clone(),
+        incarnation: sample.incarnation.clone(),
+        sequence: sample.sequence,
+        sampled_at_unix_ms: sample.sampled_at_unix_ms,
+        interval_ms: sample.interval_ms,
+        counters: crate::store::UsageCounters {
+            cpu_usage_ns: sample.cpu_usage_ns,
+            memory_bytes: sample.memory_bytes,
+            memory_peak_bytes: sample.memory_peak_bytes,
+            io_read_bytes: sample.io_read_bytes,
+            io_write_bytes: sample.io_write_bytes,
+            io_read_ops: sample.io_read_ops,
+            io_write_ops: sample.io_write_ops,
+            net_rx_bytes: sample.net_rx_bytes,
+            net_tx_bytes: sample.net_tx_bytes,
+            disk_used_bytes: sample.disk_used_bytes,
+        },
+    }
+}
+
+fn unix_timestamp(secs: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    }
+}
+
+/// One usage row (a VPS's hour, day or period, or a total) for billing.
+pub fn usage_record(row: &crate::metering::UsagePeriod) -> v1::UsageRecord {
+    let usage = &row.usage;
+    v1::UsageRecord {
+        tenant: usage.tenant.clone(),
+        vps: usage.vps.clone(),
+        vps_id: usage.vps_id.clone(),
+        plan: usage.plan.clone(),
+        period_start: Some(unix_timestamp(usage.hour_start)),
+        period_end: Some(unix_timestamp(row.period_end)),
+        cpu_seconds: usage.cpu_usage_ns as f64 / 1e9,
+        memory_byte_seconds: usage.memory_byte_seconds,
+        memory_peak_bytes: usage.memory_peak_bytes,
+        disk_byte_seconds: usage.disk_byte_seconds,
+        io_read_bytes: usage.io_read_bytes,
+        io_write_bytes: usage.io_write_bytes,
+        net_rx_bytes: usage.net_rx_bytes,
+        net_tx_bytes: usage.net_tx_bytes,
+    }
+}
+
+/// A usage request's time range in Unix seconds; unset ends are open.
+pub fn usage_range(
+    from: Option<&prost_types::Timestamp>,
+    to: Option<&prost_types::Timestamp>,
+) -> (i64, i64) {
+    (
+        from.map_or(0, |t| t.seconds.max(0)),
+        // Open end: far enough for any record, small enough to format in keys.
+        to.map_or(i64::MAX / 4, |t| t.seconds.max(0)),
+    )
 }
 
 #[cfg(test)]

@@ -142,6 +142,10 @@ impl Controller {
                 None => {}
             }
         }
+        for sample in &request.usage {
+            let sample = convert::usage_sample_from(sample);
+            self.record_usage(&node.name, &sample)?;
+        }
         if !was_online {
             info!(node = %node.name, "node is back online");
             self.reconciler.kick(&node.name);

@@ -302,12 +302,12 @@ async fn suspension_blocks_create_and_start_and_is_audited() {
         })
         .collect();
     for expected in [
-        "tenant CreateVps /web1 ok",
+        "tenant CreateVps web1 ok",
         "billing SuspendTenant acme ok",
-        "tenant CreateVps /web2 FailedPrecondition",
+        "tenant CreateVps web2 FailedPrecondition",
         "tenant StartVps web1 FailedPrecondition",
         "billing UnsuspendTenant acme ok",
-        "tenant CreateVps /web2 ok",
+        "tenant CreateVps web2 ok",
     ] {
         assert!(
             lines.iter().any(|l| l == expected),

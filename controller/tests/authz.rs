@@ -251,12 +251,18 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
         ),
         "ListUsage" => code(
             BillingServiceClient::new(ch)
-                .list_usage(t!(v1::ListUsageRequest::default()))
+                .list_usage(t!(v1::ListUsageRequest {
+                    tenant: "a".into(),
+                    ..Default::default()
+                }))
                 .await,
         ),
         "TenantUsageSummary" => code(
             BillingServiceClient::new(ch)
-                .tenant_usage_summary(t!(v1::TenantUsageSummaryRequest::default()))
+                .tenant_usage_summary(t!(v1::TenantUsageSummaryRequest {
+                    tenant: "a".into(),
+                    ..Default::default()
+                }))
                 .await,
         ),
         "WatchEvents" => code(
@@ -320,7 +326,7 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
 async fn every_rpc_checks_role_and_tenant() {
     use Code::{
         FailedPrecondition as Fp, InvalidArgument as Inv, NotFound as Nf, Ok,
-        PermissionDenied as Pd, Unauthenticated as Un, Unavailable as Ua, Unimplemented as Ni,
+        PermissionDenied as Pd, Unauthenticated as Un, Unavailable as Ua,
     };
     let api = start().await;
     let tenant_a = api.tenant("a", 50).await;
@@ -396,8 +402,9 @@ async fn every_rpc_checks_role_and_tenant() {
         ("GetPool", admin_only(Nf)),
         ("DeletePool", admin_only(Nf)),
         ("CreatePool", admin_only(Inv)),
-        ("ListUsage", [Ni, Ni, Ni, Ni]),
-        ("TenantUsageSummary", [Ni, Ni, Ni, Ni]),
+        // Usage of tenant A: another tenant's usage is NotFound, as if it did not exist.
+        ("ListUsage", [Ok, Nf, Ok, Ok]),
+        ("TenantUsageSummary", [Ok, Nf, Ok, Ok]),
         ("WatchEvents", [Pd, Pd, Ok, Ok]),
         ("BillingSuspendTenant", [Pd, Pd, Ok, Ok]),
         ("BillingUnsuspendTenant", [Pd, Pd, Ok, Ok]),

@@ -143,6 +143,27 @@ pub fn error_status(vps_id: &str, message: String) -> v1::VpsStatus {
     }
 }
 
+/// A usage sample as the heartbeat carries it.
+pub fn usage_sample(sample: &crate::metering::Sample) -> v1::UsageSample {
+    v1::UsageSample {
+        vps_id: sample.vps_id.clone(),
+        incarnation: sample.incarnation.clone(),
+        sequence: sample.sequence,
+        sampled_at_unix_ms: sample.sampled_at_unix_ms,
+        interval_ms: sample.interval_ms,
+        cpu_usage_ns: sample.cpu_usage_ns,
+        memory_bytes: sample.memory_bytes,
+        memory_peak_bytes: sample.memory_peak_bytes,
+        io_read_bytes: sample.io.read_bytes,
+        io_write_bytes: sample.io.write_bytes,
+        io_read_ops: sample.io.read_ops,
+        io_write_ops: sample.io.write_ops,
+        net_rx_bytes: sample.net_rx_bytes,
+        net_tx_bytes: sample.net_tx_bytes,
+        disk_used_bytes: sample.disk_used_bytes,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

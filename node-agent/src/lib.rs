@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod generations;
+pub mod metering;
 pub mod network;
 pub mod pki;
 pub mod registration;
@@ -36,6 +37,8 @@ pub enum AgentError {
     Runtime(#[from] runtime::RuntimeError),
     #[error(transparent)]
     Generations(#[from] generations::GenerationError),
+    #[error("usage metering: {0}")]
+    Metering(#[from] metering::MeteringError),
     #[error("VPS networking: {0}")]
     Network(#[from] network::NetworkError),
     #[error("binding {addr}: {source}")]
@@ -139,7 +142,18 @@ pub async fn run(
     };
     tracing::info!(node = %identity.node_name, listen = %config.listen, state_dir = %config.state_dir.display(), "agent serving");
     let capacity = registration::capacity(&config.state_dir);
-    let heartbeat = tokio::spawn(registration::run(identity, runtime.clone(), capacity));
+    let meter = Arc::new(metering::Meter::new(
+        runtime.clone(),
+        Some(network.clone()),
+        &config.state_dir,
+        Duration::from_secs(u64::from(config.usage_interval_secs)),
+    )?);
+    let heartbeat = tokio::spawn(registration::run(
+        identity,
+        runtime.clone(),
+        capacity,
+        meter,
+    ));
     let service = service::AgentService::new(runtime, config.state_dir.clone(), restarts)
         .with_network(network);
     let served = tonic::transport::Server::builder()

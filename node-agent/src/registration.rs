@@ -9,6 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::convert;
+use crate::metering::Meter;
 use crate::runtime::Runtime;
 
 /// What the agent tells the controller about itself.
@@ -28,7 +29,12 @@ fn timed<T>(message: T) -> tonic::Request<T> {
 
 /// Registers (retrying with backoff until the controller answers), then
 /// sends heartbeats forever; re-registers if the controller forgot the node.
-pub async fn run(identity: NodeIdentity, runtime: Arc<Runtime>, capacity: v1::NodeCapacityReport) {
+pub async fn run(
+    identity: NodeIdentity,
+    runtime: Arc<Runtime>,
+    capacity: v1::NodeCapacityReport,
+    meter: Arc<Meter>,
+) {
     let endpoint = Endpoint::from_shared(identity.controller.clone())
         .and_then(|endpoint| endpoint.tls_config(identity.tls.client_tls()));
     let channel = match endpoint {
@@ -43,7 +49,15 @@ pub async fn run(identity: NodeIdentity, runtime: Arc<Runtime>, capacity: v1::No
     let mut client = AgentRegistryClient::new(channel);
     loop {
         let interval = register(&mut client, &identity, &capacity).await;
-        heartbeat_until_forgotten(&mut client, &identity, &runtime, &capacity, interval).await;
+        heartbeat_until_forgotten(
+            &mut client,
+            &identity,
+            &runtime,
+            &meter,
+            &capacity,
+            interval,
+        )
+        .await;
     }
 }
 
@@ -79,6 +93,7 @@ async fn heartbeat_until_forgotten(
     client: &mut AgentRegistryClient<Channel>,
     identity: &NodeIdentity,
     runtime: &Arc<Runtime>,
+    meter: &Arc<Meter>,
     capacity: &v1::NodeCapacityReport,
     interval: Duration,
 ) {
@@ -87,23 +102,36 @@ async fn heartbeat_until_forgotten(
         ticker.tick().await;
         let listed = {
             let runtime = runtime.clone();
-            tokio::task::spawn_blocking(move || runtime.list()).await
+            let meter = meter.clone();
+            tokio::task::spawn_blocking(move || {
+                let list = runtime.list()?;
+                let usage = meter.due_samples(&list).unwrap_or_else(|error| {
+                    warn!(%error, "usage sampling");
+                    Vec::new()
+                });
+                Ok::<_, crate::runtime::RuntimeError>((list, usage))
+            })
+            .await
         };
-        let vps = match listed {
-            Ok(Ok(list)) => list.iter().map(convert::status).collect(),
+        let (vps, usage) = match listed {
+            Ok(Ok((list, usage))) => (
+                list.iter().map(convert::status).collect(),
+                usage.iter().map(convert::usage_sample).collect(),
+            ),
             Ok(Err(error)) => {
                 warn!(%error, "listing VPSes for the heartbeat");
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
             Err(error) => {
                 warn!(%error, "heartbeat listing task failed");
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         };
         let message = v1::HeartbeatRequest {
             node_name: identity.node_name.clone(),
             vps,
             capacity: Some(*capacity),
+            usage,
         };
         match client.heartbeat(timed(message)).await {
             Ok(_) => {}

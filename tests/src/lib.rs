@@ -229,7 +229,11 @@ impl Cluster {
             let mut agent_toml = std::fs::OpenOptions::new()
                 .append(true)
                 .open(root.join("agent.toml"))?;
-            write!(agent_toml, "bridge = \"{bridge}\"\nip_forward = false\n")?;
+            // Short usage interval so metering tests see samples quickly.
+            write!(
+                agent_toml,
+                "bridge = \"{bridge}\"\nip_forward = false\nusage_interval_secs = 2\n"
+            )?;
         }
         let init = Command::new(binary("paddock-controller"))
             .arg("--config")

@@ -361,30 +361,33 @@ async fn pool(
     Ok(printer.one(&PoolView::from(&pool))?)
 }
 
+/// Audit entries asked for per request (the controller's maximum).
+const AUDIT_PAGE_SIZE: u32 = 1000;
+
+/// The newest `limit` entries, oldest first. The controller pages from the
+/// oldest entry on, so the whole trail is read and only its tail kept.
 async fn audit(session: &Session, printer: &Printer, limit: u32) -> Result<(), CommandError> {
     let mut client = session.audit();
     let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut entries = Vec::new();
+    let mut entries = std::collections::VecDeque::new();
     let mut page_token = String::new();
     for _ in 0..MAX_PAGES {
-        if entries.len() >= wanted {
-            break;
-        }
-        let remaining = u32::try_from(wanted - entries.len()).unwrap_or(u32::MAX);
         let request = ListAuditRequest {
             page: Some(PageRequest {
-                page_size: remaining,
+                page_size: AUDIT_PAGE_SIZE,
                 page_token: page_token.clone(),
             }),
         };
         let response = session.call(client.list_audit(request)).await?;
         entries.extend(response.entries);
+        while entries.len() > wanted {
+            entries.pop_front();
+        }
         if response.next_page_token.is_empty() || response.next_page_token == page_token {
             break;
         }
         page_token = response.next_page_token;
     }
-    entries.truncate(wanted);
     let views: Vec<AuditView> = entries.iter().map(AuditView::from).collect();
     Ok(printer.list(&views)?)
 }

@@ -140,6 +140,16 @@ pub async fn power(
 ) -> Result<(), CommandError> {
     let reference = vps_ref(&args.vps);
     let mut client = session.vps();
+    // A restart is done when a new init runs, not while the old one still does.
+    let previous_init_pid = match op {
+        Power::Restart if args.wait.enabled() => {
+            session
+                .call(client.get_vps(reference.clone()))
+                .await?
+                .init_pid
+        }
+        _ => 0,
+    };
     let mut vps = match op {
         Power::Start => session.call(client.start_vps(reference.clone())).await?,
         Power::Stop => session.call(client.stop_vps(reference.clone())).await?,
@@ -147,7 +157,8 @@ pub async fn power(
     };
     if args.wait.enabled() {
         let goal = match op {
-            Power::Start | Power::Restart => Goal::Running,
+            Power::Start => Goal::Running,
+            Power::Restart => Goal::RunningAgain { previous_init_pid },
             Power::Stop => Goal::Stopped,
         };
         if let Some(done) = wait_for(session, &reference, goal, timeout(&args.wait)).await? {
@@ -215,11 +226,27 @@ pub async fn rebuild(
             reference.name
         ),
     )?;
+    let before = session
+        .call(session.vps().get_vps(reference.clone()))
+        .await?;
     let request = RebuildVpsRequest {
-        vps: Some(reference),
+        vps: Some(reference.clone()),
         template: args.template.clone().unwrap_or_default(),
     };
-    let vps = session.call(session.vps().rebuild_vps(request)).await?;
+    let mut vps = session.call(session.vps().rebuild_vps(request)).await?;
+    if args.wait.enabled() {
+        // A rebuilt VPS that should run comes back with a new init.
+        let goal = if before.desired_power == v1::PowerState::Running as i32 {
+            Goal::RunningAgain {
+                previous_init_pid: before.init_pid,
+            }
+        } else {
+            Goal::Stopped
+        };
+        if let Some(done) = wait_for(session, &reference, goal, timeout(&args.wait)).await? {
+            vps = done;
+        }
+    }
     Ok(printer.one(&VpsView::from(&vps))?)
 }
 

@@ -1,5 +1,4 @@
-//! `BillingService` and `AuditService`: declared now, implemented by the
-//! metering and controller issues. Callers get `Unimplemented`, never fake data.
+//! `BillingService` (usage, lifecycle events, suspension) and `AuditService`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,12 +13,11 @@ use crate::api::audit_target;
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
+use crate::metering::UsageQuery;
 
 pub struct BillingApi {
     pub controller: Arc<Controller>,
 }
-
-const METERING: &str = "usage metering (billing issue)";
 
 /// How often a following `WatchEvents` stream looks for new events.
 const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -30,16 +28,51 @@ impl BillingService for BillingApi {
         &self,
         request: Request<v1::ListUsageRequest>,
     ) -> Result<Response<v1::ListUsageResponse>, Status> {
-        self.controller.caller(request.metadata())?;
-        Err(ControllerError::Unimplemented(METERING).into())
+        let principal = self.controller.caller(request.metadata())?;
+        let request = request.into_inner();
+        let tenant = self
+            .controller
+            .usage_scope(&principal, &request.tenant, false)?;
+        let (from, to) = convert::usage_range(request.from.as_ref(), request.to.as_ref());
+        let query = UsageQuery {
+            tenant,
+            vps: request.vps.clone(),
+            from,
+            to,
+            daily: request.granularity() == v1::Granularity::Day,
+        };
+        let page = request.page.unwrap_or_default();
+        let page = self
+            .controller
+            .list_usage(&query, page.page_size, &page.page_token)?;
+        Ok(Response::new(v1::ListUsageResponse {
+            records: page.rows.iter().map(convert::usage_record).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn tenant_usage_summary(
         &self,
         request: Request<v1::TenantUsageSummaryRequest>,
     ) -> Result<Response<v1::UsageSummary>, Status> {
-        self.controller.caller(request.metadata())?;
-        Err(ControllerError::Unimplemented(METERING).into())
+        let principal = self.controller.caller(request.metadata())?;
+        let request = request.into_inner();
+        let tenant = self
+            .controller
+            .usage_scope(&principal, &request.tenant, true)?;
+        let (from, to) = convert::usage_range(request.from.as_ref(), request.to.as_ref());
+        let summary = self.controller.usage_summary(&UsageQuery {
+            tenant,
+            vps: String::new(),
+            from,
+            to,
+            daily: false,
+        })?;
+        Ok(Response::new(v1::UsageSummary {
+            tenant: summary.tenant,
+            per_vps: summary.per_vps.iter().map(convert::usage_record).collect(),
+            total: Some(convert::usage_record(&summary.total)),
+        }))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;

@@ -49,6 +49,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
         let name = request.into_inner().name;
         let node = self
@@ -62,6 +63,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
         let name = request.into_inner().name;
         let node = self
@@ -75,6 +77,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<v1::SetNodeLabelsRequest>,
     ) -> Result<Response<v1::Node>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
         let request = request.into_inner();
         let labels = request.labels.into_iter().collect();
@@ -112,6 +115,15 @@ impl PlanService for PlanApi {
         &self,
         request: Request<v1::CreatePlanRequest>,
     ) -> Result<Response<v1::Plan>, Status> {
+        audit_target(
+            &request,
+            request
+                .get_ref()
+                .plan
+                .as_ref()
+                .map(|plan| plan.name.clone())
+                .unwrap_or_default(),
+        );
         self.controller.admin(request.metadata())?;
         let plan = request.into_inner().plan.unwrap_or_default();
         validate::name("plan.name", &plan.name).map_err(ControllerError::from)?;
@@ -138,6 +150,7 @@ impl PlanService for PlanApi {
         &self,
         request: Request<v1::DeletePlanRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
         let name = request.into_inner().name;
         validate::name("name", &name).map_err(ControllerError::from)?;

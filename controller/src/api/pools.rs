@@ -6,6 +6,7 @@ use paddock_proto::v1;
 use paddock_proto::v1::pool_service_server::PoolService;
 use tonic::{Request, Response, Status};
 
+use crate::api::audit_target;
 use crate::app::Controller;
 use crate::convert;
 use crate::ipam::CreatePool;
@@ -21,6 +22,15 @@ impl PoolService for PoolApi {
         &self,
         request: Request<v1::CreatePoolRequest>,
     ) -> Result<Response<v1::Pool>, Status> {
+        audit_target(
+            &request,
+            request
+                .get_ref()
+                .pool
+                .as_ref()
+                .map(|pool| pool.name.clone())
+                .unwrap_or_default(),
+        );
         self.controller.admin(request.metadata())?;
         let pool = request.into_inner().pool.unwrap_or_default();
         let record = self
@@ -63,6 +73,7 @@ impl PoolService for PoolApi {
         &self,
         request: Request<v1::GetPoolRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
         self.controller
             .delete_pool(&request.into_inner().name)

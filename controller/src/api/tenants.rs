@@ -144,14 +144,12 @@ impl TokenService for TokenApi {
         &self,
         request: Request<v1::CreateTokenRequest>,
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
-        audit_target(
-            &request,
-            format!(
-                "{:?} {}",
-                request.get_ref().role(),
-                request.get_ref().tenant
-            ),
-        );
+        // A tenant token's target is its tenant; admin and billing tokens have none.
+        let target = match request.get_ref().role() {
+            v1::Role::Tenant => request.get_ref().tenant.clone(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        audit_target(&request, target);
         self.controller.admin(request.metadata())?;
         let request = request.into_inner();
         let role = role_from(request.role()).map_err(ControllerError::from)?;

@@ -40,10 +40,11 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::CreateVpsRequest>,
     ) -> Result<Response<v1::Vps>, Status> {
-        audit_target(
-            &request,
-            format!("{}/{}", request.get_ref().tenant, request.get_ref().name),
-        );
+        let target = vps_target(&v1::VpsRef {
+            tenant: request.get_ref().tenant.clone(),
+            name: request.get_ref().name.clone(),
+        });
+        audit_target(&request, target);
         let principal = self.controller.caller(request.metadata())?;
         let request = request.into_inner();
         let created = self

@@ -43,6 +43,22 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// Where one VPS's usage of one hour is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageHourKey {
+    pub tenant: String,
+    pub hour_start: i64,
+    pub vps_id: String,
+}
+
+/// What one accepted usage sample writes.
+#[derive(Debug, Clone)]
+pub struct UsageUpdate {
+    pub cursor: UsageCursorRecord,
+    pub hour: UsageHourRecord,
+    pub events: Vec<EventRecord>,
+}
+
 /// A boxed future, so the trait stays object-safe.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -133,6 +149,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<VpsRecord, StoreError>;
     /// Events with a cursor above `after`, oldest first.
     fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Applies one usage sample of `vps_id` in one transaction: `apply` gets
+    /// the VPS's last accepted sample and the hour record at `hour_key`, and
+    /// returns both updated with any events to append, or `None` to ignore
+    /// the sample (a repeat). Returns whether the sample was accepted.
+    fn record_usage(
+        &self,
+        vps_id: &str,
+        hour_key: &UsageHourKey,
+        apply: &(dyn Fn(Option<UsageCursorRecord>, Option<UsageHourRecord>) -> Option<UsageUpdate>
+              + Sync),
+    ) -> Result<bool, StoreError>;
+    /// Hour records with `from <= hour_start < to` (Unix seconds), of one
+    /// tenant or all, ordered by tenant, hour, then VPS id.
+    fn list_usage_hours(
+        &self,
+        tenant: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageHourRecord>, StoreError>;
 
     /// Appends an audit entry, assigning its sequence number.
     fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError>;

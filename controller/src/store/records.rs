@@ -224,6 +224,10 @@ pub enum EventKind {
     Deleted,
     Suspended,
     Unsuspended,
+    /// A VPS used 80% of its plan's monthly transfer allowance.
+    Transfer80Percent,
+    /// A VPS used all of its plan's monthly transfer allowance.
+    Transfer100Percent,
 }
 
 /// One entry of the durable event log; `cursor` is strictly increasing in
@@ -265,4 +269,61 @@ impl EventRecord {
             at: Utc::now(),
         }
     }
+}
+
+/// Cumulative usage counters of one VPS as its agent last reported them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounters {
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+    pub io_read_ops: u64,
+    pub io_write_ops: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub disk_used_bytes: u64,
+}
+
+/// The last usage sample accepted for a VPS: the base the next one's deltas
+/// are taken from (written in the same transaction as the hour it was added to).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCursorRecord {
+    pub incarnation: String,
+    pub sequence: u64,
+    pub sampled_at_unix_ms: i64,
+    pub counters: UsageCounters,
+    /// Billing month (`YYYY-MM`, UTC) that `month_transfer_bytes` counts.
+    #[serde(default)]
+    pub month: String,
+    /// Network bytes (rx + tx) of the VPS in `month`.
+    #[serde(default)]
+    pub month_transfer_bytes: u64,
+    /// Highest allowance threshold already announced in `month` (0, 80 or 100).
+    #[serde(default)]
+    pub month_threshold_percent: u8,
+}
+
+/// Usage of one VPS during one hour (`hour_start`, Unix seconds, UTC).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageHourRecord {
+    pub tenant: String,
+    pub vps: String,
+    pub vps_id: String,
+    /// The plan the VPS held when its latest sample of the hour arrived.
+    pub plan: String,
+    pub hour_start: i64,
+    pub cpu_usage_ns: u64,
+    pub memory_byte_seconds: f64,
+    pub memory_peak_bytes: u64,
+    pub disk_byte_seconds: f64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+    pub io_read_ops: u64,
+    pub io_write_ops: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    /// Samples that contributed.
+    pub samples: u64,
 }

@@ -36,6 +36,10 @@ pub struct SledStore {
     /// `last` -> the highest cursor handed out (read and written by every
     /// appending transaction, so appends serialize in commit order).
     events_meta: Tree,
+    /// VPS id -> its last accepted usage sample.
+    usage_cursors: Tree,
+    /// `tenant/<hour_start:020>/vps_id` -> usage of that VPS in that hour.
+    usage_hours: Tree,
     commits: GroupCommit,
 }
 
@@ -138,6 +142,11 @@ fn allocate_addresses(
     )))
 }
 
+/// Hour keys sort by tenant, then hour, then VPS (hours are never negative).
+fn usage_hour_key(tenant: &str, hour_start: i64, vps_id: &str) -> Vec<u8> {
+    format!("{tenant}/{:020}/{vps_id}", hour_start.max(0)).into_bytes()
+}
+
 fn name_key(tenant: &str, name: &str) -> Vec<u8> {
     format!("{tenant}/{name}").into_bytes()
 }
@@ -219,6 +228,8 @@ impl SledStore {
             audit: db.open_tree("audit")?,
             events: db.open_tree("events")?,
             events_meta: db.open_tree("events_meta")?,
+            usage_cursors: db.open_tree("usage_cursors")?,
+            usage_hours: db.open_tree("usage_hours")?,
             commits: GroupCommit::default(),
             db,
         })
@@ -418,6 +429,68 @@ impl Store for SledStore {
                 decode("events", &key, &value)
             })
             .collect()
+    }
+
+    fn record_usage(
+        &self,
+        vps_id: &str,
+        hour_key: &UsageHourKey,
+        apply: &(dyn Fn(Option<UsageCursorRecord>, Option<UsageHourRecord>) -> Option<UsageUpdate>
+              + Sync),
+    ) -> Result<bool, StoreError> {
+        let key = usage_hour_key(&hour_key.tenant, hour_key.hour_start, &hour_key.vps_id);
+        flatten(
+            (
+                &self.usage_cursors,
+                &self.usage_hours,
+                &self.events,
+                &self.events_meta,
+            )
+                .transaction(|(cursors, hours, events, meta)| {
+                    let cursor =
+                        tx_get::<UsageCursorRecord>(cursors, "usage_cursors", vps_id.as_bytes())?;
+                    let hour = tx_get::<UsageHourRecord>(hours, "usage_hours", &key)?;
+                    let Some(update) = apply(cursor, hour) else {
+                        return Ok(false);
+                    };
+                    cursors.insert(vps_id.as_bytes(), encode(&update.cursor))?;
+                    hours.insert(key.as_slice(), encode(&update.hour))?;
+                    for event in update.events {
+                        tx_append_event(events, meta, event)?;
+                    }
+                    Ok(true)
+                }),
+        )
+    }
+
+    fn list_usage_hours(
+        &self,
+        tenant: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageHourRecord>, StoreError> {
+        let decode_all = |iter: sled::Iter| -> Result<Vec<UsageHourRecord>, StoreError> {
+            let mut out = Vec::new();
+            for entry in iter {
+                let (key, value) = entry?;
+                let hour: UsageHourRecord = decode("usage_hours", &key, &value)?;
+                if hour.hour_start >= from && hour.hour_start < to {
+                    out.push(hour);
+                }
+            }
+            Ok(out)
+        };
+        match tenant {
+            Some(tenant) => {
+                let start = format!("{tenant}/{:020}/", from.max(0)).into_bytes();
+                let end = format!("{tenant}/{:020}/", to.max(0)).into_bytes();
+                if start >= end {
+                    return Ok(Vec::new());
+                }
+                decode_all(self.usage_hours.range(start..end))
+            }
+            None => decode_all(self.usage_hours.iter()),
+        }
     }
 
     fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError> {

@@ -1,0 +1,230 @@
+//! Issue 7, end to end: a VPS burns CPU, writes to its disk and pings its
+//! gateway while the agent is killed with SIGKILL and restarted; afterwards the
+//! usage the controller recorded matches the cgroup and veth counters read
+//! directly on the host within 2%.
+//!
+//! The controller counts a VPS's first sample from zero, so its recorded total
+//! is the whole cumulative counter: no baseline is needed, and any sample
+//! counted twice (agent restart, redelivery) or lost would show as a mismatch.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use paddock_tests::{require_root, Cluster};
+
+fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&["--context", "acme"][..], args].concat()
+}
+
+fn sh_ok(cluster: &Cluster, vps: &str, script: &str) -> String {
+    let out = cluster
+        .cli(&with(&["exec", vps, "--", "sh", "-c", script]))
+        .expect("exec");
+    assert!(
+        out.status.success(),
+        "`{script}` in {vps} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The host end of a VPS's veth, found by the alias the agent gives it.
+fn host_veth(cluster: &Cluster, vps_id: &str) -> String {
+    let marker = format!("paddock:{}:{vps_id}", cluster.bridge);
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter(|line| line.contains(&marker) && line.contains('@'))
+        .find_map(|line| {
+            line.split(": ")
+                .nth(1)
+                .and_then(|n| n.split('@').next())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no veth marked {marker}"))
+}
+
+/// Counters as the host kernel has them.
+#[derive(Debug, Default, Clone, Copy)]
+struct HostCounters {
+    cpu_seconds: f64,
+    io_read_bytes: u64,
+    io_write_bytes: u64,
+    net_rx_bytes: u64,
+    net_tx_bytes: u64,
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+fn is_loop(device: &str) -> bool {
+    device.split(':').next() == Some("7")
+}
+
+fn host_counters(dirs: &[PathBuf], veth: &str) -> HostCounters {
+    let mut c = HostCounters::default();
+    for dir in dirs {
+        if let Some(ns) = read(&dir.join("cpuacct.usage")) {
+            c.cpu_seconds = ns.trim().parse::<f64>().expect("cpuacct.usage") / 1e9;
+        } else if let Some(stat) = read(&dir.join("cpu.stat")) {
+            if let Some(usec) = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+            {
+                c.cpu_seconds = usec / 1e6;
+            }
+        }
+        if let Some(text) = read(&dir.join("blkio.throttle.io_service_bytes")) {
+            for line in text.lines() {
+                let parts: Vec<&str> = line.split_whitespace().collect();
+                if let [device, op, value] = parts[..] {
+                    let value: u64 = value.parse().unwrap_or(0);
+                    match (is_loop(device), op) {
+                        (true, "Read") => c.io_read_bytes += value,
+                        (true, "Write") => c.io_write_bytes += value,
+                        _ => {}
+                    }
+                }
+            }
+        } else if let Some(text) = read(&dir.join("io.stat")) {
+            for line in text
+                .lines()
+                .filter(|l| is_loop(l.split(' ').next().unwrap_or("")))
+            {
+                for pair in line.split_whitespace().skip(1) {
+                    match pair.split_once('=') {
+                        Some(("rbytes", v)) => c.io_read_bytes += v.parse().unwrap_or(0),
+                        Some(("wbytes", v)) => c.io_write_bytes += v.parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let stat = |name: &str| -> u64 {
+        read(Path::new(&format!(
+            "/sys/class/net/{veth}/statistics/{name}"
+        )))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+    };
+    // The VPS receives what the host end transmits, and vice versa.
+    c.net_rx_bytes = stat("tx_bytes");
+    c.net_tx_bytes = stat("rx_bytes");
+    c
+}
+
+fn recorded(cluster: &Cluster, vps_id: &str) -> serde_json::Value {
+    let summary = cluster.json(&with(&["usage"])).expect("paddock usage");
+    let rows = summary["per_vps"].as_array().cloned().unwrap_or_default();
+    let mine: Vec<_> = rows.iter().filter(|r| r["vps_id"] == vps_id).collect();
+    assert_eq!(mine.len(), 1, "one usage row for the VPS: {summary}");
+    mine[0].clone()
+}
+
+fn within_2_percent(what: &str, recorded: f64, host: f64) {
+    let tolerance = (host * 0.02).max(1.0);
+    assert!(
+        (recorded - host).abs() <= tolerance,
+        "{what}: recorded {recorded} vs host {host} (off by {:.3}%)",
+        (recorded - host).abs() / host.max(1.0) * 100.0
+    );
+}
+
+#[test]
+fn recorded_usage_matches_host_counters_across_an_agent_crash() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = Cluster::start().expect("start cluster");
+    cluster.add_tenant("acme").expect("tenant");
+    cluster
+        .cli_ok(&with(&["create", "meter1", "--plan", "nano", "--wait"]))
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", cluster.log("agent.log")));
+    let vps = cluster.json(&with(&["show", "meter1"])).expect("show");
+    let vps_id = vps["id"].as_str().expect("id").to_owned();
+    let dirs = cluster.vps_cgroup_dirs(&vps_id);
+    let veth = host_veth(&cluster, &vps_id);
+    let gateway = cluster.gateway();
+
+    // ~18 s of load, detached from the exec session so the agent's death does not end it.
+    let started = Instant::now();
+    sh_ok(
+        &cluster,
+        "meter1",
+        &format!(
+            "(timeout 18 sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 &) ; \
+             (timeout 16 sh -c 'while :; do dd if=/dev/zero of=/root/meter bs=1M count=8 conv=fsync; \
+              dd if=/root/meter of=/dev/null bs=1M; rm -f /root/meter; done' </dev/null >/dev/null 2>&1 &) ; \
+             (timeout 16 sh -c 'while :; do ping -c 4 -s 16000 -W 1 {gateway}; done' </dev/null >/dev/null 2>&1 &)"
+        ),
+    );
+
+    // The agent dies mid-load and comes back: samples continue the same incarnation.
+    std::thread::sleep(Duration::from_secs(6));
+    cluster.kill_agent();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.start_agent().expect("agent restarts");
+
+    // Let the load end, then wait for samples taken after it (interval 2 s, heartbeat 1 s).
+    let load_end = Duration::from_secs(19);
+    if let Some(rest) = load_end.checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    std::thread::sleep(Duration::from_secs(6));
+
+    let host_before = host_counters(&dirs, &veth);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (row, host) = loop {
+        std::thread::sleep(Duration::from_secs(4));
+        let row = recorded(&cluster, &vps_id);
+        let host = host_counters(&dirs, &veth);
+        let cpu = row["cpu_seconds"].as_f64().unwrap_or(0.0);
+        if (cpu - host.cpu_seconds).abs() <= host.cpu_seconds * 0.02 || Instant::now() > deadline {
+            break (row, host);
+        }
+    };
+    eprintln!("host before: {host_before:?}\nhost after: {host:?}\nrecorded: {row}");
+
+    assert!(host.cpu_seconds > 5.0, "the VPS burnt CPU: {host:?}");
+    assert!(host.io_write_bytes > 8 << 20, "the VPS wrote: {host:?}");
+    assert!(host.net_tx_bytes > 100_000, "the VPS sent: {host:?}");
+    let f = |key: &str| row[key].as_f64().unwrap_or(-1.0);
+    within_2_percent("cpu_seconds", f("cpu_seconds"), host.cpu_seconds);
+    within_2_percent(
+        "io_write_bytes",
+        f("io_write_bytes"),
+        host.io_write_bytes as f64,
+    );
+    within_2_percent(
+        "io_read_bytes",
+        f("io_read_bytes"),
+        host.io_read_bytes as f64,
+    );
+    within_2_percent("net_rx_bytes", f("net_rx_bytes"), host.net_rx_bytes as f64);
+    within_2_percent("net_tx_bytes", f("net_tx_bytes"), host.net_tx_bytes as f64);
+    assert!(f("memory_byte_seconds") > 0.0, "{row}");
+    assert!(f("disk_byte_seconds") > 0.0, "{row}");
+    assert!(f("memory_peak_bytes") > 0.0, "{row}");
+    assert_eq!(row["plan"], "nano");
+
+    cluster
+        .cli_ok(&with(&["delete", "meter1", "--yes"]))
+        .expect("delete");
+    cluster
+        .wait_until("VPS deleted", Duration::from_secs(60), |c| {
+            Ok(c.json(&with(&["list"]))?
+                .as_array()
+                .is_some_and(|l| l.is_empty()))
+        })
+        .expect("deleted");
+    let leftovers = cluster.leftovers(&vps_id);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
