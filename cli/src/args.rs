@@ -72,7 +72,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Change a VPS's resources: move to another plan or override single limits.
     #[command(after_help = "Examples:\n  paddock resize web1 --plan medium\n  \
-                            paddock resize web1 --vcpus 2 --memory 2GiB")]
+                            paddock resize web1 --vcpus 2 --memory 2GiB\n  \
+                            paddock resize web1 --egress 50Mbit --ingress 100Mbit")]
     Resize(ResizeArgs),
     /// Replace a VPS's root filesystem with a fresh copy of a template.
     #[command(
@@ -178,13 +179,47 @@ pub struct ResourceOverrides {
     /// Disk size, e.g. 10GiB.
     #[arg(long, value_name = "SIZE")]
     pub disk: Option<ByteSize>,
+    /// Network egress limit (from the VPS), e.g. 50Mbit, 1Gbit or bits/s.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub egress: Option<u64>,
+    /// Network ingress limit (to the VPS), e.g. 50Mbit.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub ingress: Option<u64>,
 }
 
 impl ResourceOverrides {
     /// Whether any override was given.
     pub fn any(&self) -> bool {
-        self.vcpus.is_some() || self.memory.is_some() || self.disk.is_some()
+        self.vcpus.is_some()
+            || self.memory.is_some()
+            || self.disk.is_some()
+            || self.egress.is_some()
+            || self.ingress.is_some()
     }
+}
+
+/// A network rate in bits/s: `50Mbit`, `1Gbit`, `800kbit` (decimal units, as
+/// providers sell bandwidth), or a plain number of bits/s.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate like 50Mbit, 1Gbit or 20000000"))?;
+    let multiplier: u64 = match unit {
+        "" | "bit" | "bps" => 1,
+        "k" | "kbit" | "kbps" => 1_000,
+        "m" | "mbit" | "mbps" => 1_000_000,
+        "g" | "gbit" | "gbps" => 1_000_000_000,
+        _ => return Err(format!("{text:?}: unit must be bit, kbit, Mbit or Gbit")),
+    };
+    number
+        .checked_mul(multiplier)
+        .filter(|rate| *rate > 0)
+        .ok_or_else(|| format!("{text:?} must be greater than zero and fit in 64 bits"))
 }
 
 /// `paddock create`.
@@ -278,7 +313,7 @@ pub struct DeleteArgs {
 /// `paddock resize`.
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("change").required(true).multiple(true)
-    .args(["plan", "vcpus", "memory", "disk"])))]
+    .args(["plan", "vcpus", "memory", "disk", "egress", "ingress"])))]
 pub struct ResizeArgs {
     #[command(flatten)]
     pub vps: VpsArgs,
@@ -806,6 +841,17 @@ mod tests {
         }
         for bad in ["", "1web", "Web", "web_1", "-a", "wéb", &"a".repeat(64)] {
             assert!(parse_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("50Mbit"), Ok(50_000_000));
+        assert_eq!(parse_rate("1gbit"), Ok(1_000_000_000));
+        assert_eq!(parse_rate("800kbit"), Ok(800_000));
+        assert_eq!(parse_rate("20000000"), Ok(20_000_000));
+        for bad in ["", "0", "fast", "5Tbit", "-1Mbit"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
         }
     }
 

@@ -51,6 +51,8 @@ pub fn overrides(o: &ResourceOverrides) -> Option<Resources> {
         vcpus: o.vcpus.unwrap_or_default(),
         memory_bytes: o.memory.map(|s| s.0).unwrap_or_default(),
         disk_bytes: o.disk.map(|s| s.0).unwrap_or_default(),
+        net_egress_bits_per_sec: o.egress.unwrap_or_default(),
+        net_ingress_bits_per_sec: o.ingress.unwrap_or_default(),
         ..Default::default()
     })
 }
@@ -333,10 +335,13 @@ mod tests {
             vcpus: Some(1.5),
             memory: Some(ByteSize(1 << 30)),
             disk: None,
+            egress: Some(50_000_000),
+            ingress: None,
         };
         let resources = overrides(&given).expect("some");
         assert_eq!(resources.vcpus, 1.5);
         assert_eq!(resources.memory_bytes, 1 << 30);
         assert_eq!(resources.disk_bytes, 0);
+        assert_eq!(resources.net_egress_bits_per_sec, 50_000_000);
     }
 }
