@@ -1029,7 +1029,16 @@ mod tests {
             "{flushes} disk flushes for 200 commits"
         );
         drop(store);
-        let reopened = SledStore::open(dir.path()).expect("reopen");
+        // sled's background flusher may hold the file lock a moment after the drop.
+        let reopened = (0..50)
+            .find_map(|_| match SledStore::open(dir.path()) {
+                Ok(store) => Some(store),
+                Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    None
+                }
+            })
+            .expect("reopen within 5 s");
         assert_eq!(reopened.list_vps(Some("acme")).expect("list").len(), 200);
     }
 
