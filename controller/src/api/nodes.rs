@@ -127,7 +127,11 @@ impl PlanService for PlanApi {
         self.controller.admin(request.metadata())?;
         let plan = request.into_inner().plan.unwrap_or_default();
         validate::name("plan.name", &plan.name).map_err(ControllerError::from)?;
-        let resources = convert::resources_from(&plan.resources.unwrap_or_default());
+        let mut resources = convert::resources_from(&plan.resources.unwrap_or_default());
+        if resources.cpu_weight == 0 {
+            // The cgroup v2 default weight: an unset weight means "normal share".
+            resources.cpu_weight = 100;
+        }
         validate::vcpus("plan.resources.vcpus", resources.vcpus).map_err(ControllerError::from)?;
         validate::positive("plan.resources.memory_bytes", resources.memory_bytes)
             .map_err(ControllerError::from)?;
