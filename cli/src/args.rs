@@ -322,6 +322,8 @@ pub struct ResizeArgs {
     pub plan: Option<String>,
     #[command(flatten)]
     pub overrides: ResourceOverrides,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `paddock rebuild`.

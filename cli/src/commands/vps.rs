@@ -210,7 +210,19 @@ pub async fn resize(
         plan: args.plan.clone().unwrap_or_default(),
         resources: overrides(&args.overrides),
     };
-    let vps = session.call(session.vps().resize_vps(request)).await?;
+    let mut vps = session.call(session.vps().resize_vps(request)).await?;
+    if args.wait.enabled() {
+        // The controller shows the VPS pending until its node has applied the limits.
+        let goal = if vps.desired_power == v1::PowerState::Running as i32 {
+            Goal::Running
+        } else {
+            Goal::Stopped
+        };
+        let reference = vps_ref(&args.vps);
+        if let Some(done) = wait_for(session, &reference, goal, timeout(&args.wait)).await? {
+            vps = done;
+        }
+    }
     Ok(printer.one(&VpsView::from(&vps))?)
 }
 

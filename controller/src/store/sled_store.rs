@@ -410,6 +410,8 @@ impl Store for SledStore {
                     crate::quota::charge(&mut tenant.used, &Quota::of_vps(resources));
                     vps.plan = plan.to_owned();
                     vps.resources = resources.clone();
+                    // Pending until the node reports after applying the new limits.
+                    vps.observed = None;
                     tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
                     all.insert(vps_id.as_bytes(), encode(&vps))?;
                     tx_append_event(events, meta, EventRecord::of_vps(EventKind::Resized, &vps))?;
