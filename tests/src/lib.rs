@@ -460,6 +460,43 @@ impl Cluster {
             .with_context(|| format!("parsing JSON of `paddock {}`: {stdout}", args.join(" ")))
     }
 
+    /// Runs `sh -c script` in VPS `vps` as tenant context `context`.
+    pub fn sh(&self, context: &str, vps: &str, script: &str) -> Output {
+        self.cli(&["--context", context, "exec", vps, "--", "sh", "-c", script])
+            .expect("running paddock exec")
+    }
+
+    /// Like [`Cluster::sh`], but the script must succeed; returns its stdout.
+    pub fn sh_ok(&self, context: &str, vps: &str, script: &str) -> String {
+        let out = self.sh(context, vps, script);
+        assert!(
+            out.status.success(),
+            "`{script}` in {vps} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The host end of a VPS's veth, found by the alias the agent gives it.
+    pub fn host_veth(&self, vps_id: &str) -> String {
+        let marker = format!("paddock:{}:{vps_id}", self.bridge);
+        let links = Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter(|line| line.contains(&marker) && line.contains('@'))
+            .find_map(|line| {
+                line.split(": ")
+                    .nth(1)
+                    .and_then(|n| n.split('@').next())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no veth marked {marker}"))
+    }
+
     /// Creates a tenant and a CLI context `name` holding a token for it.
     pub fn add_tenant(&self, name: &str) -> Result<()> {
         self.cli_ok(&["--context", "admin", "admin", "tenant", "create", name])?;

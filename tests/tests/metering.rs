@@ -8,45 +8,12 @@
 //! counted twice (agent restart, redelivery) or lost would show as a mismatch.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use paddock_tests::{require_root, Cluster};
 
 fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
     [&["--context", "acme"][..], args].concat()
-}
-
-fn sh_ok(cluster: &Cluster, vps: &str, script: &str) -> String {
-    let out = cluster
-        .cli(&with(&["exec", vps, "--", "sh", "-c", script]))
-        .expect("exec");
-    assert!(
-        out.status.success(),
-        "`{script}` in {vps} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The host end of a VPS's veth, found by the alias the agent gives it.
-fn host_veth(cluster: &Cluster, vps_id: &str) -> String {
-    let marker = format!("paddock:{}:{vps_id}", cluster.bridge);
-    let links = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&links.stdout)
-        .lines()
-        .filter(|line| line.contains(&marker) && line.contains('@'))
-        .find_map(|line| {
-            line.split(": ")
-                .nth(1)
-                .and_then(|n| n.split('@').next())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("no veth marked {marker}"))
 }
 
 /// Counters as the host kernel has them.
@@ -151,14 +118,12 @@ fn recorded_usage_matches_host_counters_across_an_agent_crash() {
     let vps = cluster.json(&with(&["show", "meter1"])).expect("show");
     let vps_id = vps["id"].as_str().expect("id").to_owned();
     let dirs = cluster.vps_cgroup_dirs(&vps_id);
-    let veth = host_veth(&cluster, &vps_id);
+    let veth = cluster.host_veth(&vps_id);
     let gateway = cluster.gateway();
 
     // ~18 s of load, detached from the exec session so the agent's death does not end it.
     let started = Instant::now();
-    sh_ok(
-        &cluster,
-        "meter1",
+    cluster.sh_ok("acme", "meter1",
         &format!(
             "(timeout 18 sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 &) ; \
              (timeout 16 sh -c 'while :; do dd if=/dev/zero of=/root/meter bs=1M count=8 conv=fsync; \

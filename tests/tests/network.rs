@@ -29,42 +29,6 @@ fn create(cluster: &Cluster, name: &str) -> (String, String) {
     (vps["id"].as_str().expect("id").to_owned(), ipv4)
 }
 
-fn sh(cluster: &Cluster, vps: &str, script: &str) -> std::process::Output {
-    cluster
-        .cli(&with(&["exec", vps, "--", "sh", "-c", script]))
-        .expect("exec")
-}
-
-fn sh_ok(cluster: &Cluster, vps: &str, script: &str) -> String {
-    let out = sh(cluster, vps, script);
-    assert!(
-        out.status.success(),
-        "`{script}` in {vps} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The host end of a VPS's veth, found by the alias the agent gives it.
-fn host_veth(cluster: &Cluster, vps_id: &str) -> String {
-    let marker = format!("paddock:{}:{vps_id}", cluster.bridge);
-    let links = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&links.stdout)
-        .lines()
-        .filter(|line| line.contains(&marker) && line.contains("@"))
-        .find_map(|line| {
-            line.split(": ")
-                .nth(1)
-                .and_then(|n| n.split('@').next())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("no veth marked {marker}"))
-}
-
 /// Every frame seen on one interface while it runs.
 struct Capture {
     stop: Arc<AtomicBool>,
@@ -191,7 +155,7 @@ fn arp_claims(frames: &[Vec<u8>], ip: [u8; 4], hw: [u8; 6]) -> usize {
 }
 
 fn eth0_mac(cluster: &Cluster, vps: &str) -> [u8; 6] {
-    mac(&sh_ok(cluster, vps, "cat /sys/class/net/eth0/address"))
+    mac(&cluster.sh_ok("acme", vps, "cat /sys/class/net/eth0/address"))
 }
 
 #[test]
@@ -216,27 +180,28 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
     assert_eq!(pools["allocated"], 3, "{pools}");
 
     // What the VPS sees: its address on eth0, a default route via the gateway, lo up.
-    let addr = sh_ok(&cluster, "a", "ip -4 addr show dev eth0");
+    let addr = cluster.sh_ok("acme", "a", "ip -4 addr show dev eth0");
     assert!(addr.contains(&format!("{a_ip}/24")), "{addr}");
-    let route = sh_ok(&cluster, "a", "ip route");
+    let route = cluster.sh_ok("acme", "a", "ip route");
     assert!(
         route.contains(&format!("default via {gateway} dev eth0")),
         "{route}"
     );
-    sh_ok(&cluster, "a", "ping -c 1 -W 2 127.0.0.1");
+    cluster.sh_ok("acme", "a", "ping -c 1 -W 2 127.0.0.1");
     let a_mac = eth0_mac(&cluster, "a");
     assert_eq!(a_mac[0], 0x02, "locally administered MAC");
 
     // Reachability by ping and TCP, with only the assigned addresses.
-    sh_ok(&cluster, "a", &format!("ping -c 2 -W 2 {b_ip}"));
-    sh_ok(&cluster, "a", &format!("ping -c 2 -W 2 {gateway}"));
-    sh_ok(&cluster, "b", &format!("ping -c 2 -W 2 {a_ip}"));
-    sh_ok(&cluster, "b", &format!("ping -c 1 -W 2 {gateway}"));
+    cluster.sh_ok("acme", "a", &format!("ping -c 2 -W 2 {b_ip}"));
+    cluster.sh_ok("acme", "a", &format!("ping -c 2 -W 2 {gateway}"));
+    cluster.sh_ok("acme", "b", &format!("ping -c 2 -W 2 {a_ip}"));
+    cluster.sh_ok("acme", "b", &format!("ping -c 1 -W 2 {gateway}"));
     // b listens in the foreground of one exec while a connects from another.
     let received = std::thread::scope(|scope| {
-        let listener = scope.spawn(|| sh(&cluster, "b", "timeout 20 nc -l -p 7000 </dev/null"));
-        sh_ok(
-            &cluster,
+        let listener =
+            scope.spawn(|| cluster.sh("acme", "b", "timeout 20 nc -l -p 7000 </dev/null"));
+        cluster.sh_ok(
+            "acme",
             "a",
             &format!(
                 "for i in 1 2 3 4 5 6 7 8 9 10; do \
@@ -257,8 +222,8 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
         // Dropping the stream closes it, which ends the client.
         (peer.ip().to_string(), line)
     });
-    sh_ok(
-        &cluster,
+    cluster.sh_ok(
+        "acme",
         "a",
         &format!("echo to-host | nc -w 3 {gateway} 7001"),
     );
@@ -267,44 +232,40 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
     assert_eq!(got.trim(), "to-host");
 
     // Spoofing, as root inside VPS a, watched on the host's bridge and on b's port.
-    let b_port = host_veth(&cluster, &b_id);
+    let b_port = cluster.host_veth(&b_id);
     let on_bridge = Capture::start(&cluster.bridge);
     let on_b = Capture::start(&b_port);
     // Control: a's legitimate traffic is seen, so the captures work.
-    sh_ok(&cluster, "a", &format!("ping -c 1 -W 2 {b_ip}"));
-    sh_ok(&cluster, "a", &format!("ping -c 1 -W 2 {gateway}"));
+    cluster.sh_ok("acme", "a", &format!("ping -c 1 -W 2 {b_ip}"));
+    cluster.sh_ok("acme", "a", &format!("ping -c 1 -W 2 {gateway}"));
     // 1. A neighbour's address (c's) on eth0, used as the source towards b and the host.
-    sh_ok(
-        &cluster,
+    cluster.sh_ok(
+        "acme",
         "a",
         &format!(
             "ip addr add {c_ip}/32 dev eth0 && ip route replace {b_ip}/32 dev eth0 src {c_ip} \
              && ip route replace {gateway}/32 dev eth0 src {c_ip}"
         ),
     );
-    let _ = sh(&cluster, "a", &format!("echo spoof | nc -w 2 {b_ip} 7002"));
-    let _ = sh(
-        &cluster,
-        "a",
-        &format!("echo spoof | nc -w 2 {gateway} 7003"),
-    );
-    let _ = sh(&cluster, "a", &format!("ping -c 2 -W 1 {b_ip}"));
+    let _ = cluster.sh("acme", "a", &format!("echo spoof | nc -w 2 {b_ip} 7002"));
+    let _ = cluster.sh("acme", "a", &format!("echo spoof | nc -w 2 {gateway} 7003"));
+    let _ = cluster.sh("acme", "a", &format!("ping -c 2 -W 1 {b_ip}"));
     // 2. Gratuitous ARP claiming the gateway's address.
-    sh_ok(&cluster, "a", &format!("ip addr add {gateway}/32 dev eth0"));
-    let _ = sh(
-        &cluster,
+    cluster.sh_ok("acme", "a", &format!("ip addr add {gateway}/32 dev eth0"));
+    let _ = cluster.sh(
+        "acme",
         "a",
         &format!("arping -U -c 3 -I eth0 -s {gateway} {gateway}"),
     );
-    let _ = sh(
-        &cluster,
+    let _ = cluster.sh(
+        "acme",
         "a",
         &format!("arping -A -c 3 -I eth0 -s {gateway} {gateway}"),
     );
     // 3. Another MAC on eth0, with a's own address.
     let fake_mac = "02:de:ad:be:ef:01";
-    sh_ok(
-        &cluster,
+    cluster.sh_ok(
+        "acme",
         "a",
         &format!(
             "ip addr del {c_ip}/32 dev eth0; ip addr del {gateway}/32 dev eth0; \
@@ -312,8 +273,8 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
              ip link set eth0 address {fake_mac}"
         ),
     );
-    let _ = sh(&cluster, "a", &format!("echo spoof | nc -w 2 {b_ip} 7004"));
-    let _ = sh(&cluster, "a", &format!("ping -c 2 -W 1 {gateway}"));
+    let _ = cluster.sh("acme", "a", &format!("echo spoof | nc -w 2 {b_ip} 7004"));
+    let _ = cluster.sh("acme", "a", &format!("ping -c 2 -W 1 {gateway}"));
     std::thread::sleep(Duration::from_millis(500));
     let bridge_frames = on_bridge.finish();
     let b_frames = on_b.finish();
@@ -349,7 +310,7 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
         );
     }
     // b still resolves the gateway to the bridge, not to a.
-    let neighbours = sh_ok(&cluster, "b", "ip neigh show");
+    let neighbours = cluster.sh_ok("acme", "b", "ip neigh show");
     assert!(
         !neighbours.contains(&format!("{gateway} dev eth0 lladdr {}", fmt_mac(a_mac))),
         "{neighbours}"
@@ -366,7 +327,7 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
         .output()
         .expect("nft");
     let rules = String::from_utf8_lossy(&rules.stdout);
-    let a_port = host_veth(&cluster, &a_id);
+    let a_port = cluster.host_veth(&a_id);
     assert!(rules.contains(&format!("chain port_{a_port}")), "{rules}");
     // Each attempt really was sent, and was dropped by the rule meant for it.
     let chain = chain_text(&rules, &format!("port_{a_port}"));
@@ -478,14 +439,14 @@ fn agent_crash_and_delete_leave_no_network_trace() {
         cluster.json(&with(&["show", "a"])).expect("show")["init_pid"].as_u64(),
         Some(a_pid)
     );
-    sh_ok(&cluster, "b", &format!("ping -c 2 -W 2 {a_ip}"));
-    sh_ok(
-        &cluster,
+    cluster.sh_ok("acme", "b", &format!("ping -c 2 -W 2 {a_ip}"));
+    cluster.sh_ok(
+        "acme",
         "a",
         &format!("ping -c 1 -W 2 {}", cluster.gateway()),
     );
-    let _ = host_veth(&cluster, &a_id);
-    let _ = host_veth(&cluster, &b_id);
+    let _ = cluster.host_veth(&a_id);
+    let _ = cluster.host_veth(&b_id);
 
     // Delete while the agent is down: the restarted agent finishes the job.
     cluster.kill_agent();
