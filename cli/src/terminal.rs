@@ -96,7 +96,11 @@ pub fn confirm(question: &str) -> Result<bool, TerminalError> {
 pub struct Progress {
     enabled: bool,
     shown: bool,
+    frame: usize,
 }
+
+/// Spinner frames shown before the current phase.
+const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
 impl Progress {
     /// Shows progress only when stderr is a terminal.
@@ -104,14 +108,17 @@ impl Progress {
         Self {
             enabled: stderr_is_tty(),
             shown: false,
+            frame: 0,
         }
     }
 
-    /// Replaces the status line.
+    /// Replaces the status line: a spinner frame, then `text` (the current phase).
     pub fn update(&mut self, text: &str) {
         if self.enabled {
+            let spinner = SPINNER[self.frame % SPINNER.len()];
+            self.frame += 1;
             let mut stderr = std::io::stderr();
-            let _ = write!(stderr, "\r\x1b[2K{text}");
+            let _ = write!(stderr, "\r\x1b[2K{spinner} {text}");
             let _ = stderr.flush();
             self.shown = true;
         }
