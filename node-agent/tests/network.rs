@@ -6,26 +6,16 @@
 //! driven here through the agent-level API (`Network::ensure_port` with new
 //! rates on the same running namespace), which is what `ApplyVps` calls.
 
+mod common;
 mod net_support;
 
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
+use common::require_root;
 use net_support::{blast, measure, network, port, unique_names, Netns};
 use paddock_agent::network::{host_ifname, ifb_ifname, Network, NetworkConfig};
-
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("PADDOCK_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("this test needs root (PADDOCK_REQUIRE_PRIVILEGED=1 forbids skipping it)");
-    }
-    eprintln!("SKIPPED: this test needs root");
-    false
-}
 
 fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()

@@ -6,105 +6,16 @@
 //! it created even when the test panics; the tests then check that nothing was left behind.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{require_root, Fixture};
 use paddock_agent::runtime::{
-    Limits, ObservedState, Power, Runtime, RuntimeConfig, RuntimeError, VpsObserved, VpsSpec,
+    Limits, ObservedState, Power, Runtime, RuntimeError, VpsObserved, VpsSpec,
 };
 use paddock_agent::template;
-use tempfile::TempDir;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// True when running as root. Otherwise skips, unless `PADDOCK_REQUIRE_PRIVILEGED=1`, in which
-/// case the test fails.
-fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("PADDOCK_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("this test needs root and PADDOCK_REQUIRE_PRIVILEGED=1 is set");
-    }
-    eprintln!("skipping: needs root (set PADDOCK_REQUIRE_PRIVILEGED=1 to fail instead)");
-    false
-}
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A runtime in its own temp state dir and cgroup parent; deletes its VPSes and the cgroup
-/// parent on drop (also on panic).
-struct Fixture {
-    state_dir: TempDir,
-    cgroup_parent: String,
-    runtime: Runtime,
-    vps_ids: Vec<String>,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let state_dir = tempfile::Builder::new()
-            .prefix("paddock-runtime-test")
-            .tempdir()
-            .expect("temp state dir");
-        template::build_busybox(state_dir.path()).expect("busybox template");
-        let cgroup_parent = unique("paddock-test");
-        let runtime = Runtime::new(config(state_dir.path(), &cgroup_parent)).expect("runtime");
-        Self {
-            state_dir,
-            cgroup_parent,
-            runtime,
-            vps_ids: Vec::new(),
-        }
-    }
-
-    /// A fresh runtime over the same state, as after an agent restart.
-    fn restarted_runtime(&self) -> Runtime {
-        Runtime::new(config(self.state_dir.path(), &self.cgroup_parent)).expect("runtime")
-    }
-
-    fn new_vps_id(&mut self) -> String {
-        let vps_id = unique("vps");
-        self.vps_ids.push(vps_id.clone());
-        vps_id
-    }
-
-    fn vps_dir(&self, vps_id: &str) -> PathBuf {
-        self.state_dir.path().join("vps").join(vps_id)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for vps_id in &self.vps_ids {
-            if let Err(e) = self.runtime.delete(vps_id) {
-                eprintln!("cleanup: delete {vps_id}: {e}");
-            }
-            for path in self.runtime.cgroup_paths(vps_id) {
-                if let Some(parent) = path.parent() {
-                    let _ = fs::remove_dir(parent);
-                }
-            }
-        }
-    }
-}
-
-fn config(state_dir: &Path, cgroup_parent: &str) -> RuntimeConfig {
-    RuntimeConfig {
-        state_dir: state_dir.to_path_buf(),
-        cgroup_parent: cgroup_parent.to_string(),
-        stop_grace: Duration::from_secs(10),
-        helper_binary: PathBuf::from(env!("CARGO_BIN_EXE_paddock-agent")),
-        id_base: paddock_agent::runtime::idmap::DEFAULT_ID_BASE,
-    }
-}
 
 fn spec(vps_id: &str, memory_bytes: u64, power: Power) -> VpsSpec {
     VpsSpec {
