@@ -187,6 +187,23 @@ fn tx_append_event(
     Ok(cursor)
 }
 
+/// Like [`tx_get`], but a missing record aborts with `NotFound { kind, name }`.
+fn tx_need<T: DeserializeOwned>(
+    tree: &TransactionalTree,
+    tree_name: &'static str,
+    key: &[u8],
+    kind: &'static str,
+    name: impl Into<String>,
+) -> TxResult<T> {
+    match tx_get(tree, tree_name, key)? {
+        Some(record) => Ok(record),
+        None => abort(StoreError::NotFound {
+            kind,
+            name: name.into(),
+        }),
+    }
+}
+
 fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
     result.map_err(|error| match error {
         TransactionError::Abort(error) => error,
@@ -331,12 +348,8 @@ impl Store for SledStore {
     ) -> Result<VpsRecord, StoreError> {
         flatten(
             (&self.vps, &self.events, &self.events_meta).transaction(|(all, events, meta)| {
-                let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
-                    return abort(StoreError::NotFound {
-                        kind: "VPS",
-                        name: vps_id.to_owned(),
-                    });
-                };
+                let mut vps =
+                    tx_need::<VpsRecord>(all, "vps", vps_id.as_bytes(), "VPS", vps_id.to_owned())?;
                 let event = change(&mut vps).or_else(abort)?;
                 all.insert(vps_id.as_bytes(), encode(&vps))?;
                 if let Some(kind) = event {
@@ -355,14 +368,13 @@ impl Store for SledStore {
         flatten(
             (&self.tenants, &self.events, &self.events_meta).transaction(
                 |(tenants, events, meta)| {
-                    let Some(mut tenant) =
-                        tx_get::<TenantRecord>(tenants, "tenants", name.as_bytes())?
-                    else {
-                        return abort(StoreError::NotFound {
-                            kind: "tenant",
-                            name: name.to_owned(),
-                        });
-                    };
+                    let mut tenant = tx_need::<TenantRecord>(
+                        tenants,
+                        "tenants",
+                        name.as_bytes(),
+                        "tenant",
+                        name.to_owned(),
+                    )?;
                     let event = change(&mut tenant).or_else(abort)?;
                     tenants.insert(name.as_bytes(), encode(&tenant))?;
                     if let Some(kind) = event {
@@ -383,26 +395,26 @@ impl Store for SledStore {
         flatten(
             (&self.tenants, &self.vps, &self.events, &self.events_meta).transaction(
                 |(tenants, all, events, meta)| {
-                    let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
-                        return abort(StoreError::NotFound {
-                            kind: "VPS",
-                            name: vps_id.to_owned(),
-                        });
-                    };
+                    let mut vps = tx_need::<VpsRecord>(
+                        all,
+                        "vps",
+                        vps_id.as_bytes(),
+                        "VPS",
+                        vps_id.to_owned(),
+                    )?;
                     if vps.deleting {
                         return abort(StoreError::Conflict(format!(
                             "VPS {:?} is being deleted",
                             vps.name
                         )));
                     }
-                    let Some(mut tenant) =
-                        tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
-                    else {
-                        return abort(StoreError::NotFound {
-                            kind: "tenant",
-                            name: vps.tenant.clone(),
-                        });
-                    };
+                    let mut tenant = tx_need::<TenantRecord>(
+                        tenants,
+                        "tenants",
+                        vps.tenant.as_bytes(),
+                        "tenant",
+                        vps.tenant.clone(),
+                    )?;
                     crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
                     if let Err(message) = crate::quota::check(&tenant, resources, plan) {
                         return abort(StoreError::QuotaExceeded(message));
@@ -602,13 +614,13 @@ impl Store for SledStore {
         change: &(dyn Fn(&mut TenantRecord) -> Result<(), StoreError> + Sync),
     ) -> Result<TenantRecord, StoreError> {
         flatten(self.tenants.transaction(|tenants| {
-            let Some(mut tenant) = tx_get::<TenantRecord>(tenants, "tenants", name.as_bytes())?
-            else {
-                return abort(StoreError::NotFound {
-                    kind: "tenant",
-                    name: name.to_owned(),
-                });
-            };
+            let mut tenant = tx_need::<TenantRecord>(
+                tenants,
+                "tenants",
+                name.as_bytes(),
+                "tenant",
+                name.to_owned(),
+            )?;
             change(&mut tenant).or_else(abort)?;
             tenants.insert(name.as_bytes(), encode(&tenant))?;
             Ok(tenant)
@@ -617,12 +629,13 @@ impl Store for SledStore {
 
     fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
         flatten(self.tenants.transaction(|tenants| {
-            let Some(tenant) = tx_get::<TenantRecord>(tenants, "tenants", name.as_bytes())? else {
-                return abort(StoreError::NotFound {
-                    kind: "tenant",
-                    name: name.to_owned(),
-                });
-            };
+            let tenant = tx_need::<TenantRecord>(
+                tenants,
+                "tenants",
+                name.as_bytes(),
+                "tenant",
+                name.to_owned(),
+            )?;
             if tenant.used.max_vps > 0 {
                 return abort(StoreError::Conflict(format!(
                     "tenant {name:?} still has {} VPS(es); delete them first",
@@ -706,14 +719,13 @@ impl Store for SledStore {
                 &self.events_meta,
             )
                 .transaction(|(tenants, all, names, pools, events, meta)| {
-                    let Some(mut tenant) =
-                        tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
-                    else {
-                        return abort(StoreError::NotFound {
-                            kind: "tenant",
-                            name: vps.tenant.clone(),
-                        });
-                    };
+                    let mut tenant = tx_need::<TenantRecord>(
+                        tenants,
+                        "tenants",
+                        vps.tenant.as_bytes(),
+                        "tenant",
+                        vps.tenant.clone(),
+                    )?;
                     if names.get(&key)?.is_some() {
                         return abort(StoreError::AlreadyExists {
                             kind: "VPS",
@@ -768,12 +780,8 @@ impl Store for SledStore {
         change: &(dyn Fn(&mut VpsRecord) -> Result<(), StoreError> + Sync),
     ) -> Result<VpsRecord, StoreError> {
         flatten(self.vps.transaction(|all| {
-            let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
-                return abort(StoreError::NotFound {
-                    kind: "VPS",
-                    name: vps_id.to_owned(),
-                });
-            };
+            let mut vps =
+                tx_need::<VpsRecord>(all, "vps", vps_id.as_bytes(), "VPS", vps_id.to_owned())?;
             change(&mut vps).or_else(abort)?;
             all.insert(vps_id.as_bytes(), encode(&vps))?;
             Ok(vps)
@@ -879,12 +887,8 @@ impl Store for SledStore {
 
     fn delete_pool(&self, name: &str) -> Result<(), StoreError> {
         flatten(self.pools.transaction(|pools| {
-            let Some(pool) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
-                return abort(StoreError::NotFound {
-                    kind: "pool",
-                    name: name.to_owned(),
-                });
-            };
+            let pool =
+                tx_need::<PoolRecord>(pools, "pools", name.as_bytes(), "pool", name.to_owned())?;
             if !pool.allocated.is_empty() {
                 return abort(StoreError::Conflict(format!(
                     "pool {name:?} has {} allocated address(es); delete their VPSes first",
