@@ -180,6 +180,20 @@ pub fn record_observed(
         message: status.message.clone(),
         at: Utc::now(),
     };
+    // Heartbeats repeat the same report every few seconds; an unchanged one
+    // needs no write (a concurrent change is healed by the next report).
+    let unchanged = controller
+        .store
+        .get_vps(vps_id)?
+        .and_then(|vps| vps.observed)
+        .is_some_and(|current| {
+            current.state == observed.state
+                && current.init_pid == observed.init_pid
+                && current.message == observed.message
+        });
+    if unchanged {
+        return Ok(());
+    }
     let result = controller.store.update_vps_emitting(vps_id, &|vps| {
         let was_running = vps
             .observed
