@@ -222,6 +222,28 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} must be greater than zero and fit in 64 bits"))
 }
 
+/// What a plan does at 100% of its monthly transfer allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overage {
+    Notify,
+    Suspend,
+    /// Hold each direction to this many bits/s.
+    Throttle(u64),
+}
+
+/// `notify`, `suspend` or `throttle:RATE`.
+pub fn parse_overage(text: &str) -> Result<Overage, String> {
+    match text.split_once(':') {
+        None if text == "notify" => Ok(Overage::Notify),
+        None if text == "suspend" => Ok(Overage::Suspend),
+        Some(("throttle", rate)) => parse_rate(rate).map(Overage::Throttle),
+        None if text == "throttle" => Err("throttle needs a rate, e.g. throttle:1Mbit".to_owned()),
+        _ => Err(format!(
+            "{text:?} is not notify, suspend or throttle:RATE (e.g. throttle:1Mbit)"
+        )),
+    }
+}
+
 /// `paddock create`.
 #[derive(Debug, Clone, Args)]
 pub struct CreateArgs {
@@ -456,6 +478,16 @@ pub enum AdminCommand {
     /// IPv4 address pools.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// End the transfer overage action (throttle or suspend) holding a VPS
+    /// for the rest of the month, e.g. after the customer bought more transfer.
+    #[command(after_help = "Example:\n  paddock admin lift-transfer-limit web1 --tenant acme")]
+    LiftTransferLimit {
+        /// VPS name.
+        vps: String,
+        /// Tenant that owns the VPS.
+        #[arg(long, value_name = "TENANT")]
+        tenant: String,
+    },
     /// Show the audit trail of mutations.
     #[command(
         after_help = "Examples:\n  paddock admin audit\n  paddock admin audit --limit 20 -o json"
@@ -656,7 +688,8 @@ pub enum PlanCommand {
     /// Create a plan.
     #[command(
         after_help = "Examples:\n  paddock admin plan create small --vcpus 1 --memory 512MiB --disk 5GiB\n  \
-                            paddock admin plan create large --vcpus 4 --memory 8GiB --disk 80GiB --pids 4096 --transfer 2TiB"
+                            paddock admin plan create large --vcpus 4 --memory 8GiB --disk 80GiB --pids 4096 --transfer 2TiB\n  \
+                            paddock admin plan create capped --vcpus 1 --memory 1GiB --disk 20GiB --transfer 500GiB --transfer-overage throttle:1Mbit"
     )]
     Create {
         /// Plan name: lowercase letters, digits and '-'.
@@ -680,9 +713,14 @@ pub enum PlanCommand {
         /// IPv4 addresses per VPS.
         #[arg(long, value_name = "N")]
         ipv4: Option<u32>,
-        /// Monthly network transfer allowance (default: unmetered).
+        /// Monthly network transfer allowance per VPS, rx + tx (default: unmetered).
         #[arg(long, value_name = "SIZE")]
         transfer: Option<ByteSize>,
+        /// What happens once a VPS used all of --transfer, until the month ends:
+        /// `notify` (events only, the default), `suspend`, or `throttle:RATE`
+        /// (e.g. throttle:1Mbit, each direction).
+        #[arg(long, value_name = "ACTION", value_parser = parse_overage, requires = "transfer")]
+        transfer_overage: Option<Overage>,
     },
     /// List plans.
     #[command(after_help = "Example:\n  paddock admin plan list")]
@@ -843,6 +881,26 @@ mod tests {
         }
         for bad in ["", "1web", "Web", "web_1", "-a", "wéb", &"a".repeat(64)] {
             assert!(parse_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overage_actions() {
+        assert_eq!(parse_overage("notify"), Ok(Overage::Notify));
+        assert_eq!(parse_overage("suspend"), Ok(Overage::Suspend));
+        assert_eq!(
+            parse_overage("throttle:1Mbit"),
+            Ok(Overage::Throttle(1_000_000))
+        );
+        for bad in [
+            "",
+            "throttle",
+            "throttle:",
+            "throttle:0",
+            "stop",
+            "suspend:1Mbit",
+        ] {
+            assert!(parse_overage(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -94,6 +94,31 @@ fn size(bytes: u64) -> String {
     ByteSize(bytes).to_string()
 }
 
+/// A network rate: `50 Mbit/s`, `1 Gbit/s`, `800 kbit/s`, or bits/s when it
+/// is no whole multiple (decimal units, as on the command line).
+pub fn format_rate(bits_per_sec: u64) -> String {
+    for (unit, size) in [
+        ("Gbit", 1_000_000_000),
+        ("Mbit", 1_000_000),
+        ("kbit", 1_000),
+    ] {
+        if bits_per_sec >= size && bits_per_sec.is_multiple_of(size) {
+            return format!("{} {unit}/s", bits_per_sec / size);
+        }
+    }
+    format!("{bits_per_sec} bit/s")
+}
+
+/// Lowercase name of a [`v1::TransferOverage`] value; `None` for unset.
+fn overage_name(overage: i32) -> Option<&'static str> {
+    match v1::TransferOverage::try_from(overage) {
+        Ok(v1::TransferOverage::Notify) => Some("notify"),
+        Ok(v1::TransferOverage::Throttle) => Some("throttle"),
+        Ok(v1::TransferOverage::Suspend) => Some("suspend"),
+        Ok(v1::TransferOverage::Unspecified) | Err(_) => None,
+    }
+}
+
 /// `used/limit` as a table cell.
 fn of(used: impl std::fmt::Display, limit: impl std::fmt::Display) -> String {
     format!("{used}/{limit}")
@@ -163,6 +188,65 @@ pub struct VpsView {
     pub init_pid: u32,
     /// The full resource set, including the limits without a column of their own.
     pub resources: ResourcesView,
+    /// This month's network transfer; `null` when the server sent none.
+    pub transfer: Option<TransferView>,
+}
+
+/// A VPS's network transfer in the current billing month (UTC).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TransferView {
+    /// `YYYY-MM`.
+    pub month: String,
+    pub used_bytes: u64,
+    /// 0 means unmetered.
+    pub allowance_bytes: u64,
+    /// `throttle` or `suspend` while the plan's overage action holds the VPS, else `null`.
+    pub limited: Option<&'static str>,
+    pub limited_rate_bits_per_sec: u64,
+    #[serde(serialize_with = "serialize_time")]
+    pub limited_until: Option<DateTime<Utc>>,
+}
+
+impl From<&v1::TransferStatus> for TransferView {
+    fn from(t: &v1::TransferStatus) -> Self {
+        Self {
+            month: t.month.clone(),
+            used_bytes: t.used_bytes,
+            allowance_bytes: t.allowance_bytes,
+            limited: overage_name(t.limited),
+            limited_rate_bits_per_sec: t.limited_rate_bits_per_sec,
+            limited_until: timestamp(t.limited_until.as_ref()),
+        }
+    }
+}
+
+impl TransferView {
+    /// `1.2 GiB of 10.0 GiB (12%) in 2026-11`.
+    fn usage(&self) -> String {
+        if self.allowance_bytes == 0 {
+            return format!("{} in {} (unmetered)", size(self.used_bytes), self.month);
+        }
+        let percent = u128::from(self.used_bytes) * 100 / u128::from(self.allowance_bytes);
+        format!(
+            "{} of {} ({percent}%) in {}",
+            size(self.used_bytes),
+            size(self.allowance_bytes),
+            self.month
+        )
+    }
+
+    /// `throttled to 1 Mbit/s until 2026-12-01T00:00:00Z`, or empty.
+    fn limit(&self) -> String {
+        let until = self.limited_until.as_ref().map(rfc3339).unwrap_or_default();
+        match self.limited {
+            Some("throttle") => format!(
+                "throttled to {} until {until}",
+                format_rate(self.limited_rate_bits_per_sec)
+            ),
+            Some(_) => format!("suspended until {until}"),
+            None => String::new(),
+        }
+    }
 }
 
 impl From<&v1::Vps> for VpsView {
@@ -190,6 +274,7 @@ impl From<&v1::Vps> for VpsView {
             message: vps.message.clone(),
             init_pid: vps.init_pid,
             resources,
+            transfer: vps.transfer.as_ref().map(TransferView::from),
         }
     }
 }
@@ -245,6 +330,20 @@ impl Detail for VpsView {
             ("IPv6", self.ipv6.join(", ")),
             ("Created", time_and_age(self.created_at, now)),
             ("Init PID", pid),
+            (
+                "Transfer",
+                self.transfer
+                    .as_ref()
+                    .map(TransferView::usage)
+                    .unwrap_or_default(),
+            ),
+            (
+                "Transfer limit",
+                self.transfer
+                    .as_ref()
+                    .map(TransferView::limit)
+                    .unwrap_or_default(),
+            ),
             ("Message", self.message.clone()),
         ]
     }
@@ -423,6 +522,10 @@ pub struct PlanView {
     #[serde(flatten)]
     pub resources: ResourcesView,
     pub monthly_transfer_bytes: u64,
+    /// At 100% of the allowance: `notify`, `throttle` or `suspend`.
+    pub transfer_overage: &'static str,
+    /// The throttle rate; 0 unless `transfer_overage` is `throttle`.
+    pub overage_rate_bits_per_sec: u64,
 }
 
 impl From<&v1::Plan> for PlanView {
@@ -435,6 +538,8 @@ impl From<&v1::Plan> for PlanView {
                 .map(ResourcesView::from)
                 .unwrap_or_default(),
             monthly_transfer_bytes: p.monthly_transfer_bytes,
+            transfer_overage: overage_name(p.transfer_overage).unwrap_or("notify"),
+            overage_rate_bits_per_sec: p.overage_rate_bits_per_sec,
         }
     }
 }
@@ -508,6 +613,16 @@ impl Detail for PlanView {
                     self.monthly_transfer_bytes,
                     size(self.monthly_transfer_bytes),
                 ),
+            ),
+            (
+                "Over allowance",
+                match self.transfer_overage {
+                    "throttle" => format!(
+                        "throttle to {}",
+                        format_rate(self.overage_rate_bits_per_sec)
+                    ),
+                    action => action.to_owned(),
+                },
             ),
         ]
     }
@@ -1008,7 +1123,59 @@ mod tests {
             }),
             message: String::new(),
             init_pid: 4242,
+            transfer: None,
         }
+    }
+
+    #[test]
+    fn rates_print_in_their_largest_whole_unit() {
+        assert_eq!(format_rate(1_000_000), "1 Mbit/s");
+        assert_eq!(format_rate(2_500_000), "2500 kbit/s");
+        assert_eq!(format_rate(10_000_000_000), "10 Gbit/s");
+        assert_eq!(format_rate(1_234), "1234 bit/s");
+        assert_eq!(format_rate(0), "0 bit/s");
+    }
+
+    #[test]
+    fn transfer_shows_usage_and_the_limit_in_force() {
+        let mut vps = sample_vps(v1::VpsState::Running);
+        vps.transfer = Some(v1::TransferStatus {
+            month: "2026-11".into(),
+            used_bytes: 3 << 30,
+            allowance_bytes: 4 << 30,
+            limited: v1::TransferOverage::Throttle as i32,
+            limited_rate_bits_per_sec: 1_000_000,
+            limited_until: Some(prost_types::Timestamp {
+                seconds: 1_796_083_200,
+                nanos: 0,
+            }),
+        });
+        let view = VpsView::from(&vps);
+        let fields: BTreeMap<_, _> = view.fields(Utc::now()).into_iter().collect();
+        assert_eq!(fields["Transfer"], "3.0 GiB of 4.0 GiB (75%) in 2026-11");
+        assert_eq!(
+            fields["Transfer limit"],
+            "throttled to 1 Mbit/s until 2026-12-01T00:00:00Z"
+        );
+        let value = serde_json::to_value(&view).expect("json");
+        assert_eq!(value["transfer"]["limited"], json!("throttle"));
+        assert_eq!(
+            value["transfer"]["limited_until"],
+            json!("2026-12-01T00:00:00Z")
+        );
+
+        let mut vps = sample_vps(v1::VpsState::Running);
+        vps.transfer = Some(v1::TransferStatus {
+            month: "2026-11".into(),
+            used_bytes: 1 << 20,
+            ..Default::default()
+        });
+        let view = VpsView::from(&vps);
+        let fields: BTreeMap<_, _> = view.fields(Utc::now()).into_iter().collect();
+        assert_eq!(fields["Transfer"], "1.0 MiB in 2026-11 (unmetered)");
+        assert_eq!(fields["Transfer limit"], "");
+        let value = serde_json::to_value(&view).expect("json");
+        assert_eq!(value["transfer"]["limited"], Value::Null);
     }
 
     #[test]
@@ -1146,6 +1313,7 @@ mod tests {
                 ..Default::default()
             }),
             monthly_transfer_bytes: 0,
+            ..Default::default()
         };
         let value = serde_json::to_value(PlanView::from(&plan)).expect("json");
         assert_eq!(value["name"], json!("small"));

@@ -3,11 +3,13 @@
 use chrono::{DateTime, Utc};
 use paddock_proto::v1;
 
+use crate::metering::TransferStatus;
 use crate::scheduler::NodeView;
 use crate::store::{
     Capacity, NodeRecord, Observed, PlanRecord, PoolRecord, Power, Quota, Resources, Role,
-    TenantRecord, TokenRecord, VpsRecord,
+    TenantRecord, TokenRecord, TransferOverage, VpsRecord,
 };
+use crate::validate::ValidationError;
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -59,10 +61,39 @@ pub fn resources_from(r: &v1::Resources) -> Resources {
 }
 
 pub fn plan(p: &PlanRecord) -> v1::Plan {
+    let (overage, rate) = transfer_overage(p.transfer_overage);
     v1::Plan {
         name: p.name.clone(),
         resources: Some(resources(&p.resources)),
         monthly_transfer_bytes: p.monthly_transfer_bytes,
+        transfer_overage: overage.into(),
+        overage_rate_bits_per_sec: rate,
+    }
+}
+
+/// The proto overage action and its throttle rate (0 unless throttling).
+pub fn transfer_overage(overage: TransferOverage) -> (v1::TransferOverage, u64) {
+    match overage {
+        TransferOverage::Notify => (v1::TransferOverage::Notify, 0),
+        TransferOverage::Throttle { bits_per_sec } => (v1::TransferOverage::Throttle, bits_per_sec),
+        TransferOverage::Suspend => (v1::TransferOverage::Suspend, 0),
+    }
+}
+
+/// A plan's overage setting from the API (the plan domain checks it against
+/// the allowance).
+pub fn transfer_overage_from(plan: &v1::Plan) -> Result<TransferOverage, ValidationError> {
+    let rate = plan.overage_rate_bits_per_sec;
+    match plan.transfer_overage() {
+        v1::TransferOverage::Throttle => Ok(TransferOverage::Throttle { bits_per_sec: rate }),
+        _ if rate != 0 => Err(ValidationError::new(
+            "plan.overage_rate_bits_per_sec",
+            "is only for the throttle overage action",
+        )),
+        v1::TransferOverage::Unspecified | v1::TransferOverage::Notify => {
+            Ok(TransferOverage::Notify)
+        }
+        v1::TransferOverage::Suspend => Ok(TransferOverage::Suspend),
     }
 }
 
@@ -159,9 +190,10 @@ fn power(p: Power) -> v1::PowerState {
     }
 }
 
-/// The state a user sees, derived from desired state, the node's last report
-/// and whether the node is reachable.
-pub fn vps_state(vps: &VpsRecord, node_online: bool, tenant_suspended: bool) -> v1::VpsState {
+/// The state a user sees, derived from desired state, the node's last report,
+/// whether the node is reachable and whether the VPS is held stopped (its
+/// tenant suspended, or its monthly transfer used up on a suspending plan).
+pub fn vps_state(vps: &VpsRecord, node_online: bool, held: bool) -> v1::VpsState {
     if vps.deleting {
         return v1::VpsState::Deleting;
     }
@@ -169,7 +201,7 @@ pub fn vps_state(vps: &VpsRecord, node_online: bool, tenant_suspended: bool) -> 
         return v1::VpsState::Unknown;
     }
     let observed = vps.observed.as_ref().map(|o| o.state);
-    if tenant_suspended && observed != Some(Observed::Running) {
+    if held && observed != Some(Observed::Running) {
         return v1::VpsState::Suspended;
     }
     match observed {
@@ -180,14 +212,19 @@ pub fn vps_state(vps: &VpsRecord, node_online: bool, tenant_suspended: bool) -> 
     }
 }
 
-pub fn vps(record: &VpsRecord, node_online: bool, tenant_suspended: bool) -> v1::Vps {
+pub fn vps(
+    record: &VpsRecord,
+    node_online: bool,
+    held: bool,
+    transfer: Option<&TransferStatus>,
+) -> v1::Vps {
     let observed = record.observed.as_ref();
     let running = observed.is_some_and(|o| o.state == Observed::Running);
     v1::Vps {
         id: record.vps_id.clone(),
         name: record.name.clone(),
         tenant: record.tenant.clone(),
-        state: vps_state(record, node_online, tenant_suspended).into(),
+        state: vps_state(record, node_online, held).into(),
         desired_power: power(record.desired_power).into(),
         node: record.node.clone(),
         plan: record.plan.clone(),
@@ -206,17 +243,39 @@ pub fn vps(record: &VpsRecord, node_online: bool, tenant_suspended: bool) -> v1:
         } else {
             0
         },
+        transfer: transfer.map(transfer_status),
     }
 }
 
-/// What the node agent is told to make exist. A suspended tenant's VPSes are
-/// held stopped without touching the power state the owner chose, so
-/// unsuspending puts each one back as it was.
-pub fn vps_spec(record: &VpsRecord, tenant_suspended: bool) -> v1::VpsSpec {
-    let power = if tenant_suspended {
+fn transfer_status(status: &TransferStatus) -> v1::TransferStatus {
+    let (limited, rate) = match &status.limit {
+        Some(limit) => transfer_overage(limit.overage),
+        None => (v1::TransferOverage::Unspecified, 0),
+    };
+    v1::TransferStatus {
+        month: status.month.clone(),
+        used_bytes: status.used_bytes,
+        allowance_bytes: status.allowance_bytes,
+        limited: limited.into(),
+        limited_rate_bits_per_sec: rate,
+        limited_until: status.limit.as_ref().map(|limit| timestamp(limit.until)),
+    }
+}
+
+/// What the node agent is told to make exist at `now`. A VPS held stopped
+/// (its tenant suspended, or its transfer allowance used up on a suspending
+/// plan) keeps the power state its owner chose, so lifting the hold puts it
+/// back as it was; a throttled VPS gets its rates capped.
+pub fn vps_spec(record: &VpsRecord, tenant_suspended: bool, now: DateTime<Utc>) -> v1::VpsSpec {
+    let limit = record.transfer_limit_at(now);
+    let power = if tenant_suspended || limit == Some(TransferOverage::Suspend) {
         Power::Stopped
     } else {
         record.desired_power
+    };
+    let throttle = match limit {
+        Some(TransferOverage::Throttle { bits_per_sec }) => Some(bits_per_sec),
+        _ => None,
     };
     v1::VpsSpec {
         vps_id: record.vps_id.clone(),
@@ -228,12 +287,21 @@ pub fn vps_spec(record: &VpsRecord, tenant_suspended: bool) -> v1::VpsSpec {
         ipv4: record.ipv4.clone(),
         rebuild_generation: record.rebuild_generation,
         restart_generation: record.restart_generation,
-        network: network_spec(record),
+        network: network_spec(record, throttle),
     }
 }
 
-/// The VPS's port: its addresses with the pool's prefix length, gateway, MAC and rates.
-fn network_spec(record: &VpsRecord) -> Option<v1::NetworkSpec> {
+/// A rate (0 = unlimited) capped at `cap`, if any.
+fn capped(rate: u64, cap: Option<u64>) -> u64 {
+    match cap {
+        Some(cap) if rate == 0 || rate > cap => cap,
+        _ => rate,
+    }
+}
+
+/// The VPS's port: its addresses with the pool's prefix length, gateway, MAC
+/// and rates (each capped at `throttle`, if any).
+fn network_spec(record: &VpsRecord, throttle: Option<u64>) -> Option<v1::NetworkSpec> {
     let network = record.network.as_ref()?;
     let prefix_len = network.cidr.split_once('/').map_or("32", |(_, len)| len);
     let ipv6_prefix = network
@@ -264,8 +332,8 @@ fn network_spec(record: &VpsRecord) -> Option<v1::NetworkSpec> {
         gateway6,
         gateway: network.gateway.clone(),
         mac: network.mac.clone(),
-        ingress_bits_per_sec: record.resources.net_ingress_bits_per_sec,
-        egress_bits_per_sec: record.resources.net_egress_bits_per_sec,
+        ingress_bits_per_sec: capped(record.resources.net_ingress_bits_per_sec, throttle),
+        egress_bits_per_sec: capped(record.resources.net_egress_bits_per_sec, throttle),
         nat: network.nat,
         pool_cidr: network.cidr.clone(),
     })
@@ -305,6 +373,8 @@ pub fn event(e: &crate::store::EventRecord) -> v1::Event {
         K::Unsuspended => v1::EventKind::Unsuspended,
         K::Transfer80Percent => v1::EventKind::Transfer80Percent,
         K::Transfer100Percent => v1::EventKind::Transfer100Percent,
+        K::TransferLimited => v1::EventKind::TransferLimited,
+        K::TransferLimitEnded => v1::EventKind::TransferLimitEnded,
     };
     v1::Event {
         cursor: e.cursor,
@@ -314,6 +384,7 @@ pub fn event(e: &crate::store::EventRecord) -> v1::Event {
         vps_id: e.vps_id.clone(),
         plan: e.plan.clone(),
         at: Some(timestamp(e.at)),
+        detail: e.detail.clone(),
     }
 }
 
@@ -416,6 +487,7 @@ mod tests {
                 message: String::new(),
                 at: Utc::now(),
             }),
+            transfer_limit: None,
         }
     }
 
@@ -442,12 +514,111 @@ mod tests {
     #[test]
     fn init_pid_only_when_running() {
         assert_eq!(
-            vps(&record(Some(Observed::Running)), true, false).init_pid,
+            vps(&record(Some(Observed::Running)), true, false, None).init_pid,
             42
         );
         assert_eq!(
-            vps(&record(Some(Observed::Stopped)), true, false).init_pid,
+            vps(&record(Some(Observed::Stopped)), true, false, None).init_pid,
             0
         );
+    }
+
+    fn limited(overage: TransferOverage, until: DateTime<Utc>) -> VpsRecord {
+        let mut vps = record(Some(Observed::Running));
+        vps.resources.net_ingress_bits_per_sec = 50_000_000;
+        vps.resources.net_egress_bits_per_sec = 0;
+        vps.network = Some(crate::store::VpsNetwork {
+            pool: "p".into(),
+            cidr: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1".into(),
+            nat: true,
+            mac: "02:00:00:00:00:01".into(),
+            ipv6: vec![],
+            ipv6_prefix: None,
+        });
+        vps.transfer_limit = Some(crate::store::TransferLimit {
+            overage,
+            month: "2026-11".into(),
+            since: until - chrono::Duration::days(3),
+            until,
+        });
+        vps
+    }
+
+    #[test]
+    fn a_throttle_caps_both_directions_until_the_month_ends() {
+        let until = Utc::now() + chrono::Duration::hours(1);
+        let vps = limited(
+            TransferOverage::Throttle {
+                bits_per_sec: 1_000_000,
+            },
+            until,
+        );
+        let network = vps_spec(&vps, false, Utc::now()).network.expect("network");
+        assert_eq!(network.ingress_bits_per_sec, 1_000_000);
+        // Unlimited (0) is capped too.
+        assert_eq!(network.egress_bits_per_sec, 1_000_000);
+        let after = vps_spec(&vps, false, until).network.expect("network");
+        assert_eq!(after.ingress_bits_per_sec, 50_000_000);
+        assert_eq!(after.egress_bits_per_sec, 0);
+        // A throttle above the plan's own rate does not raise it.
+        let generous = limited(
+            TransferOverage::Throttle {
+                bits_per_sec: 80_000_000,
+            },
+            until,
+        );
+        let network = vps_spec(&generous, false, Utc::now())
+            .network
+            .expect("network");
+        assert_eq!(network.ingress_bits_per_sec, 50_000_000);
+        assert_eq!(network.egress_bits_per_sec, 80_000_000);
+    }
+
+    #[test]
+    fn a_suspension_holds_the_vps_stopped_until_the_month_ends() {
+        let until = Utc::now() + chrono::Duration::hours(1);
+        let vps = limited(TransferOverage::Suspend, until);
+        let spec = vps_spec(&vps, false, Utc::now());
+        assert_eq!(spec.desired_power(), v1::PowerState::Stopped);
+        assert_eq!(vps.desired_power, Power::Running, "owner's choice kept");
+        assert_eq!(
+            vps_spec(&vps, false, until).desired_power(),
+            v1::PowerState::Running
+        );
+        assert_eq!(
+            vps_spec(&vps, true, until).desired_power(),
+            v1::PowerState::Stopped,
+            "tenant suspension still holds"
+        );
+    }
+
+    #[test]
+    fn overage_settings_come_from_the_api() {
+        let plan = |overage: v1::TransferOverage, rate: u64, allowance: u64| v1::Plan {
+            name: "p".into(),
+            resources: None,
+            monthly_transfer_bytes: allowance,
+            transfer_overage: overage.into(),
+            overage_rate_bits_per_sec: rate,
+        };
+        assert_eq!(
+            transfer_overage_from(&plan(v1::TransferOverage::Unspecified, 0, 0)),
+            Ok(TransferOverage::Notify)
+        );
+        assert_eq!(
+            transfer_overage_from(&plan(v1::TransferOverage::Throttle, 1000, 10)),
+            Ok(TransferOverage::Throttle { bits_per_sec: 1000 })
+        );
+        assert_eq!(
+            transfer_overage_from(&plan(v1::TransferOverage::Suspend, 0, 10)),
+            Ok(TransferOverage::Suspend)
+        );
+        for bad in [
+            plan(v1::TransferOverage::Suspend, 1000, 10),
+            plan(v1::TransferOverage::Notify, 1000, 10),
+        ] {
+            assert!(transfer_overage_from(&bad).is_err(), "{bad:?}");
+        }
     }
 }

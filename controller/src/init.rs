@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use paddock_config::ControllerConfig;
 
 use crate::auth::{self, mint_join_token};
-use crate::store::{PlanRecord, Resources, Role, SledStore, Store, StoreError};
+use crate::store::{PlanRecord, Resources, Role, SledStore, Store, StoreError, TransferOverage};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -46,7 +46,7 @@ pub fn default_plans() -> Vec<PlanRecord> {
             name: name.to_owned(),
             resources: Resources {
                 vcpus,
-                cpu_weight: 100,
+                cpu_weight: crate::plans::DEFAULT_CPU_WEIGHT,
                 memory_bytes,
                 swap_bytes: 0,
                 disk_bytes,
@@ -55,6 +55,7 @@ pub fn default_plans() -> Vec<PlanRecord> {
                 ..Resources::default()
             },
             monthly_transfer_bytes: 0,
+            transfer_overage: TransferOverage::Notify,
         };
     vec![
         plan("nano", 1.0, 256 * MIB, 2 * GIB, 512),

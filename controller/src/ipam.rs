@@ -547,6 +547,7 @@ mod tests {
             restart_generation: 0,
             created_at: Utc::now(),
             observed: None,
+            transfer_limit: None,
         }
     }
 

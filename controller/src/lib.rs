@@ -13,6 +13,7 @@ pub mod metering;
 pub mod metrics;
 pub mod nodes;
 pub mod pki;
+pub mod plans;
 pub mod quota;
 pub mod reconcile;
 pub mod scheduler;

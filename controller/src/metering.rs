@@ -12,14 +12,14 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
 use crate::store::{
-    EventKind, EventRecord, UsageCounters, UsageCursorRecord, UsageHourKey, UsageHourRecord,
-    UsageUpdate,
+    EventKind, EventRecord, TransferLimit, TransferOverage, UsageCounters, UsageCursorRecord,
+    UsageHourKey, UsageHourRecord, UsageState, UsageUpdate, VpsRecord,
 };
 use crate::validate::ValidationError;
 
@@ -164,6 +164,81 @@ pub fn transfer_thresholds(
     due
 }
 
+/// A billing month: a calendar month in UTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingMonth {
+    /// `YYYY-MM`.
+    pub name: String,
+    /// When the next month starts.
+    pub ends: DateTime<Utc>,
+}
+
+impl BillingMonth {
+    /// The month `at` falls in.
+    pub fn of(at: DateTime<Utc>) -> Self {
+        let (year, month) = match at.month() {
+            12 => (at.year() + 1, 1),
+            month => (at.year(), month + 1),
+        };
+        let ends = Utc
+            .with_ymd_and_hms(year, month, 1, 0, 0, 0)
+            .single()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        Self {
+            name: at.format("%Y-%m").to_string(),
+            ends,
+        }
+    }
+
+    /// The limit `overage` puts on a VPS that used up this month's allowance
+    /// at `now`; none for `Notify`.
+    pub fn limit(&self, overage: TransferOverage, now: DateTime<Utc>) -> Option<TransferLimit> {
+        match overage {
+            TransferOverage::Notify => None,
+            TransferOverage::Throttle { .. } | TransferOverage::Suspend => Some(TransferLimit {
+                overage,
+                month: self.name.clone(),
+                since: now,
+                until: self.ends,
+            }),
+        }
+    }
+}
+
+/// A VPS's transfer this month, and the limit in force on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferStatus {
+    pub month: String,
+    pub used_bytes: u64,
+    pub allowance_bytes: u64,
+    pub limit: Option<TransferLimit>,
+}
+
+/// The `detail` of a `transfer_limited` event.
+pub fn describe_limit(limit: &TransferLimit) -> String {
+    let until = limit
+        .until
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match limit.overage {
+        TransferOverage::Throttle { bits_per_sec } => {
+            format!("throttled to {bits_per_sec} bit/s until {until}")
+        }
+        TransferOverage::Suspend => format!("suspended until {until}"),
+        TransferOverage::Notify => format!("no action until {until}"),
+    }
+}
+
+/// The `transfer_limit_ended` event of `limit` on `vps`.
+fn limit_ended(vps: &VpsRecord, limit: &TransferLimit, why: &str) -> EventRecord {
+    let what = match limit.overage {
+        TransferOverage::Throttle { .. } => "throttling",
+        TransferOverage::Suspend => "suspension",
+        TransferOverage::Notify => "limit",
+    };
+    EventRecord::of_vps(EventKind::TransferLimitEnded, vps)
+        .with_detail(format!("{what} for {} ended: {why}", limit.month))
+}
+
 fn floor_to(secs: i64, period: i64) -> i64 {
     secs.div_euclid(period) * period
 }
@@ -238,6 +313,11 @@ impl Controller {
     /// Accounts one usage sample reported by `node`. Samples of VPSes that
     /// are unknown or placed on another node are dropped. Returns whether the
     /// sample was accepted (false for repeats).
+    ///
+    /// The sample that uses up the plan's monthly transfer allowance also
+    /// puts the plan's overage action (throttle or suspend) on the VPS, in
+    /// the same transaction as the `transfer_100_percent` event, and kicks
+    /// the node so the action is applied at once.
     pub fn record_usage(&self, node: &str, sample: &Sample) -> Result<bool, ControllerError> {
         let Some(vps) = self.store.get_vps(&sample.vps_id)? else {
             return Ok(false);
@@ -246,10 +326,10 @@ impl Controller {
             tracing::warn!(node, vps_id = %sample.vps_id, "usage sample for a VPS placed elsewhere");
             return Ok(false);
         }
-        let now_ms = Utc::now().timestamp_millis();
+        let now = Utc::now();
         let mut sample = sample.clone();
-        if sample.sampled_at_unix_ms > now_ms + MAX_CLOCK_SKEW_MS {
-            sample.sampled_at_unix_ms = now_ms;
+        if sample.sampled_at_unix_ms > now.timestamp_millis() + MAX_CLOCK_SKEW_MS {
+            sample.sampled_at_unix_ms = now.timestamp_millis();
         }
         let hour_start = floor_to(sample.sampled_at_unix_ms.div_euclid(1000), HOUR_SECS);
         let key = UsageHourKey {
@@ -257,18 +337,23 @@ impl Controller {
             hour_start,
             vps_id: vps.vps_id.clone(),
         };
-        let allowance = self
-            .store
-            .get_plan(&vps.plan)?
-            .map_or(0, |plan| plan.monthly_transfer_bytes);
-        let month = chrono::DateTime::from_timestamp_millis(sample.sampled_at_unix_ms)
-            .unwrap_or_else(Utc::now)
-            .format("%Y-%m")
-            .to_string();
-        let accepted = self.store.record_usage(&vps.vps_id, &key, &|last, hour| {
+        let plan = self.store.get_plan(&vps.plan)?;
+        let allowance = plan.as_ref().map_or(0, |plan| plan.monthly_transfer_bytes);
+        let overage = plan.map(|plan| plan.transfer_overage).unwrap_or_default();
+        let sampled_at = DateTime::from_timestamp_millis(sample.sampled_at_unix_ms).unwrap_or(now);
+        let month = BillingMonth::of(sampled_at);
+        let current_month = month == BillingMonth::of(now);
+        let update = self.store.record_usage(&vps.vps_id, &key, &|state| {
+            let UsageState {
+                cursor: last,
+                hour,
+                vps,
+            } = state;
+            // Removed since the lookup above: nothing left to bill.
+            let vps = vps?;
             let delta = delta(last.as_ref(), &sample)?;
             let (transfer, threshold) = match &last {
-                Some(last) if last.month == month => {
+                Some(last) if last.month == month.name => {
                     (last.month_transfer_bytes, last.month_threshold_percent)
                 }
                 _ => (0, 0),
@@ -277,10 +362,26 @@ impl Controller {
                 .saturating_add(delta.net_rx_bytes)
                 .saturating_add(delta.net_tx_bytes);
             let crossed = transfer_thresholds(allowance, transfer, threshold);
-            let events = crossed
+            let mut events: Vec<EventRecord> = crossed
                 .iter()
                 .map(|kind| EventRecord::of_vps(*kind, &vps))
                 .collect();
+            // A late sample of a month already over announces, but limits nothing.
+            let limit = (current_month && crossed.contains(&EventKind::Transfer100Percent))
+                .then(|| month.limit(overage, now))
+                .flatten();
+            let limited = limit.map(|limit| {
+                let mut vps = vps.clone();
+                if let Some(ended) = vps.transfer_limit.take() {
+                    events.push(limit_ended(&vps, &ended, "its billing month ended"));
+                }
+                events.push(
+                    EventRecord::of_vps(EventKind::TransferLimited, &vps)
+                        .with_detail(describe_limit(&limit)),
+                );
+                vps.transfer_limit = Some(limit);
+                vps
+            });
             let mut hour = hour.unwrap_or_else(|| UsageHourRecord {
                 tenant: vps.tenant.clone(),
                 vps_id: vps.vps_id.clone(),
@@ -295,7 +396,7 @@ impl Controller {
                 sequence: sample.sequence,
                 sampled_at_unix_ms: sample.sampled_at_unix_ms,
                 counters: sample.counters.clone(),
-                month: month.clone(),
+                month: month.name.clone(),
                 month_transfer_bytes: transfer,
                 month_threshold_percent: match crossed.last() {
                     Some(EventKind::Transfer100Percent) => 100,
@@ -307,9 +408,107 @@ impl Controller {
                 cursor,
                 hour,
                 events,
+                vps: limited,
             })
         })?;
-        Ok(accepted)
+        if let Some(limited) = update.as_ref().and_then(|update| update.vps.as_ref()) {
+            tracing::info!(vps = %limited.name, tenant = %limited.tenant, plan = %limited.plan,
+                limit = ?limited.transfer_limit, "monthly transfer allowance used up");
+            self.reconciler.kick(&limited.node);
+        }
+        Ok(update.is_some())
+    }
+
+    /// Clears every transfer limit whose month is over, each with its
+    /// `transfer_limit_ended` event, and kicks the nodes concerned (their
+    /// specs no longer carry the limit from `until` on anyway).
+    pub fn end_expired_transfer_limits(&self) -> Result<(), ControllerError> {
+        let now = Utc::now();
+        for vps in self.store.list_vps(None)? {
+            if vps.transfer_limit.is_none() || vps.transfer_limit_at(now).is_some() {
+                continue;
+            }
+            let updated = self.store.update_vps_emitting(&vps.vps_id, &|vps| {
+                match vps.transfer_limit.take() {
+                    Some(limit) if now >= limit.until => {
+                        Ok(Some(limit_ended(vps, &limit, "its billing month ended")))
+                    }
+                    // Replaced or lifted meanwhile: leave it as it is.
+                    other => {
+                        vps.transfer_limit = other;
+                        Ok(None)
+                    }
+                }
+            });
+            match updated {
+                Ok(updated) if updated.transfer_limit.is_none() => {
+                    tracing::info!(vps = %updated.name, tenant = %updated.tenant, "transfer limit ended with its month");
+                    self.reconciler.kick(&updated.node);
+                }
+                Ok(_) => {}
+                // Deleted meanwhile.
+                Err(crate::store::StoreError::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the transfer limit holding a VPS for the rest of its month
+    /// (billing and admins). The allowance stays used up, so the limit does
+    /// not come back this month. Returns whether a limit was in force.
+    pub async fn lift_transfer_limit(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        name: &str,
+    ) -> Result<bool, ControllerError> {
+        crate::validate::name("tenant", tenant)?;
+        let vps = self.find_vps(tenant, name)?;
+        let now = Utc::now();
+        let actor = principal.actor();
+        let lifted = std::sync::atomic::AtomicBool::new(false);
+        let updated = self.store.update_vps_emitting(&vps.vps_id, &|vps| {
+            let active = vps.transfer_limit_at(now).is_some();
+            lifted.store(active, std::sync::atomic::Ordering::Relaxed);
+            let why = if active {
+                format!("lifted by {actor}")
+            } else {
+                "its billing month ended".to_owned()
+            };
+            Ok(vps
+                .transfer_limit
+                .take()
+                .map(|limit| limit_ended(vps, &limit, &why)))
+        })?;
+        self.commit().await?;
+        let lifted = lifted.into_inner();
+        if lifted {
+            tracing::info!(vps = %updated.name, tenant = %updated.tenant, actor = %actor, "transfer limit lifted");
+        }
+        self.reconciler.kick(&updated.node);
+        Ok(lifted)
+    }
+
+    /// This month's transfer of a VPS as users see it.
+    pub fn transfer_status(&self, vps: &VpsRecord) -> Result<TransferStatus, ControllerError> {
+        let now = Utc::now();
+        let month = BillingMonth::of(now);
+        let used_bytes = self
+            .store
+            .get_usage_cursor(&vps.vps_id)?
+            .filter(|cursor| cursor.month == month.name)
+            .map_or(0, |cursor| cursor.month_transfer_bytes);
+        let allowance_bytes = self
+            .store
+            .get_plan(&vps.plan)?
+            .map_or(0, |plan| plan.monthly_transfer_bytes);
+        Ok(TransferStatus {
+            month: month.name,
+            used_bytes,
+            allowance_bytes,
+            limit: vps.transfer_limit.clone().filter(|limit| now < limit.until),
+        })
     }
 
     /// Which tenant a usage request reads: tenants only their own (another

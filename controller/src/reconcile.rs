@@ -3,7 +3,8 @@
 //!
 //! Mutations "kick" the node's worker so changes apply at once; a periodic
 //! tick re-converges every node anyway, so a lost kick, a failed call or a
-//! node that comes back converges without manual action.
+//! node that comes back converges without manual action. The tick also ends
+//! the transfer limits of billing months that are over.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::agents::{agent_error, AgentClient};
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::store::{EventKind, Observed, ObservedState, VpsRecord};
+use crate::store::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -61,11 +62,16 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
         loop {
             let nodes: Vec<String> = tokio::select! {
                 Some(node) = queue.kicks.recv() => vec![node],
-                _ = tick.tick() => match controller.store.list_nodes() {
-                    Ok(nodes) => nodes.into_iter().map(|n| n.name).collect(),
-                    Err(error) => {
-                        warn!(%error, "listing nodes for the periodic reconcile");
-                        continue;
+                _ = tick.tick() => {
+                    if let Err(error) = controller.end_expired_transfer_limits() {
+                        warn!(%error, "ending the transfer limits of past months");
+                    }
+                    match controller.store.list_nodes() {
+                        Ok(nodes) => nodes.into_iter().map(|n| n.name).collect(),
+                        Err(error) => {
+                            warn!(%error, "listing nodes for the periodic reconcile");
+                            continue;
+                        }
                     }
                 },
                 else => return,
@@ -158,7 +164,7 @@ async fn reconcile_vps(
         .store
         .get_tenant(&vps.tenant)?
         .is_some_and(|tenant| tenant.suspended);
-    let mut request = tonic::Request::new(convert::vps_spec(vps, suspended));
+    let mut request = tonic::Request::new(convert::vps_spec(vps, suspended, Utc::now()));
     request.set_timeout(Duration::from_secs(120));
     let status = client
         .apply_vps(request)
@@ -205,7 +211,7 @@ pub fn record_observed(
             _ => None,
         };
         vps.observed = Some(observed.clone());
-        Ok(event)
+        Ok(event.map(|kind| EventRecord::of_vps(kind, vps)))
     });
     match result {
         Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => Ok(()),

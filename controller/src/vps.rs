@@ -9,7 +9,9 @@ use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
 use crate::scheduler::{self, Overcommit, Placement, Strategy};
-use crate::store::{EventKind, Power, Resources, StoreError, VpsRecord};
+use crate::store::{
+    EventKind, EventRecord, Power, Resources, StoreError, TransferOverage, VpsRecord,
+};
 use crate::validate::{self, ValidationError};
 
 /// The default template when a create request names none.
@@ -166,6 +168,7 @@ impl Controller {
             restart_generation: 0,
             created_at: Utc::now(),
             observed: None,
+            transfer_limit: None,
         };
         self.store.create_vps(&record)?;
         // The store allocated the addresses in the create transaction.
@@ -218,6 +221,7 @@ impl Controller {
         let vps = self.find_vps(&tenant, name)?;
         if let Some(what) = refused_when_suspended {
             self.refuse_if_suspended(&tenant, what)?;
+            refuse_if_transfer_suspended(&vps, what)?;
         }
         let updated = self.store.update_vps_emitting(&vps.vps_id, &|vps| {
             if vps.deleting {
@@ -227,7 +231,7 @@ impl Controller {
                 )));
             }
             change(vps);
-            Ok(event)
+            Ok(event.map(|kind| EventRecord::of_vps(kind, vps)))
         })?;
         self.commit().await?;
         self.reconciler.kick(&updated.node);
@@ -387,18 +391,42 @@ impl Controller {
         }
     }
 
-    /// Whether the node hosting a VPS is online and its tenant suspended, for display.
+    /// Whether the node hosting a VPS is online, and whether the VPS is held
+    /// stopped (its tenant suspended, or its transfer allowance used up on a
+    /// suspending plan), for display.
     pub fn vps_context(&self, vps: &VpsRecord) -> Result<(bool, bool), ControllerError> {
+        let now = Utc::now();
         let online = self
             .store
             .get_node(&vps.node)?
-            .is_some_and(|node| self.node_online(&node, Utc::now()));
-        let suspended = self
-            .store
-            .get_tenant(&vps.tenant)?
-            .is_some_and(|tenant| tenant.suspended);
-        Ok((online, suspended))
+            .is_some_and(|node| self.node_online(&node, now));
+        let held = vps.transfer_limit_at(now) == Some(TransferOverage::Suspend)
+            || self
+                .store
+                .get_tenant(&vps.tenant)?
+                .is_some_and(|tenant| tenant.suspended);
+        Ok((online, held))
     }
+}
+
+/// Refuses `what` on a VPS its plan suspended for using up its monthly transfer.
+fn refuse_if_transfer_suspended(vps: &VpsRecord, what: &str) -> Result<(), ControllerError> {
+    let Some(limit) = vps
+        .transfer_limit
+        .as_ref()
+        .filter(|_| vps.transfer_limit_at(Utc::now()) == Some(TransferOverage::Suspend))
+    else {
+        return Ok(());
+    };
+    Err(ControllerError::Precondition(format!(
+        "VPS {:?} used all of its monthly transfer allowance for {} and is suspended until {}: \
+         {what} is refused until then, unless the provider lifts the limit",
+        vps.name,
+        limit.month,
+        limit
+            .until
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )))
 }
 
 #[cfg(test)]

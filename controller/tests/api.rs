@@ -141,6 +141,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
                         ..Default::default()
                     }),
                     monthly_transfer_bytes: 0,
+                    ..Default::default()
                 }),
             },
             &api.admin,

@@ -33,6 +33,30 @@ fn vps(name: &str) -> v1::VpsRef {
     }
 }
 
+/// Every RPC the controller serves, read from the .proto files, so a new one
+/// cannot be added without a row in the matrix (the agent's own service is
+/// not the controller's).
+fn controller_rpcs() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/paddock/v1");
+    let mut rpcs = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("proto dir") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read proto");
+        let mut service = "";
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.split_whitespace().next().unwrap_or("");
+            } else if let Some(rest) = line.strip_prefix("rpc ") {
+                if service != "NodeAgent" {
+                    let name = rest.split('(').next().unwrap_or("").trim();
+                    rpcs.push(name.to_owned());
+                }
+            }
+        }
+    }
+    assert!(rpcs.len() > 40, "parsed too few RPCs: {rpcs:?}");
+    rpcs
+}
+
 /// Calls one RPC as `who` with `token`; returns the status code.
 async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
     macro_rules! t {
@@ -198,6 +222,7 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
                             ..Default::default()
                         }),
                         monthly_transfer_bytes: 0,
+                        ..Default::default()
                     }),
                 }))
                 .await,
@@ -283,6 +308,14 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
                 .unsuspend_tenant(t!(v1::BillingSuspendRequest {
                     tenant: "spare".into(),
                     reason: String::new()
+                }))
+                .await,
+        ),
+        "LiftTransferLimit" => code(
+            BillingServiceClient::new(ch)
+                .lift_transfer_limit(t!(v1::LiftTransferLimitRequest {
+                    tenant: "a".into(),
+                    vps: "get".into(),
                 }))
                 .await,
         ),
@@ -408,6 +441,7 @@ async fn every_rpc_checks_role_and_tenant() {
         ("WatchEvents", [Pd, Pd, Ok, Ok]),
         ("BillingSuspendTenant", [Pd, Pd, Ok, Ok]),
         ("BillingUnsuspendTenant", [Pd, Pd, Ok, Ok]),
+        ("LiftTransferLimit", [Pd, Pd, Ok, Ok]),
         ("ListAudit", admin_only(Ok)),
         // Agents enrol with the node join token, which no API token is, and
         // then authenticate with their certificate.
@@ -415,6 +449,15 @@ async fn every_rpc_checks_role_and_tenant() {
         ("Register", [Un, Un, Un, Un]),
         ("Heartbeat", [Un, Un, Un, Un]),
     ];
+    let covered: std::collections::BTreeSet<&str> = matrix
+        .iter()
+        .map(|(rpc, _)| rpc.trim_start_matches("Billing"))
+        .collect();
+    let missing: Vec<String> = controller_rpcs()
+        .into_iter()
+        .filter(|rpc| !covered.contains(rpc.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "RPCs without a row: {missing:?}");
     let mut failures = Vec::new();
     for (rpc, expected) in &matrix {
         let expected: Vec<Code> = [Un, Un, Un].into_iter().chain(*expected).collect();

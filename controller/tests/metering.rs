@@ -241,6 +241,7 @@ async fn transfer_allowance_raises_80_and_100_percent_events_once() {
                     name: "metered".into(),
                     resources: nano.resources,
                     monthly_transfer_bytes: 10_000,
+                    ..Default::default()
                 }),
             },
             &api.admin,
@@ -304,4 +305,350 @@ async fn transfer_allowance_raises_80_and_100_percent_events_once() {
             v1::EventKind::Transfer100Percent
         ]
     );
+}
+
+async fn create_plan(
+    api: &common::Api,
+    name: &str,
+    allowance: u64,
+    overage: v1::TransferOverage,
+    rate: u64,
+) -> Result<v1::Plan, tonic::Status> {
+    let mut plans = v1::plan_service_client::PlanServiceClient::new(api.channel.clone());
+    plans
+        .create_plan(with_token(
+            v1::CreatePlanRequest {
+                plan: Some(v1::Plan {
+                    name: name.into(),
+                    resources: Some(v1::Resources {
+                        vcpus: 1.0,
+                        memory_bytes: 256 << 20,
+                        disk_bytes: 1 << 30,
+                        net_ingress_bits_per_sec: 50_000_000,
+                        ipv4_count: 1,
+                        ..Default::default()
+                    }),
+                    monthly_transfer_bytes: allowance,
+                    transfer_overage: overage.into(),
+                    overage_rate_bits_per_sec: rate,
+                }),
+            },
+            &api.admin,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Collects the events of `tenant` after `after` until none arrives for 2 s.
+async fn events_after(api: &common::Api, token: &str, after: u64) -> Vec<v1::Event> {
+    let mut stream = BillingServiceClient::new(api.channel.clone())
+        .watch_events(with_token(
+            v1::WatchEventsRequest {
+                after_cursor: after,
+                tenant: "acme".into(),
+            },
+            token,
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Ok(Ok(Some(event))) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), stream.message()).await
+    {
+        events.push(event);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_allowance_throttles_or_suspends_until_lifted_or_the_month_ends() {
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    let billing = api.token(v1::Role::Billing, "").await;
+
+    // Inconsistent overage settings are refused.
+    for (allowance, overage, rate) in [
+        (0, v1::TransferOverage::Suspend, 0),
+        (10_000, v1::TransferOverage::Throttle, 0),
+        (10_000, v1::TransferOverage::Suspend, 1_000_000),
+    ] {
+        let refused = create_plan(&api, "bad", allowance, overage, rate)
+            .await
+            .expect_err("inconsistent overage");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+    let capped = create_plan(
+        &api,
+        "capped",
+        10_000,
+        v1::TransferOverage::Throttle,
+        1_000_000,
+    )
+    .await
+    .expect("throttling plan");
+    assert_eq!(capped.transfer_overage(), v1::TransferOverage::Throttle);
+    assert_eq!(capped.overage_rate_bits_per_sec, 1_000_000);
+    create_plan(&api, "strict", 10_000, v1::TransferOverage::Suspend, 0)
+        .await
+        .expect("suspending plan");
+
+    let create = |name: &'static str, plan: &'static str| {
+        let mut vps = api.vps();
+        let acme = acme.clone();
+        async move {
+            vps.create_vps(with_token(
+                v1::CreateVpsRequest {
+                    name: name.into(),
+                    plan: plan.into(),
+                    start: true,
+                    ..Default::default()
+                },
+                &acme,
+            ))
+            .await
+            .expect("create")
+            .into_inner()
+        }
+    };
+    let throttled = create("t", "capped").await;
+    let suspended = create("s", "strict").await;
+    let start_cursor = events_after(&api, &billing, 0)
+        .await
+        .last()
+        .map_or(0, |e| e.cursor);
+
+    // net rx + tx = 300 × cpu_secs: 10 → 3000 (30%), 40 → 12000 (120%).
+    let node = v1::agent_registry_client::AgentRegistryClient::new(api.enrol("node-a").await);
+    let now = chrono::Utc::now().timestamp();
+    for (sequence, cpu_secs) in [(1, 10), (2, 40)] {
+        node.clone()
+            .heartbeat(tonic::Request::new(v1::HeartbeatRequest {
+                node_name: "node-a".into(),
+                usage: vec![
+                    sample(&throttled.id, "i1", sequence, now, cpu_secs),
+                    sample(&suspended.id, "i1", sequence, now, cpu_secs),
+                ],
+                ..Default::default()
+            }))
+            .await
+            .expect("heartbeat");
+    }
+    let next_month = metering_month_end(chrono::Utc::now());
+
+    // The throttled VPS: its status says so, and its spec carries the cap.
+    let get = |name: &'static str| {
+        let mut vps = api.vps();
+        let acme = acme.clone();
+        async move {
+            vps.get_vps(with_token(
+                v1::VpsRef {
+                    tenant: String::new(),
+                    name: name.into(),
+                },
+                &acme,
+            ))
+            .await
+            .expect("get")
+            .into_inner()
+        }
+    };
+    let t = get("t").await;
+    let transfer = t.transfer.expect("transfer status");
+    assert_eq!(transfer.used_bytes, 12_000);
+    assert_eq!(transfer.allowance_bytes, 10_000);
+    assert_eq!(transfer.limited(), v1::TransferOverage::Throttle);
+    assert_eq!(transfer.limited_rate_bits_per_sec, 1_000_000);
+    assert_eq!(transfer.limited_until.map(|t| t.seconds), Some(next_month));
+    use paddock_controller::store::Store;
+    let record = api
+        .store
+        .get_vps(&throttled.id)
+        .expect("read")
+        .expect("record");
+    let spec = paddock_controller::convert::vps_spec(&record, false, chrono::Utc::now());
+    let network = spec.network.clone().expect("network");
+    assert_eq!(
+        network.ingress_bits_per_sec, 1_000_000,
+        "capped below 50 Mbit/s"
+    );
+    assert_eq!(
+        network.egress_bits_per_sec, 1_000_000,
+        "unlimited capped too"
+    );
+    assert_eq!(spec.desired_power(), v1::PowerState::Running);
+
+    // The suspended VPS: held stopped, starting it is refused with the reason.
+    let s = get("s").await;
+    assert_eq!(s.state(), v1::VpsState::Suspended);
+    assert_eq!(
+        s.transfer.expect("transfer").limited(),
+        v1::TransferOverage::Suspend
+    );
+    let record = api
+        .store
+        .get_vps(&suspended.id)
+        .expect("read")
+        .expect("record");
+    let spec = paddock_controller::convert::vps_spec(&record, false, chrono::Utc::now());
+    assert_eq!(spec.desired_power(), v1::PowerState::Stopped);
+    let refused = api
+        .vps()
+        .start_vps(with_token(
+            v1::VpsRef {
+                tenant: String::new(),
+                name: "s".into(),
+            },
+            &acme,
+        ))
+        .await
+        .expect_err("start while suspended");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("monthly transfer allowance"),
+        "{}",
+        refused.message()
+    );
+
+    // Events, in order, each once, in the transaction that crossed 100%.
+    let events = events_after(&api, &billing, start_cursor).await;
+    let of = |id: &str| -> Vec<(v1::EventKind, String)> {
+        events
+            .iter()
+            .filter(|e| e.vps_id == id)
+            .map(|e| (e.kind(), e.detail.clone()))
+            .collect()
+    };
+    let until = chrono::DateTime::from_timestamp(next_month, 0)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(
+        of(&throttled.id),
+        vec![
+            (v1::EventKind::Transfer80Percent, String::new()),
+            (v1::EventKind::Transfer100Percent, String::new()),
+            (
+                v1::EventKind::TransferLimited,
+                format!("throttled to 1000000 bit/s until {until}")
+            ),
+        ]
+    );
+    assert_eq!(
+        of(&suspended.id).last(),
+        Some(&(
+            v1::EventKind::TransferLimited,
+            format!("suspended until {until}")
+        ))
+    );
+    let last_cursor = events.last().map_or(start_cursor, |e| e.cursor);
+
+    // Billing lifts the suspension: the VPS may start again, once lifted is enough.
+    let mut client = BillingServiceClient::new(api.channel.clone());
+    let lift = v1::LiftTransferLimitRequest {
+        tenant: "acme".into(),
+        vps: "s".into(),
+    };
+    let lifted = client
+        .lift_transfer_limit(with_token(lift.clone(), &billing))
+        .await
+        .expect("lift")
+        .into_inner();
+    assert!(lifted.lifted);
+    let again = client
+        .lift_transfer_limit(with_token(lift, &billing))
+        .await
+        .expect("lift again")
+        .into_inner();
+    assert!(!again.lifted);
+    assert_eq!(
+        get("s").await.transfer.expect("transfer").limited(),
+        v1::TransferOverage::Unspecified
+    );
+    api.vps()
+        .start_vps(with_token(
+            v1::VpsRef {
+                tenant: String::new(),
+                name: "s".into(),
+            },
+            &acme,
+        ))
+        .await
+        .expect("start after lift");
+    // More traffic the same month does not bring the limit back.
+    node.clone()
+        .heartbeat(tonic::Request::new(v1::HeartbeatRequest {
+            node_name: "node-a".into(),
+            usage: vec![sample(&suspended.id, "i1", 3, now, 60)],
+            ..Default::default()
+        }))
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        get("s").await.transfer.expect("transfer").limited(),
+        v1::TransferOverage::Unspecified
+    );
+
+    // The month of the throttle ends: it stops applying at once, and the
+    // controller's periodic pass clears it with its event.
+    api.store
+        .update_vps(&throttled.id, &|vps| {
+            let limit = vps.transfer_limit.as_mut().expect("limit");
+            limit.until = chrono::Utc::now() - chrono::Duration::seconds(1);
+            Ok(())
+        })
+        .expect("age the limit");
+    assert_eq!(
+        get("t").await.transfer.expect("transfer").limited(),
+        v1::TransferOverage::Unspecified
+    );
+    let mut ended = Vec::new();
+    for _ in 0..15 {
+        ended = events_after(&api, &billing, last_cursor)
+            .await
+            .into_iter()
+            .filter(|e| e.kind() == v1::EventKind::TransferLimitEnded)
+            .map(|e| (e.vps, e.detail))
+            .collect();
+        if ended.len() == 2 {
+            break;
+        }
+    }
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    assert_eq!(
+        ended,
+        vec![
+            (
+                "s".to_owned(),
+                format!(
+                    "suspension for {month} ended: lifted by billing:{}",
+                    token_id(&billing)
+                )
+            ),
+            (
+                "t".to_owned(),
+                format!("throttling for {month} ended: its billing month ended")
+            ),
+        ]
+    );
+    let record = api
+        .store
+        .get_vps(&throttled.id)
+        .expect("read")
+        .expect("record");
+    assert_eq!(record.transfer_limit, None);
+}
+
+/// Unix seconds of the start of the month after `now`'s.
+fn metering_month_end(now: chrono::DateTime<chrono::Utc>) -> i64 {
+    paddock_controller::metering::BillingMonth::of(now)
+        .ends
+        .timestamp()
+}
+
+/// The id part of a `pdk_<id>_<secret>` token.
+fn token_id(token: &str) -> &str {
+    token
+        .strip_prefix("pdk_")
+        .and_then(|rest| rest.split_once('_'))
+        .map_or("", |(id, _)| id)
 }

@@ -132,7 +132,8 @@ def follow_events(stub, billing_pb2, cursor_file, metadata, idle_timeout):
                 idle.start()
             kind = billing_pb2.EventKind.Name(event.kind).removeprefix("EVENT_KIND_").lower()
             at = event.at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
-            print(f"EVENT cursor={event.cursor} {kind} tenant={event.tenant} vps={event.vps} plan={event.plan} at={at}", flush=True)
+            detail = f' detail="{event.detail}"' if event.detail else ""
+            print(f"EVENT cursor={event.cursor} {kind} tenant={event.tenant} vps={event.vps} plan={event.plan} at={at}{detail}", flush=True)
             save_cursor(cursor_file, event.cursor)
     except grpc.RpcError as error:
         if error.code() != grpc.StatusCode.CANCELLED:

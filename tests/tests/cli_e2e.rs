@@ -303,7 +303,13 @@ fn tenant_commands_drive_a_real_vps() {
     let created = cluster
         .cli_ok(&acme(&["create", "web1", "--plan", "nano"]))
         .expect("create web1");
-    assert!(created.contains("State:          running"), "{created}");
+    assert!(
+        created
+            .lines()
+            .any(|line| line.starts_with("State:")
+                && line.split_whitespace().nth(1) == Some("running")),
+        "{created}"
+    );
 
     // The JSON contract of show and list.
     let vps = cluster.json(&acme(&["show", "web1"])).expect("show");
@@ -361,7 +367,9 @@ fn tenant_commands_drive_a_real_vps() {
         "show.txt",
         &masked_fields(
             &show,
-            &["ID", "Node", "IPv4", "Created", "Init PID", "Message"],
+            &[
+                "ID", "Node", "IPv4", "Created", "Init PID", "Transfer", "Message",
+            ],
         ),
     );
 

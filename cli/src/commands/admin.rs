@@ -1,18 +1,19 @@
-//! `paddock admin ...`: tenants, tokens, nodes, plans, pools and the audit trail.
+//! `paddock admin ...`: tenants, tokens, nodes, plans, pools, transfer limits
+//! and the audit trail.
 
 use paddock_proto::v1::{
     self, CreatePlanRequest, CreatePoolRequest, CreateTenantRequest, CreateTokenRequest,
     DeletePlanRequest, DeleteTenantRequest, Empty, GetNodeRequest, GetPoolRequest,
-    GetTenantRequest, ListAuditRequest, ListTenantsRequest, ListTokensRequest, PageRequest, Quota,
-    Resources, RevokeTokenRequest, Role, SetNodeLabelsRequest, SetQuotaRequest,
-    SuspendTenantRequest, UnsuspendTenantRequest,
+    GetTenantRequest, LiftTransferLimitRequest, ListAuditRequest, ListTenantsRequest,
+    ListTokensRequest, PageRequest, Quota, Resources, RevokeTokenRequest, Role,
+    SetNodeLabelsRequest, SetQuotaRequest, SuspendTenantRequest, UnsuspendTenantRequest,
 };
 
 use super::vps::MAX_PAGES;
 use super::{confirm_destructive, CommandError};
 use crate::args::{
-    AdminCommand, NodeCommand, PlanCommand, PoolCommand, QuotaArgs, TenantCommand, TokenCommand,
-    TokenRole,
+    AdminCommand, NodeCommand, Overage, PlanCommand, PoolCommand, QuotaArgs, TenantCommand,
+    TokenCommand, TokenRole,
 };
 use crate::client::Session;
 use crate::output::{Format, Printer};
@@ -32,6 +33,21 @@ pub async fn run(
         AdminCommand::Node(command) => node(session, printer, command).await,
         AdminCommand::Plan(command) => plan(session, printer, command).await,
         AdminCommand::Pool(command) => pool(session, printer, command).await,
+        AdminCommand::LiftTransferLimit { vps, tenant } => {
+            let request = LiftTransferLimitRequest {
+                tenant,
+                vps: vps.clone(),
+            };
+            let response = session
+                .call(session.billing().lift_transfer_limit(request))
+                .await?;
+            let action = if response.lifted {
+                "transfer limit lifted"
+            } else {
+                "had no transfer limit in force"
+            };
+            done(printer, "VPS", vps, action)
+        }
         AdminCommand::Audit { limit } => audit(session, printer, limit).await,
     }
 }
@@ -273,7 +289,14 @@ async fn plan(
             swap,
             ipv4,
             transfer,
+            transfer_overage,
         } => {
+            let (transfer_overage, overage_rate_bits_per_sec) = match transfer_overage {
+                None => (v1::TransferOverage::Unspecified, 0),
+                Some(Overage::Notify) => (v1::TransferOverage::Notify, 0),
+                Some(Overage::Suspend) => (v1::TransferOverage::Suspend, 0),
+                Some(Overage::Throttle(rate)) => (v1::TransferOverage::Throttle, rate),
+            };
             let plan = v1::Plan {
                 name,
                 resources: Some(Resources {
@@ -286,6 +309,8 @@ async fn plan(
                     ..Default::default()
                 }),
                 monthly_transfer_bytes: transfer.map(|s| s.0).unwrap_or_default(),
+                transfer_overage: transfer_overage.into(),
+                overage_rate_bits_per_sec,
             };
             let created = session
                 .call(client.create_plan(CreatePlanRequest { plan: Some(plan) }))

@@ -151,6 +151,21 @@ impl BillingService for BillingApi {
             .await?;
         Ok(Response::new(v1::Empty {}))
     }
+
+    async fn lift_transfer_limit(
+        &self,
+        request: Request<v1::LiftTransferLimitRequest>,
+    ) -> Result<Response<v1::LiftTransferLimitResponse>, Status> {
+        let target = format!("{}/{}", request.get_ref().tenant, request.get_ref().vps);
+        audit_target(&request, target);
+        let principal = self.controller.billing(request.metadata())?;
+        let request = request.into_inner();
+        let lifted = self
+            .controller
+            .lift_transfer_limit(&principal, &request.tenant, &request.vps)
+            .await?;
+        Ok(Response::new(v1::LiftTransferLimitResponse { lifted }))
+    }
 }
 
 pub struct AuditApi {

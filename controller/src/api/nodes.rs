@@ -13,7 +13,6 @@ use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
 use crate::store::PlanRecord;
-use crate::validate;
 
 pub struct NodeApi {
     pub controller: Arc<Controller>,
@@ -100,12 +99,7 @@ impl PlanService for PlanApi {
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListPlansResponse>, Status> {
         self.controller.caller(request.metadata())?;
-        let mut plans = self
-            .controller
-            .store
-            .list_plans()
-            .map_err(ControllerError::from)?;
-        plans.sort_by_key(|plan| (plan.resources.memory_bytes, plan.name.clone()));
+        let plans = self.controller.list_plans()?;
         Ok(Response::new(v1::ListPlansResponse {
             plans: plans.iter().map(convert::plan).collect(),
         }))
@@ -126,28 +120,15 @@ impl PlanService for PlanApi {
         );
         self.controller.admin(request.metadata())?;
         let plan = request.into_inner().plan.unwrap_or_default();
-        validate::name("plan.name", &plan.name).map_err(ControllerError::from)?;
-        let mut resources = convert::resources_from(&plan.resources.unwrap_or_default());
-        if resources.cpu_weight == 0 {
-            // The cgroup v2 default weight: an unset weight means "normal share".
-            resources.cpu_weight = 100;
-        }
-        validate::vcpus("plan.resources.vcpus", resources.vcpus).map_err(ControllerError::from)?;
-        validate::positive("plan.resources.memory_bytes", resources.memory_bytes)
-            .map_err(ControllerError::from)?;
-        validate::positive("plan.resources.disk_bytes", resources.disk_bytes)
-            .map_err(ControllerError::from)?;
         let record = PlanRecord {
+            transfer_overage: convert::transfer_overage_from(&plan)
+                .map_err(ControllerError::from)?,
             name: plan.name,
-            resources,
+            resources: convert::resources_from(&plan.resources.unwrap_or_default()),
             monthly_transfer_bytes: plan.monthly_transfer_bytes,
         };
-        self.controller
-            .store
-            .create_plan(&record)
-            .map_err(ControllerError::from)?;
-        self.controller.commit().await?;
-        Ok(Response::new(convert::plan(&record)))
+        let created = self.controller.create_plan(record).await?;
+        Ok(Response::new(convert::plan(&created)))
     }
 
     async fn delete_plan(
@@ -156,13 +137,9 @@ impl PlanService for PlanApi {
     ) -> Result<Response<v1::Empty>, Status> {
         audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(request.metadata())?;
-        let name = request.into_inner().name;
-        validate::name("name", &name).map_err(ControllerError::from)?;
         self.controller
-            .store
-            .delete_plan(&name)
-            .map_err(ControllerError::from)?;
-        self.controller.commit().await?;
+            .delete_plan(&request.into_inner().name)
+            .await?;
         Ok(Response::new(v1::Empty {}))
     }
 }

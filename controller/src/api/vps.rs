@@ -25,8 +25,9 @@ type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl VpsApi {
     fn view(&self, record: &crate::store::VpsRecord) -> Result<v1::Vps, ControllerError> {
-        let (online, suspended) = self.controller.vps_context(record)?;
-        Ok(convert::vps(record, online, suspended))
+        let (online, held) = self.controller.vps_context(record)?;
+        let transfer = self.controller.transfer_status(record)?;
+        Ok(convert::vps(record, online, held, Some(&transfer)))
     }
 
     fn reference(vps: Option<v1::VpsRef>) -> v1::VpsRef {

@@ -57,6 +57,19 @@ pub struct UsageUpdate {
     pub cursor: UsageCursorRecord,
     pub hour: UsageHourRecord,
     pub events: Vec<EventRecord>,
+    /// The VPS record with a changed transfer limit, when the sample changed it.
+    pub vps: Option<VpsRecord>,
+}
+
+/// What a usage sample is applied to, read in its transaction.
+#[derive(Debug, Clone)]
+pub struct UsageState {
+    /// The VPS's last accepted sample.
+    pub cursor: Option<UsageCursorRecord>,
+    /// The record of the hour the sample falls in.
+    pub hour: Option<UsageHourRecord>,
+    /// The VPS itself (`None` once it is removed).
+    pub vps: Option<VpsRecord>,
 }
 
 /// A boxed future, so the trait stays object-safe.
@@ -114,7 +127,8 @@ pub trait Store: Send + Sync + 'static {
         change: &(dyn Fn(&mut VpsRecord) -> Result<(), StoreError> + Sync),
     ) -> Result<VpsRecord, StoreError>;
     /// Removes a VPS and releases its usage from the tenant and its addresses
-    /// back to their pool, in one transaction.
+    /// back to their pool, in one transaction (its last usage sample goes
+    /// too; its hour records stay).
     fn remove_vps(&self, vps_id: &str) -> Result<(), StoreError>;
 
     /// Inserts a pool; `Conflict` if its network overlaps another pool's
@@ -125,12 +139,12 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a pool that has no allocated address.
     fn delete_pool(&self, name: &str) -> Result<(), StoreError>;
 
-    /// Like `update_vps`, but `change` may name a lifecycle event, appended
+    /// Like `update_vps`, but `change` may return a lifecycle event, appended
     /// to the event log in the same transaction.
     fn update_vps_emitting(
         &self,
         vps_id: &str,
-        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventKind>, StoreError> + Sync),
+        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventRecord>, StoreError> + Sync),
     ) -> Result<VpsRecord, StoreError>;
     /// Like `update_tenant`, appending `event` (if any) in the same transaction.
     fn update_tenant_emitting(
@@ -151,16 +165,18 @@ pub trait Store: Send + Sync + 'static {
     fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
 
     /// Applies one usage sample of `vps_id` in one transaction: `apply` gets
-    /// the VPS's last accepted sample and the hour record at `hour_key`, and
-    /// returns both updated with any events to append, or `None` to ignore
-    /// the sample (a repeat). Returns whether the sample was accepted.
+    /// the VPS's last accepted sample, the hour record at `hour_key` and the
+    /// VPS, and returns the first two updated with any events to append (and
+    /// the VPS if it changed), or `None` to ignore the sample (a repeat).
+    /// Returns what was written, if anything.
     fn record_usage(
         &self,
         vps_id: &str,
         hour_key: &UsageHourKey,
-        apply: &(dyn Fn(Option<UsageCursorRecord>, Option<UsageHourRecord>) -> Option<UsageUpdate>
-              + Sync),
-    ) -> Result<bool, StoreError>;
+        apply: &(dyn Fn(UsageState) -> Option<UsageUpdate> + Sync),
+    ) -> Result<Option<UsageUpdate>, StoreError>;
+    /// The last usage sample accepted for a VPS (with its month's transfer).
+    fn get_usage_cursor(&self, vps_id: &str) -> Result<Option<UsageCursorRecord>, StoreError>;
     /// Hour records with `from <= hour_start < to` (Unix seconds), of one
     /// tenant or all, ordered by tenant, hour, then VPS id.
     fn list_usage_hours(

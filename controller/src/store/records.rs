@@ -30,6 +30,35 @@ pub struct PlanRecord {
     pub name: String,
     pub resources: Resources,
     pub monthly_transfer_bytes: u64,
+    /// What happens to a VPS once it used all of `monthly_transfer_bytes`.
+    #[serde(default)]
+    pub transfer_overage: TransferOverage,
+}
+
+/// What a plan does to a VPS that used its whole monthly transfer allowance,
+/// for the rest of that billing month (UTC).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum TransferOverage {
+    /// Raise the `transfer_100_percent` event only.
+    #[default]
+    Notify,
+    /// Hold ingress and egress to at most this rate each.
+    Throttle { bits_per_sec: u64 },
+    /// Hold the VPS stopped.
+    Suspend,
+}
+
+/// An overage action in force on one VPS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLimit {
+    /// `Throttle` or `Suspend`.
+    pub overage: TransferOverage,
+    /// Billing month (`YYYY-MM`, UTC) whose allowance was used up.
+    pub month: String,
+    pub since: DateTime<Utc>,
+    /// The start of the next billing month: the limit ends by itself then.
+    pub until: DateTime<Utc>,
 }
 
 /// Tenant limits, and (in `TenantRecord::used`) what is consumed.
@@ -152,6 +181,20 @@ pub struct VpsRecord {
     pub restart_generation: u64,
     pub created_at: DateTime<Utc>,
     pub observed: Option<ObservedState>,
+    /// Set when the VPS used up its plan's monthly transfer allowance and the
+    /// plan throttles or suspends; ignored from `until` on, and cleared then.
+    #[serde(default)]
+    pub transfer_limit: Option<TransferLimit>,
+}
+
+impl VpsRecord {
+    /// The overage action holding the VPS at `now`, if any.
+    pub fn transfer_limit_at(&self, now: DateTime<Utc>) -> Option<TransferOverage> {
+        self.transfer_limit
+            .as_ref()
+            .filter(|limit| now < limit.until)
+            .map(|limit| limit.overage)
+    }
 }
 
 /// One mutation attempt: who, what, when, and how it ended.
@@ -228,6 +271,10 @@ pub enum EventKind {
     Transfer80Percent,
     /// A VPS used all of its plan's monthly transfer allowance.
     Transfer100Percent,
+    /// The plan's overage action (throttle or suspend) now holds the VPS.
+    TransferLimited,
+    /// The overage action was lifted: the month ended or billing lifted it.
+    TransferLimitEnded,
 }
 
 /// One entry of the durable event log; `cursor` is strictly increasing in
@@ -241,6 +288,9 @@ pub struct EventRecord {
     pub vps_id: String,
     pub plan: String,
     pub at: DateTime<Utc>,
+    /// Human-readable specifics, e.g. the rate a VPS is throttled to.
+    #[serde(default)]
+    pub detail: String,
 }
 
 impl EventRecord {
@@ -254,7 +304,14 @@ impl EventRecord {
             vps_id: vps.vps_id.clone(),
             plan: vps.plan.clone(),
             at: Utc::now(),
+            detail: String::new(),
         }
+    }
+
+    /// The same event with `detail` set.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
     }
 
     /// An event about a whole tenant.
@@ -267,6 +324,7 @@ impl EventRecord {
             vps_id: String::new(),
             plan: String::new(),
             at: Utc::now(),
+            detail: String::new(),
         }
     }
 }

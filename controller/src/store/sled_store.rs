@@ -344,7 +344,7 @@ impl Store for SledStore {
     fn update_vps_emitting(
         &self,
         vps_id: &str,
-        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventKind>, StoreError> + Sync),
+        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventRecord>, StoreError> + Sync),
     ) -> Result<VpsRecord, StoreError> {
         flatten(
             (&self.vps, &self.events, &self.events_meta).transaction(|(all, events, meta)| {
@@ -352,8 +352,8 @@ impl Store for SledStore {
                     tx_need::<VpsRecord>(all, "vps", vps_id.as_bytes(), "VPS", vps_id.to_owned())?;
                 let event = change(&mut vps).or_else(abort)?;
                 all.insert(vps_id.as_bytes(), encode(&vps))?;
-                if let Some(kind) = event {
-                    tx_append_event(events, meta, EventRecord::of_vps(kind, &vps))?;
+                if let Some(event) = event {
+                    tx_append_event(events, meta, event)?;
                 }
                 Ok(vps)
             }),
@@ -449,32 +449,44 @@ impl Store for SledStore {
         &self,
         vps_id: &str,
         hour_key: &UsageHourKey,
-        apply: &(dyn Fn(Option<UsageCursorRecord>, Option<UsageHourRecord>) -> Option<UsageUpdate>
-              + Sync),
-    ) -> Result<bool, StoreError> {
+        apply: &(dyn Fn(UsageState) -> Option<UsageUpdate> + Sync),
+    ) -> Result<Option<UsageUpdate>, StoreError> {
         let key = usage_hour_key(&hour_key.tenant, hour_key.hour_start, &hour_key.vps_id);
         flatten(
             (
                 &self.usage_cursors,
                 &self.usage_hours,
+                &self.vps,
                 &self.events,
                 &self.events_meta,
             )
-                .transaction(|(cursors, hours, events, meta)| {
-                    let cursor =
-                        tx_get::<UsageCursorRecord>(cursors, "usage_cursors", vps_id.as_bytes())?;
-                    let hour = tx_get::<UsageHourRecord>(hours, "usage_hours", &key)?;
-                    let Some(update) = apply(cursor, hour) else {
-                        return Ok(false);
+                .transaction(|(cursors, hours, all_vps, events, meta)| {
+                    let state = UsageState {
+                        cursor: tx_get(cursors, "usage_cursors", vps_id.as_bytes())?,
+                        hour: tx_get(hours, "usage_hours", &key)?,
+                        vps: tx_get(all_vps, "vps", vps_id.as_bytes())?,
+                    };
+                    let Some(update) = apply(state) else {
+                        return Ok(None);
                     };
                     cursors.insert(vps_id.as_bytes(), encode(&update.cursor))?;
                     hours.insert(key.as_slice(), encode(&update.hour))?;
-                    for event in update.events {
-                        tx_append_event(events, meta, event)?;
+                    if let Some(vps) = &update.vps {
+                        all_vps.insert(vps_id.as_bytes(), encode(vps))?;
                     }
-                    Ok(true)
+                    for event in &update.events {
+                        tx_append_event(events, meta, event.clone())?;
+                    }
+                    Ok(Some(update))
                 }),
         )
+    }
+
+    fn get_usage_cursor(&self, vps_id: &str) -> Result<Option<UsageCursorRecord>, StoreError> {
+        self.usage_cursors
+            .get(vps_id.as_bytes())?
+            .map(|bytes| decode("usage_cursors", vps_id.as_bytes(), &bytes))
+            .transpose()
     }
 
     fn list_usage_hours(
@@ -795,10 +807,11 @@ impl Store for SledStore {
                 &self.vps,
                 &self.vps_names,
                 &self.pools,
+                &self.usage_cursors,
                 &self.events,
                 &self.events_meta,
             )
-                .transaction(|(tenants, all, names, pools, events, meta)| {
+                .transaction(|(tenants, all, names, pools, cursors, events, meta)| {
                     let Some(vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
                         return Ok(());
                     };
@@ -819,6 +832,8 @@ impl Store for SledStore {
                     }
                     all.remove(vps_id.as_bytes())?;
                     names.remove(name_key(&vps.tenant, &vps.name))?;
+                    // Its hours stay for billing; the base of its next delta is not needed.
+                    cursors.remove(vps_id.as_bytes())?;
                     tx_append_event(events, meta, EventRecord::of_vps(EventKind::Deleted, &vps))?;
                     Ok(())
                 }),
@@ -947,6 +962,7 @@ mod tests {
             restart_generation: 0,
             created_at: Utc::now(),
             observed: None,
+            transfer_limit: None,
         }
     }
 

@@ -1,0 +1,63 @@
+//! Plans: named resource bundles that VPSes are created from and resized to.
+
+use tracing::info;
+
+use crate::app::Controller;
+use crate::error::ControllerError;
+use crate::store::{PlanRecord, TransferOverage};
+use crate::validate::{self, ValidationError};
+
+/// The cgroup v2 default weight: a plan that sets none gets a normal CPU share.
+pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+
+impl Controller {
+    /// Every plan, smallest memory first.
+    pub fn list_plans(&self) -> Result<Vec<PlanRecord>, ControllerError> {
+        let mut plans = self.store.list_plans()?;
+        plans.sort_by_key(|plan| (plan.resources.memory_bytes, plan.name.clone()));
+        Ok(plans)
+    }
+
+    /// Validates and durably stores a new plan (admin only, checked by the API).
+    pub async fn create_plan(&self, mut plan: PlanRecord) -> Result<PlanRecord, ControllerError> {
+        validate::name("plan.name", &plan.name)?;
+        let resources = &mut plan.resources;
+        if resources.cpu_weight == 0 {
+            resources.cpu_weight = DEFAULT_CPU_WEIGHT;
+        }
+        validate::vcpus("plan.resources.vcpus", resources.vcpus)?;
+        validate::positive("plan.resources.memory_bytes", resources.memory_bytes)?;
+        validate::positive("plan.resources.disk_bytes", resources.disk_bytes)?;
+        match plan.transfer_overage {
+            TransferOverage::Notify => {}
+            _ if plan.monthly_transfer_bytes == 0 => {
+                return Err(ValidationError::new(
+                    "plan.transfer_overage",
+                    "needs a monthly transfer allowance to act on",
+                )
+                .into())
+            }
+            TransferOverage::Throttle { bits_per_sec: 0 } => {
+                return Err(ValidationError::new(
+                    "plan.overage_rate_bits_per_sec",
+                    "must be set when the overage action is throttle",
+                )
+                .into())
+            }
+            TransferOverage::Throttle { .. } | TransferOverage::Suspend => {}
+        }
+        self.store.create_plan(&plan)?;
+        self.commit().await?;
+        info!(plan = %plan.name, overage = ?plan.transfer_overage, "plan created");
+        Ok(plan)
+    }
+
+    /// Deletes a plan no VPS uses.
+    pub async fn delete_plan(&self, name: &str) -> Result<(), ControllerError> {
+        validate::name("name", name)?;
+        self.store.delete_plan(name)?;
+        self.commit().await?;
+        info!(plan = %name, "plan deleted");
+        Ok(())
+    }
+}
