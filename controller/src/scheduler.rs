@@ -101,6 +101,12 @@ pub enum ScheduleError {
         best: String,
         free: String,
     },
+    #[error("node {node} has {free} free; growing the VPS needs {needed} more")]
+    NoRoomToGrow {
+        node: String,
+        needed: String,
+        free: String,
+    },
     #[error("pool {pools} on node {node} has no free IPv4 address")]
     NoAddress { node: String, pools: String },
     #[error("node {node} has no IPv4 pool; an admin must create one (paddock admin pool create)")]
@@ -231,11 +237,67 @@ pub fn place_with(
     })
 }
 
+/// Checks that `node` can give a VPS placed on it `old` grown to `new`
+/// (within the node's overcommit); shrinking always fits.
+pub fn check_growth(
+    node: &NodeView,
+    old: &Resources,
+    new: &Resources,
+    defaults: Overcommit,
+) -> Result<(), ScheduleError> {
+    let growth = Capacity {
+        vcpus: (new.vcpus - old.vcpus).max(0.0),
+        memory_bytes: new.memory_bytes.saturating_sub(old.memory_bytes),
+        disk_bytes: new.disk_bytes.saturating_sub(old.disk_bytes),
+    };
+    let free = free(node, node.overcommit(defaults));
+    let fits = (growth.vcpus <= 1e-9 || free.vcpus + 1e-9 >= growth.vcpus)
+        && free.memory_bytes >= growth.memory_bytes
+        && free.disk_bytes >= growth.disk_bytes;
+    if fits {
+        return Ok(());
+    }
+    Err(ScheduleError::NoRoomToGrow {
+        node: node.name.clone(),
+        needed: describe(&growth),
+        free: describe(&Capacity {
+            vcpus: free.vcpus.max(0.0),
+            ..free
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn growth_must_fit_the_node_but_shrinking_always_does() {
+        // 16 GiB node, 12 allocated, no memory overcommit: 4 GiB free.
+        let node = node("n1", 16, 12);
+        let vps = |memory_gib: u64| Resources {
+            vcpus: 1.0,
+            memory_bytes: memory_gib * GIB,
+            ..Resources::default()
+        };
+        let defaults = Overcommit::default();
+        assert_eq!(check_growth(&node, &vps(4), &vps(8), defaults), Ok(()));
+        let refused = check_growth(&node, &vps(4), &vps(9), defaults).expect_err("5 GiB more");
+        assert!(
+            refused.to_string().contains("needs 0 vCPU, 5.0 GiB memory"),
+            "{refused}"
+        );
+        let full = self::node("n2", 16, 20);
+        assert_eq!(check_growth(&full, &vps(8), &vps(4), defaults), Ok(()));
+        // A per-node label can allow the growth.
+        let mut labelled = self::node("n3", 16, 12);
+        labelled
+            .labels
+            .insert(MEMORY_OVERCOMMIT_LABEL.to_owned(), "1.5".to_owned());
+        assert_eq!(check_growth(&labelled, &vps(4), &vps(9), defaults), Ok(()));
+    }
 
     fn node(name: &str, memory_gib: u64, allocated_gib: u64) -> NodeView {
         NodeView {

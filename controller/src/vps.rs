@@ -355,6 +355,19 @@ impl Controller {
         resources.disk_bytes = vps.resources.disk_bytes;
         resources.ipv4_count = vps.resources.ipv4_count;
         resources.ipv6_count = vps.resources.ipv6_count;
+        // The node must have room for what grows, as a placement would.
+        if let Some((_, view, _)) = self
+            .node_views()?
+            .into_iter()
+            .find(|(node, _, _)| node.name == vps.node)
+        {
+            scheduler::check_growth(
+                &view,
+                &vps.resources,
+                &resources,
+                self.placement(Default::default()).overcommit,
+            )?;
+        }
         let updated = self.store.resize_vps(&vps.vps_id, &plan_name, &resources)?;
         self.commit().await?;
         info!(vps = %updated.name, tenant = %updated.tenant, plan = %updated.plan, actor = %principal.actor(), "VPS resized");

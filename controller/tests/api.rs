@@ -397,3 +397,63 @@ async fn resize_is_quota_checked_in_one_transaction() {
         disk.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_must_fit_the_node() {
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    api.tenants()
+        .set_quota(with_token(
+            v1::SetQuotaRequest {
+                name: "acme".into(),
+                quota: Some(v1::Quota {
+                    max_vps: 10,
+                    vcpus: 1000.0,
+                    memory_bytes: 1 << 50,
+                    disk_bytes: 1 << 50,
+                    ipv4_count: 10,
+                }),
+            },
+            &api.admin,
+        ))
+        .await
+        .expect("quota");
+    api.create_vps(&acme, "", "web1").await.expect("create");
+    // The fixture node has 1 TiB of memory and no memory overcommit.
+    let resize = |memory_bytes: u64| v1::ResizeVpsRequest {
+        vps: Some(v1::VpsRef {
+            tenant: String::new(),
+            name: "web1".into(),
+        }),
+        plan: String::new(),
+        resources: Some(v1::Resources {
+            memory_bytes,
+            ..Default::default()
+        }),
+    };
+    let refused = api
+        .vps()
+        .resize_vps(with_token(resize(2 << 40), &acme))
+        .await
+        .expect_err("beyond the node");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().starts_with("node node-a has ")
+            && refused.message().contains("growing the VPS needs"),
+        "{}",
+        refused.message()
+    );
+    let used = api
+        .tenants()
+        .get_my_quota(with_token(v1::Empty {}, &acme))
+        .await
+        .expect("quota")
+        .into_inner()
+        .used
+        .expect("used");
+    assert_eq!(used.memory_bytes, 256 << 20, "nothing changed");
+    api.vps()
+        .resize_vps(with_token(resize(512 << 30), &acme))
+        .await
+        .expect("within the node");
+}
