@@ -15,6 +15,10 @@ pub struct AgentConfig {
     pub node_name: Option<String>,
     /// Address of the agent's own gRPC service (called by the controller).
     pub listen: SocketAddr,
+    /// Prometheus metrics endpoint (`GET /metrics`); `"off"` disables it
+    /// (absent means the default, 127.0.0.1:7454).
+    #[serde(with = "crate::optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Address the controller should dial; defaults to `https://<listen>`.
     pub advertise_address: Option<String>,
     /// The controller's gRPC endpoint.
@@ -49,6 +53,7 @@ impl Default for AgentConfig {
         Self {
             node_name: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7454))),
             advertise_address: None,
             controller: "https://127.0.0.1:7443".to_owned(),
             join_token_file: PathBuf::from("/var/lib/paddock/controller/join-token"),
@@ -147,6 +152,48 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.toml");
         let config = AgentConfig::load(&path).expect("config/agent.toml must load");
         assert_eq!(config.cgroup_parent, "paddock");
+        assert_eq!(
+            config.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 7454)))
+        );
+    }
+
+    #[test]
+    fn metrics_listen_defaults_on_and_turns_off_with_off() {
+        let dir = std::env::temp_dir().join(format!(
+            "paddock-agent-config-metrics-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let load = |text: &str| {
+            let path = dir.join("agent.toml");
+            std::fs::write(&path, text).expect("write");
+            AgentConfig::load(&path)
+        };
+        let absent = load("").expect("absent");
+        assert_eq!(
+            absent.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 7454)))
+        );
+        let moved = load("metrics_listen = \"0.0.0.0:9100\"\n").expect("address");
+        assert_eq!(
+            moved.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        let off = load("metrics_listen = \"off\"\n").expect("off");
+        assert_eq!(off.metrics_listen, None);
+        // What is written back loads to the same: `None` is spelt "off", not left out.
+        let written = toml::to_string(&off).expect("serialize");
+        assert!(written.contains("metrics_listen = \"off\""), "{written}");
+        assert_eq!(load(&written).expect("round trip").metrics_listen, None);
+        let err = load("metrics_listen = \"localhost\"\n")
+            .expect_err("not an address")
+            .to_string();
+        assert!(
+            err.contains("metrics_listen") && err.contains("\"off\""),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

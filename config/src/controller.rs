@@ -13,7 +13,9 @@ use crate::{load_toml, ByteSize, ConfigError};
 pub struct ControllerConfig {
     /// Address of the gRPC API (CLI, billing, agents).
     pub listen: SocketAddr,
-    /// Prometheus metrics endpoint (`GET /metrics`); unset disables it.
+    /// Prometheus metrics endpoint (`GET /metrics`); `"off"` disables it
+    /// (absent means the default, 127.0.0.1:7453).
+    #[serde(with = "crate::optional_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Extra host names / IPs for the controller's TLS certificate (made at
     /// init; localhost, 127.0.0.1 and ::1 are always included).
@@ -205,6 +207,19 @@ mod tests {
         let config = ControllerConfig::load(&path).expect("load");
         assert_eq!(config.listen.port(), 7443);
         assert_eq!(config.default_quota.max_vps, 10);
+    }
+
+    #[test]
+    fn metrics_endpoint_is_on_by_default_and_turns_off_with_off() {
+        let (_guard, path) = write("");
+        let config = ControllerConfig::load(&path).expect("load");
+        assert_eq!(
+            config.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 7453)))
+        );
+        let (_guard, path) = write("metrics_listen = \"off\"\n");
+        let config = ControllerConfig::load(&path).expect("load");
+        assert_eq!(config.metrics_listen, None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod agent;
 mod controller;
+mod optional_addr;
 mod size;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod generations;
 pub mod metering;
+pub mod metrics;
 pub mod network;
 pub mod pki;
 pub mod registration;
@@ -148,16 +149,24 @@ pub async fn run(
         &config.state_dir,
         Duration::from_secs(u64::from(config.usage_interval_secs)),
     )?);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let mut server = tonic::transport::Server::builder()
+        .tls_config(server_tls)?
+        .layer(metrics::RpcMetricsLayer::new(metrics.clone()));
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => serve_metrics(addr, metrics.clone(), runtime.clone(), meter.clone()).await,
+        None => None,
+    };
     let heartbeat = tokio::spawn(registration::run(
         identity,
         runtime.clone(),
         capacity,
         meter,
+        metrics,
     ));
     let service = service::AgentService::new(runtime, config.state_dir.clone(), restarts)
         .with_network(network);
-    let served = tonic::transport::Server::builder()
-        .tls_config(server_tls)?
+    let served = server
         .add_service(NodeAgentServer::new(service))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -165,7 +174,30 @@ pub async fn run(
         )
         .await;
     heartbeat.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     Ok(served?)
+}
+
+/// Starts the metrics endpoint on `addr`. Metrics are auxiliary: an address
+/// that cannot be bound is logged and the node keeps serving its VPSes.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<metrics::Metrics>,
+    runtime: Arc<runtime::Runtime>,
+    meter: Arc<metering::Meter>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%addr, %error, "metrics endpoint not started");
+            return None;
+        }
+    };
+    tracing::info!(%addr, "metrics endpoint serving");
+    let scrape = Arc::new(move || metrics.scrape(&runtime, &meter));
+    Some(tokio::spawn(metrics::serve(listener, scrape)))
 }
 
 #[cfg(test)]

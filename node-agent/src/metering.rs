@@ -140,13 +140,7 @@ impl Meter {
         }
         state.last_round = Some(Instant::now());
         let interval_ms = u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX);
-        let mut samples = Vec::with_capacity(observed.len());
-        for vps in observed {
-            match self.read(vps, interval_ms) {
-                Ok(sample) => samples.push(sample),
-                Err(error) => tracing::warn!(vps_id = %vps.vps_id, %error, "usage sample"),
-            }
-        }
+        let mut samples = self.read_all(observed, interval_ms);
         let mut sequences = BTreeMap::new();
         for sample in &mut samples {
             let next = state.sequences.get(&sample.vps_id).copied().unwrap_or(0) + 1;
@@ -162,6 +156,24 @@ impl Meter {
         write_journal(&self.state_dir, &sequences)?;
         state.sequences = sequences;
         Ok(samples)
+    }
+
+    /// The counters of every listed VPS right now, for the metrics endpoint:
+    /// no sequence numbers, nothing persisted, no effect on the next round. Blocking.
+    pub fn current(&self, observed: &[VpsObserved]) -> Vec<Sample> {
+        self.read_all(observed, 0)
+    }
+
+    /// Reads every listed VPS; one that cannot be read is logged and left out.
+    fn read_all(&self, observed: &[VpsObserved], interval_ms: u32) -> Vec<Sample> {
+        let mut samples = Vec::with_capacity(observed.len());
+        for vps in observed {
+            match self.read(vps, interval_ms) {
+                Ok(sample) => samples.push(sample),
+                Err(error) => tracing::warn!(vps_id = %vps.vps_id, %error, "usage sample"),
+            }
+        }
+        samples
     }
 
     fn read(&self, vps: &VpsObserved, interval_ms: u32) -> Result<Sample, MeteringError> {

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use crate::convert;
 use crate::metering::Meter;
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
 /// What the agent tells the controller about itself.
@@ -29,11 +30,13 @@ fn timed<T>(message: T) -> tonic::Request<T> {
 
 /// Registers (retrying with backoff until the controller answers), then
 /// sends heartbeats forever; re-registers if the controller forgot the node.
+/// Counts every attempt and the controller's answer in `metrics`.
 pub async fn run(
     identity: NodeIdentity,
     runtime: Arc<Runtime>,
     capacity: v1::NodeCapacityReport,
     meter: Arc<Meter>,
+    metrics: Arc<Metrics>,
 ) {
     let endpoint = Endpoint::from_shared(identity.controller.clone())
         .and_then(|endpoint| endpoint.tls_config(identity.tls.client_tls()));
@@ -48,12 +51,13 @@ pub async fn run(
     };
     let mut client = AgentRegistryClient::new(channel);
     loop {
-        let interval = register(&mut client, &identity, &capacity).await;
+        let interval = register(&mut client, &identity, &capacity, &metrics).await;
         heartbeat_until_forgotten(
             &mut client,
             &identity,
             &runtime,
             &meter,
+            &metrics,
             &capacity,
             interval,
         )
@@ -65,6 +69,7 @@ async fn register(
     client: &mut AgentRegistryClient<Channel>,
     identity: &NodeIdentity,
     capacity: &v1::NodeCapacityReport,
+    metrics: &Metrics,
 ) -> Duration {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -74,7 +79,13 @@ async fn register(
             capacity: Some(*capacity),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        match client.register(timed(message)).await {
+        let result = client.register(timed(message)).await;
+        metrics.observe_registration(
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        match result {
             Ok(response) => {
                 let secs = response.into_inner().heartbeat_interval_secs.max(1);
                 info!(node = %identity.node_name, controller = %identity.controller, "registered");
@@ -94,6 +105,7 @@ async fn heartbeat_until_forgotten(
     identity: &NodeIdentity,
     runtime: &Arc<Runtime>,
     meter: &Arc<Meter>,
+    metrics: &Metrics,
     capacity: &v1::NodeCapacityReport,
     interval: Duration,
 ) {
@@ -133,7 +145,13 @@ async fn heartbeat_until_forgotten(
             capacity: Some(*capacity),
             usage,
         };
-        match client.heartbeat(timed(message)).await {
+        let result = client.heartbeat(timed(message)).await;
+        metrics.observe_heartbeat(
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        match result {
             Ok(_) => {}
             Err(status) if status.code() == tonic::Code::NotFound => {
                 warn!("controller does not know this node; registering again");

@@ -61,6 +61,30 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The text of `GET /metrics` on a loopback port.
+pub fn scrape_metrics(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to the metrics endpoint on port {port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            Ok(body.to_owned())
+        }
+        _ => bail!("unexpected metrics response: {response}"),
+    }
+}
+
+/// The value of the first sample of `family` whose labels contain `label`.
+pub fn metric_value(text: &str, family: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{family}{{")) && line.contains(label))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
 fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -83,7 +107,10 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub controller_port: u16,
     pub agent_port: u16,
+    /// The controller's Prometheus endpoint.
     pub metrics_port: u16,
+    /// The (first) agent's Prometheus endpoint.
+    pub agent_metrics_port: u16,
     pub cgroup_parent: String,
     /// The agent's bridge (unique per cluster, so tests never touch `pdk0`).
     pub bridge: String,
@@ -138,7 +165,7 @@ impl Cluster {
         std::fs::write(
             root.join(&config),
             format!(
-                "node_name = \"{node_name}\"\nlisten = \"127.0.0.1:{port}\"\ncontroller = \"https://127.0.0.1:{}\"\ncontroller_ca_file = \"{}\"\njoin_token_file = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\nstop_grace_secs = 3\nbridge = \"{bridge}\"\nip_forward = false\n",
+                "node_name = \"{node_name}\"\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"off\"\ncontroller = \"https://127.0.0.1:{}\"\ncontroller_ca_file = \"{}\"\njoin_token_file = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\nstop_grace_secs = 3\nbridge = \"{bridge}\"\nip_forward = false\n",
                 self.controller_port,
                 root.join("controller/tls/ca.crt").display(),
                 root.join("controller/join-token").display(),
@@ -202,6 +229,7 @@ impl Cluster {
         let controller_port = free_port();
         let agent_port = free_port();
         let metrics_port = free_port();
+        let agent_metrics_port = free_port();
         let cgroup_parent = format!("paddock-e2e-{tag}");
         let node_name = format!("node-e2e-{tag}");
         let root = dir.path();
@@ -215,7 +243,7 @@ impl Cluster {
         std::fs::write(
             root.join("agent.toml"),
             format!(
-                "node_name = \"{node_name}\"\nlisten = \"127.0.0.1:{agent_port}\"\ncontroller = \"https://127.0.0.1:{controller_port}\"\ncontroller_ca_file = \"{}\"\njoin_token_file = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\nstop_grace_secs = 3\n",
+                "node_name = \"{node_name}\"\nlisten = \"127.0.0.1:{agent_port}\"\nmetrics_listen = \"127.0.0.1:{agent_metrics_port}\"\ncontroller = \"https://127.0.0.1:{controller_port}\"\ncontroller_ca_file = \"{}\"\njoin_token_file = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\nstop_grace_secs = 3\n",
                 root.join("controller/tls/ca.crt").display(),
                 root.join("controller/join-token").display(),
                 root.join("agent").display()
@@ -262,6 +290,7 @@ impl Cluster {
             controller_port,
             agent_port,
             metrics_port,
+            agent_metrics_port,
             cgroup_parent,
             bridge,
             subnet,

@@ -180,6 +180,29 @@ fn recorded_usage_matches_host_counters_across_an_agent_crash() {
     assert!(f("memory_peak_bytes") > 0.0, "{row}");
     assert_eq!(row["plan"], "nano");
 
+    // The agent's Prometheus endpoint reports the same counters.
+    let metrics = paddock_tests::scrape_metrics(cluster.agent_metrics_port).expect("scrape");
+    let label = format!("vps_id=\"{vps_id}\"");
+    let scraped = |family: &str| {
+        paddock_tests::metric_value(&metrics, family, &label)
+            .unwrap_or_else(|| panic!("no {family} for {vps_id}:\n{metrics}"))
+    };
+    within_2_percent(
+        "scraped cpu seconds",
+        scraped("paddock_agent_vps_cpu_seconds_total"),
+        host.cpu_seconds,
+    );
+    within_2_percent(
+        "scraped net tx bytes",
+        scraped("paddock_agent_vps_net_tx_bytes_total"),
+        host.net_tx_bytes as f64,
+    );
+    assert_eq!(
+        paddock_tests::metric_value(&metrics, "paddock_agent_vps", "state=\"running\""),
+        Some(1.0),
+        "{metrics}"
+    );
+
     cluster
         .cli_ok(&with(&["delete", "meter1", "--yes"]))
         .expect("delete");

@@ -167,6 +167,8 @@ pub enum ObservedState {
 pub struct VpsObserved {
     /// The VPS id.
     pub vps_id: String,
+    /// Its hostname, which is its name in the controller; empty if its state is unreadable.
+    pub hostname: String,
     /// Running, stopped or error.
     pub state: ObservedState,
     /// Host pid of the VPS's init while running.
@@ -520,6 +522,7 @@ impl Runtime {
             Ok(None) => Ok(None),
             Err(e) => Ok(Some(VpsObserved {
                 vps_id: vps_id.to_string(),
+                hostname: String::new(),
                 state: ObservedState::Error,
                 init_pid: None,
                 message: e.to_string(),
@@ -976,6 +979,7 @@ impl Runtime {
         };
         VpsObserved {
             vps_id: st.vps_id.clone(),
+            hostname: st.hostname.clone(),
             state,
             init_pid,
             message,
