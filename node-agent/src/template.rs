@@ -7,6 +7,12 @@
 //!
 //! Template files are owned by host root on disk; each VPS sees them owned by its own root
 //! through an idmapped mount (see `runtime::idmap`), so one copy serves every VPS.
+//!
+//! Next to each rootfs the builder writes `template.conf` ([`metadata`]): the signal that
+//! halts the template's init cleanly (busybox: SIGUSR2; debian-12: SIGPWR, with an inittab
+//! that shuts down on it).
+
+pub mod metadata;
 
 use std::fs::{self, Permissions};
 use std::io;
@@ -14,6 +20,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use self::metadata::{HaltSignal, MetadataError, TemplateMetadata};
 
 /// Name of the busybox template.
 pub const BUSYBOX: &str = "busybox";
@@ -112,6 +120,9 @@ pub enum TemplateError {
         /// Exit status and stderr.
         detail: String,
     },
+    /// Writing the template's metadata failed.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
     /// A filesystem operation failed.
     #[error("{operation} {path}: {source}")]
     Io {
@@ -133,21 +144,34 @@ fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Tem
     }
 }
 
-/// `state_dir/templates/<name>/rootfs`.
-pub fn rootfs_path(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join("templates").join(name).join("rootfs")
+/// `state_dir/templates/<name>`: the template's `rootfs` and its metadata file.
+pub fn template_dir(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("templates").join(name)
 }
 
-/// Builds the template `name` (only [`BUSYBOX`] so far) unless it exists (or always with
+/// `state_dir/templates/<name>/rootfs`.
+pub fn rootfs_path(state_dir: &Path, name: &str) -> PathBuf {
+    template_dir(state_dir, name).join("rootfs")
+}
+
+/// Builds the template `name` ([`BUSYBOX`] or [`DEBIAN_12`]) unless it exists (or always with
 /// `force`); returns its rootfs path.
 pub fn build(state_dir: &Path, name: &str, force: bool) -> Result<PathBuf, TemplateError> {
-    match name {
+    let rootfs = match name {
         BUSYBOX => build_busybox_from(state_dir, Path::new(HOST_BUSYBOX), force),
         DEBIAN_12 => build_debian_12(state_dir, force),
         _ => Err(TemplateError::Unknown {
             name: name.to_string(),
         }),
+    }?;
+    if !metadata::metadata_path(&template_dir(state_dir, name)).exists() {
+        tracing::warn!(
+            template = name,
+            "template predates template metadata: its VPSes get a guessed halt signal; \
+             rebuild it with --force (while no VPS using it runs) for clean stops"
+        );
     }
+    Ok(rootfs)
 }
 
 /// A one-line human description of template `name`, for template listings.
@@ -183,7 +207,10 @@ pub fn build_busybox_from(
         return Ok(rootfs);
     }
     check_static_busybox(busybox)?;
-    install(state_dir, BUSYBOX, force, |staging_rootfs| {
+    let metadata = TemplateMetadata {
+        halt_signal: HaltSignal::BUSYBOX,
+    };
+    install(state_dir, BUSYBOX, force, &metadata, |staging_rootfs| {
         populate_busybox(staging_rootfs, busybox)
     })
 }
@@ -205,7 +232,11 @@ pub fn build_debian_12(state_dir: &Path, force: bool) -> Result<PathBuf, Templat
     .find(|p| p.is_file())
     .ok_or(TemplateError::DebootstrapMissing)?;
     let mirror = host_debian_mirror().unwrap_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string());
-    install(state_dir, DEBIAN_12, force, |staging_rootfs| {
+    // SIGPWR halts sysvinit through the inittab entries `debian_inittab` writes.
+    let metadata = TemplateMetadata {
+        halt_signal: HaltSignal::SYSVINIT,
+    };
+    install(state_dir, DEBIAN_12, force, &metadata, |staging_rootfs| {
         let output = Command::new(debootstrap)
             .args([
                 "--variant=minbase",
@@ -229,25 +260,52 @@ pub fn build_debian_12(state_dir: &Path, force: bool) -> Result<PathBuf, Templat
                 stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
             });
         }
-        // A VPS has no real consoles: no gettys, and the console is the init's output.
         let inittab = staging_rootfs.join("etc/inittab");
-        if let Ok(content) = fs::read_to_string(&inittab) {
-            let without_gettys: String = content
-                .lines()
-                .map(|line| {
-                    if line.contains("getty") && !line.starts_with('#') {
-                        format!("#{line}\n")
-                    } else {
-                        format!("{line}\n")
-                    }
-                })
-                .collect();
-            fs::write(&inittab, without_gettys).map_err(io_err("write", &inittab))?;
-        }
+        let content = fs::read_to_string(&inittab).map_err(io_err("read", &inittab))?;
+        fs::write(&inittab, debian_inittab(&content)).map_err(io_err("write", &inittab))?;
         let hostname = staging_rootfs.join("etc/hostname");
         fs::write(&hostname, "localhost\n").map_err(io_err("write", &hostname))?;
         Ok(())
     })
+}
+
+/// The inittab actions sysvinit starts on SIGPWR (`powerokwait` only when
+/// `/run/powerstatus` says the power is back).
+const SYSVINIT_POWER_ACTIONS: [&str; 4] = ["powerwait", "powerfail", "powerfailnow", "powerokwait"];
+
+/// What `debian-12` appends to its inittab: the halt on [`HaltSignal::SYSVINIT`]. Without a
+/// `/run/powerstatus` file, sysvinit answers SIGPWR by running its `powerwait` and `powerfail`
+/// entries (`powerfailnow` when the file says `L`), so every one of them shuts down cleanly:
+/// runlevel 0 stops the services, unmounts and ends with `halt`, whose reboot(2) in the VPS's
+/// pid namespace ends its init.
+const DEBIAN_INITTAB_HALT: &str = "\
+# Paddock: the agent stops this VPS with SIGPWR (halt_signal in the template's
+# template.conf), which makes init run these entries: a clean shutdown.
+pf::powerwait:/sbin/shutdown -h -P now
+pn::powerfailnow:/sbin/shutdown -h -P now
+";
+
+/// Debian's inittab adapted to a VPS: no gettys (a VPS has no real consoles; the console is
+/// the init's output), and SIGPWR halts cleanly ([`DEBIAN_INITTAB_HALT`]) instead of running
+/// the stock `/etc/init.d/powerfail`, which bookworm does not ship.
+fn debian_inittab(content: &str) -> String {
+    let mut out = String::with_capacity(content.len() + DEBIAN_INITTAB_HALT.len() + 1);
+    for line in content.lines() {
+        let entry = line.trim_start();
+        let action = entry.split(':').nth(2).unwrap_or_default();
+        let replaced = !entry.starts_with('#')
+            && (entry.contains("getty") || SYSVINIT_POWER_ACTIONS.contains(&action));
+        if replaced {
+            out.push('#');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str(DEBIAN_INITTAB_HALT);
+    out
 }
 
 /// The first `deb.debian.org`-style Debian mirror the host's apt sources name.
@@ -266,14 +324,16 @@ fn host_debian_mirror() -> Option<String> {
     })
 }
 
-/// Builds a template's rootfs with `populate` in a staging directory and renames it into
-/// place (replacing an existing one only with `force`), so a crash never leaves a half-built
-/// template under the real name. Do not force while VPSes using it are running: overlayfs does
-/// not support changing a lower layer under a mounted overlay.
+/// Builds a template's rootfs with `populate` in a staging directory, writes its `metadata`
+/// next to it and renames both into place (replacing an existing template only with `force`),
+/// so a crash never leaves a half-built template under the real name. Do not force while
+/// VPSes using it are running: overlayfs does not support changing a lower layer under a
+/// mounted overlay.
 fn install(
     state_dir: &Path,
     name: &str,
     force: bool,
+    metadata: &TemplateMetadata,
     populate: impl FnOnce(&Path) -> Result<(), TemplateError>,
 ) -> Result<PathBuf, TemplateError> {
     let templates = state_dir.join("templates");
@@ -282,7 +342,9 @@ fn install(
     fs::create_dir_all(&templates).map_err(io_err("create dir", &templates))?;
     let suffix = unique_suffix();
     let staging = templates.join(format!(".{name}.tmp-{suffix}"));
-    if let Err(e) = populate(&staging.join("rootfs")) {
+    let populated = populate(&staging.join("rootfs"))
+        .and_then(|()| metadata::write(&staging, metadata).map_err(TemplateError::from));
+    if let Err(e) = populated {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);
     }
@@ -532,6 +594,51 @@ mod tests {
         );
     }
 
+    /// bookworm's /etc/inittab (sysvinit-core 3.06), abridged.
+    const BOOKWORM_INITTAB: &str = "\
+id:2:initdefault:
+si::sysinit:/etc/init.d/rcS
+l0:0:wait:/etc/init.d/rc 0
+ca:12345:ctrlaltdel:/sbin/shutdown -t1 -a -r now
+# What to do when the power fails/returns.
+pf::powerwait:/etc/init.d/powerfail start
+pn::powerfailnow:/etc/init.d/powerfail now
+po::powerokwait:/etc/init.d/powerfail stop
+1:2345:respawn:/sbin/getty --noclear 38400 tty1
+#T0:23:respawn:/sbin/getty -L ttyS0 9600 vt100";
+
+    #[test]
+    fn debian_inittab_halts_on_sigpwr_and_has_no_gettys() {
+        let inittab = debian_inittab(BOOKWORM_INITTAB);
+        let active: Vec<&str> = inittab
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .collect();
+        assert_eq!(
+            active,
+            vec![
+                "id:2:initdefault:",
+                "si::sysinit:/etc/init.d/rcS",
+                "l0:0:wait:/etc/init.d/rc 0",
+                "ca:12345:ctrlaltdel:/sbin/shutdown -t1 -a -r now",
+                "pf::powerwait:/sbin/shutdown -h -P now",
+                "pn::powerfailnow:/sbin/shutdown -h -P now",
+            ],
+            "{inittab}"
+        );
+        // The stock entries stay visible, commented out; comments are not commented twice.
+        assert!(inittab.contains("\n#pf::powerwait:/etc/init.d/powerfail start\n"));
+        assert!(inittab.contains("\n#1:2345:respawn:/sbin/getty"));
+        assert!(inittab.contains("\n#T0:23:respawn"));
+        assert!(!inittab.contains("##"));
+        // Ids stay unique: sysvinit ignores a duplicated one.
+        let mut ids: Vec<&str> = active.iter().filter_map(|l| l.split(':').next()).collect();
+        ids.sort_unstable();
+        let count = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "{inittab}");
+    }
+
     #[test]
     fn detects_static_and_dynamic_elf() {
         assert_eq!(is_static_elf(b"not an elf"), None);
@@ -585,6 +692,13 @@ mod tests {
         assert!(inittab.contains("::sysinit:/etc/init.d/rcS"));
         let os_release = fs::read_to_string(rootfs.join("etc/os-release")).expect("os-release");
         assert!(os_release.contains("PRETTY_NAME=\"Paddock busybox\""));
+        let template = template_dir(dir.path(), BUSYBOX);
+        assert_eq!(
+            metadata::read(&template).expect("metadata"),
+            Some(TemplateMetadata {
+                halt_signal: HaltSignal::BUSYBOX
+            })
+        );
         assert_eq!(list(dir.path()).expect("list"), vec![BUSYBOX.to_string()]);
 
         // A second build is a no-op: the marker survives.

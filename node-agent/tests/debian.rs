@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use paddock_agent::runtime::Power;
 use paddock_agent::template;
 
 #[test]
@@ -50,6 +51,45 @@ fn debian_12_template_boots() {
         sh_ok(&fixture.runtime, &vps_id, "cat /proc/1/comm").trim(),
         "init"
     );
+
+    // Stop sends the template's halt signal, SIGPWR (again if it came during the boot
+    // scripts, which sysvinit ignores): its powerwait entry shuts down through runlevel 0 to
+    // /etc/init.d/halt, the last script, which sources /etc/default/halt.
+    let template_dir = fixture
+        .state_dir
+        .path()
+        .join("templates")
+        .join(template::DEBIAN_12);
+    assert_eq!(
+        template::metadata::read(&template_dir)
+            .expect("template.conf")
+            .map(|m| m.halt_signal),
+        Some(template::metadata::HaltSignal::SYSVINIT),
+        "rebuild the debian-12 template with this agent: it predates template.conf"
+    );
+    sh_ok(
+        &fixture.runtime,
+        &vps_id,
+        "echo 'echo halted > /root/halt-ran; sync' >> /etc/default/halt",
+    );
+    debian.power = Power::Stopped;
+    let started = std::time::Instant::now();
+    fixture.runtime.apply(&debian).expect("stop");
+    eprintln!("debian-12 stopped in {:?}", started.elapsed());
+    assert!(!pid_running(init_pid));
+    debian.power = Power::Running;
+    let second_pid = running_pid(&fixture.runtime.apply(&debian).expect("start again"));
+    assert_eq!(
+        sh_ok(
+            &fixture.runtime,
+            &vps_id,
+            "cat /root/halt-ran 2>/dev/null || echo none"
+        )
+        .trim(),
+        "halted",
+        "the stop must run the shutdown to its end, not SIGKILL the init"
+    );
+
     fixture.runtime.delete(&vps_id).expect("delete");
-    fixture.assert_gone(&vps_id, &[init_pid]);
+    fixture.assert_gone(&vps_id, &[init_pid, second_pid]);
 }

@@ -58,6 +58,7 @@ pub use self::seccomp::SeccompError;
 pub use self::state::StateError;
 use self::state::{Layout, Phase, VpsState, STATE_VERSION};
 pub use self::supervisor::SupervisorError;
+use crate::template::metadata::{self, HaltSignal, HaltSignalSource, MetadataError};
 
 /// First argument that makes `paddock-agent` run a runtime helper instead of the agent.
 pub const INTERNAL_ARG: &str = "__internal";
@@ -205,6 +206,16 @@ pub enum RuntimeError {
     /// The requested template has not been built on this node.
     #[error("template {0} is not installed on this node")]
     TemplateMissing(String),
+    /// The VPS's template has unreadable or invalid metadata (`template.conf`).
+    #[error("vps {vps_id}: template {template}: {source}")]
+    TemplateMetadata {
+        /// The VPS.
+        vps_id: String,
+        /// Its template.
+        template: String,
+        /// What is wrong with the metadata.
+        source: MetadataError,
+    },
     /// apply asked for a different template than the VPS was created from (use rebuild).
     #[error("vps {vps_id} was created from template {current}, not {requested}")]
     TemplateMismatch {
@@ -407,7 +418,8 @@ impl Runtime {
     /// (in place, also on a running VPS), and starts or stops it to match `spec.power`.
     ///
     /// Blocks while starting (until the init has exec'd) and while stopping (up to
-    /// `stop_grace` plus the kill timeout).
+    /// `stop_grace` plus the kill timeout). A stop sends the init its template's halt signal
+    /// (see [`crate::template::metadata`]) as resolved when the init was started.
     pub fn apply(&self, spec: &VpsSpec) -> Result<VpsObserved, RuntimeError> {
         validate_spec(spec)?;
         let vps_id = spec.vps_id.as_str();
@@ -475,19 +487,15 @@ impl Runtime {
                         vps_id: vps_id.to_string(),
                         source,
                     })?;
-                let init = self.start(&mut st)?;
-                tracing::info!(vps_id, pid = init.pid, "started VPS");
+                let (init, halt_signal) = self.start(&mut st)?;
+                tracing::info!(vps_id, pid = init.pid, %halt_signal, "started VPS");
                 st.init = Some(init);
+                st.halt_signal = Some(halt_signal);
                 self.save(&st)?;
                 self.apply_io(&st, &cgroup)?;
             }
             (Power::Stopped, init) => {
-                supervisor::stop(init.as_ref(), &cgroup, self.config().stop_grace).map_err(
-                    |source| RuntimeError::Supervisor {
-                        vps_id: vps_id.to_string(),
-                        source,
-                    },
-                )?;
+                self.stop(&st, init.as_ref(), &cgroup)?;
                 if init.is_some() {
                     tracing::info!(vps_id, "stopped VPS");
                 }
@@ -715,6 +723,7 @@ impl Runtime {
             limits: spec.limits.clone(),
             power: Power::Stopped,
             init: None,
+            halt_signal: None,
             ids: None,
             rebuild_generation: spec.rebuild_generation,
         };
@@ -794,12 +803,7 @@ impl Runtime {
         }
         let cgroup = self.cgroup(&vps_id);
         let init = self.live_init(st)?;
-        supervisor::stop(init.as_ref(), &cgroup, self.config().stop_grace).map_err(|source| {
-            RuntimeError::Supervisor {
-                vps_id: vps_id.clone(),
-                source,
-            }
-        })?;
+        self.stop(st, init.as_ref(), &cgroup)?;
         st.init = None;
         let ids = self.allocate_ids(st)?;
         let rootfs = self.rootfs_layout(&vps_id, &st.template);
@@ -894,7 +898,65 @@ impl Runtime {
         })
     }
 
-    fn start(&self, st: &mut VpsState) -> Result<ProcessIdentity, RuntimeError> {
+    /// Graceful stop of `init` (the live init of `st`) with its halt signal, then SIGKILL for
+    /// whatever is left in the cgroup.
+    fn stop(
+        &self,
+        st: &VpsState,
+        init: Option<&ProcessIdentity>,
+        cgroup: &VpsCgroup,
+    ) -> Result<(), RuntimeError> {
+        let halt_signal = match (init, st.halt_signal) {
+            (Some(_), None) => self.legacy_halt_signal(st),
+            (_, halt_signal) => halt_signal.unwrap_or(HaltSignal::DEFAULT),
+        };
+        supervisor::stop(init, cgroup, halt_signal, self.config().stop_grace).map_err(|source| {
+            RuntimeError::Supervisor {
+                vps_id: st.vps_id.clone(),
+                source,
+            }
+        })
+    }
+
+    /// The halt signal for an init started by an agent from before halt signals: the
+    /// template's as it is now, or the signal those agents sent if that cannot be read.
+    fn legacy_halt_signal(&self, st: &VpsState) -> HaltSignal {
+        match self.template_halt_signal(st) {
+            Ok(halt_signal) => halt_signal,
+            Err(error) => {
+                tracing::warn!(
+                    vps_id = st.vps_id,
+                    %error,
+                    halt_signal = %HaltSignal::DEFAULT,
+                    "no halt signal recorded and the template's is unreadable; using the default"
+                );
+                HaltSignal::DEFAULT
+            }
+        }
+    }
+
+    /// The halt signal of `st`'s template: from its metadata, else guessed from its rootfs.
+    fn template_halt_signal(&self, st: &VpsState) -> Result<HaltSignal, RuntimeError> {
+        let dir = self.layout().template_dir(&st.template);
+        let (halt_signal, source) =
+            metadata::halt_signal(&dir).map_err(|source| RuntimeError::TemplateMetadata {
+                vps_id: st.vps_id.clone(),
+                template: st.template.clone(),
+                source,
+            })?;
+        if source == HaltSignalSource::Guessed {
+            tracing::info!(
+                vps_id = st.vps_id,
+                template = st.template,
+                %halt_signal,
+                "template has no metadata; halt signal guessed from its rootfs"
+            );
+        }
+        Ok(halt_signal)
+    }
+
+    /// Starts the init; returns it and the halt signal its template says stops it.
+    fn start(&self, st: &mut VpsState) -> Result<(ProcessIdentity, HaltSignal), RuntimeError> {
         let vps_id = st.vps_id.clone();
         let rootfs = self.rootfs_layout(&vps_id, &st.template);
         // Idempotent; also re-checks that the template is still there.
@@ -902,6 +964,8 @@ impl Runtime {
             vps_id: vps_id.clone(),
             source,
         })?;
+        // Read now, with the template the init boots from; kept for as long as the init runs.
+        let halt_signal = self.template_halt_signal(st)?;
         let ids = self.allocate_ids(st)?;
         let disk_err = |source| RuntimeError::Disk {
             vps_id: vps_id.clone(),
@@ -928,12 +992,14 @@ impl Runtime {
             console_pid_file: self.layout().vps_dir(&vps_id).join("console.pid"),
             ids,
         };
-        supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {
-            RuntimeError::Supervisor {
-                vps_id: vps_id.to_string(),
-                source,
-            }
-        })
+        let init =
+            supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {
+                RuntimeError::Supervisor {
+                    vps_id: vps_id.to_string(),
+                    source,
+                }
+            })?;
+        Ok((init, halt_signal))
     }
 
     /// The recorded init if it is still the same running process.

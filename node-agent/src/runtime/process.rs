@@ -175,13 +175,20 @@ impl Pidfd {
 
     /// Sends `signal`; a process that already exited is not an error.
     pub fn send_signal(&self, signal: Signal) -> Result<(), ProcessError> {
-        // SAFETY: pidfd_send_signal with a valid pidfd we own, a valid signal number, a null
-        // siginfo (the kernel fills in a default one) and no flags.
+        self.send_signal_number(signal as libc::c_int)
+    }
+
+    /// Sends the signal numbered `signo` (for realtime signals, which [`Signal`] lacks); a
+    /// process that already exited is not an error.
+    pub fn send_signal_number(&self, signo: libc::c_int) -> Result<(), ProcessError> {
+        // SAFETY: pidfd_send_signal with a valid pidfd we own, a signal number (the kernel
+        // rejects invalid ones with EINVAL), a null siginfo (the kernel fills in a default one)
+        // and no flags.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 self.fd.as_raw_fd(),
-                signal as libc::c_int,
+                signo,
                 std::ptr::null::<libc::siginfo_t>(),
                 0 as libc::c_uint,
             )

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::idmap::IdRange;
 use super::process::ProcessIdentity;
 use super::{Limits, Power};
+use crate::template::metadata::HaltSignal;
 
 /// Errors reading or writing runtime state.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,11 @@ pub(crate) struct VpsState {
     pub power: Power,
     /// The running init, if the runtime started one and has not seen it stop.
     pub init: Option<ProcessIdentity>,
+    /// The signal that halts `init` cleanly, resolved from the template when the init was last
+    /// started (so a template rebuilt or removed under a running VPS cannot change it). `None`
+    /// in records from before halt signals: resolved from the template at stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt_signal: Option<HaltSignal>,
     /// The host id range mapped into the VPS's user namespace.
     #[serde(default)]
     pub ids: Option<IdRange>,
@@ -127,8 +133,13 @@ impl Layout {
         self.vps_dir(vps_id).join("console.log")
     }
 
+    /// A template's directory: its `rootfs` and its metadata file.
+    pub fn template_dir(&self, template: &str) -> PathBuf {
+        self.templates_root().join(template)
+    }
+
     pub fn template_rootfs(&self, template: &str) -> PathBuf {
-        self.templates_root().join(template).join("rootfs")
+        self.template_dir(template).join("rootfs")
     }
 
     /// Creates the top-level directories.
@@ -247,6 +258,7 @@ mod tests {
                 start_time: 7,
                 boot_id: "b".into(),
             }),
+            halt_signal: Some(HaltSignal::SYSVINIT),
             ids: None,
             rebuild_generation: 0,
         }
@@ -275,6 +287,32 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty(), "temp files left behind");
+    }
+
+    #[test]
+    fn records_from_before_halt_signals_still_decode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout {
+            state_dir: dir.path().to_path_buf(),
+        };
+        layout.create_dirs().expect("dirs");
+        fs::create_dir(layout.vps_dir("old")).expect("mkdir");
+        let mut record = serde_json::to_value(sample("old")).expect("encode");
+        let fields = record.as_object_mut().expect("object");
+        assert_eq!(fields.remove("halt_signal"), Some("SIGPWR".into()));
+        fs::write(
+            layout.state_file("old"),
+            serde_json::to_vec(&record).expect("encode"),
+        )
+        .expect("write");
+        let state = layout.read_state("old").expect("read").expect("present");
+        assert_eq!(state.halt_signal, None);
+        assert_eq!(state.init, sample("old").init);
+
+        // No halt signal is written as no field at all, as before.
+        layout.write_state(&state).expect("write");
+        let text = fs::read_to_string(layout.state_file("old")).expect("read");
+        assert!(!text.contains("halt_signal"), "{text}");
     }
 
     #[test]

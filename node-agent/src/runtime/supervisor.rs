@@ -1,5 +1,6 @@
 //! Agent-side lifecycle of a VPS's processes: starting the init through the start helper,
-//! graceful stop (the init's power-off signal, then SIGKILL), and emptying the cgroup.
+//! graceful stop (the init's halt signal, from its template, then SIGKILL), and emptying the
+//! cgroup.
 //!
 //! The agent never waits on the init as a child: the init is reparented when the start helper
 //! exits, and is tracked by its recorded identity (pid + start time + boot id) and by cgroup
@@ -17,9 +18,11 @@ use super::cgroups::VpsCgroup;
 use super::helper::{StartReply, StartRequest, START};
 use super::process::{Pidfd, ProcessError, ProcessIdentity};
 use super::INTERNAL_ARG;
+use crate::template::metadata::HaltSignal;
 
-/// busybox init (and sysvinit-compatible inits) power off on SIGUSR2.
-pub const POWER_OFF_SIGNAL: Signal = Signal::SIGUSR2;
+/// When a stop sends the halt signal again if the init is still running (then after twice as
+/// long, and so on): see [`halt`].
+pub const HALT_RESEND_FIRST: Duration = Duration::from_secs(1);
 /// How long to wait for a cgroup to empty after SIGKILL before giving up.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -101,25 +104,50 @@ pub(crate) fn start_init(
     Ok(reply.init)
 }
 
-/// Graceful stop: the power-off signal to the init, up to `grace` for it to exit, then SIGKILL
-/// for everything left in the cgroup.
+/// Graceful stop: `halt_signal` to the init, repeated after [`HALT_RESEND_FIRST`], then at
+/// doubling intervals, for up to `grace`; then SIGKILL for everything left in the cgroup.
 pub(crate) fn stop(
     init: Option<&ProcessIdentity>,
     cgroup: &VpsCgroup,
+    halt_signal: HaltSignal,
     grace: Duration,
 ) -> Result<(), SupervisorError> {
     if let Some(pidfd) = open_init(init)? {
-        pidfd.send_signal(POWER_OFF_SIGNAL)?;
-        if !pidfd.wait_exit(grace)? {
+        if !halt(&pidfd, halt_signal, grace)? {
             tracing::warn!(
                 cgroup = cgroup.path(),
+                %halt_signal,
                 ?grace,
-                "init ignored power-off; killing"
+                "init did not halt on its halt signal; killing"
             );
             pidfd.send_signal(Signal::SIGKILL)?;
         }
     }
     kill_all(None, cgroup)
+}
+
+/// Sends `halt_signal` until the init exits or `grace` is over; returns whether it exited.
+///
+/// An init drops a halt signal that comes before it is ready for it: PID 1 of a pid namespace
+/// never gets a signal it has no handler for yet (busybox init before it installs them), and
+/// sysvinit forgets a SIGPWR that comes while its boot scripts run. Sending it again is
+/// harmless to inits that are already shutting down (busybox init, systemd and the
+/// `debian-12` inittab ignore or repeat an idempotent request) and saves a stop right after a
+/// start from always ending in SIGKILL.
+fn halt(pidfd: &Pidfd, halt_signal: HaltSignal, grace: Duration) -> Result<bool, SupervisorError> {
+    let deadline = Instant::now() + grace;
+    let mut interval = HALT_RESEND_FIRST;
+    loop {
+        pidfd.send_signal_number(halt_signal.number())?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if pidfd.wait_exit(interval.min(remaining))? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        interval = interval.saturating_mul(2);
+    }
 }
 
 /// Immediate kill: SIGKILL to the init (which takes its whole pid namespace with it), then to
