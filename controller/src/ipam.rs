@@ -319,6 +319,17 @@ pub fn parse_ipv6_prefix(text: &str) -> Option<(std::net::Ipv6Addr, u8)> {
     Some(((u128::from(address) & mask).into(), len))
 }
 
+/// Whether two IPv6 prefixes share any address (the shorter one contains
+/// the other's network); invalid prefixes overlap nothing.
+pub fn ipv6_prefixes_overlap(a: &str, b: &str) -> bool {
+    let (Some((a, a_len)), Some((b, b_len))) = (parse_ipv6_prefix(a), parse_ipv6_prefix(b)) else {
+        return false;
+    };
+    let shorter = a_len.min(b_len);
+    let mask = u128::MAX << (128 - u32::from(shorter));
+    u128::from(a) & mask == u128::from(b) & mask
+}
+
 /// The lowest `count` free IPv6 addresses of a prefix (from `::2`; `::1` is
 /// the gateway), or `None` if the prefix is invalid.
 pub fn allocate_ipv6(
@@ -500,6 +511,16 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_prefixes_overlap_when_one_contains_the_other() {
+        assert!(ipv6_prefixes_overlap("fd00:77::/64", "fd00:77::/64"));
+        assert!(ipv6_prefixes_overlap("fd00::/48", "fd00:0:0:5::/64"));
+        assert!(ipv6_prefixes_overlap("fd00:0:0:5::/64", "fd00::/48"));
+        assert!(!ipv6_prefixes_overlap("fd00:77::/64", "fd00:78::/64"));
+        assert!(!ipv6_prefixes_overlap("fd00:1::/48", "fd00:2::/48"));
+        assert!(!ipv6_prefixes_overlap("nope", "fd00::/48"));
+    }
+
+    #[test]
     fn macs_are_stable_local_unicast() {
         let mac = mac_for("0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a10");
         assert_eq!(mac, mac_for("0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a10"));
@@ -568,8 +589,28 @@ mod tests {
         );
         assert_eq!(store.dump().expect("dump"), before, "nothing changed");
         store
-            .create_pool(&pool("c", "n2", "10.78.0.0/24", "10.78.0.1"))
+            .create_pool(&PoolRecord {
+                ipv6_prefix: Some("fd00:77::/64".into()),
+                ..pool("c", "n2", "10.78.0.0/24", "10.78.0.1")
+            })
             .expect("disjoint");
+        // Disjoint IPv4, but an IPv6 prefix inside c's.
+        let err = store
+            .create_pool(&PoolRecord {
+                ipv6_prefix: Some("fd00:77::/48".into()),
+                ..pool("d", "n3", "10.79.0.0/24", "10.79.0.1")
+            })
+            .expect_err("IPv6 overlap");
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m.contains("(IPv6 fd00:77::/48) overlaps pool \"c\"")),
+            "{err}"
+        );
+        store
+            .create_pool(&PoolRecord {
+                ipv6_prefix: Some("fd00:78::/64".into()),
+                ..pool("e", "n3", "10.79.0.0/24", "10.79.0.1")
+            })
+            .expect("disjoint IPv6");
     }
 
     #[test]

@@ -872,6 +872,14 @@ impl Store for SledStore {
                         pool.name, other.name, other.cidr, other.node
                     )));
                 }
+                if let (Some(ours), Some(theirs)) = (&pool.ipv6_prefix, &other.ipv6_prefix) {
+                    if crate::ipam::ipv6_prefixes_overlap(ours, theirs) {
+                        return abort(StoreError::Conflict(format!(
+                            "pool {:?} (IPv6 {ours}) overlaps pool {:?} (IPv6 {theirs}) on node {}",
+                            pool.name, other.name, other.node
+                        )));
+                    }
+                }
             }
             // Every pool create reads and bumps the guard, so two concurrent
             // creates conflict and the retried one sees the other's pool.
