@@ -216,3 +216,62 @@ fn recorded_usage_matches_host_counters_across_an_agent_crash() {
     let leftovers = cluster.leftovers(&vps_id);
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A VPS restart starts its counters from zero (a new incarnation): what its
+/// earlier run used must not be counted again.
+#[test]
+fn a_restart_does_not_count_the_earlier_run_twice() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start().expect("start cluster");
+    cluster.add_tenant("acme").expect("tenant");
+    cluster
+        .cli_ok(&with(&["create", "again", "--plan", "nano", "--wait"]))
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", cluster.log("agent.log")));
+    let vps_id = cluster.json(&with(&["show", "again"])).expect("show")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let dirs = cluster.vps_cgroup_dirs(&vps_id);
+    let veth = cluster.host_veth(&vps_id);
+    let burn = "timeout 4 sh -c 'while :; do :; done'; true";
+
+    // First run: ~4 s of CPU, recorded once the samples after it arrived.
+    cluster.sh("acme", "again", burn);
+    let first = host_counters(&dirs, &veth).cpu_seconds;
+    cluster
+        .wait_until("first run recorded", Duration::from_secs(30), |c| {
+            let cpu = recorded(c, &vps_id)["cpu_seconds"].as_f64().unwrap_or(0.0);
+            Ok((cpu - first).abs() <= first * 0.02)
+        })
+        .expect("first run recorded");
+    let cgroup_inode = || {
+        use std::os::unix::fs::MetadataExt;
+        dirs.iter()
+            .find_map(|dir| std::fs::metadata(dir).ok())
+            .map(|meta| meta.ino())
+    };
+    let before_restart = cgroup_inode();
+
+    // Second run after a restart: ~4 s more.
+    cluster
+        .cli_ok(&with(&["restart", "again"]))
+        .expect("restart");
+    cluster.sh("acme", "again", burn);
+    let veth = cluster.host_veth(&vps_id);
+    let counter = host_counters(&dirs, &veth).cpu_seconds;
+    // The host counter covers the second run only if the cgroup is a new one.
+    let truth = if cgroup_inode() == before_restart {
+        counter
+    } else {
+        first + counter
+    };
+    assert!(truth > first + 2.0, "the second run burnt CPU: {truth}");
+    std::thread::sleep(Duration::from_secs(6));
+    let total = recorded(&cluster, &vps_id)["cpu_seconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    eprintln!("first run {first:.3} s, both runs {truth:.3} s, recorded {total:.3} s");
+    within_2_percent("cpu_seconds over two runs", total, truth);
+}

@@ -481,6 +481,16 @@ impl Runtime {
             (Power::Running, Some(_)) => self.apply_io(&st, &cgroup)?,
             (Power::Running, None) => {
                 self.kill(None, &cgroup, vps_id)?;
+                // Each run gets a new cgroup, so its counters start from zero
+                // under a new inode: metering sees a new incarnation and never
+                // counts an earlier run's CPU and IO again.
+                let cgroup_err = |source| RuntimeError::Cgroup {
+                    vps_id: vps_id.to_string(),
+                    source,
+                };
+                cgroup.delete().map_err(cgroup_err)?;
+                cgroup.create().map_err(cgroup_err)?;
+                cgroup.apply_limits(&spec.limits).map_err(cgroup_err)?;
                 cgroup
                     .apply_device_policy()
                     .map_err(|source| RuntimeError::Cgroup {
