@@ -9,12 +9,17 @@
 mod common;
 mod net_support;
 
-use std::net::TcpListener;
+use std::net::{Ipv6Addr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
 use common::require_root;
-use net_support::{blast, measure, network, port, unique_names, Netns};
+use net_support::packet::{
+    advert, icmpv6, ipv6_frame, multicast_mac, option, router_solicit, send_frames, solicit,
+    solicited_node, Addresses, Capture, DESTINATION_OPTIONS, FRAGMENT, ICMPV6, NEIGHBOR_ADVERT,
+    NEIGHBOR_SOLICIT, NONCE, ROUTER_SOLICIT, SOURCE_LLA, TARGET_LLA,
+};
+use net_support::{blast, dual_stack, measure, network, port, unique_names, Netns};
 use paddock_agent::network::{host_ifname, ifb_ifname, Network, NetworkConfig};
 
 fn link_exists(name: &str) -> bool {
@@ -173,14 +178,8 @@ async fn ports_connect_and_a_restart_repairs_and_removes_leftovers() {
     let b_id = format!("b-{}", std::process::id());
     // Dual stack: IPv6 addresses from fd00:<n>::/64 with ::1 on the bridge.
     let v6_prefix = format!("fd00:{:x}", std::process::id() & 0xffff);
-    let dual = |mut spec: paddock_agent::network::PortSpec, host: u8| {
-        spec.addresses
-            .push(format!("{v6_prefix}::{host:x}/64").parse().expect("v6"));
-        spec.gateway6 = Some(format!("{v6_prefix}::1").parse().expect("gw6"));
-        spec
-    };
-    let a_spec = dual(port(&a_id, &subnet, 10, 0, 0), 10);
-    let b_spec = dual(port(&b_id, &subnet, 11, 10_000_000, 0), 11);
+    let a_spec = dual_stack(port(&a_id, &subnet, 10, 0, 0), &v6_prefix, 10);
+    let b_spec = dual_stack(port(&b_id, &subnet, 11, 10_000_000, 0), &v6_prefix, 11);
     network.ensure_port(&a_spec, a.pid()).await.expect("a");
     network.ensure_port(&b_spec, b.pid()).await.expect("b");
     // Idempotent: a second apply changes nothing.
@@ -302,4 +301,239 @@ async fn ports_connect_and_a_restart_repairs_and_removes_leftovers() {
         "no persisted port left"
     );
     restarted.teardown().await.expect("teardown");
+}
+
+/// Whether `from` reaches each address by ping6 within about 5 s (duplicate
+/// address detection takes about a second after a port comes up).
+fn ping6_all(from: &Netns, to: &[Ipv6Addr]) -> bool {
+    to.iter().all(|address| {
+        (0..20).any(|_| {
+            let ok = from.command(&[
+                "busybox",
+                "ping6",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                &address.to_string(),
+            ]);
+            if !ok {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            ok
+        })
+    })
+}
+
+/// A VPS speaks Neighbor Discovery only for itself. Crafted frames from its
+/// eth0: advertisements (or duplicate address probes) for another VPS's or the
+/// gateway's address, link-layer address options with another MAC, and ND
+/// behind extension headers never leave its port, so neither the host nor the
+/// other VPS learns a poisoned neighbour; its own claims, resolving neighbours
+/// and real IPv6 traffic still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbor_discovery_speaks_only_for_the_port() {
+    if !require_root() {
+        return;
+    }
+    let (bridge, subnet) = unique_names('n');
+    let state = tempfile::tempdir().expect("tempdir");
+    let (network, _guard) = network(&bridge, &state).await;
+    let attacker = Netns::new();
+    let victim = Netns::new();
+    let a_id = format!("nd-a-{}", std::process::id());
+    let b_id = format!("nd-b-{}", std::process::id());
+    // A /64 of this test's own, derived from its unique IPv4 subnet.
+    let v6_prefix = format!("fd00:{}", subnet.replace('.', ":"));
+    let a_spec = dual_stack(port(&a_id, &subnet, 10, 0, 0), &v6_prefix, 10);
+    let b_spec = dual_stack(port(&b_id, &subnet, 11, 0, 0), &v6_prefix, 11);
+    network
+        .ensure_port(&a_spec, attacker.pid())
+        .await
+        .expect("a");
+    network.ensure_port(&b_spec, victim.pid()).await.expect("b");
+    let ip6 = |host: u16| -> Ipv6Addr { format!("{v6_prefix}::{host:x}").parse().expect("v6") };
+    let (a6, b6, gw6) = (ip6(0xa), ip6(0xb), ip6(1));
+    let (a_mac, b_mac) = (a_spec.mac.0, b_spec.mac.0);
+    let (a_ll, b_ll) = (a_spec.mac.ipv6_link_local(), b_spec.mac.ipv6_link_local());
+    // b and the host know each other: the neighbour entries a would poison.
+    assert!(
+        ping6_all(&victim, &[gw6, a6]),
+        "b reaches the gateway and a over IPv6"
+    );
+
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("ff02::1");
+    let all_routers: Ipv6Addr = "ff02::2".parse().expect("ff02::2");
+    let from = |src: Ipv6Addr, dst: Ipv6Addr| Addresses {
+        src_mac: a_mac,
+        dst_mac: multicast_mac(dst),
+        src,
+        dst,
+    };
+    let nd = |addresses: Addresses, icmp_type: u8, body: Vec<u8>| {
+        let message = icmpv6(addresses.src, addresses.dst, icmp_type, &body);
+        ipv6_frame(&addresses, ICMPV6, &message)
+    };
+    let na = |target: Ipv6Addr, options: &[[u8; 8]]| {
+        nd(
+            from(a_ll, all_nodes),
+            NEIGHBOR_ADVERT,
+            advert(target, options),
+        )
+    };
+    let resolve = |target: Ipv6Addr, source_lla: [u8; 6]| {
+        nd(
+            from(a_ll, solicited_node(target)),
+            NEIGHBOR_SOLICIT,
+            solicit(target, &[option(SOURCE_LLA, source_lla)]),
+        )
+    };
+    let probe = |target: Ipv6Addr| {
+        nd(
+            from(Ipv6Addr::UNSPECIFIED, solicited_node(target)),
+            NEIGHBOR_SOLICIT,
+            solicit(target, &[option(NONCE, [1, 2, 3, 4, 5, 6])]),
+        )
+    };
+    let rs = |source_lla: [u8; 6]| {
+        nd(
+            from(a_ll, all_routers),
+            ROUTER_SOLICIT,
+            router_solicit(&[option(SOURCE_LLA, source_lla)]),
+        )
+    };
+    let own_tlla = option(TARGET_LLA, a_mac);
+    let b_tlla = option(TARGET_LLA, b_mac);
+    let with_destination_options = {
+        let message = icmpv6(a_ll, all_nodes, NEIGHBOR_ADVERT, &advert(a6, &[own_tlla]));
+        let mut payload = vec![ICMPV6, 0, 1, 4, 0, 0, 0, 0];
+        payload.extend_from_slice(&message);
+        ipv6_frame(&from(a_ll, all_nodes), DESTINATION_OPTIONS, &payload)
+    };
+    // The target is in the second fragment, out of the filter's reach.
+    let (first_fragment, second_fragment) = {
+        let message = icmpv6(a_ll, all_nodes, NEIGHBOR_ADVERT, &advert(b6, &[own_tlla]));
+        let fragment = |offset_flags: u16, part: &[u8]| {
+            let mut payload = vec![ICMPV6, 0];
+            payload.extend_from_slice(&offset_flags.to_be_bytes());
+            payload.extend_from_slice(&0x5eed_u32.to_be_bytes());
+            payload.extend_from_slice(part);
+            ipv6_frame(&from(a_ll, all_nodes), FRAGMENT, &payload)
+        };
+        (fragment(0x0001, &message[..8]), fragment(8, &message[8..]))
+    };
+    let attempts: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("NA for its own address", na(a6, &[own_tlla]), true),
+        (
+            "NA for its own link-local address, no option",
+            na(a_ll, &[]),
+            true,
+        ),
+        ("NS resolving b", resolve(b6, a_mac), true),
+        ("NS resolving the gateway", resolve(gw6, a_mac), true),
+        (
+            "duplicate address probe for its own address",
+            probe(a6),
+            true,
+        ),
+        ("RS", rs(a_mac), true),
+        ("NA claiming b's address", na(b6, &[own_tlla]), false),
+        (
+            "NA claiming b's link-local address",
+            na(b_ll, &[own_tlla]),
+            false,
+        ),
+        (
+            "NA claiming the gateway's address",
+            na(gw6, &[own_tlla]),
+            false,
+        ),
+        (
+            "NA claiming the gateway's address, no option",
+            na(gw6, &[]),
+            false,
+        ),
+        (
+            "NA for its own address with b's MAC",
+            na(a6, &[b_tlla]),
+            false,
+        ),
+        (
+            "NA for its own address with b's MAC as a second option",
+            na(a6, &[option(NONCE, [0; 6]), b_tlla]),
+            false,
+        ),
+        ("NS with b's MAC as source", resolve(gw6, b_mac), false),
+        ("duplicate address probe for b's address", probe(b6), false),
+        ("RS with b's MAC as source", rs(b_mac), false),
+        (
+            "NA for its own address behind a destination options header",
+            with_destination_options,
+            false,
+        ),
+        (
+            "first fragment of an NA claiming b's address",
+            first_fragment,
+            false,
+        ),
+    ];
+
+    let b_port = host_ifname(&b_id);
+    let on_bridge = Capture::start(&bridge);
+    let on_b = Capture::start(&b_port);
+    let mut frames: Vec<Vec<u8>> = attempts.iter().map(|(_, frame, _)| frame.clone()).collect();
+    // Unclassifiable alone, and never reassembled without the first fragment.
+    frames.push(second_fragment);
+    send_frames(&attacker, "eth0", frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let bridge_frames = on_bridge.finish();
+    let b_frames = on_b.finish();
+    let mut wrong = Vec::new();
+    for (what, frame, delivered) in &attempts {
+        for (frames, who) in [(&bridge_frames, "the host"), (&b_frames, "b")] {
+            if frames.contains(frame) != *delivered {
+                let verb = if *delivered { "did not get" } else { "got" };
+                wrong.push(format!("{who} {verb} a's {what}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Nobody learned a's MAC for an address that is not a's.
+    let a_mac_text = a_spec.mac.to_string();
+    let host_neighbours = Command::new("ip")
+        .args(["-6", "neigh", "show", "dev", &bridge])
+        .output()
+        .expect("ip neigh");
+    let host_neighbours = String::from_utf8_lossy(&host_neighbours.stdout);
+    let b_neighbours = victim.output(&["ip", "-6", "neigh", "show", "dev", "eth0"]);
+    for (neighbours, who) in [(&*host_neighbours, "the host"), (&*b_neighbours, "b")] {
+        for line in neighbours.lines().filter(|line| line.contains(&a_mac_text)) {
+            assert!(
+                line.starts_with(&format!("{a6} ")) || line.starts_with(&format!("{a_ll} ")),
+                "{who} maps another address to a's MAC: {line}"
+            );
+        }
+    }
+
+    // Real neighbour resolution still works, from scratch.
+    for netns in [&attacker, &victim] {
+        assert!(netns.command(&["ip", "-6", "neigh", "flush", "dev", "eth0"]));
+    }
+    assert!(Command::new("ip")
+        .args(["-6", "neigh", "flush", "dev", &bridge])
+        .status()
+        .expect("ip neigh flush")
+        .success());
+    assert!(
+        ping6_all(&attacker, &[b6, gw6, b_ll]),
+        "a resolves and reaches b and the gateway"
+    );
+    assert!(ping6_all(&victim, &[a6]), "b resolves and reaches a");
+
+    network.remove_port(&a_id).await.expect("remove a");
+    network.remove_port(&b_id).await.expect("remove b");
+    assert!(!nft_table("bridge", &bridge).contains("drop"));
+    network.teardown().await.expect("teardown");
+    assert!(!link_exists(&bridge));
 }

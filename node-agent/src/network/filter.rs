@@ -128,18 +128,87 @@ fn bridge_table(out: &mut String, table: &str, ports: &[PortRules]) {
                 set(&v4)
             );
         }
+        // Only routers advertise or redirect.
         let _ = writeln!(
             out,
-            "\t\tether type ip6 icmpv6 type nd-router-advert counter drop"
+            "\t\tether type ip6 icmpv6 type {{ nd-router-advert, nd-redirect }} counter drop"
         );
         let _ = writeln!(
             out,
             "\t\tether type ip6 ip6 saddr != {} counter drop",
             set(&v6)
         );
+        neighbor_discovery(out, port);
         let _ = writeln!(out, "\t}}");
     }
     let _ = writeln!(out, "}}");
+}
+
+/// Neighbor Discovery from a port speaks only for the port, so a VPS cannot
+/// poison the neighbour caches of the host and the other VPSes: an
+/// advertisement, or a duplicate address probe (source `::`), only for the
+/// port's own addresses, and link-layer address options only with its MAC.
+/// Solicitations for other targets from a real source are how neighbours are
+/// resolved and pass.
+///
+/// nft 1.0.6 has no keywords for ND targets and options, so they are matched
+/// as raw payload at fixed offsets from the ICMPv6 header (`@th`). That is only
+/// sound for ND shaped the way a host's kernel sends it, so every other shape
+/// is dropped: ND behind extension headers (they could also push the target
+/// into a second fragment, RFC 6980), and more than one option (an option
+/// further on could carry another MAC). A message too short to hold its target
+/// is not matched here; every receiver (each runs the host's kernel) drops it.
+fn neighbor_discovery(out: &mut String, port: &PortRules) {
+    const SOLICIT_ADVERT: &str = "{ nd-neighbor-solicit, nd-neighbor-advert }";
+    let mac = mac_hex(port.mac);
+    let targets: Vec<String> = std::iter::once(port.mac.ipv6_link_local())
+        .chain(port.addresses.iter().filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        }))
+        .map(|v6| format!("0x{:032x}", u128::from(v6)))
+        .collect();
+    let targets = set(&targets);
+    let _ = writeln!(
+        out,
+        "\t\tether type ip6 ip6 nexthdr != ipv6-icmp icmpv6 type \
+         {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} counter drop"
+    );
+    // A probe for another's address would fail that VPS's (or the gateway's) DAD.
+    let _ = writeln!(
+        out,
+        "\t\tether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != {targets} counter drop"
+    );
+    let _ = writeln!(
+        out,
+        "\t\tether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128 != {targets} counter drop"
+    );
+    // RS options start at byte 8, NS and NA options at byte 24.
+    let _ = writeln!(
+        out,
+        "\t\tether type ip6 icmpv6 type nd-router-solicit ip6 length > 16 counter drop"
+    );
+    let _ = writeln!(
+        out,
+        "\t\tether type ip6 icmpv6 type {SOLICIT_ADVERT} ip6 length > 32 counter drop"
+    );
+    let _ = writeln!(
+        out,
+        "\t\tether type ip6 icmpv6 type nd-router-solicit @th,64,8 1 @th,80,48 != {mac} counter drop"
+    );
+    let _ = writeln!(
+        out,
+        "\t\tether type ip6 icmpv6 type {SOLICIT_ADVERT} @th,192,8 {{ 1, 2 }} @th,208,48 != {mac} counter drop"
+    );
+}
+
+/// A MAC as the 48-bit integer raw payload matches compare with.
+fn mac_hex(mac: MacAddr) -> String {
+    let m = mac.0;
+    format!(
+        "0x{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// The script that removes both tables of `bridge` (nothing left behind).
@@ -211,8 +280,15 @@ table bridge paddock_pdk0 {
 \t\tether type arp arp saddr ether != 02:11:22:33:44:55 counter drop
 \t\tether type arp arp saddr ip != { 10.77.0.10 } counter drop
 \t\tether type ip ip saddr != { 10.77.0.10 } counter drop
-\t\tether type ip6 icmpv6 type nd-router-advert counter drop
+\t\tether type ip6 icmpv6 type { nd-router-advert, nd-redirect } counter drop
 \t\tether type ip6 ip6 saddr != { fe80::11:22ff:fe33:4455, :: } counter drop
+\t\tether type ip6 ip6 nexthdr != ipv6-icmp icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } counter drop
+\t\tether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != { 0xfe80000000000000001122fffe334455 } counter drop
+\t\tether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128 != { 0xfe80000000000000001122fffe334455 } counter drop
+\t\tether type ip6 icmpv6 type nd-router-solicit ip6 length > 16 counter drop
+\t\tether type ip6 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 length > 32 counter drop
+\t\tether type ip6 icmpv6 type nd-router-solicit @th,64,8 1 @th,80,48 != 0x021122334455 counter drop
+\t\tether type ip6 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,192,8 { 1, 2 } @th,208,48 != 0x021122334455 counter drop
 \t}
 }
 table ip paddock_pdk0 {}
@@ -246,6 +322,30 @@ table ip paddock_pdk0 {
             "{text}"
         );
         assert!(text.contains("oifname \"eth9\" masquerade"), "{text}");
+    }
+
+    #[test]
+    fn neighbor_discovery_targets_are_the_ports_own_addresses() {
+        let mut port = port();
+        port.addresses.push("fd00::10".parse().expect("ip"));
+        let text = ruleset("pdk0", &[port], &[], None);
+        let own = "{ 0xfe80000000000000001122fffe334455, 0xfd000000000000000000000000000010 }";
+        assert!(
+            text.contains(&format!(
+                "icmpv6 type nd-neighbor-advert @th,64,128 != {own} counter drop"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128 != {own} counter drop"
+            )),
+            "{text}"
+        );
+        assert_eq!(
+            mac_hex("02:0a:bb:0c:dd:ff".parse().expect("mac")),
+            "0x020abb0cddff"
+        );
     }
 
     #[test]

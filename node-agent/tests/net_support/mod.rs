@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod packet;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -69,6 +71,18 @@ impl Netns {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    /// Runs a command inside this namespace and returns its stdout (empty if it failed to start).
+    pub fn output(&self, args: &[&str]) -> String {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -146,6 +160,14 @@ pub fn port(vps_id: &str, subnet: &str, host: u8, egress_bps: u64, ingress_bps: 
         nat: false,
         pool: Some(format!("{subnet}.0/24").parse().expect("pool")),
     }
+}
+
+/// Adds `<v6_prefix>::<host>/64` to `spec`, with `<v6_prefix>::1` as the IPv6 gateway.
+pub fn dual_stack(mut spec: PortSpec, v6_prefix: &str, host: u8) -> PortSpec {
+    spec.addresses
+        .push(format!("{v6_prefix}::{host:x}/64").parse().expect("v6"));
+    spec.gateway6 = Some(format!("{v6_prefix}::1").parse().expect("gw6"));
+    spec
 }
 
 /// Bytes per second a receiver got over `duration`, after a `warmup` that is not counted.
