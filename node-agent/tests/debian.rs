@@ -29,6 +29,29 @@ fn debian_12_template_boots() {
     debian.limits.memory_bytes = 256 << 20;
     debian.limits.disk_bytes = 256 << 20;
     let init_pid = running_pid(&fixture.runtime.apply(&debian).expect("apply"));
+    // sysvinit closes its stdio and reopens /dev/console for every message and script: the
+    // console supervisor must stay through that, so the boot is on the console and in its log.
+    let supervisor = fixture
+        .runtime
+        .console_supervisor_pid(&vps_id)
+        .expect("console supervisor pid");
+    let log_path = fixture.runtime.console_log_path(&vps_id);
+    wait_until(
+        "the end of the boot in console.log",
+        std::time::Duration::from_secs(60),
+        || {
+            std::fs::read(&log_path).is_ok_and(|log| {
+                String::from_utf8_lossy(&log).contains("INIT: Entering runlevel: 2")
+            })
+        },
+    );
+    let log = String::from_utf8_lossy(&std::fs::read(&log_path).expect("console log")).into_owned();
+    eprintln!("debian-12 console.log:\n{log}");
+    assert!(log.contains("INIT: version"), "console.log: {log}");
+    assert!(
+        pid_running(supervisor),
+        "the console supervisor exited during the boot"
+    );
     let version = sh_ok(&fixture.runtime, &vps_id, "cat /etc/debian_version");
     assert!(version.starts_with("12"), "{version}");
     assert_eq!(sh_ok(&fixture.runtime, &vps_id, "id -u").trim(), "0");
@@ -91,5 +114,5 @@ fn debian_12_template_boots() {
     );
 
     fixture.runtime.delete(&vps_id).expect("delete");
-    fixture.assert_gone(&vps_id, &[init_pid, second_pid]);
+    fixture.assert_gone(&vps_id, &[init_pid, second_pid, supervisor]);
 }

@@ -6,9 +6,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Command;
 
 use common::*;
 use paddock_agent::runtime::{ObservedState, Power, VpsSpec};
@@ -25,35 +22,6 @@ fn init_script(halts_on: &str, ignores: &str) -> String {
          echo \"paddock-test: init up, halts on {halts_on}\"\n\
          while :; do sleep 1 & wait $!; done\n"
     )
-}
-
-/// A copy of the fixture's busybox template named `name` whose `/sbin/init` is `script`, with
-/// `metadata` as its `template.conf` (none: a template from before metadata). Lives in the
-/// fixture's state dir, so it goes with it.
-fn script_template(
-    fixture: &Fixture,
-    name: &str,
-    script: &str,
-    metadata: Option<&TemplateMetadata>,
-) -> PathBuf {
-    let templates = fixture.state_dir.path().join("templates");
-    let dir = templates.join(name);
-    fs::create_dir(&dir).expect("template dir");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(templates.join("busybox/rootfs"))
-        .arg(dir.join("rootfs"))
-        .status()
-        .expect("run cp");
-    assert!(status.success(), "copying the busybox rootfs");
-    let init = dir.join("rootfs/sbin/init");
-    fs::remove_file(&init).expect("remove busybox init link");
-    fs::write(&init, script).expect("write init script");
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).expect("chmod init");
-    if let Some(metadata) = metadata {
-        metadata::write(&dir, metadata).expect("write template.conf");
-    }
-    dir
 }
 
 fn script_spec(vps_id: &str, template: &str) -> VpsSpec {

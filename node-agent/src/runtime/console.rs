@@ -5,24 +5,35 @@
 //! The supervisor keeps the last [`SCROLLBACK_BYTES`] of output, appends everything to the
 //! console log, and serves clients on `vps/<id>/console.sock` with a tiny framed protocol
 //! ([`Frame`]): an attach (with or without scrollback), input bytes and window sizes in; raw
-//! output bytes out. It exits when the VPS's last process closes the slave (the master reads
-//! EIO) and lives in the VPS's cgroup, so stopping or deleting the VPS also ends it.
+//! output bytes out.
+//!
+//! It never blocks: the pty is always drained into the log and the scrollback, each client
+//! gets at most [`CLIENT_BACKLOG_BYTES`] of queued output and is disconnected when it falls
+//! further behind (like a Redis or NATS slow consumer; it can attach again with the
+//! scrollback), and input the VPS does not read waits in the clients' sockets.
+//!
+//! It keeps its own fd of the slave, so the console survives an init that closes its stdio
+//! and reopens `/dev/console` (sysvinit does, for every boot message), and exits when the
+//! init exits (a pidfd on the identity the start helper reports). It lives in the VPS's cgroup,
+//! so stopping or deleting the VPS also ends it.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
 use nix::unistd::{chown, dup2, fork, setsid, ForkResult, Gid, Uid};
 
 use super::idmap::IdRange;
+use super::process::{Pidfd, ProcessIdentity};
 
 /// Output kept for clients that attach later.
 pub const SCROLLBACK_BYTES: usize = 64 * 1024;
@@ -92,24 +103,34 @@ pub enum Frame {
 /// Takes complete frames off the front of `buffer`. Unknown types are skipped.
 pub fn decode_frames(buffer: &mut Vec<u8>) -> Vec<Frame> {
     let mut frames = Vec::new();
-    while buffer.len() >= 3 {
-        let len = usize::from(u16::from_be_bytes([buffer[1], buffer[2]]));
-        if buffer.len() < 3 + len {
-            break;
-        }
-        let payload: Vec<u8> = buffer[3..3 + len].to_vec();
-        match buffer[0] {
-            FRAME_DATA => frames.push(Frame::Data(payload)),
-            FRAME_RESIZE if len == 4 => frames.push(Frame::Resize(
-                u16::from_be_bytes([payload[0], payload[1]]),
-                u16::from_be_bytes([payload[2], payload[3]]),
-            )),
-            FRAME_ATTACH => frames.push(Frame::Attach(payload.first().is_some_and(|b| *b != 0))),
-            _ => {}
-        }
-        buffer.drain(..3 + len);
+    let mut consumed = 0;
+    while let Some((len, frame)) = peek_frame(&buffer[consumed..]) {
+        consumed += len;
+        frames.extend(frame);
     }
+    buffer.drain(..consumed);
     frames
+}
+
+/// The largest encoded frame.
+const MAX_FRAME_BYTES: usize = 3 + u16::MAX as usize;
+
+/// The first complete frame of `buffer`, if there is one, and its encoded length; the frame is
+/// `None` for an unknown type (skipped).
+fn peek_frame(buffer: &[u8]) -> Option<(usize, Option<Frame>)> {
+    let header = buffer.get(..3)?;
+    let len = usize::from(u16::from_be_bytes([header[1], header[2]]));
+    let payload = buffer.get(3..3 + len)?;
+    let frame = match header[0] {
+        FRAME_DATA => Some(Frame::Data(payload.to_vec())),
+        FRAME_RESIZE if len == 4 => Some(Frame::Resize(
+            u16::from_be_bytes([payload[0], payload[1]]),
+            u16::from_be_bytes([payload[2], payload[3]]),
+        )),
+        FRAME_ATTACH => Some(Frame::Attach(payload.first().is_some_and(|b| *b != 0))),
+        _ => None,
+    };
+    Some((3 + len, frame))
 }
 
 /// The console's pty, allocated in the host's devpts by the start helper.
@@ -157,14 +178,28 @@ pub(crate) struct SupervisorPaths {
     pub pid_file: PathBuf,
 }
 
-/// Forks the console supervisor, which takes over the pty master. `before_loop` runs in the
-/// child first (the start helper passes "join the VPS cgroup"). Call from the single-threaded
-/// start helper; the child never returns.
+/// The start helper's end of its link to the console supervisor: tells the supervisor which
+/// process is the VPS's init, whose exit ends the supervisor. Dropped unsent (the start
+/// failed), it ends the supervisor too.
+pub(crate) struct InitReport(UnixStream);
+
+impl InitReport {
+    /// Sends the init's identity; the supervisor opens a pidfd on it.
+    pub fn send(mut self, init: &ProcessIdentity) -> io::Result<()> {
+        let report = serde_json::to_vec(init).map_err(io::Error::other)?;
+        self.0.write_all(&report)
+    }
+}
+
+/// Forks the console supervisor, which takes over the pty master and keeps its own slave fd.
+/// `before_loop` runs in the child first (the start helper passes "join the VPS cgroup").
+/// Call from the single-threaded start helper; the child never returns. The caller reports the
+/// init through the returned [`InitReport`] once it runs.
 pub(crate) fn spawn_supervisor(
     pty: &ConsolePty,
     paths: &SupervisorPaths,
     before_loop: impl FnOnce() -> bool,
-) -> Result<(), ConsoleError> {
+) -> Result<InitReport, ConsoleError> {
     let _ = fs::remove_file(&paths.socket);
     let listener = UnixListener::bind(&paths.socket).map_err(|source| ConsoleError::Io {
         operation: "bind",
@@ -190,14 +225,24 @@ pub(crate) fn spawn_supervisor(
             path: paths.log.clone(),
             source,
         })?;
+    let (report, init_link) = UnixStream::pair().map_err(|source| ConsoleError::Io {
+        operation: "socketpair for",
+        path: paths.socket.clone(),
+        source,
+    })?;
     // SAFETY: the start helper is single-threaded, so the child is a complete copy.
     match unsafe { fork() }.map_err(sys_err("fork console supervisor"))? {
-        ForkResult::Parent { .. } => Ok(()),
+        ForkResult::Parent { .. } => {
+            drop(init_link);
+            Ok(InitReport(report))
+        }
         ForkResult::Child => {
-            // The supervisor must not hold the slave, or the master never reads EIO.
-            // SAFETY: closes this process's copy of the slave fd; the OwnedFd in this copy of
-            // the memory is never dropped (the child only _exits).
-            unsafe { libc::close(pty.slave.as_raw_fd()) };
+            // Only the helper may hold the report end: its close is how a failed start shows.
+            drop(report);
+            // The supervisor keeps its copy of the slave open for as long as it runs (this copy
+            // of the memory is never dropped; the child only _exits). With no slave fd open
+            // the master reads EIO and polls POLLHUP, which is what sysvinit causes on every
+            // boot by closing its stdio and reopening /dev/console per message.
             let _ = setsid();
             // Never hold the helper's stdout/stderr pipes: the agent reads them to EOF.
             if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
@@ -208,11 +253,13 @@ pub(crate) fn spawn_supervisor(
             let _ = fs::write(&paths.pid_file, std::process::id().to_string());
             // Charged to the VPS's memory cgroup, but never the one its OOM killer picks.
             let _ = fs::write("/proc/self/oom_score_adj", "-1000");
-            let code = if before_loop() {
-                serve(&pty.master, listener, log);
-                0
-            } else {
-                1
+            let master = pty.master.as_fd().try_clone_to_owned().map(File::from);
+            let code = match master {
+                Ok(master) if before_loop() => {
+                    serve(master, listener, log, init_link);
+                    0
+                }
+                _ => 1,
             };
             let _ = fs::remove_file(&paths.socket);
             // SAFETY: _exit is always sound and never returns.
@@ -221,36 +268,340 @@ pub(crate) fn spawn_supervisor(
     }
 }
 
+/// Output queued for one client at most. A client that falls further behind (it stopped
+/// reading) is disconnected; it can attach again with the scrollback.
+pub const CLIENT_BACKLOG_BYTES: usize = 256 * 1024;
+/// Clients served at once; further connections are closed straight away.
+pub const MAX_CLIENTS: usize = 16;
+/// Console input taken from clients while the VPS has not read it yet. Beyond it, a client's
+/// input waits in its own socket (that client is not read), so one client typing into a VPS
+/// that does not read its console holds up only itself. At least one frame.
+const INPUT_BACKLOG_BYTES: usize = 64 * 1024;
+/// One read from the master or a client.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Reads from the master per wakeup, so a flood of output cannot starve clients' input.
+const MASTER_READS_PER_WAKEUP: usize = 8;
+/// Reads from the master after the init exited, for what it printed last.
+const FINAL_READS: usize = 64;
+/// How long the master is left out of the poll set after it reported a hangup (no slave fd
+/// open, which the supervisor's own slave fd should prevent), so a hangup is no busy loop.
+const HANGUP_BACKOFF: Duration = Duration::from_millis(100);
+/// The largest init report the supervisor accepts (it is a short JSON object).
+const MAX_INIT_REPORT_BYTES: usize = 4096;
+
+/// Bytes accepted for a non-blocking writer but not written yet, at most `limit`.
+struct Backlog {
+    bytes: VecDeque<u8>,
+    limit: usize,
+}
+
+impl Backlog {
+    fn new(limit: usize) -> Self {
+        Self {
+            bytes: VecDeque::new(),
+            limit,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Queues `bytes` if they fit under the limit; returns whether they did.
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        let needed = self.bytes.len() + bytes.len();
+        if needed > self.limit {
+            return false;
+        }
+        if needed > self.bytes.capacity() {
+            // Grow by doubling, but never past the limit.
+            let target = (self.bytes.capacity() * 2).clamp(needed, self.limit);
+            self.bytes.reserve_exact(target - self.bytes.len());
+        }
+        self.bytes.extend(bytes);
+        true
+    }
+
+    /// Writes as much as `writer` takes without blocking. An error means the writer is
+    /// unusable (closed, reset); `WouldBlock` is not one.
+    fn flush(&mut self, writer: &mut impl Write) -> io::Result<()> {
+        loop {
+            let (front, _) = self.bytes.as_slices();
+            if front.is_empty() {
+                return Ok(());
+            }
+            match writer.write(front) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.bytes.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 struct Client {
     stream: UnixStream,
+    /// Frames read but not acted on yet: an incomplete one, or input waiting for room in the
+    /// input backlog. The client is read only while this holds less than one frame.
     input: Vec<u8>,
+    output: Backlog,
     attached: bool,
+    alive: bool,
+}
+
+impl Client {
+    fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            input: Vec::new(),
+            output: Backlog::new(CLIENT_BACKLOG_BYTES),
+            attached: false,
+            alive: true,
+        }
+    }
+
+    /// Queues console output for this client and writes what its socket takes now. A client
+    /// whose backlog would overflow is disconnected.
+    fn send(&mut self, bytes: &[u8]) {
+        if !self.alive {
+            return;
+        }
+        self.flush();
+        if !self.output.push(bytes) {
+            self.alive = false;
+            return;
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if self.alive && self.output.flush(&mut self.stream).is_err() {
+            self.alive = false;
+        }
+    }
+}
+
+/// What the supervisor does with the pty master: everything it reads goes to the log, the
+/// scrollback and the attached clients; clients' input goes to it without ever blocking.
+struct Console {
+    master: File,
+    log: File,
+    scrollback: VecDeque<u8>,
+    input: Backlog,
+    buffer: Vec<u8>,
+}
+
+/// What reading the master found.
+#[derive(Debug, PartialEq, Eq)]
+enum MasterState {
+    /// Nothing more to read for now.
+    Open,
+    /// EIO: no process holds the slave (or it was hung up).
+    Hangup,
 }
 
 nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, libc::winsize);
 
-/// The supervisor's loop: until the master reads EIO (no process holds the slave).
-fn serve(master: &PtyMaster, listener: UnixListener, mut log: File) {
-    let _ = listener.set_nonblocking(true);
-    let mut scrollback: VecDeque<u8> = VecDeque::with_capacity(SCROLLBACK_BYTES);
+impl Console {
+    /// Reads up to `reads` chunks of output and hands them on.
+    fn pump_output(&mut self, clients: &mut [Client], reads: usize) -> MasterState {
+        for _ in 0..reads {
+            match self.master.read(&mut self.buffer) {
+                Ok(0) => return MasterState::Hangup,
+                Ok(n) => {
+                    let out = &self.buffer[..n];
+                    let _ = self.log.write_all(out);
+                    self.scrollback.extend(out);
+                    let excess = self.scrollback.len().saturating_sub(SCROLLBACK_BYTES);
+                    self.scrollback.drain(..excess);
+                    for client in clients.iter_mut().filter(|c| c.attached) {
+                        client.send(out);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return MasterState::Open,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return MasterState::Hangup,
+            }
+        }
+        MasterState::Open
+    }
+
+    /// Writes pending input as far as the pty takes it.
+    fn flush_input(&mut self) -> MasterState {
+        match self.input.flush(&mut self.master) {
+            Ok(()) => MasterState::Open,
+            Err(_) => MasterState::Hangup,
+        }
+    }
+
+    /// Reads what a client sent and acts on its complete frames.
+    fn serve_client(&mut self, client: &mut Client) {
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        match client.stream.read(&mut chunk) {
+            Ok(0) => client.alive = false,
+            Ok(n) => {
+                client.input.extend_from_slice(&chunk[..n]);
+                self.take_frames(client);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => client.alive = false,
+        }
+    }
+
+    /// Acts on a client's complete frames, in order, up to the first input that does not fit
+    /// in the input backlog: that and what follows stay with the client (which is not read
+    /// meanwhile) until the VPS reads its console.
+    fn take_frames(&mut self, client: &mut Client) {
+        let mut consumed = 0;
+        while let Some((len, frame)) = peek_frame(&client.input[consumed..]) {
+            let taken = match frame {
+                Some(Frame::Data(bytes)) => self.input.push(&bytes),
+                Some(Frame::Attach(with_scrollback)) => {
+                    client.attached = true;
+                    if with_scrollback {
+                        let (front, back) = self.scrollback.as_slices();
+                        client.send(front);
+                        client.send(back);
+                    }
+                    true
+                }
+                Some(Frame::Resize(rows, cols)) => {
+                    let size = libc::winsize {
+                        ws_row: rows,
+                        ws_col: cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    // SAFETY: `size` is a valid winsize that outlives the call, and the master
+                    // fd is open for the whole call.
+                    let _ = unsafe { set_window_size(self.master.as_raw_fd(), &size) };
+                    true
+                }
+                None => true,
+            };
+            if !taken {
+                break;
+            }
+            consumed += len;
+        }
+        client.input.drain(..consumed);
+    }
+}
+
+/// How the supervisor knows the VPS's init: first the start helper's report, then a pidfd.
+enum InitWatch {
+    /// Waiting for the start helper to send the init's identity and close the link.
+    Reporting { link: UnixStream, report: Vec<u8> },
+    /// Readable when the init exits.
+    Running(Pidfd),
+}
+
+impl InitWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            InitWatch::Reporting { link, .. } => link.as_fd(),
+            InitWatch::Running(pidfd) => pidfd.as_fd(),
+        }
+    }
+
+    /// Handles readiness of [`InitWatch::as_fd`]; returns whether the init is gone (exited, or
+    /// the start failed before it ran).
+    fn init_gone(&mut self) -> bool {
+        let InitWatch::Reporting { link, report } = self else {
+            return true;
+        };
+        let mut chunk = [0u8; 1024];
+        match link.read(&mut chunk) {
+            Ok(0) => {}
+            Ok(n) if report.len() + n <= MAX_INIT_REPORT_BYTES => {
+                report.extend_from_slice(&chunk[..n]);
+                return false;
+            }
+            Ok(_) => return true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+        let Ok(identity) = serde_json::from_slice::<ProcessIdentity>(report) else {
+            return true;
+        };
+        match Pidfd::open(&identity) {
+            Ok(Some(pidfd)) => {
+                *self = InitWatch::Running(pidfd);
+                false
+            }
+            Ok(None) | Err(_) => true,
+        }
+    }
+}
+
+/// The supervisor's loop, until the VPS's init exits. It never blocks on a client or on the
+/// pty: every fd is non-blocking and what cannot be written waits in a bounded backlog.
+fn serve(master: File, listener: UnixListener, log: File, init_link: UnixStream) {
+    let nonblocking = [
+        fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map(drop),
+        listener.set_nonblocking(true).map_err(|_| Errno::EINVAL),
+        init_link.set_nonblocking(true).map_err(|_| Errno::EINVAL),
+    ];
+    if nonblocking.iter().any(Result::is_err) {
+        return;
+    }
+    let mut console = Console {
+        master,
+        log,
+        scrollback: VecDeque::with_capacity(SCROLLBACK_BYTES),
+        input: Backlog::new(INPUT_BACKLOG_BYTES),
+        buffer: vec![0u8; READ_CHUNK_BYTES],
+    };
+    let mut init = InitWatch::Reporting {
+        link: init_link,
+        report: Vec::new(),
+    };
     let mut clients: Vec<Client> = Vec::new();
-    let mut buffer = vec![0u8; 8192];
-    // SAFETY: the master fd stays open (owned by `master`) for this whole function; the File
-    // is forgotten, never closed.
-    let mut master_file = std::mem::ManuallyDrop::new(unsafe {
-        <File as std::os::fd::FromRawFd>::from_raw_fd(master.as_raw_fd())
-    });
+    let mut master_quiet_until: Option<Instant> = None;
     loop {
-        let mut fds = vec![
-            PollFd::new(master.as_fd(), PollFlags::POLLIN),
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-        ];
-        fds.extend(
-            clients
-                .iter()
-                .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
-        );
-        match poll(&mut fds, PollTimeout::NONE) {
+        let poll_master = master_quiet_until.is_none_or(|until| Instant::now() >= until);
+        if poll_master {
+            master_quiet_until = None;
+        }
+        let mut fds = Vec::with_capacity(3 + clients.len());
+        fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(init.as_fd(), PollFlags::POLLIN));
+        for client in &clients {
+            let mut events = PollFlags::empty();
+            if client.input.len() < MAX_FRAME_BYTES {
+                events |= PollFlags::POLLIN;
+            }
+            if !client.output.is_empty() {
+                events |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(client.stream.as_fd(), events));
+        }
+        let timeout = if poll_master {
+            let mut events = PollFlags::POLLIN;
+            if !console.input.is_empty() {
+                events |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(console.master.as_fd(), events));
+            PollTimeout::NONE
+        } else {
+            PollTimeout::try_from(HANGUP_BACKOFF).unwrap_or(PollTimeout::MAX)
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => return,
         }
@@ -259,71 +610,69 @@ fn serve(master: &PtyMaster, listener: UnixListener, mut log: File) {
             .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
             .collect();
         drop(fds);
-        if !ready[0].is_empty() {
-            match master_file.read(&mut buffer) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    let out = &buffer[..n];
-                    let _ = log.write_all(out);
-                    scrollback.extend(out);
-                    let excess = scrollback.len().saturating_sub(SCROLLBACK_BYTES);
-                    scrollback.drain(..excess);
-                    clients.retain_mut(|c| !c.attached || c.stream.write_all(out).is_ok());
-                }
-            }
+        let master_ready = if poll_master {
+            ready[2 + clients.len()]
+        } else {
+            PollFlags::empty()
+        };
+
+        // The pty first: output is never left waiting for a client.
+        let mut master_state = MasterState::Open;
+        if master_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            master_state = console.pump_output(&mut clients, MASTER_READS_PER_WAKEUP);
         }
-        if !ready[1].is_empty() {
-            while let Ok((stream, _)) = listener.accept() {
-                clients.push(Client {
-                    stream,
-                    input: Vec::new(),
-                    attached: false,
-                });
-            }
+        if master_ready.contains(PollFlags::POLLOUT) && console.flush_input() == MasterState::Hangup
+        {
+            master_state = MasterState::Hangup;
         }
-        let mut keep = Vec::with_capacity(clients.len());
-        for (index, mut client) in clients.drain(..).enumerate() {
-            let flags = ready.get(index + 2).copied().unwrap_or(PollFlags::empty());
-            if flags.is_empty() {
-                keep.push(client);
+        if master_state == MasterState::Hangup {
+            master_quiet_until = Some(Instant::now() + HANGUP_BACKOFF);
+        }
+
+        for (client, flags) in clients.iter_mut().zip(&ready[2..]) {
+            if flags.contains(PollFlags::POLLOUT) {
+                client.flush();
+            }
+            if !client.alive
+                || !flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+            {
                 continue;
             }
-            let n = match client.stream.read(&mut buffer) {
-                Ok(0) | Err(_) => continue,
-                Ok(n) => n,
-            };
-            client.input.extend_from_slice(&buffer[..n]);
-            let mut alive = true;
-            for frame in decode_frames(&mut client.input) {
-                match frame {
-                    Frame::Attach(with_scrollback) => {
-                        client.attached = true;
-                        if with_scrollback {
-                            let (a, b) = scrollback.as_slices();
-                            alive &= client.stream.write_all(a).is_ok()
-                                && client.stream.write_all(b).is_ok();
-                        }
-                    }
-                    Frame::Data(bytes) => {
-                        let _ = master_file.write_all(&bytes);
-                    }
-                    Frame::Resize(rows, cols) => {
-                        let size = libc::winsize {
-                            ws_row: rows,
-                            ws_col: cols,
-                            ws_xpixel: 0,
-                            ws_ypixel: 0,
-                        };
-                        // SAFETY: `size` is a valid winsize that outlives the call.
-                        let _ = unsafe { set_window_size(master.as_raw_fd(), &size) };
-                    }
-                }
-            }
-            if alive {
-                keep.push(client);
+            if client.input.len() < MAX_FRAME_BYTES {
+                console.serve_client(client);
+            } else if flags.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+                // Gone, with input the VPS is not taking: polling it again would spin.
+                client.alive = false;
             }
         }
-        clients = keep;
+        // Input the pty took made room: clients' waiting frames go next.
+        for client in clients
+            .iter_mut()
+            .filter(|c| c.alive && !c.input.is_empty())
+        {
+            console.take_frames(client);
+        }
+        if !console.input.is_empty() && console.flush_input() == MasterState::Hangup {
+            master_quiet_until = Some(Instant::now() + HANGUP_BACKOFF);
+        }
+        clients.retain(|client| client.alive);
+
+        if !ready[0].is_empty() {
+            while let Ok((stream, _)) = listener.accept() {
+                if clients.len() < MAX_CLIENTS && stream.set_nonblocking(true).is_ok() {
+                    clients.push(Client::new(stream));
+                }
+            }
+        }
+
+        if !ready[1].is_empty() && init.init_gone() {
+            // What the VPS printed last, then whatever the clients' sockets take now.
+            console.pump_output(&mut clients, FINAL_READS);
+            for client in &mut clients {
+                client.flush();
+            }
+            return;
+        }
     }
 }
 
@@ -335,6 +684,69 @@ pub fn socket_path(vps_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that takes `room` bytes, then reports `WouldBlock` like a full socket.
+    struct Socket {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Socket {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = bytes.len().min(self.room);
+            self.room -= n;
+            self.written.extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn backlog_keeps_what_a_full_writer_refuses_up_to_its_limit() {
+        let mut backlog = Backlog::new(8);
+        let mut socket = Socket {
+            written: Vec::new(),
+            room: 3,
+        };
+        assert!(backlog.push(b"hello"));
+        backlog.flush(&mut socket).expect("would block is no error");
+        assert_eq!(socket.written, b"hel");
+        assert_eq!(backlog.bytes.len(), 2);
+        assert!(backlog.push(b"world!"));
+        assert!(!backlog.push(b"x"), "9 bytes over a limit of 8");
+        assert!(backlog.bytes.capacity() <= 8);
+        socket.room = usize::MAX;
+        backlog.flush(&mut socket).expect("flush");
+        assert_eq!(socket.written, b"helloworld!");
+        assert!(backlog.is_empty());
+    }
+
+    #[test]
+    fn client_that_falls_behind_is_disconnected() {
+        let (stream, mut peer) = UnixStream::pair().expect("socketpair");
+        stream.set_nonblocking(true).expect("nonblocking");
+        let mut client = Client::new(stream);
+        client.attached = true;
+        let chunk = vec![b'x'; 4096];
+        let mut sent = 0usize;
+        while client.alive {
+            client.send(&chunk);
+            sent += chunk.len();
+            assert!(sent < 64 << 20, "never disconnected");
+        }
+        // Everything the socket took before the drop arrives, then EOF.
+        drop(client);
+        let mut received = Vec::new();
+        peer.read_to_end(&mut received).expect("read");
+        assert!(received.len() < sent);
+        assert!(received.iter().all(|b| *b == b'x'));
+    }
 
     #[test]
     fn frames_round_trip_and_wait_for_completion() {

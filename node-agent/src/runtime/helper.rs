@@ -242,7 +242,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     let pty = console::allocate(request.ids)?;
     let cgroup_parent = request.cgroup_parent.clone();
     let vps_id = request.vps_id.clone();
-    console::spawn_supervisor(
+    let init_report = console::spawn_supervisor(
         &pty,
         &console::SupervisorPaths {
             socket: request.console_socket.clone(),
@@ -327,6 +327,9 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
                 .map_err(|_| HelperError::InitExited(format!("bad pid {child}")))?;
             let init = ProcessIdentity::of(pid)?
                 .ok_or_else(|| HelperError::InitExited("no longer in /proc".into()))?;
+            // The console supervisor serves until this init exits. If it is already gone, the
+            // VPS runs without a console, as it would have if the supervisor died later.
+            let _ = init_report.send(&init);
             Ok(StartReply { init })
         }
     }

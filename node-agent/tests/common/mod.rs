@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +16,7 @@ use paddock_agent::runtime::{
     Limits, ObservedState, Power, Runtime, RuntimeConfig, VpsObserved, VpsSpec,
 };
 use paddock_agent::template;
+use paddock_agent::template::metadata::{self, TemplateMetadata};
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 
@@ -271,6 +273,35 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A copy of the fixture's busybox template named `name` whose `/sbin/init` is `script`, with
+/// `metadata` as its `template.conf` (none: a template from before metadata). Lives in the
+/// fixture's state dir, so it goes with it.
+pub fn script_template(
+    fixture: &Fixture,
+    name: &str,
+    script: &str,
+    metadata: Option<&TemplateMetadata>,
+) -> PathBuf {
+    let templates = fixture.state_dir.path().join("templates");
+    let dir = templates.join(name);
+    fs::create_dir(&dir).expect("template dir");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(templates.join("busybox/rootfs"))
+        .arg(dir.join("rootfs"))
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "copying the busybox rootfs");
+    let init = dir.join("rootfs/sbin/init");
+    fs::remove_file(&init).expect("remove busybox init link");
+    fs::write(&init, script).expect("write init script");
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).expect("chmod init");
+    if let Some(metadata) = metadata {
+        metadata::write(&dir, metadata).expect("write template.conf");
+    }
+    dir
 }
 
 /// A line of `/proc/<pid>/status`, e.g. `Uid:`.
