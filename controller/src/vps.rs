@@ -2,6 +2,7 @@
 //! record the desired state durably, then let the reconciler converge the node.
 
 use chrono::Utc;
+use paddock_config::ByteSize;
 use tracing::info;
 use uuid::Uuid;
 
@@ -309,9 +310,10 @@ impl Controller {
     }
 
     /// Changes a VPS's limits (to another plan and/or single overrides) while
-    /// it runs; the agent applies them live. The quota check and the usage
-    /// change are one transaction. Disk size and address count stay as they
-    /// are: growing a disk or renumbering are not supported yet.
+    /// it runs; the agent applies them live, growing the disk's filesystem
+    /// online. What grows must fit the node; the quota check and the usage
+    /// change are one transaction. A disk never shrinks (a smaller plan keeps
+    /// it) and the address count stays: renumbering is not supported.
     pub async fn resize_vps(
         &self,
         principal: &Principal,
@@ -341,18 +343,23 @@ impl Controller {
         };
         validate::vcpus("vcpus", resources.vcpus)?;
         validate::positive("memory_bytes", resources.memory_bytes)?;
-        if resources.disk_bytes != vps.resources.disk_bytes {
-            let asked = overrides.as_ref().is_some_and(|o| o.disk_bytes != 0);
-            if asked {
+        // A disk only grows: its filesystem is grown in place, and shrinking
+        // one under a VPS would lose data. A smaller plan keeps the disk.
+        if resources.disk_bytes < vps.resources.disk_bytes {
+            if overrides.as_ref().is_some_and(|o| o.disk_bytes != 0) {
                 return Err(ValidationError::new(
                     "disk_bytes",
-                    "the disk of an existing VPS cannot be resized yet",
+                    format!(
+                        "a disk cannot shrink (it has {}, asked for {}); it can only grow",
+                        ByteSize(vps.resources.disk_bytes),
+                        ByteSize(resources.disk_bytes)
+                    ),
                 )
                 .into());
             }
+            resources.disk_bytes = vps.resources.disk_bytes;
         }
-        // The disk and the addresses stay; everything else follows the request.
-        resources.disk_bytes = vps.resources.disk_bytes;
+        // The addresses stay; everything else follows the request.
         resources.ipv4_count = vps.resources.ipv4_count;
         resources.ipv6_count = vps.resources.ipv6_count;
         // The node must have room for what grows, as a placement would.

@@ -353,7 +353,7 @@ async fn resize_is_quota_checked_in_one_transaction() {
             ..Default::default()
         }),
     };
-    // To plan small (1 GiB): fits the 2 GiB quota; the disk stays as created.
+    // To plan small (1 GiB): fits the 2 GiB quota; the disk grows to the plan's.
     let small = api
         .vps()
         .resize_vps(with_token(resize("small", 0, 0), &acme))
@@ -363,7 +363,11 @@ async fn resize_is_quota_checked_in_one_transaction() {
     assert_eq!(small.plan, "small");
     let resources = small.resources.expect("resources");
     assert_eq!(resources.memory_bytes, 1 << 30);
-    assert_eq!(resources.disk_bytes, 2 << 30, "the disk keeps its size");
+    assert_eq!(
+        resources.disk_bytes,
+        10 << 30,
+        "the disk grows with the plan"
+    );
     // 4 GiB is over quota: refused, and the usage is unchanged.
     let over = api
         .vps()
@@ -385,17 +389,35 @@ async fn resize_is_quota_checked_in_one_transaction() {
         .used
         .expect("used");
     assert_eq!(used.memory_bytes, 1 << 30);
-    let disk = api
+    // A disk grows, and never shrinks.
+    let grown = api
         .vps()
         .resize_vps(with_token(resize("", 0, 20 << 30), &acme))
         .await
-        .expect_err("disk");
-    assert_eq!(disk.code(), Code::InvalidArgument);
+        .expect("grow the disk")
+        .into_inner();
+    assert_eq!(grown.resources.expect("resources").disk_bytes, 20 << 30);
+    let shrink = api
+        .vps()
+        .resize_vps(with_token(resize("", 0, 5 << 30), &acme))
+        .await
+        .expect_err("shrink the disk");
+    assert_eq!(shrink.code(), Code::InvalidArgument);
     assert!(
-        disk.message().starts_with("disk_bytes:"),
+        shrink
+            .message()
+            .starts_with("disk_bytes: a disk cannot shrink"),
         "{}",
-        disk.message()
+        shrink.message()
     );
+    // A plan with a smaller disk keeps the grown one.
+    let nano = api
+        .vps()
+        .resize_vps(with_token(resize("nano", 0, 0), &acme))
+        .await
+        .expect("back to nano")
+        .into_inner();
+    assert_eq!(nano.resources.expect("resources").disk_bytes, 20 << 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,25 @@ pub const DROPPED: &[(libc::c_int, &str)] = &[
     (39, "CAP_BPF"),
 ];
 
+/// `CAP_SYS_RESOURCE`: growing a mounted ext4 (`EXT4_IOC_RESIZE_FS`) needs it.
+pub const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether the calling process has `cap` in its effective set (per `/proc/self/status`).
+pub fn has_effective(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| effective_mask(&status))
+        .is_some_and(|mask| cap < 64 && mask & (1u64 << cap) != 0)
+}
+
+/// The `CapEff` mask of a `/proc/<pid>/status` text.
+fn effective_mask(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+}
+
 /// Errors changing capabilities.
 #[derive(Debug, thiserror::Error)]
 pub enum CapabilityError {
@@ -59,4 +78,18 @@ pub fn dropped_mask() -> u64 {
     DROPPED
         .iter()
         .fold(0u64, |mask, (cap, _)| mask | (1u64 << cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_effective_mask() {
+        let status = "Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t000001fffeffffff\n";
+        let mask = effective_mask(status).expect("mask");
+        assert_eq!(mask & (1 << CAP_SYS_RESOURCE), 0);
+        assert_ne!(mask & (1 << 21), 0);
+        assert_eq!(effective_mask("Name:\tx\n"), None);
+    }
 }

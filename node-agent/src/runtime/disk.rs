@@ -6,16 +6,27 @@
 //! `LO_FLAGS_AUTOCLEAR` and mounted only inside the start helper's private mount namespace, from
 //! which the VPS's namespace inherits it. When the VPS's last process exits, the mount goes away
 //! with the namespace and the loop device detaches itself: a crash cannot leak either.
+//!
+//! A disk only grows ([`extend_image`], then the filesystem, see [`super::disk_growth`]):
+//! online through a second mount of the VPS's own loop device, which shares the mounted
+//! filesystem's superblock, in a throwaway mount namespace ([`grow_filesystem_online`]); or,
+//! while no loop device backs the image, offline with e2fsck and resize2fs on the image file
+//! ([`grow_filesystem_offline`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
+use nix::sys::statvfs::fstatvfs;
+use serde::{Deserialize, Serialize};
 
+use super::capabilities::{self, CAP_SYS_RESOURCE};
 use super::idmap::IdRange;
 
 /// Disk size used when a spec does not give one.
@@ -26,10 +37,18 @@ pub const MIN_DISK_BYTES: u64 = 16 << 20;
 const LOOP_CONTROL: &str = "/dev/loop-control";
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LOOP_MAJOR: u64 = 7;
 /// How often to retry when another process grabs the free loop device first.
 const LOOP_ATTACH_ATTEMPTS: usize = 16;
+/// How often to look again when the loop device found for an image detaches (or is re-used
+/// for another image) before it could be opened.
+const LOOP_FIND_ATTEMPTS: usize = 16;
+/// ext4's `EXT4_IOC_RESIZE_FS`: `_IOW('f', 16, __u64)`.
+const EXT4_IOC_MAGIC: u8 = b'f';
+const EXT4_IOC_RESIZE_FS_NR: u8 = 16;
 
 /// Errors creating, attaching or mounting a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +92,57 @@ pub enum DiskError {
         target: PathBuf,
         /// The errno.
         source: Errno,
+    },
+    /// A disk never shrinks: the requested size is below the image's.
+    #[error("refusing to shrink {image} from {size_bytes} to {requested_bytes} bytes")]
+    WouldShrink {
+        /// The image.
+        image: PathBuf,
+        /// Its size.
+        size_bytes: u64,
+        /// The smaller size asked for.
+        requested_bytes: u64,
+    },
+    /// Growing the mounted filesystem failed.
+    #[error("{operation} on {mount_point} (device {device}): {source}")]
+    Resize {
+        /// `statvfs`, `EXT4_IOC_RESIZE_FS`.
+        operation: &'static str,
+        /// Where the helper mounted the filesystem.
+        mount_point: PathBuf,
+        /// The loop device.
+        device: PathBuf,
+        /// The errno.
+        source: Errno,
+    },
+    /// Growing a mounted ext4 needs `CAP_SYS_RESOURCE`, which this process lacks.
+    #[error(
+        "growing {image} online needs CAP_SYS_RESOURCE, which the agent lacks; \
+         it is grown offline when the VPS next stops or starts"
+    )]
+    OnlineGrowthNotPermitted {
+        /// The image.
+        image: PathBuf,
+    },
+    /// e2fsck or resize2fs failed.
+    #[error("{tool} {path} failed ({status}): {output}")]
+    Tool {
+        /// The program.
+        tool: &'static str,
+        /// The image.
+        path: PathBuf,
+        /// Its exit status.
+        status: String,
+        /// What it printed.
+        output: String,
+    },
+    /// The filesystem reports a block size the image size cannot be expressed in.
+    #[error("filesystem on {image} reports block size {block_size}")]
+    BadBlockSize {
+        /// The image.
+        image: PathBuf,
+        /// What statvfs said.
+        block_size: u64,
     },
 }
 
@@ -153,6 +223,26 @@ struct LoopInfo64 {
     lo_init: [u64; 2],
 }
 
+impl LoopInfo64 {
+    const fn empty() -> Self {
+        Self {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: 0,
+            lo_sizelimit: 0,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: 0,
+            lo_file_name: [0; 64],
+            lo_crypt_name: [0; 64],
+            lo_encrypt_key: [0; 32],
+            lo_init: [0; 2],
+        }
+    }
+}
+
 /// `struct loop_config`.
 #[repr(C)]
 struct LoopConfig {
@@ -164,6 +254,14 @@ struct LoopConfig {
 
 nix::ioctl_none_bad!(loop_ctl_get_free, LOOP_CTL_GET_FREE);
 nix::ioctl_write_ptr_bad!(loop_configure, LOOP_CONFIGURE, LoopConfig);
+nix::ioctl_none_bad!(loop_set_capacity, LOOP_SET_CAPACITY);
+nix::ioctl_read_bad!(loop_get_status64, LOOP_GET_STATUS64, LoopInfo64);
+nix::ioctl_write_ptr!(
+    ext4_ioc_resize_fs,
+    EXT4_IOC_MAGIC,
+    EXT4_IOC_RESIZE_FS_NR,
+    u64
+);
 
 /// Attaches `image` to a free loop device with autoclear and mounts its ext4 on `target`
 /// (nodev, nosuid). Call inside a private mount namespace: the mount, and with it the loop
@@ -212,19 +310,8 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
             fd: u32::try_from(backing.as_raw_fd()).unwrap_or_default(),
             block_size: 0,
             info: LoopInfo64 {
-                lo_device: 0,
-                lo_inode: 0,
-                lo_rdevice: 0,
-                lo_offset: 0,
-                lo_sizelimit: 0,
-                lo_number: 0,
-                lo_encrypt_type: 0,
-                lo_encrypt_key_size: 0,
                 lo_flags: LO_FLAGS_AUTOCLEAR,
-                lo_file_name: [0; 64],
-                lo_crypt_name: [0; 64],
-                lo_encrypt_key: [0; 32],
-                lo_init: [0; 2],
+                ..LoopInfo64::empty()
             },
             reserved: [0; 8],
         };
@@ -238,24 +325,270 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
             }
             Err(e) => return Err(loop_err("LOOP_CONFIGURE")(e)),
         }
-        mount(
-            Some(&device),
-            target,
-            Some("ext4"),
-            MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-            None::<&str>,
-        )
-        .map_err(|source| DiskError::Mount {
-            device: device.clone(),
-            target: target.to_path_buf(),
-            source,
-        })?;
+        mount_ext4(&device, target, MsFlags::empty())?;
         // Closing our fd leaves the mount as the only user: autoclear detaches the device when
         // the mount goes away (or right now, if the mount failed above).
         drop(loop_file);
         return Ok(device);
     }
     Err(loop_err("LOOP_CONFIGURE (no free loop device)")(last))
+}
+
+/// Mounts the ext4 on `device` at `target` (nodev, nosuid, plus `extra`).
+fn mount_ext4(device: &Path, target: &Path, extra: MsFlags) -> Result<(), DiskError> {
+    mount(
+        Some(device),
+        target,
+        Some("ext4"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID | extra,
+        None::<&str>,
+    )
+    .map_err(|source| DiskError::Mount {
+        device: device.to_path_buf(),
+        target: target.to_path_buf(),
+        source,
+    })
+}
+
+/// Sizes of an image before and after [`extend_image`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageGrowth {
+    /// The image's size before.
+    pub old_bytes: u64,
+    /// Its size now.
+    pub new_bytes: u64,
+}
+
+/// Extends the sparse image to `size_bytes` (a hole; the filesystem on it is not touched) and
+/// fsyncs it. Already that size is a no-op; smaller is refused: a disk never shrinks.
+pub fn extend_image(image: &Path, size_bytes: u64) -> Result<ImageGrowth, DiskError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(io_err("open", image))?;
+    let old_bytes = file.metadata().map_err(io_err("stat", image))?.len();
+    if size_bytes < old_bytes {
+        return Err(DiskError::WouldShrink {
+            image: image.to_path_buf(),
+            size_bytes: old_bytes,
+            requested_bytes: size_bytes,
+        });
+    }
+    if size_bytes > old_bytes {
+        file.set_len(size_bytes).map_err(io_err("extend", image))?;
+        file.sync_all().map_err(io_err("fsync", image))?;
+    }
+    Ok(ImageGrowth {
+        old_bytes,
+        new_bytes: size_bytes,
+    })
+}
+
+/// What [`grow_filesystem_online`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsGrowth {
+    /// The loop device the filesystem was grown through.
+    pub device: PathBuf,
+    /// True if the device was the running VPS's (online growth), false if it was attached for
+    /// the growth (the VPS was stopped; the device goes away with the helper's namespace).
+    pub online: bool,
+    /// The filesystem's block size.
+    pub block_size: u64,
+    /// The block count asked for: the whole image.
+    pub blocks: u64,
+    /// Filesystem size as `df` shows it (statvfs blocks x fragment size), before and after.
+    pub fs_bytes_before: u64,
+    /// See `fs_bytes_before`.
+    pub fs_bytes_after: u64,
+}
+
+/// Grows the ext4 on `image` to fill the image, mounted at `mount_point`: online.
+///
+/// Call only in a private mount namespace of a single-threaded process that exits afterwards
+/// (the `grow-disk` helper): the mount made here must die with it. If a loop device backs
+/// `image` (the VPS runs), it is told the backing file grew (`LOOP_SET_CAPACITY`) and mounted
+/// a second time, which yields the VPS's own superblock, so `EXT4_IOC_RESIZE_FS` grows the
+/// live filesystem online. Otherwise the image is attached (autoclear) and mounted just for
+/// the growth. `resize2fs` is never used: in this namespace it would not see the VPS's mount
+/// and would resize a mounted filesystem offline.
+pub fn grow_filesystem_online(image: &Path, mount_point: &Path) -> Result<FsGrowth, DiskError> {
+    // Checked first: without it EXT4_IOC_RESIZE_FS fails with a bare EPERM, after a mount.
+    if !capabilities::has_effective(CAP_SYS_RESOURCE) {
+        return Err(DiskError::OnlineGrowthNotPermitted {
+            image: image.to_path_buf(),
+        });
+    }
+    let image_bytes = fs::metadata(image).map_err(io_err("stat", image))?.len();
+    let (device, online, held) = match open_backing_loop(image)? {
+        Some((device, loop_file)) => {
+            // SAFETY: LOOP_SET_CAPACITY takes no argument; `loop_file` is an open loop device.
+            unsafe { loop_set_capacity(loop_file.as_raw_fd()) }.map_err(|source| {
+                DiskError::Loop {
+                    operation: "LOOP_SET_CAPACITY",
+                    image: image.to_path_buf(),
+                    source,
+                }
+            })?;
+            mount_ext4(&device, mount_point, MsFlags::MS_NOEXEC)?;
+            (device, true, Some(loop_file))
+        }
+        None => (attach_and_mount(image, mount_point)?, false, None),
+    };
+    let resize_err = |operation| {
+        let mount_point = mount_point.to_path_buf();
+        let device = device.clone();
+        move |source| DiskError::Resize {
+            operation,
+            mount_point,
+            device,
+            source,
+        }
+    };
+    let root = File::open(mount_point).map_err(io_err("open", mount_point))?;
+    let (block_size, before_blocks) =
+        statvfs_blocks(&fstatvfs(&root).map_err(resize_err("statvfs"))?);
+    let blocks = target_blocks(image_bytes, block_size).ok_or_else(|| DiskError::BadBlockSize {
+        image: image.to_path_buf(),
+        block_size,
+    })?;
+    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) from the pointer, which
+    // points at a live local; `root` is a directory on the mounted ext4.
+    unsafe { ext4_ioc_resize_fs(root.as_raw_fd(), &blocks) }
+        .map_err(resize_err("EXT4_IOC_RESIZE_FS"))?;
+    let (_, after_blocks) = statvfs_blocks(&fstatvfs(&root).map_err(resize_err("statvfs"))?);
+    drop(held);
+    Ok(FsGrowth {
+        device,
+        online,
+        block_size,
+        blocks,
+        fs_bytes_before: before_blocks.saturating_mul(block_size),
+        fs_bytes_after: after_blocks.saturating_mul(block_size),
+    })
+}
+
+/// Grows the ext4 in the unattached `image` to fill it: `e2fsck -f -y` (resize2fs insists on a
+/// freshly checked filesystem; errors it can fix are fixed), then `resize2fs`. The caller must
+/// make sure no loop device backs `image` (a mounted filesystem must never be resized
+/// offline) and that none can be attached meanwhile.
+pub fn grow_filesystem_offline(image: &Path) -> Result<(), DiskError> {
+    let fsck = run_tool("e2fsck", &["-f", "-y"], image)?;
+    // 0: clean; 1: errors fixed; 2: fixed, reboot advised (irrelevant to an image).
+    match fsck.status.code() {
+        Some(0) => {}
+        Some(1 | 2) => tracing::warn!(
+            image = %image.display(),
+            output = %tool_output(&fsck),
+            "e2fsck fixed errors before growing the disk"
+        ),
+        _ => return Err(tool_failed("e2fsck", image, &fsck)),
+    }
+    let resize = run_tool("resize2fs", &[], image)?;
+    if !resize.status.success() {
+        return Err(tool_failed("resize2fs", image, &resize));
+    }
+    Ok(())
+}
+
+fn run_tool(
+    tool: &'static str,
+    args: &[&str],
+    image: &Path,
+) -> Result<std::process::Output, DiskError> {
+    Command::new(tool)
+        .args(args)
+        .arg(image)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| DiskError::Io {
+            operation: tool,
+            path: image.to_path_buf(),
+            source,
+        })
+}
+
+fn tool_output(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
+fn tool_failed(tool: &'static str, image: &Path, output: &std::process::Output) -> DiskError {
+    DiskError::Tool {
+        tool,
+        path: image.to_path_buf(),
+        status: output.status.to_string(),
+        output: tool_output(output),
+    }
+}
+
+/// (block size, blocks) of a statvfs result. The fragment size is ext4's block size
+/// (`f_bsize` is only the preferred IO size).
+#[allow(clippy::useless_conversion)] // c_ulong and fsblkcnt_t are narrower on 32-bit targets
+fn statvfs_blocks(stat: &nix::sys::statvfs::Statvfs) -> (u64, u64) {
+    (u64::from(stat.fragment_size()), u64::from(stat.blocks()))
+}
+
+/// The block count of a filesystem that fills `image_bytes` with `block_size` blocks (a
+/// partial last block is left out); `None` for a block size ext4 cannot have.
+pub fn target_blocks(image_bytes: u64, block_size: u64) -> Option<u64> {
+    if !block_size.is_power_of_two() || !(1024..=65536).contains(&block_size) {
+        return None;
+    }
+    Some(image_bytes / block_size)
+}
+
+/// The loop device backing `image`, opened (which keeps it attached for as long as the file is
+/// open) and checked to be backed by `image`'s inode after opening, so a device that detached
+/// and was re-used for another image in between is never touched. `None` if none backs it.
+fn open_backing_loop(image: &Path) -> Result<Option<(PathBuf, File)>, DiskError> {
+    let meta = fs::metadata(image).map_err(io_err("stat", image))?;
+    for _ in 0..LOOP_FIND_ATTEMPTS {
+        let Some((_, number)) = loop_device_of(image) else {
+            return Ok(None);
+        };
+        let device = PathBuf::from(format!("/dev/loop{number}"));
+        let loop_file = match OpenOptions::new().read(true).write(true).open(&device) {
+            Ok(file) => file,
+            Err(source) => {
+                return Err(DiskError::Io {
+                    operation: "open",
+                    path: device,
+                    source,
+                })
+            }
+        };
+        let mut info = LoopInfo64::empty();
+        // SAFETY: LOOP_GET_STATUS64 writes one loop_info64 into `info`, which is a live,
+        // correctly laid out struct (see the layout test).
+        match unsafe { loop_get_status64(loop_file.as_raw_fd(), &mut info) } {
+            Ok(_) if info.lo_device == meta.dev() && info.lo_inode == meta.ino() => {
+                return Ok(Some((device, loop_file)));
+            }
+            // Detached (ENXIO) or now another image's: look again.
+            Ok(_) | Err(Errno::ENXIO) => {
+                drop(loop_file);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(DiskError::Loop {
+                    operation: "LOOP_GET_STATUS64",
+                    image: image.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    Err(DiskError::Loop {
+        operation: "find the loop device (it kept changing)",
+        image: image.to_path_buf(),
+        source: Errno::EBUSY,
+    })
 }
 
 /// The loop device (`major`, `minor`) currently backed by `image`, if any, found through
@@ -308,5 +641,60 @@ mod tests {
     fn loop_structs_have_kernel_layout() {
         assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
         assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
+    }
+
+    #[test]
+    fn ext4_resize_ioctl_number_matches_the_kernel() {
+        // _IOW('f', 16, __u64) from include/uapi/linux/ext4.h.
+        assert_eq!(
+            nix::request_code_write!(EXT4_IOC_MAGIC, EXT4_IOC_RESIZE_FS_NR, 8),
+            0x4008_6610
+        );
+    }
+
+    #[test]
+    fn target_blocks_fill_the_image() {
+        assert_eq!(target_blocks(64 << 20, 1024), Some(65_536));
+        assert_eq!(target_blocks(20 << 30, 4096), Some(5_242_880));
+        // A partial last block is not part of the filesystem.
+        assert_eq!(target_blocks((64 << 20) + 1000, 1024), Some(65_536));
+        assert_eq!(target_blocks((64 << 20) + 4095, 4096), Some(16_384));
+        for bad in [0, 512, 3000, 1 << 17] {
+            assert_eq!(target_blocks(64 << 20, bad), None, "block size {bad}");
+        }
+    }
+
+    #[test]
+    fn extend_image_grows_sparse_and_never_shrinks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let image = dir.path().join("disk.img");
+        File::create(&image)
+            .and_then(|f| f.set_len(16 << 20))
+            .expect("image");
+        let grown = extend_image(&image, 48 << 20).expect("grow");
+        assert_eq!(
+            grown,
+            ImageGrowth {
+                old_bytes: 16 << 20,
+                new_bytes: 48 << 20
+            }
+        );
+        let meta = fs::metadata(&image).expect("stat");
+        assert_eq!(meta.len(), 48 << 20);
+        assert!(meta.blocks() * 512 < 1 << 20, "extension is not sparse");
+        // Same size again: nothing to do.
+        assert_eq!(
+            extend_image(&image, 48 << 20).expect("same").old_bytes,
+            48 << 20
+        );
+        match extend_image(&image, 32 << 20) {
+            Err(DiskError::WouldShrink {
+                size_bytes,
+                requested_bytes,
+                ..
+            }) => assert_eq!((size_bytes, requested_bytes), (48 << 20, 32 << 20)),
+            other => panic!("expected a refusal to shrink, got {other:?}"),
+        }
+        assert_eq!(fs::metadata(&image).expect("stat").len(), 48 << 20);
     }
 }

@@ -12,6 +12,8 @@
 //! identity as JSON on stdout and exits, so the init is reparented away from the agent.
 //!
 //! `exec`: see [`super::exec`].
+//!
+//! `grow-disk`: see [`super::disk_growth`].
 
 use std::convert::Infallible;
 use std::ffi::{CString, NulError, OsString};
@@ -35,17 +37,20 @@ use serde::{Deserialize, Serialize};
 use super::capabilities::{self, CapabilityError};
 use super::cgroups::{CgroupError, VpsCgroup};
 use super::console::{self, ConsoleError};
+use super::disk::DiskError;
 use super::idmap::{self, IdRange, IdmapError};
 use super::namespaces::{self, NamespaceError};
 use super::process::{self, ProcessError, ProcessIdentity};
 use super::rootfs::{RootfsError, RootfsLayout};
 use super::seccomp::{self, SeccompError};
-use super::{exec, INTERNAL_ARG};
+use super::{disk_growth, exec, INTERNAL_ARG};
 
 /// Name of the start helper.
 pub(crate) const START: &str = "start";
 /// Name of the exec helper.
 pub(crate) const EXEC: &str = "exec";
+/// Name of the disk growth helper.
+pub(crate) const GROW_DISK: &str = "grow-disk";
 
 /// The init's environment.
 const INIT_ENV: &[&str] = &[
@@ -101,6 +106,9 @@ pub enum HelperError {
     /// Building the root filesystem failed.
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    /// Growing the VPS's disk failed.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// Inspecting a process failed.
     #[error(transparent)]
     Process(#[from] ProcessError),
@@ -173,9 +181,10 @@ pub(crate) fn run(args: Vec<OsString>) -> i32 {
             }
         },
         Some(EXEC) => exec::helper_main(&args[1..]),
+        Some(GROW_DISK) => disk_growth::helper_main(&args[1..]),
         other => {
             eprintln!(
-                "{INTERNAL_ARG}: unknown helper {:?} (expected {START} or {EXEC})",
+                "{INTERNAL_ARG}: unknown helper {:?} (expected {START}, {EXEC} or {GROW_DISK})",
                 other.unwrap_or("")
             );
             2

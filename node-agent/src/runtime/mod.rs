@@ -16,6 +16,7 @@ mod cgroups;
 pub mod console;
 pub mod device_filter;
 pub mod disk;
+mod disk_growth;
 mod exec;
 mod helper;
 pub mod idmap;
@@ -40,6 +41,7 @@ pub use self::capabilities::CapabilityError;
 use self::cgroups::VpsCgroup;
 pub use self::cgroups::{CgroupError, ALLOWED_CHAR_DEVICES};
 pub use self::disk::DiskError;
+pub use self::disk_growth::DiskGrowthError;
 use self::exec::ExecRequest;
 pub use self::exec::{
     ResizeSender, TtySize, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED,
@@ -116,7 +118,9 @@ pub struct Limits {
     pub swap_bytes: u64,
     /// Maximum number of tasks; 0 = unlimited.
     pub pids_max: u64,
-    /// Size of the VPS's disk image; 0 = [`disk::DEFAULT_DISK_BYTES`]. Fixed at creation.
+    /// Size of the VPS's disk image; 0 = [`disk::DEFAULT_DISK_BYTES`]. A larger value grows
+    /// the disk in place (online while the VPS runs); a disk never shrinks, so a smaller value
+    /// keeps the current size.
     #[serde(default)]
     pub disk_bytes: u64,
     /// Read bytes/s on the VPS's disk; 0 = unlimited.
@@ -295,6 +299,19 @@ pub enum RuntimeError {
         /// What failed.
         source: DiskError,
     },
+    /// Growing the VPS's disk failed at the step `source` names. The image is never shrunk;
+    /// the growth is redone by the next apply and when the agent starts.
+    #[error("vps {vps_id}: grow disk {image} to {target_bytes} bytes: {source}")]
+    DiskGrowth {
+        /// The VPS.
+        vps_id: String,
+        /// Its disk image.
+        image: PathBuf,
+        /// The size asked for.
+        target_bytes: u64,
+        /// The step that failed and why (boxed: it is large and rare).
+        source: Box<DiskGrowthError>,
+    },
     /// A multi-step operation failed and rolling it back failed too.
     #[error("{error}; rollback also failed: {cleanup}")]
     RollbackFailed {
@@ -406,7 +423,14 @@ impl Runtime {
                 tracing::info!(vps_id, "finishing interrupted delete");
                 self.remove_vps(vps_id)
             }
-            Some(st) => {
+            Some(mut st) => {
+                if st.phase == Phase::Ready && st.disk_grow_to.is_some() {
+                    tracing::info!(vps_id, "finishing interrupted disk growth");
+                    let running = matches!(self.live_init(&st), Ok(Some(_)));
+                    if let Err(error) = self.grow_disk(&mut st, running) {
+                        tracing::error!(vps_id, %error, "finishing interrupted disk growth");
+                    }
+                }
                 let observed = self.observe(&st);
                 tracing::info!(vps_id, state = ?observed.state, init_pid = ?observed.init_pid, "adopted VPS");
                 Ok(())
@@ -461,13 +485,14 @@ impl Runtime {
         let running = self.live_init(&st)?;
         let image = self.rootfs_layout(vps_id, &st.template).disk_image;
         if let Ok(Some(size)) = disk::image_size(&image) {
-            if spec.limits.disk_bytes != 0 && spec.limits.disk_bytes != size {
-                // Growing or shrinking the ext4 image online is not supported yet.
+            let requested = spec.limits.disk_bytes;
+            // Logged once per change, not at every reconcile.
+            if requested != 0 && requested < size && requested != st.limits.disk_bytes {
                 tracing::warn!(
                     vps_id,
                     disk_bytes = size,
-                    requested = spec.limits.disk_bytes,
-                    "disk size is fixed at creation; keeping the current size"
+                    requested,
+                    "a disk never shrinks; keeping the current size"
                 );
             }
         }
@@ -477,6 +502,11 @@ impl Runtime {
         st.init = running.clone();
         self.save(&st)?;
 
+        // Online while the VPS keeps running, before a start (so it boots with the bigger
+        // filesystem), after a stop. A failure is reported after the power state has been
+        // carried out, so it never keeps a VPS down or up; the growth stays pending.
+        let stopping = spec.power == Power::Stopped && running.is_some();
+        let grown_before = (!stopping).then(|| self.grow_disk(&mut st, running.is_some()));
         match (spec.power, running) {
             (Power::Running, Some(_)) => self.apply_io(&st, &cgroup)?,
             (Power::Running, None) => {
@@ -512,6 +542,10 @@ impl Runtime {
                 st.init = None;
                 self.save(&st)?;
             }
+        }
+        match grown_before {
+            Some(grown) => grown?,
+            None => self.grow_disk(&mut st, false)?,
         }
         Ok(self.observe(&st))
     }
@@ -736,6 +770,7 @@ impl Runtime {
             halt_signal: None,
             ids: None,
             rebuild_generation: spec.rebuild_generation,
+            disk_grow_to: None,
         };
         self.save(&st)?;
         let built = self
@@ -798,8 +833,9 @@ impl Runtime {
             })
     }
 
-    /// Stops the VPS and gives it a fresh filesystem on its disk (same size) from
-    /// `spec.template`. Journaled as [`Phase::Rebuilding`], so an interrupted rebuild is redone.
+    /// Stops the VPS and gives it a fresh filesystem on its disk (same size, or the spec's if
+    /// larger) from `spec.template`. Journaled as [`Phase::Rebuilding`], so an interrupted
+    /// rebuild is redone.
     fn rebuild(&self, st: &mut VpsState, spec: &VpsSpec) -> Result<(), RuntimeError> {
         let vps_id = spec.vps_id.clone();
         if !self.layout().template_rootfs(&spec.template).is_dir() {
@@ -823,13 +859,114 @@ impl Runtime {
         };
         let size = disk::image_size(&rootfs.disk_image)
             .map_err(disk_err)?
-            .unwrap_or_else(|| disk_bytes(&st.limits));
+            .unwrap_or_default()
+            .max(disk_bytes(&spec.limits));
         // The old filesystem is gone once the last mount of it (in the VPS's namespaces) is.
         wait_for_detach(&rootfs.disk_image);
         disk::create_image(&rootfs.disk_image, size, ids).map_err(disk_err)?;
+        // The fresh filesystem fills the image: no growth is pending any more.
+        st.disk_grow_to = None;
         st.phase = Phase::Ready;
         self.save(st)?;
         tracing::info!(vps_id, template = st.template, "rebuilt VPS");
+        Ok(())
+    }
+
+    /// Grows the VPS's disk when its limits, or an interrupted growth, ask for more than the
+    /// image has: the intent marker ([`VpsState::disk_grow_to`]) first, then the image, then
+    /// its filesystem (online if the VPS runs), then the marker is cleared. Never shrinks.
+    /// Without an image there is nothing to grow: the next start creates it at full size.
+    /// `vps_running`: whether the VPS's init runs (if not, a previous instance's loop device
+    /// is given time to go away, so the growth can be done offline).
+    fn grow_disk(&self, st: &mut VpsState, vps_running: bool) -> Result<(), RuntimeError> {
+        let vps_id = st.vps_id.clone();
+        let rootfs = self.rootfs_layout(&vps_id, &st.template);
+        let image = &rootfs.disk_image;
+        let size = disk::image_size(image).map_err(|source| RuntimeError::Disk {
+            vps_id: vps_id.clone(),
+            source,
+        })?;
+        let Some(size) = size else {
+            if st.disk_grow_to.take().is_some() {
+                self.save(st)?;
+            }
+            return Ok(());
+        };
+        let wanted = disk_bytes(&st.limits);
+        // A pending target at or below the image size: the image grew, its filesystem may not.
+        let target_bytes = match st.disk_grow_to {
+            Some(pending) => pending.max(wanted).max(size),
+            None if wanted > size => wanted,
+            None => return Ok(()),
+        };
+        if st.disk_grow_to != Some(target_bytes) {
+            st.disk_grow_to = Some(target_bytes);
+            self.save(st)?;
+        }
+        let growth_err = |source| RuntimeError::DiskGrowth {
+            vps_id: vps_id.clone(),
+            image: image.clone(),
+            target_bytes,
+            source: Box::new(source),
+        };
+        // The helper's mount point (in its own namespace); normally made at create.
+        fs::create_dir_all(&rootfs.disk).map_err(|source| RuntimeError::Rootfs {
+            vps_id: vps_id.clone(),
+            source: RootfsError::Io {
+                operation: "create dir",
+                path: rootfs.disk.clone(),
+                source,
+            },
+        })?;
+        if vps_running && !capabilities::has_effective(capabilities::CAP_SYS_RESOURCE) {
+            // The kernel resizes a mounted ext4 only for CAP_SYS_RESOURCE (containers and
+            // some sandboxes drop it). The growth stays pending, shown in the VPS's status,
+            // and is done offline at its next stop or start.
+            tracing::warn!(
+                vps_id,
+                target_bytes,
+                "online disk growth needs CAP_SYS_RESOURCE; growing at the next stop or start"
+            );
+            return Ok(());
+        }
+        if !vps_running {
+            wait_for_detach(image);
+        }
+        let growth = disk_growth::grow(
+            &self.config().helper_binary,
+            image,
+            &rootfs.disk,
+            target_bytes,
+        )
+        .map_err(growth_err)?;
+        st.disk_grow_to = None;
+        self.save(st)?;
+        match &growth.online {
+            Some(fs) => {
+                if !fs.online {
+                    // The VPS went away meanwhile and the helper attached the image itself;
+                    // that loop device goes with the helper's namespace.
+                    wait_for_detach(image);
+                }
+                tracing::info!(
+                    vps_id,
+                    image = %image.display(),
+                    old_bytes = growth.image.old_bytes,
+                    new_bytes = growth.image.new_bytes,
+                    fs_bytes_before = fs.fs_bytes_before,
+                    fs_bytes_after = fs.fs_bytes_after,
+                    device = %fs.device.display(),
+                    "grew disk online"
+                );
+            }
+            None => tracing::info!(
+                vps_id,
+                image = %image.display(),
+                old_bytes = growth.image.old_bytes,
+                new_bytes = growth.image.new_bytes,
+                "grew disk offline"
+            ),
+        }
         Ok(())
     }
 
@@ -1036,7 +1173,14 @@ impl Runtime {
                 Ok(Some(init)) => (
                     ObservedState::Running,
                     Some(init.pid),
-                    format!("running, init pid {}", init.pid),
+                    match st.disk_grow_to {
+                        Some(bytes) => format!(
+                            "running, init pid {}; its disk grows to {bytes} bytes at its next \
+                             stop or start",
+                            init.pid
+                        ),
+                        None => format!("running, init pid {}", init.pid),
+                    },
                 ),
                 Ok(None) => match (&st.init, st.power) {
                     (Some(init), Power::Running) => (

@@ -259,7 +259,7 @@ impl RootfsLayout {
 }
 
 /// Stops mounts below `path` from propagating to or from other namespaces.
-fn make_private(path: &str) -> Result<(), RootfsError> {
+pub(crate) fn make_private(path: &str) -> Result<(), RootfsError> {
     mount(
         None::<&str>,
         path,

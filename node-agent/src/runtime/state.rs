@@ -95,6 +95,12 @@ pub(crate) struct VpsState {
     /// The last rebuild generation carried out.
     #[serde(default)]
     pub rebuild_generation: u64,
+    /// Intent marker of a disk growth to this many bytes that is not known to have finished
+    /// (the image may be extended while its filesystem is not yet). Written before the image
+    /// is touched, cleared after the filesystem grew; a set marker is redone (growth is
+    /// idempotent) by the next apply and when the agent starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_grow_to: Option<u64>,
 }
 
 /// Current `VpsState::version`.
@@ -261,6 +267,7 @@ mod tests {
             halt_signal: Some(HaltSignal::SYSVINIT),
             ids: None,
             rebuild_generation: 0,
+            disk_grow_to: None,
         }
     }
 
@@ -313,6 +320,26 @@ mod tests {
         layout.write_state(&state).expect("write");
         let text = fs::read_to_string(layout.state_file("old")).expect("read");
         assert!(!text.contains("halt_signal"), "{text}");
+    }
+
+    #[test]
+    fn disk_growth_marker_round_trips_and_is_absent_when_unset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout {
+            state_dir: dir.path().to_path_buf(),
+        };
+        layout.create_dirs().expect("dirs");
+        fs::create_dir(layout.vps_dir("g")).expect("mkdir");
+        let mut state = sample("g");
+        layout.write_state(&state).expect("write");
+        let text = fs::read_to_string(layout.state_file("g")).expect("read");
+        assert!(!text.contains("disk_grow_to"), "{text}");
+        state.disk_grow_to = Some(3 << 30);
+        layout.write_state(&state).expect("write");
+        assert_eq!(
+            layout.read_state("g").expect("read").expect("present"),
+            state
+        );
     }
 
     #[test]
