@@ -666,6 +666,18 @@ pub enum NodeCommand {
         /// Node name.
         name: String,
     },
+    /// Remove a drained node that hosts no VPS and no pool, and revoke its
+    /// certificates (its agent must enrol again with the join token to return).
+    #[command(
+        after_help = "Example:\n  paddock admin node drain node-a\n  paddock admin node remove node-a --yes"
+    )]
+    Remove {
+        /// Node name.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
     /// Set (KEY=VALUE) or remove (KEY-) node labels, used by `create --node-selector`
     /// and for per-node overcommit (paddock.io/cpu-overcommit=2.0).
     #[command(

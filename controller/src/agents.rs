@@ -57,6 +57,13 @@ impl AgentPool {
         };
         Ok(NodeAgentClient::new(channel))
     }
+
+    /// Drops the cached channel of a removed node.
+    pub fn forget(&self, node: &str) {
+        if let Ok(mut channels) = self.channels.lock() {
+            channels.remove(node);
+        }
+    }
 }
 
 /// Maps a failed agent call to the controller's error for that node.

@@ -44,6 +44,11 @@ pub enum AuthError {
     Expired,
     #[error("node authentication failed: {0}")]
     NodeCertificate(&'static str),
+    #[error(
+        "the certificate of node {node} was revoked when the node was removed at {removed_at}; \
+         enrol the node again with the join token (delete the agent's tls directory first)"
+    )]
+    NodeRevoked { node: String, removed_at: String },
     #[error("this operation needs {needed}; the token is for {actual}")]
     Forbidden {
         needed: &'static str,
@@ -61,7 +66,8 @@ impl From<AuthError> for tonic::Status {
             | AuthError::Invalid
             | AuthError::Revoked
             | AuthError::Expired
-            | AuthError::NodeCertificate(_) => tonic::Status::unauthenticated(error.to_string()),
+            | AuthError::NodeCertificate(_)
+            | AuthError::NodeRevoked { .. } => tonic::Status::unauthenticated(error.to_string()),
             AuthError::Forbidden { .. } => tonic::Status::permission_denied(error.to_string()),
             AuthError::Store(error) => error.into(),
         }

@@ -41,8 +41,10 @@ impl Controller {
             .ok_or(AuthError::NodeCertificate("not a node certificate").into())
     }
 
-    /// Requires the caller's certificate to belong to `node_name`.
+    /// Requires the caller's certificate to belong to `node_name` and not to
+    /// be revoked (issued before the node was last removed).
     pub fn check_node(
+        &self,
         peer_certs: Option<&[impl AsRef<[u8]>]>,
         node_name: &str,
     ) -> Result<(), ControllerError> {
@@ -54,11 +56,80 @@ impl Controller {
             }
             .into());
         }
+        if let Some(removed_at) = self.store.node_revoked_at(&node)? {
+            let issued = peer_certs
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| pki::not_before(leaf.as_ref()));
+            if issued.is_none_or(|issued| issued <= removed_at) {
+                return Err(AuthError::NodeRevoked {
+                    node,
+                    removed_at: removed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a drained node that hosts no VPS and no pool, and revokes its
+    /// certificates: its agent can no longer register or heartbeat, and the
+    /// name can only come back by enrolling again with the join token.
+    pub async fn remove_node(&self, name: &str) -> Result<(), ControllerError> {
+        validate::name("name", name)?;
+        let node = self
+            .store
+            .get_node(name)?
+            .ok_or_else(|| ControllerError::not_found("node", name))?;
+        if !node.cordoned {
+            return Err(ControllerError::Precondition(format!(
+                "node {name} is not drained: run `paddock admin node drain {name}` first, so \
+                 nothing new is placed on it"
+            )));
+        }
+        let hosted: Vec<String> = self
+            .store
+            .list_vps(None)?
+            .into_iter()
+            .filter(|vps| vps.node == name)
+            .map(|vps| format!("{}/{}", vps.tenant, vps.name))
+            .collect();
+        if !hosted.is_empty() {
+            return Err(ControllerError::Precondition(format!(
+                "node {name} still hosts {} VPS(es) ({}); delete them first: VPSes do not move \
+                 between nodes",
+                hosted.len(),
+                hosted.join(", ")
+            )));
+        }
+        let pools: Vec<String> = self
+            .store
+            .list_pools()?
+            .into_iter()
+            .filter(|pool| pool.node == name)
+            .map(|pool| pool.name)
+            .collect();
+        if !pools.is_empty() {
+            return Err(ControllerError::Precondition(format!(
+                "node {name} still has pool(s) {}; delete them first (paddock admin pool delete)",
+                pools.join(", ")
+            )));
+        }
+        // Whole seconds, as certificates carry them: one signed in this
+        // second is revoked too (enrolment waits for the next one).
+        let removed_at =
+            chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_else(Utc::now);
+        self.store.remove_node(name, removed_at)?;
+        self.commit().await?;
+        self.agents.forget(name);
+        info!(node = %name, "node removed; its certificates are revoked");
         Ok(())
     }
 
     /// Signs an enrolling node's certificate request.
-    pub fn enroll_node(&self, request: &v1::EnrollRequest) -> Result<String, ControllerError> {
+    pub async fn enroll_node(
+        &self,
+        request: &v1::EnrollRequest,
+    ) -> Result<String, ControllerError> {
         validate::name("node_name", &request.node_name)?;
         if request.subject_alt_names.is_empty() {
             return Err(ValidationError::new(
@@ -67,12 +138,24 @@ impl Controller {
             )
             .into());
         }
+        // Valid from now (whole seconds), which must be after the name's last
+        // revocation: re-enrolling in the very second of a removal waits for the next.
+        let mut now = Utc::now();
+        if let Some(removed_at) = self.store.node_revoked_at(&request.node_name)? {
+            let next = removed_at + chrono::Duration::seconds(1);
+            if let Ok(wait) = (next - now).to_std() {
+                tokio::time::sleep(wait).await;
+                now = Utc::now();
+            }
+        }
+        let not_before = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
         let certificate = self
             .pki
             .sign_node(
                 &request.node_name,
                 &request.csr_pem,
                 &request.subject_alt_names,
+                not_before,
             )
             .map_err(|error| match error {
                 pki::PkiError::BadSan(_) => ControllerError::Invalid(ValidationError::new(

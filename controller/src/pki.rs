@@ -4,8 +4,10 @@
 //! Identities live in the subject common name: `paddock-controller` for the
 //! controller, `paddock-node:<name>` for a node. The CA signs nothing else,
 //! so a node can never present itself as the controller or as another node.
-//! Certificates use rcgen's default validity (no practical expiry); rotation
-//! and revocation of node certificates are future work.
+//! Node certificates are valid from the moment they are signed for
+//! [`NODE_CERT_VALIDITY_DAYS`]; removing a node revokes every certificate
+//! issued to its name until then (the controller refuses a node certificate
+//! whose notBefore is not after the node's removal). Rotation is future work.
 
 use std::fs;
 use std::io::Write;
@@ -21,6 +23,9 @@ use rcgen::{
 pub const CONTROLLER_CN: &str = "paddock-controller";
 /// Prefix of a node certificate's common name.
 pub const NODE_CN_PREFIX: &str = "paddock-node:";
+/// How long a node certificate is valid: ten years, as LXD's; revocation by
+/// node removal, not expiry, is how one is withdrawn.
+pub const NODE_CERT_VALIDITY_DAYS: i64 = 3650;
 
 /// Why a certificate operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,8 @@ pub enum PkiError {
     BadSan(String),
     #[error("csr_pem: not a valid PEM certificate signing request: {0}")]
     BadCsr(rcgen::Error),
+    #[error("{0} cannot be a certificate's notBefore")]
+    BadTime(chrono::DateTime<chrono::Utc>),
 }
 
 /// PEM files of the controller's TLS identity and CA, under `<data_dir>/tls/`.
@@ -181,16 +188,23 @@ impl Pki {
 
     /// Signs a node's CSR. Only the CSR's public key is used: the subject is
     /// set to the enrolling node's name and the SANs to the validated `sans`.
+    /// Signs a node certificate valid from `not_before` (whole seconds) for
+    /// [`NODE_CERT_VALIDITY_DAYS`].
     pub fn sign_node(
         &self,
         node_name: &str,
         csr_pem: &str,
         sans: &[String],
+        not_before: chrono::DateTime<chrono::Utc>,
     ) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, &ca_key)?;
-        let params = leaf_params(&format!("{NODE_CN_PREFIX}{node_name}"), sans)?;
+        let mut params = leaf_params(&format!("{NODE_CN_PREFIX}{node_name}"), sans)?;
+        let from = time::OffsetDateTime::from_unix_timestamp(not_before.timestamp())
+            .map_err(|_| PkiError::BadTime(not_before))?;
+        params.not_before = from;
+        params.not_after = from + time::Duration::days(NODE_CERT_VALIDITY_DAYS);
         let signed = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
@@ -198,6 +212,12 @@ impl Pki {
         .signed_by(&issuer)?;
         Ok(signed.pem())
     }
+}
+
+/// The notBefore of a DER certificate, if it parses.
+pub fn not_before(der: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    chrono::DateTime::from_timestamp(cert.validity().not_before.timestamp(), 0)
 }
 
 /// The subject common name of a DER certificate, if it has one.
@@ -235,20 +255,27 @@ mod tests {
             .expect("csr")
             .pem()
             .expect("pem");
+        let at = chrono::DateTime::from_timestamp(1_796_083_200, 0).expect("time");
         let cert_pem = pki
-            .sign_node("node1", &csr, &["127.0.0.1".into()])
+            .sign_node("node1", &csr, &["127.0.0.1".into()], at)
             .expect("sign");
         let der = rustls_pemfile_der(&cert_pem);
         assert_eq!(common_name(&der).as_deref(), Some("paddock-node:node1"));
+        assert_eq!(not_before(&der), Some(at), "valid from the signing time");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        assert_eq!(
+            cert.validity().not_after.timestamp() - at.timestamp(),
+            NODE_CERT_VALIDITY_DAYS * 86_400
+        );
         let controller = rustls_pemfile_der(&pki.cert_pem);
         assert_eq!(common_name(&controller).as_deref(), Some(CONTROLLER_CN));
 
         assert!(matches!(
-            pki.sign_node("node1", "garbage", &[]),
+            pki.sign_node("node1", "garbage", &[], at),
             Err(PkiError::BadCsr(_))
         ));
         assert!(matches!(
-            pki.sign_node("node1", &csr, &["bad name!".into()]),
+            pki.sign_node("node1", &csr, &["bad name!".into()], at),
             Err(PkiError::BadSan(_))
         ));
     }

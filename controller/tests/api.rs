@@ -479,3 +479,147 @@ async fn resize_must_fit_the_node() {
         .await
         .expect("within the node");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_node_revokes_its_certificates_until_it_enrols_again() {
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    let nodes = || v1::node_service_client::NodeServiceClient::new(api.channel.clone());
+    let pools = || v1::pool_service_client::PoolServiceClient::new(api.channel.clone());
+    let node_b = || v1::GetNodeRequest {
+        name: "node-b".into(),
+    };
+    let register = |channel: tonic::transport::Channel| async move {
+        v1::agent_registry_client::AgentRegistryClient::new(channel)
+            .register(tonic::Request::new(v1::RegisterRequest {
+                node_name: "node-b".into(),
+                address: "http://127.0.0.1:9".into(),
+                capacity: Some(v1::NodeCapacityReport {
+                    vcpus: 8.0,
+                    memory_bytes: 1 << 34,
+                    disk_bytes: 1 << 40,
+                }),
+                agent_version: "test".into(),
+            }))
+            .await
+    };
+    let old_cert = api.enrol("node-b").await;
+    register(old_cert.clone()).await.expect("register node-b");
+
+    // A node with a pool and a VPS, not drained: each is refused by name.
+    nodes()
+        .set_node_labels(with_token(
+            v1::SetNodeLabelsRequest {
+                name: "node-b".into(),
+                labels: [("role".to_owned(), "b".to_owned())].into(),
+            },
+            &api.admin,
+        ))
+        .await
+        .expect("label");
+    pools()
+        .create_pool(with_token(
+            v1::CreatePoolRequest {
+                pool: Some(v1::Pool {
+                    name: "pool-b".into(),
+                    node: "node-b".into(),
+                    cidr: "10.201.0.0/24".into(),
+                    gateway: "10.201.0.1".into(),
+                    ..v1::Pool::default()
+                }),
+            },
+            &api.admin,
+        ))
+        .await
+        .expect("pool on node-b");
+    let web = api
+        .vps()
+        .create_vps(with_token(
+            v1::CreateVpsRequest {
+                name: "web".into(),
+                plan: "nano".into(),
+                node_selector: [("role".to_owned(), "b".to_owned())].into(),
+                ..Default::default()
+            },
+            &acme,
+        ))
+        .await
+        .expect("VPS on node-b")
+        .into_inner();
+    assert_eq!(web.node, "node-b");
+    let remove = || async {
+        nodes()
+            .remove_node(with_token(node_b(), &api.admin))
+            .await
+            .expect_err("refused")
+    };
+    let refused = remove().await;
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("is not drained"), "{refused:?}");
+    nodes()
+        .drain_node(with_token(node_b(), &api.admin))
+        .await
+        .expect("drain");
+    let refused = remove().await;
+    assert!(
+        refused
+            .message()
+            .contains("still hosts 1 VPS(es) (acme/web)"),
+        "{refused:?}"
+    );
+    // The node's agent is not reachable here: the VPS is removed as a node would confirm.
+    use paddock_controller::store::Store;
+    api.store.remove_vps(&web.id).expect("remove VPS");
+    let refused = remove().await;
+    assert!(refused.message().contains("pool-b"), "{refused:?}");
+    pools()
+        .delete_pool(with_token(
+            v1::GetPoolRequest {
+                name: "pool-b".into(),
+            },
+            &api.admin,
+        ))
+        .await
+        .expect("delete pool");
+
+    nodes()
+        .remove_node(with_token(node_b(), &api.admin))
+        .await
+        .expect("remove");
+    let gone = nodes()
+        .get_node(with_token(node_b(), &api.admin))
+        .await
+        .expect_err("removed");
+    assert_eq!(gone.code(), Code::NotFound);
+    // Its certificate no longer registers nor heartbeats.
+    let revoked = register(old_cert.clone()).await.expect_err("revoked");
+    assert_eq!(revoked.code(), Code::Unauthenticated);
+    assert!(revoked.message().contains("was revoked"), "{revoked:?}");
+    let heartbeat = v1::agent_registry_client::AgentRegistryClient::new(old_cert)
+        .heartbeat(tonic::Request::new(v1::HeartbeatRequest {
+            node_name: "node-b".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("revoked");
+    assert_eq!(heartbeat.code(), Code::Unauthenticated);
+    // Other nodes are untouched; enrolling again brings node-b back.
+    let node_a = api.enrol("node-a").await;
+    v1::agent_registry_client::AgentRegistryClient::new(node_a)
+        .heartbeat(tonic::Request::new(v1::HeartbeatRequest {
+            node_name: "node-a".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("node-a heartbeats");
+    let new_cert = api.enrol("node-b").await;
+    register(new_cert)
+        .await
+        .expect("re-enrolled node-b registers");
+    let back = nodes()
+        .get_node(with_token(node_b(), &api.admin))
+        .await
+        .expect("node-b is back")
+        .into_inner();
+    assert!(!back.cordoned, "a new node, not the drained one");
+}

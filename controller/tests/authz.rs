@@ -250,6 +250,7 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
                 }))
                 .await,
         ),
+        "RemoveNode" => code(NodeServiceClient::new(ch).remove_node(t!(node())).await),
         "ListPools" => code(
             PoolServiceClient::new(ch)
                 .list_pools(t!(v1::Empty {}))
@@ -431,6 +432,8 @@ async fn every_rpc_checks_role_and_tenant() {
         ("DrainNode", admin_only(Ok)),
         ("UndrainNode", admin_only(Ok)),
         ("SetNodeLabels", admin_only(Ok)),
+        // The fixture node is neither drained nor empty.
+        ("RemoveNode", admin_only(Fp)),
         ("ListPools", admin_only(Ok)),
         ("GetPool", admin_only(Nf)),
         ("DeletePool", admin_only(Nf)),
@@ -484,7 +487,6 @@ async fn every_rpc_checks_role_and_tenant() {
         "node-b posing as node-a"
     );
     assert_eq!(call(&node_b, "Heartbeat", "node", "").await, Pd);
-    let _ = Fp;
     assert!(
         failures.is_empty(),
         "authorization matrix mismatches:\n{}",

@@ -236,6 +236,16 @@ async fn node(
                 .call(client.undrain_node(GetNodeRequest { name }))
                 .await?
         }
+        NodeCommand::Remove { name, yes } => {
+            confirm_destructive(
+                yes,
+                &format!("Remove node {name} and revoke its certificates?"),
+            )?;
+            session
+                .call(client.remove_node(GetNodeRequest { name: name.clone() }))
+                .await?;
+            return done(printer, "node", name, "removed");
+        }
         NodeCommand::Label { name, labels } => {
             let current = session
                 .call(client.get_node(GetNodeRequest { name: name.clone() }))

@@ -86,6 +86,18 @@ impl NodeService for NodeApi {
             .await?;
         Ok(Response::new(node))
     }
+
+    async fn remove_node(
+        &self,
+        request: Request<v1::GetNodeRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        audit_target(&request, request.get_ref().name.clone());
+        self.controller.admin(request.metadata())?;
+        self.controller
+            .remove_node(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(v1::Empty {}))
+    }
 }
 
 pub struct PlanApi {
@@ -162,7 +174,7 @@ impl AgentRegistry for RegistryApi {
     ) -> Result<Response<v1::EnrollResponse>, Status> {
         audit_target(&request, request.get_ref().node_name.clone());
         self.controller.check_join_token(request.metadata())?;
-        let certificate_pem = self.controller.enroll_node(request.get_ref())?;
+        let certificate_pem = self.controller.enroll_node(request.get_ref()).await?;
         Ok(Response::new(v1::EnrollResponse {
             certificate_pem,
             ca_pem: self.controller.pki.ca_cert_pem.clone(),
@@ -174,7 +186,7 @@ impl AgentRegistry for RegistryApi {
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         audit_target(&request, request.get_ref().node_name.clone());
-        Controller::check_node(
+        self.controller.check_node(
             peer_certs(&request).as_deref(),
             &request.get_ref().node_name,
         )?;
@@ -188,7 +200,7 @@ impl AgentRegistry for RegistryApi {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        Controller::check_node(
+        self.controller.check_node(
             peer_certs(&request).as_deref(),
             &request.get_ref().node_name,
         )?;

@@ -7,6 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use records::*;
+
+use chrono::{DateTime, Utc};
 pub use sled_store::SledStore;
 
 /// Version of the on-disk layout; a store written by another version is refused.
@@ -110,6 +112,11 @@ pub trait Store: Send + Sync + 'static {
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
     fn get_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Removes a node and records that every certificate issued to its name
+    /// with a notBefore up to `revoked_at` is revoked, in one transaction.
+    fn remove_node(&self, name: &str, revoked_at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// When the certificates of node `name` were last revoked, if ever.
+    fn node_revoked_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Inserts a VPS, checking name uniqueness and the tenant's quota,
     /// charging the tenant's usage and allocating `resources.ipv4_count`

@@ -24,6 +24,8 @@ pub struct SledStore {
     tenants: Tree,
     tokens: Tree,
     nodes: Tree,
+    /// Node name -> when its certificates were revoked (the node was removed).
+    node_revocations: Tree,
     vps: Tree,
     /// `tenant/name` -> vps id.
     vps_names: Tree,
@@ -239,6 +241,7 @@ impl SledStore {
             tenants: db.open_tree("tenants")?,
             tokens: db.open_tree("tokens")?,
             nodes: db.open_tree("nodes")?,
+            node_revocations: db.open_tree("node_revocations")?,
             vps: db.open_tree("vps")?,
             vps_names: db.open_tree("vps_names")?,
             pools: db.open_tree("pools")?,
@@ -708,6 +711,21 @@ impl Store for SledStore {
 
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         Self::scan(&self.nodes, "nodes")
+    }
+
+    fn remove_node(&self, name: &str, revoked_at: DateTime<Utc>) -> Result<(), StoreError> {
+        flatten(
+            (&self.nodes, &self.node_revocations).transaction(|(nodes, revocations)| {
+                tx_need::<NodeRecord>(nodes, "nodes", name.as_bytes(), "node", name.to_owned())?;
+                nodes.remove(name.as_bytes())?;
+                revocations.insert(name.as_bytes(), encode(&revoked_at))?;
+                Ok(())
+            }),
+        )
+    }
+
+    fn node_revoked_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Self::get(&self.node_revocations, "node_revocations", name.as_bytes())
     }
 
     fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError> {
