@@ -46,8 +46,11 @@ pub fn audit_target<T>(request: &tonic::Request<T>, target: impl Into<String>) {
 /// Methods that change state (or, like Exec, act inside a tenant's VPS).
 fn is_audited(path: &str) -> bool {
     let method = path.rsplit('/').next().unwrap_or_default();
-    const VERBS: [&str; 14] = [
+    const VERBS: [&str; 17] = [
         "Create",
+        "Remove",
+        "Lift",
+        "Enroll",
         "Delete",
         "Start",
         "Stop",
@@ -205,6 +208,37 @@ mod tests {
         assert!(!is_audited("/paddock.v1.VpsService/GetVps"));
         assert!(!is_audited("/paddock.v1.VpsService/ListVps"));
         assert!(!is_audited("/paddock.v1.AgentRegistry/Heartbeat"));
+    }
+
+    /// Every RPC of the controller's .proto files is audited unless it only
+    /// reads (or is a node's heartbeat), so a new mutation cannot slip by.
+    #[test]
+    fn every_rpc_that_is_not_a_read_is_audited() {
+        const READS: [&str; 5] = ["Get", "List", "Watch", "TenantUsageSummary", "Heartbeat"];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/paddock/v1");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).expect("proto dir") {
+            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("proto");
+            let mut service = String::new();
+            for line in text.lines().map(str::trim) {
+                if let Some(rest) = line.strip_prefix("service ") {
+                    service = rest.split_whitespace().next().unwrap_or("").to_owned();
+                } else if let Some(rest) = line.strip_prefix("rpc ") {
+                    let rpc = rest.split('(').next().unwrap_or("").trim();
+                    if service == "NodeAgent" {
+                        continue;
+                    }
+                    let read = READS.iter().any(|prefix| rpc.starts_with(prefix));
+                    assert_eq!(
+                        is_audited(&format!("/paddock.v1.{service}/{rpc}")),
+                        !read,
+                        "{service}/{rpc}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 40, "only {checked} RPCs found");
     }
 
     #[test]
