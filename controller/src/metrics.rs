@@ -8,54 +8,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::warn;
+use paddock_telemetry::Histogram;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum_secs: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        for (bucket, bound) in self.counts.iter_mut().zip(BUCKETS) {
-            if secs <= bound {
-                *bucket += 1;
-            }
-        }
-        self.count += 1;
-        self.sum_secs += secs;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (count, bound) in self.counts.iter().zip(BUCKETS) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_secs);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
-
-#[derive(Default)]
 struct Registry {
     requests: BTreeMap<(String, String), u64>,
     latency: BTreeMap<String, Histogram>,
@@ -64,7 +23,13 @@ struct Registry {
 
 fn registry() -> &'static Mutex<Registry> {
     static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(Mutex::default)
+    REGISTRY.get_or_init(|| {
+        Mutex::new(Registry {
+            requests: BTreeMap::new(),
+            latency: BTreeMap::new(),
+            store_flush: Histogram::new(&BUCKETS),
+        })
+    })
 }
 
 fn with_registry(f: impl FnOnce(&mut Registry)) {
@@ -83,7 +48,7 @@ pub fn observe_request(method: &str, code: &str, elapsed: Duration) {
             .or_default() += 1;
         r.latency
             .entry(method.to_owned())
-            .or_default()
+            .or_insert_with(|| Histogram::new(&BUCKETS))
             .observe(elapsed);
     });
 }
@@ -142,39 +107,8 @@ pub async fn serve(
     gauges: Arc<dyn Fn() -> Gauges + Send + Sync>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    loop {
-        let (mut stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "metrics accept");
-                continue;
-            }
-        };
-        let gauges = gauges.clone();
-        tokio::spawn(async move {
-            let mut request = Vec::with_capacity(1024);
-            let mut buffer = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
-                    Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buffer[..n]),
-                    _ => return,
-                }
-            }
-            let wanted =
-                request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?");
-            let response = if wanted {
-                let body = render(&gauges());
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned()
-            };
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
+    paddock_telemetry::serve(listener, Arc::new(move || render(&gauges()))).await;
+    Ok(())
 }
 
 #[cfg(test)]

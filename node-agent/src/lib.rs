@@ -197,7 +197,7 @@ async fn serve_metrics(
     };
     tracing::info!(%addr, "metrics endpoint serving");
     let scrape = Arc::new(move || metrics.scrape(&runtime, &meter));
-    Some(tokio::spawn(metrics::serve(listener, scrape)))
+    Some(tokio::spawn(paddock_telemetry::serve(listener, scrape)))
 }
 
 #[cfg(test)]

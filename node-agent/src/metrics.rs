@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use paddock_telemetry::{escape, family, grpc_code, Histogram};
 use tracing::warn;
 
 use crate::metering::{Meter, Sample, STOPPED_INCARNATION};
@@ -24,39 +23,6 @@ use crate::runtime::{ObservedState, Runtime, VpsObserved};
 const BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-
-/// A latency histogram. The controller has its own: the binaries share no
-/// metrics crate, and this one is only what the agent needs.
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    /// Observations at or below each bound of `BUCKETS` (cumulative, as exposed).
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum_secs: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter_mut().zip(BUCKETS) {
-            if secs <= bound {
-                *bucket += 1;
-            }
-        }
-        self.count += 1;
-        self.sum_secs += secs;
-    }
-
-    /// Writes the `_bucket`, `_sum` and `_count` lines; `labels` is not empty.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (count, bound) in self.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_secs);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
 
 #[derive(Default)]
 struct Counters {
@@ -137,7 +103,7 @@ impl Metrics {
         counters
             .rpc_latency
             .entry(method.to_owned())
-            .or_default()
+            .or_insert_with(|| Histogram::new(&BUCKETS))
             .observe(elapsed);
     }
 
@@ -287,82 +253,12 @@ fn render_vps(out: &mut String, vps: &[VpsObserved], usage: &[Sample]) {
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 fn state_name(state: ObservedState) -> &'static str {
     match state {
         ObservedState::Running => "running",
         ObservedState::Stopped => "stopped",
         ObservedState::Error => "error",
     }
-}
-
-/// A label value as the text format wants it: `\`, `"` and newlines escaped.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Serves `GET /metrics` on `listener` with the text `scrape` returns (called
-/// on a blocking thread) until the task is dropped; anything else is 404.
-pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send + Sync>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(answer(stream, scrape.clone()));
-            }
-            Err(error) => {
-                // E.g. out of file descriptors: do not spin.
-                warn!(%error, "metrics accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn answer(mut stream: TcpStream, scrape: Arc<dyn Fn() -> String + Send + Sync>) {
-    let mut request = Vec::with_capacity(1024);
-    let mut buffer = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
-            Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buffer[..n]),
-            _ => return,
-        }
-    }
-    let wanted = request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?");
-    let response = if !wanted {
-        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-    } else {
-        match tokio::task::spawn_blocking(move || scrape()).await {
-            Ok(body) => format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-            Err(error) => {
-                warn!(%error, "metrics scrape failed");
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned()
-            }
-        }
-    };
-    let _ = stream.write_all(response.as_bytes()).await;
-}
-
-/// The gRPC status code of a response, from its headers: errors are
-/// "trailers-only" responses that carry it there; a successful call carries
-/// it in the trailers, so absent means OK.
-fn grpc_code(headers: &http::HeaderMap) -> String {
-    let code = headers
-        .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<i32>().ok())
-        .map(tonic::Code::from_i32)
-        .unwrap_or(tonic::Code::Ok);
-    format!("{code:?}")
 }
 
 /// A tower layer over the gRPC server: counts and times every RPC by method
@@ -594,13 +490,5 @@ paddock_agent_vps_disk_used_bytes{vps_id="vps-b",name="db1"} 104857600
             ),
             "{text}"
         );
-    }
-
-    #[test]
-    fn status_codes_from_headers() {
-        let mut headers = http::HeaderMap::new();
-        assert_eq!(grpc_code(&headers), "Ok");
-        headers.insert("grpc-status", http::HeaderValue::from_static("16"));
-        assert_eq!(grpc_code(&headers), "Unauthenticated");
     }
 }

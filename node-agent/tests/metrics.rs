@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use paddock_agent::generations::RestartGenerations;
 use paddock_agent::metering::Meter;
-use paddock_agent::metrics::{self, Metrics, RpcMetricsLayer};
+use paddock_agent::metrics::{Metrics, RpcMetricsLayer};
 use paddock_agent::runtime::Runtime;
 use paddock_agent::service::AgentService;
 use paddock_proto::v1;
@@ -29,7 +29,10 @@ async fn serve_metrics(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let scrape = Arc::new(move || metrics.scrape(&runtime, &meter));
-    (addr, tokio::spawn(metrics::serve(listener, scrape)))
+    (
+        addr,
+        tokio::spawn(paddock_telemetry::serve(listener, scrape)),
+    )
 }
 
 /// One HTTP/1.1 GET over a fresh connection: (status line, body).

@@ -68,18 +68,6 @@ fn is_audited(path: &str) -> bool {
     VERBS.iter().any(|verb| method.starts_with(verb)) || method == "Exec" || method == "Console"
 }
 
-fn grpc_code(headers: &http::HeaderMap) -> String {
-    // Errors are "trailers-only" responses: the status is in the headers.
-    // A successful unary call carries it in the trailers, so absent means OK.
-    let code = headers
-        .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<i32>().ok())
-        .map(tonic::Code::from_i32)
-        .unwrap_or(tonic::Code::Ok);
-    format!("{code:?}")
-}
-
 fn actor<B>(controller: &Controller, request: &http::Request<B>) -> String {
     let headers = request.headers();
     let mut metadata = tonic::metadata::MetadataMap::new();
@@ -170,7 +158,7 @@ where
         Box::pin(async move {
             let response = inner.call(request).await;
             let code = match &response {
-                Ok(response) => grpc_code(response.headers()),
+                Ok(response) => paddock_telemetry::grpc_code(response.headers()),
                 Err(_) => "Transport".to_owned(),
             };
             metrics::observe_request(&method, &code, started.elapsed());
@@ -239,13 +227,5 @@ mod tests {
             }
         }
         assert!(checked > 40, "only {checked} RPCs found");
-    }
-
-    #[test]
-    fn status_codes_from_headers() {
-        let mut headers = http::HeaderMap::new();
-        assert_eq!(grpc_code(&headers), "Ok");
-        headers.insert("grpc-status", http::HeaderValue::from_static("5"));
-        assert_eq!(grpc_code(&headers), "NotFound");
     }
 }
