@@ -7,6 +7,12 @@
 //! cgroup directory's inode plus the init's start time) and a per-VPS
 //! `sequence` persisted in `<state_dir>/metering.json`, so the controller can
 //! drop repeats and count every byte exactly once across restarts of either side.
+//!
+//! What a run used between its last sample and its end is in the closing counters the runtime
+//! records when it stops the VPS ([`ClosedRun`]). They are sent under the run's incarnation, so
+//! the controller adds the tail once, but only as the continuation of the incarnation last sent
+//! for that VPS (persisted with the sequence): never after a newer run or `stopped`, which the
+//! controller would follow by counting the closed run from zero again.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -14,14 +20,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use crate::network::Network;
-use crate::runtime::{Runtime, VpsObserved};
+pub use crate::runtime::usage::IoCounters;
+use crate::runtime::usage::{self, UsageError};
+use crate::runtime::{ClosedRun, Runtime, VpsObserved};
 
 /// Incarnation of a VPS that is not running: only its disk is counted.
 pub const STOPPED_INCARNATION: &str = "stopped";
-
-/// Device major number of loop devices: a VPS's disk is one.
-const LOOP_MAJOR: &str = "7";
 
 /// Why sampling failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +45,13 @@ pub enum MeteringError {
     Journal {
         path: PathBuf,
         source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error("closing counters of {vps_id}: {source}")]
+    ClosedRun {
+        vps_id: String,
+        source: Box<crate::runtime::RuntimeError>,
     },
 }
 
@@ -72,13 +86,51 @@ pub struct Sample {
     pub disk_used_bytes: u64,
 }
 
-/// Block IO on the VPS's own disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub read_ops: u64,
-    pub write_ops: u64,
+/// What the meter last sent for one VPS (an entry of `metering.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Sent {
+    sequence: u64,
+    /// The incarnation of the last sample sent; unknown in journals from before closing
+    /// counters, so no closed run is sent until a sample names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incarnation: Option<String>,
+    /// When the last sample sent was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sampled_at_unix_ms: Option<i64>,
+}
+
+/// An entry of `metering.json` in any format it was written in.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JournalEntry {
+    /// Before closing counters: the last sequence number only.
+    Sequence(u64),
+    Sent(Sent),
+}
+
+impl From<JournalEntry> for Sent {
+    fn from(entry: JournalEntry) -> Self {
+        match entry {
+            JournalEntry::Sequence(sequence) => Sent {
+                sequence,
+                ..Sent::default()
+            },
+            JournalEntry::Sent(sent) => sent,
+        }
+    }
+}
+
+/// One VPS's counters right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Live {
+    /// Its init runs: the run's counters, read while it ran.
+    Running(Sample),
+    /// Not running: its disk only, as `stopped`.
+    Stopped(Sample),
+    /// The init it was listed with exited while it was being read: its end is not recorded
+    /// yet, so it is left out of this round (not reported as `stopped`, which would keep the
+    /// run's closing counters from being sent).
+    Ending,
 }
 
 /// Samples every VPS at most once per interval.
@@ -92,7 +144,7 @@ pub struct Meter {
 
 struct MeterState {
     last_round: Option<Instant>,
-    sequences: BTreeMap<String, u64>,
+    sent: BTreeMap<String, Sent>,
 }
 
 impl Meter {
@@ -103,13 +155,6 @@ impl Meter {
         state_dir: &Path,
         interval: Duration,
     ) -> Result<Self, MeteringError> {
-        let path = journal_path(state_dir);
-        let sequences = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| MeteringError::Journal { path, source })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(error) => return Err(io_err("read", &path)(error)),
-        };
         Ok(Self {
             runtime,
             network,
@@ -117,14 +162,15 @@ impl Meter {
             interval,
             state: Mutex::new(MeterState {
                 last_round: None,
-                sequences,
+                sent: read_journal(state_dir)?,
             }),
         })
     }
 
     /// Samples of every listed VPS if an interval has passed since the last
-    /// round, else nothing. Sequence numbers are persisted before they are
-    /// returned, so a restarted agent never reuses one. Blocking.
+    /// round, else nothing: a VPS's current counters, preceded by the closing
+    /// counters of a run that ended since the last round. Sequence numbers are
+    /// persisted before they are returned, so a restarted agent never reuses one. Blocking.
     pub fn due_samples(&self, observed: &[VpsObserved]) -> Result<Vec<Sample>, MeteringError> {
         let mut state = match self.state.lock() {
             Ok(state) => state,
@@ -140,43 +186,59 @@ impl Meter {
         }
         state.last_round = Some(Instant::now());
         let interval_ms = u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX);
-        let mut samples = self.read_all(observed, interval_ms);
-        let mut sequences = BTreeMap::new();
-        for sample in &mut samples {
-            let next = state.sequences.get(&sample.vps_id).copied().unwrap_or(0) + 1;
-            sample.sequence = next;
-            sequences.insert(sample.vps_id.clone(), next);
-        }
-        // Forget VPSes that no longer exist; keep ones that failed to sample this round.
+        let mut samples = Vec::new();
+        // VPSes that no longer exist are forgotten; ones that fail to sample keep their entry.
+        let mut sent = BTreeMap::new();
         for vps in observed {
-            if let Some(last) = state.sequences.get(&vps.vps_id) {
-                sequences.entry(vps.vps_id.clone()).or_insert(*last);
+            let last = state.sent.get(&vps.vps_id);
+            let mut next = last.cloned().unwrap_or_default();
+            // The closing counters are read after the live ones: a run seen running has
+            // either not ended yet or has its end recorded by now.
+            let round = self.read(vps, interval_ms).and_then(|live| {
+                let closed = self.runtime.closed_run(&vps.vps_id).map_err(|source| {
+                    MeteringError::ClosedRun {
+                        vps_id: vps.vps_id.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
+                Ok(round_samples(live, closed.as_ref(), last))
+            });
+            match round {
+                Ok(round) => {
+                    for mut sample in round {
+                        next.sequence += 1;
+                        sample.sequence = next.sequence;
+                        next.incarnation = Some(sample.incarnation.clone());
+                        next.sampled_at_unix_ms = Some(sample.sampled_at_unix_ms);
+                        samples.push(sample);
+                    }
+                }
+                Err(error) => tracing::warn!(vps_id = %vps.vps_id, %error, "usage sample"),
+            }
+            if last.is_some() || next.sequence > 0 {
+                sent.insert(vps.vps_id.clone(), next);
             }
         }
-        write_journal(&self.state_dir, &sequences)?;
-        state.sequences = sequences;
+        write_journal(&self.state_dir, &sent)?;
+        state.sent = sent;
         Ok(samples)
     }
 
     /// The counters of every listed VPS right now, for the metrics endpoint:
     /// no sequence numbers, nothing persisted, no effect on the next round. Blocking.
     pub fn current(&self, observed: &[VpsObserved]) -> Vec<Sample> {
-        self.read_all(observed, 0)
-    }
-
-    /// Reads every listed VPS; one that cannot be read is logged and left out.
-    fn read_all(&self, observed: &[VpsObserved], interval_ms: u32) -> Vec<Sample> {
         let mut samples = Vec::with_capacity(observed.len());
         for vps in observed {
-            match self.read(vps, interval_ms) {
-                Ok(sample) => samples.push(sample),
+            match self.read(vps, 0) {
+                Ok(Live::Running(sample) | Live::Stopped(sample)) => samples.push(sample),
+                Ok(Live::Ending) => {}
                 Err(error) => tracing::warn!(vps_id = %vps.vps_id, %error, "usage sample"),
             }
         }
         samples
     }
 
-    fn read(&self, vps: &VpsObserved, interval_ms: u32) -> Result<Sample, MeteringError> {
+    fn read(&self, vps: &VpsObserved, interval_ms: u32) -> Result<Live, MeteringError> {
         let disk_image = self
             .state_dir
             .join("vps")
@@ -191,20 +253,21 @@ impl Meter {
             ..Sample::default()
         };
         let Some(pid) = vps.init_pid else {
-            return Ok(sample);
+            return Ok(Live::Stopped(sample));
+        };
+        let Some(start_time) = init_start_time(pid)? else {
+            return Ok(Live::Ending);
         };
         let paths = self.runtime.cgroup_paths(&vps.vps_id);
-        let Some(start_time) = init_start_time(pid)? else {
-            return Ok(sample);
+        let Some(inode) = usage::cgroup_inode(&paths)? else {
+            return Ok(Live::Stopped(sample));
         };
-        let Some(first) = paths.iter().find(|p| p.is_dir()) else {
-            return Ok(sample);
-        };
-        let inode = std::fs::metadata(first)
-            .map_err(io_err("stat", first))?
-            .ino();
-        sample.incarnation = format!("{inode}-{start_time}");
-        read_cgroup_counters(&paths, &mut sample)?;
+        sample.incarnation = usage::incarnation(inode, start_time);
+        let cgroup = usage::read_cgroup_usage(&paths)?;
+        sample.cpu_usage_ns = cgroup.cpu_usage_ns;
+        sample.memory_bytes = cgroup.memory_bytes;
+        sample.memory_peak_bytes = cgroup.memory_peak_bytes;
+        sample.io = cgroup.io;
         if let Some(network) = &self.network {
             // No port (loopback-only or not attached yet): nothing crossed the wire.
             if let Ok(counters) = network.counters(&vps.vps_id) {
@@ -212,7 +275,80 @@ impl Meter {
                 sample.net_tx_bytes = counters.tx_bytes;
             }
         }
-        Ok(sample)
+        // Counters read after the init exited may lack the network (its veth goes away once
+        // the runtime has read the run's closing counters): only the closing ones count then.
+        if init_start_time(pid)? != Some(start_time) {
+            return Ok(Live::Ending);
+        }
+        Ok(Live::Running(sample))
+    }
+}
+
+/// The samples one VPS adds to a round, in order: `live`, preceded by (or, when stopped,
+/// replaced by) the closing counters of `closed`, its last ended run, if they continue the
+/// incarnation `last` sent. A run that ended since the last round is reported before the run
+/// that followed it, dated when it ended; never after it.
+fn round_samples(live: Live, closed: Option<&ClosedRun>, last: Option<&Sent>) -> Vec<Sample> {
+    let last_incarnation = last.and_then(|sent| sent.incarnation.as_deref());
+    let closed = closed.filter(|run| last_incarnation == Some(run.incarnation.as_str()));
+    match live {
+        Live::Ending => Vec::new(),
+        Live::Stopped(now) => match closed {
+            Some(run) => {
+                let at = now.sampled_at_unix_ms;
+                vec![closing_sample(run, &now, at)]
+            }
+            None => vec![now],
+        },
+        Live::Running(now) => match closed {
+            // Unless the closing counters were sent already (the last sample is from after
+            // the end: a stopped VPS's).
+            Some(run)
+                if run.incarnation != now.incarnation
+                    && last
+                        .and_then(|sent| sent.sampled_at_unix_ms)
+                        .is_none_or(|at| at < run.ended_at_unix_ms) =>
+            {
+                let at = run.ended_at_unix_ms.min(now.sampled_at_unix_ms);
+                vec![closing_sample(run, &now, at), now]
+            }
+            _ => vec![now],
+        },
+    }
+}
+
+/// The closing counters of `run` as a sample taken at `at`, with the disk of `now`. Nothing
+/// of the run is in memory any more.
+fn closing_sample(run: &ClosedRun, now: &Sample, at: i64) -> Sample {
+    Sample {
+        vps_id: now.vps_id.clone(),
+        incarnation: run.incarnation.clone(),
+        sequence: 0,
+        sampled_at_unix_ms: at,
+        interval_ms: now.interval_ms,
+        cpu_usage_ns: run.cpu_usage_ns,
+        memory_bytes: 0,
+        memory_peak_bytes: run.memory_peak_bytes,
+        io: run.io,
+        net_rx_bytes: run.net_rx_bytes,
+        net_tx_bytes: run.net_tx_bytes,
+        disk_used_bytes: now.disk_used_bytes,
+    }
+}
+
+fn read_journal(state_dir: &Path) -> Result<BTreeMap<String, Sent>, MeteringError> {
+    let path = journal_path(state_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<BTreeMap<String, JournalEntry>>(&bytes)
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(vps_id, entry)| (vps_id, entry.into()))
+                    .collect()
+            })
+            .map_err(|source| MeteringError::Journal { path, source }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(error) => Err(io_err("read", &path)(error)),
     }
 }
 
@@ -220,10 +356,10 @@ fn journal_path(state_dir: &Path) -> PathBuf {
     state_dir.join("metering.json")
 }
 
-fn write_journal(state_dir: &Path, sequences: &BTreeMap<String, u64>) -> Result<(), MeteringError> {
+fn write_journal(state_dir: &Path, sent: &BTreeMap<String, Sent>) -> Result<(), MeteringError> {
     let path = journal_path(state_dir);
     let tmp = state_dir.join("metering.json.tmp");
-    let bytes = serde_json::to_vec(sequences).map_err(|source| MeteringError::Journal {
+    let bytes = serde_json::to_vec(sent).map_err(|source| MeteringError::Journal {
         path: path.clone(),
         source,
     })?;
@@ -252,7 +388,7 @@ pub fn allocated_bytes(path: &Path) -> Result<u64, MeteringError> {
     }
 }
 
-/// Start time (clock ticks after boot) of `pid`, or `None` if it is gone.
+/// Start time (clock ticks after boot) of `pid`, or `None` if it is gone or a zombie.
 fn init_start_time(pid: u32) -> Result<Option<u64>, MeteringError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
     let text = match std::fs::read_to_string(&path) {
@@ -268,9 +404,12 @@ fn init_start_time(pid: u32) -> Result<Option<u64>, MeteringError> {
             path: path.clone(),
             reason: "no ')' after the command".to_owned(),
         })?;
-    after
-        .split_whitespace()
-        .nth(19)
+    let mut fields = after.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return Ok(None);
+    }
+    fields
+        .nth(18)
         .and_then(|field| field.parse().ok())
         .map(Some)
         .ok_or_else(|| MeteringError::Parse {
@@ -279,206 +418,167 @@ fn init_start_time(pid: u32) -> Result<Option<u64>, MeteringError> {
         })
 }
 
-fn read_file(path: &Path) -> Result<Option<String>, MeteringError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(io_err("read", path)(error)),
-    }
-}
-
-fn read_u64(path: &Path) -> Result<Option<u64>, MeteringError> {
-    let Some(text) = read_file(path)? else {
-        return Ok(None);
-    };
-    let text = text.trim();
-    if text == "max" {
-        return Ok(Some(u64::MAX));
-    }
-    text.parse().map(Some).map_err(|_| MeteringError::Parse {
-        path: path.to_owned(),
-        reason: format!("{text:?} is not a number"),
-    })
-}
-
-/// Fills CPU, memory and IO counters from whichever hierarchies `paths`
-/// holds (v1 controller directories or the one v2 directory).
-pub fn read_cgroup_counters(paths: &[PathBuf], sample: &mut Sample) -> Result<(), MeteringError> {
-    for dir in paths {
-        if let Some(ns) = read_u64(&dir.join("cpuacct.usage"))? {
-            sample.cpu_usage_ns = ns;
-        } else if let Some(text) = read_file(&dir.join("cpu.stat"))? {
-            if let Some(usec) = keyed(&text, "usage_usec") {
-                sample.cpu_usage_ns = usec.saturating_mul(1000);
-            }
-        }
-        if let Some(bytes) = read_u64(&dir.join("memory.usage_in_bytes"))? {
-            sample.memory_bytes = bytes;
-            sample.memory_peak_bytes =
-                read_u64(&dir.join("memory.max_usage_in_bytes"))?.unwrap_or(bytes);
-        } else if let Some(bytes) = read_u64(&dir.join("memory.current"))? {
-            sample.memory_bytes = bytes;
-            sample.memory_peak_bytes = read_u64(&dir.join("memory.peak"))?.unwrap_or(bytes);
-        }
-        if let Some(text) = read_file(&dir.join("blkio.throttle.io_service_bytes"))? {
-            let (read, write) = blkio_v1(&text);
-            sample.io.read_bytes = read;
-            sample.io.write_bytes = write;
-            if let Some(text) = read_file(&dir.join("blkio.throttle.io_serviced"))? {
-                let (read, write) = blkio_v1(&text);
-                sample.io.read_ops = read;
-                sample.io.write_ops = write;
-            }
-        } else if let Some(text) = read_file(&dir.join("io.stat"))? {
-            sample.io = io_stat_v2(&text);
-        }
-    }
-    Ok(())
-}
-
-fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let mut parts = line.split_whitespace();
-        (parts.next() == Some(key))
-            .then(|| parts.next()?.parse().ok())
-            .flatten()
-    })
-}
-
-/// Only loop devices count: the VPS's disk is one, and the loop driver's IO
-/// to the image's backing device is the same bytes again.
-fn is_vps_disk(device: &str) -> bool {
-    device.split(':').next() == Some(LOOP_MAJOR)
-}
-
-/// Sums `Read` and `Write` lines of `blkio.throttle.io_service_bytes` or
-/// `io_serviced` over the VPS's disk devices.
-pub fn blkio_v1(text: &str) -> (u64, u64) {
-    let (mut read, mut write) = (0u64, 0u64);
-    for line in text.lines() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        let [device, op, value] = parts[..] else {
-            continue;
-        };
-        if !is_vps_disk(device) {
-            continue;
-        }
-        let Ok(value) = value.parse::<u64>() else {
-            continue;
-        };
-        match op {
-            "Read" => read = read.saturating_add(value),
-            "Write" => write = write.saturating_add(value),
-            _ => {}
-        }
-    }
-    (read, write)
-}
-
-/// Sums `rbytes`, `wbytes`, `rios`, `wios` of v2 `io.stat` over the VPS's disk devices.
-pub fn io_stat_v2(text: &str) -> IoCounters {
-    let mut io = IoCounters::default();
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        let Some(device) = parts.next() else {
-            continue;
-        };
-        if !is_vps_disk(device) {
-            continue;
-        }
-        for pair in parts {
-            let Some((key, value)) = pair.split_once('=') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<u64>() else {
-                continue;
-            };
-            let slot = match key {
-                "rbytes" => &mut io.read_bytes,
-                "wbytes" => &mut io.write_bytes,
-                "rios" => &mut io.read_ops,
-                "wios" => &mut io.write_ops,
-                _ => continue,
-            };
-            *slot = slot.saturating_add(value);
-        }
-    }
-    io
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn blkio_v1_sums_loop_devices_only() {
-        let text = "7:3 Read 4096\n7:3 Write 8192\n7:3 Sync 0\n8:0 Read 99\n8:0 Write 99\n7:4 Write 10\nTotal 12298\n";
-        assert_eq!(blkio_v1(text), (4096, 8202));
-    }
-
-    #[test]
-    fn io_stat_v2_sums_loop_devices_only() {
-        let text = "7:3 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n8:0 rbytes=5 wbytes=5 rios=5 wios=5\n";
-        assert_eq!(
-            io_stat_v2(text),
-            IoCounters {
-                read_bytes: 10,
-                write_bytes: 20,
-                read_ops: 1,
-                write_ops: 2
-            }
-        );
-    }
-
-    #[test]
-    fn cgroup_v1_and_v2_files_are_read() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let cpu = root.path().join("cpuacct");
-        let memory = root.path().join("memory");
-        let blkio = root.path().join("blkio");
-        let v2 = root.path().join("v2");
-        for dir in [&cpu, &memory, &blkio, &v2] {
-            std::fs::create_dir_all(dir).expect("mkdir");
+    fn running(incarnation: &str, cpu_usage_ns: u64, at: i64) -> Sample {
+        Sample {
+            vps_id: "vps-1".into(),
+            incarnation: incarnation.into(),
+            sampled_at_unix_ms: at,
+            interval_ms: 10_000,
+            cpu_usage_ns,
+            memory_bytes: 50 << 20,
+            memory_peak_bytes: 60 << 20,
+            disk_used_bytes: 7 << 20,
+            ..Sample::default()
         }
-        std::fs::write(cpu.join("cpuacct.usage"), "123456789\n").expect("write");
-        std::fs::write(memory.join("memory.usage_in_bytes"), "1000\n").expect("write");
-        std::fs::write(memory.join("memory.max_usage_in_bytes"), "5000\n").expect("write");
-        std::fs::write(
-            blkio.join("blkio.throttle.io_service_bytes"),
-            "7:1 Read 1\n7:1 Write 2\n",
-        )
-        .expect("write");
-        std::fs::write(
-            blkio.join("blkio.throttle.io_serviced"),
-            "7:1 Read 3\n7:1 Write 4\n",
-        )
-        .expect("write");
-        let mut sample = Sample::default();
-        read_cgroup_counters(&[cpu, memory, blkio], &mut sample).expect("v1");
-        assert_eq!(sample.cpu_usage_ns, 123_456_789);
-        assert_eq!(
-            (sample.memory_bytes, sample.memory_peak_bytes),
-            (1000, 5000)
-        );
-        assert_eq!(
-            sample.io,
-            IoCounters {
-                read_bytes: 1,
-                write_bytes: 2,
-                read_ops: 3,
-                write_ops: 4
-            }
-        );
+    }
 
-        std::fs::write(v2.join("cpu.stat"), "usage_usec 42\nuser_usec 40\n").expect("write");
-        std::fs::write(v2.join("memory.current"), "700\n").expect("write");
-        std::fs::write(v2.join("memory.peak"), "900\n").expect("write");
-        std::fs::write(v2.join("io.stat"), "7:2 rbytes=8 wbytes=9 rios=1 wios=1\n").expect("write");
-        let mut sample = Sample::default();
-        read_cgroup_counters(&[v2], &mut sample).expect("v2");
-        assert_eq!(sample.cpu_usage_ns, 42_000);
-        assert_eq!((sample.memory_bytes, sample.memory_peak_bytes), (700, 900));
-        assert_eq!(sample.io.write_bytes, 9);
+    fn stopped(at: i64) -> Sample {
+        Sample {
+            incarnation: STOPPED_INCARNATION.into(),
+            cpu_usage_ns: 0,
+            memory_bytes: 0,
+            memory_peak_bytes: 0,
+            ..running("", 0, at)
+        }
+    }
+
+    fn closed(incarnation: &str, cpu_usage_ns: u64, ended_at_unix_ms: i64) -> ClosedRun {
+        ClosedRun {
+            incarnation: incarnation.into(),
+            cpu_usage_ns,
+            memory_peak_bytes: 80 << 20,
+            io: IoCounters {
+                write_bytes: 4096,
+                ..IoCounters::default()
+            },
+            net_rx_bytes: 1000,
+            net_tx_bytes: 2000,
+            ended_at_unix_ms,
+        }
+    }
+
+    fn sent(incarnation: &str, at: i64) -> Sent {
+        Sent {
+            sequence: 5,
+            incarnation: Some(incarnation.into()),
+            sampled_at_unix_ms: Some(at),
+        }
+    }
+
+    fn names(samples: &[Sample]) -> Vec<(&str, u64, i64)> {
+        samples
+            .iter()
+            .map(|s| (s.incarnation.as_str(), s.cpu_usage_ns, s.sampled_at_unix_ms))
+            .collect()
+    }
+
+    #[test]
+    fn a_stopped_vps_reports_its_closed_runs_final_counters() {
+        let run = closed("11-100", 3_000, 15_000);
+        let samples = round_samples(
+            Live::Stopped(stopped(20_000)),
+            Some(&run),
+            Some(&sent("11-100", 10_000)),
+        );
+        assert_eq!(names(&samples), vec![("11-100", 3_000, 20_000)]);
+        let closing = &samples[0];
+        // Nothing is in memory any more; the peak, IO, network and current disk are reported.
+        assert_eq!(closing.memory_bytes, 0);
+        assert_eq!(closing.memory_peak_bytes, 80 << 20);
+        assert_eq!(closing.io.write_bytes, 4096);
+        assert_eq!((closing.net_rx_bytes, closing.net_tx_bytes), (1000, 2000));
+        assert_eq!(closing.disk_used_bytes, 7 << 20);
+        // And again, unchanged, while it stays stopped (the controller adds nothing).
+        let again = round_samples(
+            Live::Stopped(stopped(30_000)),
+            Some(&run),
+            Some(&sent("11-100", 20_000)),
+        );
+        assert_eq!(names(&again), vec![("11-100", 3_000, 30_000)]);
+    }
+
+    #[test]
+    fn a_restart_between_rounds_reports_the_closing_counters_then_the_new_run() {
+        let run = closed("11-100", 3_000, 15_000);
+        let samples = round_samples(
+            Live::Running(running("12-200", 500, 20_000)),
+            Some(&run),
+            Some(&sent("11-100", 10_000)),
+        );
+        assert_eq!(
+            names(&samples),
+            vec![("11-100", 3_000, 15_000), ("12-200", 500, 20_000)]
+        );
+        // Next round: the new run only.
+        let next = round_samples(
+            Live::Running(running("12-200", 900, 30_000)),
+            Some(&run),
+            Some(&sent("12-200", 20_000)),
+        );
+        assert_eq!(names(&next), vec![("12-200", 900, 30_000)]);
+        // Started after rounds that already sent the closing counters: not sent again.
+        let after_stop = round_samples(
+            Live::Running(running("12-200", 500, 40_000)),
+            Some(&run),
+            Some(&sent("11-100", 30_000)),
+        );
+        assert_eq!(names(&after_stop), vec![("12-200", 500, 40_000)]);
+    }
+
+    #[test]
+    fn a_closed_run_is_never_sent_after_another_incarnation() {
+        let run = closed("11-100", 3_000, 15_000);
+        // A newer run was sent (e.g. its own stop could not record closing counters).
+        for last in [sent("12-200", 20_000), sent(STOPPED_INCARNATION, 20_000)] {
+            let samples = round_samples(Live::Stopped(stopped(30_000)), Some(&run), Some(&last));
+            assert_eq!(names(&samples), vec![(STOPPED_INCARNATION, 0, 30_000)]);
+            let samples = round_samples(
+                Live::Running(running("13-300", 10, 30_000)),
+                Some(&run),
+                Some(&last),
+            );
+            assert_eq!(names(&samples), vec![("13-300", 10, 30_000)]);
+        }
+        // Nothing sent yet, or a journal from before incarnations were kept: unknown.
+        let old = Sent {
+            sequence: 5,
+            ..Sent::default()
+        };
+        for last in [None, Some(&old)] {
+            let samples = round_samples(Live::Stopped(stopped(30_000)), Some(&run), last);
+            assert_eq!(names(&samples), vec![(STOPPED_INCARNATION, 0, 30_000)]);
+        }
+        // An init that exited mid-read, before its end was recorded: nothing this round.
+        assert_eq!(
+            round_samples(Live::Ending, Some(&run), Some(&sent("11-100", 10_000))),
+            Vec::new()
+        );
+    }
+
+    #[test]
+    fn journals_of_both_formats_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(journal_path(dir.path()), r#"{"vps-a":7,"vps-b":2}"#).expect("write");
+        let journal = read_journal(dir.path()).expect("old format");
+        assert_eq!(
+            journal.get("vps-a"),
+            Some(&Sent {
+                sequence: 7,
+                ..Sent::default()
+            })
+        );
+        let mut journal = journal;
+        journal.insert("vps-b".into(), sent("11-100", 10_000));
+        write_journal(dir.path(), &journal).expect("write");
+        assert_eq!(read_journal(dir.path()).expect("new format"), journal);
+        assert_eq!(
+            read_journal(tempfile::tempdir().expect("tempdir").path()).expect("none"),
+            BTreeMap::new()
+        );
     }
 
     #[test]

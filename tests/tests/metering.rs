@@ -275,3 +275,98 @@ fn a_restart_does_not_count_the_earlier_run_twice() {
     eprintln!("first run {first:.3} s, both runs {truth:.3} s, recorded {total:.3} s");
     within_2_percent("cpu_seconds over two runs", total, truth);
 }
+
+/// What a run used between the agent's last sample and its stop is counted too: each run
+/// burns CPU (and the second pings its gateway) right up to its stop, and the next run starts
+/// at once, so its earlier run's closing counters and its own first sample can meet in one
+/// round. The truth of each run is read on the host while it is stopped (its cgroup stays
+/// until the next start).
+#[test]
+fn a_stop_right_after_load_and_a_quick_start_count_every_run_fully() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start().expect("start cluster");
+    cluster.add_tenant("acme").expect("tenant");
+    cluster
+        .cli_ok(&with(&["create", "tail", "--plan", "nano", "--wait"]))
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", cluster.log("agent.log")));
+    let vps_id = cluster.json(&with(&["show", "tail"])).expect("show")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let dirs = cluster.vps_cgroup_dirs(&vps_id);
+    let veth = cluster.host_veth(&vps_id);
+    let gateway = cluster.gateway();
+    // Detached from the exec session: the load runs until the stop kills it.
+    let burn = "(timeout 60 sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 &)";
+    let pings = format!(
+        "(timeout 60 sh -c 'while :; do ping -c 20 -i 0.2 -s 16000 -W 1 {gateway}; done' \
+         </dev/null >/dev/null 2>&1 &)"
+    );
+
+    // First run: ~3 s of CPU, then stopped at once (no waiting for a sample).
+    cluster.sh_ok("acme", "tail", burn);
+    std::thread::sleep(Duration::from_secs(3));
+    let first_net = host_counters(&dirs, &veth);
+    cluster.cli_ok(&with(&["stop", "tail"])).expect("stop");
+    let first = host_counters(&dirs, &veth).cpu_seconds;
+    assert!(first > 2.0, "the first run burnt CPU: {first}");
+    cluster.cli_ok(&with(&["start", "tail"])).expect("start");
+
+    // Second run: ~3 s of CPU and pings, stopped at once.
+    cluster.sh_ok("acme", "tail", &format!("{burn}; {pings}"));
+    std::thread::sleep(Duration::from_secs(3));
+    let second_net = host_counters(&dirs, &veth);
+    cluster
+        .cli_ok(&with(&["stop", "tail"]))
+        .expect("stop again");
+    let second = host_counters(&dirs, &veth).cpu_seconds;
+    assert!(second > 2.0, "the second run burnt CPU: {second}");
+    assert!(
+        second_net.net_rx_bytes > 100_000,
+        "the pings came back: {second_net:?}"
+    );
+
+    let truth = first + second;
+    let net_rx = (first_net.net_rx_bytes + second_net.net_rx_bytes) as f64;
+    let net_tx = (first_net.net_tx_bytes + second_net.net_tx_bytes) as f64;
+    // Within 2% or, after the timeout, whatever was recorded (asserted below).
+    let _ = cluster.wait_until("both runs recorded", Duration::from_secs(30), |c| {
+        let cpu = recorded(c, &vps_id)["cpu_seconds"].as_f64().unwrap_or(0.0);
+        Ok((cpu - truth).abs() <= truth * 0.02)
+    });
+    // Rounds after the stops have been delivered; from then on a stopped VPS adds no CPU.
+    std::thread::sleep(Duration::from_secs(5));
+    let settled = recorded(&cluster, &vps_id);
+    std::thread::sleep(Duration::from_secs(5));
+    let row = recorded(&cluster, &vps_id);
+    assert_eq!(
+        row["cpu_seconds"], settled["cpu_seconds"],
+        "a stopped VPS's CPU stays put"
+    );
+    let f = |key: &str| row[key].as_f64().unwrap_or(-1.0);
+    eprintln!(
+        "runs {first:.3} s + {second:.3} s = {truth:.3} s, recorded {:.3} s; \
+         net rx host {net_rx} recorded {}, tx host {net_tx} recorded {}",
+        f("cpu_seconds"),
+        f("net_rx_bytes"),
+        f("net_tx_bytes")
+    );
+    within_2_percent("cpu_seconds over two stopped runs", f("cpu_seconds"), truth);
+    within_2_percent("net_rx_bytes up to the stop", f("net_rx_bytes"), net_rx);
+    within_2_percent("net_tx_bytes up to the stop", f("net_tx_bytes"), net_tx);
+
+    cluster
+        .cli_ok(&with(&["delete", "tail", "--yes"]))
+        .expect("delete");
+    cluster
+        .wait_until("VPS deleted", Duration::from_secs(60), |c| {
+            Ok(c.json(&with(&["list"]))?
+                .as_array()
+                .is_some_and(|l| l.is_empty()))
+        })
+        .expect("deleted");
+    let leftovers = cluster.leftovers(&vps_id);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -26,6 +26,7 @@ mod rootfs;
 pub mod seccomp;
 mod state;
 mod supervisor;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -57,9 +58,10 @@ pub use self::rootfs::RootfsError;
 use self::rootfs::RootfsLayout;
 pub use self::rootfs::{MASKED_PATHS, READ_ONLY_PATHS};
 pub use self::seccomp::SeccompError;
-pub use self::state::StateError;
+pub use self::state::{ClosedRun, StateError};
 use self::state::{Layout, Phase, VpsState, STATE_VERSION};
 pub use self::supervisor::SupervisorError;
+use crate::network;
 use crate::template::metadata::{self, HaltSignal, HaltSignalSource, MetadataError};
 
 /// First argument that makes `paddock-agent` run a runtime helper instead of the agent.
@@ -535,12 +537,10 @@ impl Runtime {
                 self.apply_io(&st, &cgroup)?;
             }
             (Power::Stopped, init) => {
-                self.stop(&st, init.as_ref(), &cgroup)?;
+                self.stop(&mut st, init.as_ref(), &cgroup)?;
                 if init.is_some() {
                     tracing::info!(vps_id, "stopped VPS");
                 }
-                st.init = None;
-                self.save(&st)?;
             }
         }
         match grown_before {
@@ -669,6 +669,12 @@ impl Runtime {
         })
     }
 
+    /// The final counters of the VPS's last run that a stop ended (see [`ClosedRun`]), if any.
+    pub fn closed_run(&self, vps_id: &str) -> Result<Option<ClosedRun>, RuntimeError> {
+        validate_vps_id(vps_id)?;
+        Ok(self.load(vps_id)?.and_then(|st| st.closed_run))
+    }
+
     /// Host paths of the VPS's cgroup directories, one per hierarchy (they may not exist).
     pub fn cgroup_paths(&self, vps_id: &str) -> Vec<PathBuf> {
         self.cgroup(vps_id).paths()
@@ -771,6 +777,7 @@ impl Runtime {
             ids: None,
             rebuild_generation: spec.rebuild_generation,
             disk_grow_to: None,
+            closed_run: None,
         };
         self.save(&st)?;
         let built = self
@@ -850,7 +857,6 @@ impl Runtime {
         let cgroup = self.cgroup(&vps_id);
         let init = self.live_init(st)?;
         self.stop(st, init.as_ref(), &cgroup)?;
-        st.init = None;
         let ids = self.allocate_ids(st)?;
         let rootfs = self.rootfs_layout(&vps_id, &st.template);
         let disk_err = |source| RuntimeError::Disk {
@@ -1046,10 +1052,11 @@ impl Runtime {
     }
 
     /// Graceful stop of `init` (the live init of `st`) with its halt signal, then SIGKILL for
-    /// whatever is left in the cgroup.
+    /// whatever is left in the cgroup. The run's closing counters are recorded in
+    /// [`VpsState::closed_run`] and saved together with the init being gone.
     fn stop(
         &self,
-        st: &VpsState,
+        st: &mut VpsState,
         init: Option<&ProcessIdentity>,
         cgroup: &VpsCgroup,
     ) -> Result<(), RuntimeError> {
@@ -1057,12 +1064,18 @@ impl Runtime {
             (Some(_), None) => self.legacy_halt_signal(st),
             (_, halt_signal) => halt_signal.unwrap_or(HaltSignal::DEFAULT),
         };
-        supervisor::stop(init, cgroup, halt_signal, self.config().stop_grace).map_err(|source| {
-            RuntimeError::Supervisor {
+        let ending = init.and_then(|init| RunEnding::begin(&st.vps_id, init, cgroup));
+        supervisor::stop(init, cgroup, halt_signal, self.config().stop_grace).map_err(
+            |source| RuntimeError::Supervisor {
                 vps_id: st.vps_id.clone(),
                 source,
-            }
-        })
+            },
+        )?;
+        if let Some(ending) = ending {
+            st.closed_run = ending.close(&st.vps_id, cgroup);
+        }
+        st.init = None;
+        self.save(st)
     }
 
     /// The halt signal for an init started by an agent from before halt signals: the
@@ -1204,6 +1217,73 @@ impl Runtime {
             init_pid,
             message,
         }
+    }
+}
+
+/// What a stop takes before it signals the init, so it can read the run's closing counters
+/// once the init has exited: the run's incarnation (its cgroup's inode, before anything
+/// deletes the cgroup) and a hold on its network namespace, which keeps the namespace, and
+/// with it the veth pair and its counters, alive after the init exits.
+struct RunEnding {
+    incarnation: String,
+    /// `/proc/<init>/ns/net`, open until the closing counters are read (`None`: not held).
+    netns: Option<fs::File>,
+}
+
+impl RunEnding {
+    /// `None` (closing counters are then not taken) if the cgroup is not there to name the run.
+    fn begin(vps_id: &str, init: &ProcessIdentity, cgroup: &VpsCgroup) -> Option<Self> {
+        let inode = match usage::cgroup_inode(&cgroup.paths()) {
+            Ok(Some(inode)) => inode,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(vps_id, %error, "naming the run for its closing counters");
+                return None;
+            }
+        };
+        let path = PathBuf::from(format!("/proc/{}/ns/net", init.pid));
+        let netns = match fs::File::open(&path) {
+            // Opened after the identity check that found the init: the pid may have been
+            // reused since, so the init must still be the same process with the file open.
+            Ok(file) if matches!(init.is_alive(), Ok(true)) => Some(file),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(vps_id, path = %path.display(), %error, "holding the network namespace for the closing counters");
+                None
+            }
+        };
+        Some(Self {
+            incarnation: usage::incarnation(inode, init.start_time),
+            netns,
+        })
+    }
+
+    /// Reads the closing counters (the init has exited and the cgroup is empty), then lets
+    /// the network namespace go. `None` if the cgroup could not be read.
+    fn close(self, vps_id: &str, cgroup: &VpsCgroup) -> Option<ClosedRun> {
+        let cgroup_usage = match usage::read_cgroup_usage(&cgroup.paths()) {
+            Ok(cgroup_usage) => cgroup_usage,
+            Err(error) => {
+                tracing::warn!(vps_id, %error, "reading the run's closing counters");
+                return None;
+            }
+        };
+        // No veth: the VPS had no port, nothing crossed the wire.
+        let net = network::counters::read_port(&network::host_ifname(vps_id)).unwrap_or_default();
+        let ended_at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or_default();
+        drop(self.netns);
+        Some(ClosedRun {
+            incarnation: self.incarnation,
+            cpu_usage_ns: cgroup_usage.cpu_usage_ns,
+            memory_peak_bytes: cgroup_usage.memory_peak_bytes,
+            io: cgroup_usage.io,
+            net_rx_bytes: net.rx_bytes,
+            net_tx_bytes: net.tx_bytes,
+            ended_at_unix_ms,
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::idmap::IdRange;
 use super::process::ProcessIdentity;
+use super::usage::IoCounters;
 use super::{Limits, Power};
 use crate::template::metadata::HaltSignal;
 
@@ -101,6 +102,31 @@ pub(crate) struct VpsState {
     /// idempotent) by the next apply and when the agent starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_grow_to: Option<u64>,
+    /// The final counters of the last run a stop ended, for the meter to report what that run
+    /// used after its last sample. Replaced at every stop; `None` before the first one, in
+    /// records from before closing counters, and when they could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_run: Option<ClosedRun>,
+}
+
+/// The counters of a run as they stood when it ended: read after its init exited and before
+/// its cgroup (and, for network, its veth) went away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedRun {
+    /// The run's incarnation, as the meter named it (`<cgroup inode>-<init start time>`).
+    pub incarnation: String,
+    /// Cumulative CPU time of the run.
+    pub cpu_usage_ns: u64,
+    /// The highest memory charge of the run.
+    pub memory_peak_bytes: u64,
+    /// Cumulative IO on the VPS's disk.
+    pub io: IoCounters,
+    /// Bytes the VPS received on its port (0 without a port).
+    pub net_rx_bytes: u64,
+    /// Bytes the VPS sent on its port (0 without a port).
+    pub net_tx_bytes: u64,
+    /// When the counters were read (after the init had exited).
+    pub ended_at_unix_ms: i64,
 }
 
 /// Current `VpsState::version`.
@@ -268,6 +294,7 @@ mod tests {
             ids: None,
             rebuild_generation: 0,
             disk_grow_to: None,
+            closed_run: None,
         }
     }
 
@@ -338,6 +365,45 @@ mod tests {
         layout.write_state(&state).expect("write");
         assert_eq!(
             layout.read_state("g").expect("read").expect("present"),
+            state
+        );
+    }
+
+    #[test]
+    fn closed_run_round_trips_and_older_records_have_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout {
+            state_dir: dir.path().to_path_buf(),
+        };
+        layout.create_dirs().expect("dirs");
+        fs::create_dir(layout.vps_dir("c")).expect("mkdir");
+        // A record written before closing counters existed.
+        let record = serde_json::to_value(sample("c")).expect("encode");
+        assert!(record.get("closed_run").is_none(), "{record}");
+        fs::write(
+            layout.state_file("c"),
+            serde_json::to_vec(&record).expect("encode"),
+        )
+        .expect("write");
+        let mut state = layout.read_state("c").expect("read").expect("present");
+        assert_eq!(state.closed_run, None);
+        state.closed_run = Some(ClosedRun {
+            incarnation: "4242-777".into(),
+            cpu_usage_ns: 3_000_000_000,
+            memory_peak_bytes: 64 << 20,
+            io: IoCounters {
+                read_bytes: 1,
+                write_bytes: 2,
+                read_ops: 3,
+                write_ops: 4,
+            },
+            net_rx_bytes: 5,
+            net_tx_bytes: 6,
+            ended_at_unix_ms: 1_700_000_000_000,
+        });
+        layout.write_state(&state).expect("write");
+        assert_eq!(
+            layout.read_state("c").expect("read").expect("present"),
             state
         );
     }
