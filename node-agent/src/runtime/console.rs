@@ -38,6 +38,11 @@ use super::process::{Pidfd, ProcessIdentity};
 /// Output kept for clients that attach later.
 pub const SCROLLBACK_BYTES: usize = 64 * 1024;
 
+/// How large `console.log` grows before it is rotated to `console.log.1` (replacing the
+/// previous one): a VPS writing to its console without end takes at most twice this of the
+/// node's disk.
+pub const CONSOLE_LOG_BYTES: u64 = 1024 * 1024;
+
 /// Frame types of the console socket protocol (client to supervisor).
 pub const FRAME_DATA: u8 = 0;
 /// Payload: rows (u16 BE), cols (u16 BE).
@@ -215,16 +220,13 @@ pub(crate) fn spawn_supervisor(
         path: paths.socket.clone(),
         source,
     })?;
-    let log = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(&paths.log)
-        .map_err(|source| ConsoleError::Io {
+    let log = ConsoleLog::open(paths.log.clone(), CONSOLE_LOG_BYTES).map_err(|source| {
+        ConsoleError::Io {
             operation: "open console log",
             path: paths.log.clone(),
             source,
-        })?;
+        }
+    })?;
     let (report, init_link) = UnixStream::pair().map_err(|source| ConsoleError::Io {
         operation: "socketpair for",
         path: paths.socket.clone(),
@@ -389,10 +391,57 @@ impl Client {
 /// scrollback and the attached clients; clients' input goes to it without ever blocking.
 struct Console {
     master: File,
-    log: File,
+    log: ConsoleLog,
     scrollback: VecDeque<u8>,
     input: Backlog,
     buffer: Vec<u8>,
+}
+
+/// `console.log`, rotated to `console.log.1` once it holds `limit` bytes.
+struct ConsoleLog {
+    path: PathBuf,
+    file: File,
+    written: u64,
+    limit: u64,
+}
+
+impl ConsoleLog {
+    fn open(path: PathBuf, limit: u64) -> io::Result<Self> {
+        let file = Self::open_file(&path)?;
+        let written = file.metadata()?.len();
+        Ok(Self {
+            path,
+            file,
+            written,
+            limit,
+        })
+    }
+
+    fn open_file(path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)
+    }
+
+    /// Appends `bytes`, rotating first if they would take the log past its limit. A log
+    /// that cannot be written (disk full) loses the output; the console goes on.
+    fn write(&mut self, bytes: &[u8]) {
+        if self.written > 0 && self.written + bytes.len() as u64 > self.limit {
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            let reopened =
+                fs::rename(&self.path, &rotated).and_then(|()| Self::open_file(&self.path));
+            if let Ok(file) = reopened {
+                self.file = file;
+                self.written = 0;
+            }
+        }
+        if self.file.write_all(bytes).is_ok() {
+            self.written += bytes.len() as u64;
+        }
+    }
 }
 
 /// What reading the master found.
@@ -414,7 +463,7 @@ impl Console {
                 Ok(0) => return MasterState::Hangup,
                 Ok(n) => {
                     let out = &self.buffer[..n];
-                    let _ = self.log.write_all(out);
+                    self.log.write(out);
                     self.scrollback.extend(out);
                     let excess = self.scrollback.len().saturating_sub(SCROLLBACK_BYTES);
                     self.scrollback.drain(..excess);
@@ -551,7 +600,7 @@ impl InitWatch {
 
 /// The supervisor's loop, until the VPS's init exits. It never blocks on a client or on the
 /// pty: every fd is non-blocking and what cannot be written waits in a bounded backlog.
-fn serve(master: File, listener: UnixListener, log: File, init_link: UnixStream) {
+fn serve(master: File, listener: UnixListener, log: ConsoleLog, init_link: UnixStream) {
     let nonblocking = [
         fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map(drop),
         listener.set_nonblocking(true).map_err(|_| Errno::EINVAL),
@@ -684,6 +733,27 @@ pub fn socket_path(vps_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_log_rotates_at_its_limit_and_keeps_one_old_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        std::fs::write(&path, b"from an earlier run\n").expect("seed");
+        let mut log = ConsoleLog::open(path.clone(), 64).expect("open");
+        assert_eq!(log.written, 20, "an existing log counts");
+        log.write(&[b'a'; 40]);
+        assert_eq!(std::fs::metadata(&path).expect("log").len(), 60);
+        log.write(&[b'b'; 10]);
+        let old = dir.path().join("console.log.1");
+        assert_eq!(std::fs::metadata(&old).expect("rotated").len(), 60);
+        assert_eq!(std::fs::read(&path).expect("log"), vec![b'b'; 10]);
+        for _ in 0..20 {
+            log.write(&[b'c'; 30]);
+        }
+        assert!(std::fs::metadata(&path).expect("log").len() <= 64);
+        assert!(std::fs::metadata(&old).expect("rotated").len() <= 64);
+        assert!(!dir.path().join("console.log.2").exists());
+    }
 
     /// A writer that takes `room` bytes, then reports `WouldBlock` like a full socket.
     struct Socket {
