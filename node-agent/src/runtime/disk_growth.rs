@@ -14,15 +14,13 @@
 //! interrupted growth is simply run again (see `VpsState::disk_grow_to`).
 
 use std::ffi::OsString;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
 use super::disk::{self, DiskError, FsGrowth, ImageGrowth};
 use super::helper::{self, HelperError, GROW_DISK};
-use super::{namespaces, rootfs, INTERNAL_ARG};
+use super::{namespaces, rootfs};
 
 /// Errors growing a disk, by step.
 #[derive(Debug, thiserror::Error)]
@@ -33,30 +31,10 @@ pub enum DiskGrowthError {
     /// Growing the unattached filesystem with e2fsck + resize2fs failed.
     #[error("grow filesystem offline: {0}")]
     Offline(#[source] DiskError),
-    /// The helper binary could not be run.
-    #[error("grow filesystem: run helper {path}: {source}")]
-    HelperSpawn {
-        /// The helper binary.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The helper reported a failure (its message names the step: loop device, mount, ioctl).
-    #[error("grow filesystem: grow-disk helper failed ({status}): {stderr}")]
-    HelperFailed {
-        /// Its exit status.
-        status: String,
-        /// What it printed on stderr.
-        stderr: String,
-    },
-    /// The helper's reply could not be decoded.
-    #[error("grow filesystem: grow-disk helper replied {stdout:?}: {source}")]
-    BadReply {
-        /// What it printed on stdout.
-        stdout: String,
-        /// The JSON error.
-        source: serde_json::Error,
-    },
+    /// The grow-disk helper could not be run or reported a failure (its message names the
+    /// step: loop device, mount, ioctl).
+    #[error("grow filesystem: {0}")]
+    Helper(#[from] helper::HelperCallError),
 }
 
 /// What the agent asks the grow-disk helper to do.
@@ -102,39 +80,11 @@ pub(crate) fn grow(
         image: image.to_path_buf(),
         mount_point: mount_point.to_path_buf(),
     };
-    let filesystem = run_helper(helper_binary, &request)?;
+    let filesystem: FsGrowth = helper::call(helper_binary, GROW_DISK, &request)?;
     Ok(DiskGrowth {
         image: image_growth,
         online: Some(filesystem),
     })
-}
-
-fn run_helper(helper_binary: &Path, request: &GrowRequest) -> Result<FsGrowth, DiskGrowthError> {
-    let json = serde_json::to_string(request).map_err(|source| DiskGrowthError::BadReply {
-        stdout: String::new(),
-        source,
-    })?;
-    let output = Command::new(helper_binary)
-        .arg(INTERNAL_ARG)
-        .arg(GROW_DISK)
-        .arg(json)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|source| DiskGrowthError::HelperSpawn {
-            path: helper_binary.to_path_buf(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(DiskGrowthError::HelperFailed {
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    serde_json::from_str(&stdout).map_err(|source| DiskGrowthError::BadReply { stdout, source })
 }
 
 /// The grow-disk helper: `__internal grow-disk <json>`; prints the [`FsGrowth`] as JSON.

@@ -52,6 +52,78 @@ pub(crate) const EXEC: &str = "exec";
 /// Name of the disk growth helper.
 pub(crate) const GROW_DISK: &str = "grow-disk";
 
+/// Why calling a one-shot helper (`start`, `grow-disk`) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperCallError {
+    /// The helper binary could not be run.
+    #[error("run helper {path}: {source}")]
+    Spawn {
+        /// The helper binary.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The helper reported a failure.
+    #[error("{name} helper failed ({status}): {stderr}")]
+    Failed {
+        /// Which helper.
+        name: &'static str,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// The request could not be encoded, or the reply decoded.
+    #[error("{name} helper replied {stdout:?}: {source}")]
+    BadReply {
+        /// Which helper.
+        name: &'static str,
+        /// What it printed on stdout.
+        stdout: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+/// Runs `helper_binary __internal <name> <request as JSON>` with an empty environment and
+/// decodes the JSON it prints on stdout; blocks until it exits.
+pub(crate) fn call<Request: Serialize, Reply: DeserializeOwned>(
+    helper_binary: &Path,
+    name: &'static str,
+    request: &Request,
+) -> Result<Reply, HelperCallError> {
+    let bad_reply = |stdout: String| {
+        move |source| HelperCallError::BadReply {
+            name,
+            stdout,
+            source,
+        }
+    };
+    let json = serde_json::to_string(request).map_err(bad_reply(String::new()))?;
+    let output = std::process::Command::new(helper_binary)
+        .arg(INTERNAL_ARG)
+        .arg(name)
+        .arg(json)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|source| HelperCallError::Spawn {
+            path: helper_binary.to_path_buf(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(HelperCallError::Failed {
+            name,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    serde_json::from_str(&stdout).map_err(bad_reply(stdout))
+}
+
 /// The init's environment.
 const INIT_ENV: &[&str] = &[
     "PATH=/usr/sbin:/usr/bin:/sbin:/bin",

@@ -6,18 +6,15 @@
 //! exits, and is tracked by its recorded identity (pid + start time + boot id) and by cgroup
 //! membership, which is what lets a restarted agent adopt it.
 
-use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use super::cgroups::VpsCgroup;
-use super::helper::{StartReply, StartRequest, START};
+use super::helper::{self, HelperCallError, StartReply, StartRequest, START};
 use super::process::{Pidfd, ProcessError, ProcessIdentity};
-use super::INTERNAL_ARG;
 use crate::template::metadata::HaltSignal;
 
 /// When a stop sends the halt signal again if the init is still running (then after twice as
@@ -30,30 +27,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Errors starting or stopping a VPS's processes.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
-    /// The helper binary could not be run.
-    #[error("run helper {path}: {source}")]
-    HelperSpawn {
-        /// The helper binary.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The start helper reported a failure.
-    #[error("start helper failed ({status}): {stderr}")]
-    HelperFailed {
-        /// Its exit status.
-        status: String,
-        /// What it printed on stderr.
-        stderr: String,
-    },
-    /// The start helper's reply could not be decoded.
-    #[error("start helper replied {stdout:?}: {source}")]
-    BadReply {
-        /// What it printed on stdout.
-        stdout: String,
-        /// The JSON error.
-        source: serde_json::Error,
-    },
+    /// The start helper could not be run or reported a failure.
+    #[error(transparent)]
+    Helper(#[from] HelperCallError),
     /// Signalling or inspecting the init failed.
     #[error(transparent)]
     Process(#[from] ProcessError),
@@ -75,32 +51,7 @@ pub(crate) fn start_init(
     helper_binary: &Path,
     request: &StartRequest,
 ) -> Result<ProcessIdentity, SupervisorError> {
-    let json = serde_json::to_string(request).map_err(|source| SupervisorError::BadReply {
-        stdout: String::new(),
-        source,
-    })?;
-    let output = Command::new(helper_binary)
-        .arg(INTERNAL_ARG)
-        .arg(START)
-        .arg(json)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|source| SupervisorError::HelperSpawn {
-            path: helper_binary.to_path_buf(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(SupervisorError::HelperFailed {
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    let reply: StartReply = serde_json::from_str(&stdout)
-        .map_err(|source| SupervisorError::BadReply { stdout, source })?;
+    let reply: StartReply = helper::call(helper_binary, START, request)?;
     Ok(reply.init)
 }
 
