@@ -26,8 +26,6 @@ pub enum ControllerError {
     NodeUnavailable { node: String, message: String },
     #[error("node {node} refused the request: {status}")]
     Agent { node: String, status: tonic::Status },
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
 }
 
 impl ControllerError {
@@ -73,7 +71,6 @@ impl From<ControllerError> for tonic::Status {
             ControllerError::Agent { node, status } => {
                 Status::new(status.code(), format!("node {node}: {}", status.message()))
             }
-            ControllerError::Unimplemented(_) => Status::unimplemented(error.to_string()),
         }
     }
 }
