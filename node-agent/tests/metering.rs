@@ -230,3 +230,53 @@ async fn the_bytes_a_run_moved_after_the_last_round_are_reported_and_its_veth_go
     tokio::task::block_in_place(|| runtime.delete(&vps_id)).expect("delete");
     fixture.assert_gone(&vps_id, &[pid]);
 }
+
+#[test]
+fn a_run_whose_init_exited_by_itself_is_closed_when_it_is_started_again() {
+    if !require_root() {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let vps_id = fixture.new_vps_id();
+    let running = spec(&vps_id, small_limits());
+    let runtime = fixture.runtime.clone();
+    let meter = meter(&runtime, fixture.state_dir.path(), None);
+
+    let first_pid = running_pid(&runtime.apply(&running).expect("start"));
+    let first = round(&meter, &runtime, &vps_id);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let run = first[0].incarnation.clone();
+
+    // Burn, then power off from inside: no stop of the agent's ends this run.
+    burn(&runtime, &vps_id, 2);
+    let _ = exec(&runtime, &vps_id, &["sh", "-c", "kill -USR2 1"]);
+    wait_until(
+        "the init to exit by itself",
+        Duration::from_secs(30),
+        || !pid_running(first_pid),
+    );
+    let host_total = host_cpu_ns(&runtime, &vps_id);
+    assert!(
+        host_total > first[0].cpu_usage_ns + 1_500_000_000,
+        "the burn is on the host's counter: {host_total} ns"
+    );
+
+    // Started again (as the reconciler does): the exited run is closed first, and the next
+    // round sends it under its own incarnation, then the new run.
+    let second_pid = running_pid(&runtime.apply(&running).expect("start again"));
+    let closed = runtime
+        .closed_run(&vps_id)
+        .expect("state")
+        .expect("a closed run");
+    assert_eq!(closed.incarnation, run);
+    assert_eq!(closed.cpu_usage_ns, host_total);
+    let next = round(&meter, &runtime, &vps_id);
+    assert_eq!(next.len(), 2, "{next:?}");
+    assert_eq!(next[0].incarnation, run);
+    assert_eq!(next[0].cpu_usage_ns, host_total);
+    assert_ne!(next[1].incarnation, run);
+    assert!(next[1].sequence > next[0].sequence);
+
+    runtime.delete(&vps_id).expect("delete");
+    fixture.assert_gone(&vps_id, &[first_pid, second_pid]);
+}

@@ -501,6 +501,8 @@ impl Runtime {
         st.limits = spec.limits.clone();
         st.hostname = spec.hostname.clone();
         st.power = spec.power;
+        // Set while the last run's init exited by itself (no stop recorded its end).
+        let exited_init = st.init.clone().filter(|_| running.is_none());
         st.init = running.clone();
         self.save(&st)?;
 
@@ -513,6 +515,19 @@ impl Runtime {
             (Power::Running, Some(_)) => self.apply_io(&st, &cgroup)?,
             (Power::Running, None) => {
                 self.kill(None, &cgroup, vps_id)?;
+                // A run whose init exited by itself (a poweroff inside, a crash) left what it
+                // used in its cgroup: keep that as the closed run before the cgroup is
+                // replaced. Its veth went with its netns, so no network bytes.
+                if let Some(ending) = exited_init
+                    .as_ref()
+                    .and_then(|init| RunEnding::after_exit(vps_id, init, &cgroup))
+                {
+                    let known = st.closed_run.as_ref().map(|run| run.incarnation.as_str());
+                    if known != Some(ending.incarnation.as_str()) {
+                        st.closed_run = ending.close(vps_id, &cgroup);
+                        self.save(&st)?;
+                    }
+                }
                 // Each run gets a new cgroup, so its counters start from zero
                 // under a new inode: metering sees a new incarnation and never
                 // counts an earlier run's CPU and IO again.
@@ -1256,6 +1271,21 @@ impl RunEnding {
             incarnation: usage::incarnation(inode, init.start_time),
             netns,
         })
+    }
+
+    /// For a run whose init already exited: its name only (its network namespace is gone).
+    fn after_exit(vps_id: &str, init: &ProcessIdentity, cgroup: &VpsCgroup) -> Option<Self> {
+        match usage::cgroup_inode(&cgroup.paths()) {
+            Ok(Some(inode)) => Some(Self {
+                incarnation: usage::incarnation(inode, init.start_time),
+                netns: None,
+            }),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(vps_id, %error, "naming the exited run for its closing counters");
+                None
+            }
+        }
     }
 
     /// Reads the closing counters (the init has exited and the cgroup is empty), then lets
