@@ -174,10 +174,9 @@ fn grows_at_the_next_stop_without_cap_sys_resource() {
         .apply(&spec)
         .expect("apply with a bigger disk");
     assert!(
-        observed.message.contains(&format!(
-            "its disk grows to {} bytes at its next stop or start",
-            160 * MIB
-        )),
+        observed
+            .message
+            .contains("its disk grows to 160.0 MiB at its next stop or start"),
         "{}",
         observed.message
     );

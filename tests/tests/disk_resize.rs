@@ -76,7 +76,7 @@ fn a_disk_grows_through_the_cli_and_never_shrinks() {
                 let shown = c.json(&acme(&["show", "d1"]))?;
                 Ok(shown["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains("disk grows to 3221225472 bytes at its next")))
+                    .is_some_and(|m| m.contains("disk grows to 3.0 GiB at its next")))
             })
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(guest_disk_bytes(&cluster), before);

@@ -1203,9 +1203,9 @@ impl Runtime {
                     Some(init.pid),
                     match st.disk_grow_to {
                         Some(bytes) => format!(
-                            "running, init pid {}; its disk grows to {bytes} bytes at its next \
-                             stop or start",
-                            init.pid
+                            "running, init pid {}; its disk grows to {} at its next stop or start",
+                            init.pid,
+                            paddock_config::ByteSize(bytes)
                         ),
                         None => format!("running, init pid {}", init.pid),
                     },
