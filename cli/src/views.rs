@@ -190,6 +190,8 @@ pub struct VpsView {
     pub resources: ResourcesView,
     /// This month's network transfer; `null` when the server sent none.
     pub transfer: Option<TransferView>,
+    /// Whether the node has applied the VPS's current desired state.
+    pub converged: bool,
 }
 
 /// A VPS's network transfer in the current billing month (UTC).
@@ -275,6 +277,7 @@ impl From<&v1::Vps> for VpsView {
             init_pid: vps.init_pid,
             resources,
             transfer: vps.transfer.as_ref().map(TransferView::from),
+            converged: vps.converged,
         }
     }
 }
@@ -1124,6 +1127,7 @@ mod tests {
             message: String::new(),
             init_pid: 4242,
             transfer: None,
+            converged: true,
         }
     }
 

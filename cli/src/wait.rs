@@ -25,6 +25,10 @@ pub enum Goal {
     Stopped,
     /// `GetVps` answers NotFound.
     Gone,
+    /// The node applied the VPS's current desired state (after a resize: a report of the
+    /// VPS running with its old limits must not end the wait), and it is running or stopped
+    /// as `running` says.
+    Applied { running: bool },
 }
 
 impl Goal {
@@ -34,6 +38,7 @@ impl Goal {
             Goal::RunningAgain { .. } => "running again",
             Goal::Stopped => "stopped",
             Goal::Gone => "deleted",
+            Goal::Applied { .. } => "applied by its node",
         }
     }
 }
@@ -97,6 +102,13 @@ pub fn assess(vps: &v1::Vps, goal: Goal) -> Progression {
         (Goal::Running, VpsState::Running) | (Goal::Stopped, VpsState::Stopped) => {
             Progression::Done
         }
+        (Goal::Applied { running }, VpsState::Running | VpsState::Stopped) => {
+            if vps.converged && (state == VpsState::Running) == running {
+                Progression::Done
+            } else {
+                Progression::Pending
+            }
+        }
         (Goal::RunningAgain { previous_init_pid }, VpsState::Running) => {
             if vps.init_pid != 0 && vps.init_pid != previous_init_pid {
                 Progression::Done
@@ -105,12 +117,13 @@ pub fn assess(vps: &v1::Vps, goal: Goal) -> Progression {
             }
         }
         (_, VpsState::Error) => Progression::Failed(failed(vps)),
-        (Goal::Running | Goal::RunningAgain { .. }, VpsState::Suspended) => {
-            Progression::Failed(WaitError::Suspended {
-                name: vps.name.clone(),
-                message: vps.message.clone(),
-            })
-        }
+        (
+            Goal::Running | Goal::RunningAgain { .. } | Goal::Applied { running: true },
+            VpsState::Suspended,
+        ) => Progression::Failed(WaitError::Suspended {
+            name: vps.name.clone(),
+            message: vps.message.clone(),
+        }),
         _ => Progression::Pending,
     }
 }
@@ -223,6 +236,34 @@ mod tests {
         assert!(matches!(assess(&with_pid(43), goal), Progression::Done));
         assert!(matches!(
             assess(&vps(VpsState::Error, "rootfs"), goal),
+            Progression::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn applied_needs_the_node_to_have_applied_the_current_state() {
+        let goal = Goal::Applied { running: true };
+        let running = |converged| v1::Vps {
+            converged,
+            ..vps(VpsState::Running, "")
+        };
+        // A heartbeat says running, but the node has not applied the resize yet.
+        assert!(matches!(
+            assess(&running(false), goal),
+            Progression::Pending
+        ));
+        assert!(matches!(assess(&running(true), goal), Progression::Done));
+        let stopped = v1::Vps {
+            converged: true,
+            ..vps(VpsState::Stopped, "")
+        };
+        assert!(matches!(assess(&stopped, goal), Progression::Pending));
+        assert!(matches!(
+            assess(&stopped, Goal::Applied { running: false }),
+            Progression::Done
+        ));
+        assert!(matches!(
+            assess(&vps(VpsState::Error, "memory"), goal),
             Progression::Failed(_)
         ));
     }

@@ -217,6 +217,7 @@ pub fn vps(
     node_online: bool,
     held: bool,
     transfer: Option<&TransferStatus>,
+    converged: bool,
 ) -> v1::Vps {
     let observed = record.observed.as_ref();
     let running = observed.is_some_and(|o| o.state == Observed::Running);
@@ -244,6 +245,7 @@ pub fn vps(
             0
         },
         transfer: transfer.map(transfer_status),
+        converged,
     }
 }
 
@@ -289,6 +291,13 @@ pub fn vps_spec(record: &VpsRecord, tenant_suspended: bool, now: DateTime<Utc>) 
         restart_generation: record.restart_generation,
         network: network_spec(record, throttle),
     }
+}
+
+/// A short digest of what a spec asks for, to tell whether a node applied exactly it.
+pub fn spec_digest(spec: &v1::VpsSpec) -> String {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(spec.encode_to_vec())[..12])
 }
 
 /// A rate (0 = unlimited) capped at `cap`, if any.
@@ -488,7 +497,25 @@ mod tests {
                 at: Utc::now(),
             }),
             transfer_limit: None,
+            applied_spec: None,
         }
+    }
+
+    #[test]
+    fn a_spec_digest_changes_with_what_the_spec_asks() {
+        let vps = record(None);
+        let now = Utc::now();
+        let digest = spec_digest(&vps_spec(&vps, false, now));
+        assert_eq!(digest, spec_digest(&vps_spec(&vps, false, now)), "stable");
+        assert_eq!(digest.len(), 24);
+        assert_ne!(digest, spec_digest(&vps_spec(&vps, true, now)), "power");
+        let mut resized = record(None);
+        resized.resources.memory_bytes = 1 << 30;
+        assert_ne!(
+            digest,
+            spec_digest(&vps_spec(&resized, false, now)),
+            "limits"
+        );
     }
 
     #[test]
@@ -514,11 +541,11 @@ mod tests {
     #[test]
     fn init_pid_only_when_running() {
         assert_eq!(
-            vps(&record(Some(Observed::Running)), true, false, None).init_pid,
+            vps(&record(Some(Observed::Running)), true, false, None, true).init_pid,
             42
         );
         assert_eq!(
-            vps(&record(Some(Observed::Stopped)), true, false, None).init_pid,
+            vps(&record(Some(Observed::Stopped)), true, false, None, true).init_pid,
             0
         );
     }

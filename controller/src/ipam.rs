@@ -569,6 +569,7 @@ mod tests {
             created_at: Utc::now(),
             observed: None,
             transfer_limit: None,
+            applied_spec: None,
         }
     }
 

@@ -164,21 +164,34 @@ async fn reconcile_vps(
         .store
         .get_tenant(&vps.tenant)?
         .is_some_and(|tenant| tenant.suspended);
-    let mut request = tonic::Request::new(convert::vps_spec(vps, suspended, Utc::now()));
+    let spec = convert::vps_spec(vps, suspended, Utc::now());
+    let digest = convert::spec_digest(&spec);
+    let mut request = tonic::Request::new(spec);
     request.set_timeout(Duration::from_secs(120));
     let status = client
         .apply_vps(request)
         .await
         .map_err(|status| agent_error(node, status))?
         .into_inner();
-    record_observed(controller, &vps.vps_id, &status)
+    record_report(controller, &vps.vps_id, &status, Some(&digest))
 }
 
-/// Stores what an agent reported for a VPS (apply result or heartbeat).
+/// Stores what an agent reported for a VPS in a heartbeat.
 pub fn record_observed(
     controller: &Controller,
     vps_id: &str,
     status: &v1::VpsStatus,
+) -> Result<(), ControllerError> {
+    record_report(controller, vps_id, status, None)
+}
+
+/// Stores what an agent reported for a VPS: an apply's result (with the digest
+/// of the spec it applied) or a heartbeat's report (`applied` is `None`).
+fn record_report(
+    controller: &Controller,
+    vps_id: &str,
+    status: &v1::VpsStatus,
+    applied: Option<&str>,
 ) -> Result<(), ControllerError> {
     let observed = ObservedState {
         state: convert::observed_from_agent(status.state()),
@@ -188,15 +201,14 @@ pub fn record_observed(
     };
     // Heartbeats repeat the same report every few seconds; an unchanged one
     // needs no write (a concurrent change is healed by the next report).
-    let unchanged = controller
-        .store
-        .get_vps(vps_id)?
-        .and_then(|vps| vps.observed)
-        .is_some_and(|current| {
-            current.state == observed.state
-                && current.init_pid == observed.init_pid
-                && current.message == observed.message
-        });
+    let unchanged = controller.store.get_vps(vps_id)?.is_some_and(|vps| {
+        applied.is_none_or(|digest| vps.applied_spec.as_deref() == Some(digest))
+            && vps.observed.is_some_and(|current| {
+                current.state == observed.state
+                    && current.init_pid == observed.init_pid
+                    && current.message == observed.message
+            })
+    });
     if unchanged {
         return Ok(());
     }
@@ -211,6 +223,9 @@ pub fn record_observed(
             _ => None,
         };
         vps.observed = Some(observed.clone());
+        if let Some(digest) = applied {
+            vps.applied_spec = Some(digest.to_owned());
+        }
         Ok(event.map(|kind| EventRecord::of_vps(kind, vps)))
     });
     match result {

@@ -170,6 +170,7 @@ impl Controller {
             created_at: Utc::now(),
             observed: None,
             transfer_limit: None,
+            applied_spec: None,
         };
         self.store.create_vps(&record)?;
         // The store allocated the addresses in the create transaction.
@@ -426,6 +427,16 @@ impl Controller {
                 .get_tenant(&vps.tenant)?
                 .is_some_and(|tenant| tenant.suspended);
         Ok((online, held))
+    }
+
+    /// Whether the VPS's node has applied exactly what its record asks for now.
+    pub fn converged(&self, vps: &VpsRecord) -> Result<bool, ControllerError> {
+        let suspended = self
+            .store
+            .get_tenant(&vps.tenant)?
+            .is_some_and(|tenant| tenant.suspended);
+        let spec = crate::convert::vps_spec(vps, suspended, Utc::now());
+        Ok(vps.applied_spec.as_deref() == Some(crate::convert::spec_digest(&spec).as_str()))
     }
 }
 

@@ -623,3 +623,40 @@ async fn removing_a_node_revokes_its_certificates_until_it_enrols_again() {
         .into_inner();
     assert!(!back.cordoned, "a new node, not the drained one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_does_not_make_a_changed_vps_converged() {
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    let web = api.create_vps(&acme, "", "web").await.expect("create");
+    // The fixture's node is never reached: nothing has applied the VPS.
+    assert!(!web.converged);
+    let node = v1::agent_registry_client::AgentRegistryClient::new(api.enrol("node-a").await);
+    node.clone()
+        .heartbeat(tonic::Request::new(v1::HeartbeatRequest {
+            node_name: "node-a".into(),
+            vps: vec![v1::VpsStatus {
+                vps_id: web.id.clone(),
+                state: v1::AgentVpsState::Running.into(),
+                init_pid: 42,
+                message: "running".into(),
+            }],
+            ..Default::default()
+        }))
+        .await
+        .expect("heartbeat");
+    let shown = api
+        .vps()
+        .get_vps(with_token(
+            v1::VpsRef {
+                tenant: String::new(),
+                name: "web".into(),
+            },
+            &acme,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(shown.state(), v1::VpsState::Running, "the report is shown");
+    assert!(!shown.converged, "a report is no apply");
+}

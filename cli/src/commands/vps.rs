@@ -212,11 +212,9 @@ pub async fn resize(
     };
     let mut vps = session.call(session.vps().resize_vps(request)).await?;
     if args.wait.enabled() {
-        // The controller shows the VPS pending until its node has applied the limits.
-        let goal = if vps.desired_power == v1::PowerState::Running as i32 {
-            Goal::Running
-        } else {
-            Goal::Stopped
+        // Until its node has applied the new limits, the VPS is not converged.
+        let goal = Goal::Applied {
+            running: vps.desired_power == v1::PowerState::Running as i32,
         };
         let reference = vps_ref(&args.vps);
         if let Some(done) = wait_for(session, &reference, goal, timeout(&args.wait)).await? {

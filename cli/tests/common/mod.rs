@@ -125,6 +125,7 @@ fn sample(name: &str, tenant: &str, state: VpsState) -> Vps {
         message: String::new(),
         init_pid: 0,
         transfer: None,
+        converged: true,
     }
 }
 

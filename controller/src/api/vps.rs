@@ -27,7 +27,14 @@ impl VpsApi {
     fn view(&self, record: &crate::store::VpsRecord) -> Result<v1::Vps, ControllerError> {
         let (online, held) = self.controller.vps_context(record)?;
         let transfer = self.controller.transfer_status(record)?;
-        Ok(convert::vps(record, online, held, Some(&transfer)))
+        let converged = self.controller.converged(record)?;
+        Ok(convert::vps(
+            record,
+            online,
+            held,
+            Some(&transfer),
+            converged,
+        ))
     }
 
     fn reference(vps: Option<v1::VpsRef>) -> v1::VpsRef {

@@ -185,6 +185,10 @@ pub struct VpsRecord {
     /// plan throttles or suspends; ignored from `until` on, and cleared then.
     #[serde(default)]
     pub transfer_limit: Option<TransferLimit>,
+    /// Digest of the last spec the node applied (`convert::spec_digest`): the VPS has
+    /// converged when it equals the digest of its current spec.
+    #[serde(default)]
+    pub applied_spec: Option<String>,
 }
 
 impl VpsRecord {
