@@ -85,20 +85,11 @@ impl RestartGenerations {
     }
 
     fn save(&self, map: &HashMap<String, u64>) -> Result<(), GenerationError> {
-        let temp = self.path.with_extension("json.tmp");
-        let io = |op, source| GenerationError::Io {
-            op,
-            path: temp.clone(),
-            source,
-        };
         let bytes = serde_json::to_vec(map).unwrap_or_default();
-        let file = std::fs::File::create(&temp).map_err(|e| io("creating", e))?;
-        std::io::Write::write_all(&mut &file, &bytes).map_err(|e| io("writing", e))?;
-        file.sync_all().map_err(|e| io("syncing", e))?;
-        std::fs::rename(&temp, &self.path).map_err(|source| GenerationError::Io {
-            op: "renaming into",
-            path: self.path.clone(),
-            source,
+        crate::fsutil::write_atomic(&self.path, &bytes).map_err(|e| GenerationError::Io {
+            op: e.operation,
+            path: e.path,
+            source: e.source,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! system containers on this node and reports what exists.
 
 pub mod convert;
+pub mod fsutil;
 pub mod generations;
 pub mod metering;
 pub mod metrics;

@@ -358,18 +358,15 @@ fn journal_path(state_dir: &Path) -> PathBuf {
 
 fn write_journal(state_dir: &Path, sent: &BTreeMap<String, Sent>) -> Result<(), MeteringError> {
     let path = journal_path(state_dir);
-    let tmp = state_dir.join("metering.json.tmp");
     let bytes = serde_json::to_vec(sent).map_err(|source| MeteringError::Journal {
         path: path.clone(),
         source,
     })?;
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-        file.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        file.sync_all().map_err(io_err("fsync", &tmp))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))
+    crate::fsutil::write_atomic(&path, &bytes).map_err(|e| MeteringError::Io {
+        op: e.operation,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn now_unix_ms() -> i64 {

@@ -616,21 +616,15 @@ impl Network {
 
     fn save_spec(&self, spec: &PortSpec) -> Result<(), NetworkError> {
         let path = self.spec_path(&spec.vps_id);
-        let temp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(spec).map_err(|error| NetworkError::Io {
             op: "encode",
             path: path.clone(),
             source: error.into(),
         })?;
-        std::fs::write(&temp, bytes).map_err(|source| NetworkError::Io {
-            op: "write",
-            path: temp.clone(),
-            source,
-        })?;
-        std::fs::rename(&temp, &path).map_err(|source| NetworkError::Io {
-            op: "rename",
-            path: path.clone(),
-            source,
+        crate::fsutil::write_atomic(&path, &bytes).map_err(|e| NetworkError::Io {
+            op: e.operation,
+            path: e.path,
+            source: e.source,
         })
     }
 

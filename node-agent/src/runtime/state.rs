@@ -2,8 +2,8 @@
 //! `state.json` journal, written atomically (tmp + fsync + rename + fsync dir) so that a crash
 //! at any point leaves either the old or the new record.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -230,28 +230,13 @@ impl Layout {
     }
 }
 
-/// Writes `bytes` to `path` via a temp file in the same directory, fsyncs it, renames it into
-/// place and fsyncs the directory.
+/// Replaces `path` with `bytes` durably ([`crate::fsutil::write_atomic`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
-    file.write_all(bytes).map_err(io_err("write", &tmp))?;
-    file.sync_all().map_err(io_err("fsync", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync dir", dir))
+    crate::fsutil::write_atomic(path, bytes).map_err(|e| StateError::Io {
+        operation: e.operation,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Removes a directory tree; absent is fine.

@@ -21,8 +21,8 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
@@ -229,15 +229,6 @@ pub enum MetadataError {
     },
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MetadataError {
-    let path = path.to_path_buf();
-    move |source| MetadataError::Io {
-        operation,
-        path,
-        source,
-    }
-}
-
 impl TemplateMetadata {
     /// Parses the content of a metadata file.
     pub fn parse(text: &str) -> Result<Self, MetadataSyntaxError> {
@@ -321,21 +312,13 @@ pub fn read(template_dir: &Path) -> Result<Option<TemplateMetadata>, MetadataErr
 /// rename).
 pub fn write(template_dir: &Path, metadata: &TemplateMetadata) -> Result<(), MetadataError> {
     let path = metadata_path(template_dir);
-    let tmp = template_dir.join(format!(".{METADATA_FILE}.tmp-{}", std::process::id()));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
-    file.write_all(metadata.render().as_bytes())
-        .map_err(io_err("write", &tmp))?;
-    file.sync_all().map_err(io_err("fsync", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
-    File::open(template_dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_err("fsync dir", template_dir))
+    crate::fsutil::write_atomic(&path, metadata.render().as_bytes()).map_err(|e| {
+        MetadataError::Io {
+            operation: e.operation,
+            path: e.path,
+            source: e.source,
+        }
+    })
 }
 
 /// How a template's halt signal was determined.
