@@ -255,6 +255,13 @@ fn a_run_whose_init_exited_by_itself_is_closed_when_it_is_started_again() {
         Duration::from_secs(30),
         || !pid_running(first_pid),
     );
+    // The rest of the VPS dies with its init's pid namespace; what it used counts too.
+    wait_until("the run's cgroup to empty", Duration::from_secs(30), || {
+        runtime.cgroup_paths(&vps_id).iter().all(|dir| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .map_or(true, |procs| procs.trim().is_empty())
+        })
+    });
     let host_total = host_cpu_ns(&runtime, &vps_id);
     assert!(
         host_total > first[0].cpu_usage_ns + 1_500_000_000,
