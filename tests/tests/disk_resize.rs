@@ -90,7 +90,7 @@ fn a_disk_grows_through_the_cli_and_never_shrinks() {
     cluster.sh_ok(
         "acme",
         "d1",
-        "dd if=/dev/zero of=/root/big bs=1M count=2200 2>/dev/null && sync && rm /root/big",
+        "dd if=/dev/zero of=/root/big bs=1M count=256 2>/dev/null && sync && rm /root/big",
     );
 
     // Shrinking is refused, and changes nothing.
