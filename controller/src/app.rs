@@ -163,8 +163,9 @@ impl Controller {
             }
         }
         for vps in self.store.list_vps(None).unwrap_or_default() {
-            if let Ok((online, held)) = self.vps_context(&vps) {
-                let state = crate::convert::vps_state(&vps, online, held);
+            if let Ok(context) = self.vps_context(&vps) {
+                let state =
+                    crate::convert::vps_state(&vps, context.node_online, context.held(&vps));
                 let name = state
                     .as_str_name()
                     .trim_start_matches("VPS_STATE_")

@@ -412,31 +412,44 @@ impl Controller {
         }
     }
 
-    /// Whether the node hosting a VPS is online, and whether the VPS is held
-    /// stopped (its tenant suspended, or its transfer allowance used up on a
-    /// suspending plan), for display.
-    pub fn vps_context(&self, vps: &VpsRecord) -> Result<(bool, bool), ControllerError> {
+    /// What a VPS's view depends on besides its record, read once.
+    pub fn vps_context(&self, vps: &VpsRecord) -> Result<VpsContext, ControllerError> {
         let now = Utc::now();
-        let online = self
+        let node_online = self
             .store
             .get_node(&vps.node)?
             .is_some_and(|node| self.node_online(&node, now));
-        let held = vps.transfer_limit_at(now) == Some(TransferOverage::Suspend)
-            || self
-                .store
-                .get_tenant(&vps.tenant)?
-                .is_some_and(|tenant| tenant.suspended);
-        Ok((online, held))
-    }
-
-    /// Whether the VPS's node has applied exactly what its record asks for now.
-    pub fn converged(&self, vps: &VpsRecord) -> Result<bool, ControllerError> {
-        let suspended = self
+        let tenant_suspended = self
             .store
             .get_tenant(&vps.tenant)?
             .is_some_and(|tenant| tenant.suspended);
-        let spec = crate::convert::vps_spec(vps, suspended, Utc::now());
-        Ok(vps.applied_spec.as_deref() == Some(crate::convert::spec_digest(&spec).as_str()))
+        Ok(VpsContext {
+            node_online,
+            tenant_suspended,
+            now,
+        })
+    }
+}
+
+/// Whether a VPS's node is online and its tenant suspended, at `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct VpsContext {
+    pub node_online: bool,
+    pub tenant_suspended: bool,
+    pub now: chrono::DateTime<Utc>,
+}
+
+impl VpsContext {
+    /// Whether the VPS is held stopped: its tenant is suspended, or its transfer
+    /// allowance is used up on a suspending plan.
+    pub fn held(&self, vps: &VpsRecord) -> bool {
+        self.tenant_suspended || vps.transfer_limit_at(self.now) == Some(TransferOverage::Suspend)
+    }
+
+    /// Whether the VPS's node has applied exactly what its record asks for now.
+    pub fn converged(&self, vps: &VpsRecord) -> bool {
+        let spec = crate::convert::vps_spec(vps, self.tenant_suspended, self.now);
+        vps.applied_spec.as_deref() == Some(crate::convert::spec_digest(&spec).as_str())
     }
 }
 

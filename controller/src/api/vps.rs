@@ -25,15 +25,14 @@ type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl VpsApi {
     fn view(&self, record: &crate::store::VpsRecord) -> Result<v1::Vps, ControllerError> {
-        let (online, held) = self.controller.vps_context(record)?;
+        let context = self.controller.vps_context(record)?;
         let transfer = self.controller.transfer_status(record)?;
-        let converged = self.controller.converged(record)?;
         Ok(convert::vps(
             record,
-            online,
-            held,
+            context.node_online,
+            context.held(record),
             Some(&transfer),
-            converged,
+            context.converged(record),
         ))
     }
 
