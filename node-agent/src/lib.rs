@@ -153,7 +153,7 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::default());
     let mut server = tonic::transport::Server::builder()
         .tls_config(server_tls)?
-        .layer(metrics::RpcMetricsLayer::new(metrics.clone()));
+        .layer(metrics::rpc_layer(metrics.clone()));
     let metrics_task = match config.metrics_listen {
         Some(addr) => serve_metrics(addr, metrics.clone(), runtime.clone(), meter.clone()).await,
         None => None,

@@ -7,12 +7,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use paddock_telemetry::{escape, family, grpc_code, Histogram};
+use paddock_telemetry::{escape, family, Histogram};
 use tracing::warn;
 
 use crate::metering::{Meter, Sample, STOPPED_INCARNATION};
@@ -261,73 +259,31 @@ fn state_name(state: ObservedState) -> &'static str {
     }
 }
 
-/// A tower layer over the gRPC server: counts and times every RPC by method
-/// and status code.
+/// Counts and times every RPC of the agent's gRPC server by method and status code
+/// ([`paddock_telemetry::RpcLayer`]).
 #[derive(Clone)]
-pub struct RpcMetricsLayer {
-    metrics: Arc<Metrics>,
-}
+pub struct RpcMetrics(pub Arc<Metrics>);
 
-impl RpcMetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+impl paddock_telemetry::RpcObserver for RpcMetrics {
+    type Call = ();
+
+    fn started<B>(&self, _method: &str, _request: &mut http::Request<B>) {}
+
+    fn finished(
+        &self,
+        (): (),
+        method: String,
+        code: String,
+        elapsed: Duration,
+    ) -> impl Future<Output = ()> + Send {
+        self.0.observe_rpc(&method, &code, elapsed);
+        std::future::ready(())
     }
 }
 
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// The service [`RpcMetricsLayer`] wraps around the gRPC server.
-#[derive(Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RpcMetrics<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        // The clone is ready only after poll_ready; call the one that was polled.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let method = request.uri().path().to_owned();
-        let metrics = self.metrics.clone();
-        let started = Instant::now();
-        Box::pin(async move {
-            let response = inner.call(request).await;
-            let code = match &response {
-                Ok(response) => grpc_code(response.headers()),
-                Err(_) => "Transport".to_owned(),
-            };
-            metrics.observe_rpc(&method, &code, started.elapsed());
-            response
-        })
-    }
+/// The layer that puts [`RpcMetrics`] around the agent's gRPC server.
+pub fn rpc_layer(metrics: Arc<Metrics>) -> paddock_telemetry::RpcLayer<RpcMetrics> {
+    paddock_telemetry::RpcLayer::new(RpcMetrics(metrics))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use paddock_agent::generations::RestartGenerations;
 use paddock_agent::metering::Meter;
-use paddock_agent::metrics::{Metrics, RpcMetricsLayer};
+use paddock_agent::metrics::{self, Metrics};
 use paddock_agent::runtime::Runtime;
 use paddock_agent::service::AgentService;
 use paddock_proto::v1;
@@ -95,7 +95,7 @@ async fn rpcs_are_counted_by_method_and_code_and_scraped_over_tcp() {
     );
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(RpcMetricsLayer::new(metrics.clone()))
+            .layer(metrics::rpc_layer(metrics.clone()))
             .add_service(NodeAgentServer::new(service))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),

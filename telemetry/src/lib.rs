@@ -1,11 +1,15 @@
-//! What the controller's and the agents' Prometheus endpoints share: latency
-//! histograms, label escaping, the gRPC status code of a response, and the
-//! tiny HTTP server that answers `GET /metrics`. Each daemon keeps its own
-//! series and renders them with these.
+//! What the controller and the agents share to observe their gRPC servers: a
+//! tower layer that hands every RPC's method, status code and duration to an
+//! observer ([`RpcLayer`]), latency histograms, label escaping, and the tiny
+//! HTTP server that answers `GET /metrics`. Each daemon keeps its own series
+//! and renders them with these.
 
 use std::fmt::Write;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -92,6 +96,98 @@ pub fn grpc_code(headers: &http::HeaderMap) -> String {
         .map(tonic::Code::from_i32)
         .unwrap_or(tonic::Code::Ok);
     format!("{code:?}")
+}
+
+/// What an [`RpcLayer`] does around every RPC its server answers.
+pub trait RpcObserver: Clone + Send + Sync + 'static {
+    /// What [`RpcObserver::started`] hands on to [`RpcObserver::finished`].
+    type Call: Send + 'static;
+
+    /// Before the RPC `method` (its path) runs; may put extensions on the request for its
+    /// handler.
+    fn started<B>(&self, method: &str, request: &mut http::Request<B>) -> Self::Call;
+
+    /// After it answered, with its gRPC status code by name (`Transport` when the server
+    /// produced no response) and how long it took; awaited before the answer goes out.
+    fn finished(
+        &self,
+        call: Self::Call,
+        method: String,
+        code: String,
+        elapsed: Duration,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// A tower layer over a gRPC server that calls an [`RpcObserver`] around every RPC.
+#[derive(Clone)]
+pub struct RpcLayer<O> {
+    observer: O,
+}
+
+impl<O> RpcLayer<O> {
+    pub fn new(observer: O) -> Self {
+        Self { observer }
+    }
+}
+
+impl<S, O: Clone> tower::Layer<S> for RpcLayer<O> {
+    type Service = RpcService<S, O>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            observer: self.observer.clone(),
+        }
+    }
+}
+
+/// The service [`RpcLayer`] wraps around the server.
+#[derive(Clone)]
+pub struct RpcService<S, O> {
+    inner: S,
+    observer: O,
+}
+
+impl<S, O, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RpcService<S, O>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    O: RpcObserver,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // The clone is ready only after poll_ready; call the one that was polled.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let method = request.uri().path().to_owned();
+        let call = self.observer.started(&method, &mut request);
+        let observer = self.observer.clone();
+        let started = Instant::now();
+        Box::pin(async move {
+            let response = inner.call(request).await;
+            let code = match &response {
+                Ok(response) => grpc_code(response.headers()),
+                Err(_) => "Transport".to_owned(),
+            };
+            observer
+                .finished(call, method, code, started.elapsed())
+                .await;
+            response
+        })
+    }
 }
 
 /// Serves `GET /metrics` on `listener` with the text `scrape` returns until

@@ -74,9 +74,9 @@ pub async fn serve(
         .client_auth_optional(true);
     Server::builder()
         .tls_config(tls)?
-        .layer(observe::ObserveLayer {
+        .layer(paddock_telemetry::RpcLayer::new(observe::Observer {
             controller: controller.clone(),
-        })
+        }))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(VpsServiceServer::new(vps::VpsApi { controller: c() }))

@@ -3,10 +3,8 @@
 //! refused ones, so failed attempts are on record too.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
 use chrono::Utc;
 use tracing::warn;
@@ -99,88 +97,64 @@ fn actor<B>(controller: &Controller, request: &http::Request<B>) -> String {
     }
 }
 
+/// What the controller does around every RPC ([`paddock_telemetry::RpcLayer`]): count and
+/// time it, and for a mutation, write who tried it, on what, and how it ended — durably,
+/// before the caller sees the answer.
 #[derive(Clone)]
-pub struct ObserveLayer {
+pub struct Observer {
     pub controller: Arc<Controller>,
 }
 
-impl<S> tower::Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
+/// An audited call in flight: who makes it, and where its handler names the target.
+pub struct AuditedCall {
+    who: String,
+    target: AuditTarget,
+}
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Observe {
-            inner,
-            controller: self.controller.clone(),
+impl paddock_telemetry::RpcObserver for Observer {
+    type Call = Option<AuditedCall>;
+
+    fn started<B>(&self, method: &str, request: &mut http::Request<B>) -> Self::Call {
+        if !is_audited(method) {
+            return None;
         }
-    }
-}
-
-#[derive(Clone)]
-pub struct Observe<S> {
-    inner: S,
-    controller: Arc<Controller>,
-}
-
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Observe<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        // The clone is ready only after poll_ready; call the one that was polled.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let method = request.uri().path().to_owned();
-        let audited = is_audited(&method);
         let target = AuditTarget::default();
-        let who = if audited {
-            request.extensions_mut().insert(target.clone());
-            actor(&self.controller, &request)
-        } else {
-            String::new()
-        };
-        let controller = self.controller.clone();
-        let started = Instant::now();
-        Box::pin(async move {
-            let response = inner.call(request).await;
-            let code = match &response {
-                Ok(response) => paddock_telemetry::grpc_code(response.headers()),
-                Err(_) => "Transport".to_owned(),
-            };
-            metrics::observe_request(&method, &code, started.elapsed());
-            if audited {
-                let entry = AuditRecord {
-                    seq: 0,
-                    at: Utc::now(),
-                    actor: who,
-                    method: method.rsplit('/').next().unwrap_or_default().to_owned(),
-                    target: target.get(),
-                    result: if code == "Ok" { "ok".to_owned() } else { code },
-                };
-                // Durable before the caller sees the answer.
-                let written = controller.store.append_audit(&entry);
-                if let Err(error) = written {
-                    warn!(%error, "writing audit entry");
-                } else if let Err(error) = controller.store.flush().await {
-                    warn!(%error, "flushing audit entry");
-                }
-            }
-            response
+        request.extensions_mut().insert(target.clone());
+        Some(AuditedCall {
+            who: actor(&self.controller, request),
+            target,
         })
+    }
+
+    fn finished(
+        &self,
+        call: Self::Call,
+        method: String,
+        code: String,
+        elapsed: Duration,
+    ) -> impl Future<Output = ()> + Send {
+        let controller = self.controller.clone();
+        async move {
+            metrics::observe_request(&method, &code, elapsed);
+            let Some(call) = call else {
+                return;
+            };
+            let entry = AuditRecord {
+                seq: 0,
+                at: Utc::now(),
+                actor: call.who,
+                method: method.rsplit('/').next().unwrap_or_default().to_owned(),
+                target: call.target.get(),
+                result: if code == "Ok" { "ok".to_owned() } else { code },
+            };
+            // Durable before the caller sees the answer.
+            let written = controller.store.append_audit(&entry);
+            if let Err(error) = written {
+                warn!(%error, "writing audit entry");
+            } else if let Err(error) = controller.store.flush().await {
+                warn!(%error, "flushing audit entry");
+            }
+        }
     }
 }
 
