@@ -18,6 +18,9 @@ const WINDOW: Duration = Duration::from_secs(4);
 fn main() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
+        if std::env::var("PADDOCK_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("network_throughput needs root and PADDOCK_REQUIRE_PRIVILEGED=1 is set");
+        }
         eprintln!("network_throughput needs root (veths, bridge, nftables); skipped");
         return;
     }
