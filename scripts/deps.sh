@@ -3,7 +3,8 @@
 set -euo pipefail
 
 # gcc + libc6-dev: the runtime tests build a static in-VPS isolation probe.
-packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev)
+# debootstrap: the debian-12 template (its boot test builds one).
+packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
