@@ -243,3 +243,28 @@ async fn completion_scripts_are_generated() {
         assert!(out.stdout.contains("paddock"), "{shell}");
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (_dir, config) = temp_config();
+    // A pipe whose reading end is closed before paddock writes: its first write fails.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    drop(read_end);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["completion", "bash"])
+        .env("PADDOCK_CONFIG", &config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run paddock");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty(), "paddock said on a closed pipe: {stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "ended by SIGPIPE like coreutils: {:?}",
+        output.status
+    );
+}
