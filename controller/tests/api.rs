@@ -660,3 +660,83 @@ async fn a_heartbeat_does_not_make_a_changed_vps_converged() {
     assert_eq!(shown.state(), v1::VpsState::Running, "the report is shown");
     assert!(!shown.converged, "a report is no apply");
 }
+
+/// Generic gRPC clients find the API by reflection, in both protocol versions: v1 (grpcurl)
+/// and v1alpha (Python's grpcio-reflection, grpcui, Postman, older grpcurl).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_in_v1_and_v1alpha() {
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::{v1 as refl_v1, v1alpha as refl_v1alpha};
+    let api = start().await;
+
+    let request = refl_v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            refl_v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut client =
+        refl_v1::server_reflection_client::ServerReflectionClient::new(api.channel.clone());
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1 reflection")
+        .into_inner();
+    let answer = answers.next().await.expect("an answer").expect("v1 answer");
+    let Some(refl_v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("v1: not a service list: {answer:?}");
+    };
+    let v1_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+
+    let request = refl_v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            refl_v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut client =
+        refl_v1alpha::server_reflection_client::ServerReflectionClient::new(api.channel.clone());
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner();
+    let answer = answers
+        .next()
+        .await
+        .expect("an answer")
+        .expect("v1alpha answer");
+    let Some(refl_v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("v1alpha: not a service list: {answer:?}");
+    };
+    let v1alpha_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+
+    for names in [&v1_names, &v1alpha_names] {
+        for service in [
+            "paddock.v1.VpsService",
+            "paddock.v1.BillingService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                names.iter().any(|n| n == service),
+                "{service} missing from {names:?}"
+            );
+        }
+    }
+    // Each version names itself as the reflection service; the rest is the same list.
+    let without_reflection = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| !n.starts_with("grpc.reflection."))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        without_reflection(&v1_names),
+        without_reflection(&v1alpha_names)
+    );
+}

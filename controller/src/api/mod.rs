@@ -56,10 +56,15 @@ pub async fn serve(
     health_reporter
         .set_serving::<AgentRegistryServer<nodes::RegistryApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl speaks v1, while Python's grpcio-reflection,
+    // grpcui, Postman and older grpcurl speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let c = || controller.clone();
     let tls = tonic::transport::ServerTlsConfig::new()
@@ -78,7 +83,8 @@ pub async fn serve(
             controller: controller.clone(),
         }))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(VpsServiceServer::new(vps::VpsApi { controller: c() }))
         .add_service(TenantServiceServer::new(tenants::TenantApi {
             controller: c(),
