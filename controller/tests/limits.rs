@@ -714,6 +714,47 @@ async fn a_tenant_cannot_raise_its_own_limits_on_the_shipped_plans() {
     assert_eq!(resized.net_egress_bits_per_sec, 50_000_000);
     assert_eq!(resized.pids_max, 512, "the plan's pid limit stays");
 
+    // A plan change holds the overrides to the new plan: small allows 1024 processes.
+    let to_small = |pids_max: u64| v1::ResizeVpsRequest {
+        vps: Some(v1::VpsRef {
+            tenant: String::new(),
+            name: "web1".into(),
+        }),
+        plan: "small".into(),
+        resources: Some(v1::Resources {
+            pids_max,
+            ..Default::default()
+        }),
+    };
+    let before = used(&api, "acme").await;
+    let refused = api
+        .vps()
+        .resize_vps(with_token(to_small(2048), &acme))
+        .await
+        .expect_err("above small's pids");
+    assert_eq!(
+        refused.code(),
+        Code::PermissionDenied,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused
+            .message()
+            .starts_with("pids_max: 2048 is above plan small's 1024"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(used(&api, "acme").await, before, "nothing charged");
+    let small = api
+        .vps()
+        .resize_vps(with_token(to_small(1000), &acme))
+        .await
+        .expect("within small's pids")
+        .into_inner();
+    assert_eq!(small.plan, "small");
+    assert_eq!(small.resources.expect("resources").pids_max, 1000);
+
     // CreatePlan takes Resources too: the bounds hold there, for the admin.
     let mut plans = v1::plan_service_client::PlanServiceClient::new(api.channel.clone());
     let mut plan = rated_plan();
