@@ -270,6 +270,25 @@ mod tests {
     }
 
     #[test]
+    fn vps_limits_default_and_must_be_consistent() {
+        let (_guard, path) = write("");
+        let config = ControllerConfig::load(&path).expect("load");
+        assert_eq!(config.vps_limits.max_pids, 65_536);
+        assert_eq!(config.vps_limits.min_memory, ByteSize(64 << 20));
+        let (_guard, path) = write("[vps_limits]\nmin_memory = \"8GiB\"\nmax_memory = \"4GiB\"\n");
+        let error = ControllerConfig::load(&path).expect_err("min above max");
+        assert!(
+            error.to_string().contains("vps_limits.min_memory"),
+            "{error}"
+        );
+        let (_guard, path) = write("[vps_limits]\nmax_pids = 4\n");
+        let error = ControllerConfig::load(&path).expect_err("too few pids");
+        assert!(error.to_string().contains("vps_limits.max_pids"), "{error}");
+        let (_guard, path) = write("[vps_limits]\nmax_pid = 4\n");
+        assert!(ControllerConfig::load(&path).is_err(), "unknown field");
+    }
+
+    #[test]
     fn metrics_endpoint_is_on_by_default_and_turns_off_with_off() {
         let (_guard, path) = write("");
         let config = ControllerConfig::load(&path).expect("load");
