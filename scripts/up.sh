@@ -137,7 +137,7 @@ Try:
   paddock exec web1 -- hostname
   paddock stop web1 && paddock start web1
   paddock delete web1 --yes
-  paddock plans
+  paddock plans                              # sizes, pids and IO limits per plan
   paddock --context local-admin admin node list
 
 Stop the daemons with: make down   (VPSes keep running and are re-adopted by make up)

@@ -174,10 +174,10 @@ pub struct ResourceOverrides {
     #[arg(long, value_name = "N", value_parser = parse_vcpus)]
     pub vcpus: Option<f64>,
     /// Memory limit, e.g. 512MiB or 2GiB.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_nonzero_size)]
     pub memory: Option<ByteSize>,
     /// Disk size, e.g. 10GiB.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_nonzero_size)]
     pub disk: Option<ByteSize>,
     /// Network egress limit (from the VPS), e.g. 50Mbit, 1Gbit or bits/s.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -195,6 +195,32 @@ impl ResourceOverrides {
             || self.disk.is_some()
             || self.egress.is_some()
             || self.ingress.is_some()
+    }
+}
+
+/// A size that must not be 0 (`--memory 0` would otherwise silently mean "the plan's").
+pub fn parse_nonzero_size(text: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = text
+        .parse()
+        .map_err(|e: paddock_config::SizeError| e.to_string())?;
+    if size.0 == 0 {
+        return Err(format!("{text:?} must be greater than zero"));
+    }
+    Ok(size)
+}
+
+/// An IO rate in bytes/s: a size per second such as `50MiB` (or a plain number).
+fn parse_io_rate(text: &str) -> Result<u64, String> {
+    let text = text.strip_suffix("/s").unwrap_or(text);
+    parse_nonzero_size(text).map(|size| size.0)
+}
+
+/// A count that must not be 0.
+fn parse_nonzero_count(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(format!("{text:?} must be greater than zero")),
+        Ok(value) => Ok(value),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
     }
 }
 
@@ -700,7 +726,7 @@ pub enum PlanCommand {
     /// Create a plan.
     #[command(
         after_help = "Examples:\n  paddock admin plan create small --vcpus 1 --memory 512MiB --disk 5GiB\n  \
-                            paddock admin plan create large --vcpus 4 --memory 8GiB --disk 80GiB --pids 4096 --transfer 2TiB\n  \
+                            paddock admin plan create large --vcpus 4 --memory 8GiB --disk 80GiB --pids 4096 --io-write 400MiB --write-iops 4000 --transfer 2TiB\n  \
                             paddock admin plan create capped --vcpus 1 --memory 1GiB --disk 20GiB --transfer 500GiB --transfer-overage throttle:1Mbit"
     )]
     Create {
@@ -711,11 +737,23 @@ pub enum PlanCommand {
         #[arg(long, value_name = "N", value_parser = parse_vcpus)]
         vcpus: f64,
         /// Memory limit.
-        #[arg(long, value_name = "SIZE")]
+        #[arg(long, value_name = "SIZE", value_parser = parse_nonzero_size)]
         memory: ByteSize,
         /// Disk size.
-        #[arg(long, value_name = "SIZE")]
+        #[arg(long, value_name = "SIZE", value_parser = parse_nonzero_size)]
         disk: ByteSize,
+        /// Disk read limit per second, e.g. 100MiB (default: unlimited).
+        #[arg(long, value_name = "SIZE", value_parser = parse_io_rate)]
+        io_read: Option<u64>,
+        /// Disk write limit per second, e.g. 100MiB (default: unlimited).
+        #[arg(long, value_name = "SIZE", value_parser = parse_io_rate)]
+        io_write: Option<u64>,
+        /// Disk read operations per second (default: unlimited).
+        #[arg(long, value_name = "N", value_parser = parse_nonzero_count)]
+        read_iops: Option<u64>,
+        /// Disk write operations per second (default: unlimited).
+        #[arg(long, value_name = "N", value_parser = parse_nonzero_count)]
+        write_iops: Option<u64>,
         /// Maximum number of processes (default: unlimited).
         #[arg(long, value_name = "N")]
         pids: Option<u64>,
@@ -1014,6 +1052,56 @@ mod tests {
         assert!(
             Cli::try_parse_from(["paddock", "admin", "token", "create", "--role", "admin"]).is_ok()
         );
+    }
+
+    #[test]
+    fn zero_sizes_are_usage_errors() {
+        for args in [
+            &[
+                "paddock", "create", "web1", "--plan", "nano", "--memory", "0",
+            ][..],
+            &["paddock", "resize", "web1", "--disk", "0GiB"],
+            &[
+                "paddock",
+                "admin",
+                "plan",
+                "create",
+                "p",
+                "--vcpus",
+                "1",
+                "--memory",
+                "1GiB",
+                "--disk",
+                "1GiB",
+                "--write-iops",
+                "0",
+            ],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("0 is refused");
+            let line = one_line(&err.render().to_string());
+            assert!(
+                line.contains("must be greater than zero"),
+                "{args:?}: {line}"
+            );
+        }
+        assert!(Cli::try_parse_from([
+            "paddock",
+            "admin",
+            "plan",
+            "create",
+            "p",
+            "--vcpus",
+            "1",
+            "--memory",
+            "1GiB",
+            "--disk",
+            "1GiB",
+            "--io-read",
+            "50MiB/s",
+            "--read-iops",
+            "500",
+        ])
+        .is_ok());
     }
 
     #[test]

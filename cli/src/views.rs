@@ -549,7 +549,8 @@ impl From<&v1::Plan> for PlanView {
 
 impl Tabular for PlanView {
     const HEADERS: &'static [&'static str] = &[
-        "NAME", "VCPUS", "MEMORY", "DISK", "PIDS", "IPV4", "TRANSFER",
+        "NAME", "VCPUS", "MEMORY", "DISK", "PIDS", "IO READ", "IO WRITE", "IOPS R/W", "IPV4",
+        "TRANSFER",
     ];
 
     fn row(&self, _now: DateTime<Utc>) -> Vec<String> {
@@ -567,6 +568,19 @@ impl Tabular for PlanView {
             size(r.memory_bytes),
             size(r.disk_bytes),
             unlimited(r.pids_max, r.pids_max.to_string()),
+            unlimited(
+                r.io_read_bytes_per_sec,
+                format!("{}/s", size(r.io_read_bytes_per_sec)),
+            ),
+            unlimited(
+                r.io_write_bytes_per_sec,
+                format!("{}/s", size(r.io_write_bytes_per_sec)),
+            ),
+            format!(
+                "{}/{}",
+                unlimited(r.io_read_iops, r.io_read_iops.to_string()),
+                unlimited(r.io_write_iops, r.io_write_iops.to_string())
+            ),
             r.ipv4_count.to_string(),
             unlimited(
                 self.monthly_transfer_bytes,

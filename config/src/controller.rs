@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{load_toml, ByteSize, ConfigError};
 
+/// The fewest processes any VPS may be limited to: its init and a shell.
+pub const MIN_PIDS: u64 = 16;
+
 /// Configuration of the controller process.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +37,8 @@ pub struct ControllerConfig {
     pub orphan_policy: OrphanPolicy,
     /// Quota given to a tenant created without explicit limits.
     pub default_quota: QuotaDefaults,
+    /// Absolute bounds on every VPS's and plan's resources, for admins too.
+    pub vps_limits: VpsLimits,
 }
 
 /// Placement policy. Per-node ratios can be overridden with the node labels
@@ -103,6 +108,41 @@ impl Default for QuotaDefaults {
     }
 }
 
+/// Absolute bounds on the resources of any VPS or plan, whoever asks (admin
+/// tokens included). What a tenant may choose is narrower: see
+/// `controller/src/limits.rs` and docs/ARCHITECTURE.md.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VpsLimits {
+    /// The least memory a VPS may have (its init and a shell must fit).
+    pub min_memory: ByteSize,
+    /// The most memory one VPS may have.
+    pub max_memory: ByteSize,
+    /// The smallest disk the agent makes (an ext4 image the template fits on).
+    pub min_disk: ByteSize,
+    /// The largest disk of one VPS.
+    pub max_disk: ByteSize,
+    /// The most swap one VPS may have.
+    pub max_swap: ByteSize,
+    /// The most processes one VPS may have (`pids.max`); keep it well under
+    /// the host's `kernel.pid_max`.
+    pub max_pids: u64,
+}
+
+impl Default for VpsLimits {
+    fn default() -> Self {
+        const MIB: u64 = 1024 * 1024;
+        Self {
+            min_memory: ByteSize(64 * MIB),
+            max_memory: ByteSize(4 * 1024 * 1024 * MIB),
+            min_disk: ByteSize(256 * MIB),
+            max_disk: ByteSize(64 * 1024 * 1024 * MIB),
+            max_swap: ByteSize(64 * 1024 * MIB),
+            max_pids: 65_536,
+        }
+    }
+}
+
 impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
@@ -116,6 +156,7 @@ impl Default for ControllerConfig {
             orphan_policy: OrphanPolicy::Report,
             scheduler: SchedulerConfig::default(),
             default_quota: QuotaDefaults::default(),
+            vps_limits: VpsLimits::default(),
         }
     }
 }
@@ -158,6 +199,25 @@ impl ControllerConfig {
         }
         if self.reconcile_interval_secs == 0 {
             return Err(invalid("reconcile_interval_secs", "must be at least 1"));
+        }
+        let limits = &self.vps_limits;
+        if limits.min_memory.0 == 0 || limits.min_memory.0 > limits.max_memory.0 {
+            return Err(invalid(
+                "vps_limits.min_memory",
+                "must be greater than 0 and at most vps_limits.max_memory",
+            ));
+        }
+        if limits.min_disk.0 == 0 || limits.min_disk.0 > limits.max_disk.0 {
+            return Err(invalid(
+                "vps_limits.min_disk",
+                "must be greater than 0 and at most vps_limits.max_disk",
+            ));
+        }
+        if limits.max_pids < MIN_PIDS {
+            return Err(invalid(
+                "vps_limits.max_pids",
+                "must be at least 16 (a VPS's init and a shell need a few processes)",
+            ));
         }
         Ok(())
     }
@@ -207,6 +267,25 @@ mod tests {
         let config = ControllerConfig::load(&path).expect("load");
         assert_eq!(config.listen.port(), 7443);
         assert_eq!(config.default_quota.max_vps, 10);
+    }
+
+    #[test]
+    fn vps_limits_default_and_must_be_consistent() {
+        let (_guard, path) = write("");
+        let config = ControllerConfig::load(&path).expect("load");
+        assert_eq!(config.vps_limits.max_pids, 65_536);
+        assert_eq!(config.vps_limits.min_memory, ByteSize(64 << 20));
+        let (_guard, path) = write("[vps_limits]\nmin_memory = \"8GiB\"\nmax_memory = \"4GiB\"\n");
+        let error = ControllerConfig::load(&path).expect_err("min above max");
+        assert!(
+            error.to_string().contains("vps_limits.min_memory"),
+            "{error}"
+        );
+        let (_guard, path) = write("[vps_limits]\nmax_pids = 4\n");
+        let error = ControllerConfig::load(&path).expect_err("too few pids");
+        assert!(error.to_string().contains("vps_limits.max_pids"), "{error}");
+        let (_guard, path) = write("[vps_limits]\nmax_pid = 4\n");
+        assert!(ControllerConfig::load(&path).is_err(), "unknown field");
     }
 
     #[test]

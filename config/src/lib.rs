@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub use agent::AgentConfig;
 pub use controller::{
-    ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy,
+    ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy, VpsLimits,
+    MIN_PIDS,
 };
 use serde::de::DeserializeOwned;
 pub use size::{ByteSize, SizeError};

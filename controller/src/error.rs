@@ -1,6 +1,7 @@
 //! The controller's domain error and its one mapping to gRPC status codes.
 
 use crate::auth::AuthError;
+use crate::limits::LimitError;
 use crate::scheduler::ScheduleError;
 use crate::store::StoreError;
 use crate::validate::ValidationError;
@@ -10,6 +11,8 @@ use crate::validate::ValidationError;
 pub enum ControllerError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -60,6 +63,7 @@ impl From<ControllerError> for tonic::Status {
         use tonic::Status;
         match error {
             ControllerError::Invalid(error) => error.into(),
+            ControllerError::Limit(error) => error.into(),
             ControllerError::Auth(error) => error.into(),
             ControllerError::Store(error) => error.into(),
             ControllerError::Schedule(error) => error.into(),

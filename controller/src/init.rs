@@ -39,29 +39,40 @@ pub struct Initialized {
     pub ca_path: PathBuf,
 }
 
-/// The plans every installation starts with.
+/// The plans every installation starts with. Each carries IO limits on its disk (bytes/s
+/// and IOPS, read and write) that scale with its size, so no VPS can saturate the host's
+/// storage for the others; networks stay unlimited unless the provider sets rates.
 pub fn default_plans() -> Vec<PlanRecord> {
-    let plan =
-        |name: &str, vcpus: f64, memory_bytes: u64, disk_bytes: u64, pids_max: u64| PlanRecord {
-            name: name.to_owned(),
-            resources: Resources {
-                vcpus,
-                cpu_weight: crate::plans::DEFAULT_CPU_WEIGHT,
-                memory_bytes,
-                swap_bytes: 0,
-                disk_bytes,
-                pids_max,
-                ipv4_count: 1,
-                ..Resources::default()
-            },
-            monthly_transfer_bytes: 0,
-            transfer_overage: TransferOverage::Notify,
-        };
+    let plan = |name: &str,
+                vcpus: f64,
+                memory_bytes: u64,
+                disk_bytes: u64,
+                pids_max: u64,
+                io_bytes_per_sec: u64,
+                iops: u64| PlanRecord {
+        name: name.to_owned(),
+        resources: Resources {
+            vcpus,
+            cpu_weight: crate::plans::DEFAULT_CPU_WEIGHT,
+            memory_bytes,
+            swap_bytes: 0,
+            disk_bytes,
+            pids_max,
+            io_read_bytes_per_sec: io_bytes_per_sec,
+            io_write_bytes_per_sec: io_bytes_per_sec,
+            io_read_iops: iops,
+            io_write_iops: iops,
+            ipv4_count: 1,
+            ..Resources::default()
+        },
+        monthly_transfer_bytes: 0,
+        transfer_overage: TransferOverage::Notify,
+    };
     vec![
-        plan("nano", 1.0, 256 * MIB, 2 * GIB, 512),
-        plan("small", 1.0, GIB, 10 * GIB, 1024),
-        plan("medium", 2.0, 4 * GIB, 40 * GIB, 2048),
-        plan("large", 4.0, 8 * GIB, 80 * GIB, 4096),
+        plan("nano", 1.0, 256 * MIB, 2 * GIB, 512, 50 * MIB, 500),
+        plan("small", 1.0, GIB, 10 * GIB, 1024, 100 * MIB, 1000),
+        plan("medium", 2.0, 4 * GIB, 40 * GIB, 2048, 200 * MIB, 2000),
+        plan("large", 4.0, 8 * GIB, 80 * GIB, 4096, 400 * MIB, 4000),
     ]
 }
 
@@ -127,4 +138,38 @@ pub async fn init(config: &ControllerConfig) -> Result<Initialized, InitError> {
         join_token_path,
         ca_path: crate::pki::ca_path(data_dir),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Bounds;
+
+    #[test]
+    fn shipped_plans_limit_io_and_keep_the_bounds() {
+        let plans = default_plans();
+        assert_eq!(plans.len(), 4);
+        for plan in &plans {
+            let r = &plan.resources;
+            for (field, value) in [
+                ("io_read_bytes_per_sec", r.io_read_bytes_per_sec),
+                ("io_write_bytes_per_sec", r.io_write_bytes_per_sec),
+                ("io_read_iops", r.io_read_iops),
+                ("io_write_iops", r.io_write_iops),
+                ("pids_max", r.pids_max),
+            ] {
+                assert_ne!(value, 0, "plan {} ships without a {field} limit", plan.name);
+            }
+            Bounds::default()
+                .check("plan.resources.", r)
+                .unwrap_or_else(|error| panic!("plan {}: {error}", plan.name));
+        }
+        // Bigger plans get more IO.
+        for pair in plans.windows(2) {
+            assert!(
+                pair[0].resources.io_write_bytes_per_sec < pair[1].resources.io_write_bytes_per_sec
+            );
+            assert!(pair[0].resources.io_write_iops < pair[1].resources.io_write_iops);
+        }
+    }
 }

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod error;
 pub mod init;
 pub mod ipam;
+pub mod limits;
 pub mod metering;
 pub mod metrics;
 pub mod nodes;

@@ -25,9 +25,8 @@ impl Controller {
         if resources.cpu_weight == 0 {
             resources.cpu_weight = DEFAULT_CPU_WEIGHT;
         }
-        validate::vcpus("plan.resources.vcpus", resources.vcpus)?;
-        validate::positive("plan.resources.memory_bytes", resources.memory_bytes)?;
-        validate::positive("plan.resources.disk_bytes", resources.disk_bytes)?;
+        // A plan holds the same absolute bounds as every VPS made from it.
+        self.bounds().check("plan.resources.", resources)?;
         match plan.transfer_overage {
             TransferOverage::Notify => {}
             _ if plan.monthly_transfer_bytes == 0 => {

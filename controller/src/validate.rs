@@ -1,4 +1,5 @@
-//! Edge validation of request fields: every rule names the field it guards.
+//! Edge validation of request fields: every rule names the field it guards. Numeric
+//! resource bounds live in `limits.rs`.
 
 /// A request field that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,25 +40,6 @@ pub fn name(field: &'static str, value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// A size or count that must be positive.
-pub fn positive(field: &'static str, value: u64) -> Result<(), ValidationError> {
-    if value == 0 {
-        return Err(ValidationError::new(field, "must be greater than zero"));
-    }
-    Ok(())
-}
-
-/// A vCPU count: positive, finite, at most 1024.
-pub fn vcpus(field: &'static str, value: f64) -> Result<(), ValidationError> {
-    if !value.is_finite() || value <= 0.0 || value > 1024.0 {
-        return Err(ValidationError::new(
-            field,
-            format!("{value} must be a number greater than 0 and at most 1024"),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,15 +67,5 @@ mod tests {
             .expect_err("bad")
             .to_string()
             .starts_with("name: \"../etc\" must match"));
-    }
-
-    #[test]
-    fn numbers() {
-        assert!(positive("memory", 0).is_err());
-        assert!(positive("memory", 1).is_ok());
-        assert!(vcpus("vcpus", 0.5).is_ok());
-        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 2048.0] {
-            assert!(vcpus("vcpus", bad).is_err(), "{bad}");
-        }
     }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
+use crate::limits::{Bounds, Chooser};
 use crate::scheduler::{self, Overcommit, Placement, Strategy};
 use crate::store::{
     EventKind, EventRecord, Power, Resources, StoreError, TransferOverage, VpsRecord,
@@ -29,45 +30,12 @@ pub struct CreateVps {
     pub node_selector: std::collections::BTreeMap<String, String>,
 }
 
-/// Applies non-zero override fields on top of a plan's resources.
-fn with_overrides(mut base: Resources, overrides: &Resources) -> Resources {
-    let pick = |base: &mut u64, value: u64| {
-        if value != 0 {
-            *base = value;
-        }
-    };
-    if overrides.vcpus != 0.0 {
-        base.vcpus = overrides.vcpus;
-    }
-    if overrides.cpu_weight != 0 {
-        base.cpu_weight = overrides.cpu_weight;
-    }
-    pick(&mut base.memory_bytes, overrides.memory_bytes);
-    pick(&mut base.swap_bytes, overrides.swap_bytes);
-    pick(&mut base.disk_bytes, overrides.disk_bytes);
-    pick(&mut base.pids_max, overrides.pids_max);
-    pick(
-        &mut base.io_read_bytes_per_sec,
-        overrides.io_read_bytes_per_sec,
-    );
-    pick(
-        &mut base.io_write_bytes_per_sec,
-        overrides.io_write_bytes_per_sec,
-    );
-    pick(&mut base.io_read_iops, overrides.io_read_iops);
-    pick(&mut base.io_write_iops, overrides.io_write_iops);
-    pick(
-        &mut base.net_ingress_bits_per_sec,
-        overrides.net_ingress_bits_per_sec,
-    );
-    pick(
-        &mut base.net_egress_bits_per_sec,
-        overrides.net_egress_bits_per_sec,
-    );
-    base
-}
-
 impl Controller {
+    /// The absolute bounds of every VPS's resources, from `[vps_limits]`.
+    pub fn bounds(&self) -> Bounds {
+        Bounds::from(&self.config.vps_limits)
+    }
+
     /// The configured placement policy with a request's node selector.
     fn placement(&self, selector: std::collections::BTreeMap<String, String>) -> Placement {
         let config = &self.config.scheduler;
@@ -107,13 +75,13 @@ impl Controller {
                 format!("unknown plan {:?}; see `paddock plans`", request.plan),
             )
         })?;
-        let resources = match &request.overrides {
-            Some(overrides) => with_overrides(plan.resources.clone(), overrides),
-            None => plan.resources.clone(),
-        };
-        validate::vcpus("vcpus", resources.vcpus)?;
-        validate::positive("memory_bytes", resources.memory_bytes)?;
-        validate::positive("disk_bytes", resources.disk_bytes)?;
+        // Every limit is checked before anything is charged or stored.
+        let resources = self.bounds().resolve(
+            Chooser::of(principal),
+            &plan,
+            &plan.resources,
+            &request.overrides.unwrap_or_default(),
+        )?;
         let tenant = self
             .store
             .get_tenant(&tenant_name)?
@@ -326,8 +294,15 @@ impl Controller {
         let tenant = self.vps_scope(principal, tenant)?;
         let vps = self.find_vps(&tenant, name)?;
         self.refuse_if_suspended(&tenant, "resizing a VPS")?;
-        let (plan_name, base) = if plan.is_empty() {
-            (vps.plan.clone(), vps.resources.clone())
+        // A tenant's overrides are held to the plan the VPS ends up on.
+        let (plan_record, base) = if plan.is_empty() {
+            let record = self.store.get_plan(&vps.plan)?.ok_or_else(|| {
+                ControllerError::Precondition(format!(
+                    "plan {:?} of VPS {:?} no longer exists; resize it to another plan",
+                    vps.plan, vps.name
+                ))
+            })?;
+            (record, vps.resources.clone())
         } else {
             validate::name("plan", plan)?;
             let record = self.store.get_plan(plan)?.ok_or_else(|| {
@@ -336,18 +311,21 @@ impl Controller {
                     format!("unknown plan {plan:?}; see `paddock plans`"),
                 )
             })?;
-            (record.name, record.resources)
+            let mut base = record.resources.clone();
+            // The addresses stay: renumbering is not supported.
+            base.ipv4_count = vps.resources.ipv4_count;
+            base.ipv6_count = vps.resources.ipv6_count;
+            (record, base)
         };
-        let mut resources = match &overrides {
-            Some(overrides) => with_overrides(base, overrides),
-            None => base,
-        };
-        validate::vcpus("vcpus", resources.vcpus)?;
-        validate::positive("memory_bytes", resources.memory_bytes)?;
+        let overrides = overrides.unwrap_or_default();
+        let mut resources =
+            self.bounds()
+                .resolve(Chooser::of(principal), &plan_record, &base, &overrides)?;
+        let plan_name = plan_record.name;
         // A disk only grows: its filesystem is grown in place, and shrinking
         // one under a VPS would lose data. A smaller plan keeps the disk.
         if resources.disk_bytes < vps.resources.disk_bytes {
-            if overrides.as_ref().is_some_and(|o| o.disk_bytes != 0) {
+            if overrides.disk_bytes != 0 {
                 return Err(ValidationError::new(
                     "disk_bytes",
                     format!(
@@ -360,9 +338,6 @@ impl Controller {
             }
             resources.disk_bytes = vps.resources.disk_bytes;
         }
-        // The addresses stay; everything else follows the request.
-        resources.ipv4_count = vps.resources.ipv4_count;
-        resources.ipv6_count = vps.resources.ipv6_count;
         // The node must have room for what grows, as a placement would.
         if let Some((_, view, _)) = self
             .node_views()?
@@ -471,31 +446,4 @@ fn refuse_if_transfer_suspended(vps: &VpsRecord, what: &str) -> Result<(), Contr
             .until
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overrides_replace_only_nonzero_fields() {
-        let base = Resources {
-            vcpus: 1.0,
-            memory_bytes: 100,
-            disk_bytes: 200,
-            pids_max: 10,
-            ..Resources::default()
-        };
-        let merged = with_overrides(
-            base,
-            &Resources {
-                memory_bytes: 300,
-                ..Resources::default()
-            },
-        );
-        assert_eq!(merged.memory_bytes, 300);
-        assert_eq!(merged.disk_bytes, 200);
-        assert_eq!(merged.vcpus, 1.0);
-        assert_eq!(merged.pids_max, 10);
-    }
 }

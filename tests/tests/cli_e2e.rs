@@ -479,7 +479,53 @@ fn tenant_commands_drive_a_real_vps() {
         Some(512 << 20),
         "the host's limit when resize returned"
     );
+    // A size the VPS cannot live with is refused by the controller before anything changes,
+    // in one line naming the field and the bound; `0` is a usage error.
+    let refused = cluster
+        .cli(&acme(&["resize", "web1", "--memory", "1B"]))
+        .expect("run resize");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr
+            .contains("memory_bytes: 1 B is outside the memory a VPS may have: at least 64.0 MiB"),
+        "{stderr}"
+    );
+    let zero = cluster
+        .cli(&acme(&["resize", "web1", "--memory", "0"]))
+        .expect("run resize");
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&zero.stderr).contains("must be greater than zero"),
+        "{zero:?}"
+    );
+    // A disk too small to make: refused in one line before anything is created or charged.
+    let tiny = cluster
+        .cli(&acme(&[
+            "create", "tiny", "--plan", "nano", "--disk", "1KiB",
+        ]))
+        .expect("run create");
+    assert_eq!(tiny.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&tiny.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr
+            .contains("disk_bytes: 1.0 KiB is outside the disk a VPS may have: at least 256.0 MiB"),
+        "{stderr}"
+    );
+    let listed = cluster.json(&acme(&["list"])).expect("list");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "no VPS made: {listed}"
+    );
     let after = cluster.json(&acme(&["show", "web1"])).expect("show");
+    assert_eq!(
+        after["memory_bytes"],
+        512u64 << 20,
+        "the refused resizes changed nothing"
+    );
     assert_eq!(after["init_pid"], init_pid, "resize keeps the same init");
     assert_eq!(after["state"], "running");
     let quota = cluster.cli_ok(&acme(&["quota"])).expect("quota");
@@ -597,6 +643,9 @@ fn tenant_commands_drive_a_real_vps() {
     expected.extend([
         "Console web1 ok",
         "ResizeVps web1 ok",
+        // Refused requests are audited too (the usage error never reached the controller).
+        "ResizeVps web1 InvalidArgument",
+        "CreateVps tiny InvalidArgument",
         "RestartVps web1 ok",
         "StopVps web1 ok",
         "StartVps web1 ok",

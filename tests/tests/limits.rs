@@ -24,6 +24,37 @@ fn plan_limits_reach_the_vps_and_rebuild_resets_its_disk() {
     let vps_id = vps["id"].as_str().expect("id").to_string();
     let disk_bytes = vps["disk_bytes"].as_u64().expect("disk bytes");
 
+    // The plan's IO limits throttle the VPS's disk on the host (nano: 50 MiB/s, 500 IOPS).
+    let throttles: String = cluster
+        .vps_cgroup_dirs(&vps_id)
+        .iter()
+        .flat_map(|dir| {
+            [
+                "io.max",
+                "blkio.throttle.read_bps_device",
+                "blkio.throttle.write_bps_device",
+                "blkio.throttle.read_iops_device",
+                "blkio.throttle.write_iops_device",
+            ]
+            .map(|file| std::fs::read_to_string(dir.join(file)).unwrap_or_default())
+        })
+        .collect();
+    let mib50 = (50u64 << 20).to_string();
+    let v2 = ["rbps=", "wbps="]
+        .iter()
+        .all(|key| throttles.contains(&format!("{key}{mib50}")))
+        && throttles.contains("riops=500")
+        && throttles.contains("wiops=500");
+    let v1 = throttles
+        .lines()
+        .filter(|line| line.ends_with(&format!(" {mib50}")) || line.ends_with(" 500"))
+        .count()
+        == 4;
+    assert!(
+        v1 || v2,
+        "nano's IO limits on the host cgroup: {throttles:?}"
+    );
+
     // The disk is the plan's size, as the VPS sees it.
     let df = cluster
         .cli_ok(&with(&["exec", "lim1", "--", "df", "-k", "/"]))
