@@ -2,9 +2,12 @@
 //! CFS quota, CPU weight, pids, IO throttling on the VPS's own disk), the device policy
 //! (deny everything but the nodes of a minimal /dev), membership, kill-all and removal.
 //!
-//! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy of the controllers it needs
-//! (`memory`, `cpu`, `cpuacct` on v1, `pids`). cpuset is deliberately left out: on v1 a new cpuset
-//! cgroup is unusable until `cpus` and `mems` are filled in.
+//! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy: on v2 the unified one; on v1 every
+//! mounted v1 hierarchy (the limited controllers, and also cpuset — its `cpus`/`mems` copied from
+//! the parent —, freezer, `name=systemd`, ...) plus the hybrid cgroup2 mount if there is one.
+//! The start helper joins all of them before the VPS's cgroup namespace is created, so whatever
+//! hierarchy the VPS mounts shows only its own subtree, never the host's processes or other
+//! VPSes.
 
 use std::path::PathBuf;
 
@@ -31,7 +34,6 @@ pub const MAX_CPU_WEIGHT: u32 = 10_000;
 /// cgroup v1 `cpu.shares` that corresponds to the default weight.
 pub const DEFAULT_CPU_SHARES: u64 = 1024;
 
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "blkio"];
 const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "io"];
 
 /// Character devices a VPS may open (type, major, minor; -1 = any): the nodes of its /dev.
@@ -81,6 +83,16 @@ pub enum CgroupError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A cgroup directory operation failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// `mkdir`, `read dir`, `rmdir`.
+        operation: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The cgroup directory was not created (cgroups-rs only logs mkdir failures).
     #[error("create cgroup dir {path}: directory missing after create")]
     NotCreated {
@@ -93,6 +105,8 @@ pub enum CgroupError {
 pub(crate) struct VpsCgroup {
     cgroup: Cgroup,
     path: String,
+    /// Its directory in the hybrid cgroup2 hierarchy of a v1 host (which cgroups-rs ignores).
+    unified: Option<PathBuf>,
 }
 
 /// The cgroup path of a VPS relative to the hierarchy root(s).
@@ -109,17 +123,14 @@ impl VpsCgroup {
     /// The VPS's cgroup in the host's hierarchy (`hierarchies::auto()`); not created yet.
     pub fn open(cgroup_parent: &str, vps_id: &str) -> Self {
         let hierarchy = cgroups_rs::hierarchies::auto();
-        let wanted = if hierarchy.v2() {
-            V2_CONTROLLERS
-        } else {
-            V1_CONTROLLERS
-        };
-        let controllers = wanted.iter().map(|c| (*c).to_string()).collect();
-        Self::with_hierarchy(
-            hierarchy,
-            &relative_path(cgroup_parent, vps_id),
-            Some(controllers),
-        )
+        let path = relative_path(cgroup_parent, vps_id);
+        if hierarchy.v2() {
+            let controllers = V2_CONTROLLERS.iter().map(|c| (*c).to_string()).collect();
+            return Self::with_hierarchy(hierarchy, &path, Some(controllers));
+        }
+        let mut cgroup = Self::with_hierarchy(hierarchy, &path, None);
+        cgroup.unified = hybrid_cgroup2_mount().map(|root| root.join(&path));
+        cgroup
     }
 
     /// The cgroup at `path` in `hierarchy`, restricted to `controllers` if given.
@@ -137,6 +148,7 @@ impl VpsCgroup {
         Self {
             cgroup,
             path: path.to_string(),
+            unified: None,
         }
     }
 
@@ -161,6 +173,7 @@ impl VpsCgroup {
             .subsystems()
             .iter()
             .map(|s| s.to_controller().path().to_path_buf())
+            .chain(self.unified.clone())
             .collect();
         paths.sort();
         paths.dedup();
@@ -175,6 +188,13 @@ impl VpsCgroup {
     /// Creates the cgroup in every hierarchy; existing directories are kept.
     pub fn create(&self) -> Result<(), CgroupError> {
         self.cgroup.create().map_err(self.err("create"))?;
+        if let Some(dir) = &self.unified {
+            std::fs::create_dir_all(dir).map_err(|source| CgroupError::Io {
+                operation: "mkdir",
+                path: dir.clone(),
+                source,
+            })?;
+        }
         if let Some(path) = self.paths().into_iter().find(|p| !p.is_dir()) {
             return Err(CgroupError::NotCreated { path });
         }
@@ -331,7 +351,16 @@ impl VpsCgroup {
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
         self.cgroup
             .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
-            .map_err(self.err(format!("add pid {pid} to")))
+            .map_err(self.err(format!("add pid {pid} to")))?;
+        if let Some(dir) = &self.unified {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Write {
+                path: procs.clone(),
+                value: pid.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Pids of all processes in the cgroup (any hierarchy).
@@ -368,12 +397,58 @@ impl VpsCgroup {
         if !self.exists() {
             return Ok(());
         }
-        self.cgroup.delete().map_err(self.err("remove"))
+        self.cgroup.delete().map_err(self.err("remove"))?;
+        match &self.unified {
+            Some(dir) => remove_cgroup_dir(dir),
+            None => Ok(()),
+        }
     }
 
     /// The relative path, for messages.
     pub fn path(&self) -> &str {
         &self.path
+    }
+}
+
+/// The mount point of the cgroup2 hierarchy that a v1 ("hybrid") host mounts next to its v1
+/// hierarchies (`/sys/fs/cgroup/unified` under systemd), if any.
+fn hybrid_cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        (fs.split_whitespace().next() == Some("cgroup2"))
+            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// Removes a cgroup directory and any child cgroups the VPS made in it (deepest first); absent is
+/// fine. The cgroups must be empty.
+fn remove_cgroup_dir(dir: &std::path::Path) -> Result<(), CgroupError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CgroupError::Io {
+                operation: "read dir",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_dir(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CgroupError::Io {
+            operation: "rmdir",
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 
