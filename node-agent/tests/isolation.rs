@@ -2,7 +2,9 @@
 //! busybox) and from the host: own user namespace and non-overlapping id ranges, refused
 //! escapes (devices, sysrq, modules, kcore, keyring, file handles, io_uring, cgroup
 //! release_agent, own limits, host processes, host hostname), masked /proc, read-only /sys,
-//! minimal /dev, device cgroup, capability bounding set, nothing left after delete.
+//! minimal /dev, device cgroup, capability bounding set, nothing left after delete; masks and
+//! read-only mounts the VPS's root cannot unmount, move, remount or get around with a fresh
+//! proc/sysfs; no host path, no other VPS's disk and no cgroup but its own visible inside.
 
 mod common;
 
@@ -413,6 +415,7 @@ fn a_vps_sees_no_host_paths_no_other_disks_and_only_its_own_cgroups() {
             vps_id,
             "cat /proc/mounts /proc/self/mountinfo /proc/1/mountinfo",
         );
+        eprintln!("{vps_id} mounts:\n{mounts}");
         for needle in [state_dir.as_str(), "/var/lib", "/tmp/", &ids[0], &ids[1]] {
             let leaks: Vec<&str> = mounts.lines().filter(|l| l.contains(needle)).collect();
             assert!(leaks.is_empty(), "{vps_id} sees {needle:?} in: {leaks:#?}");

@@ -347,12 +347,26 @@ impl VpsCgroup {
             .map_err(self.err("set pids.max"))
     }
 
-    /// Moves process `pid` (all its threads) into the cgroup in every hierarchy.
+    /// Moves process `pid` (all its threads) into the cgroup in every hierarchy. On v1,
+    /// hierarchies where the cgroup does not exist are skipped: a VPS started by an agent that
+    /// did not create it there yet (`create` checks that a new VPS has them all).
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        self.cgroup
-            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
-            .map_err(self.err(format!("add pid {pid} to")))?;
-        if let Some(dir) = &self.unified {
+        let task = CgroupPid::from(u64::from(pid));
+        if self.cgroup.v2() {
+            self.cgroup
+                .add_task_by_tgid(task)
+                .map_err(self.err(format!("add pid {pid} to")))?;
+        } else {
+            for subsystem in self.cgroup.subsystems() {
+                let controller = subsystem.to_controller();
+                if controller.path().is_dir() {
+                    controller
+                        .add_task_by_tgid(&task)
+                        .map_err(self.err(format!("add pid {pid} to")))?;
+                }
+            }
+        }
+        if let Some(dir) = self.unified.as_ref().filter(|dir| dir.is_dir()) {
             let procs = dir.join("cgroup.procs");
             std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Write {
                 path: procs.clone(),

@@ -3,11 +3,11 @@
 //! child of the (multi-threaded, restartable) agent.
 //!
 //! `start`: takes a private mount namespace in which (as host root) it mounts the VPS's disk,
-//! the idmapped template and the overlay, joins the VPS cgroup, then `clone3`s the future init
+//! the idmapped template, the overlay and /dev, joins the VPS cgroup, then `clone3`s the future init
 //! into new user, pid, uts, ipc, net and cgroup namespaces (not mount: it stays in the helper's),
 //! writes the init's uid/gid maps, and forks a host-root "mounter" into the init's pid and net
-//! namespaces, which mounts /proc, /sys and /dev with their masks and pivots the shared mount
-//! namespace into the rootfs (see `rootfs`). Then it lets the init continue: the init becomes
+//! namespaces, which mounts /proc and /sys with their masks and pivots the shared mount
+//! namespace into the rootfs (see `rootfs`; /dev was mounted with the overlay). Then it lets the init continue: the init becomes
 //! root of its user namespace (an unprivileged id on the host), unshares its own mount namespace
 //! (a copy in which the kernel locks every mount), drops capabilities from its bounding set,
 //! closes every other fd, installs the seccomp filter and execs `/sbin/init`.
@@ -349,8 +349,8 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     drop(master);
 
     namespaces::unshare_mount_namespace()?;
-    // Before joining the cgroup: its device policy denies the loop devices.
-    request.rootfs.mount_host_side(request.ids)?;
+    // Before joining the cgroup: its device policy denies the loop devices and mknod of /dev.
+    request.rootfs.mount_host_side(request.ids, &slave_path)?;
     // The init's cgroup namespace is rooted at the cgroup its creator is in.
     VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
 
@@ -387,7 +387,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
                 });
             let prepared = identity.and_then(|identity| {
                 idmap::write_id_maps(child.as_raw(), request.ids)?;
-                mount_vps_filesystems(&request, identity.pid, &slave_path)?;
+                mount_vps_filesystems(&request, identity.pid)?;
                 Ok(identity)
             });
             let init = match prepared {
@@ -434,13 +434,9 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
 
 /// Forks the mounter: a host-root process in the init's pid and net namespaces (proc and sysfs
 /// take the namespaces of whoever mounts them) and in this helper's mount namespace, which the
-/// init shares; it mounts the VPS's /proc, /sys and /dev and pivots into the rootfs. Waits for
-/// it. Afterwards this helper's root is the VPS's root too: it must not resolve host paths.
-fn mount_vps_filesystems(
-    request: &StartRequest,
-    init_pid: u32,
-    console_path: &Path,
-) -> Result<(), HelperError> {
+/// init shares; it mounts the VPS's /proc and /sys and pivots into the rootfs. Waits for it.
+/// Afterwards this helper's root is the VPS's root too: it must not resolve host paths.
+fn mount_vps_filesystems(request: &StartRequest, init_pid: u32) -> Result<(), HelperError> {
     let pid_ns = namespaces::open_namespace(init_pid, "pid")?;
     let net_ns = namespaces::open_namespace(init_pid, "net")?;
     // Only children enter a joined pid namespace; this helper forks nothing else afterwards.
@@ -453,7 +449,7 @@ fn mount_vps_filesystems(
             drop(report_read);
             let result = namespaces::join_namespace(&net_ns, CloneFlags::CLONE_NEWNET, "net")
                 .map_err(HelperError::from)
-                .and_then(|()| Ok(request.rootfs.mount_vps_side(console_path, request.ids)?));
+                .and_then(|()| Ok(request.rootfs.mount_vps_side(request.ids)?));
             match result {
                 Ok(()) => exit_child(0),
                 Err(error) => {

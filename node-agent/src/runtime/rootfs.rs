@@ -10,24 +10,25 @@
 //! read-only/nosuid/nodev/noexec flags, and as its /proc and /sys are not fully visible it
 //! cannot mount a fresh, unmasked proc or sysfs either.
 //! - [`RootfsLayout::mount_host_side`], in the start helper: disk, idmapped template and overlay
-//!   (host-only filesystems and flags). The overlay is given paths relative to the VPS's
+//!   (host-only filesystems and flags), and a tmpfs /dev with only the allowed nodes. The overlay is given paths relative to the VPS's
 //!   directory, so the VPS's /proc/mounts names no host path.
 //! - [`RootfsLayout::mount_vps_side`], in a short-lived host-root process that joined the VPS's
 //!   pid and net namespaces (proc and sysfs show the namespaces of whoever mounts them): /proc
-//!   (nosuid, noexec, nodev) with [`MASKED_PATHS`] and [`READ_ONLY_PATHS`], a read-only /sys, a
-//!   tmpfs /dev with only the allowed nodes, then `pivot_root` (which also moves the waiting
-//!   init, in the same mount namespace, into the new root).
+//!   (nosuid, noexec, nodev) with [`MASKED_PATHS`] and [`READ_ONLY_PATHS`], a read-only /sys,
+//!   then `pivot_root` (which also moves the waiting init, in the same mount namespace, into
+//!   the new root).
 //! - [`enter_locked_root`], in the VPS's init as root of its user namespace: `unshare` of the
 //!   mount namespace (the locked copy) and `chdir /`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fchmodat, mknod, FchmodatFlags, Mode, SFlag};
 use nix::unistd::{chdir, chown, fchdir, getcwd, pivot_root, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
@@ -201,8 +202,8 @@ impl RootfsLayout {
 
     /// In the start helper, as host root, inside its private mount namespace: mounts the disk,
     /// creates the writable layer on it (owned by the VPS's root), mounts the idmapped template
-    /// and the overlay on `merged`.
-    pub fn mount_host_side(&self, ids: IdRange) -> Result<(), RootfsError> {
+    /// and the overlay on `merged`, and its /dev (with `console` as /dev/console).
+    pub fn mount_host_side(&self, ids: IdRange, console: &Path) -> Result<(), RootfsError> {
         make_private("/")?;
         disk::attach_and_mount(&self.disk_image, &self.disk)?;
         for dir in [&self.upper, &self.work] {
@@ -250,7 +251,9 @@ impl RootfsLayout {
             path: PathBuf::from("."),
             source: io::Error::from(source),
         })?;
-        mounted
+        mounted?;
+        let dev_dir = plain_dir(&self.merged, "dev", ids)?;
+        mount_dev(&dev_dir, console, ids)
     }
 
     /// The directory the overlay's layers are named relative to (the VPS's directory) and the
@@ -282,10 +285,10 @@ impl RootfsLayout {
     }
 
     /// As host root in the start helper's mount namespace, in a process that joined the VPS's
-    /// pid and net namespaces (so proc and sysfs show the VPS's): mounts /proc, /sys and /dev
-    /// with their masks into the merged tree and pivots into it, which also moves the init
-    /// waiting in this mount namespace. `ids` owns /dev and its pty group.
-    pub fn mount_vps_side(&self, console: &Path, ids: IdRange) -> Result<(), RootfsError> {
+    /// pid and net namespaces (so proc and sysfs show the VPS's): mounts /proc and /sys with
+    /// their masks into the merged tree and pivots into it, which also moves the init waiting
+    /// in this mount namespace. `ids` owns mount points it has to create.
+    pub fn mount_vps_side(&self, ids: IdRange) -> Result<(), RootfsError> {
         let root = &self.merged;
         let proc_dir = plain_dir(root, "proc", ids)?;
         mount_fs(
@@ -303,8 +306,6 @@ impl RootfsLayout {
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
             None,
         )?;
-        let dev_dir = plain_dir(root, "dev", ids)?;
-        mount_dev(&dev_dir, console, ids)?;
         mask_paths(root)?;
         read_only_paths(root)?;
         pivot_into(root)
@@ -487,9 +488,10 @@ fn mount_fs(
     })
 }
 
-/// A tmpfs /dev with bind-mounted host nodes, a private devpts instance, /dev/shm and the
-/// usual symlinks. Mounted by host root, so owners are given as host ids: /dev and /dev/shm
-/// belong to the VPS's root, new ptys to its group 5 (tty).
+/// A tmpfs /dev with the allowed device nodes, the console pty bind-mounted, a private devpts
+/// instance, /dev/shm and the usual symlinks. Mounted by host root (before the helper joins the
+/// VPS's device cgroup, which forbids mknod), so owners are given as host ids: /dev and
+/// /dev/shm belong to the VPS's root, new ptys to its group 5 (tty).
 fn mount_dev(dev: &Path, console: &Path, ids: IdRange) -> Result<(), RootfsError> {
     let root = ids.host_base;
     let tty_group = ids.host_base + 5;
@@ -500,31 +502,47 @@ fn mount_dev(dev: &Path, console: &Path, ids: IdRange) -> Result<(), RootfsError
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some(&format!("mode=755,size=65536k,uid={root},gid={root}")),
     )?;
-    let devices = DEVICES
-        .iter()
-        .map(|name| (*name, Path::new("/dev").join(name)))
-        .chain([("console", console.to_path_buf())]);
-    for (name, host) in devices {
+    // Nodes of their own (mknod by host root, allowed in a tmpfs the host's user namespace
+    // owns) rather than bind mounts of the host's devtmpfs, whose mount options (its size is
+    // half the host's RAM) would show in the VPS's /proc/mounts.
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        let rdev = fs::metadata(&host)
+            .map_err(io_err("stat device", &host))?
+            .rdev();
         let target = dev.join(name);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .open(&target)
-            .map_err(io_err("create device mount point", &target))?;
-        mount(
-            Some(&host),
+        mknod(
             &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            rdev,
         )
-        .map_err(|source| RootfsError::Mount {
-            fstype: "bind",
-            target: target.clone(),
-            source,
+        .map_err(|source| RootfsError::Io {
+            operation: "mknod",
+            path: target.clone(),
+            source: io::Error::from(source),
+        })?;
+        fchmodat(
+            None,
+            &target,
+            Mode::from_bits_truncate(0o666),
+            FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(|source| RootfsError::Io {
+            operation: "chmod",
+            path: target.clone(),
+            source: io::Error::from(source),
         })?;
     }
+    // The console pty is the host's devpts node of the VPS's console.
+    let target = dev.join("console");
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(&target)
+        .map_err(io_err("create device mount point", &target))?;
+    bind(console, &target, MsFlags::empty())?;
     let pts = dev.join("pts");
     fs::create_dir(&pts).map_err(io_err("create dir", &pts))?;
     mount_fs(
