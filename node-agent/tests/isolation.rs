@@ -235,11 +235,16 @@ const MASKED: &[&str] = &[
     "/proc/acpi",
     "/proc/scsi",
     "/proc/partitions",
+    "/proc/fs/ext4",
+    "/proc/fs/jbd2",
     "/sys/firmware",
     "/sys/block",
     "/sys/class/block",
+    "/sys/class/bdi",
     "/sys/dev/block",
     "/sys/devices/virtual/block",
+    "/sys/devices/virtual/bdi",
+    "/sys/fs/ext4",
 ];
 const READ_ONLY: &[&str] = &[
     "/proc/sys",
@@ -429,11 +434,13 @@ fn a_vps_sees_no_host_paths_no_other_disks_and_only_its_own_cgroups() {
                 "cat /proc/partitions | wc -c; \
                  find /sys/block /sys/class/block /sys/dev/block /sys/devices/virtual/block \
                       -mindepth 1 2>/dev/null | wc -l; \
-                 find /sys -name backing_file 2>/dev/null | wc -l"
+                 find /sys -name backing_file 2>/dev/null | wc -l; \
+                 find /proc/fs /sys/fs /sys/class /sys/devices/virtual \
+                      -name 'loop[0-9]*' -o -name '7:*' 2>/dev/null | wc -l"
             )
             .split_whitespace()
             .collect::<Vec<_>>(),
-            ["0", "0", "0"]
+            ["0", "0", "0", "0"]
         );
 
         // Host side: the init sits in the VPS's own cgroup in every hierarchy.

@@ -44,8 +44,10 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// (see the module doc).
 ///
 /// The block device views (`/proc/partitions`, `/sys/block`, `/sys/class/block`,
-/// `/sys/dev/block`, `/sys/devices/virtual/block`) list every VPS's loop device, its IO counters
-/// and its backing file (which names the VPS's id), so they are hidden whole.
+/// `/sys/dev/block`, `/sys/devices/virtual/block`, the bdi lists) list every VPS's loop device,
+/// its IO counters and its backing file (which names the VPS's id), and the ext4/jbd2 views
+/// (`/proc/fs/ext4`, `/proc/fs/jbd2`, `/sys/fs/ext4`) every VPS disk's options, journal and
+/// write counters, so they are hidden whole.
 pub const MASKED_PATHS: &[&str] = &[
     "proc/kcore",
     "proc/keys",
@@ -55,11 +57,16 @@ pub const MASKED_PATHS: &[&str] = &[
     "proc/acpi",
     "proc/scsi",
     "proc/partitions",
+    "proc/fs/ext4",
+    "proc/fs/jbd2",
     "sys/firmware",
     "sys/block",
     "sys/class/block",
+    "sys/class/bdi",
     "sys/dev/block",
     "sys/devices/virtual/block",
+    "sys/devices/virtual/bdi",
+    "sys/fs/ext4",
 ];
 
 /// Paths made read-only inside the VPS (relative to its root; missing ones are skipped). The
