@@ -488,7 +488,8 @@ fn a_vps_sees_no_host_paths_no_other_disks_and_only_its_own_cgroups() {
                  {root_marker} && echo ESCAPED host root of {fstype} {options}\n\
                  for f in $(find /tmp/cg -name cgroup.procs); do\n\
                    while read p; do\n\
-                     [ \"$p\" = 0 ] || [ -d /proc/$p ] || echo ESCAPED foreign pid $p in {fstype} {options}\n\
+                     [ \"$p\" = 0 ] || [ -d /proc/$p ] \
+                       || echo ESCAPED foreign pid $p in {fstype} {options}\n\
                    done < $f\n\
                  done\n\
                  umount /tmp/cg\n\

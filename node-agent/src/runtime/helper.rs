@@ -3,14 +3,14 @@
 //! child of the (multi-threaded, restartable) agent.
 //!
 //! `start`: takes a private mount namespace in which (as host root) it mounts the VPS's disk,
-//! the idmapped template, the overlay and /dev, joins the VPS cgroup, then `clone3`s the future init
-//! into new user, pid, uts, ipc, net and cgroup namespaces (not mount: it stays in the helper's),
-//! writes the init's uid/gid maps, and forks a host-root "mounter" into the init's pid and net
-//! namespaces, which mounts /proc and /sys with their masks and pivots the shared mount
-//! namespace into the rootfs (see `rootfs`; /dev was mounted with the overlay). Then it lets the init continue: the init becomes
-//! root of its user namespace (an unprivileged id on the host), unshares its own mount namespace
-//! (a copy in which the kernel locks every mount), drops capabilities from its bounding set,
-//! closes every other fd, installs the seccomp filter and execs `/sbin/init`.
+//! the idmapped template, the overlay and /dev, joins the VPS cgroup, then `clone3`s the future
+//! init into new user, pid, uts, ipc, net and cgroup namespaces (not mount: it stays in the
+//! helper's), writes the init's uid/gid maps, and forks a host-root "mounter" into the init's
+//! pid and net namespaces, which mounts /proc and /sys with their masks and pivots the shared
+//! mount namespace into the rootfs (see `rootfs`). Then it lets the init continue: the init
+//! becomes root of its user namespace (an unprivileged id on the host), unshares its own mount
+//! namespace (a copy in which the kernel locks every mount), drops capabilities from its
+//! bounding set, closes every other fd, installs the seccomp filter and execs `/sbin/init`.
 //! Setup errors come back through a close-on-exec pipe; on success the helper prints the init's
 //! identity as JSON on stdout and exits, so the init is reparented away from the agent.
 //!

@@ -10,8 +10,9 @@
 //! read-only/nosuid/nodev/noexec flags, and as its /proc and /sys are not fully visible it
 //! cannot mount a fresh, unmasked proc or sysfs either.
 //! - [`RootfsLayout::mount_host_side`], in the start helper: disk, idmapped template and overlay
-//!   (host-only filesystems and flags), and a tmpfs /dev with only the allowed nodes. The overlay is given paths relative to the VPS's
-//!   directory, so the VPS's /proc/mounts names no host path.
+//!   (host-only filesystems and flags), and a tmpfs /dev with only the allowed nodes. The
+//!   overlay is given paths relative to the VPS's directory, so the VPS's /proc/mounts names no
+//!   host path.
 //! - [`RootfsLayout::mount_vps_side`], in a short-lived host-root process that joined the VPS's
 //!   pid and net namespaces (proc and sysfs show the namespaces of whoever mounts them): /proc
 //!   (nosuid, noexec, nodev) with [`MASKED_PATHS`] and [`READ_ONLY_PATHS`], a read-only /sys,
