@@ -4,7 +4,8 @@
 //!
 //! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy: on v2 the unified one; on v1 every
 //! mounted v1 hierarchy (the limited controllers, and also cpuset — its `cpus`/`mems` copied from
-//! the parent —, freezer, `name=systemd`, ...) plus the hybrid cgroup2 mount if there is one.
+//! the parent —, freezer, `name=systemd`, ..., through cgroups-rs; any hierarchy cgroups-rs has
+//! no type for, e.g. `misc`, directly) plus the hybrid cgroup2 mount if there is one.
 //! The start helper joins all of them before the VPS's cgroup namespace is created, so whatever
 //! hierarchy the VPS mounts shows only its own subtree, never the host's processes or other
 //! VPSes.
@@ -105,8 +106,10 @@ pub enum CgroupError {
 pub(crate) struct VpsCgroup {
     cgroup: Cgroup,
     path: String,
-    /// Its directory in the hybrid cgroup2 hierarchy of a v1 host (which cgroups-rs ignores).
-    unified: Option<PathBuf>,
+    /// Its directories in the hierarchies of a v1 host that cgroups-rs does not manage: the
+    /// hybrid cgroup2 mount, and v1 hierarchies it has no type for (e.g. `misc`, or a named one
+    /// other than `name=systemd`).
+    extra: Vec<PathBuf>,
 }
 
 /// The cgroup path of a VPS relative to the hierarchy root(s).
@@ -129,7 +132,11 @@ impl VpsCgroup {
             return Self::with_hierarchy(hierarchy, &path, Some(controllers));
         }
         let mut cgroup = Self::with_hierarchy(hierarchy, &path, None);
-        cgroup.unified = hybrid_cgroup2_mount().map(|root| root.join(&path));
+        let managed = cgroup.paths();
+        cgroup.extra = unmanaged_v1_host_hierarchies(&managed)
+            .into_iter()
+            .map(|root| root.join(&path))
+            .collect();
         cgroup
     }
 
@@ -148,7 +155,7 @@ impl VpsCgroup {
         Self {
             cgroup,
             path: path.to_string(),
-            unified: None,
+            extra: Vec::new(),
         }
     }
 
@@ -173,7 +180,7 @@ impl VpsCgroup {
             .subsystems()
             .iter()
             .map(|s| s.to_controller().path().to_path_buf())
-            .chain(self.unified.clone())
+            .chain(self.extra.iter().cloned())
             .collect();
         paths.sort();
         paths.dedup();
@@ -188,7 +195,7 @@ impl VpsCgroup {
     /// Creates the cgroup in every hierarchy; existing directories are kept.
     pub fn create(&self) -> Result<(), CgroupError> {
         self.cgroup.create().map_err(self.err("create"))?;
-        if let Some(dir) = &self.unified {
+        for dir in &self.extra {
             std::fs::create_dir_all(dir).map_err(|source| CgroupError::Io {
                 operation: "mkdir",
                 path: dir.clone(),
@@ -366,7 +373,7 @@ impl VpsCgroup {
                 }
             }
         }
-        if let Some(dir) = self.unified.as_ref().filter(|dir| dir.is_dir()) {
+        for dir in self.extra.iter().filter(|dir| dir.is_dir()) {
             let procs = dir.join("cgroup.procs");
             std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Write {
                 path: procs.clone(),
@@ -412,10 +419,7 @@ impl VpsCgroup {
             return Ok(());
         }
         self.cgroup.delete().map_err(self.err("remove"))?;
-        match &self.unified {
-            Some(dir) => remove_cgroup_dir(dir),
-            None => Ok(()),
-        }
+        self.extra.iter().try_for_each(|dir| remove_cgroup_dir(dir))
     }
 
     /// The relative path, for messages.
@@ -424,16 +428,46 @@ impl VpsCgroup {
     }
 }
 
-/// The mount point of the cgroup2 hierarchy that a v1 ("hybrid") host mounts next to its v1
-/// hierarchies (`/sys/fs/cgroup/unified` under systemd), if any.
-fn hybrid_cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        (fs.split_whitespace().next() == Some("cgroup2"))
-            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
+/// Mount points of the host's cgroup hierarchies (a v1 host) that none of `managed` (the
+/// cgroups-rs controller dirs) lies in: the hybrid cgroup2 mount (`/sys/fs/cgroup/unified` under
+/// systemd) and v1 hierarchies cgroups-rs has no type for. One mount point per hierarchy.
+fn unmanaged_v1_host_hierarchies(managed: &[PathBuf]) -> Vec<PathBuf> {
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(mountinfo) => unmanaged_hierarchies(&mountinfo, managed),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`unmanaged_v1_host_hierarchies`] of a mountinfo text.
+fn unmanaged_hierarchies(mountinfo: &str, managed: &[PathBuf]) -> Vec<PathBuf> {
+    // (hierarchy, mount point): the super options name the hierarchy (controllers or name).
+    let mounts: Vec<(String, PathBuf)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let mount: Vec<&str> = mount.split_whitespace().collect();
+            let fs: Vec<&str> = fs.split_whitespace().collect();
+            let fstype = *fs.first()?;
+            let whole_tree = mount.get(3) == Some(&"/");
+            (whole_tree && matches!(fstype, "cgroup" | "cgroup2")).then(|| {
+                let hierarchy = format!("{fstype} {}", fs.get(2).copied().unwrap_or(""));
+                Some((hierarchy, PathBuf::from(mount.get(4)?)))
+            })?
+        })
+        .collect();
+    let mut seen: Vec<&str> = mounts
+        .iter()
+        .filter(|(_, point)| managed.iter().any(|dir| dir.starts_with(point)))
+        .map(|(hierarchy, _)| hierarchy.as_str())
+        .collect();
+    let mut roots = Vec::new();
+    for (hierarchy, point) in &mounts {
+        if !seen.contains(&hierarchy.as_str()) {
+            seen.push(hierarchy);
+            roots.push(point.clone());
+        }
+    }
+    roots
 }
 
 /// Removes a cgroup directory and any child cgroups the VPS made in it (deepest first); absent is
@@ -560,6 +594,31 @@ mod tests {
         assert_eq!(weight_to_shares(100), 1024);
         assert_eq!(weight_to_shares(1), 10);
         assert_eq!(weight_to_shares(10_000), 102_400);
+    }
+
+    #[test]
+    fn finds_the_hierarchies_cgroups_rs_does_not_manage() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+38 31 0:35 / /sys/fs/cgroup/misc rw,relatime - cgroup cgroup rw,misc
+39 31 0:35 / /mnt/misc-again rw,relatime - cgroup cgroup rw,misc
+40 31 0:37 /sub /mnt/partial rw,relatime - cgroup cgroup rw,name=other
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 31 0:29 / /mnt/cpu-again rw,relatime - cgroup cgroup rw,cpu
+";
+        let managed = [
+            PathBuf::from("/sys/fs/cgroup/cpu/paddock/vps-a"),
+            PathBuf::from("/sys/fs/cgroup/freezer/paddock/vps-a"),
+        ];
+        assert_eq!(
+            unmanaged_hierarchies(mountinfo, &managed),
+            [
+                PathBuf::from("/sys/fs/cgroup/misc"),
+                PathBuf::from("/sys/fs/cgroup/unified")
+            ]
+        );
     }
 
     #[test]
