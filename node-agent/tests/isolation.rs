@@ -2,7 +2,9 @@
 //! busybox) and from the host: own user namespace and non-overlapping id ranges, refused
 //! escapes (devices, sysrq, modules, kcore, keyring, file handles, io_uring, cgroup
 //! release_agent, own limits, host processes, host hostname), masked /proc, read-only /sys,
-//! minimal /dev, device cgroup, capability bounding set, nothing left after delete.
+//! minimal /dev, device cgroup, capability bounding set, nothing left after delete; masks and
+//! read-only mounts the VPS's root cannot unmount, move, remount or get around with a fresh
+//! proc/sysfs; no host path, no other VPS's disk and no cgroup but its own visible inside.
 
 mod common;
 
@@ -164,14 +166,10 @@ fn a_vps_is_walled_off_from_the_host_and_from_other_vpses() {
                 _ => {}
             }
         }
-        // Only the root overlay's options name host paths (as with any overlay root); no host
-        // mount is reachable.
+        // No host path is visible (not even in the root overlay's options).
         let state_dir = fixture.state_dir.path().to_string_lossy().into_owned();
         assert!(
-            mounts
-                .lines()
-                .filter(|l| l.split_whitespace().nth(1) != Some("/"))
-                .all(|l| !l.contains(&state_dir)),
+            mounts.lines().all(|l| !l.contains(&state_dir)),
             "host paths visible in the VPS's mounts:\n{mounts}"
         );
         // (This kernel may lack kcore / sysrq-trigger; those that exist must be masked.)
@@ -224,5 +222,292 @@ fn a_vps_is_walled_off_from_the_host_and_from_other_vpses() {
     for (vps_id, pid) in [(&first, init_pids[0]), (&second, init_pids[1])] {
         fixture.runtime.delete(vps_id).expect("delete");
         fixture.assert_gone(vps_id, &[pid]);
+    }
+}
+
+/// Paths the runtime masks or makes read-only inside a VPS (those the kernel has).
+const MASKED: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/acpi",
+    "/proc/scsi",
+    "/proc/partitions",
+    "/proc/fs/ext4",
+    "/proc/fs/jbd2",
+    "/sys/firmware",
+    "/sys/block",
+    "/sys/class/block",
+    "/sys/class/bdi",
+    "/sys/dev/block",
+    "/sys/devices/virtual/block",
+    "/sys/devices/virtual/bdi",
+    "/sys/fs/ext4",
+];
+const READ_ONLY: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
+];
+
+/// Runs `script` in the VPS; every line it prints starting with `ESCAPED` is an attempt that
+/// succeeded.
+fn escapes(runtime: &paddock_agent::runtime::Runtime, vps_id: &str, script: &str) -> Vec<String> {
+    let out = exec(runtime, vps_id, &["sh", "-c", script]);
+    eprintln!("{vps_id}: {}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("ESCAPED"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_vps_root_cannot_unmount_move_or_remount_its_masks() {
+    if !require_root() {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let vps_id = fixture.new_vps_id();
+    fixture
+        .runtime
+        .apply(&spec(&vps_id, small_limits()))
+        .expect("apply");
+    let mut script = String::from("mkdir -p /tmp/d && touch /tmp/f\n");
+    for path in MASKED
+        .iter()
+        .chain(READ_ONLY)
+        .chain(&["/proc", "/sys", "/dev", "/dev/null"])
+    {
+        script.push_str(&format!(
+            "if [ -e {path} ]; then\n\
+             umount {path} && echo ESCAPED umount {path}\n\
+             umount -l {path} && echo ESCAPED umount -l {path}\n\
+             if [ -d {path} ]; then t=/tmp/d; else t=/tmp/f; fi\n\
+             mount -o move {path} $t && echo ESCAPED move {path}\n\
+             fi\n"
+        ));
+    }
+    // A bind of a tree without its locked masks would reveal what they cover; a recursive one
+    // keeps them.
+    for path in ["/proc", "/sys", "/dev"] {
+        script.push_str(&format!(
+            "mount -o bind {path} /tmp/d && echo ESCAPED bind {path} && umount /tmp/d\n"
+        ));
+    }
+    script.push_str(
+        "mount -o rbind /proc /tmp/d && [ \"$(cat /tmp/d/keys | wc -c)\" != 0 ] \
+         && echo ESCAPED rbind /proc\n\
+         umount -l /tmp/d\n",
+    );
+    for path in READ_ONLY.iter().chain(&["/sys"]) {
+        script.push_str(&format!(
+            "if [ -e {path} ]; then\n\
+             mount -o remount,bind,rw {path} && echo ESCAPED remount rw {path}\n\
+             mount -o remount,rw {path} && echo ESCAPED remount rw {path}\n\
+             fi\n"
+        ));
+    }
+    script.push_str(
+        "mount -t proc proc /tmp/d && echo ESCAPED fresh proc && umount /tmp/d\n\
+         mount -t sysfs sysfs /tmp/d && echo ESCAPED fresh sysfs && umount /tmp/d\n\
+         mount -o remount,rw,suid,exec,dev /proc && echo ESCAPED proc flags\n\
+         true\n",
+    );
+    let escaped = escapes(&fixture.runtime, &vps_id, &script);
+    assert_eq!(escaped, Vec::<String>::new());
+
+    // Everything is still in place.
+    assert_eq!(
+        sh_ok(
+            &fixture.runtime,
+            &vps_id,
+            "cat /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug /proc/partitions \
+             2>/dev/null | wc -c"
+        )
+        .trim(),
+        "0"
+    );
+    assert_eq!(
+        sh_ok(
+            &fixture.runtime,
+            &vps_id,
+            "find /sys/firmware /sys/block /sys/class/block -mindepth 1 | wc -l"
+        )
+        .trim(),
+        "0"
+    );
+    let mounts = sh_ok(&fixture.runtime, &vps_id, "cat /proc/mounts");
+    for path in READ_ONLY.iter().chain(&["/sys"]) {
+        if let Some(line) = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(path))
+        {
+            assert!(
+                line.split_whitespace()
+                    .nth(3)
+                    .is_some_and(|o| o.starts_with("ro")),
+                "{line}"
+            );
+        }
+    }
+    let denied = exec(
+        &fixture.runtime,
+        &vps_id,
+        &["sh", "-c", "echo 1 > /proc/sys/kernel/panic"],
+    );
+    assert_ne!(denied.code, Some(0), "/proc/sys writable: {denied:?}");
+}
+
+/// The host's cgroup hierarchies as `(fstype, mount options selecting it)`.
+fn host_cgroup_hierarchies() -> Vec<(String, String)> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut hierarchies = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((_, fs)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = fs.split_whitespace().collect();
+        match fields.first().copied() {
+            Some("cgroup2") => hierarchies.push(("cgroup2".to_string(), String::new())),
+            Some("cgroup") => {
+                let options: Vec<&str> = fields
+                    .get(2)
+                    .copied()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|o| !["rw", "ro", "clone_children", "nsdelegate"].contains(o))
+                    .filter(|o| !o.starts_with("release_agent="))
+                    .collect();
+                hierarchies.push(("cgroup".to_string(), options.join(",")));
+            }
+            _ => {}
+        }
+    }
+    hierarchies.sort();
+    hierarchies.dedup();
+    hierarchies
+}
+
+#[test]
+fn a_vps_sees_no_host_paths_no_other_disks_and_only_its_own_cgroups() {
+    if !require_root() {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let ids = [fixture.new_vps_id(), fixture.new_vps_id()];
+    let hierarchies = host_cgroup_hierarchies();
+    assert!(!hierarchies.is_empty(), "no cgroup hierarchy on the host");
+    let state_dir = fixture.state_dir.path().to_string_lossy().into_owned();
+    let mut init_pids = Vec::new();
+    for vps_id in &ids {
+        let observed = fixture
+            .runtime
+            .apply(&spec(vps_id, small_limits()))
+            .expect("apply");
+        init_pids.push(running_pid(&observed));
+    }
+    for (vps_id, init_pid) in ids.iter().zip(&init_pids) {
+        // Host paths: neither the state dir nor any VPS id, not even in the root overlay's
+        // options.
+        let mounts = sh_ok(
+            &fixture.runtime,
+            vps_id,
+            "cat /proc/mounts /proc/self/mountinfo /proc/1/mountinfo",
+        );
+        eprintln!("{vps_id} mounts:\n{mounts}");
+        for needle in [state_dir.as_str(), "/var/lib", "/tmp/", &ids[0], &ids[1]] {
+            let leaks: Vec<&str> = mounts.lines().filter(|l| l.contains(needle)).collect();
+            assert!(leaks.is_empty(), "{vps_id} sees {needle:?} in: {leaks:#?}");
+        }
+
+        // No block device of any VPS: no loop devices, IO counters or backing files.
+        assert_eq!(
+            sh_ok(
+                &fixture.runtime,
+                vps_id,
+                "cat /proc/partitions | wc -c; \
+                 find /sys/block /sys/class/block /sys/dev/block /sys/devices/virtual/block \
+                      -mindepth 1 2>/dev/null | wc -l; \
+                 find /sys -name backing_file 2>/dev/null | wc -l; \
+                 find /proc/fs /sys/fs /sys/class /sys/devices/virtual \
+                      -name 'loop[0-9]*' -o -name '7:*' 2>/dev/null | wc -l"
+            )
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+            ["0", "0", "0", "0"]
+        );
+
+        // Host side: the init sits in the VPS's own cgroup in every hierarchy.
+        let cgroups = fs::read_to_string(format!("/proc/{init_pid}/cgroup")).expect("cgroup");
+        for line in cgroups.lines() {
+            assert!(
+                line.ends_with(&format!("/vps-{vps_id}")),
+                "{vps_id}'s init is outside its cgroup: {line}"
+            );
+        }
+        // Host side: nothing but the VPS's processes and its own helpers (console supervisor,
+        // exec helper: host-side processes of the VPS, which cgroup2 lists as pid 0 inside) is
+        // in any of its cgroups.
+        let vps_pid_ns = fs::read_link(format!("/proc/{init_pid}/ns/pid")).expect("pid ns");
+        let agent = fs::canonicalize(helper_binary()).expect("agent binary");
+        for dir in fixture.runtime.cgroup_paths(vps_id) {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let in_vps =
+                    fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == Some(vps_pid_ns.clone());
+                let helper = fs::read_link(format!("/proc/{pid}/exe")).ok() == Some(agent.clone());
+                assert!(
+                    in_vps || helper,
+                    "foreign process {pid} in {}",
+                    dir.display()
+                );
+            }
+        }
+        // Inside: every hierarchy it mounts is rooted at its own cgroup and lists only its own
+        // processes (pid 0: a process outside its pid namespace, i.e. its own helpers).
+        let mut script = String::from("mkdir -p /tmp/cg\n");
+        for (fstype, options) in &hierarchies {
+            let option_arg = if options.is_empty() {
+                String::new()
+            } else {
+                format!("-o {options}")
+            };
+            let root_marker = if fstype == "cgroup2" {
+                "[ ! -e /tmp/cg/cgroup.events ]"
+            } else {
+                "[ -e /tmp/cg/release_agent ]"
+            };
+            script.push_str(&format!(
+                "if mount -t {fstype} {option_arg} cgroup /tmp/cg; then\n\
+                 {root_marker} && echo ESCAPED host root of {fstype} {options}\n\
+                 for f in $(find /tmp/cg -name cgroup.procs); do\n\
+                   while read p; do\n\
+                     [ \"$p\" = 0 ] || [ -d /proc/$p ] \
+                       || echo ESCAPED foreign pid $p in {fstype} {options}\n\
+                   done < $f\n\
+                 done\n\
+                 umount /tmp/cg\n\
+                 else echo ESCAPED? cannot mount {fstype} {options}; fi\n"
+            ));
+        }
+        let escaped = escapes(&fixture.runtime, vps_id, &script);
+        assert_eq!(escaped, Vec::<String>::new());
+    }
+    for (vps_id, pid) in ids.iter().zip(&init_pids) {
+        let paths = fixture.runtime.cgroup_paths(vps_id);
+        assert!(
+            paths.len() >= hierarchies.len(),
+            "{} cgroup dirs for {} hierarchies: {paths:?}",
+            paths.len(),
+            hierarchies.len()
+        );
+        fixture.runtime.delete(vps_id).expect("delete");
+        fixture.assert_gone(vps_id, &[*pid]);
     }
 }

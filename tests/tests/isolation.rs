@@ -51,6 +51,17 @@ fn tenants_get_their_own_user_namespace_and_id_range() {
             ("write /proc/sys", "echo 1 > /proc/sys/kernel/panic"),
             ("write /sys", "echo 1 > /sys/kernel/profiling"),
             ("create a block device", "mknod /tmp/sda b 8 0"),
+            ("unmount a /proc mask", "umount /proc/keys"),
+            ("unmount a read-only /proc path", "umount -l /proc/sys"),
+            (
+                "mount an unmasked proc",
+                "mkdir -p /tmp/p && mount -t proc proc /tmp/p",
+            ),
+            ("see other disks", "grep loop /proc/partitions"),
+            (
+                "see host paths",
+                "grep -e /var/lib -e /tmp/ /proc/self/mountinfo",
+            ),
         ] {
             let out = cluster
                 .cli(&with(&["exec", name, "--", "sh", "-c", script]))

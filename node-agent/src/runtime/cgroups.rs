@@ -2,9 +2,13 @@
 //! CFS quota, CPU weight, pids, IO throttling on the VPS's own disk), the device policy
 //! (deny everything but the nodes of a minimal /dev), membership, kill-all and removal.
 //!
-//! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy of the controllers it needs
-//! (`memory`, `cpu`, `cpuacct` on v1, `pids`). cpuset is deliberately left out: on v1 a new cpuset
-//! cgroup is unusable until `cpus` and `mems` are filled in.
+//! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy: on v2 the unified one; on v1 every
+//! mounted v1 hierarchy (the limited controllers, and also cpuset — its `cpus`/`mems` copied from
+//! the parent —, freezer, `name=systemd`, ..., through cgroups-rs; any hierarchy cgroups-rs has
+//! no type for, e.g. `misc`, directly) plus the hybrid cgroup2 mount if there is one.
+//! The start helper joins all of them before the VPS's cgroup namespace is created, so whatever
+//! hierarchy the VPS mounts shows only its own subtree, never the host's processes or other
+//! VPSes.
 
 use std::path::PathBuf;
 
@@ -31,7 +35,6 @@ pub const MAX_CPU_WEIGHT: u32 = 10_000;
 /// cgroup v1 `cpu.shares` that corresponds to the default weight.
 pub const DEFAULT_CPU_SHARES: u64 = 1024;
 
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "blkio"];
 const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "io"];
 
 /// Character devices a VPS may open (type, major, minor; -1 = any): the nodes of its /dev.
@@ -81,6 +84,16 @@ pub enum CgroupError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A cgroup directory operation failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// `mkdir`, `read dir`, `rmdir`.
+        operation: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The cgroup directory was not created (cgroups-rs only logs mkdir failures).
     #[error("create cgroup dir {path}: directory missing after create")]
     NotCreated {
@@ -93,6 +106,10 @@ pub enum CgroupError {
 pub(crate) struct VpsCgroup {
     cgroup: Cgroup,
     path: String,
+    /// Its directories in the hierarchies of a v1 host that cgroups-rs does not manage: the
+    /// hybrid cgroup2 mount, and v1 hierarchies it has no type for (e.g. `misc`, or a named one
+    /// other than `name=systemd`).
+    extra: Vec<PathBuf>,
 }
 
 /// The cgroup path of a VPS relative to the hierarchy root(s).
@@ -109,17 +126,18 @@ impl VpsCgroup {
     /// The VPS's cgroup in the host's hierarchy (`hierarchies::auto()`); not created yet.
     pub fn open(cgroup_parent: &str, vps_id: &str) -> Self {
         let hierarchy = cgroups_rs::hierarchies::auto();
-        let wanted = if hierarchy.v2() {
-            V2_CONTROLLERS
-        } else {
-            V1_CONTROLLERS
-        };
-        let controllers = wanted.iter().map(|c| (*c).to_string()).collect();
-        Self::with_hierarchy(
-            hierarchy,
-            &relative_path(cgroup_parent, vps_id),
-            Some(controllers),
-        )
+        let path = relative_path(cgroup_parent, vps_id);
+        if hierarchy.v2() {
+            let controllers = V2_CONTROLLERS.iter().map(|c| (*c).to_string()).collect();
+            return Self::with_hierarchy(hierarchy, &path, Some(controllers));
+        }
+        let mut cgroup = Self::with_hierarchy(hierarchy, &path, None);
+        let managed = cgroup.paths();
+        cgroup.extra = unmanaged_v1_host_hierarchies(&managed)
+            .into_iter()
+            .map(|root| root.join(&path))
+            .collect();
+        cgroup
     }
 
     /// The cgroup at `path` in `hierarchy`, restricted to `controllers` if given.
@@ -137,6 +155,7 @@ impl VpsCgroup {
         Self {
             cgroup,
             path: path.to_string(),
+            extra: Vec::new(),
         }
     }
 
@@ -161,6 +180,7 @@ impl VpsCgroup {
             .subsystems()
             .iter()
             .map(|s| s.to_controller().path().to_path_buf())
+            .chain(self.extra.iter().cloned())
             .collect();
         paths.sort();
         paths.dedup();
@@ -175,6 +195,13 @@ impl VpsCgroup {
     /// Creates the cgroup in every hierarchy; existing directories are kept.
     pub fn create(&self) -> Result<(), CgroupError> {
         self.cgroup.create().map_err(self.err("create"))?;
+        for dir in &self.extra {
+            std::fs::create_dir_all(dir).map_err(|source| CgroupError::Io {
+                operation: "mkdir",
+                path: dir.clone(),
+                source,
+            })?;
+        }
         if let Some(path) = self.paths().into_iter().find(|p| !p.is_dir()) {
             return Err(CgroupError::NotCreated { path });
         }
@@ -327,11 +354,34 @@ impl VpsCgroup {
             .map_err(self.err("set pids.max"))
     }
 
-    /// Moves process `pid` (all its threads) into the cgroup in every hierarchy.
+    /// Moves process `pid` (all its threads) into the cgroup in every hierarchy. On v1,
+    /// hierarchies where the cgroup does not exist are skipped: a VPS started by an agent that
+    /// did not create it there yet (`create` checks that a new VPS has them all).
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        self.cgroup
-            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
-            .map_err(self.err(format!("add pid {pid} to")))
+        let task = CgroupPid::from(u64::from(pid));
+        if self.cgroup.v2() {
+            self.cgroup
+                .add_task_by_tgid(task)
+                .map_err(self.err(format!("add pid {pid} to")))?;
+        } else {
+            for subsystem in self.cgroup.subsystems() {
+                let controller = subsystem.to_controller();
+                if controller.path().is_dir() {
+                    controller
+                        .add_task_by_tgid(&task)
+                        .map_err(self.err(format!("add pid {pid} to")))?;
+                }
+            }
+        }
+        for dir in self.extra.iter().filter(|dir| dir.is_dir()) {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Write {
+                path: procs.clone(),
+                value: pid.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Pids of all processes in the cgroup (any hierarchy).
@@ -368,12 +418,85 @@ impl VpsCgroup {
         if !self.exists() {
             return Ok(());
         }
-        self.cgroup.delete().map_err(self.err("remove"))
+        self.cgroup.delete().map_err(self.err("remove"))?;
+        self.extra.iter().try_for_each(|dir| remove_cgroup_dir(dir))
     }
 
     /// The relative path, for messages.
     pub fn path(&self) -> &str {
         &self.path
+    }
+}
+
+/// Mount points of the host's cgroup hierarchies (a v1 host) that none of `managed` (the
+/// cgroups-rs controller dirs) lies in: the hybrid cgroup2 mount (`/sys/fs/cgroup/unified` under
+/// systemd) and v1 hierarchies cgroups-rs has no type for. One mount point per hierarchy.
+fn unmanaged_v1_host_hierarchies(managed: &[PathBuf]) -> Vec<PathBuf> {
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(mountinfo) => unmanaged_hierarchies(&mountinfo, managed),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`unmanaged_v1_host_hierarchies`] of a mountinfo text.
+fn unmanaged_hierarchies(mountinfo: &str, managed: &[PathBuf]) -> Vec<PathBuf> {
+    // (hierarchy, mount point): the super options name the hierarchy (controllers or name).
+    let mounts: Vec<(String, PathBuf)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let mount: Vec<&str> = mount.split_whitespace().collect();
+            let fs: Vec<&str> = fs.split_whitespace().collect();
+            let fstype = *fs.first()?;
+            let whole_tree = mount.get(3) == Some(&"/");
+            (whole_tree && matches!(fstype, "cgroup" | "cgroup2")).then(|| {
+                let hierarchy = format!("{fstype} {}", fs.get(2).copied().unwrap_or(""));
+                Some((hierarchy, PathBuf::from(mount.get(4)?)))
+            })?
+        })
+        .collect();
+    let mut seen: Vec<&str> = mounts
+        .iter()
+        .filter(|(_, point)| managed.iter().any(|dir| dir.starts_with(point)))
+        .map(|(hierarchy, _)| hierarchy.as_str())
+        .collect();
+    let mut roots = Vec::new();
+    for (hierarchy, point) in &mounts {
+        if !seen.contains(&hierarchy.as_str()) {
+            seen.push(hierarchy);
+            roots.push(point.clone());
+        }
+    }
+    roots
+}
+
+/// Removes a cgroup directory and any child cgroups the VPS made in it (deepest first); absent is
+/// fine. The cgroups must be empty.
+fn remove_cgroup_dir(dir: &std::path::Path) -> Result<(), CgroupError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CgroupError::Io {
+                operation: "read dir",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_dir(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CgroupError::Io {
+            operation: "rmdir",
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -471,6 +594,31 @@ mod tests {
         assert_eq!(weight_to_shares(100), 1024);
         assert_eq!(weight_to_shares(1), 10);
         assert_eq!(weight_to_shares(10_000), 102_400);
+    }
+
+    #[test]
+    fn finds_the_hierarchies_cgroups_rs_does_not_manage() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+38 31 0:35 / /sys/fs/cgroup/misc rw,relatime - cgroup cgroup rw,misc
+39 31 0:35 / /mnt/misc-again rw,relatime - cgroup cgroup rw,misc
+40 31 0:37 /sub /mnt/partial rw,relatime - cgroup cgroup rw,name=other
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 31 0:29 / /mnt/cpu-again rw,relatime - cgroup cgroup rw,cpu
+";
+        let managed = [
+            PathBuf::from("/sys/fs/cgroup/cpu/paddock/vps-a"),
+            PathBuf::from("/sys/fs/cgroup/freezer/paddock/vps-a"),
+        ];
+        assert_eq!(
+            unmanaged_hierarchies(mountinfo, &managed),
+            [
+                PathBuf::from("/sys/fs/cgroup/misc"),
+                PathBuf::from("/sys/fs/cgroup/unified")
+            ]
+        );
     }
 
     #[test]

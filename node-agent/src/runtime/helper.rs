@@ -2,12 +2,15 @@
 //! processes, so that fork, unshare and setns are safe, and so that the VPS's init is never a
 //! child of the (multi-threaded, restartable) agent.
 //!
-//! `start`: joins the VPS cgroup, takes a private mount namespace in which (as host root) it
-//! mounts the VPS's disk, the idmapped template and the overlay, then `clone3`s the future init
-//! into new user, pid, mount, uts, ipc, net and cgroup namespaces, writes the init's uid/gid
-//! maps and lets it continue: the init becomes root of its user namespace (an unprivileged id
-//! on the host), mounts /proc, /sys and /dev, pivots into the rootfs, drops capabilities from
-//! its bounding set, closes every other fd, installs the seccomp filter and execs `/sbin/init`.
+//! `start`: takes a private mount namespace in which (as host root) it mounts the VPS's disk,
+//! the idmapped template, the overlay and /dev, joins the VPS cgroup, then `clone3`s the future
+//! init into new user, pid, uts, ipc, net and cgroup namespaces (not mount: it stays in the
+//! helper's), writes the init's uid/gid maps, and forks a host-root "mounter" into the init's
+//! pid and net namespaces, which mounts /proc and /sys with their masks and pivots the shared
+//! mount namespace into the rootfs (see `rootfs`). Then it lets the init continue: the init
+//! becomes root of its user namespace (an unprivileged id on the host), unshares its own mount
+//! namespace (a copy in which the kernel locks every mount), drops capabilities from its
+//! bounding set, closes every other fd, installs the seccomp filter and execs `/sbin/init`.
 //! Setup errors come back through a close-on-exec pipe; on success the helper prints the init's
 //! identity as JSON on stdout and exits, so the init is reparented away from the agent.
 //!
@@ -25,10 +28,12 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{
-    dup2, execve, pipe2, setgroups, sethostname, setresgid, setresuid, setsid, Gid, Uid,
+    dup2, execve, fork, pipe2, setgroups, sethostname, setresgid, setresuid, setsid, ForkResult,
+    Gid, Uid,
 };
 use seccompiler::BpfProgram;
 use serde::de::DeserializeOwned;
@@ -41,7 +46,7 @@ use super::disk::DiskError;
 use super::idmap::{self, IdRange, IdmapError};
 use super::namespaces::{self, NamespaceError};
 use super::process::{self, ProcessError, ProcessIdentity};
-use super::rootfs::{RootfsError, RootfsLayout};
+use super::rootfs::{self, RootfsError, RootfsLayout};
 use super::seccomp::{self, SeccompError};
 use super::{disk_growth, exec, INTERNAL_ARG};
 
@@ -344,8 +349,8 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     drop(master);
 
     namespaces::unshare_mount_namespace()?;
-    // Before joining the cgroup: its device policy denies the loop devices.
-    request.rootfs.mount_host_side(request.ids)?;
+    // Before joining the cgroup: its device policy denies the loop devices and mknod of /dev.
+    request.rootfs.mount_host_side(request.ids, &slave_path)?;
     // The init's cgroup namespace is rooted at the cgroup its creator is in.
     VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
 
@@ -359,12 +364,13 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
         None => {
             drop(report_read);
             drop(maps_write);
-            // Wait until the parent has written our id maps; EOF without "1" means it failed.
+            // Wait until the parent has written our id maps and mounted our filesystems; EOF
+            // without "1" means it failed.
             let mut byte = [0u8; 1];
             if !matches!(File::from(maps_read).read(&mut byte), Ok(1) if byte[0] == b'1') {
                 exit_child(1)
             }
-            let Err(error) = init_child(&request, &slave, &slave_path, &filter);
+            let Err(error) = init_child(&request, &slave, &filter);
             let mut pipe = File::from(report_write);
             let _ = pipe.write_all(error.to_string().as_bytes());
             exit_child(1)
@@ -372,12 +378,26 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
         Some(child) => {
             drop(report_write);
             drop(maps_read);
-            let mapped = idmap::write_id_maps(child.as_raw(), request.ids);
-            if let Err(error) = mapped {
-                drop(maps_write);
-                let _ = waitpid(child, None);
-                return Err(error.into());
-            }
+            // Read now: the mounter's pivot_root also moves this helper into the VPS's root.
+            let identity = u32::try_from(child.as_raw())
+                .map_err(|_| HelperError::InitExited(format!("bad pid {child}")))
+                .and_then(|pid| Ok(ProcessIdentity::of(pid)?))
+                .and_then(|identity| {
+                    identity.ok_or_else(|| HelperError::InitExited("no longer in /proc".into()))
+                });
+            let prepared = identity.and_then(|identity| {
+                idmap::write_id_maps(child.as_raw(), request.ids)?;
+                mount_vps_filesystems(&request, identity.pid)?;
+                Ok(identity)
+            });
+            let init = match prepared {
+                Ok(init) => init,
+                Err(error) => {
+                    drop(maps_write);
+                    let _ = waitpid(child, None);
+                    return Err(error);
+                }
+            };
             let mut maps_write = File::from(maps_write);
             let _ = maps_write.write_all(b"1");
             drop(maps_write);
@@ -404,10 +424,6 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
                     })
                 }
             }
-            let pid = u32::try_from(child.as_raw())
-                .map_err(|_| HelperError::InitExited(format!("bad pid {child}")))?;
-            let init = ProcessIdentity::of(pid)?
-                .ok_or_else(|| HelperError::InitExited("no longer in /proc".into()))?;
             // The console supervisor serves until this init exits. If it is already gone, the
             // VPS runs without a console, as it would have if the supervisor died later.
             let _ = init_report.send(&init);
@@ -416,17 +432,63 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     }
 }
 
+/// Forks the mounter: a host-root process in the init's pid and net namespaces (proc and sysfs
+/// take the namespaces of whoever mounts them) and in this helper's mount namespace, which the
+/// init shares; it mounts the VPS's /proc and /sys and pivots into the rootfs. Waits for it.
+/// Afterwards this helper's root is the VPS's root too: it must not resolve host paths.
+fn mount_vps_filesystems(request: &StartRequest, init_pid: u32) -> Result<(), HelperError> {
+    let pid_ns = namespaces::open_namespace(init_pid, "pid")?;
+    let net_ns = namespaces::open_namespace(init_pid, "net")?;
+    // Only children enter a joined pid namespace; this helper forks nothing else afterwards.
+    namespaces::join_namespace(&pid_ns, CloneFlags::CLONE_NEWPID, "pid")?;
+    let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
+    // SAFETY: this helper is single-threaded (checked in `start`), so the child is a complete
+    // copy of the process and may allocate before it exits.
+    match unsafe { fork() }.map_err(sys_err("fork mounter"))? {
+        ForkResult::Child => {
+            drop(report_read);
+            let result = namespaces::join_namespace(&net_ns, CloneFlags::CLONE_NEWNET, "net")
+                .map_err(HelperError::from)
+                .and_then(|()| Ok(request.rootfs.mount_vps_side(request.ids)?));
+            match result {
+                Ok(()) => exit_child(0),
+                Err(error) => {
+                    let _ = File::from(report_write).write_all(error.to_string().as_bytes());
+                    exit_child(1)
+                }
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(report_write);
+            let mut message = String::new();
+            let read = File::from(report_read).read_to_string(&mut message);
+            let status = waitpid(child, None).map_err(sys_err("waitpid mounter"))?;
+            read.map_err(|source| HelperError::Io {
+                operation: "read mounter report",
+                path: PathBuf::from("pipe"),
+                source,
+            })?;
+            match status {
+                WaitStatus::Exited(_, 0) if message.is_empty() => Ok(()),
+                _ if !message.is_empty() => Err(HelperError::ChildSetup(message)),
+                other => Err(HelperError::ChildSetup(format!(
+                    "the mounter ended with {other:?}"
+                ))),
+            }
+        }
+    }
+}
+
 /// Runs in the cloned child: becomes the VPS's init. Returns only on failure.
 fn init_child(
     request: &StartRequest,
     console: &OwnedFd,
-    console_path: &Path,
     filter: &BpfProgram,
 ) -> Result<Infallible, HelperError> {
     become_vps_root()?;
     setsid().map_err(sys_err("setsid"))?;
     sethostname(&request.hostname).map_err(sys_err("sethostname"))?;
-    request.rootfs.enter(console_path)?;
+    rootfs::enter_locked_root()?;
     let argv = [CString::new(INIT_PATH)?];
     let env = INIT_ENV
         .iter()

@@ -1,6 +1,7 @@
-//! The kernel namespaces of a VPS: which ones it gets (all created at once by `clone3` in the
-//! start helper, so every one is owned by the VPS's user namespace) and joining them from the
-//! exec helper through `/proc/<init>/ns/*` (the user namespace first).
+//! The kernel namespaces of a VPS: which ones it gets (all but the mount namespace created at
+//! once by `clone3` in the start helper, so every one is owned by the VPS's user namespace; the
+//! init unshares its mount namespace later, see `rootfs`) and joining them from the exec helper
+//! through `/proc/<init>/ns/*` (the user namespace first).
 
 use std::fs::File;
 use std::io;
@@ -98,16 +99,19 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Forks a child in fresh instances of all [`VPS_NAMESPACES`], every one owned by the child's
-/// new user namespace; the child is PID 1 of its pid namespace. Returns the child's pid in the
-/// parent and `None` in the child (like fork: no new stack). The child has no id mappings yet:
-/// the parent writes them (see `idmap::write_id_maps`).
+/// Forks a child in fresh instances of all [`VPS_NAMESPACES`] but the mount namespace, every one
+/// owned by the child's new user namespace; the child is PID 1 of its pid namespace and stays in
+/// the caller's mount namespace, where host root prepares its filesystems before the child
+/// unshares a (locked) copy of it. Returns the child's pid in the parent and `None` in the child
+/// (like fork: no new stack). The child has no id mappings yet: the parent writes them (see
+/// `idmap::write_id_maps`).
 ///
 /// # Safety
 /// Like `fork`: the caller must be single-threaded, so the child is a complete copy.
 pub(crate) unsafe fn clone_into_vps_namespaces() -> Result<Option<Pid>, NamespaceError> {
     let flags = VPS_NAMESPACES
         .iter()
+        .filter(|ns| ns.flag != CloneFlags::CLONE_NEWNS)
         .fold(CloneFlags::empty(), |acc, ns| acc | ns.flag);
     let args = CloneArgs {
         flags: u64::from(flags.bits() as u32),
@@ -130,6 +134,7 @@ pub(crate) unsafe fn clone_into_vps_namespaces() -> Result<Option<Pid>, Namespac
         _ => Err(NamespaceError::Unshare {
             namespaces: VPS_NAMESPACES
                 .iter()
+                .filter(|ns| ns.flag != CloneFlags::CLONE_NEWNS)
                 .map(|ns| ns.name)
                 .collect::<Vec<_>>()
                 .join(","),
@@ -152,6 +157,26 @@ fn unshare_flags(flags: CloneFlags) -> Result<(), NamespaceError> {
             .map(|ns| ns.name)
             .collect::<Vec<_>>()
             .join(","),
+        source,
+    })
+}
+
+/// Opens `/proc/<pid>/ns/<name>` (close-on-exec).
+pub(crate) fn open_namespace(pid: u32, name: &str) -> Result<OwnedFd, NamespaceError> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+    File::open(&path)
+        .map(OwnedFd::from)
+        .map_err(|source| NamespaceError::Open { path, source })
+}
+
+/// Joins the namespace `fd` of type `flag`; `name` is for messages.
+pub(crate) fn join_namespace(
+    fd: &OwnedFd,
+    flag: CloneFlags,
+    name: &'static str,
+) -> Result<(), NamespaceError> {
+    setns(fd, flag).map_err(|source| NamespaceError::Join {
+        namespace: name,
         source,
     })
 }

@@ -2,22 +2,34 @@
 //! mount so it appears owned by the VPS's root (lower), and the VPS's writable layer (upper +
 //! work) on its own ext4 disk image ([`super::disk`]).
 //!
-//! Two halves, both in namespaces that die with the VPS, so nothing is ever mounted in the
-//! host's mount namespace and nothing can leak there:
-//! - [`RootfsLayout::mount_host_side`] runs in the start helper's private mount namespace as
-//!   host root: disk, idmapped template and overlay (host-only filesystems and flags).
-//! - [`RootfsLayout::enter`] runs in the VPS's init, as root of the VPS's user namespace: /proc
-//!   (nosuid, noexec, nodev) with masked and read-only paths, a read-only /sys with
-//!   /sys/firmware masked, a tmpfs /dev with only the allowed nodes, then `pivot_root`.
+//! Everything is mounted by host root in the start helper's private mount namespace (owned by
+//! the host's user namespace), so nothing is ever mounted in the host's mount namespace, and
+//! the VPS gets its own mount namespace only afterwards, as a copy made from inside its user
+//! namespace ([`enter_locked_root`]). The kernel locks every mount of such a copy: the VPS's
+//! root cannot unmount or move them (which would reveal what they cover), nor clear their
+//! read-only/nosuid/nodev/noexec flags, and as its /proc and /sys are not fully visible it
+//! cannot mount a fresh, unmasked proc or sysfs either.
+//! - [`RootfsLayout::mount_host_side`], in the start helper: disk, idmapped template and overlay
+//!   (host-only filesystems and flags), and a tmpfs /dev with only the allowed nodes. The
+//!   overlay is given paths relative to the VPS's directory, so the VPS's /proc/mounts names no
+//!   host path.
+//! - [`RootfsLayout::mount_vps_side`], in a short-lived host-root process that joined the VPS's
+//!   pid and net namespaces (proc and sysfs show the namespaces of whoever mounts them): /proc
+//!   (nosuid, noexec, nodev) with [`MASKED_PATHS`] and [`READ_ONLY_PATHS`], a read-only /sys,
+//!   then `pivot_root` (which also moves the waiting init, in the same mount namespace, into
+//!   the new root).
+//! - [`enter_locked_root`], in the VPS's init as root of its user namespace: `unshare` of the
+//!   mount namespace (the locked copy) and `chdir /`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fchmodat, mknod, FchmodatFlags, Mode, SFlag};
 use nix::unistd::{chdir, chown, fchdir, getcwd, pivot_root, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +41,14 @@ use super::idmap::{self, IdRange};
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Files and directories hidden from the VPS: files get /dev/null, directories an empty
-/// read-only tmpfs. Paths relative to the VPS root; missing ones are skipped.
+/// read-only tmpfs. Paths relative to the VPS root; missing ones are skipped. All are locked
+/// (see the module doc).
+///
+/// The block device views (`/proc/partitions`, `/sys/block`, `/sys/class/block`,
+/// `/sys/dev/block`, `/sys/devices/virtual/block`, the bdi lists) list every VPS's loop device,
+/// its IO counters and its backing file (which names the VPS's id), and the ext4/jbd2 views
+/// (`/proc/fs/ext4`, `/proc/fs/jbd2`, `/sys/fs/ext4`) every VPS disk's options, journal and
+/// write counters, so they are hidden whole.
 pub const MASKED_PATHS: &[&str] = &[
     "proc/kcore",
     "proc/keys",
@@ -38,10 +57,21 @@ pub const MASKED_PATHS: &[&str] = &[
     "proc/latency_stats",
     "proc/acpi",
     "proc/scsi",
+    "proc/partitions",
+    "proc/fs/ext4",
+    "proc/fs/jbd2",
     "sys/firmware",
+    "sys/block",
+    "sys/class/block",
+    "sys/class/bdi",
+    "sys/dev/block",
+    "sys/devices/virtual/block",
+    "sys/devices/virtual/bdi",
+    "sys/fs/ext4",
 ];
 
-/// Paths made read-only inside the VPS (relative to its root; missing ones are skipped).
+/// Paths made read-only inside the VPS (relative to its root; missing ones are skipped). The
+/// read-only flag is locked (see the module doc).
 pub const READ_ONLY_PATHS: &[&str] = &[
     "proc/sys",
     "proc/sysrq-trigger",
@@ -180,8 +210,8 @@ impl RootfsLayout {
 
     /// In the start helper, as host root, inside its private mount namespace: mounts the disk,
     /// creates the writable layer on it (owned by the VPS's root), mounts the idmapped template
-    /// and the overlay on `merged`.
-    pub fn mount_host_side(&self, ids: IdRange) -> Result<(), RootfsError> {
+    /// and the overlay on `merged`, and its /dev (with `console` as /dev/console).
+    pub fn mount_host_side(&self, ids: IdRange, console: &Path) -> Result<(), RootfsError> {
         make_private("/")?;
         disk::attach_and_mount(&self.disk_image, &self.disk)?;
         for dir in [&self.upper, &self.work] {
@@ -207,34 +237,68 @@ impl RootfsLayout {
         let userns = idmap::mapped_userns(ids)?;
         idmap::idmapped_bind(&self.template, &self.lower, &userns)?;
         drop(userns);
-        let options = self.overlay_options();
-        mount_fs(
+        // overlayfs shows its layer paths in /proc/mounts as they were given: relative ones,
+        // resolved against the working directory, show no host path to the VPS.
+        let (base, options) = self.overlay_options()?;
+        let previous = File::open(".").map_err(io_err("open", Path::new(".")))?;
+        let base_dir = File::open(&base).map_err(io_err("open", &base))?;
+        fchdir(base_dir.as_raw_fd()).map_err(|source| RootfsError::Io {
+            operation: "chdir",
+            path: base.clone(),
+            source: io::Error::from(source),
+        })?;
+        let mounted = mount_fs(
             "overlay",
             &self.merged,
             "overlay",
             MsFlags::empty(),
             Some(&options),
-        )
+        );
+        fchdir(previous.as_raw_fd()).map_err(|source| RootfsError::Io {
+            operation: "chdir back",
+            path: PathBuf::from("."),
+            source: io::Error::from(source),
+        })?;
+        mounted?;
+        let dev_dir = plain_dir(&self.merged, "dev", ids)?;
+        mount_dev(&dev_dir, console, ids)
     }
 
-    fn overlay_options(&self) -> String {
-        format!(
+    /// The directory the overlay's layers are named relative to (the VPS's directory) and the
+    /// overlay's options with those relative names.
+    fn overlay_options(&self) -> Result<(PathBuf, String), RootfsError> {
+        let base = self
+            .merged
+            .parent()
+            .ok_or(RootfsError::UnsafePath {
+                path: self.merged.clone(),
+                reason: "has no parent directory",
+            })?
+            .to_path_buf();
+        let relative = |path: &Path| {
+            path.strip_prefix(&base)
+                .map(Path::to_path_buf)
+                .map_err(|_| RootfsError::UnsafePath {
+                    path: path.to_path_buf(),
+                    reason: "overlay layer outside the VPS's directory",
+                })
+        };
+        let options = format!(
             "lowerdir={},upperdir={},workdir={},xino=off",
-            self.lower.display(),
-            self.upper.display(),
-            self.work.display()
-        )
+            relative(&self.lower)?.display(),
+            relative(&self.upper)?.display(),
+            relative(&self.work)?.display()
+        );
+        Ok((base, options))
     }
 
-    /// Container side, in the VPS's init (PID 1 of its pid namespace, root of its user and
-    /// mount namespaces, before exec): mounts /proc, /sys and /dev with their masks and pivots
-    /// into the merged tree. Afterwards the working directory is the new `/`.
-    pub fn enter(&self, console: &Path) -> Result<(), RootfsError> {
+    /// As host root in the start helper's mount namespace, in a process that joined the VPS's
+    /// pid and net namespaces (so proc and sysfs show the VPS's): mounts /proc and /sys with
+    /// their masks into the merged tree and pivots into it, which also moves the init waiting
+    /// in this mount namespace. `ids` owns mount points it has to create.
+    pub fn mount_vps_side(&self, ids: IdRange) -> Result<(), RootfsError> {
         let root = &self.merged;
-        // The overlay came from the helper's (more privileged) namespace, so it is locked here
-        // and cannot be pivoted into; a bind mount of it made in this namespace can.
-        bind(root, root, MsFlags::MS_REC)?;
-        let proc_dir = plain_dir(root, "proc")?;
+        let proc_dir = plain_dir(root, "proc", ids)?;
         mount_fs(
             "proc",
             &proc_dir,
@@ -242,7 +306,7 @@ impl RootfsLayout {
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
             None,
         )?;
-        let sys_dir = plain_dir(root, "sys")?;
+        let sys_dir = plain_dir(root, "sys", ids)?;
         mount_fs(
             "sysfs",
             &sys_dir,
@@ -250,12 +314,37 @@ impl RootfsLayout {
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
             None,
         )?;
-        let dev_dir = plain_dir(root, "dev")?;
-        mount_dev(&dev_dir, console)?;
         mask_paths(root)?;
         read_only_paths(root)?;
         pivot_into(root)
     }
+}
+
+/// In the VPS's init, as root of its user namespace, after [`RootfsLayout::mount_vps_side`]
+/// pivoted the shared mount namespace: takes a private copy of it, owned by the VPS's user
+/// namespace, so every mount in it is locked, and makes `/` the working directory.
+pub(crate) fn enter_locked_root() -> Result<(), RootfsError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|source| {
+        RootfsError::Pivot {
+            operation: "unshare mount namespace",
+            new_root: PathBuf::from("/"),
+            source,
+        }
+    })?;
+    chdir("/").map_err(|source| RootfsError::Pivot {
+        operation: "chdir /",
+        new_root: PathBuf::from("/"),
+        source,
+    })?;
+    let cwd = getcwd().map_err(|source| RootfsError::Pivot {
+        operation: "getcwd",
+        new_root: PathBuf::from("/"),
+        source,
+    })?;
+    if cwd != Path::new("/") {
+        return Err(RootfsError::CwdOutsideRoot { cwd });
+    }
+    Ok(())
 }
 
 /// Stops mounts below `path` from propagating to or from other namespaces.
@@ -363,9 +452,10 @@ pub(crate) fn check_overlay_path(path: &Path) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// `root/name` as a plain directory, created if missing. A symlink (which the tenant could have
-/// planted in the writable layer) or any other file type is refused rather than followed.
-fn plain_dir(root: &Path, name: &str) -> Result<PathBuf, RootfsError> {
+/// `root/name` as a plain directory, created if missing (owned by the VPS's root). A symlink
+/// (which the tenant could have planted in the writable layer) or any other file type is refused
+/// rather than followed.
+fn plain_dir(root: &Path, name: &str, ids: IdRange) -> Result<PathBuf, RootfsError> {
     let path = root.join(name);
     match fs::symlink_metadata(&path) {
         Ok(meta) if meta.file_type().is_dir() => Ok(path),
@@ -375,6 +465,13 @@ fn plain_dir(root: &Path, name: &str) -> Result<PathBuf, RootfsError> {
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::create_dir(&path).map_err(io_err("create dir", &path))?;
+            let owner = Some(Uid::from_raw(ids.host_base));
+            let group = Some(Gid::from_raw(ids.host_base));
+            chown(&path, owner, group).map_err(|source| RootfsError::Io {
+                operation: "chown",
+                path: path.clone(),
+                source: io::Error::from(source),
+            })?;
             Ok(path)
         }
         Err(source) => Err(RootfsError::Io {
@@ -399,41 +496,61 @@ fn mount_fs(
     })
 }
 
-/// A tmpfs /dev with bind-mounted host nodes, a private devpts instance, /dev/shm and the
-/// usual symlinks.
-fn mount_dev(dev: &Path, console: &Path) -> Result<(), RootfsError> {
+/// A tmpfs /dev with the allowed device nodes, the console pty bind-mounted, a private devpts
+/// instance, /dev/shm and the usual symlinks. Mounted by host root (before the helper joins the
+/// VPS's device cgroup, which forbids mknod), so owners are given as host ids: /dev and
+/// /dev/shm belong to the VPS's root, new ptys to its group 5 (tty).
+fn mount_dev(dev: &Path, console: &Path, ids: IdRange) -> Result<(), RootfsError> {
+    let root = ids.host_base;
+    let tty_group = ids.host_base + 5;
     mount_fs(
         "tmpfs",
         dev,
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
+        Some(&format!("mode=755,size=65536k,uid={root},gid={root}")),
     )?;
-    let devices = DEVICES
-        .iter()
-        .map(|name| (*name, Path::new("/dev").join(name)))
-        .chain([("console", console.to_path_buf())]);
-    for (name, host) in devices {
+    // Nodes of their own (mknod by host root, allowed in a tmpfs the host's user namespace
+    // owns) rather than bind mounts of the host's devtmpfs, whose mount options (its size is
+    // half the host's RAM) would show in the VPS's /proc/mounts.
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        let rdev = fs::metadata(&host)
+            .map_err(io_err("stat device", &host))?
+            .rdev();
         let target = dev.join(name);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .open(&target)
-            .map_err(io_err("create device mount point", &target))?;
-        mount(
-            Some(&host),
+        mknod(
             &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            rdev,
         )
-        .map_err(|source| RootfsError::Mount {
-            fstype: "bind",
-            target: target.clone(),
-            source,
+        .map_err(|source| RootfsError::Io {
+            operation: "mknod",
+            path: target.clone(),
+            source: io::Error::from(source),
+        })?;
+        fchmodat(
+            None,
+            &target,
+            Mode::from_bits_truncate(0o666),
+            FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(|source| RootfsError::Io {
+            operation: "chmod",
+            path: target.clone(),
+            source: io::Error::from(source),
         })?;
     }
+    // The console pty is the host's devpts node of the VPS's console.
+    let target = dev.join("console");
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(&target)
+        .map_err(io_err("create device mount point", &target))?;
+    bind(console, &target, MsFlags::empty())?;
     let pts = dev.join("pts");
     fs::create_dir(&pts).map_err(io_err("create dir", &pts))?;
     mount_fs(
@@ -441,7 +558,9 @@ fn mount_dev(dev: &Path, console: &Path) -> Result<(), RootfsError> {
         &pts,
         "devpts",
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={tty_group}"
+        )),
     )?;
     let shm = dev.join("shm");
     fs::create_dir(&shm).map_err(io_err("create dir", &shm))?;
@@ -450,7 +569,7 @@ fn mount_dev(dev: &Path, console: &Path) -> Result<(), RootfsError> {
         &shm,
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size=65536k,uid={root},gid={root}")),
     )?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
@@ -504,10 +623,11 @@ mod tests {
             Path::new("/var/lib/paddock/templates/busybox/rootfs"),
         );
         assert_eq!(
-            layout.overlay_options(),
-            "lowerdir=/var/lib/paddock/vps/a1/lower,\
-             upperdir=/var/lib/paddock/vps/a1/disk/upper,\
-             workdir=/var/lib/paddock/vps/a1/disk/work,xino=off"
+            layout.overlay_options().expect("options"),
+            (
+                PathBuf::from("/var/lib/paddock/vps/a1"),
+                "lowerdir=lower,upperdir=disk/upper,workdir=disk/work,xino=off".to_string()
+            )
         );
         assert_eq!(layout.merged, Path::new("/var/lib/paddock/vps/a1/rootfs"));
     }
@@ -524,9 +644,13 @@ mod tests {
     fn plain_dir_refuses_symlinks() {
         let dir = tempfile::tempdir().expect("tempdir");
         symlink("/etc", dir.path().join("proc")).expect("symlink");
-        assert!(plain_dir(dir.path(), "proc").is_err());
+        let ids = IdRange {
+            host_base: nix::unistd::getuid().as_raw(),
+            count: 1,
+        };
+        assert!(plain_dir(dir.path(), "proc", ids).is_err());
         assert_eq!(
-            plain_dir(dir.path(), "sys").expect("created"),
+            plain_dir(dir.path(), "sys", ids).expect("created"),
             dir.path().join("sys")
         );
         assert!(dir.path().join("sys").is_dir());

@@ -112,12 +112,16 @@ fn read_u64(path: &Path) -> Result<Option<u64>, UsageError> {
 /// directories or the one v2 directory); what no file counts stays 0.
 pub fn read_cgroup_usage(paths: &[PathBuf]) -> Result<CgroupUsage, UsageError> {
     let mut usage = CgroupUsage::default();
+    // On a v1 host the (controller-less) hybrid cgroup2 dir has a `cpu.stat` with usage_usec
+    // too; cpuacct, when there, wins.
+    let mut v2_cpu_usage_ns = None;
+    let mut cpuacct_usage_ns = None;
     for dir in paths {
         if let Some(ns) = read_u64(&dir.join("cpuacct.usage"))? {
-            usage.cpu_usage_ns = ns;
+            cpuacct_usage_ns = Some(ns);
         } else if let Some(text) = read_file(&dir.join("cpu.stat"))? {
             if let Some(usec) = keyed(&text, "usage_usec") {
-                usage.cpu_usage_ns = usec.saturating_mul(1000);
+                v2_cpu_usage_ns = Some(usec.saturating_mul(1000));
             }
         }
         if let Some(bytes) = read_u64(&dir.join("memory.usage_in_bytes"))? {
@@ -141,6 +145,7 @@ pub fn read_cgroup_usage(paths: &[PathBuf]) -> Result<CgroupUsage, UsageError> {
             usage.io = io_stat_v2(&text);
         }
     }
+    usage.cpu_usage_ns = cpuacct_usage_ns.or(v2_cpu_usage_ns).unwrap_or(0);
     Ok(usage)
 }
 

@@ -149,16 +149,20 @@ impl Drop for Fixture {
     }
 }
 
+/// The binary the runtime re-executes for its helpers. PADDOCK_HELPER_BINARY: run the helpers
+/// from another build (e.g. release, to measure the console supervisor's RSS).
+pub fn helper_binary() -> PathBuf {
+    std::env::var_os("PADDOCK_HELPER_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_paddock-agent")))
+}
+
 pub fn config(state_dir: &Path, cgroup_parent: &str) -> RuntimeConfig {
     RuntimeConfig {
         state_dir: state_dir.to_path_buf(),
         cgroup_parent: cgroup_parent.to_string(),
         stop_grace: Duration::from_secs(10),
-        // PADDOCK_HELPER_BINARY: run the helpers from another build (e.g. release, to measure
-        // the console supervisor's RSS).
-        helper_binary: std::env::var_os("PADDOCK_HELPER_BINARY")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_paddock-agent"))),
+        helper_binary: helper_binary(),
         id_base: paddock_agent::runtime::idmap::DEFAULT_ID_BASE,
     }
 }
