@@ -70,11 +70,14 @@ start() { # daemon port
     echo "started $daemon (pid $(<"$HOME_DIR/$daemon.pid"), log $LOGS/$daemon.log)"
 }
 
+# Tenant data and node state are root-only: the controller's data dir and the
+# agent's state dir are 0700 (the daemons make them so), logs 0640 in a 0750
+# dir, and nothing here is listable by other local users.
+umask 027
 mkdir -p "$HOME_DIR" "$LOGS"
-# Traversable but not listable: a VPS's root (an unprivileged id on the host)
-# must reach its own root filesystem below the agent's state dir. Secrets live
-# in the controller's data dir, which init creates with mode 0700.
 chmod 711 "$HOME_DIR"
+chmod 750 "$LOGS"
+find "$LOGS" -maxdepth 1 -type f -exec chmod 640 {} +
 
 # The CLI and daemons on PATH, as an installed package would put them.
 for binary in paddock paddock-controller paddock-agent; do

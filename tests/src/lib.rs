@@ -6,6 +6,7 @@
 //! when the test panicked.
 
 use std::net::TcpListener;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -405,9 +406,11 @@ impl Cluster {
 
     fn spawn_logged(&self, binary_name: &str, config: &str, log: &str) -> Result<Child> {
         let root = self.dir.path();
+        // Like `make up`: daemon logs are readable by root and its group only.
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o640)
             .open(root.join(log))?;
         Ok(Command::new(binary(binary_name))
             .arg("--config")

@@ -366,11 +366,13 @@ impl Network {
         running: &[(String, u32)],
     ) -> Result<Self, NetworkError> {
         let dir = config.state_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| NetworkError::Io {
-            op: "create dir",
-            path: dir.clone(),
-            source,
-        })?;
+        crate::fsutil::create_private_dir_all(&dir)
+            .and_then(|()| crate::fsutil::restrict_entries(&dir))
+            .map_err(|e| NetworkError::Io {
+                op: e.operation,
+                path: e.path,
+                source: e.source,
+            })?;
         let network = Self {
             host: Netlink::host()?,
             config,

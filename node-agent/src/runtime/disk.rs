@@ -16,7 +16,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -160,12 +160,18 @@ fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Dis
 /// either no image or a complete one.
 pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), DiskError> {
     let tmp = image.with_extension("img.tmp");
+    // The image holds the tenant's files: root-only, like every file of the agent.
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(crate::fsutil::PRIVATE_FILE_MODE)
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
+    file.set_permissions(std::fs::Permissions::from_mode(
+        crate::fsutil::PRIVATE_FILE_MODE,
+    ))
+    .map_err(io_err("chmod", &tmp))?;
     file.set_len(size_bytes).map_err(io_err("truncate", &tmp))?;
     drop(file);
     let output = Command::new("mkfs.ext4")

@@ -349,6 +349,7 @@ impl Runtime {
             state_dir: config.state_dir.clone(),
         };
         layout.create_dirs().map_err(RuntimeError::Setup)?;
+        layout.restrict_existing().map_err(RuntimeError::Setup)?;
         let runtime = Self {
             inner: Arc::new(Inner {
                 ids: IdAllocator::new(&config.state_dir, config.id_base),
@@ -773,12 +774,10 @@ impl Runtime {
             return Err(RuntimeError::TemplateMissing(spec.template.clone()));
         }
         let dir = self.layout().vps_dir(vps_id);
-        fs::create_dir_all(&dir)
-            .map_err(state::io_err("create dir", &dir))
-            .map_err(|source| RuntimeError::State {
-                vps_id: vps_id.to_string(),
-                source,
-            })?;
+        state::create_private_dir(&dir).map_err(|source| RuntimeError::State {
+            vps_id: vps_id.to_string(),
+            source,
+        })?;
         let mut st = VpsState {
             version: STATE_VERSION,
             vps_id: vps_id.to_string(),

@@ -176,8 +176,44 @@ impl Layout {
 
     /// Creates the top-level directories.
     pub fn create_dirs(&self) -> Result<(), StateError> {
-        for dir in [self.vps_root(), self.templates_root(), self.trash_root()] {
-            fs::create_dir_all(&dir).map_err(io_err("create dir", &dir))?;
+        for dir in [
+            self.state_dir.clone(),
+            self.vps_root(),
+            self.templates_root(),
+            self.trash_root(),
+        ] {
+            create_private_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Narrows what an older agent left readable by others (tenant disks, state files,
+    /// logs): the state dir and its top-level entries, and each VPS's directory and files,
+    /// become root-only. Template trees keep their modes (they are the VPSes' `/`).
+    pub fn restrict_existing(&self) -> Result<(), StateError> {
+        let restrict = |dir: &Path| {
+            crate::fsutil::restrict_entries(dir).map_err(|e| StateError::Io {
+                operation: e.operation,
+                path: e.path,
+                source: e.source,
+            })
+        };
+        restrict(&self.state_dir)?;
+        for root in [self.vps_root(), self.trash_root()] {
+            if !root.is_dir() {
+                continue;
+            }
+            restrict(&root)?;
+            for entry in fs::read_dir(&root).map_err(io_err("read dir", &root))? {
+                let entry = entry.map_err(io_err("read dir", &root))?;
+                let is_dir = entry
+                    .file_type()
+                    .map_err(io_err("stat", &entry.path()))?
+                    .is_dir();
+                if is_dir {
+                    restrict(&entry.path())?;
+                }
+            }
         }
         Ok(())
     }
@@ -228,6 +264,15 @@ impl Layout {
         })?;
         write_atomic(&path, &bytes)
     }
+}
+
+/// Creates `dir` (and missing parents) root-only, narrowing it if it existed wider.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    crate::fsutil::create_private_dir_all(dir).map_err(|e| StateError::Io {
+        operation: e.operation,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Replaces `path` with `bytes` durably ([`crate::fsutil::write_atomic`]).
