@@ -75,7 +75,7 @@ start() { # daemon port
 # dir, and nothing here is listable by other local users.
 umask 027
 mkdir -p "$HOME_DIR" "$LOGS"
-chmod 711 "$HOME_DIR"
+chmod 700 "$HOME_DIR"
 chmod 750 "$LOGS"
 find "$LOGS" -maxdepth 1 -type f -exec chmod 640 {} +
 

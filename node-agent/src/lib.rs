@@ -22,15 +22,6 @@ use paddock_proto::v1::node_agent_server::NodeAgentServer;
 /// Why the agent could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error(
-        "{path} is not traversable by others (mode {mode:o}); VPS roots are unprivileged ids on the host and must reach their root filesystems below the state dir: run `chmod o+x {path}`"
-    )]
-    StateDirNotTraversable { path: std::path::PathBuf, mode: u32 },
-    #[error("checking {path}: {source}")]
-    StateDirCheck {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error("node identity: {0}")]
     Pki(#[from] pki::PkiError),
     #[error("locating the paddock-agent executable: {0}")]
@@ -54,37 +45,10 @@ pub enum AgentError {
 
 /// Re-adopts existing VPSes, serves the controller, registers and heartbeats
 /// until `shutdown` resolves. VPSes keep running when the agent stops.
-/// Every existing ancestor of `state_dir` (and the dir itself) must let
-/// "others" search it, or a VPS's user-namespaced root cannot reach its rootfs.
-pub fn check_state_dir_traversable(state_dir: &std::path::Path) -> Result<(), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    for dir in state_dir.ancestors() {
-        let meta = match std::fs::metadata(dir) {
-            Ok(meta) => meta,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(AgentError::StateDirCheck {
-                    path: dir.to_owned(),
-                    source,
-                })
-            }
-        };
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o001 == 0 {
-            return Err(AgentError::StateDirNotTraversable {
-                path: dir.to_owned(),
-                mode,
-            });
-        }
-    }
-    Ok(())
-}
-
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    check_state_dir_traversable(&config.state_dir)?;
     let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
         state_dir: config.state_dir.clone(),
         cgroup_parent: config.cgroup_parent.clone(),
@@ -199,29 +163,4 @@ async fn serve_metrics(
     tracing::info!(%addr, "metrics endpoint serving");
     let scrape = Arc::new(move || metrics.scrape(&runtime, &meter));
     Some(tokio::spawn(paddock_telemetry::serve(listener, scrape)))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::*;
-
-    #[test]
-    fn state_dir_must_be_traversable_by_vps_roots() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let parent = dir.path().join("paddock");
-        let state = parent.join("agent");
-        std::fs::create_dir_all(&state).expect("mkdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o711)).expect("chmod");
-        check_state_dir_traversable(&state).expect("711 is enough");
-        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        let err = check_state_dir_traversable(&state).expect_err("700 blocks VPS roots");
-        assert!(err.to_string().contains("chmod o+x"), "{err}");
-        // A state dir that does not exist yet is checked through its existing ancestors.
-        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        check_state_dir_traversable(&state.join("not-yet")).expect("missing dirs are skipped");
-    }
 }
