@@ -3,14 +3,24 @@
 //! (deny everything but the nodes of a minimal /dev), membership, kill-all and removal.
 //!
 //! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy of the controllers it needs
-//! (`memory`, `cpu`, `cpuacct` on v1, `pids`). cpuset is deliberately left out: on v1 a new cpuset
-//! cgroup is unusable until `cpus` and `mems` are filled in.
+//! (`memory`, `cpu`, `cpuacct` and `cpuset` on v1, `pids`).
+//!
+//! cpuset (v1): a VPS with `vcpus` > 0 runs on ⌈vcpus⌉ of the CPUs its parent cgroup offers
+//! (capped at all of them), so `nproc` (sched_getaffinity), /proc/cpuinfo and /proc/stat through
+//! lxcfs ([`super::procview`]), and /sys/devices/system/cpu/online agree on a whole number of
+//! CPUs: 1 vcpu → 1, 1.5 → 2, 0.25 → 1. The CFS quota still bounds the CPU time to `vcpus`. Which
+//! CPUs: a window of consecutive allowed CPUs starting at a hash of the cgroup path, so VPSes
+//! spread over the host's CPUs deterministically. lxcfs looks up the CFS quota at the reader's
+//! cpuset path, so the VPS must have its own cpuset cgroup at the same path for the quota-based
+//! view as well. (cgroup v2: no cpuset; `nproc` shows the host's CPUs there.)
 
+use std::fs;
 use std::path::PathBuf;
 
 use cgroups_rs::blkio::BlkIoController;
 use cgroups_rs::cgroup::Cgroup;
 use cgroups_rs::cpu::CpuController;
+use cgroups_rs::cpuset::CpuSetController;
 use cgroups_rs::devices::{DevicePermissions, DeviceType, DevicesController};
 use cgroups_rs::memory::MemController;
 use cgroups_rs::pid::PidController;
@@ -31,7 +41,9 @@ pub const MAX_CPU_WEIGHT: u32 = 10_000;
 /// cgroup v1 `cpu.shares` that corresponds to the default weight.
 pub const DEFAULT_CPU_SHARES: u64 = 1024;
 
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "blkio"];
+const V1_CONTROLLERS: &[&str] = &[
+    "memory", "cpu", "cpuacct", "cpuset", "pids", "devices", "blkio",
+];
 const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "io"];
 
 /// Character devices a VPS may open (type, major, minor; -1 = any): the nodes of its /dev.
@@ -78,6 +90,14 @@ pub enum CgroupError {
         path: PathBuf,
         /// What was written.
         value: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Reading a control file directly failed.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The control file.
+        path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
     },
@@ -185,7 +205,37 @@ impl VpsCgroup {
     pub fn apply_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
         self.apply_memory(limits)?;
         self.apply_cpu(limits)?;
+        self.apply_cpuset(limits)?;
         self.apply_pids(limits)
+    }
+
+    /// v1 only, and only where the cpuset controller is mounted: pins the VPS to
+    /// [`cpuset_cpus`] of its parent's CPUs (see the module docs). A live change moves every
+    /// task of the VPS.
+    fn apply_cpuset(&self, limits: &Limits) -> Result<(), CgroupError> {
+        if self.cgroup.v2() {
+            return Ok(());
+        }
+        let Some(cpuset) = self.cgroup.controller_of::<CpuSetController>() else {
+            return Ok(());
+        };
+        let dir = cpuset.path().to_path_buf();
+        let parent_file = dir
+            .parent()
+            .map(|p| p.join("cpuset.effective_cpus"))
+            .unwrap_or_default();
+        let available = fs::read_to_string(&parent_file).map_err(|source| CgroupError::Read {
+            path: parent_file.clone(),
+            source,
+        })?;
+        let available = parse_cpu_list(&available);
+        let cpus = cpuset_cpus(&available, limits.vcpus, &self.path);
+        if cpus.is_empty() {
+            return Ok(());
+        }
+        cpuset
+            .set_cpus(&format_cpu_list(&cpus))
+            .map_err(self.err("set cpuset.cpus"))
     }
 
     fn controller<'a, T>(&'a self, controller: &'static str) -> Result<&'a T, CgroupError>
@@ -377,6 +427,65 @@ impl VpsCgroup {
     }
 }
 
+/// Whole CPUs a VPS with `vcpus` sees: ⌈vcpus⌉, at least 1; `None` (all) for 0 (unlimited).
+pub fn visible_cpus(vcpus: f64) -> Option<usize> {
+    if !vcpus.is_finite() || vcpus <= 0.0 {
+        return None;
+    }
+    // Validated specs keep vcpus small.
+    Some((vcpus.ceil() as usize).max(1))
+}
+
+/// The CPUs of `available` a VPS with `vcpus` is pinned to: [`visible_cpus`] consecutive ones
+/// (wrapping) starting at a hash of `key`, sorted; all of `available` when unlimited or when it
+/// asks for at least as many.
+pub fn cpuset_cpus(available: &[u32], vcpus: f64, key: &str) -> Vec<u32> {
+    let wanted = visible_cpus(vcpus).unwrap_or(usize::MAX);
+    if wanted >= available.len() {
+        return available.to_vec();
+    }
+    // FNV-1a: stable across runs and builds, unlike the std hasher.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let start = (hash % available.len() as u64) as usize;
+    let mut cpus: Vec<u32> = (0..wanted)
+        .map(|i| available[(start + i) % available.len()])
+        .collect();
+    cpus.sort_unstable();
+    cpus
+}
+
+/// Parses a kernel CPU list (`0-3,8,10-11`); malformed parts are ignored.
+pub fn parse_cpu_list(list: &str) -> Vec<u32> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(cpu) = part.parse() {
+                    cpus.push(cpu);
+                }
+            }
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    cpus
+}
+
+/// Formats CPUs as a comma-separated list the kernel accepts.
+pub fn format_cpu_list(cpus: &[u32]) -> String {
+    cpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The CFS quota for `vcpus` CPUs per `CPU_PERIOD_US`; `None` (unlimited) for 0.
 pub fn cfs_quota_us(vcpus: f64) -> Option<i64> {
     if !vcpus.is_finite() || vcpus <= 0.0 {
@@ -471,6 +580,27 @@ mod tests {
         assert_eq!(weight_to_shares(100), 1024);
         assert_eq!(weight_to_shares(1), 10);
         assert_eq!(weight_to_shares(10_000), 102_400);
+    }
+
+    #[test]
+    fn cpuset_values() {
+        assert_eq!(visible_cpus(0.0), None);
+        assert_eq!(visible_cpus(0.25), Some(1));
+        assert_eq!(visible_cpus(1.0), Some(1));
+        assert_eq!(visible_cpus(1.5), Some(2));
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpu_list(""), Vec::<u32>::new());
+        assert_eq!(format_cpu_list(&[0, 2, 3]), "0,2,3");
+        let host = [0, 1, 2, 3];
+        assert_eq!(cpuset_cpus(&host, 0.0, "a"), host.to_vec());
+        assert_eq!(cpuset_cpus(&host, 8.0, "a"), host.to_vec());
+        assert_eq!(cpuset_cpus(&host, 1.0, "a").len(), 1);
+        assert_eq!(cpuset_cpus(&host, 1.5, "a").len(), 2);
+        assert_eq!(cpuset_cpus(&host, 2.0, "a"), cpuset_cpus(&host, 2.0, "a"));
+        let spread: std::collections::BTreeSet<Vec<u32>> = (0..32)
+            .map(|i| cpuset_cpus(&host, 1.0, &format!("paddock/vps-{i}")))
+            .collect();
+        assert!(spread.len() > 1, "all VPSes on the same CPU: {spread:?}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ use super::disk::DiskError;
 use super::idmap::{self, IdRange, IdmapError};
 use super::namespaces::{self, NamespaceError};
 use super::process::{self, ProcessError, ProcessIdentity};
+use super::procview::ProcBind;
 use super::rootfs::{RootfsError, RootfsLayout};
 use super::seccomp::{self, SeccompError};
 use super::{disk_growth, exec, INTERNAL_ARG};
@@ -225,6 +226,8 @@ pub(crate) struct StartRequest {
     pub console_socket: PathBuf,
     pub console_pid_file: PathBuf,
     pub ids: IdRange,
+    /// lxcfs files bind-mounted over the VPS's /proc (empty: the host's /proc).
+    pub proc_binds: Vec<ProcBind>,
 }
 
 /// What the start helper prints on success.
@@ -426,7 +429,7 @@ fn init_child(
     become_vps_root()?;
     setsid().map_err(sys_err("setsid"))?;
     sethostname(&request.hostname).map_err(sys_err("sethostname"))?;
-    request.rootfs.enter(console_path)?;
+    request.rootfs.enter(console_path, &request.proc_binds)?;
     let argv = [CString::new(INIT_PATH)?];
     let env = INIT_ENV
         .iter()

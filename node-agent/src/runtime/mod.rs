@@ -22,6 +22,7 @@ mod helper;
 pub mod idmap;
 mod namespaces;
 mod process;
+pub mod procview;
 mod rootfs;
 pub mod seccomp;
 mod state;
@@ -95,6 +96,8 @@ pub struct RuntimeConfig {
     /// First host id handed to VPS user namespaces (each VPS gets the next free
     /// [`idmap::ID_RANGE_SIZE`] ids; ranges in /etc/subuid and /etc/subgid are skipped).
     pub id_base: u32,
+    /// Which /proc the VPSes see: their own values from lxcfs, or the host's.
+    pub proc_view: procview::ProcView,
 }
 
 /// Desired power state of a VPS.
@@ -203,6 +206,9 @@ pub enum RuntimeError {
         /// Why.
         rule: String,
     },
+    /// The VPSes' /proc view (lxcfs) is not available.
+    #[error("VPS /proc view: {0}")]
+    ProcView(#[from] procview::ProcViewError),
     /// No such VPS on this node.
     #[error("vps {0} not found")]
     NotFound(String),
@@ -349,6 +355,10 @@ impl Runtime {
             state_dir: config.state_dir.clone(),
         };
         layout.create_dirs().map_err(RuntimeError::Setup)?;
+        // A missing or broken lxcfs is a startup error, not a silent fall back to host values.
+        if let procview::ProcView::Lxcfs(lxcfs) = &config.proc_view {
+            procview::ensure_running(lxcfs)?;
+        }
         let runtime = Self {
             inner: Arc::new(Inner {
                 ids: IdAllocator::new(&config.state_dir, config.id_base),
@@ -1157,6 +1167,11 @@ impl Runtime {
         // After a quick stop/start the previous instance's mount may still be going away;
         // mounting the same ext4 twice would corrupt it.
         wait_for_detach(&rootfs.disk_image);
+        // Also restarts lxcfs if it died since the agent started.
+        let proc_binds = match &self.config().proc_view {
+            procview::ProcView::Host => Vec::new(),
+            procview::ProcView::Lxcfs(lxcfs) => procview::ensure_running(lxcfs)?,
+        };
         let request = StartRequest {
             vps_id: vps_id.clone(),
             hostname: st.hostname.clone(),
@@ -1166,6 +1181,7 @@ impl Runtime {
             console_socket: console::socket_path(&self.layout().vps_dir(&vps_id)),
             console_pid_file: self.layout().vps_dir(&vps_id).join("console.pid"),
             ids,
+            proc_binds,
         };
         let init =
             supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::disk;
 use super::idmap::{self, IdRange};
+use super::procview::ProcBind;
 
 /// Host device nodes bind-mounted into every VPS's /dev (plus `console`, the VPS's console
 /// pty).
@@ -229,7 +230,7 @@ impl RootfsLayout {
     /// Container side, in the VPS's init (PID 1 of its pid namespace, root of its user and
     /// mount namespaces, before exec): mounts /proc, /sys and /dev with their masks and pivots
     /// into the merged tree. Afterwards the working directory is the new `/`.
-    pub fn enter(&self, console: &Path) -> Result<(), RootfsError> {
+    pub fn enter(&self, console: &Path, proc_binds: &[ProcBind]) -> Result<(), RootfsError> {
         let root = &self.merged;
         // The overlay came from the helper's (more privileged) namespace, so it is locked here
         // and cannot be pivoted into; a bind mount of it made in this namespace can.
@@ -254,6 +255,7 @@ impl RootfsLayout {
         mount_dev(&dev_dir, console)?;
         mask_paths(root)?;
         read_only_paths(root)?;
+        bind_proc_view(root, proc_binds)?;
         pivot_into(root)
     }
 }
@@ -305,6 +307,51 @@ fn read_only_paths(root: &Path) -> Result<(), RootfsError> {
             continue;
         }
         bind(&path, &path, MsFlags::MS_REC)?;
+        mount(
+            None::<&str>,
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|source| RootfsError::Mount {
+            fstype: "remount read-only",
+            target: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The VPS's own /proc view ([`super::procview`]): each lxcfs file bind-mounted read-only over
+/// its /proc (or /sys) counterpart. A target the kernel does not offer (e.g. /proc/swaps without
+/// swap support) is skipped; a target that is not a regular file is refused.
+fn bind_proc_view(root: &Path, binds: &[ProcBind]) -> Result<(), RootfsError> {
+    for ProcBind { source, target } in binds {
+        let path = root.join(target);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_file() => {}
+            Ok(_) => {
+                return Err(RootfsError::UnsafePath {
+                    path,
+                    reason: "/proc view target is not a regular file",
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(RootfsError::Io {
+                    operation: "stat",
+                    path,
+                    source,
+                })
+            }
+        }
+        bind(source, &path, MsFlags::empty())?;
         mount(
             None::<&str>,
             &path,
