@@ -293,8 +293,7 @@ pub fn is_lxcfs_mount(dir: &Path) -> bool {
             let mut rest = line.split(" - ").nth(1)?.split(' ');
             Some((unescape_mount_path(mount_point), rest.next()?.to_string()))
         })
-        .filter(|(mount_point, _)| *mount_point == wanted)
-        .last()
+        .rfind(|(mount_point, _)| *mount_point == wanted)
         .is_some_and(|(_, fstype)| fstype == "fuse.lxcfs")
 }
 
