@@ -381,3 +381,51 @@ fn missing_lxcfs_is_a_clear_startup_error() {
         "{message}"
     );
 }
+
+/// The total of `free -m`'s "Mem:" line (busybox takes it from sysinfo(2)).
+fn free_total(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Mem:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|total| total.parse().ok())
+        .unwrap_or_else(|| panic!("no Mem: total in {out:?}"))
+}
+
+/// sysinfo(2), which lxcfs cannot cover (busybox `free` and `uptime` use it), answers with the
+/// VPS's memory: for the init's descendants and for exec'd commands, also after a live resize.
+#[test]
+fn sysinfo_shows_the_vps_memory_for_init_children_and_exec() {
+    if !require_root() {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    script_template(
+        &fixture,
+        "sysinfo-init",
+        "#!/bin/sh\nfree -m > /init-free.txt\nexec sleep 100000\n",
+        None,
+    );
+    let vps_id = fixture.new_vps_id();
+    let mut spec = spec(&vps_id, nano());
+    spec.template = "sysinfo-init".to_string();
+    let init_pid = running_pid(&fixture.runtime.apply(&spec).expect("apply"));
+
+    let mut init_free = String::new();
+    wait_until("the init wrote free -m", Duration::from_secs(10), || {
+        init_free = exec(&fixture.runtime, &vps_id, &["cat", "/init-free.txt"]).stdout;
+        init_free.contains("Mem:")
+    });
+    let total = free_total(&init_free);
+    assert!((255..=257).contains(&total), "init's free -m: {init_free}");
+
+    let out = sh_ok(&fixture.runtime, &vps_id, "free -m");
+    let total = free_total(&out);
+    assert!((255..=257).contains(&total), "exec'd free -m: {out}");
+
+    spec.limits.memory_bytes = 384 << 20;
+    let observed = fixture.runtime.apply(&spec).expect("resize");
+    assert_eq!(running_pid(&observed), init_pid, "resize restarted the VPS");
+    let out = sh_ok(&fixture.runtime, &vps_id, "free -m");
+    let total = free_total(&out);
+    assert!((383..=385).contains(&total), "free -m after resize: {out}");
+}

@@ -20,6 +20,7 @@ use std::ffi::{CString, NulError, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,7 @@ use super::process::{self, ProcessError, ProcessIdentity};
 use super::procview::ProcBind;
 use super::rootfs::{RootfsError, RootfsLayout};
 use super::seccomp::{self, SeccompError};
+use super::sysinfo::{self, SysinfoError};
 use super::{disk_growth, exec, INTERNAL_ARG};
 
 /// Name of the start helper.
@@ -188,6 +190,9 @@ pub enum HelperError {
     /// Setting up the console failed.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// Starting or reaching the sysinfo server failed.
+    #[error(transparent)]
+    Sysinfo(#[from] SysinfoError),
     /// Writing the id maps failed.
     #[error(transparent)]
     Idmap(#[from] IdmapError),
@@ -228,6 +233,8 @@ pub(crate) struct StartRequest {
     pub ids: IdRange,
     /// lxcfs files bind-mounted over the VPS's /proc (empty: the host's /proc).
     pub proc_binds: Vec<ProcBind>,
+    /// Where the VPS's sysinfo server listens; `None`: sysinfo(2) shows the host's figures.
+    pub sysinfo_socket: Option<PathBuf>,
 }
 
 /// What the start helper prints on success.
@@ -346,6 +353,20 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     } = pty;
     drop(master);
 
+    // The VPS's sysinfo server, like the console supervisor before the private mount namespace;
+    // the init sends it its seccomp listener over this link.
+    let sysinfo_link = match &request.sysinfo_socket {
+        Some(socket) => {
+            sysinfo::spawn_server(socket, &request.cgroup_parent, &request.vps_id)?;
+            Some(sysinfo::connect(socket).ok_or_else(|| HelperError::Io {
+                operation: "connect",
+                path: socket.clone(),
+                source: io::Error::from(io::ErrorKind::NotConnected),
+            })?)
+        }
+        None => None,
+    };
+
     namespaces::unshare_mount_namespace()?;
     // Before joining the cgroup: its device policy denies the loop devices.
     request.rootfs.mount_host_side(request.ids)?;
@@ -367,7 +388,13 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
             if !matches!(File::from(maps_read).read(&mut byte), Ok(1) if byte[0] == b'1') {
                 exit_child(1)
             }
-            let Err(error) = init_child(&request, &slave, &slave_path, &filter);
+            let Err(error) = init_child(
+                &request,
+                &slave,
+                &slave_path,
+                &filter,
+                sysinfo_link.as_ref(),
+            );
             let mut pipe = File::from(report_write);
             let _ = pipe.write_all(error.to_string().as_bytes());
             exit_child(1)
@@ -375,6 +402,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
         Some(child) => {
             drop(report_write);
             drop(maps_read);
+            drop(sysinfo_link);
             let mapped = idmap::write_id_maps(child.as_raw(), request.ids);
             if let Err(error) = mapped {
                 drop(maps_write);
@@ -425,6 +453,7 @@ fn init_child(
     console: &OwnedFd,
     console_path: &Path,
     filter: &BpfProgram,
+    sysinfo_link: Option<&UnixStream>,
 ) -> Result<Infallible, HelperError> {
     become_vps_root()?;
     setsid().map_err(sys_err("setsid"))?;
@@ -436,7 +465,7 @@ fn init_child(
         .map(|e| CString::new(*e))
         .collect::<Result<Vec<_>, _>>()?;
     redirect_stdio(console)?;
-    lock_down(filter)?;
+    lock_down(filter, sysinfo_link)?;
     execve(&argv[0], &argv, &env).map_err(sys_err("execve /sbin/init"))
 }
 
@@ -453,11 +482,23 @@ pub(crate) fn become_vps_root() -> Result<(), HelperError> {
 /// The last steps before a VPS process execs: shrink the capability bounding set, make every
 /// fd but stdio close on exec, restore default signal handling and install the seccomp filter
 /// (last, so the setup itself is not filtered).
-pub(crate) fn lock_down(filter: &BpfProgram) -> Result<(), HelperError> {
+///
+/// With a link to the VPS's sysinfo server, sysinfo(2) goes to that server
+/// ([`super::sysinfo`]): the filter is installed with a listener, which is sent over the link.
+pub(crate) fn lock_down(
+    filter: &BpfProgram,
+    sysinfo_link: Option<&UnixStream>,
+) -> Result<(), HelperError> {
     capabilities::drop_bounding_set()?;
     process::mark_cloexec_from(3).map_err(sys_err("close_range"))?;
     reset_signals()?;
-    seccomp::install(filter)?;
+    match sysinfo_link {
+        Some(link) => {
+            let listener = seccomp::install_with_listener(&seccomp::with_sysinfo_notify(filter))?;
+            sysinfo::send_listener(link, &listener)?;
+        }
+        None => seccomp::install(filter)?,
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ mod rootfs;
 pub mod seccomp;
 mod state;
 mod supervisor;
+mod sysinfo;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -371,6 +372,16 @@ impl Runtime {
         Ok(runtime)
     }
 
+    /// The VPS's sysinfo server socket, when VPSes get their own /proc view.
+    fn sysinfo_socket(&self, vps_id: &str) -> Option<PathBuf> {
+        match self.config().proc_view {
+            procview::ProcView::Host => None,
+            procview::ProcView::Lxcfs(_) => {
+                Some(self.layout().vps_dir(vps_id).join(sysinfo::SOCKET_NAME))
+            }
+        }
+    }
+
     fn config(&self) -> &RuntimeConfig {
         &self.inner.config
     }
@@ -684,6 +695,7 @@ impl Runtime {
             command: command.to_vec(),
             env: env.to_vec(),
             tty,
+            sysinfo_socket: self.sysinfo_socket(vps_id),
         };
         exec::spawn(&self.config().helper_binary, &request).map_err(|source| {
             RuntimeError::ExecSpawn {
@@ -1182,6 +1194,7 @@ impl Runtime {
             console_pid_file: self.layout().vps_dir(&vps_id).join("console.pid"),
             ids,
             proc_binds,
+            sysinfo_socket: self.sysinfo_socket(&vps_id),
         };
         let init =
             supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {
