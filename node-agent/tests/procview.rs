@@ -76,10 +76,16 @@ fn nano_vps_sees_its_own_memory_cpus_uptime_load_and_disks() {
     let mut fixture = Fixture::new();
     let vps_id = fixture.new_vps_id();
     let before_start = Instant::now();
-    fixture
-        .runtime
-        .apply(&spec(&vps_id, nano()))
-        .expect("apply");
+    let init_pid = running_pid(
+        &fixture
+            .runtime
+            .apply(&spec(&vps_id, nano()))
+            .expect("apply"),
+    );
+    // Seeing one CPU is not being pinned to one: the init may run on every host CPU.
+    let allowed = proc_status_field(init_pid, "Cpus_allowed_list:");
+    let host_allowed = proc_status_field(std::process::id(), "Cpus_allowed_list:");
+    assert_eq!(allowed, host_allowed, "the VPS is pinned");
     // A second VPS whose disk must not show up in the first one's diskstats.
     let other = fixture.new_vps_id();
     fixture

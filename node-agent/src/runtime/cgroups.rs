@@ -5,22 +5,18 @@
 //! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy of the controllers it needs
 //! (`memory`, `cpu`, `cpuacct` and `cpuset` on v1, `pids`).
 //!
-//! cpuset (v1): a VPS with `vcpus` > 0 runs on ⌈vcpus⌉ of the CPUs its parent cgroup offers
-//! (capped at all of them), so `nproc` (sched_getaffinity), /proc/cpuinfo and /proc/stat through
-//! lxcfs ([`super::procview`]), and /sys/devices/system/cpu/online agree on a whole number of
-//! CPUs: 1 vcpu → 1, 1.5 → 2, 0.25 → 1. The CFS quota still bounds the CPU time to `vcpus`. Which
-//! CPUs: a window of consecutive allowed CPUs starting at a hash of the cgroup path, so VPSes
-//! spread over the host's CPUs deterministically. lxcfs looks up the CFS quota at the reader's
-//! cpuset path, so the VPS must have its own cpuset cgroup at the same path for the quota-based
-//! view as well. (cgroup v2: no cpuset; `nproc` shows the host's CPUs there.)
+//! cpuset (v1): every VPS gets its own cpuset cgroup with all of its parent's CPUs (no
+//! pinning: the scheduler may run it anywhere, the CFS quota bounds its CPU time). lxcfs looks
+//! up the CFS quota at the reader's *cpuset* path, so without it the quota-based view of
+//! /proc/cpuinfo, /proc/stat and cpu/online ([`super::procview`]) showed every host CPU. The
+//! number of CPUs a VPS sees is [`visible_cpus`]: ⌈vcpus⌉ (1 → 1, 1.5 → 2, 0.25 → 1), capped at
+//! the host's; `nproc` (sched_getaffinity) gets the same from [`super::sysinfo`].
 
-use std::fs;
 use std::path::PathBuf;
 
 use cgroups_rs::blkio::BlkIoController;
 use cgroups_rs::cgroup::Cgroup;
 use cgroups_rs::cpu::CpuController;
-use cgroups_rs::cpuset::CpuSetController;
 use cgroups_rs::devices::{DevicePermissions, DeviceType, DevicesController};
 use cgroups_rs::memory::MemController;
 use cgroups_rs::pid::PidController;
@@ -90,14 +86,6 @@ pub enum CgroupError {
         path: PathBuf,
         /// What was written.
         value: String,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// Reading a control file directly failed.
-    #[error("read {path}: {source}")]
-    Read {
-        /// The control file.
-        path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
     },
@@ -205,37 +193,7 @@ impl VpsCgroup {
     pub fn apply_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
         self.apply_memory(limits)?;
         self.apply_cpu(limits)?;
-        self.apply_cpuset(limits)?;
         self.apply_pids(limits)
-    }
-
-    /// v1 only, and only where the cpuset controller is mounted: pins the VPS to
-    /// [`cpuset_cpus`] of its parent's CPUs (see the module docs). A live change moves every
-    /// task of the VPS.
-    fn apply_cpuset(&self, limits: &Limits) -> Result<(), CgroupError> {
-        if self.cgroup.v2() {
-            return Ok(());
-        }
-        let Some(cpuset) = self.cgroup.controller_of::<CpuSetController>() else {
-            return Ok(());
-        };
-        let dir = cpuset.path().to_path_buf();
-        let parent_file = dir
-            .parent()
-            .map(|p| p.join("cpuset.effective_cpus"))
-            .unwrap_or_default();
-        let available = fs::read_to_string(&parent_file).map_err(|source| CgroupError::Read {
-            path: parent_file.clone(),
-            source,
-        })?;
-        let available = parse_cpu_list(&available);
-        let cpus = cpuset_cpus(&available, limits.vcpus, &self.path);
-        if cpus.is_empty() {
-            return Ok(());
-        }
-        cpuset
-            .set_cpus(&format_cpu_list(&cpus))
-            .map_err(self.err("set cpuset.cpus"))
     }
 
     fn controller<'a, T>(&'a self, controller: &'static str) -> Result<&'a T, CgroupError>
@@ -436,26 +394,6 @@ pub fn visible_cpus(vcpus: f64) -> Option<usize> {
     Some((vcpus.ceil() as usize).max(1))
 }
 
-/// The CPUs of `available` a VPS with `vcpus` is pinned to: [`visible_cpus`] consecutive ones
-/// (wrapping) starting at a hash of `key`, sorted; all of `available` when unlimited or when it
-/// asks for at least as many.
-pub fn cpuset_cpus(available: &[u32], vcpus: f64, key: &str) -> Vec<u32> {
-    let wanted = visible_cpus(vcpus).unwrap_or(usize::MAX);
-    if wanted >= available.len() {
-        return available.to_vec();
-    }
-    // FNV-1a: stable across runs and builds, unlike the std hasher.
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let start = (hash % available.len() as u64) as usize;
-    let mut cpus: Vec<u32> = (0..wanted)
-        .map(|i| available[(start + i) % available.len()])
-        .collect();
-    cpus.sort_unstable();
-    cpus
-}
-
 /// Parses a kernel CPU list (`0-3,8,10-11`); malformed parts are ignored.
 pub fn parse_cpu_list(list: &str) -> Vec<u32> {
     let mut cpus = Vec::new();
@@ -476,14 +414,6 @@ pub fn parse_cpu_list(list: &str) -> Vec<u32> {
     cpus.sort_unstable();
     cpus.dedup();
     cpus
-}
-
-/// Formats CPUs as a comma-separated list the kernel accepts.
-pub fn format_cpu_list(cpus: &[u32]) -> String {
-    cpus.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// The CFS quota for `vcpus` CPUs per `CPU_PERIOD_US`; `None` (unlimited) for 0.
@@ -590,17 +520,6 @@ mod tests {
         assert_eq!(visible_cpus(1.5), Some(2));
         assert_eq!(parse_cpu_list("0-3,8,10-11\n"), vec![0, 1, 2, 3, 8, 10, 11]);
         assert_eq!(parse_cpu_list(""), Vec::<u32>::new());
-        assert_eq!(format_cpu_list(&[0, 2, 3]), "0,2,3");
-        let host = [0, 1, 2, 3];
-        assert_eq!(cpuset_cpus(&host, 0.0, "a"), host.to_vec());
-        assert_eq!(cpuset_cpus(&host, 8.0, "a"), host.to_vec());
-        assert_eq!(cpuset_cpus(&host, 1.0, "a").len(), 1);
-        assert_eq!(cpuset_cpus(&host, 1.5, "a").len(), 2);
-        assert_eq!(cpuset_cpus(&host, 2.0, "a"), cpuset_cpus(&host, 2.0, "a"));
-        let spread: std::collections::BTreeSet<Vec<u32>> = (0..32)
-            .map(|i| cpuset_cpus(&host, 1.0, &format!("paddock/vps-{i}")))
-            .collect();
-        assert!(spread.len() > 1, "all VPSes on the same CPU: {spread:?}");
     }
 
     #[test]

@@ -107,16 +107,17 @@ const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
-/// `program` with sysinfo(2) of this architecture handed to a user-space listener
-/// (`SECCOMP_RET_USER_NOTIF`, see [`super::sysinfo`]) before any other rule. The prefix only
-/// jumps forwards past itself, so `program`'s relative jumps stay valid.
+/// `program` with sysinfo(2) and sched_getaffinity(2) of this architecture handed to a
+/// user-space listener (`SECCOMP_RET_USER_NOTIF`, see [`super::sysinfo`]) before any other
+/// rule. The prefix only jumps forwards past itself, so `program`'s relative jumps stay valid.
 pub fn with_sysinfo_notify(program: &BpfProgram) -> BpfProgram {
     let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
     let mut out = vec![
         insn(BPF_LD_W_ABS, 0, 0, 4), // seccomp_data.arch
-        insn(BPF_JEQ_K, 0, 3, AUDIT_ARCH),
+        insn(BPF_JEQ_K, 0, 4, AUDIT_ARCH),
         insn(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
-        insn(BPF_JEQ_K, 0, 1, libc::SYS_sysinfo as u32),
+        insn(BPF_JEQ_K, 1, 0, libc::SYS_sysinfo as u32),
+        insn(BPF_JEQ_K, 0, 1, libc::SYS_sched_getaffinity as u32),
         insn(BPF_RET_K, 0, 0, libc::SECCOMP_RET_USER_NOTIF),
     ];
     out.extend_from_slice(program);
@@ -182,7 +183,8 @@ mod tests {
         let program = vps_filter().expect("compiles");
         assert!(program.len() > DENIED_SYSCALLS.len());
         let notify = with_sysinfo_notify(&program);
-        assert_eq!(notify.len(), program.len() + 5);
-        assert_eq!(notify[4].k, libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(notify.len(), program.len() + 6);
+        assert_eq!(notify[5].k, libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(notify[6].code, program[0].code);
     }
 }

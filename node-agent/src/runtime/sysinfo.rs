@@ -1,6 +1,10 @@
-//! sysinfo(2) answered from the VPS's cgroup: busybox `free` and `uptime` (and anything else
-//! that asks the kernel rather than reading /proc, which lxcfs covers, see [`super::procview`])
-//! see the VPS's memory limit and usage, swap allowance, task count and uptime, not the host's.
+//! sysinfo(2) and sched_getaffinity(2) answered from the VPS's cgroup: busybox `free` and
+//! `uptime` (and anything else that asks the kernel rather than reading /proc, which lxcfs
+//! covers, see [`super::procview`]) see the VPS's memory limit and usage, swap allowance, task
+//! count and uptime, not the host's; `nproc` and every thread-pool sizing that counts the
+//! affinity mask see [`super::cgroups::visible_cpus`] CPUs (⌈vcpus⌉), without pinning the VPS:
+//! the first ⌈vcpus⌉ CPUs of the caller's real mask are reported; with no CPU quota, or for
+//! another process's mask, the real call runs.
 //!
 //! The VPS's seccomp filter hands sysinfo to a user-space listener
 //! ([`super::seccomp::with_sysinfo_notify`]). One server process per VPS, forked by the start
@@ -228,15 +232,39 @@ fn answer(notifier: BorrowedFd<'_>, cgroup_dirs: &[PathBuf], started: Instant) {
         error: 0,
         flags: 0,
     };
-    if i64::from(request.data.nr) != libc::SYS_sysinfo {
-        response.error = -libc::ENOSYS;
-    } else if !id_valid(notifier, request.id) {
-        return;
-    } else {
+    let nr = i64::from(request.data.nr);
+    if nr == libc::SYS_sysinfo {
+        if !id_valid(notifier, request.id) {
+            return;
+        }
         let info = vps_sysinfo(cgroup_dirs, started);
-        if write_to(request.pid, request.data.args[0], &info).is_err() {
+        // SAFETY: sysinfo is plain integers; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &info as *const libc::sysinfo as *const u8,
+                std::mem::size_of::<libc::sysinfo>(),
+            )
+        };
+        if write_to(request.pid, request.data.args[0], bytes).is_err() {
             response.error = -libc::EFAULT;
         }
+    } else if nr == libc::SYS_sched_getaffinity {
+        match affinity_mask(&request, cgroup_dirs) {
+            Some(Ok(mask)) => {
+                if !id_valid(notifier, request.id) {
+                    return;
+                }
+                if write_to(request.pid, request.data.args[2], &mask).is_err() {
+                    response.error = -libc::EFAULT;
+                } else {
+                    response.val = mask.len() as i64;
+                }
+            }
+            Some(Err(errno)) => response.error = -errno,
+            None => response.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+        }
+    } else {
+        response.error = -libc::ENOSYS;
     }
     // SAFETY: SEND reads one seccomp_notif_resp from `response`.
     unsafe {
@@ -261,11 +289,84 @@ fn id_valid(notifier: BorrowedFd<'_>, id: u64) -> bool {
     }
 }
 
-/// Writes `info` at `address` in process `pid`.
-fn write_to(pid: u32, address: u64, info: &libc::sysinfo) -> io::Result<()> {
-    let size = std::mem::size_of::<libc::sysinfo>();
+/// The affinity mask the caller of sched_getaffinity(pid, len, mask) gets: the first
+/// ⌈vcpus⌉ CPUs of its real mask, `len` checked like the kernel does. `None`: let the real call
+/// run (no CPU quota, another process's mask, an unusual length). `Some(Err(errno))`: fail.
+fn affinity_mask(request: &libc::seccomp_notif, dirs: &[PathBuf]) -> Option<Result<Vec<u8>, i32>> {
+    let [target, len, _, _, _, _] = request.data.args;
+    let vcpus = cpu_quota(dirs)?;
+    let visible = super::cgroups::visible_cpus(vcpus)?;
+    let status = fs::read_to_string(format!("/proc/{}/status", request.pid)).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    // pid 0 or the caller's own pid in its namespace (last NSpid entry) mean "myself".
+    let own = field("NSpid:")
+        .and_then(|ns| ns.split_whitespace().last())
+        .and_then(|p| p.parse::<u64>().ok());
+    if target != 0 && Some(target) != own {
+        return None;
+    }
+    let allowed = super::cgroups::parse_cpu_list(field("Cpus_allowed_list:")?);
+    if len > 1 << 16 {
+        return None;
+    }
+    // The kernel's checks and returned size: ask it for this process with the same length.
+    let mut probe = vec![0u8; usize::try_from(len).ok()?];
+    // SAFETY: the kernel writes at most `len` bytes into `probe`, which is `len` long.
+    let size = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            0,
+            len as libc::size_t,
+            probe.as_mut_ptr(),
+        )
+    };
+    if size < 0 {
+        return Some(Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL)));
+    }
+    let mut mask = vec![0u8; usize::try_from(size).ok()?];
+    for cpu in allowed.iter().take(visible) {
+        let (byte, bit) = (*cpu as usize / 8, cpu % 8);
+        if let Some(b) = mask.get_mut(byte) {
+            *b |= 1 << bit;
+        }
+    }
+    Some(Ok(mask))
+}
+
+/// The VPS's CFS quota in CPUs (`None`: unlimited or unreadable).
+fn cpu_quota(dirs: &[PathBuf]) -> Option<f64> {
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|dir| fs::read_to_string(dir.join(file)).ok())
+    };
+    let (quota, period) = match read("cpu.max") {
+        Some(line) => {
+            let mut parts = line.split_whitespace();
+            (
+                parts.next()?.parse::<i64>().ok()?,
+                parts.next()?.parse::<i64>().ok()?,
+            )
+        }
+        None => (
+            read("cpu.cfs_quota_us")?.trim().parse::<i64>().ok()?,
+            read("cpu.cfs_period_us")?.trim().parse::<i64>().ok()?,
+        ),
+    };
+    (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
+}
+
+/// Writes `bytes` at `address` in process `pid`.
+fn write_to(pid: u32, address: u64, bytes: &[u8]) -> io::Result<()> {
+    let size = bytes.len();
     let local = libc::iovec {
-        iov_base: info as *const libc::sysinfo as *mut libc::c_void,
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: size,
     };
     let remote = libc::iovec {
