@@ -7,8 +7,9 @@
 //! [`PROC_VIEW_FILES`] ([`super::rootfs`]), so readers inside see:
 //! - `meminfo`: `MemTotal` = the VPS's memory limit, used/free/cached from its memory cgroup;
 //!   `SwapTotal` = its swap allowance (v1: memsw − memory).
-//! - `cpuinfo`, `stat`, `/sys/devices/system/cpu/online`: only the CPUs of the VPS's cpuset
-//!   (⌈vcpus⌉ of them, see [`super::cgroups`]), `stat` with the VPS's own CPU time.
+//! - `cpuinfo`, `stat`, `/sys/devices/system/cpu/online`: ⌈vcpus⌉ CPUs (lxcfs `--enable-cfs`,
+//!   which finds the quota at the VPS's own cpuset path, see [`super::cgroups`]), `stat` with
+//!   the VPS's own CPU time. `nproc` agrees through [`super::sysinfo`].
 //! - `uptime`: time since the VPS's init started; `loadavg`: the VPS's own tasks (`-l`).
 //! - `swaps`: the VPS's swap allowance (capped at the host's swap).
 //! - `diskstats`: IO counters of the VPS's cgroup where the kernel still has the v1
@@ -171,7 +172,9 @@ fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Pro
 /// returns the bind mounts every VPS gets. Safe to call concurrently from several processes
 /// (a lock file in `run_dir` serialises starts); never stops an lxcfs.
 pub fn ensure_running(config: &LxcfsConfig) -> Result<Vec<ProcBind>, ProcViewError> {
-    if answers(&config.mount_dir).is_err() {
+    if answers(&config.mount_dir).is_ok() {
+        warn_missing_flags(&config.mount_dir);
+    } else {
         fs::create_dir_all(&config.run_dir).map_err(io_err("create dir", &config.run_dir))?;
         let lock_path = config.lock_file();
         let lock = OpenOptions::new()
@@ -202,6 +205,48 @@ pub fn ensure_running(config: &LxcfsConfig) -> Result<Vec<ProcBind>, ProcViewErr
         drop(lock);
     }
     binds(config)
+}
+
+/// Warns when the lxcfs serving `mount_dir` (e.g. Debian's lxcfs.service, which runs plain
+/// `lxcfs /var/lib/lxcfs`) lacks [`LXCFS_FLAGS`]: without `--enable-cfs` cpuinfo, stat and
+/// cpu/online list every host CPU, without `--enable-loadavg` loadavg is the host's.
+fn warn_missing_flags(mount_dir: &Path) {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    let wanted = mount_dir.as_os_str().as_encoded_bytes();
+    for entry in entries.flatten() {
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let is_lxcfs = args.first().is_some_and(|argv0| argv0.ends_with(b"lxcfs"));
+        if !is_lxcfs || args.last() != Some(&wanted) {
+            continue;
+        }
+        for flag in LXCFS_FLAGS {
+            let short = match *flag {
+                "--enable-loadavg" => Some(&b"-l"[..]),
+                _ => None,
+            };
+            let present = args
+                .iter()
+                .any(|a| *a == flag.as_bytes() || Some(*a) == short);
+            if !present {
+                tracing::warn!(
+                    mount_dir = %mount_dir.display(),
+                    flag,
+                    "the running lxcfs lacks this flag; VPSes see host values where it matters \
+                     (give lxcfs.service the agent's flags: --enable-cfs --enable-loadavg \
+                     --enable-pidfd)"
+                );
+            }
+        }
+        return;
+    }
 }
 
 /// Whether lxcfs can give each VPS its own /proc/diskstats: it needs the cgroup v1

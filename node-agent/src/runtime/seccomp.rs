@@ -1,6 +1,8 @@
 //! The VPS's seccomp filter: everything is allowed except the system calls that reach past the
 //! container boundary (kernel modules, kexec, the kernel keyring, file handles, io_uring) and
 //! host reboots, which fail with `EPERM`. Built with seccompiler (Firecracker's BPF compiler).
+//! With the VPS's own /proc view, sysinfo and sched_getaffinity go to the VPS's sysinfo server
+//! first ([`with_sysinfo_notify`], [`super::sysinfo`]).
 //!
 //! Installed by the VPS's init and by exec'd commands right before `execve`, without
 //! `no_new_privs` (so setuid binaries inside the VPS keep working): the process is root in the
