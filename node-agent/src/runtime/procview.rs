@@ -211,6 +211,11 @@ pub fn ensure_running(config: &LxcfsConfig) -> Result<Vec<ProcBind>, ProcViewErr
 /// `lxcfs /var/lib/lxcfs`) lacks [`LXCFS_FLAGS`]: without `--enable-cfs` cpuinfo, stat and
 /// cpu/online list every host CPU, without `--enable-loadavg` loadavg is the host's.
 fn warn_missing_flags(mount_dir: &Path) {
+    // Once per process: this runs at every VPS start.
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let Ok(entries) = fs::read_dir("/proc") else {
         return;
     };

@@ -140,8 +140,9 @@ fn serve(listener: UnixListener, cgroup_dirs: &[PathBuf]) {
                 .iter()
                 .map(|n| PollFd::new(n.as_fd(), PollFlags::POLLIN)),
         );
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
-            continue;
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
         }
         let ready: Vec<PollFlags> = fds
             .iter()
