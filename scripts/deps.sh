@@ -4,7 +4,9 @@ set -euo pipefail
 
 # gcc + libc6-dev: the runtime tests build a static in-VPS isolation probe.
 # debootstrap: the debian-12 template (its boot test builds one).
-packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap)
+# lxcfs: each VPS's own /proc/meminfo, cpuinfo, stat, uptime, loadavg, swaps (the agent starts
+# it, or reuses a running one; see proc_view in config/agent.toml).
+packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

@@ -46,6 +46,22 @@ pub struct AgentConfig {
     /// Seconds between usage samples (cumulative CPU, memory, IO, network and
     /// disk counters per VPS) sent to the controller with the heartbeat.
     pub usage_interval_secs: u32,
+    /// Which /proc the VPSes see: `lxcfs` (their own memory, CPUs, uptime, load, disk and
+    /// swap figures) or `host` (the host's, unvirtualised).
+    pub proc_view: ProcViewKind,
+    /// Mount point of lxcfs (reused when a live lxcfs is mounted there, e.g. by Debian's
+    /// `lxcfs.service`; otherwise the agent starts one).
+    pub lxcfs_dir: PathBuf,
+}
+
+/// Where the VPSes' /proc figures come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcViewKind {
+    /// lxcfs bind-mounted over /proc/{meminfo,cpuinfo,stat,uptime,loadavg,diskstats,swaps}.
+    Lxcfs,
+    /// The host's /proc files.
+    Host,
 }
 
 impl Default for AgentConfig {
@@ -66,6 +82,8 @@ impl Default for AgentConfig {
             uplink: None,
             ip_forward: true,
             usage_interval_secs: 10,
+            proc_view: ProcViewKind::Lxcfs,
+            lxcfs_dir: PathBuf::from("/var/lib/lxcfs"),
         }
     }
 }
@@ -125,6 +143,9 @@ impl AgentConfig {
                 "usage_interval_secs",
                 "must be between 1 and 3600 seconds",
             ));
+        }
+        if !config.lxcfs_dir.is_absolute() {
+            return Err(invalid("lxcfs_dir", "must be an absolute path"));
         }
         if !config.controller.starts_with("https://") {
             return Err(invalid(

@@ -16,7 +16,7 @@ pub mod template;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paddock_config::AgentConfig;
+use paddock_config::{AgentConfig, ProcViewKind};
 use paddock_proto::v1::node_agent_server::NodeAgentServer;
 
 /// Why the agent could not start or stopped.
@@ -55,6 +55,12 @@ pub async fn run(
         stop_grace: Duration::from_secs(u64::from(config.stop_grace_secs)),
         helper_binary: std::env::current_exe().map_err(AgentError::Executable)?,
         id_base: config.id_base,
+        proc_view: match config.proc_view {
+            ProcViewKind::Host => runtime::procview::ProcView::Host,
+            ProcViewKind::Lxcfs => runtime::procview::ProcView::Lxcfs(
+                runtime::procview::LxcfsConfig::new(&config.lxcfs_dir, &config.state_dir),
+            ),
+        },
     })?);
     let restarts = Arc::new(generations::RestartGenerations::load(&config.state_dir)?);
     // Repair the ports of running VPSes and remove what a crash left behind.

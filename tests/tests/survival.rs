@@ -93,6 +93,16 @@ fn vpses_outlive_a_killed_agent_and_interrupted_operations_leave_no_trace() {
             .cli_ok(&with(&["exec", name, "--", "cat", "/proc/self/uid_map"]))
             .expect("exec after agent restart");
         assert!(out.trim().starts_with('0'), "{out}");
+        // The VPS's own /proc view (lxcfs, which outlives the agent) still answers: nano is
+        // 256 MiB and 1 vCPU.
+        let meminfo = cluster
+            .cli_ok(&with(&["exec", name, "--", "cat", "/proc/meminfo"]))
+            .expect("meminfo after agent restart");
+        assert!(meminfo.contains("MemTotal:         262144 kB"), "{meminfo}");
+        let nproc = cluster
+            .cli_ok(&with(&["exec", name, "--", "nproc"]))
+            .expect("nproc after agent restart");
+        assert_eq!(nproc.trim(), "1", "nproc in nano after agent restart");
     }
 
     // kill -9 in the middle of a create: after the restart the VPS is fully there.

@@ -9,6 +9,13 @@
 //! The start helper joins all of them before the VPS's cgroup namespace is created, so whatever
 //! hierarchy the VPS mounts shows only its own subtree, never the host's processes or other
 //! VPSes.
+//!
+//! cpuset (v1): the VPS's own cpuset cgroup keeps all of its parent's CPUs (no
+//! pinning: the scheduler may run it anywhere, the CFS quota bounds its CPU time). lxcfs looks
+//! up the CFS quota at the reader's *cpuset* path, so without it the quota-based view of
+//! /proc/cpuinfo, /proc/stat and cpu/online ([`super::procview`]) showed every host CPU. The
+//! number of CPUs a VPS sees is [`visible_cpus`]: ⌈vcpus⌉ (1 → 1, 1.5 → 2, 0.25 → 1), capped at
+//! the host's; `nproc` (sched_getaffinity) gets the same from [`super::sysinfo`].
 
 use std::path::PathBuf;
 
@@ -500,6 +507,37 @@ fn remove_cgroup_dir(dir: &std::path::Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Whole CPUs a VPS with `vcpus` sees: ⌈vcpus⌉, at least 1; `None` (all) for 0 (unlimited).
+pub fn visible_cpus(vcpus: f64) -> Option<usize> {
+    if !vcpus.is_finite() || vcpus <= 0.0 {
+        return None;
+    }
+    // Validated specs keep vcpus small.
+    Some((vcpus.ceil() as usize).max(1))
+}
+
+/// Parses a kernel CPU list (`0-3,8,10-11`); malformed parts are ignored.
+pub fn parse_cpu_list(list: &str) -> Vec<u32> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(cpu) = part.parse() {
+                    cpus.push(cpu);
+                }
+            }
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    cpus
+}
+
 /// The CFS quota for `vcpus` CPUs per `CPU_PERIOD_US`; `None` (unlimited) for 0.
 pub fn cfs_quota_us(vcpus: f64) -> Option<i64> {
     if !vcpus.is_finite() || vcpus <= 0.0 {
@@ -619,6 +657,16 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/unified")
             ]
         );
+    }
+
+    #[test]
+    fn cpuset_values() {
+        assert_eq!(visible_cpus(0.0), None);
+        assert_eq!(visible_cpus(0.25), Some(1));
+        assert_eq!(visible_cpus(1.0), Some(1));
+        assert_eq!(visible_cpus(1.5), Some(2));
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpu_list(""), Vec::<u32>::new());
     }
 
     #[test]

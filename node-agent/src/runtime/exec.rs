@@ -9,6 +9,7 @@
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -23,6 +24,7 @@ use super::helper::{self, sys_err, HelperError, EXEC};
 use super::namespaces;
 use super::process::ProcessIdentity;
 use super::seccomp;
+use super::sysinfo;
 use super::INTERNAL_ARG;
 
 /// Exit code of the exec helper when it could not set up the command (like `docker exec`).
@@ -50,6 +52,9 @@ pub(crate) struct ExecRequest {
     /// Run the command on a new pseudo-terminal of the VPS with this initial size.
     #[serde(default)]
     pub tty: Option<TtySize>,
+    /// The VPS's sysinfo server ([`super::sysinfo`]); `None`: sysinfo(2) shows the host's.
+    #[serde(default)]
+    pub sysinfo_socket: Option<PathBuf>,
 }
 
 /// A terminal window size.
@@ -169,6 +174,9 @@ fn run(args: &[OsString]) -> Result<i32, HelperError> {
     // Open the namespaces first and check the init afterwards: if the pid was reused in
     // between, the check fails; if it passes, the fds are the VPS's namespaces.
     let namespace_fds = namespaces::open_namespaces(request.init.pid)?;
+    // Connected while still host root in the host's mount namespace; a VPS started before the
+    // server existed has no socket and keeps the host's sysinfo.
+    let sysinfo_link = request.sysinfo_socket.as_deref().and_then(sysinfo::connect);
     if !request.init.is_alive()? {
         return Err(HelperError::NotRunning(request.init.pid));
     }
@@ -207,14 +215,22 @@ fn run(args: &[OsString]) -> Result<i32, HelperError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     if let Some(size) = request.tty {
-        return tty::run(program, &resolved, &argv, &envp, &filter, size);
+        return tty::run(
+            program,
+            &resolved,
+            &argv,
+            &envp,
+            &filter,
+            sysinfo_link.as_ref(),
+            size,
+        );
     }
 
     // SAFETY: this helper is single-threaded (checked above), so the child may run arbitrary
     // code before exec.
     match unsafe { fork() }.map_err(sys_err("fork"))? {
         ForkResult::Child => {
-            let errno = exec_child(&resolved, &argv, &envp, &filter);
+            let errno = exec_child(&resolved, &argv, &envp, &filter, sysinfo_link.as_ref());
             eprintln!("paddock exec: {program}: {errno}");
             helper::exit_child(exec_failure_code(&errno))
         }
@@ -230,6 +246,7 @@ fn exec_child(
     argv: &[CString],
     envp: &[CString],
     filter: &BpfProgram,
+    sysinfo_link: Option<&UnixStream>,
 ) -> HelperError {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return sys_err("set parent-death signal")(e);
@@ -239,7 +256,7 @@ fn exec_child(
     if getppid() != Pid::from_raw(0) {
         return HelperError::ParentGone;
     }
-    if let Err(e) = helper::lock_down(filter) {
+    if let Err(e) = helper::lock_down(filter, sysinfo_link) {
         return e;
     }
     match execve(program, argv, envp) {
@@ -264,6 +281,7 @@ mod tty {
     use std::fs::File;
     use std::io::{Read, Write};
     use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
+    use std::os::unix::net::UnixStream;
 
     use nix::fcntl::{open, OFlag};
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -303,6 +321,7 @@ mod tty {
         argv: &[CString],
         envp: &[CString],
         filter: &BpfProgram,
+        sysinfo_link: Option<&UnixStream>,
         size: TtySize,
     ) -> Result<i32, HelperError> {
         // /dev/ptmx of the VPS (we are in its mount namespace): the pty belongs to its devpts.
@@ -333,7 +352,7 @@ mod tty {
                             return sys_err("dup2 pty")(e);
                         }
                     }
-                    exec_child(resolved, argv, envp, filter)
+                    exec_child(resolved, argv, envp, filter, sysinfo_link)
                 })();
                 eprintln!("paddock exec: {program}: {error}");
                 helper::exit_child(exec_failure_code(&error))

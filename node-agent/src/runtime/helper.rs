@@ -23,6 +23,7 @@ use std::ffi::{CString, NulError, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 
 use std::path::{Path, PathBuf};
 
@@ -46,8 +47,10 @@ use super::disk::DiskError;
 use super::idmap::{self, IdRange, IdmapError};
 use super::namespaces::{self, NamespaceError};
 use super::process::{self, ProcessError, ProcessIdentity};
+use super::procview::ProcBind;
 use super::rootfs::{self, RootfsError, RootfsLayout};
 use super::seccomp::{self, SeccompError};
+use super::sysinfo::{self, SysinfoError};
 use super::{disk_growth, exec, INTERNAL_ARG};
 
 /// Name of the start helper.
@@ -192,6 +195,9 @@ pub enum HelperError {
     /// Setting up the console failed.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// Starting or reaching the sysinfo server failed.
+    #[error(transparent)]
+    Sysinfo(#[from] SysinfoError),
     /// Writing the id maps failed.
     #[error(transparent)]
     Idmap(#[from] IdmapError),
@@ -230,6 +236,10 @@ pub(crate) struct StartRequest {
     pub console_socket: PathBuf,
     pub console_pid_file: PathBuf,
     pub ids: IdRange,
+    /// lxcfs files bind-mounted over the VPS's /proc (empty: the host's /proc).
+    pub proc_binds: Vec<ProcBind>,
+    /// Where the VPS's sysinfo server listens; `None`: sysinfo(2) shows the host's figures.
+    pub sysinfo_socket: Option<PathBuf>,
 }
 
 /// What the start helper prints on success.
@@ -348,6 +358,20 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     } = pty;
     drop(master);
 
+    // The VPS's sysinfo server, like the console supervisor before the private mount namespace;
+    // the init sends it its seccomp listener over this link.
+    let sysinfo_link = match &request.sysinfo_socket {
+        Some(socket) => {
+            sysinfo::spawn_server(socket, &request.cgroup_parent, &request.vps_id)?;
+            Some(sysinfo::connect(socket).ok_or_else(|| HelperError::Io {
+                operation: "connect",
+                path: socket.clone(),
+                source: io::Error::from(io::ErrorKind::NotConnected),
+            })?)
+        }
+        None => None,
+    };
+
     namespaces::unshare_mount_namespace()?;
     // Before joining the cgroup: its device policy denies the loop devices and mknod of /dev.
     request.rootfs.mount_host_side(request.ids, &slave_path)?;
@@ -370,7 +394,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
             if !matches!(File::from(maps_read).read(&mut byte), Ok(1) if byte[0] == b'1') {
                 exit_child(1)
             }
-            let Err(error) = init_child(&request, &slave, &filter);
+            let Err(error) = init_child(&request, &slave, &filter, sysinfo_link.as_ref());
             let mut pipe = File::from(report_write);
             let _ = pipe.write_all(error.to_string().as_bytes());
             exit_child(1)
@@ -378,6 +402,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
         Some(child) => {
             drop(report_write);
             drop(maps_read);
+            drop(sysinfo_link);
             // Read now: the mounter's pivot_root also moves this helper into the VPS's root.
             let identity = u32::try_from(child.as_raw())
                 .map_err(|_| HelperError::InitExited(format!("bad pid {child}")))
@@ -449,7 +474,11 @@ fn mount_vps_filesystems(request: &StartRequest, init_pid: u32) -> Result<(), He
             drop(report_read);
             let result = namespaces::join_namespace(&net_ns, CloneFlags::CLONE_NEWNET, "net")
                 .map_err(HelperError::from)
-                .and_then(|()| Ok(request.rootfs.mount_vps_side(request.ids)?));
+                .and_then(|()| {
+                    Ok(request
+                        .rootfs
+                        .mount_vps_side(request.ids, &request.proc_binds)?)
+                });
             match result {
                 Ok(()) => exit_child(0),
                 Err(error) => {
@@ -484,6 +513,7 @@ fn init_child(
     request: &StartRequest,
     console: &OwnedFd,
     filter: &BpfProgram,
+    sysinfo_link: Option<&UnixStream>,
 ) -> Result<Infallible, HelperError> {
     become_vps_root()?;
     setsid().map_err(sys_err("setsid"))?;
@@ -495,7 +525,7 @@ fn init_child(
         .map(|e| CString::new(*e))
         .collect::<Result<Vec<_>, _>>()?;
     redirect_stdio(console)?;
-    lock_down(filter)?;
+    lock_down(filter, sysinfo_link)?;
     execve(&argv[0], &argv, &env).map_err(sys_err("execve /sbin/init"))
 }
 
@@ -512,11 +542,23 @@ pub(crate) fn become_vps_root() -> Result<(), HelperError> {
 /// The last steps before a VPS process execs: shrink the capability bounding set, make every
 /// fd but stdio close on exec, restore default signal handling and install the seccomp filter
 /// (last, so the setup itself is not filtered).
-pub(crate) fn lock_down(filter: &BpfProgram) -> Result<(), HelperError> {
+///
+/// With a link to the VPS's sysinfo server, sysinfo(2) goes to that server
+/// ([`super::sysinfo`]): the filter is installed with a listener, which is sent over the link.
+pub(crate) fn lock_down(
+    filter: &BpfProgram,
+    sysinfo_link: Option<&UnixStream>,
+) -> Result<(), HelperError> {
     capabilities::drop_bounding_set()?;
     process::mark_cloexec_from(3).map_err(sys_err("close_range"))?;
     reset_signals()?;
-    seccomp::install(filter)?;
+    match sysinfo_link {
+        Some(link) => {
+            let listener = seccomp::install_with_listener(&seccomp::with_sysinfo_notify(filter))?;
+            sysinfo::send_listener(link, &listener)?;
+        }
+        None => seccomp::install(filter)?,
+    }
     Ok(())
 }
 

@@ -22,10 +22,12 @@ mod helper;
 pub mod idmap;
 mod namespaces;
 mod process;
+pub mod procview;
 mod rootfs;
 pub mod seccomp;
 mod state;
 mod supervisor;
+mod sysinfo;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -95,6 +97,8 @@ pub struct RuntimeConfig {
     /// First host id handed to VPS user namespaces (each VPS gets the next free
     /// [`idmap::ID_RANGE_SIZE`] ids; ranges in /etc/subuid and /etc/subgid are skipped).
     pub id_base: u32,
+    /// Which /proc the VPSes see: their own values from lxcfs, or the host's.
+    pub proc_view: procview::ProcView,
 }
 
 /// Desired power state of a VPS.
@@ -203,6 +207,9 @@ pub enum RuntimeError {
         /// Why.
         rule: String,
     },
+    /// The VPSes' /proc view (lxcfs) is not available.
+    #[error("VPS /proc view: {0}")]
+    ProcView(#[from] procview::ProcViewError),
     /// No such VPS on this node.
     #[error("vps {0} not found")]
     NotFound(String),
@@ -350,6 +357,10 @@ impl Runtime {
         };
         layout.create_dirs().map_err(RuntimeError::Setup)?;
         layout.restrict_existing().map_err(RuntimeError::Setup)?;
+        // A missing or broken lxcfs is a startup error, not a silent fall back to host values.
+        if let procview::ProcView::Lxcfs(lxcfs) = &config.proc_view {
+            procview::ensure_running(lxcfs)?;
+        }
         let runtime = Self {
             inner: Arc::new(Inner {
                 ids: IdAllocator::new(&config.state_dir, config.id_base),
@@ -360,6 +371,16 @@ impl Runtime {
         };
         runtime.recover()?;
         Ok(runtime)
+    }
+
+    /// The VPS's sysinfo server socket, when VPSes get their own /proc view.
+    fn sysinfo_socket(&self, vps_id: &str) -> Option<PathBuf> {
+        match self.config().proc_view {
+            procview::ProcView::Host => None,
+            procview::ProcView::Lxcfs(_) => {
+                Some(self.layout().vps_dir(vps_id).join(sysinfo::SOCKET_NAME))
+            }
+        }
     }
 
     fn config(&self) -> &RuntimeConfig {
@@ -675,6 +696,7 @@ impl Runtime {
             command: command.to_vec(),
             env: env.to_vec(),
             tty,
+            sysinfo_socket: self.sysinfo_socket(vps_id),
         };
         exec::spawn(&self.config().helper_binary, &request).map_err(|source| {
             RuntimeError::ExecSpawn {
@@ -1156,6 +1178,11 @@ impl Runtime {
         // After a quick stop/start the previous instance's mount may still be going away;
         // mounting the same ext4 twice would corrupt it.
         wait_for_detach(&rootfs.disk_image);
+        // Also restarts lxcfs if it died since the agent started.
+        let proc_binds = match &self.config().proc_view {
+            procview::ProcView::Host => Vec::new(),
+            procview::ProcView::Lxcfs(lxcfs) => procview::ensure_running(lxcfs)?,
+        };
         let request = StartRequest {
             vps_id: vps_id.clone(),
             hostname: st.hostname.clone(),
@@ -1165,6 +1192,8 @@ impl Runtime {
             console_socket: console::socket_path(&self.layout().vps_dir(&vps_id)),
             console_pid_file: self.layout().vps_dir(&vps_id).join("console.pid"),
             ids,
+            proc_binds,
+            sysinfo_socket: self.sysinfo_socket(&vps_id),
         };
         let init =
             supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::disk;
 use super::idmap::{self, IdRange};
+use super::procview::ProcBind;
 
 /// Host device nodes bind-mounted into every VPS's /dev (plus `console`, the VPS's console
 /// pty).
@@ -296,7 +297,7 @@ impl RootfsLayout {
     /// pid and net namespaces (so proc and sysfs show the VPS's): mounts /proc and /sys with
     /// their masks into the merged tree and pivots into it, which also moves the init waiting
     /// in this mount namespace. `ids` owns mount points it has to create.
-    pub fn mount_vps_side(&self, ids: IdRange) -> Result<(), RootfsError> {
+    pub fn mount_vps_side(&self, ids: IdRange, proc_binds: &[ProcBind]) -> Result<(), RootfsError> {
         let root = &self.merged;
         let proc_dir = plain_dir(root, "proc", ids)?;
         mount_fs(
@@ -316,6 +317,7 @@ impl RootfsLayout {
         )?;
         mask_paths(root)?;
         read_only_paths(root)?;
+        bind_proc_view(root, proc_binds)?;
         pivot_into(root)
     }
 }
@@ -404,6 +406,58 @@ fn read_only_paths(root: &Path) -> Result<(), RootfsError> {
                 | MsFlags::MS_NOSUID
                 | MsFlags::MS_NODEV
                 | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|source| RootfsError::Mount {
+            fstype: "remount read-only",
+            target: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The VPS's own /proc view ([`super::procview`]): each lxcfs file bind-mounted read-only over
+/// its /proc (or /sys) counterpart. A target the kernel does not offer (e.g. /proc/swaps without
+/// swap support) is skipped; a target that is not a regular file is refused.
+fn bind_proc_view(root: &Path, binds: &[ProcBind]) -> Result<(), RootfsError> {
+    for ProcBind { source, target } in binds {
+        let path = root.join(target);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_file() => {}
+            Ok(_) => {
+                return Err(RootfsError::UnsafePath {
+                    path,
+                    reason: "/proc view target is not a regular file",
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(RootfsError::Io {
+                    operation: "stat",
+                    path,
+                    source,
+                })
+            }
+        }
+        // A relative source is the VPS's own /dev/null (an emptied view, like the masks): a
+        // device node, so its bind must not be nodev.
+        let (source, nodev) = if source.is_relative() {
+            (root.join(source), MsFlags::empty())
+        } else {
+            (source.clone(), MsFlags::MS_NODEV)
+        };
+        bind(&source, &path, MsFlags::empty())?;
+        mount(
+            None::<&str>,
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NOEXEC
+                | nodev,
             None::<&str>,
         )
         .map_err(|source| RootfsError::Mount {

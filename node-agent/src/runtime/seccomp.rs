@@ -1,17 +1,20 @@
 //! The VPS's seccomp filter: everything is allowed except the system calls that reach past the
 //! container boundary (kernel modules, kexec, the kernel keyring, file handles, io_uring) and
 //! host reboots, which fail with `EPERM`. Built with seccompiler (Firecracker's BPF compiler).
+//! With the VPS's own /proc view, sysinfo and sched_getaffinity go to the VPS's sysinfo server
+//! first ([`with_sysinfo_notify`], [`super::sysinfo`]).
 //!
 //! Installed by the VPS's init and by exec'd commands right before `execve`, without
 //! `no_new_privs` (so setuid binaries inside the VPS keep working): the process is root in the
 //! VPS's user namespace and so has `CAP_SYS_ADMIN` there, which the kernel accepts instead.
 
 use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// System calls that always fail with `EPERM` inside a VPS.
@@ -96,6 +99,59 @@ pub fn vps_filter() -> Result<BpfProgram, SeccompError> {
     filter.try_into().map_err(build_err)
 }
 
+/// `AUDIT_ARCH_*` of this build's architecture (what `seccomp_data.arch` holds).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+/// `program` with sysinfo(2) and sched_getaffinity(2) of this architecture handed to a
+/// user-space listener (`SECCOMP_RET_USER_NOTIF`, see [`super::sysinfo`]) before any other
+/// rule. The prefix only jumps forwards past itself, so `program`'s relative jumps stay valid.
+pub fn with_sysinfo_notify(program: &BpfProgram) -> BpfProgram {
+    let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    let mut out = vec![
+        insn(BPF_LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        insn(BPF_JEQ_K, 0, 4, AUDIT_ARCH),
+        insn(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        insn(BPF_JEQ_K, 1, 0, libc::SYS_sysinfo as u32),
+        insn(BPF_JEQ_K, 0, 1, libc::SYS_sched_getaffinity as u32),
+        insn(BPF_RET_K, 0, 0, libc::SECCOMP_RET_USER_NOTIF),
+    ];
+    out.extend_from_slice(program);
+    out
+}
+
+/// Installs `program` and returns its notification listener (`SECCOMP_FILTER_FLAG_NEW_LISTENER`,
+/// close-on-exec), for a program from [`with_sysinfo_notify`]. Same privilege rules as
+/// [`install`].
+pub fn install_with_listener(program: &BpfProgram) -> Result<OwnedFd, SeccompError> {
+    let len = u16::try_from(program.len()).map_err(|_| build_err("filter too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: as in `install`; on success the kernel returns a new fd that nothing else owns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        return Err(SeccompError::Install(Errno::last()));
+    }
+    let fd = i32::try_from(rc).map_err(|_| SeccompError::Install(Errno::EBADF))?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Installs `program` on the calling thread (inherited across fork and exec). Requires
 /// `CAP_SYS_ADMIN` in the caller's user namespace, since `no_new_privs` is deliberately not set.
 pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
@@ -128,5 +184,9 @@ mod tests {
     fn filter_compiles() {
         let program = vps_filter().expect("compiles");
         assert!(program.len() > DENIED_SYSCALLS.len());
+        let notify = with_sysinfo_notify(&program);
+        assert_eq!(notify.len(), program.len() + 6);
+        assert_eq!(notify[5].k, libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(notify[6].code, program[0].code);
     }
 }

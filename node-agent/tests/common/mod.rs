@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use paddock_agent::runtime::procview::{self, LxcfsConfig, ProcView};
 use paddock_agent::runtime::{
     Limits, ObservedState, Power, Runtime, RuntimeConfig, VpsObserved, VpsSpec,
 };
@@ -70,10 +71,16 @@ pub struct Fixture {
     pub cgroup_parent: String,
     pub runtime: Runtime,
     pub vps_ids: Vec<String>,
+    pub proc_view: ProcView,
 }
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::with_proc_view(lxcfs_view())
+    }
+
+    /// A fixture whose runtime uses `proc_view` for its VPSes' /proc.
+    pub fn with_proc_view(proc_view: ProcView) -> Self {
         let state_dir = tempfile::Builder::new()
             .prefix("paddock-runtime-test")
             .tempdir()
@@ -85,18 +92,23 @@ impl Fixture {
         fs::create_dir_all(probe_target.parent().expect("parent")).expect("usr/bin");
         fs::copy(probe_binary(), &probe_target).expect("copy probe into template");
         let cgroup_parent = unique("paddock-test");
-        let runtime = Runtime::new(config(state_dir.path(), &cgroup_parent)).expect("runtime");
+        let mut runtime_config = config(state_dir.path(), &cgroup_parent);
+        runtime_config.proc_view = proc_view.clone();
+        let runtime = Runtime::new(runtime_config).expect("runtime");
         Self {
             state_dir,
             cgroup_parent,
             runtime,
             vps_ids: Vec::new(),
+            proc_view,
         }
     }
 
     /// A fresh runtime over the same state, as after an agent restart.
     pub fn restarted_runtime(&self) -> Runtime {
-        Runtime::new(config(self.state_dir.path(), &self.cgroup_parent)).expect("runtime")
+        let mut runtime_config = config(self.state_dir.path(), &self.cgroup_parent);
+        runtime_config.proc_view = self.proc_view.clone();
+        Runtime::new(runtime_config).expect("runtime")
     }
 
     pub fn new_vps_id(&mut self) -> String {
@@ -164,7 +176,17 @@ pub fn config(state_dir: &Path, cgroup_parent: &str) -> RuntimeConfig {
         stop_grace: Duration::from_secs(10),
         helper_binary: helper_binary(),
         id_base: paddock_agent::runtime::idmap::DEFAULT_ID_BASE,
+        proc_view: lxcfs_view(),
     }
+}
+
+/// The shared lxcfs every test runtime uses: the default mount dir (reused when running, never
+/// stopped by a test), its log and pid file in a fixed dir under the temp dir.
+pub fn lxcfs_view() -> ProcView {
+    ProcView::Lxcfs(LxcfsConfig::new(
+        procview::DEFAULT_LXCFS_DIR,
+        std::env::temp_dir().join("paddock-test-lxcfs"),
+    ))
 }
 
 pub fn spec(vps_id: &str, limits: Limits) -> VpsSpec {
