@@ -10,7 +10,7 @@ mod size;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::AgentConfig;
+pub use agent::{AgentConfig, HostPort, Isolation, Transport};
 pub use controller::{
     ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy,
 };

@@ -20,7 +20,7 @@ use net_support::packet::{
     NEIGHBOR_SOLICIT, NONCE, ROUTER_SOLICIT, SOURCE_LLA, TARGET_LLA,
 };
 use net_support::{blast, dual_stack, measure, network, port, unique_names, Netns};
-use paddock_agent::network::{host_ifname, ifb_ifname, Network, NetworkConfig};
+use paddock_agent::network::{host_ifname, ifb_ifname, Network};
 
 fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
@@ -247,12 +247,7 @@ async fn ports_connect_and_a_restart_repairs_and_removes_leftovers() {
         .status()
         .expect("nft");
     let restarted = Network::start(
-        NetworkConfig {
-            bridge: bridge.clone(),
-            uplink: None,
-            ip_forward: false,
-            state_dir: state.path().join("network"),
-        },
+        net_support::config(&bridge, &state),
         &[(a_id.clone(), a.pid())],
     )
     .await
