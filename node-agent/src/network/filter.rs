@@ -142,12 +142,7 @@ fn host_input(out: &mut String, table: &str, bridge: &str, host_ports: &[HostPor
             })
             .collect();
         if !ranges.is_empty() {
-            let _ = writeln!(
-                out,
-                "\t\t{} dport {} accept",
-                protocol.name(),
-                set(&ranges)
-            );
+            let _ = writeln!(out, "\t\t{} dport {} accept", protocol.name(), set(&ranges));
         }
     }
     let _ = writeln!(out, "\t\tcounter drop");
@@ -518,7 +513,11 @@ table ip paddock_pdk0 {
             group: group.into(),
             ..port()
         };
-        let ports = [named("pva", "acme"), named("pvb", "acme"), named("pvc", "zeta")];
+        let ports = [
+            named("pva", "acme"),
+            named("pvb", "acme"),
+            named("pvc", "zeta"),
+        ];
         let host_ports: Vec<HostPort> = ["udp/53", "tcp/53", "tcp/8000-8010"]
             .iter()
             .map(|text| text.parse().expect("host port"))
