@@ -1,7 +1,9 @@
 //! `paddock-agent` configuration (`config/agent.toml`).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +45,14 @@ pub struct AgentConfig {
     pub uplink: Option<String>,
     /// Turn on `net.ipv4.ip_forward` when a VPS gets a gateway, so the host routes VPS traffic.
     pub ip_forward: bool,
+    /// Ports of the node itself that VPSes may open through the bridge
+    /// (`"udp/53"`, `"tcp/8000-8010"`). Everything else a VPS sends to one of
+    /// the node's own addresses is dropped, except replies to connections the
+    /// node opened, ping and the ICMPv6 that IPv6 needs. Forwarded and NATed
+    /// traffic is not affected.
+    pub host_ports_open_to_vps: Vec<HostPort>,
+    /// Which VPSes on the bridge may exchange frames directly.
+    pub vps_isolation: Isolation,
     /// Seconds between usage samples (cumulative CPU, memory, IO, network and
     /// disk counters per VPS) sent to the controller with the heartbeat.
     pub usage_interval_secs: u32,
@@ -81,10 +91,102 @@ impl Default for AgentConfig {
             bridge: "pdk0".to_owned(),
             uplink: None,
             ip_forward: true,
+            host_ports_open_to_vps: Vec::new(),
+            vps_isolation: Isolation::Tenant,
             usage_interval_secs: 10,
             proc_view: ProcViewKind::Lxcfs,
             lxcfs_dir: PathBuf::from("/var/lib/lxcfs"),
         }
+    }
+}
+
+/// Which VPSes on the node's bridge may exchange frames directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Only VPSes of the same tenant; frames between the ports of different
+    /// tenants are dropped on the bridge.
+    #[default]
+    Tenant,
+    /// Every VPS on the bridge (one flat segment; single-tenant nodes only).
+    None,
+}
+
+/// A transport protocol of [`HostPort`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    /// The protocol's name as nft and the config spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// A port range of the node open to its VPSes: `tcp/53` or `udp/8000-8010`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPort {
+    pub protocol: Transport,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}/{}", self.protocol.name(), self.first)
+        } else {
+            write!(f, "{}/{}-{}", self.protocol.name(), self.first, self.last)
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || format!("{text:?} must be tcp/PORT, udp/PORT or PROTO/FIRST-LAST");
+        let (protocol, ports) = text.split_once('/').ok_or_else(invalid)?;
+        let protocol = match protocol {
+            "tcp" => Transport::Tcp,
+            "udp" => Transport::Udp,
+            _ => return Err(invalid()),
+        };
+        let port = |text: &str| match text.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(invalid()),
+        };
+        let (first, last) = match ports.split_once('-') {
+            Some((first, last)) => (port(first)?, port(last)?),
+            None => (port(ports)?, port(ports)?),
+        };
+        if first > last {
+            return Err(invalid());
+        }
+        Ok(Self {
+            protocol,
+            first,
+            last,
+        })
+    }
+}
+
+impl Serialize for HostPort {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -214,6 +316,58 @@ mod tests {
             err.contains("metrics_listen") && err.contains("\"off\""),
             "{err}"
         );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn host_ports_and_isolation_parse() {
+        let dir = std::env::temp_dir().join(format!(
+            "paddock-agent-config-network-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let load = |text: &str| {
+            let path = dir.join("agent.toml");
+            std::fs::write(&path, text).expect("write");
+            AgentConfig::load(&path)
+        };
+        let absent = load("").expect("absent");
+        assert!(absent.host_ports_open_to_vps.is_empty());
+        assert_eq!(absent.vps_isolation, Isolation::Tenant);
+        let set = load(
+            "host_ports_open_to_vps = [\"udp/53\", \"tcp/8000-8010\"]\nvps_isolation = \"none\"\n",
+        )
+        .expect("set");
+        assert_eq!(
+            set.host_ports_open_to_vps,
+            vec![
+                HostPort {
+                    protocol: Transport::Udp,
+                    first: 53,
+                    last: 53
+                },
+                HostPort {
+                    protocol: Transport::Tcp,
+                    first: 8000,
+                    last: 8010
+                }
+            ]
+        );
+        assert_eq!(set.host_ports_open_to_vps[1].to_string(), "tcp/8000-8010");
+        assert_eq!(set.vps_isolation, Isolation::None);
+        for bad in [
+            "\"53\"",
+            "\"icmp/1\"",
+            "\"tcp/0\"",
+            "\"udp/9-8\"",
+            "\"tcp/70000\"",
+        ] {
+            let err = load(&format!("host_ports_open_to_vps = [{bad}]\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("tcp/PORT"), "{err}");
+        }
+        assert!(load("vps_isolation = \"pool\"\n").is_err());
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

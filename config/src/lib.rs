@@ -10,7 +10,7 @@ mod size;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::{AgentConfig, ProcViewKind};
+pub use agent::{AgentConfig, HostPort, Isolation, ProcViewKind, Transport};
 pub use controller::{
     ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy, VpsLimits,
     MIN_PIDS,

@@ -102,6 +102,7 @@ pub fn port_spec(spec: &v1::VpsSpec) -> Result<Option<PortSpec>, tonic::Status> 
         egress_bps: network.egress_bits_per_sec,
         nat: network.nat,
         pool,
+        tenant: spec.tenant.clone(),
     };
     port.validate().map_err(invalid)?;
     Ok(Some(port))

@@ -76,6 +76,8 @@ pub async fn run(
                 uplink: config.uplink.clone(),
                 ip_forward: config.ip_forward,
                 state_dir: config.state_dir.join("network"),
+                host_ports_open_to_vps: config.host_ports_open_to_vps.clone(),
+                vps_isolation: config.vps_isolation,
             },
             &running,
         )

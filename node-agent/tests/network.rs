@@ -9,18 +9,19 @@
 mod common;
 mod net_support;
 
-use std::net::{Ipv6Addr, TcpListener};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
 use common::require_root;
 use net_support::packet::{
-    advert, icmpv6, ipv6_frame, multicast_mac, option, router_solicit, send_frames, solicit,
-    solicited_node, Addresses, Capture, DESTINATION_OPTIONS, FRAGMENT, ICMPV6, NEIGHBOR_ADVERT,
-    NEIGHBOR_SOLICIT, NONCE, ROUTER_SOLICIT, SOURCE_LLA, TARGET_LLA,
+    advert, icmpv6, ipv6_frame, mld2_report, multicast_mac, option, router_solicit, send_frames,
+    solicit, solicited_node, udp4_frame, udp6, Addresses, Capture, DESTINATION_OPTIONS,
+    ECHO_REQUEST, FRAGMENT, HOP_BY_HOP, ICMPV6, NEIGHBOR_ADVERT, NEIGHBOR_SOLICIT, NONCE,
+    ROUTER_SOLICIT, SOURCE_LLA, TARGET_LLA, UDP,
 };
-use net_support::{blast, dual_stack, measure, network, port, unique_names, Netns};
-use paddock_agent::network::{host_ifname, ifb_ifname, Network, NetworkConfig};
+use net_support::{blast, dual_stack, measure, network, network_with, port, unique_names, Netns};
+use paddock_agent::network::{host_ifname, ifb_ifname, Network};
 
 fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
@@ -50,9 +51,10 @@ fn bridge_addresses(bridge: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Egress (VPS -> host) throughput in bits/s, over a 3 s window after 1 s of ramp-up.
-fn egress_rate(vps: &Netns, gateway: &str) -> f64 {
-    let listener = TcpListener::bind((gateway, 0)).expect("listen on the gateway");
+/// Egress (VPS -> host) throughput in bits/s, over a 3 s window after 1 s of
+/// ramp-up, to a listener on `gateway:port` (a port open to VPSes).
+fn egress_rate(vps: &Netns, gateway: &str, port: u16) -> f64 {
+    let listener = TcpListener::bind((gateway, port)).expect("listen on the gateway");
     let bytes_per_sec = measure(
         listener,
         |address| vps.run(move || blast(address, Duration::from_secs(6))),
@@ -101,7 +103,14 @@ async fn rate_limits_hold_and_change_live() {
     }
     let (bridge, subnet) = unique_names('r');
     let state = tempfile::tempdir().expect("tempdir");
-    let (network, _guard) = network(&bridge, &state).await;
+    // The VPS sends to a port of the node, which must be open to VPSes.
+    let sink_port = TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|reserved| reserved.local_addr())
+        .expect("a free port")
+        .port();
+    let mut config = net_support::config(&bridge, &state);
+    config.host_ports_open_to_vps = vec![format!("tcp/{sink_port}").parse().expect("host port")];
+    let (network, _guard) = network_with(config).await;
     let vps = Netns::new();
     let vps_id = format!("rate-{}", std::process::id());
     let gateway = format!("{subnet}.1");
@@ -114,7 +123,7 @@ async fn rate_limits_hold_and_change_live() {
         )
         .await
         .expect("port with 20 Mbit/s egress");
-    let egress = tokio::task::block_in_place(|| egress_rate(&vps, &gateway));
+    let egress = tokio::task::block_in_place(|| egress_rate(&vps, &gateway, sink_port));
     assert_near(egress, 20e6, "egress at 20 Mbit/s");
     let ingress = tokio::task::block_in_place(|| ingress_rate(&vps, &address));
     assert_near(ingress, 30e6, "ingress at 30 Mbit/s");
@@ -136,7 +145,7 @@ async fn rate_limits_hold_and_change_live() {
         index_before, index_after,
         "the port is changed in place, not rebuilt"
     );
-    let egress = tokio::task::block_in_place(|| egress_rate(&vps, &gateway));
+    let egress = tokio::task::block_in_place(|| egress_rate(&vps, &gateway, sink_port));
     assert_near(egress, 50e6, "egress after live resize to 50 Mbit/s");
 
     let counters = network.counters(&vps_id).expect("counters");
@@ -247,12 +256,7 @@ async fn ports_connect_and_a_restart_repairs_and_removes_leftovers() {
         .status()
         .expect("nft");
     let restarted = Network::start(
-        NetworkConfig {
-            bridge: bridge.clone(),
-            uplink: None,
-            ip_forward: false,
-            state_dir: state.path().join("network"),
-        },
+        net_support::config(&bridge, &state),
         &[(a_id.clone(), a.pid())],
     )
     .await
@@ -536,4 +540,460 @@ async fn neighbor_discovery_speaks_only_for_the_port() {
     assert!(!nft_table("bridge", &bridge).contains("drop"));
     network.teardown().await.expect("teardown");
     assert!(!link_exists(&bridge));
+}
+
+/// Whether a TCP connection from inside `from` to `address` is accepted
+/// within 2 s (a dropped SYN is never answered, so this times out).
+fn connects(from: &Netns, address: SocketAddr) -> bool {
+    from.run(move || TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_ok())
+        .join()
+        .expect("connect thread")
+}
+
+/// A TCP listener on every address of the host, on a port the kernel picks.
+fn host_listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind(("0.0.0.0", 0)).expect("listen on the host");
+    let port = listener.local_addr().expect("addr").port();
+    (listener, port)
+}
+
+fn write_sysctl(path: &str, value: &str) {
+    std::fs::write(path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
+}
+
+/// An "outside" network namespace behind a veth of the test's own, with
+/// `<subnet>.1/24` on the host end and `<subnet>.2/24` inside. The host end
+/// carries the bridge's marker alias, so the bridge guard removes it.
+fn outside(bridge: &str, subnet: &str) -> (Netns, String) {
+    let outside = Netns::new();
+    let host_end = format!("{bridge}x");
+    let ip = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().expect("ip");
+        assert!(status.success(), "ip {}", args.join(" "));
+    };
+    ip(&[
+        "link",
+        "add",
+        &host_end,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &outside.pid().to_string(),
+    ]);
+    ip(&[
+        "link",
+        "set",
+        "dev",
+        &host_end,
+        "alias",
+        &format!("paddock:{bridge}:outside"),
+    ]);
+    ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &host_end]);
+    ip(&["link", "set", "dev", &host_end, "up"]);
+    assert!(outside.command(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{subnet}.2/24"),
+        "dev",
+        "eth0"
+    ]));
+    assert!(outside.command(&["ip", "link", "set", "dev", "eth0", "up"]));
+    assert!(outside.command(&["ip", "link", "set", "dev", "lo", "up"]));
+    (outside, host_end)
+}
+
+/// What a VPS sends to the node itself is dropped unless the node opened the
+/// connection or the port is in `host_ports_open_to_vps`: a service listening
+/// on all of the host's addresses is closed to the VPS on the gateway address
+/// and on another host address, while the open port, the host's own
+/// connections into the VPS, and NAT through the host to the outside work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vps_reaches_only_open_ports_of_the_node_but_routes_through_it() {
+    if !require_root() {
+        return;
+    }
+    let (bridge, subnet) = unique_names('h');
+    let (_, outside_subnet) = unique_names('o');
+    let state = tempfile::tempdir().expect("tempdir");
+    let (closed, closed_port) = host_listener();
+    let (open, open_port) = host_listener();
+    let mut config = net_support::config(&bridge, &state);
+    config.host_ports_open_to_vps = vec![format!("tcp/{open_port}").parse().expect("host port")];
+    let (network, _guard) = network_with(config).await;
+    let vps = Netns::new();
+    let vps_id = format!("host-{}", std::process::id());
+    let mut spec = port(&vps_id, &subnet, 10, 0, 0);
+    spec.nat = true;
+    network.ensure_port(&spec, vps.pid()).await.expect("port");
+    let (outside, host_end) = outside(&bridge, &outside_subnet);
+    // Routing for this test's two interfaces only (not the host-wide ip_forward).
+    for dev in [&bridge, &host_end] {
+        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{dev}/forwarding"), "1");
+    }
+    let outside_listener = outside
+        .run(|| TcpListener::bind(("0.0.0.0", 0)).expect("listen outside"))
+        .join()
+        .expect("bind thread");
+    let outside_port = outside_listener.local_addr().expect("addr").port();
+    let gateway: IpAddr = format!("{subnet}.1").parse().expect("gateway");
+    let other_host_address: IpAddr = format!("{outside_subnet}.1").parse().expect("host end");
+    let outside_address: IpAddr = format!("{outside_subnet}.2").parse().expect("outside");
+
+    let reached = tokio::task::block_in_place(|| {
+        [
+            (
+                "the gateway address on a closed port",
+                (gateway, closed_port),
+                false,
+            ),
+            (
+                "another host address on a closed port",
+                (other_host_address, closed_port),
+                false,
+            ),
+            (
+                "the gateway address on the open port",
+                (gateway, open_port),
+                true,
+            ),
+            (
+                "a host outside, through NAT",
+                (outside_address, outside_port),
+                true,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(what, address, expected)| {
+            let got = connects(&vps, SocketAddr::from(address));
+            (got != expected).then(|| format!("{what}: reached = {got}, expected {expected}"))
+        })
+        .collect::<Vec<_>>()
+    });
+    assert!(reached.is_empty(), "{}", reached.join("\n"));
+    assert!(
+        vps.command(&[
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &gateway.to_string()
+        ]),
+        "the VPS pings its gateway"
+    );
+    // The node's own connection into the VPS: the VPS's replies come back in.
+    let in_vps = {
+        let address = format!("{subnet}.10");
+        vps.run(move || TcpListener::bind((address.as_str(), 0)).expect("listen in the VPS"))
+            .join()
+            .expect("bind thread")
+    };
+    let in_vps_address = in_vps.local_addr().expect("addr");
+    let opened = tokio::task::block_in_place(|| {
+        TcpStream::connect_timeout(&in_vps_address, Duration::from_secs(2)).is_ok()
+    });
+    assert!(opened, "the node connects to a service in the VPS");
+    drop((closed, open, outside_listener, in_vps));
+
+    network.remove_port(&vps_id).await.expect("remove");
+    assert!(
+        nft_table("inet", &bridge).is_empty(),
+        "no input filter without ports"
+    );
+    network.teardown().await.expect("teardown");
+    drop(outside);
+}
+
+/// Whether a frame with source MAC `mac` is among `frames`.
+fn from_mac(frames: &[Vec<u8>], mac: [u8; 6]) -> usize {
+    frames
+        .iter()
+        .filter(|frame| frame.get(6..12) == Some(&mac[..]))
+        .count()
+}
+
+/// VPSes of different tenants share the bridge but exchange no frames:
+/// another tenant's pings (and its ARP broadcasts, and a crafted unicast
+/// frame) never appear on the victim's port, while VPSes of the same tenant
+/// and every VPS with its gateway still talk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_do_not_exchange_frames_on_the_bridge() {
+    if !require_root() {
+        return;
+    }
+    let (bridge, subnet) = unique_names('t');
+    let state = tempfile::tempdir().expect("tempdir");
+    let (network, _guard) = network(&bridge, &state).await;
+    let (victim, peer, stranger) = (Netns::new(), Netns::new(), Netns::new());
+    let pid = std::process::id();
+    let (v_id, p_id, s_id) = (
+        format!("tv-{pid}"),
+        format!("tp-{pid}"),
+        format!("ts-{pid}"),
+    );
+    let v_spec = port(&v_id, &subnet, 10, 0, 0);
+    let p_spec = port(&p_id, &subnet, 11, 0, 0);
+    let mut s_spec = port(&s_id, &subnet, 12, 0, 0);
+    s_spec.tenant = "tenant-z".to_owned();
+    network
+        .ensure_port(&v_spec, victim.pid())
+        .await
+        .expect("victim");
+    network
+        .ensure_port(&p_spec, peer.pid())
+        .await
+        .expect("peer");
+    network
+        .ensure_port(&s_spec, stranger.pid())
+        .await
+        .expect("stranger");
+    let ping = |from: &Netns, host: u8| {
+        from.command(&[
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &format!("{subnet}.{host}"),
+        ])
+    };
+
+    let on_victim = Capture::start(&host_ifname(&v_id));
+    let stranger_reached_victim = ping(&stranger, 10);
+    // Even with the victim's MAC known, a unicast frame does not cross.
+    let crafted = udp4_frame(
+        (s_spec.mac.0, v_spec.mac.0),
+        format!("{subnet}.12").parse().expect("ip"),
+        format!("{subnet}.10").parse().expect("ip"),
+        (4000, 4000),
+        b"hello from another tenant",
+    );
+    send_frames(&stranger, "eth0", vec![crafted.clone()]);
+    let peer_reached_victim = ping(&peer, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = on_victim.finish();
+    assert!(
+        !stranger_reached_victim,
+        "another tenant's VPS pings the victim"
+    );
+    assert_eq!(
+        from_mac(&frames, s_spec.mac.0),
+        0,
+        "frames of another tenant's VPS reached the victim's port"
+    );
+    assert!(!frames.contains(&crafted));
+    assert!(
+        peer_reached_victim,
+        "a VPS of the same tenant pings the victim"
+    );
+    assert!(
+        from_mac(&frames, p_spec.mac.0) > 0,
+        "the capture sees the same tenant's frames"
+    );
+    assert!(
+        ping(&stranger, 1),
+        "the other tenant's VPS pings its gateway"
+    );
+    assert!(ping(&victim, 1), "the victim pings its gateway");
+
+    for id in [&v_id, &p_id, &s_id] {
+        network.remove_port(id).await.expect("remove");
+    }
+    network.teardown().await.expect("teardown");
+}
+
+/// A VPS cannot be a DHCP server for its neighbours or the node (server
+/// replies, UDP 67->68 and DHCPv6 547->546, never leave its port), and it
+/// sends from the unspecified address `::` only to probe for duplicate
+/// addresses or report multicast listening; a client's DHCP request from its
+/// own address still leaves. Victim is a VPS of the same tenant, which
+/// tenant isolation would not protect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_rogue_dhcp_servers_and_unspecified_source_only_for_dad() {
+    if !require_root() {
+        return;
+    }
+    let (bridge, subnet) = unique_names('d');
+    let state = tempfile::tempdir().expect("tempdir");
+    let (network, _guard) = network(&bridge, &state).await;
+    let (attacker, victim) = (Netns::new(), Netns::new());
+    let pid = std::process::id();
+    let (a_id, b_id) = (format!("da-{pid}"), format!("db-{pid}"));
+    let v6_prefix = format!("fd00:{}", subnet.replace('.', ":"));
+    let a_spec = dual_stack(port(&a_id, &subnet, 10, 0, 0), &v6_prefix, 10);
+    let b_spec = dual_stack(port(&b_id, &subnet, 11, 0, 0), &v6_prefix, 11);
+    network
+        .ensure_port(&a_spec, attacker.pid())
+        .await
+        .expect("a");
+    network.ensure_port(&b_spec, victim.pid()).await.expect("b");
+    let (a_mac, b_mac) = (a_spec.mac.0, b_spec.mac.0);
+    let (a_ll, b_ll) = (a_spec.mac.ipv6_link_local(), b_spec.mac.ipv6_link_local());
+    let ip6 = |host: u16| -> Ipv6Addr { format!("{v6_prefix}::{host:x}").parse().expect("v6") };
+    let (a6, b6) = (ip6(0xa), ip6(0xb));
+    let a4: std::net::Ipv4Addr = format!("{subnet}.10").parse().expect("ip");
+    let broadcast = std::net::Ipv4Addr::BROADCAST;
+    let unspecified = Ipv6Addr::UNSPECIFIED;
+    let frame6 = |src: Ipv6Addr, dst: Ipv6Addr, dst_mac: [u8; 6], next: u8, payload: Vec<u8>| {
+        let addresses = Addresses {
+            src_mac: a_mac,
+            dst_mac,
+            src,
+            dst,
+        };
+        ipv6_frame(&addresses, next, &payload)
+    };
+    let dhcp6_servers: Ipv6Addr = "ff02::1:2".parse().expect("ff02::1:2");
+    let mld_group: Ipv6Addr = "ff02::16".parse().expect("ff02::16");
+    let a_solicited = solicited_node(a6);
+    // (what, frame, reaches b's port, reaches the host)
+    let attempts: Vec<(&str, Vec<u8>, bool, bool)> = vec![
+        (
+            "DHCP offer (67->68) to broadcast",
+            udp4_frame((a_mac, [0xff; 6]), a4, broadcast, (67, 68), &[2; 240]),
+            false,
+            false,
+        ),
+        (
+            "DHCP offer (67->68) to b",
+            udp4_frame(
+                (a_mac, b_mac),
+                a4,
+                format!("{subnet}.11").parse().expect("ip"),
+                (67, 68),
+                &[2; 240],
+            ),
+            false,
+            false,
+        ),
+        (
+            "DHCPv6 advertise (547->546) to b",
+            frame6(
+                a_ll,
+                b_ll,
+                b_mac,
+                UDP,
+                udp6(a_ll, b_ll, (547, 546), &[2; 40]),
+            ),
+            false,
+            false,
+        ),
+        (
+            "UDP from :: to b",
+            frame6(
+                unspecified,
+                b6,
+                b_mac,
+                UDP,
+                udp6(unspecified, b6, (4000, 4000), b"x"),
+            ),
+            false,
+            false,
+        ),
+        (
+            "echo request from :: to b",
+            frame6(
+                unspecified,
+                b6,
+                b_mac,
+                ICMPV6,
+                icmpv6(unspecified, b6, ECHO_REQUEST, &[0, 1, 0, 1]),
+            ),
+            false,
+            false,
+        ),
+        (
+            "solicitation from :: to b's address (not a solicited-node group)",
+            frame6(
+                unspecified,
+                b6,
+                b_mac,
+                ICMPV6,
+                icmpv6(unspecified, b6, NEIGHBOR_SOLICIT, &solicit(a6, &[])),
+            ),
+            false,
+            false,
+        ),
+        (
+            "DHCP request (68->67) from its own address",
+            udp4_frame((a_mac, [0xff; 6]), a4, broadcast, (68, 67), &[1; 240]),
+            true,
+            true,
+        ),
+        (
+            "DHCPv6 solicit (546->547)",
+            frame6(
+                a_ll,
+                dhcp6_servers,
+                multicast_mac(dhcp6_servers),
+                UDP,
+                udp6(a_ll, dhcp6_servers, (546, 547), &[1; 40]),
+            ),
+            true,
+            true,
+        ),
+        (
+            "duplicate address probe from :: for its own address",
+            frame6(
+                unspecified,
+                a_solicited,
+                multicast_mac(a_solicited),
+                ICMPV6,
+                icmpv6(
+                    unspecified,
+                    a_solicited,
+                    NEIGHBOR_SOLICIT,
+                    &solicit(a6, &[]),
+                ),
+            ),
+            true,
+            true,
+        ),
+    ];
+    // MLD reports are snooped by the bridge (not flooded), so only the host is asked.
+    let mld = frame6(
+        unspecified,
+        mld_group,
+        multicast_mac(mld_group),
+        HOP_BY_HOP,
+        mld2_report(unspecified),
+    );
+
+    let on_bridge = Capture::start(&bridge);
+    let on_b = Capture::start(&host_ifname(&b_id));
+    let mut frames: Vec<Vec<u8>> = attempts
+        .iter()
+        .map(|(_, frame, _, _)| frame.clone())
+        .collect();
+    frames.push(mld.clone());
+    send_frames(&attacker, "eth0", frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let bridge_frames = on_bridge.finish();
+    let b_frames = on_b.finish();
+    let mut wrong = Vec::new();
+    for (what, frame, to_b, to_host) in &attempts {
+        for (frames, who, expected) in [
+            (&b_frames, "b", to_b),
+            (&bridge_frames, "the host", to_host),
+        ] {
+            if frames.contains(frame) != *expected {
+                let verb = if *expected { "did not get" } else { "got" };
+                wrong.push(format!("{who} {verb} a's {what}"));
+            }
+        }
+    }
+    if !bridge_frames.contains(&mld) {
+        wrong.push("the host did not get a's MLD report from ::".to_owned());
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    network.remove_port(&a_id).await.expect("remove a");
+    network.remove_port(&b_id).await.expect("remove b");
+    network.teardown().await.expect("teardown");
 }

@@ -367,7 +367,7 @@ impl Cluster {
             }
         }
         let table = format!("paddock_{}", self.bridge);
-        for family in ["bridge", "ip"] {
+        for family in ["bridge", "inet", "ip"] {
             if let Ok(out) = Command::new("nft")
                 .args(["list", "table", family, &table])
                 .output()
@@ -643,7 +643,7 @@ fn remove_network(bridge: &str) {
     }
     let _ = Command::new("ip").args(["link", "del", bridge]).output();
     let table = format!("paddock_{bridge}");
-    for family in ["bridge", "ip"] {
+    for family in ["bridge", "inet", "ip"] {
         let _ = Command::new("nft")
             .args(["delete", "table", family, &table])
             .output();

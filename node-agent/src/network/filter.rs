@@ -1,17 +1,28 @@
-//! Anti-spoofing and NAT with nftables.
+//! Anti-spoofing, tenant isolation, the node's own input filter and NAT with
+//! nftables.
 //!
-//! The agent owns two tables named `paddock_<bridge>`: one in the `bridge`
-//! family, whose prerouting chain sends every frame entering the bridge from a
-//! VPS port through that port's chain, and one in the `ip` family for
-//! masquerading private pools. Both are regenerated from the list of ports and
-//! loaded with one `nft -f` run, which the kernel applies as a single
-//! transaction: there is never a moment with a half-written ruleset. A port is
-//! only attached to the bridge after its rules are loaded.
+//! The agent owns three tables named `paddock_<bridge>`:
+//! - `bridge`: its prerouting chain sends every frame entering the bridge from
+//!   a VPS port through that port's chain (anti-spoofing, no rogue DHCP
+//!   servers, source `::` only for duplicate address detection and MLD), and
+//!   its forward chain drops frames between the ports of different tenants;
+//! - `inet`: its input chain filters what VPSes send to the node itself
+//!   (arriving on the bridge interface): replies, ping, the ICMPv6 IPv6 needs
+//!   and the configured open ports pass, the rest is dropped;
+//! - `ip`: masquerading private pools.
+//!
+//! All are regenerated from the list of ports and loaded with one `nft -f`
+//! run, which the kernel applies as a single transaction: there is never a
+//! moment with a half-written ruleset. A port is only attached to the bridge
+//! after its rules are loaded.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+
+use paddock_config::{HostPort, Isolation, Transport};
 
 use super::{IfAddr, MacAddr, NetworkError};
 
@@ -25,6 +36,22 @@ pub struct PortRules {
     /// The only source addresses the VPS may use (plus, for IPv6, the
     /// link-local address derived from `mac` and `::` for duplicate address detection).
     pub addresses: Vec<IpAddr>,
+    /// The isolation group (the VPS's tenant): with [`Isolation::Tenant`],
+    /// ports of different groups exchange no frames.
+    pub group: String,
+}
+
+/// What the node's ruleset enforces beyond the ports' own rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// Private pools masqueraded when leaving the node.
+    pub nat_networks: &'a [IfAddr],
+    /// Interface NAT leaves through; `None` = any but the bridge.
+    pub uplink: Option<&'a str>,
+    /// Ports of the node VPSes may open.
+    pub host_ports: &'a [HostPort],
+    /// Which ports may exchange frames.
+    pub isolation: Isolation,
 }
 
 /// Name of both tables of the agent that owns `bridge`.
@@ -36,21 +63,22 @@ fn set(items: &[String]) -> String {
     format!("{{ {} }}", items.join(", "))
 }
 
-/// The complete nft script for `bridge`: replaces both tables atomically.
-pub fn ruleset(
-    bridge: &str,
-    ports: &[PortRules],
-    nat_networks: &[IfAddr],
-    uplink: Option<&str>,
-) -> String {
+/// The complete nft script for `bridge`: replaces all three tables atomically.
+pub fn ruleset(bridge: &str, ports: &[PortRules], policy: &Policy<'_>) -> String {
     let table = table_name(bridge);
     let mut out = String::new();
     // Declaring before deleting makes the delete valid whether or not the table exists.
     let _ = writeln!(out, "table bridge {table} {{}}");
     let _ = writeln!(out, "delete table bridge {table}");
     if !ports.is_empty() {
-        bridge_table(&mut out, &table, ports);
+        bridge_table(&mut out, &table, ports, policy.isolation);
     }
+    let _ = writeln!(out, "table inet {table} {{}}");
+    let _ = writeln!(out, "delete table inet {table}");
+    if !ports.is_empty() {
+        host_input(&mut out, &table, bridge, policy.host_ports);
+    }
+    let (nat_networks, uplink) = (policy.nat_networks, policy.uplink);
     let _ = writeln!(out, "table ip {table} {{}}");
     let _ = writeln!(out, "delete table ip {table}");
     if !nat_networks.is_empty() {
@@ -76,8 +104,57 @@ pub fn ruleset(
     out
 }
 
-/// The bridge-family table: one chain per port, reached by input interface.
-fn bridge_table(out: &mut String, table: &str, ports: &[PortRules]) {
+/// The node's own input filter: what VPSes (packets arriving on the bridge
+/// interface) may send to the node's addresses. Routed and NATed traffic
+/// never reaches the input hook, so it is not affected.
+///
+/// Allowed: replies to connections the node opened (and ICMP errors about
+/// them), ping (a VPS's first diagnostic of its gateway), the ICMPv6 that
+/// IPv6 needs on a link (neighbour and router solicitations, neighbour
+/// advertisements, MLD reports), and `host_ports`. The rest is dropped.
+fn host_input(out: &mut String, table: &str, bridge: &str, host_ports: &[HostPort]) {
+    let _ = writeln!(out, "table inet {table} {{");
+    let _ = writeln!(out, "\tchain input {{");
+    let _ = writeln!(
+        out,
+        "\t\ttype filter hook input priority filter; policy accept;"
+    );
+    let _ = writeln!(out, "\t\tiifname \"{bridge}\" jump from_vps");
+    let _ = writeln!(out, "\t}}");
+    let _ = writeln!(out, "\tchain from_vps {{");
+    let _ = writeln!(out, "\t\tct state established,related accept");
+    let _ = writeln!(out, "\t\ticmp type echo-request accept");
+    let _ = writeln!(
+        out,
+        "\t\ticmpv6 type {{ echo-request, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, \
+         mld-listener-report, mld-listener-done, mld2-listener-report }} accept"
+    );
+    for protocol in [Transport::Tcp, Transport::Udp] {
+        let ranges: Vec<String> = host_ports
+            .iter()
+            .filter(|port| port.protocol == protocol)
+            .map(|port| {
+                if port.first == port.last {
+                    port.first.to_string()
+                } else {
+                    format!("{}-{}", port.first, port.last)
+                }
+            })
+            .collect();
+        if !ranges.is_empty() {
+            let _ = writeln!(out, "\t\t{} dport {} accept", protocol.name(), set(&ranges));
+        }
+    }
+    let _ = writeln!(out, "\t\tcounter drop");
+    let _ = writeln!(out, "\t}}");
+    let _ = writeln!(out, "}}");
+}
+
+/// The bridge-family table: one chain per port, reached by input interface,
+/// and with tenant isolation one chain per isolation group, reached by input
+/// interface from the forward hook (frames between two ports; what goes to or
+/// comes from the node itself takes the input and output hooks).
+fn bridge_table(out: &mut String, table: &str, ports: &[PortRules], isolation: Isolation) {
     let _ = writeln!(out, "table bridge {table} {{");
     let _ = writeln!(out, "\tchain prerouting {{");
     let _ = writeln!(
@@ -92,6 +169,34 @@ fn bridge_table(out: &mut String, table: &str, ports: &[PortRules]) {
         );
     }
     let _ = writeln!(out, "\t}}");
+    let mut groups: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for port in ports {
+        groups
+            .entry(port.group.as_str())
+            .or_default()
+            .push(format!("\"{}\"", port.host_ifname));
+    }
+    if isolation == Isolation::Tenant && groups.len() > 1 {
+        let _ = writeln!(out, "\tchain forward {{");
+        let _ = writeln!(
+            out,
+            "\t\ttype filter hook forward priority 0; policy accept;"
+        );
+        for (index, members) in groups.values().enumerate() {
+            let _ = writeln!(out, "\t\tiifname {} jump group_{index}", set(members));
+        }
+        let _ = writeln!(out, "\t}}");
+        for (index, group) in groups.keys().enumerate() {
+            let others: Vec<String> = groups
+                .iter()
+                .filter(|(other, _)| *other != group)
+                .flat_map(|(_, members)| members.iter().cloned())
+                .collect();
+            let _ = writeln!(out, "\tchain group_{index} {{");
+            let _ = writeln!(out, "\t\toifname {} counter drop", set(&others));
+            let _ = writeln!(out, "\t}}");
+        }
+    }
     for port in ports {
         let mac = port.mac;
         let v4: Vec<String> = port
@@ -137,6 +242,31 @@ fn bridge_table(out: &mut String, table: &str, ports: &[PortRules]) {
             out,
             "\t\tether type ip6 ip6 saddr != {} counter drop",
             set(&v6)
+        );
+        // The unspecified source only where a host has no address yet:
+        // duplicate address probes (to a solicited-node group) and MLD reports.
+        let _ = writeln!(
+            out,
+            "\t\tether type ip6 ip6 saddr :: meta l4proto != ipv6-icmp counter drop"
+        );
+        let _ = writeln!(
+            out,
+            "\t\tether type ip6 ip6 saddr :: icmpv6 type != \
+             {{ nd-neighbor-solicit, mld-listener-report, mld2-listener-report }} counter drop"
+        );
+        let _ = writeln!(
+            out,
+            "\t\tether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit \
+             ip6 daddr != ff02::1:ff00:0/104 counter drop"
+        );
+        // A VPS is a DHCP client at most, never a server for its neighbours.
+        let _ = writeln!(
+            out,
+            "\t\tether type ip udp sport 67 udp dport 68 counter drop"
+        );
+        let _ = writeln!(
+            out,
+            "\t\tether type ip6 udp sport 547 udp dport 546 counter drop"
         );
         neighbor_discovery(out, port);
         let _ = writeln!(out, "\t}}");
@@ -211,12 +341,13 @@ fn mac_hex(mac: MacAddr) -> String {
     )
 }
 
-/// The script that removes both tables of `bridge` (nothing left behind).
+/// The script that removes all tables of `bridge` (nothing left behind).
 pub fn teardown(bridge: &str) -> String {
     let table = table_name(bridge);
-    format!(
-        "table bridge {table} {{}}\ndelete table bridge {table}\ntable ip {table} {{}}\ndelete table ip {table}\n"
-    )
+    ["bridge", "inet", "ip"]
+        .iter()
+        .map(|family| format!("table {family} {table} {{}}\ndelete table {family} {table}\n"))
+        .collect()
 }
 
 /// Loads an nft script in one transaction.
@@ -255,6 +386,16 @@ mod tests {
             host_ifname: "pv0123456789ab".into(),
             mac: "02:11:22:33:44:55".parse().expect("mac"),
             addresses: vec!["10.77.0.10".parse().expect("ip")],
+            group: "acme".into(),
+        }
+    }
+
+    fn policy<'a>(nat_networks: &'a [IfAddr], uplink: Option<&'a str>) -> Policy<'a> {
+        Policy {
+            nat_networks,
+            uplink,
+            host_ports: &[],
+            isolation: Isolation::Tenant,
         }
     }
 
@@ -263,8 +404,7 @@ mod tests {
         let text = ruleset(
             "pdk0",
             &[port()],
-            &["10.77.0.0/24".parse().expect("net")],
-            None,
+            &policy(&["10.77.0.0/24".parse().expect("net")], None),
         );
         let expected = "\
 table bridge paddock_pdk0 {}
@@ -282,6 +422,11 @@ table bridge paddock_pdk0 {
 \t\tether type ip ip saddr != { 10.77.0.10 } counter drop
 \t\tether type ip6 icmpv6 type { nd-router-advert, nd-redirect } counter drop
 \t\tether type ip6 ip6 saddr != { fe80::11:22ff:fe33:4455, :: } counter drop
+\t\tether type ip6 ip6 saddr :: meta l4proto != ipv6-icmp counter drop
+\t\tether type ip6 ip6 saddr :: icmpv6 type != { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } counter drop
+\t\tether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit ip6 daddr != ff02::1:ff00:0/104 counter drop
+\t\tether type ip udp sport 67 udp dport 68 counter drop
+\t\tether type ip6 udp sport 547 udp dport 546 counter drop
 \t\tether type ip6 ip6 nexthdr != ipv6-icmp icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } counter drop
 \t\tether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != { 0xfe80000000000000001122fffe334455 } counter drop
 \t\tether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128 != { 0xfe80000000000000001122fffe334455 } counter drop
@@ -289,6 +434,20 @@ table bridge paddock_pdk0 {
 \t\tether type ip6 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 length > 32 counter drop
 \t\tether type ip6 icmpv6 type nd-router-solicit @th,64,8 1 @th,80,48 != 0x021122334455 counter drop
 \t\tether type ip6 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,192,8 { 1, 2 } @th,208,48 != 0x021122334455 counter drop
+\t}
+}
+table inet paddock_pdk0 {}
+delete table inet paddock_pdk0
+table inet paddock_pdk0 {
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname \"pdk0\" jump from_vps
+\t}
+\tchain from_vps {
+\t\tct state established,related accept
+\t\ticmp type echo-request accept
+\t\ticmpv6 type { echo-request, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld-listener-done, mld2-listener-report } accept
+\t\tcounter drop
 \t}
 }
 table ip paddock_pdk0 {}
@@ -310,8 +469,7 @@ table ip paddock_pdk0 {
         let text = ruleset(
             "pdk1",
             &[port],
-            &["10.1.0.0/24".parse().expect("net")],
-            Some("eth9"),
+            &policy(&["10.1.0.0/24".parse().expect("net")], Some("eth9")),
         );
         assert!(
             text.contains("ether type { ip, arp } counter drop"),
@@ -328,7 +486,7 @@ table ip paddock_pdk0 {
     fn neighbor_discovery_targets_are_the_ports_own_addresses() {
         let mut port = port();
         port.addresses.push("fd00::10".parse().expect("ip"));
-        let text = ruleset("pdk0", &[port], &[], None);
+        let text = ruleset("pdk0", &[port], &policy(&[], None));
         let own = "{ 0xfe80000000000000001122fffe334455, 0xfd000000000000000000000000000010 }";
         assert!(
             text.contains(&format!(
@@ -349,7 +507,55 @@ table ip paddock_pdk0 {
     }
 
     #[test]
+    fn tenants_are_isolated_and_open_host_ports_listed() {
+        let named = |name: &str, group: &str| PortRules {
+            host_ifname: name.into(),
+            group: group.into(),
+            ..port()
+        };
+        let ports = [
+            named("pva", "acme"),
+            named("pvb", "acme"),
+            named("pvc", "zeta"),
+        ];
+        let host_ports: Vec<HostPort> = ["udp/53", "tcp/53", "tcp/8000-8010"]
+            .iter()
+            .map(|text| text.parse().expect("host port"))
+            .collect();
+        let text = ruleset(
+            "pdk0",
+            &ports,
+            &Policy {
+                host_ports: &host_ports,
+                ..policy(&[], None)
+            },
+        );
+        let forward = "\tchain forward {
+\t\ttype filter hook forward priority 0; policy accept;
+\t\tiifname { \"pva\", \"pvb\" } jump group_0
+\t\tiifname { \"pvc\" } jump group_1
+\t}
+\tchain group_0 {
+\t\toifname { \"pvc\" } counter drop
+\t}
+\tchain group_1 {
+\t\toifname { \"pva\", \"pvb\" } counter drop
+\t}
+";
+        assert!(text.contains(forward), "{text}");
+        assert!(text.contains("\t\ttcp dport { 53, 8000-8010 } accept\n\t\tudp dport { 53 } accept\n\t\tcounter drop\n"), "{text}");
+        // One tenant, or no isolation: no forward chain at all.
+        let same = [named("pva", "acme"), named("pvb", "acme")];
+        assert!(!ruleset("pdk0", &same, &policy(&[], None)).contains("forward"));
+        let flat = Policy {
+            isolation: Isolation::None,
+            ..policy(&[], None)
+        };
+        assert!(!ruleset("pdk0", &ports, &flat).contains("forward"));
+    }
+
+    #[test]
     fn without_ports_or_nat_the_tables_are_empty() {
-        assert_eq!(ruleset("pdk0", &[], &[], None), teardown("pdk0"));
+        assert_eq!(ruleset("pdk0", &[], &policy(&[], None)), teardown("pdk0"));
     }
 }

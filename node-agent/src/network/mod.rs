@@ -24,10 +24,11 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+pub use paddock_config::{HostPort, Isolation};
 use serde::{Deserialize, Serialize};
 
 pub use self::counters::Counters;
-use self::filter::PortRules;
+use self::filter::{Policy, PortRules};
 use self::veth::{link_alias, link_controller, link_name, link_peer, Netlink};
 
 /// Why a network operation failed.
@@ -226,6 +227,10 @@ pub struct PortSpec {
     pub nat: bool,
     /// The pool's network.
     pub pool: Option<IfAddr>,
+    /// The VPS's tenant: its isolation group on the bridge. Specs persisted
+    /// before it existed read as "" (one group) until the VPS is applied again.
+    #[serde(default)]
+    pub tenant: String,
 }
 
 impl PortSpec {
@@ -305,6 +310,11 @@ pub struct NetworkConfig {
     pub ip_forward: bool,
     /// Where port specs are persisted (`<state_dir>/network`).
     pub state_dir: PathBuf,
+    /// Ports of the node itself VPSes may open (everything else they send to
+    /// the node is dropped but replies, ping and the ICMPv6 IPv6 needs).
+    pub host_ports_open_to_vps: Vec<HostPort>,
+    /// Which VPSes may exchange frames on the bridge.
+    pub vps_isolation: Isolation,
 }
 
 /// 48 bits of FNV-1a of the VPS id, as hex: short enough for interface names.
@@ -575,6 +585,7 @@ impl Network {
                 host_ifname: host_ifname(&spec.vps_id),
                 mac: spec.mac,
                 addresses: spec.addresses.iter().map(|a| a.address).collect(),
+                group: spec.tenant.clone(),
             })
             .collect();
         let nat: BTreeSet<IfAddr> = ports
@@ -587,8 +598,12 @@ impl Network {
         let script = filter::ruleset(
             &self.config.bridge,
             &rules,
-            &nat,
-            self.config.uplink.as_deref(),
+            &Policy {
+                nat_networks: &nat,
+                uplink: self.config.uplink.as_deref(),
+                host_ports: &self.config.host_ports_open_to_vps,
+                isolation: self.config.vps_isolation,
+            },
         );
         blocking(move || filter::apply(&script)).await
     }
@@ -727,6 +742,7 @@ mod tests {
             egress_bps: 0,
             nat: true,
             pool: Some("10.77.0.0/24".parse().expect("pool")),
+            tenant: "acme".into(),
         };
         spec.validate().expect("valid");
         assert_eq!(

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use paddock_agent::network::{IfAddr, Network, NetworkConfig, PortSpec};
+use paddock_agent::network::{HostPort, IfAddr, Isolation, Network, NetworkConfig, PortSpec};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -106,18 +106,26 @@ pub fn unique_names(tag: char) -> (String, String) {
 /// Starts a `Network` on its own bridge; the returned guard removes the
 /// bridge and its tables even if the test panics.
 pub async fn network(bridge: &str, state: &tempfile::TempDir) -> (Network, BridgeGuard) {
-    let guard = BridgeGuard(bridge.to_owned());
-    let network = Network::start(
-        NetworkConfig {
-            bridge: bridge.to_owned(),
-            uplink: None,
-            ip_forward: false,
-            state_dir: state.path().join("network"),
-        },
-        &[],
-    )
-    .await
-    .expect("network start");
+    network_with(config(bridge, state)).await
+}
+
+/// The configuration `network` uses: no uplink, no forwarding, no host port
+/// open to VPSes, tenants isolated.
+pub fn config(bridge: &str, state: &tempfile::TempDir) -> NetworkConfig {
+    NetworkConfig {
+        bridge: bridge.to_owned(),
+        uplink: None,
+        ip_forward: false,
+        state_dir: state.path().join("network"),
+        host_ports_open_to_vps: Vec::<HostPort>::new(),
+        vps_isolation: Isolation::Tenant,
+    }
+}
+
+/// Like `network`, with a configuration of the test's own.
+pub async fn network_with(config: NetworkConfig) -> (Network, BridgeGuard) {
+    let guard = BridgeGuard(config.bridge.clone());
+    let network = Network::start(config, &[]).await.expect("network start");
     (network, guard)
 }
 
@@ -137,7 +145,7 @@ impl Drop for BridgeGuard {
             }
         }
         let _ = Command::new("ip").args(["link", "del", &self.0]).output();
-        for family in ["bridge", "ip"] {
+        for family in ["bridge", "inet", "ip"] {
             let _ = Command::new("nft")
                 .args(["delete", "table", family, &format!("paddock_{}", self.0)])
                 .output();
@@ -159,6 +167,7 @@ pub fn port(vps_id: &str, subnet: &str, host: u8, egress_bps: u64, ingress_bps: 
         egress_bps,
         nat: false,
         pool: Some(format!("{subnet}.0/24").parse().expect("pool")),
+        tenant: "tenant-a".to_owned(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! interface sees, a sender inside a VPS's namespace (what a hostile tenant can
 //! put on its eth0), and IPv6 Neighbor Discovery messages built byte by byte.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,14 +12,19 @@ use super::Netns;
 
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// IPv6 next-header values.
+const ETH_P_IP: u16 = 0x0800;
+/// IP protocol / IPv6 next-header values.
 pub const ICMPV6: u8 = 58;
+pub const UDP: u8 = 17;
+pub const HOP_BY_HOP: u8 = 0;
 pub const FRAGMENT: u8 = 44;
 pub const DESTINATION_OPTIONS: u8 = 60;
 /// ICMPv6 types.
 pub const ROUTER_SOLICIT: u8 = 133;
 pub const NEIGHBOR_SOLICIT: u8 = 135;
 pub const NEIGHBOR_ADVERT: u8 = 136;
+pub const ECHO_REQUEST: u8 = 128;
+pub const MLD2_REPORT: u8 = 143;
 /// ND option types.
 pub const SOURCE_LLA: u8 = 1;
 pub const TARGET_LLA: u8 = 2;
@@ -172,26 +177,93 @@ pub fn ipv6_frame(addresses: &Addresses, next_header: u8, payload: &[u8]) -> Vec
     frame
 }
 
-/// An ICMPv6 message from `src` to `dst` with a correct checksum; `body` is
-/// everything after the type, code and checksum.
-pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8, body: &[u8]) -> Vec<u8> {
-    let mut message = vec![icmp_type, 0, 0, 0];
-    message.extend_from_slice(body);
-    let mut pseudo = Vec::with_capacity(40 + message.len());
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, ICMPV6]);
-    pseudo.extend_from_slice(&message);
-    let mut sum: u32 = pseudo
+/// The Internet checksum of `bytes`.
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
         .chunks(2)
         .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
         .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    message[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    !(sum as u16)
+}
+
+/// The checksum of an upper-layer `message` over IPv6 (with its pseudo header).
+fn checksum6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, message: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + message.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next_header]);
+    pseudo.extend_from_slice(message);
+    checksum(&pseudo)
+}
+
+/// An ICMPv6 message from `src` to `dst` with a correct checksum; `body` is
+/// everything after the type, code and checksum.
+pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = vec![icmp_type, 0, 0, 0];
+    message.extend_from_slice(body);
+    let sum = checksum6(src, dst, ICMPV6, &message);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
     message
+}
+
+/// A UDP datagram over IPv6 with a correct checksum.
+pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+    let mut datagram = udp_header(ports, payload);
+    let sum = checksum6(src, dst, UDP, &datagram);
+    datagram[6..8].copy_from_slice(&sum.to_be_bytes());
+    datagram
+}
+
+fn udp_header((sport, dport): (u16, u16), payload: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(8 + payload.len()).expect("datagram fits");
+    let mut datagram = Vec::with_capacity(8 + payload.len());
+    datagram.extend_from_slice(&sport.to_be_bytes());
+    datagram.extend_from_slice(&dport.to_be_bytes());
+    datagram.extend_from_slice(&length.to_be_bytes());
+    datagram.extend_from_slice(&[0, 0]);
+    datagram.extend_from_slice(payload);
+    datagram
+}
+
+/// An Ethernet frame carrying an IPv4 UDP datagram (checksum 0: none, as IPv4 allows).
+pub fn udp4_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let (src_mac, dst_mac) = macs;
+    let datagram = udp_header(ports, payload);
+    let total = u16::try_from(20 + datagram.len()).expect("packet fits");
+    let mut header = vec![0x45, 0];
+    header.extend_from_slice(&total.to_be_bytes());
+    header.extend_from_slice(&[0, 1, 0, 0, 64, UDP, 0, 0]);
+    header.extend_from_slice(&src.octets());
+    header.extend_from_slice(&dst.octets());
+    let sum = checksum(&header);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = Vec::with_capacity(14 + header.len() + datagram.len());
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(&datagram);
+    frame
+}
+
+/// An MLDv2 report without records behind a hop-by-hop header with the
+/// router alert option, as a kernel sends it (the payload of `ipv6_frame`
+/// with `HOP_BY_HOP`).
+pub fn mld2_report(src: Ipv6Addr) -> Vec<u8> {
+    let group: Ipv6Addr = "ff02::16".parse().expect("ff02::16");
+    let mut payload = vec![ICMPV6, 0, 5, 2, 0, 0, 1, 0];
+    payload.extend_from_slice(&icmpv6(src, group, MLD2_REPORT, &[0, 0, 0, 0]));
+    payload
 }
 
 /// A neighbour advertisement body: Override set (unsolicited, as a claim).
