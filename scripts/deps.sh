@@ -24,3 +24,18 @@ echo "installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# Under systemd, Debian starts lxcfs.service as `lxcfs /var/lib/lxcfs` right after install;
+# the agent reuses a running lxcfs, so give the service the flags the agent would start it with
+# (per-VPS CPU counts and load averages). Only at install time: restarting a lxcfs that
+# containers use would break their /proc views.
+if [[ " ${missing[*]} " == *" lxcfs "* && -d /run/systemd/system ]]; then
+    mkdir -p /etc/systemd/system/lxcfs.service.d
+    cat >/etc/systemd/system/lxcfs.service.d/paddock.conf <<'UNIT'
+[Service]
+ExecStart=
+ExecStart=/usr/bin/lxcfs --enable-cfs --enable-loadavg --enable-pidfd /var/lib/lxcfs
+UNIT
+    systemctl daemon-reload
+    systemctl restart lxcfs.service
+fi
