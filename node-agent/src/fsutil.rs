@@ -26,18 +26,20 @@ pub struct WriteError {
     pub source: io::Error,
 }
 
+/// Wraps an IO error with the operation and the path it failed on.
+fn err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteError {
+    let path = path.to_path_buf();
+    move |source| WriteError {
+        operation,
+        path,
+        source,
+    }
+}
+
 /// Replaces `path` with `bytes` so that a crash leaves the old content or the new, never a
 /// mix or nothing: a temp file beside it (`.<name>.tmp-<pid>`), fsync, rename over `path`,
 /// fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    let err = |operation, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WriteError {
-            operation,
-            path,
-            source,
-        }
-    };
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -70,22 +72,14 @@ pub fn create_private_dir_all(path: &Path) -> Result<(), WriteError> {
         .recursive(true)
         .mode(PRIVATE_DIR_MODE)
         .create(path)
-        .map_err(|source| WriteError {
-            operation: "create dir",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(err("create dir", path))?;
     set_mode(path, PRIVATE_DIR_MODE)
 }
 
 /// Sets the permission bits of `path` (not following a final symlink is not needed: the
 /// agent's state dir holds no symlinks it did not make).
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), WriteError> {
-    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|source| WriteError {
-        operation: "chmod",
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(err("chmod", path))
 }
 
 /// Narrows what an older agent left world-readable: every directory and regular file among
@@ -93,14 +87,6 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<(), WriteError> {
 /// their rotations get [`LOG_FILE_MODE`]. Never follows symlinks and never descends, so a
 /// VPS's mount points and template trees keep their own modes.
 pub fn restrict_entries(dir: &Path) -> Result<(), WriteError> {
-    let err = |operation, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WriteError {
-            operation,
-            path,
-            source,
-        }
-    };
     set_mode(dir, PRIVATE_DIR_MODE)?;
     for entry in fs::read_dir(dir).map_err(err("read dir", dir))? {
         let entry = entry.map_err(err("read dir", dir))?;

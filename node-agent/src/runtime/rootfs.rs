@@ -396,25 +396,30 @@ fn read_only_paths(root: &Path) -> Result<(), RootfsError> {
             continue;
         }
         bind(&path, &path, MsFlags::MS_REC)?;
-        mount(
-            None::<&str>,
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        )
-        .map_err(|source| RootfsError::Mount {
-            fstype: "remount read-only",
-            target: path.clone(),
-            source,
-        })?;
+        remount_read_only(&path, MsFlags::MS_NODEV)?;
     }
     Ok(())
+}
+
+/// Remounts the bind mount at `path` read-only, nosuid, noexec, plus `extra` flags.
+fn remount_read_only(path: &Path, extra: MsFlags) -> Result<(), RootfsError> {
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NOEXEC
+            | extra,
+        None::<&str>,
+    )
+    .map_err(|source| RootfsError::Mount {
+        fstype: "remount read-only",
+        target: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The VPS's own /proc view ([`super::procview`]): each lxcfs file bind-mounted read-only over
@@ -448,23 +453,7 @@ fn bind_proc_view(root: &Path, binds: &[ProcBind]) -> Result<(), RootfsError> {
             (source.clone(), MsFlags::MS_NODEV)
         };
         bind(&source, &path, MsFlags::empty())?;
-        mount(
-            None::<&str>,
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NOEXEC
-                | nodev,
-            None::<&str>,
-        )
-        .map_err(|source| RootfsError::Mount {
-            fstype: "remount read-only",
-            target: path.clone(),
-            source,
-        })?;
+        remount_read_only(&path, nodev)?;
     }
     Ok(())
 }

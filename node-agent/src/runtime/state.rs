@@ -204,15 +204,8 @@ impl Layout {
                 continue;
             }
             restrict(&root)?;
-            for entry in fs::read_dir(&root).map_err(io_err("read dir", &root))? {
-                let entry = entry.map_err(io_err("read dir", &root))?;
-                let is_dir = entry
-                    .file_type()
-                    .map_err(io_err("stat", &entry.path()))?
-                    .is_dir();
-                if is_dir {
-                    restrict(&entry.path())?;
-                }
+            for (_, dir) in subdirs(&root)? {
+                restrict(&dir)?;
             }
         }
         Ok(())
@@ -220,18 +213,10 @@ impl Layout {
 
     /// The ids of all VPS directories (with or without a state file).
     pub fn vps_ids(&self) -> Result<Vec<String>, StateError> {
-        let root = self.vps_root();
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&root).map_err(io_err("read dir", &root))? {
-            let entry = entry.map_err(io_err("read dir", &root))?;
-            let is_dir = entry
-                .file_type()
-                .map_err(io_err("stat", &entry.path()))?
-                .is_dir();
-            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
-                ids.push(name.to_string());
-            }
-        }
+        let mut ids: Vec<String> = subdirs(&self.vps_root())?
+            .into_iter()
+            .filter_map(|(name, _)| name)
+            .collect();
         ids.sort();
         Ok(ids)
     }
@@ -264,6 +249,19 @@ impl Layout {
         })?;
         write_atomic(&path, &bytes)
     }
+}
+
+/// The directories directly in `root`: their names (`None` when not UTF-8) and paths.
+fn subdirs(root: &Path) -> Result<Vec<(Option<String>, PathBuf)>, StateError> {
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(root).map_err(io_err("read dir", root))? {
+        let entry = entry.map_err(io_err("read dir", root))?;
+        let path = entry.path();
+        if entry.file_type().map_err(io_err("stat", &path))?.is_dir() {
+            dirs.push((entry.file_name().to_str().map(str::to_string), path));
+        }
+    }
+    Ok(dirs)
 }
 
 /// Creates `dir` (and missing parents) root-only, narrowing it if it existed wider.
