@@ -237,10 +237,30 @@ fn hairpin(out: &mut String, bridge: &str, ports: &[PortRules]) {
     for line in accepts {
         let _ = writeln!(out, "{line}");
     }
-    for (family, addresses) in [("ip", &private.0), ("ip6", &private.1)] {
-        if !addresses.is_empty() {
-            let _ = writeln!(out, "\t\t{family} saddr {} counter drop", list(addresses));
-            let _ = writeln!(out, "\t\t{family} daddr {} counter drop", list(addresses));
+    // Only between VPS addresses: what else is on the bridge (an interface an
+    // admin bridged in, seen here with br_netfilter) is not this chain's business.
+    for (family, private, all) in [
+        (
+            "ip",
+            &private.0,
+            public.0.union(&private.0).cloned().collect(),
+        ),
+        (
+            "ip6",
+            &private.1,
+            public.1.union(&private.1).cloned().collect(),
+        ),
+    ] {
+        if !private.is_empty() {
+            let (private, all) = (list(private), list(&all));
+            let _ = writeln!(
+                out,
+                "\t\t{family} saddr {private} {family} daddr {all} counter drop"
+            );
+            let _ = writeln!(
+                out,
+                "\t\t{family} saddr {all} {family} daddr {private} counter drop"
+            );
         }
     }
     let _ = writeln!(out, "\t}}");
@@ -688,8 +708,8 @@ table ip paddock_pdk0 {
 \t\tip saddr { 10.0.0.10, 10.0.1.11 } ip daddr { 10.0.0.10, 10.0.1.11 } accept
 \t\tip saddr { 10.0.0.12, 10.0.1.13 } ip daddr { 10.0.0.12, 10.0.1.13 } accept
 \t\tip saddr { 10.0.0.10, 10.0.0.12 } ip daddr { 10.0.0.10, 10.0.0.12 } accept
-\t\tip saddr { 10.0.1.11, 10.0.1.13 } counter drop
-\t\tip daddr { 10.0.1.11, 10.0.1.13 } counter drop
+\t\tip saddr { 10.0.1.11, 10.0.1.13 } ip daddr { 10.0.0.10, 10.0.0.12, 10.0.1.11, 10.0.1.13 } counter drop
+\t\tip saddr { 10.0.0.10, 10.0.0.12, 10.0.1.11, 10.0.1.13 } ip daddr { 10.0.1.11, 10.0.1.13 } counter drop
 \t}
 ";
         let text = ruleset("pdk0", &routed, &policy(&[], None));
