@@ -950,6 +950,26 @@ async fn tenants_in_public_pools_reach_each_other_routed_by_the_node() {
                 .all(|(mac, ttl, _)| *mac == p_spec.mac.0 && *ttl == 64),
         "the same tenant's packets come directly from its MAC: {direct:?}"
     );
+    // The node did answer the peer's ARP for the target (proxy ARP), and that
+    // answer was dropped: the target answers for itself, with no race.
+    let rules = nft_table("bridge", &bridge);
+    let claimed: u64 = rules
+        .lines()
+        .filter(|line| line.contains("arp operation reply"))
+        .filter(|line| line.contains(&format!("{subnet}.10")))
+        .filter_map(|line| {
+            line.split("packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        claimed > 0,
+        "the node's claims of the target's address to its own tenant were dropped: {rules}"
+    );
     drop(listener);
 
     for id in [&t_id, &p_id, &c_id] {
