@@ -720,7 +720,10 @@ fn from_mac(frames: &[Vec<u8>], mac: [u8; 6]) -> usize {
 /// VPSes of different tenants share the bridge but exchange no frames:
 /// another tenant's pings (and its ARP broadcasts, and a crafted unicast
 /// frame) never appear on the victim's port, while VPSes of the same tenant
-/// and every VPS with its gateway still talk.
+/// and every VPS with its gateway still talk. Victim and stranger are in
+/// private (NAT) pools, so the node does not route between them either: no
+/// ping, no TCP, not even frames from the node's MAC carrying the stranger's
+/// packets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_do_not_exchange_frames_on_the_bridge() {
     if !require_root() {
@@ -736,10 +739,14 @@ async fn tenants_do_not_exchange_frames_on_the_bridge() {
         format!("tp-{pid}"),
         format!("ts-{pid}"),
     );
-    let v_spec = port(&v_id, &subnet, 10, 0, 0);
+    let mut v_spec = port(&v_id, &subnet, 10, 0, 0);
+    v_spec.nat = true;
     let p_spec = port(&p_id, &subnet, 11, 0, 0);
     let mut s_spec = port(&s_id, &subnet, 12, 0, 0);
     s_spec.tenant = "tenant-z".to_owned();
+    s_spec.nat = true;
+    // The node would route; only the policy stops it.
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{bridge}/forwarding"), "1");
     network
         .ensure_port(&v_spec, victim.pid())
         .await
@@ -764,8 +771,17 @@ async fn tenants_do_not_exchange_frames_on_the_bridge() {
         ])
     };
 
+    let listener = {
+        let address = format!("{subnet}.10");
+        victim
+            .run(move || TcpListener::bind((address.as_str(), 0)).expect("listen in the victim"))
+            .join()
+            .expect("bind thread")
+    };
+    let victim_service = listener.local_addr().expect("addr");
     let on_victim = Capture::start(&host_ifname(&v_id));
     let stranger_reached_victim = ping(&stranger, 10);
+    let stranger_connected = tokio::task::block_in_place(|| connects(&stranger, victim_service));
     // Even with the victim's MAC known, a unicast frame does not cross.
     let crafted = udp4_frame(
         (s_spec.mac.0, v_spec.mac.0),
@@ -781,6 +797,16 @@ async fn tenants_do_not_exchange_frames_on_the_bridge() {
     assert!(
         !stranger_reached_victim,
         "another tenant's VPS pings the victim"
+    );
+    assert!(
+        !stranger_connected,
+        "another tenant's VPS connects to the victim's service"
+    );
+    let stranger_ip = format!("{subnet}.12").parse().expect("ip");
+    assert_eq!(
+        ipv4_from(&frames, stranger_ip).len(),
+        0,
+        "the stranger's packets reached the victim's port (routed by the node)"
     );
     assert_eq!(
         from_mac(&frames, s_spec.mac.0),
@@ -803,6 +829,150 @@ async fn tenants_do_not_exchange_frames_on_the_bridge() {
     assert!(ping(&victim, 1), "the victim pings its gateway");
 
     for id in [&v_id, &p_id, &s_id] {
+        network.remove_port(id).await.expect("remove");
+    }
+    network.teardown().await.expect("teardown");
+}
+
+/// The IPv4 packets among `frames` sent from `source`: (source MAC, TTL,
+/// protocol) of each.
+fn ipv4_from(frames: &[Vec<u8>], source: std::net::Ipv4Addr) -> Vec<([u8; 6], u8, u8)> {
+    frames
+        .iter()
+        .filter(|frame| frame.len() >= 34 && frame[12..14] == [0x08, 0x00])
+        .filter(|frame| frame[26..30] == source.octets())
+        .map(|frame| {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&frame[6..12]);
+            (mac, frame[22], frame[23])
+        })
+        .collect()
+}
+
+/// The MAC of a host interface.
+fn link_mac(name: &str) -> [u8; 6] {
+    let path = format!("/sys/class/net/{name}/address");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let mac: paddock_agent::network::MacAddr = text.trim().parse().expect("mac");
+    mac.0
+}
+
+/// VPSes of different tenants in public pools reach each other like any two
+/// internet hosts: routed by the node (which answers ARP for the other
+/// tenant's address, the broadcast no longer reaching it). Ping and TCP work,
+/// and on the target's port the client's packets come from the bridge's MAC
+/// with the TTL decremented, never from the client's MAC. A VPS of the same
+/// tenant still talks to the target directly, from its own MAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_in_public_pools_reach_each_other_routed_by_the_node() {
+    if !require_root() {
+        return;
+    }
+    let (bridge, subnet) = unique_names('r');
+    let state = tempfile::tempdir().expect("tempdir");
+    let (network, _guard) = network(&bridge, &state).await;
+    let (target, peer, client) = (Netns::new(), Netns::new(), Netns::new());
+    let pid = std::process::id();
+    let (t_id, p_id, c_id) = (
+        format!("rt-{pid}"),
+        format!("rp-{pid}"),
+        format!("rc-{pid}"),
+    );
+    let t_spec = port(&t_id, &subnet, 10, 0, 0);
+    let p_spec = port(&p_id, &subnet, 11, 0, 0);
+    let mut c_spec = port(&c_id, &subnet, 12, 0, 0);
+    c_spec.tenant = "tenant-z".to_owned();
+    // Routing for this test's bridge (not the host-wide ip_forward).
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{bridge}/forwarding"), "1");
+    for (spec, netns) in [(&t_spec, &target), (&p_spec, &peer), (&c_spec, &client)] {
+        network.ensure_port(spec, netns.pid()).await.expect("port");
+    }
+    let listener = {
+        let address = format!("{subnet}.10");
+        target
+            .run(move || TcpListener::bind((address.as_str(), 0)).expect("listen in the target"))
+            .join()
+            .expect("bind thread")
+    };
+    let service = listener.local_addr().expect("addr");
+    let ping = |from: &Netns| {
+        from.command(&[
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &format!("{subnet}.10"),
+        ])
+    };
+
+    let on_target = Capture::start(&host_ifname(&t_id));
+    let client_pinged = ping(&client);
+    let client_connected = tokio::task::block_in_place(|| connects(&client, service));
+    let peer_pinged = ping(&peer);
+    let peer_connected = tokio::task::block_in_place(|| connects(&peer, service));
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = on_target.finish();
+    assert!(client_pinged, "another tenant's VPS pings the target");
+    assert!(
+        client_connected,
+        "another tenant's VPS connects to the target's service"
+    );
+    assert!(peer_pinged, "a VPS of the same tenant pings the target");
+    assert!(
+        peer_connected,
+        "a VPS of the same tenant connects to the target's service"
+    );
+    assert_eq!(
+        from_mac(&frames, c_spec.mac.0),
+        0,
+        "frames of another tenant's VPS reached the target's port directly"
+    );
+    let bridge_mac = link_mac(&bridge);
+    let routed = ipv4_from(&frames, format!("{subnet}.12").parse().expect("ip"));
+    assert!(
+        routed.iter().any(|(_, _, protocol)| *protocol == 1)
+            && routed.iter().any(|(_, _, protocol)| *protocol == 6),
+        "the client's ping and TCP reached the target: {routed:?}"
+    );
+    assert!(
+        routed
+            .iter()
+            .all(|(mac, ttl, _)| *mac == bridge_mac && *ttl == 63),
+        "the client's packets come from the bridge's MAC with TTL 63 (routed): {routed:?}"
+    );
+    let direct = ipv4_from(&frames, format!("{subnet}.11").parse().expect("ip"));
+    assert!(
+        !direct.is_empty()
+            && direct
+                .iter()
+                .all(|(mac, ttl, _)| *mac == p_spec.mac.0 && *ttl == 64),
+        "the same tenant's packets come directly from its MAC: {direct:?}"
+    );
+    // The node did answer the peer's ARP for the target (proxy ARP), and that
+    // answer was dropped: the target answers for itself, with no race.
+    let rules = nft_table("bridge", &bridge);
+    let claimed: u64 = rules
+        .lines()
+        .filter(|line| line.contains("arp operation reply"))
+        .filter(|line| line.contains(&format!("{subnet}.10")))
+        .filter_map(|line| {
+            line.split("packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        claimed > 0,
+        "the node's claims of the target's address to its own tenant were dropped: {rules}"
+    );
+    drop(listener);
+
+    for id in [&t_id, &p_id, &c_id] {
         network.remove_port(id).await.expect("remove");
     }
     network.teardown().await.expect("teardown");

@@ -359,18 +359,22 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
     assert_eq!(pool["allocated"], 0, "addresses return to the pool: {pool}");
 }
 
-/// VPSes of two tenants on one node and pool exchange no frames: the
-/// controller's tenant reaches the agent's port rules. Same-tenant VPSes and
-/// the gateway stay reachable.
+/// VPSes of two tenants on one node and (public) pool exchange no frames:
+/// the controller's tenant reaches the agent's port rules. They still reach
+/// each other like any two internet hosts, routed by the node: on a's port,
+/// d's ping and TCP come from the bridge's MAC with the TTL decremented, never
+/// from d's MAC. Same-tenant VPSes and the gateway stay reachable directly.
+/// (Private pools, closed across tenants, are covered by the agent's
+/// node-agent/tests/network.rs::tenants_do_not_exchange_frames_on_the_bridge.)
 #[test]
-fn tenants_on_one_node_do_not_reach_each_other() {
+fn tenants_on_one_node_reach_each_other_only_routed() {
     if !require_root() {
         return;
     }
     let cluster = Cluster::start().expect("start cluster");
     cluster.add_tenant("acme").expect("tenant acme");
     cluster.add_tenant("demo").expect("tenant demo");
-    let (_, a_ip) = create(&cluster, "a");
+    let (a_id, a_ip) = create(&cluster, "a");
     let (_, b_ip) = create(&cluster, "b");
     cluster
         .cli_ok(&[
@@ -383,13 +387,64 @@ fn tenants_on_one_node_do_not_reach_each_other() {
             "--wait",
         ])
         .unwrap_or_else(|e| panic!("create d: {e}\n{}", cluster.log("agent.log")));
+    let d = cluster
+        .json(&["--context", "demo", "show", "d"])
+        .expect("show d");
+    let d_ip: std::net::Ipv4Addr = d["ipv4"][0]
+        .as_str()
+        .expect("an IPv4 address")
+        .parse()
+        .expect("ipv4");
+    // The agent runs with ip_forward = false: routing for this test's bridge only.
+    let forwarding = format!("/proc/sys/net/ipv4/conf/{}/forwarding", cluster.bridge);
+    std::fs::write(&forwarding, "1").unwrap_or_else(|e| panic!("write {forwarding}: {e}"));
     let gateway = cluster.gateway();
     cluster.sh_ok("acme", "a", &format!("ping -c 1 -W 2 {b_ip}"));
     cluster.sh_ok("demo", "d", &format!("ping -c 1 -W 2 {gateway}"));
-    let crossed = cluster.sh("demo", "d", &format!("ping -c 2 -W 2 {a_ip}"));
+    let mac_of = |context: &str, name: &str| -> [u8; 6] {
+        let text = cluster.sh_ok(context, name, "cat /sys/class/net/eth0/address");
+        parse_mac(&text)
+    };
+    let d_mac = mac_of("demo", "d");
+    let bridge_mac = parse_mac(
+        &std::fs::read_to_string(format!("/sys/class/net/{}/address", cluster.bridge))
+            .expect("bridge mac"),
+    );
+    let on_a = Capture::start(&cluster.host_veth(&a_id));
+    let pinged = cluster.sh_ok("demo", "d", &format!("ping -c 2 -W 2 {a_ip}"));
+    let received = std::thread::scope(|scope| {
+        let listener =
+            scope.spawn(|| cluster.sh("acme", "a", "timeout 20 nc -l -p 7002 </dev/null"));
+        cluster.sh_ok(
+            "demo",
+            "d",
+            &format!(
+                "for i in 1 2 3 4 5 6 7 8 9 10; do \
+                 echo across-tenants | nc -w 3 {a_ip} 7002 && exit 0; sleep 0.3; done; exit 1"
+            ),
+        );
+        listener.join().expect("listener")
+    });
+    let frames = on_a.finish();
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout).trim(),
+        "across-tenants"
+    );
+    assert!(pinged.contains("ttl=63"), "routed once: {pinged}");
     assert!(
-        !crossed.status.success(),
-        "demo's VPS pinged acme's VPS on the same bridge"
+        !frames.iter().any(|f| f.get(6..12) == Some(&d_mac[..])),
+        "a frame of demo's VPS reached acme's port directly"
+    );
+    let from_d: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[26..30] == d_ip.octets())
+        .collect();
+    assert!(!from_d.is_empty(), "d's packets reached a");
+    assert!(
+        from_d
+            .iter()
+            .all(|f| f[6..12] == bridge_mac[..] && f[22] == 63),
+        "d's packets come from the bridge's MAC with TTL 63"
     );
     for (context, name) in [("acme", "a"), ("acme", "b"), ("demo", "d")] {
         cluster
@@ -444,6 +499,15 @@ fn dropped(chain: &str, match_: &str) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("mac byte"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
 }
 
 fn fmt_mac(mac: [u8; 6]) -> String {

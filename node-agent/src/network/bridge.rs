@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{LinkBridge, LinkUnspec};
@@ -96,6 +97,32 @@ pub async fn sync_addresses(
             matches!(address.address, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
         if !link_local && !wanted.contains(&address) {
             netlink.remove_address(index, address).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The bridge's IPv4 settings for routing between VPSes that do not reach
+/// each other at L2 (`routed`, tenant isolation): the node answers ARP for the
+/// other addresses of its subnets on the bridge (`proxy_arp_pvlan`, RFC 3069
+/// private-VLAN proxy ARP) and does not tell a VPS to go direct
+/// (`send_redirects`). Without it, the kernel's defaults. They live on the
+/// bridge and go with it.
+pub fn set_routing(name: &str, routed: bool) -> Result<(), NetworkError> {
+    for (key, value) in [("proxy_arp_pvlan", routed), ("send_redirects", !routed)] {
+        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{name}/{key}"));
+        let wanted = if value { "1" } else { "0" };
+        let current = std::fs::read_to_string(&path).map_err(|source| NetworkError::Io {
+            op: "read",
+            path: path.clone(),
+            source,
+        })?;
+        if current.trim() != wanted {
+            std::fs::write(&path, wanted).map_err(|source| NetworkError::Io {
+                op: "write",
+                path: path.clone(),
+                source,
+            })?;
         }
     }
     Ok(())

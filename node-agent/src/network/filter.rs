@@ -16,7 +16,7 @@
 //! moment with a half-written ruleset. A port is only attached to the bridge
 //! after its rules are loaded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -39,6 +39,11 @@ pub struct PortRules {
     /// The isolation group (the VPS's tenant): with [`Isolation::Tenant`],
     /// ports of different groups exchange no frames.
     pub group: String,
+    /// Addresses of the port in a private (NAT) pool: with
+    /// [`Isolation::Tenant`], other groups do not reach them, nor they other
+    /// groups, through the node either. The rest of `addresses` is public:
+    /// other groups' public addresses reach them routed by the node.
+    pub private: Vec<IpAddr>,
 }
 
 /// What the node's ruleset enforces beyond the ports' own rules.
@@ -76,7 +81,7 @@ pub fn ruleset(bridge: &str, ports: &[PortRules], policy: &Policy<'_>) -> String
     let _ = writeln!(out, "table inet {table} {{}}");
     let _ = writeln!(out, "delete table inet {table}");
     if !ports.is_empty() {
-        host_input(&mut out, &table, bridge, policy.host_ports);
+        inet_table(&mut out, &table, bridge, ports, policy);
     }
     let (nat_networks, uplink) = (policy.nat_networks, policy.uplink);
     let _ = writeln!(out, "table ip {table} {{}}");
@@ -112,7 +117,14 @@ pub fn ruleset(bridge: &str, ports: &[PortRules], policy: &Policy<'_>) -> String
 /// them), ping (a VPS's first diagnostic of its gateway), the ICMPv6 that
 /// IPv6 needs on a link (neighbour and router solicitations, neighbour
 /// advertisements, MLD reports), and `host_ports`. The rest is dropped.
-fn host_input(out: &mut String, table: &str, bridge: &str, host_ports: &[HostPort]) {
+fn inet_table(
+    out: &mut String,
+    table: &str,
+    bridge: &str,
+    ports: &[PortRules],
+    policy: &Policy<'_>,
+) {
+    let host_ports = policy.host_ports;
     let _ = writeln!(out, "table inet {table} {{");
     let _ = writeln!(out, "\tchain input {{");
     let _ = writeln!(
@@ -147,7 +159,111 @@ fn host_input(out: &mut String, table: &str, bridge: &str, host_ports: &[HostPor
     }
     let _ = writeln!(out, "\t\tcounter drop");
     let _ = writeln!(out, "\t}}");
+    if policy.isolation == Isolation::Tenant {
+        hairpin(out, bridge, ports);
+    }
     let _ = writeln!(out, "}}");
+}
+
+/// With tenant isolation, what the node routes from the bridge back onto the
+/// bridge (a VPS reaching another tenant's VPS of the same node, which it
+/// cannot reach at L2): public addresses reach public addresses, like any two
+/// internet hosts; a tenant's addresses reach each other; a private (NAT)
+/// address reaches or is reached by no other tenant's address. Traffic
+/// between VPS addresses and anything else on the bridge is left alone.
+///
+/// The node never tells a VPS to go direct (ICMP redirects), since the direct
+/// path is closed at L2: `send_redirects=0` on the bridge is not enough while
+/// `all.send_redirects` is on, so they are dropped here.
+fn hairpin(out: &mut String, bridge: &str, ports: &[PortRules]) {
+    type Families = (BTreeSet<String>, BTreeSet<String>);
+    fn add(families: &mut Families, address: &IpAddr) {
+        match address {
+            IpAddr::V4(_) => families.0.insert(address.to_string()),
+            IpAddr::V6(_) => families.1.insert(address.to_string()),
+        };
+    }
+    let mut groups: BTreeMap<&str, Families> = BTreeMap::new();
+    let (mut public, mut private) = (Families::default(), Families::default());
+    for port in ports {
+        let group = groups.entry(port.group.as_str()).or_default();
+        for address in &port.addresses {
+            add(group, address);
+            if port.private.contains(address) {
+                add(&mut private, address);
+            } else {
+                add(&mut public, address);
+            }
+        }
+    }
+    let list = |items: &BTreeSet<String>| set(&items.iter().cloned().collect::<Vec<_>>());
+    let _ = writeln!(out, "\tchain output {{");
+    let _ = writeln!(
+        out,
+        "\t\ttype filter hook output priority filter; policy accept;"
+    );
+    let _ = writeln!(
+        out,
+        "\t\toifname \"{bridge}\" icmp type redirect counter drop"
+    );
+    let _ = writeln!(
+        out,
+        "\t\toifname \"{bridge}\" icmpv6 type nd-redirect counter drop"
+    );
+    let _ = writeln!(out, "\t}}");
+    let _ = writeln!(out, "\tchain forward {{");
+    let _ = writeln!(
+        out,
+        "\t\ttype filter hook forward priority filter; policy accept;"
+    );
+    let _ = writeln!(
+        out,
+        "\t\tiifname \"{bridge}\" oifname \"{bridge}\" jump hairpin"
+    );
+    let _ = writeln!(out, "\t}}");
+    let _ = writeln!(out, "\tchain hairpin {{");
+    let mut accepts: Vec<String> = Vec::new();
+    for (v4, v6) in groups.values().chain([&public]) {
+        for (family, addresses) in [("ip", v4), ("ip6", v6)] {
+            let line = format!(
+                "\t\t{family} saddr {0} {family} daddr {0} accept",
+                list(addresses)
+            );
+            if !addresses.is_empty() && !accepts.contains(&line) {
+                accepts.push(line);
+            }
+        }
+    }
+    for line in accepts {
+        let _ = writeln!(out, "{line}");
+    }
+    // Only between VPS addresses: what else is on the bridge (an interface an
+    // admin bridged in, seen here with br_netfilter) is not this chain's business.
+    for (family, private, all) in [
+        (
+            "ip",
+            &private.0,
+            public.0.union(&private.0).cloned().collect(),
+        ),
+        (
+            "ip6",
+            &private.1,
+            public.1.union(&private.1).cloned().collect(),
+        ),
+    ] {
+        if !private.is_empty() {
+            let (private, all) = (list(private), list(&all));
+            let _ = writeln!(
+                out,
+                "\t\t{family} saddr {private} {family} daddr {all} counter drop"
+            );
+            let _ = writeln!(
+                out,
+                "\t\t{family} saddr {all} {family} daddr {private} counter drop"
+            );
+        }
+    }
+    let _ = writeln!(out, "\t}}");
 }
 
 /// The bridge-family table: one chain per port, reached by input interface,
@@ -196,6 +312,9 @@ fn bridge_table(out: &mut String, table: &str, ports: &[PortRules], isolation: I
             let _ = writeln!(out, "\t\toifname {} counter drop", set(&others));
             let _ = writeln!(out, "\t}}");
         }
+    }
+    if isolation == Isolation::Tenant {
+        proxy_arp_output(out, ports);
     }
     for port in ports {
         let mac = port.mac;
@@ -272,6 +391,42 @@ fn bridge_table(out: &mut String, table: &str, ports: &[PortRules], isolation: I
         let _ = writeln!(out, "\t}}");
     }
     let _ = writeln!(out, "}}");
+}
+
+/// With tenant isolation the node answers ARP on the bridge for the other
+/// addresses of its subnets (`proxy_arp_pvlan`), so a VPS reaches other
+/// tenants' VPSes through it. A VPS's own tenant answers for itself on the
+/// shared segment; the node's answer would race it, so the node never claims
+/// a tenant's address to that tenant's ports: same-tenant traffic stays direct.
+fn proxy_arp_output(out: &mut String, ports: &[PortRules]) {
+    let mut groups: BTreeMap<&str, (Vec<String>, BTreeSet<String>)> = BTreeMap::new();
+    for port in ports {
+        let (members, v4) = groups.entry(port.group.as_str()).or_default();
+        members.push(format!("\"{}\"", port.host_ifname));
+        v4.extend(
+            port.addresses
+                .iter()
+                .filter(|a| a.is_ipv4())
+                .map(ToString::to_string),
+        );
+    }
+    let _ = writeln!(out, "\tchain output {{");
+    let _ = writeln!(
+        out,
+        "\t\ttype filter hook output priority 0; policy accept;"
+    );
+    for (members, v4) in groups.values() {
+        if !v4.is_empty() {
+            let v4: Vec<String> = v4.iter().cloned().collect();
+            let _ = writeln!(
+                out,
+                "\t\toifname {} arp operation reply arp saddr ip {} counter drop",
+                set(members),
+                set(&v4)
+            );
+        }
+    }
+    let _ = writeln!(out, "\t}}");
 }
 
 /// Neighbor Discovery from a port speaks only for the port, so a VPS cannot
@@ -387,6 +542,7 @@ mod tests {
             mac: "02:11:22:33:44:55".parse().expect("mac"),
             addresses: vec!["10.77.0.10".parse().expect("ip")],
             group: "acme".into(),
+            private: vec![],
         }
     }
 
@@ -413,6 +569,10 @@ table bridge paddock_pdk0 {
 \tchain prerouting {
 \t\ttype filter hook prerouting priority -300; policy accept;
 \t\tiifname \"pv0123456789ab\" jump port_pv0123456789ab
+\t}
+\tchain output {
+\t\ttype filter hook output priority 0; policy accept;
+\t\toifname { \"pv0123456789ab\" } arp operation reply arp saddr ip { 10.77.0.10 } counter drop
 \t}
 \tchain port_pv0123456789ab {
 \t\tether saddr != 02:11:22:33:44:55 counter drop
@@ -448,6 +608,18 @@ table inet paddock_pdk0 {
 \t\ticmp type echo-request accept
 \t\ticmpv6 type { echo-request, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld-listener-done, mld2-listener-report } accept
 \t\tcounter drop
+\t}
+\tchain output {
+\t\ttype filter hook output priority filter; policy accept;
+\t\toifname \"pdk0\" icmp type redirect counter drop
+\t\toifname \"pdk0\" icmpv6 type nd-redirect counter drop
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tiifname \"pdk0\" oifname \"pdk0\" jump hairpin
+\t}
+\tchain hairpin {
+\t\tip saddr { 10.77.0.10 } ip daddr { 10.77.0.10 } accept
 \t}
 }
 table ip paddock_pdk0 {}
@@ -513,11 +685,36 @@ table ip paddock_pdk0 {
             group: group.into(),
             ..port()
         };
+        let at = |name: &str, group: &str, address: &str, private: bool| {
+            let address: IpAddr = address.parse().expect("ip");
+            PortRules {
+                addresses: vec![address],
+                private: if private { vec![address] } else { vec![] },
+                ..named(name, group)
+            }
+        };
         let ports = [
             named("pva", "acme"),
             named("pvb", "acme"),
             named("pvc", "zeta"),
         ];
+        let routed = [
+            at("pva", "acme", "10.0.0.10", false),
+            at("pvb", "acme", "10.0.1.11", true),
+            at("pvc", "zeta", "10.0.0.12", false),
+            at("pvd", "zeta", "10.0.1.13", true),
+        ];
+        let hairpin = "\tchain hairpin {
+\t\tip saddr { 10.0.0.10, 10.0.1.11 } ip daddr { 10.0.0.10, 10.0.1.11 } accept
+\t\tip saddr { 10.0.0.12, 10.0.1.13 } ip daddr { 10.0.0.12, 10.0.1.13 } accept
+\t\tip saddr { 10.0.0.10, 10.0.0.12 } ip daddr { 10.0.0.10, 10.0.0.12 } accept
+\t\tip saddr { 10.0.1.11, 10.0.1.13 } ip daddr { 10.0.0.10, 10.0.0.12, 10.0.1.11, 10.0.1.13 } counter drop
+\t\tip saddr { 10.0.0.10, 10.0.0.12, 10.0.1.11, 10.0.1.13 } ip daddr { 10.0.1.11, 10.0.1.13 } counter drop
+\t}
+";
+        let text = ruleset("pdk0", &routed, &policy(&[], None));
+        assert!(text.contains(hairpin), "{text}");
+        assert!(text.contains("\t\toifname { \"pva\", \"pvb\" } arp operation reply arp saddr ip { 10.0.0.10, 10.0.1.11 } counter drop\n"), "{text}");
         let host_ports: Vec<HostPort> = ["udp/53", "tcp/53", "tcp/8000-8010"]
             .iter()
             .map(|text| text.parse().expect("host port"))
@@ -546,7 +743,7 @@ table ip paddock_pdk0 {
         assert!(text.contains("\t\ttcp dport { 53, 8000-8010 } accept\n\t\tudp dport { 53 } accept\n\t\tcounter drop\n"), "{text}");
         // One tenant, or no isolation: no forward chain at all.
         let same = [named("pva", "acme"), named("pvb", "acme")];
-        assert!(!ruleset("pdk0", &same, &policy(&[], None)).contains("forward"));
+        assert!(!ruleset("pdk0", &same, &policy(&[], None)).contains("forward priority 0"));
         let flat = Policy {
             isolation: Isolation::None,
             ..policy(&[], None)

@@ -389,6 +389,7 @@ impl Network {
             ports: tokio::sync::Mutex::new(BTreeMap::new()),
         };
         let bridge_index = bridge::ensure(&network.host, &network.config.bridge).await?;
+        bridge::set_routing(&network.config.bridge, network.routed())?;
         let running: BTreeMap<&str, u32> = running
             .iter()
             .map(|(vps_id, pid)| (vps_id.as_str(), *pid))
@@ -442,6 +443,12 @@ impl Network {
         &self.config.bridge
     }
 
+    /// Whether the node routes between the VPSes of different tenants on the
+    /// bridge (which do not reach each other at L2).
+    fn routed(&self) -> bool {
+        self.config.vps_isolation == Isolation::Tenant
+    }
+
     /// Makes the port of a running VPS (whose init is `init_pid`) match `spec`:
     /// veth pair, rules, rate limits, bridge membership, eth0's addresses and
     /// default route. Repairs whatever is missing; changes rates in place.
@@ -451,6 +458,7 @@ impl Network {
         let host_name = host_ifname(&spec.vps_id);
         self.save_spec(spec)?;
         let bridge_index = bridge::ensure(&self.host, &self.config.bridge).await?;
+        bridge::set_routing(&self.config.bridge, self.routed())?;
 
         // The veth pair: keep it only if its peer lives in this VPS's namespace.
         let guest = Netlink::in_netns(&netns)?;
@@ -586,6 +594,14 @@ impl Network {
                 mac: spec.mac,
                 addresses: spec.addresses.iter().map(|a| a.address).collect(),
                 group: spec.tenant.clone(),
+                private: spec
+                    .addresses
+                    .iter()
+                    .filter(|a| {
+                        spec.nat && spec.pool.is_some_and(|pool| pool.network() == a.network())
+                    })
+                    .map(|a| a.address)
+                    .collect(),
             })
             .collect();
         let nat: BTreeSet<IfAddr> = ports
