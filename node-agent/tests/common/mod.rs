@@ -51,14 +51,19 @@ pub fn probe_binary() -> PathBuf {
     PROBE
         .get_or_init(|| {
             let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
-            let out = std::env::temp_dir().join(format!("paddock-probe-{}", std::process::id()));
+            // In cargo's scratch dir for tests, not /tmp: one file, replaced atomically by each
+            // test binary, instead of one left behind per test process.
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let out = dir.join("paddock-probe");
+            let building = dir.join(format!("paddock-probe.{}", std::process::id()));
             let status = Command::new("gcc")
                 .args(["-static", "-O2", "-o"])
-                .arg(&out)
+                .arg(&building)
                 .arg(&source)
                 .status()
                 .expect("run gcc (the isolation probe needs gcc and static glibc)");
             assert!(status.success(), "compiling {}", source.display());
+            std::fs::rename(&building, &out).expect("move the probe into place");
             out
         })
         .clone()
