@@ -951,21 +951,34 @@ async fn tenants_in_public_pools_reach_each_other_routed_by_the_node() {
         "the same tenant's packets come directly from its MAC: {direct:?}"
     );
     // The node did answer the peer's ARP for the target (proxy ARP), and that
-    // answer was dropped: the target answers for itself, with no race.
-    let rules = nft_table("bridge", &bridge);
-    let claimed: u64 = rules
-        .lines()
-        .filter(|line| line.contains("arp operation reply"))
-        .filter(|line| line.contains(&format!("{subnet}.10")))
-        .filter_map(|line| {
-            line.split("packets ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    // answer was dropped: the target answers for itself, with no race. The
+    // kernel sends a proxy answer after a random delay of up to `proxy_delay`
+    // (0.8 s by default), so the counter is read until it moves or 3 s passed.
+    let claims = || {
+        let rules = nft_table("bridge", &bridge);
+        let claimed: u64 = rules
+            .lines()
+            .filter(|line| line.contains("arp operation reply"))
+            .filter(|line| line.contains(&format!("{subnet}.10")))
+            .filter_map(|line| {
+                line.split("packets ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        (claimed, rules)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let (claimed, rules) = loop {
+        let (claimed, rules) = claims();
+        if claimed > 0 || std::time::Instant::now() > deadline {
+            break (claimed, rules);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         claimed > 0,
         "the node's claims of the target's address to its own tenant were dropped: {rules}"
