@@ -550,6 +550,19 @@ fn connects(from: &Netns, address: SocketAddr) -> bool {
         .expect("connect thread")
 }
 
+/// Whether one ping from inside `from` to `address` is answered within 2 s.
+fn pings(from: &Netns, address: &str) -> bool {
+    from.command(&["busybox", "ping", "-c", "1", "-W", "2", address])
+}
+
+/// A TCP listener inside `netns` on `address`, on a port the kernel picks.
+fn listen_in(netns: &Netns, address: String) -> TcpListener {
+    netns
+        .run(move || TcpListener::bind((address.as_str(), 0)).expect("listen in the namespace"))
+        .join()
+        .expect("bind thread")
+}
+
 /// A TCP listener on every address of the host, on a port the kernel picks.
 fn host_listener() -> (TcpListener, u16) {
     let listener = TcpListener::bind(("0.0.0.0", 0)).expect("listen on the host");
@@ -675,15 +688,7 @@ async fn vps_reaches_only_open_ports_of_the_node_but_routes_through_it() {
     });
     assert!(reached.is_empty(), "{}", reached.join("\n"));
     assert!(
-        vps.command(&[
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &gateway.to_string()
-        ]),
+        pings(&vps, &gateway.to_string()),
         "the VPS pings its gateway"
     );
     // The node's own connection into the VPS: the VPS's replies come back in.
@@ -747,37 +752,12 @@ async fn tenants_do_not_exchange_frames_on_the_bridge() {
     s_spec.nat = true;
     // The node would route; only the policy stops it.
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{bridge}/forwarding"), "1");
-    network
-        .ensure_port(&v_spec, victim.pid())
-        .await
-        .expect("victim");
-    network
-        .ensure_port(&p_spec, peer.pid())
-        .await
-        .expect("peer");
-    network
-        .ensure_port(&s_spec, stranger.pid())
-        .await
-        .expect("stranger");
-    let ping = |from: &Netns, host: u8| {
-        from.command(&[
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &format!("{subnet}.{host}"),
-        ])
-    };
+    for (spec, netns) in [(&v_spec, &victim), (&p_spec, &peer), (&s_spec, &stranger)] {
+        network.ensure_port(spec, netns.pid()).await.expect("port");
+    }
+    let ping = |from: &Netns, host: u8| pings(from, &format!("{subnet}.{host}"));
 
-    let listener = {
-        let address = format!("{subnet}.10");
-        victim
-            .run(move || TcpListener::bind((address.as_str(), 0)).expect("listen in the victim"))
-            .join()
-            .expect("bind thread")
-    };
+    let listener = listen_in(&victim, format!("{subnet}.10"));
     let victim_service = listener.local_addr().expect("addr");
     let on_victim = Capture::start(&host_ifname(&v_id));
     let stranger_reached_victim = ping(&stranger, 10);
@@ -887,25 +867,9 @@ async fn tenants_in_public_pools_reach_each_other_routed_by_the_node() {
     for (spec, netns) in [(&t_spec, &target), (&p_spec, &peer), (&c_spec, &client)] {
         network.ensure_port(spec, netns.pid()).await.expect("port");
     }
-    let listener = {
-        let address = format!("{subnet}.10");
-        target
-            .run(move || TcpListener::bind((address.as_str(), 0)).expect("listen in the target"))
-            .join()
-            .expect("bind thread")
-    };
+    let listener = listen_in(&target, format!("{subnet}.10"));
     let service = listener.local_addr().expect("addr");
-    let ping = |from: &Netns| {
-        from.command(&[
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &format!("{subnet}.10"),
-        ])
-    };
+    let ping = |from: &Netns| pings(from, &format!("{subnet}.10"));
 
     let on_target = Capture::start(&host_ifname(&t_id));
     let client_pinged = ping(&client);
@@ -1011,11 +975,9 @@ async fn no_rogue_dhcp_servers_and_unspecified_source_only_for_dad() {
     let v6_prefix = format!("fd00:{}", subnet.replace('.', ":"));
     let a_spec = dual_stack(port(&a_id, &subnet, 10, 0, 0), &v6_prefix, 10);
     let b_spec = dual_stack(port(&b_id, &subnet, 11, 0, 0), &v6_prefix, 11);
-    network
-        .ensure_port(&a_spec, attacker.pid())
-        .await
-        .expect("a");
-    network.ensure_port(&b_spec, victim.pid()).await.expect("b");
+    for (spec, netns) in [(&a_spec, &attacker), (&b_spec, &victim)] {
+        network.ensure_port(spec, netns.pid()).await.expect("port");
+    }
     let (a_mac, b_mac) = (a_spec.mac.0, b_spec.mac.0);
     let (a_ll, b_ll) = (a_spec.mac.ipv6_link_local(), b_spec.mac.ipv6_link_local());
     let ip6 = |host: u16| -> Ipv6Addr { format!("{v6_prefix}::{host:x}").parse().expect("v6") };
