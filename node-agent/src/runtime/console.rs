@@ -30,7 +30,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
-use nix::unistd::{chown, dup2, fork, setsid, ForkResult, Gid, Uid};
+use nix::unistd::{chown, fork, ForkResult, Gid, Uid};
 
 use super::idmap::IdRange;
 use super::process::{Pidfd, ProcessIdentity};
@@ -245,16 +245,8 @@ pub(crate) fn spawn_supervisor(
             // of the memory is never dropped; the child only _exits). With no slave fd open
             // the master reads EIO and polls POLLHUP, which is what sysvinit causes on every
             // boot by closing its stdio and reopening /dev/console per message.
-            let _ = setsid();
-            // Never hold the helper's stdout/stderr pipes: the agent reads them to EOF.
-            if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
-                for fd in 0..3 {
-                    let _ = dup2(null.as_raw_fd(), fd);
-                }
-            }
+            super::helper::detach_service();
             let _ = fs::write(&paths.pid_file, std::process::id().to_string());
-            // Charged to the VPS's memory cgroup, but never the one its OOM killer picks.
-            let _ = fs::write("/proc/self/oom_score_adj", "-1000");
             let master = pty.master.as_fd().try_clone_to_owned().map(File::from);
             let code = match master {
                 Ok(master) if before_loop() => {

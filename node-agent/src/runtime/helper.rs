@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sched::CloneFlags;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{
@@ -45,7 +44,7 @@ use super::cgroups::{CgroupError, VpsCgroup};
 use super::console::{self, ConsoleError};
 use super::disk::DiskError;
 use super::idmap::{self, IdRange, IdmapError};
-use super::namespaces::{self, NamespaceError};
+use super::namespaces::{self, Namespace, NamespaceError};
 use super::process::{self, ProcessError, ProcessIdentity};
 use super::procview::ProcBind;
 use super::rootfs::{self, RootfsError, RootfsLayout};
@@ -462,17 +461,17 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
 /// init shares; it mounts the VPS's /proc and /sys and pivots into the rootfs. Waits for it.
 /// Afterwards this helper's root is the VPS's root too: it must not resolve host paths.
 fn mount_vps_filesystems(request: &StartRequest, init_pid: u32) -> Result<(), HelperError> {
-    let pid_ns = namespaces::open_namespace(init_pid, "pid")?;
-    let net_ns = namespaces::open_namespace(init_pid, "net")?;
+    let pid_ns = namespaces::open_namespace(init_pid, Namespace::PID)?;
+    let net_ns = namespaces::open_namespace(init_pid, Namespace::NET)?;
     // Only children enter a joined pid namespace; this helper forks nothing else afterwards.
-    namespaces::join_namespace(&pid_ns, CloneFlags::CLONE_NEWPID, "pid")?;
+    namespaces::join_namespace(&pid_ns, Namespace::PID)?;
     let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
     // SAFETY: this helper is single-threaded (checked in `start`), so the child is a complete
     // copy of the process and may allocate before it exits.
     match unsafe { fork() }.map_err(sys_err("fork mounter"))? {
         ForkResult::Child => {
             drop(report_read);
-            let result = namespaces::join_namespace(&net_ns, CloneFlags::CLONE_NEWNET, "net")
+            let result = namespaces::join_namespace(&net_ns, Namespace::NET)
                 .map_err(HelperError::from)
                 .and_then(|()| {
                     Ok(request
@@ -537,6 +536,24 @@ pub(crate) fn become_vps_root() -> Result<(), HelperError> {
     setgroups(&[]).map_err(sys_err("setgroups"))?;
     setresgid(root_gid, root_gid, root_gid).map_err(sys_err("setresgid 0"))?;
     setresuid(root_uid, root_uid, root_uid).map_err(sys_err("setresuid 0"))
+}
+
+/// First steps of a long-lived process the start helper forks for a VPS (console supervisor,
+/// sysinfo server): a session of its own; stdio on /dev/null, since the agent reads the
+/// helper's stdout and stderr to EOF and no such process may hold them; and, charged to the
+/// VPS's memory cgroup, never the process its OOM killer picks.
+pub(crate) fn detach_service() {
+    let _ = setsid();
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = dup2(null.as_raw_fd(), fd);
+        }
+    }
+    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
 }
 
 /// The last steps before a VPS process execs: shrink the capability bounding set, make every

@@ -48,6 +48,19 @@ pub(crate) struct Namespace {
     pub name: &'static str,
 }
 
+impl Namespace {
+    /// The network namespace (sysfs shows the mounter's).
+    pub const NET: Self = Self {
+        flag: CloneFlags::CLONE_NEWNET,
+        name: "net",
+    };
+    /// The pid namespace (proc shows the mounter's).
+    pub const PID: Self = Self {
+        flag: CloneFlags::CLONE_NEWPID,
+        name: "pid",
+    };
+}
+
 /// The namespaces every VPS gets, in the order they are joined by `exec`: the user namespace
 /// first (it grants the capabilities needed to join the others, which it owns), the mount
 /// namespace last, because after it `/proc` is the container's.
@@ -64,14 +77,8 @@ pub(crate) const VPS_NAMESPACES: &[Namespace] = &[
         flag: CloneFlags::CLONE_NEWUTS,
         name: "uts",
     },
-    Namespace {
-        flag: CloneFlags::CLONE_NEWNET,
-        name: "net",
-    },
-    Namespace {
-        flag: CloneFlags::CLONE_NEWPID,
-        name: "pid",
-    },
+    Namespace::NET,
+    Namespace::PID,
     Namespace {
         flag: CloneFlags::CLONE_NEWCGROUP,
         name: "cgroup",
@@ -99,6 +106,14 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// The namespaces `clone_into_vps_namespaces` creates: all of [`VPS_NAMESPACES`] but the mount
+/// namespace, which the init unshares later.
+fn cloned_namespaces() -> impl Iterator<Item = &'static Namespace> {
+    VPS_NAMESPACES
+        .iter()
+        .filter(|ns| ns.flag != CloneFlags::CLONE_NEWNS)
+}
+
 /// Forks a child in fresh instances of all [`VPS_NAMESPACES`] but the mount namespace, every one
 /// owned by the child's new user namespace; the child is PID 1 of its pid namespace and stays in
 /// the caller's mount namespace, where host root prepares its filesystems before the child
@@ -109,10 +124,7 @@ struct CloneArgs {
 /// # Safety
 /// Like `fork`: the caller must be single-threaded, so the child is a complete copy.
 pub(crate) unsafe fn clone_into_vps_namespaces() -> Result<Option<Pid>, NamespaceError> {
-    let flags = VPS_NAMESPACES
-        .iter()
-        .filter(|ns| ns.flag != CloneFlags::CLONE_NEWNS)
-        .fold(CloneFlags::empty(), |acc, ns| acc | ns.flag);
+    let flags = cloned_namespaces().fold(CloneFlags::empty(), |acc, ns| acc | ns.flag);
     let args = CloneArgs {
         flags: u64::from(flags.bits() as u32),
         exit_signal: libc::SIGCHLD as u64,
@@ -132,9 +144,7 @@ pub(crate) unsafe fn clone_into_vps_namespaces() -> Result<Option<Pid>, Namespac
         0 => Ok(None),
         pid if pid > 0 => Ok(Some(Pid::from_raw(pid as i32))),
         _ => Err(NamespaceError::Unshare {
-            namespaces: VPS_NAMESPACES
-                .iter()
-                .filter(|ns| ns.flag != CloneFlags::CLONE_NEWNS)
+            namespaces: cloned_namespaces()
                 .map(|ns| ns.name)
                 .collect::<Vec<_>>()
                 .join(","),
@@ -161,22 +171,18 @@ fn unshare_flags(flags: CloneFlags) -> Result<(), NamespaceError> {
     })
 }
 
-/// Opens `/proc/<pid>/ns/<name>` (close-on-exec).
-pub(crate) fn open_namespace(pid: u32, name: &str) -> Result<OwnedFd, NamespaceError> {
-    let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+/// Opens `/proc/<pid>/ns/<name>` of namespace `ns` (close-on-exec: std opens with O_CLOEXEC).
+pub(crate) fn open_namespace(pid: u32, ns: Namespace) -> Result<OwnedFd, NamespaceError> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/{}", ns.name));
     File::open(&path)
         .map(OwnedFd::from)
         .map_err(|source| NamespaceError::Open { path, source })
 }
 
-/// Joins the namespace `fd` of type `flag`; `name` is for messages.
-pub(crate) fn join_namespace(
-    fd: &OwnedFd,
-    flag: CloneFlags,
-    name: &'static str,
-) -> Result<(), NamespaceError> {
-    setns(fd, flag).map_err(|source| NamespaceError::Join {
-        namespace: name,
+/// Joins namespace `ns` through its file `fd`.
+pub(crate) fn join_namespace(fd: &OwnedFd, ns: Namespace) -> Result<(), NamespaceError> {
+    setns(fd, ns.flag).map_err(|source| NamespaceError::Join {
+        namespace: ns.name,
         source,
     })
 }
@@ -185,23 +191,13 @@ pub(crate) fn join_namespace(
 pub(crate) fn open_namespaces(pid: u32) -> Result<Vec<(Namespace, OwnedFd)>, NamespaceError> {
     VPS_NAMESPACES
         .iter()
-        .map(|ns| {
-            let path = PathBuf::from(format!("/proc/{pid}/ns/{}", ns.name));
-            // std opens files with O_CLOEXEC.
-            File::open(&path)
-                .map(|file| (*ns, OwnedFd::from(file)))
-                .map_err(|source| NamespaceError::Open { path, source })
-        })
+        .map(|ns| Ok((*ns, open_namespace(pid, *ns)?)))
         .collect()
 }
 
 /// Joins the given namespaces in order. The caller must be single-threaded (required for `mnt`).
 pub(crate) fn join_namespaces(namespaces: &[(Namespace, OwnedFd)]) -> Result<(), NamespaceError> {
-    for (ns, fd) in namespaces {
-        setns(fd, ns.flag).map_err(|source| NamespaceError::Join {
-            namespace: ns.name,
-            source,
-        })?;
-    }
-    Ok(())
+    namespaces
+        .iter()
+        .try_for_each(|(ns, fd)| join_namespace(fd, *ns))
 }

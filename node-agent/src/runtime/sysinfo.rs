@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use nix::unistd::{dup2, fork, setsid, ForkResult};
+use nix::unistd::{fork, ForkResult};
 
 use super::cgroups::VpsCgroup;
 
@@ -79,18 +79,7 @@ pub(crate) fn spawn_server(
     match unsafe { fork() }.map_err(SysinfoError::Fork)? {
         ForkResult::Parent { .. } => Ok(()),
         ForkResult::Child => {
-            let _ = setsid();
-            // Never hold the helper's stdout/stderr pipes: the agent reads them to EOF.
-            if let Ok(null) = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-            {
-                for fd in 0..3 {
-                    let _ = dup2(null.as_raw_fd(), fd);
-                }
-            }
-            let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+            super::helper::detach_service();
             let cgroup = VpsCgroup::open(cgroup_parent, vps_id);
             let code = if cgroup.add_process(std::process::id()).is_ok() {
                 serve(listener, &cgroup.paths());
