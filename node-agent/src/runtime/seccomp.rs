@@ -130,23 +130,7 @@ pub fn with_sysinfo_notify(program: &BpfProgram) -> BpfProgram {
 /// close-on-exec), for a program from [`with_sysinfo_notify`]. Same privilege rules as
 /// [`install`].
 pub fn install_with_listener(program: &BpfProgram) -> Result<OwnedFd, SeccompError> {
-    let len = u16::try_from(program.len()).map_err(|_| build_err("filter too long"))?;
-    let fprog = libc::sock_fprog {
-        len,
-        filter: program.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: as in `install`; on success the kernel returns a new fd that nothing else owns.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    if rc < 0 {
-        return Err(SeccompError::Install(Errno::last()));
-    }
+    let rc = set_mode_filter(program, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER)?;
     let fd = i32::try_from(rc).map_err(|_| SeccompError::Install(Errno::EBADF))?;
     // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -155,6 +139,15 @@ pub fn install_with_listener(program: &BpfProgram) -> Result<OwnedFd, SeccompErr
 /// Installs `program` on the calling thread (inherited across fork and exec). Requires
 /// `CAP_SYS_ADMIN` in the caller's user namespace, since `no_new_privs` is deliberately not set.
 pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
+    set_mode_filter(program, 0).map(|_| ())
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)`: what the kernel returns (0, or the
+/// listener fd with `SECCOMP_FILTER_FLAG_NEW_LISTENER`).
+fn set_mode_filter(
+    program: &BpfProgram,
+    flags: libc::c_ulong,
+) -> Result<libc::c_long, SeccompError> {
     let len = u16::try_from(program.len()).map_err(|_| build_err("filter too long"))?;
     let fprog = libc::sock_fprog {
         len,
@@ -166,14 +159,14 @@ pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            0,
+            flags,
             &fprog as *const libc::sock_fprog,
         )
     };
-    if rc != 0 {
+    if rc < 0 {
         return Err(SeccompError::Install(Errno::last()));
     }
-    Ok(())
+    Ok(rc)
 }
 
 #[cfg(test)]
