@@ -333,16 +333,23 @@ pub(crate) fn enter_locked_root() -> Result<(), RootfsError> {
             source,
         }
     })?;
-    chdir("/").map_err(|source| RootfsError::Pivot {
-        operation: "chdir /",
-        new_root: PathBuf::from("/"),
-        source,
-    })?;
-    let cwd = getcwd().map_err(|source| RootfsError::Pivot {
-        operation: "getcwd",
-        new_root: PathBuf::from("/"),
-        source,
-    })?;
+    chdir_root(Path::new("/"))
+}
+
+/// `chdir /` and the check that the working directory really is the root (runc's
+/// CVE-2024-21626 lesson: no process of a VPS starts with a working directory outside it).
+/// `new_root` names the root for messages.
+fn chdir_root(new_root: &Path) -> Result<(), RootfsError> {
+    let pivot_err = |operation: &'static str| {
+        let new_root = new_root.to_path_buf();
+        move |source| RootfsError::Pivot {
+            operation,
+            new_root,
+            source,
+        }
+    };
+    chdir("/").map_err(pivot_err("chdir /"))?;
+    let cwd = getcwd().map_err(pivot_err("getcwd"))?;
     if cwd != Path::new("/") {
         return Err(RootfsError::CwdOutsideRoot { cwd });
     }
@@ -645,14 +652,9 @@ fn pivot_into(new_root: &Path) -> Result<(), RootfsError> {
     pivot_root(".", ".").map_err(pivot_err("pivot_root"))?;
     fchdir(old_root_dir.as_raw_fd()).map_err(pivot_err("fchdir old root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(pivot_err("detach old root"))?;
-    chdir("/").map_err(pivot_err("chdir /"))?;
     drop(old_root_dir);
     drop(new_root_dir);
-    let cwd = getcwd().map_err(pivot_err("getcwd"))?;
-    if cwd != Path::new("/") {
-        return Err(RootfsError::CwdOutsideRoot { cwd });
-    }
-    Ok(())
+    chdir_root(new_root)
 }
 
 #[cfg(test)]
