@@ -176,7 +176,7 @@ fn nano_vps_sees_its_own_memory_cpus_uptime_load_and_disks() {
     // Every view file is a read-only mount (lxcfs; diskstats may be the empty file), also
     // /proc/swaps, whose content on a host without swap is the same header either way.
     let mountinfo = sh_ok(&fixture.runtime, &vps_id, "cat /proc/self/mountinfo");
-    for (_, target) in PROC_VIEW_FILES {
+    for target in PROC_VIEW_FILES {
         let virtualized = *target != "proc/diskstats" || procview::diskstats_virtualized();
         let line = mountinfo
             .lines()
@@ -199,7 +199,7 @@ fn nano_vps_sees_its_own_memory_cpus_uptime_load_and_disks() {
     assert_ne!(write.code, Some(0), "wrote to /proc/meminfo: {write:?}");
 
     // The views are locked like the masks: the VPS's root cannot uncover the host's files.
-    for (_, target) in PROC_VIEW_FILES {
+    for target in PROC_VIEW_FILES {
         for umount in ["umount", "umount -l"] {
             let out = exec(
                 &fixture.runtime,

@@ -439,27 +439,20 @@ impl VpsCgroup {
 /// cgroups-rs controller dirs) lies in: the hybrid cgroup2 mount (`/sys/fs/cgroup/unified` under
 /// systemd) and v1 hierarchies cgroups-rs has no type for. One mount point per hierarchy.
 fn unmanaged_v1_host_hierarchies(managed: &[PathBuf]) -> Vec<PathBuf> {
-    match std::fs::read_to_string("/proc/self/mountinfo") {
-        Ok(mountinfo) => unmanaged_hierarchies(&mountinfo, managed),
-        Err(_) => Vec::new(),
-    }
+    unmanaged_hierarchies(&super::mountinfo::read(), managed)
 }
 
-/// [`unmanaged_v1_host_hierarchies`] of a mountinfo text.
-fn unmanaged_hierarchies(mountinfo: &str, managed: &[PathBuf]) -> Vec<PathBuf> {
+/// [`unmanaged_v1_host_hierarchies`] of a list of mounts.
+fn unmanaged_hierarchies(mounts: &[super::mountinfo::Mount], managed: &[PathBuf]) -> Vec<PathBuf> {
     // (hierarchy, mount point): the super options name the hierarchy (controllers or name).
-    let mounts: Vec<(String, PathBuf)> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            let mount: Vec<&str> = mount.split_whitespace().collect();
-            let fs: Vec<&str> = fs.split_whitespace().collect();
-            let fstype = *fs.first()?;
-            let whole_tree = mount.get(3) == Some(&"/");
-            (whole_tree && matches!(fstype, "cgroup" | "cgroup2")).then(|| {
-                let hierarchy = format!("{fstype} {}", fs.get(2).copied().unwrap_or(""));
-                Some((hierarchy, PathBuf::from(mount.get(4)?)))
-            })?
+    let mounts: Vec<(String, PathBuf)> = mounts
+        .iter()
+        .filter(|mount| mount.root == "/" && matches!(mount.fstype.as_str(), "cgroup" | "cgroup2"))
+        .map(|mount| {
+            (
+                format!("{} {}", mount.fstype, mount.super_options),
+                mount.mount_point.clone(),
+            )
         })
         .collect();
     let mut seen: Vec<&str> = mounts
@@ -651,7 +644,7 @@ mod tests {
             PathBuf::from("/sys/fs/cgroup/freezer/paddock/vps-a"),
         ];
         assert_eq!(
-            unmanaged_hierarchies(mountinfo, &managed),
+            unmanaged_hierarchies(&crate::runtime::mountinfo::parse(mountinfo), &managed),
             [
                 PathBuf::from("/sys/fs/cgroup/misc"),
                 PathBuf::from("/sys/fs/cgroup/unified")

@@ -20,6 +20,7 @@ mod disk_growth;
 mod exec;
 mod helper;
 pub mod idmap;
+mod mountinfo;
 mod namespaces;
 mod process;
 pub mod procview;

@@ -3,8 +3,9 @@
 //!
 //! The files come from [lxcfs](https://linuxcontainers.org/lxcfs/) (Debian package `lxcfs`),
 //! a FUSE filesystem on the host that answers each read from the cgroups of the reader's
-//! pid-namespace init. The VPS's init bind-mounts them read-only over the files in
-//! [`PROC_VIEW_FILES`] ([`super::rootfs`]), so readers inside see:
+//! pid-namespace init. Host root bind-mounts them read-only over the files in
+//! [`PROC_VIEW_FILES`] beside the masks, so they are locked like the masks ([`super::rootfs`]),
+//! and readers inside see:
 //! - `meminfo`: `MemTotal` = the VPS's memory limit, used/free/cached from its memory cgroup;
 //!   `SwapTotal` = its swap allowance (v1: memsw − memory).
 //! - `cpuinfo`, `stat`, `/sys/devices/system/cpu/online`: ⌈vcpus⌉ CPUs (lxcfs `--enable-cfs`,
@@ -37,20 +38,18 @@ use serde::{Deserialize, Serialize};
 /// Default lxcfs mount directory (the one Debian's `lxcfs.service` uses).
 pub const DEFAULT_LXCFS_DIR: &str = "/var/lib/lxcfs";
 
-/// Files bind-mounted from the lxcfs mount into every VPS: (path under the lxcfs mount, path
-/// under the VPS root). Files the lxcfs in use does not provide are skipped with a warning.
-pub const PROC_VIEW_FILES: &[(&str, &str)] = &[
-    ("proc/meminfo", "proc/meminfo"),
-    ("proc/cpuinfo", "proc/cpuinfo"),
-    ("proc/stat", "proc/stat"),
-    ("proc/uptime", "proc/uptime"),
-    ("proc/loadavg", "proc/loadavg"),
-    ("proc/diskstats", "proc/diskstats"),
-    ("proc/swaps", "proc/swaps"),
-    (
-        "sys/devices/system/cpu/online",
-        "sys/devices/system/cpu/online",
-    ),
+/// Files bind-mounted from the lxcfs mount into every VPS, each at the same path under the VPS
+/// root as under the lxcfs mount. Files the lxcfs in use does not provide are skipped with a
+/// warning.
+pub const PROC_VIEW_FILES: &[&str] = &[
+    "proc/meminfo",
+    "proc/cpuinfo",
+    "proc/stat",
+    "proc/uptime",
+    "proc/loadavg",
+    "proc/diskstats",
+    "proc/swaps",
+    "sys/devices/system/cpu/online",
 ];
 
 /// Flags the agent starts lxcfs with: CPU view from the CFS quota (`cpuinfo`, `stat`,
@@ -204,7 +203,7 @@ pub fn ensure_running(config: &LxcfsConfig) -> Result<Vec<ProcBind>, ProcViewErr
         }
         drop(lock);
     }
-    binds(config)
+    Ok(binds(config))
 }
 
 /// Warns when the lxcfs serving `mount_dir` (e.g. Debian's lxcfs.service, which runs plain
@@ -265,27 +264,23 @@ pub fn diskstats_virtualized() -> bool {
 pub const EMPTY_SOURCE: &str = "dev/null";
 
 /// The bind mounts for the files this lxcfs provides; missing ones are skipped with a warning
-/// (older lxcfs versions lack `sys/devices/system/cpu/online`). `diskstats` is an empty file
+/// (older lxcfs versions lack `sys/devices/system/cpu/online`). `diskstats` is emptied ([`EMPTY_SOURCE`])
 /// where lxcfs cannot virtualise it.
-pub fn binds(config: &LxcfsConfig) -> Result<Vec<ProcBind>, ProcViewError> {
-    let empty_diskstats = (!diskstats_virtualized()).then(|| PathBuf::from(EMPTY_SOURCE));
-    Ok(PROC_VIEW_FILES
+pub fn binds(config: &LxcfsConfig) -> Vec<ProcBind> {
+    let empty_diskstats = !diskstats_virtualized();
+    PROC_VIEW_FILES
         .iter()
-        .filter_map(|(source, target)| {
-            if *target == "proc/diskstats" {
-                if let Some(empty) = &empty_diskstats {
-                    return Some(ProcBind {
-                        source: empty.clone(),
-                        target: (*target).to_string(),
-                    });
-                }
+        .filter_map(|file| {
+            let target = (*file).to_string();
+            if *file == "proc/diskstats" && empty_diskstats {
+                return Some(ProcBind {
+                    source: PathBuf::from(EMPTY_SOURCE),
+                    target,
+                });
             }
-            let source = config.mount_dir.join(source);
+            let source = config.mount_dir.join(file);
             if source.is_file() {
-                Some(ProcBind {
-                    source,
-                    target: (*target).to_string(),
-                })
+                Some(ProcBind { source, target })
             } else {
                 tracing::warn!(
                     file = %source.display(),
@@ -294,7 +289,7 @@ pub fn binds(config: &LxcfsConfig) -> Result<Vec<ProcBind>, ProcViewError> {
                 None
             }
         })
-        .collect())
+        .collect()
 }
 
 enum State {
@@ -316,41 +311,10 @@ fn answers(dir: &Path) -> Result<(), State> {
 
 /// Whether the top mount at `dir` (in this process's mount namespace) is `fuse.lxcfs`.
 pub fn is_lxcfs_mount(dir: &Path) -> bool {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = dir.to_string_lossy();
-    // The last mount listed on a mount point is the one on top.
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let mount_point = fields.nth(4)?;
-            let mut rest = line.split(" - ").nth(1)?.split(' ');
-            Some((unescape_mount_path(mount_point), rest.next()?.to_string()))
-        })
-        .rfind(|(mount_point, _)| *mount_point == wanted)
-        .is_some_and(|(_, fstype)| fstype == "fuse.lxcfs")
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount_path(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
-            if let Ok(value) = u8::from_str_radix(digits, 8) {
-                out.push(value);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::mountinfo::read()
+        .into_iter()
+        .rfind(|mount| mount.mount_point == dir)
+        .is_some_and(|mount| mount.fstype == "fuse.lxcfs")
 }
 
 fn lock_exclusive(file: &File) -> io::Result<()> {
@@ -453,17 +417,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path("/var/lib/lxcfs"), "/var/lib/lxcfs");
-        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
-        assert_eq!(unescape_mount_path("/a\\"), "/a\\");
-    }
-
-    #[test]
     fn every_view_file_is_under_proc_or_sys() {
-        for (source, target) in PROC_VIEW_FILES {
-            assert!(target.starts_with("proc/") || target.starts_with("sys/"));
-            assert!(!source.starts_with('/') && !target.starts_with('/'));
+        for file in PROC_VIEW_FILES {
+            assert!(file.starts_with("proc/") || file.starts_with("sys/"));
+            assert!(!file.starts_with('/'));
         }
     }
 }
