@@ -137,13 +137,20 @@ pub struct HostPort {
     pub last: u16,
 }
 
+impl HostPort {
+    /// The ports as nft and the config spell them: `53` or `8000-8010`.
+    pub fn ports(&self) -> String {
+        if self.first == self.last {
+            self.first.to_string()
+        } else {
+            format!("{}-{}", self.first, self.last)
+        }
+    }
+}
+
 impl fmt::Display for HostPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}/{}", self.protocol.name(), self.first)
-        } else {
-            write!(f, "{}/{}-{}", self.protocol.name(), self.first, self.last)
-        }
+        write!(f, "{}/{}", self.protocol.name(), self.ports())
     }
 }
 
@@ -270,6 +277,22 @@ impl AgentConfig {
 mod tests {
     use super::*;
 
+    /// A scratch dir and a loader of agent.toml texts written into it (the caller removes the
+    /// dir).
+    fn loader(name: &str) -> (PathBuf, impl Fn(&str) -> Result<AgentConfig, ConfigError>) {
+        let dir = std::env::temp_dir().join(format!(
+            "paddock-agent-config-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("agent.toml");
+        let load = move |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            AgentConfig::load(&path)
+        };
+        (dir, load)
+    }
+
     #[test]
     fn shipped_example_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.toml");
@@ -283,16 +306,7 @@ mod tests {
 
     #[test]
     fn metrics_listen_defaults_on_and_turns_off_with_off() {
-        let dir = std::env::temp_dir().join(format!(
-            "paddock-agent-config-metrics-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let load = |text: &str| {
-            let path = dir.join("agent.toml");
-            std::fs::write(&path, text).expect("write");
-            AgentConfig::load(&path)
-        };
+        let (dir, load) = loader("metrics");
         let absent = load("").expect("absent");
         assert_eq!(
             absent.metrics_listen,
@@ -321,16 +335,7 @@ mod tests {
 
     #[test]
     fn host_ports_and_isolation_parse() {
-        let dir = std::env::temp_dir().join(format!(
-            "paddock-agent-config-network-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let load = |text: &str| {
-            let path = dir.join("agent.toml");
-            std::fs::write(&path, text).expect("write");
-            AgentConfig::load(&path)
-        };
+        let (dir, load) = loader("network");
         let absent = load("").expect("absent");
         assert!(absent.host_ports_open_to_vps.is_empty());
         assert_eq!(absent.vps_isolation, Isolation::Tenant);

@@ -145,13 +145,7 @@ fn inet_table(
         let ranges: Vec<String> = host_ports
             .iter()
             .filter(|port| port.protocol == protocol)
-            .map(|port| {
-                if port.first == port.last {
-                    port.first.to_string()
-                } else {
-                    format!("{}-{}", port.first, port.last)
-                }
-            })
+            .map(HostPort::ports)
             .collect();
         if !ranges.is_empty() {
             let _ = writeln!(out, "\t\t{} dport {} accept", protocol.name(), set(&ranges));
