@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PADDOCK_HOME ?= /var/lib/paddock
 CARGO ?= cargo
 
-.PHONY: up down status test lint deps build-release build-debug clean-state
+.PHONY: up down status test bench lint deps build-release build-debug clean-state
 
 up: deps build-release
 	PADDOCK_HOME=$(PADDOCK_HOME) scripts/up.sh
@@ -18,6 +18,11 @@ status:
 
 test: deps lint build-debug
 	PADDOCK_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace -- --test-threads=2
+
+# The benchmark suite on release binaries; writes bench/results/latest.{json,md}.
+# BENCH_ARGS: e.g. --only api-path,start-latency (see target/release/paddock-bench --list).
+bench: deps build-release
+	PADDOCK_BIN_DIR=$(CURDIR)/target/release target/release/paddock-bench $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

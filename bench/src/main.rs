@@ -1,0 +1,127 @@
+//! `paddock-bench`: runs Paddock's benchmark scenarios against the real binaries and writes
+//! `latest.json` and `latest.md`. `make bench` runs the full suite (release binaries); `make
+//! test` runs `--quick` (few iterations, small N) so that no scenario can rot. Speed is never
+//! a pass/fail threshold: quick mode fails only when a scenario cannot run.
+
+mod report;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+use report::{Host, Report, ScenarioReport};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "paddock-bench",
+    about = "Paddock's benchmark suite (run as root)"
+)]
+struct Args {
+    /// Few iterations and small N: checks that every scenario runs, measures nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these scenarios (comma-separated names, see --list).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write latest.json and latest.md [default: bench/results, or
+    /// target/bench-quick with --quick, so a quick run never replaces published results].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+/// What every scenario is told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    /// The paddock binaries measured (`PADDOCK_BIN_DIR`, else beside this binary).
+    pub bin_dir: PathBuf,
+}
+
+impl Options {
+    /// `full` iterations in a full run, `quick` in quick mode.
+    pub fn iterations(&self, full: usize, quick: usize) -> usize {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.list {
+        for scenario in scenarios::ALL {
+            println!("{:<16} {}", scenario.name, scenario.title);
+        }
+        return ExitCode::SUCCESS;
+    }
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("paddock-bench: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<bool> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmarks create VPSes, cgroups and network devices: run as root");
+    }
+    for name in &args.only {
+        if !scenarios::ALL.iter().any(|s| s.name == name) {
+            bail!("no scenario {name:?} (see --list)");
+        }
+    }
+    let bin_dir = paddock_tests::bin_dir();
+    // The harness reads PADDOCK_BIN_DIR; pin it so every scenario measures the same binaries.
+    std::env::set_var("PADDOCK_BIN_DIR", &bin_dir);
+    let options = Options {
+        quick: args.quick,
+        bin_dir: bin_dir.clone(),
+    };
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = args.out.unwrap_or_else(|| {
+        if args.quick {
+            manifest_dir.join("../target/bench-quick")
+        } else {
+            manifest_dir.join("results")
+        }
+    });
+    let mut report = Report {
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        quick: args.quick,
+        host: Host::detect(&bin_dir),
+        scenarios: Vec::new(),
+    };
+    for scenario in scenarios::ALL
+        .iter()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|n| n == s.name))
+    {
+        eprintln!("== {} ({})", scenario.title, scenario.name);
+        let mut result = ScenarioReport::new(scenario.name, scenario.title);
+        let started = Instant::now();
+        if let Err(error) = (scenario.run)(&options, &mut result) {
+            eprintln!("   failed: {error:#}");
+            result.error = Some(format!("{error:#}"));
+        }
+        result.seconds = started.elapsed().as_secs_f64();
+        report.scenarios.push(result);
+        // Written after every scenario, so a long run that dies keeps what it measured.
+        report.write(&out)?;
+    }
+    report.print();
+    eprintln!("wrote {}", out.join("latest.json").display());
+    Ok(report.succeeded())
+}

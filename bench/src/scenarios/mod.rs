@@ -1,0 +1,24 @@
+//! The scenarios, in the order a full run takes them. Each fills its [`ScenarioReport`] as it
+//! goes, so what it measured before a failure is still reported.
+
+use anyhow::Result;
+
+use crate::report::ScenarioReport;
+use crate::Options;
+
+mod api_path;
+
+/// A scenario of the suite.
+pub struct Scenario {
+    /// Its name for `--only` and in `latest.json`.
+    pub name: &'static str,
+    pub title: &'static str,
+    pub run: fn(&Options, &mut ScenarioReport) -> Result<()>,
+}
+
+/// Every scenario, in run order.
+pub const ALL: &[Scenario] = &[Scenario {
+    name: "api-path",
+    title: "API path: create --wait until running, delete --wait until gone",
+    run: api_path::run,
+}];
