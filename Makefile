@@ -4,8 +4,9 @@
 SHELL := /bin/bash
 PADDOCK_HOME ?= /var/lib/paddock
 CARGO ?= cargo
+PREFIX ?= /usr/local
 
-.PHONY: up down status test bench lint deps build-release build-debug clean-state
+.PHONY: up down status test bench install lint deps build-release build-debug clean-state
 
 up: deps build-release
 	PADDOCK_HOME=$(PADDOCK_HOME) scripts/up.sh
@@ -23,6 +24,11 @@ test: deps lint build-debug
 # BENCH_ARGS: e.g. --only api-path,start-latency (see target/release/paddock-bench --list).
 bench: deps build-release
 	PADDOCK_BIN_DIR=$(CURDIR)/target/release target/release/paddock-bench $(BENCH_ARGS)
+
+# Paddock as a system service: binaries in $(PREFIX)/bin, systemd units for both daemons,
+# configs in /etc/paddock (never overwritten). DESTDIR stages into another root.
+install: deps build-release
+	DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) scripts/install.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

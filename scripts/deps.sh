@@ -6,7 +6,8 @@ set -euo pipefail
 # debootstrap: the debian-12 template (its boot test builds one).
 # lxcfs: each VPS's own /proc/meminfo, cpuinfo, stat, uptime, loadavg, swaps (the agent starts
 # it, or reuses a running one; see proc_view in config/agent.toml).
-packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs)
+# systemd: `systemd-analyze verify` checks the units `make install` ships.
+packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs systemd)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
