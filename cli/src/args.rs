@@ -37,6 +37,11 @@ pub struct Cli {
     /// Print tables without their header line.
     #[arg(long, global = true)]
     pub no_headers: bool,
+    /// Id of this command's change, sent with it (default: a new random one). The controller
+    /// does a VPS change at most once per id: after a lost answer, run the command again with
+    /// the id the error names.
+    #[arg(long, global = true, value_name = "ID", value_parser = request_id)]
+    pub request_id: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -321,6 +326,20 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// A request id: 1-128 letters, digits, '-', '_', '.' or ':' (what the controller accepts).
+fn request_id(value: &str) -> Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err("1-128 letters, digits, '-', '_', '.' or ':'".to_owned())
     }
 }
 

@@ -24,6 +24,20 @@ use crate::context::{Target, TokenSource, ENV_TOKEN};
 /// How long to wait for the TCP (and TLS) connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The metadata key of a call's request id; the controller recognizes a retried VPS mutation
+/// by it and answers it without doing it twice.
+pub const REQUEST_ID_KEY: &str = "paddock-request-id";
+
+/// Pauses before each retry of a mutation whose answer was lost (about 8 s in all, enough for
+/// a controller restart).
+const RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
 /// Why a call to the controller failed, phrased for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -38,6 +52,8 @@ pub enum ClientError {
     Tls { url: String, cause: String },
     #[error("the token contains characters that cannot be sent in a gRPC header")]
     BadToken,
+    #[error("request id {id:?} cannot be sent in a gRPC header")]
+    BadRequestId { id: String },
     #[error("cannot reach the controller at {url}: {cause}")]
     Unreachable { url: String, cause: String },
     #[error("not authenticated: {message} (check {hint})")]
@@ -52,6 +68,15 @@ pub enum ClientError {
     Unimplemented { url: String, message: String },
     #[error("{message} (gRPC status {code:?})")]
     Other { code: Code, message: String },
+    /// A mutation whose answer never came, even after retries: it may or may not be done.
+    #[error(
+        "{source}; the controller may or may not have done it: run the same command with \
+         --request-id {request_id} to finish it without doing it twice"
+    )]
+    Unanswered {
+        request_id: String,
+        source: Box<ClientError>,
+    },
 }
 
 impl ClientError {
@@ -62,15 +87,17 @@ impl ClientError {
             Self::PermissionDenied { .. } => Some(Code::PermissionDenied),
             Self::Rejected { code, .. } | Self::Other { code, .. } => Some(*code),
             Self::Unimplemented { .. } => Some(Code::Unimplemented),
+            Self::Unanswered { source, .. } => source.code(),
             _ => None,
         }
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
+/// Adds `authorization: Bearer <token>` and the command's request id to every request.
 #[derive(Clone)]
 pub struct BearerAuth {
     header: MetadataValue<Ascii>,
+    request_id: Option<MetadataValue<Ascii>>,
 }
 
 impl BearerAuth {
@@ -79,15 +106,29 @@ impl BearerAuth {
         let header = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::BadToken)?;
-        Ok(Self { header })
+        Ok(Self {
+            header,
+            request_id: None,
+        })
+    }
+
+    /// Sends `id` as the request id of every call.
+    pub fn with_request_id(mut self, id: &str) -> Result<Self, ClientError> {
+        let value = id
+            .parse()
+            .map_err(|_| ClientError::BadRequestId { id: id.to_owned() })?;
+        self.request_id = Some(value);
+        Ok(self)
     }
 }
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.header.clone());
+        let metadata = request.metadata_mut();
+        metadata.insert("authorization", self.header.clone());
+        if let Some(id) = &self.request_id {
+            metadata.insert(REQUEST_ID_KEY, id.clone());
+        }
         Ok(request)
     }
 }
@@ -100,12 +141,14 @@ pub struct Session {
     channel: Channel,
     auth: BearerAuth,
     target: Target,
+    request_id: String,
 }
 
 impl Session {
-    /// Connects eagerly, so an unreachable controller is reported once and clearly.
-    pub async fn connect(target: Target) -> Result<Self, ClientError> {
-        let auth = BearerAuth::new(&target.token)?;
+    /// Connects eagerly, so an unreachable controller is reported once and clearly. Every call
+    /// carries `request_id`: one command makes at most one mutation, and its retries repeat it.
+    pub async fn connect(target: Target, request_id: String) -> Result<Self, ClientError> {
+        let auth = BearerAuth::new(&target.token)?.with_request_id(&request_id)?;
         let url = target.controller.clone();
         let mut endpoint =
             Endpoint::from_shared(url.clone()).map_err(|err| ClientError::BadUrl {
@@ -146,6 +189,7 @@ impl Session {
             channel,
             auth,
             target,
+            request_id,
         })
     }
 
@@ -208,6 +252,35 @@ impl Session {
             .map_err(|status| self.status_error(&status))
     }
 
+    /// A VPS mutation, retried with the same request id while its answer is lost on the way
+    /// (connection reset, controller restarting): the controller does it at most once.
+    pub async fn mutate<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(VpsServiceClient<AuthChannel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut delays = RETRY_DELAYS.iter();
+        loop {
+            let status = match call(self.vps()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            let error = self.status_error(&status);
+            if !answer_lost(&status) {
+                return Err(error);
+            }
+            match delays.next() {
+                Some(delay) => tokio::time::sleep(*delay).await,
+                None => {
+                    return Err(ClientError::Unanswered {
+                        request_id: self.request_id.clone(),
+                        source: Box::new(error),
+                    })
+                }
+            }
+        }
+    }
+
     /// Translates a gRPC status into the error the user sees.
     pub fn status_error(&self, status: &Status) -> ClientError {
         let hint = match &self.target.token_source {
@@ -215,6 +288,17 @@ impl Session {
             TokenSource::Env => ENV_TOKEN.to_owned(),
         };
         translate_status(status, &self.target.controller, &hint)
+    }
+}
+
+/// Whether a call failed on the way rather than being answered: the connection failed or was
+/// reset (the status comes from the transport), or the server said it is unavailable.
+fn answer_lost(status: &Status) -> bool {
+    let from_transport = std::error::Error::source(status).is_some();
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => from_transport,
+        _ => false,
     }
 }
 
@@ -341,7 +425,7 @@ mod tests {
             token_source: TokenSource::Context("demo".into()),
             ca_cert: None,
         };
-        let err = match Session::connect(target).await {
+        let err = match Session::connect(target, "r1".into()).await {
             Ok(_) => panic!("connected to a closed port"),
             Err(err) => err.to_string(),
         };

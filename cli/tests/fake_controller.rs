@@ -331,3 +331,81 @@ async fn exec_with_a_terminal() {
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_whose_answer_was_lost_is_retried_with_the_same_request_id() {
+    let (fake, _url, _dir, config) = setup().await;
+    *fake.lose_create_answers.lock().expect("lock") = 2;
+    let out = cli(&config, &["create", "web1", "--plan", "small", "--no-wait"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let ids = fake.create_request_ids.lock().expect("lock").clone();
+    assert_eq!(
+        ids.len(),
+        3,
+        "two lost answers, then the retry answered: {ids:?}"
+    );
+    assert!(!ids[0].is_empty(), "the CLI sends a request id");
+    assert!(
+        ids.iter().all(|id| id == &ids[0]),
+        "one id for all: {ids:?}"
+    );
+
+    // Another command is another request: a fresh id, so the taken name is refused.
+    let out = cli(&config, &["create", "web1", "--plan", "small", "--no-wait"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let ids = fake.create_request_ids.lock().expect("lock").clone();
+    assert_ne!(ids[3], ids[0]);
+
+    // An explicit id finishes the first command without doing it twice.
+    let out = cli(
+        &config,
+        &[
+            "create",
+            "web1",
+            "--plan",
+            "small",
+            "--no-wait",
+            "--request-id",
+            &ids[0],
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mutation_never_answered_names_its_request_id() {
+    let (fake, _url, _dir, config) = setup().await;
+    *fake.lose_create_answers.lock().expect("lock") = 100;
+    let out = cli(
+        &config,
+        &[
+            "create",
+            "web1",
+            "--plan",
+            "small",
+            "--no-wait",
+            "--request-id",
+            "my-id-1",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "may or may not have done it: run the same command with --request-id my-id-1"
+        ),
+        "{}",
+        out.stderr
+    );
+    let ids = fake.create_request_ids.lock().expect("lock").clone();
+    assert!(ids.len() > 1, "retried before giving up: {ids:?}");
+    assert!(ids.iter().all(|id| id == "my-id-1"), "{ids:?}");
+
+    let bad = cli(
+        &config,
+        &["create", "web2", "--plan", "small", "--request-id", "a b"],
+    )
+    .await;
+    assert_eq!(bad.code, 2, "a malformed id is a usage error: {bad:?}");
+}

@@ -498,6 +498,7 @@ mod tests {
             }),
             transfer_limit: None,
             applied_spec: None,
+            last_request: None,
         }
     }
 

@@ -570,6 +570,7 @@ mod tests {
             observed: None,
             transfer_limit: None,
             applied_spec: None,
+            last_request: None,
         }
     }
 

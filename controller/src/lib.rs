@@ -17,6 +17,7 @@ pub mod pki;
 pub mod plans;
 pub mod quota;
 pub mod reconcile;
+pub mod requests;
 pub mod scheduler;
 pub mod store;
 pub mod tenants;

@@ -12,7 +12,8 @@ use crate::error::ControllerError;
 use crate::limits::{Bounds, Chooser};
 use crate::scheduler::{self, Overcommit, Placement, Strategy};
 use crate::store::{
-    EventKind, EventRecord, Power, Resources, StoreError, TransferOverage, VpsRecord,
+    EventKind, EventRecord, Power, RequestOp, Resources, StoreError, TaggedRequest,
+    TransferOverage, VpsRecord,
 };
 use crate::validate::{self, ValidationError};
 
@@ -28,6 +29,24 @@ pub struct CreateVps {
     pub overrides: Option<Resources>,
     pub start: bool,
     pub node_selector: std::collections::BTreeMap<String, String>,
+    /// The client's request id (`crate::requests`), if it sent one.
+    pub request_id: Option<String>,
+}
+
+impl CreateVps {
+    /// What the request asks for, for its request id's fingerprint.
+    fn parameters(&self) -> String {
+        format!(
+            "tenant={} name={} plan={} template={} overrides={:?} start={} selector={:?}",
+            self.tenant,
+            self.name,
+            self.plan,
+            self.template,
+            self.overrides,
+            self.start,
+            self.node_selector
+        )
+    }
 }
 
 impl Controller {
@@ -63,6 +82,24 @@ impl Controller {
         let tenant_name = self.vps_scope(principal, &request.tenant)?;
         validate::name("name", &request.name)?;
         validate::name("plan", &request.plan)?;
+        let tagged = request
+            .request_id
+            .clone()
+            .map(|id| TaggedRequest::new(id, RequestOp::Create, &request.parameters()));
+        // A retry of a create that committed is answered with the VPS, whatever changed since.
+        let retried = |existing: Option<VpsRecord>| -> Result<Option<VpsRecord>, ControllerError> {
+            match (existing, &tagged) {
+                (Some(existing), Some(tagged))
+                    if tagged.done_as(existing.last_request.as_ref())? =>
+                {
+                    Ok(Some(existing))
+                }
+                _ => Ok(None),
+            }
+        };
+        if let Some(existing) = retried(self.store.find_vps(&tenant_name, &request.name)?)? {
+            return Ok(existing);
+        }
         let template = if request.template.is_empty() {
             DEFAULT_TEMPLATE.to_owned()
         } else {
@@ -139,8 +176,19 @@ impl Controller {
             observed: None,
             transfer_limit: None,
             applied_spec: None,
+            last_request: tagged.clone(),
         };
-        self.store.create_vps(&record)?;
+        if let Err(error) = self.store.create_vps(&record) {
+            // The same request, retried while the first attempt was committing.
+            if let StoreError::AlreadyExists { .. } = error {
+                if let Some(existing) = retried(self.store.find_vps(&record.tenant, &record.name)?)?
+                {
+                    self.commit().await?;
+                    return Ok(existing);
+                }
+            }
+            return Err(error.into());
+        }
         // The store allocated the addresses in the create transaction.
         let record = self.store.get_vps(&record.vps_id)?.unwrap_or(record);
         self.commit().await?;
@@ -178,17 +226,24 @@ impl Controller {
 
     /// Changes the desired state of a live (not deleting) VPS of the caller's
     /// scope durably, then kicks its node's reconciler.
+    #[allow(clippy::too_many_arguments)]
     async fn change_vps(
         &self,
         principal: &Principal,
         tenant: &str,
         name: &str,
+        tagged: Option<TaggedRequest>,
         refused_when_suspended: Option<&'static str>,
         event: Option<EventKind>,
         change: &(dyn Fn(&mut VpsRecord) + Sync),
     ) -> Result<VpsRecord, ControllerError> {
         let tenant = self.vps_scope(principal, tenant)?;
         let vps = self.find_vps(&tenant, name)?;
+        if let Some(tagged) = &tagged {
+            if tagged.done_as(vps.last_request.as_ref())? {
+                return Ok(vps);
+            }
+        }
         if let Some(what) = refused_when_suspended {
             self.refuse_if_suspended(&tenant, what)?;
             refuse_if_transfer_suspended(&vps, what)?;
@@ -199,6 +254,17 @@ impl Controller {
                     "VPS {:?} is being deleted",
                     vps.name
                 )));
+            }
+            if let Some(tagged) = &tagged {
+                // A concurrent retry of the same request committed first.
+                if vps
+                    .last_request
+                    .as_ref()
+                    .is_some_and(|last| last.id == tagged.id)
+                {
+                    return Ok(None);
+                }
+                vps.last_request = Some(tagged.clone());
             }
             change(vps);
             Ok(event.map(|kind| EventRecord::of_vps(kind, vps)))
@@ -215,9 +281,15 @@ impl Controller {
         tenant: &str,
         name: &str,
         power: Power,
+        request_id: Option<String>,
     ) -> Result<VpsRecord, ControllerError> {
         let refused = (power == Power::Running).then_some("starting a VPS");
-        self.change_vps(principal, tenant, name, refused, None, &|vps| {
+        let op = match power {
+            Power::Running => RequestOp::Start,
+            Power::Stopped => RequestOp::Stop,
+        };
+        let tagged = request_id.map(|id| TaggedRequest::new(id, op, ""));
+        self.change_vps(principal, tenant, name, tagged, refused, None, &|vps| {
             vps.desired_power = power;
         })
         .await
@@ -229,11 +301,14 @@ impl Controller {
         principal: &Principal,
         tenant: &str,
         name: &str,
+        request_id: Option<String>,
     ) -> Result<VpsRecord, ControllerError> {
+        let tagged = request_id.map(|id| TaggedRequest::new(id, RequestOp::Restart, ""));
         self.change_vps(
             principal,
             tenant,
             name,
+            tagged,
             Some("restarting a VPS"),
             None,
             &|vps| {
@@ -254,16 +329,20 @@ impl Controller {
         tenant: &str,
         name: &str,
         template: &str,
+        request_id: Option<String>,
     ) -> Result<VpsRecord, ControllerError> {
         if !template.is_empty() {
             validate::name("template", template)?;
         }
+        let tagged = request_id
+            .map(|id| TaggedRequest::new(id, RequestOp::Rebuild, &format!("template={template}")));
         let template = template.to_owned();
         let rebuilt = Some(EventKind::Rebuilt);
         self.change_vps(
             principal,
             tenant,
             name,
+            tagged,
             Some("rebuilding a VPS"),
             rebuilt,
             &|vps| {
@@ -290,9 +369,22 @@ impl Controller {
         name: &str,
         plan: &str,
         overrides: Option<Resources>,
+        request_id: Option<String>,
     ) -> Result<VpsRecord, ControllerError> {
         let tenant = self.vps_scope(principal, tenant)?;
         let vps = self.find_vps(&tenant, name)?;
+        let tagged = request_id.map(|id| {
+            TaggedRequest::new(
+                id,
+                RequestOp::Resize,
+                &format!("plan={plan} overrides={overrides:?}"),
+            )
+        });
+        if let Some(tagged) = &tagged {
+            if tagged.done_as(vps.last_request.as_ref())? {
+                return Ok(vps);
+            }
+        }
         self.refuse_if_suspended(&tenant, "resizing a VPS")?;
         // A tenant's overrides are held to the plan the VPS ends up on.
         let (plan_record, base) = if plan.is_empty() {
@@ -351,7 +443,15 @@ impl Controller {
                 self.placement(Default::default()).overcommit,
             )?;
         }
-        let updated = self.store.resize_vps(&vps.vps_id, &plan_name, &resources)?;
+        let mut updated = self.store.resize_vps(&vps.vps_id, &plan_name, &resources)?;
+        // Tagged after the resize, not with it: a resize is idempotent by value, so a crash in
+        // between only makes a retry resize to the same limits again.
+        if let Some(tagged) = tagged {
+            updated = self.store.update_vps(&vps.vps_id, &|vps| {
+                vps.last_request = Some(tagged.clone());
+                Ok(())
+            })?;
+        }
         self.commit().await?;
         info!(vps = %updated.name, tenant = %updated.tenant, plan = %updated.plan, actor = %principal.actor(), "VPS resized");
         self.reconciler.kick(&updated.node);
@@ -364,11 +464,21 @@ impl Controller {
         principal: &Principal,
         tenant: &str,
         name: &str,
+        request_id: Option<String>,
     ) -> Result<VpsRecord, ControllerError> {
         let tenant = self.vps_scope(principal, tenant)?;
         let vps = self.find_vps(&tenant, name)?;
+        let tagged = request_id.map(|id| TaggedRequest::new(id, RequestOp::Delete, ""));
+        if let Some(tagged) = &tagged {
+            if tagged.done_as(vps.last_request.as_ref())? {
+                return Ok(vps);
+            }
+        }
         let updated = self.store.update_vps(&vps.vps_id, &|vps| {
             vps.deleting = true;
+            if let Some(tagged) = &tagged {
+                vps.last_request = Some(tagged.clone());
+            }
             Ok(())
         })?;
         self.commit().await?;

@@ -740,3 +740,109 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
         without_reflection(&v1alpha_names)
     );
 }
+
+/// `request` tagged with a client request id, as the CLI sends every command.
+fn tagged<T>(request: T, token: &str, id: &str) -> tonic::Request<T> {
+    let mut request = with_token(request, token);
+    let id = id.parse().expect("ascii request id");
+    request.metadata_mut().insert("paddock-request-id", id);
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_mutation_is_done_once_and_a_reused_id_refused() {
+    use paddock_controller::store::Store;
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    let create = |plan: &str| v1::CreateVpsRequest {
+        name: "web1".into(),
+        plan: plan.into(),
+        start: true,
+        ..Default::default()
+    };
+    let first = api
+        .vps()
+        .create_vps(tagged(create("nano"), &acme, "c-1"))
+        .await
+        .expect("create")
+        .into_inner();
+    // The answer was lost; the retry gets the same VPS, charged once.
+    let retry = api
+        .vps()
+        .create_vps(tagged(create("nano"), &acme, "c-1"))
+        .await
+        .expect("retry of the create")
+        .into_inner();
+    assert_eq!(retry.id, first.id);
+    let used = api.store.get_tenant("acme").expect("read").expect("tenant");
+    assert_eq!(used.used.max_vps, 1, "charged once");
+    // Without the id, or with another, it is a second create of a taken name.
+    for request in [
+        with_token(create("nano"), &acme),
+        tagged(create("nano"), &acme, "c-2"),
+    ] {
+        let status = api.vps().create_vps(request).await.expect_err("duplicate");
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    }
+    // The same id for a different request is the client's bug, said so.
+    let status = api
+        .vps()
+        .create_vps(tagged(create("small"), &acme, "c-1"))
+        .await
+        .expect_err("reused id");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("request id: "), "{status:?}");
+
+    let web1 = || v1::VpsRef {
+        tenant: String::new(),
+        name: "web1".into(),
+    };
+    let generation = |field: fn(&paddock_controller::store::VpsRecord) -> u64| {
+        let record = api
+            .store
+            .find_vps("acme", "web1")
+            .expect("read")
+            .expect("web1");
+        field(&record)
+    };
+    for _ in 0..3 {
+        api.vps()
+            .restart_vps(tagged(web1(), &acme, "r-1"))
+            .await
+            .expect("restart");
+    }
+    assert_eq!(generation(|vps| vps.restart_generation), 1, "r-1 done once");
+    for _ in 0..3 {
+        api.vps()
+            .rebuild_vps(tagged(
+                v1::RebuildVpsRequest {
+                    vps: Some(web1()),
+                    template: String::new(),
+                },
+                &acme,
+                "b-1",
+            ))
+            .await
+            .expect("rebuild");
+    }
+    assert_eq!(generation(|vps| vps.rebuild_generation), 1, "b-1 done once");
+    // A new id is a new restart.
+    api.vps()
+        .restart_vps(tagged(web1(), &acme, "r-2"))
+        .await
+        .expect("restart");
+    assert_eq!(generation(|vps| vps.restart_generation), 2, "r-2 done");
+    let status = api
+        .vps()
+        .stop_vps(tagged(web1(), &acme, "r-2"))
+        .await
+        .expect_err("an id of a restart reused for a stop");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    let bad = api
+        .vps()
+        .stop_vps(tagged(web1(), &acme, "has space"))
+        .await
+        .expect_err("bad id");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+}

@@ -1,6 +1,9 @@
 //! `kill -9` of the real controller binary while 200 creates are in flight:
 //! after a restart, every create that was answered OK exists, the store opens
-//! cleanly, and the tenant's recorded usage equals the sum of what exists.
+//! cleanly, and the tenant's recorded usage equals the sum of what exists. Every
+//! create carries a request id: retried after the restart, each one succeeds
+//! exactly once (the ones that committed before the kill, answered or not, are
+//! answered with their VPS, not refused as duplicates nor charged twice).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,16 +31,7 @@ async fn acknowledged_creates_survive_kill_9() {
             tokio::spawn(async move {
                 let name = format!("vps{i}");
                 let result = v1::vps_service_client::VpsServiceClient::new((*channel).clone())
-                    .create_vps(with_token(
-                        v1::CreateVpsRequest {
-                            tenant: "acme".into(),
-                            name: name.clone(),
-                            plan: "nano".into(),
-                            start: true,
-                            ..Default::default()
-                        },
-                        &admin,
-                    ))
+                    .create_vps(create_request(&name, &admin))
                     .await;
                 if result.is_ok() {
                     acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -66,16 +60,31 @@ async fn acknowledged_creates_survive_kill_9() {
 
     let (_daemon, channel) = setup.launch().await;
     let mut vps = v1::vps_service_client::VpsServiceClient::new(channel.clone());
+    let mut ids = std::collections::HashMap::new();
     for name in &acknowledged {
-        vps.get_vps(with_token(
-            v1::VpsRef {
-                tenant: "acme".into(),
-                name: name.clone(),
-            },
-            &admin,
-        ))
-        .await
-        .unwrap_or_else(|status| panic!("acknowledged create of {name} was lost: {status:?}"));
+        let found = vps
+            .get_vps(with_token(
+                v1::VpsRef {
+                    tenant: "acme".into(),
+                    name: name.clone(),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap_or_else(|status| panic!("acknowledged create of {name} was lost: {status:?}"));
+        ids.insert(name.clone(), found.into_inner().id);
+    }
+    // Every create retried with its request id, as a client whose answer was lost would.
+    for i in 0..200 {
+        let name = format!("vps{i}");
+        let retried = vps
+            .create_vps(create_request(&name, &admin))
+            .await
+            .unwrap_or_else(|status| panic!("retry of the create of {name}: {status:?}"))
+            .into_inner();
+        if let Some(id) = ids.get(&name) {
+            assert_eq!(&retried.id, id, "a retry of {name} answers the same VPS");
+        }
     }
     let existing = vps
         .list_vps(with_token(
@@ -100,6 +109,7 @@ async fn acknowledged_creates_survive_kill_9() {
         .expect("tenant")
         .into_inner();
     let used = tenant.used.expect("used");
+    assert_eq!(existing.len(), 200, "each create happened exactly once");
     assert_eq!(
         used.max_vps as usize,
         existing.len(),
@@ -119,4 +129,21 @@ async fn acknowledged_creates_survive_kill_9() {
         acknowledged.len(),
         existing.len()
     );
+}
+
+/// The create of `name` with a request id of its own, the same on every attempt.
+fn create_request(name: &str, token: &str) -> tonic::Request<v1::CreateVpsRequest> {
+    let mut request = with_token(
+        v1::CreateVpsRequest {
+            tenant: "acme".into(),
+            name: name.to_owned(),
+            plan: "nano".into(),
+            start: true,
+            ..Default::default()
+        },
+        token,
+    );
+    let id = format!("create-{name}").parse().expect("ascii request id");
+    request.metadata_mut().insert("paddock-request-id", id);
+    request
 }

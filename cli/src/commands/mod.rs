@@ -51,11 +51,12 @@ impl CommandError {
     }
 }
 
-/// Loads the config, picks the context and connects to its controller.
-pub async fn connect(context: Option<&str>) -> Result<Session, CommandError> {
+/// Loads the config, picks the context and connects to its controller. `request_id` goes with
+/// every call of the command (see `--request-id`).
+pub async fn connect(context: Option<&str>, request_id: &str) -> Result<Session, CommandError> {
     let config = Config::load(&config_path()?)?;
     let target = config.resolve(context, &EnvOverrides::from_env())?;
-    Ok(Session::connect(target).await?)
+    Ok(Session::connect(target, request_id.to_owned()).await?)
 }
 
 /// Runs the parsed command line; returns the process exit code on success
@@ -63,6 +64,11 @@ pub async fn connect(context: Option<&str>) -> Result<Session, CommandError> {
 pub async fn dispatch(cli: Cli) -> Result<ExitCode, CommandError> {
     let printer = Printer::new(cli.output, cli.no_headers);
     let context = cli.context.as_deref();
+    let request_id = cli
+        .request_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let connect = |context| connect(context, &request_id);
     let printer = &printer;
     match cli.command {
         Command::Context(command) => context::run(printer, command)?,

@@ -72,7 +72,12 @@ pub async fn create(
         start: true,
         node_selector: args.node_selector.iter().cloned().collect(),
     };
-    let mut vps = session.call(session.vps().create_vps(request)).await?;
+    let mut vps = session
+        .mutate(|mut client| {
+            let request = request.clone();
+            async move { client.create_vps(request).await }
+        })
+        .await?;
     if args.wait.enabled() {
         let reference = VpsRef {
             tenant: args.tenant.value(),
@@ -152,11 +157,18 @@ pub async fn power(
         }
         _ => 0,
     };
-    let mut vps = match op {
-        Power::Start => session.call(client.start_vps(reference.clone())).await?,
-        Power::Stop => session.call(client.stop_vps(reference.clone())).await?,
-        Power::Restart => session.call(client.restart_vps(reference.clone())).await?,
-    };
+    let mut vps = session
+        .mutate(|mut client| {
+            let reference = reference.clone();
+            async move {
+                match op {
+                    Power::Start => client.start_vps(reference).await,
+                    Power::Stop => client.stop_vps(reference).await,
+                    Power::Restart => client.restart_vps(reference).await,
+                }
+            }
+        })
+        .await?;
     if args.wait.enabled() {
         let goal = match op {
             Power::Start => Goal::Running,
@@ -185,7 +197,10 @@ pub async fn delete(
         ),
     )?;
     let vps = session
-        .call(session.vps().delete_vps(reference.clone()))
+        .mutate(|mut client| {
+            let reference = reference.clone();
+            async move { client.delete_vps(reference).await }
+        })
         .await?;
     if !args.wait.enabled() {
         return Ok(printer.one(&VpsView::from(&vps))?);
@@ -210,7 +225,12 @@ pub async fn resize(
         plan: args.plan.clone().unwrap_or_default(),
         resources: overrides(&args.overrides),
     };
-    let mut vps = session.call(session.vps().resize_vps(request)).await?;
+    let mut vps = session
+        .mutate(|mut client| {
+            let request = request.clone();
+            async move { client.resize_vps(request).await }
+        })
+        .await?;
     if args.wait.enabled() {
         // Until its node has applied the new limits, the VPS is not converged.
         let goal = Goal::Applied {
@@ -245,7 +265,12 @@ pub async fn rebuild(
         vps: Some(reference.clone()),
         template: args.template.clone().unwrap_or_default(),
     };
-    let mut vps = session.call(session.vps().rebuild_vps(request)).await?;
+    let mut vps = session
+        .mutate(|mut client| {
+            let request = request.clone();
+            async move { client.rebuild_vps(request).await }
+        })
+        .await?;
     if args.wait.enabled() {
         // A rebuilt VPS that should run comes back with a new init.
         let goal = if before.desired_power == v1::PowerState::Running as i32 {

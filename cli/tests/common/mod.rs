@@ -86,6 +86,8 @@ struct Entry {
     polls_left: u32,
     next: Option<VpsState>,
     next_message: String,
+    /// The request id of the create that made it.
+    request_id: String,
 }
 
 /// Scripted `VpsService`: VPSes become running two polls after create
@@ -97,6 +99,10 @@ pub struct FakeVps {
     entries: Arc<Mutex<BTreeMap<String, Entry>>>,
     /// Every authorization header seen.
     pub auth_headers: Arc<Mutex<Vec<String>>>,
+    /// The request id of every CreateVps call, in order.
+    pub create_request_ids: Arc<Mutex<Vec<String>>>,
+    /// How many more creates are done but answered UNAVAILABLE, as if the answer was lost.
+    pub lose_create_answers: Arc<Mutex<u32>>,
 }
 
 fn sample(name: &str, tenant: &str, state: VpsState) -> Vps {
@@ -130,6 +136,16 @@ fn sample(name: &str, tenant: &str, state: VpsState) -> Vps {
 }
 
 impl FakeVps {
+    /// The answer to a create that was done: UNAVAILABLE while answers are to be lost.
+    fn answer(&self, vps: Vps) -> Result<Response<Vps>, Status> {
+        let mut lose = self.lose_create_answers.lock().expect("lock");
+        if *lose > 0 {
+            *lose -= 1;
+            return Err(Status::unavailable("the answer was lost"));
+        }
+        Ok(Response::new(vps))
+    }
+
     /// Adds a VPS in a fixed state.
     pub fn insert(&self, name: &str, state: VpsState) {
         let vps = sample(name, "acme", state);
@@ -140,6 +156,7 @@ impl FakeVps {
                 polls_left: 0,
                 next: None,
                 next_message: String::new(),
+                request_id: String::new(),
             },
         );
     }
@@ -222,6 +239,16 @@ impl VpsService for FakeVps {
         &self,
         request: Request<CreateVpsRequest>,
     ) -> Result<Response<Vps>, Status> {
+        let request_id = request
+            .metadata()
+            .get("paddock-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        self.create_request_ids
+            .lock()
+            .expect("lock")
+            .push(request_id.clone());
         let request = request.into_inner();
         if request.plan != "small" {
             return Err(Status::not_found(format!(
@@ -246,7 +273,12 @@ impl VpsService for FakeVps {
             (VpsState::Running, "")
         };
         let mut entries = self.entries.lock().expect("lock");
-        if entries.contains_key(&request.name) {
+        if let Some(entry) = entries.get(&request.name) {
+            // A retry of the create that made it, as the controller answers one.
+            if !request_id.is_empty() && entry.request_id == request_id {
+                let vps = entry.vps.clone();
+                return self.answer(vps);
+            }
             return Err(Status::already_exists(format!(
                 "vps {} already exists",
                 request.name
@@ -259,9 +291,10 @@ impl VpsService for FakeVps {
                 polls_left: 2,
                 next: Some(next),
                 next_message: message.to_owned(),
+                request_id,
             },
         );
-        Ok(Response::new(vps))
+        self.answer(vps)
     }
 
     async fn get_vps(&self, request: Request<VpsRef>) -> Result<Response<Vps>, Status> {

@@ -13,6 +13,7 @@ use crate::api::{audit_target, AuditTarget};
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
+use crate::requests;
 use crate::store::Power;
 use crate::validate::ValidationError;
 use crate::vps::CreateVps;
@@ -53,6 +54,7 @@ impl VpsService for VpsApi {
         });
         audit_target(&request, target);
         let principal = self.controller.caller(request.metadata())?;
+        let request_id = requests::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let created = self
             .controller
@@ -66,6 +68,7 @@ impl VpsService for VpsApi {
                     overrides: request.overrides.as_ref().map(convert::resources_from),
                     start: request.start,
                     node_selector: request.node_selector.into_iter().collect(),
+                    request_id,
                 },
             )
             .await?;
@@ -101,10 +104,17 @@ impl VpsService for VpsApi {
     async fn start_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
         audit_target(&request, vps_target(request.get_ref()));
         let principal = self.controller.caller(request.metadata())?;
+        let request_id = requests::from_metadata(request.metadata())?;
         let vps = request.into_inner();
         let record = self
             .controller
-            .set_power(&principal, &vps.tenant, &vps.name, Power::Running)
+            .set_power(
+                &principal,
+                &vps.tenant,
+                &vps.name,
+                Power::Running,
+                request_id,
+            )
             .await?;
         Ok(Response::new(self.view(&record)?))
     }
@@ -112,10 +122,17 @@ impl VpsService for VpsApi {
     async fn stop_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
         audit_target(&request, vps_target(request.get_ref()));
         let principal = self.controller.caller(request.metadata())?;
+        let request_id = requests::from_metadata(request.metadata())?;
         let vps = request.into_inner();
         let record = self
             .controller
-            .set_power(&principal, &vps.tenant, &vps.name, Power::Stopped)
+            .set_power(
+                &principal,
+                &vps.tenant,
+                &vps.name,
+                Power::Stopped,
+                request_id,
+            )
             .await?;
         Ok(Response::new(self.view(&record)?))
     }
@@ -123,10 +140,11 @@ impl VpsService for VpsApi {
     async fn restart_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
         audit_target(&request, vps_target(request.get_ref()));
         let principal = self.controller.caller(request.metadata())?;
+        let request_id = requests::from_metadata(request.metadata())?;
         let vps = request.into_inner();
         let record = self
             .controller
-            .restart_vps(&principal, &vps.tenant, &vps.name)
+            .restart_vps(&principal, &vps.tenant, &vps.name, request_id)
             .await?;
         Ok(Response::new(self.view(&record)?))
     }
@@ -134,10 +152,11 @@ impl VpsService for VpsApi {
     async fn delete_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
         audit_target(&request, vps_target(request.get_ref()));
         let principal = self.controller.caller(request.metadata())?;
+        let request_id = requests::from_metadata(request.metadata())?;
         let vps = request.into_inner();
         let record = self
             .controller
-            .delete_vps(&principal, &vps.tenant, &vps.name)
+            .delete_vps(&principal, &vps.tenant, &vps.name, request_id)
             .await?;
         Ok(Response::new(self.view(&record)?))
     }
@@ -149,6 +168,7 @@ impl VpsService for VpsApi {
         let target = vps_target(&request.get_ref().vps.clone().unwrap_or_default());
         audit_target(&request, target);
         let principal = self.controller.caller(request.metadata())?;
+        let request_id = requests::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let vps = Self::reference(request.vps);
         let record = self
@@ -159,6 +179,7 @@ impl VpsService for VpsApi {
                 &vps.name,
                 &request.plan,
                 request.resources.as_ref().map(convert::resources_from),
+                request_id,
             )
             .await?;
         Ok(Response::new(self.view(&record)?))
@@ -171,11 +192,18 @@ impl VpsService for VpsApi {
         let target = vps_target(&request.get_ref().vps.clone().unwrap_or_default());
         audit_target(&request, target);
         let principal = self.controller.caller(request.metadata())?;
+        let request_id = requests::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let vps = Self::reference(request.vps);
         let record = self
             .controller
-            .rebuild_vps(&principal, &vps.tenant, &vps.name, &request.template)
+            .rebuild_vps(
+                &principal,
+                &vps.tenant,
+                &vps.name,
+                &request.template,
+                request_id,
+            )
             .await?;
         Ok(Response::new(self.view(&record)?))
     }

@@ -189,6 +189,10 @@ pub struct VpsRecord {
     /// converged when it equals the digest of its current spec.
     #[serde(default)]
     pub applied_spec: Option<String>,
+    /// The last mutation a client tagged with a request id (`crate::requests`), written with
+    /// the change itself so that a retry is recognized.
+    #[serde(default)]
+    pub last_request: Option<TaggedRequest>,
 }
 
 impl VpsRecord {
@@ -199,6 +203,28 @@ impl VpsRecord {
             .filter(|limit| now < limit.until)
             .map(|limit| limit.overage)
     }
+}
+
+/// The VPS mutations a client request id can tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestOp {
+    Create,
+    Start,
+    Stop,
+    Restart,
+    Rebuild,
+    Resize,
+    Delete,
+}
+
+/// A client's tagged mutation of a VPS: its request id, what it did, and a digest of its
+/// parameters (the same id with other parameters is refused, not answered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaggedRequest {
+    pub id: String,
+    pub op: RequestOp,
+    pub fingerprint: String,
 }
 
 /// One mutation attempt: who, what, when, and how it ended.

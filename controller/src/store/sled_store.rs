@@ -990,6 +990,7 @@ mod tests {
             observed: None,
             transfer_limit: None,
             applied_spec: None,
+            last_request: None,
         }
     }
 
