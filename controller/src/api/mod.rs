@@ -1,8 +1,10 @@
 //! The gRPC surface: thin services over the domain, plus health and reflection.
 
+mod audit;
 mod billing;
 mod nodes;
 mod observe;
+mod plans;
 mod pools;
 mod tenants;
 mod vps;
@@ -92,7 +94,7 @@ pub async fn serve(
         .add_service(TokenServiceServer::new(tenants::TokenApi {
             controller: c(),
         }))
-        .add_service(PlanServiceServer::new(nodes::PlanApi { controller: c() }))
+        .add_service(PlanServiceServer::new(plans::PlanApi { controller: c() }))
         .add_service(NodeServiceServer::new(nodes::NodeApi { controller: c() }))
         .add_service(PoolServiceServer::new(pools::PoolApi { controller: c() }))
         .add_service(AgentRegistryServer::new(nodes::RegistryApi {
@@ -101,9 +103,7 @@ pub async fn serve(
         .add_service(BillingServiceServer::new(billing::BillingApi {
             controller: c(),
         }))
-        .add_service(AuditServiceServer::new(billing::AuditApi {
-            controller: c(),
-        }))
+        .add_service(AuditServiceServer::new(audit::AuditApi { controller: c() }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -1,18 +1,15 @@
-//! `NodeService`, `PlanService` and the agents' `AgentRegistry`.
+//! `NodeService` and the agents' `AgentRegistry`.
 
 use std::sync::Arc;
 
 use paddock_proto::v1;
 use paddock_proto::v1::agent_registry_server::AgentRegistry;
 use paddock_proto::v1::node_service_server::NodeService;
-use paddock_proto::v1::plan_service_server::PlanService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
 use crate::app::Controller;
 use crate::convert;
-use crate::error::ControllerError;
-use crate::store::PlanRecord;
 
 pub struct NodeApi {
     pub controller: Arc<Controller>,
@@ -95,62 +92,6 @@ impl NodeService for NodeApi {
         self.controller.admin(request.metadata())?;
         self.controller
             .remove_node(&request.into_inner().name)
-            .await?;
-        Ok(Response::new(v1::Empty {}))
-    }
-}
-
-pub struct PlanApi {
-    pub controller: Arc<Controller>,
-}
-
-#[tonic::async_trait]
-impl PlanService for PlanApi {
-    async fn list_plans(
-        &self,
-        request: Request<v1::Empty>,
-    ) -> Result<Response<v1::ListPlansResponse>, Status> {
-        self.controller.caller(request.metadata())?;
-        let plans = self.controller.list_plans()?;
-        Ok(Response::new(v1::ListPlansResponse {
-            plans: plans.iter().map(convert::plan).collect(),
-        }))
-    }
-
-    async fn create_plan(
-        &self,
-        request: Request<v1::CreatePlanRequest>,
-    ) -> Result<Response<v1::Plan>, Status> {
-        audit_target(
-            &request,
-            request
-                .get_ref()
-                .plan
-                .as_ref()
-                .map(|plan| plan.name.clone())
-                .unwrap_or_default(),
-        );
-        self.controller.admin(request.metadata())?;
-        let plan = request.into_inner().plan.unwrap_or_default();
-        let record = PlanRecord {
-            transfer_overage: convert::transfer_overage_from(&plan)
-                .map_err(ControllerError::from)?,
-            name: plan.name,
-            resources: convert::resources_from(&plan.resources.unwrap_or_default()),
-            monthly_transfer_bytes: plan.monthly_transfer_bytes,
-        };
-        let created = self.controller.create_plan(record).await?;
-        Ok(Response::new(convert::plan(&created)))
-    }
-
-    async fn delete_plan(
-        &self,
-        request: Request<v1::DeletePlanRequest>,
-    ) -> Result<Response<v1::Empty>, Status> {
-        audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
-        self.controller
-            .delete_plan(&request.into_inner().name)
             .await?;
         Ok(Response::new(v1::Empty {}))
     }
