@@ -1,5 +1,6 @@
-//! Waiting for a VPS to reach a state by polling `GetVps`, with a progress
-//! line on a terminal and a clear error when the VPS fails or time runs out.
+//! Waiting for a VPS to reach a state: following `WatchVps`, which sends each change the
+//! controller records, or polling `GetVps` with a controller that does not serve it yet;
+//! with a progress line on a terminal and a clear error when the VPS fails or time runs out.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,10 @@ use crate::client::{ClientError, Session};
 use crate::terminal::Progress;
 use crate::views::vps_state_name;
 
-/// How often `GetVps` is polled.
+/// How often `GetVps` is polled when the controller cannot stream changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the progress line's clock moves while the stream is quiet.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the caller waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,9 +102,10 @@ pub fn assess(vps: &v1::Vps, goal: Goal) -> Progression {
         },
     };
     match (goal, state) {
-        (Goal::Running, VpsState::Running) | (Goal::Stopped, VpsState::Stopped) => {
-            Progression::Done
-        }
+        // Running means the node confirmed the current spec, not only that a heartbeat saw
+        // the init (e.g. the one from before a change).
+        (Goal::Running, VpsState::Running) if vps.converged => Progression::Done,
+        (Goal::Stopped, VpsState::Stopped) => Progression::Done,
         (Goal::Applied { running }, VpsState::Running | VpsState::Stopped) => {
             if vps.converged && (state == VpsState::Running) == running {
                 Progression::Done
@@ -128,7 +132,7 @@ pub fn assess(vps: &v1::Vps, goal: Goal) -> Progression {
     }
 }
 
-/// Polls until the VPS reaches `goal`. Returns the last VPS seen (`None`
+/// Waits until the VPS reaches `goal`. Returns the last VPS seen (`None`
 /// once it is gone). `timeout` of `None` waits forever.
 pub async fn wait_for(
     session: &Session,
@@ -136,51 +140,160 @@ pub async fn wait_for(
     goal: Goal,
     timeout: Option<Duration>,
 ) -> Result<Option<v1::Vps>, WaitError> {
-    let started = Instant::now();
-    let mut progress = Progress::new();
-    loop {
-        let vps = match session.vps().get_vps(vps_ref.clone()).await {
-            Ok(response) => response.into_inner(),
-            Err(status) if status.code() == Code::NotFound => {
-                return match goal {
-                    Goal::Gone => Ok(None),
-                    _ => Err(WaitError::Vanished {
-                        name: vps_ref.name.clone(),
-                        goal: goal.describe(),
-                    }),
-                };
-            }
-            Err(status) => return Err(session.status_error(&status).into()),
-        };
-        match assess(&vps, goal) {
-            Progression::Done => return Ok(Some(vps)),
-            Progression::Failed(err) => return Err(err),
-            Progression::Pending => {}
+    let mut wait = Wait {
+        session,
+        vps_ref,
+        goal,
+        timeout,
+        started: Instant::now(),
+        progress: Progress::new(),
+    };
+    match wait.follow().await? {
+        Followed::Ended(result) => Ok(result.map(|vps| *vps)),
+        // An older controller, or the stream broke off (e.g. the controller restarted).
+        Followed::Unsupported | Followed::BrokenOff => wait.poll().await,
+    }
+}
+
+/// How following the stream ended.
+enum Followed {
+    /// The wait is over: the goal's VPS, or `None` once gone.
+    Ended(Option<Box<v1::Vps>>),
+    /// The controller does not serve `WatchVps`.
+    Unsupported,
+    /// The stream ended early; polling takes over.
+    BrokenOff,
+}
+
+struct Wait<'a> {
+    session: &'a Session,
+    vps_ref: &'a VpsRef,
+    goal: Goal,
+    timeout: Option<Duration>,
+    started: Instant,
+    progress: Progress,
+}
+
+impl Wait<'_> {
+    /// What the VPS being gone means for the goal.
+    fn gone(&self) -> Result<Option<v1::Vps>, WaitError> {
+        match self.goal {
+            Goal::Gone => Ok(None),
+            _ => Err(WaitError::Vanished {
+                name: self.vps_ref.name.clone(),
+                goal: self.goal.describe(),
+            }),
         }
-        let elapsed = started.elapsed();
-        if timeout.is_some_and(|limit| elapsed >= limit) {
-            return Err(WaitError::Timeout {
-                name: vps.name.clone(),
-                goal: goal.describe(),
-                state: vps_state_name(vps.state),
-                message: vps.message.clone(),
-                secs: elapsed.as_secs(),
-            });
+    }
+
+    fn timed_out(&self, vps: &v1::Vps) -> WaitError {
+        WaitError::Timeout {
+            name: vps.name.clone(),
+            goal: self.goal.describe(),
+            state: vps_state_name(vps.state),
+            message: vps.message.clone(),
+            secs: self.started.elapsed().as_secs(),
         }
+    }
+
+    fn over(&self) -> bool {
+        self.timeout
+            .is_some_and(|limit| self.started.elapsed() >= limit)
+    }
+
+    fn show(&mut self, vps: &v1::Vps) {
         let node = if vps.node.is_empty() {
             String::new()
         } else {
             format!(" on {}", vps.node)
         };
-        progress.update(&format!(
+        self.progress.update(&format!(
             "vps {}: {}{node}{} ({}s, waiting for {})",
             vps.name,
             vps_state_name(vps.state),
             detail(&vps.message),
-            elapsed.as_secs(),
-            goal.describe()
+            self.started.elapsed().as_secs(),
+            self.goal.describe()
         ));
-        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+
+    /// Follows `WatchVps` until the goal, a failure, the timeout or the end of the stream.
+    async fn follow(&mut self) -> Result<Followed, WaitError> {
+        let request = v1::WatchVpsRequest {
+            tenant: self.vps_ref.tenant.clone(),
+            name: self.vps_ref.name.clone(),
+        };
+        let mut stream = match self.session.vps().watch_vps(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::Unimplemented => {
+                return Ok(Followed::Unsupported)
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)))
+            }
+            Err(status) => return Err(self.session.status_error(&status).into()),
+        };
+        let mut last: Option<v1::Vps> = None;
+        loop {
+            let message = match tokio::time::timeout(PROGRESS_INTERVAL, stream.message()).await {
+                Ok(message) => message,
+                Err(_quiet) => {
+                    match &last {
+                        Some(vps) if self.over() => return Err(self.timed_out(vps)),
+                        Some(vps) => self.show(vps),
+                        // Not even the first event yet: polling reports the state and the timeout.
+                        None if self.over() => return Ok(Followed::BrokenOff),
+                        None => {}
+                    }
+                    continue;
+                }
+            };
+            let event = match message {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(Followed::BrokenOff),
+                Err(status) if status.code() == Code::NotFound => {
+                    return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)))
+                }
+                Err(_) => return Ok(Followed::BrokenOff),
+            };
+            if event.gone {
+                return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)));
+            }
+            let Some(vps) = event.vps else {
+                continue;
+            };
+            match assess(&vps, self.goal) {
+                Progression::Done => return Ok(Followed::Ended(Some(Box::new(vps)))),
+                Progression::Failed(err) => return Err(err),
+                Progression::Pending => {}
+            }
+            if self.over() {
+                return Err(self.timed_out(&vps));
+            }
+            self.show(&vps);
+            last = Some(vps);
+        }
+    }
+
+    /// Polls `GetVps` until the goal, a failure or the timeout.
+    async fn poll(&mut self) -> Result<Option<v1::Vps>, WaitError> {
+        loop {
+            let vps = match self.session.vps().get_vps(self.vps_ref.clone()).await {
+                Ok(response) => response.into_inner(),
+                Err(status) if status.code() == Code::NotFound => return self.gone(),
+                Err(status) => return Err(self.session.status_error(&status).into()),
+            };
+            match assess(&vps, self.goal) {
+                Progression::Done => return Ok(Some(vps)),
+                Progression::Failed(err) => return Err(err),
+                Progression::Pending => {}
+            }
+            if self.over() {
+                return Err(self.timed_out(&vps));
+            }
+            self.show(&vps);
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 }
 
@@ -193,6 +306,7 @@ mod tests {
             name: "web1".into(),
             state: state as i32,
             message: message.into(),
+            converged: true,
             ..Default::default()
         }
     }
@@ -205,6 +319,15 @@ mod tests {
         ));
         assert!(matches!(
             assess(&vps(VpsState::Pending, ""), Goal::Running),
+            Progression::Pending
+        ));
+        // A heartbeat sees the init, but the node has not confirmed the current spec yet.
+        let unconfirmed = v1::Vps {
+            converged: false,
+            ..vps(VpsState::Running, "")
+        };
+        assert!(matches!(
+            assess(&unconfirmed, Goal::Running),
             Progression::Pending
         ));
         match assess(

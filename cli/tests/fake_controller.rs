@@ -7,9 +7,13 @@ use common::{paddock, run, temp_config, FakeVps, Run, GOOD_TOKEN};
 use paddock_proto::v1::VpsState;
 use serde_json::Value;
 
-/// Serves a fresh fake and returns it with a `paddock` runner bound to it.
+/// Serves a fresh fake (polled only, like an older controller) and returns it with a
+/// `paddock` runner bound to it.
 async fn setup() -> (FakeVps, String, tempfile::TempDir, std::path::PathBuf) {
-    let fake = FakeVps::default();
+    setup_with(FakeVps::default()).await
+}
+
+async fn setup_with(fake: FakeVps) -> (FakeVps, String, tempfile::TempDir, std::path::PathBuf) {
     let url = fake.clone().serve().await;
     let (dir, config) = temp_config();
     let out = run(
@@ -175,6 +179,58 @@ async fn stop_start_and_delete_wait() {
     assert_eq!(out.stdout.trim_end(), "vps web1 deleted");
     let out = cli(&config, &["show", "web1"]).await;
     assert_eq!(out.code, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waits_follow_the_watch_stream_without_polling() {
+    use std::sync::atomic::Ordering;
+    let (fake, _url, _dir, config) = setup_with(FakeVps::streaming()).await;
+    let out = cli(
+        &config,
+        &["create", "web1", "--plan", "small", "-o", "json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let vps: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(vps["state"], "running");
+
+    let out = cli(&config, &["stop", "web1", "-o", "json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let vps: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(vps["state"], "stopped");
+
+    let out = cli(&config, &["create", "broken1", "--plan", "small"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr.trim_end(),
+        "error: vps broken1 failed: template busybox is corrupt"
+    );
+
+    let out = cli(&config, &["delete", "web1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim_end(), "vps web1 deleted");
+
+    assert_eq!(fake.watch_calls.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        fake.get_calls.load(Ordering::SeqCst),
+        0,
+        "every wait followed the stream; none polled GetVps"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waits_poll_a_controller_without_watch() {
+    use std::sync::atomic::Ordering;
+    let (fake, _url, _dir, config) = setup().await;
+    let out = cli(
+        &config,
+        &["create", "web1", "--plan", "small", "-o", "json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let vps: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(vps["state"], "running");
+    assert!(fake.get_calls.load(Ordering::SeqCst) >= 3, "polled GetVps");
 }
 
 #[tokio::test(flavor = "multi_thread")]

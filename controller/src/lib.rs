@@ -23,6 +23,7 @@ pub mod store;
 pub mod tenants;
 pub mod validate;
 pub mod vps;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -108,6 +109,12 @@ pub async fn serve_with(
             }
         })
     });
+    let watchers = controller.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Open `WatchVps` streams would keep the server from finishing.
+        watchers.store.vps_watchers().close();
+    };
     let served = api::serve(controller.clone(), listener, shutdown).await;
     reconcile_task.abort();
     if let Some(task) = metrics_task {

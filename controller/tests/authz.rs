@@ -81,6 +81,14 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
                 .await,
         ),
         "GetVps" => code(api.vps().get_vps(t!(vps("get"))).await),
+        "WatchVps" => code(
+            api.vps()
+                .watch_vps(t!(v1::WatchVpsRequest {
+                    tenant: "a".into(),
+                    name: "get".into(),
+                }))
+                .await,
+        ),
         "ListVps" => code(
             api.vps()
                 .list_vps(t!(v1::ListVpsRequest {
@@ -402,6 +410,7 @@ async fn every_rpc_checks_role_and_tenant() {
     let matrix: Vec<(&str, [Code; 4])> = vec![
         ("CreateVps", tenant_scoped(Ok)),
         ("GetVps", tenant_scoped(Ok)),
+        ("WatchVps", tenant_scoped(Ok)),
         ("ListVps", tenant_scoped(Ok)),
         ("StartVps", tenant_scoped(Ok)),
         ("StopVps", tenant_scoped(Ok)),

@@ -57,7 +57,7 @@ pub fn overrides(o: &ResourceOverrides) -> Option<Resources> {
     })
 }
 
-/// `paddock create`: `CreateVps`, then poll `GetVps` until running.
+/// `paddock create`: `CreateVps`, then wait until running.
 pub async fn create(
     session: &Session,
     printer: &Printer,
@@ -182,7 +182,7 @@ pub async fn power(
     Ok(printer.one(&VpsView::from(&vps))?)
 }
 
-/// `paddock delete`: confirm on a TTY, `DeleteVps`, then poll until NotFound.
+/// `paddock delete`: confirm on a TTY, `DeleteVps`, then wait until it is gone.
 pub async fn delete(
     session: &Session,
     printer: &Printer,

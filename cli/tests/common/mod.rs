@@ -13,7 +13,8 @@ use paddock_proto::v1::vps_service_server::{VpsService, VpsServiceServer};
 use paddock_proto::v1::{
     exec_input, exec_output, ConsoleInput, ConsoleOutput, CreateVpsRequest, Empty, ExecInput,
     ExecOutput, ListTemplatesResponse, ListVpsRequest, ListVpsResponse, PowerState,
-    RebuildVpsRequest, ResizeVpsRequest, Resources, Template, Vps, VpsRef, VpsState,
+    RebuildVpsRequest, ResizeVpsRequest, Resources, Template, Vps, VpsRef, VpsState, VpsWatchEvent,
+    WatchVpsRequest,
 };
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -92,8 +93,10 @@ struct Entry {
 
 /// Scripted `VpsService`: VPSes become running two polls after create
 /// (names starting with `broken` go to `error` instead), stop two polls
-/// after stop, and vanish two polls after delete. `exec` understands
-/// `exit N`, `cat`, `tty` and `vanish`.
+/// after stop, and vanish two polls after delete. `WatchVps` is
+/// UNIMPLEMENTED (an older controller) unless [`FakeVps::streaming`]; then it
+/// sends the current state and the scripted next one at once (or `gone`).
+/// `exec` understands `exit N`, `cat`, `tty` and `vanish`.
 #[derive(Clone, Default)]
 pub struct FakeVps {
     entries: Arc<Mutex<BTreeMap<String, Entry>>>,
@@ -103,6 +106,12 @@ pub struct FakeVps {
     pub create_request_ids: Arc<Mutex<Vec<String>>>,
     /// How many more creates are done but answered UNAVAILABLE, as if the answer was lost.
     pub lose_create_answers: Arc<Mutex<u32>>,
+    /// Whether `WatchVps` is served.
+    streaming: bool,
+    /// How many `GetVps` calls were answered.
+    pub get_calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many `WatchVps` calls were answered.
+    pub watch_calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn sample(name: &str, tenant: &str, state: VpsState) -> Vps {
@@ -144,6 +153,14 @@ impl FakeVps {
             return Err(Status::unavailable("the answer was lost"));
         }
         Ok(Response::new(vps))
+    }
+
+    /// A fake that serves `WatchVps`, like a current controller.
+    pub fn streaming() -> Self {
+        Self {
+            streaming: true,
+            ..Self::default()
+        }
     }
 
     /// Adds a VPS in a fixed state.
@@ -298,6 +315,8 @@ impl VpsService for FakeVps {
     }
 
     async fn get_vps(&self, request: Request<VpsRef>) -> Result<Response<Vps>, Status> {
+        self.get_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let name = request.into_inner().name;
         let mut entries = self.entries.lock().expect("lock");
         let entry = entries
@@ -317,6 +336,45 @@ impl VpsService for FakeVps {
             }
         }
         Ok(Response::new(entry.vps.clone()))
+    }
+
+    type WatchVpsStream = OutStream<VpsWatchEvent>;
+
+    async fn watch_vps(
+        &self,
+        request: Request<WatchVpsRequest>,
+    ) -> Result<Response<Self::WatchVpsStream>, Status> {
+        if !self.streaming {
+            return Err(Status::unimplemented("WatchVps"));
+        }
+        self.watch_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = request.into_inner().name;
+        let mut entries = self.entries.lock().expect("lock");
+        let entry = entries
+            .get_mut(&name)
+            .ok_or_else(|| Status::not_found(format!("vps {name} not found")))?;
+        let current = |vps: &Vps| VpsWatchEvent {
+            vps: Some(vps.clone()),
+            gone: false,
+        };
+        let mut events = vec![current(&entry.vps)];
+        if let Some(next) = entry.next.take() {
+            if entry.vps.state == VpsState::Deleting as i32 {
+                entries.remove(&name);
+                events.push(VpsWatchEvent {
+                    vps: None,
+                    gone: true,
+                });
+            } else {
+                entry.vps.state = next as i32;
+                entry.vps.message = entry.next_message.clone();
+                events.push(current(&entry.vps));
+            }
+        }
+        // The stream stays open, like the controller's, until the client hangs up.
+        let stream = tokio_stream::iter(events.into_iter().map(Ok)).chain(tokio_stream::pending());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_vps(

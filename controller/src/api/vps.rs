@@ -17,6 +17,7 @@ use crate::requests;
 use crate::store::Power;
 use crate::validate::ValidationError;
 use crate::vps::CreateVps;
+use crate::watch::{VpsWatch, WatchUpdate};
 
 pub struct VpsApi {
     pub controller: Arc<Controller>,
@@ -24,17 +25,64 @@ pub struct VpsApi {
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// A VPS as the API shows it: its record with what its node, tenant and usage say.
+fn view(
+    controller: &Controller,
+    record: &crate::store::VpsRecord,
+) -> Result<v1::Vps, ControllerError> {
+    let context = controller.vps_context(record)?;
+    let transfer = controller.transfer_status(record)?;
+    Ok(convert::vps(
+        record,
+        context.node_online,
+        context.held(record),
+        Some(&transfer),
+        context.converged(record),
+    ))
+}
+
+/// The events of one watch: a view per change that shows (repeats are skipped), each sent
+/// once the store is flushed, so no one sees a state a crash could take back.
+fn watch_events(controller: Arc<Controller>, watch: VpsWatch) -> OutputStream<v1::VpsWatchEvent> {
+    let stream = futures::stream::unfold(Some((watch, None)), move |state| {
+        let controller = controller.clone();
+        async move {
+            let (mut watch, mut last): (VpsWatch, Option<v1::Vps>) = state?;
+            loop {
+                let event = match watch.next().await? {
+                    Ok(WatchUpdate::Current(record)) => {
+                        let vps = match view(&controller, &record) {
+                            Ok(vps) => vps,
+                            Err(error) => return Some((Err(Status::from(error)), None)),
+                        };
+                        if last.as_ref() == Some(&vps) {
+                            continue;
+                        }
+                        last = Some(vps.clone());
+                        v1::VpsWatchEvent {
+                            vps: Some(vps),
+                            gone: false,
+                        }
+                    }
+                    Ok(WatchUpdate::Gone) => v1::VpsWatchEvent {
+                        vps: None,
+                        gone: true,
+                    },
+                    Err(error) => return Some((Err(Status::from(error)), None)),
+                };
+                if let Err(error) = controller.commit().await {
+                    return Some((Err(Status::from(error)), None));
+                }
+                return Some((Ok(event), Some((watch, last))));
+            }
+        }
+    });
+    Box::pin(stream)
+}
+
 impl VpsApi {
     fn view(&self, record: &crate::store::VpsRecord) -> Result<v1::Vps, ControllerError> {
-        let context = self.controller.vps_context(record)?;
-        let transfer = self.controller.transfer_status(record)?;
-        Ok(convert::vps(
-            record,
-            context.node_online,
-            context.held(record),
-            Some(&transfer),
-            context.converged(record),
-        ))
+        view(&self.controller, record)
     }
 
     fn reference(vps: Option<v1::VpsRef>) -> v1::VpsRef {
@@ -82,6 +130,20 @@ impl VpsService for VpsApi {
             .controller
             .get_vps(&principal, &vps.tenant, &vps.name)?;
         Ok(Response::new(self.view(&record)?))
+    }
+
+    type WatchVpsStream = OutputStream<v1::VpsWatchEvent>;
+
+    async fn watch_vps(
+        &self,
+        request: Request<v1::WatchVpsRequest>,
+    ) -> Result<Response<Self::WatchVpsStream>, Status> {
+        let principal = self.controller.caller(request.metadata())?;
+        let request = request.into_inner();
+        let watch = self
+            .controller
+            .watch_vps(&principal, &request.tenant, &request.name)?;
+        Ok(Response::new(watch_events(self.controller.clone(), watch)))
     }
 
     async fn list_vps(

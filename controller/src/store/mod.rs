@@ -2,6 +2,7 @@
 
 mod records;
 mod sled_store;
+mod watch;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ pub use records::*;
 
 use chrono::{DateTime, Utc};
 pub use sled_store::SledStore;
+pub use watch::{VpsChange, VpsChanges, VpsWatchers, WatchRecvError};
 
 /// Version of the on-disk layout; a store written by another version is refused.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -83,6 +85,11 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub trait Store: Send + Sync + 'static {
     /// Makes every mutation so far durable.
     fn flush(&self) -> StoreFuture<'_, ()>;
+
+    /// Where committed changes of single VPSes are published (`WatchVps`): every method
+    /// that changes a VPS record, or a tenant (its VPSes' view), publishes after its
+    /// transaction committed.
+    fn vps_watchers(&self) -> &VpsWatchers;
 
     fn list_plans(&self) -> Result<Vec<PlanRecord>, StoreError>;
     fn get_plan(&self, name: &str) -> Result<Option<PlanRecord>, StoreError>;

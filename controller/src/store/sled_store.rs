@@ -43,6 +43,7 @@ pub struct SledStore {
     /// `tenant/<hour_start:020>/vps_id` -> usage of that VPS in that hour.
     usage_hours: Tree,
     commits: GroupCommit,
+    watchers: VpsWatchers,
 }
 
 /// Group commit: concurrent `flush` calls share one disk flush. A caller's
@@ -251,6 +252,7 @@ impl SledStore {
             usage_cursors: db.open_tree("usage_cursors")?,
             usage_hours: db.open_tree("usage_hours")?,
             commits: GroupCommit::default(),
+            watchers: VpsWatchers::default(),
             db,
         })
     }
@@ -343,14 +345,36 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Publishes `vps_id` to its watchers; call after a committed transaction changed it.
+    fn published<T>(&self, vps_id: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.watchers.publish(vps_id, |id| self.get_vps(id));
+        }
+        result
+    }
+
+    /// Publishes every watched VPS; call after a committed change to a tenant.
+    fn published_all<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.watchers.publish_all(|id| self.get_vps(id));
+        }
+        result
+    }
+}
+
 impl Store for SledStore {
+    fn vps_watchers(&self) -> &VpsWatchers {
+        &self.watchers
+    }
+
     fn update_vps_emitting(
         &self,
         vps_id: &str,
         change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventRecord>, StoreError> + Sync),
     ) -> Result<VpsRecord, StoreError> {
-        flatten(
-            (&self.vps, &self.events, &self.events_meta).transaction(|(all, events, meta)| {
+        let result = flatten((&self.vps, &self.events, &self.events_meta).transaction(
+            |(all, events, meta)| {
                 let mut vps =
                     tx_need::<VpsRecord>(all, "vps", vps_id.as_bytes(), "VPS", vps_id.to_owned())?;
                 let event = change(&mut vps).or_else(abort)?;
@@ -359,8 +383,9 @@ impl Store for SledStore {
                     tx_append_event(events, meta, event)?;
                 }
                 Ok(vps)
-            }),
-        )
+            },
+        ));
+        self.published(vps_id, result)
     }
 
     fn update_tenant_emitting(
@@ -368,7 +393,7 @@ impl Store for SledStore {
         name: &str,
         change: &(dyn Fn(&mut TenantRecord) -> Result<Option<EventKind>, StoreError> + Sync),
     ) -> Result<TenantRecord, StoreError> {
-        flatten(
+        let result = flatten(
             (&self.tenants, &self.events, &self.events_meta).transaction(
                 |(tenants, events, meta)| {
                     let mut tenant = tx_need::<TenantRecord>(
@@ -386,7 +411,8 @@ impl Store for SledStore {
                     Ok(tenant)
                 },
             ),
-        )
+        );
+        self.published_all(result)
     }
 
     fn resize_vps(
@@ -395,7 +421,7 @@ impl Store for SledStore {
         plan: &str,
         resources: &Resources,
     ) -> Result<VpsRecord, StoreError> {
-        flatten(
+        let result = flatten(
             (&self.tenants, &self.vps, &self.events, &self.events_meta).transaction(
                 |(tenants, all, events, meta)| {
                     let mut vps = tx_need::<VpsRecord>(
@@ -433,7 +459,8 @@ impl Store for SledStore {
                     Ok(vps)
                 },
             ),
-        )
+        );
+        self.published(vps_id, result)
     }
 
     fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
@@ -455,7 +482,7 @@ impl Store for SledStore {
         apply: &(dyn Fn(UsageState) -> Option<UsageUpdate> + Sync),
     ) -> Result<Option<UsageUpdate>, StoreError> {
         let key = usage_hour_key(&hour_key.tenant, hour_key.hour_start, &hour_key.vps_id);
-        flatten(
+        let result = flatten(
             (
                 &self.usage_cursors,
                 &self.usage_hours,
@@ -482,7 +509,12 @@ impl Store for SledStore {
                     }
                     Ok(Some(update))
                 }),
-        )
+        );
+        // The sample changes the VPS's transfer figures, and maybe its limit.
+        if let Ok(Some(_)) = &result {
+            self.watchers.publish(vps_id, |id| self.get_vps(id));
+        }
+        result
     }
 
     fn get_usage_cursor(&self, vps_id: &str) -> Result<Option<UsageCursorRecord>, StoreError> {
@@ -628,7 +660,7 @@ impl Store for SledStore {
         name: &str,
         change: &(dyn Fn(&mut TenantRecord) -> Result<(), StoreError> + Sync),
     ) -> Result<TenantRecord, StoreError> {
-        flatten(self.tenants.transaction(|tenants| {
+        let result = flatten(self.tenants.transaction(|tenants| {
             let mut tenant = tx_need::<TenantRecord>(
                 tenants,
                 "tenants",
@@ -639,7 +671,8 @@ impl Store for SledStore {
             change(&mut tenant).or_else(abort)?;
             tenants.insert(name.as_bytes(), encode(&tenant))?;
             Ok(tenant)
-        }))
+        }));
+        self.published_all(result)
     }
 
     fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
@@ -739,7 +772,7 @@ impl Store for SledStore {
             .map(|pool| pool.name)
             .collect();
         node_pools.sort();
-        flatten(
+        let result = flatten(
             (
                 &self.tenants,
                 &self.vps,
@@ -774,7 +807,8 @@ impl Store for SledStore {
                     tx_append_event(events, meta, EventRecord::of_vps(EventKind::Created, &vps))?;
                     Ok(())
                 }),
-        )
+        );
+        self.published(&vps.vps_id, result)
     }
 
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError> {
@@ -809,17 +843,18 @@ impl Store for SledStore {
         vps_id: &str,
         change: &(dyn Fn(&mut VpsRecord) -> Result<(), StoreError> + Sync),
     ) -> Result<VpsRecord, StoreError> {
-        flatten(self.vps.transaction(|all| {
+        let result = flatten(self.vps.transaction(|all| {
             let mut vps =
                 tx_need::<VpsRecord>(all, "vps", vps_id.as_bytes(), "VPS", vps_id.to_owned())?;
             change(&mut vps).or_else(abort)?;
             all.insert(vps_id.as_bytes(), encode(&vps))?;
             Ok(vps)
-        }))
+        }));
+        self.published(vps_id, result)
     }
 
     fn remove_vps(&self, vps_id: &str) -> Result<(), StoreError> {
-        flatten(
+        let result = flatten(
             (
                 &self.tenants,
                 &self.vps,
@@ -855,7 +890,8 @@ impl Store for SledStore {
                     tx_append_event(events, meta, EventRecord::of_vps(EventKind::Deleted, &vps))?;
                     Ok(())
                 }),
-        )
+        );
+        self.published(vps_id, result)
     }
 
     fn create_pool(&self, pool: &PoolRecord) -> Result<(), StoreError> {

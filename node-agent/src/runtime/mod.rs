@@ -1360,12 +1360,15 @@ fn disk_bytes(limits: &Limits) -> u64 {
 /// its last process.
 fn wait_for_detach(image: &Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Usually a few milliseconds: look again soon, then every 20 ms.
+    let mut pause = Duration::from_millis(1);
     while disk::loop_device_of(image).is_some() {
         if std::time::Instant::now() >= deadline {
             tracing::warn!(image = %image.display(), "disk still attached after 10s");
             return;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 

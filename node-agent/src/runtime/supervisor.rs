@@ -22,6 +22,9 @@ use crate::template::metadata::HaltSignal;
 pub const HALT_RESEND_FIRST: Duration = Duration::from_secs(1);
 /// How long to wait for a cgroup to empty after SIGKILL before giving up.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first pause between checks of a cgroup that is emptying; doubled up to
+/// [`POLL_INTERVAL`], so a VPS whose processes die at once is not held up for a whole interval.
+const POLL_FIRST: Duration = Duration::from_millis(1);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Errors starting or stopping a VPS's processes.
@@ -107,10 +110,14 @@ pub(crate) fn kill_all(
     init: Option<&ProcessIdentity>,
     cgroup: &VpsCgroup,
 ) -> Result<(), SupervisorError> {
+    let deadline = Instant::now() + KILL_TIMEOUT;
     if let Some(pidfd) = open_init(init)? {
         pidfd.send_signal(Signal::SIGKILL)?;
+        // The kernel empties the init's pid namespace before it reports the init's exit, so
+        // once it is reported the cgroup is (nearly) empty.
+        pidfd.wait_exit(KILL_TIMEOUT)?;
     }
-    let deadline = Instant::now() + KILL_TIMEOUT;
+    let mut pause = POLL_FIRST;
     loop {
         let remaining = cgroup.procs();
         if remaining.is_empty() {
@@ -124,7 +131,8 @@ pub(crate) fn kill_all(
             });
         }
         cgroup.kill_all();
-        thread::sleep(POLL_INTERVAL);
+        thread::sleep(pause);
+        pause = (pause * 2).min(POLL_INTERVAL);
     }
 }
 
