@@ -18,8 +18,10 @@ pub struct BillingApi {
     pub controller: Arc<Controller>,
 }
 
-/// How often a following `WatchEvents` stream looks for new events.
-const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// A following `WatchEvents` stream reads the log when the store signals a commit; it also
+/// rereads after this long without one, so an append a future store path forgot to signal is
+/// late, never lost.
+const EVENT_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tonic::async_trait]
 impl BillingService for BillingApi {
@@ -92,7 +94,10 @@ impl BillingService for BillingApi {
         let (sender, receiver) = tokio::sync::mpsc::channel(128);
         tokio::spawn(async move {
             let mut cursor = request.after_cursor;
+            let mut commits = controller.store.event_signal().subscribe();
             loop {
+                // Marked seen before reading, so a commit after the read wakes the wait below.
+                commits.borrow_and_update();
                 let batch = match controller.store.list_events(cursor, 256) {
                     Ok(batch) => batch,
                     Err(error) => {
@@ -102,7 +107,13 @@ impl BillingService for BillingApi {
                 };
                 if batch.is_empty() {
                     tokio::select! {
-                        _ = tokio::time::sleep(EVENT_POLL) => continue,
+                        changed = commits.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        _ = tokio::time::sleep(EVENT_RECHECK) => continue,
                         _ = sender.closed() => return,
                     }
                 }

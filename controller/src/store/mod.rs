@@ -11,7 +11,7 @@ pub use records::*;
 
 use chrono::{DateTime, Utc};
 pub use sled_store::SledStore;
-pub use watch::{VpsChange, VpsChanges, VpsWatchers, WatchRecvError};
+pub use watch::{EventSignal, VpsChange, VpsChanges, VpsWatchers, WatchRecvError};
 
 /// Version of the on-disk layout; a store written by another version is refused.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -90,6 +90,9 @@ pub trait Store: Send + Sync + 'static {
     /// that changes a VPS record, or a tenant (its VPSes' view), publishes after its
     /// transaction committed.
     fn vps_watchers(&self) -> &VpsWatchers;
+    /// Signalled after every committed transaction that may have appended events
+    /// (`WatchEvents` followers wait on it).
+    fn event_signal(&self) -> &EventSignal;
 
     fn list_plans(&self) -> Result<Vec<PlanRecord>, StoreError>;
     fn get_plan(&self, name: &str) -> Result<Option<PlanRecord>, StoreError>;

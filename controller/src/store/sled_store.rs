@@ -44,6 +44,7 @@ pub struct SledStore {
     usage_hours: Tree,
     commits: GroupCommit,
     watchers: VpsWatchers,
+    events_committed: EventSignal,
 }
 
 /// Group commit: concurrent `flush` calls share one disk flush. A caller's
@@ -253,6 +254,7 @@ impl SledStore {
             usage_hours: db.open_tree("usage_hours")?,
             commits: GroupCommit::default(),
             watchers: VpsWatchers::default(),
+            events_committed: EventSignal::default(),
             db,
         })
     }
@@ -350,6 +352,7 @@ impl SledStore {
     fn published<T>(&self, vps_id: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if result.is_ok() {
             self.watchers.publish(vps_id, |id| self.get_vps(id));
+            self.events_committed.committed();
         }
         result
     }
@@ -358,6 +361,7 @@ impl SledStore {
     fn published_all<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if result.is_ok() {
             self.watchers.publish_all(|id| self.get_vps(id));
+            self.events_committed.committed();
         }
         result
     }
@@ -366,6 +370,10 @@ impl SledStore {
 impl Store for SledStore {
     fn vps_watchers(&self) -> &VpsWatchers {
         &self.watchers
+    }
+
+    fn event_signal(&self) -> &EventSignal {
+        &self.events_committed
     }
 
     fn update_vps_emitting(
@@ -513,6 +521,7 @@ impl Store for SledStore {
         // The sample changes the VPS's transfer figures, and maybe its limit.
         if let Ok(Some(_)) = &result {
             self.watchers.publish(vps_id, |id| self.get_vps(id));
+            self.events_committed.committed();
         }
         result
     }
@@ -1126,6 +1135,42 @@ mod tests {
             })
             .expect("reopen within 5 s");
         assert_eq!(reopened.list_vps(Some("acme")).expect("list").len(), 200);
+    }
+
+    #[test]
+    fn every_change_that_appends_events_signals_followers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::create(dir.path()).expect("create");
+        store.create_tenant(&tenant("acme", 5)).expect("tenant");
+        let mut commits = store.event_signal().subscribe();
+        let mut signalled = |what: &str| {
+            assert!(
+                commits.has_changed().expect("sender alive"),
+                "{what} appended events without signalling"
+            );
+            commits.borrow_and_update();
+        };
+        let events = |store: &SledStore| store.list_events(0, 100).expect("events").len();
+
+        store.create_vps(&vps("acme", "web1")).expect("create");
+        signalled("create_vps");
+        store
+            .update_vps_emitting("acme-web1-id", &|vps| {
+                vps.rebuild_generation += 1;
+                Ok(Some(EventRecord::of_vps(EventKind::Rebuilt, vps)))
+            })
+            .expect("rebuild");
+        signalled("update_vps_emitting");
+        store
+            .update_tenant_emitting("acme", &|tenant| {
+                tenant.suspended = true;
+                Ok(Some(EventKind::Suspended))
+            })
+            .expect("suspend");
+        signalled("update_tenant_emitting");
+        store.remove_vps("acme-web1-id").expect("remove");
+        signalled("remove_vps");
+        assert_eq!(events(&store), 4, "created, rebuilt, suspended, deleted");
     }
 
     #[test]

@@ -176,6 +176,30 @@ impl Drop for VpsChanges {
     }
 }
 
+/// Wakes `WatchEvents` followers: bumped after every committed transaction that may have
+/// appended to the event log, so a follower reads the log when it changed instead of polling.
+#[derive(Debug)]
+pub struct EventSignal(tokio::sync::watch::Sender<u64>);
+
+impl Default for EventSignal {
+    fn default() -> Self {
+        Self(tokio::sync::watch::channel(0).0)
+    }
+}
+
+impl EventSignal {
+    /// Call after a transaction that may have appended events committed.
+    pub fn committed(&self) {
+        self.0
+            .send_modify(|commits| *commits = commits.wrapping_add(1));
+    }
+
+    /// A receiver that sees every commit signalled from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
