@@ -149,7 +149,7 @@ pub async fn wait_for(
         progress: Progress::new(),
     };
     match wait.follow().await? {
-        Followed::Ended(result) => Ok(result),
+        Followed::Ended(result) => Ok(result.map(|vps| *vps)),
         // An older controller, or the stream broke off (e.g. the controller restarted).
         Followed::Unsupported | Followed::BrokenOff => wait.poll().await,
     }
@@ -158,7 +158,7 @@ pub async fn wait_for(
 /// How following the stream ended.
 enum Followed {
     /// The wait is over: the goal's VPS, or `None` once gone.
-    Ended(Option<v1::Vps>),
+    Ended(Option<Box<v1::Vps>>),
     /// The controller does not serve `WatchVps`.
     Unsupported,
     /// The stream ended early; polling takes over.
@@ -229,7 +229,7 @@ impl Wait<'_> {
                 return Ok(Followed::Unsupported)
             }
             Err(status) if status.code() == Code::NotFound => {
-                return self.gone().map(Followed::Ended)
+                return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)))
             }
             Err(status) => return Err(self.session.status_error(&status).into()),
         };
@@ -252,18 +252,18 @@ impl Wait<'_> {
                 Ok(Some(event)) => event,
                 Ok(None) => return Ok(Followed::BrokenOff),
                 Err(status) if status.code() == Code::NotFound => {
-                    return self.gone().map(Followed::Ended)
+                    return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)))
                 }
                 Err(_) => return Ok(Followed::BrokenOff),
             };
             if event.gone {
-                return self.gone().map(Followed::Ended);
+                return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)));
             }
             let Some(vps) = event.vps else {
                 continue;
             };
             match assess(&vps, self.goal) {
-                Progression::Done => return Ok(Followed::Ended(Some(vps))),
+                Progression::Done => return Ok(Followed::Ended(Some(Box::new(vps)))),
                 Progression::Failed(err) => return Err(err),
                 Progression::Pending => {}
             }
