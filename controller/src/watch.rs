@@ -18,7 +18,7 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub enum WatchUpdate {
     /// The VPS's record as committed.
-    Current(Box<VpsRecord>),
+    Current(Arc<VpsRecord>),
     /// The VPS is deleted; nothing follows.
     Gone,
 }
@@ -46,7 +46,7 @@ impl Controller {
         // Read again once subscribed: a change committed in between is in this read or in
         // the channel, never lost.
         let first = match self.store.get_vps(&found.vps_id)? {
-            Some(record) => WatchUpdate::Current(Box::new(record)),
+            Some(record) => WatchUpdate::Current(Arc::new(record)),
             None => WatchUpdate::Gone,
         };
         Ok(VpsWatch {
@@ -75,9 +75,7 @@ impl VpsWatch {
                     _ = tokio::time::sleep(RECHECK_INTERVAL) => Err(WatchRecvError::Lagged),
                 };
                 match received {
-                    Ok(VpsChange::Changed(record)) => {
-                        Ok(WatchUpdate::Current(Box::new((*record).clone())))
-                    }
+                    Ok(VpsChange::Changed(record)) => Ok(WatchUpdate::Current(record)),
                     Ok(VpsChange::Removed) => Ok(WatchUpdate::Gone),
                     // Behind, or nothing heard for a while: the record as it is now.
                     Err(WatchRecvError::Lagged) => self.reread(),
@@ -96,7 +94,7 @@ impl VpsWatch {
 
     fn reread(&self) -> Result<WatchUpdate, ControllerError> {
         Ok(match self.store.get_vps(&self.vps_id)? {
-            Some(record) => WatchUpdate::Current(Box::new(record)),
+            Some(record) => WatchUpdate::Current(Arc::new(record)),
             None => WatchUpdate::Gone,
         })
     }
