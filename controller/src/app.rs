@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use paddock_config::ControllerConfig;
-use tonic::metadata::MetadataMap;
 
 use crate::agents::AgentPool;
 use crate::auth::{self, Principal};
@@ -26,14 +25,19 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Authenticates the caller of a request.
-    pub fn caller(&self, metadata: &MetadataMap) -> Result<Principal, ControllerError> {
-        Ok(auth::authenticate(self.store.as_ref(), metadata)?)
+    /// The caller of a request: as the RPC layer authenticated it when the call came in
+    /// ([`auth::Authenticated`]), else authenticated now (a refused token is always checked
+    /// here, so its error is the handler's).
+    pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Principal, ControllerError> {
+        if let Some(auth::Authenticated(principal)) = request.extensions().get() {
+            return Ok(principal.clone());
+        }
+        Ok(auth::authenticate(self.store.as_ref(), request.metadata())?)
     }
 
     /// Requires an admin token.
-    pub fn admin(&self, metadata: &MetadataMap) -> Result<Principal, ControllerError> {
-        let principal = self.caller(metadata)?;
+    pub fn admin<T>(&self, request: &tonic::Request<T>) -> Result<Principal, ControllerError> {
+        let principal = self.caller(request)?;
         match principal {
             Principal::Admin { .. } => Ok(principal),
             other => Err(auth::AuthError::Forbidden {
@@ -45,8 +49,8 @@ impl Controller {
     }
 
     /// Requires a billing or admin token.
-    pub fn billing(&self, metadata: &MetadataMap) -> Result<Principal, ControllerError> {
-        let principal = self.caller(metadata)?;
+    pub fn billing<T>(&self, request: &tonic::Request<T>) -> Result<Principal, ControllerError> {
+        let principal = self.caller(request)?;
         match principal {
             Principal::Admin { .. } | Principal::Billing { .. } => Ok(principal),
             other => Err(auth::AuthError::Forbidden {

@@ -10,6 +10,11 @@ use tonic::metadata::MetadataMap;
 
 use crate::store::{Role, Store, StoreError, TokenRecord};
 
+/// A request extension set by the RPC layer once it authenticated the caller's token, so the
+/// handler does not look the token up a second time.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
 /// The authenticated caller of an RPC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {

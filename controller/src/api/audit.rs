@@ -20,7 +20,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<v1::ListAuditRequest>,
     ) -> Result<Response<v1::ListAuditResponse>, Status> {
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let page = request.into_inner().page.unwrap_or_default();
         let after_seq = if page.page_token.is_empty() {
             0

@@ -29,7 +29,7 @@ impl BillingService for BillingApi {
         &self,
         request: Request<v1::ListUsageRequest>,
     ) -> Result<Response<v1::ListUsageResponse>, Status> {
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request = request.into_inner();
         let tenant = self
             .controller
@@ -56,7 +56,7 @@ impl BillingService for BillingApi {
         &self,
         request: Request<v1::TenantUsageSummaryRequest>,
     ) -> Result<Response<v1::UsageSummary>, Status> {
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request = request.into_inner();
         let tenant = self
             .controller
@@ -85,7 +85,7 @@ impl BillingService for BillingApi {
         &self,
         request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        self.controller.billing(request.metadata())?;
+        self.controller.billing(&request)?;
         let request = request.into_inner();
         if !request.tenant.is_empty() {
             crate::validate::name("tenant", &request.tenant).map_err(ControllerError::from)?;
@@ -142,7 +142,7 @@ impl BillingService for BillingApi {
         request: Request<v1::BillingSuspendRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         audit_target(&request, request.get_ref().tenant.clone());
-        self.controller.billing(request.metadata())?;
+        self.controller.billing(&request)?;
         let request = request.into_inner();
         self.controller
             .set_suspended(&request.tenant, true, &request.reason)
@@ -155,7 +155,7 @@ impl BillingService for BillingApi {
         request: Request<v1::BillingSuspendRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         audit_target(&request, request.get_ref().tenant.clone());
-        self.controller.billing(request.metadata())?;
+        self.controller.billing(&request)?;
         self.controller
             .set_suspended(&request.into_inner().tenant, false, "")
             .await?;
@@ -168,7 +168,7 @@ impl BillingService for BillingApi {
     ) -> Result<Response<v1::LiftTransferLimitResponse>, Status> {
         let target = format!("{}/{}", request.get_ref().tenant, request.get_ref().vps);
         audit_target(&request, target);
-        let principal = self.controller.billing(request.metadata())?;
+        let principal = self.controller.billing(&request)?;
         let request = request.into_inner();
         let lifted = self
             .controller

@@ -21,7 +21,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let nodes = self
             .controller
             .node_views()?
@@ -35,7 +35,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         Ok(Response::new(
             self.controller.get_node(&request.into_inner().name)?,
         ))
@@ -46,7 +46,7 @@ impl NodeService for NodeApi {
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let name = request.into_inner().name;
         let node = self
             .controller
@@ -60,7 +60,7 @@ impl NodeService for NodeApi {
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let name = request.into_inner().name;
         let node = self
             .controller
@@ -74,7 +74,7 @@ impl NodeService for NodeApi {
         request: Request<v1::SetNodeLabelsRequest>,
     ) -> Result<Response<v1::Node>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let request = request.into_inner();
         let labels = request.labels.into_iter().collect();
         let node = self
@@ -89,7 +89,7 @@ impl NodeService for NodeApi {
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         self.controller
             .remove_node(&request.into_inner().name)
             .await?;

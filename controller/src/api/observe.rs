@@ -66,17 +66,28 @@ fn is_audited(path: &str) -> bool {
     VERBS.iter().any(|verb| method.starts_with(verb)) || method == "Exec" || method == "Console"
 }
 
-fn actor<B>(controller: &Controller, request: &http::Request<B>) -> String {
-    let headers = request.headers();
+/// The request's `authorization` header as gRPC metadata (all `authenticate` reads).
+fn authorization<B>(request: &http::Request<B>) -> tonic::metadata::MetadataMap {
     let mut metadata = tonic::metadata::MetadataMap::new();
-    if let Some(value) = headers.get("authorization") {
+    if let Some(value) = request.headers().get("authorization") {
         if let Ok(value) = tonic::metadata::MetadataValue::try_from(value.as_bytes()) {
             metadata.insert("authorization", value);
         }
     }
-    match auth::authenticate(controller.store.as_ref(), &metadata) {
+    metadata
+}
+
+/// Who makes an audited call: the token's principal, an enrolling or enrolled node, or what
+/// was wrong with the credentials.
+fn actor<B>(
+    controller: &Controller,
+    request: &http::Request<B>,
+    metadata: &tonic::metadata::MetadataMap,
+    authenticated: Result<auth::Principal, auth::AuthError>,
+) -> String {
+    match authenticated {
         Ok(principal) => principal.actor(),
-        Err(_) if controller.check_join_token(&metadata).is_ok() => "node-enrolment".to_owned(),
+        Err(_) if controller.check_join_token(metadata).is_ok() => "node-enrolment".to_owned(),
         Err(auth::AuthError::Missing) => {
             let certs =
                 request
@@ -115,13 +126,21 @@ impl paddock_telemetry::RpcObserver for Observer {
     type Call = Option<AuditedCall>;
 
     fn started<B>(&self, method: &str, request: &mut http::Request<B>) -> Self::Call {
+        // The token is looked up once, here; the handler takes the caller from the request.
+        let metadata = authorization(request);
+        let authenticated = auth::authenticate(self.controller.store.as_ref(), &metadata);
+        if let Ok(principal) = &authenticated {
+            request
+                .extensions_mut()
+                .insert(auth::Authenticated(principal.clone()));
+        }
         if !is_audited(method) {
             return None;
         }
         let target = AuditTarget::default();
         request.extensions_mut().insert(target.clone());
         Some(AuditedCall {
-            who: actor(&self.controller, request),
+            who: actor(&self.controller, request, &metadata, authenticated),
             target,
         })
     }

@@ -22,7 +22,7 @@ impl PlanService for PlanApi {
         &self,
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListPlansResponse>, Status> {
-        self.controller.caller(request.metadata())?;
+        self.controller.caller(&request)?;
         let plans = self.controller.list_plans()?;
         Ok(Response::new(v1::ListPlansResponse {
             plans: plans.iter().map(convert::plan).collect(),
@@ -42,7 +42,7 @@ impl PlanService for PlanApi {
                 .map(|plan| plan.name.clone())
                 .unwrap_or_default(),
         );
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let plan = request.into_inner().plan.unwrap_or_default();
         let record = PlanRecord {
             transfer_overage: convert::transfer_overage_from(&plan)
@@ -60,7 +60,7 @@ impl PlanService for PlanApi {
         request: Request<v1::DeletePlanRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         self.controller
             .delete_plan(&request.into_inner().name)
             .await?;

@@ -31,7 +31,7 @@ impl PoolService for PoolApi {
                 .map(|pool| pool.name.clone())
                 .unwrap_or_default(),
         );
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let pool = request.into_inner().pool.unwrap_or_default();
         let record = self
             .controller
@@ -53,7 +53,7 @@ impl PoolService for PoolApi {
         &self,
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListPoolsResponse>, Status> {
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let pools = self.controller.list_pools()?;
         Ok(Response::new(v1::ListPoolsResponse {
             pools: pools.iter().map(convert::pool).collect(),
@@ -64,7 +64,7 @@ impl PoolService for PoolApi {
         &self,
         request: Request<v1::GetPoolRequest>,
     ) -> Result<Response<v1::Pool>, Status> {
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let pool = self.controller.get_pool(&request.into_inner().name)?;
         Ok(Response::new(convert::pool(&pool)))
     }
@@ -74,7 +74,7 @@ impl PoolService for PoolApi {
         request: Request<v1::GetPoolRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         self.controller
             .delete_pool(&request.into_inner().name)
             .await?;

@@ -25,7 +25,7 @@ impl TenantService for TenantApi {
         request: Request<v1::CreateTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let request = request.into_inner();
         let quota = request.quota.as_ref().map(convert::quota_from);
         let tenant = self.controller.create_tenant(&request.name, quota).await?;
@@ -36,7 +36,7 @@ impl TenantService for TenantApi {
         &self,
         request: Request<v1::GetTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let tenant = self.controller.get_tenant(&request.into_inner().name)?;
         Ok(Response::new(convert::tenant(&tenant)))
     }
@@ -45,7 +45,7 @@ impl TenantService for TenantApi {
         &self,
         request: Request<v1::ListTenantsRequest>,
     ) -> Result<Response<v1::ListTenantsResponse>, Status> {
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let tenants = self
             .controller
             .store
@@ -62,7 +62,7 @@ impl TenantService for TenantApi {
         request: Request<v1::SetQuotaRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let request = request.into_inner();
         let quota = request.quota.as_ref().map(convert::quota_from);
         let tenant = self.controller.set_quota(&request.name, quota).await?;
@@ -74,7 +74,7 @@ impl TenantService for TenantApi {
         request: Request<v1::DeleteTenantRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         self.controller
             .delete_tenant(&request.into_inner().name)
             .await?;
@@ -86,7 +86,7 @@ impl TenantService for TenantApi {
         request: Request<v1::SuspendTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let request = request.into_inner();
         let tenant = self
             .controller
@@ -100,7 +100,7 @@ impl TenantService for TenantApi {
         request: Request<v1::UnsuspendTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
         audit_target(&request, request.get_ref().name.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let tenant = self
             .controller
             .set_suspended(&request.into_inner().name, false, "")
@@ -112,7 +112,7 @@ impl TenantService for TenantApi {
         &self,
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::QuotaReport>, Status> {
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let tenant = self.controller.my_tenant(&principal)?;
         Ok(Response::new(v1::QuotaReport {
             tenant: tenant.name.clone(),
@@ -150,7 +150,7 @@ impl TokenService for TokenApi {
             other => format!("{other:?}").to_lowercase(),
         };
         audit_target(&request, target);
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let request = request.into_inner();
         let role = role_from(request.role()).map_err(ControllerError::from)?;
         let expires_at = match &request.expires_at {
@@ -173,7 +173,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<v1::ListTokensRequest>,
     ) -> Result<Response<v1::ListTokensResponse>, Status> {
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         let tenant = request.into_inner().tenant;
         let tokens = self
             .controller
@@ -194,7 +194,7 @@ impl TokenService for TokenApi {
         request: Request<v1::RevokeTokenRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         audit_target(&request, request.get_ref().token_id.clone());
-        self.controller.admin(request.metadata())?;
+        self.controller.admin(&request)?;
         self.controller
             .revoke_token(&request.into_inner().token_id)
             .await?;

@@ -101,7 +101,7 @@ impl VpsService for VpsApi {
             name: request.get_ref().name.clone(),
         });
         audit_target(&request, target);
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request_id = requests::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let created = self
@@ -124,7 +124,7 @@ impl VpsService for VpsApi {
     }
 
     async fn get_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let vps = request.into_inner();
         let record = self
             .controller
@@ -138,7 +138,7 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::WatchVpsRequest>,
     ) -> Result<Response<Self::WatchVpsStream>, Status> {
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request = request.into_inner();
         let watch = self
             .controller
@@ -150,7 +150,7 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::ListVpsRequest>,
     ) -> Result<Response<v1::ListVpsResponse>, Status> {
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request = request.into_inner();
         let records = self.controller.list_vps(&principal, &request.tenant)?;
         let vps = records
@@ -165,7 +165,7 @@ impl VpsService for VpsApi {
 
     async fn start_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
         audit_target(&request, vps_target(request.get_ref()));
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request_id = requests::from_metadata(request.metadata())?;
         let vps = request.into_inner();
         let record = self
@@ -183,7 +183,7 @@ impl VpsService for VpsApi {
 
     async fn stop_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
         audit_target(&request, vps_target(request.get_ref()));
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request_id = requests::from_metadata(request.metadata())?;
         let vps = request.into_inner();
         let record = self
@@ -201,7 +201,7 @@ impl VpsService for VpsApi {
 
     async fn restart_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
         audit_target(&request, vps_target(request.get_ref()));
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request_id = requests::from_metadata(request.metadata())?;
         let vps = request.into_inner();
         let record = self
@@ -213,7 +213,7 @@ impl VpsService for VpsApi {
 
     async fn delete_vps(&self, request: Request<v1::VpsRef>) -> Result<Response<v1::Vps>, Status> {
         audit_target(&request, vps_target(request.get_ref()));
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request_id = requests::from_metadata(request.metadata())?;
         let vps = request.into_inner();
         let record = self
@@ -229,7 +229,7 @@ impl VpsService for VpsApi {
     ) -> Result<Response<v1::Vps>, Status> {
         let target = vps_target(&request.get_ref().vps.clone().unwrap_or_default());
         audit_target(&request, target);
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request_id = requests::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let vps = Self::reference(request.vps);
@@ -253,7 +253,7 @@ impl VpsService for VpsApi {
     ) -> Result<Response<v1::Vps>, Status> {
         let target = vps_target(&request.get_ref().vps.clone().unwrap_or_default());
         audit_target(&request, target);
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let request_id = requests::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let vps = Self::reference(request.vps);
@@ -274,7 +274,7 @@ impl VpsService for VpsApi {
         &self,
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
-        self.controller.caller(request.metadata())?;
+        self.controller.caller(&request)?;
         let templates = self.controller.list_templates().await?;
         Ok(Response::new(v1::ListTemplatesResponse { templates }))
     }
@@ -285,7 +285,7 @@ impl VpsService for VpsApi {
         &self,
         request: Request<Streaming<v1::ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let audit_slot = request.extensions().get::<AuditTarget>().cloned();
         let mut inbound = request.into_inner();
         let start = match inbound.message().await? {
@@ -338,7 +338,7 @@ impl VpsService for VpsApi {
         &self,
         request: Request<Streaming<v1::ConsoleInput>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
-        let principal = self.controller.caller(request.metadata())?;
+        let principal = self.controller.caller(&request)?;
         let audit_slot = request.extensions().get::<AuditTarget>().cloned();
         let mut inbound = request.into_inner();
         let attach = match inbound.message().await? {
