@@ -88,9 +88,8 @@ impl Controller {
         }
         let hosted: Vec<String> = self
             .store
-            .list_vps(None)?
+            .list_vps_on_node(name)?
             .into_iter()
-            .filter(|vps| vps.node == name)
             .map(|vps| format!("{}/{}", vps.tenant, vps.name))
             .collect();
         if !hosted.is_empty() {
