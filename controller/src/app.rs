@@ -20,6 +20,8 @@ pub struct Controller {
     pub config: ControllerConfig,
     pub agents: AgentPool,
     pub reconciler: ReconcileHandle,
+    /// The scheduler's in-memory view of the nodes (see `placement.rs`).
+    pub placements: crate::placement::PlacementCache,
     /// Shared secret a new agent presents once, to enrol and get its certificate.
     pub join_token: String,
     /// The CA and the controller's TLS identity.

@@ -99,11 +99,6 @@ impl Controller {
             }
             .into());
         }
-        let views: Vec<_> = self
-            .node_views()?
-            .into_iter()
-            .map(|(_, view, _)| view)
-            .collect();
         for (key, value) in &request.node_selector {
             if key.is_empty() || key.len() > 253 || value.len() > 63 {
                 return Err(ValidationError::new(
@@ -115,8 +110,17 @@ impl Controller {
                 .into());
             }
         }
-        let node =
-            scheduler::place_with(&views, &resources, &self.placement(request.node_selector))?;
+        let node = self.placements.place(
+            || {
+                Ok(self
+                    .node_views()?
+                    .into_iter()
+                    .map(|(_, view, _)| view)
+                    .collect())
+            },
+            &resources,
+            &self.placement(request.node_selector),
+        )?;
         let record = VpsRecord {
             vps_id: Uuid::new_v4().to_string(),
             name: request.name,
@@ -140,7 +144,10 @@ impl Controller {
             transfer_limit: None,
             applied_spec: None,
         };
-        self.store.create_vps(&record)?;
+        if let Err(error) = self.store.create_vps(&record) {
+            self.placements.release(&record.node, &record.resources);
+            return Err(error.into());
+        }
         // The store allocated the addresses in the create transaction.
         let record = self.store.get_vps(&record.vps_id)?.unwrap_or(record);
         self.commit().await?;
