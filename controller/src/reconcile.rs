@@ -283,6 +283,8 @@ async fn run_step(
                 .map_err(|status| agent_error(node, status))?;
             controller.store.remove_vps(&vps.vps_id)?;
             controller.commit().await?;
+            // What the VPS held on its node is free again for placements.
+            controller.placements.invalidate();
             info!(vps = %vps.name, tenant = %vps.tenant, node, "VPS deleted");
             Ok(())
         }

@@ -360,6 +360,7 @@ impl Controller {
         }
         let updated = self.store.resize_vps(&vps.vps_id, &plan_name, &resources)?;
         self.commit().await?;
+        self.placements.invalidate();
         info!(vps = %updated.name, tenant = %updated.tenant, plan = %updated.plan, actor = %principal.actor(), "VPS resized");
         self.reconciler.kick(&updated.node);
         Ok(updated)
