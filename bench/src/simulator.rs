@@ -368,9 +368,9 @@ pub fn raise_fd_limit(wanted: u64) -> Result<u64> {
 
 /// A gRPC channel to the controller's API, trusting its CA.
 pub async fn controller_channel(access: &ControllerAccess) -> Result<Channel> {
-    Ok(Endpoint::from_shared(access.url.clone())?
+    Endpoint::from_shared(access.url.clone())?
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&access.ca_pem)))?
         .connect()
         .await
-        .context("connecting to the controller")?)
+        .context("connecting to the controller")
 }

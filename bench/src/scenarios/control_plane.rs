@@ -194,7 +194,6 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
         let next = next.clone();
         let admin = admin.clone();
         let tenants = size.tenants;
-        let attempted = attempted;
         async move {
             let mut samples = Samples::new();
             loop {
