@@ -5,6 +5,7 @@
 
 mod report;
 mod scenarios;
+mod simulator;
 mod stats;
 
 use std::path::PathBuf;

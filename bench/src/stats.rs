@@ -28,6 +28,11 @@ impl Samples {
         result
     }
 
+    /// The recorded values, in the order they were pushed.
+    pub fn values(&self) -> &[f64] {
+        &self.0
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -29,8 +29,12 @@ pub struct ControllerConfig {
     pub heartbeat_interval_secs: u32,
     /// A node with no heartbeat for this long is `offline`.
     pub node_offline_after_secs: u32,
-    /// How often every node is reconciled even when nothing changed.
+    /// How often every node is reconciled even when nothing changed: its
+    /// agent lists its VPSes and only those that drifted are applied again.
     pub reconcile_interval_secs: u32,
+    /// How often every VPS is applied again even when its node reports it
+    /// converged (a full resync); 0 never does.
+    pub full_resync_interval_secs: u32,
     /// How new VPSes are placed on nodes.
     pub scheduler: SchedulerConfig,
     /// What to do with a VPS a node runs that the controller does not know.
@@ -153,6 +157,7 @@ impl Default for ControllerConfig {
             heartbeat_interval_secs: 5,
             node_offline_after_secs: 30,
             reconcile_interval_secs: 10,
+            full_resync_interval_secs: 1800,
             orphan_policy: OrphanPolicy::Report,
             scheduler: SchedulerConfig::default(),
             default_quota: QuotaDefaults::default(),

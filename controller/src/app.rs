@@ -1,5 +1,6 @@
 //! The controller's shared state, handed to every gRPC service and background task.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -10,7 +11,7 @@ use crate::auth::{self, Principal};
 use crate::error::ControllerError;
 use crate::reconcile::ReconcileHandle;
 use crate::scheduler::NodeView;
-use crate::store::{Capacity, NodeRecord, Store, VpsRecord};
+use crate::store::{Capacity, NodeAllocationRecord, NodeRecord, Store, VpsRecord};
 
 /// Everything a request handler needs; cheap to share behind an `Arc`.
 pub struct Controller {
@@ -18,6 +19,8 @@ pub struct Controller {
     pub config: ControllerConfig,
     pub agents: AgentPool,
     pub reconciler: ReconcileHandle,
+    /// The scheduler's in-memory view of the nodes (see `placement.rs`).
+    pub placements: crate::placement::PlacementCache,
     /// Shared secret a new agent presents once, to enrol and get its certificate.
     pub join_token: String,
     /// The CA and the controller's TLS identity.
@@ -72,38 +75,32 @@ impl Controller {
         silence.num_seconds() < i64::from(self.config.node_offline_after_secs)
     }
 
-    /// Every node with what is promised on it, for scheduling and `admin node list`.
+    /// Every node with what is promised on it, for scheduling and `admin node list`:
+    /// one pass over the nodes and their allocation summaries, never over every VPS.
     pub fn node_views(&self) -> Result<Vec<(NodeRecord, NodeView, u32)>, ControllerError> {
         let nodes = self.store.list_nodes()?;
-        let vpses = self.store.list_vps(None)?;
-        let pools = self.store.list_pools()?;
+        let mut allocations: HashMap<String, NodeAllocationRecord> =
+            self.store.node_allocations()?.into_iter().collect();
         let now = Utc::now();
         Ok(nodes
             .into_iter()
             .map(|node| {
-                let mut allocated = Capacity::default();
-                let mut count = 0;
-                for vps in vpses.iter().filter(|v| v.node == node.name) {
-                    allocated.vcpus += vps.resources.vcpus;
-                    allocated.memory_bytes += vps.resources.memory_bytes;
-                    allocated.disk_bytes += vps.resources.disk_bytes;
-                    count += 1;
-                }
+                let allocation = allocations.remove(&node.name).unwrap_or_default();
                 let view = NodeView {
                     name: node.name.clone(),
                     online: self.node_online(&node, now),
                     cordoned: node.cordoned,
                     capacity: node.capacity.clone(),
-                    allocated,
-                    free_ipv4: crate::ipam::free_on_node(&pools, &node.name),
-                    pools: pools
-                        .iter()
-                        .filter(|pool| pool.node == node.name)
-                        .map(|pool| pool.name.clone())
-                        .collect(),
+                    allocated: Capacity {
+                        vcpus: allocation.vcpus,
+                        memory_bytes: allocation.memory_bytes,
+                        disk_bytes: allocation.disk_bytes,
+                    },
+                    free_ipv4: allocation.free_ipv4,
+                    pools: allocation.pools,
                     labels: node.labels.clone(),
                 };
-                (node, view, count)
+                (node, view, allocation.vps_count)
             })
             .collect())
     }

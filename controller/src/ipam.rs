@@ -278,6 +278,7 @@ impl Controller {
         };
         self.store.create_pool(&record)?;
         self.commit().await?;
+        self.placements.invalidate();
         tracing::info!(pool = %record.name, node = %record.node, cidr = %record.cidr, "pool created");
         Ok(record)
     }
@@ -302,6 +303,7 @@ impl Controller {
         validate::name("name", name)?;
         self.store.delete_pool(name)?;
         self.commit().await?;
+        self.placements.invalidate();
         tracing::info!(pool = %name, "pool deleted");
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod metering;
 pub mod metrics;
 pub mod nodes;
 pub mod pki;
+pub mod placement;
 pub mod plans;
 pub mod quota;
 pub mod reconcile;
@@ -90,6 +91,7 @@ pub async fn serve_with(
         store,
         agents: agents::AgentPool::new(&pki),
         reconciler,
+        placements: placement::PlacementCache::default(),
         join_token,
         pki,
         config,

@@ -1,5 +1,5 @@
 //! Prometheus metrics: request counts and latencies by RPC and code, store
-//! flush latency, and gauges (VPSes by state, nodes by status) computed at
+//! flush latency, reconcile applies and skips, and gauges (VPSes by state, nodes by status) computed at
 //! scrape time. Served as text on a small HTTP endpoint.
 
 use std::collections::BTreeMap;
@@ -19,6 +19,8 @@ struct Registry {
     requests: BTreeMap<(String, String), u64>,
     latency: BTreeMap<String, Histogram>,
     store_flush: Histogram,
+    reconcile_applies: u64,
+    reconcile_converged: u64,
 }
 
 fn registry() -> &'static Mutex<Registry> {
@@ -28,6 +30,8 @@ fn registry() -> &'static Mutex<Registry> {
             requests: BTreeMap::new(),
             latency: BTreeMap::new(),
             store_flush: Histogram::new(&BUCKETS),
+            reconcile_applies: 0,
+            reconcile_converged: 0,
         })
     })
 }
@@ -56,6 +60,15 @@ pub fn observe_request(method: &str, code: &str, elapsed: Duration) {
 /// Records one disk flush of the store.
 pub fn observe_store_flush(elapsed: Duration) {
     with_registry(|r| r.store_flush.observe(elapsed));
+}
+
+/// Records one reconcile pass over a node: VPSes applied again, and VPSes
+/// the node reported converged (left alone).
+pub fn observe_reconcile(applied: u64, converged: u64) {
+    with_registry(|r| {
+        r.reconcile_applies += applied;
+        r.reconcile_converged += converged;
+    });
 }
 
 /// Gauges computed when scraped.
@@ -91,6 +104,20 @@ pub fn render(gauges: &Gauges) -> String {
         out.push_str("# TYPE paddock_store_flush_duration_seconds histogram\n");
         r.store_flush
             .render(&mut out, "paddock_store_flush_duration_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP paddock_reconcile_applies_total VPS specs sent to agents by reconcile passes (ApplyVps).\n\
+             # TYPE paddock_reconcile_applies_total counter\n\
+             paddock_reconcile_applies_total {}",
+            r.reconcile_applies
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paddock_reconcile_converged_total VPSes a reconcile pass found converged and left alone.\n\
+             # TYPE paddock_reconcile_converged_total counter\n\
+             paddock_reconcile_converged_total {}",
+            r.reconcile_converged
+        );
     });
     for (name, help, samples) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");

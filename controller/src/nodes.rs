@@ -88,9 +88,8 @@ impl Controller {
         }
         let hosted: Vec<String> = self
             .store
-            .list_vps(None)?
+            .list_vps_on_node(name)?
             .into_iter()
-            .filter(|vps| vps.node == name)
             .map(|vps| format!("{}/{}", vps.tenant, vps.name))
             .collect();
         if !hosted.is_empty() {
@@ -120,6 +119,7 @@ impl Controller {
             chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_else(Utc::now);
         self.store.remove_node(name, removed_at)?;
         self.commit().await?;
+        self.placements.invalidate();
         self.agents.forget(name);
         info!(node = %name, "node removed; its certificates are revoked");
         Ok(())
@@ -200,6 +200,7 @@ impl Controller {
         };
         self.store.put_node(&node)?;
         self.commit().await?;
+        self.placements.invalidate();
         info!(node = %node.name, address = %node.address, "node registered");
         self.reconciler.kick(&node.name);
         Ok(node)
@@ -230,6 +231,7 @@ impl Controller {
             self.record_usage(&node.name, &sample)?;
         }
         if !was_online {
+            self.placements.invalidate();
             info!(node = %node.name, "node is back online");
             self.reconciler.kick(&node.name);
         }
@@ -295,6 +297,7 @@ impl Controller {
         change(&mut node);
         self.store.put_node(&node)?;
         self.commit().await?;
+        self.placements.invalidate();
         self.get_node(name)
     }
 }

@@ -1,16 +1,21 @@
-//! Level-triggered convergence: each node's agent is repeatedly told the
-//! desired state of every VPS placed on it, and what it reports is recorded.
+//! Level-triggered convergence: each node's agent is told the desired state
+//! of every VPS placed on it that drifted, and what it reports is recorded.
 //!
 //! Mutations "kick" the node's worker so changes apply at once; a periodic
 //! tick re-converges every node anyway, so a lost kick, a failed call or a
-//! node that comes back converges without manual action. The tick also ends
-//! the transfer limits of billing months that are over.
+//! node that comes back converges without manual action. A pass costs one
+//! `ListVps` per node: a VPS is applied again only when the node has not
+//! confirmed its current spec (`applied_spec`), does not list it, or lists it
+//! in another power state than desired (every VPS when the listing fails, and
+//! on the rare full resync). The tick also ends the transfer limits of billing
+//! months that are over.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use paddock_proto::v1;
 use tokio::sync::mpsc;
@@ -53,21 +58,45 @@ impl ReconcileHandle {
     }
 }
 
+/// The dispatcher's end of one node's worker.
+struct Worker {
+    passes: mpsc::Sender<()>,
+    /// Set when the next pass must apply every VPS (a full resync).
+    full: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Queues a pass; a full queue means one is already pending (coalesced).
+    fn request(&self, full: bool) {
+        if full {
+            self.full.store(true, Ordering::SeqCst);
+        }
+        let _ = self.passes.try_send(());
+    }
+}
+
 /// Runs the dispatcher: one worker task per node, fed by kicks and a periodic tick.
 pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut workers: HashMap<String, mpsc::Sender<()>> = HashMap::new();
+        let mut workers: HashMap<String, Worker> = HashMap::new();
         let period = Duration::from_secs(u64::from(controller.config.reconcile_interval_secs));
+        let full_period =
+            Duration::from_secs(u64::from(controller.config.full_resync_interval_secs));
+        let mut last_full = Instant::now();
         let mut tick = tokio::time::interval(period);
         loop {
-            let nodes: Vec<String> = tokio::select! {
-                Some(node) = queue.kicks.recv() => vec![node],
+            let (nodes, full): (Vec<String>, bool) = tokio::select! {
+                Some(node) = queue.kicks.recv() => (vec![node], false),
                 _ = tick.tick() => {
                     if let Err(error) = controller.end_expired_transfer_limits() {
                         warn!(%error, "ending the transfer limits of past months");
                     }
+                    let full = !full_period.is_zero() && last_full.elapsed() >= full_period;
+                    if full {
+                        last_full = Instant::now();
+                    }
                     match controller.store.list_nodes() {
-                        Ok(nodes) => nodes.into_iter().map(|n| n.name).collect(),
+                        Ok(nodes) => (nodes.into_iter().map(|n| n.name).collect(), full),
                         Err(error) => {
                             warn!(%error, "listing nodes for the periodic reconcile");
                             continue;
@@ -77,38 +106,64 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
                 else => return,
             };
             for node in nodes {
-                let worker = workers
+                workers
                     .entry(node.clone())
-                    .or_insert_with(|| spawn_worker(controller.clone(), node.clone()));
-                // A full queue means a pass is already pending: the kick is coalesced.
-                let _ = worker.try_send(());
+                    .or_insert_with(|| spawn_worker(controller.clone(), node))
+                    .request(full);
             }
         }
     })
 }
 
-fn spawn_worker(controller: Arc<Controller>, node: String) -> mpsc::Sender<()> {
-    let (sender, mut receiver) = mpsc::channel::<()>(1);
-    let retry = sender.clone();
+fn spawn_worker(controller: Arc<Controller>, node: String) -> Worker {
+    let (passes, mut receiver) = mpsc::channel::<()>(1);
+    let full = Arc::new(AtomicBool::new(false));
+    let worker = Worker {
+        passes: passes.clone(),
+        full: full.clone(),
+    };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         while receiver.recv().await.is_some() {
-            match reconcile_node(&controller, &node).await {
+            let full_pass = full.swap(false, Ordering::SeqCst);
+            match reconcile_node(&controller, &node, full_pass).await {
                 Ok(()) => backoff = Duration::from_millis(500),
                 Err(error) => {
                     warn!(node = %node, %error, retry_in = ?backoff, "reconcile failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    let _ = retry.try_send(());
+                    if full_pass {
+                        full.store(true, Ordering::SeqCst);
+                    }
+                    let _ = passes.try_send(());
                 }
             }
         }
     });
-    sender
+    worker
 }
 
-/// One pass over a node: apply or delete every VPS placed there.
-async fn reconcile_node(controller: &Controller, node_name: &str) -> Result<(), ControllerError> {
+/// What one pass does with one VPS.
+enum Step {
+    /// A VPS marked for deletion: removed on its node, then from the store.
+    Delete {
+        vps_id: String,
+        name: String,
+        tenant: String,
+    },
+    Apply {
+        vps_id: String,
+        spec: Box<v1::VpsSpec>,
+    },
+}
+
+/// One pass over a node: delete what is being deleted, apply what drifted,
+/// report the node's orphans.
+async fn reconcile_node(
+    controller: &Controller,
+    node_name: &str,
+    full: bool,
+) -> Result<(), ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
         return Ok(());
     };
@@ -117,16 +172,27 @@ async fn reconcile_node(controller: &Controller, node_name: &str) -> Result<(), 
         return Ok(());
     }
     let client = controller.agents.client(&node.name, &node.address)?;
-    let vpses: Vec<VpsRecord> = controller
-        .store
-        .list_vps(None)?
-        .into_iter()
-        .filter(|vps| vps.node == node.name)
-        .collect();
+    let vpses = controller.store.list_vps_on_node(&node.name)?;
+    let listed = match client.clone().list_vps(v1::Empty {}).await {
+        Ok(response) => Some(
+            response
+                .into_inner()
+                .vps
+                .into_iter()
+                .map(|status| (status.vps_id.clone(), status))
+                .collect::<HashMap<_, _>>(),
+        ),
+        Err(status) => {
+            let error = agent_error(node_name, status);
+            warn!(node = node_name, %error, "listing the node's VPSes failed; applying every VPS");
+            None
+        }
+    };
+    let steps = plan_steps(controller, vpses, listed.as_ref(), full, Utc::now())?;
     let outcomes = join_all(
-        vpses
-            .iter()
-            .map(|vps| reconcile_vps(controller, client.clone(), node_name, vps)),
+        steps
+            .into_iter()
+            .map(|step| run_step(controller, client.clone(), node_name, step)),
     )
     .await;
     let mut first_error = None;
@@ -135,45 +201,121 @@ async fn reconcile_node(controller: &Controller, node_name: &str) -> Result<(), 
             first_error.get_or_insert(error);
         }
     }
-    report_orphans(controller, client, node_name).await?;
+    if let Some(listed) = &listed {
+        report_orphans(controller, client, node_name, listed).await?;
+    }
     match first_error {
         Some(error) => Err(error),
         None => Ok(()),
     }
 }
 
-async fn reconcile_vps(
+/// Decides which of a node's VPSes need a call, counting the converged ones.
+fn plan_steps(
+    controller: &Controller,
+    vpses: Vec<VpsRecord>,
+    listed: Option<&HashMap<String, v1::VpsStatus>>,
+    full: bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<Step>, ControllerError> {
+    let mut suspended: HashMap<String, bool> = HashMap::new();
+    let mut steps = Vec::new();
+    let mut converged = 0u64;
+    for vps in vpses {
+        if vps.deleting {
+            steps.push(Step::Delete {
+                vps_id: vps.vps_id,
+                name: vps.name,
+                tenant: vps.tenant,
+            });
+            continue;
+        }
+        let tenant_suspended = match suspended.get(&vps.tenant) {
+            Some(held) => *held,
+            None => {
+                let held = controller
+                    .store
+                    .get_tenant(&vps.tenant)?
+                    .is_some_and(|tenant| tenant.suspended);
+                suspended.insert(vps.tenant.clone(), held);
+                held
+            }
+        };
+        let spec = convert::vps_spec(&vps, tenant_suspended, now);
+        let drifted = match listed {
+            Some(listed) if !full => drifted(&vps, &spec, listed.get(&vps.vps_id)),
+            _ => true,
+        };
+        if drifted {
+            steps.push(Step::Apply {
+                vps_id: vps.vps_id,
+                spec: Box::new(spec),
+            });
+        } else {
+            converged += 1;
+        }
+    }
+    let applies = steps
+        .iter()
+        .filter(|step| matches!(step, Step::Apply { .. }))
+        .count();
+    crate::metrics::observe_reconcile(applies as u64, converged);
+    Ok(steps)
+}
+
+/// Whether a VPS must be applied again: its node has not confirmed its
+/// current spec, does not run it, or runs it in another power state.
+fn drifted(vps: &VpsRecord, spec: &v1::VpsSpec, listed: Option<&v1::VpsStatus>) -> bool {
+    if vps.applied_spec.as_deref() != Some(convert::spec_digest(spec).as_str()) {
+        return true;
+    }
+    let Some(status) = listed else {
+        return true;
+    };
+    let wanted = match spec.desired_power() {
+        v1::PowerState::Running => v1::AgentVpsState::Running,
+        _ => v1::AgentVpsState::Stopped,
+    };
+    status.state() != wanted
+}
+
+async fn run_step(
     controller: &Controller,
     mut client: AgentClient,
     node: &str,
-    vps: &VpsRecord,
+    step: Step,
 ) -> Result<(), ControllerError> {
-    if vps.deleting {
-        client
-            .delete_vps(v1::AgentVpsRef {
-                vps_id: vps.vps_id.clone(),
-            })
-            .await
-            .map_err(|status| agent_error(node, status))?;
-        controller.store.remove_vps(&vps.vps_id)?;
-        controller.commit().await?;
-        info!(vps = %vps.name, tenant = %vps.tenant, node, "VPS deleted");
-        return Ok(());
+    match step {
+        Step::Delete {
+            vps_id,
+            name,
+            tenant,
+        } => {
+            client
+                .delete_vps(v1::AgentVpsRef {
+                    vps_id: vps_id.clone(),
+                })
+                .await
+                .map_err(|status| agent_error(node, status))?;
+            controller.store.remove_vps(&vps_id)?;
+            controller.commit().await?;
+            // What the VPS held on its node is free again for placements.
+            controller.placements.invalidate();
+            info!(vps = %name, tenant = %tenant, node, "VPS deleted");
+            Ok(())
+        }
+        Step::Apply { vps_id, spec } => {
+            let digest = convert::spec_digest(&spec);
+            let mut request = tonic::Request::new(*spec);
+            request.set_timeout(Duration::from_secs(120));
+            let status = client
+                .apply_vps(request)
+                .await
+                .map_err(|status| agent_error(node, status))?
+                .into_inner();
+            record_report(controller, &vps_id, &status, Some(&digest))
+        }
     }
-    let suspended = controller
-        .store
-        .get_tenant(&vps.tenant)?
-        .is_some_and(|tenant| tenant.suspended);
-    let spec = convert::vps_spec(vps, suspended, Utc::now());
-    let digest = convert::spec_digest(&spec);
-    let mut request = tonic::Request::new(spec);
-    request.set_timeout(Duration::from_secs(120));
-    let status = client
-        .apply_vps(request)
-        .await
-        .map_err(|status| agent_error(node, status))?
-        .into_inner();
-    record_report(controller, &vps.vps_id, &status, Some(&digest))
 }
 
 /// Stores what an agent reported for a VPS in a heartbeat.
@@ -234,31 +376,28 @@ fn record_report(
     }
 }
 
-/// VPSes the agent runs that the controller does not know: always reported,
-/// and removed from the node when `orphan_policy = "remove"`.
+/// VPSes the agent runs that the controller does not know (from the pass's
+/// listing): always reported, and removed from the node when
+/// `orphan_policy = "remove"`.
 async fn report_orphans(
     controller: &Controller,
     mut client: AgentClient,
     node: &str,
+    listed: &HashMap<String, v1::VpsStatus>,
 ) -> Result<(), ControllerError> {
-    let listed = client
-        .list_vps(v1::Empty {})
-        .await
-        .map_err(|status| agent_error(node, status))?
-        .into_inner();
-    for status in listed.vps {
-        if controller.store.get_vps(&status.vps_id)?.is_some() {
+    for vps_id in listed.keys() {
+        if controller.store.get_vps(vps_id)?.is_some() {
             continue;
         }
-        warn!(node, vps_id = %status.vps_id, policy = ?controller.config.orphan_policy, "node runs a VPS the controller does not know");
+        warn!(node, vps_id = %vps_id, policy = ?controller.config.orphan_policy, "node runs a VPS the controller does not know");
         if controller.config.orphan_policy == paddock_config::OrphanPolicy::Remove {
             client
                 .delete_vps(v1::AgentVpsRef {
-                    vps_id: status.vps_id.clone(),
+                    vps_id: vps_id.clone(),
                 })
                 .await
                 .map_err(|status| agent_error(node, status))?;
-            info!(node, vps_id = %status.vps_id, "orphan VPS removed");
+            info!(node, vps_id = %vps_id, "orphan VPS removed");
         }
     }
     Ok(())

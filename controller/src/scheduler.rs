@@ -199,20 +199,23 @@ pub fn place_with(
         .into_iter()
         .map(|node| (node, free(node, node.overcommit(placement.overcommit))))
         .collect();
-    scored.sort_by(|(a, fa), (b, fb)| {
+    let order = |(a, fa): &(&NodeView, Capacity), (b, fb): &(&NodeView, Capacity)| {
         let by_memory = match placement.strategy {
             Strategy::Spread => fb.memory_bytes.cmp(&fa.memory_bytes),
             Strategy::Binpack => fa.memory_bytes.cmp(&fb.memory_bytes),
         };
         by_memory.then_with(|| a.name.cmp(&b.name))
-    });
+    };
     let has_addresses = |node: &NodeView| node.free_ipv4 >= need.ipv4_count;
+    // One pass for the usual case; sorting is only needed to explain a refusal.
     if let Some((node, _)) = scored
         .iter()
-        .find(|(node, free)| fits(free) && has_addresses(node))
+        .filter(|(node, free)| fits(free) && has_addresses(node))
+        .min_by(|x, y| order(x, y))
     {
         return Ok(node.name.clone());
     }
+    scored.sort_by(order);
     if let Some((node, _)) = scored.iter().find(|(_, free)| fits(free)) {
         return Err(if node.pools.is_empty() {
             ScheduleError::NoPool {

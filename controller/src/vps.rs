@@ -136,11 +136,6 @@ impl Controller {
             }
             .into());
         }
-        let views: Vec<_> = self
-            .node_views()?
-            .into_iter()
-            .map(|(_, view, _)| view)
-            .collect();
         for (key, value) in &request.node_selector {
             if key.is_empty() || key.len() > 253 || value.len() > 63 {
                 return Err(ValidationError::new(
@@ -152,8 +147,17 @@ impl Controller {
                 .into());
             }
         }
-        let node =
-            scheduler::place_with(&views, &resources, &self.placement(request.node_selector))?;
+        let node = self.placements.place(
+            || {
+                Ok(self
+                    .node_views()?
+                    .into_iter()
+                    .map(|(_, view, _)| view)
+                    .collect())
+            },
+            &resources,
+            &self.placement(request.node_selector),
+        )?;
         let record = VpsRecord {
             vps_id: Uuid::new_v4().to_string(),
             name: request.name,
@@ -179,6 +183,7 @@ impl Controller {
             last_request: tagged.clone(),
         };
         if let Err(error) = self.store.create_vps(&record) {
+            self.placements.release(&record.node, &record.resources);
             // The same request, retried while the first attempt was committing.
             if let StoreError::AlreadyExists { .. } = error {
                 if let Some(existing) = retried(self.store.find_vps(&record.tenant, &record.name)?)?
@@ -453,6 +458,7 @@ impl Controller {
             })?;
         }
         self.commit().await?;
+        self.placements.invalidate();
         info!(vps = %updated.name, tenant = %updated.tenant, plan = %updated.plan, actor = %principal.actor(), "VPS resized");
         self.reconciler.kick(&updated.node);
         Ok(updated)

@@ -7,6 +7,7 @@ use crate::report::ScenarioReport;
 use crate::Options;
 
 mod api_path;
+mod control_plane;
 
 /// A scenario of the suite.
 pub struct Scenario {
@@ -17,8 +18,15 @@ pub struct Scenario {
 }
 
 /// Every scenario, in run order.
-pub const ALL: &[Scenario] = &[Scenario {
-    name: "api-path",
-    title: "API path: create --wait until running, delete --wait until gone",
-    run: api_path::run,
-}];
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "api-path",
+        title: "API path: create --wait until running, delete --wait until gone",
+        run: api_path::run,
+    },
+    Scenario {
+        name: "control-plane",
+        title: "Control plane: placements/s and CreateVps latency with simulated nodes",
+        run: control_plane::run,
+    },
+];

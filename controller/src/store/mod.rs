@@ -137,6 +137,11 @@ pub trait Store: Send + Sync + 'static {
     fn find_vps(&self, tenant: &str, name: &str) -> Result<Option<VpsRecord>, StoreError>;
     /// All VPSes, or one tenant's.
     fn list_vps(&self, tenant: Option<&str>) -> Result<Vec<VpsRecord>, StoreError>;
+    /// The VPSes placed on one node, through a per-node index (no scan of every VPS).
+    fn list_vps_on_node(&self, node: &str) -> Result<Vec<VpsRecord>, StoreError>;
+    /// What is placed on each node that has VPSes or pools, by node name;
+    /// kept in the transactions that change VPSes and pools.
+    fn node_allocations(&self) -> Result<Vec<(String, NodeAllocationRecord)>, StoreError>;
     /// Read-modify-write of one VPS in a transaction (not for resource changes).
     fn update_vps(
         &self,

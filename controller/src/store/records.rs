@@ -415,3 +415,38 @@ pub struct UsageHourRecord {
     /// Samples that contributed.
     pub samples: u64,
 }
+
+/// What is placed on one node, kept in the same transactions as the VPSes and
+/// pools it sums, so placement reads one record per node instead of every VPS
+/// and pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeAllocationRecord {
+    /// Sum of the resources of the VPSes placed on the node.
+    pub vcpus: f64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub vps_count: u32,
+    /// Unallocated IPv4 addresses over all of the node's pools.
+    pub free_ipv4: u32,
+    /// Names of the node's pools, sorted.
+    pub pools: Vec<String>,
+}
+
+impl NodeAllocationRecord {
+    /// Adds (`sign` = 1.0) or removes (`sign` = -1.0) one VPS's resources.
+    pub fn account(&mut self, resources: &Resources, sign: f64) {
+        // Fractional vCPUs are summed in millicores so adding and removing the
+        // same VPSes returns exactly to where it started.
+        let millis = |vcpus: f64| (vcpus * 1000.0).round();
+        self.vcpus = (millis(self.vcpus) + sign * millis(resources.vcpus)).max(0.0) / 1000.0;
+        if sign >= 0.0 {
+            self.memory_bytes = self.memory_bytes.saturating_add(resources.memory_bytes);
+            self.disk_bytes = self.disk_bytes.saturating_add(resources.disk_bytes);
+            self.vps_count = self.vps_count.saturating_add(1);
+        } else {
+            self.memory_bytes = self.memory_bytes.saturating_sub(resources.memory_bytes);
+            self.disk_bytes = self.disk_bytes.saturating_sub(resources.disk_bytes);
+            self.vps_count = self.vps_count.saturating_sub(1);
+        }
+    }
+}

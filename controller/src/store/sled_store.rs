@@ -13,6 +13,10 @@ use super::*;
 
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// Present once `vps_nodes` and `node_allocations` were built from the VPSes
+/// and pools; a store written before they existed gets them at open.
+const NODE_INDEX_KEY: &[u8] = b"node_index_version";
+const NODE_INDEX_VERSION: &[u8] = b"1";
 
 /// One stored entry: tree name, key, value.
 pub type DumpEntry = (String, Vec<u8>, Vec<u8>);
@@ -42,6 +46,10 @@ pub struct SledStore {
     usage_cursors: Tree,
     /// `tenant/<hour_start:020>/vps_id` -> usage of that VPS in that hour.
     usage_hours: Tree,
+    /// `node/vps_id` -> nothing: the VPSes placed on each node.
+    vps_nodes: Tree,
+    /// Node name -> what is placed on it (`NodeAllocationRecord`).
+    node_allocations: Tree,
     commits: GroupCommit,
     watchers: VpsWatchers,
     events_committed: EventSignal,
@@ -155,6 +163,32 @@ fn name_key(tenant: &str, name: &str) -> Vec<u8> {
     format!("{tenant}/{name}").into_bytes()
 }
 
+/// Key of a VPS in the node index; node names cannot contain `/`.
+fn node_vps_key(node: &str, vps_id: &str) -> Vec<u8> {
+    format!("{node}/{vps_id}").into_bytes()
+}
+
+/// Addresses a pool can still hand out.
+fn pool_free_ipv4(pool: &PoolRecord) -> u32 {
+    crate::ipam::plan(pool).map_or(0, |plan| {
+        plan.total()
+            .saturating_sub(u32::try_from(pool.allocated.len()).unwrap_or(u32::MAX))
+    })
+}
+
+/// Read-modify-write of a node's allocation summary inside a transaction.
+fn tx_update_allocation(
+    allocations: &TransactionalTree,
+    node: &str,
+    change: impl FnOnce(&mut NodeAllocationRecord),
+) -> TxResult<()> {
+    let mut allocation: NodeAllocationRecord =
+        tx_get(allocations, "node_allocations", node.as_bytes())?.unwrap_or_default();
+    change(&mut allocation);
+    allocations.insert(node.as_bytes(), encode(&allocation))?;
+    Ok(())
+}
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn abort<T>(error: StoreError) -> TxResult<T> {
@@ -252,6 +286,8 @@ impl SledStore {
             events_meta: db.open_tree("events_meta")?,
             usage_cursors: db.open_tree("usage_cursors")?,
             usage_hours: db.open_tree("usage_hours")?,
+            vps_nodes: db.open_tree("vps_nodes")?,
+            node_allocations: db.open_tree("node_allocations")?,
             commits: GroupCommit::default(),
             watchers: VpsWatchers::default(),
             events_committed: EventSignal::default(),
@@ -268,6 +304,7 @@ impl SledStore {
         }
         let store = Self::from_db(db)?;
         store.check_schema(path)?;
+        store.build_node_index()?;
         Ok(store)
     }
 
@@ -280,7 +317,42 @@ impl SledStore {
         }
         let store = Self::from_db(Self::open_db(path)?)?;
         store.check_schema(path)?;
+        store.build_node_index()?;
         Ok(store)
+    }
+
+    /// Builds the per-node index and allocation summaries from the VPSes and
+    /// pools of a store that predates them (once; later changes keep them).
+    fn build_node_index(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree(META)?;
+        if meta.get(NODE_INDEX_KEY)?.is_some() {
+            return Ok(());
+        }
+        self.vps_nodes.clear()?;
+        self.node_allocations.clear()?;
+        let mut allocations: std::collections::BTreeMap<String, NodeAllocationRecord> =
+            std::collections::BTreeMap::new();
+        for pool in self.list_pools()? {
+            let allocation = allocations.entry(pool.node.clone()).or_default();
+            allocation.free_ipv4 = allocation.free_ipv4.saturating_add(pool_free_ipv4(&pool));
+            allocation.pools.push(pool.name.clone());
+        }
+        for vps in Self::scan::<VpsRecord>(&self.vps, "vps")? {
+            self.vps_nodes
+                .insert(node_vps_key(&vps.node, &vps.vps_id), &[])?;
+            allocations
+                .entry(vps.node.clone())
+                .or_default()
+                .account(&vps.resources, 1.0);
+        }
+        for (node, mut allocation) in allocations {
+            allocation.pools.sort();
+            self.node_allocations
+                .insert(node.as_bytes(), encode(&allocation))?;
+        }
+        meta.insert(NODE_INDEX_KEY, NODE_INDEX_VERSION)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     fn check_schema(&self, path: &Path) -> Result<(), StoreError> {
@@ -430,8 +502,14 @@ impl Store for SledStore {
         resources: &Resources,
     ) -> Result<VpsRecord, StoreError> {
         let result = flatten(
-            (&self.tenants, &self.vps, &self.events, &self.events_meta).transaction(
-                |(tenants, all, events, meta)| {
+            (
+                &self.tenants,
+                &self.vps,
+                &self.events,
+                &self.events_meta,
+                &self.node_allocations,
+            )
+                .transaction(|(tenants, all, events, meta, allocations)| {
                     let mut vps = tx_need::<VpsRecord>(
                         all,
                         "vps",
@@ -457,6 +535,10 @@ impl Store for SledStore {
                         return abort(StoreError::QuotaExceeded(message));
                     }
                     crate::quota::charge(&mut tenant.used, &Quota::of_vps(resources));
+                    tx_update_allocation(allocations, &vps.node, |allocation| {
+                        allocation.account(&vps.resources, -1.0);
+                        allocation.account(resources, 1.0);
+                    })?;
                     vps.plan = plan.to_owned();
                     vps.resources = resources.clone();
                     // Pending until the node reports after applying the new limits.
@@ -465,8 +547,7 @@ impl Store for SledStore {
                     all.insert(vps_id.as_bytes(), encode(&vps))?;
                     tx_append_event(events, meta, EventRecord::of_vps(EventKind::Resized, &vps))?;
                     Ok(vps)
-                },
-            ),
+                }),
         );
         self.published(vps_id, result)
     }
@@ -772,15 +853,7 @@ impl Store for SledStore {
 
     fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError> {
         let key = name_key(&vps.tenant, &vps.name);
-        // Candidate pools are listed outside the transaction (sled transactions
-        // cannot scan); each is re-read inside it, so allocations serialize.
-        let mut node_pools: Vec<String> = self
-            .list_pools()?
-            .into_iter()
-            .filter(|pool| pool.node == vps.node)
-            .map(|pool| pool.name)
-            .collect();
-        node_pools.sort();
+        let node_key = node_vps_key(&vps.node, &vps.vps_id);
         let result = flatten(
             (
                 &self.tenants,
@@ -789,33 +862,54 @@ impl Store for SledStore {
                 &self.pools,
                 &self.events,
                 &self.events_meta,
+                &self.vps_nodes,
+                &self.node_allocations,
             )
-                .transaction(|(tenants, all, names, pools, events, meta)| {
-                    let mut tenant = tx_need::<TenantRecord>(
-                        tenants,
-                        "tenants",
-                        vps.tenant.as_bytes(),
-                        "tenant",
-                        vps.tenant.clone(),
-                    )?;
-                    if names.get(&key)?.is_some() {
-                        return abort(StoreError::AlreadyExists {
-                            kind: "VPS",
-                            name: vps.name.clone(),
-                        });
-                    }
-                    if let Err(message) = crate::quota::check(&tenant, &vps.resources, &vps.plan) {
-                        return abort(StoreError::QuotaExceeded(message));
-                    }
-                    crate::quota::charge(&mut tenant.used, &Quota::of_vps(&vps.resources));
-                    let mut vps = vps.clone();
-                    allocate_addresses(pools, &node_pools, &mut vps)?;
-                    tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
-                    all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
-                    names.insert(key.clone(), vps.vps_id.as_bytes())?;
-                    tx_append_event(events, meta, EventRecord::of_vps(EventKind::Created, &vps))?;
-                    Ok(())
-                }),
+                .transaction(
+                    |(tenants, all, names, pools, events, meta, node_index, allocations)| {
+                        let mut tenant = tx_need::<TenantRecord>(
+                            tenants,
+                            "tenants",
+                            vps.tenant.as_bytes(),
+                            "tenant",
+                            vps.tenant.clone(),
+                        )?;
+                        if names.get(&key)?.is_some() {
+                            return abort(StoreError::AlreadyExists {
+                                kind: "VPS",
+                                name: vps.name.clone(),
+                            });
+                        }
+                        if let Err(message) =
+                            crate::quota::check(&tenant, &vps.resources, &vps.plan)
+                        {
+                            return abort(StoreError::QuotaExceeded(message));
+                        }
+                        crate::quota::charge(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                        // The node's summary names its pools: read in the
+                        // transaction, so allocations and pool changes serialize.
+                        let mut allocation: NodeAllocationRecord =
+                            tx_get(allocations, "node_allocations", vps.node.as_bytes())?
+                                .unwrap_or_default();
+                        let mut vps = vps.clone();
+                        allocate_addresses(pools, &allocation.pools, &mut vps)?;
+                        allocation.account(&vps.resources, 1.0);
+                        allocation.free_ipv4 = allocation
+                            .free_ipv4
+                            .saturating_sub(u32::try_from(vps.ipv4.len()).unwrap_or(u32::MAX));
+                        allocations.insert(vps.node.as_bytes(), encode(&allocation))?;
+                        tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
+                        all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
+                        names.insert(key.clone(), vps.vps_id.as_bytes())?;
+                        node_index.insert(node_key.clone(), &[])?;
+                        tx_append_event(
+                            events,
+                            meta,
+                            EventRecord::of_vps(EventKind::Created, &vps),
+                        )?;
+                        Ok(())
+                    },
+                ),
         );
         self.published(&vps.vps_id, result)
     }
@@ -847,6 +941,30 @@ impl Store for SledStore {
         }
     }
 
+    fn list_vps_on_node(&self, node: &str) -> Result<Vec<VpsRecord>, StoreError> {
+        let prefix = format!("{node}/");
+        let mut out = Vec::new();
+        for entry in self.vps_nodes.scan_prefix(prefix.as_bytes()) {
+            let (key, _) = entry?;
+            let vps_id = &key[prefix.len()..];
+            if let Some(vps) = Self::get(&self.vps, "vps", vps_id)? {
+                out.push(vps);
+            }
+        }
+        Ok(out)
+    }
+
+    fn node_allocations(&self) -> Result<Vec<(String, NodeAllocationRecord)>, StoreError> {
+        self.node_allocations
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let allocation = decode("node_allocations", &key, &value)?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), allocation))
+            })
+            .collect()
+    }
+
     fn update_vps(
         &self,
         vps_id: &str,
@@ -872,33 +990,61 @@ impl Store for SledStore {
                 &self.usage_cursors,
                 &self.events,
                 &self.events_meta,
+                &self.vps_nodes,
+                &self.node_allocations,
             )
-                .transaction(|(tenants, all, names, pools, cursors, events, meta)| {
-                    let Some(vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
-                        return Ok(());
-                    };
-                    if let Some(mut tenant) =
-                        tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
-                    {
-                        crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
-                        tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
-                    }
-                    if let Some(network) = &vps.network {
-                        if let Some(mut pool) =
-                            tx_get::<PoolRecord>(pools, "pools", network.pool.as_bytes())?
+                .transaction(
+                    |(
+                        tenants,
+                        all,
+                        names,
+                        pools,
+                        cursors,
+                        events,
+                        meta,
+                        node_index,
+                        allocations,
+                    )| {
+                        let Some(vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
+                            return Ok(());
+                        };
+                        if let Some(mut tenant) =
+                            tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
                         {
-                            pool.allocated.retain(|_, owner| owner != vps_id);
-                            pool.allocated_ipv6.retain(|_, owner| owner != vps_id);
-                            pools.insert(network.pool.as_bytes(), encode(&pool))?;
+                            crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                            tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
                         }
-                    }
-                    all.remove(vps_id.as_bytes())?;
-                    names.remove(name_key(&vps.tenant, &vps.name))?;
-                    // Its hours stay for billing; the base of its next delta is not needed.
-                    cursors.remove(vps_id.as_bytes())?;
-                    tx_append_event(events, meta, EventRecord::of_vps(EventKind::Deleted, &vps))?;
-                    Ok(())
-                }),
+                        let mut released_ipv4 = 0u32;
+                        if let Some(network) = &vps.network {
+                            if let Some(mut pool) =
+                                tx_get::<PoolRecord>(pools, "pools", network.pool.as_bytes())?
+                            {
+                                let before = pool.allocated.len();
+                                pool.allocated.retain(|_, owner| owner != vps_id);
+                                pool.allocated_ipv6.retain(|_, owner| owner != vps_id);
+                                released_ipv4 = u32::try_from(before - pool.allocated.len())
+                                    .unwrap_or(u32::MAX);
+                                pools.insert(network.pool.as_bytes(), encode(&pool))?;
+                            }
+                        }
+                        tx_update_allocation(allocations, &vps.node, |allocation| {
+                            allocation.account(&vps.resources, -1.0);
+                            allocation.free_ipv4 =
+                                allocation.free_ipv4.saturating_add(released_ipv4);
+                        })?;
+                        node_index.remove(node_vps_key(&vps.node, vps_id))?;
+                        all.remove(vps_id.as_bytes())?;
+                        names.remove(name_key(&vps.tenant, &vps.name))?;
+                        // Its hours stay for billing; the base of its next delta is not needed.
+                        cursors.remove(vps_id.as_bytes())?;
+                        tx_append_event(
+                            events,
+                            meta,
+                            EventRecord::of_vps(EventKind::Deleted, &vps),
+                        )?;
+                        Ok(())
+                    },
+                ),
         );
         self.published(vps_id, result)
     }
@@ -912,48 +1058,56 @@ impl Store for SledStore {
             .into_iter()
             .map(|pool| pool.name)
             .collect();
-        flatten(self.pools.transaction(|pools| {
-            if pools.get(pool.name.as_bytes())?.is_some() {
-                return abort(StoreError::AlreadyExists {
-                    kind: "pool",
-                    name: pool.name.clone(),
-                });
-            }
-            // Every other pool is read in the transaction: a concurrent create
-            // of an overlapping pool conflicts and is retried, then refused.
-            for name in &others {
-                let Some(other) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
-                    continue;
-                };
-                let overlaps = other
-                    .cidr
-                    .parse::<crate::ipam::Ipv4Cidr>()
-                    .is_ok_and(|theirs| theirs.overlaps(&cidr));
-                if overlaps {
-                    return abort(StoreError::Conflict(format!(
-                        "pool {:?} ({cidr}) overlaps pool {:?} ({}) on node {}",
-                        pool.name, other.name, other.cidr, other.node
-                    )));
+        flatten(
+            (&self.pools, &self.node_allocations).transaction(|(pools, allocations)| {
+                if pools.get(pool.name.as_bytes())?.is_some() {
+                    return abort(StoreError::AlreadyExists {
+                        kind: "pool",
+                        name: pool.name.clone(),
+                    });
                 }
-                if let (Some(ours), Some(theirs)) = (&pool.ipv6_prefix, &other.ipv6_prefix) {
-                    if crate::ipam::ipv6_prefixes_overlap(ours, theirs) {
+                // Every other pool is read in the transaction: a concurrent create
+                // of an overlapping pool conflicts and is retried, then refused.
+                for name in &others {
+                    let Some(other) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
+                        continue;
+                    };
+                    let overlaps = other
+                        .cidr
+                        .parse::<crate::ipam::Ipv4Cidr>()
+                        .is_ok_and(|theirs| theirs.overlaps(&cidr));
+                    if overlaps {
                         return abort(StoreError::Conflict(format!(
+                            "pool {:?} ({cidr}) overlaps pool {:?} ({}) on node {}",
+                            pool.name, other.name, other.cidr, other.node
+                        )));
+                    }
+                    if let (Some(ours), Some(theirs)) = (&pool.ipv6_prefix, &other.ipv6_prefix) {
+                        if crate::ipam::ipv6_prefixes_overlap(ours, theirs) {
+                            return abort(StoreError::Conflict(format!(
                             "pool {:?} (IPv6 {ours}) overlaps pool {:?} (IPv6 {theirs}) on node {}",
                             pool.name, other.name, other.node
                         )));
+                        }
                     }
                 }
-            }
-            // Every pool create reads and bumps the guard, so two concurrent
-            // creates conflict and the retried one sees the other's pool.
-            let generation = pools
-                .get(POOL_GUARD)?
-                .map(|bytes| String::from_utf8_lossy(&bytes).parse::<u64>().unwrap_or(0))
-                .unwrap_or(0);
-            pools.insert(POOL_GUARD, (generation + 1).to_string().as_bytes())?;
-            pools.insert(pool.name.as_bytes(), encode(pool))?;
-            Ok(())
-        }))
+                // Every pool create reads and bumps the guard, so two concurrent
+                // creates conflict and the retried one sees the other's pool.
+                let generation = pools
+                    .get(POOL_GUARD)?
+                    .map(|bytes| String::from_utf8_lossy(&bytes).parse::<u64>().unwrap_or(0))
+                    .unwrap_or(0);
+                pools.insert(POOL_GUARD, (generation + 1).to_string().as_bytes())?;
+                pools.insert(pool.name.as_bytes(), encode(pool))?;
+                tx_update_allocation(allocations, &pool.node, |allocation| {
+                    allocation.free_ipv4 =
+                        allocation.free_ipv4.saturating_add(pool_free_ipv4(pool));
+                    allocation.pools.push(pool.name.clone());
+                    allocation.pools.sort();
+                })?;
+                Ok(())
+            }),
+        )
     }
 
     fn get_pool(&self, name: &str) -> Result<Option<PoolRecord>, StoreError> {
@@ -972,18 +1126,30 @@ impl Store for SledStore {
     }
 
     fn delete_pool(&self, name: &str) -> Result<(), StoreError> {
-        flatten(self.pools.transaction(|pools| {
-            let pool =
-                tx_need::<PoolRecord>(pools, "pools", name.as_bytes(), "pool", name.to_owned())?;
-            if !pool.allocated.is_empty() {
-                return abort(StoreError::Conflict(format!(
-                    "pool {name:?} has {} allocated address(es); delete their VPSes first",
-                    pool.allocated.len()
-                )));
-            }
-            pools.remove(name.as_bytes())?;
-            Ok(())
-        }))
+        flatten(
+            (&self.pools, &self.node_allocations).transaction(|(pools, allocations)| {
+                let pool = tx_need::<PoolRecord>(
+                    pools,
+                    "pools",
+                    name.as_bytes(),
+                    "pool",
+                    name.to_owned(),
+                )?;
+                if !pool.allocated.is_empty() {
+                    return abort(StoreError::Conflict(format!(
+                        "pool {name:?} has {} allocated address(es); delete their VPSes first",
+                        pool.allocated.len()
+                    )));
+                }
+                pools.remove(name.as_bytes())?;
+                tx_update_allocation(allocations, &pool.node, |allocation| {
+                    allocation.free_ipv4 =
+                        allocation.free_ipv4.saturating_sub(pool_free_ipv4(&pool));
+                    allocation.pools.retain(|other| other != name);
+                })?;
+                Ok(())
+            }),
+        )
     }
 }
 
@@ -1135,6 +1301,115 @@ mod tests {
             })
             .expect("reopen within 5 s");
         assert_eq!(reopened.list_vps(Some("acme")).expect("list").len(), 200);
+    }
+
+    fn pool(name: &str, node: &str, third_octet: u8) -> PoolRecord {
+        PoolRecord {
+            name: name.to_owned(),
+            node: node.to_owned(),
+            cidr: format!("10.9.{third_octet}.0/24"),
+            gateway: format!("10.9.{third_octet}.1"),
+            range_start: format!("10.9.{third_octet}.10"),
+            range_end: format!("10.9.{third_octet}.19"),
+            ipv6_prefix: None,
+            nat: true,
+            allocated: Default::default(),
+            allocated_ipv6: Default::default(),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn allocation(store: &SledStore, node: &str) -> NodeAllocationRecord {
+        store
+            .node_allocations()
+            .expect("allocations")
+            .into_iter()
+            .find(|(name, _)| name == node)
+            .map(|(_, allocation)| allocation)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn node_index_and_allocations_follow_vps_and_pool_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::create(dir.path()).expect("create");
+        store.create_tenant(&tenant("acme", 10)).expect("tenant");
+        store.create_pool(&pool("p1", "n1", 1)).expect("pool");
+        let mut web = vps("acme", "web");
+        web.resources.ipv4_count = 1;
+        store.create_vps(&web).expect("web");
+        let mut db = vps("acme", "db");
+        db.node = "n2".to_owned();
+        db.resources.vcpus = 0.5;
+        store.create_vps(&db).expect("db");
+        let on_n1: Vec<String> = store
+            .list_vps_on_node("n1")
+            .expect("list")
+            .into_iter()
+            .map(|vps| vps.name)
+            .collect();
+        assert_eq!(on_n1, ["web"]);
+        let n1 = allocation(&store, "n1");
+        assert_eq!((n1.vps_count, n1.vcpus, n1.free_ipv4), (1, 1.0, 9));
+        assert_eq!(n1.pools, ["p1"]);
+        assert_eq!(allocation(&store, "n2").vcpus, 0.5);
+        store
+            .resize_vps(
+                &db.vps_id,
+                "nano",
+                &Resources {
+                    vcpus: 2.0,
+                    ..db.resources.clone()
+                },
+            )
+            .expect("resize");
+        assert_eq!(allocation(&store, "n2").vcpus, 2.0);
+        store.remove_vps(&web.vps_id).expect("remove");
+        assert!(store.list_vps_on_node("n1").expect("list").is_empty());
+        let n1 = allocation(&store, "n1");
+        assert_eq!((n1.vps_count, n1.vcpus, n1.free_ipv4), (0, 0.0, 10));
+        store.delete_pool("p1").expect("delete pool");
+        assert_eq!(allocation(&store, "n1"), NodeAllocationRecord::default());
+    }
+
+    #[test]
+    fn a_store_from_before_the_node_index_gets_it_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let expected = {
+            let store = SledStore::create(dir.path()).expect("create");
+            store.create_tenant(&tenant("acme", 10)).expect("tenant");
+            store.create_pool(&pool("p1", "n1", 1)).expect("pool");
+            for i in 0..3 {
+                let mut one = vps("acme", &format!("v{i}"));
+                one.resources.ipv4_count = 1;
+                store.create_vps(&one).expect("vps");
+            }
+            let expected = store.node_allocations().expect("allocations");
+            // What a store written by the previous version looks like: no
+            // index trees and no marker.
+            store.vps_nodes.clear().expect("clear");
+            store.node_allocations.clear().expect("clear");
+            store
+                .db
+                .open_tree(META)
+                .expect("meta")
+                .remove(NODE_INDEX_KEY)
+                .expect("unmark");
+            store.db.flush().expect("flush");
+            expected
+        };
+        let reopened = (0..50)
+            .find_map(|_| match SledStore::open(dir.path()) {
+                Ok(store) => Some(store),
+                Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    None
+                }
+            })
+            .expect("reopen within 5 s");
+        assert_eq!(reopened.node_allocations().expect("rebuilt"), expected);
+        assert_eq!(reopened.list_vps_on_node("n1").expect("list").len(), 3);
+        assert_eq!(allocation(&reopened, "n1").free_ipv4, 7);
     }
 
     #[test]

@@ -1,0 +1,477 @@
+//! The control plane at scale: the real `paddock-controller` binary with its real sled store
+//! (every acknowledged create flushed to disk), many simulated nodes (`crate::simulator`: the
+//! real agent protocol with enrolment and mutual TLS per node, no containers), and many
+//! concurrent API clients creating VPSes across tenants. Measures placements per second
+//! (CreateVps acknowledged per second), CreateVps latency under that load beside GetVps latency
+//! on the same controller and load, and how many ApplyVps an idle fleet costs per second.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use paddock_proto::v1;
+use paddock_proto::v1::tenant_service_client::TenantServiceClient;
+use paddock_proto::v1::vps_service_client::VpsServiceClient;
+use tonic::transport::Channel;
+
+use crate::report::{Row, ScenarioReport};
+use crate::simulator::{self, ControllerAccess, Simulator};
+use crate::stats::Samples;
+use crate::Options;
+
+/// How the run is sized.
+struct Size {
+    nodes: usize,
+    creates: usize,
+    /// Concurrent API clients.
+    clients: usize,
+    tenants: usize,
+    /// Creating stops here even if fewer than `creates` were made (full mode's time bound).
+    create_budget: Duration,
+    heartbeat_secs: u32,
+    reconcile_secs: u32,
+}
+
+const PLAN: &str = "sim";
+
+pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
+    let mut size = if options.quick {
+        Size {
+            nodes: 20,
+            creates: 100,
+            clients: 16,
+            tenants: 4,
+            create_budget: Duration::from_secs(60),
+            heartbeat_secs: 2,
+            reconcile_secs: 2,
+        }
+    } else {
+        Size {
+            nodes: 10_000,
+            creates: 100_000,
+            clients: 128,
+            tenants: 100,
+            create_budget: Duration::from_secs(240),
+            heartbeat_secs: 10,
+            reconcile_secs: 10,
+        }
+    };
+    // Per simulated node the bench holds a listener, the controller's connection to it and its
+    // own connection to the controller; the controller (a child: it inherits the limit) the
+    // other ends. Fit the node count into what the limit allows.
+    let limit = simulator::raise_fd_limit(8 * size.nodes as u64 + 4096)?;
+    let fitting = (limit.saturating_sub(1024) / 3) as usize;
+    if fitting < size.nodes {
+        report.note(format!(
+            "RLIMIT_NOFILE is {limit} (raised as far as allowed): {fitting} of {} nodes fit \
+             at 3 descriptors per simulated node",
+            size.nodes
+        ));
+        size.nodes = fitting.max(1);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(measure(options, &size, report))
+}
+
+async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("paddock-bench-cp-")
+        .tempdir()?;
+    let controller = ControllerProcess::start(options, dir.path(), size)?;
+    let access = controller.access()?;
+    let admin = format!("Bearer {}", controller.admin_token);
+
+    let setup = Instant::now();
+    let simulator = Simulator::start(
+        &access,
+        size.nodes,
+        32,
+        Duration::from_secs(u64::from(size.heartbeat_secs)),
+    )
+    .await?;
+    let setup_secs = setup.elapsed().as_secs_f64();
+    report.note(format!(
+        "simulated nodes: {} (each enrolled with the join token, own key and certificate, \
+         NodeAgent over mutual TLS on its own 127.64.x.y address, heartbeat every {} s); they \
+         create no containers. Controller: the real binary (paddock-bench's binary dir), sled store in a temp dir, \
+         durability on (each create flushed, group commit), reconcile tick {} s. Enrol + \
+         register of all nodes took {setup_secs:.1} s",
+        simulator.nodes, size.heartbeat_secs, size.reconcile_secs
+    ));
+
+    let channel = simulator::controller_channel(&access).await?;
+    setup_tenants(&channel, &admin, size).await?;
+
+    // Placements: `clients` concurrent callers, each VPS in one of `tenants` tenants.
+    let channels = connect_many(&access, 8).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + size.create_budget;
+    let started = Instant::now();
+    let creates = run_clients(size.clients, &channels, |client, _| {
+        let next = next.clone();
+        let admin = admin.clone();
+        let total = size.creates;
+        let tenants = size.tenants;
+        async move {
+            let mut samples = Samples::new();
+            let mut failed = 0usize;
+            let mut first_error = None;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= total || Instant::now() >= deadline {
+                    break;
+                }
+                let request = authorized(
+                    &admin,
+                    v1::CreateVpsRequest {
+                        tenant: format!("t{}", index % tenants),
+                        name: format!("v{index}"),
+                        plan: PLAN.to_owned(),
+                        template: String::new(),
+                        overrides: None,
+                        start: true,
+                        node_selector: Default::default(),
+                    },
+                )?;
+                let mut client = client.clone();
+                let began = Instant::now();
+                let result = client.create_vps(request).await;
+                samples.push_ms(began.elapsed());
+                if let Err(status) = result {
+                    failed += 1;
+                    first_error.get_or_insert(status);
+                }
+            }
+            Ok((samples, failed, first_error))
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut create = Samples::new();
+    let mut failed = 0;
+    let mut first_error = None;
+    for (samples, f, error) in creates {
+        for value in samples.values() {
+            create.push(*value);
+        }
+        failed += f;
+        if first_error.is_none() {
+            first_error = error;
+        }
+    }
+    let attempted = create.len();
+    let made = attempted - failed;
+    ensure!(
+        made > 0,
+        "no create succeeded; first error: {:?}",
+        first_error.map(|status| status.message().to_owned())
+    );
+    if failed > 0 {
+        report.note(format!(
+            "{failed} of {attempted} creates failed; first error: {:?}",
+            first_error.map(|status| status.message().to_owned())
+        ));
+    }
+    if made < size.creates {
+        report.note(format!(
+            "{made} of {} creates made within the {} s budget",
+            size.creates,
+            size.create_budget.as_secs()
+        ));
+    }
+    let placements_per_sec = made as f64 / elapsed;
+
+    // The baseline: GetVps of the VPSes just made, same clients, same controller and fleet.
+    let reads = made.min(size.creates.min(20_000));
+    let next = Arc::new(AtomicUsize::new(0));
+    let gets = run_clients(size.clients, &channels, |client, _| {
+        let next = next.clone();
+        let admin = admin.clone();
+        let tenants = size.tenants;
+        async move {
+            let mut samples = Samples::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= reads {
+                    break;
+                }
+                // Spread over everything created (a failed create's name is NotFound: still an answer).
+                let target = (index * 7919) % attempted.max(1);
+                let request = authorized(
+                    &admin,
+                    v1::VpsRef {
+                        tenant: format!("t{}", target % tenants),
+                        name: format!("v{target}"),
+                    },
+                )?;
+                let mut client = client.clone();
+                let began = Instant::now();
+                let _ = client.get_vps(request).await;
+                samples.push_ms(began.elapsed());
+            }
+            Ok((samples, 0, None))
+        }
+    })
+    .await?;
+    let mut get = Samples::new();
+    for (samples, _, _) in gets {
+        for value in samples.values() {
+            get.push(*value);
+        }
+    }
+
+    // Every VPS applied once, then an idle window of two reconcile ticks.
+    let settle = Instant::now() + Duration::from_secs(120);
+    while simulator.counters.applies.load(Ordering::Relaxed) < made as u64
+        && Instant::now() < settle
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let applied = simulator.counters.applies.load(Ordering::Relaxed);
+    let window = Duration::from_secs(u64::from(size.reconcile_secs) * 2 + 1);
+    let lists_before = simulator.counters.lists.load(Ordering::Relaxed);
+    tokio::time::sleep(window).await;
+    let idle_applies = simulator.counters.applies.load(Ordering::Relaxed) - applied;
+    let idle_lists = simulator.counters.lists.load(Ordering::Relaxed) - lists_before;
+    report.note(format!(
+        "{made} VPSes on {} nodes; {attempted} creates by {} concurrent clients (8 HTTP/2 \
+         connections) over {} tenants in {elapsed:.1} s, plan without IPv4 addresses (no \
+         pools); GetVps baseline: {} reads by the same clients after the creates. Idle window \
+         {} s: {idle_applies} ApplyVps and {idle_lists} ListVps; the baseline is what \
+         re-applying every VPS every tick (the reconciler before issue 12) would send",
+        simulator.nodes,
+        size.clients,
+        size.tenants,
+        get.len(),
+        window.as_secs()
+    ));
+
+    report.row(
+        single(
+            "placements/s (CreateVps acknowledged, durable)",
+            "1/s",
+            placements_per_sec,
+            made,
+        )
+        .against("Nomad C1M anchor", 3750.0),
+    );
+    report.row(
+        Row::median("CreateVps latency under load", "ms", &create)?
+            .against_median("GetVps latency, same load", &get)?,
+    );
+    report.row(
+        single(
+            "nodes reached",
+            "nodes",
+            simulator.nodes as f64,
+            simulator.nodes,
+        )
+        .against("target", 10_000.0),
+    );
+    report.row(
+        single(
+            "idle ApplyVps/s after convergence",
+            "1/s",
+            idle_applies as f64 / window.as_secs_f64(),
+            1,
+        )
+        .against(
+            "re-apply every VPS every tick",
+            made as f64 / f64::from(size.reconcile_secs),
+        ),
+    );
+    drop(simulator);
+    drop(controller);
+    Ok(())
+}
+
+/// A row of one measured value.
+fn single(metric: &str, unit: &str, value: f64, samples: usize) -> Row {
+    Row {
+        metric: metric.to_owned(),
+        unit: unit.to_owned(),
+        value,
+        p95: None,
+        p99: None,
+        samples,
+        baseline: None,
+    }
+}
+
+fn authorized<T>(bearer: &str, message: T) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse()?);
+    request.set_timeout(Duration::from_secs(120));
+    Ok(request)
+}
+
+async fn connect_many(access: &ControllerAccess, count: usize) -> Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        channels.push(simulator::controller_channel(access).await?);
+    }
+    Ok(channels)
+}
+
+type ClientOutcome = (Samples, usize, Option<tonic::Status>);
+
+/// Runs `clients` concurrent callers, each on one of `channels`, and collects what they return.
+async fn run_clients<F, Fut>(
+    clients: usize,
+    channels: &[Channel],
+    make: F,
+) -> Result<Vec<ClientOutcome>>
+where
+    F: Fn(VpsServiceClient<Channel>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<ClientOutcome>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let client = VpsServiceClient::new(channels[i % channels.len()].clone());
+            tokio::spawn(make(client, i))
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(clients);
+    for task in tasks {
+        outcomes.push(task.await.context("client task")??);
+    }
+    Ok(outcomes)
+}
+
+async fn setup_tenants(channel: &Channel, admin: &str, size: &Size) -> Result<()> {
+    use paddock_proto::v1::plan_service_client::PlanServiceClient;
+    PlanServiceClient::new(channel.clone())
+        .create_plan(authorized(
+            admin,
+            v1::CreatePlanRequest {
+                plan: Some(v1::Plan {
+                    name: PLAN.to_owned(),
+                    resources: Some(v1::Resources {
+                        vcpus: 0.25,
+                        cpu_weight: 100,
+                        memory_bytes: 256 << 20,
+                        disk_bytes: 1 << 30,
+                        pids_max: 128,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+        )?)
+        .await
+        .context("creating the plan")?;
+    let mut tenants = TenantServiceClient::new(channel.clone());
+    for t in 0..size.tenants {
+        tenants
+            .create_tenant(authorized(
+                admin,
+                v1::CreateTenantRequest {
+                    name: format!("t{t}"),
+                    quota: Some(v1::Quota {
+                        max_vps: 1_000_000,
+                        vcpus: 1e7,
+                        memory_bytes: u64::MAX / 4,
+                        disk_bytes: u64::MAX / 4,
+                        ipv4_count: 0,
+                    }),
+                },
+            )?)
+            .await
+            .with_context(|| format!("creating tenant t{t}"))?;
+    }
+    Ok(())
+}
+
+/// The real controller binary, killed and reaped on drop.
+struct ControllerProcess {
+    child: Child,
+    port: u16,
+    data_dir: std::path::PathBuf,
+    admin_token: String,
+}
+
+impl ControllerProcess {
+    fn start(options: &Options, dir: &Path, size: &Size) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let data_dir = dir.join("controller");
+        let config = dir.join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"off\"\ndata_dir = \"{}\"\n\
+                 heartbeat_interval_secs = {}\nnode_offline_after_secs = {}\n\
+                 reconcile_interval_secs = {}\n",
+                data_dir.display(),
+                size.heartbeat_secs,
+                size.heartbeat_secs * 12,
+                size.reconcile_secs
+            ),
+        )?;
+        let binary = options.bin_dir.join("paddock-controller");
+        let init = Command::new(&binary)
+            .arg("--config")
+            .arg(&config)
+            .arg("init")
+            .output()
+            .with_context(|| format!("running {} init", binary.display()))?;
+        if !init.status.success() {
+            bail!("controller init: {}", String::from_utf8_lossy(&init.stderr));
+        }
+        let admin_token = String::from_utf8(init.stdout)?.trim().to_owned();
+        let log = std::fs::File::create(dir.join("controller.log"))?;
+        let child = Command::new(&binary)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the controller")?;
+        let process = Self {
+            child,
+            port,
+            data_dir,
+            admin_token,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "the controller did not listen within 30 s: {}",
+                    std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(process)
+    }
+
+    fn access(&self) -> Result<ControllerAccess> {
+        Ok(ControllerAccess {
+            url: format!("https://127.0.0.1:{}", self.port),
+            ca_pem: std::fs::read_to_string(self.data_dir.join("tls/ca.crt"))
+                .context("reading the controller CA")?,
+            join_token: std::fs::read_to_string(self.data_dir.join("join-token"))
+                .context("reading the join token")?
+                .trim()
+                .to_owned(),
+        })
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,155 @@
+//! The scheduler's view of every node, kept in memory between placements so a
+//! create does not read every node from the store: rebuilt from the store
+//! when older than its time to live or after a node or pool changed, and
+//! charged at once with every placement it hands out, so placements made in
+//! between (and concurrent ones) see each other.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::ControllerError;
+use crate::scheduler::{self, NodeView, Placement};
+use crate::store::Resources;
+
+/// How long a view built from the store is reused.
+pub const VIEW_TTL: Duration = Duration::from_secs(1);
+
+/// Node views for placement, shared by every create.
+#[derive(Default)]
+pub struct PlacementCache {
+    state: Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    views: Vec<NodeView>,
+    built: Instant,
+}
+
+impl PlacementCache {
+    /// Picks a node for `need` and charges the view with it; the caller
+    /// [`release`](Self::release)s it if the VPS is not stored after all.
+    pub fn place(
+        &self,
+        load: impl FnOnce() -> Result<Vec<NodeView>, ControllerError>,
+        need: &Resources,
+        placement: &Placement,
+    ) -> Result<String, ControllerError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = state
+            .as_ref()
+            .is_some_and(|cached| cached.built.elapsed() < VIEW_TTL);
+        if !fresh {
+            *state = Some(Cached {
+                views: load()?,
+                built: Instant::now(),
+            });
+        }
+        let cached = state.as_mut().ok_or_else(|| {
+            ControllerError::Precondition("placement view unavailable".to_owned())
+        })?;
+        let node = scheduler::place_with(&cached.views, need, placement)?;
+        if let Some(view) = cached.views.iter_mut().find(|view| view.name == node) {
+            charge(view, need, 1.0);
+        }
+        Ok(node)
+    }
+
+    /// Gives back what [`place`](Self::place) charged to `node` for `need`.
+    pub fn release(&self, node: &str, need: &Resources) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(view) = state
+            .as_mut()
+            .and_then(|cached| cached.views.iter_mut().find(|view| view.name == node))
+        {
+            charge(view, need, -1.0);
+        }
+    }
+
+    /// Forgets the view: the next placement reads the store.
+    pub fn invalidate(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn charge(view: &mut NodeView, need: &Resources, sign: f64) {
+    view.allocated.vcpus += sign * need.vcpus;
+    if sign >= 0.0 {
+        view.allocated.memory_bytes = view
+            .allocated
+            .memory_bytes
+            .saturating_add(need.memory_bytes);
+        view.allocated.disk_bytes = view.allocated.disk_bytes.saturating_add(need.disk_bytes);
+        view.free_ipv4 = view.free_ipv4.saturating_sub(need.ipv4_count);
+    } else {
+        view.allocated.memory_bytes = view
+            .allocated
+            .memory_bytes
+            .saturating_sub(need.memory_bytes);
+        view.allocated.disk_bytes = view.allocated.disk_bytes.saturating_sub(need.disk_bytes);
+        view.free_ipv4 = view.free_ipv4.saturating_add(need.ipv4_count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Capacity;
+
+    fn node(name: &str) -> NodeView {
+        NodeView {
+            name: name.to_owned(),
+            online: true,
+            cordoned: false,
+            capacity: Capacity {
+                vcpus: 1.0,
+                memory_bytes: 1 << 30,
+                disk_bytes: 100 << 30,
+            },
+            allocated: Capacity::default(),
+            free_ipv4: 10,
+            pools: vec!["p".to_owned()],
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn placements_from_one_view_see_each_other_until_released() {
+        let cache = PlacementCache::default();
+        let need = Resources {
+            vcpus: 1.0,
+            memory_bytes: 1 << 30,
+            disk_bytes: 1 << 30,
+            ipv4_count: 1,
+            ..Resources::default()
+        };
+        let placement = Placement::default();
+        let load = || Ok(vec![node("a"), node("b")]);
+        let first = cache.place(load, &need, &placement).expect("first");
+        let second = cache
+            .place(|| panic!("the view is fresh"), &need, &placement)
+            .expect("second");
+        assert_ne!(first, second, "spread: the first placement is charged");
+        let full = cache.place(|| panic!("fresh"), &need, &placement);
+        assert!(full.is_err(), "both nodes' memory is promised");
+        cache.release(&first, &need);
+        assert_eq!(
+            cache
+                .place(|| panic!("fresh"), &need, &placement)
+                .expect("room again"),
+            first
+        );
+        cache.invalidate();
+        let mut reloaded = false;
+        cache
+            .place(
+                || {
+                    reloaded = true;
+                    Ok(vec![node("c")])
+                },
+                &need,
+                &placement,
+            )
+            .expect("after invalidate");
+        assert!(reloaded);
+    }
+}
