@@ -7,6 +7,9 @@ use crate::report::ScenarioReport;
 use crate::Options;
 
 mod api_path;
+mod limits;
+mod network;
+mod start_latency;
 
 /// A scenario of the suite.
 pub struct Scenario {
@@ -17,8 +20,25 @@ pub struct Scenario {
 }
 
 /// Every scenario, in run order.
-pub const ALL: &[Scenario] = &[Scenario {
-    name: "api-path",
-    title: "API path: create --wait until running, delete --wait until gone",
-    run: api_path::run,
-}];
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "api-path",
+        title: "API path: create --wait until running, delete --wait until gone",
+        run: api_path::run,
+    },
+    Scenario {
+        name: "start-latency",
+        title: "Start latency: the agent's runtime vs runc (and crun) on the same busybox rootfs",
+        run: start_latency::run,
+    },
+    Scenario {
+        name: "network",
+        title: "Network: VPS to VPS TCP throughput vs loopback and plain veths",
+        run: network::run,
+    },
+    Scenario {
+        name: "limits",
+        title: "Limit accuracy: CPU, IO bandwidth and IOPS, egress rate, measured vs configured",
+        run: limits::run,
+    },
+];
