@@ -161,7 +161,10 @@ impl Netns {
 
     /// Runs `ip ARGS` inside this namespace.
     pub fn ip(&self, args: &[&str]) -> Result<()> {
-        ip(&[&["-n", &self.pid().to_string()][..], args].concat())
+        let net = format!("--net={}", self.path().display());
+        run(Command::new("nsenter")
+            .args([net.as_str(), "--", "ip"])
+            .args(args))
     }
 }
 
@@ -172,16 +175,20 @@ impl Drop for Netns {
     }
 }
 
-/// Runs `ip ARGS` (`-n PID` selects the namespace of a process), failing with its stderr.
+/// Runs `ip ARGS` on the host, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
-    let output = Command::new("ip")
-        .args(args)
+    run(Command::new("ip").args(args))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let output = command
         .output()
-        .context("running ip (iproute2)")?;
+        .with_context(|| format!("running {:?}", command.get_program()))?;
     if !output.status.success() {
         bail!(
-            "ip {}: {}",
-            args.join(" "),
+            "{:?} {:?}: {}",
+            command.get_program(),
+            command.get_args().collect::<Vec<_>>(),
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
@@ -218,12 +225,24 @@ impl PlainPair {
                 pair.second.pid()
             };
             ip(&[
-                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
+                "link",
+                "add",
+                &host_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
                 &pid.to_string(),
             ])?;
             pair.veths.push(host_end.clone());
             ip(&["link", "set", &host_end, "master", &pair.bridge, "up"])?;
-            let ns = if index == 0 { &pair.first } else { &pair.second };
+            let ns = if index == 0 {
+                &pair.first
+            } else {
+                &pair.second
+            };
             ns.ip(&["addr", "add", &format!("{subnet}.{host}/24"), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
             ns.ip(&["link", "set", "lo", "up"])?;

@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use paddock_agent::network::{IfAddr, Isolation, Network, NetworkConfig, PortSpec};
 use paddock_agent::runtime::procview::{self, LxcfsConfig, ProcView};
-use paddock_agent::runtime::{idmap, Limits, ObservedState, Power, Runtime, RuntimeConfig, VpsSpec};
+use paddock_agent::runtime::{
+    idmap, Limits, ObservedState, Power, Runtime, RuntimeConfig, VpsSpec,
+};
 use paddock_agent::template;
 
 use crate::Options;
@@ -103,11 +105,6 @@ impl Node {
             node.network = Some(network);
         }
         Ok(node)
-    }
-
-    /// The node's state dir (templates, VPS dirs).
-    pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.path().to_path_buf()
     }
 
     /// Host path of the busybox template's root filesystem.
@@ -263,11 +260,6 @@ impl Node {
         }
         bail!("none of {files:?} in the cgroup of VPS {vps_id}")
     }
-
-    /// The host end of a VPS's veth.
-    pub fn host_ifname(vps_id: &str) -> String {
-        paddock_agent::network::host_ifname(vps_id)
-    }
 }
 
 impl Drop for Node {
@@ -283,8 +275,24 @@ impl Drop for Node {
             }
             paddock_tests::remove_network(&self.bridge);
         }
-        for root in paddock_tests::cgroup_roots() {
-            paddock_tests::purge_cgroup(&root.join(&self.cgroup_parent));
+        purge_cgroup_everywhere(&self.cgroup_parent);
+    }
+}
+
+/// Kills what is left in `parent` and removes it from every cgroup hierarchy mounted on this
+/// host, named ones (`name=systemd`) and a hybrid host's v2 mount included.
+pub fn purge_cgroup_everywhere(parent: &str) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let is_cgroup = right
+            .split_whitespace()
+            .next()
+            .is_some_and(|fstype| fstype == "cgroup" || fstype == "cgroup2");
+        if let (true, Some(mount_point)) = (is_cgroup, left.split_whitespace().nth(4)) {
+            paddock_tests::purge_cgroup(&PathBuf::from(mount_point).join(parent));
         }
     }
 }

@@ -38,7 +38,12 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     let second_ns = node.netns(&second)?;
 
     let tag = unique_tag();
-    let plain_subnet = format!("10.{}.{}", 60 + std::process::id() % 40, 250 + tag.len() % 5);
+    // Beside the node's 10.A.0-249: 10.A.250-254.
+    let plain_subnet = format!(
+        "10.{}.{}",
+        60 + std::process::id() % 40,
+        250 + tag.parse::<u32>().unwrap_or(0) % 5
+    );
     let plain = PlainPair::new(&tag, &plain_subnet)?;
     let plain_ip = plain.first_ip()?;
 
@@ -83,7 +88,10 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             window,
         )?));
     }
-    report.row(Row::median("VPS → VPS (agent bridge)", "Gbit/s", &vps)?.against_median("host loopback", &loopback)?);
+    report.row(
+        Row::median("VPS → VPS (agent bridge)", "Gbit/s", &vps)?
+            .against_median("host loopback", &loopback)?,
+    );
     report.row(
         Row::median("VPS → VPS (agent bridge), vs plain veths", "Gbit/s", &vps)?
             .against_median("plain netns veths on a bridge", &veth)?,

@@ -5,6 +5,7 @@
 //! a slow phase of the machine hits all of them.
 
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,6 +70,11 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
         oci.version("runc")
     ));
     report.note(
+        "Before each stop (not timed) the bench waits until the init takes the halt signal \
+         (blocked for sigtimedwait, /proc SigBlk, or waiting in it): until then busybox init, a PID 1 without a \
+         handler, ignores it, on either runtime.",
+    );
+    report.note(
         "stop is dominated by busybox init's own power-off: on SIGUSR2 it runs its shutdown \
          actions, sends SIGTERM to every process, waits about 1 s, sends SIGKILL, waits again, \
          then exits; both the agent and runc wait for that (the agent's grace is 10 s).",
@@ -80,8 +86,11 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     for run in 0..runs {
         let vps_id = format!("bench-start-{run}");
         let started = Instant::now();
-        node.create_start(&vps_id, &limits, None)?;
+        let init_pid = node.create_start(&vps_id, &limits, None)?;
         let start = started.elapsed();
+        // Not timed: busybox init ignores the halt signal until it has installed its handlers
+        // (a PID 1 without a handler ignores signals), which it does after `start` returned.
+        wait_catches(init_pid as i32, libc::SIGUSR2)?;
         let stopping = Instant::now();
         node.stop(&vps_id, &limits)?;
         let stop = stopping.elapsed();
@@ -183,11 +192,24 @@ impl OciBench {
     fn config(&self, rootfs: &Path, limits: &Limits, host_id: u32) -> serde_json::Value {
         let period_us: u64 = 100_000;
         let quota_us = (limits.vcpus * period_us as f64) as i64;
-        let mapping = json!([{ "containerID": 0, "hostID": host_id, "size": idmap::ID_RANGE_SIZE }]);
+        let mapping =
+            json!([{ "containerID": 0, "hostID": host_id, "size": idmap::ID_RANGE_SIZE }]);
         let caps = json!([
-            "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-            "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT",
-            "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_KILL",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_NET_RAW",
+            "CAP_SYS_CHROOT",
+            "CAP_AUDIT_WRITE",
+            "CAP_SETFCAP",
+            "CAP_NET_ADMIN",
+            "CAP_SYS_ADMIN"
         ]);
         json!({
             "ociVersion": "1.0.2",
@@ -303,6 +325,7 @@ impl OciBench {
             .parse()
             .context("pid file")?;
 
+        wait_catches(pid, libc::SIGUSR2)?;
         let stopping = Instant::now();
         run_ok(self.command(runtime).args(["kill", &id, "USR2"]))
             .with_context(|| format!("{runtime} kill"))?;
@@ -311,7 +334,8 @@ impl OciBench {
         let stop = stopping.elapsed();
 
         let deleting = Instant::now();
-        run_ok(self.command(runtime).args(["delete", &id])).with_context(|| format!("{runtime} delete"))?;
+        run_ok(self.command(runtime).args(["delete", &id]))
+            .with_context(|| format!("{runtime} delete"))?;
         Ok((start, stop, deleting.elapsed()))
     }
 }
@@ -334,28 +358,62 @@ impl Drop for OciBench {
                 }
             }
         }
-        for root in paddock_tests::cgroup_roots() {
-            paddock_tests::purge_cgroup(&root.join(&self.cgroup_parent));
-        }
+        crate::node::purge_cgroup_everywhere(&self.cgroup_parent);
     }
 }
 
-/// Runs a command, failing with its stderr unless it exits 0.
+/// Runs a command, failing with its stderr unless it exits 0. stderr goes through a file, not
+/// a pipe: a container started with `run -d` inherits it and would hold a pipe open forever.
 fn run_ok(command: &mut Command) -> Result<()> {
-    let output = command
-        .stderr(Stdio::piped())
-        .output()
+    let mut stderr = tempfile::tempfile().context("stderr file")?;
+    let status = command
+        .stderr(stderr.try_clone()?)
+        .status()
         .with_context(|| format!("running {:?}", command.get_program()))?;
-    if !output.status.success() {
+    if !status.success() {
+        let mut text = String::new();
+        stderr.seek(SeekFrom::Start(0))?;
+        stderr.read_to_string(&mut text)?;
         bail!(
-            "{:?} {:?}: {}: {}",
+            "{:?} {:?}: {status}: {}",
             command.get_program(),
             command.get_args().collect::<Vec<_>>(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            text.trim()
         );
     }
     Ok(())
+}
+
+/// Waits until process `pid` takes `signal`: it has a handler for it, blocks it to collect it
+/// with sigtimedwait as busybox init does (`SigCgt` or `SigBlk` in /proc), or sits in
+/// sigtimedwait (which unblocks the signals it waits for while it waits).
+fn wait_catches(pid: i32, signal: i32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bit = 1u64 << (signal - 1);
+    loop {
+        let taken = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .map(|status| {
+                status
+                    .lines()
+                    .filter_map(|line| {
+                        line.strip_prefix("SigCgt:")
+                            .or_else(|| line.strip_prefix("SigBlk:"))
+                            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                    })
+                    .fold(0, |mask, set| mask | set)
+            });
+        let waiting = fs::read_to_string(format!("/proc/{pid}/wchan"))
+            .is_ok_and(|wchan| wchan.contains("sigtimedwait"));
+        match taken {
+            Some(mask) if mask & bit != 0 || waiting => return Ok(()),
+            None => bail!("init {pid} is gone before it could be stopped"),
+            Some(_) if Instant::now() >= deadline => {
+                bail!("init {pid} does not take signal {signal} after 10 s")
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
 }
 
 /// Waits until `pid` is gone or a zombie (this machine's PID 1 may never reap it).
