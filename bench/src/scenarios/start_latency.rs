@@ -64,8 +64,9 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
         "runc {}: `runc run -d` of an OCI bundle of a copy of the same busybox rootfs (a plain \
          directory, chowned to the mapped root: no disk image, no overlay), namespaces user \
          (65536 ids), pid, mount, uts, ipc, net, cgroup; memory 64 MiB, pids 256, CPU quota \
-         100000/100000 us (cgroupfs); `runc kill` with busybox init's halt signal (SIGUSR2) \
-         then wait until the init is gone, `runc delete`. Each sample includes spawning the \
+         100000/100000 us (cgroupfs); `runc kill` with busybox init's halt signal (SIGUSR2), \
+         sent again after 1 s and at doubling intervals as the agent does, until the init is \
+         gone; `runc delete`. Each sample includes spawning the \
          runc process.",
         oci.version("runc")
     ));
@@ -83,29 +84,37 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     let mut runc = Cycle::default();
     let mut crun = Cycle::default();
     let mut crun_error: Option<String> = None;
+    // A failed cycle ends the loop; what was measured before it is still reported.
+    let mut failure = None;
     for run in 0..runs {
-        let vps_id = format!("bench-start-{run}");
-        let started = Instant::now();
-        let init_pid = node.create_start(&vps_id, &limits, None)?;
-        let start = started.elapsed();
-        // Not timed: busybox init ignores the halt signal until it has installed its handlers
-        // (a PID 1 without a handler ignores signals), which it does after `start` returned.
-        wait_catches(init_pid as i32, libc::SIGUSR2)?;
-        let stopping = Instant::now();
-        node.stop(&vps_id, &limits)?;
-        let stop = stopping.elapsed();
-        let deleting = Instant::now();
-        node.delete(&vps_id)?;
-        agent.record(start, stop, deleting.elapsed());
+        let cycle = (|| -> Result<()> {
+            let vps_id = format!("bench-start-{run}");
+            let started = Instant::now();
+            let init_pid = node.create_start(&vps_id, &limits, None)?;
+            let start = started.elapsed();
+            // Not timed: busybox init ignores the halt signal until it takes it (see the note).
+            wait_catches(init_pid as i32, libc::SIGUSR2)?;
+            let stopping = Instant::now();
+            node.stop(&vps_id, &limits)?;
+            let stop = stopping.elapsed();
+            let deleting = Instant::now();
+            node.delete(&vps_id)?;
+            agent.record(start, stop, deleting.elapsed());
 
-        let (start, stop, delete) = oci.cycle("runc", run)?;
-        runc.record(start, stop, delete);
+            let (start, stop, delete) = oci.cycle("runc", run)?;
+            runc.record(start, stop, delete);
 
-        if crun_error.is_none() {
-            match oci.cycle("crun", run) {
-                Ok((start, stop, delete)) => crun.record(start, stop, delete),
-                Err(error) => crun_error = Some(format!("{error:#}")),
+            if crun_error.is_none() {
+                match oci.cycle("crun", run) {
+                    Ok((start, stop, delete)) => crun.record(start, stop, delete),
+                    Err(error) => crun_error = Some(format!("{error:#}")),
+                }
             }
+            Ok(())
+        })();
+        if let Err(error) = cycle {
+            failure = Some(error.context(format!("cycle {run}")));
+            break;
         }
     }
     let rows: [(&str, fn(&Cycle) -> &Samples); 4] = [
@@ -138,7 +147,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             ));
         }
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// OCI bundles of the busybox rootfs for runc and crun, with their own state roots, container
@@ -327,10 +336,21 @@ impl OciBench {
 
         wait_catches(pid, libc::SIGUSR2)?;
         let stopping = Instant::now();
-        run_ok(self.command(runtime).args(["kill", &id, "USR2"]))
-            .with_context(|| format!("{runtime} kill"))?;
-        wait_exited(pid, Duration::from_secs(30))
-            .with_context(|| format!("{runtime} container {id}"))?;
+        // Like the agent's stop: the halt signal again after 1 s, then at doubling intervals.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut interval = Duration::from_secs(1);
+        loop {
+            run_ok(self.command(runtime).args(["kill", &id, "USR2"]))
+                .with_context(|| format!("{runtime} kill"))?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if wait_exited(pid, interval.min(remaining))? {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("{runtime} container {id}: init {pid} still running after 30 s");
+            }
+            interval = interval.saturating_mul(2);
+        }
         let stop = stopping.elapsed();
 
         let deleting = Instant::now();
@@ -416,8 +436,9 @@ fn wait_catches(pid: i32, signal: i32) -> Result<()> {
     }
 }
 
-/// Waits until `pid` is gone or a zombie (this machine's PID 1 may never reap it).
-fn wait_exited(pid: i32, timeout: Duration) -> Result<()> {
+/// Waits up to `timeout` until `pid` is gone or a zombie (this machine's PID 1 may never reap
+/// it); returns whether it is.
+fn wait_exited(pid: i32, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {
         let state = fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -427,10 +448,8 @@ fn wait_exited(pid: i32, timeout: Duration) -> Result<()> {
                     .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
             });
         match state.as_deref() {
-            None | Some("Z") | Some("X") => return Ok(()),
-            Some(_) if Instant::now() >= deadline => {
-                bail!("init {pid} still running after {timeout:?}")
-            }
+            None | Some("Z") | Some("X") => return Ok(true),
+            Some(_) if Instant::now() >= deadline => return Ok(false),
             Some(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
