@@ -30,7 +30,10 @@ fn limits() -> Limits {
     }
 }
 
-/// One phase's samples of one runtime.
+/// Picks one phase's samples out of a [`Cycle`].
+type Phase = fn(&Cycle) -> &Samples;
+
+/// The samples of one runtime, per phase.
 #[derive(Default)]
 struct Cycle {
     start: Samples,
@@ -117,7 +120,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             break;
         }
     }
-    let rows: [(&str, fn(&Cycle) -> &Samples); 4] = [
+    let rows: [(&str, Phase); 4] = [
         ("start (create+start)", |c| &c.start),
         ("stop", |c| &c.stop),
         ("delete", |c| &c.delete),
