@@ -342,9 +342,14 @@ impl OciBench {
         // Like the agent's stop: the halt signal again after 1 s, then at doubling intervals.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut interval = Duration::from_secs(1);
+        let mut sent = false;
         loop {
-            run_ok(self.command(runtime).args(["kill", &id, "USR2"]))
-                .with_context(|| format!("{runtime} kill"))?;
+            let kill = run_ok(self.command(runtime).args(["kill", &id, "USR2"]));
+            // A resend may find the init already on its way out ("container not running").
+            if !sent {
+                kill.with_context(|| format!("{runtime} kill"))?;
+                sent = true;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if wait_exited(pid, interval.min(remaining))? {
                 break;
