@@ -4,10 +4,12 @@ set -euo pipefail
 
 # gcc + libc6-dev: the runtime tests build a static in-VPS isolation probe.
 # debootstrap: the debian-12 template (its boot test builds one).
+# runc, crun: the baselines of the bench's start-latency scenario (OCI bundles of the same busybox
+# rootfs; crun only where the host's cgroup mode allows it).
 # lxcfs: each VPS's own /proc/meminfo, cpuinfo, stat, uptime, loadavg, swaps (the agent starts
 # it, or reuses a running one; see proc_view in config/agent.toml).
 # systemd: `systemd-analyze verify` checks the units `make install` ships.
-packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs systemd)
+packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

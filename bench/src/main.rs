@@ -3,6 +3,8 @@
 //! test` runs `--quick` (few iterations, small N) so that no scenario can rot. Speed is never
 //! a pass/fail threshold: quick mode fails only when a scenario cannot run.
 
+mod netns;
+mod node;
 mod report;
 mod scenarios;
 mod simulator;

@@ -629,7 +629,7 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
 }
 
 /// Removes a cluster's bridge, every link the agent marked as its own, and its nft tables.
-fn remove_network(bridge: &str) {
+pub fn remove_network(bridge: &str) {
     let marker = format!("paddock:{bridge}:");
     if let Ok(links) = Command::new("ip").args(["-o", "link", "show"]).output() {
         for line in String::from_utf8_lossy(&links.stdout).lines() {
@@ -651,7 +651,7 @@ fn remove_network(bridge: &str) {
 }
 
 /// Kills every process in a cgroup dir tree and removes it, deepest first.
-fn purge_cgroup(dir: &Path) {
+pub fn purge_cgroup(dir: &Path) {
     if !dir.exists() {
         return;
     }

@@ -8,6 +8,9 @@ use crate::Options;
 
 mod api_path;
 mod control_plane;
+mod limits;
+mod network;
+mod start_latency;
 
 /// A scenario of the suite.
 pub struct Scenario {
@@ -23,6 +26,21 @@ pub const ALL: &[Scenario] = &[
         name: "api-path",
         title: "API path: create --wait until running, delete --wait until gone",
         run: api_path::run,
+    },
+    Scenario {
+        name: "start-latency",
+        title: "Start latency: the agent's runtime vs runc (and crun) on the same busybox rootfs",
+        run: start_latency::run,
+    },
+    Scenario {
+        name: "network",
+        title: "Network: VPS to VPS TCP throughput vs loopback and plain veths",
+        run: network::run,
+    },
+    Scenario {
+        name: "limits",
+        title: "Limit accuracy: CPU, IO bandwidth and IOPS, egress rate, measured vs configured",
+        run: limits::run,
     },
     Scenario {
         name: "control-plane",
