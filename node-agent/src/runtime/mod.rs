@@ -93,6 +93,9 @@ pub struct RuntimeConfig {
     pub cgroup_parent: String,
     /// How long a stop waits for the init to power off before SIGKILL.
     pub stop_grace: Duration,
+    /// Deadline of the start helper and of each helper or disk tool on the start path; one
+    /// that misses it is killed and the start fails naming the step.
+    pub start_timeout: Duration,
     /// The `paddock-agent` executable, re-executed with [`INTERNAL_ARG`] for helpers.
     pub helper_binary: PathBuf,
     /// First host id handed to VPS user namespaces (each VPS gets the next free
@@ -567,7 +570,20 @@ impl Runtime {
                         vps_id: vps_id.to_string(),
                         source,
                     })?;
-                let (init, halt_signal) = self.start(&mut st)?;
+                let (init, halt_signal) = match self.start(&mut st) {
+                    Ok(started) => started,
+                    // A start that failed or missed its deadline may have left its init,
+                    // console supervisor or sysinfo server in the cgroup: none may stay.
+                    Err(error) => {
+                        return Err(match self.kill(None, &cgroup, vps_id) {
+                            Ok(()) => error,
+                            Err(cleanup) => RuntimeError::RollbackFailed {
+                                error: Box::new(error),
+                                cleanup: Box::new(cleanup),
+                            },
+                        })
+                    }
+                };
                 tracing::info!(vps_id, pid = init.pid, %halt_signal, "started VPS");
                 st.init = Some(init);
                 st.halt_signal = Some(halt_signal);
@@ -980,6 +996,7 @@ impl Runtime {
             image,
             &rootfs.disk,
             target_bytes,
+            self.config().start_timeout,
         )
         .map_err(growth_err)?;
         st.disk_grow_to = None;
@@ -1196,13 +1213,15 @@ impl Runtime {
             proc_binds,
             sysinfo_socket: self.sysinfo_socket(&vps_id),
         };
-        let init =
-            supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {
-                RuntimeError::Supervisor {
-                    vps_id: vps_id.to_string(),
-                    source,
-                }
-            })?;
+        let init = supervisor::start_init(
+            &self.config().helper_binary,
+            &request,
+            self.config().start_timeout,
+        )
+        .map_err(|source| RuntimeError::Supervisor {
+            vps_id: vps_id.to_string(),
+            source,
+        })?;
         Ok((init, halt_signal))
     }
 
