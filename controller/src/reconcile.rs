@@ -7,8 +7,8 @@
 //! the transfer limits of billing months that are over.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::future::join_all;
@@ -24,6 +24,33 @@ use crate::error::ControllerError;
 use crate::store::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// After an apply the agent answered with `error` (e.g. a start that missed its deadline),
+/// the same spec is applied again only after this, doubling per failure up to
+/// [`MAX_APPLY_BACKOFF`]; a changed spec is applied at once, a success resets it.
+pub const FIRST_APPLY_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between retries of a failing apply.
+pub const MAX_APPLY_BACKOFF: Duration = Duration::from_secs(600);
+
+/// A VPS whose last apply failed: what was applied, how often it failed in a row, and when
+/// it may be tried again.
+#[derive(Debug, Clone)]
+struct FailedApply {
+    digest: String,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// The failing applies of one node's VPSes, kept by its worker.
+type FailedApplies = Mutex<HashMap<String, FailedApply>>;
+
+/// The wait before retrying after `failures` failures in a row.
+fn apply_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_APPLY_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_APPLY_BACKOFF)
+}
 
 /// Asks for a node to be reconciled soon.
 #[derive(Clone)]
@@ -92,8 +119,9 @@ fn spawn_worker(controller: Arc<Controller>, node: String) -> mpsc::Sender<()> {
     let retry = sender.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
+        let failed = FailedApplies::default();
         while receiver.recv().await.is_some() {
-            match reconcile_node(&controller, &node).await {
+            match reconcile_node(&controller, &node, &failed).await {
                 Ok(()) => backoff = Duration::from_millis(500),
                 Err(error) => {
                     warn!(node = %node, %error, retry_in = ?backoff, "reconcile failed");
@@ -108,7 +136,11 @@ fn spawn_worker(controller: Arc<Controller>, node: String) -> mpsc::Sender<()> {
 }
 
 /// One pass over a node: apply or delete every VPS placed there.
-async fn reconcile_node(controller: &Controller, node_name: &str) -> Result<(), ControllerError> {
+async fn reconcile_node(
+    controller: &Controller,
+    node_name: &str,
+    failed: &FailedApplies,
+) -> Result<(), ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
         return Ok(());
     };
@@ -126,7 +158,7 @@ async fn reconcile_node(controller: &Controller, node_name: &str) -> Result<(), 
     let outcomes = join_all(
         vpses
             .iter()
-            .map(|vps| reconcile_vps(controller, client.clone(), node_name, vps)),
+            .map(|vps| reconcile_vps(controller, client.clone(), node_name, vps, failed)),
     )
     .await;
     let mut first_error = None;
@@ -147,6 +179,7 @@ async fn reconcile_vps(
     mut client: AgentClient,
     node: &str,
     vps: &VpsRecord,
+    failed: &FailedApplies,
 ) -> Result<(), ControllerError> {
     if vps.deleting {
         client
@@ -166,6 +199,15 @@ async fn reconcile_vps(
         .is_some_and(|tenant| tenant.suspended);
     let spec = convert::vps_spec(vps, suspended, Utc::now());
     let digest = convert::spec_digest(&spec);
+    let waiting = failed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&vps.vps_id)
+        .is_some_and(|f| f.digest == digest && Instant::now() < f.retry_at);
+    if waiting {
+        debug!(vps = %vps.name, node, "apply failed recently; retrying after the backoff");
+        return Ok(());
+    }
     let mut request = tonic::Request::new(spec);
     request.set_timeout(Duration::from_secs(120));
     let status = client
@@ -173,6 +215,27 @@ async fn reconcile_vps(
         .await
         .map_err(|status| agent_error(node, status))?
         .into_inner();
+    {
+        let mut failed = failed.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.state() == v1::AgentVpsState::Error {
+            let failures = failed
+                .get(&vps.vps_id)
+                .filter(|f| f.digest == digest)
+                .map_or(1, |f| f.failures.saturating_add(1));
+            let wait = apply_backoff(failures);
+            warn!(vps = %vps.name, node, failures, retry_in = ?wait, message = %status.message, "apply failed");
+            failed.insert(
+                vps.vps_id.clone(),
+                FailedApply {
+                    digest: digest.clone(),
+                    failures,
+                    retry_at: Instant::now() + wait,
+                },
+            );
+        } else {
+            failed.remove(&vps.vps_id);
+        }
+    }
     record_report(controller, &vps.vps_id, &status, Some(&digest))
 }
 
@@ -262,4 +325,18 @@ async fn report_orphans(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_backoff_doubles_from_30_s_to_10_min() {
+        assert_eq!(apply_backoff(1), Duration::from_secs(30));
+        assert_eq!(apply_backoff(2), Duration::from_secs(60));
+        assert_eq!(apply_backoff(5), Duration::from_secs(480));
+        assert_eq!(apply_backoff(6), MAX_APPLY_BACKOFF);
+        assert_eq!(apply_backoff(1000), MAX_APPLY_BACKOFF);
+    }
 }
