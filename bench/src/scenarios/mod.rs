@@ -6,7 +6,10 @@ use anyhow::Result;
 use crate::report::ScenarioReport;
 use crate::Options;
 
+mod agent_restart;
 mod api_path;
+mod density;
+mod fleet;
 
 /// A scenario of the suite.
 pub struct Scenario {
@@ -17,8 +20,20 @@ pub struct Scenario {
 }
 
 /// Every scenario, in run order.
-pub const ALL: &[Scenario] = &[Scenario {
-    name: "api-path",
-    title: "API path: create --wait until running, delete --wait until gone",
-    run: api_path::run,
-}];
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "api-path",
+        title: "API path: create --wait until running, delete --wait until gone",
+        run: api_path::run,
+    },
+    Scenario {
+        name: "density",
+        title: "Density: idle VPSes per node, host memory and agent CPU as N grows",
+        run: density::run,
+    },
+    Scenario {
+        name: "agent-restart",
+        title: "Agent restart: kill -9 with N running VPSes, re-adoption time, VPS restarts",
+        run: agent_restart::run,
+    },
+];
