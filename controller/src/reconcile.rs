@@ -41,8 +41,31 @@ struct FailedApply {
     retry_at: Instant,
 }
 
-/// The failing applies of one node's VPSes, kept by its worker.
-type FailedApplies = Mutex<HashMap<String, FailedApply>>;
+/// What one node's worker remembers between passes: the failing applies of its VPSes, and
+/// when each VPS was last applied.
+#[derive(Default)]
+struct NodeMemory {
+    failed: Mutex<HashMap<String, FailedApply>>,
+    applied_at: Mutex<HashMap<String, Instant>>,
+}
+
+/// How often a VPS the node reports converged (its last applied spec is the current one and
+/// its observed power matches) is applied anyway: the periodic full resync. Drift in between
+/// shows in the node's heartbeat reports (an init that died reports `stopped`) and is
+/// applied at the next pass.
+pub const FULL_RESYNC: Duration = Duration::from_secs(300);
+
+impl NodeMemory {
+    fn failed(&self) -> std::sync::MutexGuard<'_, HashMap<String, FailedApply>> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn applied_at(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.applied_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// The wait before retrying after `failures` failures in a row.
 fn apply_backoff(failures: u32) -> Duration {
@@ -119,9 +142,9 @@ fn spawn_worker(controller: Arc<Controller>, node: String) -> mpsc::Sender<()> {
     let retry = sender.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
-        let failed = FailedApplies::default();
+        let memory = NodeMemory::default();
         while receiver.recv().await.is_some() {
-            match reconcile_node(&controller, &node, &failed).await {
+            match reconcile_node(&controller, &node, &memory).await {
                 Ok(()) => backoff = Duration::from_millis(500),
                 Err(error) => {
                     warn!(node = %node, %error, retry_in = ?backoff, "reconcile failed");
@@ -139,7 +162,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String) -> mpsc::Sender<()> {
 async fn reconcile_node(
     controller: &Controller,
     node_name: &str,
-    failed: &FailedApplies,
+    memory: &NodeMemory,
 ) -> Result<(), ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
         return Ok(());
@@ -158,7 +181,7 @@ async fn reconcile_node(
     let outcomes = join_all(
         vpses
             .iter()
-            .map(|vps| reconcile_vps(controller, client.clone(), node_name, vps, failed)),
+            .map(|vps| reconcile_vps(controller, client.clone(), node_name, vps, memory)),
     )
     .await;
     let mut first_error = None;
@@ -179,9 +202,11 @@ async fn reconcile_vps(
     mut client: AgentClient,
     node: &str,
     vps: &VpsRecord,
-    failed: &FailedApplies,
+    memory: &NodeMemory,
 ) -> Result<(), ControllerError> {
     if vps.deleting {
+        memory.applied_at().remove(&vps.vps_id);
+        memory.failed().remove(&vps.vps_id);
         client
             .delete_vps(v1::AgentVpsRef {
                 vps_id: vps.vps_id.clone(),
@@ -199,13 +224,25 @@ async fn reconcile_vps(
         .is_some_and(|tenant| tenant.suspended);
     let spec = convert::vps_spec(vps, suspended, Utc::now());
     let digest = convert::spec_digest(&spec);
-    let waiting = failed
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    let waiting = memory
+        .failed()
         .get(&vps.vps_id)
         .is_some_and(|f| f.digest == digest && Instant::now() < f.retry_at);
     if waiting {
         debug!(vps = %vps.name, node, "apply failed recently; retrying after the backoff");
+        return Ok(());
+    }
+    let wanted = match spec.desired_power() {
+        v1::PowerState::Running => Observed::Running,
+        _ => Observed::Stopped,
+    };
+    let converged = vps.applied_spec.as_deref() == Some(digest.as_str())
+        && vps.observed.as_ref().is_some_and(|o| o.state == wanted);
+    let recently = memory
+        .applied_at()
+        .get(&vps.vps_id)
+        .is_some_and(|at| at.elapsed() < FULL_RESYNC);
+    if converged && recently {
         return Ok(());
     }
     let mut request = tonic::Request::new(spec);
@@ -215,8 +252,11 @@ async fn reconcile_vps(
         .await
         .map_err(|status| agent_error(node, status))?
         .into_inner();
+    memory
+        .applied_at()
+        .insert(vps.vps_id.clone(), Instant::now());
     {
-        let mut failed = failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut failed = memory.failed();
         if status.state() == v1::AgentVpsState::Error {
             let failures = failed
                 .get(&vps.vps_id)

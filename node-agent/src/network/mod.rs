@@ -482,7 +482,7 @@ impl Network {
             links
         };
         for link in &links {
-            let Some(name) = link_name(&link).map(str::to_owned) else {
+            let Some(name) = link_name(link).map(str::to_owned) else {
                 continue;
             };
             // Only links we made: marked with our alias, or named like a port

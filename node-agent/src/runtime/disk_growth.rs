@@ -130,6 +130,7 @@ mod tests {
             &image,
             dir.path(),
             64 << 20,
+            std::time::Duration::from_secs(60),
         )
         .expect_err("missing image");
         assert!(
@@ -151,6 +152,7 @@ mod tests {
             &image,
             dir.path(),
             16 << 20,
+            std::time::Duration::from_secs(60),
         )
         .expect_err("shrink");
         assert!(
