@@ -113,6 +113,13 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             .against_median(&format!("same at N={}", steps[0]), &baseline)?,
         );
     }
+    report.note(format!(
+        "creates refused and retried because the node was briefly offline (heartbeat late under \
+         the create burst): {}",
+        fleet
+            .offline_retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    ));
     Ok(())
 }
 

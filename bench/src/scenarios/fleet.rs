@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,9 @@ pub struct Fleet {
     pub cluster: Cluster,
     /// Names of the VPSes created so far, in order.
     pub names: Vec<String>,
+    /// Creates refused because the node was (briefly) offline — its heartbeats late under the
+    /// burst — and retried.
+    pub offline_retries: AtomicUsize,
 }
 
 impl Fleet {
@@ -75,6 +79,7 @@ impl Fleet {
         Ok(Self {
             cluster,
             names: Vec::new(),
+            offline_retries: AtomicUsize::new(0),
         })
     }
 
@@ -108,15 +113,24 @@ impl Fleet {
     }
 
     fn create_no_wait(&self, name: &str) -> Result<()> {
-        let output = self.cluster.cli(&[
-            "--context",
-            TENANT,
-            "create",
-            name,
-            "--plan",
-            PLAN,
-            "--no-wait",
-        ])?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let output = loop {
+            let output = self.cluster.cli(&[
+                "--context",
+                TENANT,
+                "create",
+                name,
+                "--plan",
+                PLAN,
+                "--no-wait",
+            ])?;
+            let offline = String::from_utf8_lossy(&output.stderr).contains("none online");
+            if output.status.success() || !offline || Instant::now() > deadline {
+                break output;
+            }
+            self.offline_retries.fetch_add(1, Ordering::Relaxed);
+            thread::sleep(Duration::from_millis(500));
+        };
         ensure!(
             output.status.success(),
             "create {name}: {}",
