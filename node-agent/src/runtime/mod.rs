@@ -348,6 +348,10 @@ struct Inner {
     /// One lock per VPS id, so concurrent calls for the same VPS serialise while different
     /// VPSes proceed in parallel.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// [`Runtime::cgroup_paths`] by VPS id: they follow from the id and the host's cgroup
+    /// mounts, and finding them reads /proc/self/mountinfo twice, which metering would
+    /// otherwise do for every VPS at every round.
+    cgroup_paths: Mutex<HashMap<String, Vec<PathBuf>>>,
 }
 
 impl Runtime {
@@ -371,6 +375,7 @@ impl Runtime {
                 config,
                 layout,
                 locks: Mutex::new(HashMap::new()),
+                cgroup_paths: Mutex::new(HashMap::new()),
             }),
         };
         runtime.recover()?;
@@ -732,7 +737,15 @@ impl Runtime {
 
     /// Host paths of the VPS's cgroup directories, one per hierarchy (they may not exist).
     pub fn cgroup_paths(&self, vps_id: &str) -> Vec<PathBuf> {
-        self.cgroup(vps_id).paths()
+        let mut cache = self
+            .inner
+            .cgroup_paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache
+            .entry(vps_id.to_string())
+            .or_insert_with(|| self.cgroup(vps_id).paths())
+            .clone()
     }
 
     /// The VPS's network namespace (`/proc/<init>/ns/net`) while it runs, for attaching its
@@ -1084,6 +1097,11 @@ impl Runtime {
             state::remove_tree(&trash).map_err(state_err)?;
             tracing::info!(vps_id, "deleted VPS");
         }
+        self.inner
+            .cgroup_paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(vps_id);
         self.inner
             .ids
             .release(vps_id)
