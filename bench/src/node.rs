@@ -71,6 +71,7 @@ impl Node {
             state_dir: state_dir.path().to_path_buf(),
             cgroup_parent: cgroup_parent.clone(),
             stop_grace: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(60),
             helper_binary: options.bin_dir.join("paddock-agent"),
             id_base: idmap::DEFAULT_ID_BASE,
             proc_view: ProcView::Lxcfs(LxcfsConfig::new(

@@ -39,6 +39,11 @@ pub struct AgentConfig {
     pub id_base: u32,
     /// How long a stopping VPS gets after its power-off signal before SIGKILL.
     pub stop_grace_secs: u32,
+    /// How long starting a VPS's init (the start helper: console, mounts, namespaces) and
+    /// each disk tool on its start path may take. One that takes longer is killed and
+    /// cleaned up; the VPS shows `error` naming the step, and the controller retries it
+    /// with backoff.
+    pub start_timeout_secs: u32,
     /// Host bridge the VPS ports attach to (created if missing; at most 15 characters).
     pub bridge: String,
     /// Interface that NAT pools masquerade out of; unset = any interface but the bridge.
@@ -88,6 +93,7 @@ impl Default for AgentConfig {
             cgroup_parent: "paddock".to_owned(),
             id_base: 100_000,
             stop_grace_secs: 10,
+            start_timeout_secs: 60,
             bridge: "pdk0".to_owned(),
             uplink: None,
             ip_forward: true,

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -29,6 +29,74 @@ use crate::error::ControllerError;
 use crate::store::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// After an apply the agent answered with `error` (e.g. a start that missed its deadline),
+/// the same spec is applied again only after this, doubling per failure up to
+/// [`MAX_APPLY_BACKOFF`]; a changed spec is applied at once, a success resets it.
+pub const FIRST_APPLY_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between retries of a failing apply.
+pub const MAX_APPLY_BACKOFF: Duration = Duration::from_secs(600);
+
+/// A VPS whose last apply failed: what was applied, how often it failed in a row, and when
+/// it may be tried again.
+#[derive(Debug, Clone)]
+struct FailedApply {
+    digest: String,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// The failing applies of one node's VPSes, kept by its worker between passes.
+#[derive(Default)]
+struct ApplyFailures(Mutex<HashMap<String, FailedApply>>);
+
+impl ApplyFailures {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, FailedApply>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `vps_id` failed to apply `digest` and its backoff has not run out.
+    fn waiting(&self, vps_id: &str, digest: &str) -> bool {
+        self.map()
+            .get(vps_id)
+            .is_some_and(|f| f.digest == digest && Instant::now() < f.retry_at)
+    }
+
+    /// Records how an apply of `digest` ended; returns the wait before a retry if it failed.
+    fn record(&self, vps_id: &str, digest: &str, failed: bool) -> Option<Duration> {
+        let mut map = self.map();
+        if !failed {
+            map.remove(vps_id);
+            return None;
+        }
+        let failures = map
+            .get(vps_id)
+            .filter(|f| f.digest == digest)
+            .map_or(1, |f| f.failures.saturating_add(1));
+        let wait = apply_backoff(failures);
+        map.insert(
+            vps_id.to_owned(),
+            FailedApply {
+                digest: digest.to_owned(),
+                failures,
+                retry_at: Instant::now() + wait,
+            },
+        );
+        Some(wait)
+    }
+
+    fn forget(&self, vps_id: &str) {
+        self.map().remove(vps_id);
+    }
+}
+
+/// The wait before retrying after `failures` failures in a row.
+fn apply_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_APPLY_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_APPLY_BACKOFF)
+}
 
 /// Asks for a node to be reconciled soon.
 #[derive(Clone)]
@@ -124,9 +192,10 @@ fn spawn_worker(controller: Arc<Controller>, node: String) -> Worker {
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
+        let failures = ApplyFailures::default();
         while receiver.recv().await.is_some() {
             let full_pass = full.swap(false, Ordering::SeqCst);
-            match reconcile_node(&controller, &node, full_pass).await {
+            match reconcile_node(&controller, &node, full_pass, &failures).await {
                 Ok(()) => backoff = Duration::from_millis(500),
                 Err(error) => {
                     warn!(node = %node, %error, retry_in = ?backoff, "reconcile failed");
@@ -163,6 +232,7 @@ async fn reconcile_node(
     controller: &Controller,
     node_name: &str,
     full: bool,
+    failures: &ApplyFailures,
 ) -> Result<(), ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
         return Ok(());
@@ -188,11 +258,18 @@ async fn reconcile_node(
             None
         }
     };
-    let steps = plan_steps(controller, vpses, listed.as_ref(), full, Utc::now())?;
+    let steps = plan_steps(
+        controller,
+        vpses,
+        listed.as_ref(),
+        full,
+        failures,
+        Utc::now(),
+    )?;
     let outcomes = join_all(
         steps
             .into_iter()
-            .map(|step| run_step(controller, client.clone(), node_name, step)),
+            .map(|step| run_step(controller, client.clone(), node_name, step, failures)),
     )
     .await;
     let mut first_error = None;
@@ -216,6 +293,7 @@ fn plan_steps(
     vpses: Vec<VpsRecord>,
     listed: Option<&HashMap<String, v1::VpsStatus>>,
     full: bool,
+    failures: &ApplyFailures,
     now: DateTime<Utc>,
 ) -> Result<Vec<Step>, ControllerError> {
     let mut suspended: HashMap<String, bool> = HashMap::new();
@@ -246,6 +324,10 @@ fn plan_steps(
             Some(listed) if !full => drifted(&vps, &spec, listed.get(&vps.vps_id)),
             _ => true,
         };
+        if drifted && failures.waiting(&vps.vps_id, &convert::spec_digest(&spec)) {
+            debug!(vps = %vps.name, "its last apply failed; retrying after the backoff");
+            continue;
+        }
         if drifted {
             steps.push(Step::Apply {
                 vps_id: vps.vps_id,
@@ -284,6 +366,7 @@ async fn run_step(
     mut client: AgentClient,
     node: &str,
     step: Step,
+    failures: &ApplyFailures,
 ) -> Result<(), ControllerError> {
     match step {
         Step::Delete {
@@ -297,6 +380,7 @@ async fn run_step(
                 })
                 .await
                 .map_err(|status| agent_error(node, status))?;
+            failures.forget(&vps_id);
             controller.store.remove_vps(&vps_id)?;
             controller.commit().await?;
             // What the VPS held on its node is free again for placements.
@@ -313,6 +397,10 @@ async fn run_step(
                 .await
                 .map_err(|status| agent_error(node, status))?
                 .into_inner();
+            let failed = status.state() == v1::AgentVpsState::Error;
+            if let Some(wait) = failures.record(&vps_id, &digest, failed) {
+                warn!(vps_id = %vps_id, node, retry_in = ?wait, message = %status.message, "apply failed");
+            }
             record_report(controller, &vps_id, &status, Some(&digest))
         }
     }
@@ -401,4 +489,39 @@ async fn report_orphans(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_backoff_doubles_from_30_s_to_10_min() {
+        assert_eq!(apply_backoff(1), Duration::from_secs(30));
+        assert_eq!(apply_backoff(2), Duration::from_secs(60));
+        assert_eq!(apply_backoff(5), Duration::from_secs(480));
+        assert_eq!(apply_backoff(6), MAX_APPLY_BACKOFF);
+        assert_eq!(apply_backoff(1000), MAX_APPLY_BACKOFF);
+    }
+
+    #[test]
+    fn a_failed_apply_waits_and_a_changed_spec_does_not() {
+        let failures = ApplyFailures::default();
+        assert!(!failures.waiting("v1", "d1"));
+        assert_eq!(failures.record("v1", "d1", true), Some(FIRST_APPLY_BACKOFF));
+        assert!(failures.waiting("v1", "d1"));
+        assert!(
+            !failures.waiting("v1", "d2"),
+            "a changed spec is applied at once"
+        );
+        assert_eq!(
+            failures.record("v1", "d1", true),
+            Some(FIRST_APPLY_BACKOFF * 2)
+        );
+        assert_eq!(failures.record("v1", "d1", false), None);
+        assert!(
+            !failures.waiting("v1", "d1"),
+            "a success resets the backoff"
+        );
+    }
 }

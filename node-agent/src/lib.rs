@@ -1,6 +1,8 @@
 //! The Paddock node agent: turns the controller's desired VPSes into real
 //! system containers on this node and reports what exists.
 
+pub mod applied;
+pub mod bounded;
 pub mod convert;
 pub mod fsutil;
 pub mod generations;
@@ -53,6 +55,7 @@ pub async fn run(
         state_dir: config.state_dir.clone(),
         cgroup_parent: config.cgroup_parent.clone(),
         stop_grace: Duration::from_secs(u64::from(config.stop_grace_secs)),
+        start_timeout: Duration::from_secs(u64::from(config.start_timeout_secs)),
         helper_binary: std::env::current_exe().map_err(AgentError::Executable)?,
         id_base: config.id_base,
         proc_view: match config.proc_view {

@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::applied::{AppliedSpecs, MAX_CONCURRENT_APPLIES};
 use crate::convert;
 use crate::generations::RestartGenerations;
 use crate::network::{Network, NetworkError, PortSpec};
@@ -30,6 +31,10 @@ pub struct AgentService {
     /// The VPS ports; `None` leaves VPSes with loopback only.
     network: Option<Arc<Network>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What each VPS's last full apply left, to answer unchanged re-applies at once.
+    applied: AppliedSpecs,
+    /// Bounds the full applies running at once.
+    full_applies: tokio::sync::Semaphore,
 }
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -46,6 +51,8 @@ impl AgentService {
             restarts,
             network: None,
             locks: Mutex::new(HashMap::new()),
+            applied: AppliedSpecs::default(),
+            full_applies: tokio::sync::Semaphore::new(MAX_CONCURRENT_APPLIES),
         }
     }
 
@@ -119,6 +126,21 @@ impl NodeAgent for AgentService {
         let vps_id = spec.vps_id.clone();
         // A restart is a stop then a start, applied once per generation bump.
         let restart = self.restarts.pending(&vps_id, wire.restart_generation);
+        let encoded = prost::Message::encode_to_vec(&wire);
+        if !restart {
+            // One state file read and one /proc stat: cheap enough for the async thread.
+            if let Ok(Some(current)) = self.runtime.status(&vps_id) {
+                if self.applied.unchanged(&vps_id, &encoded, &current) {
+                    return Ok(Response::new(convert::status(&current)));
+                }
+            }
+        }
+        self.applied.forget(&vps_id);
+        let _permit = self
+            .full_applies
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the agent is shutting down"))?;
         let restarts = self.restarts.clone();
         let generation = wire.restart_generation;
         let result = self
@@ -140,7 +162,17 @@ impl NodeAgent for AgentService {
                 .converge_network(&vps_id, port.as_ref(), &observed)
                 .await
             {
-                Ok(()) => convert::status(&observed),
+                Ok(()) => {
+                    let host_link = port
+                        .as_ref()
+                        .filter(|_| observed.state == ObservedState::Running)
+                        .filter(|_| self.network.is_some())
+                        .map(|port| crate::network::host_ifname(&port.vps_id));
+                    if observed.state != ObservedState::Error {
+                        self.applied.record(encoded, &observed, host_link);
+                    }
+                    convert::status(&observed)
+                }
                 Err(error) => {
                     warn!(%vps_id, %error, "network setup failed");
                     convert::error_status(&vps_id, format!("network: {error}"))
@@ -167,6 +199,7 @@ impl NodeAgent for AgentService {
         }
         let lock = self.lock(&vps_id);
         let _guard = lock.lock().await;
+        self.applied.forget(&vps_id);
         let id = vps_id.clone();
         self.blocking(move |runtime| runtime.delete(&id))
             .await?

@@ -448,6 +448,43 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts the agent and returns how long it took until it accepted connections (it
+    /// listens once it has re-adopted its VPSes), polled every 2 ms.
+    pub fn start_agent_timed(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let mut child = self.spawn_logged("paddock-agent", "agent.toml", "agent.log")?;
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.agent_port)).is_ok() {
+                let took = started.elapsed();
+                self.agent = Some(child);
+                return Ok(took);
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "agent exited with {status} while starting:\n{}",
+                    self.log("agent.log")
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("agent did not listen within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The pid of the (first) agent, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// The pid of the controller, while it runs.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.as_ref().map(Child::id)
+    }
+
     /// `kill -9` of the agent: its VPSes must keep running.
     pub fn kill_agent(&mut self) {
         if let Some(mut child) = self.agent.take() {

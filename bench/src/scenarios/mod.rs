@@ -6,8 +6,11 @@ use anyhow::Result;
 use crate::report::ScenarioReport;
 use crate::Options;
 
+mod agent_restart;
 mod api_path;
 mod control_plane;
+mod density;
+mod fleet;
 mod limits;
 mod network;
 mod start_latency;
@@ -46,5 +49,15 @@ pub const ALL: &[Scenario] = &[
         name: "control-plane",
         title: "Control plane: placements/s and CreateVps latency with simulated nodes",
         run: control_plane::run,
+    },
+    Scenario {
+        name: "density",
+        title: "Density: idle VPSes per node, host memory and agent CPU as N grows",
+        run: density::run,
+    },
+    Scenario {
+        name: "agent-restart",
+        title: "Agent restart: kill -9 with N running VPSes, re-adoption time, VPS restarts",
+        run: agent_restart::run,
     },
 ];

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{LinkBridge, LinkUnspec};
 
-use super::veth::{errno, Netlink};
+use super::veth::{deadline, errno, Netlink};
 use super::{IfAddr, MacAddr, NetworkError};
 
 /// Creates the bridge `name` if it does not exist, brings it up, and returns its index.
@@ -16,13 +16,12 @@ pub async fn ensure(netlink: &Netlink, name: &str) -> Result<u32, NetworkError> 
     let link = match netlink.link_by_name(name).await? {
         Some(link) => link,
         None => {
-            match netlink
+            let request = netlink
                 .handle
                 .link()
                 .add(LinkBridge::new(name).build())
-                .execute()
-                .await
-            {
+                .execute();
+            match deadline(|| format!("create bridge {name}"), request).await? {
                 Ok(()) => {}
                 Err(error) if errno(&error) == Some(libc::EEXIST) => {}
                 Err(source) => {
@@ -49,7 +48,7 @@ pub async fn ensure(netlink: &Netlink, name: &str) -> Result<u32, NetworkError> 
         _ => None,
     });
     if current.as_deref() != Some(&mac.0[..]) {
-        netlink
+        let request = netlink
             .handle
             .link()
             .set(
@@ -57,8 +56,9 @@ pub async fn ensure(netlink: &Netlink, name: &str) -> Result<u32, NetworkError> 
                     .address(mac.0.to_vec())
                     .build(),
             )
-            .execute()
-            .await
+            .execute();
+        deadline(|| format!("set the MAC of bridge {name}"), request)
+            .await?
             .map_err(|source| NetworkError::Netlink {
                 op: format!("set the MAC of bridge {name}"),
                 source,

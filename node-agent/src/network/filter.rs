@@ -18,9 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use paddock_config::{HostPort, Isolation, Transport};
 
@@ -505,17 +504,13 @@ pub fn apply(script: &str) -> Result<(), NetworkError> {
         program: "nft",
         source,
     };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(command)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(command)?;
-    }
-    let output = child.wait_with_output().map_err(command)?;
+    let output = crate::bounded::output(
+        "nft",
+        Command::new("nft").args(["-f", "-"]),
+        Some(script.as_bytes()),
+        crate::bounded::TOOL_DEADLINE,
+    )
+    .map_err(command)?;
     if !output.status.success() {
         return Err(NetworkError::Command {
             command: "nft -f -".to_owned(),

@@ -43,6 +43,12 @@ pub enum NetworkError {
         op: String,
         source: rtnetlink::Error,
     },
+    /// A netlink request got no answer in time.
+    #[error("netlink: {op}: no answer within {after:?}")]
+    Timeout {
+        op: String,
+        after: std::time::Duration,
+    },
     /// A file or namespace operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -362,9 +368,26 @@ async fn blocking<T: Send + 'static>(
 pub struct Network {
     config: NetworkConfig,
     host: Netlink,
-    /// Ports currently wanted, by VPS id; the source of the nft ruleset and
-    /// the bridge's addresses. Locked only while those are rewritten.
-    ports: tokio::sync::Mutex<BTreeMap<String, PortSpec>>,
+    /// Ports currently wanted, by VPS id, and the generation of that set (bumped at every
+    /// change); the source of the nft ruleset and the bridge's addresses.
+    ports: tokio::sync::Mutex<(BTreeMap<String, PortSpec>, u64)>,
+    /// The generation of `ports` the ruleset and the bridge were last made from. Held while
+    /// they are rewritten, so concurrent changes (a burst of starts) share one `nft -f`.
+    loaded: tokio::sync::Mutex<u64>,
+}
+
+/// Whether a host link found at start-up already is the working port of `spec`: marked as
+/// ours, on the bridge, up, with a peer. Anything less is repaired with a full ensure.
+fn adoptable(
+    link: &rtnetlink::packet_route::link::LinkMessage,
+    marker: &str,
+    bridge_index: u32,
+) -> bool {
+    use rtnetlink::packet_route::link::LinkFlags;
+    link_alias(link) == Some(marker)
+        && link_controller(link) == Some(bridge_index)
+        && link.header.flags.contains(LinkFlags::Up)
+        && link_peer(link).is_some()
 }
 
 impl Network {
@@ -386,7 +409,8 @@ impl Network {
         let network = Self {
             host: Netlink::host()?,
             config,
-            ports: tokio::sync::Mutex::new(BTreeMap::new()),
+            ports: tokio::sync::Mutex::new((BTreeMap::new(), 0)),
+            loaded: tokio::sync::Mutex::new(0),
         };
         let bridge_index = bridge::ensure(&network.host, &network.config.bridge).await?;
         bridge::set_routing(&network.config.bridge, network.routed())?;
@@ -394,47 +418,82 @@ impl Network {
             .iter()
             .map(|(vps_id, pid)| (vps_id.as_str(), *pid))
             .collect();
-        for spec in network.load_specs()? {
-            match running.get(spec.vps_id.as_str()) {
-                Some(pid) => {
-                    if let Err(error) = network.ensure_port(&spec, *pid).await {
-                        tracing::error!(vps_id = %spec.vps_id, %error, "repairing VPS port");
-                    } else {
-                        tracing::info!(vps_id = %spec.vps_id, "adopted VPS port");
-                    }
-                }
-                None => {
-                    tracing::info!(vps_id = %spec.vps_id, "removing port of a VPS that is not running");
-                    network.remove_port(&spec.vps_id).await?;
+        // Adoption is one link dump, one ruleset load and one bridge sync for all running
+        // VPSes; only ports that are not intact get the full (per-VPS) ensure.
+        let (adopt, gone): (Vec<PortSpec>, Vec<PortSpec>) = network
+            .load_specs()?
+            .into_iter()
+            .partition(|spec| running.contains_key(spec.vps_id.as_str()));
+        for spec in &gone {
+            tracing::info!(vps_id = %spec.vps_id, "removing port of a VPS that is not running");
+            network.host.delete_link(&host_ifname(&spec.vps_id)).await?;
+            network.host.delete_link(&ifb_ifname(&spec.vps_id)).await?;
+            network.remove_spec(&spec.vps_id)?;
+        }
+        {
+            let mut ports = network.ports.lock().await;
+            for spec in &adopt {
+                if spec.validate().is_ok() {
+                    ports.0.insert(spec.vps_id.clone(), spec.clone());
                 }
             }
+            ports.1 += 1;
         }
+        network.load_rules().await?;
+        let links = network.host.links().await?;
+        let by_name: BTreeMap<&str, &rtnetlink::packet_route::link::LinkMessage> = links
+            .iter()
+            .filter_map(|link| Some((link_name(link)?, link)))
+            .collect();
+        let mut repaired = 0usize;
+        for spec in &adopt {
+            let marker = alias(&network.config.bridge, &spec.vps_id);
+            let intact = by_name
+                .get(host_ifname(&spec.vps_id).as_str())
+                .is_some_and(|link| adoptable(link, &marker, bridge_index));
+            if intact {
+                continue;
+            }
+            repaired += 1;
+            let pid = running
+                .get(spec.vps_id.as_str())
+                .copied()
+                .unwrap_or_default();
+            if let Err(error) = network.ensure_port(spec, pid).await {
+                tracing::error!(vps_id = %spec.vps_id, %error, "repairing VPS port");
+            } else {
+                tracing::info!(vps_id = %spec.vps_id, "repaired VPS port");
+            }
+        }
+        tracing::info!(ports = adopt.len(), repaired, "adopted VPS ports");
         // Links marked as ours, or on our bridge, that no wanted port explains.
         let wanted: BTreeSet<String> = {
             let ports = network.ports.lock().await;
             ports
+                .0
                 .keys()
                 .flat_map(|vps_id| [host_ifname(vps_id), ifb_ifname(vps_id)])
                 .collect()
         };
         let marker = format!("paddock:{}:", network.config.bridge);
-        for link in network.host.links().await? {
-            let Some(name) = link_name(&link).map(str::to_owned) else {
+        let links = if repaired > 0 {
+            network.host.links().await?
+        } else {
+            links
+        };
+        for link in &links {
+            let Some(name) = link_name(link).map(str::to_owned) else {
                 continue;
             };
             // Only links we made: marked with our alias, or named like a port
             // and on our bridge (the uplink an admin may bridge in is never touched).
-            let ours = link_alias(&link).is_some_and(|a| a.starts_with(&marker))
-                || (link_controller(&link) == Some(bridge_index) && is_port_name(&name));
+            let ours = link_alias(link).is_some_and(|a| a.starts_with(&marker))
+                || (link_controller(link) == Some(bridge_index) && is_port_name(&name));
             if ours && !wanted.contains(&name) {
                 tracing::info!(link = %name, "removing leftover link");
                 network.host.delete_link(&name).await?;
             }
         }
-        let ports = network.ports.lock().await;
-        network.apply_filter(&ports).await?;
-        network.sync_bridge(&ports).await?;
-        drop(ports);
         Ok(network)
     }
 
@@ -490,15 +549,19 @@ impl Network {
             self.host.set_alias(host_index, &marker).await?;
         }
 
-        // Rules first: the port joins the bridge only once they are loaded.
-        {
+        // Rules first: the port joins the bridge only once they are loaded. They match the
+        // port by name, so a veth recreated under the same name needs no reload.
+        let changed = {
             let mut ports = self.ports.lock().await;
-            let changed = ports.get(&spec.vps_id) != Some(spec);
-            ports.insert(spec.vps_id.clone(), spec.clone());
-            if changed || !paired {
-                self.apply_filter(&ports).await?;
-                self.sync_bridge(&ports).await?;
+            let changed = ports.0.get(&spec.vps_id) != Some(spec);
+            if changed {
+                ports.0.insert(spec.vps_id.clone(), spec.clone());
+                ports.1 += 1;
             }
+            changed
+        };
+        if changed {
+            self.load_rules().await?;
         }
         self.shape(spec, &host_name).await?;
         self.host.set_up(host_index, Some(bridge_index)).await?;
@@ -531,12 +594,39 @@ impl Network {
     pub async fn remove_port(&self, vps_id: &str) -> Result<(), NetworkError> {
         self.host.delete_link(&host_ifname(vps_id)).await?;
         self.host.delete_link(&ifb_ifname(vps_id)).await?;
-        {
+        let removed = {
             let mut ports = self.ports.lock().await;
-            ports.remove(vps_id);
-            self.apply_filter(&ports).await?;
-            self.sync_bridge(&ports).await?;
+            let removed = ports.0.remove(vps_id).is_some();
+            if removed {
+                ports.1 += 1;
+            }
+            removed
+        };
+        if removed {
+            self.load_rules().await?;
         }
+        self.remove_spec(vps_id)
+    }
+
+    /// Brings the ruleset and the bridge's addresses up to the current set of ports. Callers
+    /// that arrive while a load runs wait for it and then find their change loaded by the
+    /// next one, which covers all of them.
+    async fn load_rules(&self) -> Result<(), NetworkError> {
+        let mut loaded = self.loaded.lock().await;
+        let (ports, generation) = {
+            let ports = self.ports.lock().await;
+            (ports.0.clone(), ports.1)
+        };
+        if *loaded >= generation {
+            return Ok(());
+        }
+        self.apply_filter(&ports).await?;
+        self.sync_bridge(&ports).await?;
+        *loaded = generation;
+        Ok(())
+    }
+
+    fn remove_spec(&self, vps_id: &str) -> Result<(), NetworkError> {
         let path = self.spec_path(vps_id);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),

@@ -28,13 +28,16 @@ pub fn tbf_args(bits_per_sec: u64) -> Vec<String> {
 
 /// Runs `tc ARGS`, returning stdout.
 fn tc(args: &[String]) -> Result<String, NetworkError> {
-    let output = Command::new("tc")
-        .args(args)
-        .output()
-        .map_err(|source| NetworkError::Spawn {
-            program: "tc",
-            source,
-        })?;
+    let output = crate::bounded::output(
+        "tc",
+        Command::new("tc").args(args),
+        None,
+        crate::bounded::TOOL_DEADLINE,
+    )
+    .map_err(|source| NetworkError::Spawn {
+        program: "tc",
+        source,
+    })?;
     if !output.status.success() {
         return Err(NetworkError::Command {
             command: format!("tc {}", args.join(" ")),

@@ -2,8 +2,11 @@
 //! and the links, addresses and routes of a VPS port (all via rtnetlink).
 
 use std::fs::File;
+use std::future::Future;
 use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -15,6 +18,48 @@ use super::{IfAddr, MacAddr, NetworkError};
 
 /// Name of the VPS side of its veth pair.
 pub const GUEST_IFNAME: &str = "eth0";
+
+/// How long one netlink request may take. A request whose answer never comes (a socket
+/// that overflowed dropped it) fails after this, naming the request, instead of holding
+/// the VPS's lock forever.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Receive buffer of every netlink socket. With hundreds of veths and addresses one dump
+/// or a burst of notifications overflows the default (~200 KiB), and the kernel then
+/// drops answers.
+pub const RECEIVE_BUFFER_BYTES: usize = 32 << 20;
+
+type Connection = rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>;
+
+/// A netlink connection in the calling thread's network namespace, with a receive buffer of
+/// [`RECEIVE_BUFFER_BYTES`] (forced past `net.core.rmem_max` when we may, as root).
+fn connect() -> std::io::Result<(Connection, Handle)> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (mut connection, handle, _) = rtnetlink::new_connection()?;
+    let socket = connection.socket_mut().as_raw_fd();
+    // SAFETY: the fd belongs to `connection`, which outlives this borrow.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket) };
+    if setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &RECEIVE_BUFFER_BYTES).is_err() {
+        // Without CAP_NET_ADMIN: as much as rmem_max allows.
+        setsockopt(&socket.as_fd(), sockopt::RcvBuf, &RECEIVE_BUFFER_BYTES)
+            .map_err(std::io::Error::from)?;
+    }
+    Ok((connection, handle))
+}
+
+/// Runs one netlink request under [`REQUEST_DEADLINE`]; the outer error is the deadline
+/// (naming the request `op` describes), the inner one the request's own result.
+pub(super) async fn deadline<T>(
+    op: impl FnOnce() -> String,
+    request: impl Future<Output = Result<T, rtnetlink::Error>>,
+) -> Result<Result<T, rtnetlink::Error>, NetworkError> {
+    tokio::time::timeout(REQUEST_DEADLINE, request)
+        .await
+        .map_err(|_| NetworkError::Timeout {
+            op: op(),
+            after: REQUEST_DEADLINE,
+        })
+}
 
 /// A netlink connection bound to one network namespace; the connection task
 /// ends when this is dropped.
@@ -45,12 +90,11 @@ pub fn errno(error: &rtnetlink::Error) -> Option<i32> {
 impl Netlink {
     /// A connection in the agent's own (host) network namespace.
     pub fn host() -> Result<Self, NetworkError> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|source| NetworkError::Io {
-                op: "open netlink socket",
-                path: PathBuf::from("/proc/self/ns/net"),
-                source,
-            })?;
+        let (connection, handle) = connect().map_err(|source| NetworkError::Io {
+            op: "open netlink socket",
+            path: PathBuf::from("/proc/self/ns/net"),
+            source,
+        })?;
         Ok(Self {
             handle,
             task: tokio::spawn(connection),
@@ -77,7 +121,7 @@ impl Netlink {
                     source: errno.into(),
                 }
             })?;
-            rtnetlink::new_connection().map_err(|source| NetworkError::Io {
+            connect().map_err(|source| NetworkError::Io {
                 op: "open netlink socket in",
                 path,
                 source,
@@ -89,7 +133,7 @@ impl Netlink {
             path: netns.to_owned(),
             source: std::io::Error::other("panic"),
         })??;
-        let (connection, handle, _) = opened;
+        let (connection, handle) = opened;
         Ok(Self {
             handle,
             task: tokio::spawn(connection),
@@ -98,15 +142,14 @@ impl Netlink {
 
     /// The link called `name`, if any.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, NetworkError> {
-        match self
+        let request = self
             .handle
             .link()
             .get()
             .match_name(name.to_owned())
-            .execute()
-            .try_next()
-            .await
-        {
+            .execute();
+        let mut request = std::pin::pin!(request);
+        match deadline(|| format!("get link {name}"), request.try_next()).await? {
             Ok(link) => Ok(link),
             Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
             Err(source) => Err(NetworkError::Netlink {
@@ -118,15 +161,9 @@ impl Netlink {
 
     /// The link with this index, if any.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkMessage>, NetworkError> {
-        match self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_next()
-            .await
-        {
+        let request = self.handle.link().get().match_index(index).execute();
+        let mut request = std::pin::pin!(request);
+        match deadline(|| format!("get link #{index}"), request.try_next()).await? {
             Ok(link) => Ok(link),
             Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
             Err(source) => Err(NetworkError::Netlink {
@@ -138,12 +175,9 @@ impl Netlink {
 
     /// Every link of the namespace.
     pub async fn links(&self) -> Result<Vec<LinkMessage>, NetworkError> {
-        self.handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
+        let request = self.handle.link().get().execute().try_collect();
+        deadline(|| "list links".to_owned(), request)
+            .await?
             .map_err(netlink_err("list links"))
     }
 
@@ -152,7 +186,8 @@ impl Netlink {
         let Some(link) = self.link_by_name(name).await? else {
             return Ok(());
         };
-        match self.handle.link().del(link.header.index).execute().await {
+        let request = self.handle.link().del(link.header.index).execute();
+        match deadline(|| format!("delete link {name}"), request).await? {
             Ok(()) => Ok(()),
             Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(()),
             Err(source) => Err(NetworkError::Netlink {
@@ -167,11 +202,9 @@ impl Netlink {
         let message = LinkUnspec::new_with_index(index)
             .alias(alias.to_owned())
             .build();
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
+        let request = self.handle.link().set(message).execute();
+        deadline(|| format!("set alias of link #{index}"), request)
+            .await?
             .map_err(netlink_err(format!("set alias of link #{index}")))
     }
 
@@ -181,11 +214,9 @@ impl Netlink {
         if let Some(controller) = controller {
             builder = builder.controller(controller);
         }
-        self.handle
-            .link()
-            .set(builder.build())
-            .execute()
-            .await
+        let request = self.handle.link().set(builder.build()).execute();
+        deadline(|| format!("set link #{index} up"), request)
+            .await?
             .map_err(netlink_err(format!("set link #{index} up")))
     }
 
@@ -212,8 +243,10 @@ impl Netlink {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         // The fd must stay open until the kernel has processed the request.
-        let result = self.handle.link().add(message).execute().await;
+        let request = self.handle.link().add(message).execute();
+        let result = deadline(|| format!("create veth {host_name}"), request).await;
         drop(netns_file);
+        let result = result?;
         result.map_err(netlink_err(format!(
             "create veth {host_name} with peer {GUEST_IFNAME} in {}",
             netns.display()
@@ -222,13 +255,8 @@ impl Netlink {
 
     /// Creates an ifb device (down) called `name`.
     pub async fn create_ifb(&self, name: &str) -> Result<(), NetworkError> {
-        match self
-            .handle
-            .link()
-            .add(LinkIfb::new(name).build())
-            .execute()
-            .await
-        {
+        let request = self.handle.link().add(LinkIfb::new(name).build()).execute();
+        match deadline(|| format!("create ifb {name}"), request).await? {
             Ok(()) => Ok(()),
             Err(error) if errno(&error) == Some(libc::EEXIST) => Ok(()),
             Err(source) => Err(NetworkError::Netlink {
@@ -240,14 +268,15 @@ impl Netlink {
 
     /// Addresses of one link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IfAddr>, NetworkError> {
-        let messages: Vec<_> = self
+        let request = self
             .handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
-            .try_collect()
-            .await
+            .try_collect::<Vec<_>>();
+        let messages = deadline(|| format!("list addresses of link #{index}"), request)
+            .await?
             .map_err(netlink_err(format!("list addresses of link #{index}")))?;
         Ok(messages
             .into_iter()
@@ -277,12 +306,16 @@ impl Netlink {
         if self.addresses(index).await?.contains(&address) {
             return Ok(());
         }
-        match self
+        let request = self
             .handle
             .address()
             .add(index, address.address, address.prefix_len)
-            .execute()
-            .await
+            .execute();
+        match deadline(
+            || format!("add address {address} to link #{index}"),
+            request,
+        )
+        .await?
         {
             Ok(()) => Ok(()),
             Err(error) if errno(&error) == Some(libc::EEXIST) => Ok(()),
@@ -295,14 +328,15 @@ impl Netlink {
 
     /// Removes an address from a link; an absent one is fine.
     pub async fn remove_address(&self, index: u32, address: IfAddr) -> Result<(), NetworkError> {
-        let messages: Vec<_> = self
+        let request = self
             .handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
-            .try_collect()
-            .await
+            .try_collect::<Vec<_>>();
+        let messages = deadline(|| format!("list addresses of link #{index}"), request)
+            .await?
             .map_err(netlink_err(format!("list addresses of link #{index}")))?;
         for message in messages {
             let matches = message.header.index == index
@@ -311,7 +345,9 @@ impl Netlink {
                     matches!(attr, AddressAttribute::Local(a) | AddressAttribute::Address(a) if *a == address.address)
                 });
             if matches {
-                match self.handle.address().del(message).execute().await {
+                let request = self.handle.address().del(message).execute();
+                let op = || format!("remove address {address} from link #{index}");
+                match deadline(op, request).await? {
                     Ok(()) => {}
                     Err(error) if errno(&error) == Some(libc::EADDRNOTAVAIL) => {}
                     Err(source) => {
@@ -342,12 +378,9 @@ impl Netlink {
                 .gateway(gateway)
                 .build(),
         };
-        self.handle
-            .route()
-            .add(message)
-            .replace()
-            .execute()
-            .await
+        let request = self.handle.route().add(message).replace().execute();
+        deadline(|| format!("default route via {gateway}"), request)
+            .await?
             .map_err(netlink_err(format!("default route via {gateway}")))
     }
 }

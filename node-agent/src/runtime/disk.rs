@@ -174,16 +174,17 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
     .map_err(io_err("chmod", &tmp))?;
     file.set_len(size_bytes).map_err(io_err("truncate", &tmp))?;
     drop(file);
-    let output = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-E"])
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-m", "0", "-E"])
         .arg(format!(
             "nodiscard,root_owner={}:{}",
             ids.host_base, ids.host_base
         ))
         .arg(&tmp)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .map_err(io_err("run mkfs.ext4 for", &tmp))?;
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let output =
+        crate::bounded::output("mkfs.ext4", &mut mkfs, None, crate::bounded::TOOL_DEADLINE)
+            .map_err(io_err("run mkfs.ext4 for", &tmp))?;
     if !output.status.success() {
         let _ = fs::remove_file(&tmp);
         return Err(DiskError::Mkfs {
@@ -501,17 +502,18 @@ fn run_tool(
     args: &[&str],
     image: &Path,
 ) -> Result<std::process::Output, DiskError> {
-    Command::new(tool)
+    let mut command = Command::new(tool);
+    command
         .args(args)
         .arg(image)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|source| DiskError::Io {
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    crate::bounded::output(tool, &mut command, None, crate::bounded::TOOL_DEADLINE).map_err(
+        |source| DiskError::Io {
             operation: tool,
             path: image.to_path_buf(),
             source,
-        })
+        },
+    )
 }
 
 fn tool_output(output: &std::process::Output) -> String {

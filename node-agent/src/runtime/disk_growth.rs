@@ -66,6 +66,7 @@ pub(crate) fn grow(
     image: &Path,
     mount_point: &Path,
     size_bytes: u64,
+    limit: std::time::Duration,
 ) -> Result<DiskGrowth, DiskGrowthError> {
     let image_growth =
         disk::extend_image(image, size_bytes).map_err(DiskGrowthError::ExtendImage)?;
@@ -80,7 +81,7 @@ pub(crate) fn grow(
         image: image.to_path_buf(),
         mount_point: mount_point.to_path_buf(),
     };
-    let filesystem: FsGrowth = helper::call(helper_binary, GROW_DISK, &request)?;
+    let filesystem: FsGrowth = helper::call(helper_binary, GROW_DISK, &request, limit)?;
     Ok(DiskGrowth {
         image: image_growth,
         online: Some(filesystem),
@@ -129,6 +130,7 @@ mod tests {
             &image,
             dir.path(),
             64 << 20,
+            std::time::Duration::from_secs(60),
         )
         .expect_err("missing image");
         assert!(
@@ -150,6 +152,7 @@ mod tests {
             &image,
             dir.path(),
             16 << 20,
+            std::time::Duration::from_secs(60),
         )
         .expect_err("shrink");
         assert!(

@@ -80,6 +80,18 @@ pub enum HelperCallError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// The helper missed its deadline and was killed (with the processes of its group).
+    #[error(
+        "{name} helper did not finish within {limit:?} and was killed; it was at step: {step}"
+    )]
+    TimedOut {
+        /// Which helper.
+        name: &'static str,
+        /// Its deadline.
+        limit: std::time::Duration,
+        /// The last step it announced (see [`STEP_PREFIX`]).
+        step: String,
+    },
     /// The request could not be encoded, or the reply decoded.
     #[error("{name} helper replied {stdout:?}: {source}")]
     BadReply {
@@ -92,12 +104,37 @@ pub enum HelperCallError {
     },
 }
 
+/// How a helper announces on stderr the step it begins, so that one that misses its deadline
+/// is reported with the step it hung in.
+pub(crate) const STEP_PREFIX: &str = "paddock-step: ";
+
+/// Announces the step a helper begins (see [`STEP_PREFIX`]).
+pub(crate) fn step(name: &str) {
+    eprintln!("{STEP_PREFIX}{name}");
+}
+
+/// Splits a helper's stderr into the last step it announced and the rest (its messages).
+fn split_steps(stderr: &[u8]) -> (Option<String>, String) {
+    let text = String::from_utf8_lossy(stderr);
+    let mut last = None;
+    let mut rest = Vec::new();
+    for line in text.lines() {
+        match line.strip_prefix(STEP_PREFIX) {
+            Some(step) => last = Some(step.to_owned()),
+            None => rest.push(line),
+        }
+    }
+    (last, rest.join("\n").trim().to_owned())
+}
+
 /// Runs `helper_binary __internal <name> <request as JSON>` with an empty environment and
-/// decodes the JSON it prints on stdout; blocks until it exits.
+/// decodes the JSON it prints on stdout; blocks until it exits, for at most `limit` (then it
+/// is killed with its process group).
 pub(crate) fn call<Request: Serialize, Reply: DeserializeOwned>(
     helper_binary: &Path,
     name: &'static str,
     request: &Request,
+    limit: std::time::Duration,
 ) -> Result<Reply, HelperCallError> {
     let bad_reply = |stdout: String| {
         move |source| HelperCallError::BadReply {
@@ -107,24 +144,30 @@ pub(crate) fn call<Request: Serialize, Reply: DeserializeOwned>(
         }
     };
     let json = serde_json::to_string(request).map_err(bad_reply(String::new()))?;
-    let output = std::process::Command::new(helper_binary)
-        .arg(INTERNAL_ARG)
-        .arg(name)
-        .arg(json)
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .map_err(|source| HelperCallError::Spawn {
+    let mut command = std::process::Command::new(helper_binary);
+    command.arg(INTERNAL_ARG).arg(name).arg(json).env_clear();
+    let outcome = crate::bounded::run(&mut command, None, limit).map_err(|source| {
+        HelperCallError::Spawn {
             path: helper_binary.to_path_buf(),
             source,
-        })?;
+        }
+    })?;
+    let output = match outcome {
+        crate::bounded::Outcome::Finished(output) => output,
+        crate::bounded::Outcome::TimedOut { stderr } => {
+            let (step, _) = split_steps(&stderr);
+            return Err(HelperCallError::TimedOut {
+                name,
+                limit,
+                step: step.unwrap_or_else(|| "starting".to_owned()),
+            });
+        }
+    };
     if !output.status.success() {
         return Err(HelperCallError::Failed {
             name,
             status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            stderr: split_steps(&output.stderr).1,
         });
     }
     let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
@@ -332,6 +375,7 @@ pub(crate) fn exit_child(code: i32) -> ! {
 fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     let request: StartRequest = decode_request(args)?;
     ensure_single_threaded()?;
+    step("console pty and supervisor");
     // The console pty and its supervisor, in the host's mount namespace (so the supervisor
     // never pins the VPS's disk mount); the supervisor joins the VPS's cgroup itself.
     let pty = console::allocate(request.ids)?;
@@ -361,6 +405,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     // the init sends it its seccomp listener over this link.
     let sysinfo_link = match &request.sysinfo_socket {
         Some(socket) => {
+            step("sysinfo server");
             sysinfo::spawn_server(socket, &request.cgroup_parent, &request.vps_id)?;
             Some(sysinfo::connect(socket).ok_or_else(|| HelperError::Io {
                 operation: "connect",
@@ -371,12 +416,14 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
         None => None,
     };
 
+    step("mount disk, template, overlay and /dev");
     namespaces::unshare_mount_namespace()?;
     // Before joining the cgroup: its device policy denies the loop devices and mknod of /dev.
     request.rootfs.mount_host_side(request.ids, &slave_path)?;
     // The init's cgroup namespace is rooted at the cgroup its creator is in.
     VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
 
+    step("clone the init into new namespaces");
     let filter = seccomp::vps_filter()?;
     let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
     let (maps_read, maps_write) = pipe2(OFlag::O_CLOEXEC).map_err(sys_err("pipe2"))?;
@@ -410,7 +457,9 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
                     identity.ok_or_else(|| HelperError::InitExited("no longer in /proc".into()))
                 });
             let prepared = identity.and_then(|identity| {
+                step("write id maps");
                 idmap::write_id_maps(child.as_raw(), request.ids)?;
+                step("mount /proc and /sys, pivot into the rootfs");
                 mount_vps_filesystems(&request, identity.pid)?;
                 Ok(identity)
             });
@@ -425,6 +474,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
             let mut maps_write = File::from(maps_write);
             let _ = maps_write.write_all(b"1");
             drop(maps_write);
+            step("init setup until exec of /sbin/init");
             let mut message = String::new();
             File::from(report_read)
                 .read_to_string(&mut message)

@@ -93,6 +93,9 @@ pub struct RuntimeConfig {
     pub cgroup_parent: String,
     /// How long a stop waits for the init to power off before SIGKILL.
     pub stop_grace: Duration,
+    /// Deadline of the start helper and of each helper or disk tool on the start path; one
+    /// that misses it is killed and the start fails naming the step.
+    pub start_timeout: Duration,
     /// The `paddock-agent` executable, re-executed with [`INTERNAL_ARG`] for helpers.
     pub helper_binary: PathBuf,
     /// First host id handed to VPS user namespaces (each VPS gets the next free
@@ -345,6 +348,10 @@ struct Inner {
     /// One lock per VPS id, so concurrent calls for the same VPS serialise while different
     /// VPSes proceed in parallel.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// [`Runtime::cgroup_paths`] by VPS id: they follow from the id and the host's cgroup
+    /// mounts, and finding them reads /proc/self/mountinfo twice, which metering would
+    /// otherwise do for every VPS at every round.
+    cgroup_paths: Mutex<HashMap<String, Vec<PathBuf>>>,
 }
 
 impl Runtime {
@@ -368,6 +375,7 @@ impl Runtime {
                 config,
                 layout,
                 locks: Mutex::new(HashMap::new()),
+                cgroup_paths: Mutex::new(HashMap::new()),
             }),
         };
         runtime.recover()?;
@@ -567,7 +575,20 @@ impl Runtime {
                         vps_id: vps_id.to_string(),
                         source,
                     })?;
-                let (init, halt_signal) = self.start(&mut st)?;
+                let (init, halt_signal) = match self.start(&mut st) {
+                    Ok(started) => started,
+                    // A start that failed or missed its deadline may have left its init,
+                    // console supervisor or sysinfo server in the cgroup: none may stay.
+                    Err(error) => {
+                        return Err(match self.kill(None, &cgroup, vps_id) {
+                            Ok(()) => error,
+                            Err(cleanup) => RuntimeError::RollbackFailed {
+                                error: Box::new(error),
+                                cleanup: Box::new(cleanup),
+                            },
+                        })
+                    }
+                };
                 tracing::info!(vps_id, pid = init.pid, %halt_signal, "started VPS");
                 st.init = Some(init);
                 st.halt_signal = Some(halt_signal);
@@ -716,7 +737,15 @@ impl Runtime {
 
     /// Host paths of the VPS's cgroup directories, one per hierarchy (they may not exist).
     pub fn cgroup_paths(&self, vps_id: &str) -> Vec<PathBuf> {
-        self.cgroup(vps_id).paths()
+        let mut cache = self
+            .inner
+            .cgroup_paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache
+            .entry(vps_id.to_string())
+            .or_insert_with(|| self.cgroup(vps_id).paths())
+            .clone()
     }
 
     /// The VPS's network namespace (`/proc/<init>/ns/net`) while it runs, for attaching its
@@ -980,6 +1009,7 @@ impl Runtime {
             image,
             &rootfs.disk,
             target_bytes,
+            self.config().start_timeout,
         )
         .map_err(growth_err)?;
         st.disk_grow_to = None;
@@ -1067,6 +1097,11 @@ impl Runtime {
             state::remove_tree(&trash).map_err(state_err)?;
             tracing::info!(vps_id, "deleted VPS");
         }
+        self.inner
+            .cgroup_paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(vps_id);
         self.inner
             .ids
             .release(vps_id)
@@ -1196,13 +1231,15 @@ impl Runtime {
             proc_binds,
             sysinfo_socket: self.sysinfo_socket(&vps_id),
         };
-        let init =
-            supervisor::start_init(&self.config().helper_binary, &request).map_err(|source| {
-                RuntimeError::Supervisor {
-                    vps_id: vps_id.to_string(),
-                    source,
-                }
-            })?;
+        let init = supervisor::start_init(
+            &self.config().helper_binary,
+            &request,
+            self.config().start_timeout,
+        )
+        .map_err(|source| RuntimeError::Supervisor {
+            vps_id: vps_id.to_string(),
+            source,
+        })?;
         Ok((init, halt_signal))
     }
 

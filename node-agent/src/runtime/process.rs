@@ -84,13 +84,20 @@ pub(crate) fn read_stat(pid: u32) -> Result<Option<ProcStat>, ProcessError> {
 
 /// The identity of this boot of the kernel, so a pid recorded before a reboot is never mistaken
 /// for a live process after it.
+/// Read once per process: it cannot change while this process runs, and liveness checks of
+/// every VPS (each heartbeat, each apply) would otherwise read it each time.
 pub(crate) fn boot_id() -> Result<String, ProcessError> {
-    fs::read_to_string(BOOT_ID_PATH)
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(boot_id) = BOOT_ID.get() {
+        return Ok(boot_id.clone());
+    }
+    let boot_id = fs::read_to_string(BOOT_ID_PATH)
         .map(|s| s.trim().to_string())
         .map_err(|source| ProcessError::Read {
             path: PathBuf::from(BOOT_ID_PATH),
             source,
-        })
+        })?;
+    Ok(BOOT_ID.get_or_init(|| boot_id).clone())
 }
 
 /// A process identified robustly against pid reuse: pid, start time and boot id.

@@ -49,12 +49,13 @@ pub enum SupervisorError {
 }
 
 /// Starts the init through `helper_binary __internal start`; blocks until the init has exec'd
-/// (or setup failed) and returns its identity.
+/// (or setup failed, or `limit` passed: the helper is then killed) and returns its identity.
 pub(crate) fn start_init(
     helper_binary: &Path,
     request: &StartRequest,
+    limit: Duration,
 ) -> Result<ProcessIdentity, SupervisorError> {
-    let reply: StartReply = helper::call(helper_binary, START, request)?;
+    let reply: StartReply = helper::call(helper_binary, START, request, limit)?;
     Ok(reply.init)
 }
 

@@ -179,6 +179,7 @@ pub fn config(state_dir: &Path, cgroup_parent: &str) -> RuntimeConfig {
         state_dir: state_dir.to_path_buf(),
         cgroup_parent: cgroup_parent.to_string(),
         stop_grace: Duration::from_secs(10),
+        start_timeout: Duration::from_secs(60),
         helper_binary: helper_binary(),
         id_base: paddock_agent::runtime::idmap::DEFAULT_ID_BASE,
         proc_view: lxcfs_view(),
