@@ -28,7 +28,8 @@ struct Args {
     /// Few iterations and small N: checks that every scenario runs, measures nothing.
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated names, see --list).
+    /// Run only these scenarios (comma-separated names, see --list). Their results replace
+    /// theirs in the report already in the output directory; the others are kept.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write latest.json and latest.md [default: bench/results, or
@@ -102,12 +103,23 @@ fn run(args: Args) -> Result<bool> {
             manifest_dir.join("results")
         }
     });
-    let mut report = Report {
-        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        quick: args.quick,
-        host: Host::detect(&bin_dir),
-        scenarios: Vec::new(),
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut report = match Report::read(&out) {
+        // A partial run updates the published report of the same mode.
+        Some(mut earlier) if !args.only.is_empty() && earlier.quick == args.quick => {
+            earlier.started_at = started_at;
+            earlier.host = Host::detect(&bin_dir);
+            earlier
+        }
+        _ => Report {
+            started_at,
+            quick: args.quick,
+            host: Host::detect(&bin_dir),
+            scenarios: Vec::new(),
+        },
     };
+    let order: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();
+    let mut all_ran = true;
     for scenario in scenarios::ALL
         .iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|n| n == s.name))
@@ -118,13 +130,15 @@ fn run(args: Args) -> Result<bool> {
         if let Err(error) = (scenario.run)(&options, &mut result) {
             eprintln!("   failed: {error:#}");
             result.error = Some(format!("{error:#}"));
+            all_ran = false;
         }
         result.seconds = started.elapsed().as_secs_f64();
-        report.scenarios.push(result);
+        report.put(result);
+        report.order_by(&order);
         // Written after every scenario, so a long run that dies keeps what it measured.
         report.write(&out)?;
     }
     report.print();
     eprintln!("wrote {}", out.join("latest.json").display());
-    Ok(report.succeeded())
+    Ok(all_ran)
 }

@@ -6,12 +6,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::Samples;
 
 /// One run of the suite.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     /// RFC 3339, when the run started.
     pub started_at: String,
@@ -22,7 +22,7 @@ pub struct Report {
 }
 
 /// The machine the numbers come from.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Host {
     pub cpus: usize,
     pub memory_mib: u64,
@@ -34,10 +34,13 @@ pub struct Host {
 }
 
 /// What one scenario measured, or why it could not.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ScenarioReport {
     pub name: String,
     pub title: String,
+    /// RFC 3339, when this scenario ran (a `--only` run updates some scenarios of a report).
+    #[serde(default)]
+    pub ran_at: String,
     pub rows: Vec<Row>,
     /// How it was measured, what is simulated, what a reader must know.
     pub notes: Vec<String>,
@@ -51,6 +54,7 @@ impl ScenarioReport {
         Self {
             name: name.to_string(),
             title: title.to_string(),
+            ran_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             rows: Vec::new(),
             notes: Vec::new(),
             error: None,
@@ -70,7 +74,7 @@ impl ScenarioReport {
 }
 
 /// One metric.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub metric: String,
     pub unit: String,
@@ -83,7 +87,7 @@ pub struct Row {
 }
 
 /// What a metric is compared with, measured in the same run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Baseline {
     pub name: String,
     pub value: f64,
@@ -133,9 +137,28 @@ impl Row {
 }
 
 impl Report {
-    /// Whether every scenario ran to its end.
-    pub fn succeeded(&self) -> bool {
-        self.scenarios.iter().all(|s| s.error.is_none())
+    /// The report in `dir` (`latest.json`), if there is one this binary can read.
+    pub fn read(dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(dir.join("latest.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Puts `scenario` in its place: replaces the scenario of that name, else appends it.
+    pub fn put(&mut self, scenario: ScenarioReport) {
+        match self.scenarios.iter_mut().find(|s| s.name == scenario.name) {
+            Some(slot) => *slot = scenario,
+            None => self.scenarios.push(scenario),
+        }
+    }
+
+    /// Orders the scenarios as `names` lists them (unknown ones last).
+    pub fn order_by(&mut self, names: &[&str]) {
+        self.scenarios.sort_by_key(|s| {
+            names
+                .iter()
+                .position(|name| *name == s.name)
+                .unwrap_or(usize::MAX)
+        });
     }
 
     /// Writes `latest.json` and `latest.md` into `dir`.
@@ -169,8 +192,15 @@ impl Report {
         for scenario in &self.scenarios {
             let _ = writeln!(
                 out,
-                "## {} (`{}`, {:.0} s)\n",
-                scenario.title, scenario.name, scenario.seconds
+                "## {} (`{}`, {:.0} s{})\n",
+                scenario.title,
+                scenario.name,
+                scenario.seconds,
+                if scenario.ran_at.is_empty() || scenario.ran_at == self.started_at {
+                    String::new()
+                } else {
+                    format!(", run {}", scenario.ran_at)
+                }
             );
             if let Some(error) = &scenario.error {
                 let _ = writeln!(out, "**Failed:** {error}\n");
