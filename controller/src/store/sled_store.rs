@@ -1161,6 +1161,20 @@ mod tests {
 
     use super::*;
 
+    /// Opens the store at `dir` again; sled's background flusher may hold the file lock a
+    /// moment after the previous handle was dropped.
+    fn reopen(dir: &Path) -> SledStore {
+        (0..50)
+            .find_map(|_| match SledStore::open(dir) {
+                Ok(store) => Some(store),
+                Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    None
+                }
+            })
+            .expect("reopen within 5 s")
+    }
+
     fn tenant(name: &str, max_vps: u32) -> TenantRecord {
         TenantRecord {
             name: name.to_owned(),
@@ -1290,16 +1304,7 @@ mod tests {
             "{flushes} disk flushes for 200 commits"
         );
         drop(store);
-        // sled's background flusher may hold the file lock a moment after the drop.
-        let reopened = (0..50)
-            .find_map(|_| match SledStore::open(dir.path()) {
-                Ok(store) => Some(store),
-                Err(_) => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    None
-                }
-            })
-            .expect("reopen within 5 s");
+        let reopened = reopen(dir.path());
         assert_eq!(reopened.list_vps(Some("acme")).expect("list").len(), 200);
     }
 
@@ -1398,15 +1403,7 @@ mod tests {
             store.db.flush().expect("flush");
             expected
         };
-        let reopened = (0..50)
-            .find_map(|_| match SledStore::open(dir.path()) {
-                Ok(store) => Some(store),
-                Err(_) => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    None
-                }
-            })
-            .expect("reopen within 5 s");
+        let reopened = reopen(dir.path());
         assert_eq!(reopened.node_allocations().expect("rebuilt"), expected);
         assert_eq!(reopened.list_vps_on_node("n1").expect("list").len(), 3);
         assert_eq!(allocation(&reopened, "n1").free_ipv4, 7);
