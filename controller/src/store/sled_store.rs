@@ -424,7 +424,6 @@ impl SledStore {
     fn published<T>(&self, vps_id: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if result.is_ok() {
             self.watchers.publish(vps_id, |id| self.get_vps(id));
-            self.events_committed.committed();
         }
         result
     }
@@ -433,6 +432,14 @@ impl SledStore {
     fn published_all<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if result.is_ok() {
             self.watchers.publish_all(|id| self.get_vps(id));
+        }
+        result
+    }
+
+    /// Wakes `WatchEvents` followers; call after a committed transaction that may have
+    /// appended events (not after the ones that never do, such as a heartbeat's update).
+    fn signalled<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
             self.events_committed.committed();
         }
         result
@@ -465,7 +472,7 @@ impl Store for SledStore {
                 Ok(vps)
             },
         ));
-        self.published(vps_id, result)
+        self.signalled(self.published(vps_id, result))
     }
 
     fn update_tenant_emitting(
@@ -492,7 +499,7 @@ impl Store for SledStore {
                 },
             ),
         );
-        self.published_all(result)
+        self.signalled(self.published_all(result))
     }
 
     fn resize_vps(
@@ -549,7 +556,7 @@ impl Store for SledStore {
                     Ok(vps)
                 }),
         );
-        self.published(vps_id, result)
+        self.signalled(self.published(vps_id, result))
     }
 
     fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
@@ -600,9 +607,11 @@ impl Store for SledStore {
                 }),
         );
         // The sample changes the VPS's transfer figures, and maybe its limit.
-        if let Ok(Some(_)) = &result {
+        if let Ok(Some(update)) = &result {
             self.watchers.publish(vps_id, |id| self.get_vps(id));
-            self.events_committed.committed();
+            if !update.events.is_empty() {
+                self.events_committed.committed();
+            }
         }
         result
     }
@@ -911,7 +920,7 @@ impl Store for SledStore {
                     },
                 ),
         );
-        self.published(&vps.vps_id, result)
+        self.signalled(self.published(&vps.vps_id, result))
     }
 
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError> {
@@ -1046,7 +1055,7 @@ impl Store for SledStore {
                     },
                 ),
         );
-        self.published(vps_id, result)
+        self.signalled(self.published(vps_id, result))
     }
 
     fn create_pool(&self, pool: &PoolRecord) -> Result<(), StoreError> {
@@ -1415,7 +1424,7 @@ mod tests {
         let store = SledStore::create(dir.path()).expect("create");
         store.create_tenant(&tenant("acme", 5)).expect("tenant");
         let mut commits = store.event_signal().subscribe();
-        let mut signalled = |what: &str| {
+        let signalled = |commits: &mut tokio::sync::watch::Receiver<u64>, what: &str| {
             assert!(
                 commits.has_changed().expect("sender alive"),
                 "{what} appended events without signalling"
@@ -1425,23 +1434,33 @@ mod tests {
         let events = |store: &SledStore| store.list_events(0, 100).expect("events").len();
 
         store.create_vps(&vps("acme", "web1")).expect("create");
-        signalled("create_vps");
+        signalled(&mut commits, "create_vps");
+        store
+            .update_vps("acme-web1-id", &|vps| {
+                vps.observed = None;
+                Ok(())
+            })
+            .expect("a heartbeat-like update");
+        assert!(
+            !commits.has_changed().expect("sender alive"),
+            "an update that appends no event wakes no follower"
+        );
         store
             .update_vps_emitting("acme-web1-id", &|vps| {
                 vps.rebuild_generation += 1;
                 Ok(Some(EventRecord::of_vps(EventKind::Rebuilt, vps)))
             })
             .expect("rebuild");
-        signalled("update_vps_emitting");
+        signalled(&mut commits, "update_vps_emitting");
         store
             .update_tenant_emitting("acme", &|tenant| {
                 tenant.suspended = true;
                 Ok(Some(EventKind::Suspended))
             })
             .expect("suspend");
-        signalled("update_tenant_emitting");
+        signalled(&mut commits, "update_tenant_emitting");
         store.remove_vps("acme-web1-id").expect("remove");
-        signalled("remove_vps");
+        signalled(&mut commits, "remove_vps");
         assert_eq!(events(&store), 4, "created, rebuilt, suspended, deleted");
     }
 
