@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 use crate::error::ControllerError;
-use crate::store::{RequestOp as Op, TaggedRequest};
+use crate::store::{RequestOp as Op, TaggedRequest, VpsRecord};
 use crate::validate::ValidationError;
 
 /// The metadata key a client puts its request id in.
@@ -54,6 +54,18 @@ impl TaggedRequest {
             }
             _ => Ok(false),
         }
+    }
+}
+
+/// Whether `tagged` (if the client sent an id) was already carried out on `vps`: a retry is
+/// answered with the VPS as it is. An error when the id was used for another request.
+pub fn already_done(
+    tagged: Option<&TaggedRequest>,
+    vps: &VpsRecord,
+) -> Result<bool, ControllerError> {
+    match tagged {
+        Some(tagged) => tagged.done_as(vps.last_request.as_ref()),
+        None => Ok(false),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
 use crate::limits::{Bounds, Chooser};
+use crate::requests;
 use crate::scheduler::{self, Overcommit, Placement, Strategy};
 use crate::store::{
     EventKind, EventRecord, Power, RequestOp, Resources, StoreError, TaggedRequest,
@@ -88,10 +89,8 @@ impl Controller {
             .map(|id| TaggedRequest::new(id, RequestOp::Create, &request.parameters()));
         // A retry of a create that committed is answered with the VPS, whatever changed since.
         let retried = |existing: Option<VpsRecord>| -> Result<Option<VpsRecord>, ControllerError> {
-            match (existing, &tagged) {
-                (Some(existing), Some(tagged))
-                    if tagged.done_as(existing.last_request.as_ref())? =>
-                {
+            match existing {
+                Some(existing) if requests::already_done(tagged.as_ref(), &existing)? => {
                     Ok(Some(existing))
                 }
                 _ => Ok(None),
@@ -244,10 +243,8 @@ impl Controller {
     ) -> Result<VpsRecord, ControllerError> {
         let tenant = self.vps_scope(principal, tenant)?;
         let vps = self.find_vps(&tenant, name)?;
-        if let Some(tagged) = &tagged {
-            if tagged.done_as(vps.last_request.as_ref())? {
-                return Ok(vps);
-            }
+        if requests::already_done(tagged.as_ref(), &vps)? {
+            return Ok(vps);
         }
         if let Some(what) = refused_when_suspended {
             self.refuse_if_suspended(&tenant, what)?;
@@ -385,10 +382,8 @@ impl Controller {
                 &format!("plan={plan} overrides={overrides:?}"),
             )
         });
-        if let Some(tagged) = &tagged {
-            if tagged.done_as(vps.last_request.as_ref())? {
-                return Ok(vps);
-            }
+        if requests::already_done(tagged.as_ref(), &vps)? {
+            return Ok(vps);
         }
         self.refuse_if_suspended(&tenant, "resizing a VPS")?;
         // A tenant's overrides are held to the plan the VPS ends up on.
@@ -475,10 +470,8 @@ impl Controller {
         let tenant = self.vps_scope(principal, tenant)?;
         let vps = self.find_vps(&tenant, name)?;
         let tagged = request_id.map(|id| TaggedRequest::new(id, RequestOp::Delete, ""));
-        if let Some(tagged) = &tagged {
-            if tagged.done_as(vps.last_request.as_ref())? {
-                return Ok(vps);
-            }
+        if requests::already_done(tagged.as_ref(), &vps)? {
+            return Ok(vps);
         }
         let updated = self.store.update_vps(&vps.vps_id, &|vps| {
             vps.deleting = true;
