@@ -329,17 +329,12 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// A request id: 1-128 letters, digits, '-', '_', '.' or ':' (what the controller accepts).
+/// A request id, as the controller accepts it.
 fn request_id(value: &str) -> Result<String, String> {
-    let valid = !value.is_empty()
-        && value.len() <= 128
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if valid {
+    if paddock_proto::request_id::is_valid(value) {
         Ok(value.to_owned())
     } else {
-        Err("1-128 letters, digits, '-', '_', '.' or ':'".to_owned())
+        Err(paddock_proto::request_id::RULE.to_owned())
     }
 }
 

@@ -24,10 +24,6 @@ use crate::context::{Target, TokenSource, ENV_TOKEN};
 /// How long to wait for the TCP (and TLS) connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The metadata key of a call's request id; the controller recognizes a retried VPS mutation
-/// by it and answers it without doing it twice.
-pub const REQUEST_ID_KEY: &str = "paddock-request-id";
-
 /// Pauses before each retry of a mutation whose answer was lost (about 8 s in all, enough for
 /// a controller restart).
 const RETRY_DELAYS: [Duration; 5] = [
@@ -127,7 +123,7 @@ impl Interceptor for BearerAuth {
         let metadata = request.metadata_mut();
         metadata.insert("authorization", self.header.clone());
         if let Some(id) = &self.request_id {
-            metadata.insert(REQUEST_ID_KEY, id.clone());
+            metadata.insert(paddock_proto::request_id::METADATA_KEY, id.clone());
         }
         Ok(request)
     }

@@ -8,18 +8,13 @@
 //! the change without its id. Only the last one is kept: a retry must come before the next
 //! tagged change of the same VPS, which is what a client retrying a lost answer does.
 
+use paddock_proto::request_id::{self, MAX_LEN, METADATA_KEY};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 use crate::error::ControllerError;
 use crate::store::{RequestOp as Op, TaggedRequest, VpsRecord};
 use crate::validate::ValidationError;
-
-/// The metadata key a client puts its request id in.
-pub const METADATA_KEY: &str = "paddock-request-id";
-
-/// Longest request id accepted.
-const MAX_LEN: usize = 128;
 
 impl TaggedRequest {
     /// `parameters` is a canonical rendering of what the request asks for.
@@ -75,12 +70,7 @@ pub fn from_metadata(metadata: &MetadataMap) -> Result<Option<String>, Controlle
         return Ok(None);
     };
     let id = value.to_str().unwrap_or_default();
-    let valid = !id.is_empty()
-        && id.len() <= MAX_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if !valid {
+    if !request_id::is_valid(id) {
         return Err(ValidationError::new(
             "request id",
             format!(
