@@ -223,6 +223,8 @@ enum Step {
     Apply {
         vps_id: String,
         spec: Box<v1::VpsSpec>,
+        /// `convert::spec_digest(&spec)`, computed once per pass.
+        digest: String,
     },
 }
 
@@ -320,11 +322,12 @@ fn plan_steps(
             }
         };
         let spec = convert::vps_spec(&vps, tenant_suspended, now);
+        let digest = convert::spec_digest(&spec);
         let drifted = match listed {
-            Some(listed) if !full => drifted(&vps, &spec, listed.get(&vps.vps_id)),
+            Some(listed) if !full => drifted(&vps, &spec, &digest, listed.get(&vps.vps_id)),
             _ => true,
         };
-        if drifted && failures.waiting(&vps.vps_id, &convert::spec_digest(&spec)) {
+        if drifted && failures.waiting(&vps.vps_id, &digest) {
             debug!(vps = %vps.name, "its last apply failed; retrying after the backoff");
             continue;
         }
@@ -332,6 +335,7 @@ fn plan_steps(
             steps.push(Step::Apply {
                 vps_id: vps.vps_id,
                 spec: Box::new(spec),
+                digest,
             });
         } else {
             converged += 1;
@@ -346,9 +350,14 @@ fn plan_steps(
 }
 
 /// Whether a VPS must be applied again: its node has not confirmed its
-/// current spec, does not run it, or runs it in another power state.
-fn drifted(vps: &VpsRecord, spec: &v1::VpsSpec, listed: Option<&v1::VpsStatus>) -> bool {
-    if vps.applied_spec.as_deref() != Some(convert::spec_digest(spec).as_str()) {
+/// current spec (`digest`), does not run it, or runs it in another power state.
+fn drifted(
+    vps: &VpsRecord,
+    spec: &v1::VpsSpec,
+    digest: &str,
+    listed: Option<&v1::VpsStatus>,
+) -> bool {
+    if vps.applied_spec.as_deref() != Some(digest) {
         return true;
     }
     let Some(status) = listed else {
@@ -388,8 +397,11 @@ async fn run_step(
             info!(vps = %name, tenant = %tenant, node, "VPS deleted");
             Ok(())
         }
-        Step::Apply { vps_id, spec } => {
-            let digest = convert::spec_digest(&spec);
+        Step::Apply {
+            vps_id,
+            spec,
+            digest,
+        } => {
             let mut request = tonic::Request::new(*spec);
             request.set_timeout(Duration::from_secs(120));
             let status = client
