@@ -5,10 +5,16 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-HOME_DIR=${PADDOCK_HOME:-/var/lib/paddock}
+HOME_DIR=$(realpath -m "${PADDOCK_HOME:-/var/lib/paddock}")
 BIN=$PWD/target/release
-CONTROLLER_CONFIG=$PWD/config/controller.toml
-AGENT_CONFIG=$PWD/config/agent.toml
+# The shipped configs keep everything under /var/lib/paddock; another PADDOCK_HOME gets
+# copies of them with that path replaced, written to $PADDOCK_HOME/config (ports stay).
+CONFIG_DIR=$PWD/config
+if [[ $HOME_DIR != /var/lib/paddock ]]; then
+    CONFIG_DIR=$HOME_DIR/config
+fi
+CONTROLLER_CONFIG=$CONFIG_DIR/controller.toml
+AGENT_CONFIG=$CONFIG_DIR/agent.toml
 CONTROLLER_URL=https://127.0.0.1:7443
 CA_CERT=$HOME_DIR/controller/tls/ca.crt
 LOGS=$HOME_DIR/logs
@@ -58,7 +64,7 @@ wait_port() { # port what log
 
 start() { # daemon port
     local daemon=$1 port=$2 config
-    config=$PWD/config/$daemon.toml
+    config=$CONFIG_DIR/$daemon.toml
     if running "$HOME_DIR/$daemon.pid" "$BIN/paddock-$daemon"; then
         echo "$daemon already running (pid $(<"$HOME_DIR/$daemon.pid"))"
         return
@@ -78,6 +84,12 @@ mkdir -p "$HOME_DIR" "$LOGS"
 chmod 700 "$HOME_DIR"
 chmod 750 "$LOGS"
 find "$LOGS" -maxdepth 1 -type f -exec chmod 640 {} +
+if [[ $CONFIG_DIR != "$PWD/config" ]]; then
+    mkdir -p "$CONFIG_DIR"
+    for daemon in controller agent; do
+        sed "s#/var/lib/paddock/#$HOME_DIR/#g" "$PWD/config/$daemon.toml" >"$CONFIG_DIR/$daemon.toml"
+    done
+fi
 
 # The CLI and daemons on PATH, as an installed package would put them.
 for binary in paddock paddock-controller paddock-agent; do
