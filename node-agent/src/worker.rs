@@ -656,6 +656,42 @@ mod tests {
         assert_eq!(runtime.applies().len(), 2, "the re-create is a full apply");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_apply_queued_behind_a_delete_creates_the_vps_afresh() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *runtime.held.lock().expect("lock") = Some(held_tx);
+        *runtime.release.lock().expect("lock") = Some(release_rx);
+        let (workers, _dir) = workers(&runtime);
+        let workers = Arc::new(workers);
+        workers.apply(request("v1", "a", 3)).await.expect("apply");
+
+        let first = tokio::spawn({
+            let workers = workers.clone();
+            async move { workers.apply(request("v1", "hold", 3)).await }
+        });
+        held.recv().await.expect("the held apply started");
+        // Queued in this order behind the held apply: a delete, then a new apply.
+        let mut delete = Box::pin(workers.delete("v1"));
+        assert!(futures::poll!(&mut delete).is_pending());
+        let mut after = Box::pin(workers.apply(request("v1", "after", 4)));
+        assert!(futures::poll!(&mut after).is_pending());
+        release.send(()).expect("release");
+
+        first.await.expect("task").expect("held apply");
+        delete.await.expect("delete");
+        let after = after.await.expect("the apply after the delete");
+        assert_eq!(after.hostname, "after");
+        assert_eq!(workers.count(), 1, "the VPS exists again, with a worker");
+        let powers: Vec<_> = runtime.applies().into_iter().map(|(.., p)| p).collect();
+        assert_eq!(
+            powers,
+            [Power::Running, Power::Running, Power::Running],
+            "the re-created VPS is not restarted: its generation went with the delete"
+        );
+    }
+
     #[tokio::test]
     async fn actions_on_vpses_that_do_not_exist_leave_no_worker() {
         let runtime = Arc::new(FakeRuntime::default());
