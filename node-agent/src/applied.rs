@@ -4,8 +4,6 @@
 //! when what exists drifted from what the last apply left (the init is gone or another, the
 //! port's host link is missing), and at least every [`FULL_RESYNC`].
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::runtime::{ObservedState, VpsObserved};
@@ -17,9 +15,9 @@ pub const FULL_RESYNC: Duration = Duration::from_secs(300);
 /// blocking threads (and with them heartbeats, lists and no-op applies).
 pub const MAX_CONCURRENT_APPLIES: usize = 16;
 
-/// One VPS's last successful apply.
+/// One VPS's last successful apply, kept by that VPS's worker ([`crate::worker`]).
 #[derive(Debug, Clone)]
-struct Applied {
+pub struct LastApply {
     /// The encoded wire spec that was applied (compared byte for byte).
     spec: Vec<u8>,
     state: ObservedState,
@@ -29,48 +27,28 @@ struct Applied {
     at: Instant,
 }
 
-/// The last successful apply of each VPS.
-#[derive(Debug, Default)]
-pub struct AppliedSpecs {
-    by_vps: Mutex<HashMap<String, Applied>>,
-}
-
-impl AppliedSpecs {
-    /// Records a successful apply of `spec` (encoded) that left `observed`, with the port's
-    /// host link `port` when the VPS has one.
-    pub fn record(&self, spec: Vec<u8>, observed: &VpsObserved, port: Option<String>) {
-        let applied = Applied {
+impl LastApply {
+    /// A successful apply of `spec` (encoded) that left `observed`, with the port's host link
+    /// `port` when the VPS has one.
+    pub fn new(spec: Vec<u8>, observed: &VpsObserved, port: Option<String>) -> Self {
+        Self {
             spec,
             state: observed.state,
             init_pid: observed.init_pid,
             port,
             at: Instant::now(),
-        };
-        self.lock().insert(observed.vps_id.clone(), applied);
-    }
-
-    /// Forgets a VPS (deleted, or its apply failed): its next apply is a full one.
-    pub fn forget(&self, vps_id: &str) {
-        self.lock().remove(vps_id);
+        }
     }
 
     /// Whether applying `spec` (encoded) again would change nothing: the same spec was
     /// applied less than [`FULL_RESYNC`] ago and `current` (what exists now) is what it left.
-    pub fn unchanged(&self, vps_id: &str, spec: &[u8], current: &VpsObserved) -> bool {
-        let by_vps = self.lock();
-        let Some(applied) = by_vps.get(vps_id) else {
-            return false;
-        };
-        applied.spec == spec
-            && applied.at.elapsed() < FULL_RESYNC
-            && applied.state == current.state
-            && applied.init_pid == current.init_pid
+    pub fn unchanged(&self, spec: &[u8], current: &VpsObserved) -> bool {
+        self.spec == spec
+            && self.at.elapsed() < FULL_RESYNC
+            && self.state == current.state
+            && self.init_pid == current.init_pid
             && current.state != ObservedState::Error
-            && applied.port.as_ref().is_none_or(|name| link_exists(name))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Applied>> {
-        self.by_vps.lock().unwrap_or_else(PoisonError::into_inner)
+            && self.port.as_ref().is_none_or(|name| link_exists(name))
     }
 }
 
@@ -95,33 +73,29 @@ mod tests {
 
     #[test]
     fn same_spec_and_same_init_is_unchanged() {
-        let applied = AppliedSpecs::default();
         let running = observed(ObservedState::Running, Some(42));
-        assert!(
-            !applied.unchanged("v1", b"spec", &running),
-            "nothing applied yet"
-        );
-        applied.record(b"spec".to_vec(), &running, None);
-        assert!(applied.unchanged("v1", b"spec", &running));
-        assert!(!applied.unchanged("v1", b"other", &running), "spec changed");
+        let applied = LastApply::new(b"spec".to_vec(), &running, None);
+        assert!(applied.unchanged(b"spec", &running));
+        assert!(!applied.unchanged(b"other", &running), "spec changed");
         let restarted = observed(ObservedState::Running, Some(43));
-        assert!(
-            !applied.unchanged("v1", b"spec", &restarted),
-            "another init"
-        );
+        assert!(!applied.unchanged(b"spec", &restarted), "another init");
         let stopped = observed(ObservedState::Stopped, None);
-        assert!(!applied.unchanged("v1", b"spec", &stopped), "init gone");
-        applied.forget("v1");
-        assert!(!applied.unchanged("v1", b"spec", &running));
+        assert!(!applied.unchanged(b"spec", &stopped), "init gone");
+        let failed = observed(ObservedState::Error, None);
+        let applied_stopped = LastApply::new(b"spec".to_vec(), &stopped, None);
+        assert!(applied_stopped.unchanged(b"spec", &stopped));
+        assert!(
+            !applied_stopped.unchanged(b"spec", &failed),
+            "error is drift"
+        );
     }
 
     #[test]
     fn missing_port_is_drift() {
-        let applied = AppliedSpecs::default();
         let running = observed(ObservedState::Running, Some(42));
-        applied.record(b"spec".to_vec(), &running, Some("lo".into()));
-        assert!(applied.unchanged("v1", b"spec", &running));
-        applied.record(b"spec".to_vec(), &running, Some("pvnotthere0000".into()));
-        assert!(!applied.unchanged("v1", b"spec", &running));
+        let applied = LastApply::new(b"spec".to_vec(), &running, Some("lo".into()));
+        assert!(applied.unchanged(b"spec", &running));
+        let applied = LastApply::new(b"spec".to_vec(), &running, Some("pvnotthere0000".into()));
+        assert!(!applied.unchanged(b"spec", &running));
     }
 }

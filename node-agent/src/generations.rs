@@ -59,12 +59,10 @@ impl RestartGenerations {
         }
     }
 
-    /// Whether `generation` asks for a restart not yet done. A VPS seen for
-    /// the first time has nothing to restart.
-    pub fn pending(&self, vps_id: &str, generation: u64) -> bool {
-        self.map()
-            .get(vps_id)
-            .is_some_and(|applied| generation > *applied)
+    /// The last restart generation carried out for the VPS, if it has been applied since it
+    /// was created. A VPS's worker reads it once when it starts and keeps it.
+    pub fn applied(&self, vps_id: &str) -> Option<u64> {
+        self.map().get(vps_id).copied()
     }
 
     pub fn record(&self, vps_id: &str, generation: u64) -> Result<(), GenerationError> {
@@ -102,16 +100,17 @@ mod tests {
     fn restarts_apply_once_and_survive_reload() {
         let dir = tempfile::tempdir().expect("tempdir");
         let generations = RestartGenerations::load(dir.path()).expect("load");
-        assert!(!generations.pending("a", 3), "first sight never restarts");
+        assert_eq!(generations.applied("a"), None, "first sight");
         generations.record("a", 3).expect("record");
-        assert!(!generations.pending("a", 3));
-        assert!(generations.pending("a", 4));
+        assert_eq!(generations.applied("a"), Some(3));
         let reloaded = RestartGenerations::load(dir.path()).expect("reload");
-        assert!(!reloaded.pending("a", 3));
-        assert!(reloaded.pending("a", 4));
+        assert_eq!(reloaded.applied("a"), Some(3));
         reloaded.forget("a").expect("forget");
-        assert!(!RestartGenerations::load(dir.path())
-            .expect("load")
-            .pending("a", 9));
+        assert_eq!(
+            RestartGenerations::load(dir.path())
+                .expect("load")
+                .applied("a"),
+            None
+        );
     }
 }

@@ -14,6 +14,7 @@ pub mod registration;
 pub mod runtime;
 pub mod service;
 pub mod template;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;

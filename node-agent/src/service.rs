@@ -1,10 +1,11 @@
-//! The `NodeAgent` gRPC service the controller calls. It only translates:
-//! the runtime does the work, on blocking threads, one operation per VPS at a time.
+//! The `NodeAgent` gRPC service the controller calls. It only translates: it authorizes the
+//! caller, converts the request (`convert.rs`), hands per-VPS work to that VPS's worker
+//! (`worker.rs`) or node-wide reads to the runtime, and picks every error's gRPC code in one
+//! place (see "Errors to codes" below).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::Stream;
 use paddock_proto::v1;
@@ -13,28 +14,23 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::warn;
 
-use crate::applied::{AppliedSpecs, MAX_CONCURRENT_APPLIES};
 use crate::convert;
 use crate::generations::RestartGenerations;
-use crate::network::{Network, NetworkError, PortSpec};
-use crate::runtime::{ObservedState, Power, Runtime};
-use crate::template;
+use crate::network::Network;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::template::{self, TemplateError};
+use crate::worker::{ApplyRequest, WorkerError, Workers};
 
 /// Serves the controller, over mutual TLS.
 pub struct AgentService {
     pub runtime: Arc<Runtime>,
     pub state_dir: PathBuf,
     pub restarts: Arc<RestartGenerations>,
-    /// The VPS ports; `None` leaves VPSes with loopback only.
-    network: Option<Arc<Network>>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// What each VPS's last full apply left, to answer unchanged re-applies at once.
-    applied: AppliedSpecs,
-    /// Bounds the full applies running at once.
-    full_applies: tokio::sync::Semaphore,
+    /// One worker per VPS: applies and deletes.
+    workers: Workers,
 }
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -45,38 +41,19 @@ impl AgentService {
         state_dir: PathBuf,
         restarts: Arc<RestartGenerations>,
     ) -> Self {
+        let workers = Workers::new(runtime.clone(), None, restarts.clone());
         Self {
             runtime,
             state_dir,
             restarts,
-            network: None,
-            locks: Mutex::new(HashMap::new()),
-            applied: AppliedSpecs::default(),
-            full_applies: tokio::sync::Semaphore::new(MAX_CONCURRENT_APPLIES),
+            workers,
         }
     }
 
     /// Gives every running VPS a network port from its spec.
     pub fn with_network(mut self, network: Arc<Network>) -> Self {
-        self.network = Some(network);
+        self.workers = Workers::new(self.runtime.clone(), Some(network), self.restarts.clone());
         self
-    }
-
-    /// Makes the VPS's port match what the runtime reports: a running VPS
-    /// with a network spec gets its port ensured, anything else has none.
-    async fn converge_network(
-        &self,
-        vps_id: &str,
-        port: Option<&PortSpec>,
-        observed: &crate::runtime::VpsObserved,
-    ) -> Result<(), NetworkError> {
-        let Some(network) = &self.network else {
-            return Ok(());
-        };
-        match (observed.state, observed.init_pid, port) {
-            (ObservedState::Running, Some(pid), Some(port)) => network.ensure_port(port, pid).await,
-            _ => network.remove_port(vps_id).await,
-        }
     }
 
     /// Only the controller may call: its certificate was verified against
@@ -91,28 +68,24 @@ impl AgentService {
         Ok(())
     }
 
-    /// Serializes operations on one VPS (apply, delete) across concurrent calls.
-    fn lock(&self, vps_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = match self.locks.lock() {
-            Ok(locks) => locks,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        locks.entry(vps_id.to_owned()).or_default().clone()
-    }
-
+    /// Runs a node-wide runtime call on a blocking thread.
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Runtime) -> T + Send + 'static,
+        work: impl FnOnce(&Runtime) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<T, Status> {
         let runtime = self.runtime.clone();
         tokio::task::spawn_blocking(move || work(&runtime))
             .await
-            .map_err(|error| Status::internal(format!("runtime task failed: {error}")))
+            .map_err(|error| Status::internal(format!("runtime task failed: {error}")))?
+            .map_err(Status::from)
     }
 }
 
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
+    /// A failed apply is answered with the VPS in state `error` and the reason as its message,
+    /// not with an error status: the controller records it like any observed state. Only bad
+    /// input and an agent that cannot take the apply (stopping, worker lost) are errors.
     async fn apply_vps(
         &self,
         request: Request<v1::VpsSpec>,
@@ -121,67 +94,27 @@ impl NodeAgent for AgentService {
         let wire = request.into_inner();
         let spec = convert::spec(&wire)?;
         let port = convert::port_spec(&wire)?;
-        let lock = self.lock(&spec.vps_id);
-        let _guard = lock.lock().await;
         let vps_id = spec.vps_id.clone();
-        // A restart is a stop then a start, applied once per generation bump.
-        let restart = self.restarts.pending(&vps_id, wire.restart_generation);
-        let encoded = prost::Message::encode_to_vec(&wire);
-        if !restart {
-            // One state file read and one /proc stat: cheap enough for the async thread.
-            if let Ok(Some(current)) = self.runtime.status(&vps_id) {
-                if self.applied.unchanged(&vps_id, &encoded, &current) {
-                    return Ok(Response::new(convert::status(&current)));
-                }
-            }
-        }
-        self.applied.forget(&vps_id);
-        let _permit = self
-            .full_applies
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("the agent is shutting down"))?;
-        let restarts = self.restarts.clone();
-        let generation = wire.restart_generation;
-        let result = self
-            .blocking(move |runtime| {
-                if restart && spec.power == Power::Running {
-                    let mut stopped = spec.clone();
-                    stopped.power = Power::Stopped;
-                    runtime.apply(&stopped)?;
-                }
-                let observed = runtime.apply(&spec)?;
-                if let Err(error) = restarts.record(&spec.vps_id, generation) {
-                    warn!(vps_id = %spec.vps_id, %error, "recording restart generation");
-                }
-                Ok::<_, crate::runtime::RuntimeError>(observed)
+        let applied = self
+            .workers
+            .apply(ApplyRequest {
+                spec,
+                port,
+                restart_generation: wire.restart_generation,
+                encoded: prost::Message::encode_to_vec(&wire),
             })
-            .await?;
-        let status = match result {
-            Ok(observed) => match self
-                .converge_network(&vps_id, port.as_ref(), &observed)
-                .await
-            {
-                Ok(()) => {
-                    let host_link = port
-                        .as_ref()
-                        .filter(|_| observed.state == ObservedState::Running)
-                        .filter(|_| self.network.is_some())
-                        .map(|port| crate::network::host_ifname(&port.vps_id));
-                    if observed.state != ObservedState::Error {
-                        self.applied.record(encoded, &observed, host_link);
-                    }
-                    convert::status(&observed)
-                }
-                Err(error) => {
-                    warn!(%vps_id, %error, "network setup failed");
-                    convert::error_status(&vps_id, format!("network: {error}"))
-                }
-            },
-            Err(error) => {
+            .await;
+        let status = match applied {
+            Ok(observed) => convert::status(&observed),
+            Err(WorkerError::Runtime(error)) => {
                 warn!(%vps_id, %error, "apply failed");
                 convert::error_status(&vps_id, error.to_string())
             }
+            Err(WorkerError::Network { source, .. }) => {
+                warn!(%vps_id, error = %source, "network setup failed");
+                convert::error_status(&vps_id, format!("network: {source}"))
+            }
+            Err(error) => return Err(error.into()),
         };
         Ok(Response::new(status))
     }
@@ -197,24 +130,7 @@ impl NodeAgent for AgentService {
                 "vps_id: must be 1-64 lowercase letters, digits or '-'",
             ));
         }
-        let lock = self.lock(&vps_id);
-        let _guard = lock.lock().await;
-        self.applied.forget(&vps_id);
-        let id = vps_id.clone();
-        self.blocking(move |runtime| runtime.delete(&id))
-            .await?
-            .map_err(|error| Status::internal(format!("deleting VPS {vps_id}: {error}")))?;
-        if let Some(network) = &self.network {
-            network.remove_port(&vps_id).await.map_err(|error| {
-                Status::internal(format!(
-                    "removing the network port of VPS {vps_id}: {error}"
-                ))
-            })?;
-        }
-        if let Err(error) = self.restarts.forget(&vps_id) {
-            warn!(%vps_id, %error, "forgetting restart generation");
-        }
-        info!(%vps_id, "VPS deleted");
+        self.workers.delete(&vps_id).await?;
         Ok(Response::new(v1::Empty {}))
     }
 
@@ -223,10 +139,7 @@ impl NodeAgent for AgentService {
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::AgentListVpsResponse>, Status> {
         self.authorize(&request)?;
-        let listed = self
-            .blocking(|runtime| runtime.list())
-            .await?
-            .map_err(|error| Status::internal(format!("listing VPSes: {error}")))?;
+        let listed = self.blocking(|runtime| runtime.list()).await?;
         Ok(Response::new(v1::AgentListVpsResponse {
             vps: listed.iter().map(convert::status).collect(),
         }))
@@ -237,8 +150,7 @@ impl NodeAgent for AgentService {
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
         self.authorize(&request)?;
-        let names = template::list(&self.state_dir)
-            .map_err(|error| Status::internal(format!("listing templates: {error}")))?;
+        let names = template::list(&self.state_dir).map_err(template_status)?;
         Ok(Response::new(v1::ListTemplatesResponse {
             templates: names
                 .into_iter()
@@ -275,7 +187,6 @@ impl NodeAgent for AgentService {
         if start.command.is_empty() {
             return Err(Status::invalid_argument("command: is required"));
         }
-        let vps_id = start.vps_id.clone();
         let tty = start.tty.then(|| convert::tty_size(start.size.as_ref()));
         let (mut child, mut resize) = self
             .blocking(move |runtime| match tty {
@@ -286,10 +197,7 @@ impl NodeAgent for AgentService {
                     .exec(&start.vps_id, &start.command, &start.env)
                     .map(|child| (child, None)),
             })
-            .await?
-            .map_err(|error| {
-                Status::failed_precondition(format!("exec in VPS {vps_id}: {error}"))
-            })?;
+            .await?;
 
         let (sender, receiver) = mpsc::channel::<Result<v1::ExecOutput, Status>>(32);
         let mut stdin = child.stdin.take();
@@ -364,8 +272,7 @@ impl NodeAgent for AgentService {
         let vps_id = attach.vps_id.clone();
         let socket = self
             .blocking(move |runtime| runtime.console_socket(&vps_id))
-            .await?
-            .map_err(|error| Status::failed_precondition(format!("console: {error}")))?;
+            .await?;
         let stream = tokio::net::UnixStream::connect(&socket)
             .await
             .map_err(|error| Status::unavailable(format!("console supervisor: {error}")))?;
@@ -418,6 +325,58 @@ impl NodeAgent for AgentService {
     }
 }
 
+// Errors to codes: the one place the agent picks a gRPC status for a failure.
+
+/// The code for a runtime error: what the caller can do about it.
+pub fn runtime_code(error: &RuntimeError) -> Code {
+    match error {
+        RuntimeError::InvalidArgument { .. } => Code::InvalidArgument,
+        RuntimeError::NotFound(_) => Code::NotFound,
+        // The VPS or the node is not in the state the call needs: a start, a template build
+        // or a rebuild fixes it, not a retry.
+        RuntimeError::NotRunning(_)
+        | RuntimeError::TemplateMissing(_)
+        | RuntimeError::TemplateMismatch { .. }
+        | RuntimeError::ProcView(_) => Code::FailedPrecondition,
+        RuntimeError::InvalidConfig { .. }
+        | RuntimeError::TemplateMetadata { .. }
+        | RuntimeError::Setup(_)
+        | RuntimeError::State { .. }
+        | RuntimeError::Cgroup { .. }
+        | RuntimeError::Rootfs { .. }
+        | RuntimeError::Process { .. }
+        | RuntimeError::Supervisor { .. }
+        | RuntimeError::ExecSpawn { .. }
+        | RuntimeError::Idmap { .. }
+        | RuntimeError::Disk { .. }
+        | RuntimeError::DiskGrowth { .. }
+        | RuntimeError::RollbackFailed { .. } => Code::Internal,
+    }
+}
+
+impl From<RuntimeError> for Status {
+    fn from(error: RuntimeError) -> Self {
+        Status::new(runtime_code(&error), error.to_string())
+    }
+}
+
+impl From<WorkerError> for Status {
+    fn from(error: WorkerError) -> Self {
+        let code = match &error {
+            WorkerError::Runtime(error) => runtime_code(error),
+            WorkerError::Network { .. } | WorkerError::Task { .. } => Code::Internal,
+            // Retrying later reaches a running agent or a new worker.
+            WorkerError::ShuttingDown | WorkerError::Ended(_) => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+/// Listing templates reads the node's template directory: any failure is the node's.
+fn template_status(error: TemplateError) -> Status {
+    Status::internal(format!("listing templates: {error}"))
+}
+
 /// Copies one output pipe of an exec'd command into the response stream.
 async fn pump(
     pipe: Option<impl AsyncRead + Unpin>,
@@ -448,4 +407,89 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_codes() {
+        let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let cases: Vec<(Status, Code)> = vec![
+            (
+                RuntimeError::InvalidArgument {
+                    field: "limits.vcpus",
+                    rule: "must be at least 1".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (RuntimeError::NotFound("v1".into()).into(), Code::NotFound),
+            (
+                RuntimeError::NotRunning("v1".into()).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::TemplateMissing("debian-12".into()).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::TemplateMismatch {
+                    vps_id: "v1".into(),
+                    current: "busybox".into(),
+                    requested: "debian-12".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::InvalidConfig {
+                    field: "id_base",
+                    rule: "too small".into(),
+                }
+                .into(),
+                Code::Internal,
+            ),
+            (
+                RuntimeError::ExecSpawn {
+                    vps_id: "v1".into(),
+                    path: "/usr/bin/paddock-agent".into(),
+                    source: io(),
+                }
+                .into(),
+                Code::Internal,
+            ),
+            (
+                RuntimeError::RollbackFailed {
+                    error: Box::new(RuntimeError::NotFound("v1".into())),
+                    cleanup: Box::new(RuntimeError::NotRunning("v1".into())),
+                }
+                .into(),
+                Code::Internal,
+            ),
+            (
+                WorkerError::Runtime(RuntimeError::NotRunning("v1".into())).into(),
+                Code::FailedPrecondition,
+            ),
+            (WorkerError::ShuttingDown.into(), Code::Unavailable),
+            (WorkerError::Ended("v1".into()).into(), Code::Unavailable),
+            (
+                WorkerError::Task {
+                    vps_id: "v1".into(),
+                    message: "panicked".into(),
+                }
+                .into(),
+                Code::Internal,
+            ),
+            (
+                template_status(TemplateError::Unknown { name: "x".into() }),
+                Code::Internal,
+            ),
+        ];
+        for (status, code) in cases {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(!status.message().is_empty(), "{status:?}");
+        }
+    }
 }
