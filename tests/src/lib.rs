@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub mod multinode;
+
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
 
 /// Whether this test may run: root is required; without it the test fails
