@@ -4,7 +4,7 @@
 //! A scenario that fails prints the nodes, the VPSes and the daemons' log tails.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use paddock_tests::multinode::{MultiNode, PLAN};
 use paddock_tests::require_root;
@@ -140,4 +140,182 @@ fn spread_places_two_per_node_and_vpses_talk_across_nodes() {
     }
     cluster.finish();
     eprintln!("scenario (a) took {:?}", started.elapsed());
+}
+
+/// The VPSes of `tenant` by name.
+fn vpses_of(cluster: &MultiNode, tenant: &str) -> BTreeMap<String, Value> {
+    cluster
+        .vps_list()
+        .unwrap_or_else(|error| fail(cluster, format!("list: {error:#}")))
+        .into_iter()
+        .filter(|vps| vps["tenant"] == tenant)
+        .map(|vps| (vps["name"].as_str().unwrap_or_default().to_owned(), vps))
+        .collect()
+}
+
+/// Runs the CLI with `args` in a scoped thread; the result says whether the controller
+/// acknowledged (exit status 0).
+fn spawn_cli<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    cluster: &'scope MultiNode,
+    args: Vec<String>,
+) -> std::thread::ScopedJoinHandle<'scope, bool> {
+    scope.spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.cli(&args).is_ok_and(|out| out.status.success())
+    })
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| (*arg).to_owned()).collect()
+}
+
+/// (b) `kill -9` of an agent while creates and deletes to it are in flight: its VPSes keep
+/// running with the same init pids, and after its restart every acknowledged create runs
+/// and every acknowledged delete is gone.
+#[test]
+fn agent_killed_during_creates_and_deletes_loses_nothing() {
+    if !require_root() {
+        return;
+    }
+    let started = Instant::now();
+    let mut cluster = MultiNode::start(3).expect("start three nodes");
+    let victim = 1;
+    let victim_name = cluster.nodes[victim].name.clone();
+    cluster
+        .add_tenant("acme", &["--max-vps", "20", "--ipv4", "20"])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    cluster
+        .admin_ok(&["node", "label", &victim_name, "mn-role=victim"])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let on_victim = |name: &str, wait: &str| {
+        strings(&[
+            "--context",
+            "acme",
+            "create",
+            name,
+            "--plan",
+            PLAN,
+            "--node-selector",
+            "mn-role=victim",
+            wait,
+        ])
+    };
+    let kept = ["k1", "k2", "k3", "k4"];
+    let mut pids = BTreeMap::new();
+    for name in kept {
+        let args = on_victim(name, "--wait");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster
+            .cli_ok(&args)
+            .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+        let vps = show(&cluster, "acme", name);
+        assert_eq!(vps["node"], victim_name.as_str());
+        pids.insert(name, vps["init_pid"].as_u64().unwrap_or(0));
+    }
+    let vps_dir = cluster.nodes[victim].state_dir.join("vps");
+    let dirs_before = std::fs::read_dir(&vps_dir).map_or(0, Iterator::count);
+
+    // Three creates and two deletes at once; the agent dies as soon as it works on them.
+    let created = ["n1", "n2", "n3"];
+    let deleted = ["k1", "k2"];
+    let (create_acks, delete_acks) = std::thread::scope(|scope| {
+        let creates: Vec<_> = created
+            .iter()
+            .map(|name| spawn_cli(scope, &cluster, on_victim(name, "--no-wait")))
+            .collect();
+        let deletes: Vec<_> = deleted
+            .iter()
+            .map(|name| {
+                spawn_cli(
+                    scope,
+                    &cluster,
+                    strings(&["--context", "acme", "delete", name, "--yes", "--no-wait"]),
+                )
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_dir(&vps_dir).map_or(0, Iterator::count) == dirs_before
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let agent_pid = cluster.nodes[victim].agent_pid();
+        if let Some(pid) = agent_pid {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our agent child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let creates: Vec<bool> = creates
+            .into_iter()
+            .map(|h| h.join().unwrap_or(false))
+            .collect();
+        let deletes: Vec<bool> = deletes
+            .into_iter()
+            .map(|h| h.join().unwrap_or(false))
+            .collect();
+        (creates, deletes)
+    });
+    cluster.kill_agent(victim);
+    for (name, pid) in &pids {
+        assert!(
+            paddock_tests::multinode::process_alive(*pid),
+            "init {pid} of {name} died with its agent"
+        );
+    }
+    eprintln!("acknowledged creates {create_acks:?}, deletes {delete_acks:?}");
+    cluster
+        .start_agent(victim)
+        .unwrap_or_else(|error| fail(&cluster, format!("restart agent: {error:#}")));
+    let acked_creates: Vec<&str> = created
+        .iter()
+        .zip(&create_acks)
+        .filter(|(_, acked)| **acked)
+        .map(|(name, _)| *name)
+        .collect();
+    let acked_deletes: Vec<&str> = deleted
+        .iter()
+        .zip(&delete_acks)
+        .filter(|(_, acked)| **acked)
+        .map(|(name, _)| *name)
+        .collect();
+    let settled = cluster.wait_until(
+        "every acknowledged operation",
+        Duration::from_secs(90),
+        |c| {
+            let vpses = vpses_of(c, "acme");
+            let creates_run = acked_creates.iter().all(|name| {
+                vpses.get(*name).is_some_and(|vps| {
+                    vps["state"] == "running" && vps["node"] == victim_name.as_str()
+                })
+            });
+            let deletes_gone = acked_deletes.iter().all(|name| !vpses.contains_key(*name));
+            Ok(creates_run && deletes_gone)
+        },
+    );
+    if let Err(error) = settled {
+        fail(&cluster, format!("{error:#}"));
+    }
+    // The VPSes nobody touched run on with the init they had before the kill.
+    let vpses = vpses_of(&cluster, "acme");
+    for name in ["k3", "k4"] {
+        let vps = &vpses[name];
+        if vps["state"] != "running" || vps["init_pid"].as_u64() != Some(pids[name]) {
+            fail(
+                &cluster,
+                format!(
+                    "{name} was restarted or stopped: {vps}, init pid before {}",
+                    pids[name]
+                ),
+            );
+        }
+    }
+    // Unacknowledged operations may or may not have happened, but never half: each VPS is
+    // running or gone.
+    for vps in vpses.values() {
+        if vps["state"] != "running" {
+            fail(&cluster, format!("{} is not running: {vps}", vps["name"]));
+        }
+    }
+    cluster.finish();
+    eprintln!("scenario (b) took {:?}", started.elapsed());
 }
