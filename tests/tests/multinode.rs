@@ -319,3 +319,116 @@ fn agent_killed_during_creates_and_deletes_loses_nothing() {
     cluster.finish();
     eprintln!("scenario (b) took {:?}", started.elapsed());
 }
+
+/// Fetches `http://ip:8080/` from node `index`'s own netns (the node host, not a VPS).
+fn fetch_from_node(cluster: &MultiNode, index: usize, ip: &str) -> String {
+    let out = cluster.node_sh(index, &format!("curl -s -m 3 http://{ip}:8080/ 2>&1"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// (c) One node's link cut for 30 s: its VPSes keep serving inside its host; it goes
+/// offline and its VPSes `unknown`; creates go elsewhere; within 15 s of the link's return
+/// everything is consistent again, with no manual step.
+#[test]
+fn a_cut_link_makes_a_node_offline_and_it_recovers_alone() {
+    if !require_root() {
+        return;
+    }
+    let started = Instant::now();
+    let cluster = MultiNode::start(3).expect("start three nodes");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let vpses: Vec<Value> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|name| create(&cluster, "acme", name))
+        .collect();
+    let victim = cluster
+        .node_index(vpses[0]["node"].as_str().unwrap_or_default())
+        .expect("c1's node");
+    let victim_name = cluster.nodes[victim].name.clone();
+    let served = &vpses[0];
+    let served_ip = first_ipv4(served);
+    let served_pid = served["init_pid"].as_u64().unwrap_or(0);
+    let serve = cluster
+        .sh(
+            "acme",
+            "c1",
+            "mkdir -p /tmp/www && echo alive > /tmp/www/index.html && httpd -p 8080 -h /tmp/www </dev/null >/dev/null 2>&1",
+        )
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    assert!(serve.status.success(), "httpd: {serve:?}");
+    assert_eq!(fetch_from_node(&cluster, victim, &served_ip), "alive");
+
+    eprintln!("serving after {:?}", started.elapsed());
+    cluster
+        .set_link(victim, false)
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let cut_at = Instant::now();
+    let offline = cluster.wait_until("the cut node offline", Duration::from_secs(25), |c| {
+        let vps = &vpses_of(c, "acme")["c1"];
+        Ok(c.node_status(&victim_name)? == "offline" && vps["state"] == "unknown")
+    });
+    if let Err(error) = offline {
+        fail(&cluster, format!("{error:#}"));
+    }
+    eprintln!(
+        "node offline and its VPS unknown {:?} after the cut",
+        cut_at.elapsed()
+    );
+    // The VPS still serves inside its node, with the same init.
+    assert_eq!(fetch_from_node(&cluster, victim, &served_ip), "alive");
+    assert!(paddock_tests::multinode::process_alive(served_pid));
+    // New VPSes go to the nodes that are still there.
+    for name in ["c4", "c5"] {
+        let vps = create(&cluster, "acme", name);
+        if vps["node"] == victim_name.as_str() || vps["state"] != "running" {
+            fail(
+                &cluster,
+                format!("{name} went to the cut node or is not running: {vps}"),
+            );
+        }
+    }
+    let cut_for = Duration::from_secs(30);
+    std::thread::sleep(cut_for.saturating_sub(cut_at.elapsed()));
+    assert_eq!(fetch_from_node(&cluster, victim, &served_ip), "alive");
+
+    cluster
+        .set_link(victim, true)
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let back_at = Instant::now();
+    let consistent = cluster.wait_until(
+        "consistent after the link returned",
+        Duration::from_secs(15),
+        |c| {
+            let vpses = vpses_of(c, "acme");
+            Ok(c.node_status(&victim_name)? == "online"
+                && vpses.len() == 5
+                && vpses
+                    .values()
+                    .all(|vps| vps["state"] == "running" && vps["converged"] == true)
+                && vpses["c1"]["init_pid"].as_u64() == Some(served_pid))
+        },
+    );
+    if let Err(error) = consistent {
+        fail(
+            &cluster,
+            format!(
+                "{error:#} ({:?} after the link returned)",
+                back_at.elapsed()
+            ),
+        );
+    }
+    eprintln!("consistent {:?} after the link returned", back_at.elapsed());
+    // Exec reaches the node again.
+    let out = cluster
+        .sh("acme", "c1", "echo back")
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "back");
+    eprintln!(
+        "exec reached the node {:?} after the link returned",
+        back_at.elapsed()
+    );
+    cluster.finish();
+    eprintln!("scenario (c) took {:?}", started.elapsed());
+}
