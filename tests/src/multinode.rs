@@ -538,6 +538,11 @@ impl MultiNode {
         Ok(())
     }
 
+    /// The controller's pid, while it runs.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.as_ref().map(Child::id)
+    }
+
     /// `kill -9` of the controller.
     pub fn kill_controller(&mut self) {
         if let Some(mut child) = self.controller.take() {

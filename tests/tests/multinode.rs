@@ -4,6 +4,7 @@
 //! A scenario that fails prints the nodes, the VPSes and the daemons' log tails.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use paddock_tests::multinode::{MultiNode, PLAN};
@@ -435,4 +436,147 @@ fn a_cut_link_makes_a_node_offline_and_it_recovers_alone() {
     );
     cluster.finish();
     eprintln!("scenario (c) took {:?}", started.elapsed());
+}
+
+/// (d) `kill -9` of the controller during 100 concurrent creates across five tenants (quota
+/// 8 VPSes each): after its restart every acknowledged VPS exists and runs, no tenant is over
+/// its quota, and no address is given twice.
+#[test]
+fn controller_killed_during_concurrent_creates_keeps_quotas_and_addresses() {
+    if !require_root() {
+        return;
+    }
+    let started = Instant::now();
+    let mut cluster = MultiNode::start(3).expect("start three nodes");
+    let tenants = ["t1", "t2", "t3", "t4", "t5"];
+    let max_vps = 8;
+    for tenant in tenants {
+        cluster
+            .add_tenant(
+                tenant,
+                &[
+                    "--max-vps",
+                    &max_vps.to_string(),
+                    "--ipv4",
+                    &max_vps.to_string(),
+                ],
+            )
+            .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    }
+    let requests: Vec<(&str, String)> = (1..=20)
+        .flat_map(|i| {
+            tenants
+                .iter()
+                .map(move |tenant| (*tenant, format!("v{i:02}")))
+        })
+        .collect();
+    assert_eq!(requests.len(), 100);
+    let acks = std::sync::atomic::AtomicUsize::new(0);
+    let acked: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|(tenant, name)| {
+                let cluster = &cluster;
+                let acks = &acks;
+                scope.spawn(move || {
+                    let ok = cluster
+                        .cli(&[
+                            "--context",
+                            tenant,
+                            "create",
+                            name,
+                            "--plan",
+                            PLAN,
+                            "--no-wait",
+                        ])
+                        .is_ok_and(|out| out.status.success());
+                    if ok {
+                        acks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    ok
+                })
+            })
+            .collect();
+        // The controller dies once a few creates were acknowledged, with the rest in flight.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acks.load(Ordering::SeqCst) < 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(pid) = cluster.controller_pid() {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our controller child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or(false))
+            .collect()
+    });
+    let killed_after = acks.load(Ordering::SeqCst);
+    cluster.kill_controller();
+    cluster
+        .start_controller()
+        .unwrap_or_else(|error| fail(&cluster, format!("restart controller: {error:#}")));
+    eprintln!("{killed_after} creates acknowledged; controller restarted");
+    let acknowledged: Vec<(&str, &str)> = requests
+        .iter()
+        .zip(&acked)
+        .filter(|(_, ok)| **ok)
+        .map(|((tenant, name), _)| (*tenant, name.as_str()))
+        .collect();
+    // Every VPS the store holds (acknowledged or not) ends up running.
+    let settled = cluster.wait_until("every VPS running", Duration::from_secs(180), |c| {
+        let vpses = c.vps_list()?;
+        let all_acked_there = acknowledged.iter().all(|(tenant, name)| {
+            vpses
+                .iter()
+                .any(|vps| vps["tenant"] == *tenant && vps["name"] == *name)
+        });
+        Ok(all_acked_there && vpses.iter().all(|vps| vps["state"] == "running"))
+    });
+    if let Err(error) = settled {
+        fail(&cluster, format!("{error:#}"));
+    }
+    let vpses = cluster
+        .vps_list()
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
+    let mut addresses: BTreeMap<String, String> = BTreeMap::new();
+    for vps in &vpses {
+        let tenant = vps["tenant"].as_str().unwrap_or_default().to_owned();
+        *per_tenant.entry(tenant.clone()).or_insert(0) += 1;
+        let ips = vps["ipv4"].as_array().cloned().unwrap_or_default();
+        if ips.len() != 1 {
+            fail(&cluster, format!("{} has addresses {ips:?}", vps["name"]));
+        }
+        let ip = ips[0].as_str().unwrap_or_default().to_owned();
+        let owner = format!("{tenant}/{}", vps["name"]);
+        if let Some(other) = addresses.insert(ip.clone(), owner.clone()) {
+            fail(&cluster, format!("{ip} given to {other} and {owner}"));
+        }
+        // The address is from the pool of the node the VPS runs on.
+        let node = cluster
+            .node_index(vps["node"].as_str().unwrap_or_default())
+            .unwrap_or_else(|| fail(&cluster, format!("{owner} on an unknown node")));
+        if !ip.starts_with(&format!("{}.", cluster.nodes[node].pool_prefix)) {
+            fail(
+                &cluster,
+                format!("{owner}'s {ip} is not from its node's pool"),
+            );
+        }
+    }
+    for (tenant, count) in &per_tenant {
+        if *count > max_vps {
+            fail(
+                &cluster,
+                format!("tenant {tenant} holds {count} VPSes, quota {max_vps}"),
+            );
+        }
+    }
+    eprintln!(
+        "{} acknowledged, {} VPSes exist, per tenant {per_tenant:?}",
+        acknowledged.len(),
+        vpses.len()
+    );
+    cluster.finish();
+    eprintln!("scenario (d) took {:?}", started.elapsed());
 }
