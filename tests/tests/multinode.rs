@@ -580,3 +580,96 @@ fn controller_killed_during_concurrent_creates_keeps_quotas_and_addresses() {
     cluster.finish();
     eprintln!("scenario (d) took {:?}", started.elapsed());
 }
+
+/// A daemon of the cluster: the controller or agent `i` (0-based).
+#[derive(Debug, Clone, Copy)]
+enum Daemon {
+    Controller,
+    Agent(usize),
+}
+
+/// (e) Every daemon killed and restarted, each in a random order (the seed is printed;
+/// `PADDOCK_TEST_SEED` replays one): every VPS ends in its desired state, the running ones
+/// with the init they had.
+#[test]
+fn restarting_everything_in_random_order_keeps_desired_states() {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+
+    if !require_root() {
+        return;
+    }
+    let started = Instant::now();
+    let seed: u64 = std::env::var("PADDOCK_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("PADDOCK_TEST_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut cluster = MultiNode::start(3).expect("start three nodes");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let names = ["r1", "r2", "r3", "r4", "r5", "r6"];
+    for name in names {
+        create(&cluster, "acme", name);
+    }
+    // Two of them are meant to be stopped.
+    let stopped = ["r2", "r5"];
+    for name in stopped {
+        cluster
+            .cli_ok(&["--context", "acme", "stop", name])
+            .unwrap_or_else(|error| fail(&cluster, format!("stop {name}: {error:#}")));
+    }
+    let before = vpses_of(&cluster, "acme");
+    for name in stopped {
+        assert_eq!(before[name]["state"], "stopped", "{name}: {}", before[name]);
+    }
+
+    let mut daemons: Vec<Daemon> = std::iter::once(Daemon::Controller)
+        .chain((0..cluster.nodes.len()).map(Daemon::Agent))
+        .collect();
+    daemons.shuffle(&mut rng);
+    eprintln!("kill order {daemons:?}");
+    for daemon in &daemons {
+        match daemon {
+            Daemon::Controller => cluster.kill_controller(),
+            Daemon::Agent(index) => cluster.kill_agent(*index),
+        }
+    }
+    daemons.shuffle(&mut rng);
+    eprintln!("start order {daemons:?}");
+    for daemon in &daemons {
+        let started = match daemon {
+            Daemon::Controller => cluster.start_controller(),
+            Daemon::Agent(index) => cluster.start_agent(*index),
+        };
+        started.unwrap_or_else(|error| fail(&cluster, format!("start {daemon:?}: {error:#}")));
+    }
+    let settled = cluster.wait_until(
+        "every VPS in its desired state",
+        Duration::from_secs(60),
+        |c| {
+            let nodes_online = c.node_list()?.iter().all(|node| node["status"] == "online");
+            let vpses = vpses_of(c, "acme");
+            let in_state = names.iter().all(|name| {
+                let Some(vps) = vpses.get(*name) else {
+                    return false;
+                };
+                let was = &before[*name];
+                let state_ok = if stopped.contains(name) {
+                    vps["state"] == "stopped"
+                } else {
+                    vps["state"] == "running" && vps["init_pid"] == was["init_pid"]
+                };
+                state_ok && vps["converged"] == true && vps["node"] == was["node"]
+            });
+            Ok(nodes_online && vpses.len() == names.len() && in_state)
+        },
+    );
+    if let Err(error) = settled {
+        fail(&cluster, format!("seed {seed}: {error:#}"));
+    }
+    cluster.finish();
+    eprintln!("scenario (e) took {:?}", started.elapsed());
+}
