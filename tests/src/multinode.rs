@@ -98,6 +98,8 @@ pub struct MultiNode {
     pub admin_token: String,
     pub nodes: Vec<Node>,
     controller: Option<Child>,
+    /// When this cluster began (after waiting for its turn).
+    started_at: Instant,
     torn_down: bool,
     _one_at_a_time: MutexGuard<'static, ()>,
 }
@@ -301,6 +303,7 @@ impl MultiNode {
             admin_token: String::new(),
             nodes: Vec::new(),
             controller: None,
+            started_at: Instant::now(),
             torn_down: false,
             _one_at_a_time: guard,
         };
@@ -1076,6 +1079,10 @@ impl MultiNode {
         eprintln!(
             "leak check: VPSes deleted and the nodes clean after {checked:?}, torn down after {:?}",
             started.elapsed()
+        );
+        eprintln!(
+            "scenario took {:?} from the cluster's start to its teardown",
+            self.started_at.elapsed()
         );
     }
 }

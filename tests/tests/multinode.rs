@@ -96,7 +96,6 @@ fn spread_places_two_per_node_and_vpses_talk_across_nodes() {
     if !require_root() {
         return;
     }
-    let started = Instant::now();
     let cluster = MultiNode::start(3).expect("start three nodes");
     cluster
         .add_tenant("acme", &[])
@@ -140,7 +139,6 @@ fn spread_places_two_per_node_and_vpses_talk_across_nodes() {
         );
     }
     cluster.finish();
-    eprintln!("scenario (a) took {:?}", started.elapsed());
 }
 
 /// The VPSes of `tenant` by name.
@@ -179,7 +177,6 @@ fn agent_killed_during_creates_and_deletes_loses_nothing() {
     if !require_root() {
         return;
     }
-    let started = Instant::now();
     let mut cluster = MultiNode::start(3).expect("start three nodes");
     let victim = 1;
     let victim_name = cluster.nodes[victim].name.clone();
@@ -318,7 +315,6 @@ fn agent_killed_during_creates_and_deletes_loses_nothing() {
         }
     }
     cluster.finish();
-    eprintln!("scenario (b) took {:?}", started.elapsed());
 }
 
 /// Fetches `http://ip:8080/` from node `index`'s own netns (the node host, not a VPS).
@@ -335,7 +331,6 @@ fn a_cut_link_makes_a_node_offline_and_it_recovers_alone() {
     if !require_root() {
         return;
     }
-    let started = Instant::now();
     let cluster = MultiNode::start(3).expect("start three nodes");
     cluster
         .add_tenant("acme", &[])
@@ -361,7 +356,6 @@ fn a_cut_link_makes_a_node_offline_and_it_recovers_alone() {
     assert!(serve.status.success(), "httpd: {serve:?}");
     assert_eq!(fetch_from_node(&cluster, victim, &served_ip), "alive");
 
-    eprintln!("serving after {:?}", started.elapsed());
     cluster
         .set_link(victim, false)
         .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
@@ -435,7 +429,6 @@ fn a_cut_link_makes_a_node_offline_and_it_recovers_alone() {
         back_at.elapsed()
     );
     cluster.finish();
-    eprintln!("scenario (c) took {:?}", started.elapsed());
 }
 
 /// (d) `kill -9` of the controller during 100 concurrent creates across five tenants (quota
@@ -446,7 +439,6 @@ fn controller_killed_during_concurrent_creates_keeps_quotas_and_addresses() {
     if !require_root() {
         return;
     }
-    let started = Instant::now();
     let mut cluster = MultiNode::start(3).expect("start three nodes");
     let tenants = ["t1", "t2", "t3", "t4", "t5"];
     let max_vps = 8;
@@ -578,7 +570,6 @@ fn controller_killed_during_concurrent_creates_keeps_quotas_and_addresses() {
         vpses.len()
     );
     cluster.finish();
-    eprintln!("scenario (d) took {:?}", started.elapsed());
 }
 
 /// A daemon of the cluster: the controller or agent `i` (0-based).
@@ -599,7 +590,6 @@ fn restarting_everything_in_random_order_keeps_desired_states() {
     if !require_root() {
         return;
     }
-    let started = Instant::now();
     let seed: u64 = std::env::var("PADDOCK_TEST_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
@@ -671,5 +661,4 @@ fn restarting_everything_in_random_order_keeps_desired_states() {
         fail(&cluster, format!("seed {seed}: {error:#}"));
     }
     cluster.finish();
-    eprintln!("scenario (e) took {:?}", started.elapsed());
 }
