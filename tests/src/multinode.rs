@@ -150,9 +150,13 @@ fn free_link_octet(seed: u32) -> Result<u8> {
     let addresses = run("ip", &["-o", "-4", "addr", "show"])?;
     let routes = run("ip", &["-4", "route", "show"])?;
     for step in 0..99u32 {
-        let octet = 1 + (seed + step) % 99;
-        let prefix = format!(" 10.{octet}.");
-        if !addresses.contains(&prefix) && !format!(" {routes}").contains(&prefix) {
+        let octet = 1 + seed.wrapping_add(step) % 99;
+        let prefix = format!("10.{octet}.");
+        let used = addresses.contains(&format!(" {prefix}"))
+            || routes
+                .lines()
+                .any(|line| line.starts_with(&prefix) || line.contains(&format!(" {prefix}")));
+        if !used {
             return u8::try_from(octet).context("octet");
         }
     }
