@@ -866,6 +866,18 @@ impl MultiNode {
                     }
                 }
             }
+            // The agent's own mount namespace (its /sys aside) must hold no mount of ours.
+            if let Some(pid) = node.agent_pid() {
+                let dir_text = self.dir.path().display().to_string();
+                let mountinfo =
+                    std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+                found.extend(
+                    mountinfo
+                        .lines()
+                        .filter(|line| line.contains(&dir_text))
+                        .map(|line| format!("{}: agent's mount {line}", node.name)),
+                );
+            }
             let vps_dir = node.state_dir.join("vps");
             if let Ok(entries) = std::fs::read_dir(&vps_dir) {
                 for entry in entries.flatten() {

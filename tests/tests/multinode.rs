@@ -43,36 +43,40 @@ fn first_ipv4(vps: &Value) -> String {
 }
 
 /// A TCP message from `client` to `server` (VPSes of `tenant`) over `server_ip`: `server`
-/// listens with busybox `nc` in one exec while `client` connects from another.
+/// runs a busybox `nc` listener in the background (its stdin a pipe that stays open: with
+/// `</dev/null` it may end on the EOF before it read the socket) writing to a file, `client`
+/// connects (retrying while nothing listens yet), and `server` shows what arrived.
 fn tcp_message(cluster: &MultiNode, tenant: &str, client: &str, server: &str, server_ip: &str) {
     let message = format!("hello-from-{client}");
-    let received = std::thread::scope(|scope| {
-        let listener =
-            scope.spawn(|| cluster.sh(tenant, server, "timeout 30 nc -l -p 7000 </dev/null"));
-        let sent = cluster.sh(
-            tenant,
-            client,
-            &format!(
-                "for i in $(seq 1 40); do \
-                 echo {message} | nc -w 3 {server_ip} 7000 && exit 0; sleep 0.5; done; exit 1"
-            ),
-        );
-        let listened = listener.join().expect("listener thread");
-        (sent, listened)
-    });
-    let (sent, listened) = received;
-    let sent = sent.unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
-    let listened = listened.unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
-    if !sent.status.success() || String::from_utf8_lossy(&listened.stdout).trim() != message {
+    let run = |vps: &str, script: &str| {
+        cluster
+            .sh(tenant, vps, script)
+            .unwrap_or_else(|error| fail(cluster, format!("{error:#}")))
+    };
+    let listen = run(
+        server,
+        "rm -f /tmp/got; (sleep 60 | nc -l -p 7000 >/tmp/got 2>/dev/null) </dev/null >/dev/null 2>&1 &",
+    );
+    assert!(listen.status.success(), "listener: {listen:?}");
+    let sent = run(
+        client,
+        &format!(
+            "for i in $(seq 1 40); do \
+             echo {message} | nc -w 3 {server_ip} 7000 && exit 0; sleep 0.5; done; exit 1"
+        ),
+    );
+    let got = run(
+        server,
+        "for i in $(seq 1 40); do [ -s /tmp/got ] && exec cat /tmp/got; sleep 0.25; done",
+    );
+    let got = String::from_utf8_lossy(&got.stdout).trim().to_owned();
+    if !sent.status.success() || got != message {
         fail(
             cluster,
             format!(
-                "TCP {client} -> {server} ({server_ip}) failed: client {}: {}; listener {}: {}{}",
+                "TCP {client} -> {server} ({server_ip}) failed: client {}: {}; listener got {got:?}",
                 sent.status,
                 String::from_utf8_lossy(&sent.stderr),
-                listened.status,
-                String::from_utf8_lossy(&listened.stdout),
-                String::from_utf8_lossy(&listened.stderr)
             ),
         );
     }
