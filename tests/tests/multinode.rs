@@ -468,12 +468,14 @@ fn controller_killed_during_concurrent_creates_keeps_quotas_and_addresses() {
         .collect();
     assert_eq!(requests.len(), 100);
     let acks = std::sync::atomic::AtomicUsize::new(0);
-    let acked: Vec<bool> = std::thread::scope(|scope| {
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let (acked, answered_before_kill): (Vec<bool>, usize) = std::thread::scope(|scope| {
         let handles: Vec<_> = requests
             .iter()
             .map(|(tenant, name)| {
                 let cluster = &cluster;
                 let acks = &acks;
+                let answered = &answered;
                 scope.spawn(move || {
                     let ok = cluster
                         .cli(&[
@@ -489,30 +491,40 @@ fn controller_killed_during_concurrent_creates_keeps_quotas_and_addresses() {
                     if ok {
                         acks.fetch_add(1, Ordering::SeqCst);
                     }
+                    answered.fetch_add(1, Ordering::SeqCst);
                     ok
                 })
             })
             .collect();
-        // The controller dies once a few creates were acknowledged, with the rest in flight.
+        // The controller dies once a fifth of the calls returned (acknowledged or refused
+        // over quota), with the rest in flight or not sent yet.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while acks.load(Ordering::SeqCst) < 10 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        while answered.load(Ordering::SeqCst) < 20 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
         if let Some(pid) = cluster.controller_pid() {
             // SAFETY: kill has no memory-safety preconditions; the pid is our controller child.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        handles
+        let answered_before_kill = answered.load(Ordering::SeqCst);
+        let acked = handles
             .into_iter()
             .map(|handle| handle.join().unwrap_or(false))
-            .collect()
+            .collect();
+        (acked, answered_before_kill)
     });
+    // Otherwise the kill came too late to test anything.
+    assert!(
+        answered_before_kill < requests.len(),
+        "every create had returned before the kill"
+    );
     let killed_after = acks.load(Ordering::SeqCst);
     cluster.kill_controller();
     cluster
         .start_controller()
         .unwrap_or_else(|error| fail(&cluster, format!("restart controller: {error:#}")));
-    eprintln!("{killed_after} creates acknowledged; controller restarted");
+    eprintln!("{answered_before_kill} of 100 creates had returned when the controller was killed");
+    eprintln!("{killed_after} creates acknowledged in all; controller restarted");
     let acknowledged: Vec<(&str, &str)> = requests
         .iter()
         .zip(&acked)
