@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{binary, purge_cgroup};
+use crate::{binary, cgroup_mounts, purge_cgroup};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -161,21 +161,6 @@ fn free_link_octet(seed: u32) -> Result<u8> {
         }
     }
     bail!("no free 10.T.0.0/24 for the node links")
-}
-
-/// Every cgroup hierarchy mounted on this host, named ones (`name=systemd`) and the v2 tree
-/// of a hybrid layout included: the agent's cgroup parent may appear in each.
-fn cgroup_mounts() -> Vec<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .collect()
 }
 
 fn free_port_on(addr: Ipv4Addr) -> Result<u16> {
