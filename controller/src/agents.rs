@@ -50,6 +50,12 @@ impl AgentPool {
                     .map_err(|e| unavailable(format!("TLS setup for {address:?}: {e}")))?
                     .connect_timeout(Duration::from_secs(3))
                     .tcp_keepalive(Some(Duration::from_secs(30)))
+                    // HTTP/2 pings, idle or not, find a connection a cut link killed within
+                    // 10 s, so the next call dials afresh instead of waiting for TCP's
+                    // retransmission backoff (tens of seconds after a 30 s outage).
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true)
                     .connect_lazy();
                 channels.insert(node.to_owned(), (address.to_owned(), channel.clone()));
                 channel

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub mod multinode;
+
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
 
 /// Whether this test may run: root is required; without it the test fails
@@ -665,6 +667,21 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Every cgroup hierarchy mounted on this host, named ones (`name=systemd`) and the v2 tree
+/// of a hybrid layout included: the agent's cgroup parent may appear in each.
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
 /// Removes a cluster's bridge, every link the agent marked as its own, and its nft tables.
 pub fn remove_network(bridge: &str) {
     let marker = format!("paddock:{bridge}:");
@@ -727,18 +744,20 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The agent makes its cgroups in every hierarchy, `name=systemd` and the hybrid v2
+        // tree included: purge them all, not only the controller hierarchies.
         for extra in &mut self.extra_agents {
             let _ = extra.child.kill();
             let _ = extra.child.wait();
             remove_network(&extra.bridge);
-            for root in cgroup_roots() {
+            for root in cgroup_mounts() {
                 purge_cgroup(&root.join(&extra.cgroup_parent));
             }
         }
         // The cluster's network: its bridge, marked links and nft tables.
         remove_network(&self.bridge);
         // VPSes outlive their agent by design: remove whatever this test left.
-        for root in cgroup_roots() {
+        for root in cgroup_mounts() {
             purge_cgroup(&root.join(&self.cgroup_parent));
         }
     }
