@@ -9,9 +9,10 @@ use paddock_config::ControllerConfig;
 use crate::agents::AgentPool;
 use crate::auth::{self, Principal};
 use crate::error::ControllerError;
+use crate::model::scheduler::NodeView;
+use crate::model::{Capacity, NodeAllocationRecord, NodeRecord, VpsRecord};
 use crate::reconcile::ReconcileHandle;
-use crate::scheduler::NodeView;
-use crate::store::{Capacity, NodeAllocationRecord, NodeRecord, Store, VpsRecord};
+use crate::store::Store;
 
 /// Everything a request handler needs; cheap to share behind an `Arc`.
 pub struct Controller {
@@ -122,13 +123,13 @@ impl Controller {
             }
             Principal::Admin { .. } => {
                 if requested.is_empty() {
-                    return Err(crate::validate::ValidationError::new(
+                    return Err(crate::model::validate::ValidationError::new(
                         "tenant",
                         "is required with an admin token (name the tenant that owns the VPS)",
                     )
                     .into());
                 }
-                crate::validate::name("tenant", requested)?;
+                crate::model::validate::name("tenant", requested)?;
                 Ok(requested.to_owned())
             }
             Principal::Billing { .. } => Err(auth::AuthError::Forbidden {

@@ -8,7 +8,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
-use crate::store::{Role, Store, StoreError, TokenRecord};
+use crate::model::{Role, TokenRecord};
+use crate::store::{Store, StoreError};
 
 /// A request extension set by the RPC layer once it authenticated the caller's token, so the
 /// handler does not look the token up a second time.

@@ -4,12 +4,12 @@ use chrono::{DateTime, Utc};
 use paddock_proto::v1;
 
 use crate::metering::TransferStatus;
-use crate::scheduler::NodeView;
-use crate::store::{
+use crate::model::scheduler::NodeView;
+use crate::model::validate::ValidationError;
+use crate::model::{
     Capacity, NodeRecord, Observed, PlanRecord, PoolRecord, Power, Quota, Resources, Role,
     TenantRecord, TokenRecord, TransferOverage, VpsRecord,
 };
-use crate::validate::ValidationError;
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -316,7 +316,7 @@ fn network_spec(record: &VpsRecord, throttle: Option<u64>) -> Option<v1::Network
     let ipv6_prefix = network
         .ipv6_prefix
         .as_deref()
-        .and_then(crate::ipam::parse_ipv6_prefix);
+        .and_then(crate::model::ipam::parse_ipv6_prefix);
     let mut addresses: Vec<String> = record
         .ipv4
         .iter()
@@ -331,7 +331,7 @@ fn network_spec(record: &VpsRecord, throttle: Option<u64>) -> Option<v1::Network
         );
     }
     let gateway6 = match (&network.ipv6_prefix, network.ipv6.is_empty()) {
-        (Some(prefix), false) => crate::ipam::ipv6_gateway(prefix)
+        (Some(prefix), false) => crate::model::ipam::ipv6_gateway(prefix)
             .map(|gateway| gateway.to_string())
             .unwrap_or_default(),
         _ => String::new(),
@@ -350,7 +350,7 @@ fn network_spec(record: &VpsRecord, throttle: Option<u64>) -> Option<v1::Network
 
 /// A pool as the admin API shows it.
 pub fn pool(record: &PoolRecord) -> v1::Pool {
-    let plan = crate::ipam::plan(record).ok();
+    let plan = crate::model::ipam::plan(record).ok();
     v1::Pool {
         name: record.name.clone(),
         node: record.node.clone(),
@@ -369,8 +369,8 @@ pub fn pool(record: &PoolRecord) -> v1::Pool {
     }
 }
 
-pub fn event(e: &crate::store::EventRecord) -> v1::Event {
-    use crate::store::EventKind as K;
+pub fn event(e: &crate::model::EventRecord) -> v1::Event {
+    use crate::model::EventKind as K;
     let kind = match e.kind {
         K::Created => v1::EventKind::Created,
         K::Started => v1::EventKind::Started,
@@ -414,7 +414,7 @@ pub fn usage_sample_from(sample: &v1::UsageSample) -> crate::metering::Sample {
         sequence: sample.sequence,
         sampled_at_unix_ms: sample.sampled_at_unix_ms,
         interval_ms: sample.interval_ms,
-        counters: crate::store::UsageCounters {
+        counters: crate::model::UsageCounters {
             cpu_usage_ns: sample.cpu_usage_ns,
             memory_bytes: sample.memory_bytes,
             memory_peak_bytes: sample.memory_peak_bytes,
@@ -472,7 +472,7 @@ pub fn usage_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ObservedState;
+    use crate::model::ObservedState;
 
     fn record(observed: Option<Observed>) -> VpsRecord {
         VpsRecord {
@@ -555,7 +555,7 @@ mod tests {
         let mut vps = record(Some(Observed::Running));
         vps.resources.net_ingress_bits_per_sec = 50_000_000;
         vps.resources.net_egress_bits_per_sec = 0;
-        vps.network = Some(crate::store::VpsNetwork {
+        vps.network = Some(crate::model::VpsNetwork {
             pool: "p".into(),
             cidr: "10.0.0.0/24".into(),
             gateway: "10.0.0.1".into(),
@@ -564,7 +564,7 @@ mod tests {
             ipv6: vec![],
             ipv6_prefix: None,
         });
-        vps.transfer_limit = Some(crate::store::TransferLimit {
+        vps.transfer_limit = Some(crate::model::TransferLimit {
             overage,
             month: "2026-11".into(),
             since: until - chrono::Duration::days(3),

@@ -2,9 +2,9 @@
 
 use crate::auth::AuthError;
 use crate::limits::LimitError;
-use crate::scheduler::ScheduleError;
+use crate::model::scheduler::ScheduleError;
+use crate::model::validate::ValidationError;
 use crate::store::StoreError;
-use crate::validate::ValidationError;
 
 /// Why a controller operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use paddock_config::ControllerConfig;
 
 use crate::auth::{self, mint_join_token};
-use crate::store::{PlanRecord, Resources, Role, SledStore, Store, StoreError, TransferOverage};
+use crate::model::{PlanRecord, Resources, Role, TransferOverage};
+use crate::store::{SledStore, Store, StoreError};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

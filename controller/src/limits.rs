@@ -19,7 +19,7 @@
 use paddock_config::{ByteSize, VpsLimits, MIN_PIDS};
 
 use crate::auth::Principal;
-use crate::store::{PlanRecord, Resources};
+use crate::model::{PlanRecord, Resources};
 
 /// The cgroup v2 range of `cpu.weight`.
 pub const CPU_WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
@@ -397,7 +397,7 @@ impl Ceiling<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::TransferOverage;
+    use crate::model::TransferOverage;
 
     fn plan() -> PlanRecord {
         PlanRecord {

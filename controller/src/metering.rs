@@ -17,11 +17,12 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
-use crate::store::{
+use crate::model::validate::ValidationError;
+use crate::model::{
     EventKind, EventRecord, TransferLimit, TransferOverage, UsageCounters, UsageCursorRecord,
-    UsageHourKey, UsageHourRecord, UsageState, UsageUpdate, VpsRecord,
+    UsageHourRecord, VpsRecord,
 };
-use crate::validate::ValidationError;
+use crate::store::{UsageHourKey, UsageState, UsageUpdate};
 
 const HOUR_SECS: i64 = 3600;
 const DAY_SECS: i64 = 86_400;
@@ -463,7 +464,7 @@ impl Controller {
         tenant: &str,
         name: &str,
     ) -> Result<bool, ControllerError> {
-        crate::validate::name("tenant", tenant)?;
+        crate::model::validate::name("tenant", tenant)?;
         let vps = self.find_vps(tenant, name)?;
         let now = Utc::now();
         let actor = principal.actor();
@@ -538,7 +539,7 @@ impl Controller {
                     }
                     return Ok(String::new());
                 }
-                crate::validate::name("tenant", requested)?;
+                crate::model::validate::name("tenant", requested)?;
                 Ok(requested.to_owned())
             }
         }

@@ -11,10 +11,10 @@ use crate::app::Controller;
 use crate::auth::{self, AuthError};
 use crate::convert;
 use crate::error::ControllerError;
+use crate::model::validate::{self, ValidationError};
+use crate::model::NodeRecord;
 use crate::pki;
 use crate::reconcile::record_observed;
-use crate::store::NodeRecord;
-use crate::validate::{self, ValidationError};
 
 impl Controller {
     /// Checks the node join token an enrolling agent presents.

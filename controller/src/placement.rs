@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::ControllerError;
-use crate::scheduler::{self, NodeView, Placement};
-use crate::store::Resources;
+use crate::model::scheduler::{self, NodeView, Placement};
+use crate::model::Resources;
 
 /// How long a view built from the store is reused.
 pub const VIEW_TTL: Duration = Duration::from_secs(1);
@@ -93,7 +93,7 @@ fn charge(view: &mut NodeView, need: &Resources, sign: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Capacity;
+    use crate::model::Capacity;
 
     fn node(name: &str) -> NodeView {
         NodeView {

@@ -4,8 +4,8 @@ use tracing::info;
 
 use crate::app::Controller;
 use crate::error::ControllerError;
-use crate::store::{PlanRecord, TransferOverage};
-use crate::validate::{self, ValidationError};
+use crate::model::validate::{self, ValidationError};
+use crate::model::{PlanRecord, TransferOverage};
 
 /// The cgroup v2 default weight: a plan that sets none gets a normal CPU share.
 pub const DEFAULT_CPU_WEIGHT: u32 = 100;

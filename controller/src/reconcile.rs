@@ -26,7 +26,7 @@ use crate::agents::{agent_error, AgentClient};
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::store::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
+use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 

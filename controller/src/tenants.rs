@@ -6,8 +6,8 @@ use tracing::info;
 use crate::app::Controller;
 use crate::auth::{self, Principal};
 use crate::error::ControllerError;
-use crate::store::{EventKind, Quota, Role, TenantRecord, TokenRecord};
-use crate::validate::{self, ValidationError};
+use crate::model::validate::{self, ValidationError};
+use crate::model::{EventKind, Quota, Role, TenantRecord, TokenRecord};
 
 impl Controller {
     /// The quota a tenant gets when created without explicit limits.

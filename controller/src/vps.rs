@@ -10,13 +10,13 @@ use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
 use crate::limits::{Bounds, Chooser};
-use crate::requests;
-use crate::scheduler::{self, Overcommit, Placement, Strategy};
-use crate::store::{
-    EventKind, EventRecord, Power, RequestOp, Resources, StoreError, TaggedRequest,
-    TransferOverage, VpsRecord,
+use crate::model::scheduler::{self, Overcommit, Placement, Strategy};
+use crate::model::validate::{self, ValidationError};
+use crate::model::{
+    EventKind, EventRecord, Power, RequestOp, Resources, TaggedRequest, TransferOverage, VpsRecord,
 };
-use crate::validate::{self, ValidationError};
+use crate::requests;
+use crate::store::StoreError;
 
 /// The default template when a create request names none.
 pub const DEFAULT_TEMPLATE: &str = "busybox";

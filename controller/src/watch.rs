@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
-use crate::store::{Store, VpsChange, VpsChanges, VpsRecord, WatchRecvError};
+use crate::model::VpsRecord;
+use crate::store::{Store, VpsChange, VpsChanges, WatchRecvError};
 
 /// How often a watch re-reads its VPS without being told of a change.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);

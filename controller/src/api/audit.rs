@@ -26,7 +26,7 @@ impl AuditService for AuditApi {
             0
         } else {
             page.page_token.parse::<u64>().map_err(|_| {
-                ControllerError::from(crate::validate::ValidationError::new(
+                ControllerError::from(crate::model::validate::ValidationError::new(
                     "page.page_token",
                     "is not a token returned by ListAudit",
                 ))

@@ -88,7 +88,8 @@ impl BillingService for BillingApi {
         self.controller.billing(&request)?;
         let request = request.into_inner();
         if !request.tenant.is_empty() {
-            crate::validate::name("tenant", &request.tenant).map_err(ControllerError::from)?;
+            crate::model::validate::name("tenant", &request.tenant)
+                .map_err(ControllerError::from)?;
         }
         let controller = self.controller.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(128);

@@ -12,7 +12,7 @@ use tracing::warn;
 use crate::app::Controller;
 use crate::auth;
 use crate::metrics;
-use crate::store::AuditRecord;
+use crate::model::AuditRecord;
 
 /// Where a handler names the object a mutation acted on (`tenant/name`).
 #[derive(Clone, Default)]

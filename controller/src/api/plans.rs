@@ -10,7 +10,7 @@ use crate::api::audit_target;
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::store::PlanRecord;
+use crate::model::PlanRecord;
 
 pub struct PlanApi {
     pub controller: Arc<Controller>,

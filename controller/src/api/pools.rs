@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::api::audit_target;
 use crate::app::Controller;
 use crate::convert;
-use crate::ipam::CreatePool;
+use crate::pools::CreatePool;
 
 /// Serves `PoolService`; admin tokens only.
 pub struct PoolApi {

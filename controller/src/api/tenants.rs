@@ -11,8 +11,8 @@ use crate::api::audit_target;
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::store::Role;
-use crate::validate::ValidationError;
+use crate::model::validate::ValidationError;
+use crate::model::Role;
 
 pub struct TenantApi {
     pub controller: Arc<Controller>,

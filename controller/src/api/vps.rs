@@ -13,9 +13,9 @@ use crate::api::{audit_target, AuditTarget};
 use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
+use crate::model::validate::ValidationError;
+use crate::model::Power;
 use crate::requests;
-use crate::store::Power;
-use crate::validate::ValidationError;
 use crate::vps::CreateVps;
 use crate::watch::{VpsWatch, WatchUpdate};
 
@@ -28,7 +28,7 @@ type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// A VPS as the API shows it: its record with what its node, tenant and usage say.
 fn view(
     controller: &Controller,
-    record: &crate::store::VpsRecord,
+    record: &crate::model::VpsRecord,
 ) -> Result<v1::Vps, ControllerError> {
     let context = controller.vps_context(record)?;
     let transfer = controller.transfer_status(record)?;
@@ -81,7 +81,7 @@ fn watch_events(controller: Arc<Controller>, watch: VpsWatch) -> OutputStream<v1
 }
 
 impl VpsApi {
-    fn view(&self, record: &crate::store::VpsRecord) -> Result<v1::Vps, ControllerError> {
+    fn view(&self, record: &crate::model::VpsRecord) -> Result<v1::Vps, ControllerError> {
         view(&self.controller, record)
     }
 

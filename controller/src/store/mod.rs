@@ -1,14 +1,15 @@
 //! The controller's durable state behind the `Store` trait; sled is the embedded default.
 
-mod records;
 mod sled_store;
 mod watch;
 
 use std::future::Future;
 use std::pin::Pin;
 
-pub use records::*;
-
+use crate::model::{
+    AuditRecord, EventKind, EventRecord, NodeAllocationRecord, NodeRecord, PlanRecord, PoolRecord,
+    Resources, TenantRecord, TokenRecord, UsageCursorRecord, UsageHourRecord, VpsRecord,
+};
 use chrono::{DateTime, Utc};
 pub use sled_store::SledStore;
 pub use watch::{EventSignal, VpsChange, VpsChanges, VpsWatchers, WatchRecvError};

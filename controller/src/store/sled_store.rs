@@ -10,6 +10,7 @@ use sled::transaction::{
 use sled::{Transactional, Tree};
 
 use super::*;
+use crate::model::*;
 
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -102,7 +103,7 @@ fn allocate_addresses(
         let Some(mut pool) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
             continue;
         };
-        let Ok(plan) = crate::ipam::plan(&pool) else {
+        let Ok(plan) = crate::model::ipam::plan(&pool) else {
             continue;
         };
         let Some(addresses) = plan.allocate(&pool.allocated, count) else {
@@ -115,7 +116,8 @@ fn allocate_addresses(
         }
         let ipv6 = match (&pool.ipv6_prefix, vps.resources.ipv6_count) {
             (Some(prefix), count) if count > 0 => {
-                crate::ipam::allocate_ipv6(prefix, &pool.allocated_ipv6, count).unwrap_or_default()
+                crate::model::ipam::allocate_ipv6(prefix, &pool.allocated_ipv6, count)
+                    .unwrap_or_default()
             }
             _ => Vec::new(),
         };
@@ -130,7 +132,7 @@ fn allocate_addresses(
             cidr: plan.cidr.to_string(),
             gateway: plan.gateway.to_string(),
             nat: pool.nat,
-            mac: crate::ipam::mac_for(&vps.vps_id),
+            mac: crate::model::ipam::mac_for(&vps.vps_id),
             ipv6: ipv6.iter().map(ToString::to_string).collect(),
             ipv6_prefix: pool.ipv6_prefix.clone(),
         });
@@ -170,7 +172,7 @@ fn node_vps_key(node: &str, vps_id: &str) -> Vec<u8> {
 
 /// Addresses a pool can still hand out.
 fn pool_free_ipv4(pool: &PoolRecord) -> u32 {
-    crate::ipam::plan(pool).map_or(0, |plan| {
+    crate::model::ipam::plan(pool).map_or(0, |plan| {
         plan.total()
             .saturating_sub(u32::try_from(pool.allocated.len()).unwrap_or(u32::MAX))
     })
@@ -537,11 +539,11 @@ impl Store for SledStore {
                         "tenant",
                         vps.tenant.clone(),
                     )?;
-                    crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
-                    if let Err(message) = crate::quota::check(&tenant, resources, plan) {
+                    crate::model::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                    if let Err(message) = crate::model::quota::check(&tenant, resources, plan) {
                         return abort(StoreError::QuotaExceeded(message));
                     }
-                    crate::quota::charge(&mut tenant.used, &Quota::of_vps(resources));
+                    crate::model::quota::charge(&mut tenant.used, &Quota::of_vps(resources));
                     tx_update_allocation(allocations, &vps.node, |allocation| {
                         allocation.account(&vps.resources, -1.0);
                         allocation.account(resources, 1.0);
@@ -890,11 +892,14 @@ impl Store for SledStore {
                             });
                         }
                         if let Err(message) =
-                            crate::quota::check(&tenant, &vps.resources, &vps.plan)
+                            crate::model::quota::check(&tenant, &vps.resources, &vps.plan)
                         {
                             return abort(StoreError::QuotaExceeded(message));
                         }
-                        crate::quota::charge(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                        crate::model::quota::charge(
+                            &mut tenant.used,
+                            &Quota::of_vps(&vps.resources),
+                        );
                         // The node's summary names its pools: read in the
                         // transaction, so allocations and pool changes serialize.
                         let mut allocation: NodeAllocationRecord =
@@ -1020,7 +1025,10 @@ impl Store for SledStore {
                         if let Some(mut tenant) =
                             tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
                         {
-                            crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                            crate::model::quota::release(
+                                &mut tenant.used,
+                                &Quota::of_vps(&vps.resources),
+                            );
                             tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
                         }
                         let mut released_ipv4 = 0u32;
@@ -1059,7 +1067,7 @@ impl Store for SledStore {
     }
 
     fn create_pool(&self, pool: &PoolRecord) -> Result<(), StoreError> {
-        let cidr = crate::ipam::plan(pool)
+        let cidr = crate::model::ipam::plan(pool)
             .map_err(|error| StoreError::Conflict(error.to_string()))?
             .cidr;
         let others: Vec<String> = self
@@ -1083,7 +1091,7 @@ impl Store for SledStore {
                     };
                     let overlaps = other
                         .cidr
-                        .parse::<crate::ipam::Ipv4Cidr>()
+                        .parse::<crate::model::ipam::Ipv4Cidr>()
                         .is_ok_and(|theirs| theirs.overlaps(&cidr));
                     if overlaps {
                         return abort(StoreError::Conflict(format!(
@@ -1092,7 +1100,7 @@ impl Store for SledStore {
                         )));
                     }
                     if let (Some(ours), Some(theirs)) = (&pool.ipv6_prefix, &other.ipv6_prefix) {
-                        if crate::ipam::ipv6_prefixes_overlap(ours, theirs) {
+                        if crate::model::ipam::ipv6_prefixes_overlap(ours, theirs) {
                             return abort(StoreError::Conflict(format!(
                             "pool {:?} (IPv6 {ours}) overlaps pool {:?} (IPv6 {theirs}) on node {}",
                             pool.name, other.name, other.node

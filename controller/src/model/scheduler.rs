@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use paddock_config::ByteSize;
 
-use crate::store::{Capacity, Resources};
+use super::records::{Capacity, Resources};
 
 /// What the scheduler knows about one node.
 #[derive(Debug, Clone)]

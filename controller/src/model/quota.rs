@@ -3,7 +3,7 @@
 
 use paddock_config::ByteSize;
 
-use crate::store::{Quota, Resources, TenantRecord};
+use super::records::{Quota, Resources, TenantRecord};
 
 /// Whether one more VPS with `resources` fits the tenant's quota; the error
 /// says which limit and by how much.
