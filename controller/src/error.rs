@@ -40,13 +40,26 @@ impl ControllerError {
     }
 }
 
+// The model's errors map here, so `model` does not depend on the RPC layer.
+impl From<ScheduleError> for tonic::Status {
+    fn from(error: ScheduleError) -> Self {
+        tonic::Status::failed_precondition(error.to_string())
+    }
+}
+
+impl From<ValidationError> for tonic::Status {
+    fn from(error: ValidationError) -> Self {
+        tonic::Status::invalid_argument(error.to_string())
+    }
+}
+
 impl From<StoreError> for tonic::Status {
     fn from(error: StoreError) -> Self {
         use tonic::Status;
         match &error {
             StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             StoreError::NotFound { .. } => Status::not_found(error.to_string()),
-            StoreError::QuotaExceeded(_) | StoreError::Conflict(_) => {
+            StoreError::Quota(_) | StoreError::Ipam(_) | StoreError::Conflict(_) => {
                 Status::failed_precondition(error.to_string())
             }
             StoreError::Open { .. }

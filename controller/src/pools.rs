@@ -165,7 +165,7 @@ mod tests {
             .create_pool(&pool("b", "n2", "10.77.0.128/25", "10.77.0.129"))
             .expect_err("overlap");
         assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("overlaps pool \"a\"")),
+            matches!(&err, StoreError::Ipam(m) if m.to_string().contains("overlaps pool \"a\"")),
             "{err}"
         );
         assert_eq!(store.dump().expect("dump"), before, "nothing changed");
@@ -183,7 +183,7 @@ mod tests {
             })
             .expect_err("IPv6 overlap");
         assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("(IPv6 fd00:77::/48) overlaps pool \"c\"")),
+            matches!(&err, StoreError::Ipam(m) if m.to_string().contains("(IPv6 fd00:77::/48) overlaps pool \"c\"")),
             "{err}"
         );
         store
@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
         for error in results.iter().filter_map(|r| r.as_ref().err()) {
             assert!(
-                matches!(error, StoreError::Conflict(m) if m == "pool p on node n1 has no free IPv4 address"),
+                matches!(error, StoreError::Ipam(m) if m.to_string() == "pool p on node n1 has no free IPv4 address"),
                 "{error}"
             );
         }
@@ -245,10 +245,7 @@ mod tests {
             10
         );
         // The pool cannot go while addresses are in use.
-        assert!(matches!(
-            store.delete_pool("p"),
-            Err(StoreError::Conflict(_))
-        ));
+        assert!(matches!(store.delete_pool("p"), Err(StoreError::Ipam(_))));
         // Removing a VPS returns its address, which the next create gets.
         let freed = first.ipv4[0].clone();
         store.remove_vps(&first.vps_id).expect("remove");

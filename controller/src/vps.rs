@@ -16,7 +16,7 @@ use crate::model::{
     EventKind, EventRecord, Power, RequestOp, Resources, TaggedRequest, TransferOverage, VpsRecord,
 };
 use crate::requests;
-use crate::store::StoreError;
+use crate::store::{Conflict, StoreError};
 
 /// The default template when a create request names none.
 pub const DEFAULT_TEMPLATE: &str = "busybox";
@@ -252,10 +252,9 @@ impl Controller {
         }
         let updated = self.store.update_vps_emitting(&vps.vps_id, &|vps| {
             if vps.deleting {
-                return Err(StoreError::Conflict(format!(
-                    "VPS {:?} is being deleted",
-                    vps.name
-                )));
+                return Err(StoreError::Conflict(Conflict::VpsDeleting {
+                    name: vps.name.clone(),
+                }));
             }
             if let Some(tagged) = &tagged {
                 // A concurrent retry of the same request committed first.

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use super::records::PoolRecord;
+use super::records::{PoolRecord, VpsNetwork, VpsRecord};
 use super::validate::ValidationError;
 
 /// An IPv4 network: a network address and a prefix length.
@@ -278,6 +278,164 @@ pub fn allocate_ipv6(
 pub fn ipv6_gateway(prefix: &str) -> Option<std::net::Ipv6Addr> {
     let (network, _) = parse_ipv6_prefix(prefix)?;
     Some((u128::from(network) + 1).into())
+}
+
+/// Why an address could not be given or a pool could not be created or removed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamError {
+    #[error("node {node} has no IPv4 pool; an admin must create one (paddock admin pool create)")]
+    NoPool { node: String },
+    #[error("pool {} on node {node} has no {}", full.join(", "), free_addresses(*count))]
+    Exhausted {
+        node: String,
+        /// The node's pools, none with enough free addresses.
+        full: Vec<String>,
+        count: u32,
+    },
+    #[error("{0}")]
+    InvalidPool(ValidationError),
+    #[error("pool {pool:?} ({cidr}) overlaps pool {other:?} ({other_cidr}) on node {node}")]
+    Overlap {
+        pool: String,
+        cidr: String,
+        other: String,
+        other_cidr: String,
+        node: String,
+    },
+    #[error(
+        "pool {pool:?} (IPv6 {prefix}) overlaps pool {other:?} (IPv6 {other_prefix}) on node {node}"
+    )]
+    Ipv6Overlap {
+        pool: String,
+        prefix: String,
+        other: String,
+        other_prefix: String,
+        node: String,
+    },
+    #[error("pool {pool:?} has {allocated} allocated address(es); delete their VPSes first")]
+    InUse { pool: String, allocated: usize },
+}
+
+fn free_addresses(count: u32) -> String {
+    if count == 1 {
+        "free IPv4 address".to_owned()
+    } else {
+        format!("{count} free IPv4 addresses")
+    }
+}
+
+/// Gives `vps` its `resources.ipv4_count` addresses (and IPv6 ones, if the pool has a
+/// prefix) from `pool`, recording them in both; `false` (nothing changed) if the pool
+/// is invalid or has too few free addresses.
+pub fn allocate_from(pool: &mut PoolRecord, vps: &mut VpsRecord) -> bool {
+    let Ok(plan) = plan(pool) else {
+        return false;
+    };
+    let Some(addresses) = plan.allocate(&pool.allocated, vps.resources.ipv4_count) else {
+        return false;
+    };
+    for address in &addresses {
+        pool.allocated
+            .insert(address.to_string(), vps.vps_id.clone());
+    }
+    let ipv6 = match (&pool.ipv6_prefix, vps.resources.ipv6_count) {
+        (Some(prefix), count) if count > 0 => {
+            allocate_ipv6(prefix, &pool.allocated_ipv6, count).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    for address in &ipv6 {
+        pool.allocated_ipv6
+            .insert(address.to_string(), vps.vps_id.clone());
+    }
+    vps.ipv4 = addresses.iter().map(ToString::to_string).collect();
+    vps.network = Some(VpsNetwork {
+        pool: pool.name.clone(),
+        cidr: plan.cidr.to_string(),
+        gateway: plan.gateway.to_string(),
+        nat: pool.nat,
+        mac: mac_for(&vps.vps_id),
+        ipv6: ipv6.iter().map(ToString::to_string).collect(),
+        ipv6_prefix: pool.ipv6_prefix.clone(),
+    });
+    true
+}
+
+/// Why a VPS needing `count` addresses on `node` got none: the node has no pool, or
+/// every one of them (`full`) is short of free addresses.
+pub fn no_room(node: &str, full: Vec<String>, count: u32) -> IpamError {
+    if full.is_empty() {
+        IpamError::NoPool {
+            node: node.to_owned(),
+        }
+    } else {
+        IpamError::Exhausted {
+            node: node.to_owned(),
+            full,
+            count,
+        }
+    }
+}
+
+/// A new pool's IPv4 network (as validated by [`plan`]), refused if invalid.
+pub fn new_pool_cidr(pool: &PoolRecord) -> Result<Ipv4Cidr, IpamError> {
+    plan(pool)
+        .map(|plan| plan.cidr)
+        .map_err(IpamError::InvalidPool)
+}
+
+/// Refuses `pool` (with IPv4 network `cidr`) if its IPv4 network or IPv6 prefix
+/// overlaps `other`'s.
+pub fn check_overlap(
+    pool: &PoolRecord,
+    cidr: &Ipv4Cidr,
+    other: &PoolRecord,
+) -> Result<(), IpamError> {
+    let overlaps = other
+        .cidr
+        .parse::<Ipv4Cidr>()
+        .is_ok_and(|theirs| theirs.overlaps(cidr));
+    if overlaps {
+        return Err(IpamError::Overlap {
+            pool: pool.name.clone(),
+            cidr: cidr.to_string(),
+            other: other.name.clone(),
+            other_cidr: other.cidr.clone(),
+            node: other.node.clone(),
+        });
+    }
+    if let (Some(ours), Some(theirs)) = (&pool.ipv6_prefix, &other.ipv6_prefix) {
+        if ipv6_prefixes_overlap(ours, theirs) {
+            return Err(IpamError::Ipv6Overlap {
+                pool: pool.name.clone(),
+                prefix: ours.clone(),
+                other: other.name.clone(),
+                other_prefix: theirs.clone(),
+                node: other.node.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to remove a pool that still has allocated addresses.
+pub fn check_removable(pool: &PoolRecord) -> Result<(), IpamError> {
+    if pool.allocated.is_empty() {
+        Ok(())
+    } else {
+        Err(IpamError::InUse {
+            pool: pool.name.clone(),
+            allocated: pool.allocated.len(),
+        })
+    }
+}
+
+/// Addresses one pool can still hand out.
+pub fn free_ipv4(pool: &PoolRecord) -> u32 {
+    plan(pool).map_or(0, |plan| {
+        plan.total()
+            .saturating_sub(u32::try_from(pool.allocated.len()).unwrap_or(u32::MAX))
+    })
 }
 
 /// Unallocated addresses over every pool of `node`.

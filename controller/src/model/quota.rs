@@ -5,44 +5,89 @@ use paddock_config::ByteSize;
 
 use super::records::{Quota, Resources, TenantRecord};
 
+/// Which limit of a tenant's quota one more VPS would break, and by how much.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QuotaError {
+    #[error("quota exceeded: tenant {tenant} has {used} of {limit} VPSes")]
+    Vps {
+        tenant: String,
+        used: u32,
+        limit: u32,
+    },
+    #[error("quota exceeded: vcpus {used} of {limit} used, plan {plan} needs {need}")]
+    Vcpus {
+        plan: String,
+        used: f64,
+        limit: f64,
+        need: f64,
+    },
+    #[error("quota exceeded: memory {} of {} used, plan {plan} needs {}", ByteSize(*used), ByteSize(*limit), ByteSize(*need))]
+    Memory {
+        plan: String,
+        used: u64,
+        limit: u64,
+        need: u64,
+    },
+    #[error("quota exceeded: disk {} of {} used, plan {plan} needs {}", ByteSize(*used), ByteSize(*limit), ByteSize(*need))]
+    Disk {
+        plan: String,
+        used: u64,
+        limit: u64,
+        need: u64,
+    },
+    #[error("quota exceeded: ipv4 addresses {used} of {limit} used, plan {plan} needs {need}")]
+    Ipv4 {
+        plan: String,
+        used: u32,
+        limit: u32,
+        need: u32,
+    },
+}
+
 /// Whether one more VPS with `resources` fits the tenant's quota; the error
 /// says which limit and by how much.
-pub fn check(tenant: &TenantRecord, resources: &Resources, plan: &str) -> Result<(), String> {
+pub fn check(tenant: &TenantRecord, resources: &Resources, plan: &str) -> Result<(), QuotaError> {
     let limit = &tenant.quota;
     let used = &tenant.used;
     if used.max_vps + 1 > limit.max_vps {
-        return Err(format!(
-            "quota exceeded: tenant {} has {} of {} VPSes",
-            tenant.name, used.max_vps, limit.max_vps
-        ));
+        return Err(QuotaError::Vps {
+            tenant: tenant.name.clone(),
+            used: used.max_vps,
+            limit: limit.max_vps,
+        });
     }
+    let plan = plan.to_owned();
     if used.vcpus + resources.vcpus > limit.vcpus + 1e-9 {
-        return Err(format!(
-            "quota exceeded: vcpus {} of {} used, plan {plan} needs {}",
-            used.vcpus, limit.vcpus, resources.vcpus
-        ));
+        return Err(QuotaError::Vcpus {
+            plan,
+            used: used.vcpus,
+            limit: limit.vcpus,
+            need: resources.vcpus,
+        });
     }
     if used.memory_bytes.saturating_add(resources.memory_bytes) > limit.memory_bytes {
-        return Err(format!(
-            "quota exceeded: memory {} of {} used, plan {plan} needs {}",
-            ByteSize(used.memory_bytes),
-            ByteSize(limit.memory_bytes),
-            ByteSize(resources.memory_bytes)
-        ));
+        return Err(QuotaError::Memory {
+            plan,
+            used: used.memory_bytes,
+            limit: limit.memory_bytes,
+            need: resources.memory_bytes,
+        });
     }
     if used.disk_bytes.saturating_add(resources.disk_bytes) > limit.disk_bytes {
-        return Err(format!(
-            "quota exceeded: disk {} of {} used, plan {plan} needs {}",
-            ByteSize(used.disk_bytes),
-            ByteSize(limit.disk_bytes),
-            ByteSize(resources.disk_bytes)
-        ));
+        return Err(QuotaError::Disk {
+            plan,
+            used: used.disk_bytes,
+            limit: limit.disk_bytes,
+            need: resources.disk_bytes,
+        });
     }
     if used.ipv4_count + resources.ipv4_count > limit.ipv4_count {
-        return Err(format!(
-            "quota exceeded: ipv4 addresses {} of {} used, plan {plan} needs {}",
-            used.ipv4_count, limit.ipv4_count, resources.ipv4_count
-        ));
+        return Err(QuotaError::Ipv4 {
+            plan,
+            used: used.ipv4_count,
+            limit: limit.ipv4_count,
+            need: resources.ipv4_count,
+        });
     }
     Ok(())
 }

@@ -113,12 +113,6 @@ pub enum ScheduleError {
     NoPool { node: String },
 }
 
-impl From<ScheduleError> for tonic::Status {
-    fn from(error: ScheduleError) -> Self {
-        tonic::Status::failed_precondition(error.to_string())
-    }
-}
-
 fn free(node: &NodeView, overcommit: Overcommit) -> Capacity {
     let scaled = |capacity: u64, factor: f64| (capacity as f64 * factor) as u64;
     Capacity {
