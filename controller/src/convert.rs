@@ -3,12 +3,14 @@
 use chrono::{DateTime, Utc};
 use paddock_proto::v1;
 
-use crate::metering::TransferStatus;
+use crate::model::desired;
+use crate::model::metering::TransferStatus;
+use crate::model::node::{Enrollment, Heartbeat, Registration};
 use crate::model::scheduler::NodeView;
 use crate::model::validate::ValidationError;
 use crate::model::{
-    Capacity, NodeRecord, Observed, PlanRecord, PoolRecord, Power, Quota, Resources, Role,
-    TenantRecord, TokenRecord, TransferOverage, VpsRecord,
+    Capacity, NodeRecord, Observed, ObservedState, PlanRecord, PoolRecord, Power, Quota, Resources,
+    Role, TenantRecord, TokenRecord, TransferOverage, VpsRecord,
 };
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -264,21 +266,11 @@ fn transfer_status(status: &TransferStatus) -> v1::TransferStatus {
     }
 }
 
-/// What the node agent is told to make exist at `now`. A VPS held stopped
-/// (its tenant suspended, or its transfer allowance used up on a suspending
-/// plan) keeps the power state its owner chose, so lifting the hold puts it
-/// back as it was; a throttled VPS gets its rates capped.
+/// What the node agent is told to make exist at `now`: the record with the power
+/// and rates of [`desired::desired`] (held stopped, throttled).
 pub fn vps_spec(record: &VpsRecord, tenant_suspended: bool, now: DateTime<Utc>) -> v1::VpsSpec {
-    let limit = record.transfer_limit_at(now);
-    let power = if tenant_suspended || limit == Some(TransferOverage::Suspend) {
-        Power::Stopped
-    } else {
-        record.desired_power
-    };
-    let throttle = match limit {
-        Some(TransferOverage::Throttle { bits_per_sec }) => Some(bits_per_sec),
-        _ => None,
-    };
+    let desired = desired::desired(record, tenant_suspended, now);
+    let (power, throttle) = (desired.power, desired.throttle_bits_per_sec);
     v1::VpsSpec {
         vps_id: record.vps_id.clone(),
         name: record.name.clone(),
@@ -397,6 +389,46 @@ pub fn event(e: &crate::model::EventRecord) -> v1::Event {
     }
 }
 
+/// What an agent reports of one VPS, observed now.
+pub fn observed(status: &v1::VpsStatus) -> ObservedState {
+    ObservedState {
+        state: observed_from_agent(status.state()),
+        init_pid: status.init_pid,
+        message: status.message.clone(),
+        at: Utc::now(),
+    }
+}
+
+pub fn enrollment(request: &v1::EnrollRequest) -> Enrollment {
+    Enrollment {
+        node_name: request.node_name.clone(),
+        csr_pem: request.csr_pem.clone(),
+        subject_alt_names: request.subject_alt_names.clone(),
+    }
+}
+
+pub fn registration(request: v1::RegisterRequest) -> Registration {
+    Registration {
+        capacity: request.capacity.as_ref().map(capacity_from),
+        node_name: request.node_name,
+        address: request.address,
+        agent_version: request.agent_version,
+    }
+}
+
+pub fn heartbeat(request: v1::HeartbeatRequest) -> Heartbeat {
+    Heartbeat {
+        capacity: request.capacity.as_ref().map(capacity_from),
+        reports: request
+            .vps
+            .iter()
+            .map(|status| (status.vps_id.clone(), observed(status)))
+            .collect(),
+        usage: request.usage.iter().map(usage_sample_from).collect(),
+        node_name: request.node_name,
+    }
+}
+
 pub fn observed_from_agent(state: v1::AgentVpsState) -> Observed {
     match state {
         v1::AgentVpsState::Running => Observed::Running,
@@ -407,8 +439,8 @@ pub fn observed_from_agent(state: v1::AgentVpsState) -> Observed {
 }
 
 /// A usage sample from an agent's heartbeat.
-pub fn usage_sample_from(sample: &v1::UsageSample) -> crate::metering::Sample {
-    crate::metering::Sample {
+pub fn usage_sample_from(sample: &v1::UsageSample) -> crate::model::metering::Sample {
+    crate::model::metering::Sample {
         vps_id: sample.vps_id.clone(),
         incarnation: sample.incarnation.clone(),
         sequence: sample.sequence,
@@ -437,7 +469,7 @@ fn unix_timestamp(secs: i64) -> prost_types::Timestamp {
 }
 
 /// One usage row (a VPS's hour, day or period, or a total) for billing.
-pub fn usage_record(row: &crate::metering::UsagePeriod) -> v1::UsageRecord {
+pub fn usage_record(row: &crate::model::metering::UsagePeriod) -> v1::UsageRecord {
     let usage = &row.usage;
     v1::UsageRecord {
         tenant: usage.tenant.clone(),
@@ -472,7 +504,6 @@ pub fn usage_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ObservedState;
 
     fn record(observed: Option<Observed>) -> VpsRecord {
         VpsRecord {

@@ -54,7 +54,7 @@ pub fn default_plans() -> Vec<PlanRecord> {
         name: name.to_owned(),
         resources: Resources {
             vcpus,
-            cpu_weight: crate::plans::DEFAULT_CPU_WEIGHT,
+            cpu_weight: crate::model::DEFAULT_CPU_WEIGHT,
             memory_bytes,
             swap_bytes: 0,
             disk_bytes,

@@ -316,7 +316,7 @@ impl Bounds {
         )?;
         if *cpu_weight != 0 {
             let plan_weight = match p.cpu_weight {
-                0 => crate::plans::DEFAULT_CPU_WEIGHT,
+                0 => crate::model::DEFAULT_CPU_WEIGHT,
                 weight => weight,
             };
             ceiling.check("cpu_weight", u64::from(*cpu_weight), u64::from(plan_weight))?;

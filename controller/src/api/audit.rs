@@ -6,9 +6,9 @@ use paddock_proto::v1;
 use paddock_proto::v1::audit_service_server::AuditService;
 use tonic::{Request, Response, Status};
 
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
+use crate::service::Controller;
 
 pub struct AuditApi {
     pub controller: Arc<Controller>,

@@ -9,10 +9,10 @@ use paddock_proto::v1::billing_service_server::BillingService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::metering::UsageQuery;
+use crate::model::metering::UsageQuery;
+use crate::service::Controller;
 
 pub struct BillingApi {
     pub controller: Arc<Controller>,

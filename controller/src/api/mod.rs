@@ -16,7 +16,7 @@ use paddock_proto::v1;
 use tonic::transport::Server;
 
 pub use self::observe::{audit_target, AuditTarget};
-use crate::app::Controller;
+use crate::service::Controller;
 
 /// Why the gRPC server stopped.
 #[derive(Debug, thiserror::Error)]

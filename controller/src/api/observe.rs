@@ -9,10 +9,10 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::warn;
 
-use crate::app::Controller;
 use crate::auth;
 use crate::metrics;
 use crate::model::AuditRecord;
+use crate::service::Controller;
 
 /// Where a handler names the object a mutation acted on (`tenant/name`).
 #[derive(Clone, Default)]

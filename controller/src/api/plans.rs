@@ -7,10 +7,10 @@ use paddock_proto::v1::plan_service_server::PlanService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
 use crate::model::PlanRecord;
+use crate::service::Controller;
 
 pub struct PlanApi {
     pub controller: Arc<Controller>,

@@ -7,9 +7,9 @@ use paddock_proto::v1::pool_service_server::PoolService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
-use crate::pools::CreatePool;
+use crate::service::pools::CreatePool;
+use crate::service::Controller;
 
 /// Serves `PoolService`; admin tokens only.
 pub struct PoolApi {

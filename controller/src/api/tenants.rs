@@ -8,11 +8,11 @@ use paddock_proto::v1::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
 use crate::model::validate::ValidationError;
 use crate::model::Role;
+use crate::service::Controller;
 
 pub struct TenantApi {
     pub controller: Arc<Controller>,

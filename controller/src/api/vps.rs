@@ -10,14 +10,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::agents::agent_error;
 use crate::api::{audit_target, AuditTarget};
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
 use crate::model::validate::ValidationError;
 use crate::model::Power;
 use crate::requests;
-use crate::vps::CreateVps;
-use crate::watch::{VpsWatch, WatchUpdate};
+use crate::service::vps::CreateVps;
+use crate::service::watch::{VpsWatch, WatchUpdate};
+use crate::service::Controller;
 
 pub struct VpsApi {
     pub controller: Arc<Controller>,

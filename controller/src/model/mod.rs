@@ -5,7 +5,10 @@
 //!
 //! May import std and external crates only (checked by `tests/layers.rs`).
 
+pub mod desired;
 pub mod ipam;
+pub mod metering;
+pub mod node;
 pub mod quota;
 mod records;
 pub mod scheduler;

@@ -7,14 +7,15 @@ use paddock_proto::v1;
 use tracing::{info, warn};
 
 use crate::agents::{agent_error, AgentClient};
-use crate::app::Controller;
 use crate::auth::{self, AuthError};
-use crate::convert;
 use crate::error::ControllerError;
+use crate::model::node::{Enrollment, Heartbeat, Registration};
+use crate::model::scheduler::NodeView;
 use crate::model::validate::{self, ValidationError};
 use crate::model::NodeRecord;
 use crate::pki;
-use crate::reconcile::record_observed;
+use crate::service::reconcile::record_observed;
+use crate::service::Controller;
 
 impl Controller {
     /// Checks the node join token an enrolling agent presents.
@@ -126,10 +127,7 @@ impl Controller {
     }
 
     /// Signs an enrolling node's certificate request.
-    pub async fn enroll_node(
-        &self,
-        request: &v1::EnrollRequest,
-    ) -> Result<String, ControllerError> {
+    pub async fn enroll_node(&self, request: &Enrollment) -> Result<String, ControllerError> {
         validate::name("node_name", &request.node_name)?;
         if request.subject_alt_names.is_empty() {
             return Err(ValidationError::new(
@@ -176,7 +174,7 @@ impl Controller {
     /// Records (or refreshes) a node; cordon state and labels survive re-registration.
     pub async fn register_node(
         &self,
-        request: v1::RegisterRequest,
+        request: Registration,
     ) -> Result<NodeRecord, ControllerError> {
         validate::name("node_name", &request.node_name)?;
         if !request.address.starts_with("http://") && !request.address.starts_with("https://") {
@@ -188,11 +186,7 @@ impl Controller {
         let node = NodeRecord {
             name: request.node_name.clone(),
             address: request.address,
-            capacity: request
-                .capacity
-                .as_ref()
-                .map(convert::capacity_from)
-                .unwrap_or_default(),
+            capacity: request.capacity.unwrap_or_default(),
             cordoned: existing.as_ref().is_some_and(|n| n.cordoned),
             labels: existing.map(|n| n.labels).unwrap_or_default(),
             last_heartbeat: Utc::now(),
@@ -207,28 +201,27 @@ impl Controller {
     }
 
     /// Refreshes a node's liveness and records what it reports of its VPSes.
-    pub fn heartbeat(&self, request: v1::HeartbeatRequest) -> Result<(), ControllerError> {
+    pub fn heartbeat(&self, request: Heartbeat) -> Result<(), ControllerError> {
         let Some(mut node) = self.store.get_node(&request.node_name)? else {
             return Err(ControllerError::not_found("node", &request.node_name));
         };
         let was_online = self.node_online(&node, Utc::now());
         node.last_heartbeat = Utc::now();
-        if let Some(capacity) = &request.capacity {
-            node.capacity = convert::capacity_from(capacity);
+        if let Some(capacity) = request.capacity {
+            node.capacity = capacity;
         }
         self.store.put_node(&node)?;
-        for status in &request.vps {
-            match self.store.get_vps(&status.vps_id)? {
-                Some(vps) if vps.node == node.name => record_observed(self, &vps.vps_id, status)?,
+        for (vps_id, observed) in request.reports {
+            match self.store.get_vps(&vps_id)? {
+                Some(vps) if vps.node == node.name => record_observed(self, &vps.vps_id, observed)?,
                 Some(_) => {
-                    warn!(node = %node.name, vps_id = %status.vps_id, "node reports a VPS placed elsewhere")
+                    warn!(node = %node.name, vps_id = %vps_id, "node reports a VPS placed elsewhere")
                 }
                 None => {}
             }
         }
         for sample in &request.usage {
-            let sample = convert::usage_sample_from(sample);
-            self.record_usage(&node.name, &sample)?;
+            self.record_usage(&node.name, sample)?;
         }
         if !was_online {
             self.placements.invalidate();
@@ -275,12 +268,12 @@ impl Controller {
         Ok(templates.into_values().collect())
     }
 
-    pub fn get_node(&self, name: &str) -> Result<v1::Node, ControllerError> {
+    /// One node with what is promised on it and how many VPSes it has.
+    pub fn get_node(&self, name: &str) -> Result<(NodeRecord, NodeView, u32), ControllerError> {
         validate::name("name", name)?;
         self.node_views()?
             .into_iter()
             .find(|(record, _, _)| record.name == name)
-            .map(|(record, view, count)| convert::node(&record, &view, count))
             .ok_or_else(|| ControllerError::not_found("node", name))
     }
 
@@ -288,7 +281,7 @@ impl Controller {
         &self,
         name: &str,
         change: impl FnOnce(&mut NodeRecord),
-    ) -> Result<v1::Node, ControllerError> {
+    ) -> Result<(NodeRecord, NodeView, u32), ControllerError> {
         validate::name("name", name)?;
         let mut node = self
             .store

@@ -6,7 +6,6 @@ use paddock_config::ByteSize;
 use tracing::info;
 use uuid::Uuid;
 
-use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
 use crate::limits::{Bounds, Chooser};
@@ -16,6 +15,7 @@ use crate::model::{
     EventKind, EventRecord, Power, RequestOp, Resources, TaggedRequest, TransferOverage, VpsRecord,
 };
 use crate::requests;
+use crate::service::Controller;
 use crate::store::{Conflict, StoreError};
 
 /// The default template when a create request names none.
@@ -526,7 +526,7 @@ impl VpsContext {
     /// Whether the VPS is held stopped: its tenant is suspended, or its transfer
     /// allowance is used up on a suspending plan.
     pub fn held(&self, vps: &VpsRecord) -> bool {
-        self.tenant_suspended || vps.transfer_limit_at(self.now) == Some(TransferOverage::Suspend)
+        crate::model::desired::held(vps, self.tenant_suspended, self.now)
     }
 
     /// Whether the VPS's node has applied exactly what its record asks for now.

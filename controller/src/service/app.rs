@@ -11,7 +11,7 @@ use crate::auth::{self, Principal};
 use crate::error::ControllerError;
 use crate::model::scheduler::NodeView;
 use crate::model::{Capacity, NodeAllocationRecord, NodeRecord, VpsRecord};
-use crate::reconcile::ReconcileHandle;
+use crate::service::reconcile::ReconcileHandle;
 use crate::store::Store;
 
 /// Everything a request handler needs; cheap to share behind an `Arc`.

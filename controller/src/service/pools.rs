@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::app::Controller;
 use crate::error::ControllerError;
 use crate::model::ipam::plan;
 use crate::model::validate;
 use crate::model::PoolRecord;
+use crate::service::Controller;
 
 /// A validated pool create request (the proto `Pool` minus the counters).
 pub struct CreatePool {

@@ -3,11 +3,11 @@
 use chrono::Utc;
 use tracing::info;
 
-use crate::app::Controller;
 use crate::auth::{self, Principal};
 use crate::error::ControllerError;
 use crate::model::validate::{self, ValidationError};
 use crate::model::{EventKind, Quota, Role, TenantRecord, TokenRecord};
+use crate::service::Controller;
 
 impl Controller {
     /// The quota a tenant gets when created without explicit limits.

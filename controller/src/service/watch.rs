@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
 use crate::model::VpsRecord;
+use crate::service::Controller;
 use crate::store::{Store, VpsChange, VpsChanges, WatchRecvError};
 
 /// How often a watch re-reads its VPS without being told of a change.

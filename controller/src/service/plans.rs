@@ -2,13 +2,12 @@
 
 use tracing::info;
 
-use crate::app::Controller;
 use crate::error::ControllerError;
 use crate::model::validate::{self, ValidationError};
 use crate::model::{PlanRecord, TransferOverage};
+use crate::service::Controller;
 
-/// The cgroup v2 default weight: a plan that sets none gets a normal CPU share.
-pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+pub use crate::model::DEFAULT_CPU_WEIGHT;
 
 impl Controller {
     /// Every plan, smallest memory first.
