@@ -192,25 +192,17 @@ fn power(p: Power) -> v1::PowerState {
     }
 }
 
-/// The state a user sees, derived from desired state, the node's last report,
-/// whether the node is reachable and whether the VPS is held stopped (its
-/// tenant suspended, or its monthly transfer used up on a suspending plan).
+/// The state a user sees ([`desired::state`]), as the proto enum.
 pub fn vps_state(vps: &VpsRecord, node_online: bool, held: bool) -> v1::VpsState {
-    if vps.deleting {
-        return v1::VpsState::Deleting;
-    }
-    if !node_online {
-        return v1::VpsState::Unknown;
-    }
-    let observed = vps.observed.as_ref().map(|o| o.state);
-    if held && observed != Some(Observed::Running) {
-        return v1::VpsState::Suspended;
-    }
-    match observed {
-        None | Some(Observed::Absent) => v1::VpsState::Pending,
-        Some(Observed::Running) => v1::VpsState::Running,
-        Some(Observed::Stopped) => v1::VpsState::Stopped,
-        Some(Observed::Error) => v1::VpsState::Error,
+    use desired::VpsState as S;
+    match desired::state(vps, node_online, held) {
+        S::Pending => v1::VpsState::Pending,
+        S::Running => v1::VpsState::Running,
+        S::Stopped => v1::VpsState::Stopped,
+        S::Error => v1::VpsState::Error,
+        S::Unknown => v1::VpsState::Unknown,
+        S::Suspended => v1::VpsState::Suspended,
+        S::Deleting => v1::VpsState::Deleting,
     }
 }
 

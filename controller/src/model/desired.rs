@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::records::{Power, TransferOverage, VpsRecord};
+use super::records::{Observed, Power, TransferOverage, VpsRecord};
 
 /// The state the node should make a VPS have at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,5 +36,41 @@ pub fn desired(vps: &VpsRecord, tenant_suspended: bool, now: DateTime<Utc>) -> D
     Desired {
         power,
         throttle_bits_per_sec,
+    }
+}
+
+/// The state a user sees of a VPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VpsState {
+    Pending,
+    Running,
+    Stopped,
+    Error,
+    /// Its node is not reachable: what it runs is not known.
+    Unknown,
+    /// Held stopped (see [`held`]) and not running.
+    Suspended,
+    Deleting,
+}
+
+/// The state a user sees, derived from desired state, the node's last report,
+/// whether the node is reachable and whether the VPS is held stopped (its
+/// tenant suspended, or its monthly transfer used up on a suspending plan).
+pub fn state(vps: &VpsRecord, node_online: bool, held: bool) -> VpsState {
+    if vps.deleting {
+        return VpsState::Deleting;
+    }
+    if !node_online {
+        return VpsState::Unknown;
+    }
+    let observed = vps.observed.as_ref().map(|o| o.state);
+    if held && observed != Some(Observed::Running) {
+        return VpsState::Suspended;
+    }
+    match observed {
+        None | Some(Observed::Absent) => VpsState::Pending,
+        Some(Observed::Running) => VpsState::Running,
+        Some(Observed::Stopped) => VpsState::Stopped,
+        Some(Observed::Error) => VpsState::Error,
     }
 }

@@ -48,10 +48,17 @@ pub enum StoreError {
     #[error(transparent)]
     Quota(#[from] QuotaError),
     /// No address to give, or a pool that may not be created or removed.
+    /// Boxed: its overlap variants name two pools and would make every `StoreError` large.
     #[error(transparent)]
-    Ipam(#[from] IpamError),
+    Ipam(Box<IpamError>),
     #[error(transparent)]
     Conflict(#[from] Conflict),
+}
+
+impl From<IpamError> for StoreError {
+    fn from(error: IpamError) -> Self {
+        Self::Ipam(Box::new(error))
+    }
 }
 
 /// A change refused because of what else is stored.

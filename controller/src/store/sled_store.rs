@@ -113,7 +113,7 @@ fn allocate_addresses(
         pools.insert(name.as_bytes(), encode(&pool))?;
         return Ok(());
     }
-    abort(StoreError::Ipam(ipam::no_room(&vps.node, full, count)))
+    abort(StoreError::from(ipam::no_room(&vps.node, full, count)))
 }
 
 /// Hour keys sort by tenant, then hour, then VPS (hours are never negative).
@@ -1030,7 +1030,7 @@ impl Store for SledStore {
                         continue;
                     };
                     if let Err(error) = ipam::check_overlap(pool, &cidr, &other) {
-                        return abort(StoreError::Ipam(error));
+                        return abort(StoreError::from(error));
                     }
                 }
                 // Every pool create reads and bumps the guard, so two concurrent
@@ -1078,7 +1078,7 @@ impl Store for SledStore {
                     name.to_owned(),
                 )?;
                 if let Err(error) = ipam::check_removable(&pool) {
-                    return abort(StoreError::Ipam(error));
+                    return abort(StoreError::from(error));
                 }
                 pools.remove(name.as_bytes())?;
                 tx_update_allocation(allocations, &pool.node, |allocation| {
