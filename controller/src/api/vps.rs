@@ -31,7 +31,7 @@ fn view(
     record: &crate::model::VpsRecord,
 ) -> Result<v1::Vps, ControllerError> {
     let context = controller.vps_context(record)?;
-    let transfer = controller.transfer_status(record)?;
+    let transfer = controller.metering().transfer_status(record)?;
     Ok(convert::vps(
         record,
         context.node_online,

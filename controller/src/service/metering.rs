@@ -13,7 +13,25 @@ use crate::model::{EventKind, EventRecord, UsageCursorRecord, UsageHourRecord, V
 use crate::service::Controller;
 use crate::store::{UsageHourKey, UsageState, UsageUpdate};
 
+/// Usage samples, transfer limits and usage queries. A view of the [`Controller`]'s shared state; get one with
+/// [`Controller::metering`].
+pub struct Metering<'a>(&'a Controller);
+
 impl Controller {
+    pub fn metering(&self) -> Metering<'_> {
+        Metering(self)
+    }
+}
+
+impl std::ops::Deref for Metering<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+impl Metering<'_> {
     /// Accounts one usage sample reported by `node`. Samples of VPSes that
     /// are unknown or placed on another node are dropped. Returns whether the
     /// sample was accepted (false for repeats).

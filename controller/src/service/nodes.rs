@@ -221,7 +221,7 @@ impl Controller {
             }
         }
         for sample in &request.usage {
-            self.record_usage(&node.name, sample)?;
+            self.metering().record_usage(&node.name, sample)?;
         }
         if !was_online {
             self.placements.invalidate();

@@ -21,10 +21,28 @@ pub struct CreatePool {
     pub nat: bool,
 }
 
+/// Address pools on the nodes. A view of the [`Controller`]'s shared state; get one with
+/// [`Controller::pools`].
+pub struct Pools<'a>(&'a Controller);
+
 impl Controller {
+    pub fn pools(&self) -> Pools<'_> {
+        Pools(self)
+    }
+}
+
+impl std::ops::Deref for Pools<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+impl Pools<'_> {
     /// Creates a pool on a registered node; nothing is stored unless the
     /// network, gateway and range are valid and no other pool overlaps it.
-    pub async fn create_pool(&self, request: CreatePool) -> Result<PoolRecord, ControllerError> {
+    pub async fn create(&self, request: CreatePool) -> Result<PoolRecord, ControllerError> {
         validate::name("pool.name", &request.name)?;
         validate::name("pool.node", &request.node)?;
         if self.store.get_node(&request.node)?.is_none() {
@@ -57,14 +75,14 @@ impl Controller {
     }
 
     /// Every pool, sorted by name.
-    pub fn list_pools(&self) -> Result<Vec<PoolRecord>, ControllerError> {
+    pub fn list(&self) -> Result<Vec<PoolRecord>, ControllerError> {
         let mut pools = self.store.list_pools()?;
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(pools)
     }
 
     /// One pool by name.
-    pub fn get_pool(&self, name: &str) -> Result<PoolRecord, ControllerError> {
+    pub fn get(&self, name: &str) -> Result<PoolRecord, ControllerError> {
         validate::name("name", name)?;
         self.store
             .get_pool(name)?
@@ -72,7 +90,7 @@ impl Controller {
     }
 
     /// Deletes a pool none of whose addresses is in use.
-    pub async fn delete_pool(&self, name: &str) -> Result<(), ControllerError> {
+    pub async fn delete(&self, name: &str) -> Result<(), ControllerError> {
         validate::name("name", name)?;
         self.store.delete_pool(name)?;
         self.commit().await?;

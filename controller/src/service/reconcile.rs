@@ -156,7 +156,7 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
             let (nodes, full): (Vec<String>, bool) = tokio::select! {
                 Some(node) = queue.kicks.recv() => (vec![node], false),
                 _ = tick.tick() => {
-                    if let Err(error) = controller.end_expired_transfer_limits() {
+                    if let Err(error) = controller.metering().end_expired_transfer_limits() {
                         warn!(%error, "ending the transfer limits of past months");
                     }
                     let full = !full_period.is_zero() && last_full.elapsed() >= full_period;
