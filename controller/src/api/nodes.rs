@@ -36,7 +36,7 @@ impl NodeService for NodeApi {
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
         self.controller.admin(&request)?;
-        let (record, view, count) = self.controller.get_node(&request.into_inner().name)?;
+        let (record, view, count) = self.controller.nodes().get(&request.into_inner().name)?;
         Ok(Response::new(convert::node(&record, &view, count)))
     }
 
@@ -49,7 +49,8 @@ impl NodeService for NodeApi {
         let name = request.into_inner().name;
         let (record, view, count) = self
             .controller
-            .update_node(&name, |node| node.cordoned = true)
+            .nodes()
+            .update(&name, |node| node.cordoned = true)
             .await?;
         Ok(Response::new(convert::node(&record, &view, count)))
     }
@@ -63,7 +64,8 @@ impl NodeService for NodeApi {
         let name = request.into_inner().name;
         let (record, view, count) = self
             .controller
-            .update_node(&name, |node| node.cordoned = false)
+            .nodes()
+            .update(&name, |node| node.cordoned = false)
             .await?;
         Ok(Response::new(convert::node(&record, &view, count)))
     }
@@ -78,7 +80,8 @@ impl NodeService for NodeApi {
         let labels = request.labels.into_iter().collect();
         let (record, view, count) = self
             .controller
-            .update_node(&request.name, |node| node.labels = labels)
+            .nodes()
+            .update(&request.name, |node| node.labels = labels)
             .await?;
         Ok(Response::new(convert::node(&record, &view, count)))
     }
@@ -90,7 +93,8 @@ impl NodeService for NodeApi {
         audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(&request)?;
         self.controller
-            .remove_node(&request.into_inner().name)
+            .nodes()
+            .remove(&request.into_inner().name)
             .await?;
         Ok(Response::new(v1::Empty {}))
     }
@@ -113,10 +117,13 @@ impl AgentRegistry for RegistryApi {
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
         audit_target(&request, request.get_ref().node_name.clone());
-        self.controller.check_join_token(request.metadata())?;
+        self.controller
+            .nodes()
+            .check_join_token(request.metadata())?;
         let certificate_pem = self
             .controller
-            .enroll_node(&convert::enrollment(request.get_ref()))
+            .nodes()
+            .enroll(&convert::enrollment(request.get_ref()))
             .await?;
         Ok(Response::new(v1::EnrollResponse {
             certificate_pem,
@@ -129,12 +136,13 @@ impl AgentRegistry for RegistryApi {
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         audit_target(&request, request.get_ref().node_name.clone());
-        self.controller.check_node(
+        self.controller.nodes().check_node(
             peer_certs(&request).as_deref(),
             &request.get_ref().node_name,
         )?;
         self.controller
-            .register_node(convert::registration(request.into_inner()))
+            .nodes()
+            .register(convert::registration(request.into_inner()))
             .await?;
         Ok(Response::new(v1::RegisterResponse {
             heartbeat_interval_secs: self.controller.config.heartbeat_interval_secs,
@@ -145,11 +153,12 @@ impl AgentRegistry for RegistryApi {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        self.controller.check_node(
+        self.controller.nodes().check_node(
             peer_certs(&request).as_deref(),
             &request.get_ref().node_name,
         )?;
         self.controller
+            .nodes()
             .heartbeat(convert::heartbeat(request.into_inner()))?;
         Ok(Response::new(v1::HeartbeatResponse {}))
     }

@@ -87,7 +87,9 @@ fn actor<B>(
 ) -> String {
     match authenticated {
         Ok(principal) => principal.actor(),
-        Err(_) if controller.check_join_token(metadata).is_ok() => "node-enrolment".to_owned(),
+        Err(_) if controller.nodes().check_join_token(metadata).is_ok() => {
+            "node-enrolment".to_owned()
+        }
         Err(auth::AuthError::Missing) => {
             let certs =
                 request
@@ -98,7 +100,7 @@ fn actor<B>(
                     .and_then(|info| info.peer_certs());
             match certs
                 .as_deref()
-                .map(|certs| Controller::node_of(Some(certs.as_slice())))
+                .map(|certs| crate::service::nodes::Nodes::node_of(Some(certs.as_slice())))
             {
                 Some(Ok(node)) => format!("node:{node}"),
                 _ => "anonymous".to_owned(),

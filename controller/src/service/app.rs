@@ -165,7 +165,7 @@ impl Controller {
             }
         }
         for vps in self.store.list_vps(None).unwrap_or_default() {
-            if let Ok(context) = self.vps_context(&vps) {
+            if let Ok(context) = self.vps().context(&vps) {
                 let state =
                     crate::convert::vps_state(&vps, context.node_online, context.held(&vps));
                 let name = state

@@ -17,7 +17,25 @@ use crate::pki;
 use crate::service::reconcile::record_observed;
 use crate::service::Controller;
 
+/// Nodes: enrolment, registration, heartbeats, cordoning and reaching their agents. A view of the [`Controller`]'s shared state; get one with
+/// [`Controller::nodes`].
+pub struct Nodes<'a>(&'a Controller);
+
 impl Controller {
+    pub fn nodes(&self) -> Nodes<'_> {
+        Nodes(self)
+    }
+}
+
+impl std::ops::Deref for Nodes<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+impl Nodes<'_> {
     /// Checks the node join token an enrolling agent presents.
     pub fn check_join_token(
         &self,
@@ -75,7 +93,7 @@ impl Controller {
     /// Removes a drained node that hosts no VPS and no pool, and revokes its
     /// certificates: its agent can no longer register or heartbeat, and the
     /// name can only come back by enrolling again with the join token.
-    pub async fn remove_node(&self, name: &str) -> Result<(), ControllerError> {
+    pub async fn remove(&self, name: &str) -> Result<(), ControllerError> {
         validate::name("name", name)?;
         let node = self
             .store
@@ -127,7 +145,7 @@ impl Controller {
     }
 
     /// Signs an enrolling node's certificate request.
-    pub async fn enroll_node(&self, request: &Enrollment) -> Result<String, ControllerError> {
+    pub async fn enroll(&self, request: &Enrollment) -> Result<String, ControllerError> {
         validate::name("node_name", &request.node_name)?;
         if request.subject_alt_names.is_empty() {
             return Err(ValidationError::new(
@@ -172,10 +190,7 @@ impl Controller {
     }
 
     /// Records (or refreshes) a node; cordon state and labels survive re-registration.
-    pub async fn register_node(
-        &self,
-        request: Registration,
-    ) -> Result<NodeRecord, ControllerError> {
+    pub async fn register(&self, request: Registration) -> Result<NodeRecord, ControllerError> {
         validate::name("node_name", &request.node_name)?;
         if !request.address.starts_with("http://") && !request.address.starts_with("https://") {
             return Err(
@@ -269,7 +284,7 @@ impl Controller {
     }
 
     /// One node with what is promised on it and how many VPSes it has.
-    pub fn get_node(&self, name: &str) -> Result<(NodeRecord, NodeView, u32), ControllerError> {
+    pub fn get(&self, name: &str) -> Result<(NodeRecord, NodeView, u32), ControllerError> {
         validate::name("name", name)?;
         self.node_views()?
             .into_iter()
@@ -277,7 +292,7 @@ impl Controller {
             .ok_or_else(|| ControllerError::not_found("node", name))
     }
 
-    pub async fn update_node(
+    pub async fn update(
         &self,
         name: &str,
         change: impl FnOnce(&mut NodeRecord),
@@ -291,6 +306,6 @@ impl Controller {
         self.store.put_node(&node)?;
         self.commit().await?;
         self.placements.invalidate();
-        self.get_node(name)
+        self.nodes().get(name)
     }
 }

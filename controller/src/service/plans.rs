@@ -43,7 +43,7 @@ impl Plans<'_> {
             resources.cpu_weight = DEFAULT_CPU_WEIGHT;
         }
         // A plan holds the same absolute bounds as every VPS made from it.
-        self.bounds().check("plan.resources.", resources)?;
+        self.vps().bounds().check("plan.resources.", resources)?;
         match plan.transfer_overage {
             TransferOverage::Notify => {}
             _ if plan.monthly_transfer_bytes == 0 => {

@@ -50,7 +50,25 @@ impl CreateVps {
     }
 }
 
+/// The VPS lifecycle: create, power, restart, rebuild, resize, delete. A view of the [`Controller`]'s shared state; get one with
+/// [`Controller::vps`].
+pub struct Vps<'a>(&'a Controller);
+
 impl Controller {
+    pub fn vps(&self) -> Vps<'_> {
+        Vps(self)
+    }
+}
+
+impl std::ops::Deref for Vps<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+impl Vps<'_> {
     /// The absolute bounds of every VPS's resources, from `[vps_limits]`.
     pub fn bounds(&self) -> Bounds {
         Bounds::from(&self.config.vps_limits)
@@ -75,7 +93,7 @@ impl Controller {
 
     /// Creates a VPS: nothing is stored unless every check passes, and the
     /// quota check and the write are one transaction.
-    pub async fn create_vps(
+    pub async fn create(
         &self,
         principal: &Principal,
         request: CreateVps,
@@ -112,7 +130,7 @@ impl Controller {
             )
         })?;
         // Every limit is checked before anything is charged or stored.
-        let resources = self.bounds().resolve(
+        let resources = self.vps().bounds().resolve(
             Chooser::of(principal),
             &plan,
             &plan.resources,
@@ -201,7 +219,7 @@ impl Controller {
         Ok(record)
     }
 
-    pub fn get_vps(
+    pub fn get(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -212,7 +230,7 @@ impl Controller {
     }
 
     /// A tenant's VPSes; admins may list every tenant's by naming none.
-    pub fn list_vps(
+    pub fn list(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -297,7 +315,7 @@ impl Controller {
     }
 
     /// Asks for one restart (stop, then start) of a VPS.
-    pub async fn restart_vps(
+    pub async fn restart(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -324,7 +342,7 @@ impl Controller {
 
     /// Asks for one rebuild of a VPS: a fresh root filesystem from `template` (empty keeps the
     /// current one) on the same disk. The agent carries it out once per generation bump.
-    pub async fn rebuild_vps(
+    pub async fn rebuild(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -363,7 +381,7 @@ impl Controller {
     /// online. What grows must fit the node; the quota check and the usage
     /// change are one transaction. A disk never shrinks (a smaller plan keeps
     /// it) and the address count stays: renumbering is not supported.
-    pub async fn resize_vps(
+    pub async fn resize(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -410,7 +428,8 @@ impl Controller {
         };
         let overrides = overrides.unwrap_or_default();
         let mut resources =
-            self.bounds()
+            self.vps()
+                .bounds()
                 .resolve(Chooser::of(principal), &plan_record, &base, &overrides)?;
         let plan_name = plan_record.name;
         // A disk only grows: its filesystem is grown in place, and shrinking
@@ -459,7 +478,7 @@ impl Controller {
     }
 
     /// Marks a VPS for deletion; it disappears once its node has removed it.
-    pub async fn delete_vps(
+    pub async fn delete(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -496,7 +515,7 @@ impl Controller {
     }
 
     /// What a VPS's view depends on besides its record, read once.
-    pub fn vps_context(&self, vps: &VpsRecord) -> Result<VpsContext, ControllerError> {
+    pub fn context(&self, vps: &VpsRecord) -> Result<VpsContext, ControllerError> {
         let now = Utc::now();
         let node_online = self
             .store

@@ -34,7 +34,7 @@ pub struct VpsWatch {
 }
 
 impl Controller {
-    /// Opens a watch on a VPS of the caller's scope; scoped like [`Controller::get_vps`] (a
+    /// Opens a watch on a VPS of the caller's scope; scoped like [`Vps::get`](crate::service::vps::Vps::get) (a
     /// tenant asking for another tenant's VPS gets `NotFound`).
     pub fn watch_vps(
         &self,
@@ -42,7 +42,7 @@ impl Controller {
         tenant: &str,
         name: &str,
     ) -> Result<VpsWatch, ControllerError> {
-        let found = self.get_vps(principal, tenant, name)?;
+        let found = self.vps().get(principal, tenant, name)?;
         let changes = self.store.vps_watchers().subscribe(&found.vps_id);
         // Read again once subscribed: a change committed in between is in this read or in
         // the channel, never lost.
