@@ -1,6 +1,7 @@
 //! The gRPC surface: thin services over the domain, plus health and reflection.
 
 mod audit;
+mod authorize;
 mod billing;
 mod nodes;
 mod observe;
