@@ -64,22 +64,6 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
-impl From<AuthError> for tonic::Status {
-    fn from(error: AuthError) -> Self {
-        match error {
-            AuthError::Missing
-            | AuthError::Malformed
-            | AuthError::Invalid
-            | AuthError::Revoked
-            | AuthError::Expired
-            | AuthError::NodeCertificate(_)
-            | AuthError::NodeRevoked { .. } => tonic::Status::unauthenticated(error.to_string()),
-            AuthError::Forbidden { .. } => tonic::Status::permission_denied(error.to_string()),
-            AuthError::Store(error) => error.into(),
-        }
-    }
-}
-
 /// A freshly minted token: the secret (shown once) and what to store.
 pub struct NewToken {
     pub secret: String,

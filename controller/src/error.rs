@@ -1,4 +1,4 @@
-//! The controller's domain error and its one mapping to gRPC status codes.
+//! The controller's domain error (mapped to gRPC status codes in `api/status.rs`).
 
 use crate::auth::AuthError;
 use crate::limits::LimitError;
@@ -36,58 +36,6 @@ impl ControllerError {
         Self::NotFound {
             kind,
             name: name.into(),
-        }
-    }
-}
-
-// The model's errors map here, so `model` does not depend on the RPC layer.
-impl From<ScheduleError> for tonic::Status {
-    fn from(error: ScheduleError) -> Self {
-        tonic::Status::failed_precondition(error.to_string())
-    }
-}
-
-impl From<ValidationError> for tonic::Status {
-    fn from(error: ValidationError) -> Self {
-        tonic::Status::invalid_argument(error.to_string())
-    }
-}
-
-impl From<StoreError> for tonic::Status {
-    fn from(error: StoreError) -> Self {
-        use tonic::Status;
-        match &error {
-            StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
-            StoreError::NotFound { .. } => Status::not_found(error.to_string()),
-            StoreError::Quota(_) | StoreError::Ipam(_) | StoreError::Conflict(_) => {
-                Status::failed_precondition(error.to_string())
-            }
-            StoreError::Open { .. }
-            | StoreError::SchemaMismatch { .. }
-            | StoreError::NotInitialized { .. }
-            | StoreError::Sled(_)
-            | StoreError::Corrupt { .. } => Status::internal(error.to_string()),
-        }
-    }
-}
-
-impl From<ControllerError> for tonic::Status {
-    fn from(error: ControllerError) -> Self {
-        use tonic::Status;
-        match error {
-            ControllerError::Invalid(error) => error.into(),
-            ControllerError::Limit(error) => error.into(),
-            ControllerError::Auth(error) => error.into(),
-            ControllerError::Store(error) => error.into(),
-            ControllerError::Schedule(error) => error.into(),
-            ControllerError::NotFound { .. } => Status::not_found(error.to_string()),
-            ControllerError::Suspended { .. } | ControllerError::Precondition(_) => {
-                Status::failed_precondition(error.to_string())
-            }
-            ControllerError::NodeUnavailable { .. } => Status::unavailable(error.to_string()),
-            ControllerError::Agent { node, status } => {
-                Status::new(status.code(), format!("node {node}: {}", status.message()))
-            }
         }
     }
 }

@@ -45,15 +45,6 @@ pub enum LimitError {
     NotPermitted { field: String, rule: String },
 }
 
-impl From<LimitError> for tonic::Status {
-    fn from(error: LimitError) -> Self {
-        match error {
-            LimitError::OutOfBounds { .. } => tonic::Status::invalid_argument(error.to_string()),
-            LimitError::NotPermitted { .. } => tonic::Status::permission_denied(error.to_string()),
-        }
-    }
-}
-
 /// Who picks the values: tenant tokens are held to their plan, admins only to [`Bounds`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chooser {

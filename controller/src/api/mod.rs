@@ -7,6 +7,7 @@ mod nodes;
 mod observe;
 mod plans;
 mod pools;
+mod status;
 mod tenants;
 mod vps;
 
