@@ -1,7 +1,7 @@
 //! The controller's layering, checked from its source: the top-level modules of
 //! `controller/src` (model, store, service, api, convert, ...) import each other
-//! without cycles, `model` imports only std and external crates, and `store` imports
-//! neither `api` nor `service`. See the module map in docs/ARCHITECTURE.md.
+//! without cycles, `model` imports only std and external crates, `convert` only `model`,
+//! and `store` imports neither `api` nor `service`. See the module map in docs/ARCHITECTURE.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,6 +11,8 @@ type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// Modules that may import only std and external crates.
 const PURE: &[&str] = &["model"];
+/// `convert` only maps types: it may import the model and nothing else of the crate.
+const CONVERT_MAY_IMPORT: &[&str] = &["model"];
 /// What the store must not import (it is below the services and the RPC layer).
 const ABOVE_STORE: &[&str] = &["api", "service"];
 
@@ -209,6 +211,13 @@ fn violations(graph: &Graph) -> Vec<String> {
             ));
         }
     }
+    for imported in graph.get("convert").into_iter().flatten() {
+        if !CONVERT_MAY_IMPORT.contains(&imported.as_str()) {
+            found.push(format!(
+                "convert imports crate::{imported} (it only maps types, to and from model)"
+            ));
+        }
+    }
     for imported in graph.get("store").into_iter().flatten() {
         if ABOVE_STORE.contains(&imported.as_str()) {
             found.push(format!("store imports crate::{imported}, a layer above it"));
@@ -279,7 +288,12 @@ fn a_cycle_is_found() {
 
 #[test]
 fn model_and_store_rules_are_enforced() {
-    let graph = synthetic(&[("model", "store"), ("store", "service")]);
+    let graph = synthetic(&[
+        ("model", "store"),
+        ("store", "service"),
+        ("convert", "service"),
+        ("convert", "model"),
+    ]);
     let found = violations(&graph);
     assert!(
         found

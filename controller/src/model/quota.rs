@@ -109,3 +109,91 @@ pub fn release(used: &mut Quota, delta: &Quota) {
     used.disk_bytes = used.disk_bytes.saturating_sub(delta.disk_bytes);
     used.ipv4_count = used.ipv4_count.saturating_sub(delta.ipv4_count);
 }
+
+/// Charges one more VPS with `resources` to `tenant`, if it fits its quota.
+pub fn admit(
+    tenant: &mut TenantRecord,
+    resources: &Resources,
+    plan: &str,
+) -> Result<(), QuotaError> {
+    check(tenant, resources, plan)?;
+    charge(&mut tenant.used, &Quota::of_vps(resources));
+    Ok(())
+}
+
+/// Moves a VPS's charge from `old` to `new` resources (on `plan`), if the new ones fit.
+pub fn resize(
+    tenant: &mut TenantRecord,
+    old: &Resources,
+    new: &Resources,
+    plan: &str,
+) -> Result<(), QuotaError> {
+    release(&mut tenant.used, &Quota::of_vps(old));
+    admit(tenant, new, plan)
+}
+
+/// Gives a removed VPS's charge back to `tenant`.
+pub fn release_vps(tenant: &mut TenantRecord, resources: &Resources) {
+    release(&mut tenant.used, &Quota::of_vps(resources));
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+
+    fn tenant(max_vps: u32, memory_bytes: u64) -> TenantRecord {
+        TenantRecord {
+            name: "acme".to_owned(),
+            quota: Quota {
+                max_vps,
+                vcpus: 8.0,
+                memory_bytes,
+                disk_bytes: u64::MAX,
+                ipv4_count: 8,
+            },
+            used: Quota::default(),
+            suspended: false,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn need(memory_bytes: u64) -> Resources {
+        Resources {
+            vcpus: 1.0,
+            memory_bytes,
+            ..Resources::default()
+        }
+    }
+
+    #[test]
+    fn admit_charges_until_a_limit_and_names_it() {
+        let mut acme = tenant(2, 1 << 30);
+        admit(&mut acme, &need(1 << 29), "small").expect("fits");
+        let error = admit(&mut acme, &need(1 << 30), "big").expect_err("memory");
+        assert!(matches!(error, QuotaError::Memory { .. }), "{error}");
+        assert!(
+            error.to_string().starts_with("quota exceeded: memory"),
+            "{error}"
+        );
+        assert_eq!(acme.used.max_vps, 1, "a refused VPS is not charged");
+        admit(&mut acme, &need(1 << 29), "small").expect("fits");
+        let error = admit(&mut acme, &need(1), "small").expect_err("count");
+        assert_eq!(
+            error.to_string(),
+            "quota exceeded: tenant acme has 2 of 2 VPSes"
+        );
+    }
+
+    #[test]
+    fn resize_moves_the_charge_and_release_gives_it_back() {
+        let mut acme = tenant(1, 1 << 30);
+        admit(&mut acme, &need(1 << 29), "small").expect("fits");
+        resize(&mut acme, &need(1 << 29), &need(1 << 30), "big")
+            .expect("the VPS itself is not counted twice");
+        assert_eq!((acme.used.max_vps, acme.used.memory_bytes), (1, 1 << 30));
+        release_vps(&mut acme, &need(1 << 30));
+        assert_eq!(acme.used, Quota::default());
+    }
+}

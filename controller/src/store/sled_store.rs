@@ -488,11 +488,10 @@ impl Store for SledStore {
                         "tenant",
                         vps.tenant.clone(),
                     )?;
-                    quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
-                    if let Err(error) = quota::check(&tenant, resources, plan) {
+                    if let Err(error) = quota::resize(&mut tenant, &vps.resources, resources, plan)
+                    {
                         return abort(StoreError::Quota(error));
                     }
-                    quota::charge(&mut tenant.used, &Quota::of_vps(resources));
                     tx_update_allocation(allocations, &vps.node, |allocation| {
                         allocation.account(&vps.resources, -1.0);
                         allocation.account(resources, 1.0);
@@ -841,10 +840,9 @@ impl Store for SledStore {
                                 name: vps.name.clone(),
                             });
                         }
-                        if let Err(error) = quota::check(&tenant, &vps.resources, &vps.plan) {
+                        if let Err(error) = quota::admit(&mut tenant, &vps.resources, &vps.plan) {
                             return abort(StoreError::Quota(error));
                         }
-                        quota::charge(&mut tenant.used, &Quota::of_vps(&vps.resources));
                         // The node's summary names its pools: read in the
                         // transaction, so allocations and pool changes serialize.
                         let mut allocation: NodeAllocationRecord =
@@ -970,7 +968,7 @@ impl Store for SledStore {
                         if let Some(mut tenant) =
                             tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
                         {
-                            quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                            quota::release_vps(&mut tenant, &vps.resources);
                             tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
                         }
                         let mut released_ipv4 = 0u32;
