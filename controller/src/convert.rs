@@ -5,7 +5,7 @@ use paddock_proto::v1;
 
 use crate::model::desired;
 use crate::model::metering::TransferStatus;
-use crate::model::node::{Enrollment, Heartbeat, Registration};
+use crate::model::node::{Enrollment, Heartbeat, Registration, Template};
 use crate::model::scheduler::NodeView;
 use crate::model::validate::ValidationError;
 use crate::model::{
@@ -388,6 +388,20 @@ pub fn observed(status: &v1::VpsStatus) -> ObservedState {
         init_pid: status.init_pid,
         message: status.message.clone(),
         at: Utc::now(),
+    }
+}
+
+pub fn template_from(template: v1::Template) -> Template {
+    Template {
+        name: template.name,
+        description: template.description,
+    }
+}
+
+pub fn template(template: Template) -> v1::Template {
+    v1::Template {
+        name: template.name,
+        description: template.description,
     }
 }
 

@@ -284,7 +284,9 @@ impl VpsService for VpsApi {
     ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
         self.controller.caller(&request)?;
         let templates = self.controller.nodes().list_templates().await?;
-        Ok(Response::new(v1::ListTemplatesResponse { templates }))
+        Ok(Response::new(v1::ListTemplatesResponse {
+            templates: templates.into_iter().map(convert::template).collect(),
+        }))
     }
 
     type ExecStream = OutputStream<v1::ExecOutput>;

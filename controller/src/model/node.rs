@@ -29,3 +29,10 @@ pub struct Heartbeat {
     pub reports: Vec<(String, ObservedState)>,
     pub usage: Vec<Sample>,
 }
+
+/// A template a node has installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub name: String,
+    pub description: String,
+}

@@ -8,8 +8,9 @@ use tracing::{info, warn};
 
 use crate::agents::{agent_error, AgentClient};
 use crate::auth::{self, AuthError};
+use crate::convert;
 use crate::error::ControllerError;
-use crate::model::node::{Enrollment, Heartbeat, Registration};
+use crate::model::node::{Enrollment, Heartbeat, Registration, Template};
 use crate::model::scheduler::NodeView;
 use crate::model::validate::{self, ValidationError};
 use crate::model::NodeRecord;
@@ -262,7 +263,7 @@ impl Nodes<'_> {
     }
 
     /// Templates installed on any online node.
-    pub async fn list_templates(&self) -> Result<Vec<v1::Template>, ControllerError> {
+    pub async fn list_templates(&self) -> Result<Vec<Template>, ControllerError> {
         let mut templates = BTreeMap::new();
         for node in self.store.list_nodes()? {
             if !self.node_online(&node, Utc::now()) {
@@ -272,7 +273,9 @@ impl Nodes<'_> {
             match client.list_templates(v1::Empty {}).await {
                 Ok(response) => {
                     for template in response.into_inner().templates {
-                        templates.entry(template.name.clone()).or_insert(template);
+                        templates
+                            .entry(template.name.clone())
+                            .or_insert_with(|| convert::template_from(template));
                     }
                 }
                 Err(status) => {
