@@ -4,6 +4,7 @@ use crate::auth::AuthError;
 use crate::limits::LimitError;
 use crate::model::scheduler::ScheduleError;
 use crate::model::validate::ValidationError;
+use crate::pki::PkiError;
 use crate::store::StoreError;
 
 /// Why a controller operation failed.
@@ -23,12 +24,51 @@ pub enum ControllerError {
     NotFound { kind: &'static str, name: String },
     #[error("tenant {tenant:?} is suspended: {what} is refused until it is unsuspended")]
     Suspended { tenant: String, what: &'static str },
-    #[error("{0}")]
-    Precondition(String),
+    #[error(transparent)]
+    Precondition(#[from] Precondition),
     #[error("node {node} is unreachable: {message}")]
     NodeUnavailable { node: String, message: String },
     #[error("node {node} refused the request: {status}")]
     Agent { node: String, status: tonic::Status },
+}
+
+/// A request that cannot be done in the current state (`FailedPrecondition`).
+#[derive(Debug, thiserror::Error)]
+pub enum Precondition {
+    #[error(
+        "node {node} is not drained: run `paddock admin node drain {node}` first, so nothing \
+         new is placed on it"
+    )]
+    NodeNotDrained { node: String },
+    #[error(
+        "node {node} still hosts {} VPS(es) ({}); delete them first: VPSes do not move between \
+         nodes",
+        vpses.len(),
+        vpses.join(", ")
+    )]
+    NodeHostsVps { node: String, vpses: Vec<String> },
+    #[error(
+        "node {node} still has pool(s) {}; delete them first (paddock admin pool delete)",
+        pools.join(", ")
+    )]
+    NodeHasPools { node: String, pools: Vec<String> },
+    #[error("signing the node certificate: {0}")]
+    Signing(#[source] PkiError),
+    #[error("plan {plan:?} of VPS {vps:?} no longer exists; resize it to another plan")]
+    PlanGone { plan: String, vps: String },
+    #[error(
+        "VPS {vps:?} used all of its monthly transfer allowance for {month} and is suspended \
+         until {until}: {what} is refused until then, unless the provider lifts the limit"
+    )]
+    TransferSuspended {
+        vps: String,
+        month: String,
+        /// RFC 3339, whole seconds.
+        until: String,
+        what: String,
+    },
+    #[error("placement view unavailable")]
+    PlacementView,
 }
 
 impl ControllerError {

@@ -44,9 +44,9 @@ impl PlacementCache {
                 built: Instant::now(),
             });
         }
-        let cached = state.as_mut().ok_or_else(|| {
-            ControllerError::Precondition("placement view unavailable".to_owned())
-        })?;
+        let cached = state
+            .as_mut()
+            .ok_or_else(|| ControllerError::from(crate::error::Precondition::PlacementView))?;
         let node = scheduler::place_with(&cached.views, need, placement)?;
         if let Some(view) = cached.views.iter_mut().find(|view| view.name == node) {
             charge(view, need, 1.0);

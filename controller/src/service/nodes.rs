@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use crate::agents::{agent_error, AgentClient};
 use crate::auth::{self, AuthError};
 use crate::convert;
-use crate::error::ControllerError;
+use crate::error::{ControllerError, Precondition};
 use crate::model::node::{Enrollment, Heartbeat, Registration, Template};
 use crate::model::scheduler::NodeView;
 use crate::model::validate::{self, ValidationError};
@@ -101,10 +101,10 @@ impl Nodes<'_> {
             .get_node(name)?
             .ok_or_else(|| ControllerError::not_found("node", name))?;
         if !node.cordoned {
-            return Err(ControllerError::Precondition(format!(
-                "node {name} is not drained: run `paddock admin node drain {name}` first, so \
-                 nothing new is placed on it"
-            )));
+            return Err(Precondition::NodeNotDrained {
+                node: name.to_owned(),
+            }
+            .into());
         }
         let hosted: Vec<String> = self
             .store
@@ -113,12 +113,11 @@ impl Nodes<'_> {
             .map(|vps| format!("{}/{}", vps.tenant, vps.name))
             .collect();
         if !hosted.is_empty() {
-            return Err(ControllerError::Precondition(format!(
-                "node {name} still hosts {} VPS(es) ({}); delete them first: VPSes do not move \
-                 between nodes",
-                hosted.len(),
-                hosted.join(", ")
-            )));
+            return Err(Precondition::NodeHostsVps {
+                node: name.to_owned(),
+                vpses: hosted,
+            }
+            .into());
         }
         let pools: Vec<String> = self
             .store
@@ -128,10 +127,11 @@ impl Nodes<'_> {
             .map(|pool| pool.name)
             .collect();
         if !pools.is_empty() {
-            return Err(ControllerError::Precondition(format!(
-                "node {name} still has pool(s) {}; delete them first (paddock admin pool delete)",
-                pools.join(", ")
-            )));
+            return Err(Precondition::NodeHasPools {
+                node: name.to_owned(),
+                pools,
+            }
+            .into());
         }
         // Whole seconds, as certificates carry them: one signed in this
         // second is revoked too (enrolment waits for the next one).
@@ -182,9 +182,7 @@ impl Nodes<'_> {
                 pki::PkiError::BadCsr(_) => {
                     ControllerError::Invalid(ValidationError::new("csr_pem", error.to_string()))
                 }
-                other => {
-                    ControllerError::Precondition(format!("signing the node certificate: {other}"))
-                }
+                other => Precondition::Signing(other).into(),
             })?;
         info!(node = %request.node_name, "node enrolled");
         Ok(certificate)

@@ -7,7 +7,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::error::ControllerError;
+use crate::error::{ControllerError, Precondition};
 use crate::limits::{Bounds, Chooser};
 use crate::model::scheduler::{self, Overcommit, Placement, Strategy};
 use crate::model::validate::{self, ValidationError};
@@ -406,10 +406,10 @@ impl Vps<'_> {
         // A tenant's overrides are held to the plan the VPS ends up on.
         let (plan_record, base) = if plan.is_empty() {
             let record = self.store.get_plan(&vps.plan)?.ok_or_else(|| {
-                ControllerError::Precondition(format!(
-                    "plan {:?} of VPS {:?} no longer exists; resize it to another plan",
-                    vps.plan, vps.name
-                ))
+                ControllerError::from(Precondition::PlanGone {
+                    plan: vps.plan.clone(),
+                    vps: vps.name.clone(),
+                })
             })?;
             (record, vps.resources.clone())
         } else {
@@ -564,13 +564,13 @@ fn refuse_if_transfer_suspended(vps: &VpsRecord, what: &str) -> Result<(), Contr
     else {
         return Ok(());
     };
-    Err(ControllerError::Precondition(format!(
-        "VPS {:?} used all of its monthly transfer allowance for {} and is suspended until {}: \
-         {what} is refused until then, unless the provider lifts the limit",
-        vps.name,
-        limit.month,
-        limit
+    Err(Precondition::TransferSuspended {
+        vps: vps.name.clone(),
+        month: limit.month.clone(),
+        until: limit
             .until
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )))
+        what: what.to_owned(),
+    }
+    .into())
 }
