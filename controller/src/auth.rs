@@ -8,7 +8,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
-use crate::store::{Role, Store, StoreError, TokenRecord};
+use crate::model::{Role, TokenRecord};
+use crate::store::{Store, StoreError};
 
 /// A request extension set by the RPC layer once it authenticated the caller's token, so the
 /// handler does not look the token up a second time.
@@ -61,22 +62,6 @@ pub enum AuthError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<AuthError> for tonic::Status {
-    fn from(error: AuthError) -> Self {
-        match error {
-            AuthError::Missing
-            | AuthError::Malformed
-            | AuthError::Invalid
-            | AuthError::Revoked
-            | AuthError::Expired
-            | AuthError::NodeCertificate(_)
-            | AuthError::NodeRevoked { .. } => tonic::Status::unauthenticated(error.to_string()),
-            AuthError::Forbidden { .. } => tonic::Status::permission_denied(error.to_string()),
-            AuthError::Store(error) => error.into(),
-        }
-    }
 }
 
 /// A freshly minted token: the secret (shown once) and what to store.

@@ -3,13 +3,15 @@
 use chrono::{DateTime, Utc};
 use paddock_proto::v1;
 
-use crate::metering::TransferStatus;
-use crate::scheduler::NodeView;
-use crate::store::{
-    Capacity, NodeRecord, Observed, PlanRecord, PoolRecord, Power, Quota, Resources, Role,
-    TenantRecord, TokenRecord, TransferOverage, VpsRecord,
+use crate::model::desired;
+use crate::model::metering::TransferStatus;
+use crate::model::node::{Enrollment, Heartbeat, Registration, Template};
+use crate::model::scheduler::NodeView;
+use crate::model::validate::ValidationError;
+use crate::model::{
+    Capacity, NodeRecord, Observed, ObservedState, PlanRecord, PoolRecord, Power, Quota, Resources,
+    Role, TenantRecord, TokenRecord, TransferOverage, VpsRecord,
 };
-use crate::validate::ValidationError;
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -190,25 +192,17 @@ fn power(p: Power) -> v1::PowerState {
     }
 }
 
-/// The state a user sees, derived from desired state, the node's last report,
-/// whether the node is reachable and whether the VPS is held stopped (its
-/// tenant suspended, or its monthly transfer used up on a suspending plan).
+/// The state a user sees ([`desired::state`]), as the proto enum.
 pub fn vps_state(vps: &VpsRecord, node_online: bool, held: bool) -> v1::VpsState {
-    if vps.deleting {
-        return v1::VpsState::Deleting;
-    }
-    if !node_online {
-        return v1::VpsState::Unknown;
-    }
-    let observed = vps.observed.as_ref().map(|o| o.state);
-    if held && observed != Some(Observed::Running) {
-        return v1::VpsState::Suspended;
-    }
-    match observed {
-        None | Some(Observed::Absent) => v1::VpsState::Pending,
-        Some(Observed::Running) => v1::VpsState::Running,
-        Some(Observed::Stopped) => v1::VpsState::Stopped,
-        Some(Observed::Error) => v1::VpsState::Error,
+    use desired::VpsState as S;
+    match desired::state(vps, node_online, held) {
+        S::Pending => v1::VpsState::Pending,
+        S::Running => v1::VpsState::Running,
+        S::Stopped => v1::VpsState::Stopped,
+        S::Error => v1::VpsState::Error,
+        S::Unknown => v1::VpsState::Unknown,
+        S::Suspended => v1::VpsState::Suspended,
+        S::Deleting => v1::VpsState::Deleting,
     }
 }
 
@@ -264,21 +258,11 @@ fn transfer_status(status: &TransferStatus) -> v1::TransferStatus {
     }
 }
 
-/// What the node agent is told to make exist at `now`. A VPS held stopped
-/// (its tenant suspended, or its transfer allowance used up on a suspending
-/// plan) keeps the power state its owner chose, so lifting the hold puts it
-/// back as it was; a throttled VPS gets its rates capped.
+/// What the node agent is told to make exist at `now`: the record with the power
+/// and rates of [`desired::desired`] (held stopped, throttled).
 pub fn vps_spec(record: &VpsRecord, tenant_suspended: bool, now: DateTime<Utc>) -> v1::VpsSpec {
-    let limit = record.transfer_limit_at(now);
-    let power = if tenant_suspended || limit == Some(TransferOverage::Suspend) {
-        Power::Stopped
-    } else {
-        record.desired_power
-    };
-    let throttle = match limit {
-        Some(TransferOverage::Throttle { bits_per_sec }) => Some(bits_per_sec),
-        _ => None,
-    };
+    let desired = desired::desired(record, tenant_suspended, now);
+    let (power, throttle) = (desired.power, desired.throttle_bits_per_sec);
     v1::VpsSpec {
         vps_id: record.vps_id.clone(),
         name: record.name.clone(),
@@ -316,7 +300,7 @@ fn network_spec(record: &VpsRecord, throttle: Option<u64>) -> Option<v1::Network
     let ipv6_prefix = network
         .ipv6_prefix
         .as_deref()
-        .and_then(crate::ipam::parse_ipv6_prefix);
+        .and_then(crate::model::ipam::parse_ipv6_prefix);
     let mut addresses: Vec<String> = record
         .ipv4
         .iter()
@@ -331,7 +315,7 @@ fn network_spec(record: &VpsRecord, throttle: Option<u64>) -> Option<v1::Network
         );
     }
     let gateway6 = match (&network.ipv6_prefix, network.ipv6.is_empty()) {
-        (Some(prefix), false) => crate::ipam::ipv6_gateway(prefix)
+        (Some(prefix), false) => crate::model::ipam::ipv6_gateway(prefix)
             .map(|gateway| gateway.to_string())
             .unwrap_or_default(),
         _ => String::new(),
@@ -350,7 +334,7 @@ fn network_spec(record: &VpsRecord, throttle: Option<u64>) -> Option<v1::Network
 
 /// A pool as the admin API shows it.
 pub fn pool(record: &PoolRecord) -> v1::Pool {
-    let plan = crate::ipam::plan(record).ok();
+    let plan = crate::model::ipam::plan(record).ok();
     v1::Pool {
         name: record.name.clone(),
         node: record.node.clone(),
@@ -369,8 +353,8 @@ pub fn pool(record: &PoolRecord) -> v1::Pool {
     }
 }
 
-pub fn event(e: &crate::store::EventRecord) -> v1::Event {
-    use crate::store::EventKind as K;
+pub fn event(e: &crate::model::EventRecord) -> v1::Event {
+    use crate::model::EventKind as K;
     let kind = match e.kind {
         K::Created => v1::EventKind::Created,
         K::Started => v1::EventKind::Started,
@@ -397,6 +381,60 @@ pub fn event(e: &crate::store::EventRecord) -> v1::Event {
     }
 }
 
+/// What an agent reports of one VPS, observed now.
+pub fn observed(status: &v1::VpsStatus) -> ObservedState {
+    ObservedState {
+        state: observed_from_agent(status.state()),
+        init_pid: status.init_pid,
+        message: status.message.clone(),
+        at: Utc::now(),
+    }
+}
+
+pub fn template_from(template: v1::Template) -> Template {
+    Template {
+        name: template.name,
+        description: template.description,
+    }
+}
+
+pub fn template(template: Template) -> v1::Template {
+    v1::Template {
+        name: template.name,
+        description: template.description,
+    }
+}
+
+pub fn enrollment(request: &v1::EnrollRequest) -> Enrollment {
+    Enrollment {
+        node_name: request.node_name.clone(),
+        csr_pem: request.csr_pem.clone(),
+        subject_alt_names: request.subject_alt_names.clone(),
+    }
+}
+
+pub fn registration(request: v1::RegisterRequest) -> Registration {
+    Registration {
+        capacity: request.capacity.as_ref().map(capacity_from),
+        node_name: request.node_name,
+        address: request.address,
+        agent_version: request.agent_version,
+    }
+}
+
+pub fn heartbeat(request: v1::HeartbeatRequest) -> Heartbeat {
+    Heartbeat {
+        capacity: request.capacity.as_ref().map(capacity_from),
+        reports: request
+            .vps
+            .iter()
+            .map(|status| (status.vps_id.clone(), observed(status)))
+            .collect(),
+        usage: request.usage.iter().map(usage_sample_from).collect(),
+        node_name: request.node_name,
+    }
+}
+
 pub fn observed_from_agent(state: v1::AgentVpsState) -> Observed {
     match state {
         v1::AgentVpsState::Running => Observed::Running,
@@ -407,14 +445,14 @@ pub fn observed_from_agent(state: v1::AgentVpsState) -> Observed {
 }
 
 /// A usage sample from an agent's heartbeat.
-pub fn usage_sample_from(sample: &v1::UsageSample) -> crate::metering::Sample {
-    crate::metering::Sample {
+pub fn usage_sample_from(sample: &v1::UsageSample) -> crate::model::metering::Sample {
+    crate::model::metering::Sample {
         vps_id: sample.vps_id.clone(),
         incarnation: sample.incarnation.clone(),
         sequence: sample.sequence,
         sampled_at_unix_ms: sample.sampled_at_unix_ms,
         interval_ms: sample.interval_ms,
-        counters: crate::store::UsageCounters {
+        counters: crate::model::UsageCounters {
             cpu_usage_ns: sample.cpu_usage_ns,
             memory_bytes: sample.memory_bytes,
             memory_peak_bytes: sample.memory_peak_bytes,
@@ -437,7 +475,7 @@ fn unix_timestamp(secs: i64) -> prost_types::Timestamp {
 }
 
 /// One usage row (a VPS's hour, day or period, or a total) for billing.
-pub fn usage_record(row: &crate::metering::UsagePeriod) -> v1::UsageRecord {
+pub fn usage_record(row: &crate::model::metering::UsagePeriod) -> v1::UsageRecord {
     let usage = &row.usage;
     v1::UsageRecord {
         tenant: usage.tenant.clone(),
@@ -472,7 +510,6 @@ pub fn usage_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ObservedState;
 
     fn record(observed: Option<Observed>) -> VpsRecord {
         VpsRecord {
@@ -555,7 +592,7 @@ mod tests {
         let mut vps = record(Some(Observed::Running));
         vps.resources.net_ingress_bits_per_sec = 50_000_000;
         vps.resources.net_egress_bits_per_sec = 0;
-        vps.network = Some(crate::store::VpsNetwork {
+        vps.network = Some(crate::model::VpsNetwork {
             pool: "p".into(),
             cidr: "10.0.0.0/24".into(),
             gateway: "10.0.0.1".into(),
@@ -564,7 +601,7 @@ mod tests {
             ipv6: vec![],
             ipv6_prefix: None,
         });
-        vps.transfer_limit = Some(crate::store::TransferLimit {
+        vps.transfer_limit = Some(crate::model::TransferLimit {
             overage,
             month: "2026-11".into(),
             since: until - chrono::Duration::days(3),

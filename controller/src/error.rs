@@ -1,10 +1,11 @@
-//! The controller's domain error and its one mapping to gRPC status codes.
+//! The controller's domain error (mapped to gRPC status codes in `api/status.rs`).
 
 use crate::auth::AuthError;
 use crate::limits::LimitError;
-use crate::scheduler::ScheduleError;
+use crate::model::scheduler::ScheduleError;
+use crate::model::validate::ValidationError;
+use crate::pki::PkiError;
 use crate::store::StoreError;
-use crate::validate::ValidationError;
 
 /// Why a controller operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +24,51 @@ pub enum ControllerError {
     NotFound { kind: &'static str, name: String },
     #[error("tenant {tenant:?} is suspended: {what} is refused until it is unsuspended")]
     Suspended { tenant: String, what: &'static str },
-    #[error("{0}")]
-    Precondition(String),
+    #[error(transparent)]
+    Precondition(#[from] Precondition),
     #[error("node {node} is unreachable: {message}")]
     NodeUnavailable { node: String, message: String },
     #[error("node {node} refused the request: {status}")]
     Agent { node: String, status: tonic::Status },
+}
+
+/// A request that cannot be done in the current state (`FailedPrecondition`).
+#[derive(Debug, thiserror::Error)]
+pub enum Precondition {
+    #[error(
+        "node {node} is not drained: run `paddock admin node drain {node}` first, so nothing \
+         new is placed on it"
+    )]
+    NodeNotDrained { node: String },
+    #[error(
+        "node {node} still hosts {} VPS(es) ({}); delete them first: VPSes do not move between \
+         nodes",
+        vpses.len(),
+        vpses.join(", ")
+    )]
+    NodeHostsVps { node: String, vpses: Vec<String> },
+    #[error(
+        "node {node} still has pool(s) {}; delete them first (paddock admin pool delete)",
+        pools.join(", ")
+    )]
+    NodeHasPools { node: String, pools: Vec<String> },
+    #[error("signing the node certificate: {0}")]
+    Signing(#[source] PkiError),
+    #[error("plan {plan:?} of VPS {vps:?} no longer exists; resize it to another plan")]
+    PlanGone { plan: String, vps: String },
+    #[error(
+        "VPS {vps:?} used all of its monthly transfer allowance for {month} and is suspended \
+         until {until}: {what} is refused until then, unless the provider lifts the limit"
+    )]
+    TransferSuspended {
+        vps: String,
+        month: String,
+        /// RFC 3339, whole seconds.
+        until: String,
+        what: String,
+    },
+    #[error("placement view unavailable")]
+    PlacementView,
 }
 
 impl ControllerError {
@@ -36,45 +76,6 @@ impl ControllerError {
         Self::NotFound {
             kind,
             name: name.into(),
-        }
-    }
-}
-
-impl From<StoreError> for tonic::Status {
-    fn from(error: StoreError) -> Self {
-        use tonic::Status;
-        match &error {
-            StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
-            StoreError::NotFound { .. } => Status::not_found(error.to_string()),
-            StoreError::QuotaExceeded(_) | StoreError::Conflict(_) => {
-                Status::failed_precondition(error.to_string())
-            }
-            StoreError::Open { .. }
-            | StoreError::SchemaMismatch { .. }
-            | StoreError::NotInitialized { .. }
-            | StoreError::Sled(_)
-            | StoreError::Corrupt { .. } => Status::internal(error.to_string()),
-        }
-    }
-}
-
-impl From<ControllerError> for tonic::Status {
-    fn from(error: ControllerError) -> Self {
-        use tonic::Status;
-        match error {
-            ControllerError::Invalid(error) => error.into(),
-            ControllerError::Limit(error) => error.into(),
-            ControllerError::Auth(error) => error.into(),
-            ControllerError::Store(error) => error.into(),
-            ControllerError::Schedule(error) => error.into(),
-            ControllerError::NotFound { .. } => Status::not_found(error.to_string()),
-            ControllerError::Suspended { .. } | ControllerError::Precondition(_) => {
-                Status::failed_precondition(error.to_string())
-            }
-            ControllerError::NodeUnavailable { .. } => Status::unavailable(error.to_string()),
-            ControllerError::Agent { node, status } => {
-                Status::new(status.code(), format!("node {node}: {}", status.message()))
-            }
         }
     }
 }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use paddock_config::ControllerConfig;
 
 use crate::auth::{self, mint_join_token};
-use crate::store::{PlanRecord, Resources, Role, SledStore, Store, StoreError, TransferOverage};
+use crate::model::{PlanRecord, Resources, Role, TransferOverage};
+use crate::store::{SledStore, Store, StoreError};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -53,7 +54,7 @@ pub fn default_plans() -> Vec<PlanRecord> {
         name: name.to_owned(),
         resources: Resources {
             vcpus,
-            cpu_weight: crate::plans::DEFAULT_CPU_WEIGHT,
+            cpu_weight: crate::model::DEFAULT_CPU_WEIGHT,
             memory_bytes,
             swap_bytes: 0,
             disk_bytes,

@@ -3,33 +3,23 @@
 
 pub mod agents;
 pub mod api;
-pub mod app;
 pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod init;
-pub mod ipam;
 pub mod limits;
-pub mod metering;
 pub mod metrics;
-pub mod nodes;
+pub mod model;
 pub mod pki;
 pub mod placement;
-pub mod plans;
-pub mod quota;
-pub mod reconcile;
 pub mod requests;
-pub mod scheduler;
+pub mod service;
 pub mod store;
-pub mod tenants;
-pub mod validate;
-pub mod vps;
-pub mod watch;
 
 use std::sync::Arc;
 
-pub use app::Controller;
 use paddock_config::ControllerConfig;
+pub use service::Controller;
 
 use crate::api::ServeError;
 use crate::store::{SledStore, Store, StoreError};
@@ -86,7 +76,7 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let (reconciler, queue) = reconcile::channel();
+    let (reconciler, queue) = service::reconcile::channel();
     let controller = Arc::new(Controller {
         store,
         agents: agents::AgentPool::new(&pki),
@@ -100,7 +90,7 @@ pub async fn serve_with(
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |addr| addr.to_string());
     tracing::info!(%listen, data_dir = %controller.config.data_dir.display(), "controller serving");
-    let reconcile_task = reconcile::spawn(controller.clone(), queue);
+    let reconcile_task = service::reconcile::spawn(controller.clone(), queue);
     let metrics_task = controller.config.metrics_listen.map(|addr| {
         let gauges = controller.clone();
         tokio::spawn(async move {

@@ -19,7 +19,7 @@
 use paddock_config::{ByteSize, VpsLimits, MIN_PIDS};
 
 use crate::auth::Principal;
-use crate::store::{PlanRecord, Resources};
+use crate::model::{PlanRecord, Resources};
 
 /// The cgroup v2 range of `cpu.weight`.
 pub const CPU_WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
@@ -43,15 +43,6 @@ pub enum LimitError {
     /// Beyond what a tenant token may choose; an admin token (or another plan) could.
     #[error("{field}: {rule}")]
     NotPermitted { field: String, rule: String },
-}
-
-impl From<LimitError> for tonic::Status {
-    fn from(error: LimitError) -> Self {
-        match error {
-            LimitError::OutOfBounds { .. } => tonic::Status::invalid_argument(error.to_string()),
-            LimitError::NotPermitted { .. } => tonic::Status::permission_denied(error.to_string()),
-        }
-    }
 }
 
 /// Who picks the values: tenant tokens are held to their plan, admins only to [`Bounds`].
@@ -316,7 +307,7 @@ impl Bounds {
         )?;
         if *cpu_weight != 0 {
             let plan_weight = match p.cpu_weight {
-                0 => crate::plans::DEFAULT_CPU_WEIGHT,
+                0 => crate::model::DEFAULT_CPU_WEIGHT,
                 weight => weight,
             };
             ceiling.check("cpu_weight", u64::from(*cpu_weight), u64::from(plan_weight))?;
@@ -397,7 +388,7 @@ impl Ceiling<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::TransferOverage;
+    use crate::model::TransferOverage;
 
     fn plan() -> PlanRecord {
         PlanRecord {

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::ControllerError;
-use crate::scheduler::{self, NodeView, Placement};
-use crate::store::Resources;
+use crate::model::scheduler::{self, NodeView, Placement};
+use crate::model::Resources;
 
 /// How long a view built from the store is reused.
 pub const VIEW_TTL: Duration = Duration::from_secs(1);
@@ -44,9 +44,9 @@ impl PlacementCache {
                 built: Instant::now(),
             });
         }
-        let cached = state.as_mut().ok_or_else(|| {
-            ControllerError::Precondition("placement view unavailable".to_owned())
-        })?;
+        let cached = state
+            .as_mut()
+            .ok_or_else(|| ControllerError::from(crate::error::Precondition::PlacementView))?;
         let node = scheduler::place_with(&cached.views, need, placement)?;
         if let Some(view) = cached.views.iter_mut().find(|view| view.name == node) {
             charge(view, need, 1.0);
@@ -93,7 +93,7 @@ fn charge(view: &mut NodeView, need: &Resources, sign: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Capacity;
+    use crate::model::Capacity;
 
     fn node(name: &str) -> NodeView {
         NodeView {

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 use crate::error::ControllerError;
-use crate::store::{RequestOp as Op, TaggedRequest, VpsRecord};
-use crate::validate::ValidationError;
+use crate::model::validate::ValidationError;
+use crate::model::{RequestOp as Op, TaggedRequest, VpsRecord};
 
 impl TaggedRequest {
     /// `parameters` is a canonical rendering of what the request asks for.

@@ -797,7 +797,7 @@ async fn a_retried_mutation_is_done_once_and_a_reused_id_refused() {
         tenant: String::new(),
         name: "web1".into(),
     };
-    let generation = |field: fn(&paddock_controller::store::VpsRecord) -> u64| {
+    let generation = |field: fn(&paddock_controller::model::VpsRecord) -> u64| {
         let record = api
             .store
             .find_vps("acme", "web1")

@@ -640,7 +640,7 @@ async fn a_used_up_allowance_throttles_or_suspends_until_lifted_or_the_month_end
 
 /// Unix seconds of the start of the month after `now`'s.
 fn metering_month_end(now: chrono::DateTime<chrono::Utc>) -> i64 {
-    paddock_controller::metering::BillingMonth::of(now)
+    paddock_controller::model::metering::BillingMonth::of(now)
         .ends
         .timestamp()
 }

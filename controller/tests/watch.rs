@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{start, with_token, Api};
-use paddock_controller::store::{Store, StoreError, VpsChange};
+use paddock_controller::store::{Conflict, Store, StoreError, VpsChange};
 use paddock_proto::v1;
 use tonic::Code;
 
@@ -203,7 +203,7 @@ async fn nothing_is_published_for_a_transaction_that_did_not_commit() {
 
     let refused = api.store.update_vps(&web.id, &|vps| {
         vps.name = "renamed".into();
-        Err(StoreError::Conflict("refused on purpose".into()))
+        Err(StoreError::Conflict(Conflict::Transaction))
     });
     assert!(refused.is_err());
     assert!(

@@ -6,9 +6,9 @@ use paddock_proto::v1;
 use paddock_proto::v1::audit_service_server::AuditService;
 use tonic::{Request, Response, Status};
 
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
+use crate::service::Controller;
 
 pub struct AuditApi {
     pub controller: Arc<Controller>,
@@ -26,7 +26,7 @@ impl AuditService for AuditApi {
             0
         } else {
             page.page_token.parse::<u64>().map_err(|_| {
-                ControllerError::from(crate::validate::ValidationError::new(
+                ControllerError::from(crate::model::validate::ValidationError::new(
                     "page.page_token",
                     "is not a token returned by ListAudit",
                 ))

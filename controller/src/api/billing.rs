@@ -9,10 +9,10 @@ use paddock_proto::v1::billing_service_server::BillingService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::metering::UsageQuery;
+use crate::model::metering::UsageQuery;
+use crate::service::Controller;
 
 pub struct BillingApi {
     pub controller: Arc<Controller>,
@@ -33,6 +33,7 @@ impl BillingService for BillingApi {
         let request = request.into_inner();
         let tenant = self
             .controller
+            .metering()
             .usage_scope(&principal, &request.tenant, false)?;
         let (from, to) = convert::usage_range(request.from.as_ref(), request.to.as_ref());
         let query = UsageQuery {
@@ -43,9 +44,10 @@ impl BillingService for BillingApi {
             daily: request.granularity() == v1::Granularity::Day,
         };
         let page = request.page.unwrap_or_default();
-        let page = self
-            .controller
-            .list_usage(&query, page.page_size, &page.page_token)?;
+        let page =
+            self.controller
+                .metering()
+                .list_usage(&query, page.page_size, &page.page_token)?;
         Ok(Response::new(v1::ListUsageResponse {
             records: page.rows.iter().map(convert::usage_record).collect(),
             next_page_token: page.next_page_token,
@@ -60,9 +62,10 @@ impl BillingService for BillingApi {
         let request = request.into_inner();
         let tenant = self
             .controller
+            .metering()
             .usage_scope(&principal, &request.tenant, true)?;
         let (from, to) = convert::usage_range(request.from.as_ref(), request.to.as_ref());
-        let summary = self.controller.usage_summary(&UsageQuery {
+        let summary = self.controller.metering().usage_summary(&UsageQuery {
             tenant,
             vps: String::new(),
             from,
@@ -88,7 +91,8 @@ impl BillingService for BillingApi {
         self.controller.billing(&request)?;
         let request = request.into_inner();
         if !request.tenant.is_empty() {
-            crate::validate::name("tenant", &request.tenant).map_err(ControllerError::from)?;
+            crate::model::validate::name("tenant", &request.tenant)
+                .map_err(ControllerError::from)?;
         }
         let controller = self.controller.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(128);
@@ -145,6 +149,7 @@ impl BillingService for BillingApi {
         self.controller.billing(&request)?;
         let request = request.into_inner();
         self.controller
+            .tenants()
             .set_suspended(&request.tenant, true, &request.reason)
             .await?;
         Ok(Response::new(v1::Empty {}))
@@ -157,6 +162,7 @@ impl BillingService for BillingApi {
         audit_target(&request, request.get_ref().tenant.clone());
         self.controller.billing(&request)?;
         self.controller
+            .tenants()
             .set_suspended(&request.into_inner().tenant, false, "")
             .await?;
         Ok(Response::new(v1::Empty {}))
@@ -172,6 +178,7 @@ impl BillingService for BillingApi {
         let request = request.into_inner();
         let lifted = self
             .controller
+            .metering()
             .lift_transfer_limit(&principal, &request.tenant, &request.vps)
             .await?;
         Ok(Response::new(v1::LiftTransferLimitResponse { lifted }))

@@ -1,11 +1,13 @@
 //! The gRPC surface: thin services over the domain, plus health and reflection.
 
 mod audit;
+mod authorize;
 mod billing;
 mod nodes;
 mod observe;
 mod plans;
 mod pools;
+mod status;
 mod tenants;
 mod vps;
 
@@ -16,7 +18,7 @@ use paddock_proto::v1;
 use tonic::transport::Server;
 
 pub use self::observe::{audit_target, AuditTarget};
-use crate::app::Controller;
+use crate::service::Controller;
 
 /// Why the gRPC server stopped.
 #[derive(Debug, thiserror::Error)]

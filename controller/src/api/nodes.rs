@@ -8,8 +8,8 @@ use paddock_proto::v1::node_service_server::NodeService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
+use crate::service::Controller;
 
 pub struct NodeApi {
     pub controller: Arc<Controller>,
@@ -36,9 +36,8 @@ impl NodeService for NodeApi {
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
         self.controller.admin(&request)?;
-        Ok(Response::new(
-            self.controller.get_node(&request.into_inner().name)?,
-        ))
+        let (record, view, count) = self.controller.nodes().get(&request.into_inner().name)?;
+        Ok(Response::new(convert::node(&record, &view, count)))
     }
 
     async fn drain_node(
@@ -48,11 +47,12 @@ impl NodeService for NodeApi {
         audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(&request)?;
         let name = request.into_inner().name;
-        let node = self
+        let (record, view, count) = self
             .controller
-            .update_node(&name, |node| node.cordoned = true)
+            .nodes()
+            .update(&name, |node| node.cordoned = true)
             .await?;
-        Ok(Response::new(node))
+        Ok(Response::new(convert::node(&record, &view, count)))
     }
 
     async fn undrain_node(
@@ -62,11 +62,12 @@ impl NodeService for NodeApi {
         audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(&request)?;
         let name = request.into_inner().name;
-        let node = self
+        let (record, view, count) = self
             .controller
-            .update_node(&name, |node| node.cordoned = false)
+            .nodes()
+            .update(&name, |node| node.cordoned = false)
             .await?;
-        Ok(Response::new(node))
+        Ok(Response::new(convert::node(&record, &view, count)))
     }
 
     async fn set_node_labels(
@@ -77,11 +78,12 @@ impl NodeService for NodeApi {
         self.controller.admin(&request)?;
         let request = request.into_inner();
         let labels = request.labels.into_iter().collect();
-        let node = self
+        let (record, view, count) = self
             .controller
-            .update_node(&request.name, |node| node.labels = labels)
+            .nodes()
+            .update(&request.name, |node| node.labels = labels)
             .await?;
-        Ok(Response::new(node))
+        Ok(Response::new(convert::node(&record, &view, count)))
     }
 
     async fn remove_node(
@@ -91,7 +93,8 @@ impl NodeService for NodeApi {
         audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(&request)?;
         self.controller
-            .remove_node(&request.into_inner().name)
+            .nodes()
+            .remove(&request.into_inner().name)
             .await?;
         Ok(Response::new(v1::Empty {}))
     }
@@ -114,8 +117,14 @@ impl AgentRegistry for RegistryApi {
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
         audit_target(&request, request.get_ref().node_name.clone());
-        self.controller.check_join_token(request.metadata())?;
-        let certificate_pem = self.controller.enroll_node(request.get_ref()).await?;
+        self.controller
+            .nodes()
+            .check_join_token(request.metadata())?;
+        let certificate_pem = self
+            .controller
+            .nodes()
+            .enroll(&convert::enrollment(request.get_ref()))
+            .await?;
         Ok(Response::new(v1::EnrollResponse {
             certificate_pem,
             ca_pem: self.controller.pki.ca_cert_pem.clone(),
@@ -127,11 +136,14 @@ impl AgentRegistry for RegistryApi {
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         audit_target(&request, request.get_ref().node_name.clone());
-        self.controller.check_node(
+        self.controller.nodes().check_node(
             peer_certs(&request).as_deref(),
             &request.get_ref().node_name,
         )?;
-        self.controller.register_node(request.into_inner()).await?;
+        self.controller
+            .nodes()
+            .register(convert::registration(request.into_inner()))
+            .await?;
         Ok(Response::new(v1::RegisterResponse {
             heartbeat_interval_secs: self.controller.config.heartbeat_interval_secs,
         }))
@@ -141,11 +153,13 @@ impl AgentRegistry for RegistryApi {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        self.controller.check_node(
+        self.controller.nodes().check_node(
             peer_certs(&request).as_deref(),
             &request.get_ref().node_name,
         )?;
-        self.controller.heartbeat(request.into_inner())?;
+        self.controller
+            .nodes()
+            .heartbeat(convert::heartbeat(request.into_inner()))?;
         Ok(Response::new(v1::HeartbeatResponse {}))
     }
 }

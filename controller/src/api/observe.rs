@@ -9,10 +9,10 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::warn;
 
-use crate::app::Controller;
 use crate::auth;
 use crate::metrics;
-use crate::store::AuditRecord;
+use crate::model::AuditRecord;
+use crate::service::Controller;
 
 /// Where a handler names the object a mutation acted on (`tenant/name`).
 #[derive(Clone, Default)]
@@ -87,7 +87,9 @@ fn actor<B>(
 ) -> String {
     match authenticated {
         Ok(principal) => principal.actor(),
-        Err(_) if controller.check_join_token(metadata).is_ok() => "node-enrolment".to_owned(),
+        Err(_) if controller.nodes().check_join_token(metadata).is_ok() => {
+            "node-enrolment".to_owned()
+        }
         Err(auth::AuthError::Missing) => {
             let certs =
                 request
@@ -98,7 +100,7 @@ fn actor<B>(
                     .and_then(|info| info.peer_certs());
             match certs
                 .as_deref()
-                .map(|certs| Controller::node_of(Some(certs.as_slice())))
+                .map(|certs| crate::service::nodes::Nodes::node_of(Some(certs.as_slice())))
             {
                 Some(Ok(node)) => format!("node:{node}"),
                 _ => "anonymous".to_owned(),

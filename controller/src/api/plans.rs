@@ -7,10 +7,10 @@ use paddock_proto::v1::plan_service_server::PlanService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::store::PlanRecord;
+use crate::model::PlanRecord;
+use crate::service::Controller;
 
 pub struct PlanApi {
     pub controller: Arc<Controller>,
@@ -23,7 +23,7 @@ impl PlanService for PlanApi {
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListPlansResponse>, Status> {
         self.controller.caller(&request)?;
-        let plans = self.controller.list_plans()?;
+        let plans = self.controller.plans().list()?;
         Ok(Response::new(v1::ListPlansResponse {
             plans: plans.iter().map(convert::plan).collect(),
         }))
@@ -51,7 +51,7 @@ impl PlanService for PlanApi {
             resources: convert::resources_from(&plan.resources.unwrap_or_default()),
             monthly_transfer_bytes: plan.monthly_transfer_bytes,
         };
-        let created = self.controller.create_plan(record).await?;
+        let created = self.controller.plans().create(record).await?;
         Ok(Response::new(convert::plan(&created)))
     }
 
@@ -62,7 +62,8 @@ impl PlanService for PlanApi {
         audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(&request)?;
         self.controller
-            .delete_plan(&request.into_inner().name)
+            .plans()
+            .delete(&request.into_inner().name)
             .await?;
         Ok(Response::new(v1::Empty {}))
     }

@@ -7,9 +7,9 @@ use paddock_proto::v1::pool_service_server::PoolService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
-use crate::ipam::CreatePool;
+use crate::service::pools::CreatePool;
+use crate::service::Controller;
 
 /// Serves `PoolService`; admin tokens only.
 pub struct PoolApi {
@@ -35,7 +35,8 @@ impl PoolService for PoolApi {
         let pool = request.into_inner().pool.unwrap_or_default();
         let record = self
             .controller
-            .create_pool(CreatePool {
+            .pools()
+            .create(CreatePool {
                 name: pool.name,
                 node: pool.node,
                 cidr: pool.cidr,
@@ -54,7 +55,7 @@ impl PoolService for PoolApi {
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListPoolsResponse>, Status> {
         self.controller.admin(&request)?;
-        let pools = self.controller.list_pools()?;
+        let pools = self.controller.pools().list()?;
         Ok(Response::new(v1::ListPoolsResponse {
             pools: pools.iter().map(convert::pool).collect(),
         }))
@@ -65,7 +66,7 @@ impl PoolService for PoolApi {
         request: Request<v1::GetPoolRequest>,
     ) -> Result<Response<v1::Pool>, Status> {
         self.controller.admin(&request)?;
-        let pool = self.controller.get_pool(&request.into_inner().name)?;
+        let pool = self.controller.pools().get(&request.into_inner().name)?;
         Ok(Response::new(convert::pool(&pool)))
     }
 
@@ -76,7 +77,8 @@ impl PoolService for PoolApi {
         audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(&request)?;
         self.controller
-            .delete_pool(&request.into_inner().name)
+            .pools()
+            .delete(&request.into_inner().name)
             .await?;
         Ok(Response::new(v1::Empty {}))
     }

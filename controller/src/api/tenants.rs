@@ -8,11 +8,11 @@ use paddock_proto::v1::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::store::Role;
-use crate::validate::ValidationError;
+use crate::model::validate::ValidationError;
+use crate::model::Role;
+use crate::service::Controller;
 
 pub struct TenantApi {
     pub controller: Arc<Controller>,
@@ -28,7 +28,11 @@ impl TenantService for TenantApi {
         self.controller.admin(&request)?;
         let request = request.into_inner();
         let quota = request.quota.as_ref().map(convert::quota_from);
-        let tenant = self.controller.create_tenant(&request.name, quota).await?;
+        let tenant = self
+            .controller
+            .tenants()
+            .create(&request.name, quota)
+            .await?;
         Ok(Response::new(convert::tenant(&tenant)))
     }
 
@@ -37,7 +41,7 @@ impl TenantService for TenantApi {
         request: Request<v1::GetTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
         self.controller.admin(&request)?;
-        let tenant = self.controller.get_tenant(&request.into_inner().name)?;
+        let tenant = self.controller.tenants().get(&request.into_inner().name)?;
         Ok(Response::new(convert::tenant(&tenant)))
     }
 
@@ -65,7 +69,11 @@ impl TenantService for TenantApi {
         self.controller.admin(&request)?;
         let request = request.into_inner();
         let quota = request.quota.as_ref().map(convert::quota_from);
-        let tenant = self.controller.set_quota(&request.name, quota).await?;
+        let tenant = self
+            .controller
+            .tenants()
+            .set_quota(&request.name, quota)
+            .await?;
         Ok(Response::new(convert::tenant(&tenant)))
     }
 
@@ -76,7 +84,8 @@ impl TenantService for TenantApi {
         audit_target(&request, request.get_ref().name.clone());
         self.controller.admin(&request)?;
         self.controller
-            .delete_tenant(&request.into_inner().name)
+            .tenants()
+            .delete(&request.into_inner().name)
             .await?;
         Ok(Response::new(v1::Empty {}))
     }
@@ -90,6 +99,7 @@ impl TenantService for TenantApi {
         let request = request.into_inner();
         let tenant = self
             .controller
+            .tenants()
             .set_suspended(&request.name, true, &request.reason)
             .await?;
         Ok(Response::new(convert::tenant(&tenant)))
@@ -103,6 +113,7 @@ impl TenantService for TenantApi {
         self.controller.admin(&request)?;
         let tenant = self
             .controller
+            .tenants()
             .set_suspended(&request.into_inner().name, false, "")
             .await?;
         Ok(Response::new(convert::tenant(&tenant)))
@@ -113,7 +124,7 @@ impl TenantService for TenantApi {
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::QuotaReport>, Status> {
         let principal = self.controller.caller(&request)?;
-        let tenant = self.controller.my_tenant(&principal)?;
+        let tenant = self.controller.tenants().my_tenant(&principal)?;
         Ok(Response::new(v1::QuotaReport {
             tenant: tenant.name.clone(),
             limit: Some(convert::quota(&tenant.quota)),
@@ -161,6 +172,7 @@ impl TokenService for TokenApi {
         };
         let (token, record) = self
             .controller
+            .tenants()
             .create_token(role, &request.tenant, request.description, expires_at)
             .await?;
         Ok(Response::new(v1::CreateTokenResponse {
@@ -196,6 +208,7 @@ impl TokenService for TokenApi {
         audit_target(&request, request.get_ref().token_id.clone());
         self.controller.admin(&request)?;
         self.controller
+            .tenants()
             .revoke_token(&request.into_inner().token_id)
             .await?;
         Ok(Response::new(v1::Empty {}))

@@ -10,14 +10,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::agents::agent_error;
 use crate::api::{audit_target, AuditTarget};
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
+use crate::model::validate::ValidationError;
+use crate::model::Power;
 use crate::requests;
-use crate::store::Power;
-use crate::validate::ValidationError;
-use crate::vps::CreateVps;
-use crate::watch::{VpsWatch, WatchUpdate};
+use crate::service::vps::CreateVps;
+use crate::service::watch::{VpsWatch, WatchUpdate};
+use crate::service::Controller;
 
 pub struct VpsApi {
     pub controller: Arc<Controller>,
@@ -28,10 +28,10 @@ type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// A VPS as the API shows it: its record with what its node, tenant and usage say.
 fn view(
     controller: &Controller,
-    record: &crate::store::VpsRecord,
+    record: &crate::model::VpsRecord,
 ) -> Result<v1::Vps, ControllerError> {
-    let context = controller.vps_context(record)?;
-    let transfer = controller.transfer_status(record)?;
+    let context = controller.vps().context(record)?;
+    let transfer = controller.metering().transfer_status(record)?;
     Ok(convert::vps(
         record,
         context.node_online,
@@ -81,7 +81,7 @@ fn watch_events(controller: Arc<Controller>, watch: VpsWatch) -> OutputStream<v1
 }
 
 impl VpsApi {
-    fn view(&self, record: &crate::store::VpsRecord) -> Result<v1::Vps, ControllerError> {
+    fn view(&self, record: &crate::model::VpsRecord) -> Result<v1::Vps, ControllerError> {
         view(&self.controller, record)
     }
 
@@ -106,7 +106,8 @@ impl VpsService for VpsApi {
         let request = request.into_inner();
         let created = self
             .controller
-            .create_vps(
+            .vps()
+            .create(
                 &principal,
                 CreateVps {
                     tenant: request.tenant,
@@ -128,7 +129,8 @@ impl VpsService for VpsApi {
         let vps = request.into_inner();
         let record = self
             .controller
-            .get_vps(&principal, &vps.tenant, &vps.name)?;
+            .vps()
+            .get(&principal, &vps.tenant, &vps.name)?;
         Ok(Response::new(self.view(&record)?))
     }
 
@@ -152,7 +154,7 @@ impl VpsService for VpsApi {
     ) -> Result<Response<v1::ListVpsResponse>, Status> {
         let principal = self.controller.caller(&request)?;
         let request = request.into_inner();
-        let records = self.controller.list_vps(&principal, &request.tenant)?;
+        let records = self.controller.vps().list(&principal, &request.tenant)?;
         let vps = records
             .iter()
             .map(|record| self.view(record))
@@ -170,6 +172,7 @@ impl VpsService for VpsApi {
         let vps = request.into_inner();
         let record = self
             .controller
+            .vps()
             .set_power(
                 &principal,
                 &vps.tenant,
@@ -188,6 +191,7 @@ impl VpsService for VpsApi {
         let vps = request.into_inner();
         let record = self
             .controller
+            .vps()
             .set_power(
                 &principal,
                 &vps.tenant,
@@ -206,7 +210,8 @@ impl VpsService for VpsApi {
         let vps = request.into_inner();
         let record = self
             .controller
-            .restart_vps(&principal, &vps.tenant, &vps.name, request_id)
+            .vps()
+            .restart(&principal, &vps.tenant, &vps.name, request_id)
             .await?;
         Ok(Response::new(self.view(&record)?))
     }
@@ -218,7 +223,8 @@ impl VpsService for VpsApi {
         let vps = request.into_inner();
         let record = self
             .controller
-            .delete_vps(&principal, &vps.tenant, &vps.name, request_id)
+            .vps()
+            .delete(&principal, &vps.tenant, &vps.name, request_id)
             .await?;
         Ok(Response::new(self.view(&record)?))
     }
@@ -235,7 +241,8 @@ impl VpsService for VpsApi {
         let vps = Self::reference(request.vps);
         let record = self
             .controller
-            .resize_vps(
+            .vps()
+            .resize(
                 &principal,
                 &vps.tenant,
                 &vps.name,
@@ -259,7 +266,8 @@ impl VpsService for VpsApi {
         let vps = Self::reference(request.vps);
         let record = self
             .controller
-            .rebuild_vps(
+            .vps()
+            .rebuild(
                 &principal,
                 &vps.tenant,
                 &vps.name,
@@ -275,8 +283,10 @@ impl VpsService for VpsApi {
         request: Request<v1::Empty>,
     ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
         self.controller.caller(&request)?;
-        let templates = self.controller.list_templates().await?;
-        Ok(Response::new(v1::ListTemplatesResponse { templates }))
+        let templates = self.controller.nodes().list_templates().await?;
+        Ok(Response::new(v1::ListTemplatesResponse {
+            templates: templates.into_iter().map(convert::template).collect(),
+        }))
     }
 
     type ExecStream = OutputStream<v1::ExecOutput>;
@@ -309,8 +319,9 @@ impl VpsService for VpsApi {
         }
         let record = self
             .controller
-            .get_vps(&principal, &vps.tenant, &vps.name)?;
-        let mut client = self.controller.agent_for(&record.node)?;
+            .vps()
+            .get(&principal, &vps.tenant, &vps.name)?;
+        let mut client = self.controller.nodes().agent_for(&record.node)?;
         let first = v1::AgentExecInput {
             input: Some(v1::agent_exec_input::Input::Start(v1::AgentExecStart {
                 vps_id: record.vps_id.clone(),
@@ -356,11 +367,12 @@ impl VpsService for VpsApi {
         let vps = Self::reference(attach.vps);
         let record = self
             .controller
-            .get_vps(&principal, &vps.tenant, &vps.name)?;
+            .vps()
+            .get(&principal, &vps.tenant, &vps.name)?;
         if let Some(slot) = audit_slot {
             slot.set(vps_target(&vps));
         }
-        let mut client = self.controller.agent_for(&record.node)?;
+        let mut client = self.controller.nodes().agent_for(&record.node)?;
         let first = v1::AgentConsoleInput {
             input: Some(v1::agent_console_input::Input::Attach(
                 v1::AgentConsoleAttach {

@@ -1,14 +1,17 @@
 //! The controller's durable state behind the `Store` trait; sled is the embedded default.
 
-mod records;
 mod sled_store;
 mod watch;
 
 use std::future::Future;
 use std::pin::Pin;
 
-pub use records::*;
-
+use crate::model::ipam::IpamError;
+use crate::model::quota::QuotaError;
+use crate::model::{
+    AuditRecord, EventKind, EventRecord, NodeAllocationRecord, NodeRecord, PlanRecord, PoolRecord,
+    Resources, TenantRecord, TokenRecord, UsageCursorRecord, UsageHourRecord, VpsRecord,
+};
 use chrono::{DateTime, Utc};
 pub use sled_store::SledStore;
 pub use watch::{EventSignal, VpsChange, VpsChanges, VpsWatchers, WatchRecvError};
@@ -41,10 +44,35 @@ pub enum StoreError {
     AlreadyExists { kind: &'static str, name: String },
     #[error("{kind} {name:?} not found")]
     NotFound { kind: &'static str, name: String },
-    #[error("{0}")]
-    QuotaExceeded(String),
-    #[error("{0}")]
-    Conflict(String),
+    /// The tenant's quota has no room (checked in the writing transaction).
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// No address to give, or a pool that may not be created or removed.
+    /// Boxed: its overlap variants name two pools and would make every `StoreError` large.
+    #[error(transparent)]
+    Ipam(Box<IpamError>),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+}
+
+impl From<IpamError> for StoreError {
+    fn from(error: IpamError) -> Self {
+        Self::Ipam(Box::new(error))
+    }
+}
+
+/// A change refused because of what else is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("VPS {name:?} is being deleted")]
+    VpsDeleting { name: String },
+    #[error("plan {plan:?} is used by {vps_count} VPS(es); resize or delete them first")]
+    PlanInUse { plan: String, vps_count: usize },
+    #[error("tenant {tenant:?} still has {vps_count} VPS(es); delete them first")]
+    TenantHasVps { tenant: String, vps_count: u32 },
+    /// A concurrent transaction kept conflicting (sled retries these itself).
+    #[error("transaction conflict")]
+    Transaction,
 }
 
 /// Where one VPS's usage of one hour is stored.

@@ -10,6 +10,8 @@ use sled::transaction::{
 use sled::{Transactional, Tree};
 
 use super::*;
+use crate::model::*;
+use crate::model::{ipam, quota};
 
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -102,56 +104,16 @@ fn allocate_addresses(
         let Some(mut pool) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
             continue;
         };
-        let Ok(plan) = crate::ipam::plan(&pool) else {
-            continue;
-        };
-        let Some(addresses) = plan.allocate(&pool.allocated, count) else {
-            full.push(pool.name);
-            continue;
-        };
-        for address in &addresses {
-            pool.allocated
-                .insert(address.to_string(), vps.vps_id.clone());
-        }
-        let ipv6 = match (&pool.ipv6_prefix, vps.resources.ipv6_count) {
-            (Some(prefix), count) if count > 0 => {
-                crate::ipam::allocate_ipv6(prefix, &pool.allocated_ipv6, count).unwrap_or_default()
+        if !ipam::allocate_from(&mut pool, vps) {
+            if ipam::plan(&pool).is_ok() {
+                full.push(pool.name);
             }
-            _ => Vec::new(),
-        };
-        for address in &ipv6 {
-            pool.allocated_ipv6
-                .insert(address.to_string(), vps.vps_id.clone());
+            continue;
         }
         pools.insert(name.as_bytes(), encode(&pool))?;
-        vps.ipv4 = addresses.iter().map(ToString::to_string).collect();
-        vps.network = Some(VpsNetwork {
-            pool: pool.name.clone(),
-            cidr: plan.cidr.to_string(),
-            gateway: plan.gateway.to_string(),
-            nat: pool.nat,
-            mac: crate::ipam::mac_for(&vps.vps_id),
-            ipv6: ipv6.iter().map(ToString::to_string).collect(),
-            ipv6_prefix: pool.ipv6_prefix.clone(),
-        });
         return Ok(());
     }
-    if full.is_empty() {
-        return abort(StoreError::Conflict(format!(
-            "node {} has no IPv4 pool; an admin must create one (paddock admin pool create)",
-            vps.node
-        )));
-    }
-    abort(StoreError::Conflict(format!(
-        "pool {} on node {} has no {}",
-        full.join(", "),
-        vps.node,
-        if count == 1 {
-            "free IPv4 address".to_owned()
-        } else {
-            format!("{count} free IPv4 addresses")
-        }
-    )))
+    abort(StoreError::from(ipam::no_room(&vps.node, full, count)))
 }
 
 /// Hour keys sort by tenant, then hour, then VPS (hours are never negative).
@@ -166,14 +128,6 @@ fn name_key(tenant: &str, name: &str) -> Vec<u8> {
 /// Key of a VPS in the node index; node names cannot contain `/`.
 fn node_vps_key(node: &str, vps_id: &str) -> Vec<u8> {
     format!("{node}/{vps_id}").into_bytes()
-}
-
-/// Addresses a pool can still hand out.
-fn pool_free_ipv4(pool: &PoolRecord) -> u32 {
-    crate::ipam::plan(pool).map_or(0, |plan| {
-        plan.total()
-            .saturating_sub(u32::try_from(pool.allocated.len()).unwrap_or(u32::MAX))
-    })
 }
 
 /// Read-modify-write of a node's allocation summary inside a transaction.
@@ -253,9 +207,7 @@ impl From<UnabortableTransactionError> for StoreError {
     fn from(error: UnabortableTransactionError) -> Self {
         match error {
             UnabortableTransactionError::Storage(error) => StoreError::Sled(error),
-            UnabortableTransactionError::Conflict => {
-                StoreError::Conflict("transaction conflict".to_owned())
-            }
+            UnabortableTransactionError::Conflict => StoreError::Conflict(Conflict::Transaction),
         }
     }
 }
@@ -334,7 +286,7 @@ impl SledStore {
             std::collections::BTreeMap::new();
         for pool in self.list_pools()? {
             let allocation = allocations.entry(pool.node.clone()).or_default();
-            allocation.free_ipv4 = allocation.free_ipv4.saturating_add(pool_free_ipv4(&pool));
+            allocation.free_ipv4 = allocation.free_ipv4.saturating_add(ipam::free_ipv4(&pool));
             allocation.pools.push(pool.name.clone());
         }
         for vps in Self::scan::<VpsRecord>(&self.vps, "vps")? {
@@ -525,10 +477,9 @@ impl Store for SledStore {
                         vps_id.to_owned(),
                     )?;
                     if vps.deleting {
-                        return abort(StoreError::Conflict(format!(
-                            "VPS {:?} is being deleted",
-                            vps.name
-                        )));
+                        return abort(StoreError::Conflict(Conflict::VpsDeleting {
+                            name: vps.name.clone(),
+                        }));
                     }
                     let mut tenant = tx_need::<TenantRecord>(
                         tenants,
@@ -537,11 +488,10 @@ impl Store for SledStore {
                         "tenant",
                         vps.tenant.clone(),
                     )?;
-                    crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
-                    if let Err(message) = crate::quota::check(&tenant, resources, plan) {
-                        return abort(StoreError::QuotaExceeded(message));
+                    if let Err(error) = quota::resize(&mut tenant, &vps.resources, resources, plan)
+                    {
+                        return abort(StoreError::Quota(error));
                     }
-                    crate::quota::charge(&mut tenant.used, &Quota::of_vps(resources));
                     tx_update_allocation(allocations, &vps.node, |allocation| {
                         allocation.account(&vps.resources, -1.0);
                         allocation.account(resources, 1.0);
@@ -721,9 +671,10 @@ impl Store for SledStore {
             .filter(|vps| vps.plan == name)
             .count();
         if in_use > 0 {
-            return Err(StoreError::Conflict(format!(
-                "plan {name:?} is used by {in_use} VPS(es); resize or delete them first"
-            )));
+            return Err(StoreError::Conflict(Conflict::PlanInUse {
+                plan: name.to_owned(),
+                vps_count: in_use,
+            }));
         }
         match self.plans.remove(name.as_bytes())? {
             Some(_) => Ok(()),
@@ -784,10 +735,10 @@ impl Store for SledStore {
                 name.to_owned(),
             )?;
             if tenant.used.max_vps > 0 {
-                return abort(StoreError::Conflict(format!(
-                    "tenant {name:?} still has {} VPS(es); delete them first",
-                    tenant.used.max_vps
-                )));
+                return abort(StoreError::Conflict(Conflict::TenantHasVps {
+                    tenant: name.to_owned(),
+                    vps_count: tenant.used.max_vps,
+                }));
             }
             tenants.remove(name.as_bytes())?;
             Ok(())
@@ -889,12 +840,9 @@ impl Store for SledStore {
                                 name: vps.name.clone(),
                             });
                         }
-                        if let Err(message) =
-                            crate::quota::check(&tenant, &vps.resources, &vps.plan)
-                        {
-                            return abort(StoreError::QuotaExceeded(message));
+                        if let Err(error) = quota::admit(&mut tenant, &vps.resources, &vps.plan) {
+                            return abort(StoreError::Quota(error));
                         }
-                        crate::quota::charge(&mut tenant.used, &Quota::of_vps(&vps.resources));
                         // The node's summary names its pools: read in the
                         // transaction, so allocations and pool changes serialize.
                         let mut allocation: NodeAllocationRecord =
@@ -1020,7 +968,7 @@ impl Store for SledStore {
                         if let Some(mut tenant) =
                             tx_get::<TenantRecord>(tenants, "tenants", vps.tenant.as_bytes())?
                         {
-                            crate::quota::release(&mut tenant.used, &Quota::of_vps(&vps.resources));
+                            quota::release_vps(&mut tenant, &vps.resources);
                             tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
                         }
                         let mut released_ipv4 = 0u32;
@@ -1059,9 +1007,7 @@ impl Store for SledStore {
     }
 
     fn create_pool(&self, pool: &PoolRecord) -> Result<(), StoreError> {
-        let cidr = crate::ipam::plan(pool)
-            .map_err(|error| StoreError::Conflict(error.to_string()))?
-            .cidr;
+        let cidr = ipam::new_pool_cidr(pool)?;
         let others: Vec<String> = self
             .list_pools()?
             .into_iter()
@@ -1081,23 +1027,8 @@ impl Store for SledStore {
                     let Some(other) = tx_get::<PoolRecord>(pools, "pools", name.as_bytes())? else {
                         continue;
                     };
-                    let overlaps = other
-                        .cidr
-                        .parse::<crate::ipam::Ipv4Cidr>()
-                        .is_ok_and(|theirs| theirs.overlaps(&cidr));
-                    if overlaps {
-                        return abort(StoreError::Conflict(format!(
-                            "pool {:?} ({cidr}) overlaps pool {:?} ({}) on node {}",
-                            pool.name, other.name, other.cidr, other.node
-                        )));
-                    }
-                    if let (Some(ours), Some(theirs)) = (&pool.ipv6_prefix, &other.ipv6_prefix) {
-                        if crate::ipam::ipv6_prefixes_overlap(ours, theirs) {
-                            return abort(StoreError::Conflict(format!(
-                            "pool {:?} (IPv6 {ours}) overlaps pool {:?} (IPv6 {theirs}) on node {}",
-                            pool.name, other.name, other.node
-                        )));
-                        }
+                    if let Err(error) = ipam::check_overlap(pool, &cidr, &other) {
+                        return abort(StoreError::from(error));
                     }
                 }
                 // Every pool create reads and bumps the guard, so two concurrent
@@ -1110,7 +1041,7 @@ impl Store for SledStore {
                 pools.insert(pool.name.as_bytes(), encode(pool))?;
                 tx_update_allocation(allocations, &pool.node, |allocation| {
                     allocation.free_ipv4 =
-                        allocation.free_ipv4.saturating_add(pool_free_ipv4(pool));
+                        allocation.free_ipv4.saturating_add(ipam::free_ipv4(pool));
                     allocation.pools.push(pool.name.clone());
                     allocation.pools.sort();
                 })?;
@@ -1144,16 +1075,13 @@ impl Store for SledStore {
                     "pool",
                     name.to_owned(),
                 )?;
-                if !pool.allocated.is_empty() {
-                    return abort(StoreError::Conflict(format!(
-                        "pool {name:?} has {} allocated address(es); delete their VPSes first",
-                        pool.allocated.len()
-                    )));
+                if let Err(error) = ipam::check_removable(&pool) {
+                    return abort(StoreError::from(error));
                 }
                 pools.remove(name.as_bytes())?;
                 tx_update_allocation(allocations, &pool.node, |allocation| {
                     allocation.free_ipv4 =
-                        allocation.free_ipv4.saturating_sub(pool_free_ipv4(&pool));
+                        allocation.free_ipv4.saturating_sub(ipam::free_ipv4(&pool));
                     allocation.pools.retain(|other| other != name);
                 })?;
                 Ok(())
@@ -1245,10 +1173,9 @@ mod tests {
             .collect();
         let ok = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(ok, 10);
-        assert!(results
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .all(|e| matches!(e, StoreError::QuotaExceeded(m) if m.contains("10 of 10 VPSes"))));
+        assert!(results.iter().filter_map(|r| r.as_ref().err()).all(
+            |e| matches!(e, StoreError::Quota(m) if m.to_string().contains("10 of 10 VPSes"))
+        ));
         let used = store.get_tenant("acme").expect("get").expect("exists").used;
         assert_eq!(used.max_vps, 10);
         assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 10);

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
-use super::{StoreError, VpsRecord};
+use super::StoreError;
+use crate::model::VpsRecord;
 
 /// How many changes a watcher may fall behind before it re-reads the record instead.
 const CHANNEL_CAPACITY: usize = 16;
@@ -213,7 +214,7 @@ mod tests {
             template: "busybox".to_owned(),
             resources: Default::default(),
             node: "node-a".to_owned(),
-            desired_power: super::super::Power::Running,
+            desired_power: crate::model::Power::Running,
             deleting: false,
             ipv4: Vec::new(),
             network: None,

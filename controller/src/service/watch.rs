@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::Controller;
 use crate::auth::Principal;
 use crate::error::ControllerError;
-use crate::store::{Store, VpsChange, VpsChanges, VpsRecord, WatchRecvError};
+use crate::model::VpsRecord;
+use crate::service::Controller;
+use crate::store::{Store, VpsChange, VpsChanges, WatchRecvError};
 
 /// How often a watch re-reads its VPS without being told of a change.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -33,7 +34,7 @@ pub struct VpsWatch {
 }
 
 impl Controller {
-    /// Opens a watch on a VPS of the caller's scope; scoped like [`Controller::get_vps`] (a
+    /// Opens a watch on a VPS of the caller's scope; scoped like [`Vps::get`](crate::service::vps::Vps::get) (a
     /// tenant asking for another tenant's VPS gets `NotFound`).
     pub fn watch_vps(
         &self,
@@ -41,7 +42,7 @@ impl Controller {
         tenant: &str,
         name: &str,
     ) -> Result<VpsWatch, ControllerError> {
-        let found = self.get_vps(principal, tenant, name)?;
+        let found = self.vps().get(principal, tenant, name)?;
         let changes = self.store.vps_watchers().subscribe(&found.vps_id);
         // Read again once subscribed: a change committed in between is in this read or in
         // the channel, never lost.

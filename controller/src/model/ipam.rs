@@ -9,10 +9,8 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use crate::app::Controller;
-use crate::error::ControllerError;
-use crate::store::PoolRecord;
-use crate::validate::{self, ValidationError};
+use super::records::{PoolRecord, VpsNetwork, VpsRecord};
+use super::validate::ValidationError;
 
 /// An IPv4 network: a network address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,79 +234,6 @@ pub fn plan(pool: &PoolRecord) -> Result<PoolPlan, ValidationError> {
     Ok(plan)
 }
 
-/// A validated pool create request (the proto `Pool` minus the counters).
-pub struct CreatePool {
-    pub name: String,
-    pub node: String,
-    pub cidr: String,
-    pub gateway: String,
-    pub range_start: String,
-    pub range_end: String,
-    pub ipv6_prefix: String,
-    pub nat: bool,
-}
-
-impl Controller {
-    /// Creates a pool on a registered node; nothing is stored unless the
-    /// network, gateway and range are valid and no other pool overlaps it.
-    pub async fn create_pool(&self, request: CreatePool) -> Result<PoolRecord, ControllerError> {
-        validate::name("pool.name", &request.name)?;
-        validate::name("pool.node", &request.node)?;
-        if self.store.get_node(&request.node)?.is_none() {
-            return Err(ControllerError::not_found("node", &request.node));
-        }
-        let record = PoolRecord {
-            name: request.name,
-            node: request.node,
-            cidr: request.cidr,
-            gateway: request.gateway,
-            range_start: request.range_start,
-            range_end: request.range_end,
-            ipv6_prefix: Some(request.ipv6_prefix).filter(|prefix| !prefix.is_empty()),
-            nat: request.nat,
-            allocated: BTreeMap::new(),
-            allocated_ipv6: BTreeMap::new(),
-            created_at: chrono::Utc::now(),
-        };
-        let plan = plan(&record)?;
-        let record = PoolRecord {
-            range_start: plan.range_start.to_string(),
-            range_end: plan.range_end.to_string(),
-            ..record
-        };
-        self.store.create_pool(&record)?;
-        self.commit().await?;
-        self.placements.invalidate();
-        tracing::info!(pool = %record.name, node = %record.node, cidr = %record.cidr, "pool created");
-        Ok(record)
-    }
-
-    /// Every pool, sorted by name.
-    pub fn list_pools(&self) -> Result<Vec<PoolRecord>, ControllerError> {
-        let mut pools = self.store.list_pools()?;
-        pools.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(pools)
-    }
-
-    /// One pool by name.
-    pub fn get_pool(&self, name: &str) -> Result<PoolRecord, ControllerError> {
-        validate::name("name", name)?;
-        self.store
-            .get_pool(name)?
-            .ok_or_else(|| ControllerError::not_found("pool", name))
-    }
-
-    /// Deletes a pool none of whose addresses is in use.
-    pub async fn delete_pool(&self, name: &str) -> Result<(), ControllerError> {
-        validate::name("name", name)?;
-        self.store.delete_pool(name)?;
-        self.commit().await?;
-        self.placements.invalidate();
-        tracing::info!(pool = %name, "pool deleted");
-        Ok(())
-    }
-}
-
 /// An IPv6 prefix of /16../64 (`fd00:77::/64`): its network and length.
 pub fn parse_ipv6_prefix(text: &str) -> Option<(std::net::Ipv6Addr, u8)> {
     let (address, len) = text.split_once('/')?;
@@ -355,6 +280,164 @@ pub fn ipv6_gateway(prefix: &str) -> Option<std::net::Ipv6Addr> {
     Some((u128::from(network) + 1).into())
 }
 
+/// Why an address could not be given or a pool could not be created or removed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamError {
+    #[error("node {node} has no IPv4 pool; an admin must create one (paddock admin pool create)")]
+    NoPool { node: String },
+    #[error("pool {} on node {node} has no {}", full.join(", "), free_addresses(*count))]
+    Exhausted {
+        node: String,
+        /// The node's pools, none with enough free addresses.
+        full: Vec<String>,
+        count: u32,
+    },
+    #[error("{0}")]
+    InvalidPool(ValidationError),
+    #[error("pool {pool:?} ({cidr}) overlaps pool {other:?} ({other_cidr}) on node {node}")]
+    Overlap {
+        pool: String,
+        cidr: String,
+        other: String,
+        other_cidr: String,
+        node: String,
+    },
+    #[error(
+        "pool {pool:?} (IPv6 {prefix}) overlaps pool {other:?} (IPv6 {other_prefix}) on node {node}"
+    )]
+    Ipv6Overlap {
+        pool: String,
+        prefix: String,
+        other: String,
+        other_prefix: String,
+        node: String,
+    },
+    #[error("pool {pool:?} has {allocated} allocated address(es); delete their VPSes first")]
+    InUse { pool: String, allocated: usize },
+}
+
+fn free_addresses(count: u32) -> String {
+    if count == 1 {
+        "free IPv4 address".to_owned()
+    } else {
+        format!("{count} free IPv4 addresses")
+    }
+}
+
+/// Gives `vps` its `resources.ipv4_count` addresses (and IPv6 ones, if the pool has a
+/// prefix) from `pool`, recording them in both; `false` (nothing changed) if the pool
+/// is invalid or has too few free addresses.
+pub fn allocate_from(pool: &mut PoolRecord, vps: &mut VpsRecord) -> bool {
+    let Ok(plan) = plan(pool) else {
+        return false;
+    };
+    let Some(addresses) = plan.allocate(&pool.allocated, vps.resources.ipv4_count) else {
+        return false;
+    };
+    for address in &addresses {
+        pool.allocated
+            .insert(address.to_string(), vps.vps_id.clone());
+    }
+    let ipv6 = match (&pool.ipv6_prefix, vps.resources.ipv6_count) {
+        (Some(prefix), count) if count > 0 => {
+            allocate_ipv6(prefix, &pool.allocated_ipv6, count).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    for address in &ipv6 {
+        pool.allocated_ipv6
+            .insert(address.to_string(), vps.vps_id.clone());
+    }
+    vps.ipv4 = addresses.iter().map(ToString::to_string).collect();
+    vps.network = Some(VpsNetwork {
+        pool: pool.name.clone(),
+        cidr: plan.cidr.to_string(),
+        gateway: plan.gateway.to_string(),
+        nat: pool.nat,
+        mac: mac_for(&vps.vps_id),
+        ipv6: ipv6.iter().map(ToString::to_string).collect(),
+        ipv6_prefix: pool.ipv6_prefix.clone(),
+    });
+    true
+}
+
+/// Why a VPS needing `count` addresses on `node` got none: the node has no pool, or
+/// every one of them (`full`) is short of free addresses.
+pub fn no_room(node: &str, full: Vec<String>, count: u32) -> IpamError {
+    if full.is_empty() {
+        IpamError::NoPool {
+            node: node.to_owned(),
+        }
+    } else {
+        IpamError::Exhausted {
+            node: node.to_owned(),
+            full,
+            count,
+        }
+    }
+}
+
+/// A new pool's IPv4 network (as validated by [`plan`]), refused if invalid.
+pub fn new_pool_cidr(pool: &PoolRecord) -> Result<Ipv4Cidr, IpamError> {
+    plan(pool)
+        .map(|plan| plan.cidr)
+        .map_err(IpamError::InvalidPool)
+}
+
+/// Refuses `pool` (with IPv4 network `cidr`) if its IPv4 network or IPv6 prefix
+/// overlaps `other`'s.
+pub fn check_overlap(
+    pool: &PoolRecord,
+    cidr: &Ipv4Cidr,
+    other: &PoolRecord,
+) -> Result<(), IpamError> {
+    let overlaps = other
+        .cidr
+        .parse::<Ipv4Cidr>()
+        .is_ok_and(|theirs| theirs.overlaps(cidr));
+    if overlaps {
+        return Err(IpamError::Overlap {
+            pool: pool.name.clone(),
+            cidr: cidr.to_string(),
+            other: other.name.clone(),
+            other_cidr: other.cidr.clone(),
+            node: other.node.clone(),
+        });
+    }
+    if let (Some(ours), Some(theirs)) = (&pool.ipv6_prefix, &other.ipv6_prefix) {
+        if ipv6_prefixes_overlap(ours, theirs) {
+            return Err(IpamError::Ipv6Overlap {
+                pool: pool.name.clone(),
+                prefix: ours.clone(),
+                other: other.name.clone(),
+                other_prefix: theirs.clone(),
+                node: other.node.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to remove a pool that still has allocated addresses.
+pub fn check_removable(pool: &PoolRecord) -> Result<(), IpamError> {
+    if pool.allocated.is_empty() {
+        Ok(())
+    } else {
+        Err(IpamError::InUse {
+            pool: pool.name.clone(),
+            allocated: pool.allocated.len(),
+        })
+    }
+}
+
+/// Addresses one pool can still hand out.
+pub fn free_ipv4(pool: &PoolRecord) -> u32 {
+    plan(pool).map_or(0, |plan| {
+        plan.total()
+            .saturating_sub(u32::try_from(pool.allocated.len()).unwrap_or(u32::MAX))
+    })
+}
+
 /// Unallocated addresses over every pool of `node`.
 pub fn free_on_node(pools: &[PoolRecord], node: &str) -> u32 {
     pools
@@ -380,12 +463,9 @@ pub fn mac_for(vps_id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use chrono::Utc;
 
     use super::*;
-    use crate::store::{Quota, Resources, SledStore, Store, StoreError, TenantRecord, VpsRecord};
 
     fn pool(name: &str, node: &str, cidr: &str, gateway: &str) -> PoolRecord {
         PoolRecord {
@@ -529,173 +609,5 @@ mod tests {
         assert_ne!(mac, mac_for("another"));
         assert!(mac.starts_with("02:"), "{mac}");
         assert_eq!(mac.len(), 17);
-    }
-
-    fn tenant(name: &str) -> TenantRecord {
-        TenantRecord {
-            name: name.to_owned(),
-            quota: Quota {
-                max_vps: 1000,
-                vcpus: 1000.0,
-                memory_bytes: u64::MAX,
-                disk_bytes: u64::MAX,
-                ipv4_count: 1000,
-            },
-            used: Quota::default(),
-            suspended: false,
-            created_at: Utc::now(),
-        }
-    }
-
-    fn vps(name: &str, ipv4_count: u32) -> VpsRecord {
-        VpsRecord {
-            vps_id: format!("{name}-id"),
-            name: name.to_owned(),
-            tenant: "acme".to_owned(),
-            plan: "nano".to_owned(),
-            template: "busybox".to_owned(),
-            resources: Resources {
-                vcpus: 1.0,
-                memory_bytes: 1,
-                disk_bytes: 1,
-                ipv4_count,
-                ..Resources::default()
-            },
-            node: "n1".to_owned(),
-            desired_power: crate::store::Power::Running,
-            deleting: false,
-            ipv4: vec![],
-            network: None,
-            rebuild_generation: 0,
-            restart_generation: 0,
-            created_at: Utc::now(),
-            observed: None,
-            transfer_limit: None,
-            applied_spec: None,
-            last_request: None,
-        }
-    }
-
-    #[test]
-    fn overlapping_pools_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::create(dir.path()).expect("store");
-        store
-            .create_pool(&pool("a", "n1", "10.77.0.0/24", "10.77.0.1"))
-            .expect("first");
-        let before = store.dump().expect("dump");
-        let err = store
-            .create_pool(&pool("b", "n2", "10.77.0.128/25", "10.77.0.129"))
-            .expect_err("overlap");
-        assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("overlaps pool \"a\"")),
-            "{err}"
-        );
-        assert_eq!(store.dump().expect("dump"), before, "nothing changed");
-        store
-            .create_pool(&PoolRecord {
-                ipv6_prefix: Some("fd00:77::/64".into()),
-                ..pool("c", "n2", "10.78.0.0/24", "10.78.0.1")
-            })
-            .expect("disjoint");
-        // Disjoint IPv4, but an IPv6 prefix inside c's.
-        let err = store
-            .create_pool(&PoolRecord {
-                ipv6_prefix: Some("fd00:77::/48".into()),
-                ..pool("d", "n3", "10.79.0.0/24", "10.79.0.1")
-            })
-            .expect_err("IPv6 overlap");
-        assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("(IPv6 fd00:77::/48) overlaps pool \"c\"")),
-            "{err}"
-        );
-        store
-            .create_pool(&PoolRecord {
-                ipv6_prefix: Some("fd00:78::/64".into()),
-                ..pool("e", "n3", "10.79.0.0/24", "10.79.0.1")
-            })
-            .expect("disjoint IPv6");
-    }
-
-    #[test]
-    fn concurrent_creates_never_share_an_address_and_release_on_remove() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(SledStore::create(dir.path()).expect("store"));
-        store.create_tenant(&tenant("acme")).expect("tenant");
-        // 10 allocatable addresses: .1-.11 minus the gateway .1 -> .2..=.11
-        store
-            .create_pool(&PoolRecord {
-                range_start: "10.77.0.1".into(),
-                range_end: "10.77.0.11".into(),
-                ..pool("p", "n1", "10.77.0.0/24", "10.77.0.1")
-            })
-            .expect("pool");
-        let handles: Vec<_> = (0..40)
-            .map(|i| {
-                let store = store.clone();
-                std::thread::spawn(move || store.create_vps(&vps(&format!("v{i}"), 1)))
-            })
-            .collect();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().expect("join"))
-            .collect();
-        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
-        for error in results.iter().filter_map(|r| r.as_ref().err()) {
-            assert!(
-                matches!(error, StoreError::Conflict(m) if m == "pool p on node n1 has no free IPv4 address"),
-                "{error}"
-            );
-        }
-        let vpses = store.list_vps(None).expect("list");
-        let mut addresses: Vec<String> = vpses.iter().flat_map(|v| v.ipv4.clone()).collect();
-        addresses.sort();
-        addresses.dedup();
-        assert_eq!(addresses.len(), 10, "ten distinct addresses");
-        let pool = store.get_pool("p").expect("get").expect("pool");
-        assert_eq!(pool.allocated.len(), 10);
-        let first = &vpses[0];
-        let network = first.network.as_ref().expect("network");
-        assert_eq!(network.gateway, "10.77.0.1");
-        assert_eq!(network.mac, mac_for(&first.vps_id));
-        assert_eq!(
-            store
-                .get_tenant("acme")
-                .expect("t")
-                .expect("t")
-                .used
-                .ipv4_count,
-            10
-        );
-        // The pool cannot go while addresses are in use.
-        assert!(matches!(
-            store.delete_pool("p"),
-            Err(StoreError::Conflict(_))
-        ));
-        // Removing a VPS returns its address, which the next create gets.
-        let freed = first.ipv4[0].clone();
-        store.remove_vps(&first.vps_id).expect("remove");
-        let pool = store.get_pool("p").expect("get").expect("pool");
-        assert!(!pool.allocated.contains_key(&freed));
-        store.create_vps(&vps("again", 1)).expect("fits again");
-        let again = store.find_vps("acme", "again").expect("find").expect("vps");
-        assert_eq!(again.ipv4, vec![freed]);
-    }
-
-    #[test]
-    fn no_pool_or_zero_addresses() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::create(dir.path()).expect("store");
-        store.create_tenant(&tenant("acme")).expect("tenant");
-        let before = store.dump().expect("dump");
-        let err = store.create_vps(&vps("v", 1)).expect_err("no pool");
-        assert!(
-            err.to_string().contains("node n1 has no IPv4 pool"),
-            "{err}"
-        );
-        assert_eq!(store.dump().expect("dump"), before);
-        store.create_vps(&vps("v", 0)).expect("no address needed");
-        let v = store.find_vps("acme", "v").expect("find").expect("vps");
-        assert!(v.ipv4.is_empty() && v.network.is_none());
     }
 }

@@ -23,10 +23,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::agents::{agent_error, AgentClient};
-use crate::app::Controller;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::store::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
+use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
+use crate::service::Controller;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -156,7 +156,7 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
             let (nodes, full): (Vec<String>, bool) = tokio::select! {
                 Some(node) = queue.kicks.recv() => (vec![node], false),
                 _ = tick.tick() => {
-                    if let Err(error) = controller.end_expired_transfer_limits() {
+                    if let Err(error) = controller.metering().end_expired_transfer_limits() {
                         warn!(%error, "ending the transfer limits of past months");
                     }
                     let full = !full_period.is_zero() && last_full.elapsed() >= full_period;
@@ -413,7 +413,12 @@ async fn run_step(
             if let Some(wait) = failures.record(&vps_id, &digest, failed) {
                 warn!(vps_id = %vps_id, node, retry_in = ?wait, message = %status.message, "apply failed");
             }
-            record_report(controller, &vps_id, &status, Some(&digest))
+            record_report(
+                controller,
+                &vps_id,
+                convert::observed(&status),
+                Some(&digest),
+            )
         }
     }
 }
@@ -422,9 +427,9 @@ async fn run_step(
 pub fn record_observed(
     controller: &Controller,
     vps_id: &str,
-    status: &v1::VpsStatus,
+    observed: ObservedState,
 ) -> Result<(), ControllerError> {
-    record_report(controller, vps_id, status, None)
+    record_report(controller, vps_id, observed, None)
 }
 
 /// Stores what an agent reported for a VPS: an apply's result (with the digest
@@ -432,15 +437,9 @@ pub fn record_observed(
 fn record_report(
     controller: &Controller,
     vps_id: &str,
-    status: &v1::VpsStatus,
+    observed: ObservedState,
     applied: Option<&str>,
 ) -> Result<(), ControllerError> {
-    let observed = ObservedState {
-        state: convert::observed_from_agent(status.state()),
-        init_pid: status.init_pid,
-        message: status.message.clone(),
-        at: Utc::now(),
-    };
     // Heartbeats repeat the same report every few seconds; an unchanged one
     // needs no write (a concurrent change is healed by the next report).
     let unchanged = controller.store.get_vps(vps_id)?.is_some_and(|vps| {

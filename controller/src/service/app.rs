@@ -9,9 +9,10 @@ use paddock_config::ControllerConfig;
 use crate::agents::AgentPool;
 use crate::auth::{self, Principal};
 use crate::error::ControllerError;
-use crate::reconcile::ReconcileHandle;
-use crate::scheduler::NodeView;
-use crate::store::{Capacity, NodeAllocationRecord, NodeRecord, Store, VpsRecord};
+use crate::model::scheduler::NodeView;
+use crate::model::{Capacity, NodeAllocationRecord, NodeRecord, VpsRecord};
+use crate::service::reconcile::ReconcileHandle;
+use crate::store::Store;
 
 /// Everything a request handler needs; cheap to share behind an `Arc`.
 pub struct Controller {
@@ -28,42 +29,6 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// The caller of a request: as the RPC layer authenticated it when the call came in
-    /// ([`auth::Authenticated`]), else authenticated now (a refused token is always checked
-    /// here, so its error is the handler's).
-    pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Principal, ControllerError> {
-        if let Some(auth::Authenticated(principal)) = request.extensions().get() {
-            return Ok(principal.clone());
-        }
-        Ok(auth::authenticate(self.store.as_ref(), request.metadata())?)
-    }
-
-    /// Requires an admin token.
-    pub fn admin<T>(&self, request: &tonic::Request<T>) -> Result<Principal, ControllerError> {
-        let principal = self.caller(request)?;
-        match principal {
-            Principal::Admin { .. } => Ok(principal),
-            other => Err(auth::AuthError::Forbidden {
-                needed: "an admin token",
-                actual: other.actor(),
-            }
-            .into()),
-        }
-    }
-
-    /// Requires a billing or admin token.
-    pub fn billing<T>(&self, request: &tonic::Request<T>) -> Result<Principal, ControllerError> {
-        let principal = self.caller(request)?;
-        match principal {
-            Principal::Admin { .. } | Principal::Billing { .. } => Ok(principal),
-            other => Err(auth::AuthError::Forbidden {
-                needed: "a billing or admin token",
-                actual: other.actor(),
-            }
-            .into()),
-        }
-    }
-
     /// Makes every mutation so far durable; called before acknowledging one.
     pub async fn commit(&self) -> Result<(), ControllerError> {
         Ok(self.store.flush().await?)
@@ -122,13 +87,13 @@ impl Controller {
             }
             Principal::Admin { .. } => {
                 if requested.is_empty() {
-                    return Err(crate::validate::ValidationError::new(
+                    return Err(crate::model::validate::ValidationError::new(
                         "tenant",
                         "is required with an admin token (name the tenant that owns the VPS)",
                     )
                     .into());
                 }
-                crate::validate::name("tenant", requested)?;
+                crate::model::validate::name("tenant", requested)?;
                 Ok(requested.to_owned())
             }
             Principal::Billing { .. } => Err(auth::AuthError::Forbidden {
@@ -164,7 +129,7 @@ impl Controller {
             }
         }
         for vps in self.store.list_vps(None).unwrap_or_default() {
-            if let Ok(context) = self.vps_context(&vps) {
+            if let Ok(context) = self.vps().context(&vps) {
                 let state =
                     crate::convert::vps_state(&vps, context.node_online, context.held(&vps));
                 let name = state

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The cgroup v2 default weight: a plan that sets none gets a normal CPU share.
+pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+
 /// Resource entitlement of one VPS (or the template a plan gives).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {

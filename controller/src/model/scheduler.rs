@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use paddock_config::ByteSize;
 
-use crate::store::{Capacity, Resources};
+use super::records::{Capacity, Resources};
 
 /// What the scheduler knows about one node.
 #[derive(Debug, Clone)]
@@ -111,12 +111,6 @@ pub enum ScheduleError {
     NoAddress { node: String, pools: String },
     #[error("node {node} has no IPv4 pool; an admin must create one (paddock admin pool create)")]
     NoPool { node: String },
-}
-
-impl From<ScheduleError> for tonic::Status {
-    fn from(error: ScheduleError) -> Self {
-        tonic::Status::failed_precondition(error.to_string())
-    }
 }
 
 fn free(node: &NodeView, overcommit: Overcommit) -> Capacity {

@@ -18,12 +18,6 @@ impl ValidationError {
     }
 }
 
-impl From<ValidationError> for tonic::Status {
-    fn from(error: ValidationError) -> Self {
-        tonic::Status::invalid_argument(error.to_string())
-    }
-}
-
 /// Names of tenants, VPSes, plans, templates and nodes: `^[a-z][a-z0-9-]{0,62}$`.
 pub fn name(field: &'static str, value: &str) -> Result<(), ValidationError> {
     let rule = "must match ^[a-z][a-z0-9-]{0,62}$ (a lowercase letter, then up to 62 lowercase letters, digits or '-')";

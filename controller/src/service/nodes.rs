@@ -7,16 +7,36 @@ use paddock_proto::v1;
 use tracing::{info, warn};
 
 use crate::agents::{agent_error, AgentClient};
-use crate::app::Controller;
 use crate::auth::{self, AuthError};
 use crate::convert;
-use crate::error::ControllerError;
+use crate::error::{ControllerError, Precondition};
+use crate::model::node::{Enrollment, Heartbeat, Registration, Template};
+use crate::model::scheduler::NodeView;
+use crate::model::validate::{self, ValidationError};
+use crate::model::NodeRecord;
 use crate::pki;
-use crate::reconcile::record_observed;
-use crate::store::NodeRecord;
-use crate::validate::{self, ValidationError};
+use crate::service::reconcile::record_observed;
+use crate::service::Controller;
+
+/// Nodes: enrolment, registration, heartbeats, cordoning and reaching their agents. A view of the [`Controller`]'s shared state; get one with
+/// [`Controller::nodes`].
+pub struct Nodes<'a>(&'a Controller);
 
 impl Controller {
+    pub fn nodes(&self) -> Nodes<'_> {
+        Nodes(self)
+    }
+}
+
+impl std::ops::Deref for Nodes<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+impl Nodes<'_> {
     /// Checks the node join token an enrolling agent presents.
     pub fn check_join_token(
         &self,
@@ -74,17 +94,17 @@ impl Controller {
     /// Removes a drained node that hosts no VPS and no pool, and revokes its
     /// certificates: its agent can no longer register or heartbeat, and the
     /// name can only come back by enrolling again with the join token.
-    pub async fn remove_node(&self, name: &str) -> Result<(), ControllerError> {
+    pub async fn remove(&self, name: &str) -> Result<(), ControllerError> {
         validate::name("name", name)?;
         let node = self
             .store
             .get_node(name)?
             .ok_or_else(|| ControllerError::not_found("node", name))?;
         if !node.cordoned {
-            return Err(ControllerError::Precondition(format!(
-                "node {name} is not drained: run `paddock admin node drain {name}` first, so \
-                 nothing new is placed on it"
-            )));
+            return Err(Precondition::NodeNotDrained {
+                node: name.to_owned(),
+            }
+            .into());
         }
         let hosted: Vec<String> = self
             .store
@@ -93,12 +113,11 @@ impl Controller {
             .map(|vps| format!("{}/{}", vps.tenant, vps.name))
             .collect();
         if !hosted.is_empty() {
-            return Err(ControllerError::Precondition(format!(
-                "node {name} still hosts {} VPS(es) ({}); delete them first: VPSes do not move \
-                 between nodes",
-                hosted.len(),
-                hosted.join(", ")
-            )));
+            return Err(Precondition::NodeHostsVps {
+                node: name.to_owned(),
+                vpses: hosted,
+            }
+            .into());
         }
         let pools: Vec<String> = self
             .store
@@ -108,10 +127,11 @@ impl Controller {
             .map(|pool| pool.name)
             .collect();
         if !pools.is_empty() {
-            return Err(ControllerError::Precondition(format!(
-                "node {name} still has pool(s) {}; delete them first (paddock admin pool delete)",
-                pools.join(", ")
-            )));
+            return Err(Precondition::NodeHasPools {
+                node: name.to_owned(),
+                pools,
+            }
+            .into());
         }
         // Whole seconds, as certificates carry them: one signed in this
         // second is revoked too (enrolment waits for the next one).
@@ -126,10 +146,7 @@ impl Controller {
     }
 
     /// Signs an enrolling node's certificate request.
-    pub async fn enroll_node(
-        &self,
-        request: &v1::EnrollRequest,
-    ) -> Result<String, ControllerError> {
+    pub async fn enroll(&self, request: &Enrollment) -> Result<String, ControllerError> {
         validate::name("node_name", &request.node_name)?;
         if request.subject_alt_names.is_empty() {
             return Err(ValidationError::new(
@@ -165,19 +182,14 @@ impl Controller {
                 pki::PkiError::BadCsr(_) => {
                     ControllerError::Invalid(ValidationError::new("csr_pem", error.to_string()))
                 }
-                other => {
-                    ControllerError::Precondition(format!("signing the node certificate: {other}"))
-                }
+                other => Precondition::Signing(other).into(),
             })?;
         info!(node = %request.node_name, "node enrolled");
         Ok(certificate)
     }
 
     /// Records (or refreshes) a node; cordon state and labels survive re-registration.
-    pub async fn register_node(
-        &self,
-        request: v1::RegisterRequest,
-    ) -> Result<NodeRecord, ControllerError> {
+    pub async fn register(&self, request: Registration) -> Result<NodeRecord, ControllerError> {
         validate::name("node_name", &request.node_name)?;
         if !request.address.starts_with("http://") && !request.address.starts_with("https://") {
             return Err(
@@ -188,11 +200,7 @@ impl Controller {
         let node = NodeRecord {
             name: request.node_name.clone(),
             address: request.address,
-            capacity: request
-                .capacity
-                .as_ref()
-                .map(convert::capacity_from)
-                .unwrap_or_default(),
+            capacity: request.capacity.unwrap_or_default(),
             cordoned: existing.as_ref().is_some_and(|n| n.cordoned),
             labels: existing.map(|n| n.labels).unwrap_or_default(),
             last_heartbeat: Utc::now(),
@@ -207,28 +215,27 @@ impl Controller {
     }
 
     /// Refreshes a node's liveness and records what it reports of its VPSes.
-    pub fn heartbeat(&self, request: v1::HeartbeatRequest) -> Result<(), ControllerError> {
+    pub fn heartbeat(&self, request: Heartbeat) -> Result<(), ControllerError> {
         let Some(mut node) = self.store.get_node(&request.node_name)? else {
             return Err(ControllerError::not_found("node", &request.node_name));
         };
         let was_online = self.node_online(&node, Utc::now());
         node.last_heartbeat = Utc::now();
-        if let Some(capacity) = &request.capacity {
-            node.capacity = convert::capacity_from(capacity);
+        if let Some(capacity) = request.capacity {
+            node.capacity = capacity;
         }
         self.store.put_node(&node)?;
-        for status in &request.vps {
-            match self.store.get_vps(&status.vps_id)? {
-                Some(vps) if vps.node == node.name => record_observed(self, &vps.vps_id, status)?,
+        for (vps_id, observed) in request.reports {
+            match self.store.get_vps(&vps_id)? {
+                Some(vps) if vps.node == node.name => record_observed(self, &vps.vps_id, observed)?,
                 Some(_) => {
-                    warn!(node = %node.name, vps_id = %status.vps_id, "node reports a VPS placed elsewhere")
+                    warn!(node = %node.name, vps_id = %vps_id, "node reports a VPS placed elsewhere")
                 }
                 None => {}
             }
         }
         for sample in &request.usage {
-            let sample = convert::usage_sample_from(sample);
-            self.record_usage(&node.name, &sample)?;
+            self.metering().record_usage(&node.name, sample)?;
         }
         if !was_online {
             self.placements.invalidate();
@@ -254,7 +261,7 @@ impl Controller {
     }
 
     /// Templates installed on any online node.
-    pub async fn list_templates(&self) -> Result<Vec<v1::Template>, ControllerError> {
+    pub async fn list_templates(&self) -> Result<Vec<Template>, ControllerError> {
         let mut templates = BTreeMap::new();
         for node in self.store.list_nodes()? {
             if !self.node_online(&node, Utc::now()) {
@@ -264,7 +271,9 @@ impl Controller {
             match client.list_templates(v1::Empty {}).await {
                 Ok(response) => {
                     for template in response.into_inner().templates {
-                        templates.entry(template.name.clone()).or_insert(template);
+                        templates
+                            .entry(template.name.clone())
+                            .or_insert_with(|| convert::template_from(template));
                     }
                 }
                 Err(status) => {
@@ -275,20 +284,20 @@ impl Controller {
         Ok(templates.into_values().collect())
     }
 
-    pub fn get_node(&self, name: &str) -> Result<v1::Node, ControllerError> {
+    /// One node with what is promised on it and how many VPSes it has.
+    pub fn get(&self, name: &str) -> Result<(NodeRecord, NodeView, u32), ControllerError> {
         validate::name("name", name)?;
         self.node_views()?
             .into_iter()
             .find(|(record, _, _)| record.name == name)
-            .map(|(record, view, count)| convert::node(&record, &view, count))
             .ok_or_else(|| ControllerError::not_found("node", name))
     }
 
-    pub async fn update_node(
+    pub async fn update(
         &self,
         name: &str,
         change: impl FnOnce(&mut NodeRecord),
-    ) -> Result<v1::Node, ControllerError> {
+    ) -> Result<(NodeRecord, NodeView, u32), ControllerError> {
         validate::name("name", name)?;
         let mut node = self
             .store
@@ -298,6 +307,6 @@ impl Controller {
         self.store.put_node(&node)?;
         self.commit().await?;
         self.placements.invalidate();
-        self.get_node(name)
+        self.nodes().get(name)
     }
 }

@@ -6,17 +6,17 @@ use paddock_config::ByteSize;
 use tracing::info;
 use uuid::Uuid;
 
-use crate::app::Controller;
 use crate::auth::Principal;
-use crate::error::ControllerError;
+use crate::error::{ControllerError, Precondition};
 use crate::limits::{Bounds, Chooser};
-use crate::requests;
-use crate::scheduler::{self, Overcommit, Placement, Strategy};
-use crate::store::{
-    EventKind, EventRecord, Power, RequestOp, Resources, StoreError, TaggedRequest,
-    TransferOverage, VpsRecord,
+use crate::model::scheduler::{self, Overcommit, Placement, Strategy};
+use crate::model::validate::{self, ValidationError};
+use crate::model::{
+    EventKind, EventRecord, Power, RequestOp, Resources, TaggedRequest, TransferOverage, VpsRecord,
 };
-use crate::validate::{self, ValidationError};
+use crate::requests;
+use crate::service::Controller;
+use crate::store::{Conflict, StoreError};
 
 /// The default template when a create request names none.
 pub const DEFAULT_TEMPLATE: &str = "busybox";
@@ -50,7 +50,25 @@ impl CreateVps {
     }
 }
 
+/// The VPS lifecycle: create, power, restart, rebuild, resize, delete. A view of the [`Controller`]'s shared state; get one with
+/// [`Controller::vps`].
+pub struct Vps<'a>(&'a Controller);
+
 impl Controller {
+    pub fn vps(&self) -> Vps<'_> {
+        Vps(self)
+    }
+}
+
+impl std::ops::Deref for Vps<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+impl Vps<'_> {
     /// The absolute bounds of every VPS's resources, from `[vps_limits]`.
     pub fn bounds(&self) -> Bounds {
         Bounds::from(&self.config.vps_limits)
@@ -75,7 +93,7 @@ impl Controller {
 
     /// Creates a VPS: nothing is stored unless every check passes, and the
     /// quota check and the write are one transaction.
-    pub async fn create_vps(
+    pub async fn create(
         &self,
         principal: &Principal,
         request: CreateVps,
@@ -112,7 +130,7 @@ impl Controller {
             )
         })?;
         // Every limit is checked before anything is charged or stored.
-        let resources = self.bounds().resolve(
+        let resources = self.vps().bounds().resolve(
             Chooser::of(principal),
             &plan,
             &plan.resources,
@@ -201,7 +219,7 @@ impl Controller {
         Ok(record)
     }
 
-    pub fn get_vps(
+    pub fn get(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -212,7 +230,7 @@ impl Controller {
     }
 
     /// A tenant's VPSes; admins may list every tenant's by naming none.
-    pub fn list_vps(
+    pub fn list(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -252,10 +270,9 @@ impl Controller {
         }
         let updated = self.store.update_vps_emitting(&vps.vps_id, &|vps| {
             if vps.deleting {
-                return Err(StoreError::Conflict(format!(
-                    "VPS {:?} is being deleted",
-                    vps.name
-                )));
+                return Err(StoreError::Conflict(Conflict::VpsDeleting {
+                    name: vps.name.clone(),
+                }));
             }
             if let Some(tagged) = &tagged {
                 // A concurrent retry of the same request committed first.
@@ -298,7 +315,7 @@ impl Controller {
     }
 
     /// Asks for one restart (stop, then start) of a VPS.
-    pub async fn restart_vps(
+    pub async fn restart(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -325,7 +342,7 @@ impl Controller {
 
     /// Asks for one rebuild of a VPS: a fresh root filesystem from `template` (empty keeps the
     /// current one) on the same disk. The agent carries it out once per generation bump.
-    pub async fn rebuild_vps(
+    pub async fn rebuild(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -364,7 +381,7 @@ impl Controller {
     /// online. What grows must fit the node; the quota check and the usage
     /// change are one transaction. A disk never shrinks (a smaller plan keeps
     /// it) and the address count stays: renumbering is not supported.
-    pub async fn resize_vps(
+    pub async fn resize(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -389,10 +406,10 @@ impl Controller {
         // A tenant's overrides are held to the plan the VPS ends up on.
         let (plan_record, base) = if plan.is_empty() {
             let record = self.store.get_plan(&vps.plan)?.ok_or_else(|| {
-                ControllerError::Precondition(format!(
-                    "plan {:?} of VPS {:?} no longer exists; resize it to another plan",
-                    vps.plan, vps.name
-                ))
+                ControllerError::from(Precondition::PlanGone {
+                    plan: vps.plan.clone(),
+                    vps: vps.name.clone(),
+                })
             })?;
             (record, vps.resources.clone())
         } else {
@@ -411,7 +428,8 @@ impl Controller {
         };
         let overrides = overrides.unwrap_or_default();
         let mut resources =
-            self.bounds()
+            self.vps()
+                .bounds()
                 .resolve(Chooser::of(principal), &plan_record, &base, &overrides)?;
         let plan_name = plan_record.name;
         // A disk only grows: its filesystem is grown in place, and shrinking
@@ -460,7 +478,7 @@ impl Controller {
     }
 
     /// Marks a VPS for deletion; it disappears once its node has removed it.
-    pub async fn delete_vps(
+    pub async fn delete(
         &self,
         principal: &Principal,
         tenant: &str,
@@ -497,7 +515,7 @@ impl Controller {
     }
 
     /// What a VPS's view depends on besides its record, read once.
-    pub fn vps_context(&self, vps: &VpsRecord) -> Result<VpsContext, ControllerError> {
+    pub fn context(&self, vps: &VpsRecord) -> Result<VpsContext, ControllerError> {
         let now = Utc::now();
         let node_online = self
             .store
@@ -527,7 +545,7 @@ impl VpsContext {
     /// Whether the VPS is held stopped: its tenant is suspended, or its transfer
     /// allowance is used up on a suspending plan.
     pub fn held(&self, vps: &VpsRecord) -> bool {
-        self.tenant_suspended || vps.transfer_limit_at(self.now) == Some(TransferOverage::Suspend)
+        crate::model::desired::held(vps, self.tenant_suspended, self.now)
     }
 
     /// Whether the VPS's node has applied exactly what its record asks for now.
@@ -546,13 +564,13 @@ fn refuse_if_transfer_suspended(vps: &VpsRecord, what: &str) -> Result<(), Contr
     else {
         return Ok(());
     };
-    Err(ControllerError::Precondition(format!(
-        "VPS {:?} used all of its monthly transfer allowance for {} and is suspended until {}: \
-         {what} is refused until then, unless the provider lifts the limit",
-        vps.name,
-        limit.month,
-        limit
+    Err(Precondition::TransferSuspended {
+        vps: vps.name.clone(),
+        month: limit.month.clone(),
+        until: limit
             .until
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )))
+        what: what.to_owned(),
+    }
+    .into())
 }

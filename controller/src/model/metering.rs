@@ -10,25 +10,20 @@
 //! one store transaction, so neither redelivery nor a crash of either side
 //! can count anything twice.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
-use crate::app::Controller;
-use crate::auth::Principal;
-use crate::error::ControllerError;
-use crate::store::{
+use super::validate::ValidationError;
+use super::{
     EventKind, EventRecord, TransferLimit, TransferOverage, UsageCounters, UsageCursorRecord,
-    UsageHourKey, UsageHourRecord, UsageState, UsageUpdate, VpsRecord,
+    UsageHourRecord, VpsRecord,
 };
-use crate::validate::ValidationError;
 
-const HOUR_SECS: i64 = 3600;
-const DAY_SECS: i64 = 86_400;
+pub const HOUR_SECS: i64 = 3600;
+pub const DAY_SECS: i64 = 86_400;
 /// Samples dated further in the future than this (agent clock skew) are dated now.
-const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 /// Without an interval from the agent, gauges are weighted by at most this.
-const DEFAULT_INTERVAL_MS: i64 = 10_000;
+pub const DEFAULT_INTERVAL_MS: i64 = 10_000;
 
 /// One usage sample as an agent sent it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +53,7 @@ pub struct UsageDelta {
 }
 
 /// A counter's growth since `last`; a counter below `last` restarted from zero.
-fn grew(current: u64, last: u64) -> u64 {
+pub fn grew(current: u64, last: u64) -> u64 {
     if current >= last {
         current - last
     } else {
@@ -229,7 +224,7 @@ pub fn describe_limit(limit: &TransferLimit) -> String {
 }
 
 /// The `transfer_limit_ended` event of `limit` on `vps`.
-fn limit_ended(vps: &VpsRecord, limit: &TransferLimit, why: &str) -> EventRecord {
+pub fn limit_ended(vps: &VpsRecord, limit: &TransferLimit, why: &str) -> EventRecord {
     let what = match limit.overage {
         TransferOverage::Throttle { .. } => "throttling",
         TransferOverage::Suspend => "suspension",
@@ -239,7 +234,7 @@ fn limit_ended(vps: &VpsRecord, limit: &TransferLimit, why: &str) -> EventRecord
         .with_detail(format!("{what} for {} ended: {why}", limit.month))
 }
 
-fn floor_to(secs: i64, period: i64) -> i64 {
+pub fn floor_to(secs: i64, period: i64) -> i64 {
     secs.div_euclid(period) * period
 }
 
@@ -279,7 +274,7 @@ pub struct UsageSummary {
     pub total: UsagePeriod,
 }
 
-fn row_key(row: &UsagePeriod) -> String {
+pub fn row_key(row: &UsagePeriod) -> String {
     format!(
         "{}/{:020}/{}",
         row.usage.tenant,
@@ -288,11 +283,11 @@ fn row_key(row: &UsagePeriod) -> String {
     )
 }
 
-fn encode_token(key: &str) -> String {
+pub fn encode_token(key: &str) -> String {
     key.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_token(token: &str) -> Result<String, ValidationError> {
+pub fn decode_token(token: &str) -> Result<String, ValidationError> {
     let bad = || ValidationError::new("page.page_token", "is not a token returned by ListUsage");
     if !token.len().is_multiple_of(2) {
         return Err(bad());
@@ -307,370 +302,6 @@ fn decode_token(token: &str) -> Result<String, ValidationError> {
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(bad)?;
     String::from_utf8(bytes).map_err(|_| bad())
-}
-
-impl Controller {
-    /// Accounts one usage sample reported by `node`. Samples of VPSes that
-    /// are unknown or placed on another node are dropped. Returns whether the
-    /// sample was accepted (false for repeats).
-    ///
-    /// The sample that uses up the plan's monthly transfer allowance also
-    /// puts the plan's overage action (throttle or suspend) on the VPS, in
-    /// the same transaction as the `transfer_100_percent` event, and kicks
-    /// the node so the action is applied at once.
-    pub fn record_usage(&self, node: &str, sample: &Sample) -> Result<bool, ControllerError> {
-        let Some(vps) = self.store.get_vps(&sample.vps_id)? else {
-            return Ok(false);
-        };
-        if vps.node != node {
-            tracing::warn!(node, vps_id = %sample.vps_id, "usage sample for a VPS placed elsewhere");
-            return Ok(false);
-        }
-        let now = Utc::now();
-        let mut sample = sample.clone();
-        if sample.sampled_at_unix_ms > now.timestamp_millis() + MAX_CLOCK_SKEW_MS {
-            sample.sampled_at_unix_ms = now.timestamp_millis();
-        }
-        let hour_start = floor_to(sample.sampled_at_unix_ms.div_euclid(1000), HOUR_SECS);
-        let key = UsageHourKey {
-            tenant: vps.tenant.clone(),
-            hour_start,
-            vps_id: vps.vps_id.clone(),
-        };
-        let plan = self.store.get_plan(&vps.plan)?;
-        let allowance = plan.as_ref().map_or(0, |plan| plan.monthly_transfer_bytes);
-        let overage = plan.map(|plan| plan.transfer_overage).unwrap_or_default();
-        let sampled_at = DateTime::from_timestamp_millis(sample.sampled_at_unix_ms).unwrap_or(now);
-        let month = BillingMonth::of(sampled_at);
-        let current_month = month == BillingMonth::of(now);
-        let update = self.store.record_usage(&vps.vps_id, &key, &|state| {
-            let UsageState {
-                cursor: last,
-                hour,
-                vps,
-            } = state;
-            // Removed since the lookup above: nothing left to bill.
-            let vps = vps?;
-            let delta = delta(last.as_ref(), &sample)?;
-            let (transfer, threshold) = match &last {
-                Some(last) if last.month == month.name => {
-                    (last.month_transfer_bytes, last.month_threshold_percent)
-                }
-                _ => (0, 0),
-            };
-            let transfer = transfer
-                .saturating_add(delta.net_rx_bytes)
-                .saturating_add(delta.net_tx_bytes);
-            let crossed = transfer_thresholds(allowance, transfer, threshold);
-            let mut events: Vec<EventRecord> = crossed
-                .iter()
-                .map(|kind| EventRecord::of_vps(*kind, &vps))
-                .collect();
-            // A late sample of a month already over announces, but limits nothing.
-            let limit = (current_month && crossed.contains(&EventKind::Transfer100Percent))
-                .then(|| month.limit(overage, now))
-                .flatten();
-            let limited = limit.map(|limit| {
-                let mut vps = vps.clone();
-                if let Some(ended) = vps.transfer_limit.take() {
-                    events.push(limit_ended(&vps, &ended, "its billing month ended"));
-                }
-                events.push(
-                    EventRecord::of_vps(EventKind::TransferLimited, &vps)
-                        .with_detail(describe_limit(&limit)),
-                );
-                vps.transfer_limit = Some(limit);
-                vps
-            });
-            let mut hour = hour.unwrap_or_else(|| UsageHourRecord {
-                tenant: vps.tenant.clone(),
-                vps_id: vps.vps_id.clone(),
-                hour_start,
-                ..UsageHourRecord::default()
-            });
-            hour.vps = vps.name.clone();
-            hour.plan = vps.plan.clone();
-            accumulate(&mut hour, &delta);
-            let cursor = UsageCursorRecord {
-                incarnation: sample.incarnation.clone(),
-                sequence: sample.sequence,
-                sampled_at_unix_ms: sample.sampled_at_unix_ms,
-                counters: sample.counters.clone(),
-                month: month.name.clone(),
-                month_transfer_bytes: transfer,
-                month_threshold_percent: match crossed.last() {
-                    Some(EventKind::Transfer100Percent) => 100,
-                    Some(_) => 80,
-                    None => threshold,
-                },
-            };
-            Some(UsageUpdate {
-                cursor,
-                hour,
-                events,
-                vps: limited,
-            })
-        })?;
-        if let Some(limited) = update.as_ref().and_then(|update| update.vps.as_ref()) {
-            tracing::info!(vps = %limited.name, tenant = %limited.tenant, plan = %limited.plan,
-                limit = ?limited.transfer_limit, "monthly transfer allowance used up");
-            self.reconciler.kick(&limited.node);
-        }
-        Ok(update.is_some())
-    }
-
-    /// Clears every transfer limit whose month is over, each with its
-    /// `transfer_limit_ended` event, and kicks the nodes concerned (their
-    /// specs no longer carry the limit from `until` on anyway).
-    pub fn end_expired_transfer_limits(&self) -> Result<(), ControllerError> {
-        let now = Utc::now();
-        for vps in self.store.list_vps(None)? {
-            if vps.transfer_limit.is_none() || vps.transfer_limit_at(now).is_some() {
-                continue;
-            }
-            let updated = self.store.update_vps_emitting(&vps.vps_id, &|vps| {
-                match vps.transfer_limit.take() {
-                    Some(limit) if now >= limit.until => {
-                        Ok(Some(limit_ended(vps, &limit, "its billing month ended")))
-                    }
-                    // Replaced or lifted meanwhile: leave it as it is.
-                    other => {
-                        vps.transfer_limit = other;
-                        Ok(None)
-                    }
-                }
-            });
-            match updated {
-                Ok(updated) if updated.transfer_limit.is_none() => {
-                    tracing::info!(vps = %updated.name, tenant = %updated.tenant, "transfer limit ended with its month");
-                    self.reconciler.kick(&updated.node);
-                }
-                Ok(_) => {}
-                // Deleted meanwhile.
-                Err(crate::store::StoreError::NotFound { .. }) => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Ends the transfer limit holding a VPS for the rest of its month
-    /// (billing and admins). The allowance stays used up, so the limit does
-    /// not come back this month. Returns whether a limit was in force.
-    pub async fn lift_transfer_limit(
-        &self,
-        principal: &Principal,
-        tenant: &str,
-        name: &str,
-    ) -> Result<bool, ControllerError> {
-        crate::validate::name("tenant", tenant)?;
-        let vps = self.find_vps(tenant, name)?;
-        let now = Utc::now();
-        let actor = principal.actor();
-        let lifted = std::sync::atomic::AtomicBool::new(false);
-        let updated = self.store.update_vps_emitting(&vps.vps_id, &|vps| {
-            let active = vps.transfer_limit_at(now).is_some();
-            lifted.store(active, std::sync::atomic::Ordering::Relaxed);
-            let why = if active {
-                format!("lifted by {actor}")
-            } else {
-                "its billing month ended".to_owned()
-            };
-            Ok(vps
-                .transfer_limit
-                .take()
-                .map(|limit| limit_ended(vps, &limit, &why)))
-        })?;
-        self.commit().await?;
-        let lifted = lifted.into_inner();
-        if lifted {
-            tracing::info!(vps = %updated.name, tenant = %updated.tenant, actor = %actor, "transfer limit lifted");
-        }
-        self.reconciler.kick(&updated.node);
-        Ok(lifted)
-    }
-
-    /// This month's transfer of a VPS as users see it.
-    pub fn transfer_status(&self, vps: &VpsRecord) -> Result<TransferStatus, ControllerError> {
-        let now = Utc::now();
-        let month = BillingMonth::of(now);
-        let used_bytes = self
-            .store
-            .get_usage_cursor(&vps.vps_id)?
-            .filter(|cursor| cursor.month == month.name)
-            .map_or(0, |cursor| cursor.month_transfer_bytes);
-        let allowance_bytes = self
-            .store
-            .get_plan(&vps.plan)?
-            .map_or(0, |plan| plan.monthly_transfer_bytes);
-        Ok(TransferStatus {
-            month: month.name,
-            used_bytes,
-            allowance_bytes,
-            limit: vps.transfer_limit.clone().filter(|limit| now < limit.until),
-        })
-    }
-
-    /// Which tenant a usage request reads: tenants only their own (another
-    /// tenant is `NotFound`, as if it did not exist); billing and admin any,
-    /// or every tenant when `requested` is empty and `required` is false.
-    pub fn usage_scope(
-        &self,
-        principal: &Principal,
-        requested: &str,
-        required: bool,
-    ) -> Result<String, ControllerError> {
-        match principal {
-            Principal::Tenant { tenant, .. } => {
-                if !requested.is_empty() && requested != tenant {
-                    return Err(ControllerError::not_found("tenant", requested));
-                }
-                Ok(tenant.clone())
-            }
-            Principal::Admin { .. } | Principal::Billing { .. } => {
-                if requested.is_empty() {
-                    if required {
-                        return Err(ValidationError::new(
-                            "tenant",
-                            "is required with a billing or admin token",
-                        )
-                        .into());
-                    }
-                    return Ok(String::new());
-                }
-                crate::validate::name("tenant", requested)?;
-                Ok(requested.to_owned())
-            }
-        }
-    }
-
-    fn usage_rows(&self, query: &UsageQuery) -> Result<Vec<UsagePeriod>, ControllerError> {
-        if query.from >= query.to {
-            return Err(ValidationError::new("from", "must be before `to`").into());
-        }
-        let tenant = (!query.tenant.is_empty()).then_some(query.tenant.as_str());
-        let period = if query.daily { DAY_SECS } else { HOUR_SECS };
-        let hours =
-            self.store
-                .list_usage_hours(tenant, floor_to(query.from, HOUR_SECS), query.to)?;
-        let mut rows: BTreeMap<(String, i64, String), UsagePeriod> = BTreeMap::new();
-        for hour in hours {
-            if !query.vps.is_empty() && hour.vps_id != query.vps && hour.vps != query.vps {
-                continue;
-            }
-            let start = floor_to(hour.hour_start, period);
-            let row = rows
-                .entry((hour.tenant.clone(), start, hour.vps_id.clone()))
-                .or_insert_with(|| UsagePeriod {
-                    usage: UsageHourRecord {
-                        tenant: hour.tenant.clone(),
-                        vps_id: hour.vps_id.clone(),
-                        hour_start: start,
-                        ..UsageHourRecord::default()
-                    },
-                    period_end: start + period,
-                });
-            // Hours arrive oldest first: the latest name and plan win.
-            row.usage.vps = hour.vps.clone();
-            row.usage.plan = hour.plan.clone();
-            add(&mut row.usage, &hour);
-        }
-        Ok(rows.into_values().collect())
-    }
-
-    /// Usage rows per VPS and hour (or day: the sum of its hours), ordered by
-    /// tenant, period and VPS id, one page at a time.
-    pub fn list_usage(
-        &self,
-        query: &UsageQuery,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<UsagePage, ControllerError> {
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(decode_token(page_token)?)
-        };
-        let limit = match page_size {
-            0 => 100,
-            n => n.min(1000) as usize,
-        };
-        let mut rows: Vec<UsagePeriod> = self
-            .usage_rows(query)?
-            .into_iter()
-            .filter(|row| after.as_ref().is_none_or(|after| row_key(row) > *after))
-            .take(limit + 1)
-            .collect();
-        let next_page_token = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last()
-                .map(row_key)
-                .map(|k| encode_token(&k))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(UsagePage {
-            rows,
-            next_page_token,
-        })
-    }
-
-    /// Per-VPS totals of a tenant over `[from, to)`, and their sum.
-    pub fn usage_summary(&self, query: &UsageQuery) -> Result<UsageSummary, ControllerError> {
-        let hours = self.usage_rows(&UsageQuery {
-            daily: false,
-            ..query.clone()
-        })?;
-        let mut per_vps: BTreeMap<String, UsagePeriod> = BTreeMap::new();
-        let mut total = UsagePeriod {
-            usage: UsageHourRecord {
-                tenant: query.tenant.clone(),
-                hour_start: query.from,
-                ..UsageHourRecord::default()
-            },
-            period_end: query.to,
-        };
-        let mut hours_range: (Option<i64>, Option<i64>) = (None, None);
-        for hour in hours {
-            hours_range.0 = Some(hours_range.0.map_or(hour.usage.hour_start, |first| {
-                first.min(hour.usage.hour_start)
-            }));
-            hours_range.1 = Some(
-                hours_range
-                    .1
-                    .map_or(hour.period_end, |end| end.max(hour.period_end)),
-            );
-            let row = per_vps
-                .entry(hour.usage.vps_id.clone())
-                .or_insert_with(|| UsagePeriod {
-                    usage: UsageHourRecord {
-                        tenant: hour.usage.tenant.clone(),
-                        vps_id: hour.usage.vps_id.clone(),
-                        hour_start: query.from,
-                        ..UsageHourRecord::default()
-                    },
-                    period_end: query.to,
-                });
-            row.usage.vps = hour.usage.vps.clone();
-            row.usage.plan = hour.usage.plan.clone();
-            add(&mut row.usage, &hour.usage);
-            add(&mut total.usage, &hour.usage);
-        }
-        // An open end of the range is narrowed to the hours that have usage.
-        let first = hours_range.0.unwrap_or(query.from).max(query.from);
-        let end = hours_range.1.unwrap_or(query.to).min(query.to);
-        let mut per_vps: Vec<UsagePeriod> = per_vps.into_values().collect();
-        for row in per_vps.iter_mut().chain(std::iter::once(&mut total)) {
-            row.usage.hour_start = first;
-            row.period_end = end;
-        }
-        Ok(UsageSummary {
-            tenant: query.tenant.clone(),
-            per_vps,
-            total,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -2,31 +2,48 @@
 
 use tracing::info;
 
-use crate::app::Controller;
 use crate::error::ControllerError;
-use crate::store::{PlanRecord, TransferOverage};
-use crate::validate::{self, ValidationError};
+use crate::model::validate::{self, ValidationError};
+use crate::model::{PlanRecord, TransferOverage};
+use crate::service::Controller;
 
-/// The cgroup v2 default weight: a plan that sets none gets a normal CPU share.
-pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+pub use crate::model::DEFAULT_CPU_WEIGHT;
+
+/// The provider's plan catalogue. A view of the [`Controller`]'s shared state; get one with
+/// [`Controller::plans`].
+pub struct Plans<'a>(&'a Controller);
 
 impl Controller {
+    pub fn plans(&self) -> Plans<'_> {
+        Plans(self)
+    }
+}
+
+impl std::ops::Deref for Plans<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+impl Plans<'_> {
     /// Every plan, smallest memory first.
-    pub fn list_plans(&self) -> Result<Vec<PlanRecord>, ControllerError> {
+    pub fn list(&self) -> Result<Vec<PlanRecord>, ControllerError> {
         let mut plans = self.store.list_plans()?;
         plans.sort_by_key(|plan| (plan.resources.memory_bytes, plan.name.clone()));
         Ok(plans)
     }
 
     /// Validates and durably stores a new plan (admin only, checked by the API).
-    pub async fn create_plan(&self, mut plan: PlanRecord) -> Result<PlanRecord, ControllerError> {
+    pub async fn create(&self, mut plan: PlanRecord) -> Result<PlanRecord, ControllerError> {
         validate::name("plan.name", &plan.name)?;
         let resources = &mut plan.resources;
         if resources.cpu_weight == 0 {
             resources.cpu_weight = DEFAULT_CPU_WEIGHT;
         }
         // A plan holds the same absolute bounds as every VPS made from it.
-        self.bounds().check("plan.resources.", resources)?;
+        self.vps().bounds().check("plan.resources.", resources)?;
         match plan.transfer_overage {
             TransferOverage::Notify => {}
             _ if plan.monthly_transfer_bytes == 0 => {
@@ -52,7 +69,7 @@ impl Controller {
     }
 
     /// Deletes a plan no VPS uses.
-    pub async fn delete_plan(&self, name: &str) -> Result<(), ControllerError> {
+    pub async fn delete(&self, name: &str) -> Result<(), ControllerError> {
         validate::name("name", name)?;
         self.store.delete_plan(name)?;
         self.commit().await?;

@@ -3,13 +3,31 @@
 use chrono::Utc;
 use tracing::info;
 
-use crate::app::Controller;
 use crate::auth::{self, Principal};
 use crate::error::ControllerError;
-use crate::store::{EventKind, Quota, Role, TenantRecord, TokenRecord};
-use crate::validate::{self, ValidationError};
+use crate::model::validate::{self, ValidationError};
+use crate::model::{EventKind, Quota, Role, TenantRecord, TokenRecord};
+use crate::service::Controller;
+
+/// Tenants, their quotas, suspension and API tokens. A view of the [`Controller`]'s shared state; get one with
+/// [`Controller::tenants`].
+pub struct Tenants<'a>(&'a Controller);
 
 impl Controller {
+    pub fn tenants(&self) -> Tenants<'_> {
+        Tenants(self)
+    }
+}
+
+impl std::ops::Deref for Tenants<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+impl Tenants<'_> {
     /// The quota a tenant gets when created without explicit limits.
     pub fn default_quota(&self) -> Quota {
         let defaults = &self.config.default_quota;
@@ -62,7 +80,7 @@ impl Controller {
         })
     }
 
-    pub async fn create_tenant(
+    pub async fn create(
         &self,
         name: &str,
         quota: Option<Quota>,
@@ -70,7 +88,7 @@ impl Controller {
         validate::name("name", name)?;
         let tenant = TenantRecord {
             name: name.to_owned(),
-            quota: Self::merge_quota(self.default_quota(), quota)?,
+            quota: Self::merge_quota(self.tenants().default_quota(), quota)?,
             used: Quota::default(),
             suspended: false,
             created_at: Utc::now(),
@@ -81,7 +99,7 @@ impl Controller {
         Ok(tenant)
     }
 
-    pub fn get_tenant(&self, name: &str) -> Result<TenantRecord, ControllerError> {
+    pub fn get(&self, name: &str) -> Result<TenantRecord, ControllerError> {
         validate::name("name", name)?;
         self.store
             .get_tenant(name)?
@@ -94,7 +112,7 @@ impl Controller {
         name: &str,
         quota: Option<Quota>,
     ) -> Result<TenantRecord, ControllerError> {
-        let current = self.get_tenant(name)?;
+        let current = self.tenants().get(name)?;
         let quota = Self::merge_quota(current.quota, quota)?;
         let updated = self.store.update_tenant(name, &|tenant| {
             tenant.quota = quota.clone();
@@ -104,7 +122,7 @@ impl Controller {
         Ok(updated)
     }
 
-    pub async fn delete_tenant(&self, name: &str) -> Result<(), ControllerError> {
+    pub async fn delete(&self, name: &str) -> Result<(), ControllerError> {
         validate::name("name", name)?;
         self.store.delete_tenant(name)?;
         self.commit().await?;
@@ -161,7 +179,7 @@ impl Controller {
         let tenant = match role {
             Role::Tenant => {
                 validate::name("tenant", tenant)?;
-                self.get_tenant(tenant)?;
+                self.tenants().get(tenant)?;
                 Some(tenant.to_owned())
             }
             Role::Admin | Role::Billing => {
@@ -196,7 +214,7 @@ impl Controller {
     /// The caller's own tenant, for `paddock quota`.
     pub fn my_tenant(&self, principal: &Principal) -> Result<TenantRecord, ControllerError> {
         match principal {
-            Principal::Tenant { tenant, .. } => self.get_tenant(tenant),
+            Principal::Tenant { tenant, .. } => self.tenants().get(tenant),
             other => Err(auth::AuthError::Forbidden {
                 needed: "a tenant token",
                 actual: other.actor(),
