@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use paddock_tests::multinode::{MultiNode, PLAN};
-use paddock_tests::require_root;
+use paddock_tests::{require_root, tcp};
 use serde_json::Value;
 
 /// Fails the test with the cluster's diagnostics.
@@ -42,10 +42,8 @@ fn first_ipv4(vps: &Value) -> String {
     vps["ipv4"][0].as_str().unwrap_or_default().to_owned()
 }
 
-/// A TCP message from `client` to `server` (VPSes of `tenant`) over `server_ip`: `server`
-/// runs a busybox `nc` listener in the background (its stdin a pipe that stays open: with
-/// `</dev/null` it may end on the EOF before it read the socket) writing to a file, `client`
-/// connects (retrying while nothing listens yet), and `server` shows what arrived.
+/// A TCP message from `client` to `server` (VPSes of `tenant`) over `server_ip`
+/// (see [`paddock_tests::tcp`]).
 fn tcp_message(cluster: &MultiNode, tenant: &str, client: &str, server: &str, server_ip: &str) {
     let message = format!("hello-from-{client}");
     let run = |vps: &str, script: &str| {
@@ -53,22 +51,10 @@ fn tcp_message(cluster: &MultiNode, tenant: &str, client: &str, server: &str, se
             .sh(tenant, vps, script)
             .unwrap_or_else(|error| fail(cluster, format!("{error:#}")))
     };
-    let listen = run(
-        server,
-        "rm -f /tmp/got; (sleep 60 | nc -l -p 7000 >/tmp/got 2>/dev/null) </dev/null >/dev/null 2>&1 &",
-    );
+    let listen = run(server, &tcp::listen(7000));
     assert!(listen.status.success(), "listener: {listen:?}");
-    let sent = run(
-        client,
-        &format!(
-            "for i in $(seq 1 40); do \
-             echo {message} | nc -w 3 {server_ip} 7000 && exit 0; sleep 0.5; done; exit 1"
-        ),
-    );
-    let got = run(
-        server,
-        "for i in $(seq 1 40); do [ -s /tmp/got ] && exec cat /tmp/got; sleep 0.25; done",
-    );
+    let sent = run(client, &tcp::send(server_ip, 7000, &message));
+    let got = run(server, &tcp::received(7000));
     let got = String::from_utf8_lossy(&got.stdout).trim().to_owned();
     if !sent.status.success() || got != message {
         fail(

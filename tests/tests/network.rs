@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use paddock_tests::{require_root, Cluster};
+use paddock_tests::{require_root, tcp, Cluster};
 
 fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
     [&["--context", "acme"][..], args].concat()
@@ -197,21 +197,10 @@ fn vpses_talk_over_their_own_addresses_and_cannot_spoof() {
     cluster.sh_ok("acme", "b", &format!("ping -c 2 -W 2 {a_ip}"));
     cluster.sh_ok("acme", "b", &format!("ping -c 1 -W 2 {gateway}"));
     // b listens in the foreground of one exec while a connects from another.
-    let received = std::thread::scope(|scope| {
-        let listener =
-            scope.spawn(|| cluster.sh("acme", "b", "timeout 20 nc -l -p 7000 </dev/null"));
-        cluster.sh_ok(
-            "acme",
-            "a",
-            &format!(
-                "for i in 1 2 3 4 5 6 7 8 9 10; do \
-                 echo hello-over-tcp | nc -w 3 {b_ip} 7000 && exit 0; sleep 0.3; done; exit 1"
-            ),
-        );
-        listener.join().expect("listener")
-    });
+    cluster.sh_ok("acme", "b", &tcp::listen(7000));
+    cluster.sh_ok("acme", "a", &tcp::send(&b_ip, 7000, "hello-over-tcp"));
     assert_eq!(
-        String::from_utf8_lossy(&received.stdout).trim(),
+        cluster.sh_ok("acme", "b", &tcp::received(7000)).trim(),
         "hello-over-tcp"
     );
     // The node's own services are closed to VPSes (no host_ports_open_to_vps):
@@ -418,24 +407,11 @@ fn tenants_on_one_node_reach_each_other_only_routed() {
         "d",
         &format!("for i in 1 2 3 4 5; do ping -c 1 -W 2 {a_ip} && exit 0; sleep 0.3; done; exit 1"),
     );
-    let received = std::thread::scope(|scope| {
-        let listener =
-            scope.spawn(|| cluster.sh("acme", "a", "timeout 20 nc -l -p 7002 </dev/null"));
-        cluster.sh_ok(
-            "demo",
-            "d",
-            &format!(
-                "for i in 1 2 3 4 5 6 7 8 9 10; do \
-                 echo across-tenants | nc -w 3 {a_ip} 7002 && exit 0; sleep 0.3; done; exit 1"
-            ),
-        );
-        listener.join().expect("listener")
-    });
+    cluster.sh_ok("acme", "a", &tcp::listen(7002));
+    cluster.sh_ok("demo", "d", &tcp::send(&a_ip, 7002, "across-tenants"));
+    let received = cluster.sh_ok("acme", "a", &tcp::received(7002));
     let frames = on_a.finish();
-    assert_eq!(
-        String::from_utf8_lossy(&received.stdout).trim(),
-        "across-tenants"
-    );
+    assert_eq!(received.trim(), "across-tenants");
     assert!(pinged.contains("ttl=63"), "routed once: {pinged}");
     assert!(
         !frames.iter().any(|f| f.get(6..12) == Some(&d_mac[..])),
