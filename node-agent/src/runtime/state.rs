@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::idmap::IdRange;
-use super::process::ProcessIdentity;
 use super::usage::IoCounters;
 use super::{Limits, Power};
+use crate::runtime::isolation::idmap::IdRange;
+use crate::runtime::process::identity::ProcessIdentity;
 use crate::template::metadata::HaltSignal;
 
 /// Errors reading or writing runtime state.

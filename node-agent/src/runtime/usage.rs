@@ -3,7 +3,7 @@
 //! incarnation that names one run's counters.
 //!
 //! Read by the meter while a VPS runs and by the runtime when a run ends (its closing
-//! counters, see [`super::ClosedRun`]), so both name and count a run the same way.
+//! counters, see [`crate::runtime::ClosedRun`]), so both name and count a run the same way.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

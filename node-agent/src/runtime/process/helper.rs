@@ -16,7 +16,7 @@
 //!
 //! `exec`: see [`super::exec`].
 //!
-//! `grow-disk`: see [`super::disk_growth`].
+//! `grow-disk`: see [`crate::runtime::storage::disk_growth`].
 
 use std::convert::Infallible;
 use std::ffi::{CString, NulError, OsString};
@@ -39,18 +39,20 @@ use seccompiler::BpfProgram;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::capabilities::{self, CapabilityError};
-use super::cgroups::{CgroupError, VpsCgroup};
 use super::console::{self, ConsoleError};
-use super::disk::DiskError;
-use super::idmap::{self, IdRange, IdmapError};
-use super::namespaces::{self, Namespace, NamespaceError};
-use super::process::{self, ProcessError, ProcessIdentity};
-use super::procview::ProcBind;
-use super::rootfs::{self, RootfsError, RootfsLayout};
-use super::seccomp::{self, SeccompError};
-use super::sysinfo::{self, SysinfoError};
-use super::{disk_growth, exec, INTERNAL_ARG};
+use super::exec;
+use super::identity::{self, ProcessError, ProcessIdentity};
+use crate::runtime::cgroups::{CgroupError, VpsCgroup};
+use crate::runtime::isolation::capabilities::{self, CapabilityError};
+use crate::runtime::isolation::idmap::{self, IdRange, IdmapError};
+use crate::runtime::isolation::namespaces::{self, Namespace, NamespaceError};
+use crate::runtime::isolation::procview::ProcBind;
+use crate::runtime::isolation::rootfs::{self, RootfsError, RootfsLayout};
+use crate::runtime::isolation::seccomp::{self, SeccompError};
+use crate::runtime::isolation::sysinfo::{self, SysinfoError};
+use crate::runtime::storage::disk::DiskError;
+use crate::runtime::storage::disk_growth;
+use crate::runtime::INTERNAL_ARG;
 
 /// Name of the start helper.
 pub(crate) const START: &str = "start";
@@ -611,13 +613,13 @@ pub(crate) fn detach_service() {
 /// (last, so the setup itself is not filtered).
 ///
 /// With a link to the VPS's sysinfo server, sysinfo(2) goes to that server
-/// ([`super::sysinfo`]): the filter is installed with a listener, which is sent over the link.
+/// ([`crate::runtime::isolation::sysinfo`]): the filter is installed with a listener, which is sent over the link.
 pub(crate) fn lock_down(
     filter: &BpfProgram,
     sysinfo_link: Option<&UnixStream>,
 ) -> Result<(), HelperError> {
     capabilities::drop_bounding_set()?;
-    process::mark_cloexec_from(3).map_err(sys_err("close_range"))?;
+    identity::mark_cloexec_from(3).map_err(sys_err("close_range"))?;
     reset_signals()?;
     match sysinfo_link {
         Some(link) => {

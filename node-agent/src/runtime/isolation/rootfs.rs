@@ -1,6 +1,6 @@
 //! The VPS root filesystem: an overlayfs of the read-only template, seen through an idmapped
 //! mount so it appears owned by the VPS's root (lower), and the VPS's writable layer (upper +
-//! work) on its own ext4 disk image ([`super::disk`]).
+//! work) on its own ext4 disk image ([`crate::runtime::storage::disk`]).
 //!
 //! Everything is mounted by host root in the start helper's private mount namespace (owned by
 //! the host's user namespace), so nothing is ever mounted in the host's mount namespace, and
@@ -33,9 +33,9 @@ use nix::sys::stat::{fchmodat, mknod, FchmodatFlags, Mode, SFlag};
 use nix::unistd::{chdir, chown, fchdir, getcwd, pivot_root, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-use super::disk;
 use super::idmap::{self, IdRange};
 use super::procview::ProcBind;
+use crate::runtime::storage::disk;
 
 /// Host device nodes bind-mounted into every VPS's /dev (plus `console`, the VPS's console
 /// pty).
@@ -125,7 +125,7 @@ pub enum RootfsError {
     },
     /// The VPS's disk failed.
     #[error(transparent)]
-    Disk(#[from] super::disk::DiskError),
+    Disk(#[from] crate::runtime::storage::disk::DiskError),
     /// Setting up the idmapped template failed.
     #[error(transparent)]
     Idmap(#[from] super::idmap::IdmapError),

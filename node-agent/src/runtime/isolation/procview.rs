@@ -9,7 +9,7 @@
 //! - `meminfo`: `MemTotal` = the VPS's memory limit, used/free/cached from its memory cgroup;
 //!   `SwapTotal` = its swap allowance (v1: memsw − memory).
 //! - `cpuinfo`, `stat`, `/sys/devices/system/cpu/online`: ⌈vcpus⌉ CPUs (lxcfs `--enable-cfs`,
-//!   which finds the quota at the VPS's own cpuset path, see [`super::cgroups`]), `stat` with
+//!   which finds the quota at the VPS's own cpuset path, see [`crate::runtime::cgroups`]), `stat` with
 //!   the VPS's own CPU time. `nproc` agrees through [`super::sysinfo`].
 //! - `uptime`: time since the VPS's init started; `loadavg`: the VPS's own tasks (`-l`).
 //! - `swaps`: the VPS's swap allowance (capped at the host's swap).

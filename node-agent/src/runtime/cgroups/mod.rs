@@ -13,9 +13,9 @@
 //! cpuset (v1): the VPS's own cpuset cgroup keeps all of its parent's CPUs (no
 //! pinning: the scheduler may run it anywhere, the CFS quota bounds its CPU time). lxcfs looks
 //! up the CFS quota at the reader's *cpuset* path, so without it the quota-based view of
-//! /proc/cpuinfo, /proc/stat and cpu/online ([`super::procview`]) showed every host CPU. The
+//! /proc/cpuinfo, /proc/stat and cpu/online ([`crate::runtime::isolation::procview`]) showed every host CPU. The
 //! number of CPUs a VPS sees is [`visible_cpus`]: ⌈vcpus⌉ (1 → 1, 1.5 → 2, 0.25 → 1), capped at
-//! the host's; `nproc` (sched_getaffinity) gets the same from [`super::sysinfo`].
+//! the host's; `nproc` (sched_getaffinity) gets the same from [`crate::runtime::isolation::sysinfo`].
 
 use std::path::PathBuf;
 
@@ -29,7 +29,8 @@ use cgroups_rs::{CgroupPid, Controller, Hierarchy, MaxValue};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{device_filter, Limits};
+use crate::runtime::isolation::device_filter;
+use crate::runtime::Limits;
 
 /// CFS period for every VPS, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -439,11 +440,14 @@ impl VpsCgroup {
 /// cgroups-rs controller dirs) lies in: the hybrid cgroup2 mount (`/sys/fs/cgroup/unified` under
 /// systemd) and v1 hierarchies cgroups-rs has no type for. One mount point per hierarchy.
 fn unmanaged_v1_host_hierarchies(managed: &[PathBuf]) -> Vec<PathBuf> {
-    unmanaged_hierarchies(&super::mountinfo::read(), managed)
+    unmanaged_hierarchies(&crate::runtime::isolation::mountinfo::read(), managed)
 }
 
 /// [`unmanaged_v1_host_hierarchies`] of a list of mounts.
-fn unmanaged_hierarchies(mounts: &[super::mountinfo::Mount], managed: &[PathBuf]) -> Vec<PathBuf> {
+fn unmanaged_hierarchies(
+    mounts: &[crate::runtime::isolation::mountinfo::Mount],
+    managed: &[PathBuf],
+) -> Vec<PathBuf> {
     // (hierarchy, mount point): the super options name the hierarchy (controllers or name).
     let mounts: Vec<(String, PathBuf)> = mounts
         .iter()
@@ -644,7 +648,10 @@ mod tests {
             PathBuf::from("/sys/fs/cgroup/freezer/paddock/vps-a"),
         ];
         assert_eq!(
-            unmanaged_hierarchies(&crate::runtime::mountinfo::parse(mountinfo), &managed),
+            unmanaged_hierarchies(
+                &crate::runtime::isolation::mountinfo::parse(mountinfo),
+                &managed
+            ),
             [
                 PathBuf::from("/sys/fs/cgroup/misc"),
                 PathBuf::from("/sys/fs/cgroup/unified")

@@ -22,7 +22,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{fork, pipe2, ForkResult};
 use serde::{Deserialize, Serialize};
 
-use super::state;
+use crate::runtime::state;
 
 /// Ids per VPS: a full 16-bit range, so every distribution's users and groups fit.
 pub const ID_RANGE_SIZE: u32 = 65_536;

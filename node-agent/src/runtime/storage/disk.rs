@@ -26,8 +26,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
-use super::capabilities::{self, CAP_SYS_RESOURCE};
-use super::idmap::IdRange;
+use crate::runtime::isolation::capabilities::{self, CAP_SYS_RESOURCE};
+use crate::runtime::isolation::idmap::IdRange;
 
 /// Disk size used when a spec does not give one.
 pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
