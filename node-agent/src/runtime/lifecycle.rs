@@ -776,7 +776,7 @@ impl RunEnding {
     /// Reads the closing counters (the init has exited and the cgroup is empty), then lets
     /// the network namespace go. `None` if the cgroup could not be read.
     fn close(self, vps_id: &str, cgroup: &VpsCgroup) -> Option<ClosedRun> {
-        let cgroup_usage = match usage::read_cgroup_usage(&cgroup.paths()) {
+        let cgroup_usage = match cgroup.read_usage() {
             Ok(cgroup_usage) => cgroup_usage,
             Err(error) => {
                 tracing::warn!(vps_id, %error, "reading the run's closing counters");

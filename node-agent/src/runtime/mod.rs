@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use self::cgroups::VpsCgroup;
 pub use self::cgroups::{CgroupError, ALLOWED_CHAR_DEVICES};
+use self::cgroups::{CgroupMode, VpsCgroup};
 pub use self::error::RuntimeError;
 pub use self::isolation::capabilities::{self, CapabilityError};
 pub use self::isolation::device_filter;
@@ -107,6 +107,8 @@ struct Inner {
     /// mounts, and finding them reads /proc/self/mountinfo twice, which metering would
     /// otherwise do for every VPS at every round.
     cgroup_paths: Mutex<HashMap<String, Vec<PathBuf>>>,
+    /// The host's cgroup version, detected once at start: picks the cgroup manager.
+    cgroup_mode: CgroupMode,
 }
 
 impl Runtime {
@@ -131,6 +133,7 @@ impl Runtime {
                 layout,
                 locks: Mutex::new(HashMap::new()),
                 cgroup_paths: Mutex::new(HashMap::new()),
+                cgroup_mode: CgroupMode::host(),
             }),
         };
         runtime.recover()?;
@@ -165,7 +168,7 @@ impl Runtime {
     }
 
     fn cgroup(&self, vps_id: &str) -> VpsCgroup {
-        VpsCgroup::open(&self.config().cgroup_parent, vps_id)
+        VpsCgroup::open_in(self.inner.cgroup_mode, &self.config().cgroup_parent, vps_id)
     }
 
     fn load(&self, vps_id: &str) -> Result<Option<VpsState>, RuntimeError> {
