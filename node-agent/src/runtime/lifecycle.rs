@@ -226,7 +226,7 @@ impl Runtime {
     pub fn delete(&self, vps_id: &str) -> Result<(), RuntimeError> {
         validate_vps_id(vps_id)?;
         let lock = self.vps_lock(vps_id);
-        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         // An unreadable record must not block deletion: the cgroup and paths derive from the id.
         if let Ok(Some(mut st)) = self.layout().read_state(vps_id) {
             if st.phase != Phase::Deleting {
@@ -234,7 +234,12 @@ impl Runtime {
                 self.save(&st)?;
             }
         }
-        self.remove_vps(vps_id)
+        self.remove_vps(vps_id)?;
+        // Still holding the VPS's lock: a call for the same id that already has the lock waits
+        // for it and keeps the entry; any later one makes a new entry.
+        self.forget_vps_lock(vps_id, &lock);
+        drop(guard);
+        Ok(())
     }
 
     /// Creates a VPS: intent marker first, then rootfs dirs and cgroup, then `Ready`. Rolls back

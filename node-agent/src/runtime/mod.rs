@@ -167,6 +167,23 @@ impl Runtime {
         locks.entry(vps_id.to_string()).or_default().clone()
     }
 
+    /// Drops `vps_id`'s entry from the lock map (its VPS was deleted), unless another call
+    /// holds or waits for `lock`. Exact: a lock is only cloned under the map's lock, so with it
+    /// held the map's and the caller's are the only references when nobody else has one.
+    fn forget_vps_lock(&self, vps_id: &str, lock: &Arc<Mutex<()>>) {
+        let mut locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ours = locks
+            .get(vps_id)
+            .is_some_and(|entry| Arc::ptr_eq(entry, lock));
+        if ours && Arc::strong_count(lock) == 2 {
+            locks.remove(vps_id);
+        }
+    }
+
     fn cgroup(&self, vps_id: &str) -> VpsCgroup {
         VpsCgroup::open_in(self.inner.cgroup_mode, &self.config().cgroup_parent, vps_id)
     }
@@ -205,5 +222,40 @@ mod tests {
     fn runtime_can_be_shared_across_threads() {
         fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
         assert_shareable::<Runtime>();
+    }
+
+    fn lock_entries(runtime: &Runtime) -> Vec<String> {
+        let locks = runtime.inner.locks.lock().expect("locks");
+        let mut ids: Vec<String> = locks.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn delete_forgets_the_vps_lock_unless_another_call_has_it() {
+        let state_dir = tempfile::tempdir().expect("tempdir");
+        let runtime = Runtime::new(RuntimeConfig {
+            state_dir: state_dir.path().to_path_buf(),
+            cgroup_parent: format!("paddock-lock-test-{}", std::process::id()),
+            stop_grace: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(1),
+            helper_binary: std::env::current_exe().expect("test binary"),
+            id_base: idmap::DEFAULT_ID_BASE,
+            proc_view: procview::ProcView::Host,
+        })
+        .expect("runtime");
+        // Deleting an absent VPS takes and forgets its lock.
+        runtime.delete("gone").expect("delete absent");
+        assert!(lock_entries(&runtime).is_empty());
+
+        // A call that already took the lock (e.g. an apply waiting for it) keeps the entry, so
+        // it and any later call for the id still share one lock.
+        let waiting = runtime.vps_lock("busy");
+        runtime.delete("busy").expect("delete");
+        assert_eq!(lock_entries(&runtime), ["busy"]);
+        assert!(Arc::ptr_eq(&waiting, &runtime.vps_lock("busy")));
+        drop(waiting);
+        runtime.delete("busy").expect("delete again");
+        assert!(lock_entries(&runtime).is_empty());
     }
 }
