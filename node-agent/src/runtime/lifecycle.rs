@@ -17,10 +17,11 @@ use super::process::helper::StartRequest;
 use super::process::identity::ProcessIdentity;
 use super::process::supervisor;
 use super::spec::{disk_bytes, validate_spec, validate_vps_id};
-use super::state::{self, ClosedRun, Phase, VpsState, STATE_VERSION};
+use super::state::{self, ClosedRun, Phase, StateError, VpsState, STATE_VERSION};
 use super::storage::{disk, disk_growth};
 use super::usage;
 use super::{ObservedState, Power, Runtime, RuntimeError, VpsObserved, VpsSpec};
+use crate::fsutil::FromIo;
 use crate::network;
 use crate::template::metadata::{self, HaltSignal, HaltSignalSource};
 
@@ -28,7 +29,7 @@ impl Runtime {
     pub(super) fn recover(&self) -> Result<(), RuntimeError> {
         let trash = self.layout().trash_root();
         for entry in fs::read_dir(&trash)
-            .map_err(state::io_err("read dir", &trash))
+            .map_err(StateError::io_err("read dir", &trash))
             .map_err(RuntimeError::Setup)?
             .flatten()
         {
@@ -516,7 +517,7 @@ impl Runtime {
                 .unwrap_or_default();
             let trash = self.layout().trash_root().join(format!("{vps_id}-{nanos}"));
             fs::rename(&dir, &trash)
-                .map_err(state::io_err("move to trash", &dir))
+                .map_err(StateError::io_err("move to trash", &dir))
                 .map_err(state_err)?;
             state::remove_tree(&trash).map_err(state_err)?;
             tracing::info!(vps_id, "deleted VPS");

@@ -8,6 +8,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::fsutil::FromIo;
 use serde::{Deserialize, Serialize};
 
 /// Device major number of loop devices: a VPS's disk is one.
@@ -36,14 +37,13 @@ pub enum UsageError {
     },
 }
 
-fn io_err<'a>(
-    operation: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> UsageError + 'a {
-    move |source| UsageError::Io {
-        operation,
-        path: path.to_owned(),
-        source,
+impl FromIo for UsageError {
+    fn from_io(operation: &'static str, path: PathBuf, source: std::io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -83,14 +83,14 @@ pub fn cgroup_inode(paths: &[PathBuf]) -> Result<Option<u64>, UsageError> {
     };
     std::fs::metadata(first)
         .map(|meta| Some(meta.ino()))
-        .map_err(io_err("stat", first))
+        .map_err(UsageError::io_err("stat", first))
 }
 
 fn read_file(path: &Path) -> Result<Option<String>, UsageError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(io_err("read", path)(error)),
+        Err(error) => Err(UsageError::io_err("read", path)(error)),
     }
 }
 

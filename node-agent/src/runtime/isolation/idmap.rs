@@ -22,6 +22,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{fork, pipe2, ForkResult};
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::FromIo;
 use crate::runtime::state;
 
 /// Ids per VPS: a full 16-bit range, so every distribution's users and groups fit.
@@ -73,12 +74,13 @@ fn sys_err(operation: &'static str) -> impl FnOnce(Errno) -> IdmapError {
     move |source| IdmapError::Sys { operation, source }
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> IdmapError {
-    let path = path.to_path_buf();
-    move |source| IdmapError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for IdmapError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -235,9 +237,9 @@ pub(crate) fn write_id_maps(pid: i32, range: IdRange) -> Result<(), IdmapError> 
         let mut map = fs::OpenOptions::new()
             .write(true)
             .open(&path)
-            .map_err(io_err("open", &path))?;
+            .map_err(IdmapError::io_err("open", &path))?;
         map.write_all(range.map_line().as_bytes())
-            .map_err(io_err("write", &path))?;
+            .map_err(IdmapError::io_err("write", &path))?;
     }
     Ok(())
 }
@@ -273,7 +275,7 @@ pub(crate) fn mapped_userns(range: IdRange) -> Result<OwnedFd, IdmapError> {
                     let path = PathBuf::from(format!("/proc/{child}/ns/user"));
                     File::open(&path)
                         .map(OwnedFd::from)
-                        .map_err(io_err("open", &path))
+                        .map_err(IdmapError::io_err("open", &path))
                 }),
                 _ => Err(IdmapError::Sys {
                     operation: "unshare user namespace",

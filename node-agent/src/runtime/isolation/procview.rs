@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::fsutil::FromIo;
 use serde::{Deserialize, Serialize};
 
 /// Default lxcfs mount directory (the one Debian's `lxcfs.service` uses).
@@ -158,12 +159,13 @@ pub enum ProcViewError {
     },
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ProcViewError {
-    let path = path.to_path_buf();
-    move |source| ProcViewError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for ProcViewError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -174,15 +176,16 @@ pub fn ensure_running(config: &LxcfsConfig) -> Result<Vec<ProcBind>, ProcViewErr
     if answers(&config.mount_dir).is_ok() {
         warn_missing_flags(&config.mount_dir);
     } else {
-        fs::create_dir_all(&config.run_dir).map_err(io_err("create dir", &config.run_dir))?;
+        fs::create_dir_all(&config.run_dir)
+            .map_err(ProcViewError::io_err("create dir", &config.run_dir))?;
         let lock_path = config.lock_file();
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(io_err("open", &lock_path))?;
-        lock_exclusive(&lock).map_err(io_err("lock", &lock_path))?;
+            .map_err(ProcViewError::io_err("open", &lock_path))?;
+        lock_exclusive(&lock).map_err(ProcViewError::io_err("lock", &lock_path))?;
         // Someone else may have started it while we waited for the lock.
         match answers(&config.mount_dir) {
             Ok(()) => {}
@@ -335,14 +338,17 @@ fn detach(dir: &Path) -> io::Result<()> {
 /// Starts `lxcfs <flags> <mount_dir>` in its own session (so neither an agent restart nor a
 /// signal to the agent's process group reaches it) and waits until it has mounted.
 fn start(config: &LxcfsConfig) -> Result<(), ProcViewError> {
-    fs::create_dir_all(&config.mount_dir).map_err(io_err("create dir", &config.mount_dir))?;
+    fs::create_dir_all(&config.mount_dir)
+        .map_err(ProcViewError::io_err("create dir", &config.mount_dir))?;
     let log_path = config.log_file();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(io_err("open", &log_path))?;
-    let log_err = log.try_clone().map_err(io_err("dup", &log_path))?;
+        .map_err(ProcViewError::io_err("open", &log_path))?;
+    let log_err = log
+        .try_clone()
+        .map_err(ProcViewError::io_err("dup", &log_path))?;
     let mut command = Command::new(&config.binary);
     command
         .args(LXCFS_FLAGS)
@@ -408,7 +414,10 @@ fn start(config: &LxcfsConfig) -> Result<(), ProcViewError> {
                 "lxcfs exited; VPS /proc views fail until it is restarted"
             );
         })
-        .map_err(io_err("spawn reaper thread for", &config.binary))?;
+        .map_err(ProcViewError::io_err(
+            "spawn reaper thread for",
+            &config.binary,
+        ))?;
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::FromIo;
 use crate::runtime::isolation::capabilities::{self, CAP_SYS_RESOURCE};
 use crate::runtime::isolation::idmap::IdRange;
 
@@ -146,12 +147,13 @@ pub enum DiskError {
     },
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskError {
-    let path = path.to_path_buf();
-    move |source| DiskError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for DiskError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -167,12 +169,13 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
         .truncate(true)
         .mode(crate::fsutil::PRIVATE_FILE_MODE)
         .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
+        .map_err(DiskError::io_err("create", &tmp))?;
     file.set_permissions(std::fs::Permissions::from_mode(
         crate::fsutil::PRIVATE_FILE_MODE,
     ))
-    .map_err(io_err("chmod", &tmp))?;
-    file.set_len(size_bytes).map_err(io_err("truncate", &tmp))?;
+    .map_err(DiskError::io_err("chmod", &tmp))?;
+    file.set_len(size_bytes)
+        .map_err(DiskError::io_err("truncate", &tmp))?;
     drop(file);
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.args(["-q", "-F", "-m", "0", "-E"])
@@ -184,7 +187,7 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     let output =
         crate::bounded::output("mkfs.ext4", &mut mkfs, None, crate::bounded::TOOL_DEADLINE)
-            .map_err(io_err("run mkfs.ext4 for", &tmp))?;
+            .map_err(DiskError::io_err("run mkfs.ext4 for", &tmp))?;
     if !output.status.success() {
         let _ = fs::remove_file(&tmp);
         return Err(DiskError::Mkfs {
@@ -195,8 +198,8 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
     }
     File::open(&tmp)
         .and_then(|f| f.sync_all())
-        .map_err(io_err("fsync", &tmp))?;
-    fs::rename(&tmp, image).map_err(io_err("rename into place", image))
+        .map_err(DiskError::io_err("fsync", &tmp))?;
+    fs::rename(&tmp, image).map_err(DiskError::io_err("rename into place", image))
 }
 
 /// The image's size in bytes, `None` if it does not exist.
@@ -278,12 +281,12 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
         .read(true)
         .write(true)
         .open(image)
-        .map_err(io_err("open", image))?;
+        .map_err(DiskError::io_err("open", image))?;
     let control = OpenOptions::new()
         .read(true)
         .write(true)
         .open(LOOP_CONTROL)
-        .map_err(io_err("open", Path::new(LOOP_CONTROL)))?;
+        .map_err(DiskError::io_err("open", Path::new(LOOP_CONTROL)))?;
     let loop_err = |operation| {
         let image = image.to_path_buf();
         move |source| DiskError::Loop {
@@ -372,8 +375,11 @@ pub fn extend_image(image: &Path, size_bytes: u64) -> Result<ImageGrowth, DiskEr
     let file = OpenOptions::new()
         .write(true)
         .open(image)
-        .map_err(io_err("open", image))?;
-    let old_bytes = file.metadata().map_err(io_err("stat", image))?.len();
+        .map_err(DiskError::io_err("open", image))?;
+    let old_bytes = file
+        .metadata()
+        .map_err(DiskError::io_err("stat", image))?
+        .len();
     if size_bytes < old_bytes {
         return Err(DiskError::WouldShrink {
             image: image.to_path_buf(),
@@ -382,8 +388,9 @@ pub fn extend_image(image: &Path, size_bytes: u64) -> Result<ImageGrowth, DiskEr
         });
     }
     if size_bytes > old_bytes {
-        file.set_len(size_bytes).map_err(io_err("extend", image))?;
-        file.sync_all().map_err(io_err("fsync", image))?;
+        file.set_len(size_bytes)
+            .map_err(DiskError::io_err("extend", image))?;
+        file.sync_all().map_err(DiskError::io_err("fsync", image))?;
     }
     Ok(ImageGrowth {
         old_bytes,
@@ -425,7 +432,9 @@ pub fn grow_filesystem_online(image: &Path, mount_point: &Path) -> Result<FsGrow
             image: image.to_path_buf(),
         });
     }
-    let image_bytes = fs::metadata(image).map_err(io_err("stat", image))?.len();
+    let image_bytes = fs::metadata(image)
+        .map_err(DiskError::io_err("stat", image))?
+        .len();
     let (device, online, held) = match open_backing_loop(image)? {
         Some((device, loop_file)) => {
             // SAFETY: LOOP_SET_CAPACITY takes no argument; `loop_file` is an open loop device.
@@ -451,7 +460,7 @@ pub fn grow_filesystem_online(image: &Path, mount_point: &Path) -> Result<FsGrow
             source,
         }
     };
-    let root = File::open(mount_point).map_err(io_err("open", mount_point))?;
+    let root = File::open(mount_point).map_err(DiskError::io_err("open", mount_point))?;
     let (block_size, before_blocks) =
         statvfs_blocks(&fstatvfs(&root).map_err(resize_err("statvfs"))?);
     let blocks = target_blocks(image_bytes, block_size).ok_or_else(|| DiskError::BadBlockSize {
@@ -555,7 +564,7 @@ pub fn target_blocks(image_bytes: u64, block_size: u64) -> Option<u64> {
 /// open) and checked to be backed by `image`'s inode after opening, so a device that detached
 /// and was re-used for another image in between is never touched. `None` if none backs it.
 fn open_backing_loop(image: &Path) -> Result<Option<(PathBuf, File)>, DiskError> {
-    let meta = fs::metadata(image).map_err(io_err("stat", image))?;
+    let meta = fs::metadata(image).map_err(DiskError::io_err("stat", image))?;
     for _ in 0..LOOP_FIND_ATTEMPTS {
         let Some((_, number)) = loop_device_of(image) else {
             return Ok(None);
