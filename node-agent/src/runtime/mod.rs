@@ -20,6 +20,7 @@ pub mod process;
 mod spec;
 mod state;
 pub mod storage;
+mod sys;
 pub mod usage;
 
 use std::collections::HashMap;

@@ -8,8 +8,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::FromIo;
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::FromIo;
 
 /// Device major number of loop devices: a VPS's disk is one.
 const LOOP_MAJOR: &str = "7";

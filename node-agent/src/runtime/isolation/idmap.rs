@@ -262,8 +262,7 @@ pub(crate) fn mapped_userns(range: IdRange) -> Result<OwnedFd, IdmapError> {
             let mut hold = File::from(hold_read);
             let mut byte = [0u8; 1];
             let _ = hold.read(&mut byte);
-            // SAFETY: _exit is async-signal-safe and never returns.
-            unsafe { libc::_exit(0) }
+            crate::runtime::sys::exit_now(0)
         }
         ForkResult::Parent { child } => {
             drop(ready_write);

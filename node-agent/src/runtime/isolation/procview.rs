@@ -27,14 +27,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fsutil::FromIo;
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::FromIo;
 
 /// Default lxcfs mount directory (the one Debian's `lxcfs.service` uses).
 pub const DEFAULT_LXCFS_DIR: &str = "/var/lib/lxcfs";
@@ -320,14 +321,9 @@ pub fn is_lxcfs_mount(dir: &Path) -> bool {
         .is_some_and(|mount| mount.fstype == "fuse.lxcfs")
 }
 
+/// The lock is released when the file is closed.
 fn lock_exclusive(file: &File) -> io::Result<()> {
-    // SAFETY: flock only takes an fd owned by `file`, which outlives the call; the lock is
-    // released when the file is closed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::runtime::sys::flock_exclusive(file.as_fd())
 }
 
 /// Lazily unmounts a dead lxcfs mount so a new instance can take its place.

@@ -379,13 +379,11 @@ fn read_value(dirs: &[PathBuf], files: &[&str]) -> Option<u64> {
 /// = its swap allowance (at most the host's swap), procs = its tasks, uptime = since the
 /// server started (right before the init), loads 0.
 fn vps_sysinfo(dirs: &[PathBuf], started: Instant) -> libc::sysinfo {
-    // SAFETY: all-zero is a valid sysinfo (plain integers); sysinfo(2) fills it.
-    let mut host: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: sysinfo writes one struct sysinfo into `host`.
-    unsafe { libc::sysinfo(&mut host) };
+    let host = crate::runtime::sys::sysinfo();
     let unit = u64::from(host.mem_unit.max(1));
-    let host_ram = host.totalram as u64 * unit;
-    let host_swap = host.totalswap as u64 * unit;
+    // c_ulong is u64 here but u32 on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let (host_ram, host_swap) = (host.totalram as u64 * unit, host.totalswap as u64 * unit);
     let limit = read_value(dirs, &["memory.limit_in_bytes", "memory.max"])
         .unwrap_or(host_ram)
         .min(host_ram);

@@ -256,8 +256,7 @@ pub(crate) fn spawn_supervisor(
                 _ => 1,
             };
             let _ = fs::remove_file(&paths.socket);
-            // SAFETY: _exit is always sound and never returns.
-            unsafe { libc::_exit(code) }
+            crate::runtime::sys::exit_now(code)
         }
     }
 }

@@ -345,8 +345,7 @@ mod tty {
                         Ok(fd) => fd,
                         Err(e) => return sys_err("open pty slave")(e),
                     };
-                    // SAFETY: TIOCSCTTY takes an int argument; no memory is passed.
-                    unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) };
+                    let _ = crate::runtime::sys::set_controlling_terminal(slave);
                     for target in 0..3 {
                         if let Err(e) = dup2(slave, target) {
                             return sys_err("dup2 pty")(e);

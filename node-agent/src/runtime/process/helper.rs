@@ -370,8 +370,7 @@ pub(crate) fn reset_signals() -> Result<(), HelperError> {
 /// Exits the forked child immediately, without running the parent's atexit handlers or
 /// flushing its stdio buffers a second time.
 pub(crate) fn exit_child(code: i32) -> ! {
-    // SAFETY: _exit is async-signal-safe and always sound to call; it never returns.
-    unsafe { libc::_exit(code) }
+    crate::runtime::sys::exit_now(code)
 }
 
 fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
@@ -636,8 +635,7 @@ fn redirect_stdio(console: &OwnedFd) -> Result<(), HelperError> {
     for target in 0..3 {
         dup2(console.as_raw_fd(), target).map_err(sys_err("dup2 stdio"))?;
     }
-    // SAFETY: TIOCSCTTY takes an int argument; no memory is passed. Failure (e.g. no session)
-    // only means the console is not the init's controlling terminal.
-    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    // Failure (e.g. no session) only means the console is not the init's controlling terminal.
+    let _ = crate::runtime::sys::set_controlling_terminal(0);
     Ok(())
 }
