@@ -15,7 +15,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::FromIo;
 use crate::runtime::isolation::capabilities::{self, CAP_SYS_RESOURCE};
 use crate::runtime::isolation::idmap::IdRange;
+use crate::runtime::sys;
 
 /// Disk size used when a spec does not give one.
 pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
@@ -36,20 +37,12 @@ pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 pub const MIN_DISK_BYTES: u64 = 16 << 20;
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
-const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
-const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
-const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LOOP_MAJOR: u64 = 7;
 /// How often to retry when another process grabs the free loop device first.
 const LOOP_ATTACH_ATTEMPTS: usize = 16;
 /// How often to look again when the loop device found for an image detaches (or is re-used
 /// for another image) before it could be opened.
 const LOOP_FIND_ATTEMPTS: usize = 16;
-/// ext4's `EXT4_IOC_RESIZE_FS`: `_IOW('f', 16, __u64)`.
-const EXT4_IOC_MAGIC: u8 = b'f';
-const EXT4_IOC_RESIZE_FS_NR: u8 = 16;
 
 /// Errors creating, attaching or mounting a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -215,64 +208,6 @@ pub fn image_size(image: &Path) -> Result<Option<u64>, DiskError> {
     }
 }
 
-/// `struct loop_info64`.
-#[repr(C)]
-struct LoopInfo64 {
-    lo_device: u64,
-    lo_inode: u64,
-    lo_rdevice: u64,
-    lo_offset: u64,
-    lo_sizelimit: u64,
-    lo_number: u32,
-    lo_encrypt_type: u32,
-    lo_encrypt_key_size: u32,
-    lo_flags: u32,
-    lo_file_name: [u8; 64],
-    lo_crypt_name: [u8; 64],
-    lo_encrypt_key: [u8; 32],
-    lo_init: [u64; 2],
-}
-
-impl LoopInfo64 {
-    const fn empty() -> Self {
-        Self {
-            lo_device: 0,
-            lo_inode: 0,
-            lo_rdevice: 0,
-            lo_offset: 0,
-            lo_sizelimit: 0,
-            lo_number: 0,
-            lo_encrypt_type: 0,
-            lo_encrypt_key_size: 0,
-            lo_flags: 0,
-            lo_file_name: [0; 64],
-            lo_crypt_name: [0; 64],
-            lo_encrypt_key: [0; 32],
-            lo_init: [0; 2],
-        }
-    }
-}
-
-/// `struct loop_config`.
-#[repr(C)]
-struct LoopConfig {
-    fd: u32,
-    block_size: u32,
-    info: LoopInfo64,
-    reserved: [u64; 8],
-}
-
-nix::ioctl_none_bad!(loop_ctl_get_free, LOOP_CTL_GET_FREE);
-nix::ioctl_write_ptr_bad!(loop_configure, LOOP_CONFIGURE, LoopConfig);
-nix::ioctl_none_bad!(loop_set_capacity, LOOP_SET_CAPACITY);
-nix::ioctl_read_bad!(loop_get_status64, LOOP_GET_STATUS64, LoopInfo64);
-nix::ioctl_write_ptr!(
-    ext4_ioc_resize_fs,
-    EXT4_IOC_MAGIC,
-    EXT4_IOC_RESIZE_FS_NR,
-    u64
-);
-
 /// Attaches `image` to a free loop device with autoclear and mounts its ext4 on `target`
 /// (nodev, nosuid). Call inside a private mount namespace: the mount, and with it the loop
 /// device, lives only as long as that namespace and its copies.
@@ -297,9 +232,8 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
     };
     let mut last = Errno::EBUSY;
     for _ in 0..LOOP_ATTACH_ATTEMPTS {
-        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
-        let number = unsafe { loop_ctl_get_free(control.as_raw_fd()) }
-            .map_err(loop_err("LOOP_CTL_GET_FREE"))?;
+        let number =
+            sys::loop_ctl_get_free(control.as_fd()).map_err(loop_err("LOOP_CTL_GET_FREE"))?;
         let device = PathBuf::from(format!("/dev/loop{number}"));
         let loop_file = match OpenOptions::new().read(true).write(true).open(&device) {
             Ok(file) => file,
@@ -316,18 +250,7 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
                 })
             }
         };
-        let config = LoopConfig {
-            fd: u32::try_from(backing.as_raw_fd()).unwrap_or_default(),
-            block_size: 0,
-            info: LoopInfo64 {
-                lo_flags: LO_FLAGS_AUTOCLEAR,
-                ..LoopInfo64::empty()
-            },
-            reserved: [0; 8],
-        };
-        // SAFETY: `config` is a fully initialised loop_config that outlives the call; the kernel
-        // only reads it.
-        match unsafe { loop_configure(loop_file.as_raw_fd(), &config) } {
+        match sys::loop_configure(loop_file.as_fd(), backing.as_fd(), sys::LO_FLAGS_AUTOCLEAR) {
             Ok(_) => {}
             Err(Errno::EBUSY) => {
                 last = Errno::EBUSY;
@@ -437,13 +360,10 @@ pub fn grow_filesystem_online(image: &Path, mount_point: &Path) -> Result<FsGrow
         .len();
     let (device, online, held) = match open_backing_loop(image)? {
         Some((device, loop_file)) => {
-            // SAFETY: LOOP_SET_CAPACITY takes no argument; `loop_file` is an open loop device.
-            unsafe { loop_set_capacity(loop_file.as_raw_fd()) }.map_err(|source| {
-                DiskError::Loop {
-                    operation: "LOOP_SET_CAPACITY",
-                    image: image.to_path_buf(),
-                    source,
-                }
+            sys::loop_set_capacity(loop_file.as_fd()).map_err(|source| DiskError::Loop {
+                operation: "LOOP_SET_CAPACITY",
+                image: image.to_path_buf(),
+                source,
             })?;
             mount_ext4(&device, mount_point, MsFlags::MS_NOEXEC)?;
             (device, true, Some(loop_file))
@@ -467,10 +387,7 @@ pub fn grow_filesystem_online(image: &Path, mount_point: &Path) -> Result<FsGrow
         image: image.to_path_buf(),
         block_size,
     })?;
-    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) from the pointer, which
-    // points at a live local; `root` is a directory on the mounted ext4.
-    unsafe { ext4_ioc_resize_fs(root.as_raw_fd(), &blocks) }
-        .map_err(resize_err("EXT4_IOC_RESIZE_FS"))?;
+    sys::ext4_resize_fs(root.as_fd(), blocks).map_err(resize_err("EXT4_IOC_RESIZE_FS"))?;
     let (_, after_blocks) = statvfs_blocks(&fstatvfs(&root).map_err(resize_err("statvfs"))?);
     drop(held);
     Ok(FsGrowth {
@@ -580,11 +497,8 @@ fn open_backing_loop(image: &Path) -> Result<Option<(PathBuf, File)>, DiskError>
                 })
             }
         };
-        let mut info = LoopInfo64::empty();
-        // SAFETY: LOOP_GET_STATUS64 writes one loop_info64 into `info`, which is a live,
-        // correctly laid out struct (see the layout test).
-        match unsafe { loop_get_status64(loop_file.as_raw_fd(), &mut info) } {
-            Ok(_) if info.lo_device == meta.dev() && info.lo_inode == meta.ino() => {
+        match sys::loop_backing_file(loop_file.as_fd()) {
+            Ok((dev, ino)) if dev == meta.dev() && ino == meta.ino() => {
                 return Ok(Some((device, loop_file)));
             }
             // Detached (ENXIO) or now another image's: look again.
@@ -653,21 +567,6 @@ pub fn loop_devices_under(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loop_structs_have_kernel_layout() {
-        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
-        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
-    }
-
-    #[test]
-    fn ext4_resize_ioctl_number_matches_the_kernel() {
-        // _IOW('f', 16, __u64) from include/uapi/linux/ext4.h.
-        assert_eq!(
-            nix::request_code_write!(EXT4_IOC_MAGIC, EXT4_IOC_RESIZE_FS_NR, 8),
-            0x4008_6610
-        );
-    }
 
     #[test]
     fn target_blocks_fill_the_image() {
