@@ -1,13 +1,14 @@
 //! Raw system calls the runtime makes through libc and nix's ioctl macros (loop devices, ext4
-//! resize, pidfds, ...), each behind a thin safe wrapper: the `unsafe` and its `// SAFETY:`
-//! argument live here, the callers stay safe code.
+//! resize, pidfds, the mount API, ...), each behind a thin safe wrapper: the `unsafe` and its
+//! `// SAFETY:` argument live here, the callers stay safe code.
 //!
 //! Not here (yet): calls whose safety depends on the caller's situation and so stay `unsafe`
 //! where they are made, with their own `// SAFETY:` comments: `fork`/`clone3` (the caller
 //! must be single-threaded), `pre_exec` closures, seccomp and BPF program loading
-//! (`isolation/seccomp.rs`, `isolation/device_filter.rs`, `isolation/sysinfo.rs`), the mount
-//! API calls of `isolation/idmap.rs`, and fds taken over from raw numbers.
+//! (`isolation/seccomp.rs`, `isolation/device_filter.rs`, `isolation/sysinfo.rs`), and fds
+//! taken over from raw numbers.
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -114,6 +115,100 @@ pub(crate) fn sysinfo() -> libc::sysinfo {
     // SAFETY: sysinfo writes one struct sysinfo into `info`, a live local.
     unsafe { libc::sysinfo(&mut info) };
     info
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC)`: a detached copy
+/// of the mount tree at `path`, owned by the caller.
+pub(crate) fn open_tree_clone(path: &CStr) -> Result<OwnedFd, Errno> {
+    let flags =
+        mount_api::OPEN_TREE_CLONE | mount_api::AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: open_tree takes a NUL-terminated path that outlives the call and flags, and
+    // returns a new fd (or -1); no memory is shared with the kernel beyond the call.
+    let raw = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    let fd = i32::try_from(raw).map_err(|_| Errno::EBADF)?;
+    // SAFETY: open_tree returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, ...)`: makes every mount of the
+/// detached `tree` read-only, nosuid, nodev and idmapped through the user namespace `userns`.
+pub(crate) fn mount_setattr_idmap(
+    tree: BorrowedFd<'_>,
+    userns: BorrowedFd<'_>,
+) -> Result<(), Errno> {
+    let attr = mount_api::MountAttr {
+        attr_set: mount_api::MOUNT_ATTR_IDMAP
+            | mount_api::MOUNT_ATTR_RDONLY
+            | mount_api::MOUNT_ATTR_NOSUID
+            | mount_api::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or_default(),
+    };
+    let empty = c"";
+    // SAFETY: `attr` is a valid mount_attr of the size passed, `empty` a valid C string, and
+    // both fds are borrowed, so open, for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | mount_api::AT_RECURSIVE,
+            &attr as *const mount_api::MountAttr,
+            std::mem::size_of::<mount_api::MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// `move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attaches the detached
+/// `tree` at `target`.
+pub(crate) fn move_mount(tree: BorrowedFd<'_>, target: &CStr) -> Result<(), Errno> {
+    let empty = c"";
+    // SAFETY: both paths are valid C strings that outlive the call and the tree fd is borrowed,
+    // so open, during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            mount_api::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Constants and the struct of the new mount API (open_tree, mount_setattr, move_mount).
+mod mount_api {
+    pub(super) const OPEN_TREE_CLONE: libc::c_uint = 1;
+    pub(super) const AT_RECURSIVE: libc::c_uint = 0x8000;
+    pub(super) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+    pub(super) const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+    pub(super) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+    pub(super) const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    pub(super) const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+
+    /// `struct mount_attr` of mount_setattr(2).
+    #[repr(C)]
+    pub(super) struct MountAttr {
+        pub(super) attr_set: u64,
+        pub(super) attr_clr: u64,
+        pub(super) propagation: u64,
+        pub(super) userns_fd: u64,
+    }
 }
 
 /// `LO_FLAGS_AUTOCLEAR`: the loop device detaches itself when its last user closes it.
