@@ -4,9 +4,9 @@
 //!
 //! Not here (yet): calls whose safety depends on the caller's situation and so stay `unsafe`
 //! where they are made, with their own `// SAFETY:` comments: `fork`/`clone3` (the caller
-//! must be single-threaded), `pre_exec` closures, seccomp and BPF program loading
-//! (`isolation/seccomp.rs`, `isolation/device_filter.rs`, `isolation/sysinfo.rs`), and fds
-//! taken over from raw numbers.
+//! must be single-threaded), `pre_exec` closures, BPF program loading
+//! (`isolation/device_filter.rs`), the seccomp notification ioctls of `isolation/sysinfo.rs`,
+//! and fds taken over from raw numbers.
 
 use std::ffi::CStr;
 use std::io;
@@ -209,6 +209,47 @@ mod mount_api {
         pub(super) propagation: u64,
         pub(super) userns_fd: u64,
     }
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)` on the calling thread: what the kernel
+/// returns (0, or the listener fd with `SECCOMP_FILTER_FLAG_NEW_LISTENER`). `EINVAL` for a
+/// program longer than `u16::MAX` instructions.
+pub(crate) fn seccomp_set_mode_filter(
+    program: &[seccompiler::sock_filter],
+    flags: libc::c_ulong,
+) -> Result<libc::c_long, Errno> {
+    let len = u16::try_from(program.len()).map_err(|_| Errno::EINVAL)?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `program`, which stays alive for the call; seccompiler's
+    // sock_filter has the kernel's layout (u16, u8, u8, u32). The kernel only reads (copies) the
+    // program.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// [`seccomp_set_mode_filter`] with `SECCOMP_FILTER_FLAG_NEW_LISTENER`: the filter's
+/// notification listener (close-on-exec), owned by the caller.
+pub(crate) fn seccomp_filter_with_listener(
+    program: &[seccompiler::sock_filter],
+) -> Result<OwnedFd, Errno> {
+    let rc = seccomp_set_mode_filter(program, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER)?;
+    let fd = i32::try_from(rc).map_err(|_| Errno::EBADF)?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `LO_FLAGS_AUTOCLEAR`: the loop device detaches itself when its last user closes it.
