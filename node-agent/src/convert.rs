@@ -3,23 +3,13 @@
 use paddock_proto::v1;
 
 use crate::network::{IfAddr, NetworkError, PortSpec};
-use crate::runtime::{Limits, ObservedState, Power, TtySize, VpsObserved, VpsSpec};
-
-/// Ids are controller-made UUIDs; anything else could escape the state dir.
-pub fn valid_vps_id(vps_id: &str) -> bool {
-    vps_id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && vps_id.len() <= 64
-        && vps_id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
+use crate::runtime::{
+    validate_vps_id, Limits, ObservedState, Power, TtySize, VpsObserved, VpsSpec,
+};
 
 pub fn spec(spec: &v1::VpsSpec) -> Result<VpsSpec, tonic::Status> {
-    if !valid_vps_id(&spec.vps_id) {
-        return Err(tonic::Status::invalid_argument(
-            "vps_id: must be 1-64 lowercase letters, digits or '-'",
-        ));
-    }
+    validate_vps_id(&spec.vps_id)
+        .map_err(|error| tonic::Status::invalid_argument(error.to_string()))?;
     let resources = spec.resources.unwrap_or_default();
     let power = match spec.desired_power() {
         v1::PowerState::Running => Power::Running,
@@ -171,9 +161,31 @@ mod tests {
 
     #[test]
     fn vps_ids_cannot_escape() {
-        assert!(valid_vps_id("0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a10"));
-        for bad in ["", "../x", "a/b", "A", "-a", &"a".repeat(65)] {
-            assert!(!valid_vps_id(bad), "{bad}");
+        // The runtime's rule: 1-64 of [A-Za-z0-9_-], starting with a letter or digit.
+        for good in [
+            "0b6f3c1e-1d2a-4c55-9a43-3f1b2d9e8a10",
+            "A",
+            "web_1",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_vps_id(good).is_ok(), "{good}");
         }
+        for bad in ["", "../x", "a/b", "a.b", "-a", "_a", "a b", &"a".repeat(65)] {
+            assert!(validate_vps_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_spec_with_a_bad_vps_id_names_the_rule() {
+        let wire = v1::VpsSpec {
+            vps_id: "../x".into(),
+            ..Default::default()
+        };
+        let status = spec(&wire).expect_err("invalid id");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("invalid vps_id: "),
+            "{status:?}"
+        );
     }
 }

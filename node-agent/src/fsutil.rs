@@ -26,13 +26,26 @@ pub struct WriteError {
     pub source: io::Error,
 }
 
-/// Wraps an IO error with the operation and the path it failed on.
-fn err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteError {
-    let path = path.to_path_buf();
-    move |source| WriteError {
-        operation,
-        path,
-        source,
+/// An error enum that can carry an IO error with the operation and the path it failed on
+/// (each module keeps its own enum, with an `Io { operation, path, source }`-like variant).
+pub trait FromIo: Sized {
+    /// The error for `source`, raised by `operation` on `path`.
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self;
+
+    /// A `map_err` adapter: `.map_err(DiskError::io_err("open", &path))`.
+    fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::from_io(operation, path, source)
+    }
+}
+
+impl FromIo for WriteError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -52,17 +65,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         .truncate(true)
         .mode(PRIVATE_FILE_MODE)
         .open(&tmp)
-        .map_err(err("create", &tmp))?;
+        .map_err(WriteError::io_err("create", &tmp))?;
     // A temp file left by a crash may exist with another mode; the content never does.
     file.set_permissions(Permissions::from_mode(PRIVATE_FILE_MODE))
-        .map_err(err("chmod", &tmp))?;
-    file.write_all(bytes).map_err(err("write", &tmp))?;
-    file.sync_all().map_err(err("fsync", &tmp))?;
+        .map_err(WriteError::io_err("chmod", &tmp))?;
+    file.write_all(bytes)
+        .map_err(WriteError::io_err("write", &tmp))?;
+    file.sync_all().map_err(WriteError::io_err("fsync", &tmp))?;
     drop(file);
-    fs::rename(&tmp, path).map_err(err("rename into place", path))?;
+    fs::rename(&tmp, path).map_err(WriteError::io_err("rename into place", path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(err("fsync dir", dir))
+        .map_err(WriteError::io_err("fsync dir", dir))
 }
 
 /// Creates `path` and its missing parents as root-only directories, and narrows `path` itself
@@ -72,14 +86,15 @@ pub fn create_private_dir_all(path: &Path) -> Result<(), WriteError> {
         .recursive(true)
         .mode(PRIVATE_DIR_MODE)
         .create(path)
-        .map_err(err("create dir", path))?;
+        .map_err(WriteError::io_err("create dir", path))?;
     set_mode(path, PRIVATE_DIR_MODE)
 }
 
 /// Sets the permission bits of `path` (not following a final symlink is not needed: the
 /// agent's state dir holds no symlinks it did not make).
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), WriteError> {
-    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(err("chmod", path))
+    fs::set_permissions(path, Permissions::from_mode(mode))
+        .map_err(WriteError::io_err("chmod", path))
 }
 
 /// Narrows what an older agent left world-readable: every directory and regular file among
@@ -88,10 +103,12 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<(), WriteError> {
 /// VPS's mount points and template trees keep their own modes.
 pub fn restrict_entries(dir: &Path) -> Result<(), WriteError> {
     set_mode(dir, PRIVATE_DIR_MODE)?;
-    for entry in fs::read_dir(dir).map_err(err("read dir", dir))? {
-        let entry = entry.map_err(err("read dir", dir))?;
+    for entry in fs::read_dir(dir).map_err(WriteError::io_err("read dir", dir))? {
+        let entry = entry.map_err(WriteError::io_err("read dir", dir))?;
         let path = entry.path();
-        let file_type = entry.file_type().map_err(err("stat", &path))?;
+        let file_type = entry
+            .file_type()
+            .map_err(WriteError::io_err("stat", &path))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if file_type.is_dir() {
@@ -114,6 +131,22 @@ pub fn restrict_entries(dir: &Path) -> Result<(), WriteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_errors_carry_the_operation_and_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The temp file is made in a directory that does not exist.
+        let path = dir.path().join("missing").join("state.json");
+        let error = write_atomic(&path, b"{}").expect_err("no such directory");
+        assert_eq!(error.operation, "create");
+        assert_eq!(error.path.parent(), path.parent());
+        assert_eq!(error.source.kind(), io::ErrorKind::NotFound);
+        let wrapped = WriteError::io_err("read", &path)(io::ErrorKind::NotFound.into());
+        assert_eq!(
+            wrapped.to_string(),
+            format!("read {}: entity not found", path.display())
+        );
+    }
 
     #[test]
     fn replaces_the_file_and_leaves_no_temp_file() {

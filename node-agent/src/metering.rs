@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::FromIo;
 use crate::network::Network;
 pub use crate::runtime::usage::IoCounters;
 use crate::runtime::usage::{self, UsageError};
@@ -55,14 +56,13 @@ pub enum MeteringError {
     },
 }
 
-fn io_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> MeteringError + 'a {
-    move |source| MeteringError::Io {
-        op,
-        path: path.to_owned(),
-        source,
+impl FromIo for MeteringError {
+    fn from_io(operation: &'static str, path: PathBuf, source: std::io::Error) -> Self {
+        Self::Io {
+            op: operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -348,7 +348,7 @@ fn read_journal(state_dir: &Path) -> Result<BTreeMap<String, Sent>, MeteringErro
             })
             .map_err(|source| MeteringError::Journal { path, source }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(error) => Err(io_err("read", &path)(error)),
+        Err(error) => Err(MeteringError::io_err("read", &path)(error)),
     }
 }
 
@@ -381,7 +381,7 @@ pub fn allocated_bytes(path: &Path) -> Result<u64, MeteringError> {
     match std::fs::metadata(path) {
         Ok(meta) => Ok(meta.blocks() * 512),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(error) => Err(io_err("stat", path)(error)),
+        Err(error) => Err(MeteringError::io_err("stat", path)(error)),
     }
 }
 
@@ -391,7 +391,7 @@ fn init_start_time(pid: u32) -> Result<Option<u64>, MeteringError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(io_err("read", &path)(error)),
+        Err(error) => return Err(MeteringError::io_err("read", &path)(error)),
     };
     // Fields after the parenthesised command: state is field 3, starttime field 22.
     let after = text

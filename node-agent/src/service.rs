@@ -20,7 +20,7 @@ use tracing::warn;
 use crate::convert;
 use crate::generations::RestartGenerations;
 use crate::network::Network;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{validate_vps_id, Runtime, RuntimeError};
 use crate::template::{self, TemplateError};
 use crate::worker::{ApplyRequest, WorkerError, Workers};
 
@@ -125,11 +125,7 @@ impl NodeAgent for AgentService {
     ) -> Result<Response<v1::Empty>, Status> {
         self.authorize(&request)?;
         let vps_id = request.into_inner().vps_id;
-        if !convert::valid_vps_id(&vps_id) {
-            return Err(Status::invalid_argument(
-                "vps_id: must be 1-64 lowercase letters, digits or '-'",
-            ));
-        }
+        validate_vps_id(&vps_id)?;
         self.workers.delete(&vps_id).await?;
         Ok(Response::new(v1::Empty {}))
     }
@@ -181,9 +177,7 @@ impl NodeAgent for AgentService {
                 ))
             }
         };
-        if !convert::valid_vps_id(&start.vps_id) {
-            return Err(Status::invalid_argument("vps_id: invalid"));
-        }
+        validate_vps_id(&start.vps_id)?;
         if start.command.is_empty() {
             return Err(Status::invalid_argument("command: is required"));
         }
@@ -266,9 +260,7 @@ impl NodeAgent for AgentService {
                 ))
             }
         };
-        if !convert::valid_vps_id(&attach.vps_id) {
-            return Err(Status::invalid_argument("vps_id: invalid"));
-        }
+        validate_vps_id(&attach.vps_id)?;
         let vps_id = attach.vps_id.clone();
         let socket = self
             .blocking(move |runtime| runtime.console_socket(&vps_id))

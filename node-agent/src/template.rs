@@ -22,6 +22,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use self::metadata::{HaltSignal, MetadataError, TemplateMetadata};
+use crate::fsutil::FromIo;
 
 /// Name of the busybox template.
 pub const BUSYBOX: &str = "busybox";
@@ -135,12 +136,13 @@ pub enum TemplateError {
     },
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TemplateError {
-    let path = path.to_path_buf();
-    move |source| TemplateError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for TemplateError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -248,7 +250,7 @@ pub fn build_debian_12(state_dir: &Path, force: bool) -> Result<PathBuf, Templat
             .arg(&mirror)
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .output()
-            .map_err(io_err("run debootstrap for", staging_rootfs))?;
+            .map_err(TemplateError::io_err("run debootstrap for", staging_rootfs))?;
         if !output.status.success() {
             let text = String::from_utf8_lossy(&output.stderr).into_owned()
                 + &String::from_utf8_lossy(&output.stdout);
@@ -261,10 +263,12 @@ pub fn build_debian_12(state_dir: &Path, force: bool) -> Result<PathBuf, Templat
             });
         }
         let inittab = staging_rootfs.join("etc/inittab");
-        let content = fs::read_to_string(&inittab).map_err(io_err("read", &inittab))?;
-        fs::write(&inittab, debian_inittab(&content)).map_err(io_err("write", &inittab))?;
+        let content =
+            fs::read_to_string(&inittab).map_err(TemplateError::io_err("read", &inittab))?;
+        fs::write(&inittab, debian_inittab(&content))
+            .map_err(TemplateError::io_err("write", &inittab))?;
         let hostname = staging_rootfs.join("etc/hostname");
-        fs::write(&hostname, "localhost\n").map_err(io_err("write", &hostname))?;
+        fs::write(&hostname, "localhost\n").map_err(TemplateError::io_err("write", &hostname))?;
         Ok(())
     })
 }
@@ -339,7 +343,7 @@ fn install(
     let templates = state_dir.join("templates");
     let final_dir = templates.join(name);
     let rootfs = final_dir.join("rootfs");
-    fs::create_dir_all(&templates).map_err(io_err("create dir", &templates))?;
+    fs::create_dir_all(&templates).map_err(TemplateError::io_err("create dir", &templates))?;
     let suffix = unique_suffix();
     let staging = templates.join(format!(".{name}.tmp-{suffix}"));
     let populated = populate(&staging.join("rootfs"))
@@ -356,7 +360,8 @@ fn install(
             return Ok(rootfs);
         }
         let old_dir = templates.join(format!(".{name}.old-{suffix}"));
-        fs::rename(&final_dir, &old_dir).map_err(io_err("move aside", &final_dir))?;
+        fs::rename(&final_dir, &old_dir)
+            .map_err(TemplateError::io_err("move aside", &final_dir))?;
         old = Some(old_dir);
     }
     if let Err(source) = fs::rename(&staging, &final_dir) {
@@ -371,7 +376,8 @@ fn install(
         });
     }
     if let Some(old_dir) = old {
-        fs::remove_dir_all(&old_dir).map_err(io_err("remove old template", &old_dir))?;
+        fs::remove_dir_all(&old_dir)
+            .map_err(TemplateError::io_err("remove old template", &old_dir))?;
     }
     Ok(rootfs)
 }
@@ -392,7 +398,7 @@ pub fn list(state_dir: &Path) -> Result<Vec<String>, TemplateError> {
     };
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(io_err("read dir", &templates))?;
+        let entry = entry.map_err(TemplateError::io_err("read dir", &templates))?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
@@ -482,11 +488,11 @@ pub fn is_static_elf(elf: &[u8]) -> Option<bool> {
 /// `busybox --list-full`, or `bin/<applet>` from `busybox --list` for builds without it.
 fn applet_paths(busybox: &Path) -> Result<Vec<PathBuf>, TemplateError> {
     let run = |arg: &str| Command::new(busybox).arg(arg).env_clear().output();
-    let full = run("--list-full").map_err(io_err("run", busybox))?;
+    let full = run("--list-full").map_err(TemplateError::io_err("run", busybox))?;
     let (output, prefix) = if full.status.success() && !full.stdout.is_empty() {
         (full, "")
     } else {
-        let short = run("--list").map_err(io_err("run", busybox))?;
+        let short = run("--list").map_err(TemplateError::io_err("run", busybox))?;
         if !short.status.success() {
             return Err(TemplateError::Applets {
                 path: busybox.to_path_buf(),
@@ -538,13 +544,14 @@ fn populate_busybox(root: &Path, busybox: &Path) -> Result<(), TemplateError> {
         ("var/log", 0o755),
     ] {
         let path = root.join(dir);
-        fs::create_dir_all(&path).map_err(io_err("create dir", &path))?;
-        fs::set_permissions(&path, Permissions::from_mode(mode)).map_err(io_err("chmod", &path))?;
+        fs::create_dir_all(&path).map_err(TemplateError::io_err("create dir", &path))?;
+        fs::set_permissions(&path, Permissions::from_mode(mode))
+            .map_err(TemplateError::io_err("chmod", &path))?;
     }
     let binary = root.join("bin/busybox");
-    fs::copy(busybox, &binary).map_err(io_err("copy busybox to", &binary))?;
+    fs::copy(busybox, &binary).map_err(TemplateError::io_err("copy busybox to", &binary))?;
     fs::set_permissions(&binary, Permissions::from_mode(0o755))
-        .map_err(io_err("chmod", &binary))?;
+        .map_err(TemplateError::io_err("chmod", &binary))?;
 
     let mut applets = applet_paths(busybox)?;
     applets.push(PathBuf::from("sbin/init"));
@@ -554,9 +561,9 @@ fn populate_busybox(root: &Path, busybox: &Path) -> Result<(), TemplateError> {
             continue;
         }
         if let Some(parent) = link.parent() {
-            fs::create_dir_all(parent).map_err(io_err("create dir", parent))?;
+            fs::create_dir_all(parent).map_err(TemplateError::io_err("create dir", parent))?;
         }
-        symlink(applet_target(&applet), &link).map_err(io_err("symlink", &link))?;
+        symlink(applet_target(&applet), &link).map_err(TemplateError::io_err("symlink", &link))?;
     }
 
     for (file, content, mode) in [
@@ -568,8 +575,9 @@ fn populate_busybox(root: &Path, busybox: &Path) -> Result<(), TemplateError> {
         ("etc/os-release", OS_RELEASE, 0o644),
     ] {
         let path = root.join(file);
-        fs::write(&path, content).map_err(io_err("write", &path))?;
-        fs::set_permissions(&path, Permissions::from_mode(mode)).map_err(io_err("chmod", &path))?;
+        fs::write(&path, content).map_err(TemplateError::io_err("write", &path))?;
+        fs::set_permissions(&path, Permissions::from_mode(mode))
+            .map_err(TemplateError::io_err("chmod", &path))?;
     }
     Ok(())
 }

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::idmap::IdRange;
-use super::process::ProcessIdentity;
 use super::usage::IoCounters;
 use super::{Limits, Power};
+use crate::fsutil::FromIo;
+use crate::runtime::isolation::idmap::IdRange;
+use crate::runtime::process::identity::ProcessIdentity;
 use crate::template::metadata::HaltSignal;
 
 /// Errors reading or writing runtime state.
@@ -46,12 +47,13 @@ pub enum StateError {
 }
 
 /// Attaches the operation and path to an `io::Error`.
-pub(crate) fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
-    let path = path.to_path_buf();
-    move |source| StateError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for StateError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -254,10 +256,14 @@ impl Layout {
 /// The directories directly in `root`: their names (`None` when not UTF-8) and paths.
 fn subdirs(root: &Path) -> Result<Vec<(Option<String>, PathBuf)>, StateError> {
     let mut dirs = Vec::new();
-    for entry in fs::read_dir(root).map_err(io_err("read dir", root))? {
-        let entry = entry.map_err(io_err("read dir", root))?;
+    for entry in fs::read_dir(root).map_err(StateError::io_err("read dir", root))? {
+        let entry = entry.map_err(StateError::io_err("read dir", root))?;
         let path = entry.path();
-        if entry.file_type().map_err(io_err("stat", &path))?.is_dir() {
+        if entry
+            .file_type()
+            .map_err(StateError::io_err("stat", &path))?
+            .is_dir()
+        {
             dirs.push((entry.file_name().to_str().map(str::to_string), path));
         }
     }

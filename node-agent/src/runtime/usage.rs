@@ -3,12 +3,14 @@
 //! incarnation that names one run's counters.
 //!
 //! Read by the meter while a VPS runs and by the runtime when a run ends (its closing
-//! counters, see [`super::ClosedRun`]), so both name and count a run the same way.
+//! counters, see [`crate::runtime::ClosedRun`]), so both name and count a run the same way.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::FromIo;
 
 /// Device major number of loop devices: a VPS's disk is one.
 const LOOP_MAJOR: &str = "7";
@@ -36,14 +38,13 @@ pub enum UsageError {
     },
 }
 
-fn io_err<'a>(
-    operation: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> UsageError + 'a {
-    move |source| UsageError::Io {
-        operation,
-        path: path.to_owned(),
-        source,
+impl FromIo for UsageError {
+    fn from_io(operation: &'static str, path: PathBuf, source: std::io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -83,14 +84,14 @@ pub fn cgroup_inode(paths: &[PathBuf]) -> Result<Option<u64>, UsageError> {
     };
     std::fs::metadata(first)
         .map(|meta| Some(meta.ino()))
-        .map_err(io_err("stat", first))
+        .map_err(UsageError::io_err("stat", first))
 }
 
 fn read_file(path: &Path) -> Result<Option<String>, UsageError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(io_err("read", path)(error)),
+        Err(error) => Err(UsageError::io_err("read", path)(error)),
     }
 }
 

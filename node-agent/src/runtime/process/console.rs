@@ -32,8 +32,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
 use nix::unistd::{chown, fork, ForkResult, Gid, Uid};
 
-use super::idmap::IdRange;
-use super::process::{Pidfd, ProcessIdentity};
+use super::identity::{Pidfd, ProcessIdentity};
+use crate::runtime::isolation::idmap::IdRange;
 
 /// Output kept for clients that attach later.
 pub const SCROLLBACK_BYTES: usize = 64 * 1024;
@@ -256,8 +256,7 @@ pub(crate) fn spawn_supervisor(
                 _ => 1,
             };
             let _ = fs::remove_file(&paths.socket);
-            // SAFETY: _exit is always sound and never returns.
-            unsafe { libc::_exit(code) }
+            crate::runtime::sys::exit_now(code)
         }
     }
 }

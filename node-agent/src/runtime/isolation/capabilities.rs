@@ -58,15 +58,13 @@ pub enum CapabilityError {
 /// namespace). Capabilities this kernel does not know (`EINVAL`) are skipped.
 pub fn drop_bounding_set() -> Result<(), CapabilityError> {
     for (cap, name) in DROPPED {
-        // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes integers only and touches no memory.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0) };
-        if rc != 0 {
-            let errno = Errno::last();
-            if errno != Errno::EINVAL {
+        match crate::runtime::sys::capbset_drop(*cap) {
+            Ok(()) | Err(Errno::EINVAL) => {}
+            Err(errno) => {
                 return Err(CapabilityError::Drop {
                     name,
                     source: errno,
-                });
+                })
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The VPS root filesystem: an overlayfs of the read-only template, seen through an idmapped
 //! mount so it appears owned by the VPS's root (lower), and the VPS's writable layer (upper +
-//! work) on its own ext4 disk image ([`super::disk`]).
+//! work) on its own ext4 disk image ([`crate::runtime::storage::disk`]).
 //!
 //! Everything is mounted by host root in the start helper's private mount namespace (owned by
 //! the host's user namespace), so nothing is ever mounted in the host's mount namespace, and
@@ -33,9 +33,10 @@ use nix::sys::stat::{fchmodat, mknod, FchmodatFlags, Mode, SFlag};
 use nix::unistd::{chdir, chown, fchdir, getcwd, pivot_root, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-use super::disk;
 use super::idmap::{self, IdRange};
 use super::procview::ProcBind;
+use crate::fsutil::FromIo;
+use crate::runtime::storage::disk;
 
 /// Host device nodes bind-mounted into every VPS's /dev (plus `console`, the VPS's console
 /// pty).
@@ -125,7 +126,7 @@ pub enum RootfsError {
     },
     /// The VPS's disk failed.
     #[error(transparent)]
-    Disk(#[from] super::disk::DiskError),
+    Disk(#[from] crate::runtime::storage::disk::DiskError),
     /// Setting up the idmapped template failed.
     #[error(transparent)]
     Idmap(#[from] super::idmap::IdmapError),
@@ -143,12 +144,13 @@ pub enum RootfsError {
     },
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RootfsError {
-    let path = path.to_path_buf();
-    move |source| RootfsError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for RootfsError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -204,7 +206,7 @@ impl RootfsLayout {
             });
         }
         for dir in [&self.lower, &self.disk, &self.merged] {
-            fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
+            fs::create_dir_all(dir).map_err(RootfsError::io_err("create dir", dir))?;
         }
         Ok(())
     }
@@ -241,8 +243,8 @@ impl RootfsLayout {
         // overlayfs shows its layer paths in /proc/mounts as they were given: relative ones,
         // resolved against the working directory, show no host path to the VPS.
         let (base, options) = self.overlay_options()?;
-        let previous = File::open(".").map_err(io_err("open", Path::new(".")))?;
-        let base_dir = File::open(&base).map_err(io_err("open", &base))?;
+        let previous = File::open(".").map_err(RootfsError::io_err("open", Path::new(".")))?;
+        let base_dir = File::open(&base).map_err(RootfsError::io_err("open", &base))?;
         fchdir(base_dir.as_raw_fd()).map_err(|source| RootfsError::Io {
             operation: "chdir",
             path: base.clone(),
@@ -514,7 +516,7 @@ fn plain_dir(root: &Path, name: &str, ids: IdRange) -> Result<PathBuf, RootfsErr
             reason: "mount point is not a plain directory",
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir(&path).map_err(io_err("create dir", &path))?;
+            fs::create_dir(&path).map_err(RootfsError::io_err("create dir", &path))?;
             let owner = Some(Uid::from_raw(ids.host_base));
             let group = Some(Gid::from_raw(ids.host_base));
             chown(&path, owner, group).map_err(|source| RootfsError::Io {
@@ -566,7 +568,7 @@ fn mount_dev(dev: &Path, console: &Path, ids: IdRange) -> Result<(), RootfsError
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
         let rdev = fs::metadata(&host)
-            .map_err(io_err("stat device", &host))?
+            .map_err(RootfsError::io_err("stat device", &host))?
             .rdev();
         let target = dev.join(name);
         mknod(
@@ -599,10 +601,10 @@ fn mount_dev(dev: &Path, console: &Path, ids: IdRange) -> Result<(), RootfsError
         .create_new(true)
         .mode(0o666)
         .open(&target)
-        .map_err(io_err("create device mount point", &target))?;
+        .map_err(RootfsError::io_err("create device mount point", &target))?;
     bind(console, &target, MsFlags::empty())?;
     let pts = dev.join("pts");
-    fs::create_dir(&pts).map_err(io_err("create dir", &pts))?;
+    fs::create_dir(&pts).map_err(RootfsError::io_err("create dir", &pts))?;
     mount_fs(
         "devpts",
         &pts,
@@ -613,7 +615,7 @@ fn mount_dev(dev: &Path, console: &Path, ids: IdRange) -> Result<(), RootfsError
         )),
     )?;
     let shm = dev.join("shm");
-    fs::create_dir(&shm).map_err(io_err("create dir", &shm))?;
+    fs::create_dir(&shm).map_err(RootfsError::io_err("create dir", &shm))?;
     mount_fs(
         "shm",
         &shm,
@@ -629,7 +631,7 @@ fn mount_dev(dev: &Path, console: &Path, ids: IdRange) -> Result<(), RootfsError
         ("stderr", "/proc/self/fd/2"),
     ] {
         let path = dev.join(link);
-        symlink(target, &path).map_err(io_err("symlink", &path))?;
+        symlink(target, &path).map_err(RootfsError::io_err("symlink", &path))?;
     }
     Ok(())
 }
@@ -646,8 +648,8 @@ fn pivot_into(new_root: &Path) -> Result<(), RootfsError> {
         }
     };
     // std opens with O_CLOEXEC; both fds are dropped before this function returns.
-    let old_root_dir = File::open("/").map_err(io_err("open", Path::new("/")))?;
-    let new_root_dir = File::open(new_root).map_err(io_err("open", new_root))?;
+    let old_root_dir = File::open("/").map_err(RootfsError::io_err("open", Path::new("/")))?;
+    let new_root_dir = File::open(new_root).map_err(RootfsError::io_err("open", new_root))?;
     fchdir(new_root_dir.as_raw_fd()).map_err(pivot_err("fchdir"))?;
     pivot_root(".", ".").map_err(pivot_err("pivot_root"))?;
     fchdir(old_root_dir.as_raw_fd()).map_err(pivot_err("fchdir old root"))?;

@@ -1,6 +1,11 @@
-//! The VPS's control group, through cgroups-rs (v1 and v2): creation, limits (memory + swap,
-//! CFS quota, CPU weight, pids, IO throttling on the VPS's own disk), the device policy
-//! (deny everything but the nodes of a minimal /dev), membership, kill-all and removal.
+//! The VPS's control group: creation, limits (memory + swap, CFS quota, CPU weight, pids, IO
+//! throttling on the VPS's own disk), the device policy (deny everything but the nodes of a
+//! minimal /dev), membership, freezing, usage, kill-all and removal.
+//!
+//! One [`CgroupManager`] trait with one implementation per cgroup version: [`v1::V1Cgroup`]
+//! and [`v2::V2Cgroup`], both through cgroups-rs (plus direct writes where it has no call or
+//! writes a file per value, e.g. v2 `io.max`), chosen once per process from the host's
+//! [`CgroupMode`]. [`VpsCgroup`] is the VPS's cgroup for the host's mode.
 //!
 //! Each VPS gets `<cgroup_parent>/vps-<id>` in every hierarchy: on v2 the unified one; on v1 every
 //! mounted v1 hierarchy (the limited controllers, and also cpuset — its `cpus`/`mems` copied from
@@ -13,23 +18,24 @@
 //! cpuset (v1): the VPS's own cpuset cgroup keeps all of its parent's CPUs (no
 //! pinning: the scheduler may run it anywhere, the CFS quota bounds its CPU time). lxcfs looks
 //! up the CFS quota at the reader's *cpuset* path, so without it the quota-based view of
-//! /proc/cpuinfo, /proc/stat and cpu/online ([`super::procview`]) showed every host CPU. The
+//! /proc/cpuinfo, /proc/stat and cpu/online ([`crate::runtime::isolation::procview`]) showed every host CPU. The
 //! number of CPUs a VPS sees is [`visible_cpus`]: ⌈vcpus⌉ (1 → 1, 1.5 → 2, 0.25 → 1), capped at
-//! the host's; `nproc` (sched_getaffinity) gets the same from [`super::sysinfo`].
+//! the host's; `nproc` (sched_getaffinity) gets the same from [`crate::runtime::isolation::sysinfo`].
 
-use std::path::PathBuf;
+mod v1;
+mod v2;
 
-use cgroups_rs::blkio::BlkIoController;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
 use cgroups_rs::cgroup::Cgroup;
-use cgroups_rs::cpu::CpuController;
-use cgroups_rs::devices::{DevicePermissions, DeviceType, DevicesController};
-use cgroups_rs::memory::MemController;
-use cgroups_rs::pid::PidController;
-use cgroups_rs::{CgroupPid, Controller, Hierarchy, MaxValue};
+use cgroups_rs::{Controller, Hierarchy, MaxValue};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{device_filter, Limits};
+use crate::runtime::isolation::device_filter;
+use crate::runtime::usage::{self, CgroupUsage, UsageError};
+use crate::runtime::Limits;
 
 /// CFS period for every VPS, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -41,8 +47,6 @@ pub const DEFAULT_CPU_WEIGHT: u32 = 100;
 pub const MAX_CPU_WEIGHT: u32 = 10_000;
 /// cgroup v1 `cpu.shares` that corresponds to the default weight.
 pub const DEFAULT_CPU_SHARES: u64 = 1024;
-
-const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "io"];
 
 /// Character devices a VPS may open (type, major, minor; -1 = any): the nodes of its /dev.
 pub const ALLOWED_CHAR_DEVICES: &[(i64, i64, &str)] = &[
@@ -109,14 +113,83 @@ pub enum CgroupError {
     },
 }
 
-/// The cgroup of one VPS, across all hierarchies it lives in.
+/// Which cgroup version the host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Legacy or hybrid: one hierarchy per controller (plus, hybrid, a controller-less cgroup2).
+    V1,
+    /// Unified: one cgroup2 hierarchy.
+    V2,
+}
+
+impl CgroupMode {
+    /// The host's mode, detected at the first call in this process and kept: the runtime asks
+    /// once when it starts, each helper process once when it needs a cgroup.
+    pub fn host() -> Self {
+        static MODE: OnceLock<CgroupMode> = OnceLock::new();
+        *MODE.get_or_init(|| {
+            if cgroups_rs::hierarchies::is_cgroup2_unified_mode() {
+                Self::V2
+            } else {
+                Self::V1
+            }
+        })
+    }
+}
+
+/// What the runtime does with the cgroup of one VPS. One implementation per cgroup version
+/// ([`v1::V1Cgroup`], [`v2::V2Cgroup`]), chosen by [`CgroupMode`].
+pub(crate) trait CgroupManager: Send + Sync {
+    /// The cgroup path relative to the hierarchy root(s), for messages.
+    fn path(&self) -> &str;
+
+    /// Host directories of this cgroup, one per hierarchy (deduplicated for co-mounted v1
+    /// controllers such as `cpu,cpuacct`).
+    fn paths(&self) -> Vec<PathBuf>;
+
+    /// Creates the cgroup in every hierarchy; existing directories are kept.
+    fn create(&self) -> Result<(), CgroupError>;
+
+    /// Writes the memory (+ swap), CPU (quota and weight) and pids limits; safe on a running
+    /// VPS (a resize).
+    fn apply_limits(&self, limits: &Limits) -> Result<(), CgroupError>;
+
+    /// Denies every device, then allows [`ALLOWED_CHAR_DEVICES`] (read, write; no mknod).
+    /// Must run while the cgroup is empty.
+    fn apply_device_policy(&self) -> Result<(), CgroupError>;
+
+    /// Throttles IO on the VPS's disk (`major:minor` of its loop device); 0 = unlimited.
+    /// The IO weight follows the CPU weight where the host's IO scheduler offers one.
+    fn apply_io(&self, limits: &Limits, device: (u64, u64)) -> Result<(), CgroupError>;
+
+    /// Moves process `pid` (all its threads) into the cgroup in every hierarchy.
+    fn add_process(&self, pid: u32) -> Result<(), CgroupError>;
+
+    /// Pids of all processes in the cgroup (any hierarchy).
+    fn procs(&self) -> Vec<u32>;
+
+    /// Sends SIGKILL to everything in the cgroup. Returns the pids that were still listed.
+    fn kill_all(&self) -> Vec<u32>;
+
+    /// Freezes (`true`) or thaws the cgroup's processes where the host has a freezer;
+    /// `Ok(false)`: there is none.
+    // Not on the lifecycle's path yet (stop and kill do not freeze); tested per version.
+    #[allow(dead_code)]
+    fn set_frozen(&self, frozen: bool) -> Result<bool, CgroupError>;
+
+    /// Removes the cgroup from every hierarchy; absent is fine. The cgroup must be empty.
+    fn delete(&self) -> Result<(), CgroupError>;
+
+    /// What the cgroup counts (CPU, memory, IO), read from its control files.
+    fn read_usage(&self) -> Result<CgroupUsage, UsageError> {
+        usage::read_cgroup_usage(&self.paths())
+    }
+}
+
+/// The cgroup of one VPS, across all hierarchies it lives in, managed for the host's
+/// [`CgroupMode`]. Derefs to its [`CgroupManager`].
 pub(crate) struct VpsCgroup {
-    cgroup: Cgroup,
-    path: String,
-    /// Its directories in the hierarchies of a v1 host that cgroups-rs does not manage: the
-    /// hybrid cgroup2 mount, and v1 hierarchies it has no type for (e.g. `misc`, or a named one
-    /// other than `name=systemd`).
-    extra: Vec<PathBuf>,
+    manager: Box<dyn CgroupManager>,
 }
 
 /// The cgroup path of a VPS relative to the hierarchy root(s).
@@ -130,29 +203,44 @@ pub(crate) fn relative_path(cgroup_parent: &str, vps_id: &str) -> String {
 }
 
 impl VpsCgroup {
-    /// The VPS's cgroup in the host's hierarchy (`hierarchies::auto()`); not created yet.
+    /// The VPS's cgroup in the host's hierarchies ([`CgroupMode::host`]); not created yet.
     pub fn open(cgroup_parent: &str, vps_id: &str) -> Self {
-        let hierarchy = cgroups_rs::hierarchies::auto();
-        let path = relative_path(cgroup_parent, vps_id);
-        if hierarchy.v2() {
-            let controllers = V2_CONTROLLERS.iter().map(|c| (*c).to_string()).collect();
-            return Self::with_hierarchy(hierarchy, &path, Some(controllers));
-        }
-        let mut cgroup = Self::with_hierarchy(hierarchy, &path, None);
-        let managed = cgroup.paths();
-        cgroup.extra = unmanaged_v1_host_hierarchies(&managed)
-            .into_iter()
-            .map(|root| root.join(&path))
-            .collect();
-        cgroup
+        Self::open_in(CgroupMode::host(), cgroup_parent, vps_id)
     }
 
+    /// The VPS's cgroup in the host's hierarchies of `mode`; not created yet.
+    pub fn open_in(mode: CgroupMode, cgroup_parent: &str, vps_id: &str) -> Self {
+        let path = relative_path(cgroup_parent, vps_id);
+        let manager: Box<dyn CgroupManager> = match mode {
+            CgroupMode::V1 => Box::new(v1::V1Cgroup::open(&path)),
+            CgroupMode::V2 => Box::new(v2::V2Cgroup::open(&path)),
+        };
+        Self { manager }
+    }
+}
+
+impl std::ops::Deref for VpsCgroup {
+    type Target = dyn CgroupManager;
+
+    fn deref(&self) -> &Self::Target {
+        self.manager.as_ref()
+    }
+}
+
+/// What both managers keep: the cgroups-rs handle over the hierarchies it knows, the relative
+/// path, and directories in hierarchies cgroups-rs does not manage.
+struct Handle {
+    cgroup: Cgroup,
+    path: String,
+    /// Its directories in the hierarchies of a v1 host that cgroups-rs does not manage: the
+    /// hybrid cgroup2 mount, and v1 hierarchies it has no type for (e.g. `misc`, or a named one
+    /// other than `name=systemd`).
+    extra: Vec<PathBuf>,
+}
+
+impl Handle {
     /// The cgroup at `path` in `hierarchy`, restricted to `controllers` if given.
-    fn with_hierarchy(
-        hierarchy: Box<dyn Hierarchy>,
-        path: &str,
-        controllers: Option<Vec<String>>,
-    ) -> Self {
+    fn load(hierarchy: Box<dyn Hierarchy>, path: &str, controllers: Option<Vec<String>>) -> Self {
         let cgroup = match controllers {
             Some(controllers) => {
                 Cgroup::load_with_specified_controllers(hierarchy, path, controllers)
@@ -179,9 +267,20 @@ impl VpsCgroup {
         }
     }
 
-    /// Host directories of this cgroup, one per hierarchy (deduplicated for co-mounted v1
-    /// controllers such as `cpu,cpuacct`).
-    pub fn paths(&self) -> Vec<PathBuf> {
+    fn controller<'a, T>(&'a self, controller: &'static str) -> Result<&'a T, CgroupError>
+    where
+        &'a T: From<&'a cgroups_rs::Subsystem>,
+        T: Controller + cgroups_rs::ControllIdentifier,
+    {
+        self.cgroup
+            .controller_of::<T>()
+            .ok_or_else(|| CgroupError::ControllerMissing {
+                path: self.path.clone(),
+                controller,
+            })
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = self
             .cgroup
             .subsystems()
@@ -194,13 +293,7 @@ impl VpsCgroup {
         paths
     }
 
-    /// Whether the cgroup directory exists in any hierarchy.
-    pub fn exists(&self) -> bool {
-        self.paths().iter().any(|p| p.is_dir())
-    }
-
-    /// Creates the cgroup in every hierarchy; existing directories are kept.
-    pub fn create(&self) -> Result<(), CgroupError> {
+    fn create(&self) -> Result<(), CgroupError> {
         self.cgroup.create().map_err(self.err("create"))?;
         for dir in &self.extra {
             std::fs::create_dir_all(dir).map_err(|source| CgroupError::Io {
@@ -215,184 +308,15 @@ impl VpsCgroup {
         Ok(())
     }
 
-    /// Writes all limits; safe on a running VPS (a resize).
-    pub fn apply_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
-        self.apply_memory(limits)?;
-        self.apply_cpu(limits)?;
-        self.apply_pids(limits)
-    }
-
-    fn controller<'a, T>(&'a self, controller: &'static str) -> Result<&'a T, CgroupError>
-    where
-        &'a T: From<&'a cgroups_rs::Subsystem>,
-        T: Controller + cgroups_rs::ControllIdentifier,
-    {
-        self.cgroup
-            .controller_of::<T>()
-            .ok_or_else(|| CgroupError::ControllerMissing {
-                path: self.path.clone(),
-                controller,
-            })
-    }
-
-    fn apply_memory(&self, limits: &Limits) -> Result<(), CgroupError> {
-        let memory: &MemController = self.controller("memory")?;
-        let memory_limit = memory_limit(limits.memory_bytes);
-        if self.cgroup.v2() {
-            memory
-                .set_limit(memory_limit)
-                .map_err(self.err("set memory.max"))?;
-            if memory.path().join("memory.swap.max").exists() {
-                memory
-                    .set_memswap_limit(swap_limit_v2(limits.swap_bytes))
-                    .map_err(self.err("set memory.swap.max"))?;
-            }
-            return Ok(());
-        }
-        // v1: memory.limit_in_bytes must never exceed memory.memsw.limit_in_bytes, so raise the
-        // combined limit first when growing and lower the memory limit first when shrinking.
-        if !memory.path().join("memory.memsw.limit_in_bytes").exists() {
-            return memory
-                .set_limit(memory_limit)
-                .map_err(self.err("set memory.limit_in_bytes"));
-        }
-        let memsw = memsw_limit_v1(limits.memory_bytes, limits.swap_bytes);
-        let current_memsw = memory.memswap().limit_in_bytes;
-        let grows_past_memsw = memory_limit < 0 || memory_limit > current_memsw;
-        if grows_past_memsw {
-            memory
-                .set_memswap_limit(memsw)
-                .map_err(self.err("set memory.memsw.limit_in_bytes"))?;
-            memory
-                .set_limit(memory_limit)
-                .map_err(self.err("set memory.limit_in_bytes"))
-        } else {
-            memory
-                .set_limit(memory_limit)
-                .map_err(self.err("set memory.limit_in_bytes"))?;
-            memory
-                .set_memswap_limit(memsw)
-                .map_err(self.err("set memory.memsw.limit_in_bytes"))
-        }
-    }
-
-    fn apply_cpu(&self, limits: &Limits) -> Result<(), CgroupError> {
-        let cpu: &CpuController = self.controller("cpu")?;
-        let quota = cfs_quota_us(limits.vcpus).unwrap_or(-1);
-        cpu.set_cfs_quota_and_period(Some(quota), Some(CPU_PERIOD_US))
-            .map_err(self.err("set cpu quota"))?;
-        let weight = effective_cpu_weight(limits.cpu_weight);
-        if self.cgroup.v2() {
-            cpu.set_shares(u64::from(weight))
-                .map_err(self.err("set cpu.weight"))
-        } else {
-            cpu.set_shares(weight_to_shares(weight))
-                .map_err(self.err("set cpu.shares"))
-        }
-    }
-
-    /// Denies every device, then allows [`ALLOWED_CHAR_DEVICES`] (read, write; no mknod):
-    /// through the `devices` controller on v1, an eBPF device program on v2
-    /// ([`device_filter`]). Must run while the cgroup is empty: on v1 the deny-all briefly
-    /// covers everything.
-    pub fn apply_device_policy(&self) -> Result<(), CgroupError> {
-        if self.cgroup.v2() {
-            for dir in self.paths() {
-                device_filter::attach(&dir, ALLOWED_CHAR_DEVICES)?;
-            }
-            return Ok(());
-        }
-        let devices: &DevicesController = self.controller("devices")?;
-        devices
-            .deny_device(DeviceType::All, -1, -1, &DevicePermissions::all())
-            .map_err(self.err("deny all devices in"))?;
-        for (major, minor, name) in ALLOWED_CHAR_DEVICES {
-            devices
-                .allow_device(
-                    DeviceType::Char,
-                    *major,
-                    *minor,
-                    &[DevicePermissions::Read, DevicePermissions::Write],
-                )
-                .map_err(self.err(format!("allow device {name} in")))?;
-        }
-        Ok(())
-    }
-
-    /// Throttles IO on the VPS's disk (`major:minor` of its loop device); 0 = unlimited.
-    /// The IO weight follows the CPU weight where the host's IO scheduler offers one.
-    pub fn apply_io(&self, limits: &Limits, device: (u64, u64)) -> Result<(), CgroupError> {
-        let blkio: &BlkIoController = self.controller("blkio")?;
-        let (major, minor) = device;
-        let v2 = self.cgroup.v2();
-        let value = |v: u64| if v == 0 && v2 { u64::MAX } else { v };
-        blkio
-            .throttle_read_bps_for_device(major, minor, value(limits.io_read_bps))
-            .map_err(self.err("set read bps"))?;
-        blkio
-            .throttle_write_bps_for_device(major, minor, value(limits.io_write_bps))
-            .map_err(self.err("set write bps"))?;
-        blkio
-            .throttle_read_iops_for_device(major, minor, value(limits.io_read_iops))
-            .map_err(self.err("set read iops"))?;
-        blkio
-            .throttle_write_iops_for_device(major, minor, value(limits.io_write_iops))
-            .map_err(self.err("set write iops"))?;
-        let weight = effective_cpu_weight(limits.cpu_weight);
-        let (file, content) = if v2 {
-            ("io.weight", format!("default {weight}"))
-        } else {
-            ("blkio.weight", weight_to_blkio_weight(weight).to_string())
-        };
-        let path = blkio.path().join(file);
-        if path.exists() {
-            std::fs::write(&path, &content).map_err(|source| CgroupError::Write {
-                path: path.clone(),
-                value: content.clone(),
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    fn apply_pids(&self, limits: &Limits) -> Result<(), CgroupError> {
-        let pids: &PidController = self.controller("pids")?;
-        pids.set_pid_max(pids_max_value(limits.pids_max))
-            .map_err(self.err("set pids.max"))
-    }
-
-    /// Moves process `pid` (all its threads) into the cgroup in every hierarchy. On v1,
-    /// hierarchies where the cgroup does not exist are skipped: a VPS started by an agent that
-    /// did not create it there yet (`create` checks that a new VPS has them all).
-    pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        let task = CgroupPid::from(u64::from(pid));
-        if self.cgroup.v2() {
-            self.cgroup
-                .add_task_by_tgid(task)
-                .map_err(self.err(format!("add pid {pid} to")))?;
-        } else {
-            for subsystem in self.cgroup.subsystems() {
-                let controller = subsystem.to_controller();
-                if controller.path().is_dir() {
-                    controller
-                        .add_task_by_tgid(&task)
-                        .map_err(self.err(format!("add pid {pid} to")))?;
-                }
-            }
-        }
+    /// Writes `pid` into `cgroup.procs` of every extra directory that exists.
+    fn add_to_extra(&self, pid: u32) -> Result<(), CgroupError> {
         for dir in self.extra.iter().filter(|dir| dir.is_dir()) {
-            let procs = dir.join("cgroup.procs");
-            std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Write {
-                path: procs.clone(),
-                value: pid.to_string(),
-                source,
-            })?;
+            write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }
 
-    /// Pids of all processes in the cgroup (any hierarchy).
-    pub fn procs(&self) -> Vec<u32> {
+    fn procs(&self) -> Vec<u32> {
         self.cgroup
             .procs()
             .into_iter()
@@ -401,37 +325,31 @@ impl VpsCgroup {
             .collect()
     }
 
-    /// Sends SIGKILL to everything in the cgroup: atomically via `cgroup.kill` where the kernel
-    /// has it (v2, 5.14+), else process by process. Returns the pids that were still listed.
-    pub fn kill_all(&self) -> Vec<u32> {
-        let procs = self.procs();
-        if procs.is_empty() {
-            return procs;
-        }
-        if self.cgroup.v2() && self.cgroup.kill().is_ok() {
-            return procs;
-        }
-        for pid in &procs {
-            if let Ok(raw) = i32::try_from(*pid) {
-                // ESRCH (already gone) is the expected race here.
-                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-            }
-        }
-        procs
-    }
-
-    /// Removes the cgroup from every hierarchy; absent is fine. The cgroup must be empty.
-    pub fn delete(&self) -> Result<(), CgroupError> {
-        if !self.exists() {
+    fn delete(&self) -> Result<(), CgroupError> {
+        if !self.paths().iter().any(|p| p.is_dir()) {
             return Ok(());
         }
         self.cgroup.delete().map_err(self.err("remove"))?;
         self.extra.iter().try_for_each(|dir| remove_cgroup_dir(dir))
     }
+}
 
-    /// The relative path, for messages.
-    pub fn path(&self) -> &str {
-        &self.path
+/// Writes one control file directly.
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// SIGKILL to each of `procs`, one by one.
+fn kill_each(procs: &[u32]) {
+    for pid in procs {
+        if let Ok(raw) = i32::try_from(*pid) {
+            // ESRCH (already gone) is the expected race here.
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
     }
 }
 
@@ -439,11 +357,14 @@ impl VpsCgroup {
 /// cgroups-rs controller dirs) lies in: the hybrid cgroup2 mount (`/sys/fs/cgroup/unified` under
 /// systemd) and v1 hierarchies cgroups-rs has no type for. One mount point per hierarchy.
 fn unmanaged_v1_host_hierarchies(managed: &[PathBuf]) -> Vec<PathBuf> {
-    unmanaged_hierarchies(&super::mountinfo::read(), managed)
+    unmanaged_hierarchies(&crate::runtime::isolation::mountinfo::read(), managed)
 }
 
 /// [`unmanaged_v1_host_hierarchies`] of a list of mounts.
-fn unmanaged_hierarchies(mounts: &[super::mountinfo::Mount], managed: &[PathBuf]) -> Vec<PathBuf> {
+fn unmanaged_hierarchies(
+    mounts: &[crate::runtime::isolation::mountinfo::Mount],
+    managed: &[PathBuf],
+) -> Vec<PathBuf> {
     // (hierarchy, mount point): the super options name the hierarchy (controllers or name).
     let mounts: Vec<(String, PathBuf)> = mounts
         .iter()
@@ -604,11 +525,6 @@ pub fn pids_max_value(pids_max: u64) -> MaxValue {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
-    use std::path::Path;
-
-    use cgroups_rs::Subsystem;
-
     use super::*;
 
     #[test]
@@ -644,7 +560,10 @@ mod tests {
             PathBuf::from("/sys/fs/cgroup/freezer/paddock/vps-a"),
         ];
         assert_eq!(
-            unmanaged_hierarchies(&crate::runtime::mountinfo::parse(mountinfo), &managed),
+            unmanaged_hierarchies(
+                &crate::runtime::isolation::mountinfo::parse(mountinfo),
+                &managed
+            ),
             [
                 PathBuf::from("/sys/fs/cgroup/misc"),
                 PathBuf::from("/sys/fs/cgroup/unified")
@@ -671,81 +590,5 @@ mod tests {
         assert_eq!(swap_limit_v2(0), 0);
         assert_eq!(pids_max_value(0), MaxValue::Max);
         assert_eq!(pids_max_value(128), MaxValue::Value(128));
-    }
-
-    /// A cgroup v2 hierarchy rooted in a temp dir, offering memory, cpu and pids.
-    #[derive(Debug, Clone)]
-    struct FakeV2 {
-        root: PathBuf,
-    }
-
-    impl Hierarchy for FakeV2 {
-        fn subsystems(&self) -> Vec<Subsystem> {
-            vec![
-                Subsystem::Mem(MemController::new(self.root.clone(), true)),
-                Subsystem::Cpu(CpuController::new(self.root.clone(), true)),
-                Subsystem::Pid(PidController::new(self.root.clone(), true)),
-            ]
-        }
-        fn root(&self) -> PathBuf {
-            self.root.clone()
-        }
-        fn root_control_group(&self) -> Cgroup {
-            Cgroup::load(Box::new(self.clone()), "")
-        }
-        fn parent_control_group(&self, path: &str) -> Cgroup {
-            let parent = Path::new(path).parent().unwrap_or(Path::new(""));
-            Cgroup::load(Box::new(self.clone()), parent)
-        }
-        fn v2(&self) -> bool {
-            true
-        }
-    }
-
-    #[test]
-    fn writes_v2_values_into_fake_hierarchy() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let hierarchy = FakeV2 {
-            root: dir.path().to_path_buf(),
-        };
-        let path = relative_path("/paddock/", "abc");
-        assert_eq!(path, "paddock/vps-abc");
-        let cgroup = VpsCgroup::with_hierarchy(Box::new(hierarchy), &path, None);
-        cgroup.create().expect("create");
-        let cg_dir = dir.path().join(&path);
-        assert_eq!(cgroup.paths(), vec![cg_dir.clone()]);
-        // Files the kernel would provide in a fresh v2 cgroup.
-        fs::write(cg_dir.join("cpu.max"), "max 100000\n").expect("seed cpu.max");
-        fs::write(cg_dir.join("memory.swap.max"), "max\n").expect("seed swap");
-
-        let limits = Limits {
-            vcpus: 1.5,
-            cpu_weight: 0,
-            memory_bytes: 256 << 20,
-            swap_bytes: 64 << 20,
-            pids_max: 512,
-            ..Limits::default()
-        };
-        cgroup.apply_limits(&limits).expect("apply");
-        let read = |f: &str| fs::read_to_string(cg_dir.join(f)).expect(f);
-        assert_eq!(read("memory.max"), (256u64 << 20).to_string());
-        assert_eq!(read("memory.swap.max"), (64u64 << 20).to_string());
-        assert_eq!(read("cpu.max"), cpu_max_line(1.5));
-        assert_eq!(read("cpu.weight"), "100");
-        assert_eq!(read("pids.max"), "512");
-
-        let unlimited = Limits {
-            vcpus: 0.0,
-            cpu_weight: 300,
-            memory_bytes: 0,
-            swap_bytes: 0,
-            pids_max: 0,
-            ..Limits::default()
-        };
-        cgroup.apply_limits(&unlimited).expect("apply unlimited");
-        assert_eq!(read("memory.max"), "max");
-        assert_eq!(read("cpu.max"), "max 100000");
-        assert_eq!(read("cpu.weight"), "300");
-        assert_eq!(read("pids.max"), "max");
     }
 }

@@ -9,7 +9,7 @@
 //! - `meminfo`: `MemTotal` = the VPS's memory limit, used/free/cached from its memory cgroup;
 //!   `SwapTotal` = its swap allowance (v1: memsw − memory).
 //! - `cpuinfo`, `stat`, `/sys/devices/system/cpu/online`: ⌈vcpus⌉ CPUs (lxcfs `--enable-cfs`,
-//!   which finds the quota at the VPS's own cpuset path, see [`super::cgroups`]), `stat` with
+//!   which finds the quota at the VPS's own cpuset path, see [`crate::runtime::cgroups`]), `stat` with
 //!   the VPS's own CPU time. `nproc` agrees through [`super::sysinfo`].
 //! - `uptime`: time since the VPS's init started; `loadavg`: the VPS's own tasks (`-l`).
 //! - `swaps`: the VPS's swap allowance (capped at the host's swap).
@@ -27,13 +27,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::FromIo;
 
 /// Default lxcfs mount directory (the one Debian's `lxcfs.service` uses).
 pub const DEFAULT_LXCFS_DIR: &str = "/var/lib/lxcfs";
@@ -158,12 +160,13 @@ pub enum ProcViewError {
     },
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ProcViewError {
-    let path = path.to_path_buf();
-    move |source| ProcViewError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for ProcViewError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -174,15 +177,16 @@ pub fn ensure_running(config: &LxcfsConfig) -> Result<Vec<ProcBind>, ProcViewErr
     if answers(&config.mount_dir).is_ok() {
         warn_missing_flags(&config.mount_dir);
     } else {
-        fs::create_dir_all(&config.run_dir).map_err(io_err("create dir", &config.run_dir))?;
+        fs::create_dir_all(&config.run_dir)
+            .map_err(ProcViewError::io_err("create dir", &config.run_dir))?;
         let lock_path = config.lock_file();
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(io_err("open", &lock_path))?;
-        lock_exclusive(&lock).map_err(io_err("lock", &lock_path))?;
+            .map_err(ProcViewError::io_err("open", &lock_path))?;
+        lock_exclusive(&lock).map_err(ProcViewError::io_err("lock", &lock_path))?;
         // Someone else may have started it while we waited for the lock.
         match answers(&config.mount_dir) {
             Ok(()) => {}
@@ -317,14 +321,9 @@ pub fn is_lxcfs_mount(dir: &Path) -> bool {
         .is_some_and(|mount| mount.fstype == "fuse.lxcfs")
 }
 
+/// The lock is released when the file is closed.
 fn lock_exclusive(file: &File) -> io::Result<()> {
-    // SAFETY: flock only takes an fd owned by `file`, which outlives the call; the lock is
-    // released when the file is closed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::runtime::sys::flock_exclusive(file.as_fd())
 }
 
 /// Lazily unmounts a dead lxcfs mount so a new instance can take its place.
@@ -335,14 +334,17 @@ fn detach(dir: &Path) -> io::Result<()> {
 /// Starts `lxcfs <flags> <mount_dir>` in its own session (so neither an agent restart nor a
 /// signal to the agent's process group reaches it) and waits until it has mounted.
 fn start(config: &LxcfsConfig) -> Result<(), ProcViewError> {
-    fs::create_dir_all(&config.mount_dir).map_err(io_err("create dir", &config.mount_dir))?;
+    fs::create_dir_all(&config.mount_dir)
+        .map_err(ProcViewError::io_err("create dir", &config.mount_dir))?;
     let log_path = config.log_file();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(io_err("open", &log_path))?;
-    let log_err = log.try_clone().map_err(io_err("dup", &log_path))?;
+        .map_err(ProcViewError::io_err("open", &log_path))?;
+    let log_err = log
+        .try_clone()
+        .map_err(ProcViewError::io_err("dup", &log_path))?;
     let mut command = Command::new(&config.binary);
     command
         .args(LXCFS_FLAGS)
@@ -408,7 +410,10 @@ fn start(config: &LxcfsConfig) -> Result<(), ProcViewError> {
                 "lxcfs exited; VPS /proc views fail until it is restarted"
             );
         })
-        .map_err(io_err("spawn reaper thread for", &config.binary))?;
+        .map_err(ProcViewError::io_err(
+            "spawn reaper thread for",
+            &config.binary,
+        ))?;
     Ok(())
 }
 

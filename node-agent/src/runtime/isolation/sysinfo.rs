@@ -2,7 +2,7 @@
 //! `uptime` (and anything else that asks the kernel rather than reading /proc, which lxcfs
 //! covers, see [`super::procview`]) see the VPS's memory limit and usage, swap allowance, task
 //! count and uptime, not the host's; `nproc` and every thread-pool sizing that counts the
-//! affinity mask see [`super::cgroups::visible_cpus`] CPUs (⌈vcpus⌉), without pinning the VPS:
+//! affinity mask see [`crate::runtime::cgroups::visible_cpus`] CPUs (⌈vcpus⌉), without pinning the VPS:
 //! the first ⌈vcpus⌉ CPUs of the caller's real mask are reported; with no CPU quota, or for
 //! another process's mask, the real call runs.
 //!
@@ -29,7 +29,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::unistd::{fork, ForkResult};
 
-use super::cgroups::VpsCgroup;
+use crate::runtime::cgroups::VpsCgroup;
 
 /// Name of the server's socket in the VPS's directory.
 pub const SOCKET_NAME: &str = "sysinfo.sock";
@@ -79,7 +79,7 @@ pub(crate) fn spawn_server(
     match unsafe { fork() }.map_err(SysinfoError::Fork)? {
         ForkResult::Parent { .. } => Ok(()),
         ForkResult::Child => {
-            super::helper::detach_service();
+            crate::runtime::process::helper::detach_service();
             let cgroup = VpsCgroup::open(cgroup_parent, vps_id);
             let code = if cgroup.add_process(std::process::id()).is_ok() {
                 serve(listener, &cgroup.paths());
@@ -87,7 +87,7 @@ pub(crate) fn spawn_server(
             } else {
                 1
             };
-            super::helper::exit_child(code)
+            crate::runtime::process::helper::exit_child(code)
         }
     }
 }
@@ -287,7 +287,7 @@ fn id_valid(notifier: BorrowedFd<'_>, id: u64) -> bool {
 fn affinity_mask(request: &libc::seccomp_notif, dirs: &[PathBuf]) -> Option<Result<Vec<u8>, i32>> {
     let [target, len, _, _, _, _] = request.data.args;
     let vcpus = cpu_quota(dirs)?;
-    let visible = super::cgroups::visible_cpus(vcpus)?;
+    let visible = crate::runtime::cgroups::visible_cpus(vcpus)?;
     let status = fs::read_to_string(format!("/proc/{}/status", request.pid)).ok()?;
     let field = |name: &str| {
         status
@@ -302,7 +302,7 @@ fn affinity_mask(request: &libc::seccomp_notif, dirs: &[PathBuf]) -> Option<Resu
     if target != 0 && Some(target) != own {
         return None;
     }
-    let allowed = super::cgroups::parse_cpu_list(field("Cpus_allowed_list:")?);
+    let allowed = crate::runtime::cgroups::parse_cpu_list(field("Cpus_allowed_list:")?);
     if len > 1 << 16 {
         return None;
     }
@@ -379,13 +379,11 @@ fn read_value(dirs: &[PathBuf], files: &[&str]) -> Option<u64> {
 /// = its swap allowance (at most the host's swap), procs = its tasks, uptime = since the
 /// server started (right before the init), loads 0.
 fn vps_sysinfo(dirs: &[PathBuf], started: Instant) -> libc::sysinfo {
-    // SAFETY: all-zero is a valid sysinfo (plain integers); sysinfo(2) fills it.
-    let mut host: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: sysinfo writes one struct sysinfo into `host`.
-    unsafe { libc::sysinfo(&mut host) };
+    let host = crate::runtime::sys::sysinfo();
     let unit = u64::from(host.mem_unit.max(1));
-    let host_ram = host.totalram as u64 * unit;
-    let host_swap = host.totalswap as u64 * unit;
+    // c_ulong is u64 here but u32 on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let (host_ram, host_swap) = (host.totalram as u64 * unit, host.totalswap as u64 * unit);
     let limit = read_value(dirs, &["memory.limit_in_bytes", "memory.max"])
         .unwrap_or(host_ram)
         .min(host_ram);

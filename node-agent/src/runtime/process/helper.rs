@@ -16,7 +16,7 @@
 //!
 //! `exec`: see [`super::exec`].
 //!
-//! `grow-disk`: see [`super::disk_growth`].
+//! `grow-disk`: see [`crate::runtime::storage::disk_growth`].
 
 use std::convert::Infallible;
 use std::ffi::{CString, NulError, OsString};
@@ -39,18 +39,20 @@ use seccompiler::BpfProgram;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::capabilities::{self, CapabilityError};
-use super::cgroups::{CgroupError, VpsCgroup};
 use super::console::{self, ConsoleError};
-use super::disk::DiskError;
-use super::idmap::{self, IdRange, IdmapError};
-use super::namespaces::{self, Namespace, NamespaceError};
-use super::process::{self, ProcessError, ProcessIdentity};
-use super::procview::ProcBind;
-use super::rootfs::{self, RootfsError, RootfsLayout};
-use super::seccomp::{self, SeccompError};
-use super::sysinfo::{self, SysinfoError};
-use super::{disk_growth, exec, INTERNAL_ARG};
+use super::exec;
+use super::identity::{self, ProcessError, ProcessIdentity};
+use crate::runtime::cgroups::{CgroupError, VpsCgroup};
+use crate::runtime::isolation::capabilities::{self, CapabilityError};
+use crate::runtime::isolation::idmap::{self, IdRange, IdmapError};
+use crate::runtime::isolation::namespaces::{self, Namespace, NamespaceError};
+use crate::runtime::isolation::procview::ProcBind;
+use crate::runtime::isolation::rootfs::{self, RootfsError, RootfsLayout};
+use crate::runtime::isolation::seccomp::{self, SeccompError};
+use crate::runtime::isolation::sysinfo::{self, SysinfoError};
+use crate::runtime::storage::disk::DiskError;
+use crate::runtime::storage::disk_growth;
+use crate::runtime::INTERNAL_ARG;
 
 /// Name of the start helper.
 pub(crate) const START: &str = "start";
@@ -368,8 +370,7 @@ pub(crate) fn reset_signals() -> Result<(), HelperError> {
 /// Exits the forked child immediately, without running the parent's atexit handlers or
 /// flushing its stdio buffers a second time.
 pub(crate) fn exit_child(code: i32) -> ! {
-    // SAFETY: _exit is async-signal-safe and always sound to call; it never returns.
-    unsafe { libc::_exit(code) }
+    crate::runtime::sys::exit_now(code)
 }
 
 fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
@@ -611,13 +612,13 @@ pub(crate) fn detach_service() {
 /// (last, so the setup itself is not filtered).
 ///
 /// With a link to the VPS's sysinfo server, sysinfo(2) goes to that server
-/// ([`super::sysinfo`]): the filter is installed with a listener, which is sent over the link.
+/// ([`crate::runtime::isolation::sysinfo`]): the filter is installed with a listener, which is sent over the link.
 pub(crate) fn lock_down(
     filter: &BpfProgram,
     sysinfo_link: Option<&UnixStream>,
 ) -> Result<(), HelperError> {
     capabilities::drop_bounding_set()?;
-    process::mark_cloexec_from(3).map_err(sys_err("close_range"))?;
+    identity::mark_cloexec_from(3).map_err(sys_err("close_range"))?;
     reset_signals()?;
     match sysinfo_link {
         Some(link) => {
@@ -634,8 +635,7 @@ fn redirect_stdio(console: &OwnedFd) -> Result<(), HelperError> {
     for target in 0..3 {
         dup2(console.as_raw_fd(), target).map_err(sys_err("dup2 stdio"))?;
     }
-    // SAFETY: TIOCSCTTY takes an int argument; no memory is passed. Failure (e.g. no session)
-    // only means the console is not the init's controlling terminal.
-    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    // Failure (e.g. no session) only means the console is not the init's controlling terminal.
+    let _ = crate::runtime::sys::set_controlling_terminal(0);
     Ok(())
 }

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::cgroups::VpsCgroup;
 use super::helper::{self, HelperCallError, StartReply, StartRequest, START};
-use super::process::{Pidfd, ProcessError, ProcessIdentity};
+use super::identity::{Pidfd, ProcessError, ProcessIdentity};
+use crate::runtime::cgroups::VpsCgroup;
 use crate::template::metadata::HaltSignal;
 
 /// When a stop sends the halt signal again if the init is still running (then after twice as

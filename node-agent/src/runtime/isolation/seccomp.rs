@@ -9,13 +9,15 @@
 //! VPS's user namespace and so has `CAP_SYS_ADMIN` there, which the kernel accepts instead.
 
 use std::collections::BTreeMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 use seccompiler::{
     sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
     SeccompFilter, SeccompRule, TargetArch,
 };
+
+use crate::runtime::sys;
 
 /// System calls that always fail with `EPERM` inside a VPS.
 pub const DENIED_SYSCALLS: &[(&str, libc::c_long)] = &[
@@ -130,43 +132,22 @@ pub fn with_sysinfo_notify(program: &BpfProgram) -> BpfProgram {
 /// close-on-exec), for a program from [`with_sysinfo_notify`]. Same privilege rules as
 /// [`install`].
 pub fn install_with_listener(program: &BpfProgram) -> Result<OwnedFd, SeccompError> {
-    let rc = set_mode_filter(program, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER)?;
-    let fd = i32::try_from(rc).map_err(|_| SeccompError::Install(Errno::EBADF))?;
-    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    filter_len(program)?;
+    sys::seccomp_filter_with_listener(program).map_err(SeccompError::Install)
 }
 
 /// Installs `program` on the calling thread (inherited across fork and exec). Requires
 /// `CAP_SYS_ADMIN` in the caller's user namespace, since `no_new_privs` is deliberately not set.
 pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
-    set_mode_filter(program, 0).map(|_| ())
+    filter_len(program)?;
+    sys::seccomp_set_mode_filter(program, 0)
+        .map(drop)
+        .map_err(SeccompError::Install)
 }
 
-/// `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)`: what the kernel returns (0, or the
-/// listener fd with `SECCOMP_FILTER_FLAG_NEW_LISTENER`).
-fn set_mode_filter(
-    program: &BpfProgram,
-    flags: libc::c_ulong,
-) -> Result<libc::c_long, SeccompError> {
-    let len = u16::try_from(program.len()).map_err(|_| build_err("filter too long"))?;
-    let fprog = libc::sock_fprog {
-        len,
-        filter: program.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: `fprog` points at `program`, which stays alive for the call; seccompiler's
-    // sock_filter has the kernel's layout (u16, u8, u8, u32). The kernel copies the program.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    if rc < 0 {
-        return Err(SeccompError::Install(Errno::last()));
-    }
-    Ok(rc)
+/// A program the kernel's `sock_fprog` can carry (at most `u16::MAX` instructions).
+fn filter_len(program: &BpfProgram) -> Result<u16, SeccompError> {
+    u16::try_from(program.len()).map_err(|_| build_err("filter too long"))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,8 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
+
+use crate::runtime::sys;
 
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -150,28 +152,17 @@ impl Pidfd {
         let Ok(raw_pid) = libc::pid_t::try_from(pid) else {
             return Ok(None);
         };
-        // SAFETY: pidfd_open takes a pid and flags by value and returns a new fd or -1; no
-        // memory is shared with the kernel.
-        let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0 as libc::c_uint) };
-        if ret < 0 {
-            return match Errno::last() {
-                Errno::ESRCH => Ok(None),
-                source => Err(ProcessError::Pidfd {
+        let fd = match sys::pidfd_open(raw_pid) {
+            Ok(fd) => fd,
+            Err(Errno::ESRCH) => return Ok(None),
+            Err(source) => {
+                return Err(ProcessError::Pidfd {
                     operation: "pidfd_open",
                     pid,
                     source,
-                }),
-            };
-        }
-        let Ok(raw_fd) = i32::try_from(ret) else {
-            return Err(ProcessError::Pidfd {
-                operation: "pidfd_open",
-                pid,
-                source: Errno::EBADF,
-            });
+                })
+            }
         };
-        // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw_fd) };
         let pidfd = Self { fd, pid };
         if identity.is_alive()? {
             Ok(Some(pidfd))
@@ -188,31 +179,14 @@ impl Pidfd {
     /// Sends the signal numbered `signo` (for realtime signals, which [`Signal`] lacks); a
     /// process that already exited is not an error.
     pub fn send_signal_number(&self, signo: libc::c_int) -> Result<(), ProcessError> {
-        // SAFETY: pidfd_send_signal with a valid pidfd we own, a signal number (the kernel
-        // rejects invalid ones with EINVAL), a null siginfo (the kernel fills in a default one)
-        // and no flags.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signo,
-                std::ptr::null::<libc::siginfo_t>(),
-                0 as libc::c_uint,
-            )
-        };
-        if ret < 0 {
-            match Errno::last() {
-                Errno::ESRCH => return Ok(()),
-                source => {
-                    return Err(ProcessError::Pidfd {
-                        operation: "pidfd_send_signal",
-                        pid: self.pid,
-                        source,
-                    })
-                }
-            }
+        match sys::pidfd_send_signal(self.fd.as_fd(), signo) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(source) => Err(ProcessError::Pidfd {
+                operation: "pidfd_send_signal",
+                pid: self.pid,
+                source,
+            }),
         }
-        Ok(())
     }
 
     /// Waits up to `timeout` for the process to exit; returns whether it did.
@@ -250,20 +224,7 @@ impl AsFd for Pidfd {
 /// `CLOSE_RANGE_CLOEXEC`), so nothing of the helper leaks into the container's init or an exec'd
 /// command (runc CVE-2024-21626).
 pub(crate) fn mark_cloexec_from(first: u32) -> Result<(), Errno> {
-    // SAFETY: close_range only changes fd flags of this process; it touches no memory.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if ret < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+    sys::close_range_cloexec(first)
 }
 
 #[cfg(test)]

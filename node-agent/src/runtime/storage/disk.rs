@@ -15,7 +15,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,8 +26,10 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
-use super::capabilities::{self, CAP_SYS_RESOURCE};
-use super::idmap::IdRange;
+use crate::fsutil::FromIo;
+use crate::runtime::isolation::capabilities::{self, CAP_SYS_RESOURCE};
+use crate::runtime::isolation::idmap::IdRange;
+use crate::runtime::sys;
 
 /// Disk size used when a spec does not give one.
 pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
@@ -35,20 +37,12 @@ pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 pub const MIN_DISK_BYTES: u64 = 16 << 20;
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
-const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
-const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
-const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LOOP_MAJOR: u64 = 7;
 /// How often to retry when another process grabs the free loop device first.
 const LOOP_ATTACH_ATTEMPTS: usize = 16;
 /// How often to look again when the loop device found for an image detaches (or is re-used
 /// for another image) before it could be opened.
 const LOOP_FIND_ATTEMPTS: usize = 16;
-/// ext4's `EXT4_IOC_RESIZE_FS`: `_IOW('f', 16, __u64)`.
-const EXT4_IOC_MAGIC: u8 = b'f';
-const EXT4_IOC_RESIZE_FS_NR: u8 = 16;
 
 /// Errors creating, attaching or mounting a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -146,12 +140,13 @@ pub enum DiskError {
     },
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskError {
-    let path = path.to_path_buf();
-    move |source| DiskError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for DiskError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -167,12 +162,13 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
         .truncate(true)
         .mode(crate::fsutil::PRIVATE_FILE_MODE)
         .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
+        .map_err(DiskError::io_err("create", &tmp))?;
     file.set_permissions(std::fs::Permissions::from_mode(
         crate::fsutil::PRIVATE_FILE_MODE,
     ))
-    .map_err(io_err("chmod", &tmp))?;
-    file.set_len(size_bytes).map_err(io_err("truncate", &tmp))?;
+    .map_err(DiskError::io_err("chmod", &tmp))?;
+    file.set_len(size_bytes)
+        .map_err(DiskError::io_err("truncate", &tmp))?;
     drop(file);
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.args(["-q", "-F", "-m", "0", "-E"])
@@ -184,7 +180,7 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     let output =
         crate::bounded::output("mkfs.ext4", &mut mkfs, None, crate::bounded::TOOL_DEADLINE)
-            .map_err(io_err("run mkfs.ext4 for", &tmp))?;
+            .map_err(DiskError::io_err("run mkfs.ext4 for", &tmp))?;
     if !output.status.success() {
         let _ = fs::remove_file(&tmp);
         return Err(DiskError::Mkfs {
@@ -195,8 +191,8 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
     }
     File::open(&tmp)
         .and_then(|f| f.sync_all())
-        .map_err(io_err("fsync", &tmp))?;
-    fs::rename(&tmp, image).map_err(io_err("rename into place", image))
+        .map_err(DiskError::io_err("fsync", &tmp))?;
+    fs::rename(&tmp, image).map_err(DiskError::io_err("rename into place", image))
 }
 
 /// The image's size in bytes, `None` if it does not exist.
@@ -212,64 +208,6 @@ pub fn image_size(image: &Path) -> Result<Option<u64>, DiskError> {
     }
 }
 
-/// `struct loop_info64`.
-#[repr(C)]
-struct LoopInfo64 {
-    lo_device: u64,
-    lo_inode: u64,
-    lo_rdevice: u64,
-    lo_offset: u64,
-    lo_sizelimit: u64,
-    lo_number: u32,
-    lo_encrypt_type: u32,
-    lo_encrypt_key_size: u32,
-    lo_flags: u32,
-    lo_file_name: [u8; 64],
-    lo_crypt_name: [u8; 64],
-    lo_encrypt_key: [u8; 32],
-    lo_init: [u64; 2],
-}
-
-impl LoopInfo64 {
-    const fn empty() -> Self {
-        Self {
-            lo_device: 0,
-            lo_inode: 0,
-            lo_rdevice: 0,
-            lo_offset: 0,
-            lo_sizelimit: 0,
-            lo_number: 0,
-            lo_encrypt_type: 0,
-            lo_encrypt_key_size: 0,
-            lo_flags: 0,
-            lo_file_name: [0; 64],
-            lo_crypt_name: [0; 64],
-            lo_encrypt_key: [0; 32],
-            lo_init: [0; 2],
-        }
-    }
-}
-
-/// `struct loop_config`.
-#[repr(C)]
-struct LoopConfig {
-    fd: u32,
-    block_size: u32,
-    info: LoopInfo64,
-    reserved: [u64; 8],
-}
-
-nix::ioctl_none_bad!(loop_ctl_get_free, LOOP_CTL_GET_FREE);
-nix::ioctl_write_ptr_bad!(loop_configure, LOOP_CONFIGURE, LoopConfig);
-nix::ioctl_none_bad!(loop_set_capacity, LOOP_SET_CAPACITY);
-nix::ioctl_read_bad!(loop_get_status64, LOOP_GET_STATUS64, LoopInfo64);
-nix::ioctl_write_ptr!(
-    ext4_ioc_resize_fs,
-    EXT4_IOC_MAGIC,
-    EXT4_IOC_RESIZE_FS_NR,
-    u64
-);
-
 /// Attaches `image` to a free loop device with autoclear and mounts its ext4 on `target`
 /// (nodev, nosuid). Call inside a private mount namespace: the mount, and with it the loop
 /// device, lives only as long as that namespace and its copies.
@@ -278,12 +216,12 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
         .read(true)
         .write(true)
         .open(image)
-        .map_err(io_err("open", image))?;
+        .map_err(DiskError::io_err("open", image))?;
     let control = OpenOptions::new()
         .read(true)
         .write(true)
         .open(LOOP_CONTROL)
-        .map_err(io_err("open", Path::new(LOOP_CONTROL)))?;
+        .map_err(DiskError::io_err("open", Path::new(LOOP_CONTROL)))?;
     let loop_err = |operation| {
         let image = image.to_path_buf();
         move |source| DiskError::Loop {
@@ -294,9 +232,8 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
     };
     let mut last = Errno::EBUSY;
     for _ in 0..LOOP_ATTACH_ATTEMPTS {
-        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
-        let number = unsafe { loop_ctl_get_free(control.as_raw_fd()) }
-            .map_err(loop_err("LOOP_CTL_GET_FREE"))?;
+        let number =
+            sys::loop_ctl_get_free(control.as_fd()).map_err(loop_err("LOOP_CTL_GET_FREE"))?;
         let device = PathBuf::from(format!("/dev/loop{number}"));
         let loop_file = match OpenOptions::new().read(true).write(true).open(&device) {
             Ok(file) => file,
@@ -313,18 +250,7 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
                 })
             }
         };
-        let config = LoopConfig {
-            fd: u32::try_from(backing.as_raw_fd()).unwrap_or_default(),
-            block_size: 0,
-            info: LoopInfo64 {
-                lo_flags: LO_FLAGS_AUTOCLEAR,
-                ..LoopInfo64::empty()
-            },
-            reserved: [0; 8],
-        };
-        // SAFETY: `config` is a fully initialised loop_config that outlives the call; the kernel
-        // only reads it.
-        match unsafe { loop_configure(loop_file.as_raw_fd(), &config) } {
+        match sys::loop_configure(loop_file.as_fd(), backing.as_fd(), sys::LO_FLAGS_AUTOCLEAR) {
             Ok(_) => {}
             Err(Errno::EBUSY) => {
                 last = Errno::EBUSY;
@@ -372,8 +298,11 @@ pub fn extend_image(image: &Path, size_bytes: u64) -> Result<ImageGrowth, DiskEr
     let file = OpenOptions::new()
         .write(true)
         .open(image)
-        .map_err(io_err("open", image))?;
-    let old_bytes = file.metadata().map_err(io_err("stat", image))?.len();
+        .map_err(DiskError::io_err("open", image))?;
+    let old_bytes = file
+        .metadata()
+        .map_err(DiskError::io_err("stat", image))?
+        .len();
     if size_bytes < old_bytes {
         return Err(DiskError::WouldShrink {
             image: image.to_path_buf(),
@@ -382,8 +311,9 @@ pub fn extend_image(image: &Path, size_bytes: u64) -> Result<ImageGrowth, DiskEr
         });
     }
     if size_bytes > old_bytes {
-        file.set_len(size_bytes).map_err(io_err("extend", image))?;
-        file.sync_all().map_err(io_err("fsync", image))?;
+        file.set_len(size_bytes)
+            .map_err(DiskError::io_err("extend", image))?;
+        file.sync_all().map_err(DiskError::io_err("fsync", image))?;
     }
     Ok(ImageGrowth {
         old_bytes,
@@ -425,16 +355,15 @@ pub fn grow_filesystem_online(image: &Path, mount_point: &Path) -> Result<FsGrow
             image: image.to_path_buf(),
         });
     }
-    let image_bytes = fs::metadata(image).map_err(io_err("stat", image))?.len();
+    let image_bytes = fs::metadata(image)
+        .map_err(DiskError::io_err("stat", image))?
+        .len();
     let (device, online, held) = match open_backing_loop(image)? {
         Some((device, loop_file)) => {
-            // SAFETY: LOOP_SET_CAPACITY takes no argument; `loop_file` is an open loop device.
-            unsafe { loop_set_capacity(loop_file.as_raw_fd()) }.map_err(|source| {
-                DiskError::Loop {
-                    operation: "LOOP_SET_CAPACITY",
-                    image: image.to_path_buf(),
-                    source,
-                }
+            sys::loop_set_capacity(loop_file.as_fd()).map_err(|source| DiskError::Loop {
+                operation: "LOOP_SET_CAPACITY",
+                image: image.to_path_buf(),
+                source,
             })?;
             mount_ext4(&device, mount_point, MsFlags::MS_NOEXEC)?;
             (device, true, Some(loop_file))
@@ -451,17 +380,14 @@ pub fn grow_filesystem_online(image: &Path, mount_point: &Path) -> Result<FsGrow
             source,
         }
     };
-    let root = File::open(mount_point).map_err(io_err("open", mount_point))?;
+    let root = File::open(mount_point).map_err(DiskError::io_err("open", mount_point))?;
     let (block_size, before_blocks) =
         statvfs_blocks(&fstatvfs(&root).map_err(resize_err("statvfs"))?);
     let blocks = target_blocks(image_bytes, block_size).ok_or_else(|| DiskError::BadBlockSize {
         image: image.to_path_buf(),
         block_size,
     })?;
-    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) from the pointer, which
-    // points at a live local; `root` is a directory on the mounted ext4.
-    unsafe { ext4_ioc_resize_fs(root.as_raw_fd(), &blocks) }
-        .map_err(resize_err("EXT4_IOC_RESIZE_FS"))?;
+    sys::ext4_resize_fs(root.as_fd(), blocks).map_err(resize_err("EXT4_IOC_RESIZE_FS"))?;
     let (_, after_blocks) = statvfs_blocks(&fstatvfs(&root).map_err(resize_err("statvfs"))?);
     drop(held);
     Ok(FsGrowth {
@@ -555,7 +481,7 @@ pub fn target_blocks(image_bytes: u64, block_size: u64) -> Option<u64> {
 /// open) and checked to be backed by `image`'s inode after opening, so a device that detached
 /// and was re-used for another image in between is never touched. `None` if none backs it.
 fn open_backing_loop(image: &Path) -> Result<Option<(PathBuf, File)>, DiskError> {
-    let meta = fs::metadata(image).map_err(io_err("stat", image))?;
+    let meta = fs::metadata(image).map_err(DiskError::io_err("stat", image))?;
     for _ in 0..LOOP_FIND_ATTEMPTS {
         let Some((_, number)) = loop_device_of(image) else {
             return Ok(None);
@@ -571,11 +497,8 @@ fn open_backing_loop(image: &Path) -> Result<Option<(PathBuf, File)>, DiskError>
                 })
             }
         };
-        let mut info = LoopInfo64::empty();
-        // SAFETY: LOOP_GET_STATUS64 writes one loop_info64 into `info`, which is a live,
-        // correctly laid out struct (see the layout test).
-        match unsafe { loop_get_status64(loop_file.as_raw_fd(), &mut info) } {
-            Ok(_) if info.lo_device == meta.dev() && info.lo_inode == meta.ino() => {
+        match sys::loop_backing_file(loop_file.as_fd()) {
+            Ok((dev, ino)) if dev == meta.dev() && ino == meta.ino() => {
                 return Ok(Some((device, loop_file)));
             }
             // Detached (ENXIO) or now another image's: look again.
@@ -644,21 +567,6 @@ pub fn loop_devices_under(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loop_structs_have_kernel_layout() {
-        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
-        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
-    }
-
-    #[test]
-    fn ext4_resize_ioctl_number_matches_the_kernel() {
-        // _IOW('f', 16, __u64) from include/uapi/linux/ext4.h.
-        assert_eq!(
-            nix::request_code_write!(EXT4_IOC_MAGIC, EXT4_IOC_RESIZE_FS_NR, 8),
-            0x4008_6610
-        );
-    }
 
     #[test]
     fn target_blocks_fill_the_image() {

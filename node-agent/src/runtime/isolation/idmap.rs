@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -22,7 +22,9 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{fork, pipe2, ForkResult};
 use serde::{Deserialize, Serialize};
 
-use super::state;
+use crate::fsutil::FromIo;
+use crate::runtime::state;
+use crate::runtime::sys;
 
 /// Ids per VPS: a full 16-bit range, so every distribution's users and groups fit.
 pub const ID_RANGE_SIZE: u32 = 65_536;
@@ -73,12 +75,13 @@ fn sys_err(operation: &'static str) -> impl FnOnce(Errno) -> IdmapError {
     move |source| IdmapError::Sys { operation, source }
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> IdmapError {
-    let path = path.to_path_buf();
-    move |source| IdmapError::Io {
-        operation,
-        path,
-        source,
+impl FromIo for IdmapError {
+    fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -235,9 +238,9 @@ pub(crate) fn write_id_maps(pid: i32, range: IdRange) -> Result<(), IdmapError> 
         let mut map = fs::OpenOptions::new()
             .write(true)
             .open(&path)
-            .map_err(io_err("open", &path))?;
+            .map_err(IdmapError::io_err("open", &path))?;
         map.write_all(range.map_line().as_bytes())
-            .map_err(io_err("write", &path))?;
+            .map_err(IdmapError::io_err("write", &path))?;
     }
     Ok(())
 }
@@ -260,8 +263,7 @@ pub(crate) fn mapped_userns(range: IdRange) -> Result<OwnedFd, IdmapError> {
             let mut hold = File::from(hold_read);
             let mut byte = [0u8; 1];
             let _ = hold.read(&mut byte);
-            // SAFETY: _exit is async-signal-safe and never returns.
-            unsafe { libc::_exit(0) }
+            crate::runtime::sys::exit_now(0)
         }
         ForkResult::Parent { child } => {
             drop(ready_write);
@@ -273,7 +275,7 @@ pub(crate) fn mapped_userns(range: IdRange) -> Result<OwnedFd, IdmapError> {
                     let path = PathBuf::from(format!("/proc/{child}/ns/user"));
                     File::open(&path)
                         .map(OwnedFd::from)
-                        .map_err(io_err("open", &path))
+                        .map_err(IdmapError::io_err("open", &path))
                 }),
                 _ => Err(IdmapError::Sys {
                     operation: "unshare user namespace",
@@ -286,23 +288,6 @@ pub(crate) fn mapped_userns(range: IdRange) -> Result<OwnedFd, IdmapError> {
         }
     }
 }
-
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
-const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
-const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
 
 fn c_path(path: &Path) -> Result<CString, IdmapError> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| IdmapError::Io {
@@ -321,59 +306,10 @@ pub(crate) fn idmapped_bind(
 ) -> Result<(), IdmapError> {
     let source_c = c_path(source)?;
     let target_c = c_path(target)?;
-    // SAFETY: open_tree takes a NUL-terminated path and flags and returns a new fd (or -1); no
-    // memory is shared with the kernel beyond the call.
-    let raw = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            source_c.as_ptr(),
-            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if raw < 0 {
-        return Err(sys_err("open_tree (clone template)")(Errno::last()));
-    }
-    let fd = i32::try_from(raw).map_err(|_| sys_err("open_tree")(Errno::EBADF))?;
-    // SAFETY: open_tree returned a fresh fd that nothing else owns.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or_default(),
-    };
-    let empty = c"";
-    // SAFETY: `attr` is a valid mount_attr of the size passed, `empty` a valid C string, and the
-    // tree fd is open for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(sys_err("mount_setattr (idmap template)")(Errno::last()));
-    }
-    // SAFETY: both paths are valid C strings and the tree fd is open during the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(sys_err("move_mount (idmapped template)")(Errno::last()));
-    }
-    Ok(())
+    let tree = sys::open_tree_clone(&source_c).map_err(sys_err("open_tree (clone template)"))?;
+    sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd())
+        .map_err(sys_err("mount_setattr (idmap template)"))?;
+    sys::move_mount(tree.as_fd(), &target_c).map_err(sys_err("move_mount (idmapped template)"))
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::disk::{self, DiskError, FsGrowth, ImageGrowth};
-use super::helper::{self, HelperError, GROW_DISK};
-use super::{namespaces, rootfs};
+use crate::runtime::isolation::{namespaces, rootfs};
+use crate::runtime::process::helper::{self, HelperError, GROW_DISK};
 
 /// Errors growing a disk, by step.
 #[derive(Debug, thiserror::Error)]

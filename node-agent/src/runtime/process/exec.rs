@@ -19,13 +19,13 @@ use nix::unistd::{access, chdir, execve, fork, getcwd, getppid, AccessFlags, For
 use seccompiler::BpfProgram;
 use serde::{Deserialize, Serialize};
 
-use super::cgroups::VpsCgroup;
 use super::helper::{self, sys_err, HelperError, EXEC};
-use super::namespaces;
-use super::process::ProcessIdentity;
-use super::seccomp;
-use super::sysinfo;
-use super::INTERNAL_ARG;
+use super::identity::ProcessIdentity;
+use crate::runtime::cgroups::VpsCgroup;
+use crate::runtime::isolation::namespaces;
+use crate::runtime::isolation::seccomp;
+use crate::runtime::isolation::sysinfo;
+use crate::runtime::INTERNAL_ARG;
 
 /// Exit code of the exec helper when it could not set up the command (like `docker exec`).
 pub const EXIT_SETUP_FAILED: i32 = 125;
@@ -52,7 +52,7 @@ pub(crate) struct ExecRequest {
     /// Run the command on a new pseudo-terminal of the VPS with this initial size.
     #[serde(default)]
     pub tty: Option<TtySize>,
-    /// The VPS's sysinfo server ([`super::sysinfo`]); `None`: sysinfo(2) shows the host's.
+    /// The VPS's sysinfo server ([`crate::runtime::isolation::sysinfo`]); `None`: sysinfo(2) shows the host's.
     #[serde(default)]
     pub sysinfo_socket: Option<PathBuf>,
 }
@@ -345,8 +345,7 @@ mod tty {
                         Ok(fd) => fd,
                         Err(e) => return sys_err("open pty slave")(e),
                     };
-                    // SAFETY: TIOCSCTTY takes an int argument; no memory is passed.
-                    unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) };
+                    let _ = crate::runtime::sys::set_controlling_terminal(slave);
                     for target in 0..3 {
                         if let Err(e) = dup2(slave, target) {
                             return sys_err("dup2 pty")(e);
