@@ -126,6 +126,7 @@ impl Node {
             limits,
             power,
             rebuild_generation: 0,
+            restart_generation: 0,
         }
     }
 

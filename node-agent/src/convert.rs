@@ -38,6 +38,7 @@ pub fn spec(spec: &v1::VpsSpec) -> Result<VpsSpec, tonic::Status> {
         },
         power,
         rebuild_generation: spec.rebuild_generation,
+        restart_generation: spec.restart_generation,
     })
 }
 

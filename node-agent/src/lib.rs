@@ -5,7 +5,6 @@ pub mod applied;
 pub mod bounded;
 pub mod convert;
 pub mod fsutil;
-pub mod generations;
 pub mod metering;
 pub mod metrics;
 pub mod network;
@@ -31,8 +30,6 @@ pub enum AgentError {
     Executable(std::io::Error),
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
-    #[error(transparent)]
-    Generations(#[from] generations::GenerationError),
     #[error("usage metering: {0}")]
     Metering(#[from] metering::MeteringError),
     #[error("VPS networking: {0}")]
@@ -66,7 +63,6 @@ pub async fn run(
             ),
         },
     })?);
-    let restarts = Arc::new(generations::RestartGenerations::load(&config.state_dir)?);
     // Repair the ports of running VPSes and remove what a crash left behind.
     let running: Vec<(String, u32)> = runtime
         .list()?
@@ -141,8 +137,8 @@ pub async fn run(
         meter,
         metrics,
     ));
-    let service = service::AgentService::new(runtime, config.state_dir.clone(), restarts)
-        .with_network(network);
+    let service =
+        service::AgentService::new(runtime, config.state_dir.clone()).with_network(network);
     let served = server
         .add_service(NodeAgentServer::new(service))
         .serve_with_incoming_shutdown(

@@ -18,7 +18,6 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
 
 use crate::convert;
-use crate::generations::RestartGenerations;
 use crate::network::Network;
 use crate::runtime::{validate_vps_id, Runtime, RuntimeError};
 use crate::template::{self, TemplateError};
@@ -28,7 +27,6 @@ use crate::worker::{ApplyRequest, WorkerError, Workers};
 pub struct AgentService {
     pub runtime: Arc<Runtime>,
     pub state_dir: PathBuf,
-    pub restarts: Arc<RestartGenerations>,
     /// One worker per VPS: applies and deletes.
     workers: Workers,
 }
@@ -36,23 +34,18 @@ pub struct AgentService {
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl AgentService {
-    pub fn new(
-        runtime: Arc<Runtime>,
-        state_dir: PathBuf,
-        restarts: Arc<RestartGenerations>,
-    ) -> Self {
-        let workers = Workers::new(runtime.clone(), None, restarts.clone());
+    pub fn new(runtime: Arc<Runtime>, state_dir: PathBuf) -> Self {
+        let workers = Workers::new(runtime.clone(), None);
         Self {
             runtime,
             state_dir,
-            restarts,
             workers,
         }
     }
 
     /// Gives every running VPS a network port from its spec.
     pub fn with_network(mut self, network: Arc<Network>) -> Self {
-        self.workers = Workers::new(self.runtime.clone(), Some(network), self.restarts.clone());
+        self.workers = Workers::new(self.runtime.clone(), Some(network));
         self
     }
 
@@ -100,7 +93,6 @@ impl NodeAgent for AgentService {
             .apply(ApplyRequest {
                 spec,
                 port,
-                restart_generation: wire.restart_generation,
                 encoded: prost::Message::encode_to_vec(&wire),
             })
             .await;

@@ -2,10 +2,11 @@
 //! [`Action`]s on its worker's channel and run one after the other; different VPSes proceed in
 //! parallel, with at most [`MAX_CONCURRENT_APPLIES`] full applies at once across all workers.
 //!
-//! A worker owns what the agent keeps about its VPS between calls: the restart generation it
-//! carried out last (persisted through [`RestartGenerations`] so a restarted agent never
-//! repeats a restart), the [`LastApply`] that answers unchanged re-applies at once, and the
-//! VPS's network port, which it converges after every full apply and removes on delete.
+//! A worker owns what the agent keeps about its VPS between calls: the [`LastApply`] that
+//! answers unchanged re-applies at once, and the VPS's network port, which it converges after
+//! every full apply and removes on delete. The restart and rebuild generations carried out
+//! live in the VPS's state beside each other (the runtime's `state.json`), so a restarted agent
+//! never repeats either.
 //!
 //! [`Workers`] maps VPS ids to workers. It starts one on a VPS's first action. A worker whose
 //! VPS does not exist after an action (deleted, never created, or its creation failed) leaves
@@ -23,9 +24,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{info, warn};
 
 use crate::applied::{LastApply, MAX_CONCURRENT_APPLIES};
-use crate::generations::RestartGenerations;
 use crate::network::{Network, NetworkError, PortSpec};
-use crate::runtime::{ObservedState, Power, Runtime, RuntimeError, VpsObserved, VpsSpec};
+use crate::runtime::{ObservedState, Runtime, RuntimeError, VpsObserved, VpsSpec};
 
 /// The runtime calls a worker makes: the seam that lets the registry be tested without
 /// containers.
@@ -89,8 +89,6 @@ pub struct ApplyRequest {
     pub spec: VpsSpec,
     /// Its network port, if the controller gave it one.
     pub port: Option<PortSpec>,
-    /// Bumped by the controller to ask for one restart (a stop, then a start).
-    pub restart_generation: u64,
     /// The wire spec, encoded: an unchanged re-apply is recognised by these bytes.
     pub encoded: Vec<u8>,
 }
@@ -127,7 +125,6 @@ struct Context<R> {
     runtime: Arc<R>,
     /// The VPS ports; `None` leaves VPSes with loopback only.
     network: Option<Arc<Network>>,
-    restarts: Arc<RestartGenerations>,
     /// Bounds the full applies running at once, across all workers.
     full_applies: Semaphore,
 }
@@ -150,17 +147,12 @@ pub struct Workers<R: VpsRuntime = Runtime> {
 }
 
 impl<R: VpsRuntime> Workers<R> {
-    pub fn new(
-        runtime: Arc<R>,
-        network: Option<Arc<Network>>,
-        restarts: Arc<RestartGenerations>,
-    ) -> Self {
+    pub fn new(runtime: Arc<R>, network: Option<Arc<Network>>) -> Self {
         Self {
             registry: Arc::new(Registry {
                 context: Arc::new(Context {
                     runtime,
                     network,
-                    restarts,
                     full_applies: Semaphore::new(MAX_CONCURRENT_APPLIES),
                 }),
                 workers: Mutex::new(HashMap::new()),
@@ -178,8 +170,7 @@ impl<R: VpsRuntime> Workers<R> {
             .await
     }
 
-    /// Deletes the VPS (its runtime state, its port, its restart generation) and ends its
-    /// worker.
+    /// Deletes the VPS (its runtime state and its port) and ends its worker.
     pub async fn delete(&self, vps_id: &str) -> Result<(), WorkerError> {
         self.call(vps_id, |reply| Action::Delete { reply }).await
     }
@@ -241,7 +232,6 @@ impl<R: VpsRuntime> Workers<R> {
             id,
             context: self.registry.context.clone(),
             registry: Arc::downgrade(&self.registry),
-            restart_generation: self.registry.context.restarts.applied(vps_id),
             last_apply: None,
         };
         // A fresh receiver is open: the send fails only if the task is already gone, and
@@ -268,8 +258,6 @@ struct Worker<R> {
     context: Arc<Context<R>>,
     /// Weak: dropping [`Workers`] drops the senders, which ends every worker.
     registry: Weak<Registry<R>>,
-    /// The last restart generation carried out (persisted in `context.restarts`).
-    restart_generation: Option<u64>,
     /// What the last full apply left, while it stands.
     last_apply: Option<LastApply>,
 }
@@ -336,21 +324,15 @@ impl<R: VpsRuntime> Worker<R> {
         let ApplyRequest {
             spec,
             port,
-            restart_generation,
             encoded,
         } = request;
-        // A restart is a stop then a start, carried out once per generation bump; a VPS seen
-        // for the first time has nothing to restart.
-        let restart = self
-            .restart_generation
-            .is_some_and(|done| restart_generation > done);
-        if !restart {
-            if let Some(last) = &self.last_apply {
-                // One state file read and one /proc stat: cheap enough for the async thread.
-                if let Ok(Some(current)) = self.context.runtime.status(&self.vps_id) {
-                    if last.unchanged(&encoded, &current) {
-                        return Ok(current);
-                    }
+        // A restart request changes the encoded spec (its generation), so it is never
+        // answered from the last apply.
+        if let Some(last) = &self.last_apply {
+            // One state file read and one /proc stat: cheap enough for the async thread.
+            if let Ok(Some(current)) = self.context.runtime.status(&self.vps_id) {
+                if last.unchanged(&encoded, &current) {
+                    return Ok(current);
                 }
             }
         }
@@ -363,21 +345,8 @@ impl<R: VpsRuntime> Worker<R> {
             .map_err(|_| WorkerError::ShuttingDown)?;
         let context = self.context.clone();
         let observed = self
-            .blocking(move || {
-                let runtime = &context.runtime;
-                if restart && spec.power == Power::Running {
-                    let mut stopped = spec.clone();
-                    stopped.power = Power::Stopped;
-                    runtime.apply(&stopped)?;
-                }
-                let observed = runtime.apply(&spec)?;
-                if let Err(error) = context.restarts.record(&spec.vps_id, restart_generation) {
-                    warn!(vps_id = %spec.vps_id, %error, "recording restart generation");
-                }
-                Ok::<_, RuntimeError>(observed)
-            })
+            .blocking(move || context.runtime.apply(&spec))
             .await??;
-        self.restart_generation = Some(restart_generation);
         self.converge_network(port.as_ref(), &observed).await?;
         if observed.state != ObservedState::Error {
             let host_link = port
@@ -425,15 +394,6 @@ impl<R: VpsRuntime> Worker<R> {
                     source,
                 })?;
         }
-        let context = self.context.clone();
-        let vps_id = self.vps_id.clone();
-        if let Err(error) = self
-            .blocking(move || context.restarts.forget(&vps_id))
-            .await?
-        {
-            warn!(vps_id = %self.vps_id, %error, "forgetting restart generation");
-        }
-        self.restart_generation = None;
         info!(vps_id = %self.vps_id, "VPS deleted");
         Ok(())
     }
@@ -469,7 +429,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::runtime::Limits;
+    use crate::runtime::{Limits, Power};
 
     /// A runtime that keeps VPSes in a map. An apply whose hostname is `hold` waits until the
     /// test releases it, and every apply records how many applies of its VPS ran at once.
@@ -580,19 +540,17 @@ mod tests {
             limits: Limits::default(),
             power: Power::Running,
             rebuild_generation: 0,
+            restart_generation,
         };
         ApplyRequest {
             encoded: format!("{vps_id}/{hostname}/{restart_generation}").into_bytes(),
             spec,
             port: None,
-            restart_generation,
         }
     }
 
-    fn workers(runtime: &Arc<FakeRuntime>) -> (Workers<FakeRuntime>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let restarts = Arc::new(RestartGenerations::load(dir.path()).expect("generations"));
-        (Workers::new(runtime.clone(), None, restarts), dir)
+    fn workers(runtime: &Arc<FakeRuntime>) -> Workers<FakeRuntime> {
+        Workers::new(runtime.clone(), None)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +560,7 @@ mod tests {
         let (release, release_rx) = std::sync::mpsc::channel();
         *runtime.held.lock().expect("lock") = Some(held_tx);
         *runtime.release.lock().expect("lock") = Some(release_rx);
-        let (workers, _dir) = workers(&runtime);
+        let workers = workers(&runtime);
         let workers = Arc::new(workers);
 
         let first = tokio::spawn({
@@ -643,7 +601,7 @@ mod tests {
     #[tokio::test]
     async fn delete_removes_the_worker_and_a_later_apply_starts_afresh() {
         let runtime = Arc::new(FakeRuntime::default());
-        let (workers, _dir) = workers(&runtime);
+        let workers = workers(&runtime);
         workers.apply(request("v1", "a", 0)).await.expect("apply");
         assert_eq!(workers.count(), 1);
         workers.delete("v1").await.expect("delete");
@@ -663,7 +621,7 @@ mod tests {
         let (release, release_rx) = std::sync::mpsc::channel();
         *runtime.held.lock().expect("lock") = Some(held_tx);
         *runtime.release.lock().expect("lock") = Some(release_rx);
-        let (workers, _dir) = workers(&runtime);
+        let workers = workers(&runtime);
         let workers = Arc::new(workers);
         workers.apply(request("v1", "a", 3)).await.expect("apply");
 
@@ -688,14 +646,14 @@ mod tests {
         assert_eq!(
             powers,
             [Power::Running, Power::Running, Power::Running],
-            "the re-created VPS is not restarted: its generation went with the delete"
+            "the re-created VPS is created, not restarted"
         );
     }
 
     #[tokio::test]
     async fn actions_on_vpses_that_do_not_exist_leave_no_worker() {
         let runtime = Arc::new(FakeRuntime::default());
-        let (workers, _dir) = workers(&runtime);
+        let workers = workers(&runtime);
         assert_eq!(workers.status("nothing").await.expect("status"), None);
         workers.delete("nothing").await.expect("delete");
         let mut failing = request("v1", "a", 0);
@@ -714,7 +672,7 @@ mod tests {
     #[tokio::test]
     async fn unchanged_reapply_is_answered_without_the_runtime() {
         let runtime = Arc::new(FakeRuntime::default());
-        let (workers, _dir) = workers(&runtime);
+        let workers = workers(&runtime);
         let first = workers.apply(request("v1", "a", 0)).await.expect("apply");
         let again = workers.apply(request("v1", "a", 0)).await.expect("apply");
         assert_eq!(first, again);
@@ -724,9 +682,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_worker_that_ended_is_replaced_and_keeps_its_restart_generation() {
+    async fn a_worker_that_ended_is_replaced() {
         let runtime = Arc::new(FakeRuntime::default());
-        let (workers, _dir) = workers(&runtime);
+        let workers = workers(&runtime);
         let first = workers.apply(request("v1", "a", 1)).await.expect("apply");
         let task = workers.abort("v1").expect("a worker");
         while !task.is_finished() {
@@ -734,32 +692,21 @@ mod tests {
         }
         assert_eq!(workers.count(), 0, "an ended worker is not counted");
 
-        // The new worker read generation 1 from disk: no restart for it again.
-        let same = workers.apply(request("v1", "b", 1)).await.expect("apply");
-        assert_eq!(same.init_pid, first.init_pid, "not restarted");
+        // The new worker has no last apply: the same spec is applied in full, and the VPS
+        // keeps running with its init.
+        let same = workers.apply(request("v1", "a", 1)).await.expect("apply");
+        assert_eq!(same.init_pid, first.init_pid);
         assert_eq!(workers.count(), 1);
-
-        let restarted = workers.apply(request("v1", "b", 2)).await.expect("apply");
-        assert_ne!(restarted.init_pid, first.init_pid, "restarted");
-        let powers: Vec<_> = runtime.applies().into_iter().map(|(.., p)| p).collect();
-        assert_eq!(
-            powers,
-            [
-                Power::Running,
-                Power::Running,
-                Power::Stopped,
-                Power::Running
-            ]
-        );
-        // Generation 2 is done: the same request does not restart again.
-        let after = workers.apply(request("v1", "c", 2)).await.expect("apply");
-        assert_eq!(after.init_pid, restarted.init_pid);
+        assert_eq!(runtime.applies().len(), 2);
+        // A restart request is never answered from the last apply.
+        workers.apply(request("v1", "a", 2)).await.expect("apply");
+        assert_eq!(runtime.applies().len(), 3);
     }
 
     #[tokio::test]
     async fn a_closed_gate_refuses_full_applies() {
         let runtime = Arc::new(FakeRuntime::default());
-        let (workers, _dir) = workers(&runtime);
+        let workers = workers(&runtime);
         workers.close();
         let error = workers
             .apply(request("v1", "a", 0))

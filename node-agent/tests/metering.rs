@@ -17,16 +17,19 @@ use paddock_agent::metering::{Meter, Sample, STOPPED_INCARNATION};
 use paddock_agent::network::host_ifname;
 use paddock_agent::runtime::{Power, Runtime, VpsSpec};
 
-/// Burns one CPU inside the VPS for about `seconds`.
-const BURN: &str =
-    "yes >/dev/null & burner=$!; sleep {seconds}; kill $burner; wait $burner 2>/dev/null; true";
-
+/// Burns CPU inside the VPS until its cgroup has counted `seconds` more of it: an amount of
+/// work, not of wall time, so a loaded machine makes it slower, never smaller.
 fn burn(runtime: &Runtime, vps_id: &str, seconds: u32) {
+    let target = host_cpu_ns(runtime, vps_id) + u64::from(seconds) * 1_000_000_000;
     sh_ok(
         runtime,
         vps_id,
-        &BURN.replace("{seconds}", &seconds.to_string()),
+        "yes >/dev/null </dev/null 2>&1 & echo $! >/tmp/burner",
     );
+    wait_until("the burn's CPU time", Duration::from_secs(120), || {
+        host_cpu_ns(runtime, vps_id) >= target
+    });
+    sh_ok(runtime, vps_id, "kill $(cat /tmp/burner); rm /tmp/burner");
 }
 
 /// The run's cumulative CPU time as the host counts it (the cgroup outlives a stopped run

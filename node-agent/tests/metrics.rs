@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use paddock_agent::generations::RestartGenerations;
 use paddock_agent::metering::Meter;
 use paddock_agent::metrics::{self, Metrics};
 use paddock_agent::runtime::Runtime;
@@ -71,7 +70,6 @@ async fn rpcs_are_counted_by_method_and_code_and_scraped_over_tcp() {
     let runtime = Arc::new(
         Runtime::new(config(state_dir.path(), &unique("paddock-metrics"))).expect("runtime"),
     );
-    let restarts = Arc::new(RestartGenerations::load(state_dir.path()).expect("generations"));
     let metrics = Arc::new(Metrics::default());
     let meter = Arc::new(
         Meter::new(
@@ -88,11 +86,7 @@ async fn rpcs_are_counted_by_method_and_code_and_scraped_over_tcp() {
     let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let grpc_addr = grpc.local_addr().expect("local addr");
     let (stop_grpc, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = AgentService::new(
-        runtime.clone(),
-        state_dir.path().to_owned(),
-        restarts.clone(),
-    );
+    let service = AgentService::new(runtime.clone(), state_dir.path().to_owned());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(metrics::rpc_layer(metrics.clone()))

@@ -31,6 +31,7 @@ fn spec(vps_id: &str, memory_bytes: u64, power: Power) -> VpsSpec {
         },
         power,
         rebuild_generation: 0,
+        restart_generation: 0,
     }
 }
 
@@ -362,6 +363,66 @@ fn dead_init_is_seen_as_stopped_and_restarted_by_apply() {
     assert_ne!(second_pid, first_pid);
     fixture.runtime.delete(&vps_id).expect("delete");
     assert_gone(&fixture, &vps_id, &[first_pid, second_pid]);
+}
+
+/// A restart generation above the one carried out restarts a running VPS once; the generation
+/// is kept in the VPS's state, so a restarted agent does not repeat it; an agent that kept
+/// generations in the old `restart-generations.json` has them folded into the states.
+#[test]
+fn restart_generations_restart_once_and_survive_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let vps_id = fixture.new_vps_id();
+    let mut spec = spec(&vps_id, 64 << 20, Power::Running);
+    spec.restart_generation = 3;
+    // A new VPS starts at the generation it is created with: nothing to restart.
+    let first = running_pid(&fixture.runtime.apply(&spec).expect("create"));
+    assert_eq!(
+        running_pid(&fixture.runtime.apply(&spec).expect("again")),
+        first
+    );
+
+    spec.restart_generation = 4;
+    let second = running_pid(&fixture.runtime.apply(&spec).expect("restart"));
+    assert_ne!(second, first, "generation 4 restarts the VPS");
+    assert!(!pid_running(first), "the first init is gone");
+    // Carried out once, also by a restarted agent.
+    assert_eq!(
+        running_pid(&fixture.runtime.apply(&spec).expect("same")),
+        second
+    );
+    let restarted = fixture.restarted_runtime();
+    assert_eq!(running_pid(&restarted.apply(&spec).expect("same")), second);
+
+    // An older agent's file: generation 7 was carried out already; it is folded into the
+    // state when the runtime starts, and the file is gone.
+    let legacy = fixture.state_dir.path().join("restart-generations.json");
+    fs::write(&legacy, format!("{{\"{vps_id}\":7}}")).expect("legacy file");
+    let upgraded = fixture.restarted_runtime();
+    assert!(
+        !legacy.exists(),
+        "the legacy file is removed once folded in"
+    );
+    spec.restart_generation = 7;
+    assert_eq!(
+        running_pid(&upgraded.apply(&spec).expect("no repeat")),
+        second
+    );
+    spec.restart_generation = 8;
+    let third = running_pid(&upgraded.apply(&spec).expect("restart"));
+    assert_ne!(third, second);
+
+    // A stopped VPS takes a restart request as carried out: it stays stopped.
+    spec.power = Power::Stopped;
+    upgraded.apply(&spec).expect("stop");
+    spec.restart_generation = 9;
+    let stopped = upgraded.apply(&spec).expect("stopped restart");
+    assert_eq!(stopped.state, ObservedState::Stopped);
+
+    fixture.runtime.delete(&vps_id).expect("delete");
+    assert_gone(&fixture, &vps_id, &[first, second, third]);
 }
 
 #[test]

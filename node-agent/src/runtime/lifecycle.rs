@@ -21,6 +21,9 @@ use super::state::{self, ClosedRun, Phase, StateError, VpsState, STATE_VERSION};
 use super::storage::{disk, disk_growth};
 use super::usage;
 use super::{ObservedState, Power, Runtime, RuntimeError, VpsObserved, VpsSpec};
+
+/// Where agents before restart generations moved into each VPS's state kept them.
+const LEGACY_RESTART_GENERATIONS: &str = "restart-generations.json";
 use crate::fsutil::FromIo;
 use crate::network;
 use crate::template::metadata::{self, HaltSignal, HaltSignalSource};
@@ -52,7 +55,46 @@ impl Runtime {
         {
             tracing::error!(error = %e, "pruning id allocations");
         }
-        Ok(())
+        self.import_restart_generations()
+    }
+
+    /// Agents before restart generations moved into each VPS's state kept them in one
+    /// `restart-generations.json` in the state dir: folds that file into the states once (so an
+    /// upgrade never repeats a restart) and removes it.
+    fn import_restart_generations(&self) -> Result<(), RuntimeError> {
+        let path = self.config().state_dir.join(LEGACY_RESTART_GENERATIONS);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => {
+                return Err(RuntimeError::Setup(StateError::io_err("read", &path)(
+                    error,
+                )))
+            }
+        };
+        let applied: std::collections::HashMap<String, u64> = serde_json::from_slice(&bytes)
+            .map_err(|source| {
+                RuntimeError::Setup(StateError::Decode {
+                    path: path.clone(),
+                    source,
+                })
+            })?;
+        for (vps_id, generation) in applied {
+            if validate_vps_id(&vps_id).is_err() {
+                continue;
+            }
+            let lock = self.vps_lock(&vps_id);
+            let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(mut st) = self.load(&vps_id)? {
+                if generation > st.restart_generation {
+                    st.restart_generation = generation;
+                    self.save(&st)?;
+                }
+            }
+        }
+        fs::remove_file(&path)
+            .map_err(StateError::io_err("remove", &path))
+            .map_err(RuntimeError::Setup)
     }
 
     fn recover_vps(&self, vps_id: &str) -> Result<(), RuntimeError> {
@@ -90,12 +132,38 @@ impl Runtime {
     /// Blocks while starting (until the init has exec'd) and while stopping (up to
     /// `stop_grace` plus the kill timeout). A stop sends the init its template's halt signal
     /// (see [`crate::template::metadata`]) as resolved when the init was started.
+    ///
+    /// A `restart_generation` above the one last carried out restarts a VPS that runs (a stop,
+    /// then the start) once: the generation is recorded in its state only after the apply
+    /// succeeded, so a failed restart is tried again by the next apply.
     pub fn apply(&self, spec: &VpsSpec) -> Result<VpsObserved, RuntimeError> {
         validate_spec(spec)?;
         let vps_id = spec.vps_id.as_str();
         let lock = self.vps_lock(vps_id);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
 
+        let restart_due = spec.power == Power::Running
+            && self.load(vps_id)?.is_some_and(|st| {
+                st.phase == Phase::Ready && spec.restart_generation > st.restart_generation
+            });
+        if restart_due {
+            let mut stopped = spec.clone();
+            stopped.power = Power::Stopped;
+            self.apply_locked(&stopped)?;
+        }
+        let observed = self.apply_locked(spec)?;
+        if let Some(mut st) = self.load(vps_id)? {
+            if spec.restart_generation > st.restart_generation {
+                st.restart_generation = spec.restart_generation;
+                self.save(&st)?;
+            }
+        }
+        Ok(observed)
+    }
+
+    /// [`Self::apply`] without the restart, under the VPS's lock.
+    fn apply_locked(&self, spec: &VpsSpec) -> Result<VpsObserved, RuntimeError> {
+        let vps_id = spec.vps_id.as_str();
         let mut st = match self.load(vps_id)? {
             Some(st) if matches!(st.phase, Phase::Ready | Phase::Rebuilding) => st,
             Some(_) => {
@@ -267,6 +335,7 @@ impl Runtime {
             halt_signal: None,
             ids: None,
             rebuild_generation: spec.rebuild_generation,
+            restart_generation: spec.restart_generation,
             disk_grow_to: None,
             closed_run: None,
         };

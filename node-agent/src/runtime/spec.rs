@@ -72,6 +72,9 @@ pub struct VpsSpec {
     /// Bumped to rebuild: a higher value than last carried out gives the VPS a fresh writable
     /// layer (a new filesystem on the same disk) from `template`, once.
     pub rebuild_generation: u64,
+    /// Bumped to restart: a higher value than last carried out stops a running VPS and starts
+    /// it again, once. A new VPS starts at the value it is created with (nothing to restart).
+    pub restart_generation: u64,
 }
 
 /// Observed state of a VPS.
@@ -282,6 +285,7 @@ mod tests {
             },
             power: Power::Running,
             rebuild_generation: 0,
+            restart_generation: 0,
         }
     }
 

@@ -98,6 +98,9 @@ pub(crate) struct VpsState {
     /// The last rebuild generation carried out.
     #[serde(default)]
     pub rebuild_generation: u64,
+    /// The last restart generation carried out (see [`super::VpsSpec::restart_generation`]).
+    #[serde(default)]
+    pub restart_generation: u64,
     /// Intent marker of a disk growth to this many bytes that is not known to have finished
     /// (the image may be extended while its filesystem is not yet). Written before the image
     /// is touched, cleared after the filesystem grew; a set marker is redone (growth is
@@ -327,6 +330,7 @@ mod tests {
             halt_signal: Some(HaltSignal::SYSVINIT),
             ids: None,
             rebuild_generation: 0,
+            restart_generation: 0,
             disk_grow_to: None,
             closed_run: None,
         }

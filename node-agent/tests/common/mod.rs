@@ -203,6 +203,7 @@ pub fn spec(vps_id: &str, limits: Limits) -> VpsSpec {
         limits,
         power: Power::Running,
         rebuild_generation: 0,
+        restart_generation: 0,
     }
 }
 
