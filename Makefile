@@ -18,7 +18,7 @@ status:
 	PADDOCK_HOME=$(PADDOCK_HOME) scripts/up.sh --status
 
 test: deps lint build-debug
-	PADDOCK_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace -- --test-threads=2
+	PADDOCK_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
 # The benchmark suite on release binaries; writes bench/results/latest.{json,md}.
 # BENCH_ARGS: e.g. --only api-path,start-latency (see target/release/paddock-bench --list).
