@@ -34,6 +34,26 @@ fn is_loop(device: &str) -> bool {
     device.split(':').next() == Some("7")
 }
 
+/// Starts a CPU load in the VPS, detached from the exec session; [`STOP_LOAD`] ends it.
+const START_LOAD: &str =
+    "(sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & echo $! >/tmp/load.pid)";
+const STOP_LOAD: &str = "kill $(cat /tmp/load.pid); rm /tmp/load.pid";
+
+/// Waits while a load in the VPS burns CPU until its cgroup has counted `seconds` more, and at
+/// least `min_wall` has passed: an amount of work, not of wall time, so a loaded machine makes
+/// the test slower, never the load it measures smaller.
+fn burn_cpu(dirs: &[PathBuf], veth: &str, seconds: f64, min_wall: Duration) {
+    let target = host_counters(dirs, veth).cpu_seconds + seconds;
+    let started = Instant::now();
+    while host_counters(dirs, veth).cpu_seconds < target || started.elapsed() < min_wall {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the load did not burn {seconds} s of CPU within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn host_counters(dirs: &[PathBuf], veth: &str) -> HostCounters {
     let mut c = HostCounters::default();
     for dir in dirs {
@@ -235,10 +255,10 @@ fn a_restart_does_not_count_the_earlier_run_twice() {
         .to_owned();
     let dirs = cluster.vps_cgroup_dirs(&vps_id);
     let veth = cluster.host_veth(&vps_id);
-    let burn = "timeout 4 sh -c 'while :; do :; done'; true";
-
-    // First run: ~4 s of CPU, recorded once the samples after it arrived.
-    cluster.sh("acme", "again", burn);
+    // First run: 3 s of CPU, recorded once the samples after it arrived.
+    cluster.sh_ok("acme", "again", START_LOAD);
+    burn_cpu(&dirs, &veth, 3.0, Duration::ZERO);
+    cluster.sh_ok("acme", "again", STOP_LOAD);
     let first = host_counters(&dirs, &veth).cpu_seconds;
     cluster
         .wait_until("first run recorded", Duration::from_secs(30), |c| {
@@ -254,11 +274,13 @@ fn a_restart_does_not_count_the_earlier_run_twice() {
     };
     let before_restart = cgroup_inode();
 
-    // Second run after a restart: ~4 s more.
+    // Second run after a restart: 3 s more.
     cluster
         .cli_ok(&with(&["restart", "again"]))
         .expect("restart");
-    cluster.sh("acme", "again", burn);
+    cluster.sh_ok("acme", "again", START_LOAD);
+    burn_cpu(&dirs, &veth, 3.0, Duration::ZERO);
+    cluster.sh_ok("acme", "again", STOP_LOAD);
     let veth = cluster.host_veth(&vps_id);
     let counter = host_counters(&dirs, &veth).cpu_seconds;
     // The host counter covers the second run only if the cgroup is a new one.
@@ -308,9 +330,9 @@ fn a_stop_right_after_load_and_a_quick_start_count_every_run_fully() {
         "(timeout 60 ping -c 12 -i 0.2 -s 16000 -W 1 {gateway} </dev/null >/dev/null 2>&1 &)"
     );
 
-    // First run: ~3 s of CPU, then stopped at once (no waiting for a sample).
+    // First run: 2.5 s of CPU (3 s at least), then stopped at once (no waiting for a sample).
     cluster.sh_ok("acme", "tail", burn);
-    std::thread::sleep(Duration::from_secs(3));
+    burn_cpu(&dirs, &veth, 2.5, Duration::from_secs(3));
     let first_net = host_counters(&dirs, &veth);
     cluster.cli_ok(&with(&["stop", "tail"])).expect("stop");
     let first = host_counters(&dirs, &veth).cpu_seconds;
@@ -319,7 +341,7 @@ fn a_stop_right_after_load_and_a_quick_start_count_every_run_fully() {
 
     // Second run: ~3 s of CPU and pings, stopped at once.
     cluster.sh_ok("acme", "tail", &format!("{burn}; {pings}"));
-    std::thread::sleep(Duration::from_secs(3));
+    burn_cpu(&dirs, &veth, 2.5, Duration::from_secs(3));
     let second_net = host_counters(&dirs, &veth);
     cluster
         .cli_ok(&with(&["stop", "tail"]))
