@@ -260,8 +260,9 @@ fn allocate_addresses(
 }
 
 impl EtcdStore {
-    /// Connects to `endpoints`; the store's keys live under `prefix`.
-    fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+    /// Connects to `endpoints` without checking the schema (for `init`, which checks the
+    /// prefix is empty first); the store's keys live under `prefix`.
+    pub fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
         let location = format!("etcd {} prefix {prefix:?}", endpoints.join(","));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -296,7 +297,12 @@ impl EtcdStore {
 
     /// Initializes the store under `prefix` (stamps the schema version if absent) and opens it.
     pub fn create(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
-        let store = Self::connect(endpoints, prefix)?;
+        Self::connect(endpoints, prefix)?.initialize()
+    }
+
+    /// Stamps the schema version if absent, then checks it.
+    pub fn initialize(self) -> Result<Self, StoreError> {
+        let store = self;
         let schema = store.key("meta/schema_version");
         store.call(move |mut kv| async move {
             kv.txn(
