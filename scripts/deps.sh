@@ -9,7 +9,9 @@ set -euo pipefail
 # lxcfs: each VPS's own /proc/meminfo, cpuinfo, stat, uptime, loadavg, swaps (the agent starts
 # it, or reuses a running one; see proc_view in config/agent.toml).
 # systemd: `systemd-analyze verify` checks the units `make install` ships.
-packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd)
+# etcd-server: the store conformance suite and the etcd controller test start a private etcd.
+# protobuf-compiler: the etcd-client crate's build script compiles etcd's protos with protoc.
+packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd etcd-server protobuf-compiler)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

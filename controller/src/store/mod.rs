@@ -1,6 +1,8 @@
 //! The controller's durable state behind the `Store` trait; sled is the embedded default,
 //! etcd the shared one (`store = "etcd"` in controller.toml).
 
+#[cfg(test)]
+mod conformance;
 mod etcd_store;
 mod sled_store;
 mod watch;
