@@ -202,7 +202,10 @@ impl ControllerConfig {
             reason: reason.to_owned(),
         };
         if self.store == StoreBackend::Etcd && self.etcd_endpoints.is_empty() {
-            return Err(invalid("etcd_endpoints", "needs at least one URL with store = \"etcd\""));
+            return Err(invalid(
+                "etcd_endpoints",
+                "needs at least one URL with store = \"etcd\"",
+            ));
         }
         if self.etcd_prefix.is_empty() || !self.etcd_prefix.ends_with('/') {
             return Err(invalid("etcd_prefix", "must be non-empty and end with '/'"));

@@ -76,7 +76,10 @@ async fn the_controller_runs_on_etcd() {
     };
     let listed = list(channel.clone(), setup.admin.clone()).await;
     let names: BTreeSet<String> = listed.iter().map(|vps| vps.name.clone()).collect();
-    assert_eq!(names, BTreeSet::from(["web1".into(), "web2".into(), "web3".into()]));
+    assert_eq!(
+        names,
+        BTreeSet::from(["web1".into(), "web2".into(), "web3".into()])
+    );
     let addresses: BTreeSet<String> = listed.iter().flat_map(|vps| vps.ipv4.clone()).collect();
     assert_eq!(addresses.len(), 3, "one distinct address each: {listed:?}");
 

@@ -152,9 +152,10 @@ fn concurrent_creates_never_exceed_the_quota(fixture: &Fixture) {
         .collect();
     let ok = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(ok, 10);
-    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(
-        |e| matches!(e, StoreError::Quota(m) if m.to_string().contains("10 of 10 VPSes"))
-    ));
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, StoreError::Quota(m) if m.to_string().contains("10 of 10 VPSes"))));
     let used = store.get_tenant("acme").expect("get").expect("exists").used;
     assert_eq!(used.max_vps, 10);
     assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 10);
@@ -338,7 +339,12 @@ fn concurrent_creates_never_share_an_address(fixture: &Fixture) {
     let stored = store.get_pool("p1").expect("get").expect("pool");
     assert_eq!(stored.allocated.len(), 10);
     assert_eq!(
-        store.get_tenant("acme").expect("get").expect("tenant").used.max_vps,
+        store
+            .get_tenant("acme")
+            .expect("get")
+            .expect("tenant")
+            .used
+            .max_vps,
         10
     );
     assert_eq!(allocation(&*store, "n1").free_ipv4, 0);
@@ -372,7 +378,10 @@ fn event_cursors_and_audit_sequence_have_no_gaps(fixture: &Fixture) {
         })
         .collect();
     for handle in handles {
-        handle.join().expect("thread").expect("create, audit, remove");
+        handle
+            .join()
+            .expect("thread")
+            .expect("create, audit, remove");
     }
     let cursors: Vec<u64> = store
         .list_events(0, 1000)
@@ -424,19 +433,46 @@ fn usage_sample_writes_cursor_and_hour_together(fixture: &Fixture) {
             vps: None,
         })
     };
-    assert!(store.record_usage(&web.vps_id, &key, &apply).expect("first").is_some());
+    assert!(store
+        .record_usage(&web.vps_id, &key, &apply)
+        .expect("first")
+        .is_some());
     assert!(
-        store.record_usage(&web.vps_id, &key, &apply).expect("repeat").is_none(),
+        store
+            .record_usage(&web.vps_id, &key, &apply)
+            .expect("repeat")
+            .is_none(),
         "the second sample sees the first's cursor"
     );
-    assert!(store.get_usage_cursor(&web.vps_id).expect("cursor").is_some());
-    assert_eq!(store.list_usage_hours(Some("acme"), 0, 7200).expect("hours").len(), 1);
-    assert!(store.list_usage_hours(Some("acme"), 7200, 10800).expect("hours").is_empty());
-    assert_eq!(store.list_usage_hours(None, 0, 7200).expect("hours").len(), 1);
-    store.remove_vps(&web.vps_id).expect("remove");
-    assert!(store.get_usage_cursor(&web.vps_id).expect("cursor").is_none());
+    assert!(store
+        .get_usage_cursor(&web.vps_id)
+        .expect("cursor")
+        .is_some());
     assert_eq!(
-        store.list_usage_hours(Some("acme"), 0, 7200).expect("hours").len(),
+        store
+            .list_usage_hours(Some("acme"), 0, 7200)
+            .expect("hours")
+            .len(),
+        1
+    );
+    assert!(store
+        .list_usage_hours(Some("acme"), 7200, 10800)
+        .expect("hours")
+        .is_empty());
+    assert_eq!(
+        store.list_usage_hours(None, 0, 7200).expect("hours").len(),
+        1
+    );
+    store.remove_vps(&web.vps_id).expect("remove");
+    assert!(store
+        .get_usage_cursor(&web.vps_id)
+        .expect("cursor")
+        .is_none());
+    assert_eq!(
+        store
+            .list_usage_hours(Some("acme"), 0, 7200)
+            .expect("hours")
+            .len(),
         1,
         "hours stay for billing"
     );
@@ -473,14 +509,23 @@ fn plans_tokens_nodes_and_pools(fixture: &Fixture) {
     };
     store.put_token("hash1", &token).expect("token");
     store.revoke_token("t1").expect("revoke");
-    assert!(store.get_token("hash1").expect("get").expect("token").revoked);
+    assert!(
+        store
+            .get_token("hash1")
+            .expect("get")
+            .expect("token")
+            .revoked
+    );
     assert!(matches!(
         store.revoke_token("nope"),
         Err(StoreError::NotFound { .. })
     ));
     store.create_tenant(&tenant("other", 5)).expect("tenant");
     store.delete_tenant("other").expect("delete");
-    assert!(store.get_token("hash1").expect("get").is_none(), "its tokens went with it");
+    assert!(
+        store.get_token("hash1").expect("get").is_none(),
+        "its tokens went with it"
+    );
     let node = NodeRecord {
         name: "n1".to_owned(),
         address: "https://127.0.0.1:9".to_owned(),
@@ -495,7 +540,10 @@ fn plans_tokens_nodes_and_pools(fixture: &Fixture) {
     let revoked_at = Utc::now();
     store.remove_node("n1", revoked_at).expect("remove node");
     assert!(store.get_node("n1").expect("get").is_none());
-    assert_eq!(store.node_revoked_at("n1").expect("revoked"), Some(revoked_at));
+    assert_eq!(
+        store.node_revoked_at("n1").expect("revoked"),
+        Some(revoked_at)
+    );
     store.create_pool(&pool("p1", "n1", 1)).expect("pool");
     assert!(matches!(
         store.create_pool(&pool("p1", "n1", 2)),
@@ -505,7 +553,9 @@ fn plans_tokens_nodes_and_pools(fixture: &Fixture) {
         store.create_pool(&pool("p2", "n2", 1)).is_err(),
         "an overlapping pool is refused"
     );
-    store.create_pool(&pool("p3", "n2", 3)).expect("another pool");
+    store
+        .create_pool(&pool("p3", "n2", 3))
+        .expect("another pool");
     assert_eq!(store.list_pools().expect("pools").len(), 2);
     store.delete_pool("p3").expect("delete pool");
     assert_eq!(store.list_pools().expect("pools").len(), 1);

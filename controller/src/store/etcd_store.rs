@@ -68,7 +68,11 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn decode<T: DeserializeOwned>(tree: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
         tree,
         key: key.to_owned(),
@@ -333,7 +337,11 @@ impl EtcdStore {
         let response = self.call(move |mut kv| async move {
             kv.get(
                 prefix.clone(),
-                Some(GetOptions::new().with_range(prefix_end(&prefix)).with_count_only()),
+                Some(
+                    GetOptions::new()
+                        .with_range(prefix_end(&prefix))
+                        .with_count_only(),
+                ),
             )
             .await
         })?;
@@ -388,7 +396,11 @@ impl EtcdStore {
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
-    fn get<T: DeserializeOwned>(&self, tree: &'static str, key: &str) -> Result<Option<T>, StoreError> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         self.raw_get(&format!("{tree}/{key}"))?
             .map(|bytes| decode(tree, key, &bytes))
             .transpose()
@@ -411,8 +423,11 @@ impl EtcdStore {
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let response = self.call(move |mut kv| async move {
-            kv.get(from, Some(GetOptions::new().with_range(to).with_limit(limit)))
-                .await
+            kv.get(
+                from,
+                Some(GetOptions::new().with_range(to).with_limit(limit)),
+            )
+            .await
         })?;
         Ok(response
             .kvs()
@@ -425,7 +440,11 @@ impl EtcdStore {
             .collect())
     }
 
-    fn scan<T: DeserializeOwned>(&self, tree: &'static str, start: &str) -> Result<Vec<T>, StoreError> {
+    fn scan<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        start: &str,
+    ) -> Result<Vec<T>, StoreError> {
         self.scan_prefix(tree, start)?
             .into_iter()
             .map(|(key, value)| decode(tree, &key, &value))
@@ -433,7 +452,11 @@ impl EtcdStore {
     }
 
     /// Every entry of `tree` whose key starts with `prefix`.
-    fn scan_prefix(&self, tree: &'static str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn scan_prefix(
+        &self,
+        tree: &'static str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let end = String::from_utf8_lossy(&prefix_end(prefix)).into_owned();
         if prefix.is_empty() {
             return self.range(tree, "", None, 0);
@@ -482,7 +505,9 @@ impl EtcdStore {
             if attempt > 8 {
                 // Heavy contention: back off a little so the winners can finish.
                 let pause = u64::try_from(attempt.min(50)).unwrap_or(50);
-                std::thread::sleep(std::time::Duration::from_millis(rand::random::<u64>() % pause));
+                std::thread::sleep(std::time::Duration::from_millis(
+                    rand::random::<u64>() % pause,
+                ));
             }
         }
         Err(StoreError::Conflict(Conflict::Transaction))
@@ -548,7 +573,12 @@ impl EtcdStore {
         })
     }
 
-    fn put_plain<T: Serialize>(&self, tree: &'static str, key: &str, record: &T) -> Result<(), StoreError> {
+    fn put_plain<T: Serialize>(
+        &self,
+        tree: &'static str,
+        key: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
         self.transact(|tx| {
             tx.put(tree, key, record);
             Ok(())
@@ -750,7 +780,10 @@ impl Store for EtcdStore {
             tx.put("node_allocations", &vps.node, &allocation);
             tx.put("tenants", &vps.tenant, &tenant);
             tx.put("vps", &vps.vps_id, &vps);
-            tx.put_raw(format!("vps_names/{names_key}"), vps.vps_id.clone().into_bytes());
+            tx.put_raw(
+                format!("vps_names/{names_key}"),
+                vps.vps_id.clone().into_bytes(),
+            );
             tx.put_raw(
                 format!("vps_nodes/{}", node_vps_key(&vps.node, &vps.vps_id)),
                 Vec::new(),
