@@ -91,6 +91,7 @@ both!(
     event_cursors_and_audit_sequence_have_no_gaps,
     usage_sample_writes_cursor_and_hour_together,
     plans_tokens_nodes_and_pools,
+    long_lists_are_complete_and_ordered,
 );
 
 fn tenant(name: &str, max_vps: u32) -> TenantRecord {
@@ -559,4 +560,36 @@ fn plans_tokens_nodes_and_pools(fixture: &Fixture) {
     assert_eq!(store.list_pools().expect("pools").len(), 2);
     store.delete_pool("p3").expect("delete pool");
     assert_eq!(store.list_pools().expect("pools").len(), 1);
+}
+
+fn long_lists_are_complete_and_ordered(fixture: &Fixture) {
+    let store = &*fixture.store;
+    // More entries than one etcd range page (128).
+    for _ in 0..300 {
+        store.append_audit(&audit()).expect("audit");
+    }
+    let seqs = |after: u64, limit: usize| -> Vec<u64> {
+        store
+            .list_audit(after, limit)
+            .expect("audit")
+            .iter()
+            .map(|entry| entry.seq)
+            .collect()
+    };
+    assert_eq!(seqs(0, 1000), (1..=300).collect::<Vec<u64>>());
+    assert_eq!(seqs(0, 200), (1..=200).collect::<Vec<u64>>());
+    assert_eq!(seqs(250, 1000), (251..=300).collect::<Vec<u64>>());
+    assert!(seqs(300, 10).is_empty());
+    let mut roomy = tenant("acme", 1000);
+    roomy.quota.vcpus = 1000.0;
+    store.create_tenant(&roomy).expect("tenant");
+    for i in 0..150 {
+        store
+            .create_vps(&vps("acme", &format!("v{i:03}")))
+            .expect("vps");
+    }
+    assert_eq!(store.list_vps(None).expect("all").len(), 150);
+    assert_eq!(store.list_vps(Some("acme")).expect("acme").len(), 150);
+    assert_eq!(store.list_vps_on_node("n1").expect("n1").len(), 150);
+    assert_eq!(store.list_events(0, 1000).expect("events").len(), 150);
 }

@@ -60,6 +60,11 @@ use super::*;
 use crate::model::*;
 use crate::model::{ipam, quota};
 
+/// Keys per range request.
+const PAGE: usize = 128;
+/// Largest response accepted (a pool with many allocations is one large value).
+const MAX_MESSAGE: usize = 64 << 20;
+
 /// How often a conflicting transaction runs again before `Conflict::Transaction`.
 const MAX_ATTEMPTS: usize = 10_000;
 
@@ -291,7 +296,10 @@ impl EtcdStore {
             })?;
         Ok(Self {
             runtime: Some(runtime),
-            kv: client.kv_client(),
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             prefix: prefix.to_owned(),
             location,
             watchers: VpsWatchers::default(),
@@ -421,23 +429,44 @@ impl EtcdStore {
             Some(end) => format!("{tree_prefix}{end}").into_bytes(),
             None => prefix_end(&tree_prefix),
         };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let response = self.call(move |mut kv| async move {
-            kv.get(
-                from,
-                Some(GetOptions::new().with_range(to).with_limit(limit)),
-            )
-            .await
-        })?;
-        Ok(response
-            .kvs()
-            .iter()
-            .map(|kv| {
+        // Pages of PAGE keys, all at the first page's revision (one consistent snapshot), so a
+        // large tree never needs one response over gRPC's message size limit.
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut from = from.into_bytes();
+        let mut revision = 0;
+        loop {
+            let want = if limit == 0 {
+                PAGE
+            } else {
+                PAGE.min(limit - out.len())
+            };
+            let (page_from, page_to) = (from.clone(), to.clone());
+            let options = GetOptions::new()
+                .with_range(page_to)
+                .with_limit(i64::try_from(want).unwrap_or(i64::MAX))
+                .with_revision(revision);
+            let response =
+                self.call(move |mut kv| async move { kv.get(page_from, Some(options)).await })?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |header| header.revision());
+            }
+            let kvs = response.kvs();
+            for kv in kvs {
                 let key = String::from_utf8_lossy(kv.key());
                 let key = key.get(tree_prefix.len()..).unwrap_or_default().to_owned();
-                (key, kv.value().to_vec())
-            })
-            .collect())
+                out.push((key, kv.value().to_vec()));
+            }
+            let Some(last) = kvs.last() else {
+                break;
+            };
+            if !response.more() || (limit != 0 && out.len() >= limit) {
+                break;
+            }
+            // The next page starts right after the last key.
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        Ok(out)
     }
 
     fn scan<T: DeserializeOwned>(
