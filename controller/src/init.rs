@@ -117,6 +117,16 @@ pub fn open_store(config: &ControllerConfig) -> Result<Arc<dyn Store>, StoreErro
     })
 }
 
+/// Copies the sled store of `config.data_dir` into the empty etcd prefix of `config`
+/// (the controller stopped: sled refuses a store another process has open).
+pub fn migrate_sled_to_etcd(
+    config: &ControllerConfig,
+) -> Result<crate::store::migrate::Migrated, StoreError> {
+    let from = SledStore::open(&store_path(&config.data_dir))?;
+    let to = EtcdStore::connect(&config.etcd_endpoints, &config.etcd_prefix)?;
+    crate::store::migrate::sled_to_etcd(&from, &to)
+}
+
 /// Creates the data dir, the store, the seeded plans and both tokens.
 pub async fn init(config: &ControllerConfig) -> Result<Initialized, InitError> {
     let data_dir = &config.data_dir;

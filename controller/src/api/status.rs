@@ -34,6 +34,7 @@ impl From<StoreError> for tonic::Status {
             | StoreError::NotInitialized { .. }
             | StoreError::Sled(_)
             | StoreError::EtcdRuntime { .. }
+            | StoreError::Migrate(_)
             | StoreError::Corrupt { .. } => Status::internal(error.to_string()),
             // etcd unreachable or without quorum: worth retrying.
             StoreError::EtcdConnect { .. } | StoreError::Etcd(_) | StoreError::EtcdGone => {

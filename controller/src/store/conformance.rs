@@ -593,3 +593,63 @@ fn long_lists_are_complete_and_ordered(fixture: &Fixture) {
     assert_eq!(store.list_vps_on_node("n1").expect("n1").len(), 150);
     assert_eq!(store.list_events(0, 1000).expect("events").len(), 150);
 }
+
+#[test]
+fn migrate_sled_to_etcd_copies_everything_and_continues_the_counters() {
+    let Some(server) = etcd_server::EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = SledStore::create(&dir.path().join("store")).expect("sled");
+    sled.create_tenant(&tenant("acme", 10)).expect("tenant");
+    sled.create_pool(&pool("p1", "n1", 1)).expect("pool");
+    for i in 0..3 {
+        let mut one = vps("acme", &format!("v{i}"));
+        one.resources.ipv4_count = 1;
+        sled.create_vps(&one).expect("vps");
+    }
+    sled.remove_vps("acme-v0-id").expect("remove");
+    sled.append_audit(&audit()).expect("audit");
+    sled.append_audit(&audit()).expect("audit");
+    sled.remove_node("nope", Utc::now())
+        .expect_err("no such node");
+    let endpoints = std::slice::from_ref(&server.endpoint);
+    let etcd = EtcdStore::connect(endpoints, "/migrated/").expect("connect");
+    let migrated = migrate::sled_to_etcd(&sled, &etcd).expect("migrate");
+    assert_eq!(migrated.last_event, 4, "3 created, 1 deleted");
+    let etcd = EtcdStore::open(endpoints, "/migrated/").expect("the copy opens");
+    assert_eq!(
+        etcd.list_tenants().expect("t"),
+        sled.list_tenants().expect("t")
+    );
+    assert_eq!(
+        etcd.list_vps(None).expect("v"),
+        sled.list_vps(None).expect("v")
+    );
+    assert_eq!(etcd.list_pools().expect("p"), sled.list_pools().expect("p"));
+    assert_eq!(etcd.list_plans().expect("p"), sled.list_plans().expect("p"));
+    assert_eq!(
+        etcd.node_allocations().expect("a"),
+        sled.node_allocations().expect("a")
+    );
+    assert_eq!(
+        etcd.list_vps_on_node("n1").expect("n"),
+        sled.list_vps_on_node("n1").expect("n")
+    );
+    assert_eq!(
+        etcd.list_events(0, 100).expect("e"),
+        sled.list_events(0, 100).expect("e")
+    );
+    let sled_audit = sled.list_audit(0, 100).expect("a");
+    assert_eq!(etcd.list_audit(0, 100).expect("a"), sled_audit);
+    // The counters continue where sled stopped.
+    etcd.create_vps(&vps("acme", "after"))
+        .expect("create on etcd");
+    let last = etcd.list_events(4, 10).expect("e");
+    assert_eq!(last.iter().map(|e| e.cursor).collect::<Vec<_>>(), [5]);
+    let next_seq = etcd.append_audit(&audit()).expect("audit");
+    assert_eq!(next_seq, migrated.last_audit + 1);
+    // A second copy into the same prefix is refused.
+    let again = migrate::sled_to_etcd(&sled, &etcd).expect_err("not empty");
+    assert!(matches!(again, StoreError::Migrate(_)), "{again}");
+}

@@ -356,6 +356,36 @@ impl EtcdStore {
         Ok(response.count() == 0)
     }
 
+    /// Endpoints and prefix, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Writes `entries` (keys relative to the prefix) in Txns of at most 100 puts, each
+    /// refused once the schema version exists (someone initialized the prefix meanwhile).
+    pub(super) fn import(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        let schema = self.key("meta/schema_version");
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let operations: Vec<TxnOp> = entries
+                .by_ref()
+                .take(100)
+                .map(|(key, value)| TxnOp::put(self.key(&key), value, None))
+                .collect();
+            let guard = Compare::create_revision(schema.clone(), CompareOp::Equal, 0);
+            let response = self.call(move |mut kv| async move {
+                kv.txn(Txn::new().when([guard]).and_then(operations)).await
+            })?;
+            if !response.succeeded() {
+                return Err(StoreError::Migrate(format!(
+                    "{} was initialized while copying",
+                    self.location
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn check_schema(&self) -> Result<(), StoreError> {
         let found = match self.raw_get("meta/schema_version")? {
             None => {

@@ -4,6 +4,7 @@
 #[cfg(test)]
 mod conformance;
 mod etcd_store;
+pub mod migrate;
 mod sled_store;
 mod watch;
 
@@ -50,6 +51,8 @@ pub enum StoreError {
     Etcd(#[from] etcd_client::Error),
     #[error("the etcd client's runtime is gone")]
     EtcdGone,
+    #[error("migrating the store: {0}")]
+    Migrate(String),
     #[error("corrupt record {key:?} in {tree}: {source}")]
     Corrupt {
         tree: &'static str,
