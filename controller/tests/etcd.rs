@@ -118,3 +118,81 @@ async fn the_controller_runs_on_etcd() {
         .count();
     assert_eq!(created, 3);
 }
+
+/// `migrate-store --from sled --to etcd` with the controller stopped: the controller started
+/// on etcd afterwards serves what sled held, and a second copy is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_store_moves_a_sled_installation_to_etcd() {
+    let Some(etcd) = etcd_server::EtcdServer::start() else {
+        return;
+    };
+    let setup = Setup::init();
+    let (daemon, channel) = setup.launch().await;
+    setup.populate(&channel).await;
+    let mut vps = v1::vps_service_client::VpsServiceClient::new(channel.clone());
+    for name in ["db1", "db2"] {
+        vps.create_vps(with_token(
+            v1::CreateVpsRequest {
+                tenant: "acme".into(),
+                name: name.into(),
+                plan: "nano".into(),
+                ..Default::default()
+            },
+            &setup.admin,
+        ))
+        .await
+        .unwrap_or_else(|status| panic!("create {name}: {status:?}"));
+    }
+    // A running controller holds sled's lock: the copy is refused.
+    let config = std::fs::read_to_string(&setup.config).expect("config");
+    std::fs::write(
+        &setup.config,
+        format!(
+            "{config}store = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{PREFIX}\"\n",
+            etcd.endpoint
+        ),
+    )
+    .expect("config");
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_paddock-controller"))
+            .arg("--config")
+            .arg(&setup.config)
+            .args(["migrate-store", "--from", "sled", "--to", "etcd"])
+            .output()
+            .expect("migrate-store")
+    };
+    assert!(!migrate().status.success(), "copied a store in use");
+    daemon.kill();
+    let copied = migrate();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let again = migrate();
+    assert!(!again.status.success(), "copied into a non-empty prefix");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // Now on etcd (the config says so): the VPSes, the tenant and the admin token are there.
+    let (_daemon, channel) = setup.launch().await;
+    let listed = v1::vps_service_client::VpsServiceClient::new(channel)
+        .list_vps(with_token(
+            v1::ListVpsRequest {
+                tenant: "acme".into(),
+                page: None,
+            },
+            &setup.admin,
+        ))
+        .await
+        .expect("list on etcd")
+        .into_inner()
+        .vps;
+    let names: BTreeSet<String> = listed.into_iter().map(|vps| vps.name).collect();
+    assert_eq!(names, BTreeSet::from(["db1".into(), "db2".into()]));
+    let store = EtcdStore::open(std::slice::from_ref(&etcd.endpoint), PREFIX).expect("open");
+    assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 2);
+}
