@@ -14,7 +14,7 @@ use super::*;
 use crate::model::*;
 
 /// A store under test, with what a test needs beyond the `Store` trait.
-trait Backend: Store {
+pub(crate) trait Backend: Store {
     /// Every stored key and value, to check that a refused request changed nothing.
     fn dump_all(&self) -> Result<Vec<DumpEntry>, StoreError>;
 }
@@ -32,13 +32,13 @@ impl Backend for EtcdStore {
 }
 
 /// A fresh, empty store and what keeps it alive (its dir, its etcd).
-struct Fixture {
-    store: Arc<dyn Backend>,
+pub(crate) struct Fixture {
+    pub(crate) store: Arc<dyn Backend>,
     _dir: tempfile::TempDir,
     _etcd: Option<etcd_server::EtcdServer>,
 }
 
-fn sled() -> Option<Fixture> {
+pub(crate) fn sled() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::create(&dir.path().join("store")).expect("create sled store");
     Some(Fixture {
@@ -48,7 +48,7 @@ fn sled() -> Option<Fixture> {
     })
 }
 
-fn etcd() -> Option<Fixture> {
+pub(crate) fn etcd() -> Option<Fixture> {
     let server = etcd_server::EtcdServer::start()?;
     let store = EtcdStore::create(std::slice::from_ref(&server.endpoint), "/paddock-test/")
         .expect("create etcd store");
@@ -75,12 +75,15 @@ macro_rules! suite {
     };
 }
 
+/// Every case against both backends; the caller's module must have `sled` and `etcd` (the
+/// fixture functions) and the cases in scope.
 macro_rules! both {
     ($($case:ident),* $(,)?) => {
-        suite!(sled: $($case),*);
-        suite!(etcd: $($case),*);
+        $crate::store::conformance::suite!(sled: $($case),*);
+        $crate::store::conformance::suite!(etcd: $($case),*);
     };
 }
+pub(crate) use {both, suite};
 
 both!(
     concurrent_creates_never_exceed_the_quota,

@@ -2,7 +2,7 @@
 //! etcd the shared one (`store = "etcd"` in controller.toml).
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 mod etcd_store;
 pub mod migrate;
 mod sled_store;
