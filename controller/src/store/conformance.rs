@@ -95,6 +95,7 @@ both!(
     usage_sample_writes_cursor_and_hour_together,
     plans_tokens_nodes_and_pools,
     long_lists_are_complete_and_ordered,
+    vps_watchers_see_committed_changes,
 );
 
 fn tenant(name: &str, max_vps: u32) -> TenantRecord {
@@ -655,4 +656,94 @@ fn migrate_sled_to_etcd_copies_everything_and_continues_the_counters() {
     // A second copy into the same prefix is refused.
     let again = migrate::sled_to_etcd(&sled, &etcd).expect_err("not empty");
     assert!(matches!(again, StoreError::Migrate(_)), "{again}");
+}
+
+fn vps_watchers_see_committed_changes(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    let web = vps("acme", "web");
+    let mut changes = store.vps_watchers().subscribe(&web.vps_id);
+    store.create_vps(&web).expect("create");
+    let next = |changes: &mut VpsChanges| match changes.try_recv() {
+        Some(Ok(change)) => change,
+        other => panic!("no change published: {other:?}"),
+    };
+    assert!(matches!(next(&mut changes), VpsChange::Changed(vps) if vps.name == "web"));
+    store
+        .update_vps(&web.vps_id, &|vps| {
+            vps.desired_power = Power::Stopped;
+            Ok(())
+        })
+        .expect("stop");
+    assert!(matches!(
+        next(&mut changes),
+        VpsChange::Changed(vps) if vps.desired_power == Power::Stopped
+    ));
+    store
+        .update_vps(&web.vps_id, &|_| {
+            Err(StoreError::Conflict(Conflict::VpsDeleting {
+                name: "web".to_owned(),
+            }))
+        })
+        .expect_err("refused");
+    assert!(
+        changes.try_recv().is_none(),
+        "a refused change is not published"
+    );
+    store
+        .update_tenant("acme", &|tenant| {
+            tenant.suspended = true;
+            Ok(())
+        })
+        .expect("suspend");
+    assert!(matches!(next(&mut changes), VpsChange::Changed(_)));
+    store.remove_vps(&web.vps_id).expect("remove");
+    assert!(matches!(next(&mut changes), VpsChange::Removed));
+}
+
+/// The etcd store called from a current-thread runtime (the `#[tokio::test]` default) and from
+/// a multi-thread one, including `flush`: the client runs on its own runtime, so neither panics
+/// nor waits on itself.
+#[tokio::test]
+async fn etcd_store_works_inside_a_current_thread_runtime() {
+    let Some(fixture) = etcd() else {
+        return;
+    };
+    fixture
+        .store
+        .create_tenant(&tenant("acme", 5))
+        .expect("tenant");
+    fixture
+        .store
+        .create_vps(&vps("acme", "web"))
+        .expect("create");
+    fixture.store.flush().await.expect("flush");
+    assert_eq!(fixture.store.list_vps(None).expect("list").len(), 1);
+    // Dropped inside the runtime: the store's own runtime shuts down in the background.
+    drop(fixture);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_works_inside_a_multi_thread_runtime() {
+    let Some(fixture) = etcd() else {
+        return;
+    };
+    let store = fixture.store.clone();
+    let mut roomy = tenant("acme", 50);
+    roomy.quota.vcpus = 1000.0;
+    store.create_tenant(&roomy).expect("tenant");
+    // More concurrent callers than worker threads, each blocking its worker.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.create_vps(&vps("acme", &format!("v{i}")))?;
+                store.flush().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("join").expect("create");
+    }
+    assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 20);
 }
