@@ -6,8 +6,7 @@ use std::collections::BTreeSet;
 
 mod common;
 
-#[path = "../src/store/etcd_server.rs"]
-mod etcd_server;
+use common::etcd_server;
 
 use common::daemon::Setup;
 use common::with_token;

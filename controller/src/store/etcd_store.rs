@@ -459,6 +459,26 @@ impl EtcdStore {
             Some(end) => format!("{tree_prefix}{end}").into_bytes(),
             None => prefix_end(&tree_prefix),
         };
+        self.range_raw(&tree_prefix, from, to, limit)
+    }
+
+    /// Every key under the store's prefix (relative to it) with its value.
+    fn range_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = self.prefix.clone();
+        let end = prefix_end(&prefix);
+        self.range_raw(&prefix, prefix.clone(), end, 0)
+    }
+
+    /// Keys from `from` (inclusive) to `to` (exclusive), at most `limit` (0: all), with
+    /// `strip` cut off their front.
+    fn range_raw(
+        &self,
+        strip: &str,
+        from: String,
+        to: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tree_prefix = strip;
         // Pages of PAGE keys, all at the first page's revision (one consistent snapshot), so a
         // large tree never needs one response over gRPC's message size limit.
         let mut out: Vec<(String, Vec<u8>)> = Vec::new();
@@ -572,21 +592,27 @@ impl EtcdStore {
         Err(StoreError::Conflict(Conflict::Transaction))
     }
 
-    /// Every key and value under the prefix, for tests that check a failed request changed nothing.
+    /// Every key and value under the prefix, for tests that check a failed request changed
+    /// nothing: named like sled's (tree, key, value), the tree being the key's first segment
+    /// (the counters and the pool guard count to the tree they number).
     pub fn dump(&self) -> Result<Vec<super::sled_store::DumpEntry>, StoreError> {
-        let prefix = self.prefix.clone();
-        let response = self.call(move |mut kv| async move {
-            kv.get(
-                prefix.clone(),
-                Some(GetOptions::new().with_range(prefix_end(&prefix))),
-            )
-            .await
-        })?;
-        Ok(response
-            .kvs()
-            .iter()
-            .map(|kv| ("etcd".to_owned(), kv.key().to_vec(), kv.value().to_vec()))
-            .collect())
+        let mut out = Vec::new();
+        for (key, value) in self.range_all()? {
+            let (tree, rest) = match key.split_once('/') {
+                Some((tree, rest)) => (tree.to_owned(), rest.as_bytes().to_vec()),
+                None => {
+                    let tree = match key.as_str() {
+                        "audit_last" => "audit",
+                        "events_last" => "events_meta",
+                        "pools_guard" => "pools",
+                        other => other,
+                    };
+                    (tree.to_owned(), key.as_bytes().to_vec())
+                }
+            };
+            out.push((tree, rest, value));
+        }
+        Ok(out)
     }
 
     /// Publishes `vps_id` to its watchers; call after a committed transaction changed it.
