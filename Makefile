@@ -19,6 +19,9 @@ status:
 
 test: deps lint build-debug
 	PADDOCK_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace -- --test-threads=2
+	# The controller's API suites again, on the etcd store backend (a private etcd per test).
+	PADDOCK_TEST_STORE=etcd $(CARGO) test -p paddock-controller --test api --test authz \
+		--test watch --test metering --test limits --test events -- --test-threads=2
 
 # The benchmark suite on release binaries; writes bench/results/latest.{json,md}.
 # BENCH_ARGS: e.g. --only api-path,start-latency (see target/release/paddock-bench --list).
