@@ -9,7 +9,9 @@ set -euo pipefail
 # lxcfs: each VPS's own /proc/meminfo, cpuinfo, stat, uptime, loadavg, swaps (the agent starts
 # it, or reuses a running one; see proc_view in config/agent.toml).
 # systemd: `systemd-analyze verify` checks the units `make install` ships.
-packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd)
+# etcd-server: the store conformance suite and the etcd controller test start a private etcd.
+# protobuf-compiler: the etcd-client crate's build script compiles etcd's protos with protoc.
+packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd etcd-server protobuf-compiler)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
@@ -41,4 +43,12 @@ ExecStart=/usr/bin/lxcfs --enable-cfs --enable-loadavg --enable-pidfd /var/lib/l
 UNIT
     systemctl daemon-reload
     systemctl restart lxcfs.service
+fi
+
+# Debian enables and starts etcd.service (a single member on 127.0.0.1:2379) right after
+# install. Paddock's tests start a private etcd on ports of their own, and a controller with
+# `store = "etcd"` is pointed at the provider's own cluster: installing the package for them
+# must not leave a database running on the host.
+if [[ " ${missing[*]} " == *" etcd-server "* && -d /run/systemd/system ]]; then
+    systemctl disable --now etcd.service >/dev/null 2>&1 || true
 fi

@@ -25,6 +25,13 @@ pub struct ControllerConfig {
     pub tls_sans: Vec<String>,
     /// Where the sled store, the admin and join tokens live.
     pub data_dir: PathBuf,
+    /// Which store keeps the desired state: `sled` (embedded in `data_dir`, the default)
+    /// or `etcd` (a cluster at `etcd_endpoints`, keys under `etcd_prefix`).
+    pub store: StoreBackend,
+    /// etcd client URLs, with `store = "etcd"`.
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every key the controller writes in etcd (ends with `/`).
+    pub etcd_prefix: String,
     /// How often agents are asked to send a heartbeat.
     pub heartbeat_interval_secs: u32,
     /// A node with no heartbeat for this long is `offline`.
@@ -43,6 +50,17 @@ pub struct ControllerConfig {
     pub default_quota: QuotaDefaults,
     /// Absolute bounds on every VPS's and plan's resources, for admins too.
     pub vps_limits: VpsLimits,
+}
+
+/// The store backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded sled database in the data dir.
+    #[default]
+    Sled,
+    /// An etcd v3 cluster.
+    Etcd,
 }
 
 /// Placement policy. Per-node ratios can be overridden with the node labels
@@ -154,6 +172,9 @@ impl Default for ControllerConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7453))),
             tls_sans: Vec::new(),
             data_dir: PathBuf::from("/var/lib/paddock/controller"),
+            store: StoreBackend::Sled,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            etcd_prefix: "/paddock/".to_owned(),
             heartbeat_interval_secs: 5,
             node_offline_after_secs: 30,
             reconcile_interval_secs: 10,
@@ -180,6 +201,15 @@ impl ControllerConfig {
             field,
             reason: reason.to_owned(),
         };
+        if self.store == StoreBackend::Etcd && self.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "etcd_endpoints",
+                "needs at least one URL with store = \"etcd\"",
+            ));
+        }
+        if self.etcd_prefix.is_empty() || !self.etcd_prefix.ends_with('/') {
+            return Err(invalid("etcd_prefix", "must be non-empty and end with '/'"));
+        }
         if self.heartbeat_interval_secs == 0 {
             return Err(invalid("heartbeat_interval_secs", "must be at least 1"));
         }

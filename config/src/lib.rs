@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub use agent::{AgentConfig, HostPort, Isolation, ProcViewKind, Transport};
 pub use controller::{
-    ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy, VpsLimits,
-    MIN_PIDS,
+    ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy,
+    StoreBackend, VpsLimits, MIN_PIDS,
 };
 use serde::de::DeserializeOwned;
 pub use size::{ByteSize, SizeError};

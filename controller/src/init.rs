@@ -6,11 +6,13 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use paddock_config::ControllerConfig;
+use std::sync::Arc;
+
+use paddock_config::{ControllerConfig, StoreBackend};
 
 use crate::auth::{self, mint_join_token};
 use crate::model::{PlanRecord, Resources, Role, TransferOverage};
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{EtcdStore, SledStore, Store, StoreError};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -104,6 +106,27 @@ fn write_secret(path: &Path, contents: &str) -> Result<(), InitError> {
         .map_err(|e| io("writing", e))
 }
 
+/// Opens the configured store (`store = "sled" | "etcd"`).
+pub fn open_store(config: &ControllerConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.store {
+        StoreBackend::Sled => Arc::new(SledStore::open(&store_path(&config.data_dir))?),
+        StoreBackend::Etcd => Arc::new(EtcdStore::open(
+            &config.etcd_endpoints,
+            &config.etcd_prefix,
+        )?),
+    })
+}
+
+/// Copies the sled store of `config.data_dir` into the empty etcd prefix of `config`
+/// (the controller stopped: sled refuses a store another process has open).
+pub fn migrate_sled_to_etcd(
+    config: &ControllerConfig,
+) -> Result<crate::store::migrate::Migrated, StoreError> {
+    let from = SledStore::open(&store_path(&config.data_dir))?;
+    let to = EtcdStore::connect(&config.etcd_endpoints, &config.etcd_prefix)?;
+    crate::store::migrate::sled_to_etcd(&from, &to)
+}
+
 /// Creates the data dir, the store, the seeded plans and both tokens.
 pub async fn init(config: &ControllerConfig) -> Result<Initialized, InitError> {
     let data_dir = &config.data_dir;
@@ -113,6 +136,19 @@ pub async fn init(config: &ControllerConfig) -> Result<Initialized, InitError> {
             path: data_dir.clone(),
         });
     }
+    // An etcd prefix that holds anything is another installation's (or this one's).
+    let etcd = match config.store {
+        StoreBackend::Sled => None,
+        StoreBackend::Etcd => {
+            let store = EtcdStore::connect(&config.etcd_endpoints, &config.etcd_prefix)?;
+            if !store.is_empty()? {
+                return Err(InitError::AlreadyInitialized {
+                    path: PathBuf::from(&config.etcd_prefix),
+                });
+            }
+            Some(store)
+        }
+    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -122,7 +158,10 @@ pub async fn init(config: &ControllerConfig) -> Result<Initialized, InitError> {
             path: data_dir.clone(),
             source,
         })?;
-    let store = SledStore::create(&store_dir)?;
+    let store: Arc<dyn Store> = match etcd {
+        None => Arc::new(SledStore::create(&store_dir)?),
+        Some(store) => Arc::new(store.initialize()?),
+    };
     for plan in default_plans() {
         store.create_plan(&plan)?;
     }

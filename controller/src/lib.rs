@@ -22,7 +22,7 @@ use paddock_config::ControllerConfig;
 pub use service::Controller;
 
 use crate::api::ServeError;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let store = Arc::new(SledStore::open(&init::store_path(&config.data_dir))?);
+    let store = init::open_store(&config)?;
     let join_token_path = init::join_token_path(&config.data_dir);
     let join_token = std::fs::read_to_string(&join_token_path)
         .map_err(|source| StartError::JoinToken {

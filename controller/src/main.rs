@@ -25,6 +25,20 @@ enum Command {
     Init,
     /// Serve the gRPC API (the default).
     Run,
+    /// Copy the store of this config's data dir into its (empty) etcd prefix; the
+    /// controller must be stopped. Then set `store = "etcd"`.
+    MigrateStore {
+        #[arg(long, value_enum)]
+        from: Backend,
+        #[arg(long, value_enum)]
+        to: Backend,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Sled,
+    Etcd,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +68,22 @@ fn main() -> anyhow::Result<()> {
                      Agents join with the token in {}",
                     config.data_dir.display(),
                     done.join_token_path.display()
+                );
+                Ok(())
+            }
+            Command::MigrateStore { from, to } => {
+                if (from, to) != (Backend::Sled, Backend::Etcd) {
+                    anyhow::bail!("only --from sled --to etcd is supported");
+                }
+                let migrated = paddock_controller::init::migrate_sled_to_etcd(&config)?;
+                eprintln!(
+                    "copied {} keys (last event {}, last audit entry {}) to etcd {} under {:?}; \
+                     set store = \"etcd\" in the config and start the controller",
+                    migrated.keys,
+                    migrated.last_event,
+                    migrated.last_audit,
+                    config.etcd_endpoints.join(","),
+                    config.etcd_prefix
                 );
                 Ok(())
             }

@@ -568,7 +568,6 @@ async fn removing_a_node_revokes_its_certificates_until_it_enrols_again() {
         "{refused:?}"
     );
     // The node's agent is not reachable here: the VPS is removed as a node would confirm.
-    use paddock_controller::store::Store;
     api.store.remove_vps(&web.id).expect("remove VPS");
     let refused = remove().await;
     assert!(refused.message().contains("pool-b"), "{refused:?}");
@@ -751,7 +750,6 @@ fn tagged<T>(request: T, token: &str, id: &str) -> tonic::Request<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_mutation_is_done_once_and_a_reused_id_refused() {
-    use paddock_controller::store::Store;
     let api = start().await;
     let acme = api.tenant("acme", 10).await;
     let create = |plan: &str| v1::CreateVpsRequest {

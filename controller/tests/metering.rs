@@ -460,7 +460,6 @@ async fn a_used_up_allowance_throttles_or_suspends_until_lifted_or_the_month_end
     assert_eq!(transfer.limited(), v1::TransferOverage::Throttle);
     assert_eq!(transfer.limited_rate_bits_per_sec, 1_000_000);
     assert_eq!(transfer.limited_until.map(|t| t.seconds), Some(next_month));
-    use paddock_controller::store::Store;
     let record = api
         .store
         .get_vps(&throttled.id)

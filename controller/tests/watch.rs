@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{start, with_token, Api};
-use paddock_controller::store::{Conflict, Store, StoreError, VpsChange};
+use paddock_controller::store::{Conflict, StoreError, VpsChange};
 use paddock_proto::v1;
 use tonic::Code;
 

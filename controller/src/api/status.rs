@@ -33,7 +33,13 @@ impl From<StoreError> for tonic::Status {
             | StoreError::SchemaMismatch { .. }
             | StoreError::NotInitialized { .. }
             | StoreError::Sled(_)
+            | StoreError::EtcdRuntime { .. }
+            | StoreError::Migrate(_)
             | StoreError::Corrupt { .. } => Status::internal(error.to_string()),
+            // etcd unreachable or without quorum: worth retrying.
+            StoreError::EtcdConnect { .. } | StoreError::Etcd(_) | StoreError::EtcdGone => {
+                Status::unavailable(error.to_string())
+            }
         }
     }
 }

@@ -103,12 +103,18 @@ impl Pools<'_> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     use chrono::Utc;
 
     use crate::model::{PoolRecord, Quota, Resources, TenantRecord, VpsRecord};
-    use crate::store::{SledStore, Store, StoreError};
+    use crate::store::conformance::{both, etcd, sled, Fixture};
+    use crate::store::StoreError;
+
+    both!(
+        overlapping_pools_are_refused,
+        concurrent_creates_never_share_an_address_and_release_on_remove,
+        no_pool_or_zero_addresses,
+    );
 
     fn pool(name: &str, node: &str, cidr: &str, gateway: &str) -> PoolRecord {
         PoolRecord {
@@ -171,14 +177,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn overlapping_pools_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::create(dir.path()).expect("store");
+    fn overlapping_pools_are_refused(fixture: &Fixture) {
+        let store = &*fixture.store;
         store
             .create_pool(&pool("a", "n1", "10.77.0.0/24", "10.77.0.1"))
             .expect("first");
-        let before = store.dump().expect("dump");
+        let before = store.dump_all().expect("dump");
         let err = store
             .create_pool(&pool("b", "n2", "10.77.0.128/25", "10.77.0.129"))
             .expect_err("overlap");
@@ -186,7 +190,7 @@ mod tests {
             matches!(&err, StoreError::Ipam(m) if m.to_string().contains("overlaps pool \"a\"")),
             "{err}"
         );
-        assert_eq!(store.dump().expect("dump"), before, "nothing changed");
+        assert_eq!(store.dump_all().expect("dump"), before, "nothing changed");
         store
             .create_pool(&PoolRecord {
                 ipv6_prefix: Some("fd00:77::/64".into()),
@@ -212,10 +216,8 @@ mod tests {
             .expect("disjoint IPv6");
     }
 
-    #[test]
-    fn concurrent_creates_never_share_an_address_and_release_on_remove() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(SledStore::create(dir.path()).expect("store"));
+    fn concurrent_creates_never_share_an_address_and_release_on_remove(fixture: &Fixture) {
+        let store = fixture.store.clone();
         store.create_tenant(&tenant("acme")).expect("tenant");
         // 10 allocatable addresses: .1-.11 minus the gateway .1 -> .2..=.11
         store
@@ -274,18 +276,16 @@ mod tests {
         assert_eq!(again.ipv4, vec![freed]);
     }
 
-    #[test]
-    fn no_pool_or_zero_addresses() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::create(dir.path()).expect("store");
+    fn no_pool_or_zero_addresses(fixture: &Fixture) {
+        let store = &*fixture.store;
         store.create_tenant(&tenant("acme")).expect("tenant");
-        let before = store.dump().expect("dump");
+        let before = store.dump_all().expect("dump");
         let err = store.create_vps(&vps("v", 1)).expect_err("no pool");
         assert!(
             err.to_string().contains("node n1 has no IPv4 pool"),
             "{err}"
         );
-        assert_eq!(store.dump().expect("dump"), before);
+        assert_eq!(store.dump_all().expect("dump"), before);
         store.create_vps(&vps("v", 0)).expect("no address needed");
         let v = store.find_vps("acme", "v").expect("find").expect("vps");
         assert!(v.ipv4.is_empty() && v.network.is_none());

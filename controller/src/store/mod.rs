@@ -1,5 +1,10 @@
-//! The controller's durable state behind the `Store` trait; sled is the embedded default.
+//! The controller's durable state behind the `Store` trait; sled is the embedded default,
+//! etcd the shared one (`store = "etcd"` in controller.toml).
 
+#[cfg(test)]
+pub(crate) mod conformance;
+mod etcd_store;
+pub mod migrate;
 mod sled_store;
 mod watch;
 
@@ -13,7 +18,8 @@ use crate::model::{
     Resources, TenantRecord, TokenRecord, UsageCursorRecord, UsageHourRecord, VpsRecord,
 };
 use chrono::{DateTime, Utc};
-pub use sled_store::SledStore;
+pub use etcd_store::EtcdStore;
+pub use sled_store::{DumpEntry, SledStore};
 pub use watch::{EventSignal, VpsChange, VpsChanges, VpsWatchers, WatchRecvError};
 
 /// Version of the on-disk layout; a store written by another version is refused.
@@ -34,6 +40,19 @@ pub enum StoreError {
     NotInitialized { path: String },
     #[error("store I/O: {0}")]
     Sled(#[from] sled::Error),
+    #[error("connecting to {location}: {source}")]
+    EtcdConnect {
+        location: String,
+        source: etcd_client::Error,
+    },
+    #[error("starting the etcd client's runtime: {source}")]
+    EtcdRuntime { source: std::io::Error },
+    #[error("etcd request: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("the etcd client's runtime is gone")]
+    EtcdGone,
+    #[error("migrating the store: {0}")]
+    Migrate(String),
     #[error("corrupt record {key:?} in {tree}: {source}")]
     Corrupt {
         tree: &'static str,
@@ -70,7 +89,7 @@ pub enum Conflict {
     PlanInUse { plan: String, vps_count: usize },
     #[error("tenant {tenant:?} still has {vps_count} VPS(es); delete them first")]
     TenantHasVps { tenant: String, vps_count: u32 },
-    /// A concurrent transaction kept conflicting (sled retries these itself).
+    /// A concurrent transaction kept conflicting (both backends retry these themselves).
     #[error("transaction conflict")]
     Transaction,
 }

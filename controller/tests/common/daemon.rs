@@ -50,13 +50,18 @@ fn free_port() -> u16 {
 impl Setup {
     /// Writes a config with private ports and runs `paddock-controller init`.
     pub fn init() -> Self {
+        Self::init_with("")
+    }
+
+    /// Like [`Setup::init`], with `extra` lines appended to the config.
+    pub fn init_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = dir.path().join("controller.toml");
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nreconcile_interval_secs = 60\n",
+                "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nreconcile_interval_secs = 60\n{extra}\n",
                 free_port(),
                 dir.path().join("data").display()
             ),

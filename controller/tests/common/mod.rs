@@ -1,21 +1,53 @@
-//! Shared setup: a real controller on loopback over a temp sled store.
+//! Shared setup: a real controller on loopback over a temp sled store, or over a private
+//! etcd with `PADDOCK_TEST_STORE=etcd` (the API suites then run on the etcd backend).
 
 #![allow(dead_code)]
 
 pub mod daemon;
+#[path = "../../src/store/etcd_server.rs"]
+pub mod etcd_server;
 
 use std::sync::Arc;
 
-use paddock_config::ControllerConfig;
-use paddock_controller::store::{SledStore, Store};
+use paddock_config::{ControllerConfig, StoreBackend};
+use paddock_controller::store::{DumpEntry, EtcdStore, SledStore, Store, StoreError};
 use paddock_proto::v1;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Request;
 
+/// The store a test controller serves from, with a way to dump it.
+#[derive(Clone)]
+pub enum TestStore {
+    Sled(Arc<SledStore>),
+    Etcd(Arc<EtcdStore>),
+}
+
+impl TestStore {
+    /// Every stored key and value.
+    pub fn dump(&self) -> Result<Vec<DumpEntry>, StoreError> {
+        match self {
+            Self::Sled(store) => store.dump(),
+            Self::Etcd(store) => store.dump(),
+        }
+    }
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Sled(store) => &**store,
+            Self::Etcd(store) => &**store,
+        }
+    }
+}
+
 pub struct Api {
     _dir: Arc<tempfile::TempDir>,
-    pub store: Arc<SledStore>,
+    _etcd: Option<Arc<etcd_server::EtcdServer>>,
+    pub store: TestStore,
     pub channel: Channel,
     pub admin: String,
     pub join: String,
@@ -43,25 +75,46 @@ pub fn with_token<T>(message: T, token: &str) -> Request<T> {
 
 pub async fn start() -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = ControllerConfig {
+    let etcd = match std::env::var("PADDOCK_TEST_STORE").as_deref() {
+        Ok("etcd") => {
+            Some(etcd_server::EtcdServer::start().expect("PADDOCK_TEST_STORE=etcd needs etcd"))
+        }
+        _ => None,
+    };
+    let mut config = ControllerConfig {
         data_dir: dir.path().join("data"),
         metrics_listen: None,
         ..ControllerConfig::default()
     };
+    if let Some(etcd) = &etcd {
+        config.store = StoreBackend::Etcd;
+        config.etcd_endpoints = vec![etcd.endpoint.clone()];
+    }
     let init = paddock_controller::init::init(&config).await.expect("init");
     let join = std::fs::read_to_string(&init.join_token_path)
         .expect("join token")
         .trim()
         .to_owned();
-    let store = Arc::new(
-        SledStore::open(&paddock_controller::init::store_path(&config.data_dir)).expect("open"),
-    );
+    let (store, serving): (TestStore, Arc<dyn Store>) = match &etcd {
+        None => {
+            let store = Arc::new(
+                SledStore::open(&paddock_controller::init::store_path(&config.data_dir))
+                    .expect("open"),
+            );
+            (TestStore::Sled(store.clone()), store)
+        }
+        Some(_) => {
+            let store = Arc::new(
+                EtcdStore::open(&config.etcd_endpoints, &config.etcd_prefix).expect("open"),
+            );
+            (TestStore::Etcd(store.clone()), store)
+        }
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving: Arc<dyn Store> = store.clone();
     let join_token = join.clone();
     let ca_pem = std::fs::read_to_string(&init.ca_path).expect("ca");
     let pki = paddock_controller::pki::Pki::load(&config.data_dir).expect("pki");
@@ -76,6 +129,7 @@ pub async fn start() -> Api {
     let channel = connect(&endpoint).await;
     let api = Api {
         _dir: Arc::new(dir),
+        _etcd: etcd.map(Arc::new),
         store,
         channel,
         admin: init.admin_token,
@@ -171,6 +225,7 @@ impl Api {
     pub fn with_channel(&self, channel: Channel) -> Api {
         Api {
             _dir: self._dir.clone(),
+            _etcd: self._etcd.clone(),
             store: self.store.clone(),
             channel,
             admin: self.admin.clone(),

@@ -1,0 +1,749 @@
+//! The store conformance suite: every test runs against both backends, sled in a temp dir and
+//! etcd started by the test (see `etcd_server.rs`; skipped when etcd is not installed, failed
+//! instead under `PADDOCK_REQUIRE_PRIVILEGED=1`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+#[path = "etcd_server.rs"]
+mod etcd_server;
+
+use super::*;
+use crate::model::*;
+
+/// A store under test, with what a test needs beyond the `Store` trait.
+pub(crate) trait Backend: Store {
+    /// Every stored key and value, to check that a refused request changed nothing.
+    fn dump_all(&self) -> Result<Vec<DumpEntry>, StoreError>;
+}
+
+impl Backend for SledStore {
+    fn dump_all(&self) -> Result<Vec<DumpEntry>, StoreError> {
+        self.dump()
+    }
+}
+
+impl Backend for EtcdStore {
+    fn dump_all(&self) -> Result<Vec<DumpEntry>, StoreError> {
+        self.dump()
+    }
+}
+
+/// A fresh, empty store and what keeps it alive (its dir, its etcd).
+pub(crate) struct Fixture {
+    pub(crate) store: Arc<dyn Backend>,
+    _dir: tempfile::TempDir,
+    _etcd: Option<etcd_server::EtcdServer>,
+}
+
+pub(crate) fn sled() -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::create(&dir.path().join("store")).expect("create sled store");
+    Some(Fixture {
+        store: Arc::new(store),
+        _dir: dir,
+        _etcd: None,
+    })
+}
+
+pub(crate) fn etcd() -> Option<Fixture> {
+    let server = etcd_server::EtcdServer::start()?;
+    let store = EtcdStore::create(std::slice::from_ref(&server.endpoint), "/paddock-test/")
+        .expect("create etcd store");
+    Some(Fixture {
+        store: Arc::new(store),
+        _dir: tempfile::tempdir().expect("tempdir"),
+        _etcd: Some(server),
+    })
+}
+
+/// One test per backend and case: `suite!(backend: case, ...)`.
+macro_rules! suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $case() {
+                    if let Some(fixture) = super::$backend() {
+                        super::$case(&fixture);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Every case against both backends; the caller's module must have `sled` and `etcd` (the
+/// fixture functions) and the cases in scope.
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        $crate::store::conformance::suite!(sled: $($case),*);
+        $crate::store::conformance::suite!(etcd: $($case),*);
+    };
+}
+pub(crate) use {both, suite};
+
+both!(
+    concurrent_creates_never_exceed_the_quota,
+    concurrent_creates_never_share_an_address,
+    duplicate_names_and_release_on_remove,
+    node_index_and_allocations_follow_vps_and_pool_changes,
+    every_change_that_appends_events_signals_followers,
+    event_cursors_and_audit_sequence_have_no_gaps,
+    usage_sample_writes_cursor_and_hour_together,
+    plans_tokens_nodes_and_pools,
+    long_lists_are_complete_and_ordered,
+    vps_watchers_see_committed_changes,
+);
+
+fn tenant(name: &str, max_vps: u32) -> TenantRecord {
+    TenantRecord {
+        name: name.to_owned(),
+        quota: Quota {
+            max_vps,
+            vcpus: 100.0,
+            memory_bytes: u64::MAX,
+            disk_bytes: u64::MAX,
+            ipv4_count: 100,
+        },
+        used: Quota::default(),
+        suspended: false,
+        created_at: Utc::now(),
+    }
+}
+
+fn vps(tenant: &str, name: &str) -> VpsRecord {
+    VpsRecord {
+        vps_id: format!("{tenant}-{name}-id"),
+        name: name.to_owned(),
+        tenant: tenant.to_owned(),
+        plan: "nano".to_owned(),
+        template: "busybox".to_owned(),
+        resources: Resources {
+            vcpus: 1.0,
+            memory_bytes: 256 << 20,
+            disk_bytes: 2 << 30,
+            ..Resources::default()
+        },
+        node: "n1".to_owned(),
+        desired_power: Power::Running,
+        deleting: false,
+        ipv4: vec![],
+        network: None,
+        rebuild_generation: 0,
+        restart_generation: 0,
+        created_at: Utc::now(),
+        observed: None,
+        transfer_limit: None,
+        applied_spec: None,
+        last_request: None,
+    }
+}
+
+fn concurrent_creates_never_exceed_the_quota(fixture: &Fixture) {
+    let store = fixture.store.clone();
+    store.create_tenant(&tenant("acme", 10)).expect("tenant");
+    let handles: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || store.create_vps(&vps("acme", &format!("vps{i}"))))
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 10);
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, StoreError::Quota(m) if m.to_string().contains("10 of 10 VPSes"))));
+    let used = store.get_tenant("acme").expect("get").expect("exists").used;
+    assert_eq!(used.max_vps, 10);
+    assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 10);
+}
+
+fn duplicate_names_and_release_on_remove(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    store.create_tenant(&tenant("other", 5)).expect("tenant");
+    store.create_vps(&vps("acme", "web1")).expect("first");
+    let before = store.dump_all().expect("dump");
+    let again = store
+        .create_vps(&vps("acme", "web1"))
+        .expect_err("duplicate");
+    assert!(matches!(again, StoreError::AlreadyExists { .. }));
+    assert_eq!(
+        store.dump_all().expect("dump"),
+        before,
+        "a refused create changes nothing"
+    );
+    // The same name in another tenant is a different VPS.
+    store
+        .create_vps(&vps("other", "web1"))
+        .expect("other tenant");
+    assert!(store.find_vps("other", "web1").expect("find").is_some());
+    assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 1);
+    store.remove_vps("acme-web1-id").expect("remove");
+    assert_eq!(
+        store.get_tenant("acme").expect("get").expect("tenant").used,
+        Quota::default()
+    );
+    assert!(store.find_vps("acme", "web1").expect("find").is_none());
+    store.delete_tenant("acme").expect("empty tenant can go");
+    let busy = store.delete_tenant("other").expect_err("has a VPS");
+    assert!(matches!(busy, StoreError::Conflict(_)));
+}
+fn pool(name: &str, node: &str, third_octet: u8) -> PoolRecord {
+    PoolRecord {
+        name: name.to_owned(),
+        node: node.to_owned(),
+        cidr: format!("10.9.{third_octet}.0/24"),
+        gateway: format!("10.9.{third_octet}.1"),
+        range_start: format!("10.9.{third_octet}.10"),
+        range_end: format!("10.9.{third_octet}.19"),
+        ipv6_prefix: None,
+        nat: true,
+        allocated: Default::default(),
+        allocated_ipv6: Default::default(),
+        created_at: Utc::now(),
+    }
+}
+
+fn allocation(store: &dyn Backend, node: &str) -> NodeAllocationRecord {
+    store
+        .node_allocations()
+        .expect("allocations")
+        .into_iter()
+        .find(|(name, _)| name == node)
+        .map(|(_, allocation)| allocation)
+        .unwrap_or_default()
+}
+
+fn node_index_and_allocations_follow_vps_and_pool_changes(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 10)).expect("tenant");
+    store.create_pool(&pool("p1", "n1", 1)).expect("pool");
+    let mut web = vps("acme", "web");
+    web.resources.ipv4_count = 1;
+    store.create_vps(&web).expect("web");
+    let mut db = vps("acme", "db");
+    db.node = "n2".to_owned();
+    db.resources.vcpus = 0.5;
+    store.create_vps(&db).expect("db");
+    let on_n1: Vec<String> = store
+        .list_vps_on_node("n1")
+        .expect("list")
+        .into_iter()
+        .map(|vps| vps.name)
+        .collect();
+    assert_eq!(on_n1, ["web"]);
+    let n1 = allocation(store, "n1");
+    assert_eq!((n1.vps_count, n1.vcpus, n1.free_ipv4), (1, 1.0, 9));
+    assert_eq!(n1.pools, ["p1"]);
+    assert_eq!(allocation(store, "n2").vcpus, 0.5);
+    store
+        .resize_vps(
+            &db.vps_id,
+            "nano",
+            &Resources {
+                vcpus: 2.0,
+                ..db.resources.clone()
+            },
+        )
+        .expect("resize");
+    assert_eq!(allocation(store, "n2").vcpus, 2.0);
+    store.remove_vps(&web.vps_id).expect("remove");
+    assert!(store.list_vps_on_node("n1").expect("list").is_empty());
+    let n1 = allocation(store, "n1");
+    assert_eq!((n1.vps_count, n1.vcpus, n1.free_ipv4), (0, 0.0, 10));
+    store.delete_pool("p1").expect("delete pool");
+    assert_eq!(allocation(store, "n1"), NodeAllocationRecord::default());
+}
+
+fn every_change_that_appends_events_signals_followers(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    let mut commits = store.event_signal().subscribe();
+    let signalled = |commits: &mut tokio::sync::watch::Receiver<u64>, what: &str| {
+        assert!(
+            commits.has_changed().expect("sender alive"),
+            "{what} appended events without signalling"
+        );
+        commits.borrow_and_update();
+    };
+    let events = |store: &dyn Backend| store.list_events(0, 100).expect("events").len();
+
+    store.create_vps(&vps("acme", "web1")).expect("create");
+    signalled(&mut commits, "create_vps");
+    store
+        .update_vps("acme-web1-id", &|vps| {
+            vps.observed = None;
+            Ok(())
+        })
+        .expect("a heartbeat-like update");
+    assert!(
+        !commits.has_changed().expect("sender alive"),
+        "an update that appends no event wakes no follower"
+    );
+    store
+        .update_vps_emitting("acme-web1-id", &|vps| {
+            vps.rebuild_generation += 1;
+            Ok(Some(EventRecord::of_vps(EventKind::Rebuilt, vps)))
+        })
+        .expect("rebuild");
+    signalled(&mut commits, "update_vps_emitting");
+    store
+        .update_tenant_emitting("acme", &|tenant| {
+            tenant.suspended = true;
+            Ok(Some(EventKind::Suspended))
+        })
+        .expect("suspend");
+    signalled(&mut commits, "update_tenant_emitting");
+    store.remove_vps("acme-web1-id").expect("remove");
+    signalled(&mut commits, "remove_vps");
+    assert_eq!(events(store), 4, "created, rebuilt, suspended, deleted");
+}
+
+fn concurrent_creates_never_share_an_address(fixture: &Fixture) {
+    let store = fixture.store.clone();
+    let mut roomy = tenant("acme", 100);
+    roomy.quota.vcpus = 1000.0;
+    store.create_tenant(&roomy).expect("tenant");
+    // Ten addresses (.10 to .19) for 40 VPSes that want one each.
+    store.create_pool(&pool("p1", "n1", 7)).expect("pool");
+    let handles: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut one = vps("acme", &format!("v{i}"));
+                one.resources.ipv4_count = 1;
+                store.create_vps(&one)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, StoreError::Ipam(_))));
+    let created = store.list_vps(Some("acme")).expect("list");
+    let addresses: BTreeSet<String> = created
+        .iter()
+        .flat_map(|vps| vps.ipv4.iter().cloned())
+        .collect();
+    assert_eq!(created.len(), 10);
+    assert_eq!(addresses.len(), 10, "no address given twice: {created:?}");
+    let stored = store.get_pool("p1").expect("get").expect("pool");
+    assert_eq!(stored.allocated.len(), 10);
+    assert_eq!(
+        store
+            .get_tenant("acme")
+            .expect("get")
+            .expect("tenant")
+            .used
+            .max_vps,
+        10
+    );
+    assert_eq!(allocation(&*store, "n1").free_ipv4, 0);
+}
+
+fn audit() -> AuditRecord {
+    AuditRecord {
+        seq: 0,
+        at: Utc::now(),
+        actor: "test".to_owned(),
+        method: "Create".to_owned(),
+        target: "x".to_owned(),
+        result: "ok".to_owned(),
+    }
+}
+
+fn event_cursors_and_audit_sequence_have_no_gaps(fixture: &Fixture) {
+    let store = fixture.store.clone();
+    let mut roomy = tenant("acme", 100);
+    roomy.quota.vcpus = 1000.0;
+    store.create_tenant(&roomy).expect("tenant");
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let one = vps("acme", &format!("v{i}"));
+                store.create_vps(&one)?;
+                store.append_audit(&audit())?;
+                store.remove_vps(&one.vps_id)
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle
+            .join()
+            .expect("thread")
+            .expect("create, audit, remove");
+    }
+    let cursors: Vec<u64> = store
+        .list_events(0, 1000)
+        .expect("events")
+        .iter()
+        .map(|event| event.cursor)
+        .collect();
+    assert_eq!(cursors, (1..=40).collect::<Vec<u64>>());
+    let after: Vec<u64> = store
+        .list_events(17, 5)
+        .expect("events")
+        .iter()
+        .map(|event| event.cursor)
+        .collect();
+    assert_eq!(after, [18, 19, 20, 21, 22]);
+    let seqs: Vec<u64> = store
+        .list_audit(0, 1000)
+        .expect("audit")
+        .iter()
+        .map(|entry| entry.seq)
+        .collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
+}
+
+fn usage_sample_writes_cursor_and_hour_together(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    let web = vps("acme", "web");
+    store.create_vps(&web).expect("vps");
+    let key = UsageHourKey {
+        tenant: "acme".to_owned(),
+        hour_start: 3600,
+        vps_id: web.vps_id.clone(),
+    };
+    let apply = |state: UsageState| -> Option<UsageUpdate> {
+        if state.cursor.is_some() {
+            return None;
+        }
+        let vps = state.vps?;
+        Some(UsageUpdate {
+            cursor: UsageCursorRecord::default(),
+            hour: UsageHourRecord {
+                tenant: vps.tenant.clone(),
+                vps_id: vps.vps_id.clone(),
+                hour_start: 3600,
+                ..UsageHourRecord::default()
+            },
+            events: Vec::new(),
+            vps: None,
+        })
+    };
+    assert!(store
+        .record_usage(&web.vps_id, &key, &apply)
+        .expect("first")
+        .is_some());
+    assert!(
+        store
+            .record_usage(&web.vps_id, &key, &apply)
+            .expect("repeat")
+            .is_none(),
+        "the second sample sees the first's cursor"
+    );
+    assert!(store
+        .get_usage_cursor(&web.vps_id)
+        .expect("cursor")
+        .is_some());
+    assert_eq!(
+        store
+            .list_usage_hours(Some("acme"), 0, 7200)
+            .expect("hours")
+            .len(),
+        1
+    );
+    assert!(store
+        .list_usage_hours(Some("acme"), 7200, 10800)
+        .expect("hours")
+        .is_empty());
+    assert_eq!(
+        store.list_usage_hours(None, 0, 7200).expect("hours").len(),
+        1
+    );
+    store.remove_vps(&web.vps_id).expect("remove");
+    assert!(store
+        .get_usage_cursor(&web.vps_id)
+        .expect("cursor")
+        .is_none());
+    assert_eq!(
+        store
+            .list_usage_hours(Some("acme"), 0, 7200)
+            .expect("hours")
+            .len(),
+        1,
+        "hours stay for billing"
+    );
+}
+
+fn plans_tokens_nodes_and_pools(fixture: &Fixture) {
+    let store = &*fixture.store;
+    let plan = PlanRecord {
+        name: "nano".to_owned(),
+        resources: Resources::default(),
+        monthly_transfer_bytes: 0,
+        transfer_overage: TransferOverage::default(),
+    };
+    store.create_plan(&plan).expect("plan");
+    assert!(matches!(
+        store.create_plan(&plan),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(store.list_plans().expect("plans").len(), 1);
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    store.create_vps(&vps("acme", "web")).expect("vps");
+    assert!(matches!(
+        store.delete_plan("nano"),
+        Err(StoreError::Conflict(Conflict::PlanInUse { .. }))
+    ));
+    let token = TokenRecord {
+        token_id: "t1".to_owned(),
+        role: Role::Tenant,
+        tenant: Some("other".to_owned()),
+        description: String::new(),
+        created_at: Utc::now(),
+        expires_at: None,
+        revoked: false,
+    };
+    store.put_token("hash1", &token).expect("token");
+    store.revoke_token("t1").expect("revoke");
+    assert!(
+        store
+            .get_token("hash1")
+            .expect("get")
+            .expect("token")
+            .revoked
+    );
+    assert!(matches!(
+        store.revoke_token("nope"),
+        Err(StoreError::NotFound { .. })
+    ));
+    store.create_tenant(&tenant("other", 5)).expect("tenant");
+    store.delete_tenant("other").expect("delete");
+    assert!(
+        store.get_token("hash1").expect("get").is_none(),
+        "its tokens went with it"
+    );
+    let node = NodeRecord {
+        name: "n1".to_owned(),
+        address: "https://127.0.0.1:9".to_owned(),
+        capacity: Capacity::default(),
+        cordoned: false,
+        labels: Default::default(),
+        last_heartbeat: Utc::now(),
+        agent_version: "test".to_owned(),
+    };
+    store.put_node(&node).expect("node");
+    assert_eq!(store.list_nodes().expect("nodes").len(), 1);
+    let revoked_at = Utc::now();
+    store.remove_node("n1", revoked_at).expect("remove node");
+    assert!(store.get_node("n1").expect("get").is_none());
+    assert_eq!(
+        store.node_revoked_at("n1").expect("revoked"),
+        Some(revoked_at)
+    );
+    store.create_pool(&pool("p1", "n1", 1)).expect("pool");
+    assert!(matches!(
+        store.create_pool(&pool("p1", "n1", 2)),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(
+        store.create_pool(&pool("p2", "n2", 1)).is_err(),
+        "an overlapping pool is refused"
+    );
+    store
+        .create_pool(&pool("p3", "n2", 3))
+        .expect("another pool");
+    assert_eq!(store.list_pools().expect("pools").len(), 2);
+    store.delete_pool("p3").expect("delete pool");
+    assert_eq!(store.list_pools().expect("pools").len(), 1);
+}
+
+fn long_lists_are_complete_and_ordered(fixture: &Fixture) {
+    let store = &*fixture.store;
+    // More entries than one etcd range page (128).
+    for _ in 0..300 {
+        store.append_audit(&audit()).expect("audit");
+    }
+    let seqs = |after: u64, limit: usize| -> Vec<u64> {
+        store
+            .list_audit(after, limit)
+            .expect("audit")
+            .iter()
+            .map(|entry| entry.seq)
+            .collect()
+    };
+    assert_eq!(seqs(0, 1000), (1..=300).collect::<Vec<u64>>());
+    assert_eq!(seqs(0, 200), (1..=200).collect::<Vec<u64>>());
+    assert_eq!(seqs(250, 1000), (251..=300).collect::<Vec<u64>>());
+    assert!(seqs(300, 10).is_empty());
+    let mut roomy = tenant("acme", 1000);
+    roomy.quota.vcpus = 1000.0;
+    store.create_tenant(&roomy).expect("tenant");
+    for i in 0..150 {
+        store
+            .create_vps(&vps("acme", &format!("v{i:03}")))
+            .expect("vps");
+    }
+    assert_eq!(store.list_vps(None).expect("all").len(), 150);
+    assert_eq!(store.list_vps(Some("acme")).expect("acme").len(), 150);
+    assert_eq!(store.list_vps_on_node("n1").expect("n1").len(), 150);
+    assert_eq!(store.list_events(0, 1000).expect("events").len(), 150);
+}
+
+#[test]
+fn migrate_sled_to_etcd_copies_everything_and_continues_the_counters() {
+    let Some(server) = etcd_server::EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = SledStore::create(&dir.path().join("store")).expect("sled");
+    sled.create_tenant(&tenant("acme", 10)).expect("tenant");
+    sled.create_pool(&pool("p1", "n1", 1)).expect("pool");
+    for i in 0..3 {
+        let mut one = vps("acme", &format!("v{i}"));
+        one.resources.ipv4_count = 1;
+        sled.create_vps(&one).expect("vps");
+    }
+    sled.remove_vps("acme-v0-id").expect("remove");
+    sled.append_audit(&audit()).expect("audit");
+    sled.append_audit(&audit()).expect("audit");
+    sled.remove_node("nope", Utc::now())
+        .expect_err("no such node");
+    let endpoints = std::slice::from_ref(&server.endpoint);
+    let etcd = EtcdStore::connect(endpoints, "/migrated/").expect("connect");
+    let migrated = migrate::sled_to_etcd(&sled, &etcd).expect("migrate");
+    assert_eq!(migrated.last_event, 4, "3 created, 1 deleted");
+    let etcd = EtcdStore::open(endpoints, "/migrated/").expect("the copy opens");
+    assert_eq!(
+        etcd.list_tenants().expect("t"),
+        sled.list_tenants().expect("t")
+    );
+    assert_eq!(
+        etcd.list_vps(None).expect("v"),
+        sled.list_vps(None).expect("v")
+    );
+    assert_eq!(etcd.list_pools().expect("p"), sled.list_pools().expect("p"));
+    assert_eq!(etcd.list_plans().expect("p"), sled.list_plans().expect("p"));
+    assert_eq!(
+        etcd.node_allocations().expect("a"),
+        sled.node_allocations().expect("a")
+    );
+    assert_eq!(
+        etcd.list_vps_on_node("n1").expect("n"),
+        sled.list_vps_on_node("n1").expect("n")
+    );
+    assert_eq!(
+        etcd.list_events(0, 100).expect("e"),
+        sled.list_events(0, 100).expect("e")
+    );
+    let sled_audit = sled.list_audit(0, 100).expect("a");
+    assert_eq!(etcd.list_audit(0, 100).expect("a"), sled_audit);
+    // The counters continue where sled stopped.
+    etcd.create_vps(&vps("acme", "after"))
+        .expect("create on etcd");
+    let last = etcd.list_events(4, 10).expect("e");
+    assert_eq!(last.iter().map(|e| e.cursor).collect::<Vec<_>>(), [5]);
+    let next_seq = etcd.append_audit(&audit()).expect("audit");
+    assert_eq!(next_seq, migrated.last_audit + 1);
+    // A second copy into the same prefix is refused.
+    let again = migrate::sled_to_etcd(&sled, &etcd).expect_err("not empty");
+    assert!(matches!(again, StoreError::Migrate(_)), "{again}");
+}
+
+fn vps_watchers_see_committed_changes(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    let web = vps("acme", "web");
+    let mut changes = store.vps_watchers().subscribe(&web.vps_id);
+    store.create_vps(&web).expect("create");
+    let next = |changes: &mut VpsChanges| match changes.try_recv() {
+        Some(Ok(change)) => change,
+        other => panic!("no change published: {other:?}"),
+    };
+    assert!(matches!(next(&mut changes), VpsChange::Changed(vps) if vps.name == "web"));
+    store
+        .update_vps(&web.vps_id, &|vps| {
+            vps.desired_power = Power::Stopped;
+            Ok(())
+        })
+        .expect("stop");
+    assert!(matches!(
+        next(&mut changes),
+        VpsChange::Changed(vps) if vps.desired_power == Power::Stopped
+    ));
+    store
+        .update_vps(&web.vps_id, &|_| {
+            Err(StoreError::Conflict(Conflict::VpsDeleting {
+                name: "web".to_owned(),
+            }))
+        })
+        .expect_err("refused");
+    assert!(
+        changes.try_recv().is_none(),
+        "a refused change is not published"
+    );
+    store
+        .update_tenant("acme", &|tenant| {
+            tenant.suspended = true;
+            Ok(())
+        })
+        .expect("suspend");
+    assert!(matches!(next(&mut changes), VpsChange::Changed(_)));
+    store.remove_vps(&web.vps_id).expect("remove");
+    assert!(matches!(next(&mut changes), VpsChange::Removed));
+}
+
+/// The etcd store called from a current-thread runtime (the `#[tokio::test]` default) and from
+/// a multi-thread one, including `flush`: the client runs on its own runtime, so neither panics
+/// nor waits on itself.
+#[tokio::test]
+async fn etcd_store_works_inside_a_current_thread_runtime() {
+    let Some(fixture) = etcd() else {
+        return;
+    };
+    fixture
+        .store
+        .create_tenant(&tenant("acme", 5))
+        .expect("tenant");
+    fixture
+        .store
+        .create_vps(&vps("acme", "web"))
+        .expect("create");
+    fixture.store.flush().await.expect("flush");
+    assert_eq!(fixture.store.list_vps(None).expect("list").len(), 1);
+    // Dropped inside the runtime: the store's own runtime shuts down in the background.
+    drop(fixture);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_works_inside_a_multi_thread_runtime() {
+    let Some(fixture) = etcd() else {
+        return;
+    };
+    let store = fixture.store.clone();
+    let mut roomy = tenant("acme", 50);
+    roomy.quota.vcpus = 1000.0;
+    store.create_tenant(&roomy).expect("tenant");
+    // More concurrent callers than worker threads, each blocking its worker.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.create_vps(&vps("acme", &format!("v{i}")))?;
+                store.flush().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("join").expect("create");
+    }
+    assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 20);
+}

@@ -1,0 +1,1190 @@
+//! `Store` on etcd v3: JSON values under one key prefix, optimistic multi-key transactions.
+//!
+//! # Key layout (prefix `P`, `etcd_prefix` in controller.toml, default `/paddock/`)
+//!
+//! | key                                           | value                                  |
+//! |-----------------------------------------------|----------------------------------------|
+//! | `P meta/schema_version`                       | `SCHEMA_VERSION` as decimal text       |
+//! | `P plans/<name>`                              | `PlanRecord`                           |
+//! | `P tenants/<name>`                            | `TenantRecord`                         |
+//! | `P tokens/<hash>`                             | `TokenRecord`                          |
+//! | `P nodes/<name>`                              | `NodeRecord`                           |
+//! | `P node_revocations/<name>`                   | when the node's certificates were revoked |
+//! | `P vps/<vps_id>`                              | `VpsRecord`                            |
+//! | `P vps_names/<tenant>/<name>`                 | VPS id                                 |
+//! | `P vps_nodes/<node>/<vps_id>`                 | empty: the per-node index              |
+//! | `P node_allocations/<node>`                   | `NodeAllocationRecord`                 |
+//! | `P pools/<name>`                              | `PoolRecord` with its allocations      |
+//! | `P pools_guard`                               | generation bumped by every pool create |
+//! | `P events/<cursor:020>`                       | `EventRecord`                          |
+//! | `P events_last`                               | highest event cursor handed out        |
+//! | `P audit/<seq:020>`                           | `AuditRecord`                          |
+//! | `P audit_last`                                | highest audit sequence handed out      |
+//! | `P usage_cursors/<vps_id>`                    | `UsageCursorRecord`                    |
+//! | `P usage_hours/<tenant>/<hour:020>/<vps_id>`  | `UsageHourRecord`                      |
+//!
+//! # Transactions
+//!
+//! Every read-modify-write runs in [`EtcdStore::transact`]: the body reads keys (each read
+//! remembers the key's `mod_revision`, or that it does not exist), computes with the model's
+//! pure rules and stages writes; the commit is one etcd `Txn` whose compares require every key
+//! read to be unchanged (`mod_revision == read`, or `create_revision == 0` for a key read as
+//! absent). When another commit changed one of them the Txn fails and the body runs again on
+//! fresh reads. A body that refuses (quota, name taken, ...) is refused only after the same
+//! compares confirm that what it read was current, so a refusal is never based on a torn read.
+//! Event cursors and audit sequence numbers come from a counter key read and written in the
+//! appending Txn, so they are strictly increasing without gaps, in commit order.
+//!
+//! etcd acknowledges a Txn only once a quorum has it in its WAL (fsynced): every returned write
+//! is durable, and `flush` has nothing left to do.
+//!
+//! # Sync over async
+//!
+//! The `Store` trait is synchronous and called from the controller's tokio worker threads (and
+//! from plain threads in tests). The store owns a separate tokio runtime ("paddock-etcd", two
+//! worker threads) that runs the etcd client; a call spawns its request there and blocks the
+//! calling thread on a std channel until the answer arrives. This cannot deadlock: the etcd
+//! runtime's tasks never wait for the caller's runtime (they only do network I/O), so a caller
+//! blocking every worker of its own runtime still gets its answer. `Handle::block_on` was not an
+//! option (it panics inside a runtime), and `block_in_place` would panic on a current-thread
+//! runtime (the `#[tokio::test]` default). The blocking mirrors sled's (disk I/O on the caller).
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::*;
+use crate::model::*;
+use crate::model::{ipam, quota};
+
+/// Keys per range request.
+const PAGE: usize = 128;
+/// Largest response accepted (a pool with many allocations is one large value).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// How often a conflicting transaction runs again before `Conflict::Transaction`.
+const MAX_ATTEMPTS: usize = 10_000;
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Records are plain data (strings, numbers, maps with string keys): serialization cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        tree,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+/// The first key after every key starting with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The store on an etcd cluster.
+pub struct EtcdStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    kv: KvClient,
+    prefix: String,
+    /// Endpoints and prefix, for messages.
+    location: String,
+    watchers: VpsWatchers,
+    events_committed: EventSignal,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks on its workers, which panics inside another runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// One key as read in a transaction: its value and the revision that last changed it.
+struct Read {
+    value: Option<Vec<u8>>,
+    mod_revision: i64,
+}
+
+/// A transaction in progress: what it read (compared at commit) and what it will write.
+struct Tx<'a> {
+    store: &'a EtcdStore,
+    reads: BTreeMap<String, Read>,
+    /// Key -> new value, or `None` to delete it.
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl Tx<'_> {
+    fn raw(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(write) = self.writes.get(key) {
+            return Ok(write.clone());
+        }
+        if let Some(read) = self.reads.get(key) {
+            return Ok(read.value.clone());
+        }
+        let full = self.store.key(key);
+        let response = self
+            .store
+            .call(move |mut kv| async move { kv.get(full, None).await })?;
+        let read = match response.kvs().first() {
+            Some(kv) => Read {
+                value: Some(kv.value().to_vec()),
+                mod_revision: kv.mod_revision(),
+            },
+            None => Read {
+                value: None,
+                mod_revision: 0,
+            },
+        };
+        let value = read.value.clone();
+        self.reads.insert(key.to_owned(), read);
+        Ok(value)
+    }
+
+    fn get<T: DeserializeOwned>(
+        &mut self,
+        tree: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.raw(&format!("{tree}/{key}"))?
+            .map(|bytes| decode(tree, key, &bytes))
+            .transpose()
+    }
+
+    fn need<T: DeserializeOwned>(
+        &mut self,
+        tree: &'static str,
+        key: &str,
+        kind: &'static str,
+    ) -> Result<T, StoreError> {
+        self.get(tree, key)?.ok_or_else(|| StoreError::NotFound {
+            kind,
+            name: key.to_owned(),
+        })
+    }
+
+    fn put<T: Serialize>(&mut self, tree: &'static str, key: &str, value: &T) {
+        self.writes
+            .insert(format!("{tree}/{key}"), Some(encode(value)));
+    }
+
+    fn put_raw(&mut self, key: String, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, tree: &'static str, key: &str) {
+        self.writes.insert(format!("{tree}/{key}"), None);
+    }
+
+    /// Reads counter `key`, writes it plus one and returns the new value.
+    fn next(&mut self, key: &str) -> Result<u64, StoreError> {
+        let last = self
+            .raw(key)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).parse::<u64>().unwrap_or(0))
+            .unwrap_or(0);
+        let next = last + 1;
+        self.put_raw(key.to_owned(), next.to_string().into_bytes());
+        Ok(next)
+    }
+
+    /// Appends `event` with the next cursor.
+    fn append_event(&mut self, mut event: EventRecord) -> Result<u64, StoreError> {
+        let cursor = self.next("events_last")?;
+        event.cursor = cursor;
+        self.put("events", &format!("{cursor:020}"), &event);
+        Ok(cursor)
+    }
+
+    fn update_allocation(
+        &mut self,
+        node: &str,
+        change: impl FnOnce(&mut NodeAllocationRecord),
+    ) -> Result<(), StoreError> {
+        let mut allocation: NodeAllocationRecord =
+            self.get("node_allocations", node)?.unwrap_or_default();
+        change(&mut allocation);
+        self.put("node_allocations", node, &allocation);
+        Ok(())
+    }
+
+    /// The compares that hold while nothing this transaction read has changed.
+    fn compares(&self) -> Vec<Compare> {
+        self.reads
+            .iter()
+            .map(|(key, read)| {
+                let full = self.store.key(key);
+                if read.value.is_some() {
+                    Compare::mod_revision(full, CompareOp::Equal, read.mod_revision)
+                } else {
+                    Compare::create_revision(full, CompareOp::Equal, 0)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Takes `vps.resources.ipv4_count` addresses from the first of `node_pools` with enough
+/// free ones and records them on the VPS and in the pool.
+fn allocate_addresses(
+    tx: &mut Tx<'_>,
+    node_pools: &[String],
+    vps: &mut VpsRecord,
+) -> Result<(), StoreError> {
+    let count = vps.resources.ipv4_count;
+    if count == 0 {
+        return Ok(());
+    }
+    let mut full = Vec::new();
+    for name in node_pools {
+        let Some(mut pool) = tx.get::<PoolRecord>("pools", name)? else {
+            continue;
+        };
+        if !ipam::allocate_from(&mut pool, vps) {
+            if ipam::plan(&pool).is_ok() {
+                full.push(pool.name);
+            }
+            continue;
+        }
+        tx.put("pools", name, &pool);
+        return Ok(());
+    }
+    Err(StoreError::from(ipam::no_room(&vps.node, full, count)))
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` without checking the schema (for `init`, which checks the
+    /// prefix is empty first); the store's keys live under `prefix`.
+    pub fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        let location = format!("etcd {} prefix {prefix:?}", endpoints.join(","));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("paddock-etcd")
+            .enable_all()
+            .build()
+            .map_err(|source| StoreError::EtcdRuntime { source })?;
+        let endpoints = endpoints.to_vec();
+        let (sender, receiver) = mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(std::time::Duration::from_secs(5))
+                .with_timeout(std::time::Duration::from_secs(30));
+            let _ = sender.send(Client::connect(endpoints, Some(options)).await);
+        });
+        let client = receiver
+            .recv()
+            .map_err(|_| StoreError::EtcdGone)?
+            .map_err(|source| StoreError::EtcdConnect {
+                location: location.clone(),
+                source,
+            })?;
+        Ok(Self {
+            runtime: Some(runtime),
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            prefix: prefix.to_owned(),
+            location,
+            watchers: VpsWatchers::default(),
+            events_committed: EventSignal::default(),
+        })
+    }
+
+    /// Initializes the store under `prefix` (stamps the schema version if absent) and opens it.
+    pub fn create(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        Self::connect(endpoints, prefix)?.initialize()
+    }
+
+    /// Stamps the schema version if absent, then checks it.
+    pub fn initialize(self) -> Result<Self, StoreError> {
+        let store = self;
+        let schema = store.key("meta/schema_version");
+        store.call(move |mut kv| async move {
+            kv.txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        schema.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([TxnOp::put(schema, SCHEMA_VERSION.to_string(), None)]),
+            )
+            .await
+        })?;
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// Opens an initialized store, refusing one of another schema version.
+    pub fn open(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(endpoints, prefix)?;
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// Whether anything is stored under the prefix.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let prefix = self.prefix.clone();
+        let response = self.call(move |mut kv| async move {
+            kv.get(
+                prefix.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_range(prefix_end(&prefix))
+                        .with_count_only(),
+                ),
+            )
+            .await
+        })?;
+        Ok(response.count() == 0)
+    }
+
+    /// Endpoints and prefix, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Writes `entries` (keys relative to the prefix) in Txns of at most 100 puts, each
+    /// refused once the schema version exists (someone initialized the prefix meanwhile).
+    pub(super) fn import(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        let schema = self.key("meta/schema_version");
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let operations: Vec<TxnOp> = entries
+                .by_ref()
+                .take(100)
+                .map(|(key, value)| TxnOp::put(self.key(&key), value, None))
+                .collect();
+            let guard = Compare::create_revision(schema.clone(), CompareOp::Equal, 0);
+            let response = self.call(move |mut kv| async move {
+                kv.txn(Txn::new().when([guard]).and_then(operations)).await
+            })?;
+            if !response.succeeded() {
+                return Err(StoreError::Migrate(format!(
+                    "{} was initialized while copying",
+                    self.location
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let found = match self.raw_get("meta/schema_version")? {
+            None => {
+                return Err(StoreError::NotInitialized {
+                    path: self.location.clone(),
+                })
+            }
+            Some(bytes) => String::from_utf8_lossy(&bytes).parse::<u32>().unwrap_or(0),
+        };
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::SchemaMismatch {
+                path: self.location.clone(),
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Runs one etcd request on the store's runtime and waits for it (see the module docs).
+    fn call<T, F, Fut>(&self, request: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(KvClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let runtime = self.runtime.as_ref().ok_or(StoreError::EtcdGone)?;
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let future = request(self.kv.clone());
+        runtime.spawn(async move {
+            let _ = sender.send(future.await);
+        });
+        receiver
+            .recv()
+            .map_err(|_| StoreError::EtcdGone)?
+            .map_err(StoreError::from)
+    }
+
+    fn raw_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let full = self.key(key);
+        let response = self.call(move |mut kv| async move { kv.get(full, None).await })?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.raw_get(&format!("{tree}/{key}"))?
+            .map(|bytes| decode(tree, key, &bytes))
+            .transpose()
+    }
+
+    /// Keys (without `tree/`) and values in `tree` from `start` (inclusive, relative) to
+    /// `end` (exclusive, relative; `None`: the tree's end), at most `limit`.
+    fn range(
+        &self,
+        tree: &'static str,
+        start: &str,
+        end: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tree_prefix = self.key(&format!("{tree}/"));
+        let from = format!("{tree_prefix}{start}");
+        let to = match end {
+            Some(end) => format!("{tree_prefix}{end}").into_bytes(),
+            None => prefix_end(&tree_prefix),
+        };
+        self.range_raw(&tree_prefix, from, to, limit)
+    }
+
+    /// Every key under the store's prefix (relative to it) with its value.
+    fn range_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = self.prefix.clone();
+        let end = prefix_end(&prefix);
+        self.range_raw(&prefix, prefix.clone(), end, 0)
+    }
+
+    /// Keys from `from` (inclusive) to `to` (exclusive), at most `limit` (0: all), with
+    /// `strip` cut off their front.
+    fn range_raw(
+        &self,
+        strip: &str,
+        from: String,
+        to: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tree_prefix = strip;
+        // Pages of PAGE keys, all at the first page's revision (one consistent snapshot), so a
+        // large tree never needs one response over gRPC's message size limit.
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut from = from.into_bytes();
+        let mut revision = 0;
+        loop {
+            let want = if limit == 0 {
+                PAGE
+            } else {
+                PAGE.min(limit - out.len())
+            };
+            let (page_from, page_to) = (from.clone(), to.clone());
+            let options = GetOptions::new()
+                .with_range(page_to)
+                .with_limit(i64::try_from(want).unwrap_or(i64::MAX))
+                .with_revision(revision);
+            let response =
+                self.call(move |mut kv| async move { kv.get(page_from, Some(options)).await })?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |header| header.revision());
+            }
+            let kvs = response.kvs();
+            for kv in kvs {
+                let key = String::from_utf8_lossy(kv.key());
+                let key = key.get(tree_prefix.len()..).unwrap_or_default().to_owned();
+                out.push((key, kv.value().to_vec()));
+            }
+            let Some(last) = kvs.last() else {
+                break;
+            };
+            if !response.more() || (limit != 0 && out.len() >= limit) {
+                break;
+            }
+            // The next page starts right after the last key.
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        Ok(out)
+    }
+
+    fn scan<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        start: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        self.scan_prefix(tree, start)?
+            .into_iter()
+            .map(|(key, value)| decode(tree, &key, &value))
+            .collect()
+    }
+
+    /// Every entry of `tree` whose key starts with `prefix`.
+    fn scan_prefix(
+        &self,
+        tree: &'static str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let end = String::from_utf8_lossy(&prefix_end(prefix)).into_owned();
+        if prefix.is_empty() {
+            return self.range(tree, "", None, 0);
+        }
+        self.range(tree, prefix, Some(&end), 0)
+    }
+
+    /// Runs `body` in an optimistic transaction (see the module docs) until it commits or
+    /// refuses on current data.
+    fn transact<T>(
+        &self,
+        body: impl Fn(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut tx = Tx {
+                store: self,
+                reads: BTreeMap::new(),
+                writes: BTreeMap::new(),
+            };
+            let outcome = body(&mut tx);
+            let compares = tx.compares();
+            let operations: Vec<TxnOp> = match &outcome {
+                Ok(_) => tx
+                    .writes
+                    .iter()
+                    .map(|(key, value)| {
+                        let full = self.key(key);
+                        match value {
+                            Some(value) => TxnOp::put(full, value.clone(), None),
+                            None => TxnOp::delete(full, None),
+                        }
+                    })
+                    .collect(),
+                // Refused: commit nothing, only check that what it read is current.
+                Err(_) => Vec::new(),
+            };
+            if operations.is_empty() && (outcome.is_ok() || compares.is_empty()) {
+                return outcome;
+            }
+            let response = self.call(move |mut kv| async move {
+                kv.txn(Txn::new().when(compares).and_then(operations)).await
+            })?;
+            if response.succeeded() {
+                return outcome;
+            }
+            if attempt > 8 {
+                // Heavy contention: back off a little so the winners can finish.
+                let pause = u64::try_from(attempt.min(50)).unwrap_or(50);
+                std::thread::sleep(std::time::Duration::from_millis(
+                    rand::random::<u64>() % pause,
+                ));
+            }
+        }
+        Err(StoreError::Conflict(Conflict::Transaction))
+    }
+
+    /// Every key and value under the prefix, for tests that check a failed request changed
+    /// nothing: named like sled's (tree, key, value), the tree being the key's first segment
+    /// (the counters and the pool guard count to the tree they number).
+    pub fn dump(&self) -> Result<Vec<super::sled_store::DumpEntry>, StoreError> {
+        let mut out = Vec::new();
+        for (key, value) in self.range_all()? {
+            let (tree, rest) = match key.split_once('/') {
+                Some((tree, rest)) => (tree.to_owned(), rest.as_bytes().to_vec()),
+                None => {
+                    let tree = match key.as_str() {
+                        "audit_last" => "audit",
+                        "events_last" => "events_meta",
+                        "pools_guard" => "pools",
+                        other => other,
+                    };
+                    (tree.to_owned(), key.as_bytes().to_vec())
+                }
+            };
+            out.push((tree, rest, value));
+        }
+        Ok(out)
+    }
+
+    /// Publishes `vps_id` to its watchers; call after a committed transaction changed it.
+    fn published<T>(&self, vps_id: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.watchers.publish(vps_id, |id| self.get_vps(id));
+        }
+        result
+    }
+
+    /// Publishes every watched VPS; call after a committed change to a tenant.
+    fn published_all<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.watchers.publish_all(|id| self.get_vps(id));
+        }
+        result
+    }
+
+    /// Wakes `WatchEvents` followers after a committed transaction that may have appended events.
+    fn signalled<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.events_committed.committed();
+        }
+        result
+    }
+
+    fn create_unique<T: Serialize>(
+        &self,
+        tree: &'static str,
+        kind: &'static str,
+        name: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            if tx.raw(&format!("{tree}/{name}"))?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind,
+                    name: name.to_owned(),
+                });
+            }
+            tx.put(tree, name, record);
+            Ok(())
+        })
+    }
+
+    fn put_plain<T: Serialize>(
+        &self,
+        tree: &'static str,
+        key: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            tx.put(tree, key, record);
+            Ok(())
+        })
+    }
+}
+
+fn name_key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+fn node_vps_key(node: &str, vps_id: &str) -> String {
+    format!("{node}/{vps_id}")
+}
+
+fn usage_hour_key(tenant: &str, hour_start: i64, vps_id: &str) -> String {
+    format!("{tenant}/{:020}/{vps_id}", hour_start.max(0))
+}
+
+impl Store for EtcdStore {
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        // A returned Txn is already in a quorum's fsynced WAL.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn vps_watchers(&self) -> &VpsWatchers {
+        &self.watchers
+    }
+
+    fn event_signal(&self) -> &EventSignal {
+        &self.events_committed
+    }
+
+    fn list_plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
+        self.scan("plans", "")
+    }
+
+    fn get_plan(&self, name: &str) -> Result<Option<PlanRecord>, StoreError> {
+        self.get("plans", name)
+    }
+
+    fn create_plan(&self, plan: &PlanRecord) -> Result<(), StoreError> {
+        self.create_unique("plans", "plan", &plan.name, plan)
+    }
+
+    fn delete_plan(&self, name: &str) -> Result<(), StoreError> {
+        let in_use = self
+            .list_vps(None)?
+            .into_iter()
+            .filter(|vps| vps.plan == name)
+            .count();
+        if in_use > 0 {
+            return Err(StoreError::Conflict(Conflict::PlanInUse {
+                plan: name.to_owned(),
+                vps_count: in_use,
+            }));
+        }
+        self.transact(|tx| {
+            tx.need::<PlanRecord>("plans", name, "plan")?;
+            tx.delete("plans", name);
+            Ok(())
+        })
+    }
+
+    fn create_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        self.create_unique("tenants", "tenant", &tenant.name, tenant)
+    }
+
+    fn get_tenant(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {
+        self.get("tenants", name)
+    }
+
+    fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        self.scan("tenants", "")
+    }
+
+    fn update_tenant(
+        &self,
+        name: &str,
+        change: &(dyn Fn(&mut TenantRecord) -> Result<(), StoreError> + Sync),
+    ) -> Result<TenantRecord, StoreError> {
+        let result = self.transact(|tx| {
+            let mut tenant: TenantRecord = tx.need("tenants", name, "tenant")?;
+            change(&mut tenant)?;
+            tx.put("tenants", name, &tenant);
+            Ok(tenant)
+        });
+        self.published_all(result)
+    }
+
+    fn delete_tenant(&self, name: &str) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            let tenant: TenantRecord = tx.need("tenants", name, "tenant")?;
+            if tenant.used.max_vps > 0 {
+                return Err(StoreError::Conflict(Conflict::TenantHasVps {
+                    tenant: name.to_owned(),
+                    vps_count: tenant.used.max_vps,
+                }));
+            }
+            tx.delete("tenants", name);
+            Ok(())
+        })?;
+        // Tokens of a deleted tenant can never authenticate again.
+        for (hash, value) in self.scan_prefix("tokens", "")? {
+            let token: TokenRecord = decode("tokens", &hash, &value)?;
+            if token.tenant.as_deref() == Some(name) {
+                self.transact(|tx| {
+                    tx.delete("tokens", &hash);
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
+        self.put_plain("tokens", hash, token)
+    }
+
+    fn get_token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.get("tokens", hash)
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.scan("tokens", "")
+    }
+
+    fn revoke_token(&self, token_id: &str) -> Result<(), StoreError> {
+        for (hash, value) in self.scan_prefix("tokens", "")? {
+            let token: TokenRecord = decode("tokens", &hash, &value)?;
+            if token.token_id == token_id {
+                return self.transact(|tx| {
+                    let mut token: TokenRecord = tx.need("tokens", &hash, "token")?;
+                    token.revoked = true;
+                    tx.put("tokens", &hash, &token);
+                    Ok(())
+                });
+            }
+        }
+        Err(StoreError::NotFound {
+            kind: "token",
+            name: token_id.to_owned(),
+        })
+    }
+
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.put_plain("nodes", &node.name, node)
+    }
+
+    fn get_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        self.get("nodes", name)
+    }
+
+    fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.scan("nodes", "")
+    }
+
+    fn remove_node(&self, name: &str, revoked_at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            tx.need::<NodeRecord>("nodes", name, "node")?;
+            tx.delete("nodes", name);
+            tx.put("node_revocations", name, &revoked_at);
+            Ok(())
+        })
+    }
+
+    fn node_revoked_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.get("node_revocations", name)
+    }
+
+    fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError> {
+        let names_key = name_key(&vps.tenant, &vps.name);
+        let result = self.transact(|tx| {
+            let mut tenant: TenantRecord = tx.need("tenants", &vps.tenant, "tenant")?;
+            if tx.raw(&format!("vps_names/{names_key}"))?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: "VPS",
+                    name: vps.name.clone(),
+                });
+            }
+            quota::admit(&mut tenant, &vps.resources, &vps.plan)?;
+            // The node's summary names its pools: read in the transaction, so
+            // allocations and pool changes serialize.
+            let mut allocation: NodeAllocationRecord =
+                tx.get("node_allocations", &vps.node)?.unwrap_or_default();
+            let mut vps = vps.clone();
+            allocate_addresses(tx, &allocation.pools, &mut vps)?;
+            allocation.account(&vps.resources, 1.0);
+            allocation.free_ipv4 = allocation
+                .free_ipv4
+                .saturating_sub(u32::try_from(vps.ipv4.len()).unwrap_or(u32::MAX));
+            // A VPS id is never reused: it must not exist either.
+            if tx.raw(&format!("vps/{}", vps.vps_id))?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: "VPS",
+                    name: vps.vps_id.clone(),
+                });
+            }
+            tx.put("node_allocations", &vps.node, &allocation);
+            tx.put("tenants", &vps.tenant, &tenant);
+            tx.put("vps", &vps.vps_id, &vps);
+            tx.put_raw(
+                format!("vps_names/{names_key}"),
+                vps.vps_id.clone().into_bytes(),
+            );
+            tx.put_raw(
+                format!("vps_nodes/{}", node_vps_key(&vps.node, &vps.vps_id)),
+                Vec::new(),
+            );
+            tx.append_event(EventRecord::of_vps(EventKind::Created, &vps))?;
+            Ok(())
+        });
+        self.signalled(self.published(&vps.vps_id, result))
+    }
+
+    fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError> {
+        self.get("vps", vps_id)
+    }
+
+    fn find_vps(&self, tenant: &str, name: &str) -> Result<Option<VpsRecord>, StoreError> {
+        match self.raw_get(&format!("vps_names/{}", name_key(tenant, name)))? {
+            None => Ok(None),
+            Some(vps_id) => self.get("vps", &String::from_utf8_lossy(&vps_id)),
+        }
+    }
+
+    fn list_vps(&self, tenant: Option<&str>) -> Result<Vec<VpsRecord>, StoreError> {
+        match tenant {
+            None => self.scan("vps", ""),
+            Some(tenant) => {
+                let mut out = Vec::new();
+                for (_, vps_id) in self.scan_prefix("vps_names", &format!("{tenant}/"))? {
+                    if let Some(vps) = self.get("vps", &String::from_utf8_lossy(&vps_id))? {
+                        out.push(vps);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn list_vps_on_node(&self, node: &str) -> Result<Vec<VpsRecord>, StoreError> {
+        let prefix = format!("{node}/");
+        let mut out = Vec::new();
+        for (key, _) in self.scan_prefix("vps_nodes", &prefix)? {
+            let vps_id = key.get(prefix.len()..).unwrap_or_default();
+            if let Some(vps) = self.get("vps", vps_id)? {
+                out.push(vps);
+            }
+        }
+        Ok(out)
+    }
+
+    fn node_allocations(&self) -> Result<Vec<(String, NodeAllocationRecord)>, StoreError> {
+        self.scan_prefix("node_allocations", "")?
+            .into_iter()
+            .map(|(node, value)| {
+                let allocation = decode("node_allocations", &node, &value)?;
+                Ok((node, allocation))
+            })
+            .collect()
+    }
+
+    fn update_vps(
+        &self,
+        vps_id: &str,
+        change: &(dyn Fn(&mut VpsRecord) -> Result<(), StoreError> + Sync),
+    ) -> Result<VpsRecord, StoreError> {
+        let result = self.transact(|tx| {
+            let mut vps: VpsRecord = tx.need("vps", vps_id, "VPS")?;
+            change(&mut vps)?;
+            tx.put("vps", vps_id, &vps);
+            Ok(vps)
+        });
+        self.published(vps_id, result)
+    }
+
+    fn remove_vps(&self, vps_id: &str) -> Result<(), StoreError> {
+        let result = self.transact(|tx| {
+            let Some(vps) = tx.get::<VpsRecord>("vps", vps_id)? else {
+                return Ok(());
+            };
+            if let Some(mut tenant) = tx.get::<TenantRecord>("tenants", &vps.tenant)? {
+                quota::release_vps(&mut tenant, &vps.resources);
+                tx.put("tenants", &vps.tenant, &tenant);
+            }
+            let mut released_ipv4 = 0u32;
+            if let Some(network) = &vps.network {
+                if let Some(mut pool) = tx.get::<PoolRecord>("pools", &network.pool)? {
+                    let before = pool.allocated.len();
+                    pool.allocated.retain(|_, owner| owner != vps_id);
+                    pool.allocated_ipv6.retain(|_, owner| owner != vps_id);
+                    released_ipv4 =
+                        u32::try_from(before - pool.allocated.len()).unwrap_or(u32::MAX);
+                    tx.put("pools", &network.pool, &pool);
+                }
+            }
+            tx.update_allocation(&vps.node, |allocation| {
+                allocation.account(&vps.resources, -1.0);
+                allocation.free_ipv4 = allocation.free_ipv4.saturating_add(released_ipv4);
+            })?;
+            tx.delete("vps_nodes", &node_vps_key(&vps.node, vps_id));
+            tx.delete("vps", vps_id);
+            tx.delete("vps_names", &name_key(&vps.tenant, &vps.name));
+            // Its hours stay for billing; the base of its next delta is not needed.
+            tx.delete("usage_cursors", vps_id);
+            tx.append_event(EventRecord::of_vps(EventKind::Deleted, &vps))?;
+            Ok(())
+        });
+        self.signalled(self.published(vps_id, result))
+    }
+
+    fn create_pool(&self, pool: &PoolRecord) -> Result<(), StoreError> {
+        let cidr = ipam::new_pool_cidr(pool)?;
+        self.transact(|tx| {
+            if tx.raw(&format!("pools/{}", pool.name))?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: "pool",
+                    name: pool.name.clone(),
+                });
+            }
+            // Every pool create reads and bumps the guard, so two concurrent creates
+            // conflict; the pools are listed after the guard was read, so a pool created
+            // before it is seen and one created after it makes this commit fail.
+            tx.next("pools_guard")?;
+            for (name, value) in self.scan_prefix("pools", "")? {
+                let other: PoolRecord = decode("pools", &name, &value)?;
+                ipam::check_overlap(pool, &cidr, &other)?;
+            }
+            tx.put("pools", &pool.name, pool);
+            tx.update_allocation(&pool.node, |allocation| {
+                allocation.free_ipv4 = allocation.free_ipv4.saturating_add(ipam::free_ipv4(pool));
+                allocation.pools.push(pool.name.clone());
+                allocation.pools.sort();
+            })?;
+            Ok(())
+        })
+    }
+
+    fn get_pool(&self, name: &str) -> Result<Option<PoolRecord>, StoreError> {
+        self.get("pools", name)
+    }
+
+    fn list_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        self.scan("pools", "")
+    }
+
+    fn delete_pool(&self, name: &str) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            let pool: PoolRecord = tx.need("pools", name, "pool")?;
+            ipam::check_removable(&pool)?;
+            tx.delete("pools", name);
+            tx.update_allocation(&pool.node, |allocation| {
+                allocation.free_ipv4 = allocation.free_ipv4.saturating_sub(ipam::free_ipv4(&pool));
+                allocation.pools.retain(|other| other != name);
+            })?;
+            Ok(())
+        })
+    }
+
+    fn update_vps_emitting(
+        &self,
+        vps_id: &str,
+        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventRecord>, StoreError> + Sync),
+    ) -> Result<VpsRecord, StoreError> {
+        let result = self.transact(|tx| {
+            let mut vps: VpsRecord = tx.need("vps", vps_id, "VPS")?;
+            let event = change(&mut vps)?;
+            tx.put("vps", vps_id, &vps);
+            if let Some(event) = event {
+                tx.append_event(event)?;
+            }
+            Ok(vps)
+        });
+        self.signalled(self.published(vps_id, result))
+    }
+
+    fn update_tenant_emitting(
+        &self,
+        name: &str,
+        change: &(dyn Fn(&mut TenantRecord) -> Result<Option<EventKind>, StoreError> + Sync),
+    ) -> Result<TenantRecord, StoreError> {
+        let result = self.transact(|tx| {
+            let mut tenant: TenantRecord = tx.need("tenants", name, "tenant")?;
+            let event = change(&mut tenant)?;
+            tx.put("tenants", name, &tenant);
+            if let Some(kind) = event {
+                tx.append_event(EventRecord::of_tenant(kind, name))?;
+            }
+            Ok(tenant)
+        });
+        self.signalled(self.published_all(result))
+    }
+
+    fn resize_vps(
+        &self,
+        vps_id: &str,
+        plan: &str,
+        resources: &Resources,
+    ) -> Result<VpsRecord, StoreError> {
+        let result = self.transact(|tx| {
+            let mut vps: VpsRecord = tx.need("vps", vps_id, "VPS")?;
+            if vps.deleting {
+                return Err(StoreError::Conflict(Conflict::VpsDeleting {
+                    name: vps.name.clone(),
+                }));
+            }
+            let mut tenant: TenantRecord = tx.need("tenants", &vps.tenant, "tenant")?;
+            quota::resize(&mut tenant, &vps.resources, resources, plan)?;
+            tx.update_allocation(&vps.node, |allocation| {
+                allocation.account(&vps.resources, -1.0);
+                allocation.account(resources, 1.0);
+            })?;
+            vps.plan = plan.to_owned();
+            vps.resources = resources.clone();
+            // Pending until the node reports after applying the new limits.
+            vps.observed = None;
+            tx.put("tenants", &vps.tenant, &tenant);
+            tx.put("vps", vps_id, &vps);
+            tx.append_event(EventRecord::of_vps(EventKind::Resized, &vps))?;
+            Ok(vps)
+        });
+        self.signalled(self.published(vps_id, result))
+    }
+
+    fn list_events(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = format!("{:020}", after.saturating_add(1));
+        self.range("events", &start, None, limit)?
+            .into_iter()
+            .map(|(key, value)| decode("events", &key, &value))
+            .collect()
+    }
+
+    fn record_usage(
+        &self,
+        vps_id: &str,
+        hour_key: &UsageHourKey,
+        apply: &(dyn Fn(UsageState) -> Option<UsageUpdate> + Sync),
+    ) -> Result<Option<UsageUpdate>, StoreError> {
+        let key = usage_hour_key(&hour_key.tenant, hour_key.hour_start, &hour_key.vps_id);
+        let result = self.transact(|tx| {
+            let state = UsageState {
+                cursor: tx.get("usage_cursors", vps_id)?,
+                hour: tx.get("usage_hours", &key)?,
+                vps: tx.get("vps", vps_id)?,
+            };
+            let Some(update) = apply(state) else {
+                return Ok(None);
+            };
+            tx.put("usage_cursors", vps_id, &update.cursor);
+            tx.put("usage_hours", &key, &update.hour);
+            if let Some(vps) = &update.vps {
+                tx.put("vps", vps_id, vps);
+            }
+            for event in &update.events {
+                tx.append_event(event.clone())?;
+            }
+            Ok(Some(update))
+        });
+        // The sample changes the VPS's transfer figures, and maybe its limit.
+        if let Ok(Some(update)) = &result {
+            self.watchers.publish(vps_id, |id| self.get_vps(id));
+            if !update.events.is_empty() {
+                self.events_committed.committed();
+            }
+        }
+        result
+    }
+
+    fn get_usage_cursor(&self, vps_id: &str) -> Result<Option<UsageCursorRecord>, StoreError> {
+        self.get("usage_cursors", vps_id)
+    }
+
+    fn list_usage_hours(
+        &self,
+        tenant: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageHourRecord>, StoreError> {
+        let entries = match tenant {
+            Some(tenant) => {
+                let start = format!("{tenant}/{:020}/", from.max(0));
+                let end = format!("{tenant}/{:020}/", to.max(0));
+                if start >= end {
+                    return Ok(Vec::new());
+                }
+                self.range("usage_hours", &start, Some(&end), 0)?
+            }
+            None => self.scan_prefix("usage_hours", "")?,
+        };
+        let mut out = Vec::new();
+        for (key, value) in entries {
+            let hour: UsageHourRecord = decode("usage_hours", &key, &value)?;
+            if hour.hour_start >= from && hour.hour_start < to {
+                out.push(hour);
+            }
+        }
+        Ok(out)
+    }
+
+    fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError> {
+        self.transact(|tx| {
+            let seq = tx.next("audit_last")?;
+            let mut entry = entry.clone();
+            entry.seq = seq;
+            tx.put("audit", &format!("{seq:020}"), &entry);
+            Ok(seq)
+        })
+    }
+
+    fn list_audit(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = format!("{:020}", after_seq.saturating_add(1));
+        self.range("audit", &start, None, limit)?
+            .into_iter()
+            .map(|(key, value)| decode("audit", &key, &value))
+            .collect()
+    }
+}
