@@ -25,7 +25,10 @@ use tracing::{info, warn};
 use crate::applied::{LastApply, MAX_CONCURRENT_APPLIES};
 use crate::generations::RestartGenerations;
 use crate::network::{Network, NetworkError, PortSpec};
-use crate::runtime::{ObservedState, Power, Runtime, RuntimeError, VpsObserved, VpsSpec};
+use crate::runtime::storage::snapshot::COPY_DEADLINE;
+use crate::runtime::{
+    ObservedState, Power, Restored, Runtime, RuntimeError, SnapshotInfo, VpsObserved, VpsSpec,
+};
 
 /// The runtime calls a worker makes: the seam that lets the registry be tested without
 /// containers.
@@ -36,6 +39,34 @@ pub trait VpsRuntime: Send + Sync + 'static {
     fn delete(&self, vps_id: &str) -> Result<(), RuntimeError>;
     /// What exists of the VPS, `None` if nothing.
     fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, RuntimeError>;
+    /// Takes, restores, deletes or lists snapshots of the VPS's disk (see
+    /// [`Runtime::create_snapshot`] and its siblings).
+    fn snapshot(&self, vps_id: &str, op: &SnapshotOp) -> Result<SnapshotOutcome, RuntimeError> {
+        let _ = (vps_id, op);
+        Err(RuntimeError::InvalidArgument {
+            field: "snapshot",
+            rule: "snapshots are not supported by this runtime".to_owned(),
+        })
+    }
+}
+
+/// A snapshot operation on one VPS, run on its worker like applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotOp {
+    Create(String),
+    Restore(String),
+    Delete(String),
+    List,
+}
+
+/// What a [`SnapshotOp`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    Created(SnapshotInfo),
+    /// The VPS is stopped now; the controller's next apply starts it if it ran.
+    Restored(Restored),
+    Deleted,
+    Listed(Vec<SnapshotInfo>),
 }
 
 impl VpsRuntime for Runtime {
@@ -49,6 +80,22 @@ impl VpsRuntime for Runtime {
 
     fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, RuntimeError> {
         Runtime::status(self, vps_id)
+    }
+
+    fn snapshot(&self, vps_id: &str, op: &SnapshotOp) -> Result<SnapshotOutcome, RuntimeError> {
+        Ok(match op {
+            SnapshotOp::Create(name) => {
+                SnapshotOutcome::Created(self.create_snapshot(vps_id, name, COPY_DEADLINE)?)
+            }
+            SnapshotOp::Restore(name) => {
+                SnapshotOutcome::Restored(self.restore_snapshot(vps_id, name, COPY_DEADLINE)?)
+            }
+            SnapshotOp::Delete(name) => {
+                self.delete_snapshot(vps_id, name)?;
+                SnapshotOutcome::Deleted
+            }
+            SnapshotOp::List => SnapshotOutcome::Listed(self.list_snapshots(vps_id)?),
+        })
     }
 }
 
@@ -108,6 +155,10 @@ enum Action {
     },
     Status {
         reply: Reply<Option<VpsObserved>>,
+    },
+    Snapshot {
+        op: SnapshotOp,
+        reply: Reply<SnapshotOutcome>,
     },
 }
 
@@ -187,6 +238,17 @@ impl<R: VpsRuntime> Workers<R> {
     /// What exists of the VPS, read after its earlier actions finished.
     pub async fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, WorkerError> {
         self.call(vps_id, |reply| Action::Status { reply }).await
+    }
+
+    /// Runs a snapshot operation on the VPS after its earlier actions (a restore stops a
+    /// running VPS and removes its port; the next apply starts it again).
+    pub async fn snapshot(
+        &self,
+        vps_id: &str,
+        op: SnapshotOp,
+    ) -> Result<SnapshotOutcome, WorkerError> {
+        self.call(vps_id, |reply| Action::Snapshot { op, reply })
+            .await
     }
 
     /// How many workers are alive: one per VPS of this node that had an action since the
@@ -295,6 +357,11 @@ impl<R: VpsRuntime> Worker<R> {
                     };
                     let _ = reply.send(result);
                     exists
+                }
+                Action::Snapshot { op, reply } => {
+                    let result = self.snapshot(op).await;
+                    let _ = reply.send(result);
+                    self.exists().await
                 }
                 Action::Status { reply } => {
                     let result = self.status().await;
@@ -436,6 +503,29 @@ impl<R: VpsRuntime> Worker<R> {
         self.restart_generation = None;
         info!(vps_id = %self.vps_id, "VPS deleted");
         Ok(())
+    }
+
+    async fn snapshot(&mut self, op: SnapshotOp) -> Result<SnapshotOutcome, WorkerError> {
+        let restore = matches!(op, SnapshotOp::Restore(_));
+        if restore {
+            // The VPS stops (and restarts later with a new init): nothing of the last apply
+            // stands.
+            self.last_apply = None;
+        }
+        let context = self.context.clone();
+        let vps_id = self.vps_id.clone();
+        let outcome = self
+            .blocking(move || context.runtime.snapshot(&vps_id, &op))
+            .await??;
+        if let SnapshotOutcome::Restored(Restored {
+            was_running: true, ..
+        }) = &outcome
+        {
+            if let Some(observed) = self.status().await? {
+                self.converge_network(None, &observed).await?;
+            }
+        }
+        Ok(outcome)
     }
 
     async fn status(&self) -> Result<Option<VpsObserved>, WorkerError> {
