@@ -1,0 +1,221 @@
+//! Snapshots of a VPS's disk against the real kernel: a running VPS frozen and synced for the
+//! copy, restored in place, a stopped VPS's snapshot, and the cgroup thawed when a copy fails.
+//! Needs root; with `PADDOCK_REQUIRE_PRIVILEGED=1` a non-root run fails instead of skipping.
+
+use std::fs;
+use std::time::Duration;
+
+mod common;
+
+use common::{require_root, running_pid, sh_ok, small_limits, spec, Fixture};
+use paddock_agent::runtime::{CopyMethod, Power, Runtime, RuntimeError, SnapshotError, VpsSpec};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Whether the VPS's cgroup is frozen now (v1 `freezer.state`, v2 `cgroup.freeze`).
+fn frozen(runtime: &Runtime, vps_id: &str) -> bool {
+    for dir in runtime.cgroup_paths(vps_id) {
+        if let Ok(state) = fs::read_to_string(dir.join("freezer.state")) {
+            return state.trim() != "THAWED";
+        }
+        if let Ok(state) = fs::read_to_string(dir.join("cgroup.freeze")) {
+            return state.trim() == "1";
+        }
+    }
+    false
+}
+
+fn stopped(spec: &VpsSpec) -> VpsSpec {
+    VpsSpec {
+        power: Power::Stopped,
+        ..spec.clone()
+    }
+}
+
+#[test]
+fn a_running_vps_is_snapshotted_and_restored_in_place() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vps_id = fx.new_vps_id();
+    let spec = spec(&vps_id, small_limits());
+    let observed = fx.runtime.apply(&spec).expect("create");
+    let first_pid = running_pid(&observed);
+    // Written by the running VPS and left in its page cache: the snapshot's syncfs must
+    // carry it into the image.
+    sh_ok(&fx.runtime, &vps_id, "echo before > /data.txt");
+
+    let info = fx
+        .runtime
+        .create_snapshot(&vps_id, "one", LIMIT)
+        .expect("snapshot of a running VPS");
+    assert_eq!(info.name, "one");
+    assert!(info.size_bytes >= 64 << 20, "{info:?}");
+    assert!(!frozen(&fx.runtime, &vps_id), "left frozen");
+    let image = fx.vps_dir(&vps_id).join("snapshots/one.img");
+    assert!(image.exists(), "{} missing", image.display());
+    if info.method == CopyMethod::Sparse {
+        assert!(
+            info.allocated_bytes < info.size_bytes,
+            "a sparse copy allocates less than the image size: {info:?}"
+        );
+    }
+    // The VPS kept running through the snapshot.
+    assert_eq!(
+        running_pid(&fx.runtime.status(&vps_id).expect("status").expect("exists")),
+        first_pid
+    );
+
+    let again = fx
+        .runtime
+        .create_snapshot(&vps_id, "one", LIMIT)
+        .expect_err("a second snapshot of the same name");
+    assert!(
+        matches!(
+            again,
+            RuntimeError::Snapshot {
+                source: SnapshotError::AlreadyExists(_),
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+
+    sh_ok(&fx.runtime, &vps_id, "echo after > /data.txt");
+    let restored = fx
+        .runtime
+        .restore_snapshot(&vps_id, "one", LIMIT)
+        .expect("restore");
+    assert!(restored.was_running);
+    assert_eq!(
+        fx.runtime
+            .status(&vps_id)
+            .expect("status")
+            .expect("exists")
+            .init_pid,
+        None,
+        "a restore leaves the VPS stopped for the caller to start"
+    );
+    let observed = fx.runtime.apply(&spec).expect("start again");
+    let second_pid = running_pid(&observed);
+    assert_ne!(second_pid, first_pid);
+    assert_eq!(
+        sh_ok(&fx.runtime, &vps_id, "cat /data.txt").trim(),
+        "before"
+    );
+
+    let listed = fx.runtime.list_snapshots(&vps_id).expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0], info, "the snapshot is kept after a restore");
+    fx.runtime
+        .delete_snapshot(&vps_id, "one")
+        .expect("delete snapshot");
+    assert!(!image.exists());
+    assert!(fx.runtime.list_snapshots(&vps_id).expect("list").is_empty());
+    let missing = fx
+        .runtime
+        .restore_snapshot(&vps_id, "one", LIMIT)
+        .expect_err("restore of a deleted snapshot");
+    assert!(
+        matches!(
+            missing,
+            RuntimeError::Snapshot {
+                source: SnapshotError::NotFound(_),
+                ..
+            }
+        ),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn a_stopped_vps_is_snapshotted_and_deleting_the_vps_deletes_its_snapshots() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vps_id = fx.new_vps_id();
+    let spec = spec(&vps_id, small_limits());
+    fx.runtime.apply(&spec).expect("create");
+    sh_ok(&fx.runtime, &vps_id, "echo kept > /data.txt");
+    fx.runtime.apply(&stopped(&spec)).expect("stop");
+
+    fx.runtime
+        .create_snapshot(&vps_id, "cold", LIMIT)
+        .expect("snapshot of a stopped VPS");
+    fx.runtime.apply(&spec).expect("start");
+    sh_ok(&fx.runtime, &vps_id, "rm /data.txt");
+    fx.runtime.apply(&stopped(&spec)).expect("stop");
+    let restored = fx
+        .runtime
+        .restore_snapshot(&vps_id, "cold", LIMIT)
+        .expect("restore");
+    assert!(!restored.was_running);
+    fx.runtime.apply(&spec).expect("start");
+    assert_eq!(sh_ok(&fx.runtime, &vps_id, "cat /data.txt").trim(), "kept");
+
+    let snapshots = fx.vps_dir(&vps_id).join("snapshots");
+    assert!(snapshots.is_dir());
+    fx.runtime.delete(&vps_id).expect("delete VPS");
+    assert!(!snapshots.exists(), "the VPS's snapshots outlived it");
+    fx.assert_gone(&vps_id, &[]);
+}
+
+#[test]
+fn a_failed_copy_thaws_the_vps() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vps_id = fx.new_vps_id();
+    let spec = spec(&vps_id, small_limits());
+    let pid = running_pid(&fx.runtime.apply(&spec).expect("create"));
+
+    let error = fx
+        .runtime
+        .create_snapshot(&vps_id, "late", Duration::ZERO)
+        .expect_err("a copy with no time");
+    assert!(
+        matches!(
+            error,
+            RuntimeError::Snapshot {
+                source: SnapshotError::Deadline { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        !frozen(&fx.runtime, &vps_id),
+        "left frozen after a failed copy"
+    );
+    assert!(fx.runtime.list_snapshots(&vps_id).expect("list").is_empty());
+    let left: Vec<_> = fs::read_dir(fx.vps_dir(&vps_id).join("snapshots"))
+        .expect("snapshots dir")
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(left.is_empty(), "partial copy left: {left:?}");
+    // The VPS still answers (a frozen one would not) and kept its init.
+    assert_eq!(sh_ok(&fx.runtime, &vps_id, "echo alive").trim(), "alive");
+    assert_eq!(
+        running_pid(&fx.runtime.status(&vps_id).expect("status").expect("exists")),
+        pid
+    );
+
+    let bad = fx
+        .runtime
+        .create_snapshot(&vps_id, "Bad/Name", LIMIT)
+        .expect_err("invalid name");
+    assert!(
+        matches!(
+            bad,
+            RuntimeError::Snapshot {
+                source: SnapshotError::InvalidName { .. },
+                ..
+            }
+        ),
+        "{bad:?}"
+    );
+}
