@@ -70,6 +70,7 @@ pub fn plan(p: &PlanRecord) -> v1::Plan {
         monthly_transfer_bytes: p.monthly_transfer_bytes,
         transfer_overage: overage.into(),
         overage_rate_bits_per_sec: rate,
+        max_snapshots: p.max_snapshots,
     }
 }
 
@@ -368,6 +369,9 @@ pub fn event(e: &crate::model::EventRecord) -> v1::Event {
         K::Transfer100Percent => v1::EventKind::Transfer100Percent,
         K::TransferLimited => v1::EventKind::TransferLimited,
         K::TransferLimitEnded => v1::EventKind::TransferLimitEnded,
+        K::SnapshotCreated => v1::EventKind::SnapshotCreated,
+        K::SnapshotRestored => v1::EventKind::SnapshotRestored,
+        K::SnapshotDeleted => v1::EventKind::SnapshotDeleted,
     };
     v1::Event {
         cursor: e.cursor,
