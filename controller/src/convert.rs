@@ -354,6 +354,26 @@ pub fn pool(record: &PoolRecord) -> v1::Pool {
     }
 }
 
+/// A snapshot as the API shows it.
+pub fn snapshot(
+    vps: &VpsRecord,
+    s: &crate::model::snapshots::SnapshotRecord,
+) -> v1::Snapshot {
+    v1::Snapshot {
+        vps_id: vps.vps_id.clone(),
+        vps_name: vps.name.clone(),
+        name: s.name.clone(),
+        created_at: Some(timestamp(s.created_at)),
+        size_bytes: s.size_bytes,
+        allocated_bytes: s.allocated_bytes,
+        method: match s.state {
+            crate::model::snapshots::SnapshotState::Ready => s.method.clone(),
+            crate::model::snapshots::SnapshotState::Creating => "creating".to_owned(),
+        },
+        duration_ms: s.duration_ms,
+    }
+}
+
 pub fn event(e: &crate::model::EventRecord) -> v1::Event {
     use crate::model::EventKind as K;
     let kind = match e.kind {
