@@ -103,8 +103,6 @@ impl Snapshots<'_> {
     ) -> Result<SnapshotOf, ControllerError> {
         validate::name("snapshot name", name)?;
         let vps = self.live_vps(principal, tenant, vps_name)?;
-        // Refused before anything is reserved when the node cannot be reached.
-        let mut client = self.agent(&vps)?;
         let pending = SnapshotRecord {
             name: name.to_owned(),
             state: SnapshotState::Creating,
@@ -114,16 +112,25 @@ impl Snapshots<'_> {
             method: String::new(),
             duration_ms: 0,
         };
+        // The quota and the name are checked (and taken) before the node is asked.
         self.store.reserve_snapshot(&vps.vps_id, &pending)?;
         self.commit().await?;
-        let taken = match client.create_snapshot(Self::request(&vps, name)).await {
-            Ok(taken) => taken.into_inner(),
-            Err(status) => {
+        let taken = match self.agent(&vps) {
+            Ok(mut client) => client
+                .create_snapshot(Self::request(&vps, name))
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| agent_error(&vps.node, status)),
+            Err(error) => Err(error),
+        };
+        let taken = match taken {
+            Ok(taken) => taken,
+            Err(error) => {
                 if let Err(error) = self.store.remove_snapshot(&vps.vps_id, name, None) {
                     warn!(vps = %vps.name, snapshot = name, %error, "dropping a failed snapshot's reservation");
                 }
                 self.commit().await?;
-                return Err(agent_error(&vps.node, status));
+                return Err(error);
             }
         };
         let snapshot = SnapshotRecord {
