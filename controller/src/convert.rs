@@ -355,10 +355,7 @@ pub fn pool(record: &PoolRecord) -> v1::Pool {
 }
 
 /// A snapshot as the API shows it.
-pub fn snapshot(
-    vps: &VpsRecord,
-    s: &crate::model::snapshots::SnapshotRecord,
-) -> v1::Snapshot {
+pub fn snapshot(vps: &VpsRecord, s: &crate::model::snapshots::SnapshotRecord) -> v1::Snapshot {
     v1::Snapshot {
         vps_id: vps.vps_id.clone(),
         vps_name: vps.name.clone(),

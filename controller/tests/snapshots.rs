@@ -38,7 +38,10 @@ async fn quota_isolation_and_not_found() {
     let api = start().await;
     let tenant_a = api.tenant("a", 5).await;
     let tenant_b = api.tenant("b", 5).await;
-    let vps = api.create_vps(&tenant_a, "", "web").await.expect("create VPS");
+    let vps = api
+        .create_vps(&tenant_a, "", "web")
+        .await
+        .expect("create VPS");
     let mut snapshots = SnapshotServiceClient::new(api.channel.clone());
 
     // The node cannot be reached: refused as unavailable, and nothing stays recorded.

@@ -37,7 +37,10 @@ impl SnapshotService for SnapshotApi {
             .snapshots()
             .create(&principal, &r.tenant, &r.vps, &r.name)
             .await?;
-        Ok(Response::new(convert::snapshot(&taken.vps, &taken.snapshot)))
+        Ok(Response::new(convert::snapshot(
+            &taken.vps,
+            &taken.snapshot,
+        )))
     }
 
     async fn list_snapshots(
