@@ -687,6 +687,7 @@ mod tests {
             monthly_transfer_bytes: allowance,
             transfer_overage: overage.into(),
             overage_rate_bits_per_sec: rate,
+            max_snapshots: 0,
         };
         assert_eq!(
             transfer_overage_from(&plan(v1::TransferOverage::Unspecified, 0, 0)),

@@ -32,7 +32,10 @@ fn snapshot_write_restore_read() {
     assert_eq!(taken["name"], "before", "{taken}");
     let method = taken["method"].as_str().expect("method").to_owned();
     assert!(method == "sparse" || method == "reflink", "{taken}");
-    assert!(taken["size_bytes"].as_u64().expect("size") >= 1 << 30, "{taken}");
+    assert!(
+        taken["size_bytes"].as_u64().expect("size") >= 1 << 30,
+        "{taken}"
+    );
     let image = cluster
         .agent_state_dir()
         .join("vps")
@@ -47,7 +50,10 @@ fn snapshot_write_restore_read() {
         .unwrap_or_else(|e| panic!("restore: {e}\n{}", cluster.log("agent.log")));
     let shown = cluster.json(&acme(&["show", "s1"])).expect("show");
     assert_eq!(shown["state"], "running", "{shown}");
-    assert_ne!(shown["init_pid"], init_before, "restarted on the restored disk");
+    assert_ne!(
+        shown["init_pid"], init_before,
+        "restarted on the restored disk"
+    );
     assert_eq!(
         cluster.sh_ok("acme", "s1", "cat /state.txt").trim(),
         "version-1"
