@@ -9,7 +9,9 @@ set -euo pipefail
 # lxcfs: each VPS's own /proc/meminfo, cpuinfo, stat, uptime, loadavg, swaps (the agent starts
 # it, or reuses a running one; see proc_view in config/agent.toml).
 # systemd: `systemd-analyze verify` checks the units `make install` ships.
-packages=(busybox-static iproute2 nftables e2fsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd)
+# xfsprogs: the snapshot test makes a reflink-capable xfs (mkfs.xfs -m reflink=1) to test the
+# copy-on-write path for real.
+packages=(busybox-static iproute2 nftables e2fsprogs xfsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

@@ -219,3 +219,90 @@ fn a_failed_copy_thaws_the_vps() {
         "{bad:?}"
     );
 }
+
+/// A loop-mounted xfs with reflink made by the test in a temp dir, unmounted on drop.
+struct Xfs {
+    dir: tempfile::TempDir,
+}
+
+impl Xfs {
+    fn mount_point(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.mount_point())
+            .status();
+    }
+}
+
+fn make_xfs() -> Option<Xfs> {
+    use std::process::Command;
+    let has_mkfs = Command::new("mkfs.xfs").arg("-V").output().is_ok();
+    if !has_mkfs {
+        if std::env::var("PADDOCK_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("mkfs.xfs is missing (scripts/deps.sh installs xfsprogs)");
+        }
+        eprintln!("skipping: no mkfs.xfs");
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("paddock-xfs-test")
+        .tempdir()
+        .expect("tempdir");
+    let image = dir.path().join("xfs.img");
+    fs::File::create(&image)
+        .and_then(|f| f.set_len(512 << 20))
+        .expect("image");
+    let mkfs = Command::new("mkfs.xfs")
+        .args(["-q", "-m", "reflink=1"])
+        .arg(&image)
+        .output()
+        .expect("mkfs.xfs");
+    assert!(mkfs.status.success(), "mkfs.xfs: {mkfs:?}");
+    let xfs = Xfs { dir };
+    fs::create_dir(xfs.mount_point()).expect("mount point");
+    let mount = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(xfs.mount_point())
+        .output()
+        .expect("mount");
+    assert!(mount.status.success(), "mount xfs: {mount:?}");
+    Some(xfs)
+}
+
+#[test]
+fn a_copy_on_xfs_with_reflink_is_a_reflink() {
+    use paddock_agent::runtime::storage::snapshot::copy_image;
+    use std::io::Write;
+
+    if !require_root() {
+        return;
+    }
+    let Some(xfs) = make_xfs() else { return };
+    let from = xfs.mount_point().join("disk.img");
+    let mut file = fs::File::create(&from).expect("create");
+    file.set_len(256 << 20).expect("size");
+    let block: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    for _ in 0..32 {
+        file.write_all(&block).expect("write");
+    }
+    file.sync_all().expect("sync");
+    drop(file);
+    let to = xfs.mount_point().join("snapshot.img");
+    let method = copy_image(&from, &to, LIMIT).expect("copy");
+    assert_eq!(method, CopyMethod::Reflink);
+    assert_eq!(fs::read(&from).expect("read"), fs::read(&to).expect("read"));
+    // The same copy on a filesystem without reflink (the temp dir's) is sparse.
+    let elsewhere = xfs.dir.path().join("copy.img");
+    let method = copy_image(&from, &elsewhere, LIMIT).expect("copy");
+    assert_eq!(method, CopyMethod::Sparse);
+    assert_eq!(
+        fs::read(&from).expect("read"),
+        fs::read(&elsewhere).expect("read")
+    );
+}

@@ -287,14 +287,29 @@ fn sparse_copy(
                 return Err(missed());
             }
             let want = usize::try_from(hole - read_at).unwrap_or(CHUNK).min(CHUNK);
-            let copied = sys::copy_file_range(
+            let copied = match sys::copy_file_range(
                 source.as_fd(),
                 &mut read_at,
                 target.as_fd(),
                 &mut write_at,
                 want,
-            )
-            .map_err(|errno| SnapshotError::io_err("copy_file_range to", tmp)(errno.into()))?;
+            ) {
+                Ok(copied) => copied,
+                // Across filesystems (before Linux 5.19, or between types) or where the
+                // filesystem has no copy_file_range: copy through a buffer.
+                Err(Errno::EXDEV | Errno::EOPNOTSUPP | Errno::ENOSYS | Errno::EINVAL) => {
+                    let copied = copy_through_buffer(source, from, read_at, target, tmp, want)?;
+                    let step = i64::try_from(copied).unwrap_or(i64::MAX);
+                    read_at += step;
+                    write_at += step;
+                    copied
+                }
+                Err(errno) => {
+                    return Err(SnapshotError::io_err("copy_file_range to", tmp)(
+                        errno.into(),
+                    ))
+                }
+            };
             if copied == 0 {
                 // The source shrank under us: what is left reads as zeros (a hole).
                 break;
@@ -303,6 +318,37 @@ fn sparse_copy(
         offset = hole;
     }
     Ok(())
+}
+
+/// Copies up to `len` bytes at `offset` from `source` to the same offset of `target` with
+/// pread/pwrite; the bytes copied (fewer at the source's end).
+fn copy_through_buffer(
+    source: &File,
+    from: &Path,
+    offset: i64,
+    target: &File,
+    tmp: &Path,
+    len: usize,
+) -> Result<usize, SnapshotError> {
+    use std::os::unix::fs::FileExt;
+    let offset = u64::try_from(offset).unwrap_or_default();
+    let mut buffer = vec![0u8; len.min(1 << 20)];
+    let mut done = 0usize;
+    while done < len {
+        let want = (len - done).min(buffer.len());
+        let at = offset + done as u64;
+        let read = source
+            .read_at(&mut buffer[..want], at)
+            .map_err(SnapshotError::io_err("read", from))?;
+        if read == 0 {
+            break;
+        }
+        target
+            .write_all_at(&buffer[..read], at)
+            .map_err(SnapshotError::io_err("write", tmp))?;
+        done += read;
+    }
+    Ok(done)
 }
 
 /// A frozen cgroup, thawed when dropped (also on every error path).
