@@ -516,6 +516,30 @@ mod tests {
             ),
             (RuntimeError::NotFound("v1".into()).into(), Code::NotFound),
             (
+                RuntimeError::Snapshot {
+                    vps_id: "v1".into(),
+                    source: SnapshotError::AlreadyExists("s".into()),
+                }
+                .into(),
+                Code::AlreadyExists,
+            ),
+            (
+                RuntimeError::Snapshot {
+                    vps_id: "v1".into(),
+                    source: SnapshotError::NotFound("s".into()),
+                }
+                .into(),
+                Code::NotFound,
+            ),
+            (
+                RuntimeError::Snapshot {
+                    vps_id: "v1".into(),
+                    source: SnapshotError::NotReady("being deleted"),
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
                 RuntimeError::NotRunning("v1".into()).into(),
                 Code::FailedPrecondition,
             ),
