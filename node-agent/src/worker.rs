@@ -360,8 +360,9 @@ impl<R: VpsRuntime> Worker<R> {
                 }
                 Action::Snapshot { op, reply } => {
                     let result = self.snapshot(op).await;
+                    let exists = self.exists().await;
                     let _ = reply.send(result);
-                    self.exists().await
+                    exists
                 }
                 Action::Status { reply } => {
                     let result = self.status().await;
@@ -660,6 +661,20 @@ mod tests {
         fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, RuntimeError> {
             Ok(self.vpses.lock().expect("lock").get(vps_id).cloned())
         }
+
+        fn snapshot(&self, vps_id: &str, op: &SnapshotOp) -> Result<SnapshotOutcome, RuntimeError> {
+            self.enter(vps_id);
+            self.leave(vps_id);
+            if !self.vpses.lock().expect("lock").contains_key(vps_id) {
+                return Err(RuntimeError::NotFound(vps_id.to_owned()));
+            }
+            self.applies.lock().expect("lock").push((
+                vps_id.to_owned(),
+                format!("{op:?}"),
+                Power::Running,
+            ));
+            Ok(SnapshotOutcome::Deleted)
+        }
     }
 
     fn request(vps_id: &str, hostname: &str, restart_generation: u64) -> ApplyRequest {
@@ -728,6 +743,50 @@ mod tests {
             .map(|(_, hostname, _)| hostname)
             .collect();
         assert_eq!(order, ["hold", "second"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_waits_for_the_apply_before_it() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *runtime.held.lock().expect("lock") = Some(held_tx);
+        *runtime.release.lock().expect("lock") = Some(release_rx);
+        let (workers, _dir) = workers(&runtime);
+        let workers = Arc::new(workers);
+        let first = tokio::spawn({
+            let workers = workers.clone();
+            async move { workers.apply(request("v1", "hold", 0)).await }
+        });
+        held.recv().await.expect("the apply started");
+        let mut snapshot = Box::pin(workers.snapshot("v1", SnapshotOp::Create("s".into())));
+        assert!(futures::poll!(&mut snapshot).is_pending());
+        release.send(()).expect("release");
+        first.await.expect("task").expect("apply");
+        snapshot.await.expect("snapshot after the apply");
+        assert_eq!(runtime.most_in_flight.load(Ordering::SeqCst), 1);
+        let order: Vec<_> = runtime
+            .applies()
+            .into_iter()
+            .map(|(_, what, _)| what)
+            .collect();
+        assert_eq!(order, ["hold", "Create(\"s\")"]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_a_vps_that_does_not_exist_leaves_no_worker() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (workers, _dir) = workers(&runtime);
+        workers.apply(request("v1", "a", 0)).await.expect("apply");
+        let error = workers
+            .snapshot("nothing", SnapshotOp::List)
+            .await
+            .expect_err("no such VPS");
+        assert!(
+            matches!(error, WorkerError::Runtime(RuntimeError::NotFound(_))),
+            "{error:?}"
+        );
+        assert_eq!(workers.count(), 1);
     }
 
     #[tokio::test]
