@@ -12,7 +12,8 @@ use paddock_agent::runtime::{CopyMethod, Power, Runtime, RuntimeError, SnapshotE
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Whether the VPS's cgroup is frozen now (v1 `freezer.state`, v2 `cgroup.freeze`).
+/// Whether the VPS's cgroup is frozen now (v1 `freezer.state`, v2 `cgroup.freeze`). A VPS
+/// without a freezer fails the test: the thaw checks would prove nothing.
 fn frozen(runtime: &Runtime, vps_id: &str) -> bool {
     for dir in runtime.cgroup_paths(vps_id) {
         if let Ok(state) = fs::read_to_string(dir.join("freezer.state")) {
@@ -22,7 +23,10 @@ fn frozen(runtime: &Runtime, vps_id: &str) -> bool {
             return state.trim() == "1";
         }
     }
-    false
+    panic!(
+        "VPS {vps_id} has no freezer in {:?}",
+        runtime.cgroup_paths(vps_id)
+    );
 }
 
 fn stopped(spec: &VpsSpec) -> VpsSpec {
