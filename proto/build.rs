@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "paddock/v1/nodes.proto",
     "paddock/v1/vps.proto",
     "paddock/v1/billing.proto",
+    "paddock/v1/snapshots.proto",
     "paddock/v1/agent.proto",
 ];
 

@@ -108,6 +108,11 @@ impl Node {
         Ok(node)
     }
 
+    /// The node's state dir (what the runtime keeps: `vps/<id>/disk.img`, ...).
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state_dir.path()
+    }
+
     /// Host path of the busybox template's root filesystem.
     pub fn busybox_rootfs(&self) -> PathBuf {
         self.state_dir

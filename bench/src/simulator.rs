@@ -322,6 +322,34 @@ impl NodeAgent for SimAgent {
         Err(Status::unimplemented("a simulated node runs no processes"))
     }
 
+    async fn create_snapshot(
+        &self,
+        _request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::AgentSnapshot>, Status> {
+        Err(Status::unimplemented("a simulated node has no disks"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<v1::AgentVpsRef>,
+    ) -> Result<Response<v1::AgentListSnapshotsResponse>, Status> {
+        Ok(Response::new(v1::AgentListSnapshotsResponse::default()))
+    }
+
+    async fn restore_snapshot(
+        &self,
+        _request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::AgentRestoreSnapshotResponse>, Status> {
+        Err(Status::unimplemented("a simulated node has no disks"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        Err(Status::unimplemented("a simulated node has no disks"))
+    }
+
     type ConsoleStream = OutputStream<v1::ConsoleOutput>;
 
     async fn console(

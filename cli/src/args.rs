@@ -108,6 +108,9 @@ pub enum Command {
     /// List the OS templates VPSes can be built from.
     #[command(after_help = "Example:\n  paddock templates")]
     Templates,
+    /// Take, list, restore and delete snapshots of a VPS's disk.
+    #[command(subcommand)]
+    Snapshot(crate::commands::snapshot::SnapshotCommand),
     /// Manage controller contexts (URL + token) in the config file.
     #[command(subcommand)]
     Context(ContextCommand),
@@ -785,6 +788,9 @@ pub enum PlanCommand {
         /// (e.g. throttle:1Mbit, each direction).
         #[arg(long, value_name = "ACTION", value_parser = parse_overage, requires = "transfer")]
         transfer_overage: Option<Overage>,
+        /// Snapshots each VPS of the plan may keep (default 3).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_snapshots: Option<u32>,
     },
     /// List plans.
     #[command(after_help = "Example:\n  paddock admin plan list")]

@@ -233,6 +233,13 @@ impl Session {
         AuditServiceClient::new(self.intercepted())
     }
 
+    /// Client of `SnapshotService`.
+    pub fn snapshots(
+        &self,
+    ) -> paddock_proto::v1::snapshot_service_client::SnapshotServiceClient<AuthChannel> {
+        paddock_proto::v1::snapshot_service_client::SnapshotServiceClient::new(self.intercepted())
+    }
+
     /// Client of `BillingService`.
     pub fn billing(&self) -> BillingServiceClient<AuthChannel> {
         BillingServiceClient::new(self.intercepted())

@@ -529,6 +529,8 @@ pub struct PlanView {
     pub transfer_overage: &'static str,
     /// The throttle rate; 0 unless `transfer_overage` is `throttle`.
     pub overage_rate_bits_per_sec: u64,
+    /// Snapshots each VPS of the plan may keep.
+    pub max_snapshots: u32,
 }
 
 impl From<&v1::Plan> for PlanView {
@@ -543,6 +545,7 @@ impl From<&v1::Plan> for PlanView {
             monthly_transfer_bytes: p.monthly_transfer_bytes,
             transfer_overage: overage_name(p.transfer_overage).unwrap_or("notify"),
             overage_rate_bits_per_sec: p.overage_rate_bits_per_sec,
+            max_snapshots: p.max_snapshots,
         }
     }
 }
@@ -641,6 +644,7 @@ impl Detail for PlanView {
                     action => action.to_owned(),
                 },
             ),
+            ("Snapshots per VPS", self.max_snapshots.to_string()),
         ]
     }
 }

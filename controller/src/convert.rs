@@ -70,6 +70,7 @@ pub fn plan(p: &PlanRecord) -> v1::Plan {
         monthly_transfer_bytes: p.monthly_transfer_bytes,
         transfer_overage: overage.into(),
         overage_rate_bits_per_sec: rate,
+        max_snapshots: p.max_snapshots,
     }
 }
 
@@ -353,6 +354,23 @@ pub fn pool(record: &PoolRecord) -> v1::Pool {
     }
 }
 
+/// A snapshot as the API shows it.
+pub fn snapshot(vps: &VpsRecord, s: &crate::model::snapshots::SnapshotRecord) -> v1::Snapshot {
+    v1::Snapshot {
+        vps_id: vps.vps_id.clone(),
+        vps_name: vps.name.clone(),
+        name: s.name.clone(),
+        created_at: Some(timestamp(s.created_at)),
+        size_bytes: s.size_bytes,
+        allocated_bytes: s.allocated_bytes,
+        method: match s.state {
+            crate::model::snapshots::SnapshotState::Ready => s.method.clone(),
+            crate::model::snapshots::SnapshotState::Creating => "creating".to_owned(),
+        },
+        duration_ms: s.duration_ms,
+    }
+}
+
 pub fn event(e: &crate::model::EventRecord) -> v1::Event {
     use crate::model::EventKind as K;
     let kind = match e.kind {
@@ -368,6 +386,9 @@ pub fn event(e: &crate::model::EventRecord) -> v1::Event {
         K::Transfer100Percent => v1::EventKind::Transfer100Percent,
         K::TransferLimited => v1::EventKind::TransferLimited,
         K::TransferLimitEnded => v1::EventKind::TransferLimitEnded,
+        K::SnapshotCreated => v1::EventKind::SnapshotCreated,
+        K::SnapshotRestored => v1::EventKind::SnapshotRestored,
+        K::SnapshotDeleted => v1::EventKind::SnapshotDeleted,
     };
     v1::Event {
         cursor: e.cursor,
@@ -666,6 +687,7 @@ mod tests {
             monthly_transfer_bytes: allowance,
             transfer_overage: overage.into(),
             overage_rate_bits_per_sec: rate,
+            max_snapshots: 0,
         };
         assert_eq!(
             transfer_overage_from(&plan(v1::TransferOverage::Unspecified, 0, 0)),

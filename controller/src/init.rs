@@ -70,6 +70,7 @@ pub fn default_plans() -> Vec<PlanRecord> {
         },
         monthly_transfer_bytes: 0,
         transfer_overage: TransferOverage::Notify,
+        max_snapshots: crate::model::snapshots::DEFAULT_MAX_SNAPSHOTS,
     };
     vec![
         plan("nano", 1.0, 256 * MIB, 2 * GIB, 512, 50 * MIB, 500),

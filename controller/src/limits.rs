@@ -405,6 +405,7 @@ mod tests {
             },
             monthly_transfer_bytes: 0,
             transfer_overage: TransferOverage::Notify,
+            max_snapshots: 3,
         }
     }
 

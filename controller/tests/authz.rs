@@ -360,6 +360,27 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
                 }))
                 .await,
         ),
+        "CreateSnapshot" | "RestoreSnapshot" | "DeleteSnapshot" => {
+            let mut client = v1::snapshot_service_client::SnapshotServiceClient::new(ch);
+            let snapshot = v1::SnapshotRef {
+                tenant: "a".into(),
+                vps: "get".into(),
+                name: format!("s-{who}"),
+            };
+            match rpc {
+                "CreateSnapshot" => code(client.create_snapshot(t!(snapshot)).await),
+                "RestoreSnapshot" => code(client.restore_snapshot(t!(snapshot)).await),
+                _ => code(client.delete_snapshot(t!(snapshot)).await),
+            }
+        }
+        "ListSnapshots" => code(
+            v1::snapshot_service_client::SnapshotServiceClient::new(ch)
+                .list_snapshots(t!(v1::ListSnapshotsRequest {
+                    tenant: "a".into(),
+                    vps: "get".into(),
+                }))
+                .await,
+        ),
         other => panic!("no call for {other}"),
     }
 }
@@ -422,6 +443,11 @@ async fn every_rpc_checks_role_and_tenant() {
         // The fixture node's agent is unreachable: authorized callers get Unavailable.
         ("Exec", tenant_scoped(Ua)),
         ("Console", tenant_scoped(Ua)),
+        // The snapshot is recorded only once the (unreachable) node took it.
+        ("CreateSnapshot", tenant_scoped(Ua)),
+        ("ListSnapshots", tenant_scoped(Ok)),
+        ("RestoreSnapshot", tenant_scoped(Nf)),
+        ("DeleteSnapshot", tenant_scoped(Nf)),
         ("CreateTenant", admin_only(Ok)),
         ("GetTenant", admin_only(Ok)),
         ("ListTenants", admin_only(Ok)),

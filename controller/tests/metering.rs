@@ -331,6 +331,7 @@ async fn create_plan(
                     monthly_transfer_bytes: allowance,
                     transfer_overage: overage.into(),
                     overage_rate_bits_per_sec: rate,
+                    max_snapshots: 0,
                 }),
             },
             &api.admin,

@@ -19,9 +19,10 @@ use tracing::warn;
 
 use crate::convert;
 use crate::network::Network;
-use crate::runtime::{validate_vps_id, Runtime, RuntimeError};
+use crate::runtime::SnapshotInfo;
+use crate::runtime::{validate_vps_id, Runtime, RuntimeError, SnapshotError};
 use crate::template::{self, TemplateError};
-use crate::worker::{ApplyRequest, WorkerError, Workers};
+use crate::worker::{ApplyRequest, SnapshotOp, SnapshotOutcome, WorkerError, Workers};
 
 /// Serves the controller, over mutual TLS.
 pub struct AgentService {
@@ -76,6 +77,70 @@ impl AgentService {
 
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
+    async fn create_snapshot(
+        &self,
+        request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::AgentSnapshot>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        match self
+            .snapshot_op(&request.vps_id, SnapshotOp::Create(request.name))
+            .await?
+        {
+            SnapshotOutcome::Created(info) => Ok(Response::new(wire_snapshot(&info))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<v1::AgentVpsRef>,
+    ) -> Result<Response<v1::AgentListSnapshotsResponse>, Status> {
+        self.authorize(&request)?;
+        let vps_id = request.into_inner().vps_id;
+        match self.snapshot_op(&vps_id, SnapshotOp::List).await? {
+            SnapshotOutcome::Listed(list) => Ok(Response::new(v1::AgentListSnapshotsResponse {
+                snapshots: list.iter().map(wire_snapshot).collect(),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn restore_snapshot(
+        &self,
+        request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::AgentRestoreSnapshotResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        match self
+            .snapshot_op(&request.vps_id, SnapshotOp::Restore(request.name))
+            .await?
+        {
+            SnapshotOutcome::Restored(restored) => {
+                Ok(Response::new(v1::AgentRestoreSnapshotResponse {
+                    snapshot: Some(wire_snapshot(&restored.snapshot)),
+                    was_running: restored.was_running,
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        match self
+            .snapshot_op(&request.vps_id, SnapshotOp::Delete(request.name))
+            .await?
+        {
+            SnapshotOutcome::Deleted => Ok(Response::new(v1::Empty {})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// A failed apply is answered with the VPS in state `error` and the reason as its message,
     /// not with an error status: the controller records it like any observed state. Only bad
     /// input and an agent that cannot take the apply (stopping, worker lost) are errors.
@@ -309,6 +374,30 @@ impl NodeAgent for AgentService {
     }
 }
 
+impl AgentService {
+    /// Runs a snapshot operation on the VPS's worker, after its earlier applies.
+    async fn snapshot_op(&self, vps_id: &str, op: SnapshotOp) -> Result<SnapshotOutcome, Status> {
+        validate_vps_id(vps_id)?;
+        Ok(self.workers.snapshot(vps_id, op).await?)
+    }
+}
+
+fn wire_snapshot(info: &SnapshotInfo) -> v1::AgentSnapshot {
+    v1::AgentSnapshot {
+        name: info.name.clone(),
+        created_at_unix_ms: info.created_at_unix_ms,
+        size_bytes: info.size_bytes,
+        allocated_bytes: info.allocated_bytes,
+        method: info.method.as_str().to_owned(),
+        duration_ms: info.duration_ms,
+    }
+}
+
+/// An outcome of another kind than the operation asked for (a bug in the worker).
+fn unexpected(outcome: &SnapshotOutcome) -> Status {
+    Status::internal(format!("unexpected snapshot outcome {outcome:?}"))
+}
+
 // Errors to codes: the one place the agent picks a gRPC status for a failure.
 
 /// The code for a runtime error: what the caller can do about it.
@@ -322,6 +411,14 @@ pub fn runtime_code(error: &RuntimeError) -> Code {
         | RuntimeError::TemplateMissing(_)
         | RuntimeError::TemplateMismatch { .. }
         | RuntimeError::ProcView(_) => Code::FailedPrecondition,
+        RuntimeError::Snapshot { source, .. } => match source {
+            SnapshotError::InvalidName { .. } => Code::InvalidArgument,
+            SnapshotError::AlreadyExists(_) => Code::AlreadyExists,
+            SnapshotError::NotFound(_) => Code::NotFound,
+            SnapshotError::NotReady(_) | SnapshotError::NoImage(_) => Code::FailedPrecondition,
+            SnapshotError::Deadline { .. } => Code::DeadlineExceeded,
+            SnapshotError::Freezer { .. } | SnapshotError::Io { .. } => Code::Internal,
+        },
         RuntimeError::InvalidConfig { .. }
         | RuntimeError::TemplateMetadata { .. }
         | RuntimeError::Setup(_)
@@ -410,6 +507,30 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (RuntimeError::NotFound("v1".into()).into(), Code::NotFound),
+            (
+                RuntimeError::Snapshot {
+                    vps_id: "v1".into(),
+                    source: SnapshotError::AlreadyExists("s".into()),
+                }
+                .into(),
+                Code::AlreadyExists,
+            ),
+            (
+                RuntimeError::Snapshot {
+                    vps_id: "v1".into(),
+                    source: SnapshotError::NotFound("s".into()),
+                }
+                .into(),
+                Code::NotFound,
+            ),
+            (
+                RuntimeError::Snapshot {
+                    vps_id: "v1".into(),
+                    source: SnapshotError::NotReady("being deleted"),
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
             (
                 RuntimeError::NotRunning("v1".into()).into(),
                 Code::FailedPrecondition,

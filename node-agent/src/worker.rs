@@ -25,7 +25,10 @@ use tracing::{info, warn};
 
 use crate::applied::{LastApply, MAX_CONCURRENT_APPLIES};
 use crate::network::{Network, NetworkError, PortSpec};
-use crate::runtime::{ObservedState, Runtime, RuntimeError, VpsObserved, VpsSpec};
+use crate::runtime::storage::snapshot::COPY_DEADLINE;
+use crate::runtime::{
+    ObservedState, Restored, Runtime, RuntimeError, SnapshotInfo, VpsObserved, VpsSpec,
+};
 
 /// The runtime calls a worker makes: the seam that lets the registry be tested without
 /// containers.
@@ -36,6 +39,34 @@ pub trait VpsRuntime: Send + Sync + 'static {
     fn delete(&self, vps_id: &str) -> Result<(), RuntimeError>;
     /// What exists of the VPS, `None` if nothing.
     fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, RuntimeError>;
+    /// Takes, restores, deletes or lists snapshots of the VPS's disk (see
+    /// [`Runtime::create_snapshot`] and its siblings).
+    fn snapshot(&self, vps_id: &str, op: &SnapshotOp) -> Result<SnapshotOutcome, RuntimeError> {
+        let _ = (vps_id, op);
+        Err(RuntimeError::InvalidArgument {
+            field: "snapshot",
+            rule: "snapshots are not supported by this runtime".to_owned(),
+        })
+    }
+}
+
+/// A snapshot operation on one VPS, run on its worker like applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotOp {
+    Create(String),
+    Restore(String),
+    Delete(String),
+    List,
+}
+
+/// What a [`SnapshotOp`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    Created(SnapshotInfo),
+    /// The VPS is stopped now; the controller's next apply starts it if it ran.
+    Restored(Restored),
+    Deleted,
+    Listed(Vec<SnapshotInfo>),
 }
 
 impl VpsRuntime for Runtime {
@@ -49,6 +80,22 @@ impl VpsRuntime for Runtime {
 
     fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, RuntimeError> {
         Runtime::status(self, vps_id)
+    }
+
+    fn snapshot(&self, vps_id: &str, op: &SnapshotOp) -> Result<SnapshotOutcome, RuntimeError> {
+        Ok(match op {
+            SnapshotOp::Create(name) => {
+                SnapshotOutcome::Created(self.create_snapshot(vps_id, name, COPY_DEADLINE)?)
+            }
+            SnapshotOp::Restore(name) => {
+                SnapshotOutcome::Restored(self.restore_snapshot(vps_id, name, COPY_DEADLINE)?)
+            }
+            SnapshotOp::Delete(name) => {
+                self.delete_snapshot(vps_id, name)?;
+                SnapshotOutcome::Deleted
+            }
+            SnapshotOp::List => SnapshotOutcome::Listed(self.list_snapshots(vps_id)?),
+        })
     }
 }
 
@@ -106,6 +153,10 @@ enum Action {
     },
     Status {
         reply: Reply<Option<VpsObserved>>,
+    },
+    Snapshot {
+        op: SnapshotOp,
+        reply: Reply<SnapshotOutcome>,
     },
 }
 
@@ -178,6 +229,17 @@ impl<R: VpsRuntime> Workers<R> {
     /// What exists of the VPS, read after its earlier actions finished.
     pub async fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, WorkerError> {
         self.call(vps_id, |reply| Action::Status { reply }).await
+    }
+
+    /// Runs a snapshot operation on the VPS after its earlier actions (a restore stops a
+    /// running VPS and removes its port; the next apply starts it again).
+    pub async fn snapshot(
+        &self,
+        vps_id: &str,
+        op: SnapshotOp,
+    ) -> Result<SnapshotOutcome, WorkerError> {
+        self.call(vps_id, |reply| Action::Snapshot { op, reply })
+            .await
     }
 
     /// How many workers are alive: one per VPS of this node that had an action since the
@@ -281,6 +343,12 @@ impl<R: VpsRuntime> Worker<R> {
                         Ok(()) => Some(false),
                         Err(_) => self.exists().await,
                     };
+                    let _ = reply.send(result);
+                    exists
+                }
+                Action::Snapshot { op, reply } => {
+                    let result = self.snapshot(op).await;
+                    let exists = self.exists().await;
                     let _ = reply.send(result);
                     exists
                 }
@@ -396,6 +464,29 @@ impl<R: VpsRuntime> Worker<R> {
         }
         info!(vps_id = %self.vps_id, "VPS deleted");
         Ok(())
+    }
+
+    async fn snapshot(&mut self, op: SnapshotOp) -> Result<SnapshotOutcome, WorkerError> {
+        let restore = matches!(op, SnapshotOp::Restore(_));
+        if restore {
+            // The VPS stops (and restarts later with a new init): nothing of the last apply
+            // stands.
+            self.last_apply = None;
+        }
+        let context = self.context.clone();
+        let vps_id = self.vps_id.clone();
+        let outcome = self
+            .blocking(move || context.runtime.snapshot(&vps_id, &op))
+            .await??;
+        if let SnapshotOutcome::Restored(Restored {
+            was_running: true, ..
+        }) = &outcome
+        {
+            if let Some(observed) = self.status().await? {
+                self.converge_network(None, &observed).await?;
+            }
+        }
+        Ok(outcome)
     }
 
     async fn status(&self) -> Result<Option<VpsObserved>, WorkerError> {
@@ -530,6 +621,20 @@ mod tests {
         fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, RuntimeError> {
             Ok(self.vpses.lock().expect("lock").get(vps_id).cloned())
         }
+
+        fn snapshot(&self, vps_id: &str, op: &SnapshotOp) -> Result<SnapshotOutcome, RuntimeError> {
+            self.enter(vps_id);
+            self.leave(vps_id);
+            if !self.vpses.lock().expect("lock").contains_key(vps_id) {
+                return Err(RuntimeError::NotFound(vps_id.to_owned()));
+            }
+            self.applies.lock().expect("lock").push((
+                vps_id.to_owned(),
+                format!("{op:?}"),
+                Power::Running,
+            ));
+            Ok(SnapshotOutcome::Deleted)
+        }
     }
 
     fn request(vps_id: &str, hostname: &str, restart_generation: u64) -> ApplyRequest {
@@ -596,6 +701,50 @@ mod tests {
             .map(|(_, hostname, _)| hostname)
             .collect();
         assert_eq!(order, ["hold", "second"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_waits_for_the_apply_before_it() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *runtime.held.lock().expect("lock") = Some(held_tx);
+        *runtime.release.lock().expect("lock") = Some(release_rx);
+        let workers = workers(&runtime);
+        let workers = Arc::new(workers);
+        let first = tokio::spawn({
+            let workers = workers.clone();
+            async move { workers.apply(request("v1", "hold", 0)).await }
+        });
+        held.recv().await.expect("the apply started");
+        let mut snapshot = Box::pin(workers.snapshot("v1", SnapshotOp::Create("s".into())));
+        assert!(futures::poll!(&mut snapshot).is_pending());
+        release.send(()).expect("release");
+        first.await.expect("task").expect("apply");
+        snapshot.await.expect("snapshot after the apply");
+        assert_eq!(runtime.most_in_flight.load(Ordering::SeqCst), 1);
+        let order: Vec<_> = runtime
+            .applies()
+            .into_iter()
+            .map(|(_, what, _)| what)
+            .collect();
+        assert_eq!(order, ["hold", "Create(\"s\")"]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_a_vps_that_does_not_exist_leaves_no_worker() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let workers = workers(&runtime);
+        workers.apply(request("v1", "a", 0)).await.expect("apply");
+        let error = workers
+            .snapshot("nothing", SnapshotOp::List)
+            .await
+            .expect_err("no such VPS");
+        assert!(
+            matches!(error, WorkerError::Runtime(RuntimeError::NotFound(_))),
+            "{error:?}"
+        );
+        assert_eq!(workers.count(), 1);
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ mod density;
 mod fleet;
 mod limits;
 mod network;
+mod snapshot;
 mod start_latency;
 
 /// A scenario of the suite.
@@ -54,6 +55,11 @@ pub const ALL: &[Scenario] = &[
         name: "density",
         title: "Density: idle VPSes per node, host memory and agent CPU as N grows",
         run: density::run,
+    },
+    Scenario {
+        name: "snapshot",
+        title: "Snapshot: time and bytes of a running VPS's disk snapshot (reflink or sparse copy)",
+        run: snapshot::run,
     },
     Scenario {
         name: "agent-restart",

@@ -304,6 +304,7 @@ async fn plan(
             ipv4,
             transfer,
             transfer_overage,
+            max_snapshots,
         } => {
             let (transfer_overage, overage_rate_bits_per_sec) = match transfer_overage {
                 None => (v1::TransferOverage::Unspecified, 0),
@@ -329,6 +330,7 @@ async fn plan(
                 monthly_transfer_bytes: transfer.map(|s| s.0).unwrap_or_default(),
                 transfer_overage: transfer_overage.into(),
                 overage_rate_bits_per_sec,
+                max_snapshots: max_snapshots.unwrap_or_default(),
             };
             let created = session
                 .call(client.create_plan(CreatePlanRequest { plan: Some(plan) }))

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod context;
 pub mod exec;
+pub mod snapshot;
 pub mod vps;
 
 use std::process::ExitCode;
@@ -102,6 +103,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Usage(args) => vps::usage(&connect(context).await?, printer, args).await?,
         Command::Plans => vps::plans(&connect(context).await?, printer).await?,
         Command::Templates => vps::templates(&connect(context).await?, printer).await?,
+        Command::Snapshot(command) => {
+            snapshot::run(&connect(context).await?, printer, command).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

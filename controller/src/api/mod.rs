@@ -7,6 +7,7 @@ mod nodes;
 mod observe;
 mod plans;
 mod pools;
+mod snapshots;
 mod status;
 mod tenants;
 mod vps;
@@ -46,6 +47,7 @@ pub async fn serve(
     use v1::node_service_server::NodeServiceServer;
     use v1::plan_service_server::PlanServiceServer;
     use v1::pool_service_server::PoolServiceServer;
+    use v1::snapshot_service_server::SnapshotServiceServer;
     use v1::tenant_service_server::TenantServiceServer;
     use v1::token_service_server::TokenServiceServer;
     use v1::vps_service_server::VpsServiceServer;
@@ -106,6 +108,9 @@ pub async fn serve(
             controller: c(),
         }))
         .add_service(AuditServiceServer::new(audit::AuditApi { controller: c() }))
+        .add_service(SnapshotServiceServer::new(snapshots::SnapshotApi {
+            controller: c(),
+        }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

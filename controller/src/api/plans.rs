@@ -50,6 +50,10 @@ impl PlanService for PlanApi {
             name: plan.name,
             resources: convert::resources_from(&plan.resources.unwrap_or_default()),
             monthly_transfer_bytes: plan.monthly_transfer_bytes,
+            max_snapshots: match plan.max_snapshots {
+                0 => crate::model::snapshots::DEFAULT_MAX_SNAPSHOTS,
+                max => max,
+            },
         };
         let created = self.controller.plans().create(record).await?;
         Ok(Response::new(convert::plan(&created)))

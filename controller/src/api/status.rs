@@ -26,9 +26,10 @@ impl From<StoreError> for tonic::Status {
         match &error {
             StoreError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             StoreError::NotFound { .. } => Status::not_found(error.to_string()),
-            StoreError::Quota(_) | StoreError::Ipam(_) | StoreError::Conflict(_) => {
-                Status::failed_precondition(error.to_string())
-            }
+            StoreError::Quota(_)
+            | StoreError::SnapshotQuota(_)
+            | StoreError::Ipam(_)
+            | StoreError::Conflict(_) => Status::failed_precondition(error.to_string()),
             StoreError::Open { .. }
             | StoreError::SchemaMismatch { .. }
             | StoreError::NotInitialized { .. }

@@ -12,6 +12,7 @@ pub mod node;
 pub mod quota;
 mod records;
 pub mod scheduler;
+pub mod snapshots;
 pub mod validate;
 
 pub use records::*;

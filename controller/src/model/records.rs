@@ -36,6 +36,9 @@ pub struct PlanRecord {
     /// What happens to a VPS once it used all of `monthly_transfer_bytes`.
     #[serde(default)]
     pub transfer_overage: TransferOverage,
+    /// How many snapshots each VPS of the plan may keep.
+    #[serde(default = "super::snapshots::default_max_snapshots")]
+    pub max_snapshots: u32,
 }
 
 /// What a plan does to a VPS that used its whole monthly transfer allowance,
@@ -308,6 +311,12 @@ pub enum EventKind {
     TransferLimited,
     /// The overage action was lifted: the month ended or billing lifted it.
     TransferLimitEnded,
+    /// A snapshot of the VPS's disk was taken (`detail`: its name).
+    SnapshotCreated,
+    /// The VPS's disk was restored from a snapshot (`detail`: its name).
+    SnapshotRestored,
+    /// A snapshot was deleted (`detail`: its name).
+    SnapshotDeleted,
 }
 
 /// One entry of the durable event log; `cursor` is strictly increasing in

@@ -8,6 +8,7 @@ pub mod nodes;
 pub mod plans;
 pub mod pools;
 pub mod reconcile;
+pub mod snapshots;
 pub mod tenants;
 pub mod vps;
 pub mod watch;

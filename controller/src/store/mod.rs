@@ -13,6 +13,7 @@ use std::pin::Pin;
 
 use crate::model::ipam::IpamError;
 use crate::model::quota::QuotaError;
+use crate::model::snapshots::{SnapshotQuotaError, SnapshotRecord, VpsSnapshots};
 use crate::model::{
     AuditRecord, EventKind, EventRecord, NodeAllocationRecord, NodeRecord, PlanRecord, PoolRecord,
     Resources, TenantRecord, TokenRecord, UsageCursorRecord, UsageHourRecord, VpsRecord,
@@ -72,6 +73,9 @@ pub enum StoreError {
     Ipam(Box<IpamError>),
     #[error(transparent)]
     Conflict(#[from] Conflict),
+    /// The VPS's plan allows no more snapshots (checked in the recording transaction).
+    #[error(transparent)]
+    SnapshotQuota(#[from] SnapshotQuotaError),
 }
 
 impl From<IpamError> for StoreError {
@@ -259,4 +263,28 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError>;
     /// Audit entries with a sequence number above `after_seq`, oldest first.
     fn list_audit(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    // Snapshots (`model::snapshots`): one record per VPS holding all of its snapshots.
+    /// The VPS's snapshots; none for a VPS without any (or gone).
+    fn list_snapshots(&self, vps_id: &str) -> Result<VpsSnapshots, StoreError>;
+    /// Records `snapshot` for the VPS in one transaction that checks the VPS exists and is
+    /// not being deleted, the name is free (`AlreadyExists`) and the VPS's plan allows one
+    /// more (`snapshots::admit`, its `max_snapshots`; the default for a plan gone).
+    fn reserve_snapshot(&self, vps_id: &str, snapshot: &SnapshotRecord) -> Result<(), StoreError>;
+    /// Replaces the existing record of `snapshot.name` (`NotFound` if none), appending
+    /// `event` in the same transaction.
+    fn put_snapshot(
+        &self,
+        vps_id: &str,
+        snapshot: &SnapshotRecord,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError>;
+    /// Removes snapshot `name` of the VPS (absent is not an error), appending `event` in
+    /// the same transaction.
+    fn remove_snapshot(
+        &self,
+        vps_id: &str,
+        name: &str,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError>;
 }

@@ -13,6 +13,8 @@ use super::*;
 use crate::model::*;
 use crate::model::{ipam, quota};
 
+mod snapshots;
+
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// Present once `vps_nodes` and `node_allocations` were built from the VPSes
@@ -401,6 +403,32 @@ impl SledStore {
 impl Store for SledStore {
     fn vps_watchers(&self) -> &VpsWatchers {
         &self.watchers
+    }
+
+    fn list_snapshots(&self, vps_id: &str) -> Result<VpsSnapshots, StoreError> {
+        self.list_snapshots_impl(vps_id)
+    }
+
+    fn reserve_snapshot(&self, vps_id: &str, snapshot: &SnapshotRecord) -> Result<(), StoreError> {
+        self.reserve_snapshot_impl(vps_id, snapshot)
+    }
+
+    fn put_snapshot(
+        &self,
+        vps_id: &str,
+        snapshot: &SnapshotRecord,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError> {
+        self.put_snapshot_impl(vps_id, snapshot, event)
+    }
+
+    fn remove_snapshot(
+        &self,
+        vps_id: &str,
+        name: &str,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError> {
+        self.remove_snapshot_impl(vps_id, name, event)
     }
 
     fn event_signal(&self) -> &EventSignal {
@@ -1003,6 +1031,10 @@ impl Store for SledStore {
                     },
                 ),
         );
+        if result.is_ok() {
+            // Its snapshots went with its directory on the node.
+            self.forget_snapshots(vps_id)?;
+        }
         self.signalled(self.published(vps_id, result))
     }
 

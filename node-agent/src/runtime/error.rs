@@ -12,6 +12,7 @@ use super::process::supervisor::SupervisorError;
 use super::state::StateError;
 use super::storage::disk::DiskError;
 use super::storage::disk_growth::DiskGrowthError;
+use super::storage::snapshot::SnapshotError;
 use crate::template::metadata::MetadataError;
 
 /// Errors of the runtime API.
@@ -125,6 +126,14 @@ pub enum RuntimeError {
         vps_id: String,
         /// What failed.
         source: IdmapError,
+    },
+    /// A snapshot of the VPS's disk failed or was refused.
+    #[error("vps {vps_id}: {source}")]
+    Snapshot {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: SnapshotError,
     },
     /// The VPS's disk image failed.
     #[error("vps {vps_id}: {source}")]

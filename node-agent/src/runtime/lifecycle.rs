@@ -620,7 +620,7 @@ impl Runtime {
     /// Graceful stop of `init` (the live init of `st`) with its halt signal, then SIGKILL for
     /// whatever is left in the cgroup. The run's closing counters are recorded in
     /// [`VpsState::closed_run`] and saved together with the init being gone.
-    fn stop(
+    pub(super) fn stop(
         &self,
         st: &mut VpsState,
         init: Option<&ProcessIdentity>,
@@ -880,7 +880,7 @@ impl RunEnding {
 /// Waits (bounded) until no loop device is backed by `image` any more: the VPS's mount
 /// namespace, and with it the disk's mount and autoclear loop device, goes away shortly after
 /// its last process.
-fn wait_for_detach(image: &Path) {
+pub(super) fn wait_for_detach(image: &Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     // Usually a few milliseconds: look again soon, then every 20 ms.
     let mut pause = Duration::from_millis(1);

@@ -57,6 +57,7 @@ pub use self::state::{ClosedRun, StateError};
 use self::state::{Layout, VpsState};
 pub use self::storage::disk::{self, DiskError};
 pub use self::storage::disk_growth::DiskGrowthError;
+pub use self::storage::snapshot::{CopyMethod, Restored, SnapshotError, SnapshotInfo};
 
 /// First argument that makes `paddock-agent` run a runtime helper instead of the agent.
 pub const INTERNAL_ARG: &str = "__internal";
