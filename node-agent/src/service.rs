@@ -20,6 +20,7 @@ use tracing::warn;
 use crate::convert;
 use crate::generations::RestartGenerations;
 use crate::network::Network;
+use crate::runtime::storage::backup::BackupError;
 use crate::runtime::{validate_vps_id, Runtime, RuntimeError};
 use crate::template::{self, TemplateError};
 use crate::worker::{ApplyRequest, WorkerError, Workers};
@@ -330,6 +331,7 @@ pub fn runtime_code(error: &RuntimeError) -> Code {
         | RuntimeError::TemplateMissing(_)
         | RuntimeError::TemplateMismatch { .. }
         | RuntimeError::ProcView(_) => Code::FailedPrecondition,
+        RuntimeError::Backup { source, .. } => backup_code(source),
         RuntimeError::InvalidConfig { .. }
         | RuntimeError::TemplateMetadata { .. }
         | RuntimeError::Setup(_)
@@ -343,6 +345,19 @@ pub fn runtime_code(error: &RuntimeError) -> Code {
         | RuntimeError::Disk { .. }
         | RuntimeError::DiskGrowth { .. }
         | RuntimeError::RollbackFailed { .. } => Code::Internal,
+    }
+}
+
+/// A backup missing from the store is `NotFound`, a corrupted or malformed one
+/// `FailedPrecondition` (retrying does not fix it), anything else the node's fault.
+fn backup_code(error: &BackupError) -> Code {
+    match error {
+        BackupError::NotFound(_) => Code::NotFound,
+        BackupError::BadId(_) => Code::InvalidArgument,
+        BackupError::Corrupt { .. }
+        | BackupError::Malformed(_)
+        | BackupError::BadManifest { .. } => Code::FailedPrecondition,
+        BackupError::Io { .. } | BackupError::Disk(_) | BackupError::Helper(_) => Code::Internal,
     }
 }
 

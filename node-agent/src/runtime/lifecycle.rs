@@ -290,7 +290,7 @@ impl Runtime {
     }
 
     /// The VPS's id range: the recorded one, else a newly allocated one, recorded in `st`.
-    fn allocate_ids(&self, st: &mut VpsState) -> Result<IdRange, RuntimeError> {
+    pub(super) fn allocate_ids(&self, st: &mut VpsState) -> Result<IdRange, RuntimeError> {
         if let Some(ids) = st.ids {
             return Ok(ids);
         }
@@ -551,7 +551,7 @@ impl Runtime {
     /// Graceful stop of `init` (the live init of `st`) with its halt signal, then SIGKILL for
     /// whatever is left in the cgroup. The run's closing counters are recorded in
     /// [`VpsState::closed_run`] and saved together with the init being gone.
-    fn stop(
+    pub(super) fn stop(
         &self,
         st: &mut VpsState,
         init: Option<&ProcessIdentity>,
@@ -811,7 +811,7 @@ impl RunEnding {
 /// Waits (bounded) until no loop device is backed by `image` any more: the VPS's mount
 /// namespace, and with it the disk's mount and autoclear loop device, goes away shortly after
 /// its last process.
-fn wait_for_detach(image: &Path) {
+pub(super) fn wait_for_detach(image: &Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     // Usually a few milliseconds: look again soon, then every 20 ms.
     let mut pause = Duration::from_millis(1);

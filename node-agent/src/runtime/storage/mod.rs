@@ -1,5 +1,6 @@
 //! A VPS's own disk: its ext4 image on a loop device (create, attach, size) and growing it,
 //! offline or online while the VPS runs.
 
+pub mod backup;
 pub mod disk;
 pub(crate) mod disk_growth;
