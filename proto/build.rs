@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "paddock/v1/vps.proto",
     "paddock/v1/billing.proto",
     "paddock/v1/agent.proto",
+    "paddock/v1/backups.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -142,7 +142,10 @@ pub async fn run(
         metrics,
     ));
     let service = service::AgentService::new(runtime, config.state_dir.clone(), restarts)
-        .with_network(network);
+        .with_network(network)
+        .with_backup_store(runtime::storage::backup::LocalStore::new(
+            config.backup_dir(),
+        ));
     let served = server
         .add_service(NodeAgentServer::new(service))
         .serve_with_incoming_shutdown(

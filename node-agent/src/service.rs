@@ -20,7 +20,7 @@ use tracing::warn;
 use crate::convert;
 use crate::generations::RestartGenerations;
 use crate::network::Network;
-use crate::runtime::storage::backup::BackupError;
+use crate::runtime::storage::backup::{BackupError, LocalStore};
 use crate::runtime::{validate_vps_id, Runtime, RuntimeError};
 use crate::template::{self, TemplateError};
 use crate::worker::{ApplyRequest, WorkerError, Workers};
@@ -32,6 +32,8 @@ pub struct AgentService {
     pub restarts: Arc<RestartGenerations>,
     /// One worker per VPS: applies and deletes.
     workers: Workers,
+    /// Where backups are written and read.
+    backups: LocalStore,
 }
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -45,10 +47,17 @@ impl AgentService {
         let workers = Workers::new(runtime.clone(), None, restarts.clone());
         Self {
             runtime,
-            state_dir,
+            backups: LocalStore::new(state_dir.parent().unwrap_or(&state_dir).join("backups")),
             restarts,
             workers,
+            state_dir,
         }
+    }
+
+    /// Uses `store` as the backup store.
+    pub fn with_backup_store(mut self, store: LocalStore) -> Self {
+        self.backups = store;
+        self
     }
 
     /// Gives every running VPS a network port from its spec.
@@ -315,6 +324,66 @@ impl NodeAgent for AgentService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+    async fn backup_vps(
+        &self,
+        request: Request<v1::AgentBackupRequest>,
+    ) -> Result<Response<v1::AgentBackupResponse>, Status> {
+        self.authorize(&request)?;
+        let wire = request.into_inner();
+        validate_vps_id(&wire.vps_id)?;
+        let store = self.backups.clone();
+        let taken = self
+            .blocking(move |runtime| {
+                runtime.backup(&wire.vps_id, &wire.backup_id, &store, &wire.spec_json)
+            })
+            .await?;
+        Ok(Response::new(v1::AgentBackupResponse {
+            archive_bytes: taken.manifest.archive_bytes,
+            archive_sha256: taken.manifest.archive_sha256,
+            tar_bytes: taken.manifest.tar_bytes,
+            tar_sha256: taken.manifest.tar_sha256,
+            location: format!("local:{}", taken.location.display()),
+        }))
+    }
+
+    async fn restore_backup(
+        &self,
+        request: Request<v1::AgentRestoreRequest>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        self.authorize(&request)?;
+        let wire = request.into_inner();
+        validate_vps_id(&wire.vps_id)?;
+        let store = self.backups.clone();
+        let vps_id = wire.vps_id.clone();
+        let observed = self
+            .blocking(move |runtime| {
+                runtime.restore_backup(&wire.vps_id, &wire.backup_id, &store)?;
+                runtime.status(&wire.vps_id)
+            })
+            .await?;
+        let observed =
+            observed.ok_or_else(|| Status::not_found(format!("vps {vps_id} not found")))?;
+        Ok(Response::new(convert::status(&observed)))
+    }
+
+    async fn delete_backup(
+        &self,
+        request: Request<v1::AgentBackupRef>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.authorize(&request)?;
+        let backup_id = request.into_inner().backup_id;
+        let store = self.backups.clone();
+        self.blocking(move |_| {
+            store
+                .delete(&backup_id)
+                .map_err(|source| RuntimeError::Backup {
+                    vps_id: String::new(),
+                    source: Box::new(source),
+                })
+        })
+        .await?;
+        Ok(Response::new(v1::Empty {}))
     }
 }
 
