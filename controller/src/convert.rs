@@ -368,6 +368,9 @@ pub fn event(e: &crate::model::EventRecord) -> v1::Event {
         K::Transfer100Percent => v1::EventKind::Transfer100Percent,
         K::TransferLimited => v1::EventKind::TransferLimited,
         K::TransferLimitEnded => v1::EventKind::TransferLimitEnded,
+        K::BackupCreated => v1::EventKind::BackupCreated,
+        K::BackupRestored => v1::EventKind::BackupRestored,
+        K::BackupDeleted => v1::EventKind::BackupDeleted,
     };
     v1::Event {
         cursor: e.cursor,
@@ -685,5 +688,22 @@ mod tests {
         ] {
             assert!(transfer_overage_from(&bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+/// A backup record as the API shows it.
+pub fn backup(record: &crate::model::BackupRecord) -> v1::Backup {
+    v1::Backup {
+        id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        vps: record.vps.clone(),
+        vps_id: record.vps_id.clone(),
+        node: record.node.clone(),
+        plan: record.plan.clone(),
+        template: record.template.clone(),
+        size_bytes: record.size_bytes,
+        sha256: record.sha256.clone(),
+        created_at: Some(timestamp(record.created_at)),
+        location: record.location.clone(),
     }
 }

@@ -2,6 +2,7 @@
 
 mod audit;
 mod authorize;
+mod backups;
 mod billing;
 mod nodes;
 mod observe;
@@ -42,6 +43,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     use v1::agent_registry_server::AgentRegistryServer;
     use v1::audit_service_server::AuditServiceServer;
+    use v1::backup_service_server::BackupServiceServer;
     use v1::billing_service_server::BillingServiceServer;
     use v1::node_service_server::NodeServiceServer;
     use v1::plan_service_server::PlanServiceServer;
@@ -106,6 +108,9 @@ pub async fn serve(
             controller: c(),
         }))
         .add_service(AuditServiceServer::new(audit::AuditApi { controller: c() }))
+        .add_service(BackupServiceServer::new(backups::BackupApi {
+            controller: c(),
+        }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -44,7 +44,7 @@ pub fn audit_target<T>(request: &tonic::Request<T>, target: impl Into<String>) {
 /// Methods that change state (or, like Exec, act inside a tenant's VPS).
 fn is_audited(path: &str) -> bool {
     let method = path.rsplit('/').next().unwrap_or_default();
-    const VERBS: [&str; 17] = [
+    const VERBS: [&str; 18] = [
         "Create",
         "Remove",
         "Lift",
@@ -62,6 +62,7 @@ fn is_audited(path: &str) -> bool {
         "Drain",
         "Undrain",
         "Register",
+        "Restore",
     ];
     VERBS.iter().any(|verb| method.starts_with(verb)) || method == "Exec" || method == "Console"
 }
