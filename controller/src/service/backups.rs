@@ -12,9 +12,11 @@ use uuid::Uuid;
 
 use crate::agents::agent_error;
 use crate::auth::Principal;
+use crate::convert;
 use crate::error::ControllerError;
 use crate::model::validate::{self, ValidationError};
 use crate::model::{BackupRecord, EventKind, EventRecord, Observed, VpsRecord};
+use crate::service::reconcile;
 use crate::service::vps::CreateVps;
 use crate::service::Controller;
 
@@ -233,15 +235,17 @@ impl Backups<'_> {
             }
         };
         let mut client = self.nodes().agent_for(&vps.node)?;
-        client
+        let status = client
             .restore_backup(v1::AgentRestoreRequest {
                 vps_id: vps.vps_id.clone(),
                 backup_id: backup.id.clone(),
             })
             .await
-            .map_err(|status| agent_error(&vps.node, status))?;
+            .map_err(|status| agent_error(&vps.node, status))?
+            .into_inner();
         // The agent left the VPS stopped with its new disk; the node's reconciler starts it
-        // again if it should run.
+        // again if it should run (a waiting client sees a new init).
+        reconcile::record_observed(self, &vps.vps_id, convert::observed(&status))?;
         let event = EventRecord::of_vps(EventKind::BackupRestored, &vps).with_detail(&backup.id);
         let vps = self
             .store
