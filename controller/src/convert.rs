@@ -510,6 +510,23 @@ pub fn usage_range(
     )
 }
 
+/// A backup record as the API shows it.
+pub fn backup(record: &crate::model::BackupRecord) -> v1::Backup {
+    v1::Backup {
+        id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        vps: record.vps.clone(),
+        vps_id: record.vps_id.clone(),
+        node: record.node.clone(),
+        plan: record.plan.clone(),
+        template: record.template.clone(),
+        size_bytes: record.size_bytes,
+        sha256: record.sha256.clone(),
+        created_at: Some(timestamp(record.created_at)),
+        location: record.location.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,22 +705,5 @@ mod tests {
         ] {
             assert!(transfer_overage_from(&bad).is_err(), "{bad:?}");
         }
-    }
-}
-
-/// A backup record as the API shows it.
-pub fn backup(record: &crate::model::BackupRecord) -> v1::Backup {
-    v1::Backup {
-        id: record.id.clone(),
-        tenant: record.tenant.clone(),
-        vps: record.vps.clone(),
-        vps_id: record.vps_id.clone(),
-        node: record.node.clone(),
-        plan: record.plan.clone(),
-        template: record.template.clone(),
-        size_bytes: record.size_bytes,
-        sha256: record.sha256.clone(),
-        created_at: Some(timestamp(record.created_at)),
-        location: record.location.clone(),
     }
 }

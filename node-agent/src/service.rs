@@ -374,15 +374,10 @@ impl NodeAgent for AgentService {
         self.authorize(&request)?;
         let backup_id = request.into_inner().backup_id;
         let store = self.backups.clone();
-        self.blocking(move |_| {
-            store
-                .delete(&backup_id)
-                .map_err(|source| RuntimeError::Backup {
-                    vps_id: String::new(),
-                    source: Box::new(source),
-                })
-        })
-        .await?;
+        tokio::task::spawn_blocking(move || store.delete(&backup_id))
+            .await
+            .map_err(|error| Status::internal(format!("backup task failed: {error}")))?
+            .map_err(|error| Status::new(backup_code(&error), error.to_string()))?;
         Ok(Response::new(v1::Empty {}))
     }
 }

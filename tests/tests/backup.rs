@@ -90,6 +90,28 @@ fn a_backup_restores_into_a_new_vps_and_in_place_and_a_corrupt_one_is_refused() 
     assert_eq!(shown["state"], "running", "{shown}");
     assert_eq!(shown["plan"], "nano");
 
+    // A stopped VPS is backed up from its image and restored in place staying stopped.
+    cluster.cli_ok(&acme(&["stop", "b2"])).expect("stop b2");
+    let stopped = cluster
+        .json(&acme(&["backup", "create", "b2"]))
+        .unwrap_or_else(|e| panic!("backup of stopped: {e}\n{}", cluster.log("agent.log")));
+    let stopped_id = stopped["id"].as_str().expect("id").to_owned();
+    let shown = cluster
+        .json(&acme(&[
+            "backup",
+            "restore",
+            &stopped_id,
+            "--in-place",
+            "--yes",
+        ]))
+        .unwrap_or_else(|e| panic!("restore stopped: {e}\n{}", cluster.log("agent.log")));
+    assert_eq!(shown["state"], "stopped", "{shown}");
+    cluster.cli_ok(&acme(&["start", "b2"])).expect("start b2");
+    assert_eq!(cluster.sh_ok("acme", "b2", DESCRIBE), original);
+    cluster
+        .cli_ok(&acme(&["backup", "delete", &stopped_id]))
+        .expect("delete stopped backup");
+
     // A change after the backup, then a corrupted and a truncated archive: refused, and the
     // VPS keeps running with its change and its init.
     cluster.sh_ok("acme", "b1", "echo changed > /srv/data/a");
@@ -165,9 +187,30 @@ fn a_backup_restores_into_a_new_vps_and_in_place_and_a_corrupt_one_is_refused() 
         assert!(audit.contains(method), "{method} not audited:\n{audit}");
     }
 
+    let ids: Vec<String> = ["b1", "b2"]
+        .iter()
+        .map(|vps| {
+            let shown = cluster.json(&acme(&["show", vps])).expect("show");
+            shown["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
     for vps in ["b1", "b2"] {
         cluster
             .cli_ok(&acme(&["delete", vps, "--yes"]))
             .expect("delete VPS");
+    }
+    for vps_id in &ids {
+        let left = cluster.leftovers(vps_id);
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let staging = cluster
+            .agent_state_dir()
+            .join("vps")
+            .join(vps_id)
+            .join("disk.img.restore");
+        assert!(
+            !staging.exists(),
+            "staging image left: {}",
+            staging.display()
+        );
     }
 }

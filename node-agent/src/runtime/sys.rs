@@ -375,50 +375,6 @@ mod ioctl {
     );
 }
 
-#[cfg(test)]
-mod tests {
-    use std::os::fd::AsFd;
-
-    use super::*;
-
-    #[test]
-    fn pidfds_open_and_signal_this_process() {
-        let pid = libc::pid_t::try_from(std::process::id()).expect("pid");
-        let pidfd = pidfd_open(pid).expect("pidfd_open of this process");
-        // Signal 0 checks that the process exists and may be signalled.
-        pidfd_send_signal(pidfd.as_fd(), 0).expect("signal 0");
-        assert_eq!(pidfd_send_signal(pidfd.as_fd(), -1), Err(Errno::EINVAL));
-        assert_eq!(pidfd_open(-1).err(), Some(Errno::EINVAL));
-    }
-
-    #[test]
-    fn loop_structs_have_kernel_layout() {
-        assert_eq!(std::mem::size_of::<ioctl::LoopInfo64>(), 232);
-        assert_eq!(std::mem::size_of::<ioctl::LoopConfig>(), 304);
-    }
-
-    #[test]
-    fn ext4_resize_ioctl_number_matches_the_kernel() {
-        // _IOW('f', 16, __u64) from include/uapi/linux/ext4.h.
-        assert_eq!(
-            nix::request_code_write!(ioctl::EXT4_IOC_MAGIC, ioctl::EXT4_IOC_RESIZE_FS_NR, 8),
-            0x4008_6610
-        );
-    }
-
-    #[test]
-    fn sysinfo_reports_the_host() {
-        assert!(sysinfo().totalram > 0);
-    }
-
-    #[test]
-    fn flocks_a_file() {
-        let file = tempfile::tempfile().expect("tempfile");
-        flock_exclusive(file.as_fd()).expect("flock");
-        assert_eq!(set_controlling_terminal(-1), Err(Errno::EBADF));
-    }
-}
-
 /// `llistxattr(path)`: the names of `path`'s extended attributes (not following a symlink).
 pub(crate) fn list_xattrs(path: &std::path::Path) -> io::Result<Vec<Vec<u8>>> {
     let c_path = path_cstring(path)?;
@@ -506,5 +462,49 @@ pub(crate) fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> io:
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn pidfds_open_and_signal_this_process() {
+        let pid = libc::pid_t::try_from(std::process::id()).expect("pid");
+        let pidfd = pidfd_open(pid).expect("pidfd_open of this process");
+        // Signal 0 checks that the process exists and may be signalled.
+        pidfd_send_signal(pidfd.as_fd(), 0).expect("signal 0");
+        assert_eq!(pidfd_send_signal(pidfd.as_fd(), -1), Err(Errno::EINVAL));
+        assert_eq!(pidfd_open(-1).err(), Some(Errno::EINVAL));
+    }
+
+    #[test]
+    fn loop_structs_have_kernel_layout() {
+        assert_eq!(std::mem::size_of::<ioctl::LoopInfo64>(), 232);
+        assert_eq!(std::mem::size_of::<ioctl::LoopConfig>(), 304);
+    }
+
+    #[test]
+    fn ext4_resize_ioctl_number_matches_the_kernel() {
+        // _IOW('f', 16, __u64) from include/uapi/linux/ext4.h.
+        assert_eq!(
+            nix::request_code_write!(ioctl::EXT4_IOC_MAGIC, ioctl::EXT4_IOC_RESIZE_FS_NR, 8),
+            0x4008_6610
+        );
+    }
+
+    #[test]
+    fn sysinfo_reports_the_host() {
+        assert!(sysinfo().totalram > 0);
+    }
+
+    #[test]
+    fn flocks_a_file() {
+        let file = tempfile::tempfile().expect("tempfile");
+        flock_exclusive(file.as_fd()).expect("flock");
+        assert_eq!(set_controlling_terminal(-1), Err(Errno::EBADF));
     }
 }
