@@ -6,7 +6,9 @@
 //! the template under it is shared and named in the spec). Owner ids are stored as the VPS
 //! sees them (host id − the VPS's `host_base`), so an archive restores under any id range on
 //! any node. Hard links stay hard links, symlinks, modes, mtimes, devices (whiteouts) and
-//! extended attributes are kept.
+//! extended attributes are kept (as PAX records `PADDOCK.xattr.<name>` with hex values, since
+//! tar readers split PAX records at newlines; overlayfs's `trusted.overlay.origin`, a file
+//! handle on the node that took the backup, is left out).
 //!
 //! Beside the archive the store keeps a [`Manifest`]: SHA-256 and length of the compressed
 //! file and of the tar stream inside. A restore verifies the file against it before it touches
@@ -46,6 +48,11 @@ const SPEC_MEMBER: &str = "spec.json";
 const UPPER_MEMBER: &str = "upper";
 /// The id a host id outside the VPS's range is stored as (the overflow id, "nobody").
 const OVERFLOW_ID: u32 = 65534;
+/// PAX record key prefix of an extended attribute; the value is hex (tar readers split PAX
+/// records at newlines, which binary values such as overlayfs's contain).
+const XATTR_PAX_PREFIX: &str = "PADDOCK.xattr.";
+/// overlayfs's record of a copied-up file's lower inode (a file handle): not archived.
+const ORIGIN_XATTR: &[u8] = b"trusted.overlay.origin";
 /// zstd level: fast, still about 3× on typical system files.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -493,10 +500,18 @@ impl<W: Write> Walker<'_, W> {
         }
         let mut records = Vec::new();
         for name in names {
+            // A file handle of the template's inode on the node that took the backup:
+            // meaningless anywhere else.
+            if name == ORIGIN_XATTR {
+                continue;
+            }
             let value =
                 sys::get_xattr(path, &name).map_err(BackupError::io_err("read xattr of", path))?;
-            let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(&name));
-            records.push((key, value));
+            let key = format!("{XATTR_PAX_PREFIX}{}", String::from_utf8_lossy(&name));
+            records.push((key, hex::encode(value).into_bytes()));
+        }
+        if records.is_empty() {
+            return Ok(());
         }
         self.builder
             .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
@@ -578,9 +593,12 @@ fn extract_entry<R: Read>(
             if let Some(name) = extension
                 .key()
                 .ok()
-                .and_then(|key| key.strip_prefix("SCHILY.xattr."))
+                .and_then(|key| key.strip_prefix(XATTR_PAX_PREFIX))
             {
-                xattrs.push((name.to_string(), extension.value_bytes().to_vec()));
+                let value = hex::decode(extension.value_bytes()).map_err(|e| {
+                    BackupError::Malformed(format!("xattr {name} of {}: {e}", member.display()))
+                })?;
+                xattrs.push((name.to_string(), value));
             }
         }
     }
@@ -1081,6 +1099,12 @@ mod tests {
         )
         .expect("whiteout");
         xattr_set(&upper.join("etc/app"), "trusted.overlay.opaque", b"y");
+        // Binary, with a newline: PAX records must not split it.
+        xattr_set(
+            &upper.join("etc/app/conf"),
+            "trusted.paddock-test",
+            b"a\nb\0c",
+        );
         for (path, uid, gid) in [
             ("", 0, 0),
             ("etc", 0, 0),
