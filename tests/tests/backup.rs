@@ -214,3 +214,57 @@ fn a_backup_restores_into_a_new_vps_and_in_place_and_a_corrupt_one_is_refused() 
         );
     }
 }
+
+/// A backup taken on one node restores on another: the agents share the default backup
+/// store (`backups/` beside their state dirs), and the new VPS lands on the emptier node.
+#[test]
+fn a_backup_taken_on_one_node_restores_on_another() {
+    use paddock_tests::multinode::{MultiNode, PLAN};
+
+    if !require_root() {
+        return;
+    }
+    let cluster = MultiNode::start(2).expect("start two nodes");
+    let fail = |what: String| -> ! { panic!("{what}\n{}", cluster.diagnostics()) };
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|e| fail(format!("{e:#}")));
+    let acme = |args: &[&str]| -> Vec<String> {
+        ["--context", "acme"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |args: &[&str]| -> serde_json::Value {
+        let owned = acme(args);
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        cluster
+            .json(&refs)
+            .unwrap_or_else(|e| fail(format!("{}: {e:#}", args.join(" "))))
+    };
+    run(&["create", "m1", "--plan", PLAN, "--wait"]);
+    let script = "set -e; echo moved > /root/f; chown 1000:1000 /root/f; chmod 600 /root/f; \
+                  stat -c '%u:%g %a' /root/f; cat /root/f";
+    let written = cluster.sh("acme", "m1", script).expect("exec");
+    assert!(written.status.success(), "{written:?}");
+    let backup = run(&["backup", "create", "m1"]);
+    let backup_id = backup["id"].as_str().expect("id").to_owned();
+    let restored = run(&["backup", "restore", &backup_id, "--to", "m2"]);
+    let m1 = run(&["show", "m1"]);
+    assert_ne!(
+        restored["node"], m1["node"],
+        "expected the restore on the other node"
+    );
+    assert_eq!(restored["state"], "running", "{restored}");
+    let seen = cluster
+        .sh("acme", "m2", "stat -c '%u:%g %a' /root/f; cat /root/f")
+        .expect("exec");
+    assert!(seen.status.success(), "{seen:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout),
+        "1000:1000 600\nmoved\n"
+    );
+    run(&["backup", "delete", &backup_id]);
+    cluster.finish();
+}
