@@ -413,14 +413,16 @@ pub fn runtime_code(error: &RuntimeError) -> Code {
 }
 
 /// A backup missing from the store is `NotFound`, a corrupted or malformed one
-/// `FailedPrecondition` (retrying does not fix it), anything else the node's fault.
+/// or a VPS not ready to back up `FailedPrecondition` (retrying does not fix it), anything
+/// else the node's fault.
 fn backup_code(error: &BackupError) -> Code {
     match error {
         BackupError::NotFound(_) => Code::NotFound,
         BackupError::BadId(_) => Code::InvalidArgument,
         BackupError::Corrupt { .. }
         | BackupError::Malformed(_)
-        | BackupError::BadManifest { .. } => Code::FailedPrecondition,
+        | BackupError::BadManifest { .. }
+        | BackupError::NotReady(_) => Code::FailedPrecondition,
         BackupError::Io { .. } | BackupError::Disk(_) | BackupError::Helper(_) => Code::Internal,
     }
 }

@@ -103,6 +103,9 @@ pub enum BackupError {
         /// The archive's.
         actual: String,
     },
+    /// The VPS has nothing to back up yet (never started: no id range or disk).
+    #[error("the VPS cannot be backed up yet: {0}")]
+    NotReady(&'static str),
     /// The archive's content is not what this agent writes.
     #[error("backup archive is malformed: {0}")]
     Malformed(String),
@@ -827,8 +830,8 @@ impl Runtime {
             .load(vps_id)?
             .ok_or_else(|| RuntimeError::NotFound(vps_id.to_string()))?;
         let ids = st.ids.ok_or_else(|| {
-            backup_err(BackupError::Malformed(
-                "the VPS has no id range yet (never started)".into(),
+            backup_err(BackupError::NotReady(
+                "it has no id range (it never started)",
             ))
         })?;
         let rootfs = self.rootfs_layout(vps_id, &st.template);
@@ -836,9 +839,7 @@ impl Runtime {
             .map_err(|e| backup_err(e.into()))?
             .is_none()
         {
-            return Err(backup_err(BackupError::Malformed(
-                "the VPS has no disk image yet".into(),
-            )));
+            return Err(backup_err(BackupError::NotReady("it has no disk image")));
         }
         store.ensure_dir().map_err(backup_err)?;
         fs::create_dir_all(&rootfs.disk)
