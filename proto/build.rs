@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "paddock/v1/billing.proto",
     "paddock/v1/snapshots.proto",
     "paddock/v1/agent.proto",
+    "paddock/v1/backups.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

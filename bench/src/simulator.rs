@@ -358,6 +358,33 @@ impl NodeAgent for SimAgent {
     ) -> Result<Response<Self::ConsoleStream>, Status> {
         Err(Status::unimplemented("a simulated node has no console"))
     }
+
+    async fn backup_vps(
+        &self,
+        _request: Request<v1::AgentBackupRequest>,
+    ) -> Result<Response<v1::AgentBackupResponse>, Status> {
+        Err(Status::unimplemented(
+            "a simulated node has no disks to back up",
+        ))
+    }
+
+    async fn restore_backup(
+        &self,
+        _request: Request<v1::AgentRestoreRequest>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        Err(Status::unimplemented(
+            "a simulated node has no disks to restore",
+        ))
+    }
+
+    async fn delete_backup(
+        &self,
+        _request: Request<v1::AgentBackupRef>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        Err(Status::unimplemented(
+            "a simulated node has no backup store",
+        ))
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit (or higher, if allowed: root may

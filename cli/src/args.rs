@@ -111,6 +111,9 @@ pub enum Command {
     /// Take, list, restore and delete snapshots of a VPS's disk.
     #[command(subcommand)]
     Snapshot(crate::commands::snapshot::SnapshotCommand),
+    /// Back up VPSes into the backup store and restore them (into a new VPS or in place).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Manage controller contexts (URL + token) in the config file.
     #[command(subcommand)]
     Context(ContextCommand),
@@ -931,6 +934,58 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
         .and_then(|date| date.and_hms_opt(0, 0, 0))
         .map(|time| time.and_utc())
         .ok_or_else(|| "expected an RFC 3339 time or a YYYY-MM-DD date".to_owned())
+}
+
+/// `paddock backup ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BackupCommand {
+    /// Archive a VPS (running or stopped) into the backup store.
+    #[command(after_help = "Example:\n  paddock backup create web1")]
+    Create(VpsArgs),
+    /// List backups, of one VPS when named.
+    #[command(after_help = "Examples:\n  paddock backup list\n  paddock backup list web1 -o json")]
+    List {
+        /// Only this VPS's backups.
+        vps: Option<String>,
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
+    /// Restore a backup into a new VPS (--to NAME) or over the VPS it was taken of
+    /// (--in-place: stop, swap its disk, start).
+    #[command(
+        group(ArgGroup::new("target").required(true).args(["to", "in_place"])),
+        after_help = "Examples:\n  paddock backup restore b-1a2b3c4d5e6f --to web1-copy\n  \
+                      paddock backup restore b-1a2b3c4d5e6f --in-place --yes"
+    )]
+    Restore(BackupRestoreArgs),
+    /// Delete a backup from the backup store.
+    #[command(after_help = "Example:\n  paddock backup delete b-1a2b3c4d5e6f")]
+    Delete {
+        /// The backup's id (`paddock backup list`).
+        backup: String,
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
+}
+
+/// `paddock backup restore`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupRestoreArgs {
+    /// The backup's id (`paddock backup list`).
+    pub backup: String,
+    /// Create a new VPS of this name from the backup (its plan and template).
+    #[arg(long, value_name = "NEW_NAME", value_parser = parse_name)]
+    pub to: Option<String>,
+    /// Replace the disk of the VPS the backup was taken of.
+    #[arg(long)]
+    pub in_place: bool,
+    /// Do not ask for confirmation (--in-place).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub tenant: TenantArg,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 #[cfg(test)]

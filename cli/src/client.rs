@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use paddock_proto::v1::audit_service_client::AuditServiceClient;
+use paddock_proto::v1::backup_service_client::BackupServiceClient;
 use paddock_proto::v1::billing_service_client::BillingServiceClient;
 use paddock_proto::v1::node_service_client::NodeServiceClient;
 use paddock_proto::v1::plan_service_client::PlanServiceClient;
@@ -238,6 +239,11 @@ impl Session {
         &self,
     ) -> paddock_proto::v1::snapshot_service_client::SnapshotServiceClient<AuthChannel> {
         paddock_proto::v1::snapshot_service_client::SnapshotServiceClient::new(self.intercepted())
+    }
+
+    /// Client of `BackupService`.
+    pub fn backups(&self) -> BackupServiceClient<AuthChannel> {
+        BackupServiceClient::new(self.intercepted())
     }
 
     /// Client of `BillingService`.

@@ -67,6 +67,25 @@ pub struct AgentConfig {
     /// Mount point of lxcfs (reused when a live lxcfs is mounted there, e.g. by Debian's
     /// `lxcfs.service`; otherwise the agent starts one).
     pub lxcfs_dir: PathBuf,
+    /// The backup store: a directory holding `<id>.tar.zst` archives and their
+    /// `<id>.manifest.json`. Unset: `backups/` beside the state dir (the state dir's
+    /// parent joined with `backups`). Share it between nodes (NFS, a cluster filesystem)
+    /// to restore a backup on any node.
+    pub backup_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The backup store directory: `backup_dir`, or `backups` beside the state dir.
+    pub fn backup_dir(&self) -> PathBuf {
+        match &self.backup_dir {
+            Some(dir) => dir.clone(),
+            None => self
+                .state_dir
+                .parent()
+                .unwrap_or(self.state_dir.as_path())
+                .join("backups"),
+        }
+    }
 }
 
 /// Where the VPSes' /proc figures come from.
@@ -102,6 +121,7 @@ impl Default for AgentConfig {
             usage_interval_secs: 10,
             proc_view: ProcViewKind::Lxcfs,
             lxcfs_dir: PathBuf::from("/var/lib/lxcfs"),
+            backup_dir: None,
         }
     }
 }

@@ -389,6 +389,9 @@ pub fn event(e: &crate::model::EventRecord) -> v1::Event {
         K::SnapshotCreated => v1::EventKind::SnapshotCreated,
         K::SnapshotRestored => v1::EventKind::SnapshotRestored,
         K::SnapshotDeleted => v1::EventKind::SnapshotDeleted,
+        K::BackupCreated => v1::EventKind::BackupCreated,
+        K::BackupRestored => v1::EventKind::BackupRestored,
+        K::BackupDeleted => v1::EventKind::BackupDeleted,
     };
     v1::Event {
         cursor: e.cursor,
@@ -526,6 +529,23 @@ pub fn usage_range(
         // Open end: far enough for any record, small enough to format in keys.
         to.map_or(i64::MAX / 4, |t| t.seconds.max(0)),
     )
+}
+
+/// A backup record as the API shows it.
+pub fn backup(record: &crate::model::BackupRecord) -> v1::Backup {
+    v1::Backup {
+        id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        vps: record.vps.clone(),
+        vps_id: record.vps_id.clone(),
+        node: record.node.clone(),
+        plan: record.plan.clone(),
+        template: record.template.clone(),
+        size_bytes: record.size_bytes,
+        sha256: record.sha256.clone(),
+        created_at: Some(timestamp(record.created_at)),
+        location: record.location.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use common::{start, with_token, Api};
 use futures::StreamExt;
 use paddock_proto::v1;
 use paddock_proto::v1::audit_service_client::AuditServiceClient;
+use paddock_proto::v1::backup_service_client::BackupServiceClient;
 use paddock_proto::v1::billing_service_client::BillingServiceClient;
 use paddock_proto::v1::node_service_client::NodeServiceClient;
 use paddock_proto::v1::plan_service_client::PlanServiceClient;
@@ -381,6 +382,41 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
                 }))
                 .await,
         ),
+        "CreateBackup" => code(
+            BackupServiceClient::new(ch)
+                .create_backup(t!(v1::CreateBackupRequest {
+                    vps: Some(vps("get")),
+                }))
+                .await,
+        ),
+        "ListBackups" => code(
+            BackupServiceClient::new(ch)
+                .list_backups(t!(v1::ListBackupsRequest {
+                    tenant: "a".into(),
+                    vps: String::new(),
+                }))
+                .await,
+        ),
+        "RestoreBackup" => code(
+            BackupServiceClient::new(ch)
+                .restore_backup(t!(v1::RestoreBackupRequest {
+                    backup: Some(v1::BackupRef {
+                        tenant: "a".into(),
+                        id: "b-missing".into(),
+                    }),
+                    to_name: String::new(),
+                    in_place: true,
+                }))
+                .await,
+        ),
+        "DeleteBackup" => code(
+            BackupServiceClient::new(ch)
+                .delete_backup(t!(v1::BackupRef {
+                    tenant: "a".into(),
+                    id: "b-missing".into(),
+                }))
+                .await,
+        ),
         other => panic!("no call for {other}"),
     }
 }
@@ -481,6 +517,12 @@ async fn every_rpc_checks_role_and_tenant() {
         ("BillingUnsuspendTenant", [Pd, Pd, Ok, Ok]),
         ("LiftTransferLimit", [Pd, Pd, Ok, Ok]),
         ("ListAudit", admin_only(Ok)),
+        // The fixture node's agent is unreachable: a backup of an own VPS is Unavailable;
+        // another tenant's backups do not exist for a tenant, like a missing one.
+        ("CreateBackup", tenant_scoped(Ua)),
+        ("ListBackups", tenant_scoped(Ok)),
+        ("RestoreBackup", tenant_scoped(Nf)),
+        ("DeleteBackup", tenant_scoped(Nf)),
         // Agents enrol with the node join token, which no API token is, and
         // then authenticate with their certificate.
         ("Enroll", [Un, Un, Un, Un]),

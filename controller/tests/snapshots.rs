@@ -8,7 +8,7 @@ mod common;
 use chrono::Utc;
 use common::{start, with_token};
 use paddock_controller::model::snapshots::{SnapshotRecord, SnapshotState};
-use paddock_controller::store::{Store, StoreError};
+use paddock_controller::store::StoreError;
 use paddock_proto::v1;
 use paddock_proto::v1::snapshot_service_client::SnapshotServiceClient;
 use tonic::Code;

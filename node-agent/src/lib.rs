@@ -137,8 +137,11 @@ pub async fn run(
         meter,
         metrics,
     ));
-    let service =
-        service::AgentService::new(runtime, config.state_dir.clone()).with_network(network);
+    let service = service::AgentService::new(runtime, config.state_dir.clone())
+        .with_network(network)
+        .with_backup_store(runtime::storage::backup::LocalStore::new(
+            config.backup_dir(),
+        ));
     let served = server
         .add_service(NodeAgentServer::new(service))
         .serve_with_incoming_shutdown(

@@ -19,6 +19,7 @@ use tracing::warn;
 
 use crate::convert;
 use crate::network::Network;
+use crate::runtime::storage::backup::{BackupError, LocalStore};
 use crate::runtime::SnapshotInfo;
 use crate::runtime::{validate_vps_id, Runtime, RuntimeError, SnapshotError};
 use crate::template::{self, TemplateError};
@@ -30,6 +31,8 @@ pub struct AgentService {
     pub state_dir: PathBuf,
     /// One worker per VPS: applies and deletes.
     workers: Workers,
+    /// Where backups are written and read.
+    backups: LocalStore,
 }
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -39,9 +42,16 @@ impl AgentService {
         let workers = Workers::new(runtime.clone(), None);
         Self {
             runtime,
-            state_dir,
+            backups: LocalStore::new(state_dir.parent().unwrap_or(&state_dir).join("backups")),
             workers,
+            state_dir,
         }
+    }
+
+    /// Uses `store` as the backup store.
+    pub fn with_backup_store(mut self, store: LocalStore) -> Self {
+        self.backups = store;
+        self
     }
 
     /// Gives every running VPS a network port from its spec.
@@ -372,6 +382,61 @@ impl NodeAgent for AgentService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
+    async fn backup_vps(
+        &self,
+        request: Request<v1::AgentBackupRequest>,
+    ) -> Result<Response<v1::AgentBackupResponse>, Status> {
+        self.authorize(&request)?;
+        let wire = request.into_inner();
+        validate_vps_id(&wire.vps_id)?;
+        let store = self.backups.clone();
+        let taken = self
+            .blocking(move |runtime| {
+                runtime.backup(&wire.vps_id, &wire.backup_id, &store, &wire.spec_json)
+            })
+            .await?;
+        Ok(Response::new(v1::AgentBackupResponse {
+            archive_bytes: taken.manifest.archive_bytes,
+            archive_sha256: taken.manifest.archive_sha256,
+            tar_bytes: taken.manifest.tar_bytes,
+            tar_sha256: taken.manifest.tar_sha256,
+            location: format!("local:{}", taken.location.display()),
+        }))
+    }
+
+    async fn restore_backup(
+        &self,
+        request: Request<v1::AgentRestoreRequest>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        self.authorize(&request)?;
+        let wire = request.into_inner();
+        validate_vps_id(&wire.vps_id)?;
+        let store = self.backups.clone();
+        let vps_id = wire.vps_id.clone();
+        let observed = self
+            .blocking(move |runtime| {
+                runtime.restore_backup(&wire.vps_id, &wire.backup_id, &store)?;
+                runtime.status(&wire.vps_id)
+            })
+            .await?;
+        let observed =
+            observed.ok_or_else(|| Status::not_found(format!("vps {vps_id} not found")))?;
+        Ok(Response::new(convert::status(&observed)))
+    }
+
+    async fn delete_backup(
+        &self,
+        request: Request<v1::AgentBackupRef>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.authorize(&request)?;
+        let backup_id = request.into_inner().backup_id;
+        let store = self.backups.clone();
+        tokio::task::spawn_blocking(move || store.delete(&backup_id))
+            .await
+            .map_err(|error| Status::internal(format!("backup task failed: {error}")))?
+            .map_err(|error| Status::new(backup_code(&error), error.to_string()))?;
+        Ok(Response::new(v1::Empty {}))
+    }
 }
 
 impl AgentService {
@@ -419,6 +484,7 @@ pub fn runtime_code(error: &RuntimeError) -> Code {
             SnapshotError::Deadline { .. } => Code::DeadlineExceeded,
             SnapshotError::Freezer { .. } | SnapshotError::Io { .. } => Code::Internal,
         },
+        RuntimeError::Backup { source, .. } => backup_code(source),
         RuntimeError::InvalidConfig { .. }
         | RuntimeError::TemplateMetadata { .. }
         | RuntimeError::Setup(_)
@@ -432,6 +498,21 @@ pub fn runtime_code(error: &RuntimeError) -> Code {
         | RuntimeError::Disk { .. }
         | RuntimeError::DiskGrowth { .. }
         | RuntimeError::RollbackFailed { .. } => Code::Internal,
+    }
+}
+
+/// A backup missing from the store is `NotFound`, a corrupted or malformed one
+/// or a VPS not ready to back up `FailedPrecondition` (retrying does not fix it), anything
+/// else the node's fault.
+fn backup_code(error: &BackupError) -> Code {
+    match error {
+        BackupError::NotFound(_) => Code::NotFound,
+        BackupError::BadId(_) => Code::InvalidArgument,
+        BackupError::Corrupt { .. }
+        | BackupError::Malformed(_)
+        | BackupError::BadManifest { .. }
+        | BackupError::NotReady(_) => Code::FailedPrecondition,
+        BackupError::Io { .. } | BackupError::Disk(_) | BackupError::Helper(_) => Code::Internal,
     }
 }
 

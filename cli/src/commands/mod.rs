@@ -2,6 +2,7 @@
 //! print the result. Dispatch from the parsed command line lives here too.
 
 pub mod admin;
+pub mod backup;
 pub mod context;
 pub mod exec;
 pub mod snapshot;
@@ -84,6 +85,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Exec(args) => return exec::exec(&connect(context).await?, args).await,
         Command::Console(args) => return exec::console(&connect(context).await?, args).await,
         Command::Admin(command) => admin::run(&connect(context).await?, printer, command).await?,
+        Command::Backup(command) => backup::run(&connect(context).await?, printer, command).await?,
         Command::Create(args) => vps::create(&connect(context).await?, printer, args).await?,
         Command::List(tenant) => vps::list(&connect(context).await?, printer, tenant).await?,
         Command::Show(args) => vps::show(&connect(context).await?, printer, args).await?,

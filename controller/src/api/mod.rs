@@ -2,6 +2,7 @@
 
 mod audit;
 mod authorize;
+mod backups;
 mod billing;
 mod nodes;
 mod observe;
@@ -43,6 +44,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     use v1::agent_registry_server::AgentRegistryServer;
     use v1::audit_service_server::AuditServiceServer;
+    use v1::backup_service_server::BackupServiceServer;
     use v1::billing_service_server::BillingServiceServer;
     use v1::node_service_server::NodeServiceServer;
     use v1::plan_service_server::PlanServiceServer;
@@ -109,6 +111,9 @@ pub async fn serve(
         }))
         .add_service(AuditServiceServer::new(audit::AuditApi { controller: c() }))
         .add_service(SnapshotServiceServer::new(snapshots::SnapshotApi {
+            controller: c(),
+        }))
+        .add_service(BackupServiceServer::new(backups::BackupApi {
             controller: c(),
         }))
         .serve_with_incoming_shutdown(

@@ -26,7 +26,7 @@ pub struct VpsApi {
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A VPS as the API shows it: its record with what its node, tenant and usage say.
-fn view(
+pub(super) fn view(
     controller: &Controller,
     record: &crate::model::VpsRecord,
 ) -> Result<v1::Vps, ControllerError> {

@@ -317,6 +317,35 @@ pub enum EventKind {
     SnapshotRestored,
     /// A snapshot was deleted (`detail`: its name).
     SnapshotDeleted,
+    /// A backup of the VPS was taken (`detail`: the backup id).
+    BackupCreated,
+    /// A backup was restored into the VPS (`detail`: the backup id).
+    BackupRestored,
+    /// A backup of the VPS was deleted (`detail`: the backup id).
+    BackupDeleted,
+}
+
+/// A VPS backup: an archive in the backup store (`node-agent/src/runtime/storage/backup.rs`)
+/// and what it was taken of. Keyed by `tenant/id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub id: String,
+    pub tenant: String,
+    /// The VPS's name and id when it was taken (the VPS may be gone since).
+    pub vps: String,
+    pub vps_id: String,
+    /// The node that took it.
+    pub node: String,
+    pub plan: String,
+    pub template: String,
+    pub hostname: String,
+    pub resources: Resources,
+    /// Length and SHA-256 (hex) of the compressed archive.
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+    /// Where the archive is (`local:<path>`).
+    pub location: String,
 }
 
 /// One entry of the durable event log; `cursor` is strictly increasing in

@@ -3,6 +3,7 @@
 //! agents. The RPC layer (`api/`) calls these; they know nothing of it.
 
 mod app;
+pub mod backups;
 pub mod metering;
 pub mod nodes;
 pub mod plans;

@@ -96,6 +96,7 @@ both!(
     plans_tokens_nodes_and_pools,
     long_lists_are_complete_and_ordered,
     vps_watchers_see_committed_changes,
+    snapshots_and_backups,
 );
 
 fn tenant(name: &str, max_vps: u32) -> TenantRecord {
@@ -490,6 +491,7 @@ fn plans_tokens_nodes_and_pools(fixture: &Fixture) {
         resources: Resources::default(),
         monthly_transfer_bytes: 0,
         transfer_overage: TransferOverage::default(),
+        max_snapshots: crate::model::snapshots::DEFAULT_MAX_SNAPSHOTS,
     };
     store.create_plan(&plan).expect("plan");
     assert!(matches!(
@@ -746,4 +748,132 @@ async fn etcd_store_works_inside_a_multi_thread_runtime() {
         task.await.expect("join").expect("create");
     }
     assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 20);
+}
+
+fn snapshot(name: &str) -> crate::model::snapshots::SnapshotRecord {
+    crate::model::snapshots::SnapshotRecord {
+        name: name.to_owned(),
+        state: crate::model::snapshots::SnapshotState::Creating,
+        created_at: Utc::now(),
+        size_bytes: 0,
+        allocated_bytes: 0,
+        method: String::new(),
+        duration_ms: 0,
+    }
+}
+
+fn backup(tenant: &str, id: &str, vps: &VpsRecord) -> BackupRecord {
+    BackupRecord {
+        id: id.to_owned(),
+        tenant: tenant.to_owned(),
+        vps: vps.name.clone(),
+        vps_id: vps.vps_id.clone(),
+        node: vps.node.clone(),
+        plan: vps.plan.clone(),
+        template: vps.template.clone(),
+        hostname: vps.name.clone(),
+        resources: vps.resources.clone(),
+        size_bytes: 1,
+        sha256: "00".to_owned(),
+        created_at: Utc::now(),
+        location: format!("local:{id}"),
+    }
+}
+
+/// Snapshot records: name unique per VPS and the plan's `max_snapshots` checked where they
+/// are recorded, updates and removals with their events, all gone with the VPS. Backup
+/// records: per tenant, oldest first, removed once with one event.
+fn snapshots_and_backups(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store
+        .create_plan(&PlanRecord {
+            name: "nano".to_owned(),
+            resources: Resources::default(),
+            monthly_transfer_bytes: 0,
+            transfer_overage: TransferOverage::default(),
+            max_snapshots: 2,
+        })
+        .expect("plan");
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    let web = vps("acme", "web");
+    store.create_vps(&web).expect("create");
+    let id = web.vps_id.as_str();
+
+    store.reserve_snapshot(id, &snapshot("one")).expect("one");
+    assert!(matches!(
+        store.reserve_snapshot(id, &snapshot("one")),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    store.reserve_snapshot(id, &snapshot("two")).expect("two");
+    assert!(matches!(
+        store.reserve_snapshot(id, &snapshot("three")),
+        Err(StoreError::SnapshotQuota(_))
+    ));
+    assert!(matches!(
+        store.reserve_snapshot("no-such-vps", &snapshot("one")),
+        Err(StoreError::NotFound { .. })
+    ));
+    let events_before = store.list_events(0, 1000).expect("events").len();
+    let mut ready = snapshot("one");
+    ready.state = crate::model::snapshots::SnapshotState::Ready;
+    let event = || Some(EventRecord::of_vps(EventKind::SnapshotCreated, &web));
+    store.put_snapshot(id, &ready, event()).expect("ready");
+    assert!(matches!(
+        store.put_snapshot(id, &snapshot("absent"), event()),
+        Err(StoreError::NotFound { .. })
+    ));
+    store.remove_snapshot(id, "two", event()).expect("remove");
+    store
+        .remove_snapshot(id, "two", event())
+        .expect("absent is fine");
+    let set = store.list_snapshots(id).expect("list");
+    assert_eq!(set.snapshots.keys().collect::<Vec<_>>(), ["one"]);
+    assert_eq!(set.snapshots["one"].state, ready.state);
+    assert_eq!(
+        store.list_events(0, 1000).expect("events").len(),
+        events_before + 2,
+        "one event per change, none for a refused or repeated one"
+    );
+
+    store
+        .put_backup(&backup("acme", "b1", &web), None)
+        .expect("b1");
+    store
+        .put_backup(&backup("acme", "b2", &web), None)
+        .expect("b2");
+    store
+        .put_backup(&backup("other", "b3", &web), None)
+        .expect("b3");
+    let ids = |tenant| -> Vec<String> {
+        store
+            .list_backups(tenant)
+            .expect("backups")
+            .into_iter()
+            .map(|b| b.id)
+            .collect()
+    };
+    assert_eq!(ids(Some("acme")), ["b1", "b2"]);
+    assert_eq!(ids(None).len(), 3);
+    assert_eq!(
+        store.get_backup("acme", "b2").expect("get").map(|b| b.id),
+        Some("b2".to_owned())
+    );
+    assert_eq!(store.get_backup("other", "b2").expect("get"), None);
+    let events_before = store.list_events(0, 1000).expect("events").len();
+    let deleted = || Some(EventRecord::of_vps(EventKind::BackupDeleted, &web));
+    store
+        .delete_backup("acme", "b1", deleted())
+        .expect("delete");
+    store
+        .delete_backup("acme", "b1", deleted())
+        .expect("absent is fine");
+    assert_eq!(ids(Some("acme")), ["b2"]);
+    assert_eq!(
+        store.list_events(0, 1000).expect("events").len(),
+        events_before + 1
+    );
+
+    store.remove_vps(id).expect("remove VPS");
+    assert!(store.list_snapshots(id).expect("list").snapshots.is_empty());
+    assert_eq!(ids(Some("acme")), ["b2"], "backups outlive their VPS");
 }

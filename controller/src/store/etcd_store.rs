@@ -22,6 +22,8 @@
 //! | `P audit_last`                                | highest audit sequence handed out      |
 //! | `P usage_cursors/<vps_id>`                    | `UsageCursorRecord`                    |
 //! | `P usage_hours/<tenant>/<hour:020>/<vps_id>`  | `UsageHourRecord`                      |
+//! | `P backups/<tenant>/<backup_id>`              | `BackupRecord`                         |
+//! | `P snapshots/<vps_id>`                        | `VpsSnapshots` (all of a VPS's)        |
 //!
 //! # Transactions
 //!
@@ -57,6 +59,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::*;
+use crate::model::snapshots::{self, SnapshotRecord, VpsSnapshots};
 use crate::model::*;
 use crate::model::{ipam, quota};
 
@@ -970,6 +973,8 @@ impl Store for EtcdStore {
             tx.delete("vps_names", &name_key(&vps.tenant, &vps.name));
             // Its hours stay for billing; the base of its next delta is not needed.
             tx.delete("usage_cursors", vps_id);
+            // Its snapshots were files on its node, gone with it.
+            tx.delete("snapshots", vps_id);
             tx.append_event(EventRecord::of_vps(EventKind::Deleted, &vps))?;
             Ok(())
         });
@@ -1187,4 +1192,141 @@ impl Store for EtcdStore {
             .map(|(key, value)| decode("audit", &key, &value))
             .collect()
     }
+
+    fn put_backup(
+        &self,
+        backup: &BackupRecord,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError> {
+        let key = backup_key(&backup.tenant, &backup.id);
+        let result = self.transact(|tx| {
+            tx.put("backups", &key, backup);
+            if let Some(event) = event.clone() {
+                tx.append_event(event)?;
+            }
+            Ok(())
+        });
+        self.signalled(result)
+    }
+
+    fn get_backup(
+        &self,
+        tenant: &str,
+        backup_id: &str,
+    ) -> Result<Option<BackupRecord>, StoreError> {
+        self.get("backups", &backup_key(tenant, backup_id))
+    }
+
+    fn list_backups(&self, tenant: Option<&str>) -> Result<Vec<BackupRecord>, StoreError> {
+        let prefix = tenant.map(|t| format!("{t}/")).unwrap_or_default();
+        let mut backups: Vec<BackupRecord> = self
+            .scan_prefix("backups", &prefix)?
+            .into_iter()
+            .map(|(key, value)| decode("backups", &key, &value))
+            .collect::<Result<_, _>>()?;
+        backups.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(backups)
+    }
+
+    fn delete_backup(
+        &self,
+        tenant: &str,
+        backup_id: &str,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError> {
+        let key = backup_key(tenant, backup_id);
+        let result = self.transact(|tx| {
+            if tx.get::<BackupRecord>("backups", &key)?.is_some() {
+                tx.delete("backups", &key);
+                if let Some(event) = event.clone() {
+                    tx.append_event(event)?;
+                }
+            }
+            Ok(())
+        });
+        self.signalled(result)
+    }
+
+    fn list_snapshots(&self, vps_id: &str) -> Result<VpsSnapshots, StoreError> {
+        Ok(self.get("snapshots", vps_id)?.unwrap_or_default())
+    }
+
+    fn reserve_snapshot(&self, vps_id: &str, snapshot: &SnapshotRecord) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            let vps: VpsRecord = tx.need("vps", vps_id, "VPS")?;
+            if vps.deleting {
+                return Err(StoreError::Conflict(Conflict::VpsDeleting {
+                    name: vps.name.clone(),
+                }));
+            }
+            let limit = tx
+                .get::<PlanRecord>("plans", &vps.plan)?
+                .map_or(snapshots::DEFAULT_MAX_SNAPSHOTS, |plan| plan.max_snapshots);
+            let mut set: VpsSnapshots = tx.get("snapshots", vps_id)?.unwrap_or_default();
+            if set.snapshots.contains_key(&snapshot.name) {
+                return Err(StoreError::AlreadyExists {
+                    kind: "snapshot",
+                    name: format!("{}/{}", vps.name, snapshot.name),
+                });
+            }
+            snapshots::admit(&set, &vps.name, &vps.plan, limit)?;
+            set.snapshots
+                .insert(snapshot.name.clone(), snapshot.clone());
+            tx.put("snapshots", vps_id, &set);
+            Ok(())
+        })
+    }
+
+    fn put_snapshot(
+        &self,
+        vps_id: &str,
+        snapshot: &SnapshotRecord,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError> {
+        let result = self.transact(|tx| {
+            let mut set: VpsSnapshots = tx.get("snapshots", vps_id)?.unwrap_or_default();
+            let Some(slot) = set.snapshots.get_mut(&snapshot.name) else {
+                return Err(StoreError::NotFound {
+                    kind: "snapshot",
+                    name: snapshot.name.clone(),
+                });
+            };
+            *slot = snapshot.clone();
+            tx.put("snapshots", vps_id, &set);
+            if let Some(event) = event.clone() {
+                tx.append_event(event)?;
+            }
+            Ok(())
+        });
+        self.signalled(result)
+    }
+
+    fn remove_snapshot(
+        &self,
+        vps_id: &str,
+        name: &str,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError> {
+        let result = self.transact(|tx| {
+            let mut set: VpsSnapshots = tx.get("snapshots", vps_id)?.unwrap_or_default();
+            if set.snapshots.remove(name).is_none() {
+                return Ok(());
+            }
+            if set.snapshots.is_empty() {
+                tx.delete("snapshots", vps_id);
+            } else {
+                tx.put("snapshots", vps_id, &set);
+            }
+            if let Some(event) = event.clone() {
+                tx.append_event(event)?;
+            }
+            Ok(())
+        });
+        self.signalled(result)
+    }
+}
+
+/// A backup's key: `tenant/id` (names cannot contain `/`), so a tenant's backups are a prefix.
+fn backup_key(tenant: &str, backup_id: &str) -> String {
+    format!("{tenant}/{backup_id}")
 }

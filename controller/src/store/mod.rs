@@ -15,8 +15,9 @@ use crate::model::ipam::IpamError;
 use crate::model::quota::QuotaError;
 use crate::model::snapshots::{SnapshotQuotaError, SnapshotRecord, VpsSnapshots};
 use crate::model::{
-    AuditRecord, EventKind, EventRecord, NodeAllocationRecord, NodeRecord, PlanRecord, PoolRecord,
-    Resources, TenantRecord, TokenRecord, UsageCursorRecord, UsageHourRecord, VpsRecord,
+    AuditRecord, BackupRecord, EventKind, EventRecord, NodeAllocationRecord, NodeRecord,
+    PlanRecord, PoolRecord, Resources, TenantRecord, TokenRecord, UsageCursorRecord,
+    UsageHourRecord, VpsRecord,
 };
 use chrono::{DateTime, Utc};
 pub use etcd_store::EtcdStore;
@@ -260,6 +261,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<UsageHourRecord>, StoreError>;
 
     /// Appends an audit entry, assigning its sequence number.
+    /// Writes a backup record (new or replaced), appending `event` in the same transaction.
+    fn put_backup(
+        &self,
+        backup: &BackupRecord,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError>;
+    fn get_backup(&self, tenant: &str, backup_id: &str)
+        -> Result<Option<BackupRecord>, StoreError>;
+    /// A tenant's backups (every tenant's with `None`), oldest first.
+    fn list_backups(&self, tenant: Option<&str>) -> Result<Vec<BackupRecord>, StoreError>;
+    /// Removes a backup record (absent is fine), appending `event` in the same transaction.
+    fn delete_backup(
+        &self,
+        tenant: &str,
+        backup_id: &str,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError>;
+
     fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError>;
     /// Audit entries with a sequence number above `after_seq`, oldest first.
     fn list_audit(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;

@@ -54,6 +54,8 @@ pub struct SledStore {
     vps_nodes: Tree,
     /// Node name -> what is placed on it (`NodeAllocationRecord`).
     node_allocations: Tree,
+    /// Backup records by `tenant/id`.
+    backups: Tree,
     commits: GroupCommit,
     watchers: VpsWatchers,
     events_committed: EventSignal,
@@ -242,6 +244,7 @@ impl SledStore {
             usage_hours: db.open_tree("usage_hours")?,
             vps_nodes: db.open_tree("vps_nodes")?,
             node_allocations: db.open_tree("node_allocations")?,
+            backups: db.open_tree("backups")?,
             commits: GroupCommit::default(),
             watchers: VpsWatchers::default(),
             events_committed: EventSignal::default(),
@@ -400,7 +403,80 @@ impl SledStore {
     }
 }
 
+/// A backup's key: `tenant/id` (names cannot contain `/`), so a tenant's backups are a prefix.
+fn backup_key(tenant: &str, backup_id: &str) -> String {
+    format!("{tenant}/{backup_id}")
+}
+
 impl Store for SledStore {
+    fn put_backup(
+        &self,
+        backup: &BackupRecord,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError> {
+        let key = backup_key(&backup.tenant, &backup.id);
+        let result = flatten(
+            (&self.backups, &self.events, &self.events_meta).transaction(
+                |(backups, events, meta)| {
+                    backups.insert(key.as_bytes(), encode(backup))?;
+                    if let Some(event) = &event {
+                        tx_append_event(events, meta, event.clone())?;
+                    }
+                    Ok(())
+                },
+            ),
+        );
+        self.signalled(result)
+    }
+
+    fn get_backup(
+        &self,
+        tenant: &str,
+        backup_id: &str,
+    ) -> Result<Option<BackupRecord>, StoreError> {
+        Self::get(
+            &self.backups,
+            "backups",
+            backup_key(tenant, backup_id).as_bytes(),
+        )
+    }
+
+    fn list_backups(&self, tenant: Option<&str>) -> Result<Vec<BackupRecord>, StoreError> {
+        let prefix = tenant.map(|t| format!("{t}/")).unwrap_or_default();
+        let mut backups: Vec<BackupRecord> = self
+            .backups
+            .scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("backups", &key, &value)
+            })
+            .collect::<Result<_, _>>()?;
+        backups.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(backups)
+    }
+
+    fn delete_backup(
+        &self,
+        tenant: &str,
+        backup_id: &str,
+        event: Option<EventRecord>,
+    ) -> Result<(), StoreError> {
+        let key = backup_key(tenant, backup_id);
+        let result = flatten(
+            (&self.backups, &self.events, &self.events_meta).transaction(
+                |(backups, events, meta)| {
+                    if backups.remove(key.as_bytes())?.is_some() {
+                        if let Some(event) = &event {
+                            tx_append_event(events, meta, event.clone())?;
+                        }
+                    }
+                    Ok(())
+                },
+            ),
+        );
+        self.signalled(result)
+    }
+
     fn vps_watchers(&self) -> &VpsWatchers {
         &self.watchers
     }

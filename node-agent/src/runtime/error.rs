@@ -156,6 +156,14 @@ pub enum RuntimeError {
         /// The step that failed and why (boxed: it is large and rare).
         source: Box<DiskGrowthError>,
     },
+    /// Taking, checking or restoring a backup failed (nothing of the VPS was changed).
+    #[error("vps {vps_id}: {source}")]
+    Backup {
+        /// The VPS.
+        vps_id: String,
+        /// What failed (boxed: it is large and rare).
+        source: Box<super::storage::backup::BackupError>,
+    },
     /// A multi-step operation failed and rolling it back failed too.
     #[error("{error}; rollback also failed: {cleanup}")]
     RollbackFailed {

@@ -359,7 +359,7 @@ impl Runtime {
     }
 
     /// The VPS's id range: the recorded one, else a newly allocated one, recorded in `st`.
-    fn allocate_ids(&self, st: &mut VpsState) -> Result<IdRange, RuntimeError> {
+    pub(super) fn allocate_ids(&self, st: &mut VpsState) -> Result<IdRange, RuntimeError> {
         if let Some(ids) = st.ids {
             return Ok(ids);
         }

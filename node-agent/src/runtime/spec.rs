@@ -105,7 +105,7 @@ pub struct VpsObserved {
 }
 
 /// The disk size for `limits` (0 means the default).
-pub(super) fn disk_bytes(limits: &Limits) -> u64 {
+pub(crate) fn disk_bytes(limits: &Limits) -> u64 {
     if limits.disk_bytes == 0 {
         disk::DEFAULT_DISK_BYTES
     } else {

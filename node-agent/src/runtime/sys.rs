@@ -401,6 +401,96 @@ mod ioctl {
     );
 }
 
+/// `llistxattr(path)`: the names of `path`'s extended attributes (not following a symlink).
+pub(crate) fn list_xattrs(path: &std::path::Path) -> io::Result<Vec<Vec<u8>>> {
+    let c_path = path_cstring(path)?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: c_path is a NUL-terminated string alive for the call; buf is a writable
+        // buffer of exactly buf.len() bytes, which is the size passed.
+        let n = unsafe {
+            libc::llistxattr(
+                c_path.as_ptr(),
+                buf.as_mut_ptr().cast::<libc::c_char>(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            let n = usize::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            return Ok(buf[..n]
+                .split(|b| *b == 0)
+                .filter(|name| !name.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ERANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// `lgetxattr(path, name)`: the value of one extended attribute (not following a symlink).
+pub(crate) fn get_xattr(path: &std::path::Path, name: &[u8]) -> io::Result<Vec<u8>> {
+    let c_path = path_cstring(path)?;
+    let c_name = std::ffi::CString::new(name.to_vec())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: both strings are NUL-terminated and alive for the call; buf is writable for
+        // buf.len() bytes, the size passed.
+        let n = unsafe {
+            libc::lgetxattr(
+                c_path.as_ptr(),
+                c_name.as_ptr(),
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            let n = usize::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ERANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            _ => return Err(err),
+        }
+    }
+}
+
+fn path_cstring(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// `lsetxattr(path, name, value)`: sets one extended attribute (not following a symlink).
+pub(crate) fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let c_path = path_cstring(path)?;
+    let c_name =
+        std::ffi::CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: both strings are NUL-terminated and alive for the call; value is readable for
+    // value.len() bytes, the size passed.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            value.as_ptr().cast::<libc::c_void>(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

@@ -60,6 +60,10 @@ pub(crate) const START: &str = "start";
 pub(crate) const EXEC: &str = "exec";
 /// Name of the disk growth helper.
 pub(crate) const GROW_DISK: &str = "grow-disk";
+/// Helper name: write a VPS's backup archive (`storage/backup.rs`).
+pub(crate) const BACKUP: &str = "backup";
+/// Helper name: extract a backup archive into a fresh image (`storage/backup.rs`).
+pub(crate) const RESTORE: &str = "restore";
 
 /// Why calling a one-shot helper (`start`, `grow-disk`) failed.
 #[derive(Debug, thiserror::Error)]
@@ -313,9 +317,11 @@ pub(crate) fn run(args: Vec<OsString>) -> i32 {
         },
         Some(EXEC) => exec::helper_main(&args[1..]),
         Some(GROW_DISK) => disk_growth::helper_main(&args[1..]),
+        Some(BACKUP) => crate::runtime::storage::backup::backup_helper_main(&args[1..]),
+        Some(RESTORE) => crate::runtime::storage::backup::restore_helper_main(&args[1..]),
         other => {
             eprintln!(
-                "{INTERNAL_ARG}: unknown helper {:?} (expected {START}, {EXEC} or {GROW_DISK})",
+                "{INTERNAL_ARG}: unknown helper {:?} (expected {START}, {EXEC}, {GROW_DISK}, {BACKUP} or {RESTORE})",
                 other.unwrap_or("")
             );
             2

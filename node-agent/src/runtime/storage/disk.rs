@@ -283,6 +283,22 @@ fn mount_ext4(device: &Path, target: &Path, extra: MsFlags) -> Result<(), DiskEr
     })
 }
 
+/// Mounts `image`'s filesystem on `mount_point` for reading a copy of it: the loop device that
+/// already backs it (a running VPS: the same superblock; the returned file keeps the device
+/// attached), else a fresh autoclear one. Call inside a private mount namespace.
+pub fn mount_for_copy(image: &Path, mount_point: &Path) -> Result<Option<File>, DiskError> {
+    match open_backing_loop(image)? {
+        Some((device, loop_file)) => {
+            mount_ext4(&device, mount_point, MsFlags::MS_NOEXEC)?;
+            Ok(Some(loop_file))
+        }
+        None => {
+            attach_and_mount(image, mount_point)?;
+            Ok(None)
+        }
+    }
+}
+
 /// Sizes of an image before and after [`extend_image`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageGrowth {
