@@ -263,7 +263,7 @@ impl Meter {
             return Ok(Live::Stopped(sample));
         };
         sample.incarnation = usage::incarnation(inode, start_time);
-        let cgroup = usage::read_cgroup_usage(&paths)?;
+        let cgroup = usage::read_counters(&self.runtime.counter_files(&vps.vps_id))?;
         sample.cpu_usage_ns = cgroup.cpu_usage_ns;
         sample.memory_bytes = cgroup.memory_bytes;
         sample.memory_peak_bytes = cgroup.memory_peak_bytes;
