@@ -620,11 +620,7 @@ impl Runtime {
     /// Starts the init; returns it, the halt signal its template says stops it, and its disk's
     /// loop device if the start helper told it. `image_new`: the disk image was made by this
     /// apply (no earlier run's mount can still hold it).
-    fn start(
-        &self,
-        st: &mut VpsState,
-        image_new: bool,
-    ) -> Result<(ProcessIdentity, HaltSignal, Option<(u64, u64)>), RuntimeError> {
+    fn start(&self, st: &mut VpsState, image_new: bool) -> Result<Started, RuntimeError> {
         let vps_id = st.vps_id.clone();
         let rootfs = self.rootfs_layout(&vps_id, &st.template);
         // Idempotent; also re-checks that the template is still there.
@@ -823,6 +819,10 @@ impl RunEnding {
         })
     }
 }
+
+/// A started init, the halt signal that stops it, and its disk's loop device (major, minor)
+/// if the start helper told it.
+type Started = (ProcessIdentity, HaltSignal, Option<(u64, u64)>);
 
 /// Waits (bounded) until no loop device is backed by `image` any more: the VPS's mount
 /// namespace, and with it the disk's mount and autoclear loop device, goes away shortly after
