@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use report::{Host, Report, ScenarioReport};
@@ -39,6 +39,10 @@ struct Args {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Write latest.md again from latest.json in the output directory (after a change of the
+    /// table's format or a hand-merged section), measuring nothing.
+    #[arg(long)]
+    render: bool,
 }
 
 /// What every scenario is told.
@@ -79,6 +83,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<bool> {
+    if args.render {
+        let out = args
+            .out
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+        let report = Report::read(&out)
+            .with_context(|| format!("no readable latest.json in {}", out.display()))?;
+        report.write(&out)?;
+        return Ok(true);
+    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks create VPSes, cgroups and network devices: run as root");

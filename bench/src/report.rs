@@ -246,14 +246,15 @@ impl Report {
     }
 }
 
+/// Three significant digits (no decimals from 100 up), so small values such as a hundredth
+/// of a core do not round to zero.
 fn number(value: f64, unit: &str) -> String {
-    let digits = if value.abs() >= 100.0 {
+    let magnitude = if value == 0.0 {
         0
-    } else if value.abs() >= 10.0 {
-        1
     } else {
-        2
+        value.abs().log10().floor() as i32
     };
+    let digits = usize::try_from((2 - magnitude).max(0)).unwrap_or(0);
     format!("{value:.digits$} {unit}")
 }
 
@@ -292,5 +293,20 @@ impl Host {
             cgroup_mode: cgroup_mode.to_string(),
             binaries: binaries.display().to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number;
+
+    #[test]
+    fn numbers_keep_three_significant_digits() {
+        assert_eq!(number(0.0103, "cores"), "0.0103 cores");
+        assert_eq!(number(0.14, "cores"), "0.140 cores");
+        assert_eq!(number(1.5, "x"), "1.50 x");
+        assert_eq!(number(49.12, "ms"), "49.1 ms");
+        assert_eq!(number(684.4, "1/s"), "684 1/s");
+        assert_eq!(number(0.0, "ms"), "0.00 ms");
     }
 }

@@ -14,7 +14,7 @@
 //! for that VPS (persisted with the sequence): never after a newer run or `stopped`, which the
 //! controller would follow by counting the closed run from zero again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::FromIo;
-use crate::network::Network;
+use crate::network::{Counters, Network};
 pub use crate::runtime::usage::IoCounters;
 use crate::runtime::usage::{self, UsageError};
 use crate::runtime::{ClosedRun, Runtime, VpsObserved};
@@ -189,20 +189,23 @@ impl Meter {
         let mut samples = Vec::new();
         // VPSes that no longer exist are forgotten; ones that fail to sample keep their entry.
         let mut sent = BTreeMap::new();
+        let ports = self.port_counters();
         for vps in observed {
             let last = state.sent.get(&vps.vps_id);
             let mut next = last.cloned().unwrap_or_default();
             // The closing counters are read after the live ones: a run seen running has
             // either not ended yet or has its end recorded by now.
-            let round = self.read(vps, interval_ms).and_then(|live| {
-                let closed = self.runtime.closed_run(&vps.vps_id).map_err(|source| {
-                    MeteringError::ClosedRun {
-                        vps_id: vps.vps_id.clone(),
-                        source: Box::new(source),
-                    }
-                })?;
-                Ok(round_samples(live, closed.as_ref(), last))
-            });
+            let round = self
+                .read(vps, interval_ms, ports.as_ref())
+                .and_then(|live| {
+                    let closed = self.runtime.closed_run(&vps.vps_id).map_err(|source| {
+                        MeteringError::ClosedRun {
+                            vps_id: vps.vps_id.clone(),
+                            source: Box::new(source),
+                        }
+                    })?;
+                    Ok(round_samples(live, closed.as_ref(), last))
+                });
             match round {
                 Ok(round) => {
                     for mut sample in round {
@@ -228,8 +231,9 @@ impl Meter {
     /// no sequence numbers, nothing persisted, no effect on the next round. Blocking.
     pub fn current(&self, observed: &[VpsObserved]) -> Vec<Sample> {
         let mut samples = Vec::with_capacity(observed.len());
+        let ports = self.port_counters();
         for vps in observed {
-            match self.read(vps, 0) {
+            match self.read(vps, 0, ports.as_ref()) {
                 Ok(Live::Running(sample) | Live::Stopped(sample)) => samples.push(sample),
                 Ok(Live::Ending) => {}
                 Err(error) => tracing::warn!(vps_id = %vps.vps_id, %error, "usage sample"),
@@ -238,7 +242,29 @@ impl Meter {
         samples
     }
 
-    fn read(&self, vps: &VpsObserved, interval_ms: u32) -> Result<Live, MeteringError> {
+    /// Every port's counters in one read, for a round; `None` without a network or if the
+    /// read failed (each VPS's port is then read on its own).
+    fn port_counters(&self) -> Option<PortCounters> {
+        let network = self.network.as_ref()?;
+        let read_at_ticks = boot_ticks()?;
+        match network.all_counters() {
+            Ok(table) => Some(PortCounters {
+                table,
+                read_at_ticks,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "port counters");
+                None
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        vps: &VpsObserved,
+        interval_ms: u32,
+        ports: Option<&PortCounters>,
+    ) -> Result<Live, MeteringError> {
         let disk_image = self
             .state_dir
             .join("vps")
@@ -263,14 +289,23 @@ impl Meter {
             return Ok(Live::Stopped(sample));
         };
         sample.incarnation = usage::incarnation(inode, start_time);
-        let cgroup = usage::read_cgroup_usage(&paths)?;
+        let cgroup = usage::read_counters(&self.runtime.counter_files(&vps.vps_id))?;
         sample.cpu_usage_ns = cgroup.cpu_usage_ns;
         sample.memory_bytes = cgroup.memory_bytes;
         sample.memory_peak_bytes = cgroup.memory_peak_bytes;
         sample.io = cgroup.io;
         if let Some(network) = &self.network {
-            // No port (loopback-only or not attached yet): nothing crossed the wire.
-            if let Ok(counters) = network.counters(&vps.vps_id) {
+            // The round's table holds this run's port only if the run began before it was read
+            // (in whole clock ticks); else the port is read now, as it is for every VPS
+            // without a table. No port (loopback-only or not attached yet): nothing crossed
+            // the wire.
+            let counters = match ports {
+                Some(ports) if start_time < ports.read_at_ticks => {
+                    ports.table.get(&network.port_name(&vps.vps_id)).copied()
+                }
+                _ => network.counters(&vps.vps_id).ok(),
+            };
+            if let Some(counters) = counters {
                 sample.net_rx_bytes = counters.rx_bytes;
                 sample.net_tx_bytes = counters.tx_bytes;
             }
@@ -386,6 +421,34 @@ pub fn allocated_bytes(path: &Path) -> Result<u64, MeteringError> {
 }
 
 /// Start time (clock ticks after boot) of `pid`, or `None` if it is gone or a zombie.
+/// The counters of every port, read once for a round.
+struct PortCounters {
+    /// By port name.
+    table: HashMap<String, Counters>,
+    /// Clock ticks since boot (the unit of an init's start time) just before the read.
+    read_at_ticks: u64,
+}
+
+/// Clock ticks since boot now (`CLOCK_BOOTTIME` in `_SC_CLK_TCK` units: the clock of
+/// /proc/PID/stat's start time); `None` if the clock cannot be read.
+fn boot_ticks() -> Option<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now`, a valid, exclusively borrowed one.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return None;
+    }
+    // SAFETY: sysconf only returns a value.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|hz| *hz > 0)?;
+    let secs = u64::try_from(now.tv_sec).ok()?;
+    let nanos = u64::try_from(now.tv_nsec).ok()?;
+    Some(secs.saturating_mul(hz) + nanos * hz / 1_000_000_000)
+}
+
 fn init_start_time(pid: u32) -> Result<Option<u64>, MeteringError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
     let text = match std::fs::read_to_string(&path) {
@@ -418,6 +481,17 @@ fn init_start_time(pid: u32) -> Result<Option<u64>, MeteringError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_ticks_are_the_clock_of_start_times() {
+        let started = init_start_time(std::process::id())
+            .expect("read own stat")
+            .expect("own start time");
+        let now = boot_ticks().expect("boot ticks");
+        assert!(started <= now, "started at tick {started}, now tick {now}");
+        // Same clock: this test process did not start more than a day ago.
+        assert!(now - started < 24 * 3600 * 1000, "{started} vs {now}");
+    }
 
     fn running(incarnation: &str, cpu_usage_ns: u64, at: i64) -> Sample {
         Sample {

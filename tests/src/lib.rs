@@ -106,6 +106,28 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> Result
     bail!("{what} did not listen on port {port} within 30 s")
 }
 
+/// Replaces the line of each `(key, value)` of `overrides` in the TOML file at `path` (its
+/// top-level keys are one per line, before any table), or adds it.
+fn override_config(path: &Path, overrides: &[(&str, &str)]) -> Result<()> {
+    if overrides.is_empty() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    for (key, value) in overrides {
+        let line = format!("{key} = {value}");
+        let existing = lines
+            .iter_mut()
+            .find(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == *key));
+        match existing {
+            Some(existing) => *existing = line,
+            None => lines.push(line),
+        }
+    }
+    std::fs::write(path, lines.join("\n") + "\n")
+        .with_context(|| format!("write {}", path.display()))
+}
+
 /// A controller and one agent, started from the real binaries.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -224,6 +246,13 @@ impl Cluster {
     /// Initializes a controller, builds the busybox template, starts both
     /// daemons and waits until the node is registered.
     pub fn start() -> Result<Self> {
+        Self::start_with_config(&[], &[])
+    }
+
+    /// [`Cluster::start`] with some of the harness's config values replaced or added:
+    /// `(key, TOML value)` pairs for `controller.toml` and `agent.toml` (top-level keys), e.g.
+    /// `("heartbeat_interval_secs", "5")`.
+    pub fn start_with_config(controller: &[(&str, &str)], agent: &[(&str, &str)]) -> Result<Self> {
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}-{n}", std::process::id());
         let dir = tempfile::Builder::new()
@@ -267,6 +296,8 @@ impl Cluster {
                 "bridge = \"{bridge}\"\nip_forward = false\nusage_interval_secs = 2\n"
             )?;
         }
+        override_config(&root.join("controller.toml"), controller)?;
+        override_config(&root.join("agent.toml"), agent)?;
         let init = Command::new(binary("paddock-controller"))
             .arg("--config")
             .arg(root.join("controller.toml"))

@@ -27,12 +27,14 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     } else {
         &[50, 100, 200, 500]
     };
-    let window = Duration::from_secs(options.iterations(20, 2) as u64);
-    let mut fleet = Fleet::start()?;
+    // Three usage rounds at the product interval (10 s).
+    let window = Duration::from_secs(options.iterations(30, 2) as u64);
+    let mut fleet = Fleet::start_with_product_intervals()?;
     report.note(format!(
         "steps {steps:?}; plan `{}` (0.1 vCPU, 64 MiB, 256 MiB disk), busybox; node labels {}; \
-         a /22 pool beside the cluster's /24; controller reconcile tick 2 s, heartbeat 1 s \
-         (test harness). PSS = smaps_rollup of the agent + console supervisors + sysinfo \
+         a /22 pool beside the cluster's /24; the product's intervals (heartbeat 5 s, node \
+         offline after 30 s, reconcile tick 10 s, usage samples every 10 s, as in config/), \
+         not the test harness's short ones. PSS = smaps_rollup of the agent + console supervisors + sysinfo \
          servers (host-side processes in the VPS cgroups), over N; the VPS's own processes \
          are the baseline. Kernel memory = the VPS cgroups' memory.stat `kernel` over N (guest \
          included). Idle CPU over {}s of /proc/PID/stat (utime+stime+cutime+cstime).",

@@ -36,9 +36,31 @@ pub struct Fleet {
     pub offline_retries: AtomicUsize,
 }
 
+/// The shipped configs' intervals (`config/controller.toml`, `config/agent.toml`), where the
+/// test harness has short ones: for measuring what an idle node costs as deployed.
+pub const PRODUCT_CONTROLLER_CONFIG: &[(&str, &str)] = &[
+    ("heartbeat_interval_secs", "5"),
+    ("node_offline_after_secs", "30"),
+    ("reconcile_interval_secs", "10"),
+];
+/// See [`PRODUCT_CONTROLLER_CONFIG`].
+pub const PRODUCT_AGENT_CONFIG: &[(&str, &str)] = &[("usage_interval_secs", "10")];
+
 impl Fleet {
+    /// A fleet on a cluster with the test harness's short intervals.
     pub fn start() -> Result<Self> {
-        let cluster = Cluster::start()?;
+        Self::on(Cluster::start()?)
+    }
+
+    /// A fleet on a cluster with the product's intervals ([`PRODUCT_CONTROLLER_CONFIG`]).
+    pub fn start_with_product_intervals() -> Result<Self> {
+        Self::on(Cluster::start_with_config(
+            PRODUCT_CONTROLLER_CONFIG,
+            PRODUCT_AGENT_CONFIG,
+        )?)
+    }
+
+    fn on(cluster: Cluster) -> Result<Self> {
         cluster.add_tenant(TENANT)?;
         let admin = |args: &[&str]| -> Result<String> {
             let mut all = vec!["--context", "admin", "admin"];

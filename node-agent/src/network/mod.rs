@@ -639,6 +639,19 @@ impl Network {
         }
     }
 
+    /// Traffic counters of every port on the host, by port name ([`Network::port_name`]), in
+    /// one read.
+    pub fn all_counters(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Counters>, NetworkError> {
+        counters::read_all()
+    }
+
+    /// The name of the host end of a VPS's port: its key in [`Network::all_counters`].
+    pub fn port_name(&self, vps_id: &str) -> String {
+        host_ifname(vps_id)
+    }
+
     /// Traffic counters of a VPS's port (see [`Counters`]).
     pub fn counters(&self, vps_id: &str) -> Result<Counters, NetworkError> {
         counters::read_port(&host_ifname(vps_id))

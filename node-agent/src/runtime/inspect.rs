@@ -11,7 +11,8 @@ use super::process::exec::{self, ExecRequest, ResizeSender, TtySize};
 use super::spec::{invalid, validate_command, validate_vps_id};
 use super::state::{ClosedRun, Phase};
 use super::storage::disk;
-use super::{ObservedState, Runtime, RuntimeError, VpsObserved};
+use super::usage::CounterFiles;
+use super::{CgroupFiles, ObservedState, Runtime, RuntimeError, VpsObserved};
 
 impl Runtime {
     /// The observed state of one VPS, `None` if it does not exist.
@@ -126,6 +127,16 @@ impl Runtime {
 
     /// Host paths of the VPS's cgroup directories, one per hierarchy (they may not exist).
     pub fn cgroup_paths(&self, vps_id: &str) -> Vec<PathBuf> {
+        self.cgroup_files(vps_id).paths
+    }
+
+    /// Host paths of the VPS's usage counter files, each in the one hierarchy that has it
+    /// (they may not exist).
+    pub fn counter_files(&self, vps_id: &str) -> CounterFiles {
+        self.cgroup_files(vps_id).counters
+    }
+
+    fn cgroup_files(&self, vps_id: &str) -> CgroupFiles {
         let mut cache = self
             .inner
             .cgroup_paths
@@ -133,7 +144,13 @@ impl Runtime {
             .unwrap_or_else(PoisonError::into_inner);
         cache
             .entry(vps_id.to_string())
-            .or_insert_with(|| self.cgroup(vps_id).paths())
+            .or_insert_with(|| {
+                let cgroup = self.cgroup(vps_id);
+                CgroupFiles {
+                    paths: cgroup.paths(),
+                    counters: cgroup.counter_files(),
+                }
+            })
             .clone()
     }
 

@@ -164,14 +164,15 @@ impl Runtime {
     /// [`Self::apply`] without the restart, under the VPS's lock.
     fn apply_locked(&self, spec: &VpsSpec) -> Result<VpsObserved, RuntimeError> {
         let vps_id = spec.vps_id.as_str();
-        let mut st = match self.load(vps_id)? {
-            Some(st) if matches!(st.phase, Phase::Ready | Phase::Rebuilding) => st,
+        // `created`: its disk image was made by this call, so no loop device can back it yet.
+        let (mut st, created) = match self.load(vps_id)? {
+            Some(st) if matches!(st.phase, Phase::Ready | Phase::Rebuilding) => (st, false),
             Some(_) => {
                 // A create or delete was interrupted: clean up, then build afresh.
                 self.remove_vps(vps_id)?;
-                self.create(spec)?
+                (self.create(spec)?, true)
             }
-            None => self.create(spec)?,
+            None => (self.create(spec)?, true),
         };
         if st.phase == Phase::Rebuilding || spec.rebuild_generation > st.rebuild_generation {
             self.rebuild(&mut st, spec)?;
@@ -184,19 +185,22 @@ impl Runtime {
         }
 
         let cgroup = self.cgroup(vps_id);
-        // Recreated after a node reboot, where the state survives but cgroups do not.
-        cgroup.create().map_err(|source| RuntimeError::Cgroup {
-            vps_id: vps_id.to_string(),
-            source,
-        })?;
-        cgroup
-            .apply_limits(&spec.limits)
-            .map_err(|source| RuntimeError::Cgroup {
+        let running = self.live_init(&st)?;
+        // A start below gives the run a cgroup of its own, made afresh with the limits; any
+        // other apply updates the limits of the one there is, recreated after a node reboot
+        // (where the state survives but cgroups do not).
+        if !(spec.power == Power::Running && running.is_none()) {
+            cgroup.create().map_err(|source| RuntimeError::Cgroup {
                 vps_id: vps_id.to_string(),
                 source,
             })?;
-
-        let running = self.live_init(&st)?;
+            cgroup
+                .apply_limits(&spec.limits)
+                .map_err(|source| RuntimeError::Cgroup {
+                    vps_id: vps_id.to_string(),
+                    source,
+                })?;
+        }
         let image = self.rootfs_layout(vps_id, &st.template).disk_image;
         if let Ok(Some(size)) = disk::image_size(&image) {
             let requested = spec.limits.disk_bytes;
@@ -256,7 +260,7 @@ impl Runtime {
                         vps_id: vps_id.to_string(),
                         source,
                     })?;
-                let (init, halt_signal) = match self.start(&mut st) {
+                let (init, halt_signal, disk_device) = match self.start(&mut st, created) {
                     Ok(started) => started,
                     // A start that failed or missed its deadline may have left its init,
                     // console supervisor or sysinfo server in the cgroup: none may stay.
@@ -274,7 +278,15 @@ impl Runtime {
                 st.init = Some(init);
                 st.halt_signal = Some(halt_signal);
                 self.save(&st)?;
-                self.apply_io(&st, &cgroup)?;
+                match disk_device {
+                    Some(device) => cgroup.apply_io(&st.limits, device).map_err(|source| {
+                        RuntimeError::Cgroup {
+                            vps_id: vps_id.to_string(),
+                            source,
+                        }
+                    })?,
+                    None => self.apply_io(&st, &cgroup)?,
+                }
             }
             (Power::Stopped, init) => {
                 self.stop(&mut st, init.as_ref(), &cgroup)?;
@@ -383,21 +395,14 @@ impl Runtime {
             vps_id: vps_id.to_string(),
             source,
         })?;
-        disk::create_image(&rootfs.disk_image, disk_bytes(&spec.limits), ids).map_err(
-            |source| RuntimeError::Disk {
+        // The cgroup is made by `apply` (a start makes each run's afresh), not here: made here
+        // it was removed and made again by the start that follows almost every create.
+        disk::create_image(&rootfs.disk_image, disk_bytes(&spec.limits), ids).map_err(|source| {
+            RuntimeError::Disk {
                 vps_id: vps_id.to_string(),
                 source,
-            },
-        )?;
-        let cgroup = self.cgroup(vps_id);
-        cgroup
-            .create()
-            .and_then(|()| cgroup.apply_limits(&spec.limits))
-            .and_then(|()| cgroup.apply_device_policy())
-            .map_err(|source| RuntimeError::Cgroup {
-                vps_id: vps_id.to_string(),
-                source,
-            })
+            }
+        })
     }
 
     /// Stops the VPS and gives it a fresh filesystem on its disk (same size, or the spec's if
@@ -681,8 +686,10 @@ impl Runtime {
         Ok(halt_signal)
     }
 
-    /// Starts the init; returns it and the halt signal its template says stops it.
-    fn start(&self, st: &mut VpsState) -> Result<(ProcessIdentity, HaltSignal), RuntimeError> {
+    /// Starts the init; returns it, the halt signal its template says stops it, and its disk's
+    /// loop device if the start helper told it. `image_new`: the disk image was made by this
+    /// apply (no earlier run's mount can still hold it).
+    fn start(&self, st: &mut VpsState, image_new: bool) -> Result<Started, RuntimeError> {
         let vps_id = st.vps_id.clone();
         let rootfs = self.rootfs_layout(&vps_id, &st.template);
         // Idempotent; also re-checks that the template is still there.
@@ -697,6 +704,7 @@ impl Runtime {
             vps_id: vps_id.clone(),
             source,
         };
+        let mut image_new = image_new;
         // A VPS from before per-VPS disks (or whose image was lost) gets an empty one.
         if disk::image_size(&rootfs.disk_image)
             .map_err(disk_err)?
@@ -704,10 +712,14 @@ impl Runtime {
         {
             disk::create_image(&rootfs.disk_image, disk_bytes(&st.limits), ids)
                 .map_err(disk_err)?;
+            image_new = true;
         }
         // After a quick stop/start the previous instance's mount may still be going away;
-        // mounting the same ext4 twice would corrupt it.
-        wait_for_detach(&rootfs.disk_image);
+        // mounting the same ext4 twice would corrupt it. (A scan of every loop device: not
+        // needed for an image made just now.)
+        if !image_new {
+            wait_for_detach(&rootfs.disk_image);
+        }
         // Also restarts lxcfs if it died since the agent started.
         let proc_binds = match &self.config().proc_view {
             procview::ProcView::Host => Vec::new(),
@@ -725,7 +737,7 @@ impl Runtime {
             proc_binds,
             sysinfo_socket: self.sysinfo_socket(&vps_id),
         };
-        let init = supervisor::start_init(
+        let reply = supervisor::start_init(
             &self.config().helper_binary,
             &request,
             self.config().start_timeout,
@@ -734,7 +746,7 @@ impl Runtime {
             vps_id: vps_id.to_string(),
             source,
         })?;
-        Ok((init, halt_signal))
+        Ok((reply.init, halt_signal, reply.disk_device))
     }
 
     /// The recorded init if it is still the same running process.
@@ -876,6 +888,10 @@ impl RunEnding {
         })
     }
 }
+
+/// A started init, the halt signal that stops it, and its disk's loop device (major, minor)
+/// if the start helper told it.
+type Started = (ProcessIdentity, HaltSignal, Option<(u64, u64)>);
 
 /// Waits (bounded) until no loop device is backed by `image` any more: the VPS's mount
 /// namespace, and with it the disk's mount and autoclear loop device, goes away shortly after

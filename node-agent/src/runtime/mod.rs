@@ -105,12 +105,19 @@ struct Inner {
     /// One lock per VPS id, so concurrent calls for the same VPS serialise while different
     /// VPSes proceed in parallel.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    /// [`Runtime::cgroup_paths`] by VPS id: they follow from the id and the host's cgroup
-    /// mounts, and finding them reads /proc/self/mountinfo twice, which metering would
-    /// otherwise do for every VPS at every round.
-    cgroup_paths: Mutex<HashMap<String, Vec<PathBuf>>>,
+    /// [`Runtime::cgroup_paths`] and [`Runtime::counter_files`] by VPS id: they follow from
+    /// the id and the host's cgroup mounts, and finding them reads /proc/self/mountinfo twice,
+    /// which metering would otherwise do for every VPS at every round.
+    cgroup_paths: Mutex<HashMap<String, CgroupFiles>>,
     /// The host's cgroup version, detected once at start: picks the cgroup manager.
     cgroup_mode: CgroupMode,
+}
+
+/// Where one VPS's cgroup is: its directories and its counter files.
+#[derive(Clone)]
+struct CgroupFiles {
+    paths: Vec<PathBuf>,
+    counters: usage::CounterFiles,
 }
 
 impl Runtime {

@@ -109,44 +109,90 @@ fn read_u64(path: &Path) -> Result<Option<u64>, UsageError> {
     })
 }
 
-/// Reads CPU, memory and IO counters from whichever hierarchies `paths` holds (v1 controller
-/// directories or the one v2 directory); what no file counts stays 0.
-pub fn read_cgroup_usage(paths: &[PathBuf]) -> Result<CgroupUsage, UsageError> {
+/// The counter files of one VPS's cgroup, each in the one hierarchy directory that has it
+/// (the cgroup managers know which controller each directory is, see
+/// [`crate::runtime::cgroups::CgroupManager::counter_files`]): a round reads these few files
+/// instead of trying every counter name in every hierarchy directory. `None`: the host has no
+/// such counter; it reads as 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterFiles {
+    /// `cpuacct.usage` (v1) or `cpu.stat` (v2).
+    pub cpu: Option<PathBuf>,
+    /// `memory.usage_in_bytes` (v1; `memory.max_usage_in_bytes` beside it) or `memory.current`
+    /// (v2; `memory.peak` beside it).
+    pub memory: Option<PathBuf>,
+    /// `blkio.throttle.io_service_bytes` (v1; `blkio.throttle.io_serviced` beside it) or
+    /// `io.stat` (v2).
+    pub io: Option<PathBuf>,
+}
+
+impl CounterFiles {
+    /// The files of a v1 cgroup from its cpuacct, memory and blkio directories.
+    pub fn v1(cpuacct: Option<&Path>, memory: Option<&Path>, blkio: Option<&Path>) -> Self {
+        Self {
+            cpu: cpuacct.map(|dir| dir.join("cpuacct.usage")),
+            memory: memory.map(|dir| dir.join("memory.usage_in_bytes")),
+            io: blkio.map(|dir| dir.join("blkio.throttle.io_service_bytes")),
+        }
+    }
+
+    /// The files of a v2 cgroup: all in its one directory.
+    pub fn v2(dir: &Path) -> Self {
+        Self {
+            cpu: Some(dir.join("cpu.stat")),
+            memory: Some(dir.join("memory.current")),
+            io: Some(dir.join("io.stat")),
+        }
+    }
+}
+
+/// `path` with its file name replaced by `name`.
+fn beside(path: &Path, name: &str) -> PathBuf {
+    path.with_file_name(name)
+}
+
+fn is_named(path: &Path, name: &str) -> bool {
+    path.file_name().is_some_and(|n| n == name)
+}
+
+/// Reads CPU, memory and IO counters from `files` (the format follows from each file's
+/// name); a missing file counts 0.
+pub fn read_counters(files: &CounterFiles) -> Result<CgroupUsage, UsageError> {
     let mut usage = CgroupUsage::default();
-    // On a v1 host the (controller-less) hybrid cgroup2 dir has a `cpu.stat` with usage_usec
-    // too; cpuacct, when there, wins.
-    let mut v2_cpu_usage_ns = None;
-    let mut cpuacct_usage_ns = None;
-    for dir in paths {
-        if let Some(ns) = read_u64(&dir.join("cpuacct.usage"))? {
-            cpuacct_usage_ns = Some(ns);
-        } else if let Some(text) = read_file(&dir.join("cpu.stat"))? {
-            if let Some(usec) = keyed(&text, "usage_usec") {
-                v2_cpu_usage_ns = Some(usec.saturating_mul(1000));
-            }
+    if let Some(cpu) = &files.cpu {
+        if is_named(cpu, "cpuacct.usage") {
+            usage.cpu_usage_ns = read_u64(cpu)?.unwrap_or(0);
+        } else if let Some(text) = read_file(cpu)? {
+            usage.cpu_usage_ns = keyed(&text, "usage_usec").map_or(0, |us| us.saturating_mul(1000));
         }
-        if let Some(bytes) = read_u64(&dir.join("memory.usage_in_bytes"))? {
+    }
+    if let Some(memory) = &files.memory {
+        if let Some(bytes) = read_u64(memory)? {
+            let peak = if is_named(memory, "memory.usage_in_bytes") {
+                "memory.max_usage_in_bytes"
+            } else {
+                "memory.peak"
+            };
             usage.memory_bytes = bytes;
-            usage.memory_peak_bytes =
-                read_u64(&dir.join("memory.max_usage_in_bytes"))?.unwrap_or(bytes);
-        } else if let Some(bytes) = read_u64(&dir.join("memory.current"))? {
-            usage.memory_bytes = bytes;
-            usage.memory_peak_bytes = read_u64(&dir.join("memory.peak"))?.unwrap_or(bytes);
+            usage.memory_peak_bytes = read_u64(&beside(memory, peak))?.unwrap_or(bytes);
         }
-        if let Some(text) = read_file(&dir.join("blkio.throttle.io_service_bytes"))? {
-            let (read, write) = blkio_v1(&text);
-            usage.io.read_bytes = read;
-            usage.io.write_bytes = write;
-            if let Some(text) = read_file(&dir.join("blkio.throttle.io_serviced"))? {
+    }
+    if let Some(io) = &files.io {
+        if is_named(io, "blkio.throttle.io_service_bytes") {
+            if let Some(text) = read_file(io)? {
                 let (read, write) = blkio_v1(&text);
-                usage.io.read_ops = read;
-                usage.io.write_ops = write;
+                usage.io.read_bytes = read;
+                usage.io.write_bytes = write;
+                if let Some(text) = read_file(&beside(io, "blkio.throttle.io_serviced"))? {
+                    let (read, write) = blkio_v1(&text);
+                    usage.io.read_ops = read;
+                    usage.io.write_ops = write;
+                }
             }
-        } else if let Some(text) = read_file(&dir.join("io.stat"))? {
+        } else if let Some(text) = read_file(io)? {
             usage.io = io_stat_v2(&text);
         }
     }
-    usage.cpu_usage_ns = cpuacct_usage_ns.or(v2_cpu_usage_ns).unwrap_or(0);
     Ok(usage)
 }
 
@@ -267,7 +313,8 @@ mod tests {
             "7:1 Read 3\n7:1 Write 4\n",
         )
         .expect("write");
-        let usage = read_cgroup_usage(&[cpu.clone(), memory, blkio]).expect("v1");
+        let files = CounterFiles::v1(Some(&cpu), Some(&memory), Some(&blkio));
+        let usage = read_counters(&files).expect("v1");
         assert_eq!(usage.cpu_usage_ns, 123_456_789);
         assert_eq!((usage.memory_bytes, usage.memory_peak_bytes), (1000, 5000));
         assert_eq!(
@@ -293,9 +340,14 @@ mod tests {
         std::fs::write(v2.join("memory.current"), "700\n").expect("write");
         std::fs::write(v2.join("memory.peak"), "900\n").expect("write");
         std::fs::write(v2.join("io.stat"), "7:2 rbytes=8 wbytes=9 rios=1 wios=1\n").expect("write");
-        let usage = read_cgroup_usage(&[v2]).expect("v2");
+        let usage = read_counters(&CounterFiles::v2(&v2)).expect("v2");
         assert_eq!(usage.cpu_usage_ns, 42_000);
         assert_eq!((usage.memory_bytes, usage.memory_peak_bytes), (700, 900));
         assert_eq!(usage.io.write_bytes, 9);
+
+        // A host without a counter, or a cgroup without its files: zeros, not an error.
+        let usage =
+            read_counters(&CounterFiles::v1(None, Some(&v2.join("none")), None)).expect("none");
+        assert_eq!(usage, CgroupUsage::default());
     }
 }

@@ -34,7 +34,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::runtime::isolation::device_filter;
-use crate::runtime::usage::{self, CgroupUsage, UsageError};
+use crate::runtime::usage::{self, CgroupUsage, CounterFiles, UsageError};
 use crate::runtime::Limits;
 
 /// CFS period for every VPS, in microseconds.
@@ -180,9 +180,12 @@ pub(crate) trait CgroupManager: Send + Sync {
     /// Removes the cgroup from every hierarchy; absent is fine. The cgroup must be empty.
     fn delete(&self) -> Result<(), CgroupError>;
 
+    /// Where the cgroup's usage counters are: each in the one directory that has it.
+    fn counter_files(&self) -> CounterFiles;
+
     /// What the cgroup counts (CPU, memory, IO), read from its control files.
     fn read_usage(&self) -> Result<CgroupUsage, UsageError> {
-        usage::read_cgroup_usage(&self.paths())
+        usage::read_counters(&self.counter_files())
     }
 }
 

@@ -8,13 +8,14 @@ use cgroups_rs::devices::{DevicePermissions, DeviceType, DevicesController};
 use cgroups_rs::freezer::FreezerController;
 use cgroups_rs::memory::MemController;
 use cgroups_rs::pid::PidController;
-use cgroups_rs::{CgroupPid, Controller, Hierarchy};
+use cgroups_rs::{CgroupPid, Controller, Hierarchy, Subsystem};
 
 use super::{
     effective_cpu_weight, kill_each, memory_limit, memsw_limit_v1, pids_max_value,
     unmanaged_v1_host_hierarchies, weight_to_blkio_weight, weight_to_shares, write_file,
     CgroupError, CgroupManager, Handle, ALLOWED_CHAR_DEVICES, CPU_PERIOD_US,
 };
+use crate::runtime::usage::CounterFiles;
 use crate::runtime::Limits;
 
 /// A VPS's cgroup on a v1 (legacy or hybrid) host.
@@ -97,6 +98,19 @@ impl CgroupManager for V1Cgroup {
 
     fn paths(&self) -> Vec<std::path::PathBuf> {
         self.handle.paths()
+    }
+
+    fn counter_files(&self) -> CounterFiles {
+        let (mut cpuacct, mut memory, mut blkio) = (None, None, None);
+        for subsystem in self.handle.cgroup.subsystems() {
+            match subsystem {
+                Subsystem::CpuAcct(c) => cpuacct = Some(c.path().to_path_buf()),
+                Subsystem::Mem(c) => memory = Some(c.path().to_path_buf()),
+                Subsystem::BlkIo(c) => blkio = Some(c.path().to_path_buf()),
+                _ => {}
+            }
+        }
+        CounterFiles::v1(cpuacct.as_deref(), memory.as_deref(), blkio.as_deref())
     }
 
     fn create(&self) -> Result<(), CgroupError> {
@@ -204,7 +218,6 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use cgroups_rs::cgroup::Cgroup;
-    use cgroups_rs::Subsystem;
 
     use super::*;
     use crate::runtime::cgroups::relative_path;
@@ -269,6 +282,22 @@ mod tests {
             .collect();
         assert_eq!(cgroup.paths(), expected);
         assert!(expected.iter().all(|p| p.is_dir()));
+    }
+
+    #[test]
+    fn counters_are_read_from_their_own_hierarchy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cgroup, _) = fake(dir.path());
+        let at = |c: &str, file: &str| dir.path().join(c).join("paddock/vps-abc").join(file);
+        assert_eq!(
+            cgroup.counter_files(),
+            CounterFiles {
+                // The fake host has no cpuacct hierarchy.
+                cpu: None,
+                memory: Some(at("memory", "memory.usage_in_bytes")),
+                io: Some(at("blkio", "blkio.throttle.io_service_bytes")),
+            }
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::{
     CgroupError, CgroupManager, Handle, ALLOWED_CHAR_DEVICES, CPU_PERIOD_US,
 };
 use crate::runtime::isolation::device_filter;
+use crate::runtime::usage::CounterFiles;
 use crate::runtime::Limits;
 
 /// The controllers a VPS's cgroup enables.
@@ -100,6 +101,13 @@ impl CgroupManager for V2Cgroup {
 
     fn paths(&self) -> Vec<std::path::PathBuf> {
         self.handle.paths()
+    }
+
+    fn counter_files(&self) -> CounterFiles {
+        match self.handle.paths().first() {
+            Some(dir) => CounterFiles::v2(dir),
+            None => CounterFiles::default(),
+        }
     }
 
     fn create(&self) -> Result<(), CgroupError> {
@@ -228,6 +236,7 @@ mod tests {
         cgroup.create().expect("create");
         let cg_dir = root.join(&path);
         assert_eq!(cgroup.paths(), vec![cg_dir.clone()]);
+        assert_eq!(cgroup.counter_files(), CounterFiles::v2(&cg_dir));
         let dir = cg_dir.clone();
         let read =
             move |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));

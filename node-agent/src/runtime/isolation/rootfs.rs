@@ -213,10 +213,11 @@ impl RootfsLayout {
 
     /// In the start helper, as host root, inside its private mount namespace: mounts the disk,
     /// creates the writable layer on it (owned by the VPS's root), mounts the idmapped template
-    /// and the overlay on `merged`, and its /dev (with `console` as /dev/console).
-    pub fn mount_host_side(&self, ids: IdRange, console: &Path) -> Result<(), RootfsError> {
+    /// and the overlay on `merged`, and its /dev (with `console` as /dev/console). Returns the
+    /// disk's loop device.
+    pub fn mount_host_side(&self, ids: IdRange, console: &Path) -> Result<PathBuf, RootfsError> {
         make_private("/")?;
-        disk::attach_and_mount(&self.disk_image, &self.disk)?;
+        let device = disk::attach_and_mount(&self.disk_image, &self.disk)?;
         for dir in [&self.upper, &self.work] {
             match fs::create_dir(dir) {
                 Ok(()) => {}
@@ -264,7 +265,8 @@ impl RootfsLayout {
         })?;
         mounted?;
         let dev_dir = plain_dir(&self.merged, "dev", ids)?;
-        mount_dev(&dev_dir, console, ids)
+        mount_dev(&dev_dir, console, ids)?;
+        Ok(device)
     }
 
     /// The directory the overlay's layers are named relative to (the VPS's directory) and the

@@ -23,6 +23,7 @@ use std::ffi::{CString, NulError, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 
 use std::path::{Path, PathBuf};
@@ -294,6 +295,10 @@ pub(crate) struct StartRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StartReply {
     pub init: ProcessIdentity,
+    /// The disk's loop device (major, minor), so the agent need not look for it in
+    /// /sys/block; `None` from a helper of an older agent or if it could not be stat'ed.
+    #[serde(default)]
+    pub disk_device: Option<(u64, u64)>,
 }
 
 /// Dispatches `__internal <helper> <json>`; returns the process exit code.
@@ -426,7 +431,13 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     step("mount disk, template, overlay and /dev");
     namespaces::unshare_mount_namespace()?;
     // Before joining the cgroup: its device policy denies the loop devices and mknod of /dev.
-    request.rootfs.mount_host_side(request.ids, &slave_path)?;
+    let disk_device = request.rootfs.mount_host_side(request.ids, &slave_path)?;
+    let disk_device = fs::metadata(&disk_device).ok().map(|meta| {
+        (
+            nix::sys::stat::major(meta.rdev()),
+            nix::sys::stat::minor(meta.rdev()),
+        )
+    });
     // The init's cgroup namespace is rooted at the cgroup its creator is in.
     VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
 
@@ -508,7 +519,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
             // The console supervisor serves until this init exits. If it is already gone, the
             // VPS runs without a console, as it would have if the supervisor died later.
             let _ = init_report.send(&init);
-            Ok(StartReply { init })
+            Ok(StartReply { init, disk_device })
         }
     }
 }

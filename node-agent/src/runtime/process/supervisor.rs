@@ -49,14 +49,14 @@ pub enum SupervisorError {
 }
 
 /// Starts the init through `helper_binary __internal start`; blocks until the init has exec'd
-/// (or setup failed, or `limit` passed: the helper is then killed) and returns its identity.
+/// (or setup failed, or `limit` passed: the helper is then killed) and returns its identity
+/// and the disk's loop device.
 pub(crate) fn start_init(
     helper_binary: &Path,
     request: &StartRequest,
     limit: Duration,
-) -> Result<ProcessIdentity, SupervisorError> {
-    let reply: StartReply = helper::call(helper_binary, START, request, limit)?;
-    Ok(reply.init)
+) -> Result<StartReply, SupervisorError> {
+    helper::call(helper_binary, START, request, limit).map_err(SupervisorError::from)
 }
 
 /// Graceful stop: `halt_signal` to the init, repeated after [`HALT_RESEND_FIRST`], then at

@@ -170,10 +170,17 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
     file.set_len(size_bytes)
         .map_err(DiskError::io_err("truncate", &tmp))?;
     drop(file);
+    // The file was just truncated to a hole: it reads as zeros, so mkfs need not zero the inode
+    // tables and journal (e2fsprogs >= 1.47): about 4 MiB less to write and fsync per image.
+    let prezeroed = if mkfs_knows_prezeroed() {
+        ",assume_storage_prezeroed=1"
+    } else {
+        ""
+    };
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.args(["-q", "-F", "-m", "0", "-E"])
         .arg(format!(
-            "nodiscard,root_owner={}:{}",
+            "nodiscard{prezeroed},root_owner={}:{}",
             ids.host_base, ids.host_base
         ))
         .arg(&tmp)
@@ -193,6 +200,46 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
         .and_then(|f| f.sync_all())
         .map_err(DiskError::io_err("fsync", &tmp))?;
     fs::rename(&tmp, image).map_err(DiskError::io_err("rename into place", image))
+}
+
+/// Whether the host's mkfs.ext4 takes `-E assume_storage_prezeroed` (e2fsprogs 1.47 or later),
+/// asked once per process (`mke2fs -V`); `false` if it cannot be told.
+fn mkfs_knows_prezeroed() -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        let mut version = Command::new("mkfs.ext4");
+        version
+            .arg("-V")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        match crate::bounded::output(
+            "mkfs.ext4",
+            &mut version,
+            None,
+            crate::bounded::TOOL_DEADLINE,
+        ) {
+            Ok(output) => e2fsprogs_has_prezeroed(&String::from_utf8_lossy(&output.stderr)),
+            Err(error) => {
+                tracing::warn!(%error, "mkfs.ext4 -V");
+                false
+            }
+        }
+    })
+}
+
+/// Whether `mke2fs -V` output (`mke2fs 1.47.0 (5-Feb-2023)`) names e2fsprogs 1.47 or later.
+fn e2fsprogs_has_prezeroed(version_output: &str) -> bool {
+    let Some(version) = version_output
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+    else {
+        return false;
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (1, 47),
+        _ => false,
+    }
 }
 
 /// The image's size in bytes, `None` if it does not exist.
@@ -583,6 +630,16 @@ pub fn loop_devices_under(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prezeroed_needs_e2fsprogs_1_47() {
+        let with = "mke2fs 1.47.0 (5-Feb-2023)\n\tUsing EXT2FS Library version 1.47.0\n";
+        assert!(e2fsprogs_has_prezeroed(with));
+        assert!(e2fsprogs_has_prezeroed("mke2fs 2.0 (1-Jan-2030)"));
+        assert!(!e2fsprogs_has_prezeroed("mke2fs 1.46.5 (30-Dec-2021)"));
+        assert!(!e2fsprogs_has_prezeroed("mke2fs: command not found"));
+        assert!(!e2fsprogs_has_prezeroed(""));
+    }
 
     #[test]
     fn target_blocks_fill_the_image() {
