@@ -99,7 +99,7 @@ both!(
     snapshots_and_backups,
 );
 
-fn tenant(name: &str, max_vps: u32) -> TenantRecord {
+pub(crate) fn tenant(name: &str, max_vps: u32) -> TenantRecord {
     TenantRecord {
         name: name.to_owned(),
         quota: Quota {
@@ -115,7 +115,7 @@ fn tenant(name: &str, max_vps: u32) -> TenantRecord {
     }
 }
 
-fn vps(tenant: &str, name: &str) -> VpsRecord {
+pub(crate) fn vps(tenant: &str, name: &str) -> VpsRecord {
     VpsRecord {
         vps_id: format!("{tenant}-{name}-id"),
         name: name.to_owned(),

@@ -618,30 +618,6 @@ impl EtcdStore {
         Ok(out)
     }
 
-    /// Publishes `vps_id` to its watchers; call after a committed transaction changed it.
-    fn published<T>(&self, vps_id: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result.is_ok() {
-            self.watchers.publish(vps_id, |id| self.get_vps(id));
-        }
-        result
-    }
-
-    /// Publishes every watched VPS; call after a committed change to a tenant.
-    fn published_all<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result.is_ok() {
-            self.watchers.publish_all(|id| self.get_vps(id));
-        }
-        result
-    }
-
-    /// Wakes `WatchEvents` followers after a committed transaction that may have appended events.
-    fn signalled<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result.is_ok() {
-            self.events_committed.committed();
-        }
-        result
-    }
-
     fn create_unique<T: Serialize>(
         &self,
         tree: &'static str,

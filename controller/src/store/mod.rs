@@ -307,3 +307,33 @@ pub trait Store: Send + Sync + 'static {
         event: Option<EventRecord>,
     ) -> Result<(), StoreError>;
 }
+
+/// What a backend does after a transaction commits, written once for every backend.
+pub(crate) trait AfterCommit: Store {
+    /// Publishes `vps_id` to its watchers; call after a committed transaction changed it.
+    fn published<T>(&self, vps_id: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.vps_watchers().publish(vps_id, |id| self.get_vps(id));
+        }
+        result
+    }
+
+    /// Publishes every watched VPS; call after a committed change to a tenant.
+    fn published_all<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.vps_watchers().publish_all(|id| self.get_vps(id));
+        }
+        result
+    }
+
+    /// Wakes `WatchEvents` followers; call after a committed transaction that may have
+    /// appended events (not after the ones that never do, such as a heartbeat's update).
+    fn signalled<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.event_signal().committed();
+        }
+        result
+    }
+}
+
+impl<S: Store + ?Sized> AfterCommit for S {}

@@ -376,33 +376,6 @@ impl SledStore {
     }
 }
 
-impl SledStore {
-    /// Publishes `vps_id` to its watchers; call after a committed transaction changed it.
-    fn published<T>(&self, vps_id: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result.is_ok() {
-            self.watchers.publish(vps_id, |id| self.get_vps(id));
-        }
-        result
-    }
-
-    /// Publishes every watched VPS; call after a committed change to a tenant.
-    fn published_all<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result.is_ok() {
-            self.watchers.publish_all(|id| self.get_vps(id));
-        }
-        result
-    }
-
-    /// Wakes `WatchEvents` followers; call after a committed transaction that may have
-    /// appended events (not after the ones that never do, such as a heartbeat's update).
-    fn signalled<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result.is_ok() {
-            self.events_committed.committed();
-        }
-        result
-    }
-}
-
 /// A backup's key: `tenant/id` (names cannot contain `/`), so a tenant's backups are a prefix.
 fn backup_key(tenant: &str, backup_id: &str) -> String {
     format!("{tenant}/{backup_id}")
@@ -1202,9 +1175,8 @@ impl Store for SledStore {
 mod tests {
     use std::sync::Arc;
 
-    use chrono::Utc;
-
     use super::*;
+    use crate::store::conformance::{tenant, vps};
 
     /// Opens the store at `dir` again; sled's background flusher may hold the file lock a
     /// moment after the previous handle was dropped.
@@ -1218,50 +1190,6 @@ mod tests {
                 }
             })
             .expect("reopen within 5 s")
-    }
-
-    fn tenant(name: &str, max_vps: u32) -> TenantRecord {
-        TenantRecord {
-            name: name.to_owned(),
-            quota: Quota {
-                max_vps,
-                vcpus: 100.0,
-                memory_bytes: u64::MAX,
-                disk_bytes: u64::MAX,
-                ipv4_count: 100,
-            },
-            used: Quota::default(),
-            suspended: false,
-            created_at: Utc::now(),
-        }
-    }
-
-    fn vps(tenant: &str, name: &str) -> VpsRecord {
-        VpsRecord {
-            vps_id: format!("{tenant}-{name}-id"),
-            name: name.to_owned(),
-            tenant: tenant.to_owned(),
-            plan: "nano".to_owned(),
-            template: "busybox".to_owned(),
-            resources: Resources {
-                vcpus: 1.0,
-                memory_bytes: 256 << 20,
-                disk_bytes: 2 << 30,
-                ..Resources::default()
-            },
-            node: "n1".to_owned(),
-            desired_power: Power::Running,
-            deleting: false,
-            ipv4: vec![],
-            network: None,
-            rebuild_generation: 0,
-            restart_generation: 0,
-            created_at: Utc::now(),
-            observed: None,
-            transfer_limit: None,
-            applied_spec: None,
-            last_request: None,
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

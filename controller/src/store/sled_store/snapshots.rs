@@ -8,7 +8,7 @@ use super::{
 };
 use crate::model::snapshots::{self, SnapshotRecord, VpsSnapshots};
 use crate::model::{EventRecord, PlanRecord, VpsRecord};
-use crate::store::{Conflict, StoreError};
+use crate::store::{AfterCommit, Conflict, StoreError};
 
 const TREE: &str = "snapshots";
 
