@@ -20,6 +20,43 @@ pub mod tcp;
 
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
 
+/// Runs the CLI with the private config file `dir/cli.toml` (no controller or token from
+/// the environment).
+pub fn cli_in(dir: &Path, args: &[&str]) -> Result<Output> {
+    Command::new(binary("paddock"))
+        .args(args)
+        .env("PADDOCK_CONFIG", dir.join("cli.toml"))
+        .env_remove("PADDOCK_CONTROLLER")
+        .env_remove("PADDOCK_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .context("running paddock")
+}
+
+/// Like [`cli_in`], but the command must succeed; returns its stdout.
+pub fn cli_ok_in(dir: &Path, args: &[&str]) -> Result<String> {
+    let output = cli_in(dir, args)?;
+    if !output.status.success() {
+        bail!(
+            "paddock {} failed ({}): {}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Like [`cli_ok_in`] with `-o json`, parsing stdout.
+pub fn json_in(dir: &Path, args: &[&str]) -> Result<Value> {
+    let mut full = args.to_vec();
+    full.extend(["-o", "json"]);
+    let stdout = cli_ok_in(dir, &full)?;
+    serde_json::from_str(&stdout)
+        .with_context(|| format!("parsing JSON of `paddock {}`: {stdout}", args.join(" ")))
+}
+
 /// Whether this test may run: root is required; without it the test fails
 /// under `PADDOCK_REQUIRE_PRIVILEGED=1` (CI) and is skipped loudly otherwise.
 pub fn require_root() -> bool {
@@ -529,38 +566,17 @@ impl Cluster {
 
     /// Runs the CLI with this cluster's private config file.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        Command::new(binary("paddock"))
-            .args(args)
-            .env("PADDOCK_CONFIG", self.dir.path().join("cli.toml"))
-            .env_remove("PADDOCK_CONTROLLER")
-            .env_remove("PADDOCK_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .context("running paddock")
+        cli_in(self.dir.path(), args)
     }
 
     /// Runs the CLI and requires success, returning stdout.
     pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
-        let output = self.cli(args)?;
-        if !output.status.success() {
-            bail!(
-                "paddock {} failed ({}): {}{}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8(output.stdout)?)
+        cli_ok_in(self.dir.path(), args)
     }
 
     /// Runs the CLI with `-o json` and parses stdout.
     pub fn json(&self, args: &[&str]) -> Result<Value> {
-        let mut full = args.to_vec();
-        full.extend(["-o", "json"]);
-        let stdout = self.cli_ok(&full)?;
-        serde_json::from_str(&stdout)
-            .with_context(|| format!("parsing JSON of `paddock {}`: {stdout}", args.join(" ")))
+        json_in(self.dir.path(), args)
     }
 
     /// Runs `sh -c script` in VPS `vps` as tenant context `context`.

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{binary, cgroup_mounts, purge_cgroup};
+use crate::{binary, cgroup_mounts, cli_in, cli_ok_in, json_in, purge_cgroup};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -603,29 +603,12 @@ impl MultiNode {
 
     /// Runs the CLI with this cluster's private config file.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        Command::new(binary("paddock"))
-            .args(args)
-            .env("PADDOCK_CONFIG", self.dir.path().join("cli.toml"))
-            .env_remove("PADDOCK_CONTROLLER")
-            .env_remove("PADDOCK_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .context("running paddock")
+        cli_in(self.dir.path(), args)
     }
 
     /// Runs the CLI and requires success, returning stdout.
     pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
-        let output = self.cli(args)?;
-        if !output.status.success() {
-            bail!(
-                "paddock {} failed ({}): {}{}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8(output.stdout)?)
+        cli_ok_in(self.dir.path(), args)
     }
 
     /// `paddock --context admin admin ARGS...`.
@@ -636,11 +619,7 @@ impl MultiNode {
 
     /// Runs the CLI with `-o json` and parses stdout.
     pub fn json(&self, args: &[&str]) -> Result<Value> {
-        let mut full = args.to_vec();
-        full.extend(["-o", "json"]);
-        let stdout = self.cli_ok(&full)?;
-        serde_json::from_str(&stdout)
-            .with_context(|| format!("parsing JSON of `paddock {}`: {stdout}", args.join(" ")))
+        json_in(self.dir.path(), args)
     }
 
     /// Every node as `admin node list` shows it.
