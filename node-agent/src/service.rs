@@ -23,7 +23,7 @@ use crate::runtime::storage::backup::{BackupError, LocalStore};
 use crate::runtime::SnapshotInfo;
 use crate::runtime::{validate_vps_id, Runtime, RuntimeError, SnapshotError};
 use crate::template::{self, TemplateError};
-use crate::worker::{ApplyRequest, SnapshotOp, SnapshotOutcome, WorkerError, Workers};
+use crate::worker::{ApplyRequest, ExecRequest, SnapshotOp, SnapshotOutcome, WorkerError, Workers};
 
 /// Serves the controller, over mutual TLS.
 pub struct AgentService {
@@ -250,14 +250,15 @@ impl NodeAgent for AgentService {
         }
         let tty = start.tty.then(|| convert::tty_size(start.size.as_ref()));
         let (mut child, mut resize) = self
-            .blocking(move |runtime| match tty {
-                Some(size) => runtime
-                    .exec_tty(&start.vps_id, &start.command, &start.env, size)
-                    .map(|(child, resize)| (child, Some(resize))),
-                None => runtime
-                    .exec(&start.vps_id, &start.command, &start.env)
-                    .map(|child| (child, None)),
-            })
+            .workers
+            .exec(
+                &start.vps_id,
+                ExecRequest {
+                    command: start.command,
+                    env: start.env,
+                    tty,
+                },
+            )
             .await?;
 
         let (sender, receiver) = mpsc::channel::<Result<v1::ExecOutput, Status>>(32);

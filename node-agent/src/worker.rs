@@ -27,7 +27,8 @@ use crate::applied::{LastApply, MAX_CONCURRENT_APPLIES};
 use crate::network::{Network, NetworkError, PortSpec};
 use crate::runtime::storage::snapshot::COPY_DEADLINE;
 use crate::runtime::{
-    ObservedState, Restored, Runtime, RuntimeError, SnapshotInfo, VpsObserved, VpsSpec,
+    ObservedState, ResizeSender, Restored, Runtime, RuntimeError, SnapshotInfo, TtySize,
+    VpsObserved, VpsSpec,
 };
 
 /// The runtime calls a worker makes: the seam that lets the registry be tested without
@@ -48,7 +49,30 @@ pub trait VpsRuntime: Send + Sync + 'static {
             rule: "snapshots are not supported by this runtime".to_owned(),
         })
     }
+    /// Starts `request`'s command in the running VPS (see [`Runtime::exec`]); must run inside
+    /// a tokio runtime (on a blocking thread).
+    fn exec(&self, vps_id: &str, request: &ExecRequest) -> Result<ExecStarted, RuntimeError> {
+        let _ = (vps_id, request);
+        Err(RuntimeError::InvalidArgument {
+            field: "exec",
+            rule: "exec is not supported by this runtime".to_owned(),
+        })
+    }
 }
+
+/// A command to start in a VPS.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// `KEY=VALUE` entries added to the defaults.
+    pub env: Vec<String>,
+    /// A pseudo-terminal of this size, or plain pipes.
+    pub tty: Option<TtySize>,
+}
+
+/// A started command: the child (its pipes, or the terminal on stdout) and, with a
+/// terminal, the channel that resizes it.
+pub type ExecStarted = (tokio::process::Child, Option<ResizeSender>);
 
 /// A snapshot operation on one VPS, run on its worker like applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +96,15 @@ pub enum SnapshotOutcome {
 impl VpsRuntime for Runtime {
     fn apply(&self, spec: &VpsSpec) -> Result<VpsObserved, RuntimeError> {
         Runtime::apply(self, spec)
+    }
+
+    fn exec(&self, vps_id: &str, request: &ExecRequest) -> Result<ExecStarted, RuntimeError> {
+        match request.tty {
+            Some(size) => Runtime::exec_tty(self, vps_id, &request.command, &request.env, size)
+                .map(|(child, resize)| (child, Some(resize))),
+            None => Runtime::exec(self, vps_id, &request.command, &request.env)
+                .map(|child| (child, None)),
+        }
     }
 
     fn delete(&self, vps_id: &str) -> Result<(), RuntimeError> {
@@ -158,6 +191,10 @@ enum Action {
         op: SnapshotOp,
         reply: Reply<SnapshotOutcome>,
     },
+    Exec {
+        request: ExecRequest,
+        reply: Reply<ExecStarted>,
+    },
 }
 
 /// One worker in the registry.
@@ -239,6 +276,19 @@ impl<R: VpsRuntime> Workers<R> {
         op: SnapshotOp,
     ) -> Result<SnapshotOutcome, WorkerError> {
         self.call(vps_id, |reply| Action::Snapshot { op, reply })
+            .await
+    }
+
+    /// Starts a command in the VPS after its earlier actions: an exec waits for a start or
+    /// stop in progress (a command started in a VPS half up or half down would fail or die),
+    /// but only its start is serialised; its output streams outside the worker, so a long
+    /// shell never holds up the VPS's next apply.
+    pub async fn exec(
+        &self,
+        vps_id: &str,
+        request: ExecRequest,
+    ) -> Result<ExecStarted, WorkerError> {
+        self.call(vps_id, |reply| Action::Exec { request, reply })
             .await
     }
 
@@ -349,6 +399,15 @@ impl<R: VpsRuntime> Worker<R> {
                 Action::Snapshot { op, reply } => {
                     let result = self.snapshot(op).await;
                     let exists = self.exists().await;
+                    let _ = reply.send(result);
+                    exists
+                }
+                Action::Exec { request, reply } => {
+                    let result = self.exec(request).await;
+                    let exists = match &result {
+                        Ok(_) => Some(true),
+                        Err(_) => self.exists().await,
+                    };
                     let _ = reply.send(result);
                     exists
                 }
@@ -466,6 +525,14 @@ impl<R: VpsRuntime> Worker<R> {
         Ok(())
     }
 
+    async fn exec(&self, request: ExecRequest) -> Result<ExecStarted, WorkerError> {
+        let context = self.context.clone();
+        let vps_id = self.vps_id.clone();
+        Ok(self
+            .blocking(move || context.runtime.exec(&vps_id, &request))
+            .await??)
+    }
+
     async fn snapshot(&mut self, op: SnapshotOp) -> Result<SnapshotOutcome, WorkerError> {
         let restore = matches!(op, SnapshotOp::Restore(_));
         if restore {
@@ -529,6 +596,7 @@ mod tests {
         vpses: Mutex<HashMap<String, VpsObserved>>,
         /// Every apply, in order: (vps_id, hostname, power).
         applies: Mutex<Vec<(String, String, Power)>>,
+        execs: Mutex<Vec<String>>,
         in_flight: Mutex<HashMap<String, usize>>,
         most_in_flight: AtomicUsize,
         next_pid: AtomicU64,
@@ -539,6 +607,10 @@ mod tests {
     }
 
     impl FakeRuntime {
+        fn execs(&self) -> Vec<String> {
+            self.execs.lock().expect("lock").clone()
+        }
+
         fn applies(&self) -> Vec<(String, String, Power)> {
             self.applies.lock().expect("lock").clone()
         }
@@ -622,6 +694,21 @@ mod tests {
             Ok(self.vpses.lock().expect("lock").get(vps_id).cloned())
         }
 
+        /// Runs `true` for a running VPS; NotFound for an absent one.
+        fn exec(&self, vps_id: &str, request: &ExecRequest) -> Result<ExecStarted, RuntimeError> {
+            if !self.vpses.lock().expect("lock").contains_key(vps_id) {
+                return Err(RuntimeError::NotFound(vps_id.to_owned()));
+            }
+            self.execs
+                .lock()
+                .expect("lock")
+                .push(request.command.join(" "));
+            let child = tokio::process::Command::new("true")
+                .spawn()
+                .expect("spawn true");
+            Ok((child, None))
+        }
+
         fn snapshot(&self, vps_id: &str, op: &SnapshotOp) -> Result<SnapshotOutcome, RuntimeError> {
             self.enter(vps_id);
             self.leave(vps_id);
@@ -656,6 +743,46 @@ mod tests {
 
     fn workers(runtime: &Arc<FakeRuntime>) -> Workers<FakeRuntime> {
         Workers::new(runtime.clone(), None)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exec_waits_for_the_apply_before_it() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *runtime.held.lock().expect("lock") = Some(held_tx);
+        *runtime.release.lock().expect("lock") = Some(release_rx);
+        let workers = Arc::new(workers(&runtime));
+        workers.apply(request("v1", "a", 0)).await.expect("apply");
+
+        let apply = tokio::spawn({
+            let workers = workers.clone();
+            async move { workers.apply(request("v1", "hold", 0)).await }
+        });
+        held.recv().await.expect("the apply started");
+        let exec = ExecRequest {
+            command: vec!["uptime".to_owned()],
+            env: Vec::new(),
+            tty: None,
+        };
+        let mut started = Box::pin(workers.exec("v1", exec.clone()));
+        assert!(futures::poll!(&mut started).is_pending());
+        assert!(runtime.execs().is_empty(), "the exec ran during the apply");
+        release.send(()).expect("release");
+        apply.await.expect("task").expect("apply");
+        let (mut child, resize) = started.await.expect("exec");
+        assert!(resize.is_none());
+        assert!(child.wait().await.expect("wait").success());
+        assert_eq!(runtime.execs(), ["uptime"]);
+
+        // An exec in a VPS that does not exist is NotFound and leaves no worker.
+        let absent = workers.exec("nothing", exec).await;
+        assert!(
+            matches!(absent, Err(WorkerError::Runtime(RuntimeError::NotFound(_)))),
+            "an exec in an absent VPS: {:?}",
+            absent.err()
+        );
+        assert_eq!(workers.count(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
