@@ -1107,14 +1107,7 @@ impl Store for EtcdStore {
             }
             Ok(Some(update))
         });
-        // The sample changes the VPS's transfer figures, and maybe its limit.
-        if let Ok(Some(update)) = &result {
-            self.watchers.publish(vps_id, |id| self.get_vps(id));
-            if !update.events.is_empty() {
-                self.events_committed.committed();
-            }
-        }
-        result
+        self.usage_recorded(vps_id, result)
     }
 
     fn get_usage_cursor(&self, vps_id: &str) -> Result<Option<UsageCursorRecord>, StoreError> {

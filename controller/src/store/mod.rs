@@ -334,6 +334,21 @@ pub(crate) trait AfterCommit: Store {
         }
         result
     }
+    /// After a committed usage sample: it changes the VPS's transfer figures (and maybe its
+    /// limit), so its watchers hear of it; followers wake only if it appended events.
+    fn usage_recorded(
+        &self,
+        vps_id: &str,
+        result: Result<Option<UsageUpdate>, StoreError>,
+    ) -> Result<Option<UsageUpdate>, StoreError> {
+        if let Ok(Some(update)) = &result {
+            self.vps_watchers().publish(vps_id, |id| self.get_vps(id));
+            if !update.events.is_empty() {
+                self.event_signal().committed();
+            }
+        }
+        result
+    }
 }
 
 impl<S: Store + ?Sized> AfterCommit for S {}
