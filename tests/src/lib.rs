@@ -20,6 +20,26 @@ pub mod tcp;
 
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
 
+/// Polls `check` every 200 ms until it holds; on timeout the error names `what` and carries
+/// the last error `check` returned.
+pub fn poll_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(error) => last_error = Some(error),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})")
+}
+
 /// Runs the CLI with the private config file `dir/cli.toml` (no controller or token from
 /// the environment).
 pub fn cli_in(dir: &Path, args: &[&str]) -> Result<Output> {
@@ -648,20 +668,9 @@ impl Cluster {
         timeout: Duration,
         mut check: impl FnMut(&Self) -> Result<bool>,
     ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut last_error = None;
-        while Instant::now() < deadline {
-            match check(self) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(error) => last_error = Some(error),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bail!(
-            "timed out after {timeout:?} waiting for {what} (last error: {last_error:?})\n--- agent log ---\n{}",
-            self.log("agent.log")
-        )
+        poll_until(what, timeout, || check(self)).map_err(|error| {
+            anyhow::anyhow!("{error}\n--- agent log ---\n{}", self.log("agent.log"))
+        })
     }
 
     pub fn log(&self, name: &str) -> String {

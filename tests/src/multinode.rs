@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{binary, cgroup_mounts, cli_in, cli_ok_in, json_in, purge_cgroup};
+use crate::{binary, cgroup_mounts, cli_in, cli_ok_in, json_in, poll_until, purge_cgroup};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -683,17 +683,7 @@ impl MultiNode {
         timeout: Duration,
         mut check: impl FnMut(&Self) -> Result<bool>,
     ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut last_error = None;
-        while Instant::now() < deadline {
-            match check(self) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(error) => last_error = Some(error),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})")
+        poll_until(what, timeout, || check(self))
     }
 
     /// Nodes, VPSes and the tails of every daemon's log: what a failed scenario prints.
