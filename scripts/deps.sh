@@ -10,10 +10,11 @@ set -euo pipefail
 # it, or reuses a running one; see proc_view in config/agent.toml).
 # systemd: `systemd-analyze verify` checks the units `make install` ships.
 # etcd-server: the store conformance suite and the etcd controller test start a private etcd.
-# protobuf-compiler: the etcd-client crate's build script compiles etcd's protos with protoc.
+# protobuf-compiler, libprotobuf-dev: the etcd-client crate's build script compiles etcd's protos
+# with protoc, which needs the well-known types (google/protobuf/*.proto) from libprotobuf-dev.
 # xfsprogs: the snapshot test makes a reflink-capable xfs (mkfs.xfs -m reflink=1) to test the
 # copy-on-write path for real.
-packages=(busybox-static iproute2 nftables e2fsprogs xfsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd etcd-server protobuf-compiler)
+packages=(busybox-static iproute2 nftables e2fsprogs xfsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
