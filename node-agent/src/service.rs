@@ -21,7 +21,7 @@ use crate::convert;
 use crate::network::Network;
 use crate::runtime::storage::backup::{BackupError, LocalStore};
 use crate::runtime::SnapshotInfo;
-use crate::runtime::{validate_vps_id, Runtime, RuntimeError, SnapshotError};
+use crate::runtime::{validate_vps_id, CheckpointError, Runtime, RuntimeError, SnapshotError};
 use crate::template::{self, TemplateError};
 use crate::worker::{ApplyRequest, ExecRequest, SnapshotOp, SnapshotOutcome, WorkerError, Workers};
 
@@ -486,6 +486,7 @@ pub fn runtime_code(error: &RuntimeError) -> Code {
             SnapshotError::Freezer { .. } | SnapshotError::Io { .. } => Code::Internal,
         },
         RuntimeError::Backup { source, .. } => backup_code(source),
+        RuntimeError::Checkpoint { source, .. } => checkpoint_code(source),
         RuntimeError::InvalidConfig { .. }
         | RuntimeError::TemplateMetadata { .. }
         | RuntimeError::Setup(_)
@@ -514,6 +515,21 @@ fn backup_code(error: &BackupError) -> Code {
         | BackupError::BadManifest { .. }
         | BackupError::NotReady(_) => Code::FailedPrecondition,
         BackupError::Io { .. } | BackupError::Disk(_) | BackupError::Helper(_) => Code::Internal,
+    }
+}
+
+/// CRIU refusing a VPS (or missing on the node), a stopped VPS or images that are not a
+/// complete checkpoint are `FailedPrecondition` with CRIU's reason: retrying does not help,
+/// a cold migration does. A CRIU run past its deadline is `DeadlineExceeded`.
+fn checkpoint_code(error: &CheckpointError) -> Code {
+    match error {
+        CheckpointError::Refused { .. }
+        | CheckpointError::Missing { .. }
+        | CheckpointError::NotRunning
+        | CheckpointError::Running
+        | CheckpointError::NoImages(_) => Code::FailedPrecondition,
+        CheckpointError::Deadline { .. } => Code::DeadlineExceeded,
+        CheckpointError::Io { .. } | CheckpointError::Helper(_) => Code::Internal,
     }
 }
 

@@ -325,7 +325,7 @@ impl Runtime {
 
     /// Creates a VPS: intent marker first, then rootfs dirs and cgroup, then `Ready`. Rolls back
     /// on failure.
-    fn create(&self, spec: &VpsSpec) -> Result<VpsState, RuntimeError> {
+    pub(super) fn create(&self, spec: &VpsSpec) -> Result<VpsState, RuntimeError> {
         let vps_id = spec.vps_id.as_str();
         if !self.layout().template_rootfs(&spec.template).is_dir() {
             return Err(RuntimeError::TemplateMissing(spec.template.clone()));
@@ -543,7 +543,7 @@ impl Runtime {
     }
 
     /// Applies the IO limits to the running VPS's loop device.
-    fn apply_io(&self, st: &VpsState, cgroup: &VpsCgroup) -> Result<(), RuntimeError> {
+    pub(super) fn apply_io(&self, st: &VpsState, cgroup: &VpsCgroup) -> Result<(), RuntimeError> {
         let image = self.rootfs_layout(&st.vps_id, &st.template).disk_image;
         match disk::loop_device_of(&image) {
             Some(device) => {
@@ -610,7 +610,7 @@ impl Runtime {
             })
     }
 
-    fn kill(
+    pub(super) fn kill(
         &self,
         init: Option<&ProcessIdentity>,
         cgroup: &VpsCgroup,
@@ -667,7 +667,7 @@ impl Runtime {
     }
 
     /// The halt signal of `st`'s template: from its metadata, else guessed from its rootfs.
-    fn template_halt_signal(&self, st: &VpsState) -> Result<HaltSignal, RuntimeError> {
+    pub(super) fn template_halt_signal(&self, st: &VpsState) -> Result<HaltSignal, RuntimeError> {
         let dir = self.layout().template_dir(&st.template);
         let (halt_signal, source) =
             metadata::halt_signal(&dir).map_err(|source| RuntimeError::TemplateMetadata {

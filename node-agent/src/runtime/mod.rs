@@ -12,6 +12,7 @@
 //! (`helper_binary __internal ...`, see [`run_internal`]), never in the multi-threaded agent.
 
 pub mod cgroups;
+pub mod checkpoint;
 mod error;
 mod inspect;
 pub mod isolation;
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use self::cgroups::{CgroupError, ALLOWED_CHAR_DEVICES};
+pub use self::checkpoint::{CheckpointError, CheckpointOptions, CheckpointReport, DumpStats};
 use self::cgroups::{CgroupMode, VpsCgroup};
 pub use self::error::RuntimeError;
 pub use self::isolation::capabilities::{self, CapabilityError};
