@@ -45,6 +45,8 @@ pub const CRIU_ENV: &str = "PADDOCK_CRIU";
 pub const DEFAULT_MAX_ROUNDS: u32 = 5;
 /// How long one CRIU run may take before it is killed.
 pub const CRIU_DEADLINE: Duration = Duration::from_secs(10 * 60);
+/// The `PATH` CRIU runs with.
+const CRIU_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Most characters of CRIU's log kept in a refusal's reason.
 const MAX_REASON: usize = 2000;
 /// The final dump's directory under a checkpoint's images directory.
@@ -72,7 +74,7 @@ pub enum CheckpointError {
         source: io::Error,
     },
     /// CRIU refused or failed; `reason` is what its log says.
-    #[error("CRIU cannot {step} this VPS: {reason}")]
+    #[error("{}", refused_message(step, reason))]
     Refused {
         /// `check`, `pre-dump`, `dump` or `restore`.
         step: &'static str,
@@ -109,6 +111,13 @@ pub enum CheckpointError {
         /// The underlying error.
         source: io::Error,
     },
+}
+
+fn refused_message(step: &str, reason: &str) -> String {
+    match step {
+        "check" => format!("CRIU does not work on this node (criu check): {reason}"),
+        _ => format!("CRIU cannot {step} this VPS: {reason}"),
+    }
 }
 
 impl FromIo for CheckpointError {
@@ -219,7 +228,11 @@ pub fn reason_from_log(log: &str) -> String {
         .map(str::trim)
         .collect();
     let lines: Vec<&str> = if errors.is_empty() {
-        let all: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let all: Vec<&str> = log
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         all[all.len().saturating_sub(5)..].to_vec()
     } else {
         errors
@@ -298,6 +311,8 @@ fn run_criu_with(
     let log = format!("{step}.log");
     let mut child = Command::new(&binary)
         .args(args)
+        // CRIU runs iptables-restore and tar by name (helpers run with an empty environment).
+        .env("PATH", CRIU_PATH)
         .arg("--work-dir")
         .arg(work_dir)
         .arg("--log-file")
@@ -608,6 +623,9 @@ impl Runtime {
         cgroup.create().map_err(cgroup_err)?;
         cgroup.apply_limits(&spec.limits).map_err(cgroup_err)?;
         cgroup.apply_device_policy().map_err(cgroup_err)?;
+        if let Some(veth) = &veth {
+            create_veth(vps_id, veth).map_err(err)?;
+        }
         let vps_dir = self.layout().vps_dir(vps_id);
         let request = RestoreRequest {
             vps_id: vps_id.to_owned(),
@@ -632,6 +650,9 @@ impl Runtime {
             Ok(reply) => reply,
             Err(error) => {
                 let error = err(refusal(error));
+                if let Some(veth) = &request.veth {
+                    remove_link(&veth.host_ifname);
+                }
                 // Nothing half-restored may stay in the cgroup.
                 return Err(match self.kill(None, &cgroup, vps_id) {
                     Ok(()) => error,
@@ -650,9 +671,7 @@ impl Runtime {
         st.halt_signal = Some(halt_signal);
         self.save(&st)?;
         match reply.disk_device {
-            Some(device) => cgroup
-                .apply_io(&st.limits, device)
-                .map_err(cgroup_err)?,
+            Some(device) => cgroup.apply_io(&st.limits, device).map_err(cgroup_err)?,
             None => self.apply_io(&st, &cgroup)?,
         }
         Ok(self.observe(&st))
@@ -704,8 +723,7 @@ fn open_tree(dir: &Path, owner: u32) -> Result<(), HelperError> {
         }
     };
     nix::unistd::chown(dir, id, gid).map_err(helper::sys_err("chown checkpoint image"))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o711))
-        .map_err(io_err("chmod", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).map_err(io_err("chmod", dir))?;
     for entry in fs::read_dir(dir).map_err(io_err("read dir", dir))? {
         let path = entry.map_err(io_err("read dir", dir))?.path();
         if path.is_dir() {
@@ -716,6 +734,62 @@ fn open_tree(dir: &Path, owner: u32) -> Result<(), HelperError> {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
                 .map_err(io_err("chmod", &path))?;
         }
+    }
+    Ok(())
+}
+
+/// The temporary host-side name of a restored VPS's eth0 before CRIU moves it in.
+pub fn peer_ifname(vps_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(vps_id.as_bytes()));
+    format!("pcr{}", &digest[..12])
+}
+
+/// Runs `ip` with `args`; its stderr on failure.
+fn ip(args: &[&str]) -> Result<(), CheckpointError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| CheckpointError::Io {
+            operation: "run",
+            path: PathBuf::from("ip"),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(CheckpointError::Io {
+        operation: "ip link",
+        path: PathBuf::from(args.join(" ")),
+        source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+    })
+}
+
+fn remove_link(name: &str) {
+    let _ = Command::new("ip").args(["link", "del", name]).output();
+}
+
+/// The restored VPS's veth pair: the host end on the bridge (up), the peer under
+/// [`peer_ifname`] for CRIU to move in. Leftovers of an earlier try are removed first.
+fn create_veth(vps_id: &str, veth: &VethAttach) -> Result<(), CheckpointError> {
+    let peer = peer_ifname(vps_id);
+    remove_link(&veth.host_ifname);
+    remove_link(&peer);
+    ip(&[
+        "link",
+        "add",
+        &veth.host_ifname,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+    ])?;
+    let attached = ip(&["link", "set", &veth.host_ifname, "master", &veth.bridge])
+        .and_then(|()| ip(&["link", "set", &veth.host_ifname, "up"]));
+    if let Err(error) = attached {
+        remove_link(&veth.host_ifname);
+        return Err(error);
     }
     Ok(())
 }
@@ -819,9 +893,12 @@ fn restore_helper(args: &[std::ffi::OsString]) -> Result<StartReply, RestoreFail
         nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH)
             .map_err(helper::sys_err("unmount below the restore's /dev"))?;
     }
-    let disk_device = fs::metadata(&disk_device)
-        .ok()
-        .map(|meta| (nix::sys::stat::major(meta.rdev()), nix::sys::stat::minor(meta.rdev())));
+    let disk_device = fs::metadata(&disk_device).ok().map(|meta| {
+        (
+            nix::sys::stat::major(meta.rdev()),
+            nix::sys::stat::minor(meta.rdev()),
+        )
+    });
     VpsCgroup::open(&request.cgroup_parent, &request.vps_id).add_process(std::process::id())?;
 
     helper::step("criu restore");
@@ -870,8 +947,12 @@ fn restore_helper(args: &[std::ffi::OsString]) -> Result<StartReply, RestoreFail
         format!("fd[{slave_fd}]:{}", request.console_key),
     ]);
     if let Some(veth) = &request.veth {
+        // The pair is made on the host side beforehand (CRIU, creating links from inside the
+        // VPS's user namespace, may not put an end in the host's network namespace); CRIU
+        // moves the peer in as eth0 with its old index, MAC and addresses.
         criu_args.push("--external".to_owned());
-        criu_args.push(format!("veth[eth0]:{}@{}", veth.host_ifname, veth.bridge));
+        criu_args.push(format!("netdev[eth0]:{}", peer_ifname(&request.vps_id)));
+        let _ = &veth.bridge;
     }
     match run_criu_with(
         &request.criu,
@@ -912,8 +993,14 @@ mod tests {
         assert!(another_round(&[written(1000)], 5));
         assert!(another_round(&[written(1000), written(200)], 5));
         // No longer shrinking: the final dump would not be shorter.
-        assert!(!another_round(&[written(1000), written(200), written(200)], 5));
-        assert!(!another_round(&[written(1000), written(200), written(300)], 5));
+        assert!(!another_round(
+            &[written(1000), written(200), written(200)],
+            5
+        ));
+        assert!(!another_round(
+            &[written(1000), written(200), written(300)],
+            5
+        ));
         // The limit.
         let shrinking: Vec<_> = (0..5).map(|i| written(1000 - i * 100)).collect();
         assert!(!another_round(&shrinking, 5));
@@ -945,8 +1032,14 @@ mod tests {
                    (00.003) Warn  (criu/kerndat.c:1): something\n\
                    (00.004) Error (criu/crtools.c:260): Could not initialize kernel features detection.\n";
         let reason = reason_from_log(log);
-        assert!(reason.contains("Unexpected rt vDSO area bounds"), "{reason}");
-        assert!(reason.contains("Could not initialize kernel features"), "{reason}");
+        assert!(
+            reason.contains("Unexpected rt vDSO area bounds"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("Could not initialize kernel features"),
+            "{reason}"
+        );
         assert!(!reason.contains("Warn"), "{reason}");
         // Without Error lines, the log's tail.
         assert_eq!(reason_from_log("a\nb\n"), "a; b");

@@ -31,8 +31,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use self::cgroups::{CgroupError, ALLOWED_CHAR_DEVICES};
-pub use self::checkpoint::{CheckpointError, CheckpointOptions, CheckpointReport, DumpStats};
 use self::cgroups::{CgroupMode, VpsCgroup};
+pub use self::checkpoint::{CheckpointError, CheckpointOptions, CheckpointReport, DumpStats};
 pub use self::error::RuntimeError;
 pub use self::isolation::capabilities::{self, CapabilityError};
 pub use self::isolation::device_filter;

@@ -225,7 +225,12 @@ impl RootfsLayout {
     /// The VPS's /dev as a start makes it (a tmpfs with the allowed device nodes, `console`
     /// as /dev/console), mounted at `dir` (an existing directory) instead of inside the
     /// rootfs: a CRIU restore takes it as the external mount it dumped /dev as.
-    pub fn mount_dev_at(&self, dir: &Path, ids: IdRange, console: &Path) -> Result<(), RootfsError> {
+    pub fn mount_dev_at(
+        &self,
+        dir: &Path,
+        ids: IdRange,
+        console: &Path,
+    ) -> Result<(), RootfsError> {
         mount_dev(dir, console, ids)
     }
 
