@@ -19,9 +19,12 @@ use tracing::warn;
 
 use crate::convert;
 use crate::network::Network;
+use crate::runtime::checkpoint;
 use crate::runtime::storage::backup::{BackupError, LocalStore};
 use crate::runtime::SnapshotInfo;
-use crate::runtime::{validate_vps_id, CheckpointError, Runtime, RuntimeError, SnapshotError};
+use crate::runtime::{
+    validate_vps_id, CheckpointError, CheckpointOptions, Runtime, RuntimeError, SnapshotError,
+};
 use crate::template::{self, TemplateError};
 use crate::worker::{ApplyRequest, ExecRequest, SnapshotOp, SnapshotOutcome, WorkerError, Workers};
 
@@ -36,6 +39,75 @@ pub struct AgentService {
 }
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Bytes per data message of a checkpoint transfer.
+const TRANSFER_CHUNK: usize = 1 << 20;
+
+/// Turns what a blocking writer writes into `data` messages of a checkpoint stream.
+struct ChunkWriter {
+    sender: mpsc::Sender<Result<v1::AgentCheckpointChunk, Status>>,
+    buffer: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(TRANSFER_CHUNK));
+        self.sender
+            .blocking_send(Ok(v1::AgentCheckpointChunk {
+                item: Some(v1::agent_checkpoint_chunk::Item::Data(data)),
+            }))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = TRANSFER_CHUNK - self.buffer.len();
+        let taken = bytes.len().min(room);
+        self.buffer.extend_from_slice(&bytes[..taken]);
+        if self.buffer.len() >= TRANSFER_CHUNK {
+            self.send_buffer()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_buffer()
+    }
+}
+
+/// Reads the `data` messages of an upload as one byte stream (on a blocking thread).
+struct ChunkReader {
+    receiver: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl ChunkReader {
+    fn new(receiver: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            receiver,
+            current: std::io::Cursor::new(Vec::new()),
+        }
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let read = std::io::Read::read(&mut self.current, out)?;
+            if read > 0 || out.is_empty() {
+                return Ok(read);
+            }
+            match self.receiver.recv() {
+                Ok(next) => self.current = std::io::Cursor::new(next),
+                Err(_) => return Ok(0),
+            }
+        }
+    }
+}
 
 impl AgentService {
     pub fn new(runtime: Arc<Runtime>, state_dir: PathBuf) -> Self {
@@ -223,6 +295,104 @@ impl NodeAgent for AgentService {
                 })
                 .collect(),
         }))
+    }
+
+    type CheckpointVpsStream = OutputStream<v1::AgentCheckpointChunk>;
+
+    async fn checkpoint_vps(
+        &self,
+        request: Request<v1::AgentCheckpointRequest>,
+    ) -> Result<Response<Self::CheckpointVpsStream>, Status> {
+        use v1::agent_checkpoint_chunk::Item;
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        validate_vps_id(&request.vps_id)?;
+        let vps_id = request.vps_id;
+        let mut options = CheckpointOptions::default();
+        if request.max_rounds > 0 {
+            options.max_rounds = request.max_rounds;
+        }
+        let images = self.runtime.checkpoint_dir(&vps_id)?;
+        let report = self
+            .workers
+            .checkpoint(&vps_id, images.clone(), options)
+            .await?;
+        let disk = self.runtime.disk_image_path(&vps_id)?;
+        let (sender, receiver) = mpsc::channel(8);
+        let _ = sender
+            .send(Ok(v1::AgentCheckpointChunk {
+                item: Some(Item::Report(convert::checkpoint_report(&report))),
+            }))
+            .await;
+        tokio::task::spawn_blocking(move || {
+            let out = ChunkWriter {
+                sender: sender.clone(),
+                buffer: Vec::with_capacity(TRANSFER_CHUNK),
+            };
+            if let Err(error) = checkpoint::pack_transfer(&images, &disk, out) {
+                warn!(%vps_id, %error, "checkpoint transfer failed");
+                let _ = sender.blocking_send(Err(Status::internal(error.to_string())));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        request: Request<Streaming<v1::AgentCheckpointUpload>>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        use v1::agent_checkpoint_upload::Item;
+        self.authorize(&request)?;
+        let mut inbound = request.into_inner();
+        let wire = match inbound.message().await? {
+            Some(v1::AgentCheckpointUpload {
+                item: Some(Item::Spec(spec)),
+            }) => spec,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "spec: the first RestoreCheckpoint message must carry the spec",
+                ))
+            }
+        };
+        let spec = convert::spec(&wire)?;
+        let port = convert::port_spec(&wire)?;
+        let vps_id = spec.vps_id.clone();
+        let images = self.runtime.checkpoint_dir(&vps_id)?;
+        // The upload is unpacked as it arrives, on a blocking thread reading a pipe.
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let target = images.clone();
+        let unpack = tokio::task::spawn_blocking(move || {
+            checkpoint::unpack_transfer(ChunkReader::new(receiver), &target)
+        });
+        while let Some(message) = inbound.message().await? {
+            if let Some(Item::Data(data)) = message.item {
+                if sender.send(data).is_err() {
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        unpack
+            .await
+            .map_err(|error| Status::internal(format!("unpack task failed: {error}")))?
+            .map_err(|source| {
+                Status::from(RuntimeError::Checkpoint {
+                    vps_id: vps_id.clone(),
+                    source,
+                })
+            })?;
+        let observed = self
+            .workers
+            .restore_checkpoint(
+                ApplyRequest {
+                    spec,
+                    port,
+                    encoded: prost::Message::encode_to_vec(&wire),
+                },
+                images,
+            )
+            .await?;
+        Ok(Response::new(convert::status(&observed)))
     }
 
     type ExecStream = OutputStream<v1::ExecOutput>;
@@ -527,6 +697,7 @@ fn checkpoint_code(error: &CheckpointError) -> Code {
         | CheckpointError::Missing { .. }
         | CheckpointError::NotRunning
         | CheckpointError::Running
+        | CheckpointError::IdRangeMismatch { .. }
         | CheckpointError::NoImages(_) => Code::FailedPrecondition,
         CheckpointError::Deadline { .. } => Code::DeadlineExceeded,
         CheckpointError::Io { .. } | CheckpointError::Helper(_) => Code::Internal,

@@ -12,6 +12,7 @@ mod control_plane;
 mod density;
 mod fleet;
 mod limits;
+mod live_migration;
 mod network;
 mod snapshot;
 mod start_latency;
@@ -60,6 +61,11 @@ pub const ALL: &[Scenario] = &[
         name: "snapshot",
         title: "Snapshot: time and bytes of a running VPS's disk snapshot (reflink or sparse copy)",
         run: snapshot::run,
+    },
+    Scenario {
+        name: "live-migration",
+        title: "Live migration: CRIU checkpoint + restore of a running VPS, downtime of a 10 ms TCP echo",
+        run: live_migration::run,
     },
     Scenario {
         name: "agent-restart",

@@ -49,6 +49,8 @@ pub const CRIU_DEADLINE: Duration = Duration::from_secs(10 * 60);
 const CRIU_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Most characters of CRIU's log kept in a refusal's reason.
 const MAX_REASON: usize = 2000;
+/// The VPS's disk image in a transferred checkpoint (beside CRIU's images).
+pub const DISK_FILE: &str = "disk.img";
 /// The final dump's directory under a checkpoint's images directory.
 pub const FINAL_DIR: &str = "final";
 
@@ -95,6 +97,17 @@ pub enum CheckpointError {
     /// The images directory holds no complete checkpoint.
     #[error("no complete checkpoint in {0}")]
     NoImages(PathBuf),
+    /// The checkpoint's user namespace maps other host ids than this node gave the VPS.
+    #[error(
+        "the checkpoint maps host ids from {checkpoint} but this node gave the VPS ids from \
+         {node}; a live restore needs the same range (a cold migration shifts ownership)"
+    )]
+    IdRangeMismatch {
+        /// The first host id in the checkpoint.
+        checkpoint: u32,
+        /// The first host id here.
+        node: u32,
+    },
     /// The VPS runs already (a restore needs it stopped).
     #[error("the VPS is running; a checkpoint is restored into a stopped VPS")]
     Running,
@@ -194,6 +207,9 @@ pub struct CheckpointMeta {
     pub console_key: String,
     /// The init's host pid when it was dumped.
     pub init_pid: u32,
+    /// The host id range the VPS's user namespace mapped: CRIU restores the namespace with
+    /// these maps, so the restoring node must give the VPS the same range.
+    pub ids: IdRange,
 }
 
 /// Where the host end of a restored VPS's veth goes.
@@ -517,10 +533,18 @@ impl Runtime {
         let console = console_key(init.pid).map_err(err)?;
         args.push("--external".to_owned());
         args.push(console.clone());
+        let ids = st.ids.ok_or_else(|| {
+            err(CheckpointError::Io {
+                operation: "read the id range of",
+                path: self.layout().state_file(vps_id),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            })
+        })?;
         let meta = CheckpointMeta {
             vps_id: vps_id.to_owned(),
             console_key: console.clone(),
             init_pid: init.pid,
+            ids,
         };
         let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         fsutil::write_atomic(&images_dir.join(META_FILE), &json)
@@ -544,6 +568,68 @@ impl Runtime {
             images_dir: images_dir.to_path_buf(),
         })
     }
+}
+
+impl Runtime {
+    /// A fresh directory path for a checkpoint of `vps_id` (`vps/<id>/checkpoints/<nanos>`,
+    /// so it goes when the VPS is deleted; not created).
+    pub fn checkpoint_dir(&self, vps_id: &str) -> Result<PathBuf, RuntimeError> {
+        validate_vps_id(vps_id)?;
+        let base = self.layout().vps_dir(vps_id).join("checkpoints");
+        fsutil::create_private_dir_all(&base)
+            .map_err(CheckpointError::from)
+            .map_err(|source| RuntimeError::Checkpoint {
+                vps_id: vps_id.to_owned(),
+                source,
+            })?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Ok(base.join(nanos.to_string()))
+    }
+
+    /// The VPS's disk image (what a transfer carries beside the images).
+    pub fn disk_image_path(&self, vps_id: &str) -> Result<PathBuf, RuntimeError> {
+        let st = self
+            .load(vps_id)?
+            .ok_or_else(|| RuntimeError::NotFound(vps_id.to_owned()))?;
+        Ok(self.rootfs_layout(vps_id, &st.template).disk_image)
+    }
+}
+
+/// Writes the transfer of a checkpoint to `out`: a tar of CRIU's images (`images_dir`) with
+/// the VPS's disk image as [`DISK_FILE`].
+pub fn pack_transfer(
+    images_dir: &Path,
+    disk_image: &Path,
+    out: impl io::Write,
+) -> Result<(), CheckpointError> {
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", images_dir)
+        .map_err(CheckpointError::io_err("archive", images_dir))?;
+    tar.append_path_with_name(disk_image, DISK_FILE)
+        .map_err(CheckpointError::io_err("archive", disk_image))?;
+    tar.into_inner()
+        .and_then(|mut out| out.flush())
+        .map_err(CheckpointError::io_err("finish archive of", images_dir))?;
+    Ok(())
+}
+
+/// Unpacks a transfer ([`pack_transfer`]) into `images_dir` (created, root-only). Entries
+/// that would land outside it are refused by the tar reader.
+pub fn unpack_transfer(input: impl Read, images_dir: &Path) -> Result<(), CheckpointError> {
+    fsutil::create_private_dir_all(images_dir)?;
+    let mut archive = tar::Archive::new(input);
+    archive.set_preserve_permissions(true);
+    archive
+        .unpack(images_dir)
+        .map_err(CheckpointError::io_err("unpack transfer into", images_dir))?;
+    if !images_dir.join(META_FILE).is_file() {
+        return Err(CheckpointError::NoImages(images_dir.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// The restore helper's request.
@@ -612,6 +698,22 @@ impl Runtime {
         })?;
         let halt_signal = self.template_halt_signal(&st)?;
         let ids = self.allocate_ids(&mut st)?;
+        if ids != meta.ids {
+            return Err(err(CheckpointError::IdRangeMismatch {
+                checkpoint: meta.ids.host_base,
+                node: ids.host_base,
+            }));
+        }
+        // A transfer from another node carries the disk beside the images.
+        let carried = images_dir.join(DISK_FILE);
+        if carried.is_file() {
+            fs::rename(&carried, &rootfs.disk_image)
+                .map_err(CheckpointError::io_err(
+                    "move the carried disk into",
+                    &rootfs.disk_image,
+                ))
+                .map_err(err)?;
+        }
         super::lifecycle::wait_for_detach(&rootfs.disk_image);
         let cgroup = self.cgroup(vps_id);
         let cgroup_err = |source| RuntimeError::Cgroup {
