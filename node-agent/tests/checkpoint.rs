@@ -242,11 +242,28 @@ fn a_running_vps_is_checkpointed_and_restored_with_its_memory_pids_limits_and_tc
     wait_until("the dumped init to go", WAIT, || !pid_running(init_pid));
     let observed = fx.runtime.status(&vps_id).expect("status").expect("exists");
     assert_eq!(observed.init_pid, None, "{observed:?}");
+    // Through the transfer format a move uses (CheckpointVps streams it, RestoreCheckpoint
+    // unpacks it): CRIU's images and the disk image, which the restore moves into place.
+    let transfer = fx.state_dir.path().join("transfer.tar");
+    let disk = fx.runtime.disk_image_path(&vps_id).expect("disk path");
+    checkpoint::pack_transfer(
+        &images,
+        &disk,
+        std::fs::File::create(&transfer).expect("transfer file"),
+    )
+    .expect("pack");
+    let received = fx.runtime.checkpoint_dir(&vps_id).expect("checkpoint dir");
+    checkpoint::unpack_transfer(
+        std::fs::File::open(&transfer).expect("transfer file"),
+        &received,
+    )
+    .expect("unpack");
+    assert!(received.join(checkpoint::DISK_FILE).is_file());
     let restored = fx
         .runtime
         .restore_checkpoint(
             &spec,
-            &images,
+            &received,
             Some(VethAttach {
                 host_ifname: net.host_end.clone(),
                 bridge: net.bridge.clone(),
@@ -278,6 +295,10 @@ fn a_running_vps_is_checkpointed_and_restored_with_its_memory_pids_limits_and_tc
     wait_until("the counter to go on", WAIT, || {
         count(&fx.runtime, &vps_id) > count_after
     });
+    assert!(
+        !received.join(checkpoint::DISK_FILE).exists(),
+        "the carried disk was moved into place"
+    );
     // The TCP connection made before the checkpoint still carries data both ways.
     echo_round(&mut stream, &mut reader, "after restore");
     // The limits still apply: the restored processes are in the VPS's cgroup, which has them.

@@ -1128,6 +1128,46 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_carries_the_images_and_the_disk_and_needs_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = dir.path().join("images");
+        fs::create_dir_all(images.join(FINAL_DIR)).expect("mkdir");
+        fs::write(images.join(META_FILE), b"{}").expect("meta");
+        fs::write(images.join(FINAL_DIR).join("core-1.img"), b"core").expect("image");
+        let disk = dir.path().join("disk.img");
+        fs::write(&disk, b"disk bytes").expect("disk");
+        let mut tar = Vec::new();
+        pack_transfer(&images, &disk, &mut tar).expect("pack");
+        let received = dir.path().join("received");
+        unpack_transfer(tar.as_slice(), &received).expect("unpack");
+        assert_eq!(
+            fs::read(received.join(FINAL_DIR).join("core-1.img")).expect("image"),
+            b"core"
+        );
+        assert_eq!(
+            fs::read(received.join(DISK_FILE)).expect("disk"),
+            b"disk bytes"
+        );
+
+        // Without the checkpoint's record it is no checkpoint.
+        fs::remove_file(images.join(META_FILE)).expect("rm");
+        let mut tar = Vec::new();
+        pack_transfer(&images, &disk, &mut tar).expect("pack");
+        let error =
+            unpack_transfer(tar.as_slice(), &dir.path().join("other")).expect_err("no record");
+        assert!(matches!(error, CheckpointError::NoImages(_)), "{error:?}");
+        // A truncated transfer fails.
+        let error = unpack_transfer(&tar[..700], &dir.path().join("cut")).expect_err("cut");
+        assert!(
+            matches!(
+                error,
+                CheckpointError::Io { .. } | CheckpointError::NoImages(_)
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
     fn the_reason_is_criu_s_error_lines() {
         let log = "(00.000001) Version: 3.17.1\n\
                    (00.002) Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n\
