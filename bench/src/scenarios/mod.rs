@@ -8,6 +8,7 @@ use crate::Options;
 
 mod agent_restart;
 mod api_path;
+mod backup;
 mod control_plane;
 mod density;
 mod fleet;
@@ -66,6 +67,11 @@ pub const ALL: &[Scenario] = &[
         name: "live-migration",
         title: "Live migration: CRIU checkpoint + restore of a running VPS, downtime of a 10 ms TCP echo",
         run: live_migration::run,
+    },
+    Scenario {
+        name: "backup",
+        title: "Backup: throughput of a running VPS's backup and its restore (zstd tar, SHA-256)",
+        run: backup::run,
     },
     Scenario {
         name: "agent-restart",
