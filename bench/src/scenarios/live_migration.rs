@@ -54,9 +54,8 @@ fn longest_gap(answers: &[Instant]) -> Duration {
 pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     let probe = tempfile::tempdir().context("tempdir")?;
     if let Err(error) = checkpoint::check(probe.path()) {
-        report.note(format!("not measured: {error}"));
         eprintln!("live-migration: {error}");
-        return Ok(());
+        return refusal_only(options, report, &error.to_string());
     }
     let iterations = options.iterations(5, 1);
     let mut node = Node::start_with_view(options, true, ProcView::Host)?;
@@ -205,6 +204,49 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
              copied while frozen)"
         },
         checkpoint::criu_binary().display()
+    ));
+    node.delete(&vps_id)?;
+    Ok(())
+}
+
+/// Where CRIU does not work on the node: measures only how long a checkpoint takes to be
+/// refused with CRIU's reason, and checks the VPS kept running.
+fn refusal_only(options: &Options, report: &mut ScenarioReport, why: &str) -> Result<()> {
+    let iterations = options.iterations(5, 1);
+    let mut node = Node::start_with_view(options, false, ProcView::Host)?;
+    let limits = Limits {
+        vcpus: 1.0,
+        memory_bytes: 128 * MIB,
+        pids_max: 256,
+        disk_bytes: 128 * MIB,
+        ..Limits::default()
+    };
+    let vps_id = format!("live-{}", unique_tag());
+    let pid = node.create_start(&vps_id, &limits, None)?;
+    let mut refusals = Samples::new();
+    for i in 0..iterations {
+        let images = node.state_dir().join(format!("refused-{i}"));
+        let started = Instant::now();
+        match node
+            .runtime
+            .checkpoint(&vps_id, &images, CheckpointOptions::default())
+        {
+            Ok(_) => bail!("checkpoint succeeded although criu check failed"),
+            Err(_) => refusals.push_ms(started.elapsed()),
+        }
+        let observed = node.runtime.status(&vps_id)?.context("VPS gone")?;
+        if observed.init_pid != Some(pid) {
+            bail!("a refused checkpoint changed the VPS: {observed:?}");
+        }
+    }
+    report.row(Row::median(
+        "checkpoint refused (CRIU does not work here), time to the error",
+        "ms",
+        &refusals,
+    )?);
+    report.note(format!(
+        "downtime not measured: {why} The VPS kept running with the same init through \
+         every refused checkpoint."
     ));
     node.delete(&vps_id)?;
     Ok(())
