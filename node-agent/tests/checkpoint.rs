@@ -59,8 +59,11 @@ struct TestNet {
 
 impl TestNet {
     fn new(init_pid: u32) -> Self {
-        let n = std::process::id() % 200 + 20;
-        let tag = format!("{:x}", std::process::id());
+        // Unique per test of this process (two use a net) and per process.
+        static NETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n = (std::process::id() % 100) * 2 + 20 + k % 2;
+        let tag = format!("{:x}x{k}", std::process::id());
         let net = Self {
             bridge: format!("pckb{tag}"),
             host_end: format!("pckv{tag}"),
@@ -432,4 +435,138 @@ fn a_stopped_vps_cannot_be_checkpointed() {
         ),
         Err(RuntimeError::NotFound(_))
     ));
+}
+
+#[test]
+fn a_running_vps_moves_live_to_another_node_and_keeps_its_tcp_connection() {
+    if !require_root() {
+        return;
+    }
+    if !criu_works() {
+        // The refusal is what the tests above check.
+        return;
+    }
+    // Two runtimes with their own state dirs and cgroup parents: two nodes on one kernel,
+    // their VPS ports on one bridge (the network a move keeps its addresses on).
+    let mut source = Fixture::with_proc_view(ProcView::Host);
+    let mut destination = Fixture::with_proc_view(ProcView::Host);
+    let vps_id = source.new_vps_id();
+    destination.vps_ids.push(vps_id.clone());
+    let spec = spec(&vps_id, small_limits());
+    let init_pid = running_pid(&source.runtime.apply(&spec).expect("create"));
+    let net = TestNet::new(init_pid);
+    let counter_pid = start_counter(&source.runtime, &vps_id);
+    sh_ok(
+        &source.runtime,
+        &vps_id,
+        "setsid nc -l -p 7000 -e cat >/dev/null 2>&1 </dev/null &",
+    );
+    let address = format!("{}:7000", net.vps_addr);
+    let mut stream = None;
+    wait_until("the echo server", WAIT, || {
+        stream = TcpStream::connect(&address).ok();
+        stream.is_some()
+    });
+    let mut stream = stream.expect("connected");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    echo_round(&mut stream, &mut reader, "on the source");
+    sh_ok(&source.runtime, &vps_id, "echo kept > /on-disk");
+
+    let source_ids = source.runtime.id_range(&vps_id).expect("ids");
+    let images = source.runtime.checkpoint_dir(&vps_id).expect("dir");
+    source
+        .runtime
+        .checkpoint(&vps_id, &images, CheckpointOptions::default())
+        .expect("checkpoint");
+    let mut transfer = Vec::new();
+    checkpoint::pack_transfer(
+        &images,
+        &source.runtime.disk_image_path(&vps_id).expect("disk"),
+        &mut transfer,
+    )
+    .expect("pack");
+    // The destination has never seen the VPS.
+    assert!(destination
+        .runtime
+        .status(&vps_id)
+        .expect("status")
+        .is_none());
+    let received = destination.runtime.checkpoint_dir(&vps_id).expect("dir");
+    checkpoint::unpack_transfer(transfer.as_slice(), &received).expect("unpack");
+    // While another VPS holds the host ids the checkpoint maps, the restore is refused and
+    // leaves nothing of the VPS on the destination.
+    let blocker = destination.new_vps_id();
+    let mut blocker_spec = common::spec(&blocker, small_limits());
+    blocker_spec.power = paddock_agent::runtime::Power::Stopped;
+    destination.runtime.apply(&blocker_spec).expect("blocker");
+    let taken = destination.runtime.id_range(&blocker).expect("ids");
+    let refused = destination
+        .runtime
+        .restore_checkpoint(&spec, &received, None)
+        .expect_err("ids taken");
+    if taken == source_ids {
+        assert!(
+            matches!(
+                refused,
+                RuntimeError::Checkpoint {
+                    source: CheckpointError::IdRangeMismatch { .. },
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(runtime_code(&refused), tonic::Code::FailedPrecondition);
+        assert!(destination
+            .runtime
+            .status(&vps_id)
+            .expect("status")
+            .is_none());
+    } else {
+        panic!("the blocker got {taken:?}, not the VPS's {source_ids:?}: {refused:?}");
+    }
+    destination
+        .runtime
+        .delete(&blocker)
+        .expect("delete blocker");
+    let restored = destination
+        .runtime
+        .restore_checkpoint(
+            &spec,
+            &received,
+            Some(VethAttach {
+                host_ifname: net.host_end.clone(),
+                bridge: net.bridge.clone(),
+            }),
+        )
+        .expect("restore on the destination");
+    let new_init = running_pid(&restored);
+    assert_eq!(inner_pid(new_init), "1");
+    // The source's stopped copy goes, as a move's cleanup does; the VPS runs on.
+    source
+        .runtime
+        .delete(&vps_id)
+        .expect("delete on the source");
+    assert!(source.runtime.status(&vps_id).expect("status").is_none());
+    assert_eq!(
+        sh_ok(&destination.runtime, &vps_id, "cat /counter.pid").trim(),
+        counter_pid
+    );
+    assert_eq!(
+        sh_ok(&destination.runtime, &vps_id, "cat /on-disk").trim(),
+        "kept"
+    );
+    let now = count(&destination.runtime, &vps_id);
+    wait_until("the counter to go on", WAIT, || {
+        count(&destination.runtime, &vps_id) > now
+    });
+    echo_round(&mut stream, &mut reader, "on the destination");
+    let cgroup = std::fs::read_to_string(format!("/proc/{new_init}/cgroup")).expect("cgroup");
+    assert!(cgroup.contains(&destination.cgroup_parent), "{cgroup}");
+    assert_eq!(
+        cgroup_value(&destination.runtime, &vps_id, &["pids.max"]),
+        "256"
+    );
+    let _ = stream.shutdown(Shutdown::Both);
+    destination.runtime.delete(&vps_id).expect("delete");
 }

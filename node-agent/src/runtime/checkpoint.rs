@@ -97,15 +97,16 @@ pub enum CheckpointError {
     /// The images directory holds no complete checkpoint.
     #[error("no complete checkpoint in {0}")]
     NoImages(PathBuf),
-    /// The checkpoint's user namespace maps other host ids than this node gave the VPS.
+    /// The checkpoint's user namespace maps other host ids than this node can give the VPS.
     #[error(
-        "the checkpoint maps host ids from {checkpoint} but this node gave the VPS ids from \
-         {node}; a live restore needs the same range (a cold migration shifts ownership)"
+        "the checkpoint maps host ids from {checkpoint}, which this node cannot give the VPS \
+         ({}); a live restore needs the same range (a cold migration shifts ownership)",
+        if *node == 0 { "another VPS or a host user has them".to_owned() } else { format!("it has ids from {node}") }
     )]
     IdRangeMismatch {
         /// The first host id in the checkpoint.
         checkpoint: u32,
-        /// The first host id here.
+        /// The first host id the VPS has here (0: it has none, the checkpoint's are taken).
         node: u32,
     },
     /// The VPS runs already (a restore needs it stopped).
@@ -686,7 +687,24 @@ impl Runtime {
                     source: CheckpointError::NoImages(images_dir.to_path_buf()),
                 })
             }
-            None => self.create(spec)?,
+            None => {
+                // New on this node: it must get the range its user namespace maps.
+                let reserved =
+                    self.inner
+                        .ids
+                        .allocate_exact(vps_id, meta.ids)
+                        .map_err(|source| RuntimeError::Idmap {
+                            vps_id: vps_id.to_owned(),
+                            source,
+                        })?;
+                if !reserved {
+                    return Err(err(CheckpointError::IdRangeMismatch {
+                        checkpoint: meta.ids.host_base,
+                        node: 0,
+                    }));
+                }
+                self.create(spec)?
+            }
         };
         if self.live_init(&st)?.is_some() {
             return Err(err(CheckpointError::Running));
