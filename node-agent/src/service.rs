@@ -869,10 +869,82 @@ mod tests {
                 template_status(TemplateError::Unknown { name: "x".into() }),
                 Code::Internal,
             ),
+            (
+                RuntimeError::Checkpoint {
+                    vps_id: "v1".into(),
+                    source: CheckpointError::Refused {
+                        step: "dump",
+                        reason: "Error (mount.c): no proper root mount".into(),
+                    },
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::Checkpoint {
+                    vps_id: "v1".into(),
+                    source: CheckpointError::IdRangeMismatch {
+                        checkpoint: 100_000,
+                        node: 0,
+                    },
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::Checkpoint {
+                    vps_id: "v1".into(),
+                    source: CheckpointError::Deadline {
+                        step: "dump",
+                        limit: std::time::Duration::from_secs(1),
+                    },
+                }
+                .into(),
+                Code::DeadlineExceeded,
+            ),
         ];
         for (status, code) in cases {
             assert_eq!(status.code(), code, "{status:?}");
             assert!(!status.message().is_empty(), "{status:?}");
         }
+    }
+
+    #[test]
+    fn a_transfer_goes_through_the_chunk_writer_and_reader_unchanged() {
+        let bytes: Vec<u8> = (0..(TRANSFER_CHUNK * 2 + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (sender, mut receiver) = mpsc::channel(64);
+        let written = bytes.clone();
+        let writer = std::thread::spawn(move || {
+            let mut out = ChunkWriter {
+                sender,
+                buffer: Vec::new(),
+            };
+            std::io::Write::write_all(&mut out, &written).expect("write");
+            std::io::Write::flush(&mut out).expect("flush");
+        });
+        let mut chunks = Vec::new();
+        while let Some(message) = receiver.blocking_recv() {
+            match message.expect("ok").item {
+                Some(v1::agent_checkpoint_chunk::Item::Data(data)) => chunks.push(data),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        writer.join().expect("writer");
+        assert_eq!(chunks.len(), 3, "two full chunks and the rest");
+        assert!(chunks.iter().all(|c| c.len() <= TRANSFER_CHUNK));
+        let (upload, chunk_receiver) = std::sync::mpsc::sync_channel(8);
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut ChunkReader::new(chunk_receiver), &mut all)
+                .expect("read");
+            all
+        });
+        for chunk in chunks {
+            upload.send(chunk).expect("send");
+        }
+        drop(upload);
+        assert_eq!(reader.join().expect("reader"), bytes);
     }
 }
