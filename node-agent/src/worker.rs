@@ -870,6 +870,101 @@ mod tests {
             ));
             Ok(SnapshotOutcome::Deleted)
         }
+
+        fn checkpoint(
+            &self,
+            vps_id: &str,
+            images: &std::path::Path,
+            _options: CheckpointOptions,
+        ) -> Result<CheckpointReport, RuntimeError> {
+            let mut vpses = self.vpses.lock().expect("lock");
+            let vps = vpses
+                .get_mut(vps_id)
+                .ok_or_else(|| RuntimeError::NotFound(vps_id.to_owned()))?;
+            let init_pid = vps
+                .init_pid
+                .take()
+                .ok_or_else(|| RuntimeError::NotRunning(vps_id.to_owned()))?;
+            vps.state = ObservedState::Stopped;
+            self.applies.lock().expect("lock").push((
+                vps_id.to_owned(),
+                "checkpoint".to_owned(),
+                Power::Stopped,
+            ));
+            Ok(CheckpointReport {
+                dirty_tracking: false,
+                rounds: Vec::new(),
+                final_dump: crate::runtime::DumpStats::default(),
+                init_pid,
+                image_bytes: 1,
+                total: std::time::Duration::ZERO,
+                images_dir: images.to_path_buf(),
+            })
+        }
+
+        fn restore_checkpoint(
+            &self,
+            spec: &VpsSpec,
+            _images: &std::path::Path,
+            veth: Option<VethAttach>,
+        ) -> Result<VpsObserved, RuntimeError> {
+            assert!(veth.is_none(), "no network in these tests");
+            self.applies.lock().expect("lock").push((
+                spec.vps_id.clone(),
+                "restore".to_owned(),
+                Power::Running,
+            ));
+            let observed = VpsObserved {
+                vps_id: spec.vps_id.clone(),
+                hostname: spec.hostname.clone(),
+                state: ObservedState::Running,
+                init_pid: Some(4242),
+                message: String::new(),
+            };
+            self.vpses
+                .lock()
+                .expect("lock")
+                .insert(spec.vps_id.clone(), observed.clone());
+            Ok(observed)
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoint_and_restore_run_on_the_vps_worker_in_order() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let workers = workers(&runtime);
+        let first = workers.apply(request("v1", "a", 0)).await.expect("apply");
+        let report = workers
+            .checkpoint("v1", "/images".into(), CheckpointOptions::default())
+            .await
+            .expect("checkpoint");
+        assert_eq!(Some(report.init_pid), first.init_pid);
+        let after = workers.status("v1").await.expect("status").expect("exists");
+        assert_eq!(after.state, ObservedState::Stopped);
+        // A second checkpoint finds nothing running.
+        let error = workers
+            .checkpoint("v1", "/images".into(), CheckpointOptions::default())
+            .await
+            .expect_err("not running");
+        assert!(
+            matches!(error, WorkerError::Runtime(RuntimeError::NotRunning(_))),
+            "{error:?}"
+        );
+        let restored = workers
+            .restore_checkpoint(request("v1", "a", 0), "/images".into())
+            .await
+            .expect("restore");
+        assert_eq!(restored.init_pid, Some(4242));
+        // The same spec applied after the restore goes to the runtime (the last apply was
+        // dropped by the checkpoint) and keeps the restored init.
+        let again = workers.apply(request("v1", "a", 0)).await.expect("apply");
+        assert_eq!(again.init_pid, Some(4242));
+        let steps: Vec<String> = runtime
+            .applies()
+            .into_iter()
+            .map(|(_, step, _)| step)
+            .collect();
+        assert_eq!(steps, ["a", "checkpoint", "restore", "a"]);
     }
 
     fn request(vps_id: &str, hostname: &str, restart_generation: u64) -> ApplyRequest {
