@@ -245,6 +245,13 @@ fn a_running_vps_is_checkpointed_and_restored_with_its_memory_pids_limits_and_tc
     wait_until("the dumped init to go", WAIT, || !pid_running(init_pid));
     let observed = fx.runtime.status(&vps_id).expect("status").expect("exists");
     assert_eq!(observed.init_pid, None, "{observed:?}");
+    // The run closed like a stop's: metering keeps its final counters.
+    let closed = fx
+        .runtime
+        .closed_run(&vps_id)
+        .expect("closed run")
+        .expect("recorded");
+    assert!(closed.cpu_usage_ns > 0, "{closed:?}");
     // Through the transfer format a move uses (CheckpointVps streams it, RestoreCheckpoint
     // unpacks it): CRIU's images and the disk image, which the restore moves into place.
     let transfer = fx.state_dir.path().join("transfer.tar");

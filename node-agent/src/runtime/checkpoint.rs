@@ -551,13 +551,20 @@ impl Runtime {
         fsutil::write_atomic(&images_dir.join(META_FILE), &json)
             .map_err(CheckpointError::from)
             .map_err(err)?;
+        // The run ends here as with a stop: its closing counters (CPU, memory, IO, network)
+        // are kept for metering before a restore replaces the cgroup.
+        let cgroup = self.cgroup(vps_id);
+        let ending = super::lifecycle::RunEnding::begin(vps_id, &init, &cgroup);
         let out = run_criu("dump", &args, &dir, CRIU_DEADLINE).map_err(err)?;
         let final_dump = parse_stats(&out);
         // The tree is gone; what CRIU did not dump (the console supervisor, the sysinfo
         // server: the node's, not the VPS's) goes too, so the VPS is cleanly stopped.
+        self.kill(None, &cgroup, vps_id)?;
+        if let Some(ending) = ending {
+            st.closed_run = ending.close(vps_id, &cgroup);
+        }
         st.init = None;
         self.save(&st)?;
-        self.kill(None, &self.cgroup(vps_id), vps_id)?;
         let image_bytes = tree_bytes(images_dir).map_err(err)?;
         Ok(CheckpointReport {
             dirty_tracking: tracking,

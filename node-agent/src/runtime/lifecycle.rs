@@ -811,7 +811,7 @@ impl Runtime {
 /// once the init has exited: the run's incarnation (its cgroup's inode, before anything
 /// deletes the cgroup) and a hold on its network namespace, which keeps the namespace, and
 /// with it the veth pair and its counters, alive after the init exits.
-struct RunEnding {
+pub(super) struct RunEnding {
     incarnation: String,
     /// `/proc/<init>/ns/net`, open until the closing counters are read (`None`: not held).
     netns: Option<fs::File>,
@@ -819,7 +819,7 @@ struct RunEnding {
 
 impl RunEnding {
     /// `None` (closing counters are then not taken) if the cgroup is not there to name the run.
-    fn begin(vps_id: &str, init: &ProcessIdentity, cgroup: &VpsCgroup) -> Option<Self> {
+    pub(super) fn begin(vps_id: &str, init: &ProcessIdentity, cgroup: &VpsCgroup) -> Option<Self> {
         let inode = match usage::cgroup_inode(&cgroup.paths()) {
             Ok(Some(inode)) => inode,
             Ok(None) => return None,
@@ -862,7 +862,7 @@ impl RunEnding {
 
     /// Reads the closing counters (the init has exited and the cgroup is empty), then lets
     /// the network namespace go. `None` if the cgroup could not be read.
-    fn close(self, vps_id: &str, cgroup: &VpsCgroup) -> Option<ClosedRun> {
+    pub(super) fn close(self, vps_id: &str, cgroup: &VpsCgroup) -> Option<ClosedRun> {
         let cgroup_usage = match cgroup.read_usage() {
             Ok(cgroup_usage) => cgroup_usage,
             Err(error) => {
