@@ -348,18 +348,23 @@ fn a_vps_criu_cannot_dump_gets_criu_s_reason_and_keeps_running() {
         return;
     }
     let works = criu_works();
-    // With the lxcfs /proc view, the VPS's /proc and /sys carry bind mounts of the node's
-    // FUSE filesystem, which CRIU cannot dump.
-    let mut fx = Fixture::new();
+    let mut fx = Fixture::with_proc_view(ProcView::Host);
     let vps_id = fx.new_vps_id();
     let spec = spec(&vps_id, small_limits());
     let init_pid = running_pid(&fx.runtime.apply(&spec).expect("create"));
     start_counter(&fx.runtime, &vps_id);
+    // A process an exec left behind in the exec's session: its session leader is outside
+    // the VPS's pid namespace, which CRIU cannot restore.
+    sh_ok(
+        &fx.runtime,
+        &vps_id,
+        "sleep 100000 >/dev/null 2>&1 </dev/null &",
+    );
     let images = fx.state_dir.path().join("checkpoint");
     let error = fx
         .runtime
         .checkpoint(&vps_id, &images, CheckpointOptions::default())
-        .expect_err("CRIU cannot dump FUSE bind mounts");
+        .expect_err("CRIU cannot dump a session from outside");
     let expected_step = if works { "dump" } else { "check" };
     match &error {
         RuntimeError::Checkpoint {
@@ -369,7 +374,7 @@ fn a_vps_criu_cannot_dump_gets_criu_s_reason_and_keeps_running() {
             assert_eq!(*step, expected_step, "{error}");
             assert!(reason.contains("Error ("), "CRIU's own lines: {reason}");
             if works {
-                assert!(reason.contains("mount"), "names the mount: {reason}");
+                assert!(reason.contains("session"), "names the session: {reason}");
             }
         }
         other => panic!("expected CRIU's refusal, got {other:?}"),
@@ -401,6 +406,53 @@ fn a_vps_criu_cannot_dump_gets_criu_s_reason_and_keeps_running() {
             }
         ),
         "{restore:?}"
+    );
+    fx.runtime.delete(&vps_id).expect("delete");
+}
+
+/// `free`'s total memory in the VPS (sysinfo(2), answered by the VPS's sysinfo server).
+fn free_total_kib(runtime: &Runtime, vps_id: &str) -> String {
+    sh_ok(runtime, vps_id, "free | awk '/^Mem:/ {print $2}'")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_vps_with_the_lxcfs_proc_view_is_restored_with_its_view() {
+    if !require_root() {
+        return;
+    }
+    if !criu_works() {
+        return;
+    }
+    // The default /proc view: lxcfs files bind-mounted over /proc and /sys (external to CRIU,
+    // bound again from this node's lxcfs on restore) and a sysinfo server.
+    let mut fx = Fixture::new();
+    let vps_id = fx.new_vps_id();
+    let spec = spec(&vps_id, small_limits());
+    running_pid(&fx.runtime.apply(&spec).expect("create"));
+    let counter_pid = start_counter(&fx.runtime, &vps_id);
+    let meminfo = |runtime: &Runtime| sh_ok(runtime, &vps_id, "head -1 /proc/meminfo");
+    let view = meminfo(&fx.runtime);
+    assert!(view.contains("65536 kB"), "the VPS's own view: {view}");
+    assert_eq!(free_total_kib(&fx.runtime, &vps_id), "65536");
+    let images = fx.state_dir.path().join("checkpoint");
+    fx.runtime
+        .checkpoint(&vps_id, &images, CheckpointOptions::default())
+        .expect("checkpoint with the lxcfs view");
+    let restored = fx
+        .runtime
+        .restore_checkpoint(&spec, &images, None)
+        .expect("restore");
+    assert_eq!(inner_pid(running_pid(&restored)), "1");
+    assert_eq!(
+        sh_ok(&fx.runtime, &vps_id, "cat /counter.pid").trim(),
+        counter_pid
+    );
+    assert_eq!(
+        meminfo(&fx.runtime),
+        view,
+        "the same /proc view after the restore"
     );
     fx.runtime.delete(&vps_id).expect("delete");
 }

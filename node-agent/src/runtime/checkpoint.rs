@@ -423,6 +423,12 @@ pub fn dirty_tracking(work_dir: &Path) -> Result<bool, CheckpointError> {
     }
 }
 
+/// CRIU's key for the external mount of a /proc view file (`proc/meminfo` ->
+/// `lxcfs-proc-meminfo`).
+fn proc_bind_key(target: &str) -> String {
+    format!("lxcfs-{}", target.replace('/', "-"))
+}
+
 /// CRIU's key for the VPS's console pty (`tty[rdev:dev]`, hex), seen as the init's
 /// `/dev/console`.
 fn console_key(init_pid: u32) -> Result<String, CheckpointError> {
@@ -531,6 +537,18 @@ impl Runtime {
         );
         // The console pty (the VPS's /dev/console and its init's stdio) belongs to the
         // console supervisor, outside the VPS: the restore hands in a fresh one.
+        if let super::procview::ProcView::Lxcfs(lxcfs) = &self.config().proc_view {
+            for bind in super::procview::binds(lxcfs) {
+                if bind.source.is_absolute() {
+                    args.push("--external".to_owned());
+                    args.push(format!(
+                        "mnt[/{}]:{}",
+                        bind.target,
+                        proc_bind_key(&bind.target)
+                    ));
+                }
+            }
+        }
         let console = console_key(init.pid).map_err(err)?;
         args.push("--external".to_owned());
         args.push(console.clone());
@@ -655,6 +673,9 @@ pub(crate) struct RestoreRequest {
     pub console_key: String,
     pub criu: PathBuf,
     pub veth: Option<VethAttach>,
+    /// The VPS's /proc view binds CRIU takes as external (`lxcfs-...` key, host file).
+    #[serde(default)]
+    pub proc_binds: Vec<(String, PathBuf)>,
 }
 
 impl Runtime {
@@ -750,6 +771,15 @@ impl Runtime {
         cgroup.create().map_err(cgroup_err)?;
         cgroup.apply_limits(&spec.limits).map_err(cgroup_err)?;
         cgroup.apply_device_policy().map_err(cgroup_err)?;
+        // The /proc view's files from this node's lxcfs (restarted if it died).
+        let proc_binds = match &self.config().proc_view {
+            super::procview::ProcView::Host => Vec::new(),
+            super::procview::ProcView::Lxcfs(lxcfs) => super::procview::ensure_running(lxcfs)?
+                .into_iter()
+                .filter(|bind| bind.source.is_absolute())
+                .map(|bind| (proc_bind_key(&bind.target), bind.source))
+                .collect(),
+        };
         if let Some(veth) = &veth {
             create_veth(vps_id, veth).map_err(err)?;
         }
@@ -766,6 +796,7 @@ impl Runtime {
             console_key: meta.console_key,
             criu: criu_binary(),
             veth,
+            proc_binds,
         };
         let reply: Result<StartReply, HelperCallError> = helper::call(
             &self.config().helper_binary,
@@ -1073,6 +1104,10 @@ fn restore_helper(args: &[std::ffi::OsString]) -> Result<StartReply, RestoreFail
         "--inherit-fd".to_owned(),
         format!("fd[{slave_fd}]:{}", request.console_key),
     ]);
+    for (key, source) in &request.proc_binds {
+        criu_args.push("--external".to_owned());
+        criu_args.push(format!("mnt[{key}]:{}", source.display()));
+    }
     if let Some(veth) = &request.veth {
         // The pair is made on the host side beforehand (CRIU, creating links from inside the
         // VPS's user namespace, may not put an end in the host's network namespace); CRIU
