@@ -1,5 +1,5 @@
-//! Live migration: a running VPS (host /proc view: CRIU cannot dump the lxcfs binds) with a
-//! network port serves a TCP echo; a client on the node sends one byte every 10 ms and times
+//! Live migration: a running VPS (the default lxcfs /proc view) with a network port serves a
+//! TCP echo; a client on the node sends one byte every 10 ms and times
 //! each answer. The VPS is checkpointed with CRIU (pre-dump rounds where the kernel tracks
 //! dirty memory, then the final dump) and restored on the same node from the images, as the
 //! destination of a move would (the disk stays in place here; a move adds its copy).
@@ -58,7 +58,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
         return refusal_only(options, report, &error.to_string());
     }
     let iterations = options.iterations(5, 1);
-    let mut node = Node::start_with_view(options, true, ProcView::Host)?;
+    let mut node = Node::start(options, true)?;
     let limits = Limits {
         vcpus: 1.0,
         memory_bytes: 256 * MIB,
