@@ -5,7 +5,8 @@
 //! A create first reserves the name and a quota slot in one store transaction (state
 //! `creating`), then asks the node, then records what the node made (or drops the
 //! reservation if it failed), so two concurrent creates can never exceed the plan's
-//! `max_snapshots`. A restore leaves the VPS stopped on its node; the reconciler, kicked
+//! `max_snapshots`. A snapshot file the node already has under a reserved name is a leftover
+//! of a create whose answer was lost; it is replaced. A restore leaves the VPS stopped on its node; the reconciler, kicked
 //! here, starts it again if it is meant to run (its ordinary apply, network port included).
 
 use chrono::{TimeZone, Utc};
@@ -78,6 +79,34 @@ impl Snapshots<'_> {
         request
     }
 
+    /// Asks the node to take snapshot `name`, whose name this controller has reserved. A file
+    /// of that name already on the node is a leftover of a create whose answer never reached
+    /// the store (the controller died, or gave up on a slow copy and dropped its reservation):
+    /// it is removed and the snapshot taken afresh, so a name never stays unusable.
+    async fn take_on_node(
+        client: &mut AgentClient,
+        vps: &VpsRecord,
+        name: &str,
+    ) -> Result<v1::AgentSnapshot, ControllerError> {
+        match client.create_snapshot(Self::request(vps, name)).await {
+            Ok(taken) => return Ok(taken.into_inner()),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                warn!(vps = %vps.name, snapshot = name, "replacing a leftover snapshot the store has no record of");
+            }
+            Err(status) => return Err(agent_error(&vps.node, status)),
+        }
+        match client.delete_snapshot(Self::request(vps, name)).await {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => return Err(agent_error(&vps.node, status)),
+        }
+        client
+            .create_snapshot(Self::request(vps, name))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| agent_error(&vps.node, status))
+    }
+
     /// The recorded snapshot `name` of `vps`, `NotFound` if there is none.
     fn find(&self, vps: &VpsRecord, name: &str) -> Result<SnapshotRecord, ControllerError> {
         self.store
@@ -116,11 +145,7 @@ impl Snapshots<'_> {
         self.store.reserve_snapshot(&vps.vps_id, &pending)?;
         self.commit().await?;
         let taken = match self.agent(&vps) {
-            Ok(mut client) => client
-                .create_snapshot(Self::request(&vps, name))
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|status| agent_error(&vps.node, status)),
+            Ok(mut client) => Self::take_on_node(&mut client, &vps, name).await,
             Err(error) => Err(error),
         };
         let taken = match taken {
