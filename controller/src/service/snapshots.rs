@@ -9,14 +9,14 @@
 //! of a create whose answer was lost; it is replaced. A restore leaves the VPS stopped on its node; the reconciler, kicked
 //! here, starts it again if it is meant to run (its ordinary apply, network port included).
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use paddock_proto::v1;
 use tracing::{info, warn};
 
 use crate::agents::{agent_error, AgentClient};
 use crate::auth::Principal;
 use crate::error::ControllerError;
-use crate::model::snapshots::{SnapshotRecord, SnapshotState};
+use crate::model::snapshots::{settle, Settle, SnapshotRecord, SnapshotState};
 use crate::model::validate;
 use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 use crate::service::reconcile;
@@ -41,6 +41,28 @@ impl std::ops::Deref for Snapshots<'_> {
 
     fn deref(&self) -> &Controller {
         self.0
+    }
+}
+
+/// A reservation older than this belongs to no create still running: a create's call to its
+/// node is cut off after [`COPY_TIMEOUT`].
+const STALE_RESERVATION: std::time::Duration =
+    COPY_TIMEOUT.saturating_add(std::time::Duration::from_secs(60));
+
+/// A snapshot as its node describes it, ready (`fallback` dates it if the node's time is
+/// unusable).
+fn taken_on_node(taken: v1::AgentSnapshot, fallback: DateTime<Utc>) -> SnapshotRecord {
+    SnapshotRecord {
+        name: taken.name,
+        state: SnapshotState::Ready,
+        created_at: Utc
+            .timestamp_millis_opt(taken.created_at_unix_ms)
+            .single()
+            .unwrap_or(fallback),
+        size_bytes: taken.size_bytes,
+        allocated_bytes: taken.allocated_bytes,
+        method: taken.method,
+        duration_ms: taken.duration_ms,
     }
 }
 
@@ -158,18 +180,7 @@ impl Snapshots<'_> {
                 return Err(error);
             }
         };
-        let snapshot = SnapshotRecord {
-            state: SnapshotState::Ready,
-            created_at: Utc
-                .timestamp_millis_opt(taken.created_at_unix_ms)
-                .single()
-                .unwrap_or(pending.created_at),
-            size_bytes: taken.size_bytes,
-            allocated_bytes: taken.allocated_bytes,
-            method: taken.method,
-            duration_ms: taken.duration_ms,
-            ..pending
-        };
+        let snapshot = taken_on_node(taken, pending.created_at);
         self.store.put_snapshot(
             &vps.vps_id,
             &snapshot,
@@ -178,6 +189,61 @@ impl Snapshots<'_> {
         self.commit().await?;
         info!(vps = %vps.name, tenant = %vps.tenant, snapshot = name, method = %snapshot.method, duration_ms = snapshot.duration_ms, actor = %principal.actor(), "snapshot taken");
         Ok(SnapshotOf { vps, snapshot })
+    }
+
+    /// Settles the reservations of `vpses` (on one node, reached through `client`) that
+    /// outlived any create (a controller died between reserving a name and recording the
+    /// node's copy): each is recorded from the node's copy, with its `snapshot_created` event,
+    /// or dropped when the node has none (`model::snapshots::settle`). Run on full resyncs.
+    pub async fn settle_stale(
+        &self,
+        client: &AgentClient,
+        vpses: &[VpsRecord],
+    ) -> Result<(), ControllerError> {
+        let now = Utc::now();
+        let stale_after = chrono::Duration::from_std(STALE_RESERVATION)
+            .unwrap_or_else(|_| chrono::Duration::hours(1));
+        for vps in vpses.iter().filter(|vps| !vps.deleting) {
+            let recorded = self.store.list_snapshots(&vps.vps_id)?;
+            let stale =
+                |record: &SnapshotRecord| settle(record, None, now, stale_after) != Settle::Keep;
+            if !recorded.snapshots.values().any(stale) {
+                continue;
+            }
+            let on_node: Vec<SnapshotRecord> = client
+                .clone()
+                .list_snapshots(v1::AgentVpsRef {
+                    vps_id: vps.vps_id.clone(),
+                })
+                .await
+                .map_err(|status| agent_error(&vps.node, status))?
+                .into_inner()
+                .snapshots
+                .into_iter()
+                .map(|taken| taken_on_node(taken, now))
+                .collect();
+            for record in recorded.snapshots.values() {
+                let copy = on_node.iter().find(|copy| copy.name == record.name);
+                match settle(record, copy, now, stale_after) {
+                    Settle::Keep => {}
+                    Settle::Record(snapshot) => {
+                        self.store.put_snapshot(
+                            &vps.vps_id,
+                            &snapshot,
+                            Some(Self::event(EventKind::SnapshotCreated, vps, &snapshot.name)),
+                        )?;
+                        info!(vps = %vps.name, snapshot = %snapshot.name, "recorded a snapshot whose create was interrupted");
+                    }
+                    Settle::Drop => {
+                        self.store
+                            .remove_snapshot(&vps.vps_id, &record.name, None)?;
+                        info!(vps = %vps.name, snapshot = %record.name, "dropped the reservation of an interrupted snapshot create");
+                    }
+                }
+            }
+            self.commit().await?;
+        }
+        Ok(())
     }
 
     /// The VPS's snapshots, by name, as recorded (the node is not asked: listing works
