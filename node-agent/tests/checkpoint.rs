@@ -485,6 +485,11 @@ fn a_vps_with_the_lxcfs_proc_view_is_restored_with_its_view() {
         view,
         "the same /proc view after the restore"
     );
+    // New commands get the VPS's sysinfo figures from a server the restore started (one
+    // command after another: the server outlives each).
+    for _ in 0..2 {
+        assert_eq!(free_total_kib(&fx.runtime, &vps_id), "65536");
+    }
     fx.runtime.delete(&vps_id).expect("delete");
 }
 

@@ -676,6 +676,9 @@ pub(crate) struct RestoreRequest {
     /// The VPS's /proc view binds CRIU takes as external (`lxcfs-...` key, host file).
     #[serde(default)]
     pub proc_binds: Vec<(String, PathBuf)>,
+    /// Where the VPS's sysinfo server listens (with the lxcfs view).
+    #[serde(default)]
+    pub sysinfo_socket: Option<PathBuf>,
 }
 
 impl Runtime {
@@ -797,6 +800,7 @@ impl Runtime {
             criu: criu_binary(),
             veth,
             proc_binds,
+            sysinfo_socket: self.sysinfo_socket(vps_id),
         };
         let reply: Result<StartReply, HelperCallError> = helper::call(
             &self.config().helper_binary,
@@ -1133,6 +1137,19 @@ fn restore_helper(args: &[std::ffi::OsString]) -> Result<StartReply, RestoreFail
         .ok_or_else(|| RestoreFailure::Criu(format!("no pid in {}", pid_file.display())))?;
     let init = ProcessIdentity::of(pid)?
         .ok_or_else(|| RestoreFailure::Criu(format!("restored init {pid} exited at once")))?;
+    // A sysinfo server for the commands started in the VPS from now on (the restored
+    // processes keep their filter, but its listener stayed with the old server, so their own
+    // sysinfo(2) fails with ENOSYS until they restart). It serves until this init exits.
+    if let Some(socket) = &request.sysinfo_socket {
+        helper::step("sysinfo server");
+        super::isolation::sysinfo::spawn_server_for(
+            socket,
+            &request.cgroup_parent,
+            &request.vps_id,
+            Some(init.pid),
+        )
+        .map_err(HelperError::from)?;
+    }
     let _ = init_report.send(&init);
     drop(slave);
     Ok(StartReply { init, disk_device })
