@@ -7,10 +7,11 @@
 //!
 //! CRIU runs as host root, outside the VPS, against the VPS's init (`-t <init pid>`): it joins
 //! the VPS's namespaces itself. What belongs to the node rather than to the VPS is named as
-//! external so that CRIU neither copies it nor fails on it: the host end of the VPS's veth
-//! (`--external veth[eth0]`, re-created on restore on the node's bridge), and TCP connections
-//! are dumped in their established state (`--tcp-established`) so a connection to a peer that
-//! outlives the move keeps working.
+//! external so that CRIU neither copies it nor fails on it: the VPS's veth (`veth[eth0]`; on
+//! restore the pair is made on the node's bridge first and CRIU moves the peer in,
+//! `netdev[eth0]`), its `/dev` and console pty, and the lxcfs files of its /proc view. TCP
+//! connections are dumped in their established state (`--tcp-established`) so a connection to
+//! a peer that outlives the move keeps working. See "Live migration" in ARCHITECTURE.md.
 //!
 //! Every CRIU run writes its own log in the images directory; when CRIU refuses (a feature
 //! missing on the kernel, a resource it cannot dump), its `Error` lines are the reason
@@ -1112,13 +1113,12 @@ fn restore_helper(args: &[std::ffi::OsString]) -> Result<StartReply, RestoreFail
         criu_args.push("--external".to_owned());
         criu_args.push(format!("mnt[{key}]:{}", source.display()));
     }
-    if let Some(veth) = &request.veth {
+    if request.veth.is_some() {
         // The pair is made on the host side beforehand (CRIU, creating links from inside the
         // VPS's user namespace, may not put an end in the host's network namespace); CRIU
         // moves the peer in as eth0 with its old index, MAC and addresses.
         criu_args.push("--external".to_owned());
         criu_args.push(format!("netdev[eth0]:{}", peer_ifname(&request.vps_id)));
-        let _ = &veth.bridge;
     }
     match run_criu_with(
         &request.criu,
