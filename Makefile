@@ -42,6 +42,7 @@ lint:
 
 deps:
 	scripts/deps.sh
+	scripts/criu.sh
 
 # Test-only tools (moto's S3 server for the S3 backup store tests), under target/.
 test-deps:

@@ -15,9 +15,8 @@ set -euo pipefail
 # xfsprogs: the snapshot test makes a reflink-capable xfs (mkfs.xfs -m reflink=1) to test the
 # copy-on-write path for real.
 # criu: live migration (CheckpointVps / RestoreCheckpoint). Debian 12's CRIU 3.17 cannot run on
-# kernels with the split vDSO data mapping (`[vvar_vclock]`, Linux 6.13+: "Unexpected rt vDSO area
-# bounds"); there, point PADDOCK_CRIU at a CRIU 4.1 or later and the agent reports the refusal
-# otherwise. iptables: CRIU locks a VPS's network with iptables-restore while it dumps and
+# current kernels; scripts/criu.sh (run by `make deps` after this) builds a 4.2 where needed.
+# iptables: CRIU locks a VPS's network with iptables-restore while it dumps and
 # restores its TCP connections.
 packages=(criu iptables busybox-static iproute2 nftables e2fsprogs xfsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
