@@ -106,6 +106,9 @@ pub enum BackupError {
     /// The VPS has nothing to back up yet (never started: no id range or disk).
     #[error("the VPS cannot be backed up yet: {0}")]
     NotReady(&'static str),
+    /// A cold migration copies a stopped VPS only.
+    #[error("the VPS is running; a cold migration copies it stopped (stop it first)")]
+    Running,
     /// The archive's content is not what this agent writes.
     #[error("backup archive is malformed: {0}")]
     Malformed(String),
@@ -256,6 +259,47 @@ impl LocalStore {
             ));
         }
         Ok(manifest)
+    }
+
+    /// Receives an archive written elsewhere (a migration's, streamed through the
+    /// controller) as `backup_id`: copies `archive` into a temp file, then puts it and
+    /// `manifest` in place. Nothing is trusted yet: [`verify`](Self::verify) checks it.
+    pub fn receive(
+        &self,
+        backup_id: &str,
+        manifest: &Manifest,
+        archive: &mut impl Read,
+    ) -> Result<(), BackupError> {
+        validate_id(backup_id)?;
+        self.ensure_dir()?;
+        let partial = self.partial_path(backup_id);
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)
+                .map_err(BackupError::io_err("create", &partial))?;
+            io::copy(archive, &mut file).map_err(BackupError::io_err("write", &partial))?;
+            file.sync_all()
+                .map_err(BackupError::io_err("sync", &partial))?;
+            let location = self.archive_path(backup_id);
+            fs::rename(&partial, &location).map_err(BackupError::io_err("rename", &location))?;
+            let json = serde_json::to_vec_pretty(manifest)
+                .map_err(|e| BackupError::Malformed(e.to_string()))?;
+            crate::fsutil::write_atomic(&self.manifest_path(backup_id), &json).map_err(|e| {
+                BackupError::Io {
+                    operation: e.operation,
+                    path: e.path,
+                    source: e.source,
+                }
+            })
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&partial);
+        }
+        written
     }
 
     /// Removes a backup (absent is fine).

@@ -4,4 +4,5 @@
 pub mod backup;
 pub mod disk;
 pub(crate) mod disk_growth;
+pub mod migration;
 pub mod snapshot;
