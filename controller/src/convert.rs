@@ -550,6 +550,26 @@ pub fn backup(record: &crate::model::BackupRecord) -> v1::Backup {
     }
 }
 
+/// A migration as the API reports it.
+pub fn migration(
+    record: &crate::model::migration::MigrationRecord,
+    duration: std::time::Duration,
+) -> v1::Migration {
+    v1::Migration {
+        migration_id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        name: record.vps.clone(),
+        vps_id: record.vps_id.clone(),
+        from_node: record.source.clone(),
+        to_node: record.destination.clone(),
+        old_ipv4: record.old_ipv4.clone(),
+        new_ipv4: record.new_ipv4.clone(),
+        addresses_kept: record.addresses_kept,
+        was_running: record.was_running,
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,25 +749,5 @@ mod tests {
         ] {
             assert!(transfer_overage_from(&bad).is_err(), "{bad:?}");
         }
-    }
-}
-
-/// A migration as the API reports it.
-pub fn migration(
-    record: &crate::model::migration::MigrationRecord,
-    duration: std::time::Duration,
-) -> v1::Migration {
-    v1::Migration {
-        migration_id: record.id.clone(),
-        tenant: record.tenant.clone(),
-        name: record.vps.clone(),
-        vps_id: record.vps_id.clone(),
-        from_node: record.source.clone(),
-        to_node: record.destination.clone(),
-        old_ipv4: record.old_ipv4.clone(),
-        new_ipv4: record.new_ipv4.clone(),
-        addresses_kept: record.addresses_kept,
-        was_running: record.was_running,
-        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
     }
 }

@@ -322,18 +322,17 @@ fn a_kill_at_the_copy_step_leaves_the_vps_whole_on_one_node() {
                 format!("migrate with {who} killed succeeded: {out:?}"),
             );
         }
-        cluster
-            .wait_until(
-                &format!("{who} killed at {fault}"),
-                Duration::from_secs(120),
-                |c| {
-                    Ok(match victim {
-                        Victim::Controller => c.controller_exited(),
-                        Victim::Agent(index) => c.agent_exited(index),
-                    })
-                },
-            )
-            .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+        let died = paddock_tests::poll_until(
+            &format!("{who} killed at {fault}"),
+            Duration::from_secs(120),
+            || {
+                Ok(match victim {
+                    Victim::Controller => cluster.controller_exited(),
+                    Victim::Agent(index) => cluster.agent_exited(index),
+                })
+            },
+        );
+        died.unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
         let back = match victim {
             Victim::Controller => cluster.start_controller(),
             Victim::Agent(index) => cluster.start_agent(index),

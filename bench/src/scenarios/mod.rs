@@ -12,6 +12,7 @@ mod control_plane;
 mod density;
 mod fleet;
 mod limits;
+mod migration;
 mod network;
 mod snapshot;
 mod start_latency;
@@ -60,6 +61,11 @@ pub const ALL: &[Scenario] = &[
         name: "snapshot",
         title: "Snapshot: time and bytes of a running VPS's disk snapshot (reflink or sparse copy)",
         run: snapshot::run,
+    },
+    Scenario {
+        name: "migration",
+        title: "Cold migration: a running busybox VPS with N MiB written moved to another node",
+        run: migration::run,
     },
     Scenario {
         name: "agent-restart",

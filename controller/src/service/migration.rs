@@ -265,6 +265,7 @@ impl Migrations<'_> {
     async fn move_vps(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
         self.cold_transfer(record).await?;
         fault_point("migrate:after-copy");
+        self.await_source_usage(record).await?;
         self.switch(record).await
     }
 
@@ -293,8 +294,7 @@ impl Migrations<'_> {
         Ok((vps, suspended))
     }
 
-    /// An ordinary stop on the source (the plan holds the VPS stopped), then a bounded wait
-    /// for the source's sample of it stopped, so what its last run used is counted there.
+    /// An ordinary stop on the source (the plan holds the VPS stopped).
     async fn stop_on_source(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
         let (vps, suspended) = self.current(record)?;
         let mut client = self.nodes().agent_for(&record.source)?;
@@ -315,18 +315,7 @@ impl Migrations<'_> {
                 )),
             });
         }
-        let deadline = Instant::now() + METERING_TAIL_WAIT;
-        loop {
-            match self.store.get_usage_cursor(&vps.vps_id)? {
-                Some(cursor) if cursor.incarnation != STOPPED_INCARNATION => {}
-                _ => return Ok(()),
-            }
-            if Instant::now() >= deadline {
-                warn!(vps = %vps.name, "no usage sample of the stopped VPS from its source; its last seconds may go uncounted");
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        Ok(())
     }
 
     /// Makes the VPS exist (stopped) on the destination with its new addresses, then streams
@@ -421,6 +410,24 @@ impl Migrations<'_> {
         }
         imported.map_err(|status| agent_error(&record.destination, status))?;
         Ok(())
+    }
+
+    /// A bounded wait (while the copy ran, most of it passed) for the source's first usage
+    /// sample of the VPS stopped: what its last run used is then counted on the source, whose
+    /// samples are not accepted after the switch.
+    async fn await_source_usage(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        let deadline = Instant::now() + METERING_TAIL_WAIT;
+        loop {
+            match self.store.get_usage_cursor(&record.vps_id)? {
+                Some(cursor) if cursor.incarnation != STOPPED_INCARNATION => {}
+                _ => return Ok(()),
+            }
+            if Instant::now() >= deadline {
+                warn!(vps = %record.vps, "no usage sample of the stopped VPS from its source; its last seconds may go uncounted");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The switch transaction; the destination's reconciler then starts the VPS if it ran.
