@@ -1294,4 +1294,64 @@ mod tests {
             Err(BackupError::NotFound(_))
         ));
     }
+
+    /// An archive streamed from another node is stored with its manifest and checked like
+    /// a local one: whole it verifies, cut short on the way it is refused.
+    #[test]
+    fn a_received_archive_is_verified_against_its_manifest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = LocalStore::new(dir.path().join("source"));
+        source.ensure_dir().expect("dir");
+        let upper = dir.path().join("upper");
+        fs::create_dir_all(&upper).expect("upper");
+        fs::write(upper.join("file"), vec![3u8; 50_000]).expect("write");
+        let uid = nix::unistd::geteuid().as_raw();
+        let archive = source.archive_path("m-1");
+        let sums = write_archive(&upper, uid, b"{}", File::create(&archive).expect("create"))
+            .expect("archive");
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            backup_id: "m-1".into(),
+            vps_id: "v".into(),
+            created_unix: 0,
+            archive_bytes: sums.archive_bytes,
+            archive_sha256: sums.archive_sha256,
+            tar_bytes: sums.tar_bytes,
+            tar_sha256: sums.tar_sha256,
+        };
+        let bytes = fs::read(&archive).expect("read");
+        let spool = LocalStore::new(dir.path().join("spool"));
+        spool
+            .receive("m-1", &manifest, &mut bytes.as_slice())
+            .expect("receive");
+        assert_eq!(spool.verify("m-1").expect("whole"), manifest);
+        let cut = &bytes[..bytes.len() / 2];
+        spool
+            .receive(
+                "m-2",
+                &Manifest {
+                    backup_id: "m-2".into(),
+                    ..manifest.clone()
+                },
+                &mut &cut[..],
+            )
+            .expect("receive cut");
+        let err = spool.verify("m-2").expect_err("cut short");
+        assert!(err.to_string().contains("corrupted or truncated"), "{err}");
+        assert!(
+            !dir.path()
+                .join("spool")
+                .join(".m-2.tar.zst.partial")
+                .exists(),
+            "no partial file left"
+        );
+        spool.delete("m-1").expect("delete");
+        spool.delete("m-2").expect("delete");
+        assert_eq!(
+            fs::read_dir(dir.path().join("spool"))
+                .expect("list")
+                .count(),
+            0
+        );
+    }
 }
