@@ -93,6 +93,33 @@ async fn refusals_change_nothing_and_a_failed_move_keeps_the_vps_where_it_was() 
             && message.contains("--allow-new-address"),
         "{message}"
     );
+    // Snapshots stay on their node: a VPS with one is refused, naming it.
+    api.store
+        .reserve_snapshot(
+            &web.id,
+            &paddock_controller::model::snapshots::SnapshotRecord {
+                name: "before-move".into(),
+                state: paddock_controller::model::snapshots::SnapshotState::Ready,
+                created_at: chrono::Utc::now(),
+                size_bytes: 0,
+                allocated_bytes: 0,
+                method: "sparse".into(),
+                duration_ms: 0,
+            },
+        )
+        .expect("snapshot record");
+    let with_snapshot = nodes()
+        .migrate_vps(with_token(migrate("node-b", true), &api.admin))
+        .await
+        .expect_err("snapshot");
+    assert_eq!(with_snapshot.code(), Code::FailedPrecondition);
+    assert!(
+        with_snapshot.message().contains("before-move"),
+        "{with_snapshot:?}"
+    );
+    api.store
+        .remove_snapshot(&web.id, "before-move", None)
+        .expect("remove snapshot record");
     let after = api.store.dump().expect("dump");
     let changed: Vec<_> = after
         .iter()
@@ -152,7 +179,7 @@ async fn refusals_change_nothing_and_a_failed_move_keeps_the_vps_where_it_was() 
         .filter(|entry| entry.method.ends_with("MigrateVps"))
         .map(|entry| (entry.target.as_str(), entry.result.as_str()))
         .collect();
-    assert!(migrations.len() >= 6, "{migrations:?}");
+    assert!(migrations.len() >= 7, "{migrations:?}");
     assert!(
         migrations.iter().all(|(target, _)| *target == "acme/web"),
         "{migrations:?}"

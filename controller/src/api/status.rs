@@ -75,7 +75,8 @@ fn migration_status(error: &MigrationError) -> tonic::Status {
     match error {
         MigrationError::SameNode { .. }
         | MigrationError::InProgress { .. }
-        | MigrationError::AddressChange { .. } => {
+        | MigrationError::AddressChange { .. }
+        | MigrationError::HasSnapshots { .. } => {
             tonic::Status::failed_precondition(error.to_string())
         }
         MigrationError::Moved { .. }

@@ -86,6 +86,12 @@ pub enum MigrationError {
         old: String,
         new: String,
     },
+    #[error(
+        "VPS {vps} has snapshot(s) {}, kept on its node; snapshots do not move: delete them \
+         first (paddock snapshot delete)",
+        names.join(", ")
+    )]
+    HasSnapshots { vps: String, names: Vec<String> },
     #[error("address {address} on node {node} was taken meanwhile; try again")]
     AddressTaken { address: String, node: String },
     #[error(

@@ -149,6 +149,15 @@ impl Migrations<'_> {
             }
             .into());
         }
+        // Snapshots are files beside the disk on its node and are not carried along.
+        let snapshots = self.store.list_snapshots(&vps.vps_id)?;
+        if !snapshots.snapshots.is_empty() {
+            return Err(MigrationError::HasSnapshots {
+                vps: vps.name,
+                names: snapshots.snapshots.into_keys().collect(),
+            }
+            .into());
+        }
         let destination = self.choose_destination(&vps, &request.to_node)?;
         let mut pools: Vec<PoolRecord> = self
             .store
