@@ -395,6 +395,11 @@ fn drain_migrate_empties_a_node() {
         .map(|vps| vps["name"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(leaving.len(), 2, "spread placed two on {fuller}");
+    // A stopped VPS moves too, and stays stopped where it lands.
+    let stopped = leaving[0].clone();
+    cluster
+        .cli_ok(&["--context", "acme", "stop", &stopped, "--wait"])
+        .unwrap_or_else(|error| fail(&cluster, format!("stop {stopped}: {error:#}")));
     let rows = cluster
         .cli_ok(&[
             "--context",
@@ -418,14 +423,19 @@ fn drain_migrate_empties_a_node() {
     assert_eq!(moved, leaving, "one row per VPS, all moved: {rows:?}");
     cluster
         .wait_until(
-            "every VPS running off the drained node",
+            "every VPS off the drained node, in its power state",
             Duration::from_secs(180),
             |c| {
                 let list = c.vps_list()?;
                 Ok(list.len() == 3
-                    && list
-                        .iter()
-                        .all(|vps| vps["node"] != fuller.as_str() && vps["state"] == "running"))
+                    && list.iter().all(|vps| {
+                        let wanted = if vps["name"] == stopped.as_str() {
+                            "stopped"
+                        } else {
+                            "running"
+                        };
+                        vps["node"] != fuller.as_str() && vps["state"] == wanted
+                    }))
             },
         )
         .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
