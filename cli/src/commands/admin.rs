@@ -55,10 +55,19 @@ pub async fn run(
             to,
             allow_new_address,
         } => {
+            let to_node = to.unwrap_or_default();
+            if crate::terminal::stderr_is_tty() {
+                let whither = if to_node.is_empty() {
+                    "a node the scheduler picks".to_owned()
+                } else {
+                    format!("node {to_node}")
+                };
+                eprintln!("Moving {tenant}/{vps} to {whither}: stop, copy, start there...");
+            }
             let request = v1::MigrateVpsRequest {
                 tenant,
                 name: vps,
-                to_node: to.unwrap_or_default(),
+                to_node,
                 allow_new_address,
             };
             let migration = session.call(session.nodes().migrate_vps(request)).await?;
@@ -88,7 +97,16 @@ async fn drain_and_migrate(
     on_node.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
     let mut rows = Vec::new();
     let mut failed = 0usize;
-    for vps in on_node {
+    let total = on_node.len();
+    for (done, vps) in on_node.into_iter().enumerate() {
+        if crate::terminal::stderr_is_tty() {
+            eprintln!(
+                "Moving {}/{} ({} of {total})...",
+                vps.tenant,
+                vps.name,
+                done + 1
+            );
+        }
         let request = v1::MigrateVpsRequest {
             tenant: vps.tenant.clone(),
             name: vps.name.clone(),
