@@ -20,7 +20,9 @@ use tracing::warn;
 use crate::convert;
 use crate::network::Network;
 use crate::runtime::storage::backup::{BackupError, LocalStore};
+use crate::runtime::storage::backup_store::BackupStore;
 use crate::runtime::storage::migration::MigrationSpool;
+use crate::runtime::storage::s3::S3Error;
 use crate::runtime::SnapshotInfo;
 use crate::runtime::{validate_vps_id, Runtime, RuntimeError, SnapshotError};
 use crate::template::{self, TemplateError};
@@ -33,7 +35,7 @@ pub struct AgentService {
     /// One worker per VPS: applies and deletes.
     workers: Workers,
     /// Where backups are written and read.
-    backups: LocalStore,
+    backups: BackupStore,
     /// Where migration archives wait while they stream (private to the node).
     spool: MigrationSpool,
 }
@@ -45,7 +47,9 @@ impl AgentService {
         let workers = Workers::new(runtime.clone(), None);
         Self {
             runtime,
-            backups: LocalStore::new(state_dir.parent().unwrap_or(&state_dir).join("backups")),
+            backups: BackupStore::Local(LocalStore::new(
+                state_dir.parent().unwrap_or(&state_dir).join("backups"),
+            )),
             workers,
             spool: MigrationSpool::new(&state_dir),
             state_dir,
@@ -53,7 +57,7 @@ impl AgentService {
     }
 
     /// Uses `store` as the backup store.
-    pub fn with_backup_store(mut self, store: LocalStore) -> Self {
+    pub fn with_backup_store(mut self, store: BackupStore) -> Self {
         self.backups = store;
         self
     }
@@ -397,7 +401,7 @@ impl NodeAgent for AgentService {
         let store = self.backups.clone();
         let taken = self
             .blocking(move |runtime| {
-                runtime.backup(&wire.vps_id, &wire.backup_id, &store, &wire.spec_json)
+                store.take(runtime, &wire.vps_id, &wire.backup_id, &wire.spec_json)
             })
             .await?;
         Ok(Response::new(v1::AgentBackupResponse {
@@ -405,7 +409,7 @@ impl NodeAgent for AgentService {
             archive_sha256: taken.manifest.archive_sha256,
             tar_bytes: taken.manifest.tar_bytes,
             tar_sha256: taken.manifest.tar_sha256,
-            location: format!("local:{}", taken.location.display()),
+            location: taken.location,
         }))
     }
 
@@ -420,7 +424,7 @@ impl NodeAgent for AgentService {
         let vps_id = wire.vps_id.clone();
         let observed = self
             .blocking(move |runtime| {
-                runtime.restore_backup(&wire.vps_id, &wire.backup_id, &store)?;
+                store.restore(runtime, &wire.vps_id, &wire.backup_id)?;
                 runtime.status(&wire.vps_id)
             })
             .await?;
@@ -663,7 +667,12 @@ fn backup_code(error: &BackupError) -> Code {
         | BackupError::BadManifest { .. }
         | BackupError::NotReady(_)
         | BackupError::Running => Code::FailedPrecondition,
-        BackupError::Io { .. } | BackupError::Disk(_) | BackupError::Helper(_) => Code::Internal,
+        BackupError::ObjectStore(S3Error::NotFound { .. }) => Code::NotFound,
+        BackupError::ObjectStore(S3Error::Transport { .. }) => Code::Unavailable,
+        BackupError::ObjectStore(_)
+        | BackupError::Io { .. }
+        | BackupError::Disk(_)
+        | BackupError::Helper(_) => Code::Internal,
     }
 }
 

@@ -8,6 +8,7 @@ use crate::Options;
 
 mod agent_restart;
 mod api_path;
+mod backup;
 mod control_plane;
 mod density;
 mod fleet;
@@ -61,6 +62,11 @@ pub const ALL: &[Scenario] = &[
         name: "snapshot",
         title: "Snapshot: time and bytes of a running VPS's disk snapshot (reflink or sparse copy)",
         run: snapshot::run,
+    },
+    Scenario {
+        name: "backup",
+        title: "Backup: throughput of a running VPS's backup and its restore (zstd tar, SHA-256)",
+        run: backup::run,
     },
     Scenario {
         name: "migration",
