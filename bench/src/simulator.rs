@@ -350,6 +350,22 @@ impl NodeAgent for SimAgent {
         Err(Status::unimplemented("a simulated node has no disks"))
     }
 
+    type ExportVpsStream = OutputStream<v1::AgentArchiveChunk>;
+
+    async fn export_vps(
+        &self,
+        _request: Request<v1::AgentExportRequest>,
+    ) -> Result<Response<Self::ExportVpsStream>, Status> {
+        Err(Status::unimplemented("a simulated node has no disks"))
+    }
+
+    async fn import_vps(
+        &self,
+        _request: Request<Streaming<v1::AgentImportChunk>>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        Err(Status::unimplemented("a simulated node has no disks"))
+    }
+
     type ConsoleStream = OutputStream<v1::ConsoleOutput>;
 
     async fn console(

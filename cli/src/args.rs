@@ -534,6 +534,27 @@ pub enum AdminCommand {
         #[arg(long, value_name = "TENANT")]
         tenant: String,
     },
+    /// Move a VPS to another node (cold migration): stop it, copy its disk, start it there
+    /// if it ran. Its addresses move with it where the destination has a pool holding them;
+    /// otherwise the move is refused, naming the old and new address, unless
+    /// --allow-new-address is given.
+    #[command(
+        after_help = "Examples:\n  paddock admin migrate web1 --tenant acme --to node-b\n  \
+                      paddock admin migrate web1 --tenant acme --to node-b --allow-new-address"
+    )]
+    Migrate {
+        /// VPS name.
+        vps: String,
+        /// Tenant that owns the VPS.
+        #[arg(long, value_name = "TENANT")]
+        tenant: String,
+        /// Destination node; without it the scheduler picks one.
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        /// Accept a new address from the destination's pool when the current one cannot move.
+        #[arg(long)]
+        allow_new_address: bool,
+    },
     /// Show the audit trail of mutations.
     #[command(
         after_help = "Examples:\n  paddock admin audit\n  paddock admin audit --limit 20 -o json"
@@ -700,11 +721,19 @@ pub enum NodeCommand {
         /// Node name.
         name: String,
     },
-    /// Cordon a node: no new VPS is placed on it; running ones stay.
-    #[command(after_help = "Example:\n  paddock admin node drain node-a")]
+    /// Cordon a node: no new VPS is placed on it; running ones stay, or with --migrate
+    /// move one at a time to nodes the scheduler picks (a line per VPS).
+    #[command(after_help = "Examples:\n  paddock admin node drain node-a\n  \
+                      paddock admin node drain node-a --migrate --allow-new-address")]
     Drain {
         /// Node name.
         name: String,
+        /// Also move every VPS off the node (cold migration), one at a time.
+        #[arg(long)]
+        migrate: bool,
+        /// With --migrate: accept new addresses where the current ones cannot move.
+        #[arg(long, requires = "migrate")]
+        allow_new_address: bool,
     },
     /// Make a drained node schedulable again.
     #[command(after_help = "Example:\n  paddock admin node undrain node-a")]

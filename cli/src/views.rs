@@ -1103,6 +1103,137 @@ impl Tabular for ContextView {
     }
 }
 
+/// A finished migration (`admin migrate`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigrationView {
+    pub migration_id: String,
+    pub tenant: String,
+    pub name: String,
+    pub from_node: String,
+    pub to_node: String,
+    pub old_ipv4: Vec<String>,
+    pub ipv4: Vec<String>,
+    pub addresses_kept: bool,
+    pub was_running: bool,
+    pub duration_ms: u64,
+}
+
+impl From<&v1::Migration> for MigrationView {
+    fn from(m: &v1::Migration) -> Self {
+        Self {
+            migration_id: m.migration_id.clone(),
+            tenant: m.tenant.clone(),
+            name: m.name.clone(),
+            from_node: m.from_node.clone(),
+            to_node: m.to_node.clone(),
+            old_ipv4: m.old_ipv4.clone(),
+            ipv4: m.new_ipv4.clone(),
+            addresses_kept: m.addresses_kept,
+            was_running: m.was_running,
+            duration_ms: m.duration_ms,
+        }
+    }
+}
+
+fn addresses(list: &[String]) -> String {
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
+}
+
+impl Detail for MigrationView {
+    fn fields(&self, _now: DateTime<Utc>) -> Vec<(&'static str, String)> {
+        let address = if self.addresses_kept {
+            format!("{} (kept)", addresses(&self.ipv4))
+        } else {
+            format!(
+                "{} (was {})",
+                addresses(&self.ipv4),
+                addresses(&self.old_ipv4)
+            )
+        };
+        vec![
+            ("VPS", format!("{}/{}", self.tenant, self.name)),
+            ("Moved", format!("{} -> {}", self.from_node, self.to_node)),
+            ("IPv4", address),
+            (
+                "Running",
+                if self.was_running {
+                    "yes"
+                } else {
+                    "no (stays stopped)"
+                }
+                .to_owned(),
+            ),
+            ("Took", format!("{:.1}s", self.duration_ms as f64 / 1000.0)),
+            ("Migration", self.migration_id.clone()),
+        ]
+    }
+}
+
+/// One VPS of `admin node drain --migrate`: where it went, or why it stayed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrainRow {
+    pub tenant: String,
+    pub name: String,
+    /// `moved` or `failed`.
+    pub result: &'static str,
+    pub to_node: String,
+    pub ipv4: Vec<String>,
+    pub duration_ms: u64,
+    /// Why it was not moved.
+    pub error: String,
+}
+
+impl DrainRow {
+    pub fn moved(m: &v1::Migration) -> Self {
+        Self {
+            tenant: m.tenant.clone(),
+            name: m.name.clone(),
+            result: "moved",
+            to_node: m.to_node.clone(),
+            ipv4: m.new_ipv4.clone(),
+            duration_ms: m.duration_ms,
+            error: String::new(),
+        }
+    }
+
+    pub fn failed(vps: &v1::Vps, error: &str) -> Self {
+        Self {
+            tenant: vps.tenant.clone(),
+            name: vps.name.clone(),
+            result: "failed",
+            to_node: String::new(),
+            ipv4: vps.ipv4.clone(),
+            duration_ms: 0,
+            error: error.to_owned(),
+        }
+    }
+}
+
+impl Tabular for DrainRow {
+    const HEADERS: &'static [&'static str] =
+        &["TENANT", "NAME", "RESULT", "TO", "IPV4", "TOOK", "ERROR"];
+
+    fn row(&self, _now: DateTime<Utc>) -> Vec<String> {
+        dashes(vec![
+            self.tenant.clone(),
+            self.name.clone(),
+            self.result.to_owned(),
+            self.to_node.clone(),
+            self.ipv4.join(","),
+            if self.result == "moved" {
+                format!("{:.1}s", self.duration_ms as f64 / 1000.0)
+            } else {
+                String::new()
+            },
+            self.error.clone(),
+        ])
+    }
+}
+
 /// What a delete, revoke or other bodiless mutation reports in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DoneView {

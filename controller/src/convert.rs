@@ -392,6 +392,8 @@ pub fn event(e: &crate::model::EventRecord) -> v1::Event {
         K::BackupCreated => v1::EventKind::BackupCreated,
         K::BackupRestored => v1::EventKind::BackupRestored,
         K::BackupDeleted => v1::EventKind::BackupDeleted,
+        K::VpsMigrated => v1::EventKind::VpsMigrated,
+        K::MigrationFailed => v1::EventKind::MigrationFailed,
     };
     v1::Event {
         cursor: e.cursor,
@@ -545,6 +547,26 @@ pub fn backup(record: &crate::model::BackupRecord) -> v1::Backup {
         sha256: record.sha256.clone(),
         created_at: Some(timestamp(record.created_at)),
         location: record.location.clone(),
+    }
+}
+
+/// A migration as the API reports it.
+pub fn migration(
+    record: &crate::model::migration::MigrationRecord,
+    duration: std::time::Duration,
+) -> v1::Migration {
+    v1::Migration {
+        migration_id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        name: record.vps.clone(),
+        vps_id: record.vps_id.clone(),
+        from_node: record.source.clone(),
+        to_node: record.destination.clone(),
+        old_ipv4: record.old_ipv4.clone(),
+        new_ipv4: record.new_ipv4.clone(),
+        addresses_kept: record.addresses_kept,
+        was_running: record.was_running,
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
     }
 }
 

@@ -30,6 +30,8 @@ pub enum ControllerError {
     NodeUnavailable { node: String, message: String },
     #[error("node {node} refused the request: {status}")]
     Agent { node: String, status: tonic::Status },
+    #[error(transparent)]
+    Migration(#[from] crate::model::migration::MigrationError),
 }
 
 /// A request that cannot be done in the current state (`FailedPrecondition`).
@@ -41,8 +43,8 @@ pub enum Precondition {
     )]
     NodeNotDrained { node: String },
     #[error(
-        "node {node} still hosts {} VPS(es) ({}); delete them first: VPSes do not move between \
-         nodes",
+        "node {node} still hosts {} VPS(es) ({}); move them (paddock admin node drain {node} \
+         --migrate) or delete them first",
         vpses.len(),
         vpses.join(", ")
     )]

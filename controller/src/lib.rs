@@ -82,6 +82,7 @@ pub async fn serve_with(
         agents: agents::AgentPool::new(&pki),
         reconciler,
         placements: placement::PlacementCache::default(),
+        active_migrations: Default::default(),
         join_token,
         pki,
         config,
@@ -91,6 +92,7 @@ pub async fn serve_with(
         .map_or_else(|_| "?".to_owned(), |addr| addr.to_string());
     tracing::info!(%listen, data_dir = %controller.config.data_dir.display(), "controller serving");
     let reconcile_task = service::reconcile::spawn(controller.clone(), queue);
+    let migration_sweeper = service::migration::spawn_sweeper(controller.clone());
     let metrics_task = controller.config.metrics_listen.map(|addr| {
         let gauges = controller.clone();
         tokio::spawn(async move {
@@ -109,6 +111,7 @@ pub async fn serve_with(
     };
     let served = api::serve(controller.clone(), listener, shutdown).await;
     reconcile_task.abort();
+    migration_sweeper.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -260,6 +260,16 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
                 .await,
         ),
         "RemoveNode" => code(NodeServiceClient::new(ch).remove_node(t!(node())).await),
+        "MigrateVps" => code(
+            NodeServiceClient::new(ch)
+                .migrate_vps(t!(v1::MigrateVpsRequest {
+                    tenant: "a".into(),
+                    name: "get".into(),
+                    to_node: "node-a".into(),
+                    allow_new_address: false,
+                }))
+                .await,
+        ),
         "ListPools" => code(
             PoolServiceClient::new(ch)
                 .list_pools(t!(v1::Empty {}))
@@ -505,6 +515,8 @@ async fn every_rpc_checks_role_and_tenant() {
         ("SetNodeLabels", admin_only(Ok)),
         // The fixture node is neither drained nor empty.
         ("RemoveNode", admin_only(Fp)),
+        // The fixture VPS is on node-a already: refused before anything moves.
+        ("MigrateVps", admin_only(Fp)),
         ("ListPools", admin_only(Ok)),
         ("GetPool", admin_only(Nf)),
         ("DeletePool", admin_only(Nf)),

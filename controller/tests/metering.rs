@@ -168,7 +168,7 @@ async fn usage_is_listed_paginated_and_summed_without_double_counting() {
         .into_inner();
     assert_eq!(summary.tenant, "acme");
     assert_eq!(summary.per_vps.len(), 2);
-    let total = summary.total.expect("total");
+    let total = summary.total.clone().expect("total");
     assert_eq!(total.cpu_seconds, 19.0 + 7.0);
     assert_eq!(total.io_write_bytes, (19 + 7) * 20);
 
@@ -651,4 +651,144 @@ fn token_id(token: &str) -> &str {
         .strip_prefix("pdk_")
         .and_then(|rest| rest.split_once('_'))
         .map_or("", |(id, _)| id)
+}
+
+/// A cold migration's switch (`Store::switch_migration`) resets the VPS's usage cursor: the
+/// destination's samples, with its own low sequence numbers and counters from zero, are
+/// counted whole; the source's after the switch and the destination's before it are not.
+/// The total is what both nodes' counters add up to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_continues_across_a_migration_without_double_count() {
+    use paddock_controller::model::migration::{self, MigrationPhase, MigrationRecord};
+
+    let api = start().await;
+    let acme = api.tenant("acme", 10).await;
+    let web = api.create_vps(&acme, "", "web").await.expect("create web");
+    assert_eq!(web.node, "node-a");
+    let node_a = v1::agent_registry_client::AgentRegistryClient::new(api.enrol("node-a").await);
+    let node_b = v1::agent_registry_client::AgentRegistryClient::new(api.enrol("node-b").await);
+    node_b
+        .clone()
+        .register(tonic::Request::new(v1::RegisterRequest {
+            node_name: "node-b".into(),
+            address: "http://127.0.0.1:9".into(),
+            capacity: Some(v1::NodeCapacityReport {
+                vcpus: 64.0,
+                memory_bytes: 1 << 40,
+                disk_bytes: 1 << 44,
+            }),
+            agent_version: "test".into(),
+        }))
+        .await
+        .expect("register node-b");
+    let beat = |node: &v1::agent_registry_client::AgentRegistryClient<_>,
+                name: &str,
+                usage: Vec<v1::UsageSample>| {
+        let mut node = node.clone();
+        let name = name.to_owned();
+        async move {
+            node.heartbeat(tonic::Request::new(v1::HeartbeatRequest {
+                node_name: name,
+                usage,
+                ..Default::default()
+            }))
+            .await
+            .expect("heartbeat");
+        }
+    };
+    // The source has sent many samples: its sequence is far above the destination's.
+    beat(
+        &node_a,
+        "node-a",
+        vec![sample(&web.id, "a1", 100, DAY0 + 10, 5)],
+    )
+    .await;
+    beat(
+        &node_a,
+        "node-a",
+        vec![sample(&web.id, "a1", 101, DAY0 + 20, 15)],
+    )
+    .await;
+    // The destination reports its stopped copy before the switch: not counted.
+    beat(
+        &node_b,
+        "node-b",
+        vec![sample(&web.id, "b1", 1, DAY0 + 25, 99)],
+    )
+    .await;
+
+    let vps = api.store.get_vps(&web.id).expect("get").expect("web");
+    let record = MigrationRecord {
+        id: "m-test".into(),
+        vps_id: vps.vps_id.clone(),
+        tenant: vps.tenant.clone(),
+        vps: vps.name.clone(),
+        source: "node-a".into(),
+        destination: "node-b".into(),
+        phase: MigrationPhase::Planned,
+        was_running: true,
+        old_ipv4: vps.ipv4.clone(),
+        old_network: vps.network.clone(),
+        new_ipv4: Vec::new(),
+        new_network: None,
+        addresses_kept: false,
+        started_at: chrono::Utc::now(),
+        failure: None,
+    };
+    api.store.plan_migration(&record).expect("plan");
+    api.store
+        .set_migration_phase(&vps.vps_id, MigrationPhase::Copied, None)
+        .expect("copied");
+    let moved = api.store.switch_migration(&vps.vps_id).expect("switch");
+    assert_eq!(moved.node, "node-b");
+    let cursor = api
+        .store
+        .get_usage_cursor(&vps.vps_id)
+        .expect("cursor")
+        .expect("kept");
+    assert_eq!(cursor.incarnation, migration::MIGRATED_INCARNATION);
+
+    // A late sample of the source is not counted; the destination's run is, from zero.
+    beat(
+        &node_a,
+        "node-a",
+        vec![sample(&web.id, "a1", 102, DAY0 + 30, 40)],
+    )
+    .await;
+    beat(
+        &node_b,
+        "node-b",
+        vec![sample(&web.id, "b2", 2, DAY0 + 40, 3)],
+    )
+    .await;
+    beat(
+        &node_b,
+        "node-b",
+        vec![sample(&web.id, "b2", 3, DAY0 + 50, 8)],
+    )
+    .await;
+    beat(
+        &node_b,
+        "node-b",
+        vec![sample(&web.id, "b2", 3, DAY0 + 50, 8)],
+    )
+    .await;
+
+    let billing = api.token(v1::Role::Billing, "").await;
+    let summary = BillingServiceClient::new(api.channel.clone())
+        .tenant_usage_summary(with_token(
+            v1::TenantUsageSummaryRequest {
+                tenant: "acme".into(),
+                from: ts(DAY0),
+                to: ts(DAY0 + 86_400),
+            },
+            &billing,
+        ))
+        .await
+        .expect("summary")
+        .into_inner();
+    let total = summary.total.clone().expect("total");
+    // 15 s on node-a's counters, 8 s on node-b's.
+    assert_eq!(total.cpu_seconds, 23.0, "{summary:#?}");
+    assert_eq!(total.net_rx_bytes, (15 + 8) * 100);
 }

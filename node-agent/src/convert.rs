@@ -168,6 +168,36 @@ pub fn checkpoint_report(report: &crate::runtime::CheckpointReport) -> v1::Agent
     }
 }
 
+/// A migration archive's manifest on the wire.
+pub fn archive_manifest(
+    manifest: &crate::runtime::storage::backup::Manifest,
+) -> v1::AgentArchiveManifest {
+    v1::AgentArchiveManifest {
+        archive_bytes: manifest.archive_bytes,
+        archive_sha256: manifest.archive_sha256.clone(),
+        tar_bytes: manifest.tar_bytes,
+        tar_sha256: manifest.tar_sha256.clone(),
+    }
+}
+
+/// The manifest an imported migration archive is checked against.
+pub fn manifest_of(
+    wire: &v1::AgentArchiveManifest,
+    vps_id: &str,
+    migration_id: &str,
+) -> crate::runtime::storage::backup::Manifest {
+    crate::runtime::storage::backup::Manifest {
+        format: crate::runtime::storage::backup::FORMAT_VERSION,
+        backup_id: migration_id.to_owned(),
+        vps_id: vps_id.to_owned(),
+        created_unix: 0,
+        archive_bytes: wire.archive_bytes,
+        archive_sha256: wire.archive_sha256.clone(),
+        tar_bytes: wire.tar_bytes,
+        tar_sha256: wire.tar_sha256.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 pub mod applied;
 pub mod bounded;
 pub mod convert;
+pub mod fault;
 pub mod fsutil;
 pub mod metering;
 pub mod metrics;
@@ -142,6 +143,11 @@ pub async fn run(
         meter,
         metrics,
     ));
+    let spool = runtime::storage::migration::MigrationSpool::new(&config.state_dir);
+    // No transfer survives a restart: the controller retries or rolls the step back.
+    if let Err(error) = spool.clear() {
+        tracing::warn!(%error, "emptying the migration spool");
+    }
     let service = service::AgentService::new(runtime, config.state_dir.clone())
         .with_network(network)
         .with_backup_store(backup_store);

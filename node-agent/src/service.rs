@@ -22,6 +22,7 @@ use crate::network::Network;
 use crate::runtime::checkpoint;
 use crate::runtime::storage::backup::{BackupError, LocalStore};
 use crate::runtime::storage::backup_store::BackupStore;
+use crate::runtime::storage::migration::MigrationSpool;
 use crate::runtime::storage::s3::S3Error;
 use crate::runtime::SnapshotInfo;
 use crate::runtime::{
@@ -38,6 +39,8 @@ pub struct AgentService {
     workers: Workers,
     /// Where backups are written and read.
     backups: BackupStore,
+    /// Where migration archives wait while they stream (private to the node).
+    spool: MigrationSpool,
 }
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -120,6 +123,7 @@ impl AgentService {
                 state_dir.parent().unwrap_or(&state_dir).join("backups"),
             )),
             workers,
+            spool: MigrationSpool::new(&state_dir),
             state_dir,
         }
     }
@@ -612,6 +616,121 @@ impl NodeAgent for AgentService {
             .map_err(|error| Status::new(backup_code(&error), error.to_string()))?;
         Ok(Response::new(v1::Empty {}))
     }
+
+    type ExportVpsStream = OutputStream<v1::AgentArchiveChunk>;
+
+    async fn export_vps(
+        &self,
+        request: Request<v1::AgentExportRequest>,
+    ) -> Result<Response<Self::ExportVpsStream>, Status> {
+        self.authorize(&request)?;
+        let wire = request.into_inner();
+        validate_vps_id(&wire.vps_id)?;
+        validate_migration_id(&wire.migration_id)?;
+        let spool = self.spool.clone();
+        let (vps_id, migration_id) = (wire.vps_id.clone(), wire.migration_id.clone());
+        let mut outgoing = self
+            .blocking(move |runtime| {
+                runtime.export_vps(&wire.vps_id, &wire.migration_id, &spool, &wire.spec_json)
+            })
+            .await?;
+        let (sender, receiver) = mpsc::channel::<Result<v1::AgentArchiveChunk, Status>>(4);
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || {
+            let first = v1::AgentArchiveChunk {
+                manifest: Some(convert::archive_manifest(&outgoing.manifest)),
+                data: Vec::new(),
+            };
+            let mut sent = sender.blocking_send(Ok(first)).is_ok();
+            while sent {
+                match outgoing.next_chunk() {
+                    Ok(data) if data.is_empty() => break,
+                    Ok(data) => {
+                        sent = sender
+                            .blocking_send(Ok(v1::AgentArchiveChunk {
+                                manifest: None,
+                                data,
+                            }))
+                            .is_ok();
+                    }
+                    Err(error) => {
+                        let _ = sender.blocking_send(Err(Status::internal(format!(
+                            "reading the migration archive of {vps_id}: {error}"
+                        ))));
+                        sent = false;
+                    }
+                }
+            }
+            if sent {
+                crate::fault::hit("migrate:after-export");
+            }
+            if let Err(error) = spool.forget(&migration_id) {
+                warn!(vps_id, migration_id, %error, "removing the exported archive");
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn import_vps(
+        &self,
+        request: Request<Streaming<v1::AgentImportChunk>>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        self.authorize(&request)?;
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("manifest: the first ImportVps message must carry it")
+        })?;
+        validate_vps_id(&first.vps_id)?;
+        validate_migration_id(&first.migration_id)?;
+        let manifest = first
+            .manifest
+            .as_ref()
+            .map(|wire| convert::manifest_of(wire, &first.vps_id, &first.migration_id))
+            .ok_or_else(|| {
+                Status::invalid_argument("manifest: the first ImportVps message must carry it")
+            })?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        if !first.data.is_empty() {
+            let _ = sender.send(first.data);
+        }
+        // The chunks are written by the blocking import as they arrive.
+        let pump = tokio::spawn(async move {
+            while let Some(chunk) = inbound.next().await {
+                let Ok(chunk) = chunk else {
+                    return;
+                };
+                let sender = sender.clone();
+                let delivered =
+                    tokio::task::spawn_blocking(move || sender.send(chunk.data).is_ok())
+                        .await
+                        .unwrap_or(false);
+                if !delivered {
+                    return;
+                }
+            }
+        });
+        let spool = self.spool.clone();
+        let vps_id = first.vps_id.clone();
+        let migration_id = first.migration_id.clone();
+        let observed = self
+            .blocking(move |runtime| {
+                let mut reader = ChunkReader::new(receiver);
+                runtime.import_vps(&vps_id, &migration_id, &spool, &manifest, &mut reader)?;
+                runtime.status(&vps_id)
+            })
+            .await;
+        pump.abort();
+        let observed = observed?
+            .ok_or_else(|| Status::not_found(format!("vps {} not found", first.vps_id)))?;
+        crate::fault::hit("migrate:after-import");
+        Ok(Response::new(convert::status(&observed)))
+    }
+}
+
+/// Migration ids follow the backup id rule (they name spool files).
+fn validate_migration_id(migration_id: &str) -> Result<(), Status> {
+    crate::runtime::storage::backup::validate_id(migration_id)
+        .map_err(|error| Status::invalid_argument(format!("migration_id: {error}")))
 }
 
 impl AgentService {
@@ -687,7 +806,8 @@ fn backup_code(error: &BackupError) -> Code {
         BackupError::Corrupt { .. }
         | BackupError::Malformed(_)
         | BackupError::BadManifest { .. }
-        | BackupError::NotReady(_) => Code::FailedPrecondition,
+        | BackupError::NotReady(_)
+        | BackupError::Running => Code::FailedPrecondition,
         BackupError::ObjectStore(S3Error::NotFound { .. }) => Code::NotFound,
         BackupError::ObjectStore(S3Error::Transport { .. }) => Code::Unavailable,
         BackupError::ObjectStore(_)

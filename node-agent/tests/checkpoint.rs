@@ -36,7 +36,9 @@ fn criu_works() -> bool {
     match checkpoint::check(dir.path()) {
         Ok(()) => true,
         Err(error) if std::env::var("PADDOCK_REQUIRE_PRIVILEGED").as_deref() == Ok("1") => {
-            panic!("CRIU does not work on this node (scripts/criu.sh installs one that does): {error}")
+            panic!(
+                "CRIU does not work on this node (scripts/criu.sh installs one that does): {error}"
+            )
         }
         Err(error) => {
             eprintln!("CRIU does not work on this node, checking its refusal only: {error}");

@@ -98,6 +98,8 @@ pub struct MultiNode {
     pub admin_token: String,
     pub nodes: Vec<Node>,
     controller: Option<Child>,
+    /// `PADDOCK_TEST_FAULT` for the daemons started next (see [`MultiNode::set_fault`]).
+    fault: Option<String>,
     /// When this cluster began (after waiting for its turn).
     started_at: Instant,
     torn_down: bool,
@@ -292,6 +294,7 @@ impl MultiNode {
             admin_token: String::new(),
             nodes: Vec::new(),
             controller: None,
+            fault: None,
             started_at: Instant::now(),
             torn_down: false,
             _one_at_a_time: guard,
@@ -515,6 +518,7 @@ impl MultiNode {
             .arg("run")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.fault.iter().map(|fault| ("PADDOCK_TEST_FAULT", fault)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -533,6 +537,27 @@ impl MultiNode {
     /// The controller's pid, while it runs.
     pub fn controller_pid(&self) -> Option<u32> {
         self.controller.as_ref().map(Child::id)
+    }
+
+    /// Sets the test fault point (`PADDOCK_TEST_FAULT`, read by debug builds only) of the
+    /// controller and agents started from now on; `None` clears it.
+    pub fn set_fault(&mut self, fault: Option<&str>) {
+        self.fault = fault.map(str::to_owned);
+    }
+
+    /// Whether the controller process ended by itself (e.g. at a fault point).
+    pub fn controller_exited(&mut self) -> bool {
+        self.controller
+            .as_mut()
+            .is_none_or(|child| !matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Whether agent `index`'s process ended by itself (e.g. at a fault point).
+    pub fn agent_exited(&mut self, index: usize) -> bool {
+        self.nodes[index]
+            .child
+            .as_mut()
+            .is_none_or(|child| !matches!(child.try_wait(), Ok(None)))
     }
 
     /// `kill -9` of the controller.
@@ -555,6 +580,7 @@ impl MultiNode {
             .arg("run")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.fault.iter().map(|fault| ("PADDOCK_TEST_FAULT", fault)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -836,6 +862,15 @@ impl MultiNode {
             if let Ok(entries) = std::fs::read_dir(&vps_dir) {
                 for entry in entries.flatten() {
                     found.push(format!("VPS dir {}", entry.path().display()));
+                }
+            }
+            // A migration's archive lives only as long as its transfer.
+            for half in ["export", "import"] {
+                let spool = node.state_dir.join("migrations").join(half);
+                if let Ok(entries) = std::fs::read_dir(&spool) {
+                    for entry in entries.flatten() {
+                        found.push(format!("migration archive {}", entry.path().display()));
+                    }
                 }
             }
         }

@@ -14,6 +14,7 @@ mod density;
 mod fleet;
 mod limits;
 mod live_migration;
+mod migration;
 mod network;
 mod snapshot;
 mod start_latency;
@@ -72,6 +73,11 @@ pub const ALL: &[Scenario] = &[
         name: "backup",
         title: "Backup: throughput of a running VPS's backup and its restore (zstd tar, SHA-256)",
         run: backup::run,
+    },
+    Scenario {
+        name: "migration",
+        title: "Cold migration: a running busybox VPS with N MiB written moved to another node",
+        run: migration::run,
     },
     Scenario {
         name: "agent-restart",

@@ -18,7 +18,8 @@ use crate::args::{
 use crate::client::Session;
 use crate::output::{Format, Printer};
 use crate::views::{
-    AuditView, CreatedTokenView, DoneView, NodeView, PlanView, PoolView, TenantView, TokenView,
+    AuditView, CreatedTokenView, DoneView, DrainRow, MigrationView, NodeView, PlanView, PoolView,
+    TenantView, TokenView,
 };
 
 /// Runs one `admin` subcommand.
@@ -48,8 +49,96 @@ pub async fn run(
             };
             done(printer, "VPS", vps, action)
         }
+        AdminCommand::Migrate {
+            vps,
+            tenant,
+            to,
+            allow_new_address,
+        } => {
+            let to_node = to.unwrap_or_default();
+            if crate::terminal::stderr_is_tty() {
+                let whither = if to_node.is_empty() {
+                    "a node the scheduler picks".to_owned()
+                } else {
+                    format!("node {to_node}")
+                };
+                eprintln!("Moving {tenant}/{vps} to {whither}: stop, copy, start there...");
+            }
+            let request = v1::MigrateVpsRequest {
+                tenant,
+                name: vps,
+                to_node,
+                allow_new_address,
+            };
+            let migration = session.call(session.nodes().migrate_vps(request)).await?;
+            Ok(printer.one(&MigrationView::from(&migration))?)
+        }
         AdminCommand::Audit { limit } => audit(session, printer, limit).await,
     }
+}
+
+/// `admin node drain NODE --migrate`: cordons the node, then moves its VPSes one at a time
+/// to nodes the scheduler picks, printing a row per VPS (moved or why not).
+async fn drain_and_migrate(
+    session: &Session,
+    printer: &Printer,
+    name: String,
+    allow_new_address: bool,
+) -> Result<(), CommandError> {
+    let mut client = session.nodes();
+    session
+        .call(client.drain_node(GetNodeRequest { name: name.clone() }))
+        .await?;
+    let mut on_node: Vec<v1::Vps> = super::vps::fetch_all_vps(session, String::new())
+        .await?
+        .into_iter()
+        .filter(|vps| vps.node == name)
+        .collect();
+    on_node.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    let mut rows = Vec::new();
+    let mut failed = 0usize;
+    let total = on_node.len();
+    for (done, vps) in on_node.into_iter().enumerate() {
+        if crate::terminal::stderr_is_tty() {
+            eprintln!(
+                "Moving {}/{} ({} of {total})...",
+                vps.tenant,
+                vps.name,
+                done + 1
+            );
+        }
+        let request = v1::MigrateVpsRequest {
+            tenant: vps.tenant.clone(),
+            name: vps.name.clone(),
+            to_node: String::new(),
+            allow_new_address,
+        };
+        let row = match session.call(client.migrate_vps(request)).await {
+            Ok(migration) => DrainRow::moved(&migration),
+            Err(error) => {
+                failed += 1;
+                DrainRow::failed(&vps, &error.to_string())
+            }
+        };
+        // A line as each VPS is done (headers once): a drain can take a while.
+        if printer.format == Format::Table {
+            let line = Printer {
+                format: Format::Table,
+                headers: printer.headers && rows.is_empty(),
+            };
+            line.list(std::slice::from_ref(&row))?;
+        }
+        rows.push(row);
+    }
+    if printer.format != Format::Table {
+        printer.list(&rows)?;
+    }
+    if failed > 0 {
+        return Err(CommandError::Incomplete(format!(
+            "node {name} is drained but {failed} VPS(es) could not be moved (see above)"
+        )));
+    }
+    Ok(())
 }
 
 fn done(
@@ -226,7 +315,12 @@ async fn node(
                 .call(client.get_node(GetNodeRequest { name }))
                 .await?
         }
-        NodeCommand::Drain { name } => {
+        NodeCommand::Drain {
+            name,
+            migrate: true,
+            allow_new_address,
+        } => return drain_and_migrate(session, printer, name, allow_new_address).await,
+        NodeCommand::Drain { name, .. } => {
             session
                 .call(client.drain_node(GetNodeRequest { name }))
                 .await?

@@ -39,6 +39,9 @@ pub enum CommandError {
     Usage(String),
     #[error("aborted: nothing was changed")]
     Aborted,
+    /// Some of a batch failed; each was reported on its own line already.
+    #[error("{0}")]
+    Incomplete(String),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
 }

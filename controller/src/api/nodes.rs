@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::audit_target;
 use crate::convert;
+use crate::service::migration::MigrateVps;
 use crate::service::Controller;
 
 pub struct NodeApi {
@@ -38,6 +39,30 @@ impl NodeService for NodeApi {
         self.controller.admin(&request)?;
         let (record, view, count) = self.controller.nodes().get(&request.into_inner().name)?;
         Ok(Response::new(convert::node(&record, &view, count)))
+    }
+
+    async fn migrate_vps(
+        &self,
+        request: Request<v1::MigrateVpsRequest>,
+    ) -> Result<Response<v1::Migration>, Status> {
+        let target = format!("{}/{}", request.get_ref().tenant, request.get_ref().name);
+        audit_target(&request, target);
+        self.controller.admin(&request)?;
+        let request = request.into_inner();
+        let outcome = self
+            .controller
+            .migrations()
+            .migrate(MigrateVps {
+                tenant: request.tenant,
+                name: request.name,
+                to_node: request.to_node,
+                allow_new_address: request.allow_new_address,
+            })
+            .await?;
+        Ok(Response::new(convert::migration(
+            &outcome.record,
+            outcome.duration,
+        )))
     }
 
     async fn drain_node(

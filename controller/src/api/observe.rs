@@ -44,7 +44,7 @@ pub fn audit_target<T>(request: &tonic::Request<T>, target: impl Into<String>) {
 /// Methods that change state (or, like Exec, act inside a tenant's VPS).
 fn is_audited(path: &str) -> bool {
     let method = path.rsplit('/').next().unwrap_or_default();
-    const VERBS: [&str; 18] = [
+    const VERBS: [&str; 19] = [
         "Create",
         "Remove",
         "Lift",
@@ -63,6 +63,7 @@ fn is_audited(path: &str) -> bool {
         "Undrain",
         "Register",
         "Restore",
+        "Migrate",
     ];
     VERBS.iter().any(|verb| method.starts_with(verb)) || method == "Exec" || method == "Console"
 }

@@ -4,6 +4,7 @@
 use crate::auth::AuthError;
 use crate::error::ControllerError;
 use crate::limits::LimitError;
+use crate::model::migration::MigrationError;
 use crate::model::scheduler::ScheduleError;
 use crate::model::validate::ValidationError;
 use crate::store::StoreError;
@@ -30,6 +31,7 @@ impl From<StoreError> for tonic::Status {
             | StoreError::SnapshotQuota(_)
             | StoreError::Ipam(_)
             | StoreError::Conflict(_) => Status::failed_precondition(error.to_string()),
+            StoreError::Migration(migration) => migration_status(migration),
             StoreError::Open { .. }
             | StoreError::SchemaMismatch { .. }
             | StoreError::NotInitialized { .. }
@@ -62,7 +64,24 @@ impl From<ControllerError> for tonic::Status {
             ControllerError::Agent { node, status } => {
                 Status::new(status.code(), format!("node {node}: {}", status.message()))
             }
+            ControllerError::Migration(error) => migration_status(&error),
         }
+    }
+}
+
+/// A migration refused up front is `FailedPrecondition` (nothing changed); one that raced
+/// another change or failed and was rolled back is `Aborted` (the VPS is where it was).
+fn migration_status(error: &MigrationError) -> tonic::Status {
+    match error {
+        MigrationError::SameNode { .. }
+        | MigrationError::InProgress { .. }
+        | MigrationError::AddressChange { .. }
+        | MigrationError::HasSnapshots { .. } => {
+            tonic::Status::failed_precondition(error.to_string())
+        }
+        MigrationError::Moved { .. }
+        | MigrationError::AddressTaken { .. }
+        | MigrationError::Failed { .. } => tonic::Status::aborted(error.to_string()),
     }
 }
 

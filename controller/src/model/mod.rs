@@ -8,6 +8,7 @@
 pub mod desired;
 pub mod ipam;
 pub mod metering;
+pub mod migration;
 pub mod node;
 pub mod quota;
 mod records;

@@ -323,6 +323,10 @@ pub enum EventKind {
     BackupRestored,
     /// A backup of the VPS was deleted (`detail`: the backup id).
     BackupDeleted,
+    /// The VPS moved to another node (`detail`: from, to, addresses).
+    VpsMigrated,
+    /// A migration of the VPS was rolled back (`detail`: why).
+    MigrationFailed,
 }
 
 /// A VPS backup: an archive in the backup store (`node-agent/src/runtime/storage/backup.rs`)

@@ -22,6 +22,8 @@ pub struct Controller {
     pub reconciler: ReconcileHandle,
     /// The scheduler's in-memory view of the nodes (see `placement.rs`).
     pub placements: crate::placement::PlacementCache,
+    /// The migrations this process drives right now (`service::migration`).
+    pub active_migrations: crate::service::migration::ActiveMigrations,
     /// Shared secret a new agent presents once, to enrol and get its certificate.
     pub join_token: String,
     /// The CA and the controller's TLS identity.

@@ -49,7 +49,7 @@ impl std::ops::Deref for Backups<'_> {
 }
 
 /// What the archive's `spec.json` holds: what a restore needs to recreate the VPS.
-fn spec_json(vps: &VpsRecord) -> String {
+pub(crate) fn spec_json(vps: &VpsRecord) -> String {
     serde_json::json!({
         "name": vps.name,
         "vps_id": vps.vps_id,

@@ -5,6 +5,7 @@
 mod app;
 pub mod backups;
 pub mod metering;
+pub mod migration;
 pub mod nodes;
 pub mod plans;
 pub mod pools;

@@ -75,7 +75,10 @@ impl Vps<'_> {
     }
 
     /// The configured placement policy with a request's node selector.
-    fn placement(&self, selector: std::collections::BTreeMap<String, String>) -> Placement {
+    pub(crate) fn placement(
+        &self,
+        selector: std::collections::BTreeMap<String, String>,
+    ) -> Placement {
         let config = &self.config.scheduler;
         Placement {
             overcommit: Overcommit {
@@ -264,6 +267,7 @@ impl Vps<'_> {
         if requests::already_done(tagged.as_ref(), &vps)? {
             return Ok(vps);
         }
+        self.refuse_if_migrating(&vps)?;
         if let Some(what) = refused_when_suspended {
             self.refuse_if_suspended(&tenant, what)?;
             refuse_if_transfer_suspended(&vps, what)?;
@@ -402,6 +406,7 @@ impl Vps<'_> {
         if requests::already_done(tagged.as_ref(), &vps)? {
             return Ok(vps);
         }
+        self.refuse_if_migrating(&vps)?;
         self.refuse_if_suspended(&tenant, "resizing a VPS")?;
         // A tenant's overrides are held to the plan the VPS ends up on.
         let (plan_record, base) = if plan.is_empty() {
@@ -491,6 +496,7 @@ impl Vps<'_> {
         if requests::already_done(tagged.as_ref(), &vps)? {
             return Ok(vps);
         }
+        self.refuse_if_migrating(&vps)?;
         let updated = self.store.update_vps(&vps.vps_id, &|vps| {
             vps.deleting = true;
             if let Some(tagged) = &tagged {
@@ -502,6 +508,18 @@ impl Vps<'_> {
         info!(vps = %updated.name, tenant = %updated.tenant, actor = %principal.actor(), "VPS delete requested");
         self.reconciler.kick(&updated.node);
         Ok(updated)
+    }
+
+    /// A VPS being moved keeps its desired state until the move ends (`service::migration`).
+    fn refuse_if_migrating(&self, vps: &VpsRecord) -> Result<(), ControllerError> {
+        match self.store.get_migration(&vps.vps_id)? {
+            Some(migration) => Err(crate::model::migration::MigrationError::InProgress {
+                vps: vps.name.clone(),
+                phase: migration.phase.as_str(),
+            }
+            .into()),
+            None => Ok(()),
+        }
     }
 
     fn refuse_if_suspended(&self, tenant: &str, what: &'static str) -> Result<(), ControllerError> {

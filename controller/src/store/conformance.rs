@@ -11,6 +11,7 @@ use chrono::Utc;
 mod etcd_server;
 
 use super::*;
+use crate::model::migration;
 use crate::model::*;
 
 /// A store under test, with what a test needs beyond the `Store` trait.
@@ -97,6 +98,7 @@ both!(
     long_lists_are_complete_and_ordered,
     vps_watchers_see_committed_changes,
     snapshots_and_backups,
+    migrations_reserve_switch_and_roll_back,
 );
 
 pub(crate) fn tenant(name: &str, max_vps: u32) -> TenantRecord {
@@ -876,4 +878,171 @@ fn snapshots_and_backups(fixture: &Fixture) {
     store.remove_vps(id).expect("remove VPS");
     assert!(store.list_snapshots(id).expect("list").snapshots.is_empty());
     assert_eq!(ids(Some("acme")), ["b2"], "backups outlive their VPS");
+}
+
+/// A migration plan of `vps` from n1 to n2 with the addresses `plan_addresses` picks there.
+fn migration_of(store: &dyn Backend, vps: &VpsRecord) -> migration::MigrationRecord {
+    let pools: Vec<PoolRecord> = store
+        .list_pools()
+        .expect("pools")
+        .into_iter()
+        .filter(|pool| pool.node == "n2")
+        .collect();
+    let plan = migration::plan_addresses(vps, &pools).expect("room on n2");
+    migration::MigrationRecord {
+        id: format!("m-{}", vps.name),
+        vps_id: vps.vps_id.clone(),
+        tenant: vps.tenant.clone(),
+        vps: vps.name.clone(),
+        source: vps.node.clone(),
+        destination: "n2".to_owned(),
+        phase: migration::MigrationPhase::Planned,
+        was_running: vps.desired_power == Power::Running,
+        old_ipv4: vps.ipv4.clone(),
+        old_network: vps.network.clone(),
+        new_ipv4: plan.ipv4,
+        new_network: plan.network,
+        addresses_kept: plan.kept,
+        started_at: Utc::now(),
+        failure: None,
+    }
+}
+
+fn migrations_reserve_switch_and_roll_back(fixture: &Fixture) {
+    use crate::model::migration::{MigrationError, MigrationPhase};
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 10)).expect("tenant");
+    store.create_pool(&pool("p1", "n1", 1)).expect("pool n1");
+    store.create_pool(&pool("p2", "n2", 2)).expect("pool n2");
+    let mut web = vps("acme", "web");
+    web.resources.ipv4_count = 1;
+    store.create_vps(&web).expect("web");
+    let web = store.get_vps(&web.vps_id).expect("get").expect("web");
+    assert_eq!(web.ipv4, ["10.9.1.10"]);
+    let cursor = UsageCursorRecord {
+        incarnation: "run-1".to_owned(),
+        sequence: 40,
+        month_transfer_bytes: 1234,
+        ..UsageCursorRecord::default()
+    };
+    let key = UsageHourKey {
+        tenant: "acme".to_owned(),
+        hour_start: 0,
+        vps_id: web.vps_id.clone(),
+    };
+    store
+        .record_usage(&web.vps_id, &key, &|state| {
+            Some(UsageUpdate {
+                cursor: cursor.clone(),
+                hour: state.hour.unwrap_or_default(),
+                events: Vec::new(),
+                vps: None,
+            })
+        })
+        .expect("usage");
+
+    // Planning reserves on n2 and holds the VPS stopped; a second plan is refused.
+    let plan = migration_of(store, &web);
+    assert!(!plan.addresses_kept, "pools never overlap: a new address");
+    assert_eq!(plan.new_ipv4, ["10.9.2.10"]);
+    let held = store.plan_migration(&plan).expect("plan");
+    assert_eq!(
+        (held.node.as_str(), held.desired_power),
+        ("n1", Power::Stopped)
+    );
+    assert!(matches!(
+        store.plan_migration(&plan),
+        Err(StoreError::Migration(MigrationError::InProgress { .. }))
+    ));
+    let n2 = allocation(store, "n2");
+    assert_eq!((n2.vps_count, n2.free_ipv4), (1, 9));
+    let p2 = store.get_pool("p2").expect("get").expect("p2");
+    assert_eq!(p2.allocated.get("10.9.2.10"), Some(&web.vps_id));
+
+    // Rolling back gives n2's share and address back and the VPS its power; one event.
+    let events = store.list_events(0, 1000).expect("events").len();
+    store
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::RollingBack,
+            Some("test".into()),
+        )
+        .expect("phase");
+    let failed = EventRecord::of_vps(EventKind::MigrationFailed, &web);
+    store
+        .end_migration(&web.vps_id, Some(failed))
+        .expect("roll back");
+    assert_eq!(store.get_migration(&web.vps_id).expect("get"), None);
+    assert_eq!(allocation(store, "n2").vps_count, 0);
+    assert_eq!(allocation(store, "n2").free_ipv4, 10);
+    assert!(store
+        .get_pool("p2")
+        .expect("get")
+        .expect("p2")
+        .allocated
+        .is_empty());
+    let back = store.get_vps(&web.vps_id).expect("get").expect("web");
+    assert_eq!(
+        (back.node.as_str(), back.desired_power),
+        ("n1", Power::Running)
+    );
+    assert_eq!(back.ipv4, ["10.9.1.10"]);
+    assert_eq!(
+        store.list_events(0, 1000).expect("events").len(),
+        events + 1
+    );
+
+    // Planned again and switched: one transaction moves everything to n2.
+    let plan = migration_of(store, &back);
+    store.plan_migration(&plan).expect("plan again");
+    store
+        .set_migration_phase(&web.vps_id, MigrationPhase::Copied, None)
+        .expect("copied");
+    let moved = store.switch_migration(&web.vps_id).expect("switch");
+    assert_eq!(moved.node, "n2");
+    assert_eq!(moved.ipv4, ["10.9.2.10"]);
+    assert_eq!(moved.desired_power, Power::Running);
+    assert_eq!(moved.network.as_ref().map(|n| n.pool.as_str()), Some("p2"));
+    let on = |node: &str| -> Vec<String> {
+        store
+            .list_vps_on_node(node)
+            .expect("list")
+            .into_iter()
+            .map(|vps| vps.name)
+            .collect()
+    };
+    assert!(on("n1").is_empty());
+    assert_eq!(on("n2"), ["web"]);
+    assert_eq!(
+        (
+            allocation(store, "n1").vps_count,
+            allocation(store, "n1").free_ipv4
+        ),
+        (0, 10)
+    );
+    assert_eq!(allocation(store, "n2").vps_count, 1);
+    assert!(store
+        .get_pool("p1")
+        .expect("get")
+        .expect("p1")
+        .allocated
+        .is_empty());
+    let reset = store
+        .get_usage_cursor(&web.vps_id)
+        .expect("cursor")
+        .expect("kept");
+    assert_eq!(reset.sequence, 0);
+    assert_eq!(reset.incarnation, migration::MIGRATED_INCARNATION);
+    assert_eq!(reset.month_transfer_bytes, 1234);
+    let last = store.list_events(0, 1000).expect("events");
+    assert_eq!(last.last().map(|e| e.kind), Some(EventKind::VpsMigrated));
+    // Idempotent once switched; a late rollback request does not move it back.
+    store.switch_migration(&web.vps_id).expect("again");
+    let phase = store
+        .set_migration_phase(&web.vps_id, MigrationPhase::RollingBack, None)
+        .expect("phase");
+    assert_eq!(phase.phase, MigrationPhase::Switched);
+    store.end_migration(&web.vps_id, None).expect("end");
+    assert_eq!(store.list_migrations().expect("list"), vec![]);
+    assert_eq!(on("n2"), ["web"]);
 }

@@ -24,6 +24,7 @@
 //! | `P usage_hours/<tenant>/<hour:020>/<vps_id>`  | `UsageHourRecord`                      |
 //! | `P backups/<tenant>/<backup_id>`              | `BackupRecord`                         |
 //! | `P snapshots/<vps_id>`                        | `VpsSnapshots` (all of a VPS's)        |
+//! | `P migrations/<vps_id>`                       | `MigrationRecord` (one move at a time) |
 //!
 //! # Transactions
 //!
@@ -59,6 +60,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::*;
+use crate::model::migration::{self, MigrationError, MigrationPhase, MigrationRecord};
 use crate::model::snapshots::{self, SnapshotRecord, VpsSnapshots};
 use crate::model::*;
 use crate::model::{ipam, quota};
@@ -1292,6 +1294,157 @@ impl Store for EtcdStore {
             Ok(())
         });
         self.signalled(result)
+    }
+
+    fn plan_migration(&self, migration: &MigrationRecord) -> Result<VpsRecord, StoreError> {
+        let result = self.transact(|tx| {
+            let mut vps: VpsRecord = tx.need("vps", &migration.vps_id, "VPS")?;
+            if vps.deleting {
+                return Err(StoreError::Conflict(Conflict::VpsDeleting {
+                    name: vps.name.clone(),
+                }));
+            }
+            if let Some(existing) = tx.get::<MigrationRecord>("migrations", &vps.vps_id)? {
+                return Err(MigrationError::InProgress {
+                    vps: vps.name.clone(),
+                    phase: existing.phase.as_str(),
+                }
+                .into());
+            }
+            migration::check_plan(&vps, migration)?;
+            if let Some(network) = &migration.new_network {
+                let mut pool: PoolRecord = tx.need("pools", &network.pool, "pool")?;
+                migration::reserve_addresses(migration, &mut pool)?;
+                tx.put("pools", &network.pool, &pool);
+            }
+            tx.update_allocation(&migration.destination, |allocation| {
+                migration::reserve_capacity(allocation, &vps, migration);
+            })?;
+            vps.desired_power = Power::Stopped;
+            tx.put("vps", &vps.vps_id, &vps);
+            tx.put("migrations", &vps.vps_id, migration);
+            Ok(vps)
+        });
+        self.published(&migration.vps_id, result)
+    }
+
+    fn get_migration(&self, vps_id: &str) -> Result<Option<MigrationRecord>, StoreError> {
+        self.get("migrations", vps_id)
+    }
+
+    fn list_migrations(&self) -> Result<Vec<MigrationRecord>, StoreError> {
+        self.scan("migrations", "")
+    }
+
+    fn set_migration_phase(
+        &self,
+        vps_id: &str,
+        phase: MigrationPhase,
+        failure: Option<String>,
+    ) -> Result<MigrationRecord, StoreError> {
+        self.transact(|tx| {
+            let mut record: MigrationRecord = tx.need("migrations", vps_id, "migration")?;
+            if record.phase == MigrationPhase::Switched || record.phase == phase {
+                return Ok(record);
+            }
+            record.phase = phase;
+            if failure.is_some() {
+                record.failure = failure.clone();
+            }
+            tx.put("migrations", vps_id, &record);
+            Ok(record)
+        })
+    }
+
+    fn switch_migration(&self, vps_id: &str) -> Result<VpsRecord, StoreError> {
+        let now = chrono::Utc::now();
+        let result = self.transact(|tx| {
+            let mut record: MigrationRecord = tx.need("migrations", vps_id, "migration")?;
+            let mut vps: VpsRecord = tx.need("vps", vps_id, "VPS")?;
+            if record.phase == MigrationPhase::Switched {
+                return Ok(vps);
+            }
+            if record.phase == MigrationPhase::RollingBack || vps.node != record.source {
+                return Err(MigrationError::Moved {
+                    vps: vps.name.clone(),
+                    node: record.source.clone(),
+                }
+                .into());
+            }
+            let mut released = 0u32;
+            if let Some(network) = &vps.network {
+                let moving_pool = record.new_network.as_ref().map(|n| n.pool.as_str());
+                if moving_pool != Some(network.pool.as_str()) {
+                    if let Some(mut pool) = tx.get::<PoolRecord>("pools", &network.pool)? {
+                        released = migration::release_addresses(&mut pool, vps_id);
+                        tx.put("pools", &network.pool, &pool);
+                    }
+                }
+            }
+            tx.update_allocation(&record.source, |allocation| {
+                migration::release_capacity(allocation, &vps, released);
+            })?;
+            tx.delete("vps_nodes", &node_vps_key(&record.source, vps_id));
+            tx.put_raw(
+                format!("vps_nodes/{}", node_vps_key(&record.destination, vps_id)),
+                Vec::new(),
+            );
+            migration::switch_vps(&mut vps, &record);
+            tx.put("vps", vps_id, &vps);
+            if let Some(mut cursor) = tx.get::<UsageCursorRecord>("usage_cursors", vps_id)? {
+                migration::reset_cursor(&mut cursor, now);
+                tx.put("usage_cursors", vps_id, &cursor);
+            }
+            record.phase = MigrationPhase::Switched;
+            tx.put("migrations", vps_id, &record);
+            tx.append_event(
+                EventRecord::of_vps(EventKind::VpsMigrated, &vps)
+                    .with_detail(migration::migrated_detail(&record)),
+            )?;
+            Ok(vps)
+        });
+        self.signalled(self.published(vps_id, result))
+    }
+
+    fn end_migration(&self, vps_id: &str, event: Option<EventRecord>) -> Result<(), StoreError> {
+        let result = self.transact(|tx| {
+            let Some(record) = tx.get::<MigrationRecord>("migrations", vps_id)? else {
+                return Ok(());
+            };
+            tx.delete("migrations", vps_id);
+            if record.phase == MigrationPhase::Switched {
+                return Ok(());
+            }
+            let mut released = 0u32;
+            if let Some(network) = &record.new_network {
+                if let Some(mut pool) = tx.get::<PoolRecord>("pools", &network.pool)? {
+                    let keeps_here = record
+                        .old_network
+                        .as_ref()
+                        .is_some_and(|old| old.pool == network.pool);
+                    if !keeps_here {
+                        released = migration::release_addresses(&mut pool, vps_id);
+                        tx.put("pools", &network.pool, &pool);
+                    }
+                }
+            }
+            if let Some(mut vps) = tx.get::<VpsRecord>("vps", vps_id)? {
+                tx.update_allocation(&record.destination, |allocation| {
+                    migration::release_capacity(allocation, &vps, released);
+                })?;
+                vps.desired_power = if record.was_running {
+                    Power::Running
+                } else {
+                    Power::Stopped
+                };
+                tx.put("vps", vps_id, &vps);
+            }
+            if let Some(event) = &event {
+                tx.append_event(event.clone())?;
+            }
+            Ok(())
+        });
+        self.signalled(self.published(vps_id, result))
     }
 }
 

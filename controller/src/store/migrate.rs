@@ -37,7 +37,7 @@ pub fn sled_to_etcd(from: &SledStore, to: &EtcdStore) -> Result<Migrated, StoreE
         match tree.as_str() {
             "plans" | "tenants" | "tokens" | "nodes" | "node_revocations" | "vps" | "vps_names"
             | "usage_cursors" | "usage_hours" | "vps_nodes" | "node_allocations" | "backups"
-            | "snapshots" => entries.push((format!("{tree}/{}", text()), value)),
+            | "snapshots" | "migrations" => entries.push((format!("{tree}/{}", text()), value)),
             // The guard only serializes concurrent pool creates; etcd keeps its own.
             "pools" if key.starts_with(b"\0") => {}
             "pools" => entries.push((format!("pools/{}", text()), value)),

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::model::ipam::IpamError;
+use crate::model::migration::{MigrationError, MigrationPhase, MigrationRecord};
 use crate::model::quota::QuotaError;
 use crate::model::snapshots::{SnapshotQuotaError, SnapshotRecord, VpsSnapshots};
 use crate::model::{
@@ -77,6 +78,9 @@ pub enum StoreError {
     /// The VPS's plan allows no more snapshots (checked in the recording transaction).
     #[error(transparent)]
     SnapshotQuota(#[from] SnapshotQuotaError),
+    /// A migration may not be planned or go on (checked in its transactions).
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
 }
 
 impl From<IpamError> for StoreError {
@@ -306,6 +310,34 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         event: Option<EventRecord>,
     ) -> Result<(), StoreError>;
+
+    // Migrations (`model::migration`): at most one per VPS, keyed by its id.
+    /// Records `migration` (phase `planned`) in one transaction that checks the VPS is on the
+    /// source, not being deleted and not already migrating (`check_plan`), reserves its new
+    /// addresses in the destination pool and its resources in the destination's summary, and
+    /// holds the VPS stopped (its desired power is `migration.was_running`'s to restore).
+    /// Returns the VPS as held.
+    fn plan_migration(&self, migration: &MigrationRecord) -> Result<VpsRecord, StoreError>;
+    fn get_migration(&self, vps_id: &str) -> Result<Option<MigrationRecord>, StoreError>;
+    fn list_migrations(&self) -> Result<Vec<MigrationRecord>, StoreError>;
+    /// Moves an unswitched migration to `phase` (`RollingBack` with its `failure`); a
+    /// switched one is never moved back (`Conflict`-free: it is returned unchanged).
+    fn set_migration_phase(
+        &self,
+        vps_id: &str,
+        phase: MigrationPhase,
+        failure: Option<String>,
+    ) -> Result<MigrationRecord, StoreError>;
+    /// The switch, one transaction: the VPS names the destination with its new addresses and
+    /// its old desired power (`migration::switch_vps`), its source addresses and the source's
+    /// share go back, the node index moves, the usage cursor is reset
+    /// (`migration::reset_cursor`), the migration is `Switched`, and `vps_migrated` appended.
+    /// Idempotent once switched.
+    fn switch_migration(&self, vps_id: &str) -> Result<VpsRecord, StoreError>;
+    /// Ends a migration (absent is fine): a switched one is just removed; an unswitched one
+    /// also gives the destination's reservation back and the VPS its desired power, and
+    /// appends `event` (the `migration_failed`) in the same transaction.
+    fn end_migration(&self, vps_id: &str, event: Option<EventRecord>) -> Result<(), StoreError>;
 }
 
 /// What a backend does after a transaction commits, written once for every backend.

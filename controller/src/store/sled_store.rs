@@ -13,6 +13,7 @@ use super::*;
 use crate::model::*;
 use crate::model::{ipam, quota};
 
+mod migrations;
 mod snapshots;
 
 const META: &str = "meta";
@@ -452,6 +453,35 @@ impl Store for SledStore {
 
     fn vps_watchers(&self) -> &VpsWatchers {
         &self.watchers
+    }
+
+    fn plan_migration(&self, migration: &MigrationRecord) -> Result<VpsRecord, StoreError> {
+        self.plan_migration_impl(migration)
+    }
+
+    fn get_migration(&self, vps_id: &str) -> Result<Option<MigrationRecord>, StoreError> {
+        self.get_migration_impl(vps_id)
+    }
+
+    fn list_migrations(&self) -> Result<Vec<MigrationRecord>, StoreError> {
+        self.list_migrations_impl()
+    }
+
+    fn set_migration_phase(
+        &self,
+        vps_id: &str,
+        phase: MigrationPhase,
+        failure: Option<String>,
+    ) -> Result<MigrationRecord, StoreError> {
+        self.set_migration_phase_impl(vps_id, phase, failure)
+    }
+
+    fn switch_migration(&self, vps_id: &str) -> Result<VpsRecord, StoreError> {
+        self.switch_migration_impl(vps_id)
+    }
+
+    fn end_migration(&self, vps_id: &str, event: Option<EventRecord>) -> Result<(), StoreError> {
+        self.end_migration_impl(vps_id, event)
     }
 
     fn list_snapshots(&self, vps_id: &str) -> Result<VpsSnapshots, StoreError> {

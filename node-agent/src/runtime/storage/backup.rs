@@ -106,6 +106,9 @@ pub enum BackupError {
     /// The VPS has nothing to back up yet (never started: no id range or disk).
     #[error("the VPS cannot be backed up yet: {0}")]
     NotReady(&'static str),
+    /// A cold migration copies a stopped VPS only.
+    #[error("the VPS is running; a cold migration copies it stopped (stop it first)")]
+    Running,
     /// The archive's content is not what this agent writes.
     #[error("backup archive is malformed: {0}")]
     Malformed(String),
@@ -259,6 +262,47 @@ impl LocalStore {
             ));
         }
         Ok(manifest)
+    }
+
+    /// Receives an archive written elsewhere (a migration's, streamed through the
+    /// controller) as `backup_id`: copies `archive` into a temp file, then puts it and
+    /// `manifest` in place. Nothing is trusted yet: [`verify`](Self::verify) checks it.
+    pub fn receive(
+        &self,
+        backup_id: &str,
+        manifest: &Manifest,
+        archive: &mut impl Read,
+    ) -> Result<(), BackupError> {
+        validate_id(backup_id)?;
+        self.ensure_dir()?;
+        let partial = self.partial_path(backup_id);
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)
+                .map_err(BackupError::io_err("create", &partial))?;
+            io::copy(archive, &mut file).map_err(BackupError::io_err("write", &partial))?;
+            file.sync_all()
+                .map_err(BackupError::io_err("sync", &partial))?;
+            let location = self.archive_path(backup_id);
+            fs::rename(&partial, &location).map_err(BackupError::io_err("rename", &location))?;
+            let json = serde_json::to_vec_pretty(manifest)
+                .map_err(|e| BackupError::Malformed(e.to_string()))?;
+            crate::fsutil::write_atomic(&self.manifest_path(backup_id), &json).map_err(|e| {
+                BackupError::Io {
+                    operation: e.operation,
+                    path: e.path,
+                    source: e.source,
+                }
+            })
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&partial);
+        }
+        written
     }
 
     /// Removes a backup (absent is fine).
@@ -1252,5 +1296,65 @@ mod tests {
             store.verify("nope"),
             Err(BackupError::NotFound(_))
         ));
+    }
+
+    /// An archive streamed from another node is stored with its manifest and checked like
+    /// a local one: whole it verifies, cut short on the way it is refused.
+    #[test]
+    fn a_received_archive_is_verified_against_its_manifest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = LocalStore::new(dir.path().join("source"));
+        source.ensure_dir().expect("dir");
+        let upper = dir.path().join("upper");
+        fs::create_dir_all(&upper).expect("upper");
+        fs::write(upper.join("file"), vec![3u8; 50_000]).expect("write");
+        let uid = nix::unistd::geteuid().as_raw();
+        let archive = source.archive_path("m-1");
+        let sums = write_archive(&upper, uid, b"{}", File::create(&archive).expect("create"))
+            .expect("archive");
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            backup_id: "m-1".into(),
+            vps_id: "v".into(),
+            created_unix: 0,
+            archive_bytes: sums.archive_bytes,
+            archive_sha256: sums.archive_sha256,
+            tar_bytes: sums.tar_bytes,
+            tar_sha256: sums.tar_sha256,
+        };
+        let bytes = fs::read(&archive).expect("read");
+        let spool = LocalStore::new(dir.path().join("spool"));
+        spool
+            .receive("m-1", &manifest, &mut bytes.as_slice())
+            .expect("receive");
+        assert_eq!(spool.verify("m-1").expect("whole"), manifest);
+        let cut = &bytes[..bytes.len() / 2];
+        spool
+            .receive(
+                "m-2",
+                &Manifest {
+                    backup_id: "m-2".into(),
+                    ..manifest.clone()
+                },
+                &mut &cut[..],
+            )
+            .expect("receive cut");
+        let err = spool.verify("m-2").expect_err("cut short");
+        assert!(err.to_string().contains("corrupted or truncated"), "{err}");
+        assert!(
+            !dir.path()
+                .join("spool")
+                .join(".m-2.tar.zst.partial")
+                .exists(),
+            "no partial file left"
+        );
+        spool.delete("m-1").expect("delete");
+        spool.delete("m-2").expect("delete");
+        assert_eq!(
+            fs::read_dir(dir.path().join("spool"))
+                .expect("list")
+                .count(),
+            0
+        );
     }
 }

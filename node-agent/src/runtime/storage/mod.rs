@@ -5,5 +5,6 @@ pub mod backup;
 pub mod backup_store;
 pub mod disk;
 pub(crate) mod disk_growth;
+pub mod migration;
 pub mod s3;
 pub mod snapshot;

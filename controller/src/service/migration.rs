@@ -1,0 +1,556 @@
+//! Cold migration of a VPS to another node (`paddock admin migrate`, `drain --migrate`).
+//!
+//! One move runs in phases, each recorded in the store before the next begins
+//! (`model::migration`): the plan reserves the destination's capacity and addresses and holds
+//! the VPS stopped; the transfer stops it on the source and streams its archive from the
+//! source agent through this controller into the destination agent (agents do not trust each
+//! other); the switch names the destination in the VPS record (the only place its `node`
+//! changes) and restores its desired power, so the destination's reconciler starts it; the
+//! source's copy is deleted last. A failure before the switch rolls back: the VPS runs again
+//! on its source and the destination's copy and reservation go. A migration this controller
+//! is not driving (after a restart, or a cleanup that failed) is finished by the sweeper:
+//! rolled back before the switch, its source cleaned after it. ARCHITECTURE.md "Migration"
+//! has the crash table.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use paddock_proto::v1;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::agents::agent_error;
+use crate::convert;
+use crate::error::ControllerError;
+use crate::model::migration::{self, MigrationError, MigrationPhase, MigrationRecord};
+use crate::model::scheduler;
+use crate::model::validate;
+use crate::model::{ipam, EventKind, EventRecord, PoolRecord, Power, VpsRecord};
+use crate::service::backups::spec_json;
+use crate::service::{reconcile, Controller};
+use crate::store::{Conflict, StoreError};
+
+/// How long the transfer waits for the source's last usage sample of the stopped VPS.
+const METERING_TAIL_WAIT: Duration = Duration::from_secs(45);
+/// How long one agent call of a migration step may take (a stop, an apply, a delete).
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How often the sweeper looks for migrations nobody drives.
+const SWEEP_PERIOD: Duration = Duration::from_secs(5);
+/// The incarnation an agent reports a stopped VPS's samples under (`node-agent/src/metering.rs`).
+const STOPPED_INCARNATION: &str = "stopped";
+
+/// A migration asked for.
+#[derive(Debug, Clone)]
+pub struct MigrateVps {
+    pub tenant: String,
+    pub name: String,
+    /// Empty: the scheduler picks among the other nodes.
+    pub to_node: String,
+    /// Accept new addresses where the destination has no pool holding the current ones.
+    pub allow_new_address: bool,
+}
+
+/// A migration that ended with the VPS on its destination.
+#[derive(Debug, Clone)]
+pub struct MigrationOutcome {
+    pub record: MigrationRecord,
+    pub duration: Duration,
+}
+
+/// The VPS ids whose migration this controller process drives right now.
+#[derive(Default)]
+pub struct ActiveMigrations(Mutex<HashSet<String>>);
+
+/// Held while one migration is driven; releases its VPS id when dropped (also when the
+/// driving future is cancelled, e.g. by a client that hung up: the sweeper takes over).
+pub struct ActiveGuard<'a> {
+    active: &'a ActiveMigrations,
+    vps_id: String,
+}
+
+impl ActiveMigrations {
+    fn claim(&self, vps_id: &str) -> Option<ActiveGuard<'_>> {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        set.insert(vps_id.to_owned()).then(|| ActiveGuard {
+            active: self,
+            vps_id: vps_id.to_owned(),
+        })
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.active
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.vps_id);
+    }
+}
+
+/// Test-only fault points of the controller (`PADDOCK_TEST_FAULT=<point>`, debug builds):
+/// the process kills itself with SIGKILL there, as `kill -9` would.
+fn fault_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("PADDOCK_TEST_FAULT").is_ok_and(|wanted| wanted == point) {
+        warn!(point, "test fault point reached: killing the controller");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}
+
+/// Migrations: a view of the [`Controller`]; get one with [`Controller::migrations`].
+pub struct Migrations<'a>(&'a Controller);
+
+impl Controller {
+    pub fn migrations(&self) -> Migrations<'_> {
+        Migrations(self)
+    }
+}
+
+impl std::ops::Deref for Migrations<'_> {
+    type Target = Controller;
+
+    fn deref(&self) -> &Controller {
+        self.0
+    }
+}
+
+fn power(was_running: bool) -> Power {
+    if was_running {
+        Power::Running
+    } else {
+        Power::Stopped
+    }
+}
+
+impl Migrations<'_> {
+    /// Moves a VPS to another node and returns once it is there (or rolled back: the error
+    /// then says why, and the VPS runs on its source as before).
+    pub async fn migrate(&self, request: MigrateVps) -> Result<MigrationOutcome, ControllerError> {
+        let started = Instant::now();
+        validate::name("tenant", &request.tenant)?;
+        validate::name("name", &request.name)?;
+        if !request.to_node.is_empty() {
+            validate::name("to_node", &request.to_node)?;
+        }
+        let vps = self.find_vps(&request.tenant, &request.name)?;
+        if vps.deleting {
+            return Err(StoreError::Conflict(Conflict::VpsDeleting { name: vps.name }).into());
+        }
+        if let Some(existing) = self.store.get_migration(&vps.vps_id)? {
+            return Err(MigrationError::InProgress {
+                vps: vps.name,
+                phase: existing.phase.as_str(),
+            }
+            .into());
+        }
+        // Snapshots are files beside the disk on its node and are not carried along.
+        let snapshots = self.store.list_snapshots(&vps.vps_id)?;
+        if !snapshots.snapshots.is_empty() {
+            return Err(MigrationError::HasSnapshots {
+                vps: vps.name,
+                names: snapshots.snapshots.into_keys().collect(),
+            }
+            .into());
+        }
+        let destination = self.choose_destination(&vps, &request.to_node)?;
+        let mut pools: Vec<PoolRecord> = self
+            .store
+            .list_pools()?
+            .into_iter()
+            .filter(|pool| pool.node == destination)
+            .collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let plan = migration::plan_addresses(&vps, &pools).ok_or_else(|| {
+            StoreError::from(ipam::no_room(
+                &destination,
+                pools.iter().map(|pool| pool.name.clone()).collect(),
+                vps.resources.ipv4_count,
+            ))
+        })?;
+        if !plan.kept && !request.allow_new_address {
+            return Err(MigrationError::AddressChange {
+                vps: vps.name.clone(),
+                node: destination,
+                old: migration::describe(&vps.ipv4),
+                new: migration::describe(&plan.ipv4),
+            }
+            .into());
+        }
+        let record = MigrationRecord {
+            id: format!("m-{}", &Uuid::new_v4().simple().to_string()[..12]),
+            vps_id: vps.vps_id.clone(),
+            tenant: vps.tenant.clone(),
+            vps: vps.name.clone(),
+            source: vps.node.clone(),
+            destination,
+            phase: MigrationPhase::Planned,
+            was_running: vps.desired_power == Power::Running,
+            old_ipv4: vps.ipv4.clone(),
+            old_network: vps.network.clone(),
+            new_ipv4: plan.ipv4,
+            new_network: plan.network,
+            addresses_kept: plan.kept,
+            started_at: Utc::now(),
+            failure: None,
+        };
+        let Some(_driving) = self.active_migrations.claim(&vps.vps_id) else {
+            return Err(MigrationError::InProgress {
+                vps: vps.name,
+                phase: MigrationPhase::Planned.as_str(),
+            }
+            .into());
+        };
+        self.store.plan_migration(&record)?;
+        self.commit().await?;
+        self.placements.invalidate();
+        info!(
+            migration = %record.id, vps = %record.vps, tenant = %record.tenant,
+            from = %record.source, to = %record.destination, kept = record.addresses_kept,
+            "migration planned"
+        );
+        if let Err(error) = self.move_vps(&record).await {
+            let reason = error.to_string();
+            warn!(migration = %record.id, vps = %record.vps, %reason, "migration failed; rolling back");
+            if let Err(cleanup) = self.roll_back(&record, &reason).await {
+                warn!(migration = %record.id, error = %cleanup, "rollback incomplete; the sweeper retries it");
+            }
+            return Err(MigrationError::Failed {
+                vps: record.vps.clone(),
+                node: record.destination.clone(),
+                source_node: record.source.clone(),
+                reason,
+            }
+            .into());
+        }
+        let mut record = record;
+        record.phase = MigrationPhase::Switched;
+        if let Err(error) = self.clean_source(&record).await {
+            // The VPS is moved; only the source's stopped copy is left, for the sweeper.
+            warn!(migration = %record.id, %error, "cleaning the source failed; the sweeper retries it");
+        }
+        let duration = started.elapsed();
+        info!(migration = %record.id, vps = %record.vps, ms = duration.as_millis() as u64, "VPS migrated");
+        Ok(MigrationOutcome { record, duration })
+    }
+
+    /// The destination: `to_node` checked (it exists, is another node, and has room as a
+    /// placement would see it), or the scheduler's pick among the other nodes.
+    fn choose_destination(
+        &self,
+        vps: &VpsRecord,
+        to_node: &str,
+    ) -> Result<String, ControllerError> {
+        let views: Vec<_> = self
+            .node_views()?
+            .into_iter()
+            .map(|(_, view, _)| view)
+            .filter(|view| view.name != vps.node)
+            .collect();
+        let placement = self.vps().placement(Default::default());
+        if to_node.is_empty() {
+            return Ok(scheduler::place_with(&views, &vps.resources, &placement)?);
+        }
+        if to_node == vps.node {
+            return Err(MigrationError::SameNode {
+                vps: vps.name.clone(),
+                node: vps.node.clone(),
+            }
+            .into());
+        }
+        let view = views
+            .into_iter()
+            .find(|view| view.name == to_node)
+            .ok_or_else(|| ControllerError::not_found("node", to_node))?;
+        Ok(scheduler::place_with(&[view], &vps.resources, &placement)?)
+    }
+
+    /// Everything up to and including the switch; an error means nothing switched.
+    async fn move_vps(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        self.cold_transfer(record).await?;
+        fault_point("migrate:after-copy");
+        self.await_source_usage(record).await?;
+        self.switch(record).await
+    }
+
+    /// The transfer step of a cold migration: the VPS stopped on the source, its disk copied
+    /// to the destination (stopped there). A live variant replaces exactly this step.
+    async fn cold_transfer(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        self.stop_on_source(record).await?;
+        self.store
+            .set_migration_phase(&record.vps_id, MigrationPhase::SourceStopped, None)?;
+        self.commit().await?;
+        self.copy_to_destination(record).await?;
+        self.store
+            .set_migration_phase(&record.vps_id, MigrationPhase::Copied, None)?;
+        self.commit().await
+    }
+
+    fn current(&self, record: &MigrationRecord) -> Result<(VpsRecord, bool), ControllerError> {
+        let vps = self
+            .store
+            .get_vps(&record.vps_id)?
+            .ok_or_else(|| ControllerError::not_found("VPS", &record.vps))?;
+        let suspended = self
+            .store
+            .get_tenant(&vps.tenant)?
+            .is_some_and(|tenant| tenant.suspended);
+        Ok((vps, suspended))
+    }
+
+    /// An ordinary stop on the source (the plan holds the VPS stopped).
+    async fn stop_on_source(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        let (vps, suspended) = self.current(record)?;
+        let mut client = self.nodes().agent_for(&record.source)?;
+        let mut request = tonic::Request::new(convert::vps_spec(&vps, suspended, Utc::now()));
+        request.set_timeout(STEP_TIMEOUT);
+        let status = client
+            .apply_vps(request)
+            .await
+            .map_err(|status| agent_error(&record.source, status))?
+            .into_inner();
+        reconcile::record_observed(self, &vps.vps_id, convert::observed(&status))?;
+        if status.state() != v1::AgentVpsState::Stopped {
+            return Err(ControllerError::Agent {
+                node: record.source.clone(),
+                status: tonic::Status::failed_precondition(format!(
+                    "the VPS did not stop: {}",
+                    status.message
+                )),
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes the VPS exist (stopped) on the destination with its new addresses, then streams
+    /// the source's archive of it into the destination's import.
+    async fn copy_to_destination(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        let (vps, suspended) = self.current(record)?;
+        let mut staged = vps.clone();
+        staged.node = record.destination.clone();
+        staged.ipv4 = record.new_ipv4.clone();
+        staged.network = record.new_network.clone();
+        staged.desired_power = Power::Stopped;
+        let mut destination = self.nodes().agent_for(&record.destination)?;
+        let mut request = tonic::Request::new(convert::vps_spec(&staged, suspended, Utc::now()));
+        request.set_timeout(STEP_TIMEOUT);
+        let applied = destination
+            .apply_vps(request)
+            .await
+            .map_err(|status| agent_error(&record.destination, status))?
+            .into_inner();
+        if applied.state() != v1::AgentVpsState::Stopped {
+            return Err(ControllerError::Agent {
+                node: record.destination.clone(),
+                status: tonic::Status::failed_precondition(format!(
+                    "preparing the VPS failed: {}",
+                    applied.message
+                )),
+            });
+        }
+        let mut source = self.nodes().agent_for(&record.source)?;
+        let mut export = source
+            .export_vps(v1::AgentExportRequest {
+                vps_id: vps.vps_id.clone(),
+                migration_id: record.id.clone(),
+                spec_json: spec_json(&vps),
+            })
+            .await
+            .map_err(|status| agent_error(&record.source, status))?
+            .into_inner();
+        let manifest = export
+            .message()
+            .await
+            .map_err(|status| agent_error(&record.source, status))?
+            .and_then(|first| first.manifest)
+            .ok_or_else(|| ControllerError::Agent {
+                node: record.source.clone(),
+                status: tonic::Status::data_loss("the export stream carried no manifest"),
+            })?;
+        let export_failure: Arc<Mutex<Option<tonic::Status>>> = Arc::default();
+        let failure_slot = export_failure.clone();
+        let header = v1::AgentImportChunk {
+            vps_id: vps.vps_id.clone(),
+            migration_id: record.id.clone(),
+            manifest: Some(manifest),
+            data: Vec::new(),
+        };
+        // The export is pumped into the import by a task of its own: chunks flow through, at
+        // most a few in memory; an export that breaks ends the import short (refused there).
+        let (sender, receiver) = tokio::sync::mpsc::channel::<v1::AgentImportChunk>(4);
+        let pump = tokio::spawn(async move {
+            if sender.send(header).await.is_err() {
+                return;
+            }
+            loop {
+                match export.message().await {
+                    Ok(Some(chunk)) => {
+                        let chunk = v1::AgentImportChunk {
+                            data: chunk.data,
+                            ..Default::default()
+                        };
+                        if sender.send(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        *failure_slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+                        return;
+                    }
+                }
+            }
+        });
+        let imported = destination
+            .import_vps(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await;
+        pump.abort();
+        let export_failed = export_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(status) = export_failed {
+            return Err(agent_error(&record.source, status));
+        }
+        imported.map_err(|status| agent_error(&record.destination, status))?;
+        Ok(())
+    }
+
+    /// A bounded wait (while the copy ran, most of it passed) for the source's first usage
+    /// sample of the VPS stopped: what its last run used is then counted on the source, whose
+    /// samples are not accepted after the switch.
+    async fn await_source_usage(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        let deadline = Instant::now() + METERING_TAIL_WAIT;
+        loop {
+            match self.store.get_usage_cursor(&record.vps_id)? {
+                Some(cursor) if cursor.incarnation != STOPPED_INCARNATION => {}
+                _ => return Ok(()),
+            }
+            if Instant::now() >= deadline {
+                warn!(vps = %record.vps, "no usage sample of the stopped VPS from its source; its last seconds may go uncounted");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The switch transaction; the destination's reconciler then starts the VPS if it ran.
+    async fn switch(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        let vps = self.store.switch_migration(&record.vps_id)?;
+        self.commit().await?;
+        self.placements.invalidate();
+        self.reconciler.kick(&vps.node);
+        info!(migration = %record.id, vps = %vps.name, node = %vps.node, "migration switched");
+        Ok(())
+    }
+
+    /// Deletes the source's stopped copy, then the migration record.
+    async fn clean_source(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        let mut client = self.nodes().agent_for(&record.source)?;
+        let mut request = tonic::Request::new(v1::AgentVpsRef {
+            vps_id: record.vps_id.clone(),
+        });
+        request.set_timeout(STEP_TIMEOUT);
+        client
+            .delete_vps(request)
+            .await
+            .map_err(|status| agent_error(&record.source, status))?;
+        self.store.end_migration(&record.vps_id, None)?;
+        self.commit().await
+    }
+
+    /// Ends an unswitched migration: the VPS runs again on its source at once (its desired
+    /// power restored), the destination's copy is deleted, then the reservation goes with the
+    /// record and `migration_failed` is appended. A switched one is cleaned forward instead.
+    async fn roll_back(
+        &self,
+        record: &MigrationRecord,
+        reason: &str,
+    ) -> Result<(), ControllerError> {
+        let current = self.store.set_migration_phase(
+            &record.vps_id,
+            MigrationPhase::RollingBack,
+            Some(reason.to_owned()),
+        )?;
+        if current.phase == MigrationPhase::Switched {
+            return self.clean_source(&current).await;
+        }
+        let restored = power(current.was_running);
+        match self.store.update_vps(&record.vps_id, &|vps| {
+            vps.desired_power = restored;
+            Ok(())
+        }) {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+        self.commit().await?;
+        self.reconciler.kick(&current.source);
+        let mut destination = self.nodes().agent_for(&current.destination)?;
+        let mut request = tonic::Request::new(v1::AgentVpsRef {
+            vps_id: current.vps_id.clone(),
+        });
+        request.set_timeout(STEP_TIMEOUT);
+        destination
+            .delete_vps(request)
+            .await
+            .map_err(|status| agent_error(&current.destination, status))?;
+        let event = self.store.get_vps(&current.vps_id)?.map(|vps| {
+            EventRecord::of_vps(EventKind::MigrationFailed, &vps).with_detail(format!(
+                "{} -> {}: {}",
+                current.source,
+                current.destination,
+                current.failure.as_deref().unwrap_or(reason)
+            ))
+        });
+        self.store.end_migration(&current.vps_id, event)?;
+        self.commit().await?;
+        self.placements.invalidate();
+        info!(migration = %current.id, vps = %current.vps, "migration rolled back");
+        Ok(())
+    }
+
+    /// Finishes every migration nobody drives: rolled back before the switch, its source
+    /// cleaned after it. Failures are logged and retried at the next sweep.
+    pub async fn sweep(&self) {
+        let records = match self.store.list_migrations() {
+            Ok(records) => records,
+            Err(error) => {
+                warn!(%error, "listing migrations");
+                return;
+            }
+        };
+        for record in records {
+            let Some(_driving) = self.active_migrations.claim(&record.vps_id) else {
+                continue;
+            };
+            let outcome = if record.phase == MigrationPhase::Switched {
+                self.clean_source(&record).await
+            } else {
+                let reason = record
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| "interrupted (the controller restarted)".to_owned());
+                self.roll_back(&record, &reason).await
+            };
+            if let Err(error) = outcome {
+                warn!(migration = %record.id, vps = %record.vps, %error, "finishing an interrupted migration; retrying later");
+            }
+        }
+    }
+}
+
+/// Runs the sweeper: at start (a migration found then was interrupted by a restart) and
+/// every few seconds.
+pub fn spawn_sweeper(controller: Arc<Controller>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            controller.migrations().sweep().await;
+            tokio::time::sleep(SWEEP_PERIOD).await;
+        }
+    })
+}

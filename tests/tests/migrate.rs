@@ -1,0 +1,450 @@
+//! Cold migration on several nodes of one machine (issue 13, item 5), in the multi-node
+//! harness ([`paddock_tests::multinode`]): a running VPS moves with its files and their owners
+//! (the same ids inside, the destination's range outside) and answers TCP at its new address;
+//! a move that would change its address is refused unless allowed; `kill -9` of the
+//! controller or either agent at the copy step leaves it whole on exactly one node; `drain
+//! --migrate` empties a node. Every scenario ends with the leak check of `MultiNode::finish`.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use paddock_tests::multinode::{MultiNode, PLAN};
+use paddock_tests::{require_root, tcp};
+use serde_json::Value;
+
+/// Size of one VPS's id range.
+const ID_RANGE: u32 = 65_536;
+/// The uid and gid the tenant's own user has inside the VPS.
+const TENANT_UID: u32 = 1000;
+
+fn fail(cluster: &MultiNode, what: impl std::fmt::Display) -> ! {
+    panic!("{what}\n{}", cluster.diagnostics())
+}
+
+fn create(cluster: &MultiNode, tenant: &str, name: &str) -> Value {
+    cluster
+        .cli_ok(&[
+            "--context",
+            tenant,
+            "create",
+            name,
+            "--plan",
+            PLAN,
+            "--wait",
+        ])
+        .unwrap_or_else(|error| fail(cluster, format!("create {name}: {error:#}")));
+    show(cluster, tenant, name)
+}
+
+fn show(cluster: &MultiNode, tenant: &str, name: &str) -> Value {
+    cluster
+        .json(&["--context", tenant, "show", name])
+        .unwrap_or_else(|error| fail(cluster, format!("show {name}: {error:#}")))
+}
+
+fn first_ipv4(vps: &Value) -> String {
+    vps["ipv4"][0].as_str().unwrap_or_default().to_owned()
+}
+
+fn init_pid(vps: &Value) -> u64 {
+    vps["init_pid"].as_u64().unwrap_or_default()
+}
+
+/// The index of the node `vps` is on, and of the other one (two-node clusters).
+fn placed(cluster: &MultiNode, vps: &Value) -> (usize, usize) {
+    let node = vps["node"].as_str().unwrap_or_default();
+    let source = cluster
+        .node_index(node)
+        .unwrap_or_else(|| fail(cluster, format!("no node {node}")));
+    (source, 1 - source)
+}
+
+fn migrate_args<'a>(vps: &'a str, to: &'a str, allow_new_address: bool) -> Vec<&'a str> {
+    let mut args = vec![
+        "--context",
+        "admin",
+        "-o",
+        "json",
+        "admin",
+        "migrate",
+        vps,
+        "--tenant",
+        "acme",
+        "--to",
+        to,
+    ];
+    if allow_new_address {
+        args.push("--allow-new-address");
+    }
+    args
+}
+
+/// A root-owned file and one owned by the tenant's user, written inside the VPS.
+fn write_files(cluster: &MultiNode, name: &str) {
+    let script = format!(
+        "echo kept-across-nodes > /root/note && mkdir -p /home/u && echo mine > /home/u/f \
+         && chown {TENANT_UID}:{TENANT_UID} /home/u/f && sync"
+    );
+    let out = cluster
+        .sh("acme", name, &script)
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    if !out.status.success() {
+        fail(cluster, format!("writing files in {name}: {out:?}"));
+    }
+}
+
+/// The files as the VPS sees them: contents, and the owner of the tenant's file unchanged.
+fn check_files(cluster: &MultiNode, name: &str) {
+    let out = cluster
+        .sh(
+            "acme",
+            name,
+            "cat /root/note /home/u/f && stat -c '%u:%g' /home/u/f /root/note",
+        )
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected = format!("kept-across-nodes\nmine\n{TENANT_UID}:{TENANT_UID}\n0:0\n");
+    if !out.status.success() || text != expected {
+        fail(
+            cluster,
+            format!(
+                "files in {name}: {text:?} (expected {expected:?}), stderr {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
+    }
+}
+
+/// The host uid of the tenant's file, seen through the VPS init's root; it must be the
+/// tenant's uid shifted into node `index`'s id range.
+fn check_host_owner(cluster: &MultiNode, vps: &Value, index: usize) {
+    let path = format!("/proc/{}/root/home/u/f", init_pid(vps));
+    let uid = std::fs::metadata(&path)
+        .unwrap_or_else(|error| fail(cluster, format!("stat {path}: {error}")))
+        .uid();
+    let node = &cluster.nodes[index];
+    let range = node.id_base..node.id_base + 64 * ID_RANGE;
+    if !range.contains(&uid) || uid % ID_RANGE != TENANT_UID {
+        fail(
+            cluster,
+            format!(
+                "{path} is owned by host uid {uid}; expected {TENANT_UID} in a VPS range of {} ({range:?})",
+                node.name
+            ),
+        );
+    }
+}
+
+/// Whether node `index` holds anything of VPS `vps_id` (its state dir).
+fn on_node(cluster: &MultiNode, index: usize, vps_id: &str) -> bool {
+    cluster.nodes[index]
+        .state_dir
+        .join("vps")
+        .join(vps_id)
+        .exists()
+}
+
+/// A TCP message from `client` to `server`'s `server_ip` (see [`paddock_tests::tcp`]).
+fn tcp_message(cluster: &MultiNode, client: &str, server: &str, server_ip: &str) {
+    let message = format!("hello-from-{client}");
+    let run = |vps: &str, script: &str| {
+        cluster
+            .sh("acme", vps, script)
+            .unwrap_or_else(|error| fail(cluster, format!("{error:#}")))
+    };
+    let listen = run(server, &tcp::listen(7000));
+    assert!(listen.status.success(), "listener: {listen:?}");
+    let sent = run(client, &tcp::send(server_ip, 7000, &message));
+    let got = run(server, &tcp::received(7000));
+    let got = String::from_utf8_lossy(&got.stdout).trim().to_owned();
+    if !sent.status.success() || got != message {
+        fail(
+            cluster,
+            format!(
+                "TCP {client} -> {server} ({server_ip}) failed: client {}: {}; listener got {got:?}",
+                sent.status,
+                String::from_utf8_lossy(&sent.stderr),
+            ),
+        );
+    }
+}
+
+/// Waits until the VPS runs on node `index` with nothing of it left on the other node.
+fn wait_whole_on(cluster: &MultiNode, name: &str, vps_id: &str, index: usize, what: &str) {
+    let node = cluster.nodes[index].name.clone();
+    let other = 1 - index;
+    cluster
+        .wait_until(what, Duration::from_secs(180), |c| {
+            let vps = c.json(&["--context", "acme", "show", name])?;
+            Ok(vps["node"] == node.as_str()
+                && vps["state"] == "running"
+                && init_pid(&vps) != 0
+                && !on_node(c, other, vps_id))
+        })
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+}
+
+/// A running VPS moves with its files and owners and answers TCP at its new address; the
+/// move that changes its address is refused (naming both) until allowed.
+#[test]
+fn a_running_vps_moves_with_its_files_and_owners_and_answers_there() {
+    if !require_root() {
+        return;
+    }
+    let cluster = MultiNode::start(2).expect("start two nodes");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let web = create(&cluster, "acme", "web");
+    let client = create(&cluster, "acme", "client");
+    let (source, destination) = placed(&cluster, &web);
+    let vps_id = web["id"].as_str().unwrap_or_default().to_owned();
+    write_files(&cluster, "web");
+    check_host_owner(&cluster, &web, source);
+    let to = cluster.nodes[destination].name.clone();
+
+    // Pools never overlap, so the address cannot move: refused, both addresses named.
+    let refused = cluster
+        .cli(&migrate_args("web", &to, false))
+        .expect("run migrate");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let dest_prefix = format!("{}.", cluster.nodes[destination].pool_prefix);
+    if refused.status.success()
+        || !stderr.contains(&first_ipv4(&web))
+        || !stderr.contains(&dest_prefix)
+        || !stderr.contains("--allow-new-address")
+    {
+        fail(
+            &cluster,
+            format!("migrate without --allow-new-address: {refused:?}"),
+        );
+    }
+    let unchanged = show(&cluster, "acme", "web");
+    assert_eq!(
+        unchanged["node"], web["node"],
+        "a refused move changes nothing"
+    );
+    assert_eq!(init_pid(&unchanged), init_pid(&web), "and does not stop it");
+
+    let moved = cluster
+        .cli_ok(&migrate_args("web", &to, true))
+        .unwrap_or_else(|error| fail(&cluster, format!("migrate: {error:#}")));
+    let moved: Value = serde_json::from_str(&moved).expect("migration JSON");
+    assert_eq!(moved["from_node"], web["node"]);
+    assert_eq!(moved["to_node"], to.as_str());
+    assert_eq!(moved["addresses_kept"], false);
+    let new_ip = moved["ipv4"][0].as_str().unwrap_or_default().to_owned();
+    assert!(new_ip.starts_with(&dest_prefix), "new address {new_ip}");
+    wait_whole_on(
+        &cluster,
+        "web",
+        &vps_id,
+        destination,
+        "web running on its destination",
+    );
+    let there = show(&cluster, "acme", "web");
+    assert_eq!(first_ipv4(&there), new_ip);
+    check_files(&cluster, "web");
+    check_host_owner(&cluster, &there, destination);
+    tcp_message(&cluster, "client", "web", &new_ip);
+    let client_ip = first_ipv4(&client);
+    tcp_message(&cluster, "web", "client", &client_ip);
+    cluster.finish();
+}
+
+/// Which process a fault point kills.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Controller,
+    Agent(usize),
+}
+
+/// `kill -9` of the controller, the source agent and the destination agent at the copy step:
+/// each time the VPS ends up whole and running on its source only, and a later move works.
+#[test]
+fn a_kill_at_the_copy_step_leaves_the_vps_whole_on_one_node() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = MultiNode::start(2).expect("start two nodes");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let web = create(&cluster, "acme", "web");
+    let (source, destination) = placed(&cluster, &web);
+    let vps_id = web["id"].as_str().unwrap_or_default().to_owned();
+    write_files(&cluster, "web");
+    let to = cluster.nodes[destination].name.clone();
+    let cases = [
+        ("the controller", "migrate:after-copy", Victim::Controller),
+        (
+            "the source agent",
+            "migrate:after-export",
+            Victim::Agent(source),
+        ),
+        (
+            "the destination agent",
+            "migrate:after-import",
+            Victim::Agent(destination),
+        ),
+    ];
+    for (who, fault, victim) in cases {
+        // Restart the victim armed with the fault point.
+        cluster.set_fault(Some(fault));
+        let restarted = match victim {
+            Victim::Controller => {
+                cluster.kill_controller();
+                cluster.start_controller()
+            }
+            Victim::Agent(index) => {
+                cluster.kill_agent(index);
+                cluster.start_agent(index)
+            }
+        };
+        cluster.set_fault(None);
+        restarted.unwrap_or_else(|error| fail(&cluster, format!("restart {who}: {error:#}")));
+        for node in cluster
+            .nodes
+            .iter()
+            .map(|node| node.name.clone())
+            .collect::<Vec<_>>()
+        {
+            cluster
+                .wait_node_status(&node, "online", Duration::from_secs(60))
+                .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+        }
+        let out = cluster
+            .cli(&migrate_args("web", &to, true))
+            .expect("run migrate");
+        if out.status.success() {
+            fail(
+                &cluster,
+                format!("migrate with {who} killed succeeded: {out:?}"),
+            );
+        }
+        let died = paddock_tests::poll_until(
+            &format!("{who} killed at {fault}"),
+            Duration::from_secs(120),
+            || {
+                Ok(match victim {
+                    Victim::Controller => cluster.controller_exited(),
+                    Victim::Agent(index) => cluster.agent_exited(index),
+                })
+            },
+        );
+        died.unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+        let back = match victim {
+            Victim::Controller => cluster.start_controller(),
+            Victim::Agent(index) => cluster.start_agent(index),
+        };
+        back.unwrap_or_else(|error| fail(&cluster, format!("restart {who}: {error:#}")));
+        wait_whole_on(
+            &cluster,
+            "web",
+            &vps_id,
+            source,
+            &format!("web whole on its source after {who} was killed"),
+        );
+        check_files(&cluster, "web");
+        check_host_owner(&cluster, &show(&cluster, "acme", "web"), source);
+    }
+    // Nothing is stuck: the same move now goes through.
+    cluster
+        .cli_ok(&migrate_args("web", &to, true))
+        .unwrap_or_else(|error| fail(&cluster, format!("migrate: {error:#}")));
+    wait_whole_on(
+        &cluster,
+        "web",
+        &vps_id,
+        destination,
+        "web moved after the faults",
+    );
+    check_files(&cluster, "web");
+    cluster.finish();
+}
+
+/// `admin node drain NODE --migrate` moves every VPS off the node, one line per VPS.
+#[test]
+fn drain_migrate_empties_a_node() {
+    if !require_root() {
+        return;
+    }
+    let cluster = MultiNode::start(2).expect("start two nodes");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let vpses: Vec<Value> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|name| create(&cluster, "acme", name))
+        .collect();
+    // Spread puts two of the three on one node: drain that one.
+    let fuller = cluster
+        .nodes
+        .iter()
+        .map(|node| node.name.clone())
+        .max_by_key(|node| {
+            vpses
+                .iter()
+                .filter(|vps| vps["node"] == node.as_str())
+                .count()
+        })
+        .expect("a node");
+    let leaving: Vec<String> = vpses
+        .iter()
+        .filter(|vps| vps["node"] == fuller.as_str())
+        .map(|vps| vps["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(leaving.len(), 2, "spread placed two on {fuller}");
+    // A stopped VPS moves too, and stays stopped where it lands.
+    let stopped = leaving[0].clone();
+    cluster
+        .cli_ok(&["--context", "acme", "stop", &stopped, "--wait"])
+        .unwrap_or_else(|error| fail(&cluster, format!("stop {stopped}: {error:#}")));
+    let rows = cluster
+        .cli_ok(&[
+            "--context",
+            "admin",
+            "-o",
+            "json",
+            "admin",
+            "node",
+            "drain",
+            &fuller,
+            "--migrate",
+            "--allow-new-address",
+        ])
+        .unwrap_or_else(|error| fail(&cluster, format!("drain --migrate: {error:#}")));
+    let rows: Vec<Value> = serde_json::from_str(&rows).expect("drain rows");
+    let moved: Vec<&str> = rows
+        .iter()
+        .filter(|row| row["result"] == "moved")
+        .filter_map(|row| row["name"].as_str())
+        .collect();
+    assert_eq!(moved, leaving, "one row per VPS, all moved: {rows:?}");
+    cluster
+        .wait_until(
+            "every VPS off the drained node, in its power state",
+            Duration::from_secs(180),
+            |c| {
+                let list = c.vps_list()?;
+                Ok(list.len() == 3
+                    && list.iter().all(|vps| {
+                        let wanted = if vps["name"] == stopped.as_str() {
+                            "stopped"
+                        } else {
+                            "running"
+                        };
+                        vps["node"] != fuller.as_str() && vps["state"] == wanted
+                    }))
+            },
+        )
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let node = cluster
+        .node_list()
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")))
+        .into_iter()
+        .find(|node| node["name"] == fuller.as_str())
+        .expect("drained node listed");
+    assert_eq!(node["vps_count"], 0, "{node}");
+    cluster.finish();
+}
