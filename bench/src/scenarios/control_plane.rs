@@ -36,6 +36,9 @@ struct Size {
 }
 
 const PLAN: &str = "sim";
+/// Descriptors kept free of simulated nodes in each process: the store's files, listeners,
+/// API client connections, enrolments in flight.
+const FD_RESERVE: u64 = 512;
 
 pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     let mut size = if options.quick {
@@ -59,15 +62,24 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             reconcile_secs: 10,
         }
     };
-    // Per simulated node the bench holds a listener, the controller's connection to it and its
-    // own connection to the controller; the controller (a child: it inherits the limit) the
-    // other ends. Fit the node count into what the limit allows.
-    let limit = simulator::raise_fd_limit(8 * size.nodes as u64 + 4096)?;
-    let fitting = (limit.saturating_sub(1024) / 3) as usize;
+    // Per simulated node the bench holds the controller's connection to it and its own
+    // connection to the controller (one shared listening socket serves every node); the
+    // controller (a child: it inherits the limit) the other ends. Fit the node count into what
+    // the limit allows, with room for the store's files, API clients and enrolments.
+    let wanted = 2 * size.nodes as u64 + FD_RESERVE;
+    let limit = simulator::raise_fd_limit(4 * size.nodes as u64 + 4096)?;
+    let fitting = (limit.saturating_sub(FD_RESERVE) / 2) as usize;
     if fitting < size.nodes {
+        let why = if simulator::has_cap_sys_resource() {
+            "fs.nr_open caps it".to_owned()
+        } else {
+            "raising the hard limit needs CAP_SYS_RESOURCE, which this process's capability \
+             bounding set lacks"
+                .to_owned()
+        };
         report.note(format!(
-            "RLIMIT_NOFILE is {limit} (raised as far as allowed): {fitting} of {} nodes fit \
-             at 3 descriptors per simulated node",
+            "RLIMIT_NOFILE is {limit}, {wanted} wanted ({why}): {fitting} of {} nodes fit at 2 \
+             descriptors per simulated node in the bench and in the controller",
             size.nodes
         ));
         size.nodes = fitting.max(1);
