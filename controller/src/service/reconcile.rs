@@ -312,6 +312,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String) -> Worker {
             let reported = controller.reconciler.reports().last(&node);
             if !full_pass && !kick && quiet.is_some() && quiet == reported && failures.is_empty() {
                 // Converged, and the node has reported the same since: nothing to do.
+                crate::metrics::observe_reconcile_skipped();
                 continue;
             }
             quiet = None;
