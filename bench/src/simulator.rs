@@ -1,7 +1,9 @@
 //! An in-process simulator of many node agents for the control-plane scenario. Each simulated
 //! node enrols with the real join token (its own key and CSR, signed by the controller's CA),
 //! serves the real `NodeAgent` gRPC service over mutual TLS on its own loopback address
-//! (127.64.x.y, one listener per node, so the controller dials every node separately), registers
+//! (127.64.x.y, so the controller dials every node separately; one listening socket on the
+//! wildcard address hands each connection to the node whose address it was made to, so a node
+//! costs the bench two descriptors, not three), registers
 //! and sends heartbeats listing its VPSes like an agent. It creates no containers: `ApplyVps`
 //! records the spec's power state and answers with it, `ListVps` lists what was applied,
 //! `DeleteVps` forgets it.
@@ -14,11 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use paddock_proto::v1;
 use paddock_proto::v1::agent_registry_client::AgentRegistryClient;
 use paddock_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
@@ -82,11 +85,14 @@ impl Simulator {
     ) -> Result<Self> {
         let counters = Arc::new(Counters::default());
         let (shutdown, stopped) = watch::channel(false);
-        // One port for every node, each on its own address: find one that is free on the first.
-        let port = std::net::TcpListener::bind((node_ip(0), 0))
-            .context("binding 127.64.0.1 (loopback aliases)")?
-            .local_addr()?
-            .port();
+        // One listening socket for every node: the port on the wildcard address, each
+        // accepted connection handed to the node owning the local address it was made to.
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .await
+            .context("binding the simulated nodes' listening socket")?;
+        let port = listener.local_addr()?.port();
+        let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(route_connections(listener, routes.clone(), stopped.clone()));
         let gate = Arc::new(Semaphore::new(parallel.max(1)));
         let mut started = Vec::with_capacity(nodes);
         for index in 0..nodes {
@@ -98,10 +104,16 @@ impl Simulator {
             );
             let counters = counters.clone();
             let stopped = stopped.clone();
+            let routes = routes.clone();
             started.push(tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await?;
                 let address = SocketAddr::from((node_ip(index), port));
-                start_node(index, address, access, counters, stopped, heartbeat, nodes).await
+                let node = SimNode {
+                    index,
+                    address,
+                    routes,
+                };
+                start_node(node, access, counters, stopped, heartbeat, nodes).await
             }));
         }
         for (index, task) in started.into_iter().enumerate() {
@@ -117,9 +129,59 @@ impl Simulator {
     }
 }
 
-async fn start_node(
+/// Where the listening socket hands each node's connections, by the node's address.
+type Routes = Arc<Mutex<HashMap<std::net::IpAddr, mpsc::UnboundedSender<TcpStream>>>>;
+
+/// Accepts every connection made to a simulated node and hands it to that node's server;
+/// connections from outside loopback or to no node's address are closed.
+async fn route_connections(
+    listener: tokio::net::TcpListener,
+    routes: Routes,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of descriptors or a connection reset before accept: try again shortly.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        if !peer.ip().is_loopback() {
+            continue;
+        }
+        let route = routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&local.ip())
+            .cloned();
+        if let Some(route) = route {
+            let _ = route.send(stream);
+        }
+    }
+}
+
+/// One simulated node's place: its index, the address it serves on, and the router.
+struct SimNode {
     index: usize,
     address: SocketAddr,
+    routes: Routes,
+}
+
+async fn start_node(
+    SimNode {
+        index,
+        address,
+        routes,
+    }: SimNode,
     (url, ca_pem, join_token): (String, String, String),
     counters: Arc<Counters>,
     stopped: watch::Receiver<bool>,
@@ -156,9 +218,11 @@ async fn start_node(
     let identity = Identity::from_pem(&enrolled.certificate_pem, key.serialize_pem());
 
     // The NodeAgent service: only clients with a certificate of the same CA get in.
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("binding {address}"))?;
+    let (route, connections) = mpsc::unbounded_channel();
+    routes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(address.ip(), route);
     let tls = ServerTlsConfig::new()
         .identity(identity.clone())
         .client_ca_root(Certificate::from_pem(&enrolled.ca_pem));
@@ -172,7 +236,8 @@ async fn start_node(
         .add_service(NodeAgentServer::from_arc(agent.clone()));
     let mut until_stopped = stopped.clone();
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(connections)
+            .map(Ok::<_, std::io::Error>);
         let _ = router
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = until_stopped.wait_for(|stop| *stop).await;
@@ -457,6 +522,20 @@ pub fn raise_fd_limit(wanted: u64) -> Result<u64> {
         return Ok(to_hard.rlim_cur);
     }
     Ok(limit.rlim_cur)
+}
+
+/// Whether this process may raise its hard limits (CAP_SYS_RESOURCE in its effective set).
+pub fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 /// A gRPC channel to the controller's API, trusting its CA.

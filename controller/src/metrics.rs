@@ -21,6 +21,7 @@ struct Registry {
     store_flush: Histogram,
     reconcile_applies: u64,
     reconcile_converged: u64,
+    reconcile_skipped: u64,
 }
 
 fn registry() -> &'static Mutex<Registry> {
@@ -32,6 +33,7 @@ fn registry() -> &'static Mutex<Registry> {
             store_flush: Histogram::new(&BUCKETS),
             reconcile_applies: 0,
             reconcile_converged: 0,
+            reconcile_skipped: 0,
         })
     })
 }
@@ -69,6 +71,11 @@ pub fn observe_reconcile(applied: u64, converged: u64) {
         r.reconcile_applies += applied;
         r.reconcile_converged += converged;
     });
+}
+
+/// Records one periodic pass skipped: its node was converged and has reported the same since.
+pub fn observe_reconcile_skipped() {
+    with_registry(|r| r.reconcile_skipped += 1);
 }
 
 /// Gauges computed when scraped.
@@ -117,6 +124,13 @@ pub fn render(gauges: &Gauges) -> String {
              # TYPE paddock_reconcile_converged_total counter\n\
              paddock_reconcile_converged_total {}",
             r.reconcile_converged
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paddock_reconcile_skipped_total Periodic reconcile passes skipped: the node was converged and has reported the same since.\n\
+             # TYPE paddock_reconcile_skipped_total counter\n\
+             paddock_reconcile_skipped_total {}",
+            r.reconcile_skipped
         );
     });
     for (name, help, samples) in gauges {

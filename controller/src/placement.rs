@@ -8,20 +8,21 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::ControllerError;
-use crate::model::scheduler::{self, NodeView, Placement};
+use crate::model::scheduler::{CapacityIndex, NodeView, Placement};
 use crate::model::Resources;
 
 /// How long a view built from the store is reused.
 pub const VIEW_TTL: Duration = Duration::from_secs(1);
 
-/// Node views for placement, shared by every create.
+/// Node views for placement, shared by every create, indexed by free capacity
+/// ([`CapacityIndex`]) so a placement does not score every node.
 #[derive(Default)]
 pub struct PlacementCache {
     state: Mutex<Option<Cached>>,
 }
 
 struct Cached {
-    views: Vec<NodeView>,
+    index: CapacityIndex,
     built: Instant,
 }
 
@@ -35,58 +36,32 @@ impl PlacementCache {
         placement: &Placement,
     ) -> Result<String, ControllerError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = state
-            .as_ref()
-            .is_some_and(|cached| cached.built.elapsed() < VIEW_TTL);
+        let fresh = state.as_ref().is_some_and(|cached| {
+            cached.built.elapsed() < VIEW_TTL && cached.index.serves(placement)
+        });
         if !fresh {
             *state = Some(Cached {
-                views: load()?,
+                index: CapacityIndex::new(load()?, placement),
                 built: Instant::now(),
             });
         }
         let cached = state
             .as_mut()
             .ok_or_else(|| ControllerError::from(crate::error::Precondition::PlacementView))?;
-        let node = scheduler::place_with(&cached.views, need, placement)?;
-        if let Some(view) = cached.views.iter_mut().find(|view| view.name == node) {
-            charge(view, need, 1.0);
-        }
-        Ok(node)
+        Ok(cached.index.place(need, placement)?)
     }
 
     /// Gives back what [`place`](Self::place) charged to `node` for `need`.
     pub fn release(&self, node: &str, need: &Resources) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(view) = state
-            .as_mut()
-            .and_then(|cached| cached.views.iter_mut().find(|view| view.name == node))
-        {
-            charge(view, need, -1.0);
+        if let Some(cached) = state.as_mut() {
+            cached.index.release(node, need);
         }
     }
 
     /// Forgets the view: the next placement reads the store.
     pub fn invalidate(&self) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-}
-
-fn charge(view: &mut NodeView, need: &Resources, sign: f64) {
-    view.allocated.vcpus += sign * need.vcpus;
-    if sign >= 0.0 {
-        view.allocated.memory_bytes = view
-            .allocated
-            .memory_bytes
-            .saturating_add(need.memory_bytes);
-        view.allocated.disk_bytes = view.allocated.disk_bytes.saturating_add(need.disk_bytes);
-        view.free_ipv4 = view.free_ipv4.saturating_sub(need.ipv4_count);
-    } else {
-        view.allocated.memory_bytes = view
-            .allocated
-            .memory_bytes
-            .saturating_sub(need.memory_bytes);
-        view.allocated.disk_bytes = view.allocated.disk_bytes.saturating_sub(need.disk_bytes);
-        view.free_ipv4 = view.free_ipv4.saturating_add(need.ipv4_count);
     }
 }
 

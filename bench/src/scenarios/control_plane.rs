@@ -36,6 +36,9 @@ struct Size {
 }
 
 const PLAN: &str = "sim";
+/// Descriptors kept free of simulated nodes in each process: the store's files, listeners,
+/// API client connections, enrolments in flight.
+const FD_RESERVE: u64 = 512;
 
 pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     let mut size = if options.quick {
@@ -59,15 +62,24 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             reconcile_secs: 10,
         }
     };
-    // Per simulated node the bench holds a listener, the controller's connection to it and its
-    // own connection to the controller; the controller (a child: it inherits the limit) the
-    // other ends. Fit the node count into what the limit allows.
-    let limit = simulator::raise_fd_limit(8 * size.nodes as u64 + 4096)?;
-    let fitting = (limit.saturating_sub(1024) / 3) as usize;
+    // Per simulated node the bench holds the controller's connection to it and its own
+    // connection to the controller (one shared listening socket serves every node); the
+    // controller (a child: it inherits the limit) the other ends. Fit the node count into what
+    // the limit allows, with room for the store's files, API clients and enrolments.
+    let wanted = 2 * size.nodes as u64 + FD_RESERVE;
+    let limit = simulator::raise_fd_limit(4 * size.nodes as u64 + 4096)?;
+    let fitting = (limit.saturating_sub(FD_RESERVE) / 2) as usize;
     if fitting < size.nodes {
+        let why = if simulator::has_cap_sys_resource() {
+            "fs.nr_open caps it".to_owned()
+        } else {
+            "raising the hard limit needs CAP_SYS_RESOURCE, which this process's capability \
+             bounding set lacks"
+                .to_owned()
+        };
         report.note(format!(
-            "RLIMIT_NOFILE is {limit} (raised as far as allowed): {fitting} of {} nodes fit \
-             at 3 descriptors per simulated node",
+            "RLIMIT_NOFILE is {limit}, {wanted} wanted ({why}): {fitting} of {} nodes fit at 2 \
+             descriptors per simulated node in the bench and in the controller",
             size.nodes
         ));
         size.nodes = fitting.max(1);
@@ -112,6 +124,7 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
     let channels = connect_many(&access, 8).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + size.create_budget;
+    let cpu_before_creates = controller.cpu_secs()?;
     let started = Instant::now();
     let creates = run_clients(size.clients, &channels, |client, _| {
         let next = next.clone();
@@ -186,6 +199,8 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
         ));
     }
     let placements_per_sec = made as f64 / elapsed;
+    let cpu_before_reads = controller.cpu_secs()?;
+    let create_cpu_ms = (cpu_before_reads - cpu_before_creates) * 1000.0 / made as f64;
 
     // The baseline: GetVps of the VPSes just made, same clients, same controller and fleet.
     let reads = made.min(size.creates.min(20_000));
@@ -219,6 +234,7 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
         }
     })
     .await?;
+    let read_cpu_ms = (controller.cpu_secs()? - cpu_before_reads) * 1000.0 / reads.max(1) as f64;
     let mut get = Samples::new();
     for (samples, _, _) in gets {
         for value in samples.values() {
@@ -236,7 +252,9 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
     let applied = simulator.counters.applies.load(Ordering::Relaxed);
     let window = Duration::from_secs(u64::from(size.reconcile_secs) * 2 + 1);
     let lists_before = simulator.counters.lists.load(Ordering::Relaxed);
+    let cpu_before_idle = controller.cpu_secs()?;
     tokio::time::sleep(window).await;
+    let idle_cores = (controller.cpu_secs()? - cpu_before_idle) / window.as_secs_f64();
     let idle_applies = simulator.counters.applies.load(Ordering::Relaxed) - applied;
     let idle_lists = simulator.counters.lists.load(Ordering::Relaxed) - lists_before;
     report.note(format!(
@@ -286,6 +304,37 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
             made as f64 / f64::from(size.reconcile_secs),
         ),
     );
+    report.row(
+        single(
+            "idle ListVps/s after convergence",
+            "1/s",
+            idle_lists as f64 / window.as_secs_f64(),
+            1,
+        )
+        .against(
+            "one ListVps per node per tick",
+            simulator.nodes as f64 / f64::from(size.reconcile_secs),
+        ),
+    );
+    // CPU time of the controller process: what a create costs it, whatever else the shared
+    // machine runs (its wall-clock figures above move with that load).
+    report.row(
+        single(
+            "controller CPU per acknowledged create",
+            "ms",
+            create_cpu_ms,
+            made,
+        )
+        .against("controller CPU per GetVps, same fleet", read_cpu_ms),
+    );
+    report
+        .row(single("controller CPU while idle", "cores", idle_cores, 1).against("one core", 1.0));
+    report.note(format!(
+        "controller CPU (utime + stime of its process): {create_cpu_ms:.3} ms per create over \
+         the create phase, {read_cpu_ms:.3} ms per GetVps over the read phase, both including \
+         the fleet's heartbeats and reconcile passes meanwhile; {idle_cores:.3} cores over the \
+         idle window"
+    ));
     drop(simulator);
     drop(controller);
     Ok(())
@@ -399,6 +448,27 @@ struct ControllerProcess {
 }
 
 impl ControllerProcess {
+    /// CPU seconds (user + system) the controller process has used so far.
+    fn cpu_secs(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .context("reading the controller's /proc stat")?;
+        // Fields after the command name (which may contain spaces) start at `state`.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |index: usize| -> Result<f64> {
+            fields
+                .get(index)
+                .and_then(|value| value.parse::<f64>().ok())
+                .context("parsing the controller's /proc stat")
+        };
+        // utime and stime are fields 14 and 15 of stat: 11 and 12 counted from `state`.
+        // SAFETY: sysconf reads a constant of the system.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok((ticks(11)? + ticks(12)?) / per_sec.max(1.0))
+    }
+
     fn start(options: &Options, dir: &Path, size: &Size) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?

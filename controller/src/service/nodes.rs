@@ -15,7 +15,7 @@ use crate::model::scheduler::NodeView;
 use crate::model::validate::{self, ValidationError};
 use crate::model::NodeRecord;
 use crate::pki;
-use crate::service::reconcile::record_observed;
+use crate::service::reconcile::{record_observed_of, NodeReports};
 use crate::service::Controller;
 
 /// Nodes: enrolment, registration, heartbeats, cordoning and reaching their agents. A view of the [`Controller`]'s shared state; get one with
@@ -225,14 +225,20 @@ impl Nodes<'_> {
             node.capacity = capacity;
         }
         self.store.put_node(&node)?;
-        for (vps_id, observed) in request.reports {
-            match self.store.get_vps(&vps_id)? {
-                Some(vps) if vps.node == node.name => record_observed(self, &vps.vps_id, observed)?,
-                Some(_) => {
-                    warn!(node = %node.name, vps_id = %vps_id, "node reports a VPS placed elsewhere")
+        // A report that repeats the last one recorded (the usual heartbeat) reads no VPS.
+        let reports = self.reconciler.reports();
+        let digest = NodeReports::digest(&request.reports);
+        if !reports.unchanged(&node.name, digest) {
+            for (vps_id, observed) in request.reports {
+                match self.store.get_vps(&vps_id)? {
+                    Some(vps) if vps.node == node.name => record_observed_of(self, &vps, observed)?,
+                    Some(_) => {
+                        warn!(node = %node.name, vps_id = %vps_id, "node reports a VPS placed elsewhere")
+                    }
+                    None => {}
                 }
-                None => {}
             }
+            reports.recorded(&node.name, digest);
         }
         for sample in &request.usage {
             self.metering().record_usage(&node.name, sample)?;

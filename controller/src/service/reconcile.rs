@@ -55,6 +55,11 @@ impl ApplyFailures {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether no apply of this node's VPSes is failing (none waits for a retry).
+    fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
     /// Whether `vps_id` failed to apply `digest` and its backoff has not run out.
     fn waiting(&self, vps_id: &str, digest: &str) -> bool {
         self.map()
@@ -98,10 +103,88 @@ fn apply_backoff(failures: u32) -> Duration {
         .min(MAX_APPLY_BACKOFF)
 }
 
-/// Asks for a node to be reconciled soon.
+/// Asks for a node to be reconciled soon, and remembers what each node's heartbeats last
+/// reported (see [`NodeReports`]).
 #[derive(Clone)]
 pub struct ReconcileHandle {
     kicks: mpsc::UnboundedSender<String>,
+    reports: Arc<NodeReports>,
+}
+
+/// A heartbeat that repeats the node's last recorded report is trusted for this long without
+/// reading its VPSes again. Bounds how long a store change made without a kick on this
+/// controller (another replica's) can go unnoticed by its heartbeats.
+pub const REPORT_TRUST: Duration = Duration::from_secs(60);
+
+/// What each node's heartbeats last reported, as a digest of its VPSes' (id, state, init pid,
+/// message), and when that report was last recorded in full. With thousands of nodes, reading
+/// every reported VPS at every heartbeat and listing every node at every tick were most of the
+/// controller's idle work; a repeated report changes nothing, so both are skipped while it
+/// holds. A kick forgets the node's entry: the next heartbeat is recorded in full.
+#[derive(Default)]
+pub struct NodeReports {
+    nodes: Mutex<HashMap<String, RecordedReport>>,
+}
+
+#[derive(Clone, Copy)]
+struct RecordedReport {
+    digest: u64,
+    recorded_at: Instant,
+}
+
+impl NodeReports {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, RecordedReport>> {
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The digest of a heartbeat's reports; independent of their order.
+    pub fn digest(reports: &[(String, ObservedState)]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        reports
+            .iter()
+            .map(|(vps_id, observed)| {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                vps_id.hash(&mut hasher);
+                (observed.state as u8).hash(&mut hasher);
+                observed.init_pid.hash(&mut hasher);
+                observed.message.hash(&mut hasher);
+                hasher.finish()
+            })
+            .fold(reports.len() as u64, u64::wrapping_add)
+    }
+
+    /// The node's last recorded digest, if recorded within [`REPORT_TRUST`].
+    fn trusted(&self, node: &str, now: Instant) -> Option<u64> {
+        self.map()
+            .get(node)
+            .filter(|report| now.duration_since(report.recorded_at) < REPORT_TRUST)
+            .map(|report| report.digest)
+    }
+
+    /// The digest of the node's last recorded report, however old.
+    fn last(&self, node: &str) -> Option<u64> {
+        self.map().get(node).map(|report| report.digest)
+    }
+
+    /// Whether a heartbeat with `digest` repeats what was recorded for `node` recently.
+    pub fn unchanged(&self, node: &str, digest: u64) -> bool {
+        self.trusted(node, Instant::now()) == Some(digest)
+    }
+
+    /// Notes that a heartbeat with `digest` was recorded in full for `node`.
+    pub fn recorded(&self, node: &str, digest: u64) {
+        self.map().insert(
+            node.to_owned(),
+            RecordedReport {
+                digest,
+                recorded_at: Instant::now(),
+            },
+        );
+    }
+
+    fn forget(&self, node: &str) {
+        self.map().remove(node);
+    }
 }
 
 /// The receiving end, consumed by [`spawn`].
@@ -113,7 +196,10 @@ pub struct ReconcileQueue {
 pub fn channel() -> (ReconcileHandle, ReconcileQueue) {
     let (kicks, receiver) = mpsc::unbounded_channel();
     (
-        ReconcileHandle { kicks },
+        ReconcileHandle {
+            kicks,
+            reports: Arc::default(),
+        },
         ReconcileQueue { kicks: receiver },
     )
 }
@@ -121,8 +207,15 @@ pub fn channel() -> (ReconcileHandle, ReconcileQueue) {
 impl ReconcileHandle {
     /// Schedules a reconcile pass for `node`; repeated kicks coalesce.
     pub fn kick(&self, node: &str) {
+        // Whatever changed, the node's next heartbeat is recorded in full.
+        self.reports.forget(node);
         // The dispatcher only stops when the controller shuts down.
         let _ = self.kicks.send(node.to_owned());
+    }
+
+    /// What the nodes' heartbeats last reported.
+    pub fn reports(&self) -> &NodeReports {
+        &self.reports
     }
 }
 
@@ -131,13 +224,28 @@ struct Worker {
     passes: mpsc::Sender<()>,
     /// Set when the next pass must apply every VPS (a full resync).
     full: Arc<AtomicBool>,
+    /// Set when a kick (a change) asked for the next pass: it is never skipped.
+    kicked: Arc<AtomicBool>,
+}
+
+/// Why a pass is asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// A mutation or a node coming back: always runs.
+    Kick,
+    /// The periodic tick: skipped for a node that converged and has reported the same since.
+    Tick,
+    /// The rare full resync: applies every VPS.
+    Full,
 }
 
 impl Worker {
     /// Queues a pass; a full queue means one is already pending (coalesced).
-    fn request(&self, full: bool) {
-        if full {
-            self.full.store(true, Ordering::SeqCst);
+    fn request(&self, ask: Ask) {
+        match ask {
+            Ask::Full => self.full.store(true, Ordering::SeqCst),
+            Ask::Kick => self.kicked.store(true, Ordering::SeqCst),
+            Ask::Tick => {}
         }
         let _ = self.passes.try_send(());
     }
@@ -153,8 +261,8 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
         let mut last_full = Instant::now();
         let mut tick = tokio::time::interval(period);
         loop {
-            let (nodes, full): (Vec<String>, bool) = tokio::select! {
-                Some(node) = queue.kicks.recv() => (vec![node], false),
+            let (nodes, ask): (Vec<String>, Ask) = tokio::select! {
+                Some(node) = queue.kicks.recv() => (vec![node], Ask::Kick),
                 _ = tick.tick() => {
                     if let Err(error) = controller.metering().end_expired_transfer_limits() {
                         warn!(%error, "ending the transfer limits of past months");
@@ -163,8 +271,9 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
                     if full {
                         last_full = Instant::now();
                     }
+                    let ask = if full { Ask::Full } else { Ask::Tick };
                     match controller.store.list_nodes() {
-                        Ok(nodes) => (nodes.into_iter().map(|n| n.name).collect(), full),
+                        Ok(nodes) => (nodes.into_iter().map(|n| n.name).collect(), ask),
                         Err(error) => {
                             warn!(%error, "listing nodes for the periodic reconcile");
                             continue;
@@ -177,7 +286,7 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
                 workers
                     .entry(node.clone())
                     .or_insert_with(|| spawn_worker(controller.clone(), node))
-                    .request(full);
+                    .request(ask);
             }
         }
     })
@@ -186,17 +295,34 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
 fn spawn_worker(controller: Arc<Controller>, node: String) -> Worker {
     let (passes, mut receiver) = mpsc::channel::<()>(1);
     let full = Arc::new(AtomicBool::new(false));
+    let kicked = Arc::new(AtomicBool::new(false));
     let worker = Worker {
         passes: passes.clone(),
         full: full.clone(),
+        kicked: kicked.clone(),
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         let failures = ApplyFailures::default();
+        // The heartbeat digest the node reported when a pass last found it converged.
+        let mut quiet: Option<u64> = None;
         while receiver.recv().await.is_some() {
             let full_pass = full.swap(false, Ordering::SeqCst);
+            let kick = kicked.swap(false, Ordering::SeqCst);
+            let reported = controller.reconciler.reports().last(&node);
+            if !full_pass && !kick && quiet.is_some() && quiet == reported && failures.is_empty() {
+                // Converged, and the node has reported the same since: nothing to do.
+                crate::metrics::observe_reconcile_skipped();
+                continue;
+            }
+            quiet = None;
             match reconcile_node(&controller, &node, full_pass, &failures).await {
-                Ok(()) => backoff = Duration::from_millis(500),
+                Ok(converged) => {
+                    backoff = Duration::from_millis(500);
+                    if converged {
+                        quiet = reported;
+                    }
+                }
                 Err(error) => {
                     warn!(node = %node, %error, retry_in = ?backoff, "reconcile failed");
                     tokio::time::sleep(backoff).await;
@@ -229,19 +355,20 @@ enum Step {
 }
 
 /// One pass over a node: delete what is being deleted, apply what drifted,
-/// report the node's orphans.
+/// report the node's orphans. Answers whether the node was found converged (listed, nothing
+/// to delete or apply, no orphan).
 async fn reconcile_node(
     controller: &Controller,
     node_name: &str,
     full: bool,
     failures: &ApplyFailures,
-) -> Result<(), ControllerError> {
+) -> Result<bool, ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
-        return Ok(());
+        return Ok(false);
     };
     if !controller.node_online(&node, Utc::now()) {
         debug!(node = node_name, "node offline; waiting for it to return");
-        return Ok(());
+        return Ok(false);
     }
     let client = controller.agents.client(&node.name, &node.address)?;
     let vpses = controller.store.list_vps_on_node(&node.name)?;
@@ -262,6 +389,8 @@ async fn reconcile_node(
     };
     // Full resyncs also settle interrupted snapshot creates of these VPSes.
     let settle_snapshots = full.then(|| vpses.clone());
+    let known: std::collections::HashSet<String> =
+        vpses.iter().map(|vps| vps.vps_id.clone()).collect();
     let steps = plan_steps(
         controller,
         vpses,
@@ -270,6 +399,7 @@ async fn reconcile_node(
         failures,
         Utc::now(),
     )?;
+    let mut converged = steps.is_empty() && listed.is_some();
     let outcomes = join_all(
         steps
             .into_iter()
@@ -288,11 +418,12 @@ async fn reconcile_node(
         }
     }
     if let Some(listed) = &listed {
-        report_orphans(controller, client, node_name, listed).await?;
+        let orphans = report_orphans(controller, client, node_name, listed, &known).await?;
+        converged &= orphans == 0;
     }
     match first_error {
         Some(error) => Err(error),
-        None => Ok(()),
+        None => Ok(converged),
     }
 }
 
@@ -439,6 +570,29 @@ pub fn record_observed(
     record_report(controller, vps_id, observed, None)
 }
 
+/// [`record_observed`] for a heartbeat that has just read `vps`: an unchanged report (the
+/// usual case, every VPS every few seconds) costs no second read of the record.
+pub fn record_observed_of(
+    controller: &Controller,
+    vps: &VpsRecord,
+    observed: ObservedState,
+) -> Result<(), ControllerError> {
+    if observation_unchanged(vps, &observed, None) {
+        return Ok(());
+    }
+    record_report(controller, &vps.vps_id, observed, None)
+}
+
+/// Whether `vps` already records `observed` (and, for an apply's result, its spec digest).
+fn observation_unchanged(vps: &VpsRecord, observed: &ObservedState, applied: Option<&str>) -> bool {
+    applied.is_none_or(|digest| vps.applied_spec.as_deref() == Some(digest))
+        && vps.observed.as_ref().is_some_and(|current| {
+            current.state == observed.state
+                && current.init_pid == observed.init_pid
+                && current.message == observed.message
+        })
+}
+
 /// Stores what an agent reported for a VPS: an apply's result (with the digest
 /// of the spec it applied) or a heartbeat's report (`applied` is `None`).
 fn record_report(
@@ -449,14 +603,10 @@ fn record_report(
 ) -> Result<(), ControllerError> {
     // Heartbeats repeat the same report every few seconds; an unchanged one
     // needs no write (a concurrent change is healed by the next report).
-    let unchanged = controller.store.get_vps(vps_id)?.is_some_and(|vps| {
-        applied.is_none_or(|digest| vps.applied_spec.as_deref() == Some(digest))
-            && vps.observed.is_some_and(|current| {
-                current.state == observed.state
-                    && current.init_pid == observed.init_pid
-                    && current.message == observed.message
-            })
-    });
+    let unchanged = controller
+        .store
+        .get_vps(vps_id)?
+        .is_some_and(|vps| observation_unchanged(&vps, &observed, applied));
     if unchanged {
         return Ok(());
     }
@@ -490,11 +640,15 @@ async fn report_orphans(
     mut client: AgentClient,
     node: &str,
     listed: &HashMap<String, v1::VpsStatus>,
-) -> Result<(), ControllerError> {
+    placed_here: &std::collections::HashSet<String>,
+) -> Result<usize, ControllerError> {
+    let mut orphans = 0;
     for vps_id in listed.keys() {
-        if controller.store.get_vps(vps_id)?.is_some() {
+        // The store is read only for a VPS not placed on this node (one moving away).
+        if placed_here.contains(vps_id) || controller.store.get_vps(vps_id)?.is_some() {
             continue;
         }
+        orphans += 1;
         warn!(node, vps_id = %vps_id, policy = ?controller.config.orphan_policy, "node runs a VPS the controller does not know");
         if controller.config.orphan_policy == paddock_config::OrphanPolicy::Remove {
             client
@@ -506,12 +660,65 @@ async fn report_orphans(
             info!(node, vps_id = %vps_id, "orphan VPS removed");
         }
     }
-    Ok(())
+    Ok(orphans)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(vps_id: &str, state: Observed, init_pid: u32) -> (String, ObservedState) {
+        (
+            vps_id.to_owned(),
+            ObservedState {
+                state,
+                init_pid,
+                message: String::new(),
+                at: Utc::now(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_repeated_heartbeat_is_unchanged_until_a_kick() {
+        let (handle, _queue) = channel();
+        let reports = handle.reports();
+        let first = vec![
+            report("a", Observed::Running, 10),
+            report("b", Observed::Stopped, 0),
+        ];
+        let digest = NodeReports::digest(&first);
+        // The same reports in another order, at another time, are the same report.
+        let mut again = vec![
+            report("b", Observed::Stopped, 0),
+            report("a", Observed::Running, 10),
+        ];
+        assert_eq!(NodeReports::digest(&again), digest);
+        assert!(!reports.unchanged("n1", digest), "nothing recorded yet");
+        reports.recorded("n1", digest);
+        assert!(reports.unchanged("n1", digest));
+        assert!(!reports.unchanged("n2", digest), "per node");
+        // A changed state, init or set of VPSes is a new report.
+        again[1].1.init_pid = 11;
+        assert_ne!(NodeReports::digest(&again), digest);
+        again[1].1.init_pid = 10;
+        again[0].1.state = Observed::Running;
+        assert_ne!(NodeReports::digest(&again), digest);
+        assert_ne!(NodeReports::digest(&first[..1]), digest);
+        assert_eq!(reports.last("n1"), Some(digest));
+        handle.kick("n1");
+        assert!(!reports.unchanged("n1", digest), "a kick forgets the node");
+        assert_eq!(reports.last("n1"), None);
+    }
+
+    #[test]
+    fn an_old_record_is_not_trusted() {
+        let reports = NodeReports::default();
+        reports.recorded("n1", 7);
+        let now = Instant::now();
+        assert_eq!(reports.trusted("n1", now), Some(7));
+        assert_eq!(reports.trusted("n1", now + REPORT_TRUST), None);
+    }
 
     #[test]
     fn apply_backoff_doubles_from_30_s_to_10_min() {
