@@ -52,7 +52,7 @@
 //! runtime (the `#[tokio::test]` default). The blocking mirrors sled's (disk I/O on the caller).
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp};
 use serde::de::DeserializeOwned;
@@ -103,12 +103,168 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 /// The store on an etcd cluster.
 pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
+    client: Client,
     kv: KvClient,
     prefix: String,
     /// Endpoints and prefix, for messages.
     location: String,
     watchers: VpsWatchers,
     events_committed: EventSignal,
+    changes: StoreChanges,
+    own: Arc<OwnCommits>,
+}
+
+/// How long the watch waits for this store's in-flight transactions to learn their revision
+/// before treating a change as another controller's (a duplicate publish is harmless).
+const OWN_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The revisions this store's own transactions committed, so the watch leaves them alone:
+/// they were published right after they committed, and are not published twice.
+#[derive(Default)]
+struct OwnCommits {
+    state: std::sync::Mutex<OwnState>,
+    settled: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct OwnState {
+    next_id: u64,
+    in_flight: std::collections::BTreeSet<u64>,
+    revisions: std::collections::HashSet<i64>,
+}
+
+impl OwnCommits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OwnState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a transaction about to be sent.
+    fn begin(&self) -> u64 {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.in_flight.insert(id);
+        id
+    }
+
+    /// Records how transaction `id` ended (`Some(revision)` if it committed writes).
+    fn end(&self, id: u64, revision: Option<i64>) {
+        let mut state = self.lock();
+        state.in_flight.remove(&id);
+        if let Some(revision) = revision {
+            // Bounded: revisions the watch never reports (it restarted) must not pile up.
+            if state.revisions.len() >= 100_000 {
+                state.revisions.clear();
+            }
+            state.revisions.insert(revision);
+        }
+        drop(state);
+        self.settled.notify_all();
+    }
+
+    /// Whether `revision` was committed by this store: waits (bounded) for the transactions
+    /// in flight now to answer, since the watch may report a commit before its caller hears.
+    fn take(&self, revision: i64) -> bool {
+        let mut state = self.lock();
+        let started_before = state.next_id;
+        let deadline = std::time::Instant::now() + OWN_COMMIT_WAIT;
+        while !state.revisions.contains(&revision)
+            && state.in_flight.range(..started_before).next().is_some()
+        {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = match self.settled.wait_timeout(state, deadline - now) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        state.revisions.remove(&revision)
+    }
+}
+
+/// Runs `future` on the store's runtime and blocks this (non-runtime) thread for its answer.
+fn blocking<T, Fut>(runtime: &tokio::runtime::Handle, future: Fut) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = sender.send(future.await);
+    });
+    receiver
+        .recv()
+        .map_err(|_| StoreError::EtcdGone)?
+        .map_err(StoreError::from)
+}
+
+/// Where the watch's reports go.
+struct Delivery {
+    runtime: tokio::runtime::Handle,
+    kv: KvClient,
+    prefix: String,
+    watchers: VpsWatchers,
+    events: EventSignal,
+    changes: StoreChanges,
+    own: Arc<OwnCommits>,
+}
+
+/// Hands what the store watch reports to this controller's watchers, followers and workers
+/// (on its own thread: publishing reads the VPS, a blocking call). Changes this store made
+/// itself were published after their commit; only the workers hear of them again.
+fn deliver_watched(watched: mpsc::Receiver<(i64, etcd_cluster::Watched)>, delivery: Delivery) {
+    let Delivery {
+        runtime,
+        kv,
+        prefix,
+        watchers,
+        events,
+        changes,
+        own,
+    } = delivery;
+    use etcd_cluster::Watched;
+    let read = |vps_id: &str| -> Result<Option<VpsRecord>, StoreError> {
+        let key = format!("{prefix}vps/{vps_id}");
+        let mut kv = kv.clone();
+        let response = blocking(&runtime, async move { kv.get(key, None).await })?;
+        response
+            .kvs()
+            .first()
+            .map(|entry| decode("vps", vps_id, entry.value()))
+            .transpose()
+    };
+    let mut last_revision = 0;
+    let mut mine = false;
+    while let Ok((revision, change)) = watched.recv() {
+        // One transaction's keys share its revision: ask once per revision.
+        if revision != last_revision {
+            last_revision = revision;
+            mine = own.take(revision);
+        }
+        match change {
+            Watched::Vps { vps_id, node } => {
+                if !mine {
+                    watchers.publish(&vps_id, read);
+                }
+                if let Some(node) = node {
+                    changes.send(StoreChange::Vps { node });
+                }
+            }
+            Watched::Tenant if !mine => watchers.publish_all(read),
+            Watched::Events if !mine => events.committed(),
+            Watched::Tenant | Watched::Events => {}
+            Watched::Topology => changes.send(StoreChange::Topology),
+            Watched::Resync => {
+                watchers.publish_all(read);
+                events.committed();
+                changes.send(StoreChange::Topology);
+            }
+        }
+    }
 }
 
 impl Drop for EtcdStore {
@@ -303,11 +459,42 @@ impl EtcdStore {
                 .kv_client()
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+            client,
             prefix: prefix.to_owned(),
             location,
             watchers: VpsWatchers::default(),
             events_committed: EventSignal::default(),
+            changes: StoreChanges::default(),
+            own: Arc::default(),
         })
+    }
+
+    /// Starts the watch that tells this controller what every controller sharing the prefix
+    /// committed: `WatchVps` watchers and `WatchEvents` followers hear of other controllers'
+    /// commits, the reconcile leader of VPS changes, the placement cache of node changes.
+    /// It stops with the store.
+    fn start_watch(self) -> Result<Self, StoreError> {
+        let runtime = self.runtime.as_ref().ok_or(StoreError::EtcdGone)?;
+        let (sink, watched) = mpsc::channel();
+        runtime.spawn(etcd_cluster::watch_changes(
+            self.client.clone(),
+            self.prefix.clone(),
+            sink,
+        ));
+        let delivery = Delivery {
+            runtime: runtime.handle().clone(),
+            kv: self.kv.clone(),
+            prefix: self.prefix.clone(),
+            watchers: self.watchers.clone(),
+            events: self.events_committed.clone(),
+            changes: self.changes.clone(),
+            own: self.own.clone(),
+        };
+        std::thread::Builder::new()
+            .name("paddock-etcd-watch".to_owned())
+            .spawn(move || deliver_watched(watched, delivery))
+            .map_err(|source| StoreError::EtcdRuntime { source })?;
+        Ok(self)
     }
 
     /// Initializes the store under `prefix` (stamps the schema version if absent) and opens it.
@@ -332,14 +519,14 @@ impl EtcdStore {
             .await
         })?;
         store.check_schema()?;
-        Ok(store)
+        store.start_watch()
     }
 
     /// Opens an initialized store, refusing one of another schema version.
     pub fn open(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
         let store = Self::connect(endpoints, prefix)?;
         store.check_schema()?;
-        Ok(store)
+        store.start_watch()
     }
 
     /// Whether anything is stored under the prefix.
@@ -420,15 +607,7 @@ impl EtcdStore {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         let runtime = self.runtime.as_ref().ok_or(StoreError::EtcdGone)?;
-        let (sender, receiver) = mpsc::sync_channel(1);
-        let future = request(self.kv.clone());
-        runtime.spawn(async move {
-            let _ = sender.send(future.await);
-        });
-        receiver
-            .recv()
-            .map_err(|_| StoreError::EtcdGone)?
-            .map_err(StoreError::from)
+        blocking(runtime.handle(), request(self.kv.clone()))
     }
 
     fn raw_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -559,7 +738,15 @@ impl EtcdStore {
                 writes: BTreeMap::new(),
             };
             let outcome = body(&mut tx);
-            let compares = tx.compares();
+            let mut compares = tx.compares();
+            let fence = leader::current_fence();
+            if let Some(term) = fence {
+                compares.push(Compare::create_revision(
+                    self.key(etcd_cluster::LEADER_KEY),
+                    CompareOp::Equal,
+                    term.revision,
+                ));
+            }
             let operations: Vec<TxnOp> = match &outcome {
                 Ok(_) => tx
                     .writes
@@ -578,11 +765,23 @@ impl EtcdStore {
             if operations.is_empty() && (outcome.is_ok() || compares.is_empty()) {
                 return outcome;
             }
+            let writes = !operations.is_empty();
+            let flight = self.own.begin();
             let response = self.call(move |mut kv| async move {
                 kv.txn(Txn::new().when(compares).and_then(operations)).await
-            })?;
-            if response.succeeded() {
+            });
+            let committed = response.as_ref().ok().filter(|r| writes && r.succeeded());
+            self.own.end(
+                flight,
+                committed
+                    .and_then(|r| r.header())
+                    .map(|header| header.revision()),
+            );
+            if response?.succeeded() {
                 return outcome;
+            }
+            if let Some(term) = fence {
+                self.check_term(term)?;
             }
             if attempt > 8 {
                 // Heavy contention: back off a little so the winners can finish.
@@ -595,12 +794,33 @@ impl EtcdStore {
         Err(StoreError::Conflict(Conflict::Transaction))
     }
 
+    /// `Deposed` unless the leader key still is the one created in `term`.
+    fn check_term(&self, term: Term) -> Result<(), StoreError> {
+        let key = self.key(etcd_cluster::LEADER_KEY);
+        let response = self.call(move |mut kv| async move { kv.get(key, None).await })?;
+        let holds = response
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == term.revision);
+        if holds {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(Conflict::Deposed {
+                term: term.revision,
+            }))
+        }
+    }
+
     /// Every key and value under the prefix, for tests that check a failed request changed
     /// nothing: named like sled's (tree, key, value), the tree being the key's first segment
     /// (the counters and the pool guard count to the tree they number).
     pub fn dump(&self) -> Result<Vec<super::sled_store::DumpEntry>, StoreError> {
         let mut out = Vec::new();
         for (key, value) in self.range_all()? {
+            // Who leads is not part of the stored state.
+            if key == etcd_cluster::LEADER_KEY {
+                continue;
+            }
             let (tree, rest) = match key.split_once('/') {
                 Some((tree, rest)) => (tree.to_owned(), rest.as_bytes().to_vec()),
                 None => {
@@ -674,6 +894,25 @@ impl Store for EtcdStore {
 
     fn event_signal(&self) -> &EventSignal {
         &self.events_committed
+    }
+
+    fn store_changes(&self) -> &StoreChanges {
+        &self.changes
+    }
+
+    fn campaign(&self, candidate: Candidate) -> Result<Leadership, StoreError> {
+        let runtime = self.runtime.as_ref().ok_or(StoreError::EtcdGone)?;
+        let (state, leadership) = tokio::sync::watch::channel(None);
+        let task = runtime.spawn(etcd_cluster::campaign(
+            self.client.clone(),
+            self.key(etcd_cluster::LEADER_KEY),
+            candidate,
+            state,
+        ));
+        Ok(Leadership::campaigning(
+            leadership,
+            leader::CampaignGuard(task.abort_handle()),
+        ))
     }
 
     fn list_plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
