@@ -33,26 +33,23 @@ pub(super) async fn campaign(
             tracing::warn!(why, "no longer the leader: reconcile stops");
         }
     };
+    // One request may reach a member that stopped answering: each attempt gets half a
+    // renewal period, then the next attempt (a new stream the balancer may send elsewhere).
+    let attempt = period / 2;
     loop {
         let asked = Instant::now();
-        let lease_id = match timeout_at(asked + period, lease_client.grant(ttl_secs, None)).await {
+        let lease_id = match timeout_at(asked + attempt, lease_client.grant(ttl_secs, None)).await {
             Ok(Ok(granted)) => granted.id(),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "granting the leader lease; retrying");
-                tokio::time::sleep(period).await;
+                tokio::time::sleep(attempt).await;
                 continue;
             }
             Err(_) => continue,
         };
         // The lease lives at least `ttl` after etcd granted it, which was after `asked`.
         let mut valid_until = asked + ttl;
-        let keep_alive = timeout_at(asked + period, lease_client.keep_alive(lease_id)).await;
-        let Ok(Ok((mut keeper, mut renewals))) = keep_alive else {
-            tracing::warn!("opening the leader lease's keep-alive; retrying");
-            continue;
-        };
-        let mut term: Option<Term> = None;
-        loop {
+        'renewing: loop {
             // Lead only while a third of the TTL is left of the last renewal etcd saw.
             let deadline = valid_until - period;
             if Instant::now() >= deadline {
@@ -60,7 +57,7 @@ pub(super) async fn campaign(
                 break;
             }
             // Win the key if it is free; otherwise see whose it is.
-            let attempt = Txn::new()
+            let campaign = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
                     key.clone(),
@@ -68,27 +65,31 @@ pub(super) async fn campaign(
                     Some(PutOptions::new().with_lease(lease_id)),
                 )])
                 .or_else([TxnOp::get(key.clone(), None)]);
-            match timeout_at(deadline, kv.txn(attempt)).await {
+            let answer = timeout_at((Instant::now() + attempt).min(deadline), kv.txn(campaign));
+            let term = match answer.await {
                 Ok(Ok(response)) if response.succeeded() => {
                     let revision = response.header().map_or(0, |header| header.revision());
-                    term = Some(Term { revision });
+                    Some(Term { revision })
                 }
                 Ok(Ok(response)) => {
                     let holder = response.op_responses().into_iter().find_map(|op| match op {
                         TxnOpResponse::Get(get) => get.kvs().first().cloned(),
                         _ => None,
                     });
-                    term = match holder {
+                    match holder {
                         Some(kv) if kv.lease() == lease_id => Some(Term {
                             revision: kv.create_revision(),
                         }),
                         _ => None,
-                    };
+                    }
                 }
                 // Unanswered: keep what is known until the deadline says otherwise.
-                Ok(Err(error)) => tracing::debug!(%error, "checking the leader key"),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "checking the leader key");
+                    continue;
+                }
                 Err(_) => continue,
-            }
+            };
             let before = *state.borrow();
             if before != term {
                 state.send_replace(term);
@@ -101,29 +102,96 @@ pub(super) async fn campaign(
                 }
             }
             tokio::time::sleep_until((Instant::now() + period).min(deadline)).await;
-            let sent = Instant::now();
-            let renewed = timeout_at(valid_until - period, async {
-                keeper.keep_alive().await?;
-                renewals.message().await
-            })
-            .await;
-            match renewed {
-                Ok(Ok(Some(renewal))) if renewal.ttl() > 0 => valid_until = sent + ttl,
-                Ok(Ok(_)) => {
-                    step_down(&state, "the leader lease expired");
-                    break;
+            // Renew: each attempt opens a keep-alive stream, which renews once and answers.
+            loop {
+                let sent = Instant::now();
+                if sent >= valid_until - period {
+                    continue 'renewing;
                 }
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "renewing the leader lease");
-                    // The keeper's stream is broken: a new lease and keeper.
-                    step_down(&state, "the leader lease's keep-alive failed");
-                    break;
+                let renewal = lease_client.keep_alive(lease_id);
+                match timeout_at((sent + attempt).min(valid_until - period), renewal).await {
+                    Ok(Ok(_)) => {
+                        valid_until = sent + ttl;
+                        break;
+                    }
+                    Ok(Err(etcd_client::Error::LeaseKeepAliveError(message))) => {
+                        tracing::warn!(%message, "renewing the leader lease");
+                        step_down(&state, "the leader lease expired");
+                        break 'renewing;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "renewing the leader lease; trying again");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {}
             }
         }
         // Let the old lease (and the key on it) go now rather than at its expiry.
-        let _ = tokio::time::timeout(period, lease_client.revoke(lease_id)).await;
+        let _ = tokio::time::timeout(attempt, lease_client.revoke(lease_id)).await;
+    }
+}
+
+/// How often each member is probed, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Keeps only answering members in `client`'s rotation: each member is probed on its own
+/// connection (a read that needs its quorum); one that does not answer in time (frozen,
+/// partitioned, without a leader) is taken out until it answers again, so requests stop
+/// going to it within a couple of seconds. The last member in rotation is never taken out.
+pub(super) async fn keep_answering_members(
+    client: Client,
+    endpoints: Vec<String>,
+    probe_key: String,
+) {
+    if endpoints.len() < 2 {
+        return;
+    }
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(PROBE_TIMEOUT)
+        .with_timeout(PROBE_TIMEOUT)
+        .with_keep_alive(PROBE_TIMEOUT, PROBE_TIMEOUT)
+        .with_require_leader(true);
+    let mut probes: Vec<Option<Client>> = endpoints.iter().map(|_| None).collect();
+    let mut in_rotation = vec![true; endpoints.len()];
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            if probes[index].is_none() {
+                let connect = Client::connect([endpoint.as_str()], Some(options.clone()));
+                probes[index] = tokio::time::timeout(PROBE_TIMEOUT, connect)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            }
+            let answered = match probes[index].as_mut() {
+                Some(probe) => matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, probe.get(probe_key.clone(), None)).await,
+                    Ok(Ok(_))
+                ),
+                None => false,
+            };
+            if !answered {
+                // A fresh connection next time.
+                probes[index] = None;
+            }
+            let others = in_rotation
+                .iter()
+                .enumerate()
+                .filter(|(other, held)| *other != index && **held)
+                .count();
+            if in_rotation[index] && !answered && others > 0 {
+                if client.remove_endpoint(endpoint).await.is_ok() {
+                    in_rotation[index] = false;
+                    tracing::warn!(%endpoint, "etcd member does not answer; not using it");
+                }
+            } else if !in_rotation[index] && answered && client.add_endpoint(endpoint).await.is_ok()
+            {
+                in_rotation[index] = true;
+                tracing::info!(%endpoint, "etcd member answers again; using it");
+            }
+        }
     }
 }
 
