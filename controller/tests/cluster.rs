@@ -75,6 +75,19 @@ async fn get_vps(channel: &Channel, admin: &str, tenant: &str, name: &str) -> Op
         .map(|response| response.into_inner())
 }
 
+/// `GET /metrics` of the endpoint at `address` (plain HTTP/1.0).
+async fn scrape(address: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    body.contains("paddock_leader").then_some(body)
+}
+
 /// The controllers' logs, for a failure message.
 fn logs(setups: &[&Setup]) -> String {
     setups
@@ -216,6 +229,27 @@ async fn three_controllers_survive_a_leader_kill_and_a_frozen_etcd_member() {
         leader(&endpoints).await.as_deref().and_then(port_of)
     })
     .await;
+    // The metrics say the same: exactly one controller reports `paddock_leader 1`.
+    let mut leading = Vec::new();
+    for setup in &setups {
+        let config = std::fs::read_to_string(&setup.config).expect("config");
+        let metrics = config
+            .lines()
+            .find_map(|line| line.strip_prefix("metrics_listen = \""))
+            .map(|rest| rest.trim_end_matches('"').to_owned())
+            .expect("metrics_listen");
+        let body = eventually("the metrics endpoint", || {
+            let metrics = metrics.clone();
+            async move { scrape(&metrics).await }
+        })
+        .await;
+        leading.push(body.contains("\npaddock_leader 1\n"));
+    }
+    assert_eq!(
+        leading,
+        (0..3).map(|index| index == old_leader).collect::<Vec<_>>(),
+        "paddock_leader is 1 on the leader only"
+    );
     // The node is online through every controller, whichever one its heartbeats reach.
     for channel in &channels {
         eventually("the node online through every controller", || async {

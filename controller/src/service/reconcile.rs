@@ -203,6 +203,8 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
 async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Term) {
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut changes = controller.store.store_changes().subscribe();
+    // The store owns the sender; closed only while the controller shuts down.
+    let mut changes_open = true;
     let period = Duration::from_secs(u64::from(controller.config.reconcile_interval_secs));
     let full_period = Duration::from_secs(u64::from(controller.config.full_resync_interval_secs));
     let mut last_full = Instant::now();
@@ -214,13 +216,13 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                 Some(node) => (vec![node], false),
                 None => return,
             },
-            change = changes.recv() => match change {
+            change = changes.recv(), if changes_open => match change {
                 Ok(StoreChange::Vps { node }) => (vec![node], false),
                 Ok(StoreChange::Topology) => continue,
                 // Fell behind: the next tick passes over every node.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => {
-                    changes = controller.store.store_changes().subscribe();
+                    changes_open = false;
                     continue;
                 }
             },
