@@ -75,6 +75,21 @@ async fn get_vps(channel: &Channel, admin: &str, tenant: &str, name: &str) -> Op
         .map(|response| response.into_inner())
 }
 
+/// The `paddock` CLI binary: in `PADDOCK_BIN_DIR`, else next to this test's directory
+/// (`target/debug/paddock`, built by `make test` before the tests).
+fn cli_binary() -> Option<std::path::PathBuf> {
+    let dir = match std::env::var_os("PADDOCK_BIN_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::env::current_exe()
+            .ok()?
+            .parent()?
+            .parent()?
+            .to_path_buf(),
+    };
+    let binary = dir.join("paddock");
+    binary.is_file().then_some(binary)
+}
+
 /// `GET /metrics` of the endpoint at `address` (plain HTTP/1.0).
 async fn scrape(address: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -443,6 +458,53 @@ async fn three_controllers_survive_a_leader_kill_and_a_frozen_etcd_member() {
             agent.applied(&vps_id).map(|_| ())
         })
         .await;
+    }
+    // The CLI with a context listing the dead controller first: it moves on to a live one,
+    // and `create --wait` ends when the leader's reconcile recorded the VPS running.
+    match cli_binary() {
+        Some(cli) => {
+            let controllers = format!(
+                "https://127.0.0.1:{},https://127.0.0.1:{}",
+                setups[old_leader].port, setups[other].port
+            );
+            let output = tokio::process::Command::new(cli)
+                .args([
+                    "create",
+                    "by-cli",
+                    "--plan",
+                    "nano",
+                    "--tenant",
+                    "late",
+                    "--wait",
+                    "--timeout",
+                    "120",
+                ])
+                .env("PADDOCK_CONFIG", first.dir.path().join("cli.toml"))
+                .env("PADDOCK_CONTROLLER", &controllers)
+                .env("PADDOCK_TOKEN", &admin)
+                .env("PADDOCK_CA_CERT", first.dir.path().join("data/tls/ca.crt"))
+                .output()
+                .await
+                .expect("run paddock");
+            assert!(
+                output.status.success(),
+                "paddock create --wait through the surviving controllers: {}\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+                logs(&setups)
+            );
+            let by_cli = get_vps(&channels[new_leader], &admin, "late", "by-cli")
+                .await
+                .expect("by-cli exists");
+            assert_eq!(by_cli.state(), v1::VpsState::Running);
+        }
+        None => {
+            assert!(
+                std::env::var("PADDOCK_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+                "the paddock CLI is not built (make test builds every binary first)"
+            );
+            eprintln!("skipping the CLI part: target/debug/paddock is not built");
+        }
     }
     assert!(
         agent
