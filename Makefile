@@ -6,7 +6,7 @@ PADDOCK_HOME ?= /var/lib/paddock
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: up down status test bench install lint deps build-release build-debug clean-state
+.PHONY: up down status test bench install lint deps test-deps build-release build-debug clean-state
 
 up: deps build-release
 	PADDOCK_HOME=$(PADDOCK_HOME) scripts/up.sh
@@ -17,7 +17,7 @@ down:
 status:
 	PADDOCK_HOME=$(PADDOCK_HOME) scripts/up.sh --status
 
-test: deps lint build-debug
+test: deps test-deps lint build-debug
 	# Every test binary runs even when one fails; then the controller's API suites again on
 	# the etcd store backend (a private etcd per test). Fails if either failed.
 	status=0; \
@@ -42,6 +42,11 @@ lint:
 
 deps:
 	scripts/deps.sh
+	scripts/criu.sh
+
+# Test-only tools (moto's S3 server for the S3 backup store tests), under target/.
+test-deps:
+	scripts/test-deps.sh
 
 build-release:
 	$(CARGO) build --release --bins

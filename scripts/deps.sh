@@ -14,7 +14,11 @@ set -euo pipefail
 # with protoc, which needs the well-known types (google/protobuf/*.proto) from libprotobuf-dev.
 # xfsprogs: the snapshot test makes a reflink-capable xfs (mkfs.xfs -m reflink=1) to test the
 # copy-on-write path for real.
-packages=(busybox-static iproute2 nftables e2fsprogs xfsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd etcd-server protobuf-compiler libprotobuf-dev)
+# criu: live migration (CheckpointVps / RestoreCheckpoint). Debian 12's CRIU 3.17 cannot run on
+# current kernels; scripts/criu.sh (run by `make deps` after this) builds a 4.2 where needed.
+# iptables: CRIU locks a VPS's network with iptables-restore while it dumps and
+# restores its TCP connections.
+packages=(criu iptables busybox-static iproute2 nftables e2fsprogs xfsprogs util-linux kmod gcc libc6-dev debootstrap lxcfs runc crun systemd etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

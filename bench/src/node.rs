@@ -51,6 +51,22 @@ impl Node {
     /// `with_network`, a bridge of its own that VPS ports attach to (tenant isolation, no
     /// uplink, no forwarding: traffic stays on the bridge).
     pub fn start(options: &Options, with_network: bool) -> Result<Self> {
+        Self::start_with_view(
+            options,
+            with_network,
+            ProcView::Lxcfs(LxcfsConfig::new(
+                procview::DEFAULT_LXCFS_DIR,
+                std::env::temp_dir().join("paddock-bench-lxcfs"),
+            )),
+        )
+    }
+
+    /// [`Self::start`] with `proc_view` as the VPSes' /proc.
+    pub fn start_with_view(
+        options: &Options,
+        with_network: bool,
+        proc_view: ProcView,
+    ) -> Result<Self> {
         let tag = unique_tag();
         let state_dir = tempfile::Builder::new()
             .prefix("paddock-bench-")
@@ -74,10 +90,7 @@ impl Node {
             start_timeout: Duration::from_secs(60),
             helper_binary: options.bin_dir.join("paddock-agent"),
             id_base: idmap::DEFAULT_ID_BASE,
-            proc_view: ProcView::Lxcfs(LxcfsConfig::new(
-                procview::DEFAULT_LXCFS_DIR,
-                std::env::temp_dir().join("paddock-bench-lxcfs"),
-            )),
+            proc_view,
         })
         .context("starting the agent runtime")?;
         let mut node = Self {
@@ -189,6 +202,15 @@ impl Node {
         Ok(pid)
     }
 
+    /// Gives the VPS (init `pid`) its network port, or converges it again (as the agent's
+    /// worker does after an apply or a restore).
+    pub fn ensure_port(&self, port: &PortSpec, pid: u32) -> Result<()> {
+        let network = self.network.as_ref().context("a node without network")?;
+        self.tokio
+            .block_on(network.ensure_port(port, pid))
+            .with_context(|| format!("network port of VPS {}", port.vps_id))
+    }
+
     /// Stops a VPS (its init's halt signal, SIGKILL after the grace) and removes its port.
     pub fn stop(&self, vps_id: &str, limits: &Limits) -> Result<()> {
         let observed = self
@@ -211,7 +233,8 @@ impl Node {
         Ok(())
     }
 
-    fn remove_port(&self, vps_id: &str) -> Result<()> {
+    /// Removes the VPS's network port (also what is left of it after a checkpoint).
+    pub fn remove_port(&self, vps_id: &str) -> Result<()> {
         if let Some(network) = &self.network {
             self.tokio
                 .block_on(network.remove_port(vps_id))

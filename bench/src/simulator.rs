@@ -385,6 +385,28 @@ impl NodeAgent for SimAgent {
             "a simulated node has no backup store",
         ))
     }
+
+    type CheckpointVpsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<v1::AgentCheckpointChunk, Status>> + Send>,
+    >;
+
+    async fn checkpoint_vps(
+        &self,
+        _request: Request<v1::AgentCheckpointRequest>,
+    ) -> Result<Response<Self::CheckpointVpsStream>, Status> {
+        Err(Status::unimplemented(
+            "a simulated node has no processes to checkpoint",
+        ))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        _request: Request<tonic::Streaming<v1::AgentCheckpointUpload>>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        Err(Status::unimplemented(
+            "a simulated node has no processes to restore",
+        ))
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit (or higher, if allowed: root may

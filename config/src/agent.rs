@@ -105,6 +105,42 @@ pub struct AgentConfig {
     /// parent joined with `backups`). Share it between nodes (NFS, a cluster filesystem)
     /// to restore a backup on any node.
     pub backup_dir: Option<PathBuf>,
+    /// An S3-compatible bucket as the backup store (`[backup_s3]`); `backup_dir` is then
+    /// only the spool where an archive is written before its upload and read after its
+    /// download.
+    pub backup_s3: Option<S3Store>,
+}
+
+/// An S3-compatible bucket (AWS S3, Ceph RGW, MinIO, ...) holding backups as objects
+/// `<prefix><id>.tar.zst` and `<prefix><id>.manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Store {
+    /// The service's base URL, e.g. `https://s3.eu-west-1.amazonaws.com` or
+    /// `http://10.0.0.5:9000`; the bucket is addressed path-style under it.
+    pub endpoint: String,
+    pub bucket: String,
+    /// The region requests are signed for (SigV4).
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Prepended to every object key, e.g. `paddock/`.
+    #[serde(default)]
+    pub prefix: String,
+    pub access_key_id: String,
+    /// File holding the secret access key (one line; keep it 0600).
+    pub secret_access_key_file: PathBuf,
+    /// Archives larger than this are uploaded in parts of this size (S3 allows 5 MiB to
+    /// 5 GiB per part, 10,000 parts).
+    #[serde(default = "default_s3_part_size")]
+    pub part_size_mib: u64,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn default_s3_part_size() -> u64 {
+    64
 }
 
 impl AgentConfig {
@@ -155,6 +191,7 @@ impl Default for AgentConfig {
             proc_view: ProcViewKind::Lxcfs,
             lxcfs_dir: PathBuf::from("/var/lib/lxcfs"),
             backup_dir: None,
+            backup_s3: None,
         }
     }
 }
@@ -315,6 +352,26 @@ impl AgentConfig {
         if !config.lxcfs_dir.is_absolute() {
             return Err(invalid("lxcfs_dir", "must be an absolute path"));
         }
+        if let Some(s3) = &config.backup_s3 {
+            if !(s3.endpoint.starts_with("https://") || s3.endpoint.starts_with("http://")) {
+                return Err(invalid(
+                    "backup_s3.endpoint",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if s3.bucket.is_empty() || s3.bucket.contains('/') {
+                return Err(invalid(
+                    "backup_s3.bucket",
+                    "must be a bucket name (no '/')",
+                ));
+            }
+            if !(5..=5120).contains(&s3.part_size_mib) {
+                return Err(invalid(
+                    "backup_s3.part_size_mib",
+                    "must be between 5 and 5120 (S3's part size limits)",
+                ));
+            }
+        }
         if config.controller.0.is_empty() {
             return Err(invalid("controller", "needs at least one address"));
         }
@@ -417,6 +474,35 @@ mod tests {
             err.contains("metrics_listen") && err.contains("\"off\""),
             "{err}"
         );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn an_s3_backup_store_parses_with_defaults_and_bad_values_are_named() {
+        let (dir, load) = loader("s3");
+        assert_eq!(load("").expect("absent").backup_s3, None);
+        let base = "[backup_s3]\nendpoint = \"http://10.0.0.5:9000\"\nbucket = \"b\"\n\
+                    access_key_id = \"AK\"\nsecret_access_key_file = \"/etc/paddock/s3\"\n";
+        let set = load(base).expect("set").backup_s3.expect("s3");
+        assert_eq!(set.region, "us-east-1");
+        assert_eq!(set.prefix, "");
+        assert_eq!(set.part_size_mib, 64);
+        for (extra, field) in [
+            ("", "backup_s3.endpoint"),
+            ("part_size_mib = 4\n", "backup_s3.part_size_mib"),
+        ] {
+            let text = if field == "backup_s3.endpoint" {
+                base.replace("http://10.0.0.5:9000", "10.0.0.5:9000")
+            } else {
+                format!("{base}{extra}")
+            };
+            let err = load(&text).expect_err(field).to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let err = load(&base.replace("bucket = \"b\"", "bucket = \"a/b\""))
+            .expect_err("bucket")
+            .to_string();
+        assert!(err.contains("backup_s3.bucket"), "{err}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

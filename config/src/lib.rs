@@ -10,7 +10,7 @@ mod size;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::{AgentConfig, HostPort, Isolation, ProcViewKind, Transport};
+pub use agent::{AgentConfig, HostPort, Isolation, ProcViewKind, S3Store, Transport};
 pub use controller::{
     ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy,
     StoreBackend, VpsLimits, MIN_PIDS,

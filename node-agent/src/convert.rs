@@ -156,6 +156,18 @@ pub fn usage_sample(sample: &crate::metering::Sample) -> v1::UsageSample {
     }
 }
 
+/// A checkpoint's report on the wire.
+pub fn checkpoint_report(report: &crate::runtime::CheckpointReport) -> v1::AgentCheckpointReport {
+    v1::AgentCheckpointReport {
+        dirty_tracking: report.dirty_tracking,
+        round_pages_written: report.rounds.iter().map(|r| r.pages_written).collect(),
+        final_pages_written: report.final_dump.pages_written,
+        frozen_us: report.final_dump.frozen_us,
+        image_bytes: report.image_bytes,
+        total_ms: u64::try_from(report.total.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,8 @@ pub enum AgentError {
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("backup store: {0}")]
+    BackupStore(#[from] runtime::storage::s3::S3Error),
 }
 
 /// Re-adopts existing VPSes, serves the controller, registers and heartbeats
@@ -49,6 +51,9 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
+    // First: a bucket whose secret cannot be read is a config error to stop on, not a failure
+    // of the first backup.
+    let backup_store = runtime::storage::backup_store::BackupStore::from_config(&config)?;
     let runtime = Arc::new(runtime::Runtime::new(runtime::RuntimeConfig {
         state_dir: config.state_dir.clone(),
         cgroup_parent: config.cgroup_parent.clone(),
@@ -139,9 +144,7 @@ pub async fn run(
     ));
     let service = service::AgentService::new(runtime, config.state_dir.clone())
         .with_network(network)
-        .with_backup_store(runtime::storage::backup::LocalStore::new(
-            config.backup_dir(),
-        ));
+        .with_backup_store(backup_store);
     let served = server
         .add_service(NodeAgentServer::new(service))
         .serve_with_incoming_shutdown(

@@ -19,9 +19,14 @@ use tracing::warn;
 
 use crate::convert;
 use crate::network::Network;
+use crate::runtime::checkpoint;
 use crate::runtime::storage::backup::{BackupError, LocalStore};
+use crate::runtime::storage::backup_store::BackupStore;
+use crate::runtime::storage::s3::S3Error;
 use crate::runtime::SnapshotInfo;
-use crate::runtime::{validate_vps_id, Runtime, RuntimeError, SnapshotError};
+use crate::runtime::{
+    validate_vps_id, CheckpointError, CheckpointOptions, Runtime, RuntimeError, SnapshotError,
+};
 use crate::template::{self, TemplateError};
 use crate::worker::{ApplyRequest, ExecRequest, SnapshotOp, SnapshotOutcome, WorkerError, Workers};
 
@@ -32,24 +37,95 @@ pub struct AgentService {
     /// One worker per VPS: applies and deletes.
     workers: Workers,
     /// Where backups are written and read.
-    backups: LocalStore,
+    backups: BackupStore,
 }
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Bytes per data message of a checkpoint transfer.
+const TRANSFER_CHUNK: usize = 1 << 20;
+
+/// Turns what a blocking writer writes into `data` messages of a checkpoint stream.
+struct ChunkWriter {
+    sender: mpsc::Sender<Result<v1::AgentCheckpointChunk, Status>>,
+    buffer: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(TRANSFER_CHUNK));
+        self.sender
+            .blocking_send(Ok(v1::AgentCheckpointChunk {
+                item: Some(v1::agent_checkpoint_chunk::Item::Data(data)),
+            }))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = TRANSFER_CHUNK - self.buffer.len();
+        let taken = bytes.len().min(room);
+        self.buffer.extend_from_slice(&bytes[..taken]);
+        if self.buffer.len() >= TRANSFER_CHUNK {
+            self.send_buffer()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_buffer()
+    }
+}
+
+/// Reads the `data` messages of an upload as one byte stream (on a blocking thread).
+struct ChunkReader {
+    receiver: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl ChunkReader {
+    fn new(receiver: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            receiver,
+            current: std::io::Cursor::new(Vec::new()),
+        }
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let read = std::io::Read::read(&mut self.current, out)?;
+            if read > 0 || out.is_empty() {
+                return Ok(read);
+            }
+            match self.receiver.recv() {
+                Ok(next) => self.current = std::io::Cursor::new(next),
+                Err(_) => return Ok(0),
+            }
+        }
+    }
+}
 
 impl AgentService {
     pub fn new(runtime: Arc<Runtime>, state_dir: PathBuf) -> Self {
         let workers = Workers::new(runtime.clone(), None);
         Self {
             runtime,
-            backups: LocalStore::new(state_dir.parent().unwrap_or(&state_dir).join("backups")),
+            backups: BackupStore::Local(LocalStore::new(
+                state_dir.parent().unwrap_or(&state_dir).join("backups"),
+            )),
             workers,
             state_dir,
         }
     }
 
     /// Uses `store` as the backup store.
-    pub fn with_backup_store(mut self, store: LocalStore) -> Self {
+    pub fn with_backup_store(mut self, store: BackupStore) -> Self {
         self.backups = store;
         self
     }
@@ -225,6 +301,104 @@ impl NodeAgent for AgentService {
         }))
     }
 
+    type CheckpointVpsStream = OutputStream<v1::AgentCheckpointChunk>;
+
+    async fn checkpoint_vps(
+        &self,
+        request: Request<v1::AgentCheckpointRequest>,
+    ) -> Result<Response<Self::CheckpointVpsStream>, Status> {
+        use v1::agent_checkpoint_chunk::Item;
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        validate_vps_id(&request.vps_id)?;
+        let vps_id = request.vps_id;
+        let mut options = CheckpointOptions::default();
+        if request.max_rounds > 0 {
+            options.max_rounds = request.max_rounds;
+        }
+        let images = self.runtime.checkpoint_dir(&vps_id)?;
+        let report = self
+            .workers
+            .checkpoint(&vps_id, images.clone(), options)
+            .await?;
+        let disk = self.runtime.disk_image_path(&vps_id)?;
+        let (sender, receiver) = mpsc::channel(8);
+        let _ = sender
+            .send(Ok(v1::AgentCheckpointChunk {
+                item: Some(Item::Report(convert::checkpoint_report(&report))),
+            }))
+            .await;
+        tokio::task::spawn_blocking(move || {
+            let out = ChunkWriter {
+                sender: sender.clone(),
+                buffer: Vec::with_capacity(TRANSFER_CHUNK),
+            };
+            if let Err(error) = checkpoint::pack_transfer(&images, &disk, out) {
+                warn!(%vps_id, %error, "checkpoint transfer failed");
+                let _ = sender.blocking_send(Err(Status::internal(error.to_string())));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        request: Request<Streaming<v1::AgentCheckpointUpload>>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        use v1::agent_checkpoint_upload::Item;
+        self.authorize(&request)?;
+        let mut inbound = request.into_inner();
+        let wire = match inbound.message().await? {
+            Some(v1::AgentCheckpointUpload {
+                item: Some(Item::Spec(spec)),
+            }) => spec,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "spec: the first RestoreCheckpoint message must carry the spec",
+                ))
+            }
+        };
+        let spec = convert::spec(&wire)?;
+        let port = convert::port_spec(&wire)?;
+        let vps_id = spec.vps_id.clone();
+        let images = self.runtime.checkpoint_dir(&vps_id)?;
+        // The upload is unpacked as it arrives, on a blocking thread reading a pipe.
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let target = images.clone();
+        let unpack = tokio::task::spawn_blocking(move || {
+            checkpoint::unpack_transfer(ChunkReader::new(receiver), &target)
+        });
+        while let Some(message) = inbound.message().await? {
+            if let Some(Item::Data(data)) = message.item {
+                if sender.send(data).is_err() {
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        unpack
+            .await
+            .map_err(|error| Status::internal(format!("unpack task failed: {error}")))?
+            .map_err(|source| {
+                Status::from(RuntimeError::Checkpoint {
+                    vps_id: vps_id.clone(),
+                    source,
+                })
+            })?;
+        let observed = self
+            .workers
+            .restore_checkpoint(
+                ApplyRequest {
+                    spec,
+                    port,
+                    encoded: prost::Message::encode_to_vec(&wire),
+                },
+                images,
+            )
+            .await?;
+        Ok(Response::new(convert::status(&observed)))
+    }
+
     type ExecStream = OutputStream<v1::ExecOutput>;
 
     async fn exec(
@@ -393,7 +567,7 @@ impl NodeAgent for AgentService {
         let store = self.backups.clone();
         let taken = self
             .blocking(move |runtime| {
-                runtime.backup(&wire.vps_id, &wire.backup_id, &store, &wire.spec_json)
+                store.take(runtime, &wire.vps_id, &wire.backup_id, &wire.spec_json)
             })
             .await?;
         Ok(Response::new(v1::AgentBackupResponse {
@@ -401,7 +575,7 @@ impl NodeAgent for AgentService {
             archive_sha256: taken.manifest.archive_sha256,
             tar_bytes: taken.manifest.tar_bytes,
             tar_sha256: taken.manifest.tar_sha256,
-            location: format!("local:{}", taken.location.display()),
+            location: taken.location,
         }))
     }
 
@@ -416,7 +590,7 @@ impl NodeAgent for AgentService {
         let vps_id = wire.vps_id.clone();
         let observed = self
             .blocking(move |runtime| {
-                runtime.restore_backup(&wire.vps_id, &wire.backup_id, &store)?;
+                store.restore(runtime, &wire.vps_id, &wire.backup_id)?;
                 runtime.status(&wire.vps_id)
             })
             .await?;
@@ -486,6 +660,7 @@ pub fn runtime_code(error: &RuntimeError) -> Code {
             SnapshotError::Freezer { .. } | SnapshotError::Io { .. } => Code::Internal,
         },
         RuntimeError::Backup { source, .. } => backup_code(source),
+        RuntimeError::Checkpoint { source, .. } => checkpoint_code(source),
         RuntimeError::InvalidConfig { .. }
         | RuntimeError::TemplateMetadata { .. }
         | RuntimeError::Setup(_)
@@ -513,7 +688,28 @@ fn backup_code(error: &BackupError) -> Code {
         | BackupError::Malformed(_)
         | BackupError::BadManifest { .. }
         | BackupError::NotReady(_) => Code::FailedPrecondition,
-        BackupError::Io { .. } | BackupError::Disk(_) | BackupError::Helper(_) => Code::Internal,
+        BackupError::ObjectStore(S3Error::NotFound { .. }) => Code::NotFound,
+        BackupError::ObjectStore(S3Error::Transport { .. }) => Code::Unavailable,
+        BackupError::ObjectStore(_)
+        | BackupError::Io { .. }
+        | BackupError::Disk(_)
+        | BackupError::Helper(_) => Code::Internal,
+    }
+}
+
+/// CRIU refusing a VPS (or missing on the node), a stopped VPS or images that are not a
+/// complete checkpoint are `FailedPrecondition` with CRIU's reason: retrying does not help,
+/// a cold migration does. A CRIU run past its deadline is `DeadlineExceeded`.
+fn checkpoint_code(error: &CheckpointError) -> Code {
+    match error {
+        CheckpointError::Refused { .. }
+        | CheckpointError::Missing { .. }
+        | CheckpointError::NotRunning
+        | CheckpointError::Running
+        | CheckpointError::IdRangeMismatch { .. }
+        | CheckpointError::NoImages(_) => Code::FailedPrecondition,
+        CheckpointError::Deadline { .. } => Code::DeadlineExceeded,
+        CheckpointError::Io { .. } | CheckpointError::Helper(_) => Code::Internal,
     }
 }
 
@@ -673,10 +869,82 @@ mod tests {
                 template_status(TemplateError::Unknown { name: "x".into() }),
                 Code::Internal,
             ),
+            (
+                RuntimeError::Checkpoint {
+                    vps_id: "v1".into(),
+                    source: CheckpointError::Refused {
+                        step: "dump",
+                        reason: "Error (mount.c): no proper root mount".into(),
+                    },
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::Checkpoint {
+                    vps_id: "v1".into(),
+                    source: CheckpointError::IdRangeMismatch {
+                        checkpoint: 100_000,
+                        node: 0,
+                    },
+                }
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                RuntimeError::Checkpoint {
+                    vps_id: "v1".into(),
+                    source: CheckpointError::Deadline {
+                        step: "dump",
+                        limit: std::time::Duration::from_secs(1),
+                    },
+                }
+                .into(),
+                Code::DeadlineExceeded,
+            ),
         ];
         for (status, code) in cases {
             assert_eq!(status.code(), code, "{status:?}");
             assert!(!status.message().is_empty(), "{status:?}");
         }
+    }
+
+    #[test]
+    fn a_transfer_goes_through_the_chunk_writer_and_reader_unchanged() {
+        let bytes: Vec<u8> = (0..(TRANSFER_CHUNK * 2 + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (sender, mut receiver) = mpsc::channel(64);
+        let written = bytes.clone();
+        let writer = std::thread::spawn(move || {
+            let mut out = ChunkWriter {
+                sender,
+                buffer: Vec::new(),
+            };
+            std::io::Write::write_all(&mut out, &written).expect("write");
+            std::io::Write::flush(&mut out).expect("flush");
+        });
+        let mut chunks = Vec::new();
+        while let Some(message) = receiver.blocking_recv() {
+            match message.expect("ok").item {
+                Some(v1::agent_checkpoint_chunk::Item::Data(data)) => chunks.push(data),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        writer.join().expect("writer");
+        assert_eq!(chunks.len(), 3, "two full chunks and the rest");
+        assert!(chunks.iter().all(|c| c.len() <= TRANSFER_CHUNK));
+        let (upload, chunk_receiver) = std::sync::mpsc::sync_channel(8);
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut ChunkReader::new(chunk_receiver), &mut all)
+                .expect("read");
+            all
+        });
+        for chunk in chunks {
+            upload.send(chunk).expect("send");
+        }
+        drop(upload);
+        assert_eq!(reader.join().expect("reader"), bytes);
     }
 }

@@ -25,10 +25,11 @@ use tracing::{info, warn};
 
 use crate::applied::{LastApply, MAX_CONCURRENT_APPLIES};
 use crate::network::{Network, NetworkError, PortSpec};
+use crate::runtime::checkpoint::VethAttach;
 use crate::runtime::storage::snapshot::COPY_DEADLINE;
 use crate::runtime::{
-    ObservedState, ResizeSender, Restored, Runtime, RuntimeError, SnapshotInfo, TtySize,
-    VpsObserved, VpsSpec,
+    CheckpointOptions, CheckpointReport, ObservedState, ResizeSender, Restored, Runtime,
+    RuntimeError, SnapshotInfo, TtySize, VpsObserved, VpsSpec,
 };
 
 /// The runtime calls a worker makes: the seam that lets the registry be tested without
@@ -47,6 +48,32 @@ pub trait VpsRuntime: Send + Sync + 'static {
         Err(RuntimeError::InvalidArgument {
             field: "snapshot",
             rule: "snapshots are not supported by this runtime".to_owned(),
+        })
+    }
+    /// Checkpoints the running VPS with CRIU into `images` (see [`Runtime::checkpoint`]).
+    fn checkpoint(
+        &self,
+        vps_id: &str,
+        images: &std::path::Path,
+        options: CheckpointOptions,
+    ) -> Result<CheckpointReport, RuntimeError> {
+        let _ = (vps_id, images, options);
+        Err(RuntimeError::InvalidArgument {
+            field: "checkpoint",
+            rule: "checkpoints are not supported by this runtime".to_owned(),
+        })
+    }
+    /// Restores a checkpoint as the VPS `spec` names (see [`Runtime::restore_checkpoint`]).
+    fn restore_checkpoint(
+        &self,
+        spec: &VpsSpec,
+        images: &std::path::Path,
+        veth: Option<VethAttach>,
+    ) -> Result<VpsObserved, RuntimeError> {
+        let _ = (spec, images, veth);
+        Err(RuntimeError::InvalidArgument {
+            field: "checkpoint",
+            rule: "checkpoints are not supported by this runtime".to_owned(),
         })
     }
     /// Starts `request`'s command in the running VPS (see [`Runtime::exec`]); must run inside
@@ -113,6 +140,24 @@ impl VpsRuntime for Runtime {
 
     fn status(&self, vps_id: &str) -> Result<Option<VpsObserved>, RuntimeError> {
         Runtime::status(self, vps_id)
+    }
+
+    fn checkpoint(
+        &self,
+        vps_id: &str,
+        images: &std::path::Path,
+        options: CheckpointOptions,
+    ) -> Result<CheckpointReport, RuntimeError> {
+        Runtime::checkpoint(self, vps_id, images, options)
+    }
+
+    fn restore_checkpoint(
+        &self,
+        spec: &VpsSpec,
+        images: &std::path::Path,
+        veth: Option<VethAttach>,
+    ) -> Result<VpsObserved, RuntimeError> {
+        Runtime::restore_checkpoint(self, spec, images, veth)
     }
 
     fn snapshot(&self, vps_id: &str, op: &SnapshotOp) -> Result<SnapshotOutcome, RuntimeError> {
@@ -194,6 +239,16 @@ enum Action {
     Exec {
         request: ExecRequest,
         reply: Reply<ExecStarted>,
+    },
+    Checkpoint {
+        images: std::path::PathBuf,
+        options: CheckpointOptions,
+        reply: Reply<CheckpointReport>,
+    },
+    RestoreCheckpoint {
+        request: Box<ApplyRequest>,
+        images: std::path::PathBuf,
+        reply: Reply<VpsObserved>,
     },
 }
 
@@ -277,6 +332,37 @@ impl<R: VpsRuntime> Workers<R> {
     ) -> Result<SnapshotOutcome, WorkerError> {
         self.call(vps_id, |reply| Action::Snapshot { op, reply })
             .await
+    }
+
+    /// Checkpoints the VPS with CRIU after its earlier actions (see [`Runtime::checkpoint`]);
+    /// its network port goes with its processes.
+    pub async fn checkpoint(
+        &self,
+        vps_id: &str,
+        images: std::path::PathBuf,
+        options: CheckpointOptions,
+    ) -> Result<CheckpointReport, WorkerError> {
+        self.call(vps_id, |reply| Action::Checkpoint {
+            images,
+            options,
+            reply,
+        })
+        .await
+    }
+
+    /// Restores a checkpoint as `request`'s VPS, with its network port re-attached.
+    pub async fn restore_checkpoint(
+        &self,
+        request: ApplyRequest,
+        images: std::path::PathBuf,
+    ) -> Result<VpsObserved, WorkerError> {
+        let vps_id = request.spec.vps_id.clone();
+        self.call(&vps_id, |reply| Action::RestoreCheckpoint {
+            request: Box::new(request),
+            images,
+            reply,
+        })
+        .await
     }
 
     /// Starts a command in the VPS after its earlier actions: an exec waits for a start or
@@ -398,6 +484,26 @@ impl<R: VpsRuntime> Worker<R> {
                 }
                 Action::Snapshot { op, reply } => {
                     let result = self.snapshot(op).await;
+                    let exists = self.exists().await;
+                    let _ = reply.send(result);
+                    exists
+                }
+                Action::Checkpoint {
+                    images,
+                    options,
+                    reply,
+                } => {
+                    let result = self.checkpoint(images, options).await;
+                    let exists = self.exists().await;
+                    let _ = reply.send(result);
+                    exists
+                }
+                Action::RestoreCheckpoint {
+                    request,
+                    images,
+                    reply,
+                } => {
+                    let result = self.restore_checkpoint(*request, images).await;
                     let exists = self.exists().await;
                     let _ = reply.send(result);
                     exists
@@ -531,6 +637,48 @@ impl<R: VpsRuntime> Worker<R> {
         Ok(self
             .blocking(move || context.runtime.exec(&vps_id, &request))
             .await??)
+    }
+
+    async fn checkpoint(
+        &mut self,
+        images: std::path::PathBuf,
+        options: CheckpointOptions,
+    ) -> Result<CheckpointReport, WorkerError> {
+        self.last_apply = None;
+        let context = self.context.clone();
+        let vps_id = self.vps_id.clone();
+        let report = self
+            .blocking(move || context.runtime.checkpoint(&vps_id, &images, options))
+            .await??;
+        // The veth went with the VPS's network namespace; its rules and shaping go too.
+        if let Some(observed) = self.status().await? {
+            self.converge_network(None, &observed).await?;
+        }
+        Ok(report)
+    }
+
+    async fn restore_checkpoint(
+        &mut self,
+        request: ApplyRequest,
+        images: std::path::PathBuf,
+    ) -> Result<VpsObserved, WorkerError> {
+        self.last_apply = None;
+        let ApplyRequest { spec, port, .. } = request;
+        let veth = match (&self.context.network, &port) {
+            (Some(network), Some(port)) => Some(VethAttach {
+                host_ifname: crate::network::host_ifname(&port.vps_id),
+                bridge: network.bridge().to_owned(),
+            }),
+            _ => None,
+        };
+        let context = self.context.clone();
+        let observed = self
+            .blocking(move || context.runtime.restore_checkpoint(&spec, &images, veth))
+            .await??;
+        // Rules, shaping and addresses as for any running VPS (the veth is kept: its peer is
+        // in the VPS's namespace).
+        self.converge_network(port.as_ref(), &observed).await?;
+        Ok(observed)
     }
 
     async fn snapshot(&mut self, op: SnapshotOp) -> Result<SnapshotOutcome, WorkerError> {
@@ -722,6 +870,101 @@ mod tests {
             ));
             Ok(SnapshotOutcome::Deleted)
         }
+
+        fn checkpoint(
+            &self,
+            vps_id: &str,
+            images: &std::path::Path,
+            _options: CheckpointOptions,
+        ) -> Result<CheckpointReport, RuntimeError> {
+            let mut vpses = self.vpses.lock().expect("lock");
+            let vps = vpses
+                .get_mut(vps_id)
+                .ok_or_else(|| RuntimeError::NotFound(vps_id.to_owned()))?;
+            let init_pid = vps
+                .init_pid
+                .take()
+                .ok_or_else(|| RuntimeError::NotRunning(vps_id.to_owned()))?;
+            vps.state = ObservedState::Stopped;
+            self.applies.lock().expect("lock").push((
+                vps_id.to_owned(),
+                "checkpoint".to_owned(),
+                Power::Stopped,
+            ));
+            Ok(CheckpointReport {
+                dirty_tracking: false,
+                rounds: Vec::new(),
+                final_dump: crate::runtime::DumpStats::default(),
+                init_pid,
+                image_bytes: 1,
+                total: std::time::Duration::ZERO,
+                images_dir: images.to_path_buf(),
+            })
+        }
+
+        fn restore_checkpoint(
+            &self,
+            spec: &VpsSpec,
+            _images: &std::path::Path,
+            veth: Option<VethAttach>,
+        ) -> Result<VpsObserved, RuntimeError> {
+            assert!(veth.is_none(), "no network in these tests");
+            self.applies.lock().expect("lock").push((
+                spec.vps_id.clone(),
+                "restore".to_owned(),
+                Power::Running,
+            ));
+            let observed = VpsObserved {
+                vps_id: spec.vps_id.clone(),
+                hostname: spec.hostname.clone(),
+                state: ObservedState::Running,
+                init_pid: Some(4242),
+                message: String::new(),
+            };
+            self.vpses
+                .lock()
+                .expect("lock")
+                .insert(spec.vps_id.clone(), observed.clone());
+            Ok(observed)
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoint_and_restore_run_on_the_vps_worker_in_order() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let workers = workers(&runtime);
+        let first = workers.apply(request("v1", "a", 0)).await.expect("apply");
+        let report = workers
+            .checkpoint("v1", "/images".into(), CheckpointOptions::default())
+            .await
+            .expect("checkpoint");
+        assert_eq!(Some(report.init_pid), first.init_pid);
+        let after = workers.status("v1").await.expect("status").expect("exists");
+        assert_eq!(after.state, ObservedState::Stopped);
+        // A second checkpoint finds nothing running.
+        let error = workers
+            .checkpoint("v1", "/images".into(), CheckpointOptions::default())
+            .await
+            .expect_err("not running");
+        assert!(
+            matches!(error, WorkerError::Runtime(RuntimeError::NotRunning(_))),
+            "{error:?}"
+        );
+        let restored = workers
+            .restore_checkpoint(request("v1", "a", 0), "/images".into())
+            .await
+            .expect("restore");
+        assert_eq!(restored.init_pid, Some(4242));
+        // The same spec applied after the restore goes to the runtime (the last apply was
+        // dropped by the checkpoint) and keeps the restored init.
+        let again = workers.apply(request("v1", "a", 0)).await.expect("apply");
+        assert_eq!(again.init_pid, Some(4242));
+        let steps: Vec<String> = runtime
+            .applies()
+            .into_iter()
+            .map(|(_, step, _)| step)
+            .collect();
+        assert_eq!(steps, ["a", "checkpoint", "restore", "a"]);
     }
 
     fn request(vps_id: &str, hostname: &str, restart_generation: u64) -> ApplyRequest {

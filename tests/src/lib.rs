@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub mod multinode;
+pub mod s3;
 pub mod tcp;
 
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);

@@ -268,3 +268,118 @@ fn a_backup_taken_on_one_node_restores_on_another() {
     run(&["backup", "delete", &backup_id]);
     cluster.finish();
 }
+
+/// The S3-compatible backup store (moto, checking signatures): the archive and its manifest
+/// are objects in the bucket (the agent's spool directory empty once a backup or a restore is
+/// done), a restore comes from the bucket, a damaged object is refused with nothing changed,
+/// and a deleted backup leaves no object behind.
+#[test]
+fn a_backup_in_an_s3_bucket_restores_from_it_and_a_damaged_object_is_refused() {
+    use paddock_tests::s3::{require_moto, S3Server};
+
+    if !require_root() || !require_moto() {
+        return;
+    }
+    let s3 = S3Server::start(std::net::Ipv4Addr::LOCALHOST).expect("start the S3 service");
+    let setting = s3.agent_setting("node-a/", 5).expect("agent setting");
+    let cluster =
+        Cluster::start_with_config(&[], &[("backup_s3", &setting)]).expect("start cluster");
+    cluster.add_tenant("acme").expect("tenant");
+    cluster
+        .cli_ok(&acme(&["create", "s1", "--plan", "nano", "--wait"]))
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", cluster.log("agent.log")));
+    cluster.sh_ok("acme", "s1", WRITE);
+    let original = cluster.sh_ok("acme", "s1", DESCRIBE);
+    let spool = cluster.dir.path().join("backups");
+    let spooled = || -> Vec<String> {
+        std::fs::read_dir(&spool)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let backup = cluster
+        .json(&acme(&["backup", "create", "s1"]))
+        .unwrap_or_else(|e| panic!("backup: {e}\n{}\n{}", cluster.log("agent.log"), s3.log()));
+    let backup_id = backup["id"].as_str().expect("id").to_owned();
+    let archive_key = format!("node-a/{backup_id}.tar.zst");
+    assert_eq!(
+        backup["location"],
+        format!("s3://{}/{archive_key}", s3.bucket).as_str()
+    );
+    let size = backup["size_bytes"].as_u64().expect("size");
+    assert_eq!(
+        s3.objects().expect("list"),
+        vec![
+            (
+                format!("node-a/{backup_id}.manifest.json"),
+                s3.get(&format!("node-a/{backup_id}.manifest.json"))
+                    .expect("manifest")
+                    .len() as u64
+            ),
+            (archive_key.clone(), size),
+        ]
+    );
+    assert!(spooled().is_empty(), "left in the spool: {:?}", spooled());
+
+    // Restored from the bucket into a new VPS (another id range, the same files inside).
+    cluster
+        .cli_ok(&acme(&["backup", "restore", &backup_id, "--to", "s2"]))
+        .unwrap_or_else(|e| panic!("restore --to: {e}\n{}", cluster.log("agent.log")));
+    assert_eq!(cluster.sh_ok("acme", "s2", DESCRIBE), original);
+    assert!(spooled().is_empty(), "left in the spool: {:?}", spooled());
+
+    // A truncated object in the bucket: refused, the VPS keeps running untouched.
+    let good = s3.get(&archive_key).expect("get archive");
+    s3.put(&archive_key, &good[..good.len() - 100])
+        .expect("truncate");
+    cluster.sh_ok("acme", "s1", "echo changed > /srv/data/a");
+    let init_pid = cluster.json(&acme(&["show", "s1"])).expect("show")["init_pid"].clone();
+    let out = cluster
+        .cli(&acme(&[
+            "backup",
+            "restore",
+            &backup_id,
+            "--in-place",
+            "--yes",
+        ]))
+        .expect("run restore");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a truncated archive was restored");
+    assert!(
+        stderr.contains("corrupted or truncated") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(cluster.sh_ok("acme", "s1", "cat /srv/data/a"), "changed\n");
+    let shown = cluster.json(&acme(&["show", "s1"])).expect("show");
+    assert_eq!(shown["init_pid"], init_pid, "the VPS was restarted");
+    assert!(spooled().is_empty(), "left in the spool: {:?}", spooled());
+
+    // Repaired, in place: the change is gone.
+    s3.put(&archive_key, &good).expect("repair");
+    cluster
+        .cli_ok(&acme(&[
+            "backup",
+            "restore",
+            &backup_id,
+            "--in-place",
+            "--yes",
+        ]))
+        .unwrap_or_else(|e| panic!("restore --in-place: {e}\n{}", cluster.log("agent.log")));
+    assert_eq!(cluster.sh_ok("acme", "s1", DESCRIBE), original);
+
+    // Deleted: no object left.
+    cluster
+        .cli_ok(&acme(&["backup", "delete", &backup_id]))
+        .expect("delete");
+    assert_eq!(s3.objects().expect("list"), Vec::new());
+    for vps in ["s1", "s2"] {
+        cluster
+            .cli_ok(&acme(&["delete", vps, "--yes"]))
+            .expect("delete VPS");
+    }
+}

@@ -101,6 +101,33 @@ fn snapshot_write_restore_read() {
         .join(&vps_id)
         .join("snapshots/second.img")
         .exists());
+    // A leftover on the node under a free name (a create whose answer never reached the
+    // store: the controller died mid-copy): a create of that name replaces it, not
+    // `AlreadyExists` forever.
+    let snapshots_dir = cluster
+        .agent_state_dir()
+        .join("vps")
+        .join(&vps_id)
+        .join("snapshots");
+    for ext in ["img", "json"] {
+        std::fs::copy(
+            snapshots_dir.join(format!("before.{ext}")),
+            snapshots_dir.join(format!("second.{ext}")),
+        )
+        .expect("make a leftover");
+    }
+    let retaken = cluster
+        .json(&acme(&["snapshot", "create", "s1", "second"]))
+        .unwrap_or_else(|e| panic!("create over a leftover: {e}\n{}", cluster.log("agent.log")));
+    assert_eq!(retaken["name"], "second", "{retaken}");
+    assert!(
+        retaken["created_at"].as_str() > taken["created_at"].as_str(),
+        "the leftover was kept: {retaken} vs {taken}"
+    );
+    cluster
+        .cli_ok(&acme(&["snapshot", "delete", "s1", "second"]))
+        .expect("delete snapshot");
+
     let events = cluster
         .json(&["--context", "admin", "admin", "audit"])
         .expect("audit");

@@ -8,10 +8,12 @@ use crate::Options;
 
 mod agent_restart;
 mod api_path;
+mod backup;
 mod control_plane;
 mod density;
 mod fleet;
 mod limits;
+mod live_migration;
 mod network;
 mod snapshot;
 mod start_latency;
@@ -60,6 +62,16 @@ pub const ALL: &[Scenario] = &[
         name: "snapshot",
         title: "Snapshot: time and bytes of a running VPS's disk snapshot (reflink or sparse copy)",
         run: snapshot::run,
+    },
+    Scenario {
+        name: "live-migration",
+        title: "Live migration: CRIU checkpoint + restore of a running VPS, downtime of a 10 ms TCP echo",
+        run: live_migration::run,
+    },
+    Scenario {
+        name: "backup",
+        title: "Backup: throughput of a running VPS's backup and its restore (zstd tar, SHA-256)",
+        run: backup::run,
     },
     Scenario {
         name: "agent-restart",

@@ -79,6 +79,40 @@ pub fn default_max_snapshots() -> u32 {
     DEFAULT_MAX_SNAPSHOTS
 }
 
+/// What a resync does with one recorded snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Nothing: ready, or a reservation young enough that its create may still be running.
+    Keep,
+    /// A stale reservation whose copy the node has: record it as taken.
+    Record(SnapshotRecord),
+    /// A stale reservation the node has no copy of: free the name and the quota slot.
+    Drop,
+}
+
+/// Settles `record` against what its node holds under the same name (`on_node`, as the node
+/// describes it). A `creating` reservation older than `stale_after` (longer than any create's
+/// call to its node may take) belongs to a create that died with its controller: the node's
+/// copy, if it finished one, is recorded; else the reservation is dropped.
+pub fn settle(
+    record: &SnapshotRecord,
+    on_node: Option<&SnapshotRecord>,
+    now: DateTime<Utc>,
+    stale_after: chrono::Duration,
+) -> Settle {
+    if record.state != SnapshotState::Creating || now - record.created_at < stale_after {
+        return Settle::Keep;
+    }
+    match on_node {
+        Some(copy) => Settle::Record(SnapshotRecord {
+            name: record.name.clone(),
+            state: SnapshotState::Ready,
+            ..copy.clone()
+        }),
+        None => Settle::Drop,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +137,38 @@ mod tests {
         let error = admit(&set, "web", "nano", 1).expect_err("full");
         assert!(error.to_string().contains("1 of 1"), "{error}");
         admit(&set, "web", "nano", 0).expect_err("a plan without snapshots");
+    }
+
+    #[test]
+    fn only_stale_reservations_are_settled_against_the_node() {
+        let now = Utc::now();
+        let stale = chrono::Duration::minutes(31);
+        let creating = |age_min: i64| SnapshotRecord {
+            state: SnapshotState::Creating,
+            created_at: now - chrono::Duration::minutes(age_min),
+            ..record("s")
+        };
+        let copy = SnapshotRecord {
+            size_bytes: 64,
+            allocated_bytes: 8,
+            method: "sparse".to_owned(),
+            duration_ms: 3,
+            ..record("s")
+        };
+        // Young: its create may still be copying.
+        assert_eq!(settle(&creating(5), None, now, stale), Settle::Keep);
+        assert_eq!(settle(&creating(5), Some(&copy), now, stale), Settle::Keep);
+        // Ready snapshots are never touched, whatever the node says.
+        assert_eq!(settle(&record("s"), None, now, stale), Settle::Keep);
+        // Stale: recorded from the node's copy, or dropped.
+        assert_eq!(settle(&creating(40), None, now, stale), Settle::Drop);
+        match settle(&creating(40), Some(&copy), now, stale) {
+            Settle::Record(recorded) => {
+                assert_eq!(recorded.state, SnapshotState::Ready);
+                assert_eq!(recorded.size_bytes, 64);
+                assert_eq!(recorded.method, "sparse");
+            }
+            other => panic!("expected Record, got {other:?}"),
+        }
     }
 }

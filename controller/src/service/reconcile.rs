@@ -329,6 +329,8 @@ async fn reconcile_node(
             None
         }
     };
+    // Full resyncs also settle interrupted snapshot creates of these VPSes.
+    let settle_snapshots = full.then(|| vpses.clone());
     let steps = plan_steps(
         controller,
         vpses,
@@ -346,6 +348,11 @@ async fn reconcile_node(
     let mut first_error = None;
     for outcome in outcomes {
         if let Err(error) = outcome {
+            first_error.get_or_insert(error);
+        }
+    }
+    if let Some(vpses) = settle_snapshots {
+        if let Err(error) = controller.snapshots().settle_stale(&client, &vpses).await {
             first_error.get_or_insert(error);
         }
     }

@@ -5,17 +5,18 @@
 //! A create first reserves the name and a quota slot in one store transaction (state
 //! `creating`), then asks the node, then records what the node made (or drops the
 //! reservation if it failed), so two concurrent creates can never exceed the plan's
-//! `max_snapshots`. A restore leaves the VPS stopped on its node; the reconciler, kicked
+//! `max_snapshots`. A snapshot file the node already has under a reserved name is a leftover
+//! of a create whose answer was lost; it is replaced. A restore leaves the VPS stopped on its node; the reconciler, kicked
 //! here, starts it again if it is meant to run (its ordinary apply, network port included).
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use paddock_proto::v1;
 use tracing::{info, warn};
 
 use crate::agents::{agent_error, AgentClient};
 use crate::auth::Principal;
 use crate::error::ControllerError;
-use crate::model::snapshots::{SnapshotRecord, SnapshotState};
+use crate::model::snapshots::{settle, Settle, SnapshotRecord, SnapshotState};
 use crate::model::validate;
 use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 use crate::service::reconcile;
@@ -40,6 +41,28 @@ impl std::ops::Deref for Snapshots<'_> {
 
     fn deref(&self) -> &Controller {
         self.0
+    }
+}
+
+/// A reservation older than this belongs to no create still running: a create's call to its
+/// node is cut off after [`COPY_TIMEOUT`].
+const STALE_RESERVATION: std::time::Duration =
+    COPY_TIMEOUT.saturating_add(std::time::Duration::from_secs(60));
+
+/// A snapshot as its node describes it, ready (`fallback` dates it if the node's time is
+/// unusable).
+fn taken_on_node(taken: v1::AgentSnapshot, fallback: DateTime<Utc>) -> SnapshotRecord {
+    SnapshotRecord {
+        name: taken.name,
+        state: SnapshotState::Ready,
+        created_at: Utc
+            .timestamp_millis_opt(taken.created_at_unix_ms)
+            .single()
+            .unwrap_or(fallback),
+        size_bytes: taken.size_bytes,
+        allocated_bytes: taken.allocated_bytes,
+        method: taken.method,
+        duration_ms: taken.duration_ms,
     }
 }
 
@@ -76,6 +99,34 @@ impl Snapshots<'_> {
         });
         request.set_timeout(COPY_TIMEOUT);
         request
+    }
+
+    /// Asks the node to take snapshot `name`, whose name this controller has reserved. A file
+    /// of that name already on the node is a leftover of a create whose answer never reached
+    /// the store (the controller died, or gave up on a slow copy and dropped its reservation):
+    /// it is removed and the snapshot taken afresh, so a name never stays unusable.
+    async fn take_on_node(
+        client: &mut AgentClient,
+        vps: &VpsRecord,
+        name: &str,
+    ) -> Result<v1::AgentSnapshot, ControllerError> {
+        match client.create_snapshot(Self::request(vps, name)).await {
+            Ok(taken) => return Ok(taken.into_inner()),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                warn!(vps = %vps.name, snapshot = name, "replacing a leftover snapshot the store has no record of");
+            }
+            Err(status) => return Err(agent_error(&vps.node, status)),
+        }
+        match client.delete_snapshot(Self::request(vps, name)).await {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => return Err(agent_error(&vps.node, status)),
+        }
+        client
+            .create_snapshot(Self::request(vps, name))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| agent_error(&vps.node, status))
     }
 
     /// The recorded snapshot `name` of `vps`, `NotFound` if there is none.
@@ -116,11 +167,7 @@ impl Snapshots<'_> {
         self.store.reserve_snapshot(&vps.vps_id, &pending)?;
         self.commit().await?;
         let taken = match self.agent(&vps) {
-            Ok(mut client) => client
-                .create_snapshot(Self::request(&vps, name))
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|status| agent_error(&vps.node, status)),
+            Ok(mut client) => Self::take_on_node(&mut client, &vps, name).await,
             Err(error) => Err(error),
         };
         let taken = match taken {
@@ -133,18 +180,7 @@ impl Snapshots<'_> {
                 return Err(error);
             }
         };
-        let snapshot = SnapshotRecord {
-            state: SnapshotState::Ready,
-            created_at: Utc
-                .timestamp_millis_opt(taken.created_at_unix_ms)
-                .single()
-                .unwrap_or(pending.created_at),
-            size_bytes: taken.size_bytes,
-            allocated_bytes: taken.allocated_bytes,
-            method: taken.method,
-            duration_ms: taken.duration_ms,
-            ..pending
-        };
+        let snapshot = taken_on_node(taken, pending.created_at);
         self.store.put_snapshot(
             &vps.vps_id,
             &snapshot,
@@ -153,6 +189,61 @@ impl Snapshots<'_> {
         self.commit().await?;
         info!(vps = %vps.name, tenant = %vps.tenant, snapshot = name, method = %snapshot.method, duration_ms = snapshot.duration_ms, actor = %principal.actor(), "snapshot taken");
         Ok(SnapshotOf { vps, snapshot })
+    }
+
+    /// Settles the reservations of `vpses` (on one node, reached through `client`) that
+    /// outlived any create (a controller died between reserving a name and recording the
+    /// node's copy): each is recorded from the node's copy, with its `snapshot_created` event,
+    /// or dropped when the node has none (`model::snapshots::settle`). Run on full resyncs.
+    pub async fn settle_stale(
+        &self,
+        client: &AgentClient,
+        vpses: &[VpsRecord],
+    ) -> Result<(), ControllerError> {
+        let now = Utc::now();
+        let stale_after = chrono::Duration::from_std(STALE_RESERVATION)
+            .unwrap_or_else(|_| chrono::Duration::hours(1));
+        for vps in vpses.iter().filter(|vps| !vps.deleting) {
+            let recorded = self.store.list_snapshots(&vps.vps_id)?;
+            let stale =
+                |record: &SnapshotRecord| settle(record, None, now, stale_after) != Settle::Keep;
+            if !recorded.snapshots.values().any(stale) {
+                continue;
+            }
+            let on_node: Vec<SnapshotRecord> = client
+                .clone()
+                .list_snapshots(v1::AgentVpsRef {
+                    vps_id: vps.vps_id.clone(),
+                })
+                .await
+                .map_err(|status| agent_error(&vps.node, status))?
+                .into_inner()
+                .snapshots
+                .into_iter()
+                .map(|taken| taken_on_node(taken, now))
+                .collect();
+            for record in recorded.snapshots.values() {
+                let copy = on_node.iter().find(|copy| copy.name == record.name);
+                match settle(record, copy, now, stale_after) {
+                    Settle::Keep => {}
+                    Settle::Record(snapshot) => {
+                        self.store.put_snapshot(
+                            &vps.vps_id,
+                            &snapshot,
+                            Some(Self::event(EventKind::SnapshotCreated, vps, &snapshot.name)),
+                        )?;
+                        info!(vps = %vps.name, snapshot = %snapshot.name, "recorded a snapshot whose create was interrupted");
+                    }
+                    Settle::Drop => {
+                        self.store
+                            .remove_snapshot(&vps.vps_id, &record.name, None)?;
+                        info!(vps = %vps.name, snapshot = %record.name, "dropped the reservation of an interrupted snapshot create");
+                    }
+                }
+            }
+            self.commit().await?;
+        }
+        Ok(())
     }
 
     /// The VPS's snapshots, by name, as recorded (the node is not asked: listing works

@@ -329,4 +329,24 @@ impl NodeAgent for Service {
     ) -> Result<Response<v1::Empty>, Status> {
         Err(Status::unimplemented("a fake node has no backup store"))
     }
+
+    type CheckpointVpsStream = OutputStream<v1::AgentCheckpointChunk>;
+
+    async fn checkpoint_vps(
+        &self,
+        _request: Request<v1::AgentCheckpointRequest>,
+    ) -> Result<Response<Self::CheckpointVpsStream>, Status> {
+        Err(Status::unimplemented(
+            "a fake node has no processes to checkpoint",
+        ))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        _request: Request<Streaming<v1::AgentCheckpointUpload>>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        Err(Status::unimplemented(
+            "a fake node has no processes to restore",
+        ))
+    }
 }

@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::cgroups::CgroupError;
+use super::checkpoint::CheckpointError;
 use super::isolation::idmap::IdmapError;
 use super::isolation::procview;
 use super::isolation::rootfs::RootfsError;
@@ -163,6 +164,15 @@ pub enum RuntimeError {
         vps_id: String,
         /// What failed (boxed: it is large and rare).
         source: Box<super::storage::backup::BackupError>,
+    },
+    /// Checkpointing the VPS with CRIU, or restoring it from a checkpoint, failed or was
+    /// refused (a refused dump leaves the VPS running).
+    #[error("vps {vps_id}: {source}")]
+    Checkpoint {
+        /// The VPS.
+        vps_id: String,
+        /// What failed.
+        source: CheckpointError,
     },
     /// A multi-step operation failed and rolling it back failed too.
     #[error("{error}; rollback also failed: {cleanup}")]

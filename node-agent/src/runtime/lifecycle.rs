@@ -325,7 +325,7 @@ impl Runtime {
 
     /// Creates a VPS: intent marker first, then rootfs dirs and cgroup, then `Ready`. Rolls back
     /// on failure.
-    fn create(&self, spec: &VpsSpec) -> Result<VpsState, RuntimeError> {
+    pub(super) fn create(&self, spec: &VpsSpec) -> Result<VpsState, RuntimeError> {
         let vps_id = spec.vps_id.as_str();
         if !self.layout().template_rootfs(&spec.template).is_dir() {
             return Err(RuntimeError::TemplateMissing(spec.template.clone()));
@@ -543,7 +543,7 @@ impl Runtime {
     }
 
     /// Applies the IO limits to the running VPS's loop device.
-    fn apply_io(&self, st: &VpsState, cgroup: &VpsCgroup) -> Result<(), RuntimeError> {
+    pub(super) fn apply_io(&self, st: &VpsState, cgroup: &VpsCgroup) -> Result<(), RuntimeError> {
         let image = self.rootfs_layout(&st.vps_id, &st.template).disk_image;
         match disk::loop_device_of(&image) {
             Some(device) => {
@@ -610,7 +610,7 @@ impl Runtime {
             })
     }
 
-    fn kill(
+    pub(super) fn kill(
         &self,
         init: Option<&ProcessIdentity>,
         cgroup: &VpsCgroup,
@@ -667,7 +667,7 @@ impl Runtime {
     }
 
     /// The halt signal of `st`'s template: from its metadata, else guessed from its rootfs.
-    fn template_halt_signal(&self, st: &VpsState) -> Result<HaltSignal, RuntimeError> {
+    pub(super) fn template_halt_signal(&self, st: &VpsState) -> Result<HaltSignal, RuntimeError> {
         let dir = self.layout().template_dir(&st.template);
         let (halt_signal, source) =
             metadata::halt_signal(&dir).map_err(|source| RuntimeError::TemplateMetadata {
@@ -811,7 +811,7 @@ impl Runtime {
 /// once the init has exited: the run's incarnation (its cgroup's inode, before anything
 /// deletes the cgroup) and a hold on its network namespace, which keeps the namespace, and
 /// with it the veth pair and its counters, alive after the init exits.
-struct RunEnding {
+pub(super) struct RunEnding {
     incarnation: String,
     /// `/proc/<init>/ns/net`, open until the closing counters are read (`None`: not held).
     netns: Option<fs::File>,
@@ -819,7 +819,7 @@ struct RunEnding {
 
 impl RunEnding {
     /// `None` (closing counters are then not taken) if the cgroup is not there to name the run.
-    fn begin(vps_id: &str, init: &ProcessIdentity, cgroup: &VpsCgroup) -> Option<Self> {
+    pub(super) fn begin(vps_id: &str, init: &ProcessIdentity, cgroup: &VpsCgroup) -> Option<Self> {
         let inode = match usage::cgroup_inode(&cgroup.paths()) {
             Ok(Some(inode)) => inode,
             Ok(None) => return None,
@@ -862,7 +862,7 @@ impl RunEnding {
 
     /// Reads the closing counters (the init has exited and the cgroup is empty), then lets
     /// the network namespace go. `None` if the cgroup could not be read.
-    fn close(self, vps_id: &str, cgroup: &VpsCgroup) -> Option<ClosedRun> {
+    pub(super) fn close(self, vps_id: &str, cgroup: &VpsCgroup) -> Option<ClosedRun> {
         let cgroup_usage = match cgroup.read_usage() {
             Ok(cgroup_usage) => cgroup_usage,
             Err(error) => {

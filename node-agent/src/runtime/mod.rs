@@ -12,6 +12,7 @@
 //! (`helper_binary __internal ...`, see [`run_internal`]), never in the multi-threaded agent.
 
 pub mod cgroups;
+pub mod checkpoint;
 mod error;
 mod inspect;
 pub mod isolation;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 pub use self::cgroups::{CgroupError, ALLOWED_CHAR_DEVICES};
 use self::cgroups::{CgroupMode, VpsCgroup};
+pub use self::checkpoint::{CheckpointError, CheckpointOptions, CheckpointReport, DumpStats};
 pub use self::error::RuntimeError;
 pub use self::isolation::capabilities::{self, CapabilityError};
 pub use self::isolation::device_filter;

@@ -187,6 +187,25 @@ impl IdAllocator {
         Ok(range)
     }
 
+    /// Gives the VPS exactly `range` (a restored checkpoint's user namespace keeps the id maps
+    /// it had): true if the VPS has it now, false if it already has another or `range`
+    /// overlaps a reserved or another VPS's range (nothing is recorded then).
+    pub fn allocate_exact(&self, vps_id: &str, range: IdRange) -> Result<bool, IdmapError> {
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut table = self.load()?;
+        if let Some(current) = table.get(vps_id) {
+            return Ok(*current == range);
+        }
+        let taken = self.reserved.iter().any(|r| r.overlaps(&range))
+            || table.values().any(|r| r.overlaps(&range));
+        if taken {
+            return Ok(false);
+        }
+        table.insert(vps_id.to_string(), range);
+        self.save(&table)?;
+        Ok(true)
+    }
+
     /// Frees the VPS's range; absent is fine.
     pub fn release(&self, vps_id: &str) -> Result<(), IdmapError> {
         let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);

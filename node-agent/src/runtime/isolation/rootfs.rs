@@ -216,6 +216,28 @@ impl RootfsLayout {
     /// and the overlay on `merged`, and its /dev (with `console` as /dev/console). Returns the
     /// disk's loop device.
     pub fn mount_host_side(&self, ids: IdRange, console: &Path) -> Result<PathBuf, RootfsError> {
+        let device = self.mount_root(ids)?;
+        let dev_dir = plain_dir(&self.merged, "dev", ids)?;
+        mount_dev(&dev_dir, console, ids)?;
+        Ok(device)
+    }
+
+    /// The VPS's /dev as a start makes it (a tmpfs with the allowed device nodes, `console`
+    /// as /dev/console), mounted at `dir` (an existing directory) instead of inside the
+    /// rootfs: a CRIU restore takes it as the external mount it dumped /dev as.
+    pub fn mount_dev_at(
+        &self,
+        dir: &Path,
+        ids: IdRange,
+        console: &Path,
+    ) -> Result<(), RootfsError> {
+        mount_dev(dir, console, ids)
+    }
+
+    /// [`Self::mount_host_side`] without /dev: the disk, the idmapped template and the
+    /// overlay on `merged` (what a CRIU restore is given as the VPS's root; it brings back
+    /// the VPS's own mounts from the checkpoint). Returns the disk's loop device.
+    pub fn mount_root(&self, ids: IdRange) -> Result<PathBuf, RootfsError> {
         make_private("/")?;
         let device = disk::attach_and_mount(&self.disk_image, &self.disk)?;
         for dir in [&self.upper, &self.work] {
@@ -264,8 +286,6 @@ impl RootfsLayout {
             source: io::Error::from(source),
         })?;
         mounted?;
-        let dev_dir = plain_dir(&self.merged, "dev", ids)?;
-        mount_dev(&dev_dir, console, ids)?;
         Ok(device)
     }
 

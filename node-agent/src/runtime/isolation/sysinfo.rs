@@ -63,6 +63,18 @@ pub(crate) fn spawn_server(
     cgroup_parent: &str,
     vps_id: &str,
 ) -> Result<(), SysinfoError> {
+    spawn_server_for(socket, cgroup_parent, vps_id, None)
+}
+
+/// [`spawn_server`] for a VPS whose init already runs without a link to a server (restored
+/// from a checkpoint: its listener stayed with the old server): this server serves until
+/// that init exits, not until its last link closes.
+pub(crate) fn spawn_server_for(
+    socket: &Path,
+    cgroup_parent: &str,
+    vps_id: &str,
+    init_pid: Option<u32>,
+) -> Result<(), SysinfoError> {
     let io_err = |operation| {
         let path = socket.to_path_buf();
         move |source| SysinfoError::Io {
@@ -81,8 +93,11 @@ pub(crate) fn spawn_server(
         ForkResult::Child => {
             crate::runtime::process::helper::detach_service();
             let cgroup = VpsCgroup::open(cgroup_parent, vps_id);
+            let init = init_pid
+                .and_then(|pid| libc::pid_t::try_from(pid).ok())
+                .and_then(|pid| crate::runtime::sys::pidfd_open(pid).ok());
             let code = if cgroup.add_process(std::process::id()).is_ok() {
-                serve(listener, &cgroup.paths());
+                serve(listener, &cgroup.paths(), init);
                 0
             } else {
                 1
@@ -110,16 +125,17 @@ pub(crate) fn send_listener(link: &UnixStream, listener: &OwnedFd) -> Result<(),
 
 /// The server loop: accepts links, takes listener fds from them, answers notifications. Ends
 /// when every listener it had is gone (no process of the VPS uses the filter any more).
-fn serve(listener: UnixListener, cgroup_dirs: &[PathBuf]) {
+fn serve(listener: UnixListener, cgroup_dirs: &[PathBuf], init: Option<OwnedFd>) {
     let started = Instant::now();
     let mut links: Vec<UnixStream> = Vec::new();
     let mut notifiers: Vec<OwnedFd> = Vec::new();
     let mut had_notifier = false;
     loop {
-        if had_notifier && notifiers.is_empty() && links.is_empty() {
+        // Without a pidfd of the init, the init's own listener keeps the server alive.
+        if init.is_none() && had_notifier && notifiers.is_empty() && links.is_empty() {
             return;
         }
-        let mut fds: Vec<PollFd> = Vec::with_capacity(1 + links.len() + notifiers.len());
+        let mut fds: Vec<PollFd> = Vec::with_capacity(2 + links.len() + notifiers.len());
         fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
         fds.extend(
             links
@@ -131,15 +147,22 @@ fn serve(listener: UnixListener, cgroup_dirs: &[PathBuf]) {
                 .iter()
                 .map(|n| PollFd::new(n.as_fd(), PollFlags::POLLIN)),
         );
+        // Last, so the positions above stay as they are; readable once the init exited.
+        if let Some(init) = &init {
+            fds.push(PollFd::new(init.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return,
         }
-        let ready: Vec<PollFlags> = fds
+        let mut ready: Vec<PollFlags> = fds
             .iter()
             .map(|f| f.revents().unwrap_or(PollFlags::empty()))
             .collect();
         drop(fds);
+        if init.is_some() && ready.pop().is_some_and(|flags| !flags.is_empty()) {
+            return;
+        }
         let (accept, rest) = ready.split_at(1);
         let (link_ready, notifier_ready) = rest.split_at(links.len());
 

@@ -324,6 +324,9 @@ pub(crate) fn run(args: Vec<OsString>) -> i32 {
         Some(GROW_DISK) => disk_growth::helper_main(&args[1..]),
         Some(BACKUP) => crate::runtime::storage::backup::backup_helper_main(&args[1..]),
         Some(RESTORE) => crate::runtime::storage::backup::restore_helper_main(&args[1..]),
+        Some(crate::runtime::checkpoint::RESTORE_HELPER) => {
+            crate::runtime::checkpoint::restore_helper_main(&args[1..])
+        }
         other => {
             eprintln!(
                 "{INTERNAL_ARG}: unknown helper {:?} (expected {START}, {EXEC}, {GROW_DISK}, {BACKUP} or {RESTORE})",

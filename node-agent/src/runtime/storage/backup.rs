@@ -112,6 +112,9 @@ pub enum BackupError {
     /// The helper failed.
     #[error("{0}")]
     Helper(#[from] helper::HelperCallError),
+    /// The external object store failed.
+    #[error("backup store: {0}")]
+    ObjectStore(#[from] super::s3::S3Error),
 }
 
 impl FromIo for BackupError {
@@ -183,7 +186,7 @@ impl LocalStore {
         self.dir.join(format!("{backup_id}.tar.zst"))
     }
 
-    fn manifest_path(&self, backup_id: &str) -> PathBuf {
+    pub(crate) fn manifest_path(&self, backup_id: &str) -> PathBuf {
         self.dir.join(format!("{backup_id}.manifest.json"))
     }
 
@@ -192,7 +195,7 @@ impl LocalStore {
         self.dir.join(format!(".{backup_id}.tar.zst.partial"))
     }
 
-    fn ensure_dir(&self) -> Result<(), BackupError> {
+    pub(crate) fn ensure_dir(&self) -> Result<(), BackupError> {
         crate::fsutil::create_private_dir_all(&self.dir).map_err(|e| BackupError::Io {
             operation: e.operation,
             path: e.path,

@@ -2,6 +2,8 @@
 //! offline or online while the VPS runs; snapshots of it, stored beside it.
 
 pub mod backup;
+pub mod backup_store;
 pub mod disk;
 pub(crate) mod disk_growth;
+pub mod s3;
 pub mod snapshot;
