@@ -130,12 +130,50 @@ impl Interceptor for BearerAuth {
     }
 }
 
+/// The endpoint of one controller URL, with the context's TLS trust.
+fn endpoint(url: &str, target: &Target) -> Result<Endpoint, ClientError> {
+    let mut endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|err| ClientError::BadUrl {
+            url: url.to_owned(),
+            cause: error_chain(&err),
+        })?;
+    endpoint = endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        // A configured CA is the only one trusted (the provider's own CA);
+        // otherwise the system's roots are.
+        let tls = match &target.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| ClientError::ReadCaCert {
+                    path: path.clone(),
+                    source,
+                })?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).map_err(|err| ClientError::Tls {
+            url: url.to_owned(),
+            cause: error_chain(&err),
+        })?;
+    }
+    Ok(endpoint)
+}
+
 /// The channel every generated client runs over.
 pub type AuthChannel = InterceptedService<Channel, BearerAuth>;
 
-/// A connection to one controller with the caller's credentials.
+/// A connection to a controller with the caller's credentials. With several controllers in
+/// the context it connects to the first that answers, and a mutation whose answer was lost
+/// moves on to the next.
 pub struct Session {
-    channel: Channel,
+    /// One channel per controller URL, in order (all but the connected one are lazy).
+    channels: Vec<(String, Channel)>,
+    /// Index of the channel in use.
+    current: std::sync::atomic::AtomicUsize,
     auth: BearerAuth,
     target: Target,
     request_id: String,
@@ -146,48 +184,65 @@ impl Session {
     /// carries `request_id`: one command makes at most one mutation, and its retries repeat it.
     pub async fn connect(target: Target, request_id: String) -> Result<Self, ClientError> {
         let auth = BearerAuth::new(&target.token)?.with_request_id(&request_id)?;
-        let url = target.controller.clone();
-        let mut endpoint =
-            Endpoint::from_shared(url.clone()).map_err(|err| ClientError::BadUrl {
-                url: url.clone(),
-                cause: error_chain(&err),
-            })?;
-        endpoint = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        if url.starts_with("https://") {
-            // A configured CA is the only one trusted (the provider's own CA);
-            // otherwise the system's roots are.
-            let tls = match &target.ca_cert {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|source| ClientError::ReadCaCert {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                }
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
-            endpoint = endpoint.tls_config(tls).map_err(|err| ClientError::Tls {
-                url: url.clone(),
-                cause: error_chain(&err),
-            })?;
+        let mut endpoints = Vec::new();
+        for url in crate::context::controller_urls(&target.controller) {
+            endpoints.push((url.to_owned(), endpoint(url, &target)?));
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|err| ClientError::Unreachable {
-                url: url.clone(),
-                cause: error_chain(&err),
-            })?;
+        let mut channels = Vec::new();
+        let mut current = None;
+        let mut first_failure = None;
+        for (url, endpoint) in endpoints {
+            if current.is_none() {
+                match endpoint.connect().await {
+                    Ok(channel) => {
+                        current = Some(channels.len());
+                        channels.push((url, channel));
+                        continue;
+                    }
+                    Err(err) => {
+                        first_failure.get_or_insert(ClientError::Unreachable {
+                            url: url.clone(),
+                            cause: error_chain(&err),
+                        });
+                    }
+                }
+            }
+            channels.push((url, endpoint.connect_lazy()));
+        }
+        let Some(current) = current else {
+            return Err(first_failure.unwrap_or_else(|| ClientError::BadUrl {
+                url: target.controller.clone(),
+                cause: "no controller URL".to_owned(),
+            }));
+        };
         Ok(Self {
-            channel,
+            channels,
+            current: std::sync::atomic::AtomicUsize::new(current),
             auth,
             target,
             request_id,
         })
+    }
+
+    /// Moves to the next controller of the context (after a lost answer); false if there is
+    /// only one.
+    fn fail_over(&self) -> bool {
+        if self.channels.len() < 2 {
+            return false;
+        }
+        let next =
+            (self.current.load(std::sync::atomic::Ordering::SeqCst) + 1) % self.channels.len();
+        self.current
+            .store(next, std::sync::atomic::Ordering::SeqCst);
+        true
+    }
+
+    /// The URL of the controller in use.
+    pub fn controller_url(&self) -> &str {
+        let index = self.current.load(std::sync::atomic::Ordering::SeqCst);
+        self.channels
+            .get(index)
+            .map_or(self.target.controller.as_str(), |(url, _)| url.as_str())
     }
 
     /// What this session talks to.
@@ -196,7 +251,13 @@ impl Session {
     }
 
     fn intercepted(&self) -> AuthChannel {
-        InterceptedService::new(self.channel.clone(), self.auth.clone())
+        let index = self.current.load(std::sync::atomic::Ordering::SeqCst);
+        let channel = match self.channels.get(index) {
+            Some((_, channel)) => channel.clone(),
+            // `connect` never makes a session without channels.
+            None => Channel::from_static("http://[::1]:1").connect_lazy(),
+        };
+        InterceptedService::new(channel, self.auth.clone())
     }
 
     /// Client of `VpsService`.
@@ -278,7 +339,10 @@ impl Session {
             if !answer_lost(&status) {
                 return Err(error);
             }
+            // Another controller of the context may answer (same request id: done once).
+            let moved = self.fail_over();
             match delays.next() {
+                Some(_) if moved => {}
                 Some(delay) => tokio::time::sleep(*delay).await,
                 None => {
                     return Err(ClientError::Unanswered {
@@ -296,7 +360,7 @@ impl Session {
             TokenSource::Context(name) => format!("the token of context {name}"),
             TokenSource::Env => ENV_TOKEN.to_owned(),
         };
-        translate_status(status, &self.target.controller, &hint)
+        translate_status(status, self.controller_url(), &hint)
     }
 }
 

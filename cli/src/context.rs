@@ -65,7 +65,8 @@ pub enum ContextError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Context {
-    /// gRPC endpoint of the controller, e.g. `http://127.0.0.1:7443`.
+    /// gRPC endpoint of the controller, e.g. `http://127.0.0.1:7443`; several controllers
+    /// sharing one store separated by commas, tried in order.
     pub controller: String,
     /// Bearer token sent on every call.
     pub token: String,
@@ -144,12 +145,28 @@ pub fn config_path() -> Result<PathBuf, ContextError> {
     Ok(PathBuf::from(home).join(".config/paddock/config.toml"))
 }
 
-/// Checks that a controller URL has a scheme tonic can dial.
-pub fn validate_controller_url(url: &str) -> Result<(), ContextError> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(ContextError::BadControllerUrl(url.to_owned()))
+/// The controller URLs of a `controller` value: one URL, or several controllers sharing one
+/// store separated by commas (`https://a:7443,https://b:7443`), tried in order.
+pub fn controller_urls(controller: &str) -> Vec<&str> {
+    controller
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+/// Checks that every controller URL has a scheme tonic can dial.
+pub fn validate_controller_url(controller: &str) -> Result<(), ContextError> {
+    let urls = controller_urls(controller);
+    if urls.is_empty() {
+        return Err(ContextError::BadControllerUrl(controller.to_owned()));
+    }
+    match urls
+        .into_iter()
+        .find(|url| !(url.starts_with("http://") || url.starts_with("https://")))
+    {
+        Some(bad) => Err(ContextError::BadControllerUrl(bad.to_owned())),
+        None => Ok(()),
     }
 }
 

@@ -465,3 +465,76 @@ async fn a_mutation_never_answered_names_its_request_id() {
     .await;
     assert_eq!(bad.code, 2, "a malformed id is a usage error: {bad:?}");
 }
+
+/// A context listing several controllers (several controllers on one etcd): a dead first one
+/// is skipped and the command is served by the next; a list of only dead ones names the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_with_several_controllers_uses_the_first_that_answers() {
+    let fake = FakeVps::default();
+    fake.insert("web1", VpsState::Running);
+    let live = fake.clone().serve().await;
+    let dead = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("bind")
+            .port();
+        format!("http://127.0.0.1:{port}")
+    };
+    let (_dir, config) = temp_config();
+    let both = format!("{dead},{live}");
+    let added = cli(
+        &config,
+        &[
+            "context",
+            "add",
+            "ha",
+            "--controller",
+            &both,
+            "--token",
+            GOOD_TOKEN,
+        ],
+    )
+    .await;
+    assert_eq!(added.code, 0, "{added:?}");
+    let out = cli(&config, &["list", "-o", "json"]).await;
+    assert_eq!(out.code, 0, "served by the second controller: {out:?}");
+    assert!(out.stdout.contains("web1"), "{out:?}");
+
+    let (_dir, config) = temp_config();
+    let only_dead = format!("{dead},{dead}");
+    let added = cli(
+        &config,
+        &[
+            "context",
+            "add",
+            "down",
+            "--controller",
+            &only_dead,
+            "--token",
+            GOOD_TOKEN,
+        ],
+    )
+    .await;
+    assert_eq!(added.code, 0, "{added:?}");
+    let out = cli(&config, &["list"]).await;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot reach the controller at {dead}")),
+        "{out:?}"
+    );
+    let bad = cli(
+        &config,
+        &[
+            "context",
+            "add",
+            "bad",
+            "--controller",
+            &format!("{live},ftp://x"),
+            "--token",
+            GOOD_TOKEN,
+        ],
+    )
+    .await;
+    assert_ne!(bad.code, 0, "every URL of the list is checked: {bad:?}");
+}

@@ -9,6 +9,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::{load_toml, ConfigError};
 
+/// The controllers an agent may talk to: one address (`controller = "https://..."`) or a
+/// list of the controllers sharing one store, tried in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControllerAddresses(pub Vec<String>);
+
+impl ControllerAddresses {
+    /// The first address (where the agent enrols).
+    pub fn first(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+
+    pub fn all(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ControllerAddresses {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(deserializer)? {
+            OneOrMany::One(address) => Self(vec![address]),
+            OneOrMany::Many(addresses) => Self(addresses),
+        })
+    }
+}
+
 /// Configuration of a node agent.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,8 +54,10 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Address the controller should dial; defaults to `https://<listen>`.
     pub advertise_address: Option<String>,
-    /// The controller's gRPC endpoint.
-    pub controller: String,
+    /// The controller's gRPC endpoint, or several controllers sharing one etcd store
+    /// (`controller = ["https://a:7443", "https://b:7443"]`): the agent talks to one and moves
+    /// to the next when it fails.
+    pub controller: ControllerAddresses,
     /// File holding the node join token issued by `paddock-controller init`;
     /// used once, to enrol and obtain the node's certificate.
     pub join_token_file: PathBuf,
@@ -141,7 +174,7 @@ impl Default for AgentConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7454))),
             advertise_address: None,
-            controller: "https://127.0.0.1:7443".to_owned(),
+            controller: ControllerAddresses(vec!["https://127.0.0.1:7443".to_owned()]),
             join_token_file: PathBuf::from("/var/lib/paddock/controller/join-token"),
             controller_ca_file: PathBuf::from("/var/lib/paddock/controller/tls/ca.crt"),
             state_dir: PathBuf::from("/var/lib/paddock/agent"),
@@ -339,7 +372,15 @@ impl AgentConfig {
                 ));
             }
         }
-        if !config.controller.starts_with("https://") {
+        if config.controller.0.is_empty() {
+            return Err(invalid("controller", "needs at least one address"));
+        }
+        if !config
+            .controller
+            .0
+            .iter()
+            .all(|url| url.starts_with("https://"))
+        {
             return Err(invalid(
                 "controller",
                 "must start with https:// (agents talk to the controller over mutual TLS)",
@@ -374,6 +415,26 @@ mod tests {
             AgentConfig::load(&path)
         };
         (dir, load)
+    }
+
+    #[test]
+    fn controller_is_one_address_or_a_list() {
+        let (dir, load) = loader("controllers");
+        let one = load("controller = \"https://a:7443\"\n").expect("one address");
+        assert_eq!(one.controller.all(), ["https://a:7443".to_owned()]);
+        let many = load("controller = [\"https://a:7443\", \"https://b:7443\"]\n").expect("a list");
+        assert_eq!(many.controller.first(), "https://a:7443");
+        assert_eq!(many.controller.all().len(), 2);
+        for bad in [
+            "controller = []\n",
+            "controller = [\"https://a:7443\", \"http://b:7443\"]\n",
+        ] {
+            match load(bad) {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "controller"),
+                other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

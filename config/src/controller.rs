@@ -32,6 +32,10 @@ pub struct ControllerConfig {
     pub etcd_endpoints: Vec<String>,
     /// Prefix of every key the controller writes in etcd (ends with `/`).
     pub etcd_prefix: String,
+    /// With `store = "etcd"`, several controllers may share the prefix: the one holding the
+    /// leader lease runs the reconcile workers. A dead leader is replaced within about this
+    /// long; a leader that cannot renew its lease stops after two thirds of it.
+    pub leader_lease_secs: u32,
     /// How often agents are asked to send a heartbeat.
     pub heartbeat_interval_secs: u32,
     /// A node with no heartbeat for this long is `offline`.
@@ -175,6 +179,7 @@ impl Default for ControllerConfig {
             store: StoreBackend::Sled,
             etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
             etcd_prefix: "/paddock/".to_owned(),
+            leader_lease_secs: 4,
             heartbeat_interval_secs: 5,
             node_offline_after_secs: 30,
             reconcile_interval_secs: 10,
@@ -209,6 +214,12 @@ impl ControllerConfig {
         }
         if self.etcd_prefix.is_empty() || !self.etcd_prefix.ends_with('/') {
             return Err(invalid("etcd_prefix", "must be non-empty and end with '/'"));
+        }
+        if !(2..=60).contains(&self.leader_lease_secs) {
+            return Err(invalid(
+                "leader_lease_secs",
+                "must be between 2 and 60 seconds",
+            ));
         }
         if self.heartbeat_interval_secs == 0 {
             return Err(invalid("heartbeat_interval_secs", "must be at least 1"));

@@ -28,6 +28,10 @@ pub enum ControllerError {
     Precondition(#[from] Precondition),
     #[error("node {node} is unreachable: {message}")]
     NodeUnavailable { node: String, message: String },
+    /// Several controllers share an etcd store and this one does not lead: what only the
+    /// leader may drive is refused here (retry on another controller).
+    #[error("this controller does not lead: {what} is driven by the leading controller; send it to another controller")]
+    NotLeader { what: &'static str },
     #[error("node {node} refused the request: {status}")]
     Agent { node: String, status: tonic::Status },
     #[error(transparent)]

@@ -77,6 +77,13 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let (reconciler, queue) = service::reconcile::channel();
+    // On etcd several controllers may share the store; only the leader reconciles.
+    let leadership = store.campaign(store::Candidate {
+        identity: listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |addr| addr.to_string()),
+        lease_ttl: std::time::Duration::from_secs(u64::from(config.leader_lease_secs)),
+    })?;
     let controller = Arc::new(Controller {
         store,
         agents: agents::AgentPool::new(&pki),
@@ -86,6 +93,7 @@ pub async fn serve_with(
         join_token,
         pki,
         config,
+        leadership,
     });
     let listen = listener
         .local_addr()
@@ -93,6 +101,7 @@ pub async fn serve_with(
     tracing::info!(%listen, data_dir = %controller.config.data_dir.display(), "controller serving");
     let reconcile_task = service::reconcile::spawn(controller.clone(), queue);
     let migration_sweeper = service::migration::spawn_sweeper(controller.clone());
+    let placement_task = placement::follow_store(controller.clone());
     let metrics_task = controller.config.metrics_listen.map(|addr| {
         let gauges = controller.clone();
         tokio::spawn(async move {
@@ -112,6 +121,7 @@ pub async fn serve_with(
     let served = api::serve(controller.clone(), listener, shutdown).await;
     reconcile_task.abort();
     migration_sweeper.abort();
+    placement_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -136,7 +136,11 @@ pub fn render(gauges: &Gauges) -> String {
     for (name, help, samples) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
         }
     }
     out
@@ -155,6 +159,16 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gauge_without_labels_has_no_braces() {
+        let text = render(&vec![(
+            "paddock_leader",
+            "1 while this controller leads.",
+            vec![(String::new(), 1.0)],
+        )]);
+        assert!(text.contains("\npaddock_leader 1\n"), "{text}");
+    }
 
     #[test]
     fn renders_counters_histograms_and_gauges() {

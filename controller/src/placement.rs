@@ -65,6 +65,26 @@ impl PlacementCache {
     }
 }
 
+/// Forgets the view whenever the store reports a node or pool change from any controller
+/// sharing it (a new node, a cordon, a new pool elsewhere), so controllers place on the
+/// same nodes; what they place is charged in the store's transaction and read back within
+/// [`VIEW_TTL`].
+pub fn follow_store(controller: std::sync::Arc<crate::Controller>) -> tokio::task::JoinHandle<()> {
+    let mut changes = controller.store.store_changes().subscribe();
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(crate::store::StoreChange::Topology)
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    controller.placements.invalidate()
+                }
+                Ok(crate::store::StoreChange::Vps { .. }) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

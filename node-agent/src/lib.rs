@@ -102,7 +102,7 @@ pub async fn run(
     let tls = pki::ensure_enrolled(
         &config.state_dir,
         &node_name,
-        &config.controller,
+        config.controller.first(),
         &config.controller_ca_file,
         &config.join_token_file,
         &config.advertised(),
@@ -117,7 +117,7 @@ pub async fn run(
     let identity = registration::NodeIdentity {
         node_name,
         address: config.advertised(),
-        controller: config.controller.clone(),
+        controllers: config.controller.all().to_vec(),
         tls,
     };
     tracing::info!(node = %identity.node_name, listen = %config.listen, state_dir = %config.state_dir.display(), "agent serving");

@@ -4,6 +4,8 @@
 //! concurrent API clients creating VPSes across tenants. Measures placements per second
 //! (CreateVps acknowledged per second), CreateVps latency under that load beside GetVps latency
 //! on the same controller and load, and how many ApplyVps an idle fleet costs per second.
+//! It runs once per store backend: sled (embedded) and etcd (a private single-member etcd
+//! started for the run), and reports both placements/s side by side.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -39,6 +41,26 @@ const PLAN: &str = "sim";
 /// Descriptors kept free of simulated nodes in each process: the store's files, listeners,
 /// API client connections, enrolments in flight.
 const FD_RESERVE: u64 = 512;
+
+#[path = "../../../controller/src/store/etcd_server.rs"]
+mod etcd_server;
+
+/// Which store the controller runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sled,
+    Etcd,
+}
+
+impl Backend {
+    /// The metric name of a row measured on this backend (sled keeps the historical names).
+    fn label(self, metric: &str) -> String {
+        match self {
+            Backend::Sled => metric.to_owned(),
+            Backend::Etcd => format!("{metric} [etcd store]"),
+        }
+    }
+}
 
 pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     let mut size = if options.quick {
@@ -88,14 +110,36 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(measure(options, &size, report))
+    let on_sled = runtime.block_on(measure(options, &size, report, Store::Sled))?;
+    let Some(etcd) = etcd_server::EtcdServer::start() else {
+        bail!("etcd is not installed (scripts/deps.sh installs etcd-server): the etcd half of control-plane cannot run");
+    };
+    let on_etcd = runtime.block_on(measure(options, &size, report, Store::Etcd(&etcd)))?;
+    report.note(
+        "etcd store: a private single-member etcd on loopback (fsync on, the controller's \
+         Txns with revision compares, a witness key per write); same fleet, clients and plan \
+         as the sled run before it",
+    );
+    report.row(
+        single("placements/s, etcd store beside sled", "1/s", on_etcd, 1)
+            .against("placements/s, sled store", on_sled),
+    );
+    drop(etcd);
+    Ok(())
 }
 
-async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) -> Result<()> {
+/// Runs the scenario on one backend; returns its placements per second.
+async fn measure(
+    options: &Options,
+    size: &Size,
+    report: &mut ScenarioReport,
+    store: Store<'_>,
+) -> Result<f64> {
+    let backend = store.backend();
     let dir = tempfile::Builder::new()
         .prefix("paddock-bench-cp-")
         .tempdir()?;
-    let controller = ControllerProcess::start(options, dir.path(), size)?;
+    let controller = ControllerProcess::start(options, dir.path(), size, &store.config_lines())?;
     let access = controller.access()?;
     let admin = format!("Bearer {}", controller.admin_token);
 
@@ -111,7 +155,7 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
     report.note(format!(
         "simulated nodes: {} (each enrolled with the join token, own key and certificate, \
          NodeAgent over mutual TLS on its own 127.64.x.y address, heartbeat every {} s); they \
-         create no containers. Controller: the real binary (paddock-bench's binary dir), sled store in a temp dir, \
+         create no containers. Controller: the real binary (paddock-bench's binary dir), {backend:?} store, \
          durability on (each create flushed, group commit), reconcile tick {} s. Enrol + \
          register of all nodes took {setup_secs:.1} s",
         simulator.nodes, size.heartbeat_secs, size.reconcile_secs
@@ -272,7 +316,7 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
 
     report.row(
         single(
-            "placements/s (CreateVps acknowledged, durable)",
+            &backend.label("placements/s (CreateVps acknowledged, durable)"),
             "1/s",
             placements_per_sec,
             made,
@@ -280,12 +324,16 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
         .against("Nomad C1M anchor", 3750.0),
     );
     report.row(
-        Row::median("CreateVps latency under load", "ms", &create)?
-            .against_median("GetVps latency, same load", &get)?,
+        Row::median(
+            &backend.label("CreateVps latency under load"),
+            "ms",
+            &create,
+        )?
+        .against_median("GetVps latency, same load", &get)?,
     );
     report.row(
         single(
-            "nodes reached",
+            &backend.label("nodes reached"),
             "nodes",
             simulator.nodes as f64,
             simulator.nodes,
@@ -294,7 +342,7 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
     );
     report.row(
         single(
-            "idle ApplyVps/s after convergence",
+            &backend.label("idle ApplyVps/s after convergence"),
             "1/s",
             idle_applies as f64 / window.as_secs_f64(),
             1,
@@ -306,7 +354,7 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
     );
     report.row(
         single(
-            "idle ListVps/s after convergence",
+            &backend.label("idle ListVps/s after convergence"),
             "1/s",
             idle_lists as f64 / window.as_secs_f64(),
             1,
@@ -320,24 +368,32 @@ async fn measure(options: &Options, size: &Size, report: &mut ScenarioReport) ->
     // machine runs (its wall-clock figures above move with that load).
     report.row(
         single(
-            "controller CPU per acknowledged create",
+            &backend.label("controller CPU per acknowledged create"),
             "ms",
             create_cpu_ms,
             made,
         )
         .against("controller CPU per GetVps, same fleet", read_cpu_ms),
     );
-    report
-        .row(single("controller CPU while idle", "cores", idle_cores, 1).against("one core", 1.0));
+    report.row(
+        single(
+            &backend.label("controller CPU while idle"),
+            "cores",
+            idle_cores,
+            1,
+        )
+        .against("one core", 1.0),
+    );
     report.note(format!(
-        "controller CPU (utime + stime of its process): {create_cpu_ms:.3} ms per create over \
+        "{}: controller CPU (utime + stime of its process): {create_cpu_ms:.3} ms per create over \
          the create phase, {read_cpu_ms:.3} ms per GetVps over the read phase, both including \
          the fleet's heartbeats and reconcile passes meanwhile; {idle_cores:.3} cores over the \
-         idle window"
+         idle window",
+        backend.label("store")
     ));
     drop(simulator);
     drop(controller);
-    Ok(())
+    Ok(placements_per_sec)
 }
 
 /// A row of one measured value.
@@ -439,6 +495,33 @@ async fn setup_tenants(channel: &Channel, admin: &str, size: &Size) -> Result<()
     Ok(())
 }
 
+/// The store of one run: sled in the controller's data dir, or a running etcd.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    Sled,
+    Etcd(&'a etcd_server::EtcdServer),
+}
+
+impl Store<'_> {
+    fn backend(self) -> Backend {
+        match self {
+            Store::Sled => Backend::Sled,
+            Store::Etcd(_) => Backend::Etcd,
+        }
+    }
+
+    /// What controller.toml says about the store.
+    fn config_lines(self) -> String {
+        match self {
+            Store::Sled => String::new(),
+            Store::Etcd(etcd) => format!(
+                "store = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"/paddock-bench/\"\n",
+                etcd.endpoint
+            ),
+        }
+    }
+}
+
 /// The real controller binary, killed and reaped on drop.
 struct ControllerProcess {
     child: Child,
@@ -469,7 +552,7 @@ impl ControllerProcess {
         Ok((ticks(11)? + ticks(12)?) / per_sec.max(1.0))
     }
 
-    fn start(options: &Options, dir: &Path, size: &Size) -> Result<Self> {
+    fn start(options: &Options, dir: &Path, size: &Size, store_lines: &str) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -480,7 +563,7 @@ impl ControllerProcess {
             format!(
                 "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"off\"\ndata_dir = \"{}\"\n\
                  heartbeat_interval_secs = {}\nnode_offline_after_secs = {}\n\
-                 reconcile_interval_secs = {}\n",
+                 reconcile_interval_secs = {}\n{store_lines}",
                 data_dir.display(),
                 size.heartbeat_secs,
                 size.heartbeat_secs * 12,

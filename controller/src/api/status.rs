@@ -60,7 +60,9 @@ impl From<ControllerError> for tonic::Status {
             ControllerError::Suspended { .. } | ControllerError::Precondition(_) => {
                 Status::failed_precondition(error.to_string())
             }
-            ControllerError::NodeUnavailable { .. } => Status::unavailable(error.to_string()),
+            ControllerError::NodeUnavailable { .. } | ControllerError::NotLeader { .. } => {
+                Status::unavailable(error.to_string())
+            }
             ControllerError::Agent { node, status } => {
                 Status::new(status.code(), format!("node {node}: {}", status.message()))
             }

@@ -28,6 +28,8 @@ pub struct Controller {
     pub join_token: String,
     /// The CA and the controller's TLS identity.
     pub pki: crate::pki::Pki,
+    /// Whether this controller leads the ones sharing the store (runs the reconcile workers).
+    pub leadership: crate::store::Leadership,
 }
 
 impl Controller {
@@ -141,7 +143,17 @@ impl Controller {
                 *vps_by_state.entry(name).or_default() += 1.0;
             }
         }
+        let leader = if self.leadership.current().is_some() {
+            1.0
+        } else {
+            0.0
+        };
         vec![
+            (
+                "paddock_leader",
+                "1 while this controller leads (runs the reconcile workers), else 0.",
+                vec![(String::new(), leader)],
+            ),
             (
                 "paddock_vps",
                 "VPSes by state.",

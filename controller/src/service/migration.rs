@@ -133,6 +133,14 @@ impl Migrations<'_> {
     /// then says why, and the VPS runs on its source as before).
     pub async fn migrate(&self, request: MigrateVps) -> Result<MigrationOutcome, ControllerError> {
         let started = Instant::now();
+        // One driver per migration: with several controllers only the leader drives moves
+        // (and sweeps unfinished ones), so no sweeper rolls back a move another controller is
+        // still driving. On sled this controller always leads.
+        if self.leadership.current().is_none() {
+            return Err(ControllerError::NotLeader {
+                what: "a migration",
+            });
+        }
         validate::name("tenant", &request.tenant)?;
         validate::name("name", &request.name)?;
         if !request.to_node.is_empty() {
@@ -549,7 +557,10 @@ impl Migrations<'_> {
 pub fn spawn_sweeper(controller: Arc<Controller>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            controller.migrations().sweep().await;
+            // Only the leader finishes unfinished moves: it is the only one that drives them.
+            if controller.leadership.current().is_some() {
+                controller.migrations().sweep().await;
+            }
             tokio::time::sleep(SWEEP_PERIOD).await;
         }
     })

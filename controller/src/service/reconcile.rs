@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use paddock_proto::v1;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -27,6 +27,7 @@ use crate::convert;
 use crate::error::ControllerError;
 use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 use crate::service::Controller;
+use crate::store::{fenced, StoreChange, Term};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -219,19 +220,26 @@ impl ReconcileHandle {
     }
 }
 
-/// The dispatcher's end of one node's worker.
+/// The dispatcher's end of one node's worker; dropping it stops the worker at once.
 struct Worker {
     passes: mpsc::Sender<()>,
     /// Set when the next pass must apply every VPS (a full resync).
     full: Arc<AtomicBool>,
     /// Set when a kick (a change) asked for the next pass: it is never skipped.
     kicked: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Why a pass is asked for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ask {
-    /// A mutation or a node coming back: always runs.
+    /// A mutation (here or on another controller) or a node coming back: always runs.
     Kick,
     /// The periodic tick: skipped for a node that converged and has reported the same since.
     Tick,
@@ -251,64 +259,129 @@ impl Worker {
     }
 }
 
-/// Runs the dispatcher: one worker task per node, fed by kicks and a periodic tick.
+/// Runs the dispatcher while this controller leads (always, on sled): one worker task per
+/// node, fed by kicks, by the store's changes from every controller and by a periodic tick.
+/// When leadership is lost the workers are stopped at once (their writes are fenced by the
+/// term anyway); kicks that arrive meanwhile are dropped, the next leader's first pass
+/// covers every node.
 pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut workers: HashMap<String, Worker> = HashMap::new();
-        let period = Duration::from_secs(u64::from(controller.config.reconcile_interval_secs));
-        let full_period =
-            Duration::from_secs(u64::from(controller.config.full_resync_interval_secs));
-        let mut last_full = Instant::now();
-        let mut tick = tokio::time::interval(period);
+        let mut leadership = controller.leadership.subscribe();
         loop {
-            let (nodes, ask): (Vec<String>, Ask) = tokio::select! {
-                Some(node) = queue.kicks.recv() => (vec![node], Ask::Kick),
-                _ = tick.tick() => {
-                    if let Err(error) = controller.metering().end_expired_transfer_limits() {
-                        warn!(%error, "ending the transfer limits of past months");
-                    }
-                    let full = !full_period.is_zero() && last_full.elapsed() >= full_period;
-                    if full {
-                        last_full = Instant::now();
-                    }
-                    let ask = if full { Ask::Full } else { Ask::Tick };
-                    match controller.store.list_nodes() {
-                        Ok(nodes) => (nodes.into_iter().map(|n| n.name).collect(), ask),
-                        Err(error) => {
-                            warn!(%error, "listing nodes for the periodic reconcile");
-                            continue;
+            let term = *leadership.borrow_and_update();
+            let Some(term) = term else {
+                tokio::select! {
+                    changed = leadership.changed() => {
+                        if changed.is_err() {
+                            return;
                         }
                     }
-                },
-                else => return,
+                    kick = queue.kicks.recv() => {
+                        if kick.is_none() {
+                            return;
+                        }
+                    }
+                }
+                continue;
             };
-            for node in nodes {
-                workers
-                    .entry(node.clone())
-                    .or_insert_with(|| spawn_worker(controller.clone(), node))
-                    .request(ask);
+            info!(term = term.revision, "leading: reconcile workers run here");
+            tokio::select! {
+                () = lead(&controller, &mut queue, term) => return,
+                () = async {
+                    loop {
+                        if leadership.changed().await.is_err() {
+                            // The campaign is gone (shutdown): keep leading only on sled.
+                            if term.revision == 0 {
+                                std::future::pending::<()>().await;
+                            }
+                            return;
+                        }
+                        if *leadership.borrow() != Some(term) {
+                            return;
+                        }
+                    }
+                } => warn!(term = term.revision, "leadership lost: reconcile workers stopped"),
             }
         }
     })
 }
 
-fn spawn_worker(controller: Arc<Controller>, node: String) -> Worker {
+/// The dispatcher of one term; returns when the kick channel closes (shutdown). Dropping
+/// it (leadership lost) drops the workers, which stops them.
+async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Term) {
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut changes = controller.store.store_changes().subscribe();
+    // The store owns the sender; closed only while the controller shuts down.
+    let mut changes_open = true;
+    let period = Duration::from_secs(u64::from(controller.config.reconcile_interval_secs));
+    let full_period = Duration::from_secs(u64::from(controller.config.full_resync_interval_secs));
+    let mut last_full = Instant::now();
+    // The first tick fires at once: a new leader passes over every node.
+    let mut tick = tokio::time::interval(period);
+    loop {
+        let (nodes, ask): (Vec<String>, Ask) = tokio::select! {
+            kick = queue.kicks.recv() => match kick {
+                Some(node) => (vec![node], Ask::Kick),
+                None => return,
+            },
+            change = changes.recv(), if changes_open => match change {
+                Ok(StoreChange::Vps { node }) => {
+                    // Another controller's change: the node's next heartbeat is recorded in
+                    // full, and the pass is not skipped.
+                    controller.reconciler.reports().forget(&node);
+                    (vec![node], Ask::Kick)
+                }
+                Ok(StoreChange::Topology) => continue,
+                // Fell behind: the next tick passes over every node.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => {
+                    changes_open = false;
+                    continue;
+                }
+            },
+            _ = tick.tick() => {
+                let ended = fenced(term, || controller.metering().end_expired_transfer_limits());
+                if let Err(error) = ended {
+                    warn!(%error, "ending the transfer limits of past months");
+                }
+                let full = !full_period.is_zero() && last_full.elapsed() >= full_period;
+                if full {
+                    last_full = Instant::now();
+                }
+                let ask = if full { Ask::Full } else { Ask::Tick };
+                match controller.store.list_nodes() {
+                    Ok(nodes) => (nodes.into_iter().map(|n| n.name).collect(), ask),
+                    Err(error) => {
+                        warn!(%error, "listing nodes for the periodic reconcile");
+                        continue;
+                    }
+                }
+            },
+        };
+        for node in nodes {
+            workers
+                .entry(node.clone())
+                .or_insert_with(|| spawn_worker(controller.clone(), node, term))
+                .request(ask);
+        }
+    }
+}
+
+fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker {
     let (passes, mut receiver) = mpsc::channel::<()>(1);
     let full = Arc::new(AtomicBool::new(false));
     let kicked = Arc::new(AtomicBool::new(false));
-    let worker = Worker {
-        passes: passes.clone(),
-        full: full.clone(),
-        kicked: kicked.clone(),
-    };
-    tokio::spawn(async move {
+    let retries = passes.clone();
+    let full_flag = full.clone();
+    let kicked_flag = kicked.clone();
+    let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         let failures = ApplyFailures::default();
         // The heartbeat digest the node reported when a pass last found it converged.
         let mut quiet: Option<u64> = None;
         while receiver.recv().await.is_some() {
-            let full_pass = full.swap(false, Ordering::SeqCst);
-            let kick = kicked.swap(false, Ordering::SeqCst);
+            let full_pass = full_flag.swap(false, Ordering::SeqCst);
+            let kick = kicked_flag.swap(false, Ordering::SeqCst);
             let reported = controller.reconciler.reports().last(&node);
             if !full_pass && !kick && quiet.is_some() && quiet == reported && failures.is_empty() {
                 // Converged, and the node has reported the same since: nothing to do.
@@ -316,7 +389,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String) -> Worker {
                 continue;
             }
             quiet = None;
-            match reconcile_node(&controller, &node, full_pass, &failures).await {
+            match reconcile_node(&controller, &node, full_pass, &failures, term).await {
                 Ok(converged) => {
                     backoff = Duration::from_millis(500);
                     if converged {
@@ -328,14 +401,19 @@ fn spawn_worker(controller: Arc<Controller>, node: String) -> Worker {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     if full_pass {
-                        full.store(true, Ordering::SeqCst);
+                        full_flag.store(true, Ordering::SeqCst);
                     }
-                    let _ = passes.try_send(());
+                    let _ = retries.try_send(());
                 }
             }
         }
     });
-    worker
+    Worker {
+        passes,
+        full,
+        kicked,
+        task,
+    }
 }
 
 /// What one pass does with one VPS.
@@ -362,6 +440,7 @@ async fn reconcile_node(
     node_name: &str,
     full: bool,
     failures: &ApplyFailures,
+    term: Term,
 ) -> Result<bool, ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
         return Ok(false);
@@ -403,7 +482,7 @@ async fn reconcile_node(
     let outcomes = join_all(
         steps
             .into_iter()
-            .map(|step| run_step(controller, client.clone(), node_name, step, failures)),
+            .map(|step| run_step(controller, client.clone(), node_name, step, failures, term)),
     )
     .await;
     let mut first_error = None;
@@ -413,7 +492,11 @@ async fn reconcile_node(
         }
     }
     if let Some(vpses) = settle_snapshots {
-        if let Err(error) = controller.snapshots().settle_stale(&client, &vpses).await {
+        if let Err(error) = controller
+            .snapshots()
+            .settle_stale(&client, &vpses, term)
+            .await
+        {
             first_error.get_or_insert(error);
         }
     }
@@ -514,6 +597,7 @@ async fn run_step(
     node: &str,
     step: Step,
     failures: &ApplyFailures,
+    term: Term,
 ) -> Result<(), ControllerError> {
     match step {
         Step::Delete {
@@ -528,7 +612,7 @@ async fn run_step(
                 .await
                 .map_err(|status| agent_error(node, status))?;
             failures.forget(&vps_id);
-            controller.store.remove_vps(&vps_id)?;
+            fenced(term, || controller.store.remove_vps(&vps_id))?;
             controller.commit().await?;
             // What the VPS held on its node is free again for placements.
             controller.placements.invalidate();
@@ -551,12 +635,14 @@ async fn run_step(
             if let Some(wait) = failures.record(&vps_id, &digest, failed) {
                 warn!(vps_id = %vps_id, node, retry_in = ?wait, message = %status.message, "apply failed");
             }
-            record_report(
-                controller,
-                &vps_id,
-                convert::observed(&status),
-                Some(&digest),
-            )
+            fenced(term, || {
+                record_report(
+                    controller,
+                    &vps_id,
+                    convert::observed(&status),
+                    Some(&digest),
+                )
+            })
         }
     }
 }

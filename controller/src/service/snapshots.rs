@@ -21,7 +21,7 @@ use crate::model::validate;
 use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 use crate::service::reconcile;
 use crate::service::Controller;
-use crate::store::{Conflict, StoreError};
+use crate::store::{fenced, Conflict, StoreError, Term};
 
 /// How long the controller waits for a node to copy a disk.
 const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
@@ -195,10 +195,12 @@ impl Snapshots<'_> {
     /// outlived any create (a controller died between reserving a name and recording the
     /// node's copy): each is recorded from the node's copy, with its `snapshot_created` event,
     /// or dropped when the node has none (`model::snapshots::settle`). Run on full resyncs.
+    /// Its writes are fenced by the reconciler's `term`.
     pub async fn settle_stale(
         &self,
         client: &AgentClient,
         vpses: &[VpsRecord],
+        term: Term,
     ) -> Result<(), ControllerError> {
         let now = Utc::now();
         let stale_after = chrono::Duration::from_std(STALE_RESERVATION)
@@ -227,16 +229,19 @@ impl Snapshots<'_> {
                 match settle(record, copy, now, stale_after) {
                     Settle::Keep => {}
                     Settle::Record(snapshot) => {
-                        self.store.put_snapshot(
-                            &vps.vps_id,
-                            &snapshot,
-                            Some(Self::event(EventKind::SnapshotCreated, vps, &snapshot.name)),
-                        )?;
+                        fenced(term, || {
+                            self.store.put_snapshot(
+                                &vps.vps_id,
+                                &snapshot,
+                                Some(Self::event(EventKind::SnapshotCreated, vps, &snapshot.name)),
+                            )
+                        })?;
                         info!(vps = %vps.name, snapshot = %snapshot.name, "recorded a snapshot whose create was interrupted");
                     }
                     Settle::Drop => {
-                        self.store
-                            .remove_snapshot(&vps.vps_id, &record.name, None)?;
+                        fenced(term, || {
+                            self.store.remove_snapshot(&vps.vps_id, &record.name, None)
+                        })?;
                         info!(vps = %vps.name, snapshot = %record.name, "dropped the reservation of an interrupted snapshot create");
                     }
                 }

@@ -99,6 +99,7 @@ both!(
     vps_watchers_see_committed_changes,
     snapshots_and_backups,
     migrations_reserve_switch_and_roll_back,
+    a_lone_candidate_leads,
 );
 
 pub(crate) fn tenant(name: &str, max_vps: u32) -> TenantRecord {
@@ -1045,4 +1046,201 @@ fn migrations_reserve_switch_and_roll_back(fixture: &Fixture) {
     store.end_migration(&web.vps_id, None).expect("end");
     assert_eq!(store.list_migrations().expect("list"), vec![]);
     assert_eq!(on("n2"), ["web"]);
+}
+
+/// Waits (generously: the machine is loaded) until `condition` holds.
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn candidate(identity: &str) -> Candidate {
+    Candidate {
+        identity: identity.to_owned(),
+        lease_ttl: std::time::Duration::from_secs(2),
+    }
+}
+
+/// Campaigns run on the store's own runtime: no caller runtime needed.
+fn a_lone_candidate_leads(fixture: &Fixture) {
+    let leadership = fixture.store.campaign(candidate("only")).expect("campaign");
+    wait_for("the only candidate to lead", || {
+        leadership.current().is_some()
+    });
+}
+
+/// Two controllers' stores on one etcd prefix.
+fn two_on_one_prefix() -> Option<(etcd_server::EtcdServer, EtcdStore, EtcdStore)> {
+    let server = etcd_server::EtcdServer::start()?;
+    let endpoints = std::slice::from_ref(&server.endpoint);
+    let first = EtcdStore::create(endpoints, "/shared/").expect("first store");
+    let second = EtcdStore::open(endpoints, "/shared/").expect("second store");
+    Some((server, first, second))
+}
+
+#[test]
+fn one_leader_at_a_time_and_a_takeover_after_the_leader_goes() {
+    let Some((_server, first, second)) = two_on_one_prefix() else {
+        return;
+    };
+    let a = first.campaign(candidate("a")).expect("campaign a");
+    wait_for("a to lead", || a.current().is_some());
+    let b = second.campaign(candidate("b")).expect("campaign b");
+    // b campaigns every renewal period (two thirds of a second here): over several of its
+    // attempts, never both.
+    for _ in 0..60 {
+        assert!(
+            !(a.current().is_some() && b.current().is_some()),
+            "two leaders at once"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(b.current().is_none(), "b does not lead while a renews");
+    let old_term = a.current().expect("a still leads");
+    // a's controller dies: its campaign stops, its lease runs out, b takes over.
+    drop(a);
+    wait_for("b to take over", || b.current().is_some());
+    let new_term = b.current().expect("b leads");
+    assert!(
+        new_term.revision > old_term.revision,
+        "a new term: {new_term:?} after {old_term:?}"
+    );
+}
+
+#[test]
+fn a_deposed_leaders_fenced_writes_do_not_land() {
+    let Some((_server, first, second)) = two_on_one_prefix() else {
+        return;
+    };
+    first.create_tenant(&tenant("acme", 5)).expect("tenant");
+    first.create_vps(&vps("acme", "web")).expect("vps");
+    let a = first.campaign(candidate("a")).expect("campaign a");
+    wait_for("a to lead", || a.current().is_some());
+    let old_term = a.current().expect("a leads");
+    fenced(old_term, || {
+        first.update_vps("acme-web-id", &|vps| {
+            vps.restart_generation = 1;
+            Ok(())
+        })
+    })
+    .expect("the leader's fenced write lands");
+    drop(a);
+    let b = second.campaign(candidate("b")).expect("campaign b");
+    wait_for("b to take over", || b.current().is_some());
+    let refused = fenced(old_term, || {
+        first.update_vps("acme-web-id", &|vps| {
+            vps.restart_generation = 2;
+            Ok(())
+        })
+    })
+    .expect_err("a write of the old term");
+    assert!(
+        matches!(refused, StoreError::Conflict(Conflict::Deposed { term }) if term == old_term.revision),
+        "{refused:?}"
+    );
+    let stored = second.get_vps("acme-web-id").expect("get").expect("vps");
+    assert_eq!(
+        stored.restart_generation, 1,
+        "the deposed write did not land"
+    );
+    // Unfenced writes (any controller's API) still land.
+    first
+        .update_vps("acme-web-id", &|vps| {
+            vps.restart_generation = 3;
+            Ok(())
+        })
+        .expect("an unfenced write");
+}
+
+#[test]
+fn a_controller_hears_what_another_committed() {
+    let Some((_server, first, second)) = two_on_one_prefix() else {
+        return;
+    };
+    first.create_tenant(&tenant("acme", 5)).expect("tenant");
+    let web = vps("acme", "web");
+    let mut watched = second.vps_watchers().subscribe(&web.vps_id);
+    let mut followers = second.event_signal().subscribe();
+    let mut changes = second.store_changes().subscribe();
+    first.create_vps(&web).expect("create on the first");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        // The tenant's creation may reach the second only now: it republishes the watched
+        // id, absent until the create.
+        loop {
+            let change = tokio::time::timeout_at(deadline.into(), watched.recv())
+                .await
+                .expect("the second store's watcher hears of the create");
+            match change {
+                Ok(VpsChange::Changed(vps)) => {
+                    assert_eq!(vps.name, "web");
+                    break;
+                }
+                Ok(VpsChange::Removed) => continue,
+                Err(error) => panic!("watch ended: {error:?}"),
+            }
+        }
+        tokio::time::timeout_at(deadline.into(), followers.changed())
+            .await
+            .expect("followers on the second wake")
+            .expect("signal alive");
+        let change = tokio::time::timeout_at(deadline.into(), changes.recv())
+            .await
+            .expect("the second's workers hear of it");
+        assert_eq!(
+            change.expect("change"),
+            StoreChange::Vps { node: "n1".into() }
+        );
+    });
+    first.remove_vps(&web.vps_id).expect("remove on the first");
+    runtime.block_on(async {
+        // The create also changed the tenant (its usage), which republishes its VPSes.
+        loop {
+            let change = tokio::time::timeout_at(deadline.into(), watched.recv())
+                .await
+                .expect("the removal reaches the second");
+            match change {
+                Ok(VpsChange::Removed) => break,
+                Ok(VpsChange::Changed(_)) => continue,
+                Err(error) => panic!("watch ended: {error:?}"),
+            }
+        }
+    });
+    // The first published its own commits once, right after they committed.
+    let mut again = vps("acme", "web");
+    again.vps_id = "again-id".to_owned();
+    let mut own = first.vps_watchers().subscribe(&again.vps_id);
+    first.create_vps(&again).expect("create again");
+    assert!(matches!(own.try_recv(), Some(Ok(VpsChange::Changed(_)))));
+    // Its own watch saw the same commit and leaves it alone: nothing more arrives.
+    let mut seen_by_second = second.vps_watchers().subscribe(&again.vps_id);
+    second
+        .update_vps(&again.vps_id, &|vps| {
+            vps.restart_generation = 9;
+            Ok(())
+        })
+        .expect("a change on the second");
+    runtime.block_on(async {
+        let change = tokio::time::timeout_at(deadline.into(), own.recv())
+            .await
+            .expect("the second's change reaches the first");
+        assert!(
+            matches!(&change, Ok(VpsChange::Changed(vps)) if vps.restart_generation == 9),
+            "the next change the first publishes is the second's, not its own create again: {change:?}"
+        );
+    });
+    assert!(matches!(
+        seen_by_second.try_recv(),
+        Some(Ok(VpsChange::Changed(_)))
+    ));
 }

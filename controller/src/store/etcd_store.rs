@@ -53,7 +53,7 @@
 //! runtime (the `#[tokio::test]` default). The blocking mirrors sled's (disk I/O on the caller).
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp};
 use serde::de::DeserializeOwned;
@@ -69,6 +69,25 @@ use crate::model::{ipam, quota};
 const PAGE: usize = 128;
 /// Largest response accepted (a pool with many allocations is one large value).
 const MAX_MESSAGE: usize = 64 << 20;
+
+/// How long a request that may be repeated is asked again while members do not answer.
+const RETRY_UNANSWERED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a request failed without an answer (its member is frozen, partitioned or has no
+/// leader): a read may be repeated; a transaction may or may not have committed.
+fn unanswered(error: &StoreError) -> bool {
+    match error {
+        StoreError::Etcd(etcd_client::Error::TransportError(_)) => true,
+        StoreError::Etcd(etcd_client::Error::GRpcStatus(status)) => matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+        ),
+        _ => false,
+    }
+}
 
 /// How often a conflicting transaction runs again before `Conflict::Transaction`.
 const MAX_ATTEMPTS: usize = 10_000;
@@ -105,12 +124,222 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 /// The store on an etcd cluster.
 pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
+    client: Client,
     kv: KvClient,
+    endpoints: Vec<String>,
     prefix: String,
     /// Endpoints and prefix, for messages.
     location: String,
     watchers: VpsWatchers,
     events_committed: EventSignal,
+    changes: StoreChanges,
+    own: Arc<OwnCommits>,
+    witnesses: Witnesses,
+}
+
+/// Witness keys (`P commits/<store id>/<n>`): every writing Txn also creates a fresh one,
+/// so when its answer is lost (a member froze mid-request) the store can tell whether it
+/// committed: it creates the witness itself as "void" unless it exists. Found as written
+/// by the Txn, the Txn committed; made void, the Txn can never commit any more (it requires
+/// the witness absent), so running the body again is safe. Witnesses of Txns known to have
+/// committed are deleted by later Txns of the same store; void ones stay (they are only made
+/// when an answer was lost).
+struct Witnesses {
+    store_id: String,
+    next: std::sync::atomic::AtomicU64,
+    spent: std::sync::Mutex<Vec<String>>,
+}
+
+/// How many spent witnesses one Txn deletes.
+const WITNESS_CLEANUP: usize = 16;
+/// A witness's value when the Txn wrote it, and when the store voided it.
+const WITNESS_WRITTEN: &str = "committed";
+const WITNESS_VOID: &str = "void";
+
+impl Witnesses {
+    fn new() -> Self {
+        Self {
+            store_id: uuid::Uuid::new_v4().simple().to_string(),
+            next: std::sync::atomic::AtomicU64::new(1),
+            spent: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn spent(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A fresh witness key (relative to the prefix).
+    fn fresh(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("commits/{}/{n:020}", self.store_id)
+    }
+
+    /// Spent witnesses for the next Txn to delete.
+    fn take(&self) -> Vec<String> {
+        let mut spent = self.spent();
+        let keep = spent.len().saturating_sub(WITNESS_CLEANUP);
+        spent.split_off(keep)
+    }
+
+    fn give_back(&self, keys: Vec<String>) {
+        self.spent().extend(keys);
+    }
+}
+
+/// How long the watch waits for this store's in-flight transactions to learn their revision
+/// before treating a change as another controller's (a duplicate publish is harmless).
+const OWN_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The revisions this store's own transactions committed, so the watch leaves them alone:
+/// they were published right after they committed, and are not published twice.
+#[derive(Default)]
+struct OwnCommits {
+    state: std::sync::Mutex<OwnState>,
+    settled: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct OwnState {
+    next_id: u64,
+    in_flight: std::collections::BTreeSet<u64>,
+    revisions: std::collections::HashSet<i64>,
+}
+
+impl OwnCommits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OwnState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a transaction about to be sent.
+    fn begin(&self) -> u64 {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.in_flight.insert(id);
+        id
+    }
+
+    /// Records how transaction `id` ended (`Some(revision)` if it committed writes).
+    fn end(&self, id: u64, revision: Option<i64>) {
+        let mut state = self.lock();
+        state.in_flight.remove(&id);
+        if let Some(revision) = revision {
+            // Bounded: revisions the watch never reports (it restarted) must not pile up.
+            if state.revisions.len() >= 100_000 {
+                state.revisions.clear();
+            }
+            state.revisions.insert(revision);
+        }
+        drop(state);
+        self.settled.notify_all();
+    }
+
+    /// Whether `revision` was committed by this store: waits (bounded) for the transactions
+    /// in flight now to answer, since the watch may report a commit before its caller hears.
+    fn take(&self, revision: i64) -> bool {
+        let mut state = self.lock();
+        let started_before = state.next_id;
+        let deadline = std::time::Instant::now() + OWN_COMMIT_WAIT;
+        while !state.revisions.contains(&revision)
+            && state.in_flight.range(..started_before).next().is_some()
+        {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = match self.settled.wait_timeout(state, deadline - now) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        state.revisions.remove(&revision)
+    }
+}
+
+/// Runs `future` on the store's runtime and blocks this (non-runtime) thread for its answer.
+fn blocking<T, Fut>(runtime: &tokio::runtime::Handle, future: Fut) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = sender.send(future.await);
+    });
+    receiver
+        .recv()
+        .map_err(|_| StoreError::EtcdGone)?
+        .map_err(StoreError::from)
+}
+
+/// Where the watch's reports go.
+struct Delivery {
+    runtime: tokio::runtime::Handle,
+    kv: KvClient,
+    prefix: String,
+    watchers: VpsWatchers,
+    events: EventSignal,
+    changes: StoreChanges,
+    own: Arc<OwnCommits>,
+}
+
+/// Hands what the store watch reports to this controller's watchers, followers and workers
+/// (on its own thread: publishing reads the VPS, a blocking call). Changes this store made
+/// itself were published after their commit; only the workers hear of them again.
+fn deliver_watched(watched: mpsc::Receiver<(i64, etcd_cluster::Watched)>, delivery: Delivery) {
+    let Delivery {
+        runtime,
+        kv,
+        prefix,
+        watchers,
+        events,
+        changes,
+        own,
+    } = delivery;
+    use etcd_cluster::Watched;
+    let read = |vps_id: &str| -> Result<Option<VpsRecord>, StoreError> {
+        let key = format!("{prefix}vps/{vps_id}");
+        let mut kv = kv.clone();
+        let response = blocking(&runtime, async move { kv.get(key, None).await })?;
+        response
+            .kvs()
+            .first()
+            .map(|entry| decode("vps", vps_id, entry.value()))
+            .transpose()
+    };
+    let mut last_revision = 0;
+    let mut mine = false;
+    while let Ok((revision, change)) = watched.recv() {
+        // One transaction's keys share its revision: ask once per revision.
+        if revision != last_revision {
+            last_revision = revision;
+            mine = own.take(revision);
+        }
+        match change {
+            Watched::Vps { vps_id, node } => {
+                if !mine {
+                    watchers.publish(&vps_id, read);
+                }
+                if let Some(node) = node {
+                    changes.send(StoreChange::Vps { node });
+                }
+            }
+            Watched::Tenant if !mine => watchers.publish_all(read),
+            Watched::Events if !mine => events.committed(),
+            Watched::Tenant | Watched::Events => {}
+            Watched::Topology => changes.send(StoreChange::Topology),
+            Watched::Resync => {
+                watchers.publish_all(read);
+                events.committed();
+                changes.send(StoreChange::Topology);
+            }
+        }
+    }
 }
 
 impl Drop for EtcdStore {
@@ -145,9 +374,10 @@ impl Tx<'_> {
             return Ok(read.value.clone());
         }
         let full = self.store.key(key);
-        let response = self
-            .store
-            .call(move |mut kv| async move { kv.get(full, None).await })?;
+        let response = self.store.call(move |mut kv| {
+            let full = full.clone();
+            async move { kv.get(full, None).await }
+        })?;
         let read = match response.kvs().first() {
             Some(kv) => Read {
                 value: Some(kv.value().to_vec()),
@@ -284,12 +514,22 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|source| StoreError::EtcdRuntime { source })?;
+        let endpoint_list = endpoints.to_vec();
         let endpoints = endpoints.to_vec();
         let (sender, receiver) = mpsc::sync_channel(1);
         runtime.spawn(async move {
+            // HTTP/2 pings find a member that stopped answering (frozen, partitioned) within
+            // seconds, so the client's balancer moves to the others; a member cut off from
+            // the quorum refuses at once instead of serving stale reads.
             let options = etcd_client::ConnectOptions::new()
                 .with_connect_timeout(std::time::Duration::from_secs(5))
-                .with_timeout(std::time::Duration::from_secs(30));
+                .with_timeout(std::time::Duration::from_secs(30))
+                .with_keep_alive(
+                    std::time::Duration::from_secs(1),
+                    std::time::Duration::from_secs(2),
+                )
+                .with_keep_alive_while_idle(true)
+                .with_require_leader(true);
             let _ = sender.send(Client::connect(endpoints, Some(options)).await);
         });
         let client = receiver
@@ -305,11 +545,49 @@ impl EtcdStore {
                 .kv_client()
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+            client,
+            endpoints: endpoint_list,
             prefix: prefix.to_owned(),
             location,
             watchers: VpsWatchers::default(),
             events_committed: EventSignal::default(),
+            changes: StoreChanges::default(),
+            own: Arc::default(),
+            witnesses: Witnesses::new(),
         })
+    }
+
+    /// Starts the watch that tells this controller what every controller sharing the prefix
+    /// committed: `WatchVps` watchers and `WatchEvents` followers hear of other controllers'
+    /// commits, the reconcile leader of VPS changes, the placement cache of node changes.
+    /// It stops with the store.
+    fn start_watch(self) -> Result<Self, StoreError> {
+        let runtime = self.runtime.as_ref().ok_or(StoreError::EtcdGone)?;
+        runtime.spawn(etcd_cluster::keep_answering_members(
+            self.client.clone(),
+            self.endpoints.clone(),
+            self.key("meta/schema_version"),
+        ));
+        let (sink, watched) = mpsc::channel();
+        runtime.spawn(etcd_cluster::watch_changes(
+            self.client.clone(),
+            self.prefix.clone(),
+            sink,
+        ));
+        let delivery = Delivery {
+            runtime: runtime.handle().clone(),
+            kv: self.kv.clone(),
+            prefix: self.prefix.clone(),
+            watchers: self.watchers.clone(),
+            events: self.events_committed.clone(),
+            changes: self.changes.clone(),
+            own: self.own.clone(),
+        };
+        std::thread::Builder::new()
+            .name("paddock-etcd-watch".to_owned())
+            .spawn(move || deliver_watched(watched, delivery))
+            .map_err(|source| StoreError::EtcdRuntime { source })?;
+        Ok(self)
     }
 
     /// Initializes the store under `prefix` (stamps the schema version if absent) and opens it.
@@ -321,7 +599,7 @@ impl EtcdStore {
     pub fn initialize(self) -> Result<Self, StoreError> {
         let store = self;
         let schema = store.key("meta/schema_version");
-        store.call(move |mut kv| async move {
+        store.call_once(move |mut kv| async move {
             kv.txn(
                 Txn::new()
                     .when([Compare::create_revision(
@@ -334,29 +612,32 @@ impl EtcdStore {
             .await
         })?;
         store.check_schema()?;
-        Ok(store)
+        store.start_watch()
     }
 
     /// Opens an initialized store, refusing one of another schema version.
     pub fn open(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
         let store = Self::connect(endpoints, prefix)?;
         store.check_schema()?;
-        Ok(store)
+        store.start_watch()
     }
 
     /// Whether anything is stored under the prefix.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         let prefix = self.prefix.clone();
-        let response = self.call(move |mut kv| async move {
-            kv.get(
-                prefix.clone(),
-                Some(
-                    GetOptions::new()
-                        .with_range(prefix_end(&prefix))
-                        .with_count_only(),
-                ),
-            )
-            .await
+        let response = self.call(move |mut kv| {
+            let prefix = prefix.clone();
+            async move {
+                kv.get(
+                    prefix.clone(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(prefix_end(&prefix))
+                            .with_count_only(),
+                    ),
+                )
+                .await
+            }
         })?;
         Ok(response.count() == 0)
     }
@@ -378,7 +659,7 @@ impl EtcdStore {
                 .map(|(key, value)| TxnOp::put(self.key(&key), value, None))
                 .collect();
             let guard = Compare::create_revision(schema.clone(), CompareOp::Equal, 0);
-            let response = self.call(move |mut kv| async move {
+            let response = self.call_once(move |mut kv| async move {
                 kv.txn(Txn::new().when([guard]).and_then(operations)).await
             })?;
             if !response.succeeded() {
@@ -415,27 +696,45 @@ impl EtcdStore {
     }
 
     /// Runs one etcd request on the store's runtime and waits for it (see the module docs).
-    fn call<T, F, Fut>(&self, request: F) -> Result<T, StoreError>
+    /// Not retried: for transactions, whose outcome a lost answer leaves open.
+    fn call_once<T, F, Fut>(&self, request: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(KvClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         let runtime = self.runtime.as_ref().ok_or(StoreError::EtcdGone)?;
-        let (sender, receiver) = mpsc::sync_channel(1);
-        let future = request(self.kv.clone());
-        runtime.spawn(async move {
-            let _ = sender.send(future.await);
-        });
-        receiver
-            .recv()
-            .map_err(|_| StoreError::EtcdGone)?
-            .map_err(StoreError::from)
+        blocking(runtime.handle(), request(self.kv.clone()))
+    }
+
+    /// Runs a request that may be repeated (a read, or a transaction that is a no-op when
+    /// repeated), again while the member it reached does not answer (frozen, partitioned,
+    /// without a leader), for up to [`RETRY_UNANSWERED_FOR`]: the client's balancer moves to
+    /// the other members meanwhile, so losing one member of three is not seen by callers.
+    fn call<T, F, Fut>(&self, request: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(KvClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let deadline = std::time::Instant::now() + RETRY_UNANSWERED_FOR;
+        loop {
+            match self.call_once(&request) {
+                Err(error) if unanswered(&error) && std::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, "an etcd member did not answer; asking again");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn raw_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let full = self.key(key);
-        let response = self.call(move |mut kv| async move { kv.get(full, None).await })?;
+        let response = self.call(move |mut kv| {
+            let full = full.clone();
+            async move { kv.get(full, None).await }
+        })?;
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -500,8 +799,10 @@ impl EtcdStore {
                 .with_range(page_to)
                 .with_limit(i64::try_from(want).unwrap_or(i64::MAX))
                 .with_revision(revision);
-            let response =
-                self.call(move |mut kv| async move { kv.get(page_from, Some(options)).await })?;
+            let response = self.call(move |mut kv| {
+                let (page_from, options) = (page_from.clone(), options.clone());
+                async move { kv.get(page_from, Some(options)).await }
+            })?;
             if revision == 0 {
                 revision = response.header().map_or(0, |header| header.revision());
             }
@@ -561,7 +862,15 @@ impl EtcdStore {
                 writes: BTreeMap::new(),
             };
             let outcome = body(&mut tx);
-            let compares = tx.compares();
+            let mut compares = tx.compares();
+            let fence = leader::current_fence();
+            if let Some(term) = fence {
+                compares.push(Compare::create_revision(
+                    self.key(etcd_cluster::LEADER_KEY),
+                    CompareOp::Equal,
+                    term.revision,
+                ));
+            }
             let operations: Vec<TxnOp> = match &outcome {
                 Ok(_) => tx
                     .writes
@@ -580,11 +889,63 @@ impl EtcdStore {
             if operations.is_empty() && (outcome.is_ok() || compares.is_empty()) {
                 return outcome;
             }
-            let response = self.call(move |mut kv| async move {
+            let mut operations = operations;
+            let writes = !operations.is_empty();
+            let witness = writes.then(|| self.witnesses.fresh());
+            let cleanup = if writes {
+                self.witnesses.take()
+            } else {
+                Vec::new()
+            };
+            if let Some(witness) = &witness {
+                let full = self.key(witness);
+                compares.push(Compare::create_revision(full.clone(), CompareOp::Equal, 0));
+                operations.push(TxnOp::put(full, WITNESS_WRITTEN, None));
+                operations.extend(
+                    cleanup
+                        .iter()
+                        .map(|spent| TxnOp::delete(self.key(spent), None)),
+                );
+            }
+            let flight = self.own.begin();
+            let response = self.call_once(move |mut kv| async move {
                 kv.txn(Txn::new().when(compares).and_then(operations)).await
-            })?;
-            if response.succeeded() {
+            });
+            let succeeded = match (response, &witness) {
+                (Ok(response), _) => {
+                    let committed = writes && response.succeeded();
+                    self.own.end(
+                        flight,
+                        response
+                            .header()
+                            .filter(|_| committed)
+                            .map(|header| header.revision()),
+                    );
+                    response.succeeded()
+                }
+                (Err(error), Some(witness)) if unanswered(&error) => {
+                    // Did it commit? Decide for good through its witness.
+                    let settled = self.settle(witness);
+                    self.own
+                        .end(flight, settled.as_ref().ok().copied().flatten());
+                    settled?.is_some()
+                }
+                (Err(error), _) => {
+                    self.own.end(flight, None);
+                    self.witnesses.give_back(cleanup);
+                    return Err(error);
+                }
+            };
+            if succeeded {
+                if let Some(witness) = witness {
+                    self.witnesses.give_back(vec![witness]);
+                }
                 return outcome;
+            }
+            // Not committed: the spent witnesses it would have deleted are still there.
+            self.witnesses.give_back(cleanup);
+            if let Some(term) = fence {
+                self.check_term(term)?;
             }
             if attempt > 8 {
                 // Heavy contention: back off a little so the winners can finish.
@@ -597,12 +958,65 @@ impl EtcdStore {
         Err(StoreError::Conflict(Conflict::Transaction))
     }
 
+    /// Whether the Txn that wrote `witness` committed, for good: `Some(revision)` if it did,
+    /// `None` if it did not and now never will (the witness is void).
+    fn settle(&self, witness: &str) -> Result<Option<i64>, StoreError> {
+        let full = self.key(witness);
+        // Repeatable: a second void attempt finds the witness (void) and changes nothing.
+        let response = self.call(move |mut kv| {
+            let full = full.clone();
+            async move {
+                kv.txn(
+                    Txn::new()
+                        .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(full.clone(), WITNESS_VOID, None)])
+                        .or_else([TxnOp::get(full, None)]),
+                )
+                .await
+            }
+        })?;
+        if response.succeeded() {
+            return Ok(None);
+        }
+        let found = response.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+            _ => None,
+        });
+        Ok(found
+            .filter(|kv| kv.value() == WITNESS_WRITTEN.as_bytes())
+            .map(|kv| kv.mod_revision()))
+    }
+
+    /// `Deposed` unless the leader key still is the one created in `term`.
+    fn check_term(&self, term: Term) -> Result<(), StoreError> {
+        let key = self.key(etcd_cluster::LEADER_KEY);
+        let response = self.call(move |mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })?;
+        let holds = response
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == term.revision);
+        if holds {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(Conflict::Deposed {
+                term: term.revision,
+            }))
+        }
+    }
+
     /// Every key and value under the prefix, for tests that check a failed request changed
     /// nothing: named like sled's (tree, key, value), the tree being the key's first segment
     /// (the counters and the pool guard count to the tree they number).
     pub fn dump(&self) -> Result<Vec<super::sled_store::DumpEntry>, StoreError> {
         let mut out = Vec::new();
         for (key, value) in self.range_all()? {
+            // Who leads, and which Txns committed, is not part of the stored state.
+            if key == etcd_cluster::LEADER_KEY || key.starts_with("commits/") {
+                continue;
+            }
             let (tree, rest) = match key.split_once('/') {
                 Some((tree, rest)) => (tree.to_owned(), rest.as_bytes().to_vec()),
                 None => {
@@ -676,6 +1090,25 @@ impl Store for EtcdStore {
 
     fn event_signal(&self) -> &EventSignal {
         &self.events_committed
+    }
+
+    fn store_changes(&self) -> &StoreChanges {
+        &self.changes
+    }
+
+    fn campaign(&self, candidate: Candidate) -> Result<Leadership, StoreError> {
+        let runtime = self.runtime.as_ref().ok_or(StoreError::EtcdGone)?;
+        let (state, leadership) = tokio::sync::watch::channel(None);
+        let task = runtime.spawn(etcd_cluster::campaign(
+            self.client.clone(),
+            self.key(etcd_cluster::LEADER_KEY),
+            candidate,
+            state,
+        ));
+        Ok(Leadership::campaigning(
+            leadership,
+            leader::CampaignGuard(task.abort_handle()),
+        ))
     }
 
     fn list_plans(&self) -> Result<Vec<PlanRecord>, StoreError> {

@@ -3,7 +3,9 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod etcd_cluster;
 mod etcd_store;
+pub mod leader;
 pub mod migrate;
 mod sled_store;
 mod watch;
@@ -22,8 +24,11 @@ use crate::model::{
 };
 use chrono::{DateTime, Utc};
 pub use etcd_store::EtcdStore;
+pub use leader::{fenced, Candidate, Leadership, Term};
 pub use sled_store::{DumpEntry, SledStore};
-pub use watch::{EventSignal, VpsChange, VpsChanges, VpsWatchers, WatchRecvError};
+pub use watch::{
+    EventSignal, StoreChange, StoreChanges, VpsChange, VpsChanges, VpsWatchers, WatchRecvError,
+};
 
 /// Version of the on-disk layout; a store written by another version is refused.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -101,6 +106,9 @@ pub enum Conflict {
     /// A concurrent transaction kept conflicting (both backends retry these themselves).
     #[error("transaction conflict")]
     Transaction,
+    /// A write fenced by a leader's term after another controller took over (see `leader`).
+    #[error("this controller is no longer the leader (term {term} ended); another one took over")]
+    Deposed { term: i64 },
 }
 
 /// Where one VPS's usage of one hour is stored.
@@ -149,6 +157,12 @@ pub trait Store: Send + Sync + 'static {
     /// Signalled after every committed transaction that may have appended events
     /// (`WatchEvents` followers wait on it).
     fn event_signal(&self) -> &EventSignal;
+    /// Changes to VPSes, nodes and pools committed by any controller sharing the store, for
+    /// the leader's reconcile and the placement cache (sled, with one controller, sends none).
+    fn store_changes(&self) -> &StoreChanges;
+    /// Starts campaigning for leadership among the controllers sharing this store (see
+    /// `leader`); the embedded store's only controller leads at once, for good.
+    fn campaign(&self, candidate: Candidate) -> Result<Leadership, StoreError>;
 
     fn list_plans(&self) -> Result<Vec<PlanRecord>, StoreError>;
     fn get_plan(&self, name: &str) -> Result<Option<PlanRecord>, StoreError>;

@@ -60,6 +60,8 @@ pub struct SledStore {
     commits: GroupCommit,
     watchers: VpsWatchers,
     events_committed: EventSignal,
+    /// Never sent to: the only controller knows its own changes.
+    changes: StoreChanges,
 }
 
 /// Group commit: concurrent `flush` calls share one disk flush. A caller's
@@ -249,6 +251,7 @@ impl SledStore {
             commits: GroupCommit::default(),
             watchers: VpsWatchers::default(),
             events_committed: EventSignal::default(),
+            changes: StoreChanges::default(),
             db,
         })
     }
@@ -512,6 +515,14 @@ impl Store for SledStore {
 
     fn event_signal(&self) -> &EventSignal {
         &self.events_committed
+    }
+
+    fn store_changes(&self) -> &StoreChanges {
+        &self.changes
+    }
+
+    fn campaign(&self, _candidate: Candidate) -> Result<Leadership, StoreError> {
+        Ok(Leadership::always())
     }
 
     fn update_vps_emitting(

@@ -28,8 +28,8 @@ pub enum VpsChange {
 
 type Channels = HashMap<String, broadcast::Sender<VpsChange>>;
 
-/// The broadcast channels of the watched VPSes, by VPS id.
-#[derive(Default)]
+/// The broadcast channels of the watched VPSes, by VPS id (clones share them).
+#[derive(Default, Clone)]
 pub struct VpsWatchers {
     inner: Arc<Hub>,
 }
@@ -179,12 +179,13 @@ impl Drop for VpsChanges {
 
 /// Wakes `WatchEvents` followers: bumped after every committed transaction that may have
 /// appended to the event log, so a follower reads the log when it changed instead of polling.
-#[derive(Debug)]
-pub struct EventSignal(tokio::sync::watch::Sender<u64>);
+/// Clones share one signal.
+#[derive(Debug, Clone)]
+pub struct EventSignal(Arc<tokio::sync::watch::Sender<u64>>);
 
 impl Default for EventSignal {
     fn default() -> Self {
-        Self(tokio::sync::watch::channel(0).0)
+        Self(Arc::new(tokio::sync::watch::channel(0).0))
     }
 }
 
@@ -197,6 +198,43 @@ impl EventSignal {
 
     /// A receiver that sees every commit signalled from now on.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// A change in the shared store that a controller's workers and caches act on, whichever
+/// controller committed it (etcd's watch reports every commit; the embedded sled store has
+/// one controller, which knows its own changes, and sends none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// A VPS placed on `node` was written or removed: the leader reconciles the node.
+    Vps { node: String },
+    /// A node or pool changed (not a mere heartbeat), or the watch restarted: cached views
+    /// of the nodes are stale.
+    Topology,
+}
+
+/// Where a store broadcasts [`StoreChange`]s; clones share it.
+#[derive(Debug, Clone)]
+pub struct StoreChanges(broadcast::Sender<StoreChange>);
+
+/// How many changes a subscriber may fall behind (then it gets `Lagged` and re-reads).
+const STORE_CHANGES_CAPACITY: usize = 4096;
+
+impl Default for StoreChanges {
+    fn default() -> Self {
+        Self(broadcast::channel(STORE_CHANGES_CAPACITY).0)
+    }
+}
+
+impl StoreChanges {
+    /// Announces `change` to every subscriber (none is fine).
+    pub fn send(&self, change: StoreChange) {
+        let _ = self.0.send(change);
+    }
+
+    /// Receives the changes announced from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreChange> {
         self.0.subscribe()
     }
 }

@@ -40,6 +40,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Copies a directory tree, keeping file modes (the keys are 0600).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    let mode = std::fs::metadata(from).expect("stat").permissions();
+    std::fs::set_permissions(to, mode).expect("chmod");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -97,6 +113,34 @@ impl Setup {
             admin,
             join,
             ca_pem,
+        }
+    }
+
+    /// Another controller of the same installation (several controllers on one etcd): its
+    /// own dir and ports, a copy of this one's data dir (CA, certificates, join token; the
+    /// state is in the shared store), `extra` config lines.
+    pub fn replica(&self, extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let data = dir.path().join("data");
+        copy_dir(&self.dir.path().join("data"), &data);
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nreconcile_interval_secs = 60\n{extra}\n",
+                free_port(),
+                data.display()
+            ),
+        )
+        .expect("config");
+        Self {
+            dir,
+            config,
+            port,
+            admin: self.admin.clone(),
+            join: self.join.clone(),
+            ca_pem: self.ca_pem.clone(),
         }
     }
 

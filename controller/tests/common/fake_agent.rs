@@ -1,0 +1,368 @@
+//! A node agent without containers, for tests of several controllers: it enrols with the real
+//! join token, serves the real `NodeAgent` service over mutual TLS on loopback, registers and
+//! heartbeats to one controller of a list and moves to the next when that one fails (as
+//! `paddock-agent` does with several `controller` addresses). `ApplyVps` records the spec's
+//! power state and answers with it; `ListVps` lists what was applied; `DeleteVps` forgets it.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use paddock_proto::v1;
+use paddock_proto::v1::agent_registry_client::AgentRegistryClient;
+use paddock_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+/// A running fake agent; its server and heartbeats stop when it is dropped.
+pub struct FakeAgent {
+    state: Arc<AgentState>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct AgentState {
+    vpses: Mutex<HashMap<String, v1::VpsStatus>>,
+    /// Index in the controller list of the last controller a heartbeat reached.
+    heartbeat_target: Mutex<Option<usize>>,
+}
+
+impl AgentState {
+    fn statuses(&self) -> Vec<v1::VpsStatus> {
+        self.vpses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+fn mutual_channel(url: &str, ca_pem: &str, identity: &Identity) -> Channel {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(identity.clone());
+    Endpoint::from_shared(url.to_owned())
+        .expect("controller url")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
+impl FakeAgent {
+    /// Enrols `node` through the first controller of `controllers` (https URLs), serves the
+    /// agent on a free loopback port, registers and heartbeats every `heartbeat`.
+    pub async fn start(
+        node: &str,
+        controllers: Vec<String>,
+        ca_pem: &str,
+        join_token: &str,
+        heartbeat: Duration,
+    ) -> Self {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let csr = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let server_auth = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        let enrol_channel = Endpoint::from_shared(controllers[0].clone())
+            .expect("url")
+            .tls_config(server_auth)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect to enrol");
+        let mut request = Request::new(v1::EnrollRequest {
+            node_name: node.to_owned(),
+            csr_pem: csr,
+            subject_alt_names: vec!["127.0.0.1".to_owned()],
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {join_token}").parse().expect("header"),
+        );
+        let enrolled = AgentRegistryClient::new(enrol_channel)
+            .enroll(request)
+            .await
+            .expect("enrol")
+            .into_inner();
+        let identity = Identity::from_pem(&enrolled.certificate_pem, key.serialize_pem());
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind agent");
+        let address = listener.local_addr().expect("addr");
+        let state = Arc::new(AgentState::default());
+        let router = Server::builder()
+            .tls_config(
+                ServerTlsConfig::new()
+                    .identity(identity.clone())
+                    .client_ca_root(Certificate::from_pem(&enrolled.ca_pem)),
+            )
+            .expect("server tls")
+            .add_service(NodeAgentServer::new(Service(state.clone())));
+        let server = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = router.serve_with_incoming(incoming).await;
+        });
+
+        let channels: Vec<Channel> = controllers
+            .iter()
+            .map(|url| mutual_channel(url, &enrolled.ca_pem, &identity))
+            .collect();
+        let register = v1::RegisterRequest {
+            node_name: node.to_owned(),
+            address: format!("https://{address}"),
+            capacity: Some(v1::NodeCapacityReport {
+                vcpus: 512.0,
+                memory_bytes: 1 << 42,
+                disk_bytes: 1 << 46,
+            }),
+            agent_version: "fake".to_owned(),
+        };
+        AgentRegistryClient::new(channels[0].clone())
+            .register(register.clone())
+            .await
+            .expect("register");
+        let node = node.to_owned();
+        let beating = state.clone();
+        let heartbeats = tokio::spawn(async move {
+            let mut current = 0usize;
+            let mut registered_with = Some(0usize);
+            loop {
+                tokio::time::sleep(heartbeat).await;
+                let mut registry = AgentRegistryClient::new(channels[current].clone());
+                if registered_with != Some(current)
+                    && registry.register(register.clone()).await.is_err()
+                {
+                    current = (current + 1) % channels.len();
+                    continue;
+                }
+                registered_with = Some(current);
+                let request = v1::HeartbeatRequest {
+                    node_name: node.clone(),
+                    vps: beating.statuses(),
+                    capacity: None,
+                    usage: Vec::new(),
+                };
+                match registry.heartbeat(request).await {
+                    Ok(_) => {
+                        *beating
+                            .heartbeat_target
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(current);
+                    }
+                    // The next controller of the list.
+                    Err(_) => current = (current + 1) % channels.len(),
+                }
+            }
+        });
+        Self {
+            state,
+            tasks: vec![server, heartbeats],
+        }
+    }
+
+    /// The status the node last applied for `vps_id`, if it runs it.
+    pub fn applied(&self, vps_id: &str) -> Option<v1::VpsStatus> {
+        self.state
+            .vpses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(vps_id)
+            .cloned()
+    }
+
+    /// Which controller (index in the list) the last heartbeat reached.
+    pub fn heartbeat_target(&self) -> Option<usize> {
+        *self
+            .state
+            .heartbeat_target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Service(Arc<AgentState>);
+
+type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeAgent for Service {
+    async fn apply_vps(
+        &self,
+        request: Request<v1::VpsSpec>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        let spec = request.into_inner();
+        let running = spec.desired_power() == v1::PowerState::Running;
+        let mut status = v1::VpsStatus {
+            vps_id: spec.vps_id.clone(),
+            state: 0,
+            init_pid: if running { 1000 } else { 0 },
+            message: String::new(),
+        };
+        status.set_state(if running {
+            v1::AgentVpsState::Running
+        } else {
+            v1::AgentVpsState::Stopped
+        });
+        self.0
+            .vpses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.vps_id, status.clone());
+        Ok(Response::new(status))
+    }
+
+    async fn delete_vps(
+        &self,
+        request: Request<v1::AgentVpsRef>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.0
+            .vpses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&request.into_inner().vps_id);
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn list_vps(
+        &self,
+        _request: Request<v1::Empty>,
+    ) -> Result<Response<v1::AgentListVpsResponse>, Status> {
+        Ok(Response::new(v1::AgentListVpsResponse {
+            vps: self.0.statuses(),
+        }))
+    }
+
+    async fn list_templates(
+        &self,
+        _request: Request<v1::Empty>,
+    ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
+        Ok(Response::new(v1::ListTemplatesResponse {
+            templates: vec![v1::Template {
+                name: "busybox".to_owned(),
+                description: "fake".to_owned(),
+            }],
+        }))
+    }
+
+    type ExecStream = OutputStream<v1::ExecOutput>;
+
+    async fn exec(
+        &self,
+        _request: Request<Streaming<v1::AgentExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        Err(Status::unimplemented("a fake node runs no processes"))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::AgentSnapshot>, Status> {
+        Err(Status::unimplemented("a fake node has no disks"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<v1::AgentVpsRef>,
+    ) -> Result<Response<v1::AgentListSnapshotsResponse>, Status> {
+        Ok(Response::new(v1::AgentListSnapshotsResponse::default()))
+    }
+
+    async fn restore_snapshot(
+        &self,
+        _request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::AgentRestoreSnapshotResponse>, Status> {
+        Err(Status::unimplemented("a fake node has no disks"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _request: Request<v1::AgentSnapshotRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        Err(Status::unimplemented("a fake node has no disks"))
+    }
+
+    type ConsoleStream = OutputStream<v1::ConsoleOutput>;
+
+    async fn console(
+        &self,
+        _request: Request<Streaming<v1::AgentConsoleInput>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        Err(Status::unimplemented("a fake node has no console"))
+    }
+
+    async fn backup_vps(
+        &self,
+        _request: Request<v1::AgentBackupRequest>,
+    ) -> Result<Response<v1::AgentBackupResponse>, Status> {
+        Err(Status::unimplemented("a fake node has no disks"))
+    }
+
+    async fn restore_backup(
+        &self,
+        _request: Request<v1::AgentRestoreRequest>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        Err(Status::unimplemented("a fake node has no disks"))
+    }
+
+    async fn delete_backup(
+        &self,
+        _request: Request<v1::AgentBackupRef>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        Err(Status::unimplemented("a fake node has no backup store"))
+    }
+
+    type CheckpointVpsStream = OutputStream<v1::AgentCheckpointChunk>;
+
+    async fn checkpoint_vps(
+        &self,
+        _request: Request<v1::AgentCheckpointRequest>,
+    ) -> Result<Response<Self::CheckpointVpsStream>, Status> {
+        Err(Status::unimplemented(
+            "a fake node has no processes to checkpoint",
+        ))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        _request: Request<Streaming<v1::AgentCheckpointUpload>>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        Err(Status::unimplemented(
+            "a fake node has no processes to restore",
+        ))
+    }
+
+    type ExportVpsStream = OutputStream<v1::AgentArchiveChunk>;
+
+    async fn export_vps(
+        &self,
+        _request: Request<v1::AgentExportRequest>,
+    ) -> Result<Response<Self::ExportVpsStream>, Status> {
+        Err(Status::unimplemented("a fake node has no disks"))
+    }
+
+    async fn import_vps(
+        &self,
+        _request: Request<Streaming<v1::AgentImportChunk>>,
+    ) -> Result<Response<v1::VpsStatus>, Status> {
+        Err(Status::unimplemented("a fake node has no disks"))
+    }
+}
