@@ -1016,28 +1016,16 @@ fn restore_helper(args: &[std::ffi::OsString]) -> Result<StartReply, RestoreFail
     let request: RestoreRequest = helper::decode_request(args)?;
     helper::ensure_single_threaded()?;
     helper::step("console pty and supervisor");
-    let pty = console::allocate(request.ids)?;
-    let cgroup_parent = request.cgroup_parent.clone();
-    let vps_id = request.vps_id.clone();
-    let init_report = console::spawn_supervisor(
-        &pty,
+    let (init_report, slave, slave_path) = console::open_for_vps(
+        request.ids,
+        &request.cgroup_parent,
+        &request.vps_id,
         &console::SupervisorPaths {
             socket: request.console_socket.clone(),
             log: request.console_log.clone(),
             pid_file: request.console_pid_file.clone(),
         },
-        move || {
-            VpsCgroup::open(&cgroup_parent, &vps_id)
-                .add_process(std::process::id())
-                .is_ok()
-        },
     )?;
-    let console::ConsolePty {
-        master,
-        slave,
-        slave_path,
-    } = pty;
-    drop(master);
 
     helper::step("mount disk, template, overlay and /dev");
     namespaces::unshare_mount_namespace()?;

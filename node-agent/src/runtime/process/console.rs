@@ -33,6 +33,7 @@ use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
 use nix::unistd::{chown, fork, ForkResult, Gid, Uid};
 
 use super::identity::{Pidfd, ProcessIdentity};
+use crate::runtime::cgroups::VpsCgroup;
 use crate::runtime::isolation::idmap::IdRange;
 
 /// Output kept for clients that attach later.
@@ -181,6 +182,33 @@ pub(crate) struct SupervisorPaths {
     pub socket: PathBuf,
     pub log: PathBuf,
     pub pid_file: PathBuf,
+}
+
+/// A VPS's console for a start or a live restore: its pty and the supervisor holding the
+/// master end (the supervisor joins the VPS's cgroup itself, and runs in the host's mount
+/// namespace, so it never pins the VPS's disk mount). Returns the supervisor's init report,
+/// the slave end for the VPS's init and the slave's path.
+pub(crate) fn open_for_vps(
+    ids: IdRange,
+    cgroup_parent: &str,
+    vps_id: &str,
+    paths: &SupervisorPaths,
+) -> Result<(InitReport, OwnedFd, PathBuf), ConsoleError> {
+    let pty = allocate(ids)?;
+    let cgroup_parent = cgroup_parent.to_owned();
+    let vps_id = vps_id.to_owned();
+    let init_report = spawn_supervisor(&pty, paths, move || {
+        VpsCgroup::open(&cgroup_parent, &vps_id)
+            .add_process(std::process::id())
+            .is_ok()
+    })?;
+    let ConsolePty {
+        master,
+        slave,
+        slave_path,
+    } = pty;
+    drop(master);
+    Ok((init_report, slave, slave_path))
 }
 
 /// The start helper's end of its link to the console supervisor: tells the supervisor which

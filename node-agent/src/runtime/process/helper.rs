@@ -393,28 +393,16 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
     step("console pty and supervisor");
     // The console pty and its supervisor, in the host's mount namespace (so the supervisor
     // never pins the VPS's disk mount); the supervisor joins the VPS's cgroup itself.
-    let pty = console::allocate(request.ids)?;
-    let cgroup_parent = request.cgroup_parent.clone();
-    let vps_id = request.vps_id.clone();
-    let init_report = console::spawn_supervisor(
-        &pty,
+    let (init_report, slave, slave_path) = console::open_for_vps(
+        request.ids,
+        &request.cgroup_parent,
+        &request.vps_id,
         &console::SupervisorPaths {
             socket: request.console_socket.clone(),
             log: request.console_log.clone(),
             pid_file: request.console_pid_file.clone(),
         },
-        move || {
-            VpsCgroup::open(&cgroup_parent, &vps_id)
-                .add_process(std::process::id())
-                .is_ok()
-        },
     )?;
-    let console::ConsolePty {
-        master,
-        slave,
-        slave_path,
-    } = pty;
-    drop(master);
 
     // The VPS's sysinfo server, like the console supervisor before the private mount namespace;
     // the init sends it its seccomp listener over this link.
