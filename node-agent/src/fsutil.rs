@@ -39,6 +39,13 @@ pub trait FromIo: Sized {
     }
 }
 
+impl WriteError {
+    /// The same failure as another module's error (its `Io`-like variant).
+    pub fn into_io<E: FromIo>(self) -> E {
+        E::from_io(self.operation, self.path, self.source)
+    }
+}
+
 impl FromIo for WriteError {
     fn from_io(operation: &'static str, path: PathBuf, source: io::Error) -> Self {
         Self {

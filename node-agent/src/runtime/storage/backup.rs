@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::disk::{self, DiskError};
-use crate::fsutil::FromIo;
+use crate::fsutil::{FromIo, WriteError};
 use crate::runtime::isolation::idmap::{IdRange, ID_RANGE_SIZE};
 use crate::runtime::isolation::{namespaces, rootfs};
 use crate::runtime::process::helper::{self, HelperError, BACKUP, RESTORE};
@@ -194,16 +194,30 @@ impl LocalStore {
     }
 
     /// A temp path in the store for an archive being written.
-    fn partial_path(&self, backup_id: &str) -> PathBuf {
+    pub(crate) fn partial_path(&self, backup_id: &str) -> PathBuf {
         self.dir.join(format!(".{backup_id}.tar.zst.partial"))
     }
 
     pub(crate) fn ensure_dir(&self) -> Result<(), BackupError> {
-        crate::fsutil::create_private_dir_all(&self.dir).map_err(|e| BackupError::Io {
-            operation: e.operation,
-            path: e.path,
-            source: e.source,
-        })
+        crate::fsutil::create_private_dir_all(&self.dir).map_err(WriteError::into_io)
+    }
+
+    /// Makes backup `backup_id` complete: its archive, written to the partial path, renamed
+    /// into place, then its manifest written (last: a backup without one is never restored).
+    /// Returns where the archive is.
+    pub(crate) fn complete(
+        &self,
+        backup_id: &str,
+        manifest: &Manifest,
+    ) -> Result<PathBuf, BackupError> {
+        let location = self.archive_path(backup_id);
+        fs::rename(self.partial_path(backup_id), &location)
+            .map_err(BackupError::io_err("rename into place", &location))?;
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| BackupError::Malformed(e.to_string()))?;
+        crate::fsutil::write_atomic(&self.manifest_path(backup_id), &json)
+            .map_err(WriteError::into_io::<BackupError>)?;
+        Ok(location)
     }
 
     /// The manifest of `backup_id`.
@@ -287,17 +301,7 @@ impl LocalStore {
             io::copy(archive, &mut file).map_err(BackupError::io_err("write", &partial))?;
             file.sync_all()
                 .map_err(BackupError::io_err("sync", &partial))?;
-            let location = self.archive_path(backup_id);
-            fs::rename(&partial, &location).map_err(BackupError::io_err("rename", &location))?;
-            let json = serde_json::to_vec_pretty(manifest)
-                .map_err(|e| BackupError::Malformed(e.to_string()))?;
-            crate::fsutil::write_atomic(&self.manifest_path(backup_id), &json).map_err(|e| {
-                BackupError::Io {
-                    operation: e.operation,
-                    path: e.path,
-                    source: e.source,
-                }
-            })
+            self.complete(backup_id, manifest).map(drop)
         })();
         if written.is_err() {
             let _ = fs::remove_file(&partial);
@@ -931,23 +935,7 @@ impl Runtime {
             tar_bytes: sums.tar_bytes,
             tar_sha256: sums.tar_sha256,
         };
-        let location = store.archive_path(backup_id);
-        fs::rename(&partial, &location).map_err(|e| {
-            backup_err(BackupError::from_io(
-                "rename into place",
-                location.clone(),
-                e,
-            ))
-        })?;
-        let json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| backup_err(BackupError::Malformed(e.to_string())))?;
-        crate::fsutil::write_atomic(&store.manifest_path(backup_id), &json).map_err(|e| {
-            backup_err(BackupError::Io {
-                operation: e.operation,
-                path: e.path,
-                source: e.source,
-            })
-        })?;
+        let location = store.complete(backup_id, &manifest).map_err(backup_err)?;
         tracing::info!(
             vps_id,
             backup_id,

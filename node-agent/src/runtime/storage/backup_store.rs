@@ -186,26 +186,19 @@ fn remote_manifest(bucket: &Bucket, backup_id: &str) -> Result<Option<Manifest>,
     }
 }
 
-/// Downloads backup `backup_id`'s manifest and archive into `download` (the manifest written
-/// last, as in any store). A backup without a manifest in the bucket is `NotFound`.
+/// Downloads backup `backup_id`'s manifest and archive into `download` (completed as in any
+/// store: the archive renamed into place, the manifest written last). A backup without a
+/// manifest in the bucket is `NotFound`.
 fn fetch(bucket: &Bucket, download: &LocalStore, backup_id: &str) -> Result<(), BackupError> {
     let Some(manifest) = remote_manifest(bucket, backup_id)? else {
         return Err(BackupError::NotFound(backup_id.to_string()));
     };
     download.ensure_dir()?;
-    let archive = download.archive_path(backup_id);
-    match bucket.get_to_file(&bucket.key(&format!("{backup_id}.tar.zst")), &archive) {
+    let partial = download.partial_path(backup_id);
+    match bucket.get_to_file(&bucket.key(&format!("{backup_id}.tar.zst")), &partial) {
         Ok(_) => {}
         Err(S3Error::NotFound { .. }) => return Err(BackupError::NotFound(backup_id.to_string())),
         Err(error) => return Err(error.into()),
     }
-    let json =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Malformed(e.to_string()))?;
-    crate::fsutil::write_atomic(&download.manifest_path(backup_id), &json).map_err(|e| {
-        BackupError::Io {
-            operation: e.operation,
-            path: e.path,
-            source: e.source,
-        }
-    })
+    download.complete(backup_id, &manifest).map(drop)
 }

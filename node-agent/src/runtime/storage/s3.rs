@@ -189,6 +189,21 @@ impl Bucket {
         format!("{}://{}{}", self.scheme, self.authority, self.base_path)
     }
 
+    /// The service could not be reached, or the connection broke, during `method key`.
+    fn transport(
+        &self,
+        method: &'static str,
+        key: &str,
+        reason: impl std::fmt::Display,
+    ) -> S3Error {
+        S3Error::Transport {
+            endpoint: self.endpoint(),
+            method,
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// Uploads `path` as `key`: one PUT up to the part size, a multipart upload above it (the
     /// upload aborted if any part fails). `sha256` is the file's SHA-256 when the caller knows
     /// it already (a single PUT signs it without reading the file twice).
@@ -358,13 +373,8 @@ impl Bucket {
     pub fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, S3Error> {
         let response = self.get(key)?;
         let mut file = File::create(path).map_err(S3Error::io_err("create", path))?;
-        let copied =
-            io::copy(&mut response.into_reader(), &mut file).map_err(|e| S3Error::Transport {
-                endpoint: self.endpoint(),
-                method: "GET",
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
+        let copied = io::copy(&mut response.into_reader(), &mut file)
+            .map_err(|e| self.transport("GET", key, e))?;
         file.flush().map_err(S3Error::io_err("write", path))?;
         file.sync_all().map_err(S3Error::io_err("fsync", path))?;
         Ok(copied)
@@ -378,12 +388,7 @@ impl Bucket {
             .into_reader()
             .take(16 * 1024 * 1024)
             .read_to_end(&mut bytes)
-            .map_err(|e| S3Error::Transport {
-                endpoint: self.endpoint(),
-                method: "GET",
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.transport("GET", key, e))?;
         Ok(bytes)
     }
 
@@ -490,12 +495,9 @@ impl Bucket {
                     code,
                 })
             }
-            Err(ureq::Error::Transport(transport)) => Err(S3Error::Transport {
-                endpoint: self.endpoint(),
-                method: request.method,
-                key: request.key.to_string(),
-                reason: transport.to_string(),
-            }),
+            Err(ureq::Error::Transport(transport)) => {
+                Err(self.transport(request.method, request.key, transport))
+            }
         }
     }
 }
