@@ -466,8 +466,17 @@ async fn reconcile_node(
             None
         }
     };
+    let mut first_error = None;
     // Full resyncs also settle interrupted snapshot creates of these VPSes.
-    let settle_snapshots = full.then(|| vpses.clone());
+    if full {
+        if let Err(error) = controller
+            .snapshots()
+            .settle_stale(&client, &vpses, term)
+            .await
+        {
+            first_error = Some(error);
+        }
+    }
     let known: std::collections::HashSet<String> =
         vpses.iter().map(|vps| vps.vps_id.clone()).collect();
     let steps = plan_steps(
@@ -485,18 +494,8 @@ async fn reconcile_node(
             .map(|step| run_step(controller, client.clone(), node_name, step, failures, term)),
     )
     .await;
-    let mut first_error = None;
     for outcome in outcomes {
         if let Err(error) = outcome {
-            first_error.get_or_insert(error);
-        }
-    }
-    if let Some(vpses) = settle_snapshots {
-        if let Err(error) = controller
-            .snapshots()
-            .settle_stale(&client, &vpses, term)
-            .await
-        {
             first_error.get_or_insert(error);
         }
     }
