@@ -42,7 +42,11 @@ async fn a_sync_changes_only_the_agents_own_routes() {
     }
     let netns = Netns::new();
     for args in [
-        &["ip", "link", "add", "up0", "type", "dummy"][..],
+        // A veth pair (no dummy module on every kernel), both ends up so routes via it hold.
+        &[
+            "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+        ][..],
+        &["ip", "link", "set", "up1", "up"],
         &["ip", "link", "set", "up0", "up"],
         &["ip", "addr", "add", "10.66.0.1/24", "dev", "up0"],
         &[
