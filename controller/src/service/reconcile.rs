@@ -110,6 +110,10 @@ fn apply_backoff(failures: u32) -> Duration {
 pub struct ReconcileHandle {
     kicks: mpsc::UnboundedSender<Kick>,
     reports: Arc<NodeReports>,
+    /// For every node in a shared pool, the nodes it shares one with (kept by the
+    /// dispatcher; `None` until it first read the pools); a node not in it needs no host
+    /// routes, so its passes read no pool.
+    peers: Arc<Mutex<Option<HashMap<String, BTreeSet<String>>>>>,
 }
 
 /// A heartbeat that repeats the node's last recorded report is trusted for this long without
@@ -208,6 +212,7 @@ pub fn channel() -> (ReconcileHandle, ReconcileQueue) {
         ReconcileHandle {
             kicks,
             reports: Arc::default(),
+            peers: Arc::default(),
         },
         ReconcileQueue { kicks: receiver },
     )
@@ -226,6 +231,28 @@ impl ReconcileHandle {
     /// `node`'s VPSes changed), not for `node` itself.
     pub fn kick_peers(&self, node: &str) {
         let _ = self.kicks.send(Kick::Peers(node.to_owned()));
+    }
+
+    /// Whether `node` may span a shared pool: it does as of the dispatcher's last look at
+    /// the pools, or the dispatcher has not looked yet.
+    pub fn in_shared_pool(&self, node: &str) -> bool {
+        self.peers_map()
+            .as_ref()
+            .is_none_or(|peers| peers.contains_key(node))
+    }
+
+    fn peers_of(&self, node: &str) -> Vec<String> {
+        self.peers_map()
+            .as_ref()
+            .and_then(|peers| peers.get(node))
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn peers_map(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, BTreeSet<String>>>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// What the nodes' heartbeats last reported.
@@ -333,19 +360,16 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
     // The first tick fires at once: a new leader passes over every node.
     let mut tick = tokio::time::interval(period);
     // Nodes sharing a pool: a change on one may change the others' host routes.
-    let mut peers: HashMap<String, BTreeSet<String>> = HashMap::new();
-    let peers_of = |peers: &HashMap<String, BTreeSet<String>>, node: &str| -> Vec<String> {
-        peers.get(node).into_iter().flatten().cloned().collect()
-    };
+    let handle = &controller.reconciler;
     loop {
         let (nodes, ask): (Vec<String>, Ask) = tokio::select! {
             kick = queue.kicks.recv() => match kick {
                 Some(Kick::Node(node)) => {
-                    let mut nodes = peers_of(&peers, &node);
+                    let mut nodes = handle.peers_of(&node);
                     nodes.push(node);
                     (nodes, Ask::Kick)
                 }
-                Some(Kick::Peers(node)) => (peers_of(&peers, &node), Ask::Kick),
+                Some(Kick::Peers(node)) => (handle.peers_of(&node), Ask::Kick),
                 None => return,
             },
             change = changes.recv(), if changes_open => match change {
@@ -353,14 +377,11 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                     // Another controller's change: the node's next heartbeat is recorded in
                     // full, and the pass is not skipped.
                     controller.reconciler.reports().forget(&node);
-                    let mut nodes = peers_of(&peers, &node);
+                    let mut nodes = handle.peers_of(&node);
                     nodes.push(node);
                     (nodes, Ask::Kick)
                 }
-                Ok(StoreChange::Topology) => {
-                    refresh_peers(controller, &mut peers);
-                    continue;
-                }
+                Ok(StoreChange::Topology) => (refresh_peers(controller), Ask::Kick),
                 // Fell behind: the next tick passes over every node.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => {
@@ -378,7 +399,13 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                     last_full = Instant::now();
                 }
                 let ask = if full { Ask::Full } else { Ask::Tick };
-                refresh_peers(controller, &mut peers);
+                // Nodes whose pools started or stopped being shared get their routes now.
+                for node in refresh_peers(controller) {
+                    workers
+                        .entry(node.clone())
+                        .or_insert_with(|| spawn_worker(controller.clone(), node, term))
+                        .request(Ask::Kick);
+                }
                 match controller.store.list_nodes() {
                     Ok(nodes) => (nodes.into_iter().map(|n| n.name).collect(), ask),
                     Err(error) => {
@@ -397,12 +424,31 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
     }
 }
 
-/// Re-reads which nodes share a pool (kept as it was when the store cannot be read).
-fn refresh_peers(controller: &Controller, peers: &mut HashMap<String, BTreeSet<String>>) {
-    match controller.route_peers() {
-        Ok(found) => *peers = found,
-        Err(error) => warn!(%error, "reading the nodes that share pools"),
-    }
+/// Re-reads which nodes share a pool (kept as it was when the store cannot be read);
+/// returns the nodes whose peers changed.
+fn refresh_peers(controller: &Controller) -> Vec<String> {
+    let found = match controller.route_peers() {
+        Ok(found) => found,
+        Err(error) => {
+            warn!(%error, "reading the nodes that share pools");
+            return Vec::new();
+        }
+    };
+    let mut peers = controller.reconciler.peers_map();
+    let known = peers.get_or_insert_with(HashMap::new);
+    let changed: BTreeSet<String> = found
+        .iter()
+        .filter(|(node, set)| known.get(*node) != Some(set))
+        .map(|(node, _)| node.clone())
+        .chain(
+            known
+                .keys()
+                .filter(|node| !found.contains_key(*node))
+                .cloned(),
+        )
+        .collect();
+    *peers = Some(found);
+    changed.into_iter().collect()
 }
 
 fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker {

@@ -66,7 +66,12 @@ pub async fn sync(
     full: bool,
     acked: &mut Option<String>,
 ) -> Result<(), ControllerError> {
-    let wanted = controller.node_routes(node)?;
+    // A node in no shared pool needs none (and its passes read no pool).
+    let wanted = if controller.reconciler.in_shared_pool(node) {
+        controller.node_routes(node)?
+    } else {
+        Vec::new()
+    };
     let digest = routes::digest(&wanted);
     if !full && acked.as_deref() == Some(digest.as_str()) {
         return Ok(());
