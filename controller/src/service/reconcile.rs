@@ -113,7 +113,7 @@ pub struct ReconcileHandle {
     /// For every node in a shared pool, the nodes it shares one with (kept by the
     /// dispatcher; `None` until it first read the pools); a node not in it needs no host
     /// routes, so its passes read no pool.
-    peers: Arc<Mutex<Option<HashMap<String, BTreeSet<String>>>>>,
+    peers: Arc<Mutex<Option<PoolPeers>>>,
 }
 
 /// A heartbeat that repeats the node's last recorded report is trusted for this long without
@@ -196,6 +196,9 @@ impl NodeReports {
 pub struct ReconcileQueue {
     kicks: mpsc::UnboundedReceiver<Kick>,
 }
+
+/// For each node in a shared pool, the other nodes of its shared pools.
+type PoolPeers = HashMap<String, BTreeSet<String>>;
 
 /// What a kick asks the dispatcher for.
 enum Kick {
