@@ -27,8 +27,12 @@ impl Controller {
                 vps_nodes.insert(vps_id, vps.node);
             }
         }
+        let holders: BTreeSet<&String> = vps_nodes.values().collect();
         let mut underlay = HashMap::new();
         for other in self.store.list_nodes()? {
+            if other.name == node || !holders.contains(&other.name) {
+                continue;
+            }
             match routes::underlay_address(&other.address) {
                 Some(address) => {
                     underlay.insert(other.name, address);
