@@ -362,8 +362,10 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
     let mut last_full = Instant::now();
     // The first tick fires at once: a new leader passes over every node.
     let mut tick = tokio::time::interval(period);
-    // Nodes sharing a pool: a change on one may change the others' host routes.
+    // Nodes sharing a pool: a change on one may change the others' host routes. Read before
+    // the first passes, so nodes in no shared pool never read the pools.
     let handle = &controller.reconciler;
+    refresh_peers(controller);
     loop {
         let (nodes, ask): (Vec<String>, Ask) = tokio::select! {
             kick = queue.kicks.recv() => match kick {
