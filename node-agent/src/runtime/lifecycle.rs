@@ -12,6 +12,7 @@ use super::isolation::capabilities;
 use super::isolation::idmap::IdRange;
 use super::isolation::procview;
 use super::isolation::rootfs::RootfsError;
+use super::phases;
 use super::process::console;
 use super::process::helper::StartRequest;
 use super::process::identity::ProcessIdentity;
@@ -141,6 +142,8 @@ impl Runtime {
         let vps_id = spec.vps_id.as_str();
         let lock = self.vps_lock(vps_id);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _timing = phases::begin();
+        phases::mark("lock");
 
         let restart_due = spec.power == Power::Running
             && self.load(vps_id)?.is_some_and(|st| {
@@ -174,6 +177,7 @@ impl Runtime {
             }
             None => (self.create(spec)?, true),
         };
+        phases::mark("load state");
         if st.phase == Phase::Rebuilding || spec.rebuild_generation > st.rebuild_generation {
             self.rebuild(&mut st, spec)?;
         } else if st.template != spec.template {
@@ -221,16 +225,19 @@ impl Runtime {
         let exited_init = st.init.clone().filter(|_| running.is_none());
         st.init = running.clone();
         self.save(&st)?;
+        phases::mark("state: apply");
 
         // Online while the VPS keeps running, before a start (so it boots with the bigger
         // filesystem), after a stop. A failure is reported after the power state has been
         // carried out, so it never keeps a VPS down or up; the growth stays pending.
         let stopping = spec.power == Power::Stopped && running.is_some();
         let grown_before = (!stopping).then(|| self.grow_disk(&mut st, running.is_some()));
+        phases::mark("disk growth check");
         match (spec.power, running) {
             (Power::Running, Some(_)) => self.apply_io(&st, &cgroup)?,
             (Power::Running, None) => {
                 self.kill(None, &cgroup, vps_id)?;
+                phases::mark("empty the old cgroup");
                 // A run whose init exited by itself (a poweroff inside, a crash) left what it
                 // used in its cgroup: keep that as the closed run before the cgroup is
                 // replaced. Its veth went with its netns, so no network bytes.
@@ -254,12 +261,14 @@ impl Runtime {
                 cgroup.delete().map_err(cgroup_err)?;
                 cgroup.create().map_err(cgroup_err)?;
                 cgroup.apply_limits(&spec.limits).map_err(cgroup_err)?;
+                phases::mark("cgroup for the run");
                 cgroup
                     .apply_device_policy()
                     .map_err(|source| RuntimeError::Cgroup {
                         vps_id: vps_id.to_string(),
                         source,
                     })?;
+                phases::mark("device policy");
                 let (init, halt_signal, disk_device) = match self.start(&mut st, created) {
                     Ok(started) => started,
                     // A start that failed or missed its deadline may have left its init,
@@ -278,6 +287,7 @@ impl Runtime {
                 st.init = Some(init);
                 st.halt_signal = Some(halt_signal);
                 self.save(&st)?;
+                phases::mark("state: started");
                 match disk_device {
                     Some(device) => cgroup.apply_io(&st.limits, device).map_err(|source| {
                         RuntimeError::Cgroup {
@@ -287,6 +297,8 @@ impl Runtime {
                     })?,
                     None => self.apply_io(&st, &cgroup)?,
                 }
+                phases::mark("IO limits");
+                self.record_start_phases(vps_id);
             }
             (Power::Stopped, init) => {
                 self.stop(&mut st, init.as_ref(), &cgroup)?;
@@ -300,6 +312,35 @@ impl Runtime {
             None => self.grow_disk(&mut st, false)?,
         }
         Ok(self.observe(&st))
+    }
+
+    /// Keeps the phases of the start just made (see [`phases`]) and logs them at debug level.
+    fn record_start_phases(&self, vps_id: &str) {
+        let Some(start_phases) = phases::take() else {
+            return;
+        };
+        tracing::debug!(
+            target: "paddock_agent::runtime::phases",
+            vps_id,
+            total_ms = start_phases.total().as_secs_f64() * 1000.0,
+            phases = %start_phases,
+            "start phases"
+        );
+        self.inner
+            .start_phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(vps_id.to_owned(), start_phases);
+    }
+
+    /// Where the time of the VPS's last start through this runtime went (until it is deleted).
+    pub fn last_start_phases(&self, vps_id: &str) -> Option<phases::StartPhases> {
+        self.inner
+            .start_phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(vps_id)
+            .cloned()
     }
 
     /// Removes the VPS completely: kills every process, removes its cgroup in every hierarchy
@@ -352,8 +393,10 @@ impl Runtime {
             closed_run: None,
         };
         self.save(&st)?;
+        phases::mark("state: creating");
         let built = self
             .allocate_ids(&mut st)
+            .inspect(|_| phases::mark("id range"))
             .and_then(|ids| self.build(spec, ids));
         if let Err(error) = built {
             return Err(match self.remove_vps(vps_id) {
@@ -366,6 +409,7 @@ impl Runtime {
         }
         st.phase = Phase::Ready;
         self.save(&st)?;
+        phases::mark("state: ready");
         tracing::info!(vps_id, template = spec.template, "created VPS");
         Ok(st)
     }
@@ -395,14 +439,17 @@ impl Runtime {
             vps_id: vps_id.to_string(),
             source,
         })?;
+        phases::mark("rootfs dirs");
         // The cgroup is made by `apply` (a start makes each run's afresh), not here: made here
         // it was removed and made again by the start that follows almost every create.
-        disk::create_image(&rootfs.disk_image, disk_bytes(&spec.limits), ids).map_err(|source| {
-            RuntimeError::Disk {
+        disk::create_image(&rootfs.disk_image, disk_bytes(&spec.limits), ids).map_err(
+            |source| RuntimeError::Disk {
                 vps_id: vps_id.to_string(),
                 source,
-            }
-        })
+            },
+        )?;
+        phases::mark("disk image");
+        Ok(())
     }
 
     /// Stops the VPS and gives it a fresh filesystem on its disk (same size, or the spec's if
@@ -602,6 +649,11 @@ impl Runtime {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(vps_id);
         self.inner
+            .start_phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(vps_id);
+        self.inner
             .ids
             .release(vps_id)
             .map_err(|source| RuntimeError::Idmap {
@@ -700,6 +752,7 @@ impl Runtime {
         // Read now, with the template the init boots from; kept for as long as the init runs.
         let halt_signal = self.template_halt_signal(st)?;
         let ids = self.allocate_ids(st)?;
+        phases::mark("rootfs check, halt signal");
         let disk_err = |source| RuntimeError::Disk {
             vps_id: vps_id.clone(),
             source,
@@ -720,11 +773,13 @@ impl Runtime {
         if !image_new {
             wait_for_detach(&rootfs.disk_image);
         }
+        phases::mark("disk image check");
         // Also restarts lxcfs if it died since the agent started.
         let proc_binds = match &self.config().proc_view {
             procview::ProcView::Host => Vec::new(),
             procview::ProcView::Lxcfs(lxcfs) => procview::ensure_running(lxcfs)?,
         };
+        phases::mark("lxcfs check");
         let request = StartRequest {
             vps_id: vps_id.clone(),
             hostname: st.hostname.clone(),
@@ -737,7 +792,7 @@ impl Runtime {
             proc_binds,
             sysinfo_socket: self.sysinfo_socket(&vps_id),
         };
-        let reply = supervisor::start_init(
+        let (reply, helper_times) = supervisor::start_init(
             &self.config().helper_binary,
             &request,
             self.config().start_timeout,
@@ -746,6 +801,7 @@ impl Runtime {
             vps_id: vps_id.to_string(),
             source,
         })?;
+        phases::mark_helper(&helper_times);
         Ok((reply.init, halt_signal, reply.disk_device))
     }
 

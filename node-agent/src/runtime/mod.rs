@@ -17,11 +17,12 @@ mod error;
 mod inspect;
 pub mod isolation;
 mod lifecycle;
+pub mod phases;
 pub mod process;
 mod spec;
 mod state;
 pub mod storage;
-mod sys;
+pub(crate) mod sys;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -111,6 +112,8 @@ struct Inner {
     /// the id and the host's cgroup mounts, and finding them reads /proc/self/mountinfo twice,
     /// which metering would otherwise do for every VPS at every round.
     cgroup_paths: Mutex<HashMap<String, CgroupFiles>>,
+    /// Where each VPS's last start spent its time ([`Runtime::last_start_phases`]).
+    start_phases: Mutex<HashMap<String, phases::StartPhases>>,
     /// The host's cgroup version, detected once at start: picks the cgroup manager.
     cgroup_mode: CgroupMode,
 }
@@ -144,6 +147,7 @@ impl Runtime {
                 layout,
                 locks: Mutex::new(HashMap::new()),
                 cgroup_paths: Mutex::new(HashMap::new()),
+                start_phases: Mutex::new(HashMap::new()),
                 cgroup_mode: CgroupMode::host(),
             }),
         };
