@@ -397,7 +397,7 @@ impl Runtime {
         let built = self
             .allocate_ids(&mut st)
             .inspect(|_| phases::mark("id range"))
-            .and_then(|ids| self.build(spec, ids));
+            .and_then(|_| self.build(spec));
         if let Err(error) = built {
             return Err(match self.remove_vps(vps_id) {
                 Ok(()) => error,
@@ -432,7 +432,7 @@ impl Runtime {
         Ok(ids)
     }
 
-    fn build(&self, spec: &VpsSpec, ids: IdRange) -> Result<(), RuntimeError> {
+    fn build(&self, spec: &VpsSpec) -> Result<(), RuntimeError> {
         let vps_id = spec.vps_id.as_str();
         let rootfs = self.rootfs_layout(vps_id, &spec.template);
         rootfs.prepare().map_err(|source| RuntimeError::Rootfs {
@@ -442,13 +442,21 @@ impl Runtime {
         phases::mark("rootfs dirs");
         // The cgroup is made by `apply` (a start makes each run's afresh), not here: made here
         // it was removed and made again by the start that follows almost every create.
-        disk::create_image(&rootfs.disk_image, disk_bytes(&spec.limits), ids).map_err(
-            |source| RuntimeError::Disk {
+        self.new_disk(&rootfs.disk_image, disk_bytes(&spec.limits))
+            .map_err(|source| RuntimeError::Disk {
                 vps_id: vps_id.to_string(),
                 source,
-            },
-        )?;
+            })?;
         phases::mark("disk image");
+        Ok(())
+    }
+
+    /// Makes `image` an empty ext4 disk of `size_bytes`: a copy of the node's blank image of
+    /// that size (see [`super::storage::blank_image`]). Its root directory is given to the
+    /// VPS's root when the start helper mounts it.
+    fn new_disk(&self, image: &Path, size_bytes: u64) -> Result<(), disk::DiskError> {
+        let method = self.inner.blank_images.copy_to(image, size_bytes)?;
+        tracing::debug!(image = %image.display(), size_bytes, method = method.as_str(), "new disk");
         Ok(())
     }
 
@@ -469,7 +477,6 @@ impl Runtime {
         let cgroup = self.cgroup(&vps_id);
         let init = self.live_init(st)?;
         self.stop(st, init.as_ref(), &cgroup)?;
-        let ids = self.allocate_ids(st)?;
         let rootfs = self.rootfs_layout(&vps_id, &st.template);
         let disk_err = |source| RuntimeError::Disk {
             vps_id: vps_id.clone(),
@@ -481,7 +488,7 @@ impl Runtime {
             .max(disk_bytes(&spec.limits));
         // The old filesystem is gone once the last mount of it (in the VPS's namespaces) is.
         wait_for_detach(&rootfs.disk_image);
-        disk::create_image(&rootfs.disk_image, size, ids).map_err(disk_err)?;
+        self.new_disk(&rootfs.disk_image, size).map_err(disk_err)?;
         // The fresh filesystem fills the image: no growth is pending any more.
         st.disk_grow_to = None;
         st.phase = Phase::Ready;
@@ -763,7 +770,7 @@ impl Runtime {
             .map_err(disk_err)?
             .is_none()
         {
-            disk::create_image(&rootfs.disk_image, disk_bytes(&st.limits), ids)
+            self.new_disk(&rootfs.disk_image, disk_bytes(&st.limits))
                 .map_err(disk_err)?;
             image_new = true;
         }

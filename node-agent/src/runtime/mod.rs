@@ -116,6 +116,8 @@ struct Inner {
     start_phases: Mutex<HashMap<String, phases::StartPhases>>,
     /// The host's cgroup version, detected once at start: picks the cgroup manager.
     cgroup_mode: CgroupMode,
+    /// Formatted empty disks, one per size, copied for each new VPS disk.
+    blank_images: storage::blank_image::BlankImages,
 }
 
 /// Where one VPS's cgroup is: its directories and its counter files.
@@ -140,6 +142,9 @@ impl Runtime {
         if let procview::ProcView::Lxcfs(lxcfs) = &config.proc_view {
             procview::ensure_running(lxcfs)?;
         }
+        let blank_images = storage::blank_image::BlankImages::new(
+            config.state_dir.join(storage::blank_image::DIR_NAME),
+        );
         let runtime = Self {
             inner: Arc::new(Inner {
                 ids: IdAllocator::new(&config.state_dir, config.id_base),
@@ -149,6 +154,7 @@ impl Runtime {
                 cgroup_paths: Mutex::new(HashMap::new()),
                 start_phases: Mutex::new(HashMap::new()),
                 cgroup_mode: CgroupMode::host(),
+                blank_images,
             }),
         };
         runtime.recover()?;

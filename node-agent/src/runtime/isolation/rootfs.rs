@@ -255,11 +255,14 @@ impl RootfsLayout {
         }
         let root = Some(Uid::from_raw(ids.host_base));
         let root_group = Some(Gid::from_raw(ids.host_base));
-        chown(&self.upper, root, root_group).map_err(|source| RootfsError::Io {
-            operation: "chown",
-            path: self.upper.clone(),
-            source: io::Error::from(source),
-        })?;
+        // The disk's root too: a disk copied from a blank image comes with host root's.
+        for dir in [&self.disk, &self.upper] {
+            chown(dir, root, root_group).map_err(|source| RootfsError::Io {
+                operation: "chown",
+                path: dir.clone(),
+                source: io::Error::from(source),
+            })?;
+        }
         let userns = idmap::mapped_userns(ids)?;
         idmap::idmapped_bind(&self.template, &self.lower, &userns)?;
         drop(userns);
