@@ -205,6 +205,7 @@ impl Runtime {
                     source,
                 })?;
         }
+        let recorded = st.clone();
         let image = self.rootfs_layout(vps_id, &st.template).disk_image;
         if let Ok(Some(size)) = disk::image_size(&image) {
             let requested = spec.limits.disk_bytes;
@@ -224,7 +225,10 @@ impl Runtime {
         // Set while the last run's init exited by itself (no stop recorded its end).
         let exited_init = st.init.clone().filter(|_| running.is_none());
         st.init = running.clone();
-        self.save(&st)?;
+        // Unchanged (e.g. right after the create): already on disk as it is.
+        if st != recorded {
+            self.save(&st)?;
+        }
         phases::mark("state: apply");
 
         // Online while the VPS keeps running, before a start (so it boots with the bigger
@@ -383,7 +387,8 @@ impl Runtime {
             hostname: spec.hostname.clone(),
             template: spec.template.clone(),
             limits: spec.limits.clone(),
-            power: Power::Stopped,
+            // What the apply that creates it records next anyway (no init runs yet).
+            power: spec.power,
             init: None,
             halt_signal: None,
             ids: None,
@@ -392,11 +397,22 @@ impl Runtime {
             disk_grow_to: None,
             closed_run: None,
         };
-        self.save(&st)?;
-        phases::mark("state: creating");
+        // The id range goes into the intent marker, so both are one write: a crash after the
+        // range was allocated but before the marker leaves a directory without a state, which
+        // recovery removes together with its range.
         let built = self
-            .allocate_ids(&mut st)
-            .inspect(|_| phases::mark("id range"))
+            .inner
+            .ids
+            .allocate(vps_id)
+            .map_err(|source| RuntimeError::Idmap {
+                vps_id: vps_id.to_string(),
+                source,
+            })
+            .and_then(|ids| {
+                st.ids = Some(ids);
+                self.save(&st)
+            })
+            .inspect(|_| phases::mark("id range, state: creating"))
             .and_then(|_| self.build(spec));
         if let Err(error) = built {
             return Err(match self.remove_vps(vps_id) {
