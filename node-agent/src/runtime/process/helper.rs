@@ -496,7 +496,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
         None => None,
     };
 
-    step("mount disk, template, overlay and /dev");
+    step("private mount namespace");
     namespaces::unshare_mount_namespace()?;
     // Before joining the cgroup: its device policy denies the loop devices and mknod of /dev.
     let disk_device = request.rootfs.mount_host_side(request.ids, &slave_path)?;
