@@ -39,6 +39,10 @@ struct Args {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Run this many iterations (cycles, rounds) instead of each scenario's own count, e.g.
+    /// for a shorter comparison while working on one path. Not for published results.
+    #[arg(long)]
+    iterations: Option<usize>,
     /// Write latest.md again from latest.json in the output directory (after a change of the
     /// table's format or a hand-merged section), measuring nothing.
     #[arg(long)]
@@ -51,12 +55,16 @@ pub struct Options {
     pub quick: bool,
     /// The paddock binaries measured (`PADDOCK_BIN_DIR`, else beside this binary).
     pub bin_dir: PathBuf,
+    /// `--iterations`: replaces the scenarios' own counts.
+    pub iterations: Option<usize>,
 }
 
 impl Options {
-    /// `full` iterations in a full run, `quick` in quick mode.
+    /// `full` iterations in a full run, `quick` in quick mode (`--iterations` if given).
     pub fn iterations(&self, full: usize, quick: usize) -> usize {
-        if self.quick {
+        if let Some(iterations) = self.iterations {
+            iterations.max(1)
+        } else if self.quick {
             quick
         } else {
             full
@@ -107,6 +115,7 @@ fn run(args: Args) -> Result<bool> {
     let options = Options {
         quick: args.quick,
         bin_dir: bin_dir.clone(),
+        iterations: args.iterations,
     };
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = args.out.unwrap_or_else(|| {

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use paddock_agent::runtime::phases::StartPhases;
 use paddock_agent::runtime::{idmap, Limits};
 use serde_json::json;
 
@@ -84,6 +85,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
          then exits; both the agent and runc wait for that (the agent's grace is 10 s).",
     );
     let mut agent = Cycle::default();
+    let mut phases = PhaseSamples::default();
     let mut runc = Cycle::default();
     let mut crun = Cycle::default();
     let mut crun_error: Option<String> = None;
@@ -95,6 +97,9 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             let started = Instant::now();
             let init_pid = node.create_start(&vps_id, &limits, None)?;
             let start = started.elapsed();
+            if let Some(start_phases) = node.runtime.last_start_phases(&vps_id) {
+                phases.record(&start_phases);
+            }
             // Not timed: busybox init ignores the halt signal until it takes it (see the note).
             wait_catches(init_pid as i32, libc::SIGUSR2)?;
             let stopping = Instant::now();
@@ -132,6 +137,9 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
                 .against_median(&format!("runc {name}"), pick(&runc))?,
         );
     }
+    if let Some(note) = phases.note() {
+        report.note(note);
+    }
     match crun_error {
         None => {
             for (name, pick) in rows {
@@ -151,6 +159,44 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// The agent's start phases ([`paddock_agent::runtime::phases`]) over all cycles, in the order
+/// they first ran.
+#[derive(Default)]
+struct PhaseSamples {
+    names: Vec<String>,
+    samples: std::collections::HashMap<String, Samples>,
+}
+
+impl PhaseSamples {
+    fn record(&mut self, start_phases: &StartPhases) {
+        for (name, took) in &start_phases.phases {
+            if !self.samples.contains_key(name) {
+                self.names.push(name.clone());
+            }
+            self.samples.entry(name.clone()).or_default().push_ms(*took);
+        }
+    }
+
+    /// One line: each phase's median in ms (phases under 0.05 ms left out).
+    fn note(&self) -> Option<String> {
+        let parts: Vec<String> = self
+            .names
+            .iter()
+            .filter_map(|name| {
+                let median = self.samples.get(name)?.median()?;
+                (median >= 0.05).then(|| format!("{name} {median:.2}"))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| {
+            format!(
+                "Where the agent's start goes, median ms per phase (`Runtime::last_start_phases`; \
+                 `helper:` rows are the start helper's steps, timed by the helper): {}",
+                parts.join(", ")
+            )
+        })
+    }
 }
 
 /// OCI bundles of the busybox rootfs for runc and crun, with their own state roots, container

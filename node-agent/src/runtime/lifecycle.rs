@@ -12,6 +12,7 @@ use super::isolation::capabilities;
 use super::isolation::idmap::IdRange;
 use super::isolation::procview;
 use super::isolation::rootfs::RootfsError;
+use super::phases;
 use super::process::console;
 use super::process::helper::StartRequest;
 use super::process::identity::ProcessIdentity;
@@ -141,6 +142,8 @@ impl Runtime {
         let vps_id = spec.vps_id.as_str();
         let lock = self.vps_lock(vps_id);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _timing = phases::begin();
+        phases::mark("lock");
 
         let restart_due = spec.power == Power::Running
             && self.load(vps_id)?.is_some_and(|st| {
@@ -174,6 +177,7 @@ impl Runtime {
             }
             None => (self.create(spec)?, true),
         };
+        phases::mark("load state");
         if st.phase == Phase::Rebuilding || spec.rebuild_generation > st.rebuild_generation {
             self.rebuild(&mut st, spec)?;
         } else if st.template != spec.template {
@@ -201,6 +205,7 @@ impl Runtime {
                     source,
                 })?;
         }
+        let recorded = st.clone();
         let image = self.rootfs_layout(vps_id, &st.template).disk_image;
         if let Ok(Some(size)) = disk::image_size(&image) {
             let requested = spec.limits.disk_bytes;
@@ -220,17 +225,23 @@ impl Runtime {
         // Set while the last run's init exited by itself (no stop recorded its end).
         let exited_init = st.init.clone().filter(|_| running.is_none());
         st.init = running.clone();
-        self.save(&st)?;
+        // Unchanged (e.g. right after the create): already on disk as it is.
+        if st != recorded {
+            self.save(&st)?;
+        }
+        phases::mark("state: apply");
 
         // Online while the VPS keeps running, before a start (so it boots with the bigger
         // filesystem), after a stop. A failure is reported after the power state has been
         // carried out, so it never keeps a VPS down or up; the growth stays pending.
         let stopping = spec.power == Power::Stopped && running.is_some();
         let grown_before = (!stopping).then(|| self.grow_disk(&mut st, running.is_some()));
+        phases::mark("disk growth check");
         match (spec.power, running) {
             (Power::Running, Some(_)) => self.apply_io(&st, &cgroup)?,
             (Power::Running, None) => {
                 self.kill(None, &cgroup, vps_id)?;
+                phases::mark("empty the old cgroup");
                 // A run whose init exited by itself (a poweroff inside, a crash) left what it
                 // used in its cgroup: keep that as the closed run before the cgroup is
                 // replaced. Its veth went with its netns, so no network bytes.
@@ -254,12 +265,14 @@ impl Runtime {
                 cgroup.delete().map_err(cgroup_err)?;
                 cgroup.create().map_err(cgroup_err)?;
                 cgroup.apply_limits(&spec.limits).map_err(cgroup_err)?;
+                phases::mark("cgroup for the run");
                 cgroup
                     .apply_device_policy()
                     .map_err(|source| RuntimeError::Cgroup {
                         vps_id: vps_id.to_string(),
                         source,
                     })?;
+                phases::mark("device policy");
                 let (init, halt_signal, disk_device) = match self.start(&mut st, created) {
                     Ok(started) => started,
                     // A start that failed or missed its deadline may have left its init,
@@ -278,6 +291,7 @@ impl Runtime {
                 st.init = Some(init);
                 st.halt_signal = Some(halt_signal);
                 self.save(&st)?;
+                phases::mark("state: started");
                 match disk_device {
                     Some(device) => cgroup.apply_io(&st.limits, device).map_err(|source| {
                         RuntimeError::Cgroup {
@@ -287,6 +301,8 @@ impl Runtime {
                     })?,
                     None => self.apply_io(&st, &cgroup)?,
                 }
+                phases::mark("IO limits");
+                self.record_start_phases(vps_id);
             }
             (Power::Stopped, init) => {
                 self.stop(&mut st, init.as_ref(), &cgroup)?;
@@ -300,6 +316,35 @@ impl Runtime {
             None => self.grow_disk(&mut st, false)?,
         }
         Ok(self.observe(&st))
+    }
+
+    /// Keeps the phases of the start just made (see [`phases`]) and logs them at debug level.
+    fn record_start_phases(&self, vps_id: &str) {
+        let Some(start_phases) = phases::take() else {
+            return;
+        };
+        tracing::debug!(
+            target: "paddock_agent::runtime::phases",
+            vps_id,
+            total_ms = start_phases.total().as_secs_f64() * 1000.0,
+            phases = %start_phases,
+            "start phases"
+        );
+        self.inner
+            .start_phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(vps_id.to_owned(), start_phases);
+    }
+
+    /// Where the time of the VPS's last start through this runtime went (until it is deleted).
+    pub fn last_start_phases(&self, vps_id: &str) -> Option<phases::StartPhases> {
+        self.inner
+            .start_phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(vps_id)
+            .cloned()
     }
 
     /// Removes the VPS completely: kills every process, removes its cgroup in every hierarchy
@@ -342,7 +387,8 @@ impl Runtime {
             hostname: spec.hostname.clone(),
             template: spec.template.clone(),
             limits: spec.limits.clone(),
-            power: Power::Stopped,
+            // What the apply that creates it records next anyway (no init runs yet).
+            power: spec.power,
             init: None,
             halt_signal: None,
             ids: None,
@@ -351,10 +397,23 @@ impl Runtime {
             disk_grow_to: None,
             closed_run: None,
         };
-        self.save(&st)?;
+        // The id range goes into the intent marker, so both are one write: a crash after the
+        // range was allocated but before the marker leaves a directory without a state, which
+        // recovery removes together with its range.
         let built = self
-            .allocate_ids(&mut st)
-            .and_then(|ids| self.build(spec, ids));
+            .inner
+            .ids
+            .allocate(vps_id)
+            .map_err(|source| RuntimeError::Idmap {
+                vps_id: vps_id.to_string(),
+                source,
+            })
+            .and_then(|ids| {
+                st.ids = Some(ids);
+                self.save(&st)
+            })
+            .inspect(|_| phases::mark("id range, state: creating"))
+            .and_then(|_| self.build(spec));
         if let Err(error) = built {
             return Err(match self.remove_vps(vps_id) {
                 Ok(()) => error,
@@ -366,6 +425,7 @@ impl Runtime {
         }
         st.phase = Phase::Ready;
         self.save(&st)?;
+        phases::mark("state: ready");
         tracing::info!(vps_id, template = spec.template, "created VPS");
         Ok(st)
     }
@@ -388,21 +448,32 @@ impl Runtime {
         Ok(ids)
     }
 
-    fn build(&self, spec: &VpsSpec, ids: IdRange) -> Result<(), RuntimeError> {
+    fn build(&self, spec: &VpsSpec) -> Result<(), RuntimeError> {
         let vps_id = spec.vps_id.as_str();
         let rootfs = self.rootfs_layout(vps_id, &spec.template);
         rootfs.prepare().map_err(|source| RuntimeError::Rootfs {
             vps_id: vps_id.to_string(),
             source,
         })?;
+        phases::mark("rootfs dirs");
         // The cgroup is made by `apply` (a start makes each run's afresh), not here: made here
         // it was removed and made again by the start that follows almost every create.
-        disk::create_image(&rootfs.disk_image, disk_bytes(&spec.limits), ids).map_err(|source| {
-            RuntimeError::Disk {
+        self.new_disk(&rootfs.disk_image, disk_bytes(&spec.limits))
+            .map_err(|source| RuntimeError::Disk {
                 vps_id: vps_id.to_string(),
                 source,
-            }
-        })
+            })?;
+        phases::mark("disk image");
+        Ok(())
+    }
+
+    /// Makes `image` an empty ext4 disk of `size_bytes`: a copy of the node's blank image of
+    /// that size (see [`super::storage::blank_image`]). Its root directory is given to the
+    /// VPS's root when the start helper mounts it.
+    fn new_disk(&self, image: &Path, size_bytes: u64) -> Result<(), disk::DiskError> {
+        let method = self.inner.blank_images.copy_to(image, size_bytes)?;
+        tracing::debug!(image = %image.display(), size_bytes, method = method.as_str(), "new disk");
+        Ok(())
     }
 
     /// Stops the VPS and gives it a fresh filesystem on its disk (same size, or the spec's if
@@ -422,7 +493,6 @@ impl Runtime {
         let cgroup = self.cgroup(&vps_id);
         let init = self.live_init(st)?;
         self.stop(st, init.as_ref(), &cgroup)?;
-        let ids = self.allocate_ids(st)?;
         let rootfs = self.rootfs_layout(&vps_id, &st.template);
         let disk_err = |source| RuntimeError::Disk {
             vps_id: vps_id.clone(),
@@ -434,7 +504,7 @@ impl Runtime {
             .max(disk_bytes(&spec.limits));
         // The old filesystem is gone once the last mount of it (in the VPS's namespaces) is.
         wait_for_detach(&rootfs.disk_image);
-        disk::create_image(&rootfs.disk_image, size, ids).map_err(disk_err)?;
+        self.new_disk(&rootfs.disk_image, size).map_err(disk_err)?;
         // The fresh filesystem fills the image: no growth is pending any more.
         st.disk_grow_to = None;
         st.phase = Phase::Ready;
@@ -602,6 +672,11 @@ impl Runtime {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(vps_id);
         self.inner
+            .start_phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(vps_id);
+        self.inner
             .ids
             .release(vps_id)
             .map_err(|source| RuntimeError::Idmap {
@@ -700,6 +775,7 @@ impl Runtime {
         // Read now, with the template the init boots from; kept for as long as the init runs.
         let halt_signal = self.template_halt_signal(st)?;
         let ids = self.allocate_ids(st)?;
+        phases::mark("rootfs check, halt signal");
         let disk_err = |source| RuntimeError::Disk {
             vps_id: vps_id.clone(),
             source,
@@ -710,7 +786,7 @@ impl Runtime {
             .map_err(disk_err)?
             .is_none()
         {
-            disk::create_image(&rootfs.disk_image, disk_bytes(&st.limits), ids)
+            self.new_disk(&rootfs.disk_image, disk_bytes(&st.limits))
                 .map_err(disk_err)?;
             image_new = true;
         }
@@ -720,11 +796,13 @@ impl Runtime {
         if !image_new {
             wait_for_detach(&rootfs.disk_image);
         }
+        phases::mark("disk image check");
         // Also restarts lxcfs if it died since the agent started.
         let proc_binds = match &self.config().proc_view {
             procview::ProcView::Host => Vec::new(),
             procview::ProcView::Lxcfs(lxcfs) => procview::ensure_running(lxcfs)?,
         };
+        phases::mark("lxcfs check");
         let request = StartRequest {
             vps_id: vps_id.clone(),
             hostname: st.hostname.clone(),
@@ -737,7 +815,7 @@ impl Runtime {
             proc_binds,
             sysinfo_socket: self.sysinfo_socket(&vps_id),
         };
-        let reply = supervisor::start_init(
+        let (reply, helper_times) = supervisor::start_init(
             &self.config().helper_binary,
             &request,
             self.config().start_timeout,
@@ -746,6 +824,7 @@ impl Runtime {
             vps_id: vps_id.to_string(),
             source,
         })?;
+        phases::mark_helper(&helper_times);
         Ok((reply.init, halt_signal, reply.disk_device))
     }
 

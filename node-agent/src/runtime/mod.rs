@@ -17,11 +17,12 @@ mod error;
 mod inspect;
 pub mod isolation;
 mod lifecycle;
+pub mod phases;
 pub mod process;
 mod spec;
 mod state;
 pub mod storage;
-mod sys;
+pub(crate) mod sys;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -111,8 +112,12 @@ struct Inner {
     /// the id and the host's cgroup mounts, and finding them reads /proc/self/mountinfo twice,
     /// which metering would otherwise do for every VPS at every round.
     cgroup_paths: Mutex<HashMap<String, CgroupFiles>>,
+    /// Where each VPS's last start spent its time ([`Runtime::last_start_phases`]).
+    start_phases: Mutex<HashMap<String, phases::StartPhases>>,
     /// The host's cgroup version, detected once at start: picks the cgroup manager.
     cgroup_mode: CgroupMode,
+    /// Formatted empty disks, one per size, copied for each new VPS disk.
+    blank_images: storage::blank_image::BlankImages,
 }
 
 /// Where one VPS's cgroup is: its directories and its counter files.
@@ -137,6 +142,9 @@ impl Runtime {
         if let procview::ProcView::Lxcfs(lxcfs) = &config.proc_view {
             procview::ensure_running(lxcfs)?;
         }
+        let blank_images = storage::blank_image::BlankImages::new(
+            config.state_dir.join(storage::blank_image::DIR_NAME),
+        );
         let runtime = Self {
             inner: Arc::new(Inner {
                 ids: IdAllocator::new(&config.state_dir, config.id_base),
@@ -144,7 +152,9 @@ impl Runtime {
                 layout,
                 locks: Mutex::new(HashMap::new()),
                 cgroup_paths: Mutex::new(HashMap::new()),
+                start_phases: Mutex::new(HashMap::new()),
                 cgroup_mode: CgroupMode::host(),
+                blank_images,
             }),
         };
         runtime.recover()?;

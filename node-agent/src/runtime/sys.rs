@@ -491,6 +491,22 @@ pub(crate) fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> io:
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of [`std::time::Instant`], but as a number
+/// that means the same in every process on the host (helpers stamp their steps with it).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct we own; CLOCK_MONOTONIC always
+    // exists on Linux, so it cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    u64::try_from(now.tv_sec)
+        .unwrap_or_default()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -525,6 +541,14 @@ mod tests {
     #[test]
     fn sysinfo_reports_the_host() {
         assert!(sysinfo().totalram > 0);
+    }
+
+    #[test]
+    fn monotonic_clock_moves_forward() {
+        let before = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = monotonic_ns();
+        assert!(after >= before + 2_000_000, "{before} -> {after}");
     }
 
     #[test]

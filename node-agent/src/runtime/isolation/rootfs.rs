@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::idmap::{self, IdRange};
 use super::procview::ProcBind;
 use crate::fsutil::FromIo;
+use crate::runtime::process::helper::step;
 use crate::runtime::storage::disk;
 
 /// Host device nodes bind-mounted into every VPS's /dev (plus `console`, the VPS's console
@@ -217,6 +218,7 @@ impl RootfsLayout {
     /// disk's loop device.
     pub fn mount_host_side(&self, ids: IdRange, console: &Path) -> Result<PathBuf, RootfsError> {
         let device = self.mount_root(ids)?;
+        step("mount /dev");
         let dev_dir = plain_dir(&self.merged, "dev", ids)?;
         mount_dev(&dev_dir, console, ids)?;
         Ok(device)
@@ -239,6 +241,7 @@ impl RootfsLayout {
     /// the VPS's own mounts from the checkpoint). Returns the disk's loop device.
     pub fn mount_root(&self, ids: IdRange) -> Result<PathBuf, RootfsError> {
         make_private("/")?;
+        step("attach and mount the disk");
         let device = disk::attach_and_mount(&self.disk_image, &self.disk)?;
         for dir in [&self.upper, &self.work] {
             match fs::create_dir(dir) {
@@ -255,16 +258,21 @@ impl RootfsLayout {
         }
         let root = Some(Uid::from_raw(ids.host_base));
         let root_group = Some(Gid::from_raw(ids.host_base));
-        chown(&self.upper, root, root_group).map_err(|source| RootfsError::Io {
-            operation: "chown",
-            path: self.upper.clone(),
-            source: io::Error::from(source),
-        })?;
+        // The disk's root too: a disk copied from a blank image comes with host root's.
+        for dir in [&self.disk, &self.upper] {
+            chown(dir, root, root_group).map_err(|source| RootfsError::Io {
+                operation: "chown",
+                path: dir.clone(),
+                source: io::Error::from(source),
+            })?;
+        }
+        step("idmapped template");
         let userns = idmap::mapped_userns(ids)?;
         idmap::idmapped_bind(&self.template, &self.lower, &userns)?;
         drop(userns);
         // overlayfs shows its layer paths in /proc/mounts as they were given: relative ones,
         // resolved against the working directory, show no host path to the VPS.
+        step("overlay");
         let (base, options) = self.overlay_options()?;
         let previous = File::open(".").map_err(RootfsError::io_err("open", Path::new(".")))?;
         let base_dir = File::open(&base).map_err(RootfsError::io_err("open", &base))?;

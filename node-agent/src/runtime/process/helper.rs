@@ -112,12 +112,31 @@ pub enum HelperCallError {
 }
 
 /// How a helper announces on stderr the step it begins, so that one that misses its deadline
-/// is reported with the step it hung in.
+/// is reported with the step it hung in. The line may end in [`STEP_TIME_SEPARATOR`] and the
+/// [`crate::runtime::sys::monotonic_ns`] time the step began, from which the agent tells where
+/// a start's time goes ([`HelperTimes`]).
 pub(crate) const STEP_PREFIX: &str = "paddock-step: ";
+/// Between a step's name and the time it began.
+const STEP_TIME_SEPARATOR: &str = "\t@";
 
 /// Announces the step a helper begins (see [`STEP_PREFIX`]).
 pub(crate) fn step(name: &str) {
-    eprintln!("{STEP_PREFIX}{name}");
+    eprintln!(
+        "{STEP_PREFIX}{name}{STEP_TIME_SEPARATOR}{}",
+        crate::runtime::sys::monotonic_ns()
+    );
+}
+
+/// A step line's name and, if it has one, the time it began.
+fn parse_step(line: &str) -> Option<(&str, Option<u64>)> {
+    let step = line.strip_prefix(STEP_PREFIX)?;
+    Some(match step.rsplit_once(STEP_TIME_SEPARATOR) {
+        Some((name, at)) => match at.parse() {
+            Ok(at_ns) => (name, Some(at_ns)),
+            Err(_) => (step, None),
+        },
+        None => (step, None),
+    })
 }
 
 /// Splits a helper's stderr into the last step it announced and the rest (its messages).
@@ -126,12 +145,56 @@ fn split_steps(stderr: &[u8]) -> (Option<String>, String) {
     let mut last = None;
     let mut rest = Vec::new();
     for line in text.lines() {
-        match line.strip_prefix(STEP_PREFIX) {
-            Some(step) => last = Some(step.to_owned()),
+        match parse_step(line) {
+            Some((step, _)) => last = Some(step.to_owned()),
             None => rest.push(line),
         }
     }
     (last, rest.join("\n").trim().to_owned())
+}
+
+/// When a helper was spawned, each step it announced began, and its exit was seen, all on
+/// [`crate::runtime::sys::monotonic_ns`]'s clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HelperTimes {
+    /// Just before the helper was spawned.
+    pub spawned_ns: u64,
+    /// Each announced step and when it began, in order.
+    pub steps: Vec<(String, u64)>,
+    /// When the agent saw it exit.
+    pub exited_ns: u64,
+}
+
+impl HelperTimes {
+    /// How long each part took: `exec` (spawn until the first step), each step until the
+    /// next, the last one until the exit was seen. Steps without a time are left out.
+    pub fn durations(&self) -> Vec<(String, std::time::Duration)> {
+        let ns = std::time::Duration::from_nanos;
+        let mut parts = Vec::with_capacity(self.steps.len() + 1);
+        let mut previous = ("exec helper", self.spawned_ns);
+        for (step, at_ns) in &self.steps {
+            parts.push((previous.0.to_owned(), ns(at_ns.saturating_sub(previous.1))));
+            previous = (step, *at_ns);
+        }
+        parts.push((
+            previous.0.to_owned(),
+            ns(self.exited_ns.saturating_sub(previous.1)),
+        ));
+        parts
+    }
+
+    fn from_stderr(spawned_ns: u64, stderr: &[u8], exited_ns: u64) -> Self {
+        let steps = String::from_utf8_lossy(stderr)
+            .lines()
+            .filter_map(parse_step)
+            .filter_map(|(step, at_ns)| Some((step.to_owned(), at_ns?)))
+            .collect();
+        Self {
+            spawned_ns,
+            steps,
+            exited_ns,
+        }
+    }
 }
 
 /// Runs `helper_binary __internal <name> <request as JSON>` with an empty environment and
@@ -143,6 +206,16 @@ pub(crate) fn call<Request: Serialize, Reply: DeserializeOwned>(
     request: &Request,
     limit: std::time::Duration,
 ) -> Result<Reply, HelperCallError> {
+    call_timed(helper_binary, name, request, limit).map(|(reply, _)| reply)
+}
+
+/// [`call`], also returning when each of the helper's steps began.
+pub(crate) fn call_timed<Request: Serialize, Reply: DeserializeOwned>(
+    helper_binary: &Path,
+    name: &'static str,
+    request: &Request,
+    limit: std::time::Duration,
+) -> Result<(Reply, HelperTimes), HelperCallError> {
     let bad_reply = |stdout: String| {
         move |source| HelperCallError::BadReply {
             name,
@@ -153,12 +226,14 @@ pub(crate) fn call<Request: Serialize, Reply: DeserializeOwned>(
     let json = serde_json::to_string(request).map_err(bad_reply(String::new()))?;
     let mut command = std::process::Command::new(helper_binary);
     command.arg(INTERNAL_ARG).arg(name).arg(json).env_clear();
+    let spawned_ns = crate::runtime::sys::monotonic_ns();
     let outcome = crate::bounded::run(&mut command, None, limit).map_err(|source| {
         HelperCallError::Spawn {
             path: helper_binary.to_path_buf(),
             source,
         }
     })?;
+    let exited_ns = crate::runtime::sys::monotonic_ns();
     let output = match outcome {
         crate::bounded::Outcome::Finished(output) => output,
         crate::bounded::Outcome::TimedOut { stderr } => {
@@ -178,7 +253,9 @@ pub(crate) fn call<Request: Serialize, Reply: DeserializeOwned>(
         });
     }
     let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    serde_json::from_str(&stdout).map_err(bad_reply(stdout))
+    let reply = serde_json::from_str(&stdout).map_err(bad_reply(stdout))?;
+    let times = HelperTimes::from_stderr(spawned_ns, &output.stderr, exited_ns);
+    Ok((reply, times))
 }
 
 /// The init's environment.
@@ -305,7 +382,7 @@ pub(crate) struct StartReply {
 pub(crate) fn run(args: Vec<OsString>) -> i32 {
     match args.first().and_then(|a| a.to_str()) {
         Some(START) => match start(&args[1..]) {
-            Ok(reply) => match serde_json::to_string(&reply) {
+            Ok(reply) => match serde_json::to_string(&reply).inspect(|_| step("reply and exit")) {
                 Ok(json) => {
                     println!("{json}");
                     0
@@ -419,7 +496,7 @@ fn start(args: &[OsString]) -> Result<StartReply, HelperError> {
         None => None,
     };
 
-    step("mount disk, template, overlay and /dev");
+    step("private mount namespace");
     namespaces::unshare_mount_namespace()?;
     // Before joining the cgroup: its device policy denies the loop devices and mknod of /dev.
     let disk_device = request.rootfs.mount_host_side(request.ids, &slave_path)?;
@@ -646,4 +723,42 @@ fn redirect_stdio(console: &OwnedFd) -> Result<(), HelperError> {
     // Failure (e.g. no session) only means the console is not the init's controlling terminal.
     let _ = crate::runtime::sys::set_controlling_terminal(0);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn steps_are_split_from_messages_with_or_without_a_time() {
+        let stderr = b"paddock-step: console\t@1000\nwarning: x\npaddock-step: mount disk\n";
+        let (last, rest) = split_steps(stderr);
+        assert_eq!(last.as_deref(), Some("mount disk"));
+        assert_eq!(rest, "warning: x");
+        // A name that happens to contain the separator but no number keeps it.
+        assert_eq!(
+            parse_step("paddock-step: odd\t@name"),
+            Some(("odd\t@name", None))
+        );
+        assert_eq!(parse_step("no step"), None);
+    }
+
+    #[test]
+    fn durations_run_from_spawn_through_each_step_to_the_exit() {
+        let stderr = b"paddock-step: a\t@1500\npaddock-step: untimed\npaddock-step: b\t@4000\n";
+        let times = HelperTimes::from_stderr(1000, stderr, 10_000);
+        let ns = Duration::from_nanos;
+        assert_eq!(
+            times.durations(),
+            vec![
+                ("exec helper".to_owned(), ns(500)),
+                ("a".to_owned(), ns(2500)),
+                ("b".to_owned(), ns(6000)),
+            ]
+        );
+        let parts: Duration = times.durations().iter().map(|(_, took)| *took).sum();
+        assert_eq!(parts, ns(9000));
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::helper::{self, HelperCallError, StartReply, StartRequest, START};
+use super::helper::{self, HelperCallError, HelperTimes, StartReply, StartRequest, START};
 use super::identity::{Pidfd, ProcessError, ProcessIdentity};
 use crate::runtime::cgroups::VpsCgroup;
 use crate::template::metadata::HaltSignal;
@@ -50,13 +50,13 @@ pub enum SupervisorError {
 
 /// Starts the init through `helper_binary __internal start`; blocks until the init has exec'd
 /// (or setup failed, or `limit` passed: the helper is then killed) and returns its identity
-/// and the disk's loop device.
+/// and the disk's loop device, and when the helper's steps began.
 pub(crate) fn start_init(
     helper_binary: &Path,
     request: &StartRequest,
     limit: Duration,
-) -> Result<StartReply, SupervisorError> {
-    helper::call(helper_binary, START, request, limit).map_err(SupervisorError::from)
+) -> Result<(StartReply, HelperTimes), SupervisorError> {
+    helper::call_timed(helper_binary, START, request, limit).map_err(SupervisorError::from)
 }
 
 /// Graceful stop: `halt_signal` to the init, repeated after [`HALT_RESEND_FIRST`], then at

@@ -130,6 +130,9 @@ pub enum DiskError {
         /// What it printed.
         output: String,
     },
+    /// Copying a blank image to a new disk failed.
+    #[error(transparent)]
+    Copy(Box<super::snapshot::SnapshotError>),
     /// The filesystem reports a block size the image size cannot be expressed in.
     #[error("filesystem on {image} reports block size {block_size}")]
     BadBlockSize {
@@ -152,8 +155,36 @@ impl FromIo for DiskError {
 
 /// Creates (or re-creates: a rebuild) the sparse image at `image` with a fresh ext4 whose root
 /// directory belongs to the VPS's root. Written to a temp file and renamed, so a crash leaves
-/// either no image or a complete one.
+/// either no image or a complete one. (A VPS's disk is copied from a blank image instead,
+/// [`super::blank_image`]; this is for the images a backup is restored into.)
 pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), DiskError> {
+    format_image(image, size_bytes, Some(ids))
+}
+
+/// The mkfs.ext4 arguments of every disk: no reserved blocks, no discard, no zeroing of
+/// what the sparse file already reads as zeros, and the root directory owned by `root_owner`
+/// (host root if `None`).
+pub(crate) fn mkfs_options(root_owner: Option<IdRange>) -> String {
+    // The file was just truncated to a hole: it reads as zeros, so mkfs need not zero the inode
+    // tables and journal (e2fsprogs >= 1.47): about 4 MiB less to write and fsync per image.
+    let prezeroed = if mkfs_knows_prezeroed() {
+        ",assume_storage_prezeroed=1"
+    } else {
+        ""
+    };
+    let owner = root_owner
+        .map(|ids| format!(",root_owner={}:{}", ids.host_base, ids.host_base))
+        .unwrap_or_default();
+    format!("-q -F -m 0 -E nodiscard{prezeroed}{owner}")
+}
+
+/// mkfs.ext4 on a new sparse file of `size_bytes`, fsynced and renamed to `image` (see
+/// [`mkfs_options`] for `root_owner`).
+pub(crate) fn format_image(
+    image: &Path,
+    size_bytes: u64,
+    root_owner: Option<IdRange>,
+) -> Result<(), DiskError> {
     let tmp = image.with_extension("img.tmp");
     // The image holds the tenant's files: root-only, like every file of the agent.
     let file = OpenOptions::new()
@@ -170,19 +201,8 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
     file.set_len(size_bytes)
         .map_err(DiskError::io_err("truncate", &tmp))?;
     drop(file);
-    // The file was just truncated to a hole: it reads as zeros, so mkfs need not zero the inode
-    // tables and journal (e2fsprogs >= 1.47): about 4 MiB less to write and fsync per image.
-    let prezeroed = if mkfs_knows_prezeroed() {
-        ",assume_storage_prezeroed=1"
-    } else {
-        ""
-    };
     let mut mkfs = Command::new("mkfs.ext4");
-    mkfs.args(["-q", "-F", "-m", "0", "-E"])
-        .arg(format!(
-            "nodiscard{prezeroed},root_owner={}:{}",
-            ids.host_base, ids.host_base
-        ))
+    mkfs.args(mkfs_options(root_owner).split(' '))
         .arg(&tmp)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     let output =

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod backup_store;
+pub mod blank_image;
 pub mod disk;
 pub(crate) mod disk_growth;
 pub mod migration;
