@@ -83,7 +83,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             creates: 100_000,
             clients: 128,
             tenants: 100,
-            create_budget: Duration::from_secs(150),
+            create_budget: Duration::from_secs(120),
             read_budget: Duration::from_secs(30),
             heartbeat_secs: 10,
             reconcile_secs: 10,
