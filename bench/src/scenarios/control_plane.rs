@@ -395,7 +395,7 @@ async fn measure(
             simulator.nodes as f64,
             simulator.nodes,
         )
-        .against("target", 10_000.0),
+        .against("target", size.nodes as f64),
     );
     report.row(
         single(
