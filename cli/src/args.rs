@@ -555,6 +555,23 @@ pub enum AdminCommand {
         #[arg(long)]
         allow_new_address: bool,
     },
+    /// Lifecycle events (what billing follows with WatchEvents), oldest first, one per line.
+    /// Without --follow it prints those recorded so far; with it, new ones as they happen,
+    /// resuming after the last one printed through the next controller of the context when
+    /// its controller dies (each event once, in cursor order).
+    #[command(after_help = "Examples:\n  paddock admin events --after 120\n  \
+                      paddock admin events --tenant acme --follow -o json")]
+    Events {
+        /// Only this tenant's events.
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
+        /// Only events after this cursor (0: from the first).
+        #[arg(long, value_name = "CURSOR", default_value_t = 0)]
+        after: u64,
+        /// Keep printing new events until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Show the audit trail of mutations.
     #[command(
         after_help = "Examples:\n  paddock admin audit\n  paddock admin audit --limit 20 -o json"

@@ -354,6 +354,40 @@ impl Session {
         }
     }
 
+    /// A read (or the opening of a stream), moved to the next controller of the context when
+    /// its answer is lost on the way (that controller died or restarts): reads change nothing,
+    /// so any controller may answer them.
+    pub async fn read<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(&Self) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut delays = RETRY_DELAYS.iter();
+        loop {
+            let status = match call(self).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            if !answer_lost(&status) {
+                return Err(self.status_error(&status));
+            }
+            match delays.next() {
+                Some(delay) => {
+                    if !self.fail_over() {
+                        tokio::time::sleep(*delay).await;
+                    }
+                }
+                None => return Err(self.status_error(&status)),
+            }
+        }
+    }
+
+    /// After a stream broke off (its controller died): moves to the next controller of the
+    /// context; false if there is only one.
+    pub fn next_controller(&self) -> bool {
+        self.fail_over()
+    }
+
     /// Translates a gRPC status into the error the user sees.
     pub fn status_error(&self, status: &Status) -> ClientError {
         let hint = match &self.target.token_source {
@@ -366,7 +400,7 @@ impl Session {
 
 /// Whether a call failed on the way rather than being answered: the connection failed or was
 /// reset (the status comes from the transport), or the server said it is unavailable.
-fn answer_lost(status: &Status) -> bool {
+pub fn answer_lost(status: &Status) -> bool {
     let from_transport = std::error::Error::source(status).is_some();
     match status.code() {
         Code::Unavailable => true,

@@ -148,12 +148,30 @@ pub async fn wait_for(
         started: Instant::now(),
         progress: Progress::new(),
     };
-    match wait.follow().await? {
-        Followed::Ended(result) => Ok(result.map(|vps| *vps)),
-        // An older controller, or the stream broke off (e.g. the controller restarted).
-        Followed::Unsupported | Followed::BrokenOff => wait.poll().await,
+    // Streams opened in a row that broke off before telling anything.
+    let mut fruitless = 0;
+    loop {
+        match wait.follow().await? {
+            Followed::Ended(result) => return Ok(result.map(|vps| *vps)),
+            Followed::Unsupported => return wait.poll().await,
+            // The controller died or restarted: with several in the context, follow the VPS
+            // through the next one (a new stream starts with the VPS's current view, so
+            // nothing is missed); with one, or when they all fail, poll `GetVps`.
+            Followed::BrokenOff { heard } => {
+                fruitless = if heard { 0 } else { fruitless + 1 };
+                if wait.over() || fruitless > MAX_FRUITLESS_STREAMS || !session.next_controller() {
+                    return wait.poll().await;
+                }
+                tokio::time::sleep(RESUME_PAUSE).await;
+            }
+        }
     }
 }
+
+/// Streams that may break off in a row, each before its first event, before polling.
+const MAX_FRUITLESS_STREAMS: usize = 4;
+/// Pause before following the VPS through the next controller.
+const RESUME_PAUSE: Duration = Duration::from_millis(100);
 
 /// How following the stream ended.
 enum Followed {
@@ -161,8 +179,9 @@ enum Followed {
     Ended(Option<Box<v1::Vps>>),
     /// The controller does not serve `WatchVps`.
     Unsupported,
-    /// The stream ended early; polling takes over.
-    BrokenOff,
+    /// The stream ended early (`heard`: after at least one event); another controller or
+    /// polling takes over.
+    BrokenOff { heard: bool },
 }
 
 struct Wait<'a> {
@@ -231,6 +250,9 @@ impl Wait<'_> {
             Err(status) if status.code() == Code::NotFound => {
                 return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)))
             }
+            Err(status) if crate::client::answer_lost(&status) => {
+                return Ok(Followed::BrokenOff { heard: false })
+            }
             Err(status) => return Err(self.session.status_error(&status).into()),
         };
         let mut last: Option<v1::Vps> = None;
@@ -242,19 +264,20 @@ impl Wait<'_> {
                         Some(vps) if self.over() => return Err(self.timed_out(vps)),
                         Some(vps) => self.show(vps),
                         // Not even the first event yet: polling reports the state and the timeout.
-                        None if self.over() => return Ok(Followed::BrokenOff),
+                        None if self.over() => return Ok(Followed::BrokenOff { heard: false }),
                         None => {}
                     }
                     continue;
                 }
             };
+            let heard = last.is_some();
             let event = match message {
                 Ok(Some(event)) => event,
-                Ok(None) => return Ok(Followed::BrokenOff),
+                Ok(None) => return Ok(Followed::BrokenOff { heard }),
                 Err(status) if status.code() == Code::NotFound => {
                     return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)))
                 }
-                Err(_) => return Ok(Followed::BrokenOff),
+                Err(_) => return Ok(Followed::BrokenOff { heard }),
             };
             if event.gone {
                 return self.gone().map(|vps| Followed::Ended(vps.map(Box::new)));
@@ -278,10 +301,17 @@ impl Wait<'_> {
     /// Polls `GetVps` until the goal, a failure or the timeout.
     async fn poll(&mut self) -> Result<Option<v1::Vps>, WaitError> {
         loop {
-            let vps = match self.session.vps().get_vps(self.vps_ref.clone()).await {
-                Ok(response) => response.into_inner(),
-                Err(status) if status.code() == Code::NotFound => return self.gone(),
-                Err(status) => return Err(self.session.status_error(&status).into()),
+            let read = self
+                .session
+                .read(|session| {
+                    let (mut client, reference) = (session.vps(), self.vps_ref.clone());
+                    async move { client.get_vps(reference).await }
+                })
+                .await;
+            let vps = match read {
+                Ok(vps) => vps,
+                Err(error) if error.code() == Some(Code::NotFound) => return self.gone(),
+                Err(error) => return Err(error.into()),
             };
             match assess(&vps, self.goal) {
                 Progression::Done => return Ok(Some(vps)),

@@ -549,3 +549,211 @@ async fn three_controllers_survive_a_leader_kill_and_a_frozen_etcd_member() {
     etcd.cont(2);
     following.abort();
 }
+
+/// The CLI's waits and event streams outlive the controller they use: `create --wait` attached
+/// to the leader, killed -9 while the node holds the VPS pending, completes through another
+/// controller of its context; `admin events --follow` across the same kill prints every event
+/// once, in cursor order, without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_waits_and_event_follows_move_to_another_controller_when_theirs_dies() {
+    use tokio::io::AsyncBufReadExt;
+
+    let Some(cli) = cli_binary() else {
+        assert!(
+            std::env::var("PADDOCK_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "the paddock CLI is not built (make test builds every binary first)"
+        );
+        eprintln!("skipping: target/debug/paddock is not built");
+        return;
+    };
+    let Some(etcd) = EtcdCluster::start(1) else {
+        return;
+    };
+    let endpoints = etcd.endpoints();
+    let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let extra = format!(
+        "store = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"{PREFIX}\"\nleader_lease_secs = 3\nheartbeat_interval_secs = 1\nnode_offline_after_secs = 15",
+        quoted.join(", ")
+    );
+    let first = Setup::init_with(&extra);
+    let replicas = [first.replica(&extra), first.replica(&extra)];
+    let setups: Vec<&Setup> = std::iter::once(&first).chain(replicas.iter()).collect();
+    let mut daemons: Vec<Option<Daemon>> = Vec::new();
+    let mut channels: Vec<Channel> = Vec::new();
+    for setup in &setups {
+        let (daemon, channel) = setup.launch().await;
+        daemons.push(Some(daemon));
+        channels.push(channel);
+    }
+    let admin = first.admin.clone();
+    let urls: Vec<String> = setups
+        .iter()
+        .map(|setup| format!("https://127.0.0.1:{}", setup.port))
+        .collect();
+    let agent = FakeAgent::start(
+        "node-c",
+        urls.clone(),
+        &first.ca_pem,
+        &first.join,
+        Duration::from_millis(500),
+    )
+    .await;
+    v1::pool_service_client::PoolServiceClient::new(channels[0].clone())
+        .create_pool(with_token(
+            v1::CreatePoolRequest {
+                pool: Some(v1::Pool {
+                    name: "pool-c".into(),
+                    node: "node-c".into(),
+                    cidr: "10.204.0.0/16".into(),
+                    gateway: "10.204.0.1".into(),
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .expect("pool");
+    v1::tenant_service_client::TenantServiceClient::new(channels[0].clone())
+        .create_tenant(with_token(
+            v1::CreateTenantRequest {
+                name: "cli".into(),
+                quota: None,
+            },
+            &admin,
+        ))
+        .await
+        .expect("tenant");
+    let port_of = |address: &str| -> Option<usize> {
+        setups
+            .iter()
+            .position(|setup| address.ends_with(&format!(":{}", setup.port)))
+    };
+    let leading = eventually("a leader", || async {
+        leader(&endpoints).await.as_deref().and_then(port_of)
+    })
+    .await;
+    // The CLI's context lists the leader first: it is the controller the CLI attaches to.
+    let order: Vec<usize> = (0..3).map(|step| (leading + step) % 3).collect();
+    let context: Vec<String> = order.iter().map(|index| urls[*index].clone()).collect();
+    let paddock = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(&cli);
+        command
+            .args(args)
+            .env("PADDOCK_CONFIG", first.dir.path().join("cli.toml"))
+            .env("PADDOCK_CONTROLLER", context.join(","))
+            .env("PADDOCK_TOKEN", &admin)
+            .env("PADDOCK_CA_CERT", first.dir.path().join("data/tls/ca.crt"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+
+    // A follower of every event from the start, printing one JSON line per event.
+    let mut follower = paddock(&["admin", "events", "--follow", "-o", "json"])
+        .spawn()
+        .expect("run paddock admin events --follow");
+    let followed: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let reading = {
+        let followed = followed.clone();
+        let mut lines = tokio::io::BufReader::new(follower.stdout.take().expect("stdout")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let event: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+                followed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(event["cursor"].as_u64().expect("cursor"));
+            }
+        })
+    };
+
+    // The node holds the VPS pending; the CLI waits for it to run, attached to the leader.
+    agent.hold_applies(true);
+    let waiting = paddock(&[
+        "create",
+        "held",
+        "--plan",
+        "nano",
+        "--tenant",
+        "cli",
+        "--wait",
+        "--timeout",
+        "120",
+        "-o",
+        "json",
+    ])
+    .spawn()
+    .expect("run paddock create --wait");
+    let store = EtcdStore::open(&endpoints, PREFIX).expect("open the shared store");
+    let created = eventually("the create acknowledged", || async {
+        store.find_vps("cli", "held").ok().flatten()
+    })
+    .await;
+    // The follower has printed the create's event: both streams are mid-way at the kill.
+    let before_kill = store.list_events(0, 100_000).expect("events").len() as u64;
+    eventually("the follower to print the create", || async {
+        let seen = followed.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        (seen >= before_kill).then_some(())
+    })
+    .await;
+    if let Some(daemon) = daemons[leading].take() {
+        daemon.kill();
+    }
+    // Events after the kill, through a survivor.
+    let survivor = order[1];
+    for index in 0..3 {
+        vps_client(&channels[survivor])
+            .create_vps(with_token(
+                v1::CreateVpsRequest {
+                    tenant: "cli".into(),
+                    name: format!("after-{index}"),
+                    plan: "nano".into(),
+                    start: false,
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .expect("create through a survivor");
+    }
+    agent.hold_applies(false);
+
+    let output = tokio::time::timeout(DEADLINE, waiting.wait_with_output())
+        .await
+        .expect("create --wait ended in time")
+        .expect("create --wait");
+    assert!(
+        output.status.success(),
+        "paddock create --wait across the kill of its controller: {}\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        logs(&setups)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert!(agent.applied(&created.vps_id).is_some());
+
+    let cursors: Vec<u64> = store
+        .list_events(0, 100_000)
+        .expect("events")
+        .iter()
+        .map(|event| event.cursor)
+        .collect();
+    assert!(cursors.len() as u64 > before_kill, "events after the kill");
+    let last = *cursors.last().expect("events");
+    eventually("the follower to print every event", || async {
+        let seen = followed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (seen.last().copied() >= Some(last)).then_some(())
+    })
+    .await;
+    let seen = followed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(
+        seen, cursors,
+        "the follower printed every event once, in cursor order, across the kill"
+    );
+    follower.kill().await.expect("stop the follower");
+    reading.abort();
+}

@@ -102,7 +102,7 @@ pub async fn run(
     let tls = pki::ensure_enrolled(
         &config.state_dir,
         &node_name,
-        config.controller.first(),
+        config.controller.all(),
         &config.controller_ca_file,
         &config.join_token_file,
         &config.advertised(),

@@ -34,6 +34,54 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("controller address {address:?}: {reason}")]
     Address { address: String, reason: String },
+    #[error("every controller refused to enrol the node: {0}")]
+    Enrol(EnrolFailures),
+}
+
+/// One controller's answer to an enrolment that did not succeed.
+#[derive(Debug)]
+pub struct EnrolFailure {
+    pub controller: String,
+    pub code: tonic::Code,
+    pub message: String,
+}
+
+/// What each controller of the list answered in one round of enrolment.
+#[derive(Debug)]
+pub struct EnrolFailures(pub Vec<EnrolFailure>);
+
+impl EnrolFailures {
+    /// Whether every controller answered with a refusal (none was merely unreachable, slow or
+    /// unable to serve at the moment): trying again cannot succeed.
+    fn all_refused(&self) -> bool {
+        !self.0.is_empty()
+            && self.0.iter().all(|failure| {
+                matches!(
+                    failure.code,
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::AlreadyExists
+                        | tonic::Code::Unimplemented
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for EnrolFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, failure) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("; ")?;
+            }
+            write!(
+                f,
+                "{} answered {:?}: {}",
+                failure.controller, failure.code, failure.message
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// PEM material of the node's identity.
@@ -92,12 +140,15 @@ pub fn host_of(url: &str) -> Result<String, PkiError> {
         .to_owned())
 }
 
-/// Loads the node identity from `<state_dir>/tls`, enrolling with the
-/// controller first if there is none (retrying until the controller answers).
+/// Loads the node identity from `<state_dir>/tls`, enrolling first if there is none: with
+/// each controller of the list in turn until one signs the node's certificate. A round where
+/// none did is logged naming every controller and why; it is retried (with backoff) while any
+/// of them did not answer, and fails when every one of them refused (a bad join token, a
+/// name the controllers reject): asking again would not change their answer.
 pub async fn ensure_enrolled(
     state_dir: &Path,
     node_name: &str,
-    controller: &str,
+    controllers: &[String],
     controller_ca_file: &Path,
     join_token_file: &Path,
     advertised: &str,
@@ -128,43 +179,61 @@ pub async fn ensure_enrolled(
     let csr = rcgen::CertificateParams::new(sans.clone())?
         .serialize_request(&key_pair)?
         .pem()?;
-    let endpoint = Endpoint::from_shared(controller.to_owned())
-        .map_err(|e| PkiError::Address {
-            address: controller.to_owned(),
-            reason: e.to_string(),
-        })?
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
-        .map_err(|e| PkiError::Address {
-            address: controller.to_owned(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(3));
-    let mut client = AgentRegistryClient::new(endpoint.connect_lazy());
     let token: MetadataValue<_> =
         format!("Bearer {join_token}")
             .parse()
             .map_err(|_| PkiError::Address {
-                address: controller.to_owned(),
-                reason: "the join token is not ASCII".to_owned(),
+                address: controllers.join(", "),
+                reason: "the join token is not ASCII (it is sent in a header)".to_owned(),
             })?;
+    let mut clients = Vec::new();
+    for controller in controllers {
+        let address = |e: &dyn std::fmt::Display| PkiError::Address {
+            address: controller.clone(),
+            reason: e.to_string(),
+        };
+        let endpoint = Endpoint::from_shared(controller.clone())
+            .map_err(|e| address(&e))?
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
+            .map_err(|e| address(&e))?
+            .connect_timeout(Duration::from_secs(3));
+        clients.push((
+            controller.as_str(),
+            AgentRegistryClient::new(endpoint.connect_lazy()),
+        ));
+    }
     let mut backoff = Duration::from_millis(200);
-    let response = loop {
-        let mut request = tonic::Request::new(v1::EnrollRequest {
-            node_name: node_name.to_owned(),
-            csr_pem: csr.clone(),
-            subject_alt_names: sans.clone(),
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", token.clone());
-        match client.enroll(request).await {
-            Ok(response) => break response.into_inner(),
-            Err(status) => {
-                warn!(controller, code = ?status.code(), message = status.message(), retry_in = ?backoff, "enrolment failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+    let (response, by) = 'enrolled: loop {
+        let mut failures = Vec::new();
+        for (controller, client) in &mut clients {
+            let mut request = tonic::Request::new(v1::EnrollRequest {
+                node_name: node_name.to_owned(),
+                csr_pem: csr.clone(),
+                subject_alt_names: sans.clone(),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+            request.set_timeout(Duration::from_secs(10));
+            match client.enroll(request).await {
+                Ok(response) => break 'enrolled (response.into_inner(), *controller),
+                Err(status) => {
+                    warn!(%controller, code = ?status.code(), message = status.message(), "enrolment failed; trying the next controller");
+                    failures.push(EnrolFailure {
+                        controller: (*controller).to_owned(),
+                        code: status.code(),
+                        message: status.message().to_owned(),
+                    })
+                }
             }
         }
+        let tried = EnrolFailures(failures);
+        if tried.all_refused() {
+            return Err(PkiError::Enrol(tried));
+        }
+        warn!(retry_in = ?backoff, "enrolment failed at every controller: {tried}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     };
     fs::DirBuilder::new()
         .recursive(true)
@@ -180,7 +249,7 @@ pub async fn ensure_enrolled(
     write(&ca, &identity.ca_pem, 0o644)?;
     // The certificate last: its presence marks a complete enrolment.
     write(&cert, &identity.cert_pem, 0o644)?;
-    info!(node = node_name, "enrolled with the controller");
+    info!(node = node_name, controller = %by, "enrolled with the controller");
     Ok(identity)
 }
 
@@ -215,6 +284,34 @@ mod tests {
         );
         assert_eq!(host_of("https://[::1]:7444").expect("v6"), "::1");
         assert!(host_of("not a url").is_err());
+    }
+
+    #[test]
+    fn enrolment_gives_up_only_when_every_controller_refused() {
+        let failure = |controller: &str, code| EnrolFailure {
+            controller: controller.to_owned(),
+            code,
+            message: "why".to_owned(),
+        };
+        let refused = EnrolFailures(vec![
+            failure("https://a:7443", tonic::Code::Unauthenticated),
+            failure("https://b:7443", tonic::Code::PermissionDenied),
+        ]);
+        assert!(refused.all_refused());
+        assert_eq!(
+            PkiError::Enrol(refused).to_string(),
+            "every controller refused to enrol the node: https://a:7443 answered \
+             Unauthenticated: why; https://b:7443 answered PermissionDenied: why"
+        );
+        let one_down = EnrolFailures(vec![
+            failure("https://a:7443", tonic::Code::Unavailable),
+            failure("https://b:7443", tonic::Code::Unauthenticated),
+        ]);
+        assert!(
+            !one_down.all_refused(),
+            "a controller that did not answer may yet"
+        );
+        assert!(!EnrolFailures(Vec::new()).all_refused());
     }
 
     #[test]

@@ -309,7 +309,8 @@ impl Cluster {
 
     /// [`Cluster::start`] with some of the harness's config values replaced or added:
     /// `(key, TOML value)` pairs for `controller.toml` and `agent.toml` (top-level keys), e.g.
-    /// `("heartbeat_interval_secs", "5")`.
+    /// `("heartbeat_interval_secs", "5")`; `{controller}` in an agent value stands for the
+    /// quoted controller URL.
     pub fn start_with_config(controller: &[(&str, &str)], agent: &[(&str, &str)]) -> Result<Self> {
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}-{n}", std::process::id());
@@ -355,7 +356,14 @@ impl Cluster {
             )?;
         }
         override_config(&root.join("controller.toml"), controller)?;
-        override_config(&root.join("agent.toml"), agent)?;
+        // `{controller}` in an agent value is this cluster's controller URL (for lists).
+        let url = format!("\"https://127.0.0.1:{controller_port}\"");
+        let agent: Vec<(&str, String)> = agent
+            .iter()
+            .map(|(key, value)| (*key, value.replace("{controller}", &url)))
+            .collect();
+        let agent: Vec<(&str, &str)> = agent.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        override_config(&root.join("agent.toml"), &agent)?;
         let init = Command::new(binary("paddock-controller"))
             .arg("--config")
             .arg(root.join("controller.toml"))

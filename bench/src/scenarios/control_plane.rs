@@ -25,14 +25,19 @@ use crate::stats::Samples;
 use crate::Options;
 
 /// How the run is sized.
+#[derive(Clone)]
 struct Size {
     nodes: usize,
+    /// The fleet asked for (`nodes` may be fewer: what the descriptor limit allows).
+    target_nodes: usize,
     creates: usize,
     /// Concurrent API clients.
     clients: usize,
     tenants: usize,
     /// Creating stops here even if fewer than `creates` were made (full mode's time bound).
     create_budget: Duration,
+    /// The GetVps baseline stops here even if fewer reads were made.
+    read_budget: Duration,
     heartbeat_secs: u32,
     reconcile_secs: u32,
 }
@@ -66,20 +71,24 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     let mut size = if options.quick {
         Size {
             nodes: 20,
+            target_nodes: 20,
             creates: 100,
             clients: 16,
             tenants: 4,
             create_budget: Duration::from_secs(60),
+            read_budget: Duration::from_secs(30),
             heartbeat_secs: 2,
             reconcile_secs: 2,
         }
     } else {
         Size {
             nodes: 10_000,
+            target_nodes: 10_000,
             creates: 100_000,
             clients: 128,
             tenants: 100,
-            create_budget: Duration::from_secs(240),
+            create_budget: Duration::from_secs(120),
+            read_budget: Duration::from_secs(30),
             heartbeat_secs: 10,
             reconcile_secs: 10,
         }
@@ -110,22 +119,61 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let on_sled = runtime.block_on(measure(options, &size, report, Store::Sled))?;
+    let on_sled = runtime.block_on(measure(options, &size, report, Store::Sled, Rows::All))?;
     let Some(etcd) = etcd_server::EtcdServer::start() else {
         bail!("etcd is not installed (scripts/deps.sh installs etcd-server): the etcd half of control-plane cannot run");
     };
-    let on_etcd = runtime.block_on(measure(options, &size, report, Store::Etcd(&etcd)))?;
-    report.note(
+    // Every heartbeat is a store write: a fleet of 10,000 nodes (1,000 writes/s) swamps one
+    // etcd member on a small machine, so the side by side runs a smaller fleet on both.
+    let fleet = Size {
+        nodes: size.nodes.min(ETCD_NODES),
+        target_nodes: size.target_nodes.min(ETCD_NODES),
+        ..size.clone()
+    };
+    let sled_same_fleet = if fleet.nodes == size.nodes {
+        on_sled
+    } else {
+        runtime.block_on(measure(
+            options,
+            &fleet,
+            report,
+            Store::Sled,
+            Rows::PlacementsOnly,
+        ))?
+    };
+    let on_etcd = runtime.block_on(measure(
+        options,
+        &fleet,
+        report,
+        Store::Etcd(&etcd),
+        Rows::All,
+    ))?;
+    report.note(format!(
         "etcd store: a private single-member etcd on loopback (fsync on, the controller's \
-         Txns with revision compares, a witness key per write); same fleet, clients and plan \
-         as the sled run before it",
-    );
+         Txns with revision compares, a witness key per write); {} simulated nodes, same \
+         clients, plan and create budget as the sled run at that fleet size it is compared with",
+        fleet.nodes
+    ));
     report.row(
-        single("placements/s, etcd store beside sled", "1/s", on_etcd, 1)
-            .against("placements/s, sled store", on_sled),
+        single("placements/s, etcd store beside sled", "1/s", on_etcd, 1).against(
+            &format!("placements/s, sled store, same {} nodes", fleet.nodes),
+            sled_same_fleet,
+        ),
     );
+    runtime.block_on(failover(options, &etcd, report, options.iterations(3, 1)))?;
     drop(etcd);
     Ok(())
+}
+
+/// Simulated nodes of the etcd run (and of the sled run it is compared with).
+const ETCD_NODES: usize = 2_000;
+
+/// Which rows a run reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    All,
+    /// Only its placements/s, for a side by side (in a note; the caller makes the row).
+    PlacementsOnly,
 }
 
 /// Runs the scenario on one backend; returns its placements per second.
@@ -134,6 +182,7 @@ async fn measure(
     size: &Size,
     report: &mut ScenarioReport,
     store: Store<'_>,
+    rows: Rows,
 ) -> Result<f64> {
     let backend = store.backend();
     let dir = tempfile::Builder::new()
@@ -152,7 +201,8 @@ async fn measure(
     )
     .await?;
     let setup_secs = setup.elapsed().as_secs_f64();
-    report.note(format!(
+    if rows == Rows::All {
+        report.note(format!(
         "simulated nodes: {} (each enrolled with the join token, own key and certificate, \
          NodeAgent over mutual TLS on its own 127.64.x.y address, heartbeat every {} s); they \
          create no containers. Controller: the real binary (paddock-bench's binary dir), {backend:?} store, \
@@ -160,6 +210,7 @@ async fn measure(
          register of all nodes took {setup_secs:.1} s",
         simulator.nodes, size.heartbeat_secs, size.reconcile_secs
     ));
+    }
 
     let channel = simulator::controller_channel(&access).await?;
     setup_tenants(&channel, &admin, size).await?;
@@ -243,12 +294,22 @@ async fn measure(
         ));
     }
     let placements_per_sec = made as f64 / elapsed;
+    if rows == Rows::PlacementsOnly {
+        report.note(format!(
+            "{backend:?} store with the etcd run's fleet: {made} creates acknowledged in \
+             {elapsed:.1} s on {} nodes (enrolled in {setup_secs:.1} s): \
+             {placements_per_sec:.0} placements/s",
+            simulator.nodes
+        ));
+        return Ok(placements_per_sec);
+    }
     let cpu_before_reads = controller.cpu_secs()?;
     let create_cpu_ms = (cpu_before_reads - cpu_before_creates) * 1000.0 / made as f64;
 
     // The baseline: GetVps of the VPSes just made, same clients, same controller and fleet.
     let reads = made.min(size.creates.min(20_000));
     let next = Arc::new(AtomicUsize::new(0));
+    let read_deadline = Instant::now() + size.read_budget;
     let gets = run_clients(size.clients, &channels, |client, _| {
         let next = next.clone();
         let admin = admin.clone();
@@ -257,7 +318,7 @@ async fn measure(
             let mut samples = Samples::new();
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= reads {
+                if index >= reads || Instant::now() >= read_deadline {
                     break;
                 }
                 // Spread over everything created (a failed create's name is NotFound: still an answer).
@@ -278,13 +339,14 @@ async fn measure(
         }
     })
     .await?;
-    let read_cpu_ms = (controller.cpu_secs()? - cpu_before_reads) * 1000.0 / reads.max(1) as f64;
     let mut get = Samples::new();
     for (samples, _, _) in gets {
         for value in samples.values() {
             get.push(*value);
         }
     }
+    let read_cpu_ms =
+        (controller.cpu_secs()? - cpu_before_reads) * 1000.0 / get.len().max(1) as f64;
 
     // Every VPS applied once, then an idle window of two reconcile ticks.
     let settle = Instant::now() + Duration::from_secs(120);
@@ -338,7 +400,7 @@ async fn measure(
             simulator.nodes as f64,
             simulator.nodes,
         )
-        .against("target", 10_000.0),
+        .against("target", size.target_nodes as f64),
     );
     report.row(
         single(
@@ -627,4 +689,311 @@ impl Drop for ControllerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The lease of the failover measurement: the controller's default `leader_lease_secs`.
+const LEASE_SECS: u64 = 4;
+
+/// How long one failover step may take before the measurement gives up.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(90);
+
+/// One of the controllers of the failover measurement: its config and, while it runs, its
+/// process (killed and reaped on drop).
+struct Replica {
+    config: std::path::PathBuf,
+    port: u16,
+    metrics_port: u16,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    fn spawn(&mut self, options: &Options) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(options.bin_dir.join("paddock-controller"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a controller")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "a controller did not listen within 30 s: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn leads(&self) -> bool {
+        self.child.is_some()
+            && paddock_tests::scrape_metrics(self.metrics_port)
+                .is_ok_and(|text| text.contains("\npaddock_leader 1\n"))
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Copies a directory tree, keeping file modes (the controller's keys are 0600).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// The index of the one controller that says it leads, waiting up to `limit`.
+async fn leader_of(replicas: &[Replica], limit: Duration) -> Result<usize> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let leading: Vec<usize> = (0..replicas.len())
+            .filter(|index| replicas[*index].leads())
+            .collect();
+        if let [one] = leading[..] {
+            return Ok(one);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no single leader among the controllers within {limit:?} (leading: {leading:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Failover: three controllers on the etcd, a few simulated nodes; `kills` times the leader
+/// is killed (-9) and the scenario measures from the kill until (a) a survivor leads, (b) a
+/// create through a survivor is acknowledged (the client retrying until it is), (c) the node
+/// got that VPS (ApplyVps from the new leader's reconcile). The killed controller is started
+/// again (a follower now) before the next kill.
+async fn failover(
+    options: &Options,
+    etcd: &etcd_server::EtcdServer,
+    report: &mut ScenarioReport,
+    kills: usize,
+) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("paddock-bench-failover-")
+        .tempdir()?;
+    let free_port = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let mut replicas = Vec::new();
+    for index in 0..3 {
+        let (port, metrics_port) = (free_port()?, free_port()?);
+        let data_dir = dir.path().join(format!("c{index}"));
+        let config = dir.path().join(format!("controller-{index}.toml"));
+        // Nodes stay online through the measurement (their heartbeats go to the first
+        // controller, which may be the one killed): what is measured is the controllers.
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+                 data_dir = \"{}\"\nheartbeat_interval_secs = 2\nnode_offline_after_secs = 600\n\
+                 reconcile_interval_secs = 10\nstore = \"etcd\"\netcd_endpoints = [\"{}\"]\n\
+                 etcd_prefix = \"/paddock-failover/\"\nleader_lease_secs = {LEASE_SECS}\n",
+                data_dir.display(),
+                etcd.endpoint
+            ),
+        )?;
+        replicas.push(Replica {
+            config,
+            port,
+            metrics_port,
+            log: dir.path().join(format!("controller-{index}.log")),
+            child: None,
+        });
+    }
+    let binary = options.bin_dir.join("paddock-controller");
+    let init = Command::new(&binary)
+        .arg("--config")
+        .arg(&replicas[0].config)
+        .arg("init")
+        .output()
+        .with_context(|| format!("running {} init", binary.display()))?;
+    if !init.status.success() {
+        bail!("controller init: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let admin = format!("Bearer {}", String::from_utf8(init.stdout)?.trim());
+    // One installation: the others get a copy of the first one's CA, certificates and join
+    // token; the state is in the shared etcd prefix.
+    for index in 1..3 {
+        copy_dir(
+            &dir.path().join("c0"),
+            &dir.path().join(format!("c{index}")),
+        )?;
+    }
+    for replica in &mut replicas {
+        replica.spawn(options)?;
+    }
+    let data = dir.path().join("c0");
+    let access = |replica: &Replica| -> Result<ControllerAccess> {
+        Ok(ControllerAccess {
+            url: replica.url(),
+            ca_pem: std::fs::read_to_string(data.join("tls/ca.crt"))?,
+            join_token: std::fs::read_to_string(data.join("join-token"))?
+                .trim()
+                .to_owned(),
+        })
+    };
+    let simulator = Simulator::start(&access(&replicas[0])?, 4, 4, Duration::from_secs(2)).await?;
+    let tenants = Size {
+        nodes: 4,
+        target_nodes: 4,
+        creates: 0,
+        clients: 1,
+        tenants: 1,
+        create_budget: Duration::ZERO,
+        read_budget: Duration::ZERO,
+        heartbeat_secs: 2,
+        reconcile_secs: 10,
+    };
+    setup_tenants(
+        &simulator::controller_channel(&access(&replicas[0])?).await?,
+        &admin,
+        &tenants,
+    )
+    .await?;
+
+    let (mut led, mut acknowledged, mut reconciled) =
+        (Samples::new(), Samples::new(), Samples::new());
+    for kill in 0..kills {
+        let old = leader_of(&replicas, FAILOVER_LIMIT).await?;
+        let survivor = (old + 1) % replicas.len();
+        let channel = simulator::controller_channel(&access(&replicas[survivor])?).await?;
+        let applies_before = simulator.counters.applies.load(Ordering::Relaxed);
+        let survivors: Vec<(u16, usize)> = (0..replicas.len())
+            .filter(|index| *index != old)
+            .map(|index| (replicas[index].metrics_port, index))
+            .collect();
+        replicas[old].kill();
+        let killed = Instant::now();
+        // (a) polled beside (b) and (c), on a thread of its own (blocking scrapes).
+        let led_at = tokio::task::spawn_blocking(move || {
+            while killed.elapsed() < FAILOVER_LIMIT {
+                let leads = |(port, _): &(u16, usize)| {
+                    paddock_tests::scrape_metrics(*port)
+                        .is_ok_and(|text| text.contains("\npaddock_leader 1\n"))
+                };
+                if survivors.iter().any(leads) {
+                    return Some(killed.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        });
+        let mut client = VpsServiceClient::new(channel);
+        let acked = loop {
+            let request = authorized(
+                &admin,
+                v1::CreateVpsRequest {
+                    tenant: "t0".to_owned(),
+                    name: format!("after-kill-{kill}"),
+                    plan: PLAN.to_owned(),
+                    start: true,
+                    ..Default::default()
+                },
+            )?;
+            match client.create_vps(request).await {
+                Ok(_) => break killed.elapsed(),
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                    break killed.elapsed()
+                }
+                Err(status) => {
+                    ensure!(
+                        killed.elapsed() < FAILOVER_LIMIT,
+                        "no create acknowledged within {FAILOVER_LIMIT:?} of the kill: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        while simulator.counters.applies.load(Ordering::Relaxed) <= applies_before {
+            ensure!(
+                killed.elapsed() < FAILOVER_LIMIT,
+                "the VPS created after the kill reached no node within {FAILOVER_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let applied = killed.elapsed();
+        let led_after = led_at
+            .await
+            .context("leader poll")?
+            .with_context(|| format!("no survivor led within {FAILOVER_LIMIT:?} of the kill"))?;
+        led.push_ms(led_after);
+        acknowledged.push_ms(acked);
+        reconciled.push_ms(applied);
+        // Back to three controllers for the next kill.
+        replicas[old].spawn(options)?;
+    }
+    let lease_ms = Duration::from_secs(LEASE_SECS).as_secs_f64() * 1000.0;
+    report.row(
+        Row::median(
+            "failover [etcd store]: kill -9 of the leader until a survivor leads",
+            "ms",
+            &led,
+        )?
+        .against("leader_lease_secs", lease_ms),
+    );
+    report.row(
+        Row::median(
+            "failover [etcd store]: kill -9 of the leader until a create through a survivor is acknowledged",
+            "ms",
+            &acknowledged,
+        )?
+        .against("leader_lease_secs", lease_ms),
+    );
+    report.row(
+        Row::median(
+            "failover [etcd store]: kill -9 of the leader until the new leader applied that VPS on its node",
+            "ms",
+            &reconciled,
+        )?
+        .against("leader_lease_secs", lease_ms),
+    );
+    report.note(format!(
+        "failover: 3 controllers (the real binary) on the same private etcd member, \
+         leader_lease_secs = {LEASE_SECS} (the default), 4 simulated nodes; {kills} kill(s) -9 \
+         of the leader, each time started again before the next. Leadership from each \
+         survivor's paddock_leader metric polled every 10 ms; the create retried every 10 ms \
+         through one survivor from the moment of the kill; applied = the simulated node \
+         received the ApplyVps"
+    ));
+    drop(simulator);
+    Ok(())
 }

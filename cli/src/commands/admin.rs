@@ -30,6 +30,11 @@ pub async fn run(
 ) -> Result<(), CommandError> {
     match command {
         AdminCommand::Tenant(command) => tenant(session, printer, command).await,
+        AdminCommand::Events {
+            tenant,
+            after,
+            follow,
+        } => events(session, printer, tenant.unwrap_or_default(), after, follow).await,
         AdminCommand::Token(command) => token(session, printer, command).await,
         AdminCommand::Node(command) => node(session, printer, command).await,
         AdminCommand::Plan(command) => plan(session, printer, command).await,
@@ -187,7 +192,12 @@ async fn tenant(
                         page_token: page_token.clone(),
                     }),
                 };
-                let response = session.call(client.list_tenants(request)).await?;
+                let response = session
+                    .read(|session| {
+                        let (mut client, request) = (session.tenants(), request.clone());
+                        async move { client.list_tenants(request).await }
+                    })
+                    .await?;
                 tenants.extend(response.tenants);
                 if response.next_page_token.is_empty() || response.next_page_token == page_token {
                     break;
@@ -200,7 +210,10 @@ async fn tenant(
         }
         TenantCommand::Show { name } => {
             session
-                .call(client.get_tenant(GetTenantRequest { name }))
+                .read(|session| {
+                    let (mut client, name) = (session.tenants(), name.clone());
+                    async move { client.get_tenant(GetTenantRequest { name }).await }
+                })
                 .await?
         }
         TenantCommand::SetQuota { name, quota } => {
@@ -305,14 +318,22 @@ async fn node(
     let mut client = session.nodes();
     let node = match command {
         NodeCommand::List => {
-            let response = session.call(client.list_nodes(Empty {})).await?;
+            let response = session
+                .read(|session| {
+                    let mut client = session.nodes();
+                    async move { client.list_nodes(Empty {}).await }
+                })
+                .await?;
             let mut views: Vec<NodeView> = response.nodes.iter().map(NodeView::from).collect();
             views.sort_by(|a, b| a.name.cmp(&b.name));
             return Ok(printer.list(&views)?);
         }
         NodeCommand::Show { name } => {
             session
-                .call(client.get_node(GetNodeRequest { name }))
+                .read(|session| {
+                    let (mut client, name) = (session.nodes(), name.clone());
+                    async move { client.get_node(GetNodeRequest { name }).await }
+                })
                 .await?
         }
         NodeCommand::Drain {
@@ -531,6 +552,122 @@ async fn audit(session: &Session, printer: &Printer, limit: u32) -> Result<(), C
     }
     let views: Vec<AuditView> = entries.iter().map(AuditView::from).collect();
     Ok(printer.list(&views)?)
+}
+
+/// How long the stream may stay quiet before `events` without --follow takes everything
+/// recorded so far as delivered (the controller sends what it has at once).
+const BACKLOG_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+/// Streams that may break off in a row, each before delivering an event, before giving up.
+const MAX_FRUITLESS_STREAMS: usize = 5;
+
+/// `WatchEvents` after `after`: prints each event once, in cursor order. A stream that
+/// breaks off (its controller died) is opened again after the last cursor printed, through
+/// the next controller of the context.
+async fn events(
+    session: &Session,
+    printer: &Printer,
+    tenant: String,
+    after: u64,
+    follow: bool,
+) -> Result<(), CommandError> {
+    let mut cursor = after;
+    let mut fruitless = 0;
+    loop {
+        let request = v1::WatchEventsRequest {
+            after_cursor: cursor,
+            tenant: tenant.clone(),
+        };
+        let mut stream = session
+            .read(|session| {
+                let (mut client, request) = (session.billing(), request.clone());
+                async move { client.watch_events(request).await }
+            })
+            .await?;
+        let mut heard = false;
+        let broke = loop {
+            let message = if follow {
+                stream.message().await
+            } else {
+                match tokio::time::timeout(BACKLOG_QUIET, stream.message()).await {
+                    Ok(message) => message,
+                    Err(_quiet) => return Ok(()),
+                }
+            };
+            match message {
+                Ok(Some(event)) => {
+                    // Never one twice, even from a controller that sends from further back.
+                    if event.cursor <= cursor {
+                        continue;
+                    }
+                    cursor = event.cursor;
+                    heard = true;
+                    print_event(printer, &EventView::from(&event))?;
+                }
+                Ok(None) => break None,
+                Err(status) if crate::client::answer_lost(&status) => break Some(status),
+                Err(status) => return Err(session.status_error(&status).into()),
+            }
+        };
+        fruitless = if heard { 0 } else { fruitless + 1 };
+        if fruitless > MAX_FRUITLESS_STREAMS {
+            let status = broke.unwrap_or_else(|| tonic::Status::unavailable("the stream ended"));
+            return Err(session.status_error(&status).into());
+        }
+        if !session.next_controller() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// One event as the CLI prints it.
+#[derive(Debug, serde::Serialize)]
+struct EventView {
+    cursor: u64,
+    at: String,
+    kind: String,
+    tenant: String,
+    vps: String,
+    vps_id: String,
+    plan: String,
+    detail: String,
+}
+
+impl From<&v1::Event> for EventView {
+    fn from(event: &v1::Event) -> Self {
+        let kind = event.kind().as_str_name();
+        Self {
+            cursor: event.cursor,
+            at: crate::views::timestamp(event.at.as_ref())
+                .map(|at| crate::views::rfc3339(&at))
+                .unwrap_or_default(),
+            kind: kind
+                .strip_prefix("EVENT_KIND_")
+                .unwrap_or(kind)
+                .to_ascii_lowercase(),
+            tenant: event.tenant.clone(),
+            vps: event.vps.clone(),
+            vps_id: event.vps_id.clone(),
+            plan: event.plan.clone(),
+            detail: event.detail.clone(),
+        }
+    }
+}
+
+/// One line per event as it comes: compact JSON with `-o json|yaml` (JSON lines, for
+/// pipes), else `CURSOR  TIME  KIND  TENANT/VPS  DETAIL`.
+fn print_event(printer: &Printer, event: &EventView) -> Result<(), CommandError> {
+    let line = match printer.format {
+        Format::Json | Format::Yaml => {
+            serde_json::to_string(event).map_err(crate::output::OutputError::from)?
+        }
+        Format::Table => format!(
+            "{}  {}  {}  {}/{}  {}",
+            event.cursor, event.at, event.kind, event.tenant, event.vps, event.detail
+        )
+        .trim_end()
+        .to_owned(),
+    };
+    Ok(printer.line(&line)?)
 }
 
 #[cfg(test)]

@@ -107,7 +107,12 @@ pub async fn fetch_all_vps(
                 page_token: page_token.clone(),
             }),
         };
-        let response = session.call(session.vps().list_vps(request)).await?;
+        let response = session
+            .read(|session| {
+                let (mut client, request) = (session.vps(), request.clone());
+                async move { client.list_vps(request).await }
+            })
+            .await?;
         all.extend(response.vps);
         if response.next_page_token.is_empty() || response.next_page_token == page_token {
             break;
@@ -134,7 +139,13 @@ pub async fn list(
 
 /// `paddock show`: `GetVps`.
 pub async fn show(session: &Session, printer: &Printer, args: VpsArgs) -> Result<(), CommandError> {
-    let vps = session.call(session.vps().get_vps(vps_ref(&args))).await?;
+    let reference = vps_ref(&args);
+    let vps = session
+        .read(|session| {
+            let (mut client, reference) = (session.vps(), reference.clone());
+            async move { client.get_vps(reference).await }
+        })
+        .await?;
     Ok(printer.one(&VpsView::from(&vps))?)
 }
 
@@ -296,12 +307,20 @@ pub async fn quota(
     let report = match tenant.tenant {
         Some(name) => {
             let request = v1::GetTenantRequest { name };
-            let tenant = session.call(session.tenants().get_tenant(request)).await?;
+            let tenant = session
+                .read(|session| {
+                    let (mut client, request) = (session.tenants(), request.clone());
+                    async move { client.get_tenant(request).await }
+                })
+                .await?;
             QuotaReportView::from(&TenantView::from(&tenant))
         }
         None => {
             let report = session
-                .call(session.tenants().get_my_quota(Empty {}))
+                .read(|session| {
+                    let mut client = session.tenants();
+                    async move { client.get_my_quota(Empty {}).await }
+                })
                 .await?;
             QuotaReportView::from(&report)
         }
@@ -326,7 +345,10 @@ pub async fn usage(
         to: args.to.map(to_ts),
     };
     let summary = session
-        .call(session.billing().tenant_usage_summary(request))
+        .read(|session| {
+            let (mut client, request) = (session.billing(), request.clone());
+            async move { client.tenant_usage_summary(request).await }
+        })
         .await?;
     let view = UsageSummaryView::from(&summary);
     match printer.format {
@@ -344,7 +366,12 @@ pub async fn usage(
 
 /// `paddock plans`: `PlanService.ListPlans`.
 pub async fn plans(session: &Session, printer: &Printer) -> Result<(), CommandError> {
-    let response = session.call(session.plans().list_plans(Empty {})).await?;
+    let response = session
+        .read(|session| {
+            let mut client = session.plans();
+            async move { client.list_plans(Empty {}).await }
+        })
+        .await?;
     let mut views: Vec<PlanView> = response.plans.iter().map(PlanView::from).collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(printer.list(&views)?)
@@ -352,7 +379,12 @@ pub async fn plans(session: &Session, printer: &Printer) -> Result<(), CommandEr
 
 /// `paddock templates`: `VpsService.ListTemplates`.
 pub async fn templates(session: &Session, printer: &Printer) -> Result<(), CommandError> {
-    let response = session.call(session.vps().list_templates(Empty {})).await?;
+    let response = session
+        .read(|session| {
+            let mut client = session.vps();
+            async move { client.list_templates(Empty {}).await }
+        })
+        .await?;
     let views: Vec<TemplateView> = response.templates.iter().map(TemplateView::from).collect();
     Ok(printer.list(&views)?)
 }

@@ -39,6 +39,8 @@ struct AgentState {
     heartbeat_target: Mutex<Option<usize>>,
     /// The host routes of the last `SyncRoutes` (destination -> via).
     routes: Mutex<HashMap<String, String>>,
+    /// While set, `ApplyVps` does not answer (a node slow to start a VPS).
+    hold: std::sync::atomic::AtomicBool,
 }
 
 impl AgentState {
@@ -202,6 +204,13 @@ impl FakeAgent {
             .clone()
     }
 
+    /// Holds every `ApplyVps` unanswered while `hold` is set (VPSes stay pending).
+    pub fn hold_applies(&self, hold: bool) {
+        self.state
+            .hold
+            .store(hold, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Which controller (index in the list) the last heartbeat reached.
     pub fn heartbeat_target(&self) -> Option<usize> {
         *self
@@ -222,6 +231,9 @@ impl NodeAgent for Service {
         &self,
         request: Request<v1::VpsSpec>,
     ) -> Result<Response<v1::VpsStatus>, Status> {
+        while self.0.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let spec = request.into_inner();
         let running = spec.desired_power() == v1::PowerState::Running;
         let mut status = v1::VpsStatus {
