@@ -448,3 +448,183 @@ fn drain_migrate_empties_a_node() {
     assert_eq!(node["vps_count"], 0, "{node}");
     cluster.finish();
 }
+
+/// The plan of the live scenarios until pools span nodes: no IPv4 address, so a VPS keeps
+/// its addresses (none) on any node and may move live.
+const LIVE_PLAN: &str = "live0";
+
+/// Starts a counting loop in its own session (CRIU cannot dump a process left in an exec's
+/// session): its count lives in a shell variable, written to /count; /counter.pid is its
+/// pid inside the VPS.
+fn start_counter(cluster: &MultiNode, name: &str) {
+    let out = cluster
+        .sh(
+            "acme",
+            name,
+            "setsid sh -c 'echo $$ > /counter.pid; i=0; while true; do i=$((i+1)); \
+             echo $i > /count; sleep 0.1; done' >/dev/null 2>&1 </dev/null & sleep 0.5",
+        )
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    if !out.status.success() {
+        fail(cluster, format!("starting the counter in {name}: {out:?}"));
+    }
+}
+
+/// The counter's pid inside the VPS, its count, and what PID 1 inside runs.
+fn counter(cluster: &MultiNode, name: &str) -> (String, u64, String) {
+    let out = cluster
+        .sh(
+            "acme",
+            name,
+            "cat /counter.pid; cat /count; tr '\\0' ' ' < /proc/1/cmdline",
+        )
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let pid = lines.next().unwrap_or_default().trim().to_owned();
+    let count = lines
+        .next()
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| fail(cluster, format!("reading the counter of {name}: {out:?}")));
+    (
+        pid,
+        count,
+        lines.next().unwrap_or_default().trim().to_owned(),
+    )
+}
+
+/// The same processes after a move: the counter's pid inside unchanged, counting on from
+/// its memory (a loop started afresh would read lower), still counting, PID 1 the same init.
+fn check_same_processes(cluster: &MultiNode, name: &str, before: &(String, u64, String)) {
+    let after = counter(cluster, name);
+    if after.0 != before.0 || after.1 < before.1 || after.2 != before.2 {
+        fail(
+            cluster,
+            format!("{name}'s processes after the move: {after:?}, before {before:?}"),
+        );
+    }
+    cluster
+        .wait_until("the counter to go on", Duration::from_secs(60), |c| {
+            Ok(counter(c, name).1 > after.1)
+        })
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+}
+
+fn live_args<'a>(vps: &'a str, to: &'a str) -> Vec<&'a str> {
+    let mut args = migrate_args(vps, to, false);
+    args.push("--live");
+    args
+}
+
+/// A running VPS moves live between nodes with its processes (same pids inside, memory
+/// state), its files and its TCP-less address set; `kill -9` of the controller right after
+/// the source's dump leaves it whole on its source (the sweeper restores the checkpoint the
+/// source kept), and right after the destination's restore whole on the destination (the
+/// sweeper finishes the move).
+#[test]
+fn a_running_vps_moves_live_with_its_processes_and_survives_a_controller_kill() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = MultiNode::start(2).expect("start two nodes");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    cluster
+        .admin_ok(&[
+            "plan", "create", LIVE_PLAN, "--vcpus", "0.1", "--memory", "64MiB", "--disk", "256MiB",
+            "--pids", "128", "--ipv4", "0",
+        ])
+        .unwrap_or_else(|error| fail(&cluster, format!("plan: {error:#}")));
+    cluster
+        .cli_ok(&[
+            "--context",
+            "acme",
+            "create",
+            "lv",
+            "--plan",
+            LIVE_PLAN,
+            "--wait",
+        ])
+        .unwrap_or_else(|error| fail(&cluster, format!("create lv: {error:#}")));
+    let lv = show(&cluster, "acme", "lv");
+    let (first, second) = placed(&cluster, &lv);
+    let vps_id = lv["id"].as_str().unwrap_or_default().to_owned();
+    write_files(&cluster, "lv");
+    start_counter(&cluster, "lv");
+    let before = counter(&cluster, "lv");
+
+    let to = cluster.nodes[second].name.clone();
+    let moved = cluster
+        .cli_ok(&live_args("lv", &to))
+        .unwrap_or_else(|error| fail(&cluster, format!("migrate --live: {error:#}")));
+    let moved: Value = serde_json::from_str(&moved).expect("migration JSON");
+    assert_eq!(moved["live"], true, "{moved}");
+    assert_eq!(moved["addresses_kept"], true, "{moved}");
+    assert!(
+        moved["live_report"]["transfer_bytes"].as_u64().unwrap_or(0)
+            > moved["live_report"]["image_bytes"]
+                .as_u64()
+                .unwrap_or(u64::MAX),
+        "the transfer carries the images and the disk: {moved}"
+    );
+    wait_whole_on(
+        &cluster,
+        "lv",
+        &vps_id,
+        second,
+        "lv running on its destination",
+    );
+    check_same_processes(&cluster, "lv", &before);
+    check_files(&cluster, "lv");
+
+    // The controller killed at the live fault points, moving back to the first node.
+    let back = cluster.nodes[first].name.clone();
+    for (fault, ends_on) in [
+        ("migrate:after-checkpoint", second),
+        ("migrate:after-restore", first),
+    ] {
+        let before = counter(&cluster, "lv");
+        cluster.set_fault(Some(fault));
+        cluster.kill_controller();
+        let restarted = cluster.start_controller();
+        cluster.set_fault(None);
+        restarted.unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+        for node in cluster
+            .nodes
+            .iter()
+            .map(|node| node.name.clone())
+            .collect::<Vec<_>>()
+        {
+            cluster
+                .wait_node_status(&node, "online", Duration::from_secs(60))
+                .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+        }
+        let out = cluster.cli(&live_args("lv", &back)).expect("run migrate");
+        if out.status.success() {
+            fail(
+                &cluster,
+                format!("migrate with a fault at {fault} succeeded: {out:?}"),
+            );
+        }
+        paddock_tests::poll_until(
+            &format!("the controller killed at {fault}"),
+            Duration::from_secs(120),
+            || Ok(cluster.controller_exited()),
+        )
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+        cluster
+            .start_controller()
+            .unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+        wait_whole_on(
+            &cluster,
+            "lv",
+            &vps_id,
+            ends_on,
+            &format!("lv whole on one node after a kill at {fault}"),
+        );
+        check_same_processes(&cluster, "lv", &before);
+        check_files(&cluster, "lv");
+    }
+    cluster.finish();
+}
