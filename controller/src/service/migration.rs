@@ -372,14 +372,17 @@ impl Migrations<'_> {
         record: &MigrationRecord,
         term: Term,
     ) -> Result<Option<LiveReport>, ControllerError> {
-        let report = if record.live {
-            Some(self.live_transfer(record, term).await?)
+        // When the source's run had ended (stopped, or dumped): its samples from then on
+        // carry the run's closing counters.
+        let (report, source_stopped_at) = if record.live {
+            let (report, dumped_at) = self.live_transfer(record, term).await?;
+            (Some(report), dumped_at)
         } else {
-            self.cold_transfer(record, term).await?;
+            let stopped_at = self.cold_transfer(record, term).await?;
             fault_point("migrate:after-copy");
-            None
+            (None, stopped_at)
         };
-        self.await_source_usage(record).await?;
+        self.await_source_usage(record, source_stopped_at).await?;
         self.switch(record, term).await?;
         Ok(report)
     }
@@ -404,8 +407,9 @@ impl Migrations<'_> {
         &self,
         record: &MigrationRecord,
         term: Term,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<chrono::DateTime<Utc>, ControllerError> {
         self.stop_on_source(record, term).await?;
+        let stopped_at = Utc::now();
         self.enter(
             record,
             MigrationPhase::SourceStopped,
@@ -415,7 +419,8 @@ impl Migrations<'_> {
         .await?;
         self.copy_to_destination(record).await?;
         self.enter(record, MigrationPhase::Copied, PhaseNote::Nothing, term)
-            .await
+            .await?;
+        Ok(stopped_at)
     }
 
     /// The transfer step of a live migration: the source's `CheckpointVps` stream (after
@@ -428,7 +433,7 @@ impl Migrations<'_> {
         &self,
         record: &MigrationRecord,
         term: Term,
-    ) -> Result<LiveReport, ControllerError> {
+    ) -> Result<(LiveReport, chrono::DateTime<Utc>), ControllerError> {
         use v1::agent_checkpoint_chunk::Item;
         use v1::agent_checkpoint_upload::Item as Upload;
         let (vps, suspended) = self.current(record)?;
@@ -454,6 +459,8 @@ impl Migrations<'_> {
                 }
             })?
             .into_inner();
+        // The agent answers once the dump is done: the run has ended.
+        let dumped_at = Utc::now();
         let first = checkpoint
             .message()
             .await
@@ -559,7 +566,7 @@ impl Migrations<'_> {
         )
         .await?;
         fault_point("migrate:after-restore");
-        Ok(report)
+        Ok((report, dumped_at))
     }
 
     fn current(&self, record: &MigrationRecord) -> Result<(VpsRecord, bool), ControllerError> {
@@ -699,13 +706,21 @@ impl Migrations<'_> {
     }
 
     /// A bounded wait (while the copy ran, most of it passed) for the source's first usage
-    /// sample of the VPS stopped: what its last run used is then counted on the source, whose
-    /// samples are not accepted after the switch.
-    async fn await_source_usage(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+    /// sample of the VPS after its run ended at `stopped_at` (the run's closing counters, or
+    /// a stopped VPS's): what its last run used is then counted on the source, whose samples
+    /// are not accepted after the switch.
+    async fn await_source_usage(
+        &self,
+        record: &MigrationRecord,
+        stopped_at: chrono::DateTime<Utc>,
+    ) -> Result<(), ControllerError> {
         let deadline = Instant::now() + METERING_TAIL_WAIT;
+        let ended_ms = stopped_at.timestamp_millis();
         loop {
             match self.store.get_usage_cursor(&record.vps_id)? {
-                Some(cursor) if cursor.incarnation != STOPPED_INCARNATION => {}
+                Some(cursor)
+                    if cursor.incarnation != STOPPED_INCARNATION
+                        && cursor.sampled_at_unix_ms < ended_ms => {}
                 _ => return Ok(()),
             }
             if Instant::now() >= deadline {
