@@ -325,6 +325,7 @@ impl NodeAgent for AgentService {
             .workers
             .checkpoint(&vps_id, images.clone(), options)
             .await?;
+        crate::fault::hit("migrate:after-dump");
         let disk = self.runtime.disk_image_path(&vps_id)?;
         let (sender, receiver) = mpsc::channel(8);
         let _ = sender
@@ -403,6 +404,7 @@ impl NodeAgent for AgentService {
                 images,
             )
             .await?;
+        crate::fault::hit("migrate:before-restore-reply");
         Ok(Response::new(convert::status(&observed)))
     }
 

@@ -535,10 +535,11 @@ fn live_args<'a>(vps: &'a str, to: &'a str) -> Vec<&'a str> {
 }
 
 /// A running VPS moves live between nodes with its processes (same pids inside, memory
-/// state), its files and its TCP-less address set; `kill -9` of the controller right after
-/// the source's dump leaves it whole on its source (the sweeper restores the checkpoint the
-/// source kept), and right after the destination's restore whole on the destination (the
-/// sweeper finishes the move).
+/// state) and its files; `kill -9` of the controller right after the source's dump leaves
+/// it whole on its source (the sweeper restores the checkpoint the source kept), right after
+/// the destination's restore whole on the destination (the sweeper finishes the move); the
+/// source agent killed after its dump, or the destination agent after its restore, leave it
+/// whole on its source once the agent is back.
 #[test]
 fn a_running_vps_moves_live_with_its_processes_and_survives_a_controller_kill() {
     if !require_root() {
@@ -566,7 +567,7 @@ fn a_running_vps_moves_live_with_its_processes_and_survives_a_controller_kill() 
         ])
         .unwrap_or_else(|error| fail(&cluster, format!("create lv: {error:#}")));
     let lv = show(&cluster, "acme", "lv");
-    let (first, second) = placed(&cluster, &lv);
+    let (_, second) = placed(&cluster, &lv);
     let vps_id = lv["id"].as_str().unwrap_or_default().to_owned();
     write_files(&cluster, "lv");
     start_counter(&cluster, "lv");
@@ -596,16 +597,39 @@ fn a_running_vps_moves_live_with_its_processes_and_survives_a_controller_kill() 
     check_same_processes(&cluster, "lv", &before);
     check_files(&cluster, "lv");
 
-    // The controller killed at the live fault points, moving back to the first node.
-    let back = cluster.nodes[first].name.clone();
-    for (fault, ends_on) in [
-        ("migrate:after-checkpoint", second),
-        ("migrate:after-restore", first),
-    ] {
+    // Killed at the live fault points: the controller after the dump (rolled back onto the
+    // source) and after the restore (finished); the source agent after its dump and the
+    // destination agent after its restore, before either answered (rolled back once the
+    // agent is back). Each move goes from where the VPS is to the other node.
+    let cases = [
+        ("migrate:after-checkpoint", Victim::Controller, false),
+        ("migrate:after-restore", Victim::Controller, true),
+        ("migrate:after-dump", Victim::Agent(0), false),
+        ("migrate:before-restore-reply", Victim::Agent(1), false),
+    ];
+    for (fault, victim, moves) in cases {
+        let here = placed(&cluster, &show(&cluster, "acme", "lv"));
+        let (source, destination) = here;
+        let victim = match victim {
+            Victim::Controller => Victim::Controller,
+            // 0: the source, 1: the destination.
+            Victim::Agent(0) => Victim::Agent(source),
+            Victim::Agent(_) => Victim::Agent(destination),
+        };
+        let back = cluster.nodes[destination].name.clone();
+        let ends_on = if moves { destination } else { source };
         let before = counter(&cluster, "lv");
         cluster.set_fault(Some(fault));
-        cluster.kill_controller();
-        let restarted = cluster.start_controller();
+        let restarted = match victim {
+            Victim::Controller => {
+                cluster.kill_controller();
+                cluster.start_controller()
+            }
+            Victim::Agent(index) => {
+                cluster.kill_agent(index);
+                cluster.start_agent(index)
+            }
+        };
         cluster.set_fault(None);
         restarted.unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
         for node in cluster
@@ -626,14 +650,21 @@ fn a_running_vps_moves_live_with_its_processes_and_survives_a_controller_kill() 
             );
         }
         paddock_tests::poll_until(
-            &format!("the controller killed at {fault}"),
+            &format!("{victim:?} killed at {fault}"),
             Duration::from_secs(120),
-            || Ok(cluster.controller_exited()),
+            || {
+                Ok(match victim {
+                    Victim::Controller => cluster.controller_exited(),
+                    Victim::Agent(index) => cluster.agent_exited(index),
+                })
+            },
         )
         .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
-        cluster
-            .start_controller()
-            .unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+        match victim {
+            Victim::Controller => cluster.start_controller(),
+            Victim::Agent(index) => cluster.start_agent(index),
+        }
+        .unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
         wait_live_on(
             &cluster,
             "lv",
