@@ -488,6 +488,18 @@ impl NodeAgent for SimAgent {
             "a simulated node has no processes to restore",
         ))
     }
+
+    async fn sync_routes(
+        &self,
+        request: Request<v1::AgentRoutes>,
+    ) -> Result<Response<v1::AgentRoutesResult>, Status> {
+        // A simulated node has no kernel routes: every wanted route counts as in place.
+        let routes = request.into_inner().routes;
+        Ok(Response::new(v1::AgentRoutesResult {
+            added: u32::try_from(routes.len()).unwrap_or(u32::MAX),
+            removed: 0,
+        }))
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit (or higher, if allowed: root may

@@ -856,18 +856,21 @@ pub enum PlanCommand {
 /// `paddock admin pool ...`.
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
-    /// Create an IPv4 address pool on a node.
+    /// Create an IPv4 address pool on one node, or shared by several (repeat --node): a
+    /// VPS moved between the nodes of a shared pool keeps its addresses.
     #[command(
-        after_help = "Example:\n  paddock admin pool create lan --node node-a --cidr 10.77.0.0/24 \
-                            --gateway 10.77.0.1 --range-start 10.77.0.10 --range-end 10.77.0.250 --nat"
+        after_help = "Examples:\n  paddock admin pool create lan --node node-a --cidr 10.77.0.0/24 \
+                            --gateway 10.77.0.1 --range-start 10.77.0.10 --range-end 10.77.0.250 --nat\n  \
+                      paddock admin pool create shared --node node-a --node node-b --cidr 10.78.0.0/24 \
+                            --gateway 10.78.0.1"
     )]
     Create {
         /// Pool name: lowercase letters, digits and '-'.
         #[arg(value_parser = parse_name)]
         name: String,
-        /// Node the pool belongs to.
-        #[arg(long, value_name = "NODE")]
-        node: String,
+        /// Node the pool is attached to; repeat for a pool shared by several nodes.
+        #[arg(long = "node", value_name = "NODE", required = true)]
+        nodes: Vec<String>,
         /// Network in CIDR notation, e.g. 10.77.0.0/24.
         #[arg(long, value_name = "CIDR")]
         cidr: String,

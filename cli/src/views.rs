@@ -853,6 +853,8 @@ pub struct CreatedTokenView {
 pub struct PoolView {
     pub name: String,
     pub node: String,
+    /// Every node the pool spans (`node` first).
+    pub nodes: Vec<String>,
     pub cidr: String,
     pub gateway: String,
     pub range_start: String,
@@ -868,6 +870,12 @@ impl From<&v1::Pool> for PoolView {
         Self {
             name: p.name.clone(),
             node: p.node.clone(),
+            // Controllers before shared pools send only `node`.
+            nodes: if p.nodes.is_empty() {
+                vec![p.node.clone()]
+            } else {
+                p.nodes.clone()
+            },
             cidr: p.cidr.clone(),
             gateway: p.gateway.clone(),
             range_start: p.range_start.clone(),
@@ -892,12 +900,12 @@ impl PoolView {
 
 impl Tabular for PoolView {
     const HEADERS: &'static [&'static str] =
-        &["NAME", "NODE", "CIDR", "GATEWAY", "RANGE", "NAT", "USED"];
+        &["NAME", "NODES", "CIDR", "GATEWAY", "RANGE", "NAT", "USED"];
 
     fn row(&self, _now: DateTime<Utc>) -> Vec<String> {
         dashes(vec![
             self.name.clone(),
-            self.node.clone(),
+            self.nodes.join(","),
             self.cidr.clone(),
             self.gateway.clone(),
             self.range(),
@@ -911,7 +919,7 @@ impl Detail for PoolView {
     fn fields(&self, _now: DateTime<Utc>) -> Vec<(&'static str, String)> {
         vec![
             ("Name", self.name.clone()),
-            ("Node", self.node.clone()),
+            ("Nodes", self.nodes.join(", ")),
             ("CIDR", self.cidr.clone()),
             ("Gateway", self.gateway.clone()),
             ("Range", self.range()),

@@ -351,6 +351,7 @@ pub fn pool(record: &PoolRecord) -> v1::Pool {
         nat: record.nat,
         total: plan.as_ref().map_or(0, |p| p.total()),
         allocated: u32::try_from(record.allocated.len()).unwrap_or(u32::MAX),
+        nodes: record.span(),
     }
 }
 

@@ -103,6 +103,7 @@ mod tests {
             allocated: Capacity::default(),
             free_ipv4: 10,
             pools: vec!["p".to_owned()],
+            shared_pools: Vec::new(),
             labels: Default::default(),
         }
     }

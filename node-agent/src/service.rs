@@ -18,6 +18,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
 
 use crate::convert;
+use crate::network::routes::HostRoute;
 use crate::network::Network;
 use crate::runtime::checkpoint;
 use crate::runtime::storage::backup::{BackupError, LocalStore};
@@ -41,6 +42,8 @@ pub struct AgentService {
     backups: BackupStore,
     /// Where migration archives wait while they stream (private to the node).
     spool: MigrationSpool,
+    /// The VPS networking (ports and host routes); `None` without it.
+    network: Option<Arc<Network>>,
 }
 
 type OutputStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -125,6 +128,7 @@ impl AgentService {
             workers,
             spool: MigrationSpool::new(&state_dir),
             state_dir,
+            network: None,
         }
     }
 
@@ -136,7 +140,8 @@ impl AgentService {
 
     /// Gives every running VPS a network port from its spec.
     pub fn with_network(mut self, network: Arc<Network>) -> Self {
-        self.workers = Workers::new(self.runtime.clone(), Some(network));
+        self.workers = Workers::new(self.runtime.clone(), Some(network.clone()));
+        self.network = Some(network);
         self
     }
 
@@ -167,6 +172,30 @@ impl AgentService {
 
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
+    async fn sync_routes(
+        &self,
+        request: Request<v1::AgentRoutes>,
+    ) -> Result<Response<v1::AgentRoutesResult>, Status> {
+        self.authorize(&request)?;
+        let wanted = request
+            .into_inner()
+            .routes
+            .iter()
+            .map(|route| HostRoute::parse(&route.destination, &route.via))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let Some(network) = &self.network else {
+            return Err(Status::failed_precondition(
+                "this agent runs without VPS networking: it cannot route shared pools",
+            ));
+        };
+        let (added, removed) = network
+            .sync_routes(&wanted)
+            .await
+            .map_err(|error| Status::internal(format!("syncing host routes: {error}")))?;
+        Ok(Response::new(v1::AgentRoutesResult { added, removed }))
+    }
+
     async fn create_snapshot(
         &self,
         request: Request<v1::AgentSnapshotRequest>,

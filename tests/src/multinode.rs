@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Every node has its own state dir, VPS bridge (inside its netns), cgroup parent, `id_base`
-//! (a 256-VPS id range of its own) and pool. The controller's certificate names 10.T.0.1
+//! (a 256-VPS id range of its own) and pool. [`MultiNode::start_shared`] instead creates ONE
+//! pool `10.T.200.0/24` spanning every node and adds no pool routes: the product's host
+//! routes (`SyncRoutes`, protocol 77) carry its addresses between the nodes. The controller's certificate names 10.T.0.1
 //! (`tls_sans`, the product's own way), so agents dial it over the bridge. An agent runs
 //! inside its netns with a mount namespace of its own whose only change is a `/sys` of that
 //! netns (so `/sys/class/net` shows the node's links) with the host's cgroup tree bound back
@@ -102,6 +104,9 @@ pub struct MultiNode {
     fault: Option<String>,
     /// When this cluster began (after waiting for its turn).
     started_at: Instant,
+    /// The pool spanning every node ([`MultiNode::start_shared`]), if any: its first three
+    /// octets (`10.T.200`).
+    pub shared_prefix: Option<String>,
     torn_down: bool,
     _one_at_a_time: MutexGuard<'static, ()>,
 }
@@ -272,6 +277,17 @@ impl MultiNode {
     /// agents, each in its own netns with a pool, overcommit labels that fit dozens of small
     /// VPSes, and the plan [`PLAN`]; waits until every node is online.
     pub fn start(nodes: usize) -> Result<Self> {
+        Self::start_with(nodes, false)
+    }
+
+    /// Like [`MultiNode::start`], but with ONE pool (`shared`, `10.T.200.0/24`) spanning every
+    /// node instead of a pool per node, and no routes of the harness for it: a VPS keeps its
+    /// address when it moves between the nodes, and the product's host routes reach it.
+    pub fn start_shared(nodes: usize) -> Result<Self> {
+        Self::start_with(nodes, true)
+    }
+
+    fn start_with(nodes: usize, shared: bool) -> Result<Self> {
         let guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -296,6 +312,7 @@ impl MultiNode {
             controller: None,
             fault: None,
             started_at: Instant::now(),
+            shared_prefix: shared.then(|| format!("10.{subnet_octet}.200")),
             torn_down: false,
             _one_at_a_time: guard,
         };
@@ -371,18 +388,20 @@ impl MultiNode {
         for index in 0..cluster.nodes.len() {
             let name = cluster.nodes[index].name.clone();
             cluster.wait_node_status(&name, "online", Duration::from_secs(60))?;
-            let prefix = cluster.nodes[index].pool_prefix.clone();
-            cluster.admin_ok(&[
-                "pool",
-                "create",
-                &format!("pool-{}", index + 1),
-                "--node",
-                &name,
-                "--cidr",
-                &format!("{prefix}.0/24"),
-                "--gateway",
-                &format!("{prefix}.1"),
-            ])?;
+            if !shared {
+                let prefix = cluster.nodes[index].pool_prefix.clone();
+                cluster.admin_ok(&[
+                    "pool",
+                    "create",
+                    &format!("pool-{}", index + 1),
+                    "--node",
+                    &name,
+                    "--cidr",
+                    &format!("{prefix}.0/24"),
+                    "--gateway",
+                    &format!("{prefix}.1"),
+                ])?;
+            }
             cluster.admin_ok(&[
                 "node",
                 "label",
@@ -391,6 +410,20 @@ impl MultiNode {
                 "paddock.io/memory-overcommit=4",
                 "paddock.io/disk-overcommit=4",
             ])?;
+        }
+        if let Some(prefix) = cluster.shared_prefix.clone() {
+            let mut args = vec!["pool".to_owned(), "create".to_owned(), "shared".to_owned()];
+            for node in &cluster.nodes {
+                args.extend(["--node".to_owned(), node.name.clone()]);
+            }
+            args.extend([
+                "--cidr".to_owned(),
+                format!("{prefix}.0/24"),
+                "--gateway".to_owned(),
+                format!("{prefix}.1"),
+            ]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cluster.admin_ok(&args)?;
         }
         cluster.admin_ok(&[
             "plan", "create", PLAN, "--vcpus", "0.1", "--memory", "64MiB", "--disk", "256MiB",
@@ -410,11 +443,15 @@ impl MultiNode {
             &["addr", "add", &format!("10.{octet}.0.1/24"), "dev", &bridge],
         )?;
         run("ip", &["link", "set", &bridge, "up"])?;
-        let pools: Vec<(String, Ipv4Addr)> = self
-            .nodes
-            .iter()
-            .map(|node| (format!("{}.0/24", node.pool_prefix), node.link_addr))
-            .collect();
+        // A shared pool is routed by the product; per-node pools by the harness.
+        let pools: Vec<(String, Ipv4Addr)> = if self.shared_prefix.is_some() {
+            Vec::new()
+        } else {
+            self.nodes
+                .iter()
+                .map(|node| (format!("{}.0/24", node.pool_prefix), node.link_addr))
+                .collect()
+        };
         for node in &mut self.nodes {
             run("ip", &["netns", "add", &node.netns])?;
             node.netns_inode = std::fs::metadata(format!("/run/netns/{}", node.netns))?.ino();
@@ -827,6 +864,17 @@ impl MultiNode {
                     if !["lo", "uplink0", node.bridge.as_str()].contains(&name) {
                         found.push(format!("{}: link {line}", node.name));
                     }
+                }
+            }
+            // The host routes the agent owns (protocol 77) go with the last VPS of a shared pool.
+            for family in ["-4", "-6"] {
+                if let Ok(routes) = ip_in(&node.netns, &[family, "route", "show", "proto", "77"]) {
+                    found.extend(
+                        routes
+                            .lines()
+                            .filter(|line| !line.trim().is_empty())
+                            .map(|line| format!("{}: paddock route {line}", node.name)),
+                    );
                 }
             }
             if let Ok(qdiscs) = run("ip", &["netns", "exec", &node.netns, "tc", "qdisc", "show"]) {

@@ -677,3 +677,250 @@ fn a_running_vps_moves_live_with_its_processes_and_survives_a_controller_kill() 
     }
     cluster.finish();
 }
+
+/// The paddock-owned host routes (protocol 77) in node `index`'s netns, one per line.
+fn product_routes(cluster: &MultiNode, index: usize) -> String {
+    let out = cluster.node_sh(
+        index,
+        "ip -4 route show proto 77; ip -6 route show proto 77",
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until node `index` routes `address` via node `via`'s underlay address (the
+/// product's `SyncRoutes`, no step of the test).
+fn wait_routed(cluster: &MultiNode, index: usize, address: &str, via: usize) {
+    let wanted = format!("{address} via {} ", cluster.nodes[via].link_addr);
+    cluster
+        .wait_until(
+            &format!("node {} routing {address} via node {}", index + 1, via + 1),
+            Duration::from_secs(60),
+            |c| Ok(product_routes(c, index).contains(&wanted)),
+        )
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+}
+
+/// Issue 13 items 5/6, address mobility: three nodes share one pool. A on one node and B on
+/// another talk TCP through the product's host routes; B cold-migrated to the third node keeps
+/// its address with no `--allow-new-address`, and A reaches it at the same address with no
+/// manual step; after the deletes no paddock route is left on any node (`finish`).
+#[test]
+fn a_vps_moved_inside_a_shared_pool_keeps_its_address_and_is_reached_there() {
+    if !require_root() {
+        return;
+    }
+    let cluster = MultiNode::start_shared(3).expect("start three nodes sharing a pool");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let prefix = format!("{}.", cluster.shared_prefix.clone().expect("a shared pool"));
+    let a = create(&cluster, "acme", "a");
+    let b = create(&cluster, "acme", "b");
+    let (a_ip, b_ip) = (first_ipv4(&a), first_ipv4(&b));
+    assert!(
+        a_ip.starts_with(&prefix) && b_ip.starts_with(&prefix),
+        "{a_ip} and {b_ip} come from the shared pool {prefix}0/24"
+    );
+    let node_of = |vps: &Value| {
+        let name = vps["node"].as_str().unwrap_or_default();
+        cluster
+            .node_index(name)
+            .unwrap_or_else(|| fail(&cluster, format!("no node {name}")))
+    };
+    let (a_node, b_node) = (node_of(&a), node_of(&b));
+    if a_node == b_node {
+        fail(&cluster, "spread placed a and b on the same node");
+    }
+    let third = (0..3)
+        .find(|index| *index != a_node && *index != b_node)
+        .expect("a third node");
+    wait_routed(&cluster, a_node, &b_ip, b_node);
+    wait_routed(&cluster, b_node, &a_ip, a_node);
+    wait_routed(&cluster, third, &b_ip, b_node);
+    tcp_message(&cluster, "a", "b", &b_ip);
+    tcp_message(&cluster, "b", "a", &a_ip);
+
+    let vps_id = b["id"].as_str().unwrap_or_default().to_owned();
+    let to = cluster.nodes[third].name.clone();
+    let moved = cluster
+        .cli_ok(&migrate_args("b", &to, false))
+        .unwrap_or_else(|error| fail(&cluster, format!("migrate inside the pool: {error:#}")));
+    let moved: Value = serde_json::from_str(&moved).expect("migration JSON");
+    assert_eq!(moved["to_node"], to.as_str());
+    assert_eq!(moved["addresses_kept"], true, "{moved}");
+    assert_eq!(moved["ipv4"][0], b_ip.as_str(), "{moved}");
+    cluster
+        .wait_until(
+            "b running on the third node",
+            Duration::from_secs(180),
+            |c| {
+                let vps = c.json(&["--context", "acme", "show", "b"])?;
+                Ok(vps["node"] == to.as_str()
+                    && vps["state"] == "running"
+                    && init_pid(&vps) != 0
+                    && !on_node(c, b_node, &vps_id))
+            },
+        )
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    assert_eq!(first_ipv4(&show(&cluster, "acme", "b")), b_ip);
+    // Every node of the pool now routes B's address to the third node; the third no longer.
+    wait_routed(&cluster, a_node, &b_ip, third);
+    wait_routed(&cluster, b_node, &b_ip, third);
+    cluster
+        .wait_until(
+            "the third node routing b no more",
+            Duration::from_secs(60),
+            |c| Ok(!product_routes(c, third).contains(&format!("{b_ip} "))),
+        )
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    tcp_message(&cluster, "a", "b", &b_ip);
+    tcp_message(&cluster, "b", "a", &a_ip);
+    cluster.finish();
+}
+
+/// Runs `script` in `vps` and requires success; its stdout.
+fn run_ok(cluster: &MultiNode, vps: &str, script: &str) -> String {
+    let out = cluster
+        .sh("acme", vps, script)
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    if !out.status.success() {
+        fail(cluster, format!("in {vps}: {script}: {out:?}"));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 13 item 6 with pools spanning nodes: three nodes share one pool; a TCP connection
+/// from A (one node) to B (another) survives a live move of B to the third node (same
+/// address, same connection: messages before and after on it), and the controller killed
+/// right after B's dump on the way back leaves B whole on the third node with the
+/// connection still carrying messages.
+#[test]
+fn a_tcp_connection_survives_a_live_move_inside_a_shared_pool() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = MultiNode::start_shared(3).expect("start three nodes sharing a pool");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let a = create(&cluster, "acme", "a");
+    let b = create(&cluster, "acme", "b");
+    let b_ip = first_ipv4(&b);
+    let node_of = |cluster: &MultiNode, vps: &Value| {
+        let name = vps["node"].as_str().unwrap_or_default();
+        cluster
+            .node_index(name)
+            .unwrap_or_else(|| fail(cluster, format!("no node {name}")))
+    };
+    let (a_node, b_node) = (node_of(&cluster, &a), node_of(&cluster, &b));
+    if a_node == b_node {
+        fail(&cluster, "spread placed a and b on the same node");
+    }
+    let third = (0..3)
+        .find(|index| *index != a_node && *index != b_node)
+        .expect("a third node");
+    wait_routed(&cluster, a_node, &b_ip, b_node);
+    // B echoes one connection (in its own session, so CRIU can dump it); A holds that
+    // connection open, sending each line appended to /tmp/in and keeping what comes back.
+    run_ok(
+        &cluster,
+        "b",
+        "setsid nc -l -p 7100 -e cat >/dev/null 2>&1 </dev/null & sleep 0.5",
+    );
+    run_ok(
+        &cluster,
+        "a",
+        &format!(
+            "touch /tmp/in; setsid sh -c 'tail -f /tmp/in | nc {b_ip} 7100 > /tmp/out' \
+             >/dev/null 2>&1 </dev/null & sleep 0.5"
+        ),
+    );
+    let client_pid = run_ok(&cluster, "a", "pidof nc").trim().to_owned();
+    let exchange = |cluster: &MultiNode, line: &str| {
+        let out = cluster
+            .sh("acme", "a", &format!("echo {line} >> /tmp/in"))
+            .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+        assert!(out.status.success(), "{out:?}");
+        cluster
+            .wait_until(
+                &format!("{line} echoed back on the connection"),
+                Duration::from_secs(120),
+                |c| {
+                    let got = c.sh("acme", "a", "cat /tmp/out")?;
+                    Ok(String::from_utf8_lossy(&got.stdout)
+                        .lines()
+                        .any(|seen| seen == line))
+                },
+            )
+            .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    };
+    exchange(&cluster, "before-the-move");
+
+    let vps_id = b["id"].as_str().unwrap_or_default().to_owned();
+    let to = cluster.nodes[third].name.clone();
+    let moved = cluster
+        .cli_ok(&live_args("b", &to))
+        .unwrap_or_else(|error| fail(&cluster, format!("migrate --live: {error:#}")));
+    let moved: Value = serde_json::from_str(&moved).expect("migration JSON");
+    assert_eq!(moved["live"], true, "{moved}");
+    assert_eq!(moved["addresses_kept"], true, "{moved}");
+    assert_eq!(moved["ipv4"][0], b_ip.as_str(), "{moved}");
+    cluster
+        .wait_until("b on the third node", Duration::from_secs(180), |c| {
+            let vps = c.json(&["--context", "acme", "show", "b"])?;
+            Ok(vps["node"] == to.as_str() && !on_node(c, b_node, &vps_id))
+        })
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    wait_routed(&cluster, a_node, &b_ip, third);
+    exchange(&cluster, "after-the-move");
+    assert_eq!(
+        run_ok(&cluster, "a", "pidof nc").trim(),
+        client_pid,
+        "the same client, on the same connection"
+    );
+
+    // The controller killed right after B's dump on a move back: rolled back, B restored
+    // on the third node from the images it kept, the connection still up.
+    let back = cluster.nodes[b_node].name.clone();
+    cluster.set_fault(Some("migrate:after-checkpoint"));
+    cluster.kill_controller();
+    let restarted = cluster.start_controller();
+    cluster.set_fault(None);
+    restarted.unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+    for node in cluster
+        .nodes
+        .iter()
+        .map(|node| node.name.clone())
+        .collect::<Vec<_>>()
+    {
+        cluster
+            .wait_node_status(&node, "online", Duration::from_secs(60))
+            .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    }
+    let out = cluster.cli(&live_args("b", &back)).expect("run migrate");
+    if out.status.success() {
+        fail(
+            &cluster,
+            format!("migrate with the controller killed succeeded: {out:?}"),
+        );
+    }
+    paddock_tests::poll_until(
+        "the controller killed after the dump",
+        Duration::from_secs(120),
+        || Ok(cluster.controller_exited()),
+    )
+    .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    cluster
+        .start_controller()
+        .unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+    cluster
+        .wait_until("b whole on the third node", Duration::from_secs(180), |c| {
+            let vps = c.json(&["--context", "acme", "show", "b"])?;
+            let restored = c.sh("acme", "b", "true")?.status.success();
+            Ok(vps["node"] == to.as_str() && restored && !on_node(c, b_node, &vps_id))
+        })
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    exchange(&cluster, "after-the-rollback");
+    assert_eq!(run_ok(&cluster, "a", "pidof nc").trim(), client_pid);
+    cluster.finish();
+}

@@ -469,7 +469,7 @@ async fn pool(
     let pool = match command {
         PoolCommand::Create {
             name,
-            node,
+            nodes,
             cidr,
             gateway,
             range_start,
@@ -479,7 +479,9 @@ async fn pool(
         } => {
             let pool = v1::Pool {
                 name,
-                node,
+                // Older controllers read only `node`: a pool of one node stays readable there.
+                node: nodes.first().cloned().unwrap_or_default(),
+                nodes: if nodes.len() > 1 { nodes } else { Vec::new() },
                 cidr,
                 gateway,
                 range_start: range_start.unwrap_or_default(),

@@ -39,6 +39,7 @@ impl PoolService for PoolApi {
             .create(CreatePool {
                 name: pool.name,
                 node: pool.node,
+                nodes: pool.nodes,
                 cidr: pool.cidr,
                 gateway: pool.gateway,
                 range_start: pool.range_start,

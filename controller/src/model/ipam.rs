@@ -401,7 +401,7 @@ pub fn check_overlap(
             cidr: cidr.to_string(),
             other: other.name.clone(),
             other_cidr: other.cidr.clone(),
-            node: other.node.clone(),
+            node: other.span().join(", "),
         });
     }
     if let (Some(ours), Some(theirs)) = (&pool.ipv6_prefix, &other.ipv6_prefix) {
@@ -411,7 +411,7 @@ pub fn check_overlap(
                 prefix: ours.clone(),
                 other: other.name.clone(),
                 other_prefix: theirs.clone(),
-                node: other.node.clone(),
+                node: other.span().join(", "),
             });
         }
     }
@@ -438,16 +438,67 @@ pub fn free_ipv4(pool: &PoolRecord) -> u32 {
     })
 }
 
-/// Unallocated addresses over every pool of `node`.
+/// Unallocated addresses over every pool `node` is attached to (a shared pool's free
+/// addresses count for every node it spans).
 pub fn free_on_node(pools: &[PoolRecord], node: &str) -> u32 {
     pools
         .iter()
-        .filter(|pool| pool.node == node)
+        .filter(|pool| pool.spans(node))
         .filter_map(|pool| {
             let total = plan(pool).ok()?.total();
             Some(total.saturating_sub(u32::try_from(pool.allocated.len()).unwrap_or(u32::MAX)))
         })
         .sum()
+}
+
+/// Why the nodes named for a new pool cannot be its span.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpanError {
+    #[error("{0}")]
+    Invalid(ValidationError),
+    #[error("node {0} is not registered")]
+    UnknownNode(String),
+}
+
+/// The nodes a new pool spans, from a request's `node` (the single node of old clients)
+/// and `nodes`: `nodes` in the order given, with `node` moved first when it is one of
+/// them; `[node]` when `nodes` is empty. Every node must be registered (`registered`),
+/// and none named twice.
+pub fn pool_span(
+    node: &str,
+    nodes: &[String],
+    registered: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, SpanError> {
+    let invalid =
+        |field: &'static str, rule: String| SpanError::Invalid(ValidationError::new(field, rule));
+    let mut span: Vec<String> = if nodes.is_empty() {
+        if node.is_empty() {
+            return Err(invalid("pool.nodes", "name at least one node".to_owned()));
+        }
+        vec![node.to_owned()]
+    } else {
+        nodes.to_vec()
+    };
+    for (index, name) in span.iter().enumerate() {
+        super::validate::name("pool.nodes", name).map_err(SpanError::Invalid)?;
+        if span[..index].contains(name) {
+            return Err(invalid("pool.nodes", format!("node {name} is named twice")));
+        }
+    }
+    if !node.is_empty() {
+        let Some(position) = span.iter().position(|name| name == node) else {
+            return Err(invalid(
+                "pool.node",
+                format!("{node} must be one of pool.nodes ({})", span.join(", ")),
+            ));
+        };
+        let first = span.remove(position);
+        span.insert(0, first);
+    }
+    if let Some(unknown) = span.iter().find(|name| !registered(name)) {
+        return Err(SpanError::UnknownNode(unknown.clone()));
+    }
+    Ok(span)
 }
 
 /// The MAC address of a VPS's eth0: locally administered, unicast, stable for its id.
@@ -471,6 +522,7 @@ mod tests {
         PoolRecord {
             name: name.to_owned(),
             node: node.to_owned(),
+            nodes: Vec::new(),
             cidr: cidr.to_owned(),
             gateway: gateway.to_owned(),
             range_start: String::new(),
@@ -600,6 +652,70 @@ mod tests {
         assert!(!ipv6_prefixes_overlap("fd00:77::/64", "fd00:78::/64"));
         assert!(!ipv6_prefixes_overlap("fd00:1::/48", "fd00:2::/48"));
         assert!(!ipv6_prefixes_overlap("nope", "fd00::/48"));
+    }
+
+    #[test]
+    fn a_pool_span_names_registered_nodes_once_with_node_first() {
+        let registered = |name: &str| ["n1", "n2", "n3"].contains(&name);
+        let nodes = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert_eq!(pool_span("n1", &[], registered), Ok(nodes(&["n1"])));
+        assert_eq!(
+            pool_span("", &nodes(&["n2", "n3"]), registered),
+            Ok(nodes(&["n2", "n3"]))
+        );
+        assert_eq!(
+            pool_span("n3", &nodes(&["n1", "n2", "n3"]), registered),
+            Ok(nodes(&["n3", "n1", "n2"])),
+            "node is the first of the span"
+        );
+        assert_eq!(
+            pool_span("", &nodes(&["n1", "n9"]), registered),
+            Err(SpanError::UnknownNode("n9".into()))
+        );
+        assert_eq!(
+            pool_span("n9", &[], registered),
+            Err(SpanError::UnknownNode("n9".into()))
+        );
+        for (node, named, field, rule) in [
+            (
+                "",
+                vec!["n1", "n2", "n1"],
+                "pool.nodes",
+                "node n1 is named twice",
+            ),
+            (
+                "n3",
+                vec!["n1", "n2"],
+                "pool.node",
+                "n3 must be one of pool.nodes (n1, n2)",
+            ),
+            ("", vec![], "pool.nodes", "name at least one node"),
+            ("", vec!["N1"], "pool.nodes", ""),
+        ] {
+            let Err(SpanError::Invalid(error)) = pool_span(node, &nodes(&named), registered) else {
+                panic!("{node:?} {named:?} accepted");
+            };
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.to_string().contains(rule), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_shared_pool_counts_for_every_node_it_spans_and_still_may_not_overlap() {
+        let shared = PoolRecord {
+            nodes: vec!["n1".into(), "n2".into()],
+            ..pool("s", "n1", "10.77.0.0/24", "10.77.0.1")
+        };
+        let own = pool("o", "n2", "10.78.0.0/24", "10.78.0.1");
+        let pools = [shared.clone(), own.clone()];
+        assert_eq!(free_on_node(&pools, "n1"), 253);
+        assert_eq!(free_on_node(&pools, "n2"), 253 * 2);
+        assert_eq!(free_on_node(&pools, "n3"), 0);
+        assert!(shared.is_shared() && shared.spans("n2") && !own.is_shared());
+        let overlapping = pool("x", "n3", "10.77.0.128/25", "10.77.0.129");
+        let cidr = new_pool_cidr(&overlapping).expect("valid");
+        let error = check_overlap(&overlapping, &cidr, &shared).expect_err("overlap");
+        assert!(error.to_string().contains("on node n1, n2"), "{error}");
     }
 
     #[test]

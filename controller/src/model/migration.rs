@@ -241,8 +241,15 @@ pub fn plan_addresses(vps: &VpsRecord, dest_pools: &[PoolRecord]) -> Option<Addr
         {
             continue;
         }
-        let ipv6 = match (&pool.ipv6_prefix, vps.resources.ipv6_count) {
-            (Some(prefix), count) if count > 0 => {
+        // In the pool it is already in (a shared pool spanning both nodes), the VPS keeps
+        // its IPv6 addresses too.
+        let current = vps
+            .network
+            .as_ref()
+            .filter(|network| network.pool == pool.name);
+        let ipv6 = match (current, &pool.ipv6_prefix, vps.resources.ipv6_count) {
+            (Some(network), _, _) => network.ipv6.clone(),
+            (None, Some(prefix), count) if count > 0 => {
                 allocate_ipv6(prefix, &pool.allocated_ipv6, count)
                     .unwrap_or_default()
                     .iter()
@@ -280,11 +287,13 @@ pub fn plan_addresses(vps: &VpsRecord, dest_pools: &[PoolRecord]) -> Option<Addr
 }
 
 /// Reserves the planned addresses in the destination pool (inside the planning
-/// transaction): refused if one was taken since the plan was made.
+/// transaction): refused if one was taken since the plan was made. Returns how many IPv4
+/// addresses it newly took (none when the VPS keeps its addresses in a shared pool).
 pub fn reserve_addresses(
     migration: &MigrationRecord,
     pool: &mut PoolRecord,
-) -> Result<(), MigrationError> {
+) -> Result<u32, MigrationError> {
+    let before = pool.allocated.len();
     let plan = ipam::plan(pool).map_err(|_| MigrationError::AddressTaken {
         address: migration.new_ipv4.join(", "),
         node: migration.destination.clone(),
@@ -322,7 +331,7 @@ pub fn reserve_addresses(
         pool.allocated_ipv6
             .insert(address, migration.vps_id.clone());
     }
-    Ok(())
+    Ok(u32::try_from(pool.allocated.len() - before).unwrap_or(u32::MAX))
 }
 
 /// Gives back everything `pool` holds for `vps_id`; returns how many IPv4 addresses.
@@ -350,22 +359,27 @@ pub fn check_plan(vps: &VpsRecord, migration: &MigrationRecord) -> Result<(), Mi
     Ok(())
 }
 
-/// Charges the destination's summary with the VPS (in the planning transaction).
-pub fn reserve_capacity(
-    allocation: &mut NodeAllocationRecord,
-    vps: &VpsRecord,
-    migration: &MigrationRecord,
-) {
+/// Charges the destination's summary with the VPS (in the planning transaction). The
+/// addresses it takes are counted on every node of their pool ([`count_addresses`]).
+pub fn reserve_capacity(allocation: &mut NodeAllocationRecord, vps: &VpsRecord) {
     allocation.account(&vps.resources, 1.0);
-    allocation.free_ipv4 = allocation
-        .free_ipv4
-        .saturating_sub(u32::try_from(migration.new_ipv4.len()).unwrap_or(u32::MAX));
 }
 
-/// Gives back the destination's reservation (a rollback).
-pub fn release_capacity(allocation: &mut NodeAllocationRecord, vps: &VpsRecord, released: u32) {
+/// Gives back a node's charge for the VPS (the source at the switch, the destination in a
+/// rollback).
+pub fn release_capacity(allocation: &mut NodeAllocationRecord, vps: &VpsRecord) {
     allocation.account(&vps.resources, -1.0);
-    allocation.free_ipv4 = allocation.free_ipv4.saturating_add(released);
+}
+
+/// Counts `taken` addresses of a pool as given (positive) or given back (negative) in the
+/// summary of a node the pool spans: a shared pool's free addresses count for each of them.
+pub fn count_addresses(allocation: &mut NodeAllocationRecord, taken: i64) {
+    let change = u32::try_from(taken.unsigned_abs()).unwrap_or(u32::MAX);
+    allocation.free_ipv4 = if taken >= 0 {
+        allocation.free_ipv4.saturating_sub(change)
+    } else {
+        allocation.free_ipv4.saturating_add(change)
+    };
 }
 
 /// The switch, applied to the VPS record: the destination, its addresses there, and the
@@ -427,6 +441,7 @@ mod tests {
         PoolRecord {
             name: name.into(),
             node: node.into(),
+            nodes: Vec::new(),
             cidr: cidr.into(),
             gateway: gateway.into(),
             range_start: String::new(),

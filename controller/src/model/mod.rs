@@ -12,6 +12,7 @@ pub mod migration;
 pub mod node;
 pub mod quota;
 mod records;
+pub mod routes;
 pub mod scheduler;
 pub mod snapshots;
 pub mod validate;

@@ -267,11 +267,19 @@ pub struct VpsNetwork {
     pub ipv6_prefix: Option<String>,
 }
 
-/// An IPv4 address pool of one node, with what is allocated from it.
+/// An IPv4 address pool of one or more nodes, with what is allocated from it. A pool that
+/// spans several nodes (shared) has one allocation set: an address is given once across
+/// them, and its VPS keeps it when it moves between them (`docs/ARCHITECTURE.md`, "Address
+/// mobility").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolRecord {
     pub name: String,
+    /// The pool's first node (the only one of a pool created before shared pools).
     pub node: String,
+    /// Every node the pool spans, `node` first; empty in records written before shared
+    /// pools existed, which span `node` only. Read it through [`PoolRecord::span`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
     /// Network in CIDR notation, e.g. `10.77.0.0/24`.
     pub cidr: String,
     pub gateway: String,
@@ -289,6 +297,27 @@ pub struct PoolRecord {
     #[serde(default)]
     pub allocated_ipv6: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl PoolRecord {
+    /// Every node the pool spans, its first node first.
+    pub fn span(&self) -> Vec<String> {
+        if self.nodes.is_empty() {
+            vec![self.node.clone()]
+        } else {
+            self.nodes.clone()
+        }
+    }
+
+    /// Whether the pool is attached to `node`.
+    pub fn spans(&self, node: &str) -> bool {
+        self.node == node || self.nodes.iter().any(|other| other == node)
+    }
+
+    /// Whether the pool spans more than one node (its addresses move between them).
+    pub fn is_shared(&self) -> bool {
+        self.nodes.len() > 1
+    }
 }
 
 /// A lifecycle event for billing systems.
@@ -477,6 +506,10 @@ pub struct NodeAllocationRecord {
     pub free_ipv4: u32,
     /// Names of the node's pools, sorted.
     pub pools: Vec<String>,
+    /// Names of those pools that span other nodes too (shared), sorted: their free
+    /// addresses count in `free_ipv4` of every node they span.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_pools: Vec<String>,
 }
 
 impl NodeAllocationRecord {

@@ -19,6 +19,9 @@ pub struct NodeView {
     pub free_ipv4: u32,
     /// Names of the node's pools, for error messages.
     pub pools: Vec<String>,
+    /// Those of its pools that other nodes share: an address one of them gives on this node
+    /// is gone for those nodes too.
+    pub shared_pools: Vec<String>,
     /// Admin-set labels; `paddock.io/{cpu,memory,disk}-overcommit` override the ratios.
     pub labels: BTreeMap<String, String>,
 }
@@ -279,6 +282,9 @@ pub struct CapacityIndex {
     overcommit: Vec<Overcommit>,
     /// Online, uncordoned nodes as (score key, index): the first is preferred.
     order: BTreeSet<(u64, usize)>,
+    /// For each node, the other nodes it shares a pool with (whose free addresses a
+    /// placement on it also takes).
+    sharing: Vec<Vec<usize>>,
     defaults: Overcommit,
     strategy: Strategy,
 }
@@ -301,12 +307,33 @@ impl CapacityIndex {
             .enumerate()
             .map(|(index, view)| (view.name.clone(), index))
             .collect();
+        let mut members: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (node, view) in views.iter().enumerate() {
+            for pool in &view.shared_pools {
+                members.entry(pool.as_str()).or_default().push(node);
+            }
+        }
+        let sharing = views
+            .iter()
+            .enumerate()
+            .map(|(node, view)| {
+                let peers: BTreeSet<usize> = view
+                    .shared_pools
+                    .iter()
+                    .flat_map(|pool| members.get(pool.as_str()).into_iter().flatten())
+                    .copied()
+                    .filter(|peer| *peer != node)
+                    .collect();
+                peers.into_iter().collect()
+            })
+            .collect();
         let mut index = Self {
             views,
             by_name,
             free,
             overcommit,
             order: BTreeSet::new(),
+            sharing,
             defaults: placement.overcommit,
             strategy: placement.strategy,
         };
@@ -399,6 +426,17 @@ impl CapacityIndex {
         if let Some(key) = self.key(node) {
             self.order.insert(key);
         }
+        // The store takes the addresses from the first of the node's pools with room; the
+        // index does not know which, so a node with a shared pool charges its peers too
+        // (conservative until the view is rebuilt from the store's summaries).
+        for peer in &self.sharing[node] {
+            let view = &mut self.views[*peer];
+            view.free_ipv4 = if sign >= 0.0 {
+                view.free_ipv4.saturating_sub(need.ipv4_count)
+            } else {
+                view.free_ipv4.saturating_add(need.ipv4_count)
+            };
+        }
     }
 
     /// The indexed views, charged with every placement made through the index.
@@ -456,6 +494,7 @@ mod tests {
             },
             free_ipv4: 10,
             pools: vec![format!("{name}-pool")],
+            shared_pools: Vec::new(),
             labels: BTreeMap::new(),
         }
     }
@@ -480,6 +519,12 @@ mod tests {
                 view.online = next(10) != 0;
                 view.cordoned = next(12) == 0;
                 view.free_ipv4 = next(6) as u32;
+                // Some nodes share one of three pools.
+                if next(3) == 0 {
+                    let shared = format!("shared-{}", next(3));
+                    view.pools.push(shared.clone());
+                    view.shared_pools.push(shared);
+                }
                 if next(3) == 0 {
                     view.labels.insert("disk".into(), "ssd".into());
                 }
@@ -531,6 +576,45 @@ mod tests {
                 "{accepted} placed, {refused} refused"
             );
         }
+    }
+
+    #[test]
+    fn a_placement_takes_a_shared_pools_address_from_every_node_of_the_pool() {
+        let shared = |name: &str| {
+            let mut view = node(name, 8, 0);
+            view.shared_pools = vec!["s".into()];
+            view.pools.push("s".into());
+            view.free_ipv4 = 1;
+            view
+        };
+        let mut index = CapacityIndex::new(
+            vec![shared("a"), shared("b"), node("c", 8, 0)],
+            &Placement::default(),
+        );
+        let one_address = Resources {
+            vcpus: 0.5,
+            memory_bytes: GIB,
+            ipv4_count: 1,
+            ..Resources::default()
+        };
+        let first = index
+            .place(&one_address, &Placement::default())
+            .expect("placed");
+        let free = |index: &CapacityIndex, name: &str| {
+            index
+                .views()
+                .iter()
+                .find(|view| view.name == name)
+                .map(|view| view.free_ipv4)
+        };
+        assert_eq!(
+            (free(&index, "a"), free(&index, "b")),
+            (Some(0), Some(0)),
+            "{first}"
+        );
+        assert_eq!(free(&index, "c"), Some(10), "c shares no pool");
+        index.release(&first, &one_address);
+        assert_eq!((free(&index, "a"), free(&index, "b")), (Some(1), Some(1)));
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl Controller {
                     },
                     free_ipv4: allocation.free_ipv4,
                     pools: allocation.pools,
+                    shared_pools: allocation.shared_pools,
                     labels: node.labels.clone(),
                 };
                 (node, view, allocation.vps_count)

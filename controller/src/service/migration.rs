@@ -207,7 +207,7 @@ impl Migrations<'_> {
             .store
             .list_pools()?
             .into_iter()
-            .filter(|pool| pool.node == destination)
+            .filter(|pool| pool.spans(&destination))
             .collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         let plan = migration::plan_addresses(&vps, &pools).ok_or_else(|| {

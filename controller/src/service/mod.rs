@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod plans;
 pub mod pools;
 pub mod reconcile;
+pub mod routes;
 pub mod snapshots;
 pub mod tenants;
 pub mod vps;

@@ -123,7 +123,7 @@ impl Nodes<'_> {
             .store
             .list_pools()?
             .into_iter()
-            .filter(|pool| pool.node == name)
+            .filter(|pool| pool.spans(name))
             .map(|pool| pool.name)
             .collect();
         if !pools.is_empty() {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::ControllerError;
-use crate::model::ipam::plan;
+use crate::model::ipam::{self, plan};
 use crate::model::validate;
 use crate::model::PoolRecord;
 use crate::service::Controller;
@@ -12,7 +12,10 @@ use crate::service::Controller;
 /// A validated pool create request (the proto `Pool` minus the counters).
 pub struct CreatePool {
     pub name: String,
+    /// The single node of old clients; when `nodes` is given too, one of them (made first).
     pub node: String,
+    /// Every node the pool spans (a shared pool when more than one).
+    pub nodes: Vec<String>,
     pub cidr: String,
     pub gateway: String,
     pub range_start: String,
@@ -40,17 +43,28 @@ impl std::ops::Deref for Pools<'_> {
 }
 
 impl Pools<'_> {
-    /// Creates a pool on a registered node; nothing is stored unless the
-    /// network, gateway and range are valid and no other pool overlaps it.
+    /// Creates a pool on one or more registered nodes; nothing is stored unless the
+    /// nodes, network, gateway and range are valid and no other pool overlaps it.
     pub async fn create(&self, request: CreatePool) -> Result<PoolRecord, ControllerError> {
         validate::name("pool.name", &request.name)?;
-        validate::name("pool.node", &request.node)?;
-        if self.store.get_node(&request.node)?.is_none() {
-            return Err(ControllerError::not_found("node", &request.node));
-        }
+        let registered: std::collections::HashSet<String> = self
+            .store
+            .list_nodes()?
+            .into_iter()
+            .map(|node| node.name)
+            .collect();
+        let span = ipam::pool_span(&request.node, &request.nodes, |node| {
+            registered.contains(node)
+        })
+        .map_err(|error| match error {
+            ipam::SpanError::Invalid(error) => ControllerError::from(error),
+            ipam::SpanError::UnknownNode(node) => ControllerError::not_found("node", &node),
+        })?;
         let record = PoolRecord {
             name: request.name,
-            node: request.node,
+            node: span[0].clone(),
+            // A pool of one node is stored as before shared pools, readable by older controllers.
+            nodes: if span.len() > 1 { span } else { Vec::new() },
             cidr: request.cidr,
             gateway: request.gateway,
             range_start: request.range_start,
@@ -70,7 +84,7 @@ impl Pools<'_> {
         self.store.create_pool(&record)?;
         self.commit().await?;
         self.placements.invalidate();
-        tracing::info!(pool = %record.name, node = %record.node, cidr = %record.cidr, "pool created");
+        tracing::info!(pool = %record.name, nodes = %record.span().join(","), cidr = %record.cidr, "pool created");
         Ok(record)
     }
 
@@ -120,6 +134,7 @@ mod tests {
         PoolRecord {
             name: name.to_owned(),
             node: node.to_owned(),
+            nodes: Vec::new(),
             cidr: cidr.to_owned(),
             gateway: gateway.to_owned(),
             range_start: String::new(),

@@ -10,7 +10,7 @@
 //! on the rare full resync). The tick also ends the transfer limits of billing
 //! months that are over.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -108,8 +108,12 @@ fn apply_backoff(failures: u32) -> Duration {
 /// reported (see [`NodeReports`]).
 #[derive(Clone)]
 pub struct ReconcileHandle {
-    kicks: mpsc::UnboundedSender<String>,
+    kicks: mpsc::UnboundedSender<Kick>,
     reports: Arc<NodeReports>,
+    /// For every node in a shared pool, the nodes it shares one with (kept by the
+    /// dispatcher; `None` until it first read the pools); a node not in it needs no host
+    /// routes, so its passes read no pool.
+    peers: Arc<Mutex<Option<PoolPeers>>>,
 }
 
 /// A heartbeat that repeats the node's last recorded report is trusted for this long without
@@ -190,7 +194,18 @@ impl NodeReports {
 
 /// The receiving end, consumed by [`spawn`].
 pub struct ReconcileQueue {
-    kicks: mpsc::UnboundedReceiver<String>,
+    kicks: mpsc::UnboundedReceiver<Kick>,
+}
+
+/// For each node in a shared pool, the other nodes of its shared pools.
+type PoolPeers = HashMap<String, BTreeSet<String>>;
+
+/// What a kick asks the dispatcher for.
+enum Kick {
+    /// A pass over the node (and, for its host routes, over the nodes it shares a pool with).
+    Node(String),
+    /// A pass over the nodes the node shares a pool with: a VPS of a shared pool left it.
+    Peers(String),
 }
 
 /// Creates the kick channel; the handle goes into the `Controller`.
@@ -200,6 +215,7 @@ pub fn channel() -> (ReconcileHandle, ReconcileQueue) {
         ReconcileHandle {
             kicks,
             reports: Arc::default(),
+            peers: Arc::default(),
         },
         ReconcileQueue { kicks: receiver },
     )
@@ -211,7 +227,35 @@ impl ReconcileHandle {
         // Whatever changed, the node's next heartbeat is recorded in full.
         self.reports.forget(node);
         // The dispatcher only stops when the controller shuts down.
-        let _ = self.kicks.send(node.to_owned());
+        let _ = self.kicks.send(Kick::Node(node.to_owned()));
+    }
+
+    /// Schedules a pass for every node sharing a pool with `node` (their host routes to
+    /// `node`'s VPSes changed), not for `node` itself.
+    pub fn kick_peers(&self, node: &str) {
+        let _ = self.kicks.send(Kick::Peers(node.to_owned()));
+    }
+
+    /// Whether `node` may span a shared pool: it does as of the dispatcher's last look at
+    /// the pools, or the dispatcher has not looked yet.
+    pub fn in_shared_pool(&self, node: &str) -> bool {
+        self.peers_map()
+            .as_ref()
+            .is_none_or(|peers| peers.contains_key(node))
+    }
+
+    fn peers_of(&self, node: &str) -> Vec<String> {
+        self.peers_map()
+            .as_ref()
+            .and_then(|peers| peers.get(node))
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn peers_map(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, BTreeSet<String>>>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// What the nodes' heartbeats last reported.
@@ -318,10 +362,19 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
     let mut last_full = Instant::now();
     // The first tick fires at once: a new leader passes over every node.
     let mut tick = tokio::time::interval(period);
+    // Nodes sharing a pool: a change on one may change the others' host routes. Read before
+    // the first passes, so nodes in no shared pool never read the pools.
+    let handle = &controller.reconciler;
+    refresh_peers(controller);
     loop {
         let (nodes, ask): (Vec<String>, Ask) = tokio::select! {
             kick = queue.kicks.recv() => match kick {
-                Some(node) => (vec![node], Ask::Kick),
+                Some(Kick::Node(node)) => {
+                    let mut nodes = handle.peers_of(&node);
+                    nodes.push(node);
+                    (nodes, Ask::Kick)
+                }
+                Some(Kick::Peers(node)) => (handle.peers_of(&node), Ask::Kick),
                 None => return,
             },
             change = changes.recv(), if changes_open => match change {
@@ -329,9 +382,11 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                     // Another controller's change: the node's next heartbeat is recorded in
                     // full, and the pass is not skipped.
                     controller.reconciler.reports().forget(&node);
-                    (vec![node], Ask::Kick)
+                    let mut nodes = handle.peers_of(&node);
+                    nodes.push(node);
+                    (nodes, Ask::Kick)
                 }
-                Ok(StoreChange::Topology) => continue,
+                Ok(StoreChange::Topology) => (refresh_peers(controller), Ask::Kick),
                 // Fell behind: the next tick passes over every node.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => {
@@ -349,6 +404,13 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                     last_full = Instant::now();
                 }
                 let ask = if full { Ask::Full } else { Ask::Tick };
+                // Nodes whose pools started or stopped being shared get their routes now.
+                for node in refresh_peers(controller) {
+                    workers
+                        .entry(node.clone())
+                        .or_insert_with(|| spawn_worker(controller.clone(), node, term))
+                        .request(Ask::Kick);
+                }
                 match controller.store.list_nodes() {
                     Ok(nodes) => (nodes.into_iter().map(|n| n.name).collect(), ask),
                     Err(error) => {
@@ -367,6 +429,33 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
     }
 }
 
+/// Re-reads which nodes share a pool (kept as it was when the store cannot be read);
+/// returns the nodes whose peers changed.
+fn refresh_peers(controller: &Controller) -> Vec<String> {
+    let found = match controller.route_peers() {
+        Ok(found) => found,
+        Err(error) => {
+            warn!(%error, "reading the nodes that share pools");
+            return Vec::new();
+        }
+    };
+    let mut peers = controller.reconciler.peers_map();
+    let known = peers.get_or_insert_with(HashMap::new);
+    let changed: BTreeSet<String> = found
+        .iter()
+        .filter(|(node, set)| known.get(*node) != Some(set))
+        .map(|(node, _)| node.clone())
+        .chain(
+            known
+                .keys()
+                .filter(|node| !found.contains_key(*node))
+                .cloned(),
+        )
+        .collect();
+    *peers = Some(found);
+    changed.into_iter().collect()
+}
+
 fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker {
     let (passes, mut receiver) = mpsc::channel::<()>(1);
     let full = Arc::new(AtomicBool::new(false));
@@ -379,6 +468,8 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
         let failures = ApplyFailures::default();
         // The heartbeat digest the node reported when a pass last found it converged.
         let mut quiet: Option<u64> = None;
+        // The digest of the host route set the agent last acknowledged.
+        let mut routes_acked: Option<String> = None;
         while receiver.recv().await.is_some() {
             let full_pass = full_flag.swap(false, Ordering::SeqCst);
             let kick = kicked_flag.swap(false, Ordering::SeqCst);
@@ -389,7 +480,15 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
                 continue;
             }
             quiet = None;
-            match reconcile_node(&controller, &node, full_pass, &failures, term).await {
+            let pass = reconcile_node(
+                &controller,
+                &node,
+                full_pass,
+                &failures,
+                term,
+                &mut routes_acked,
+            );
+            match pass.await {
                 Ok(converged) => {
                     backoff = Duration::from_millis(500);
                     if converged {
@@ -441,11 +540,14 @@ async fn reconcile_node(
     full: bool,
     failures: &ApplyFailures,
     term: Term,
+    routes_acked: &mut Option<String>,
 ) -> Result<bool, ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
         return Ok(false);
     };
     if !controller.node_online(&node, Utc::now()) {
+        // It may come back rebooted, without its host routes: they are sent again.
+        *routes_acked = None;
         debug!(node = node_name, "node offline; waiting for it to return");
         return Ok(false);
     }
@@ -498,6 +600,13 @@ async fn reconcile_node(
         if let Err(error) = outcome {
             first_error.get_or_insert(error);
         }
+    }
+    // The host routes of shared pools: after the deletes, before the orphans.
+    if let Err(error) =
+        super::routes::sync(controller, client.clone(), node_name, full, routes_acked).await
+    {
+        converged = false;
+        first_error.get_or_insert(error);
     }
     if let Some(listed) = &listed {
         let orphans = report_orphans(controller, client, node_name, listed, &known).await?;
@@ -635,6 +744,8 @@ async fn run_step(
             failures.forget(&vps_id);
             fenced(term, || controller.store.remove_vps(&vps_id))?;
             controller.commit().await?;
+            // The nodes sharing a pool with this one route its addresses no more.
+            controller.reconciler.kick_peers(node);
             // What the VPS held on its node is free again for placements.
             controller.placements.invalidate();
             info!(vps = %name, tenant = %tenant, node, "VPS deleted");

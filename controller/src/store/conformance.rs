@@ -99,6 +99,8 @@ both!(
     vps_watchers_see_committed_changes,
     snapshots_and_backups,
     migrations_reserve_switch_and_roll_back,
+    a_shared_pools_addresses_are_given_once_across_its_nodes,
+    a_move_inside_a_shared_pool_keeps_every_address,
     a_lone_candidate_leads,
 );
 
@@ -205,6 +207,7 @@ fn pool(name: &str, node: &str, third_octet: u8) -> PoolRecord {
     PoolRecord {
         name: name.to_owned(),
         node: node.to_owned(),
+        nodes: Vec::new(),
         cidr: format!("10.9.{third_octet}.0/24"),
         gateway: format!("10.9.{third_octet}.1"),
         range_start: format!("10.9.{third_octet}.10"),
@@ -887,7 +890,7 @@ fn migration_of(store: &dyn Backend, vps: &VpsRecord) -> migration::MigrationRec
         .list_pools()
         .expect("pools")
         .into_iter()
-        .filter(|pool| pool.node == "n2")
+        .filter(|pool| pool.spans("n2"))
         .collect();
     let plan = migration::plan_addresses(vps, &pools).expect("room on n2");
     migration::MigrationRecord {
@@ -1099,6 +1102,180 @@ fn migrations_reserve_switch_and_roll_back(fixture: &Fixture) {
         Some(EventKind::VpsLiveMigrated)
     );
     store.end_migration(&web.vps_id, None).expect("end live");
+}
+
+/// A pool of ten addresses (`10.9.<third_octet>.10-19`) spanning `nodes`.
+fn shared_pool(name: &str, nodes: &[&str], third_octet: u8) -> PoolRecord {
+    PoolRecord {
+        nodes: nodes.iter().map(|node| (*node).to_owned()).collect(),
+        ..pool(name, nodes[0], third_octet)
+    }
+}
+
+fn a_shared_pools_addresses_are_given_once_across_its_nodes(fixture: &Fixture) {
+    let store = fixture.store.clone();
+    let mut roomy = tenant("acme", 100);
+    roomy.quota.vcpus = 1000.0;
+    store.create_tenant(&roomy).expect("tenant");
+    store
+        .create_pool(&shared_pool("s", &["n1", "n2", "n3"], 5))
+        .expect("shared pool");
+    // A pool of n3 alone must not overlap it either.
+    let overlapping = PoolRecord {
+        cidr: "10.9.5.0/25".into(),
+        ..pool("x", "n4", 5)
+    };
+    assert!(matches!(
+        store.create_pool(&overlapping),
+        Err(StoreError::Ipam(_))
+    ));
+    for node in ["n1", "n2", "n3"] {
+        let summary = allocation(&*store, node);
+        assert_eq!(
+            (summary.free_ipv4, summary.pools.clone()),
+            (10, vec!["s".to_owned()]),
+            "{node}"
+        );
+    }
+    // Ten addresses for 30 VPSes created at once on the three nodes.
+    let handles: Vec<_> = (0..30)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut one = vps("acme", &format!("v{i}"));
+                one.node = format!("n{}", 1 + i % 3);
+                one.resources.ipv4_count = 1;
+                store.create_vps(&one)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, StoreError::Ipam(_))));
+    let created = store.list_vps(Some("acme")).expect("list");
+    let addresses: BTreeSet<String> = created
+        .iter()
+        .flat_map(|vps| vps.ipv4.iter().cloned())
+        .collect();
+    assert_eq!(addresses.len(), 10, "no address given twice: {created:?}");
+    let nodes: BTreeSet<&str> = created.iter().map(|vps| vps.node.as_str()).collect();
+    assert!(
+        nodes.len() > 1,
+        "creates on several nodes succeeded: {nodes:?}"
+    );
+    let stored = store.get_pool("s").expect("get").expect("pool");
+    assert_eq!(stored.allocated.len(), 10);
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(allocation(&*store, node).free_ipv4, 0, "{node}");
+    }
+    // One removed on any node frees an address for every node of the pool.
+    store.remove_vps(&created[0].vps_id).expect("remove");
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(allocation(&*store, node).free_ipv4, 1, "{node}");
+    }
+    for vps in &created[1..] {
+        store.remove_vps(&vps.vps_id).expect("remove");
+    }
+    store.delete_pool("s").expect("delete pool");
+    for node in ["n1", "n2", "n3"] {
+        let summary = allocation(&*store, node);
+        assert_eq!((summary.free_ipv4, summary.pools.len()), (0, 0), "{node}");
+    }
+}
+
+fn a_move_inside_a_shared_pool_keeps_every_address(fixture: &Fixture) {
+    use crate::model::migration::MigrationPhase;
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 10)).expect("tenant");
+    store
+        .create_pool(&PoolRecord {
+            ipv6_prefix: Some("fd00:9::/64".into()),
+            ..shared_pool("s", &["n1", "n2"], 3)
+        })
+        .expect("shared pool");
+    let mut web = vps("acme", "web");
+    web.resources.ipv4_count = 1;
+    web.resources.ipv6_count = 1;
+    store.create_vps(&web).expect("web");
+    let web = store.get_vps(&web.vps_id).expect("get").expect("web");
+    let ipv6 = web
+        .network
+        .as_ref()
+        .map(|n| n.ipv6.clone())
+        .expect("network");
+    assert_eq!(
+        (web.ipv4.clone(), ipv6.clone()),
+        (vec!["10.9.3.10".to_owned()], vec!["fd00:9::2".to_owned()])
+    );
+    let free = |store: &dyn Backend| {
+        (
+            allocation(store, "n1").free_ipv4,
+            allocation(store, "n2").free_ipv4,
+        )
+    };
+    assert_eq!(free(store), (9, 9));
+
+    let plan = migration_of(store, &web);
+    assert!(plan.addresses_kept, "{plan:?}");
+    assert_eq!(plan.new_ipv4, web.ipv4);
+    assert_eq!(
+        plan.new_network.as_ref().map(|n| n.ipv6.clone()),
+        Some(ipv6.clone())
+    );
+    store.plan_migration(&plan).expect("plan");
+    assert_eq!(free(store), (9, 9), "nothing new is taken");
+    assert_eq!(allocation(store, "n2").vps_count, 1);
+    // A rollback keeps the addresses with the VPS on n1.
+    store
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::RollingBack,
+            migration::PhaseNote::Nothing,
+        )
+        .expect("phase");
+    store.end_migration(&web.vps_id, None).expect("roll back");
+    let pool = store.get_pool("s").expect("get").expect("pool");
+    assert_eq!(pool.allocated.get("10.9.3.10"), Some(&web.vps_id));
+    assert_eq!(pool.allocated_ipv6.get("fd00:9::2"), Some(&web.vps_id));
+    assert_eq!(free(store), (9, 9));
+    assert_eq!(allocation(store, "n2").vps_count, 0);
+
+    let plan = migration_of(store, &web);
+    store.plan_migration(&plan).expect("plan again");
+    store
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::Copied,
+            migration::PhaseNote::Nothing,
+        )
+        .expect("copied");
+    let moved = store.switch_migration(&web.vps_id).expect("switch");
+    assert_eq!(
+        (moved.node.as_str(), moved.ipv4.clone()),
+        ("n2", web.ipv4.clone())
+    );
+    assert_eq!(moved.network.as_ref().map(|n| n.ipv6.clone()), Some(ipv6));
+    store.end_migration(&web.vps_id, None).expect("end");
+    let pool = store.get_pool("s").expect("get").expect("pool");
+    assert_eq!(pool.allocated.get("10.9.3.10"), Some(&web.vps_id));
+    assert_eq!(pool.allocated.len(), 1);
+    assert_eq!(pool.allocated_ipv6.len(), 1);
+    assert_eq!(free(store), (9, 9));
+    assert_eq!(
+        (
+            allocation(store, "n1").vps_count,
+            allocation(store, "n2").vps_count
+        ),
+        (0, 1)
+    );
+    store.remove_vps(&web.vps_id).expect("remove");
+    assert_eq!(free(store), (10, 10));
 }
 
 /// Waits (generously: the machine is loaded) until `condition` holds.

@@ -459,6 +459,20 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Counts `taken` addresses of `pool` as given (or, negative, given back) in the summary
+    /// of every node the pool spans.
+    fn count_addresses(&mut self, pool: &PoolRecord, taken: i64) -> Result<(), StoreError> {
+        if taken == 0 {
+            return Ok(());
+        }
+        for node in pool.span() {
+            self.update_allocation(&node, |allocation| {
+                migration::count_addresses(allocation, taken);
+            })?;
+        }
+        Ok(())
+    }
+
     /// The compares that hold while nothing this transaction read has changed.
     fn compares(&self) -> Vec<Compare> {
         self.reads
@@ -476,15 +490,15 @@ impl Tx<'_> {
 }
 
 /// Takes `vps.resources.ipv4_count` addresses from the first of `node_pools` with enough
-/// free ones and records them on the VPS and in the pool.
+/// free ones and records them on the VPS and in the pool; returns that pool.
 fn allocate_addresses(
     tx: &mut Tx<'_>,
     node_pools: &[String],
     vps: &mut VpsRecord,
-) -> Result<(), StoreError> {
+) -> Result<Option<PoolRecord>, StoreError> {
     let count = vps.resources.ipv4_count;
     if count == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let mut full = Vec::new();
     for name in node_pools {
@@ -498,7 +512,7 @@ fn allocate_addresses(
             continue;
         }
         tx.put("pools", name, &pool);
-        return Ok(());
+        return Ok(Some(pool));
     }
     Err(StoreError::from(ipam::no_room(&vps.node, full, count)))
 }
@@ -1264,11 +1278,8 @@ impl Store for EtcdStore {
             let mut allocation: NodeAllocationRecord =
                 tx.get("node_allocations", &vps.node)?.unwrap_or_default();
             let mut vps = vps.clone();
-            allocate_addresses(tx, &allocation.pools, &mut vps)?;
+            let pool = allocate_addresses(tx, &allocation.pools, &mut vps)?;
             allocation.account(&vps.resources, 1.0);
-            allocation.free_ipv4 = allocation
-                .free_ipv4
-                .saturating_sub(u32::try_from(vps.ipv4.len()).unwrap_or(u32::MAX));
             // A VPS id is never reused: it must not exist either.
             if tx.raw(&format!("vps/{}", vps.vps_id))?.is_some() {
                 return Err(StoreError::AlreadyExists {
@@ -1277,6 +1288,9 @@ impl Store for EtcdStore {
                 });
             }
             tx.put("node_allocations", &vps.node, &allocation);
+            if let Some(pool) = &pool {
+                tx.count_addresses(pool, i64::try_from(vps.ipv4.len()).unwrap_or(i64::MAX))?;
+            }
             tx.put("tenants", &vps.tenant, &tenant);
             tx.put("vps", &vps.vps_id, &vps);
             tx.put_raw(
@@ -1364,20 +1378,15 @@ impl Store for EtcdStore {
                 quota::release_vps(&mut tenant, &vps.resources);
                 tx.put("tenants", &vps.tenant, &tenant);
             }
-            let mut released_ipv4 = 0u32;
             if let Some(network) = &vps.network {
                 if let Some(mut pool) = tx.get::<PoolRecord>("pools", &network.pool)? {
-                    let before = pool.allocated.len();
-                    pool.allocated.retain(|_, owner| owner != vps_id);
-                    pool.allocated_ipv6.retain(|_, owner| owner != vps_id);
-                    released_ipv4 =
-                        u32::try_from(before - pool.allocated.len()).unwrap_or(u32::MAX);
+                    let released = migration::release_addresses(&mut pool, vps_id);
                     tx.put("pools", &network.pool, &pool);
+                    tx.count_addresses(&pool, -i64::from(released))?;
                 }
             }
             tx.update_allocation(&vps.node, |allocation| {
                 allocation.account(&vps.resources, -1.0);
-                allocation.free_ipv4 = allocation.free_ipv4.saturating_add(released_ipv4);
             })?;
             tx.delete("vps_nodes", &node_vps_key(&vps.node, vps_id));
             tx.delete("vps", vps_id);
@@ -1410,11 +1419,18 @@ impl Store for EtcdStore {
                 ipam::check_overlap(pool, &cidr, &other)?;
             }
             tx.put("pools", &pool.name, pool);
-            tx.update_allocation(&pool.node, |allocation| {
-                allocation.free_ipv4 = allocation.free_ipv4.saturating_add(ipam::free_ipv4(pool));
-                allocation.pools.push(pool.name.clone());
-                allocation.pools.sort();
-            })?;
+            for node in pool.span() {
+                tx.update_allocation(&node, |allocation| {
+                    allocation.free_ipv4 =
+                        allocation.free_ipv4.saturating_add(ipam::free_ipv4(pool));
+                    allocation.pools.push(pool.name.clone());
+                    allocation.pools.sort();
+                    if pool.is_shared() {
+                        allocation.shared_pools.push(pool.name.clone());
+                        allocation.shared_pools.sort();
+                    }
+                })?;
+            }
             Ok(())
         })
     }
@@ -1432,10 +1448,14 @@ impl Store for EtcdStore {
             let pool: PoolRecord = tx.need("pools", name, "pool")?;
             ipam::check_removable(&pool)?;
             tx.delete("pools", name);
-            tx.update_allocation(&pool.node, |allocation| {
-                allocation.free_ipv4 = allocation.free_ipv4.saturating_sub(ipam::free_ipv4(&pool));
-                allocation.pools.retain(|other| other != name);
-            })?;
+            for node in pool.span() {
+                tx.update_allocation(&node, |allocation| {
+                    allocation.free_ipv4 =
+                        allocation.free_ipv4.saturating_sub(ipam::free_ipv4(&pool));
+                    allocation.pools.retain(|other| other != name);
+                    allocation.shared_pools.retain(|other| other != name);
+                })?;
+            }
             Ok(())
         })
     }
@@ -1747,11 +1767,12 @@ impl Store for EtcdStore {
             migration::check_plan(&vps, migration)?;
             if let Some(network) = &migration.new_network {
                 let mut pool: PoolRecord = tx.need("pools", &network.pool, "pool")?;
-                migration::reserve_addresses(migration, &mut pool)?;
+                let taken = migration::reserve_addresses(migration, &mut pool)?;
                 tx.put("pools", &network.pool, &pool);
+                tx.count_addresses(&pool, i64::from(taken))?;
             }
             tx.update_allocation(&migration.destination, |allocation| {
-                migration::reserve_capacity(allocation, &vps, migration);
+                migration::reserve_capacity(allocation, &vps);
             })?;
             migration::hold(&mut vps, migration);
             tx.put("vps", &vps.vps_id, &vps);
@@ -1800,18 +1821,18 @@ impl Store for EtcdStore {
                 }
                 .into());
             }
-            let mut released = 0u32;
             if let Some(network) = &vps.network {
                 let moving_pool = record.new_network.as_ref().map(|n| n.pool.as_str());
                 if moving_pool != Some(network.pool.as_str()) {
                     if let Some(mut pool) = tx.get::<PoolRecord>("pools", &network.pool)? {
-                        released = migration::release_addresses(&mut pool, vps_id);
+                        let released = migration::release_addresses(&mut pool, vps_id);
                         tx.put("pools", &network.pool, &pool);
+                        tx.count_addresses(&pool, -i64::from(released))?;
                     }
                 }
             }
             tx.update_allocation(&record.source, |allocation| {
-                migration::release_capacity(allocation, &vps, released);
+                migration::release_capacity(allocation, &vps);
             })?;
             tx.delete("vps_nodes", &node_vps_key(&record.source, vps_id));
             tx.put_raw(
@@ -1844,7 +1865,6 @@ impl Store for EtcdStore {
             if record.phase == MigrationPhase::Switched {
                 return Ok(());
             }
-            let mut released = 0u32;
             if let Some(network) = &record.new_network {
                 if let Some(mut pool) = tx.get::<PoolRecord>("pools", &network.pool)? {
                     let keeps_here = record
@@ -1852,14 +1872,15 @@ impl Store for EtcdStore {
                         .as_ref()
                         .is_some_and(|old| old.pool == network.pool);
                     if !keeps_here {
-                        released = migration::release_addresses(&mut pool, vps_id);
+                        let released = migration::release_addresses(&mut pool, vps_id);
                         tx.put("pools", &network.pool, &pool);
+                        tx.count_addresses(&pool, -i64::from(released))?;
                     }
                 }
             }
             if let Some(mut vps) = tx.get::<VpsRecord>("vps", vps_id)? {
                 tx.update_allocation(&record.destination, |allocation| {
-                    migration::release_capacity(allocation, &vps, released);
+                    migration::release_capacity(allocation, &vps);
                 })?;
                 vps.desired_power = if record.was_running {
                     Power::Running

@@ -96,15 +96,15 @@ fn decode<T: DeserializeOwned>(
 const POOL_GUARD: &[u8] = b"\0guard";
 
 /// Takes `vps.resources.ipv4_count` addresses from the first of `node_pools`
-/// with enough free ones and records them on the VPS and in the pool.
+/// with enough free ones and records them on the VPS and in the pool; returns that pool.
 fn allocate_addresses(
     pools: &TransactionalTree,
     node_pools: &[String],
     vps: &mut VpsRecord,
-) -> TxResult<()> {
+) -> TxResult<Option<PoolRecord>> {
     let count = vps.resources.ipv4_count;
     if count == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let mut full = Vec::new();
     for name in node_pools {
@@ -118,7 +118,7 @@ fn allocate_addresses(
             continue;
         }
         pools.insert(name.as_bytes(), encode(&pool))?;
-        return Ok(());
+        return Ok(Some(pool));
     }
     abort(StoreError::from(ipam::no_room(&vps.node, full, count)))
 }
@@ -147,6 +147,24 @@ fn tx_update_allocation(
         tx_get(allocations, "node_allocations", node.as_bytes())?.unwrap_or_default();
     change(&mut allocation);
     allocations.insert(node.as_bytes(), encode(&allocation))?;
+    Ok(())
+}
+
+/// Counts `taken` addresses of `pool` as given (or, negative, given back) in the summary of
+/// every node the pool spans.
+fn tx_count_addresses(
+    allocations: &TransactionalTree,
+    pool: &PoolRecord,
+    taken: i64,
+) -> TxResult<()> {
+    if taken == 0 {
+        return Ok(());
+    }
+    for node in pool.span() {
+        tx_update_allocation(allocations, &node, |allocation| {
+            crate::model::migration::count_addresses(allocation, taken);
+        })?;
+    }
     Ok(())
 }
 
@@ -294,9 +312,14 @@ impl SledStore {
         let mut allocations: std::collections::BTreeMap<String, NodeAllocationRecord> =
             std::collections::BTreeMap::new();
         for pool in self.list_pools()? {
-            let allocation = allocations.entry(pool.node.clone()).or_default();
-            allocation.free_ipv4 = allocation.free_ipv4.saturating_add(ipam::free_ipv4(&pool));
-            allocation.pools.push(pool.name.clone());
+            for node in pool.span() {
+                let allocation = allocations.entry(node).or_default();
+                allocation.free_ipv4 = allocation.free_ipv4.saturating_add(ipam::free_ipv4(&pool));
+                allocation.pools.push(pool.name.clone());
+                if pool.is_shared() {
+                    allocation.shared_pools.push(pool.name.clone());
+                }
+            }
         }
         for vps in Self::scan::<VpsRecord>(&self.vps, "vps")? {
             self.vps_nodes
@@ -308,6 +331,7 @@ impl SledStore {
         }
         for (node, mut allocation) in allocations {
             allocation.pools.sort();
+            allocation.shared_pools.sort();
             self.node_allocations
                 .insert(node.as_bytes(), encode(&allocation))?;
         }
@@ -960,12 +984,13 @@ impl Store for SledStore {
                             tx_get(allocations, "node_allocations", vps.node.as_bytes())?
                                 .unwrap_or_default();
                         let mut vps = vps.clone();
-                        allocate_addresses(pools, &allocation.pools, &mut vps)?;
+                        let pool = allocate_addresses(pools, &allocation.pools, &mut vps)?;
                         allocation.account(&vps.resources, 1.0);
-                        allocation.free_ipv4 = allocation
-                            .free_ipv4
-                            .saturating_sub(u32::try_from(vps.ipv4.len()).unwrap_or(u32::MAX));
                         allocations.insert(vps.node.as_bytes(), encode(&allocation))?;
+                        if let Some(pool) = &pool {
+                            let taken = i64::try_from(vps.ipv4.len()).unwrap_or(i64::MAX);
+                            tx_count_addresses(allocations, pool, taken)?;
+                        }
                         tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
                         all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
                         names.insert(key.clone(), vps.vps_id.as_bytes())?;
@@ -1082,23 +1107,18 @@ impl Store for SledStore {
                             quota::release_vps(&mut tenant, &vps.resources);
                             tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
                         }
-                        let mut released_ipv4 = 0u32;
                         if let Some(network) = &vps.network {
                             if let Some(mut pool) =
                                 tx_get::<PoolRecord>(pools, "pools", network.pool.as_bytes())?
                             {
-                                let before = pool.allocated.len();
-                                pool.allocated.retain(|_, owner| owner != vps_id);
-                                pool.allocated_ipv6.retain(|_, owner| owner != vps_id);
-                                released_ipv4 = u32::try_from(before - pool.allocated.len())
-                                    .unwrap_or(u32::MAX);
+                                let released =
+                                    crate::model::migration::release_addresses(&mut pool, vps_id);
                                 pools.insert(network.pool.as_bytes(), encode(&pool))?;
+                                tx_count_addresses(allocations, &pool, -i64::from(released))?;
                             }
                         }
                         tx_update_allocation(allocations, &vps.node, |allocation| {
                             allocation.account(&vps.resources, -1.0);
-                            allocation.free_ipv4 =
-                                allocation.free_ipv4.saturating_add(released_ipv4);
                         })?;
                         node_index.remove(node_vps_key(&vps.node, vps_id))?;
                         all.remove(vps_id.as_bytes())?;
@@ -1154,12 +1174,18 @@ impl Store for SledStore {
                     .unwrap_or(0);
                 pools.insert(POOL_GUARD, (generation + 1).to_string().as_bytes())?;
                 pools.insert(pool.name.as_bytes(), encode(pool))?;
-                tx_update_allocation(allocations, &pool.node, |allocation| {
-                    allocation.free_ipv4 =
-                        allocation.free_ipv4.saturating_add(ipam::free_ipv4(pool));
-                    allocation.pools.push(pool.name.clone());
-                    allocation.pools.sort();
-                })?;
+                for node in pool.span() {
+                    tx_update_allocation(allocations, &node, |allocation| {
+                        allocation.free_ipv4 =
+                            allocation.free_ipv4.saturating_add(ipam::free_ipv4(pool));
+                        allocation.pools.push(pool.name.clone());
+                        allocation.pools.sort();
+                        if pool.is_shared() {
+                            allocation.shared_pools.push(pool.name.clone());
+                            allocation.shared_pools.sort();
+                        }
+                    })?;
+                }
                 Ok(())
             }),
         )
@@ -1194,11 +1220,14 @@ impl Store for SledStore {
                     return abort(StoreError::from(error));
                 }
                 pools.remove(name.as_bytes())?;
-                tx_update_allocation(allocations, &pool.node, |allocation| {
-                    allocation.free_ipv4 =
-                        allocation.free_ipv4.saturating_sub(ipam::free_ipv4(&pool));
-                    allocation.pools.retain(|other| other != name);
-                })?;
+                for node in pool.span() {
+                    tx_update_allocation(allocations, &node, |allocation| {
+                        allocation.free_ipv4 =
+                            allocation.free_ipv4.saturating_sub(ipam::free_ipv4(&pool));
+                        allocation.pools.retain(|other| other != name);
+                        allocation.shared_pools.retain(|other| other != name);
+                    })?;
+                }
                 Ok(())
             }),
         )
@@ -1259,6 +1288,7 @@ mod tests {
         PoolRecord {
             name: name.to_owned(),
             node: node.to_owned(),
+            nodes: Vec::new(),
             cidr: format!("10.9.{third_octet}.0/24"),
             gateway: format!("10.9.{third_octet}.1"),
             range_start: format!("10.9.{third_octet}.10"),

@@ -54,6 +54,8 @@ struct AgentState {
     received_bytes: Mutex<u64>,
     /// Index in the controller list of the last controller a heartbeat reached.
     heartbeat_target: Mutex<Option<usize>>,
+    /// The host routes of the last `SyncRoutes` (destination -> via).
+    routes: Mutex<HashMap<String, String>>,
 }
 
 fn status(vps_id: &str, running: bool) -> v1::VpsStatus {
@@ -260,6 +262,17 @@ impl FakeAgent {
     /// Records `vps_id` as running here (as a destination is after `RestoreCheckpoint`).
     pub fn set_running(&self, vps_id: &str) {
         self.state.set(vps_id, true);
+    }
+
+    /// The host routes the controller last synced (destination -> via); not every test
+    /// including this module asks.
+    #[allow(dead_code)]
+    pub fn routes(&self) -> HashMap<String, String> {
+        self.state
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Which controller (index in the list) the last heartbeat reached.
@@ -499,5 +512,28 @@ impl NodeAgent for Service {
             }
         }
         Ok(Response::new(self.0.set(&vps_id, false)))
+    }
+
+    async fn sync_routes(
+        &self,
+        request: Request<v1::AgentRoutes>,
+    ) -> Result<Response<v1::AgentRoutesResult>, Status> {
+        let wanted: HashMap<String, String> = request
+            .into_inner()
+            .routes
+            .into_iter()
+            .map(|route| (route.destination, route.via))
+            .collect();
+        let mut routes = self.0.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let added = wanted
+            .iter()
+            .filter(|(d, v)| routes.get(*d) != Some(v))
+            .count();
+        let removed = routes.keys().filter(|d| !wanted.contains_key(*d)).count();
+        *routes = wanted;
+        Ok(Response::new(v1::AgentRoutesResult {
+            added: u32::try_from(added).unwrap_or(u32::MAX),
+            removed: u32::try_from(removed).unwrap_or(u32::MAX),
+        }))
     }
 }

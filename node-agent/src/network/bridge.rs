@@ -127,3 +127,24 @@ pub fn set_routing(name: &str, routed: bool) -> Result<(), NetworkError> {
     }
     Ok(())
 }
+
+/// Whether the bridge answers ARP for addresses routed out of another interface
+/// (`proxy_arp`): the addresses of shared pools living on other nodes, which a VPS takes for
+/// neighbours on its subnet. It lives on the bridge and goes with it.
+pub fn set_proxy_arp(name: &str, on: bool) -> Result<(), NetworkError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{name}/proxy_arp"));
+    let wanted = if on { "1" } else { "0" };
+    let current = std::fs::read_to_string(&path).map_err(|source| NetworkError::Io {
+        op: "read",
+        path: path.clone(),
+        source,
+    })?;
+    if current.trim() != wanted {
+        std::fs::write(&path, wanted).map_err(|source| NetworkError::Io {
+            op: "write",
+            path,
+            source,
+        })?;
+    }
+    Ok(())
+}

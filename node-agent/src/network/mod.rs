@@ -15,6 +15,7 @@
 pub mod bridge;
 pub mod counters;
 pub mod filter;
+pub mod routes;
 pub mod shaping;
 pub mod veth;
 
@@ -374,6 +375,8 @@ pub struct Network {
     /// The generation of `ports` the ruleset and the bridge were last made from. Held while
     /// they are rewritten, so concurrent changes (a burst of starts) share one `nft -f`.
     loaded: tokio::sync::Mutex<u64>,
+    /// Held while the host routes of shared pools are synced.
+    routes: tokio::sync::Mutex<()>,
 }
 
 /// Whether a host link found at start-up already is the working port of `spec`: marked as
@@ -411,6 +414,7 @@ impl Network {
             config,
             ports: tokio::sync::Mutex::new((BTreeMap::new(), 0)),
             loaded: tokio::sync::Mutex::new(0),
+            routes: tokio::sync::Mutex::new(()),
         };
         let bridge_index = bridge::ensure(&network.host, &network.config.bridge).await?;
         bridge::set_routing(&network.config.bridge, network.routed())?;
@@ -500,6 +504,20 @@ impl Network {
     /// The bridge this network attaches ports to.
     pub fn bridge(&self) -> &str {
         &self.config.bridge
+    }
+
+    /// Makes the node's host routes of shared pools exactly `wanted` ([`routes::sync`]).
+    /// While it has any, the bridge answers ARP for their addresses (`proxy_arp`: they
+    /// are in the subnet of a local VPS but routed to another node), with or without
+    /// tenant isolation. Returns how many routes it added and removed.
+    pub async fn sync_routes(
+        &self,
+        wanted: &[routes::HostRoute],
+    ) -> Result<(u32, u32), NetworkError> {
+        let _one_at_a_time = self.routes.lock().await;
+        let changed = routes::sync(&self.host, wanted).await?;
+        bridge::set_proxy_arp(&self.config.bridge, !wanted.is_empty())?;
+        Ok(changed)
     }
 
     /// Whether the node routes between the VPSes of different tenants on the

@@ -5,8 +5,8 @@ use chrono::Utc;
 use sled::Transactional;
 
 use super::{
-    abort, encode, flatten, node_vps_key, tx_append_event, tx_get, tx_need, tx_update_allocation,
-    SledStore,
+    abort, encode, flatten, node_vps_key, tx_append_event, tx_count_addresses, tx_get, tx_need,
+    tx_update_allocation, SledStore,
 };
 use crate::model::migration::{self, MigrationError, MigrationPhase, MigrationRecord, PhaseNote};
 use crate::model::{EventRecord, PoolRecord, Power, UsageCursorRecord, VpsRecord};
@@ -65,13 +65,15 @@ impl SledStore {
                             "pool",
                             network.pool.clone(),
                         )?;
-                        if let Err(error) = migration::reserve_addresses(record, &mut pool) {
-                            return abort(error.into());
-                        }
+                        let taken = match migration::reserve_addresses(record, &mut pool) {
+                            Ok(taken) => taken,
+                            Err(error) => return abort(error.into()),
+                        };
                         pools.insert(network.pool.as_bytes(), encode(&pool))?;
+                        tx_count_addresses(allocations, &pool, i64::from(taken))?;
                     }
                     tx_update_allocation(allocations, &record.destination, |allocation| {
-                        migration::reserve_capacity(allocation, &vps, record);
+                        migration::reserve_capacity(allocation, &vps);
                     })?;
                     migration::hold(&mut vps, record);
                     all.insert(vps_id.as_bytes(), encode(&vps))?;
@@ -155,20 +157,20 @@ impl SledStore {
                                 .into(),
                             );
                         }
-                        let mut released = 0u32;
                         if let Some(network) = &vps.network {
                             let moving_pool = record.new_network.as_ref().map(|n| n.pool.as_str());
                             if moving_pool != Some(network.pool.as_str()) {
                                 if let Some(mut pool) =
                                     tx_get::<PoolRecord>(pools, "pools", network.pool.as_bytes())?
                                 {
-                                    released = migration::release_addresses(&mut pool, vps_id);
+                                    let released = migration::release_addresses(&mut pool, vps_id);
                                     pools.insert(network.pool.as_bytes(), encode(&pool))?;
+                                    tx_count_addresses(allocations, &pool, -i64::from(released))?;
                                 }
                             }
                         }
                         tx_update_allocation(allocations, &record.source, |allocation| {
-                            migration::release_capacity(allocation, &vps, released);
+                            migration::release_capacity(allocation, &vps);
                         })?;
                         node_index.remove(node_vps_key(&record.source, vps_id))?;
                         node_index.insert(node_vps_key(&record.destination, vps_id), &[])?;
@@ -222,7 +224,6 @@ impl SledStore {
                     if record.phase == MigrationPhase::Switched {
                         return Ok(());
                     }
-                    let mut released = 0u32;
                     if let Some(network) = &record.new_network {
                         let keeps_here = record
                             .old_network
@@ -232,14 +233,15 @@ impl SledStore {
                             if let Some(mut pool) =
                                 tx_get::<PoolRecord>(pools, "pools", network.pool.as_bytes())?
                             {
-                                released = migration::release_addresses(&mut pool, vps_id);
+                                let released = migration::release_addresses(&mut pool, vps_id);
                                 pools.insert(network.pool.as_bytes(), encode(&pool))?;
+                                tx_count_addresses(allocations, &pool, -i64::from(released))?;
                             }
                         }
                     }
                     if let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? {
                         tx_update_allocation(allocations, &record.destination, |allocation| {
-                            migration::release_capacity(allocation, &vps, released);
+                            migration::release_capacity(allocation, &vps);
                         })?;
                         vps.desired_power = power(record.was_running);
                         all.insert(vps_id.as_bytes(), encode(&vps))?;
