@@ -9,8 +9,6 @@
 //! `held` form resumes a VPS this node dumped; `ExportVps`/`ImportVps` carry a token archive
 //! for a cold move.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -234,32 +232,38 @@ impl FakeAgent {
     }
 
     /// Makes `CheckpointVps` refuse with `reason` (CRIU's, as a real node reports it).
+    #[allow(dead_code)] // only the migration tests ask
     pub fn refuse_checkpoints(&self, reason: Option<&str>) {
         *locked(&self.state.checkpoint_refusal) = reason.map(str::to_owned);
     }
 
     /// Makes `RestoreCheckpoint` of a transfer refuse with `reason`.
+    #[allow(dead_code)] // only the migration tests ask
     pub fn refuse_restores(&self, reason: Option<&str>) {
         *locked(&self.state.restore_refusal) = reason.map(str::to_owned);
     }
 
     /// The VPS ids of the `held` restores (rollbacks on a source) asked for so far.
+    #[allow(dead_code)] // only the migration tests ask
     pub fn held_restores(&self) -> Vec<String> {
         locked(&self.state.held_restores).clone()
     }
 
     /// Bytes of checkpoint transfers received.
+    #[allow(dead_code)] // only the migration tests ask
     pub fn received_bytes(&self) -> u64 {
         *locked(&self.state.received_bytes)
     }
 
     /// Records `vps_id` as on this node, dumped (as a source is after `CheckpointVps`).
+    #[allow(dead_code)] // only the migration tests ask
     pub fn set_dumped(&self, vps_id: &str) {
         self.state.set(vps_id, false);
         locked(&self.state.dumped).insert(vps_id.to_owned());
     }
 
     /// Records `vps_id` as running here (as a destination is after `RestoreCheckpoint`).
+    #[allow(dead_code)] // only the migration tests ask
     pub fn set_running(&self, vps_id: &str) {
         self.state.set(vps_id, true);
     }
@@ -276,6 +280,7 @@ impl FakeAgent {
     }
 
     /// Which controller (index in the list) the last heartbeat reached.
+    #[allow(dead_code)] // only the cluster test asks
     pub fn heartbeat_target(&self) -> Option<usize> {
         *self
             .state
