@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{start, with_token, Api};
 use fake_agent::FakeAgent;
 use paddock_controller::model::migration::{self, MigrationPhase, MigrationRecord};
-use paddock_controller::model::{EventKind, Power};
+use paddock_controller::model::{EventKind, Observed, Power};
 use paddock_proto::v1;
 use paddock_proto::v1::node_service_client::NodeServiceClient;
 use tonic::Code;
@@ -304,6 +304,16 @@ impl LiveCluster {
             agent
                 .applied(&vps.id)
                 .is_some_and(|status| status.state() == v1::AgentVpsState::Running)
+        })
+        .await;
+        // And the controller's record of that apply written (nothing moves under a test
+        // that compares the store before and after).
+        wait_for(&format!("{name} recorded running"), || {
+            let stored = self.stored(&vps.id);
+            stored.applied_spec.is_some()
+                && stored
+                    .observed
+                    .is_some_and(|observed| observed.state == Observed::Running)
         })
         .await;
         vps
