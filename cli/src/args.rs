@@ -534,13 +534,18 @@ pub enum AdminCommand {
         #[arg(long, value_name = "TENANT")]
         tenant: String,
     },
-    /// Move a VPS to another node (cold migration): stop it, copy its disk, start it there
+    /// Move a VPS to another node. Cold by default: stop it, copy its disk, start it there
     /// if it ran. Its addresses move with it where the destination has a pool holding them;
     /// otherwise the move is refused, naming the old and new address, unless
-    /// --allow-new-address is given.
+    /// --allow-new-address is given. With --live it moves running (CRIU: its memory,
+    /// processes and TCP connections), which needs its addresses kept; where they cannot
+    /// be or CRIU cannot checkpoint it, the move is refused (the VPS runs on, the reason
+    /// said) unless --allow-cold lets a cold move follow.
     #[command(
         after_help = "Examples:\n  paddock admin migrate web1 --tenant acme --to node-b\n  \
-                      paddock admin migrate web1 --tenant acme --to node-b --allow-new-address"
+                      paddock admin migrate web1 --tenant acme --to node-b --allow-new-address\n  \
+                      paddock admin migrate web1 --tenant acme --to node-b --live\n  \
+                      paddock admin migrate web1 --tenant acme --live --allow-cold --allow-new-address"
     )]
     Migrate {
         /// VPS name.
@@ -551,9 +556,8 @@ pub enum AdminCommand {
         /// Destination node; without it the scheduler picks one.
         #[arg(long, value_name = "NODE")]
         to: Option<String>,
-        /// Accept a new address from the destination's pool when the current one cannot move.
-        #[arg(long)]
-        allow_new_address: bool,
+        #[command(flatten)]
+        how: MoveArgs,
     },
     /// Lifecycle events (what billing follows with WatchEvents), oldest first, one per line.
     /// Without --follow it prints those recorded so far; with it, new ones as they happen,
@@ -581,6 +585,20 @@ pub enum AdminCommand {
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u32,
     },
+}
+
+/// How `admin migrate` and `admin node drain --migrate` move a VPS.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct MoveArgs {
+    /// Accept a new address from the destination's pool when the current one cannot move.
+    #[arg(long)]
+    pub allow_new_address: bool,
+    /// Move it running (CRIU checkpoint, transfer, restore) with its addresses.
+    #[arg(long)]
+    pub live: bool,
+    /// With --live: fall back to a cold move where a live one is refused.
+    #[arg(long, requires = "live")]
+    pub allow_cold: bool,
 }
 
 /// Quota limits for `admin tenant create|set-quota`.
@@ -741,16 +759,16 @@ pub enum NodeCommand {
     /// Cordon a node: no new VPS is placed on it; running ones stay, or with --migrate
     /// move one at a time to nodes the scheduler picks (a line per VPS).
     #[command(after_help = "Examples:\n  paddock admin node drain node-a\n  \
-                      paddock admin node drain node-a --migrate --allow-new-address")]
+                      paddock admin node drain node-a --migrate --allow-new-address\n  \
+                      paddock admin node drain node-a --migrate --live --allow-cold")]
     Drain {
         /// Node name.
         name: String,
-        /// Also move every VPS off the node (cold migration), one at a time.
+        /// Also move every VPS off the node, one at a time.
         #[arg(long)]
         migrate: bool,
-        /// With --migrate: accept new addresses where the current ones cannot move.
-        #[arg(long, requires = "migrate")]
-        allow_new_address: bool,
+        #[command(flatten)]
+        how: MoveArgs,
     },
     /// Make a drained node schedulable again.
     #[command(after_help = "Example:\n  paddock admin node undrain node-a")]

@@ -1124,6 +1124,24 @@ pub struct MigrationView {
     pub addresses_kept: bool,
     pub was_running: bool,
     pub duration_ms: u64,
+    /// Moved running (CRIU).
+    pub live: bool,
+    /// What the checkpoint and restore did (live moves).
+    pub live_report: Option<LiveReportView>,
+    /// A live move asked for but done cold: why (empty otherwise).
+    pub cold_because: String,
+}
+
+/// What the checkpoint and restore of a live move did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveReportView {
+    pub round_pages_written: Vec<u64>,
+    pub final_pages_written: u64,
+    pub frozen_ms: f64,
+    pub image_bytes: u64,
+    pub transfer_bytes: u64,
+    pub checkpoint_ms: u64,
+    pub restore_ms: u64,
 }
 
 impl From<&v1::Migration> for MigrationView {
@@ -1139,6 +1157,17 @@ impl From<&v1::Migration> for MigrationView {
             addresses_kept: m.addresses_kept,
             was_running: m.was_running,
             duration_ms: m.duration_ms,
+            live: m.live,
+            live_report: m.live_report.as_ref().map(|r| LiveReportView {
+                round_pages_written: r.round_pages_written.clone(),
+                final_pages_written: r.final_pages_written,
+                frozen_ms: r.frozen_us as f64 / 1000.0,
+                image_bytes: r.image_bytes,
+                transfer_bytes: r.transfer_bytes,
+                checkpoint_ms: r.checkpoint_ms,
+                restore_ms: r.restore_ms,
+            }),
+            cold_because: m.cold_because.clone(),
         }
     }
 }
@@ -1162,9 +1191,24 @@ impl Detail for MigrationView {
                 addresses(&self.old_ipv4)
             )
         };
+        let how = match (&self.live_report, self.cold_because.as_str()) {
+            (Some(report), _) => format!(
+                "live: frozen {:.1} ms, {} pre-dump round(s), {} of images, {} transferred \
+                 (checkpoint {:.1}s, transfer and restore {:.1}s)",
+                report.frozen_ms,
+                report.round_pages_written.len(),
+                size(report.image_bytes),
+                size(report.transfer_bytes),
+                report.checkpoint_ms as f64 / 1000.0,
+                report.restore_ms as f64 / 1000.0,
+            ),
+            (None, "") => "cold".to_owned(),
+            (None, why) => format!("cold, not live: {why}"),
+        };
         vec![
             ("VPS", format!("{}/{}", self.tenant, self.name)),
             ("Moved", format!("{} -> {}", self.from_node, self.to_node)),
+            ("How", how),
             ("IPv4", address),
             (
                 "Running",
@@ -1188,6 +1232,8 @@ pub struct DrainRow {
     pub name: String,
     /// `moved` or `failed`.
     pub result: &'static str,
+    /// How it moved: `live` or `cold`.
+    pub how: &'static str,
     pub to_node: String,
     pub ipv4: Vec<String>,
     pub duration_ms: u64,
@@ -1201,6 +1247,7 @@ impl DrainRow {
             tenant: m.tenant.clone(),
             name: m.name.clone(),
             result: "moved",
+            how: if m.live { "live" } else { "cold" },
             to_node: m.to_node.clone(),
             ipv4: m.new_ipv4.clone(),
             duration_ms: m.duration_ms,
@@ -1213,6 +1260,7 @@ impl DrainRow {
             tenant: vps.tenant.clone(),
             name: vps.name.clone(),
             result: "failed",
+            how: "",
             to_node: String::new(),
             ipv4: vps.ipv4.clone(),
             duration_ms: 0,
@@ -1222,14 +1270,16 @@ impl DrainRow {
 }
 
 impl Tabular for DrainRow {
-    const HEADERS: &'static [&'static str] =
-        &["TENANT", "NAME", "RESULT", "TO", "IPV4", "TOOK", "ERROR"];
+    const HEADERS: &'static [&'static str] = &[
+        "TENANT", "NAME", "RESULT", "HOW", "TO", "IPV4", "TOOK", "ERROR",
+    ];
 
     fn row(&self, _now: DateTime<Utc>) -> Vec<String> {
         dashes(vec![
             self.tenant.clone(),
             self.name.clone(),
             self.result.to_owned(),
+            self.how.to_owned(),
             self.to_node.clone(),
             self.ipv4.join(","),
             if self.result == "moved" {

@@ -395,6 +395,7 @@ pub fn event(e: &crate::model::EventRecord) -> v1::Event {
         K::BackupDeleted => v1::EventKind::BackupDeleted,
         K::VpsMigrated => v1::EventKind::VpsMigrated,
         K::MigrationFailed => v1::EventKind::MigrationFailed,
+        K::VpsLiveMigrated => v1::EventKind::VpsLiveMigrated,
     };
     v1::Event {
         cursor: e.cursor,
@@ -552,10 +553,8 @@ pub fn backup(record: &crate::model::BackupRecord) -> v1::Backup {
 }
 
 /// A migration as the API reports it.
-pub fn migration(
-    record: &crate::model::migration::MigrationRecord,
-    duration: std::time::Duration,
-) -> v1::Migration {
+pub fn migration(outcome: &crate::service::migration::MigrationOutcome) -> v1::Migration {
+    let record = &outcome.record;
     v1::Migration {
         migration_id: record.id.clone(),
         tenant: record.tenant.clone(),
@@ -567,7 +566,21 @@ pub fn migration(
         new_ipv4: record.new_ipv4.clone(),
         addresses_kept: record.addresses_kept,
         was_running: record.was_running,
-        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        live: record.live,
+        live_report: record
+            .live_report
+            .as_ref()
+            .map(|report| v1::LiveMigrationReport {
+                round_pages_written: report.round_pages_written.clone(),
+                final_pages_written: report.final_pages_written,
+                frozen_us: report.frozen_us,
+                image_bytes: report.image_bytes,
+                transfer_bytes: report.transfer_bytes,
+                checkpoint_ms: report.checkpoint_ms,
+                restore_ms: report.restore_ms,
+            }),
+        cold_because: outcome.cold_because.clone().unwrap_or_default(),
     }
 }
 

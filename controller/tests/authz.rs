@@ -266,7 +266,7 @@ async fn call(api: &Api, rpc: &str, who: &str, token: &str) -> Code {
                     tenant: "a".into(),
                     name: "get".into(),
                     to_node: "node-a".into(),
-                    allow_new_address: false,
+                    ..Default::default()
                 }))
                 .await,
         ),

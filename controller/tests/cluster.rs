@@ -292,7 +292,7 @@ async fn three_controllers_survive_a_leader_kill_and_a_frozen_etcd_member() {
                     tenant: "t0".into(),
                     name: "absent".into(),
                     to_node: String::new(),
-                    allow_new_address: false,
+                    ..Default::default()
                 },
                 &admin,
             ))

@@ -734,10 +734,16 @@ async fn usage_continues_across_a_migration_without_double_count() {
         addresses_kept: false,
         started_at: chrono::Utc::now(),
         failure: None,
+        live: false,
+        live_report: None,
     };
     api.store.plan_migration(&record).expect("plan");
     api.store
-        .set_migration_phase(&vps.vps_id, MigrationPhase::Copied, None)
+        .set_migration_phase(
+            &vps.vps_id,
+            MigrationPhase::Copied,
+            paddock_controller::model::migration::PhaseNote::Nothing,
+        )
         .expect("copied");
     let moved = api.store.switch_migration(&vps.vps_id).expect("switch");
     assert_eq!(moved.node, "node-b");

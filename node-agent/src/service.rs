@@ -354,6 +354,7 @@ impl NodeAgent for AgentService {
             .workers
             .checkpoint(&vps_id, images.clone(), options)
             .await?;
+        crate::fault::hit("migrate:after-dump");
         let disk = self.runtime.disk_image_path(&vps_id)?;
         let (sender, receiver) = mpsc::channel(8);
         let _ = sender
@@ -385,6 +386,9 @@ impl NodeAgent for AgentService {
             Some(v1::AgentCheckpointUpload {
                 item: Some(Item::Spec(spec)),
             }) => spec,
+            Some(v1::AgentCheckpointUpload {
+                item: Some(Item::Held(spec)),
+            }) => return self.restore_held(spec).await,
             _ => {
                 return Err(Status::invalid_argument(
                     "spec: the first RestoreCheckpoint message must carry the spec",
@@ -429,6 +433,7 @@ impl NodeAgent for AgentService {
                 images,
             )
             .await?;
+        crate::fault::hit("migrate:before-restore-reply");
         Ok(Response::new(convert::status(&observed)))
     }
 
@@ -763,6 +768,32 @@ fn validate_migration_id(migration_id: &str) -> Result<(), Status> {
 }
 
 impl AgentService {
+    /// `RestoreCheckpoint` with `held`: restores the newest checkpoint this node kept of the
+    /// VPS (a live move rolling back on its source); a VPS that runs is answered as it is.
+    async fn restore_held(&self, wire: v1::VpsSpec) -> Result<Response<v1::VpsStatus>, Status> {
+        let spec = convert::spec(&wire)?;
+        let port = convert::port_spec(&wire)?;
+        let vps_id = spec.vps_id.clone();
+        if let Some(observed) = self.workers.status(&vps_id).await? {
+            if observed.init_pid.is_some() {
+                return Ok(Response::new(convert::status(&observed)));
+            }
+        }
+        let images = self.runtime.held_checkpoint(&vps_id)?;
+        let observed = self
+            .workers
+            .restore_checkpoint(
+                ApplyRequest {
+                    spec,
+                    port,
+                    encoded: prost::Message::encode_to_vec(&wire),
+                },
+                images,
+            )
+            .await?;
+        Ok(Response::new(convert::status(&observed)))
+    }
+
     /// Runs a snapshot operation on the VPS's worker, after its earlier applies.
     async fn snapshot_op(&self, vps_id: &str, op: SnapshotOp) -> Result<SnapshotOutcome, Status> {
         validate_vps_id(vps_id)?;

@@ -675,3 +675,75 @@ fn a_running_vps_moves_live_to_another_node_and_keeps_its_tcp_connection() {
     let _ = stream.shutdown(Shutdown::Both);
     destination.runtime.delete(&vps_id).expect("delete");
 }
+
+/// A live move rolling back on its source: the source restores the newest checkpoint it kept
+/// (`held_checkpoint`, what `RestoreCheckpoint`'s `held` form uses), the same processes go on
+/// counting, and the spent images are removed once the VPS runs from them.
+#[test]
+fn a_source_rolling_back_restores_the_checkpoint_it_kept_and_drops_it() {
+    if !require_root() {
+        return;
+    }
+    let works = criu_works();
+    let mut fx = Fixture::with_proc_view(ProcView::Host);
+    let vps_id = fx.new_vps_id();
+    let spec = spec(&vps_id, small_limits());
+    let init_pid = running_pid(&fx.runtime.apply(&spec).expect("create"));
+    let none = fx
+        .runtime
+        .held_checkpoint(&vps_id)
+        .expect_err("nothing held");
+    assert!(
+        matches!(
+            none,
+            RuntimeError::Checkpoint {
+                source: CheckpointError::NoImages(_),
+                ..
+            }
+        ),
+        "{none:?}"
+    );
+    assert_eq!(runtime_code(&none), tonic::Code::FailedPrecondition);
+    if !works {
+        let images = fx.runtime.checkpoint_dir(&vps_id).expect("dir");
+        assert_refused_at_check(&fx.runtime, &vps_id, init_pid, &images);
+        return;
+    }
+    let counter_pid = start_counter(&fx.runtime, &vps_id);
+    wait_until("the counter to reach 10", WAIT, || {
+        count(&fx.runtime, &vps_id) >= 10
+    });
+    let count_before = count(&fx.runtime, &vps_id);
+    let images = fx.runtime.checkpoint_dir(&vps_id).expect("dir");
+    fx.runtime
+        .checkpoint(&vps_id, &images, CheckpointOptions::default())
+        .expect("checkpoint");
+    wait_until("the dumped init to go", WAIT, || !pid_running(init_pid));
+    assert_eq!(
+        fx.runtime.held_checkpoint(&vps_id).expect("held"),
+        images,
+        "the newest complete checkpoint"
+    );
+    let restored = fx
+        .runtime
+        .restore_checkpoint(&spec, &images, None)
+        .expect("restore on the source");
+    let new_init = running_pid(&restored);
+    assert_eq!(inner_pid(new_init), "1");
+    assert_eq!(
+        sh_ok(&fx.runtime, &vps_id, "cat /counter.pid").trim(),
+        counter_pid
+    );
+    // Counting on from its memory: a loop started afresh would read lower.
+    let count_after = count(&fx.runtime, &vps_id);
+    assert!(
+        count_after >= count_before,
+        "{count_after} < {count_before}"
+    );
+    wait_until("the counter to go on", WAIT, || {
+        count(&fx.runtime, &vps_id) > count_after
+    });
+    assert!(!images.exists(), "the spent images are removed");
+    assert!(fx.runtime.held_checkpoint(&vps_id).is_err(), "nothing held");
+    fx.runtime.delete(&vps_id).expect("delete");
+}

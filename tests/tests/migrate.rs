@@ -449,6 +449,235 @@ fn drain_migrate_empties_a_node() {
     cluster.finish();
 }
 
+/// The plan of the live scenarios until pools span nodes: no IPv4 address, so a VPS keeps
+/// its addresses (none) on any node and may move live.
+const LIVE_PLAN: &str = "live0";
+
+/// Starts a counting loop in its own session (CRIU cannot dump a process left in an exec's
+/// session): its count lives in a shell variable, written to /count; /counter.pid is its
+/// pid inside the VPS.
+fn start_counter(cluster: &MultiNode, name: &str) {
+    let out = cluster
+        .sh(
+            "acme",
+            name,
+            "setsid sh -c 'echo $$ > /counter.pid; i=0; while true; do i=$((i+1)); \
+             echo $i > /count; sleep 0.1; done' >/dev/null 2>&1 </dev/null & sleep 0.5",
+        )
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    if !out.status.success() {
+        fail(cluster, format!("starting the counter in {name}: {out:?}"));
+    }
+}
+
+/// The counter's pid inside the VPS, its count, and what PID 1 inside runs; an error while
+/// the VPS does not run.
+fn try_counter(cluster: &MultiNode, name: &str) -> anyhow::Result<(String, u64, String)> {
+    let out = cluster.sh(
+        "acme",
+        name,
+        "cat /counter.pid; cat /count; tr '\\0' ' ' < /proc/1/cmdline",
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let pid = lines.next().unwrap_or_default().trim().to_owned();
+    let count = lines
+        .next()
+        .and_then(|count| count.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("reading the counter of {name}: {out:?}"))?;
+    Ok((
+        pid,
+        count,
+        lines.next().unwrap_or_default().trim().to_owned(),
+    ))
+}
+
+fn counter(cluster: &MultiNode, name: &str) -> (String, u64, String) {
+    try_counter(cluster, name).unwrap_or_else(|error| fail(cluster, format!("{error:#}")))
+}
+
+/// Waits until the VPS runs on node `index` (its processes answer there: a VPS recorded
+/// there may still await the sweeper's restore) with nothing of it left on the other node.
+fn wait_live_on(cluster: &MultiNode, name: &str, vps_id: &str, index: usize, what: &str) {
+    wait_whole_on(cluster, name, vps_id, index, what);
+    let node = cluster.nodes[index].name.clone();
+    cluster
+        .wait_until(what, Duration::from_secs(180), |c| {
+            let vps = c.json(&["--context", "acme", "show", name])?;
+            Ok(vps["node"] == node.as_str()
+                && try_counter(c, name).is_ok()
+                && !on_node(c, 1 - index, vps_id))
+        })
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+}
+
+/// The same processes after a move: the counter's pid inside unchanged, counting on from
+/// its memory (a loop started afresh would read lower), still counting, PID 1 the same init.
+fn check_same_processes(cluster: &MultiNode, name: &str, before: &(String, u64, String)) {
+    let after = counter(cluster, name);
+    if after.0 != before.0 || after.1 < before.1 || after.2 != before.2 {
+        fail(
+            cluster,
+            format!("{name}'s processes after the move: {after:?}, before {before:?}"),
+        );
+    }
+    cluster
+        .wait_until("the counter to go on", Duration::from_secs(60), |c| {
+            Ok(counter(c, name).1 > after.1)
+        })
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+}
+
+fn live_args<'a>(vps: &'a str, to: &'a str) -> Vec<&'a str> {
+    let mut args = migrate_args(vps, to, false);
+    args.push("--live");
+    args
+}
+
+/// A running VPS moves live between nodes with its processes (same pids inside, memory
+/// state) and its files; `kill -9` of the controller right after the source's dump leaves
+/// it whole on its source (the sweeper restores the checkpoint the source kept), right after
+/// the destination's restore whole on the destination (the sweeper finishes the move); the
+/// source agent killed after its dump, or the destination agent after its restore, leave it
+/// whole on its source once the agent is back.
+#[test]
+fn a_running_vps_moves_live_with_its_processes_and_survives_a_controller_kill() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = MultiNode::start(2).expect("start two nodes");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    cluster
+        .admin_ok(&[
+            "plan", "create", LIVE_PLAN, "--vcpus", "0.1", "--memory", "64MiB", "--disk", "256MiB",
+            "--pids", "128", "--ipv4", "0",
+        ])
+        .unwrap_or_else(|error| fail(&cluster, format!("plan: {error:#}")));
+    cluster
+        .cli_ok(&[
+            "--context",
+            "acme",
+            "create",
+            "lv",
+            "--plan",
+            LIVE_PLAN,
+            "--wait",
+        ])
+        .unwrap_or_else(|error| fail(&cluster, format!("create lv: {error:#}")));
+    let lv = show(&cluster, "acme", "lv");
+    let (_, second) = placed(&cluster, &lv);
+    let vps_id = lv["id"].as_str().unwrap_or_default().to_owned();
+    write_files(&cluster, "lv");
+    start_counter(&cluster, "lv");
+    let before = counter(&cluster, "lv");
+
+    let to = cluster.nodes[second].name.clone();
+    let moved = cluster
+        .cli_ok(&live_args("lv", &to))
+        .unwrap_or_else(|error| fail(&cluster, format!("migrate --live: {error:#}")));
+    let moved: Value = serde_json::from_str(&moved).expect("migration JSON");
+    assert_eq!(moved["live"], true, "{moved}");
+    assert_eq!(moved["addresses_kept"], true, "{moved}");
+    assert!(
+        moved["live_report"]["transfer_bytes"].as_u64().unwrap_or(0)
+            > moved["live_report"]["image_bytes"]
+                .as_u64()
+                .unwrap_or(u64::MAX),
+        "the transfer carries the images and the disk: {moved}"
+    );
+    wait_whole_on(
+        &cluster,
+        "lv",
+        &vps_id,
+        second,
+        "lv running on its destination",
+    );
+    check_same_processes(&cluster, "lv", &before);
+    check_files(&cluster, "lv");
+
+    // Killed at the live fault points: the controller after the dump (rolled back onto the
+    // source) and after the restore (finished); the source agent after its dump and the
+    // destination agent after its restore, before either answered (rolled back once the
+    // agent is back). Each move goes from where the VPS is to the other node.
+    let cases = [
+        ("migrate:after-checkpoint", Victim::Controller, false),
+        ("migrate:after-restore", Victim::Controller, true),
+        ("migrate:after-dump", Victim::Agent(0), false),
+        ("migrate:before-restore-reply", Victim::Agent(1), false),
+    ];
+    for (fault, victim, moves) in cases {
+        let here = placed(&cluster, &show(&cluster, "acme", "lv"));
+        let (source, destination) = here;
+        let victim = match victim {
+            Victim::Controller => Victim::Controller,
+            // 0: the source, 1: the destination.
+            Victim::Agent(0) => Victim::Agent(source),
+            Victim::Agent(_) => Victim::Agent(destination),
+        };
+        let back = cluster.nodes[destination].name.clone();
+        let ends_on = if moves { destination } else { source };
+        let before = counter(&cluster, "lv");
+        cluster.set_fault(Some(fault));
+        let restarted = match victim {
+            Victim::Controller => {
+                cluster.kill_controller();
+                cluster.start_controller()
+            }
+            Victim::Agent(index) => {
+                cluster.kill_agent(index);
+                cluster.start_agent(index)
+            }
+        };
+        cluster.set_fault(None);
+        restarted.unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+        for node in cluster
+            .nodes
+            .iter()
+            .map(|node| node.name.clone())
+            .collect::<Vec<_>>()
+        {
+            cluster
+                .wait_node_status(&node, "online", Duration::from_secs(60))
+                .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+        }
+        let out = cluster.cli(&live_args("lv", &back)).expect("run migrate");
+        if out.status.success() {
+            fail(
+                &cluster,
+                format!("migrate with a fault at {fault} succeeded: {out:?}"),
+            );
+        }
+        paddock_tests::poll_until(
+            &format!("{victim:?} killed at {fault}"),
+            Duration::from_secs(120),
+            || {
+                Ok(match victim {
+                    Victim::Controller => cluster.controller_exited(),
+                    Victim::Agent(index) => cluster.agent_exited(index),
+                })
+            },
+        )
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+        match victim {
+            Victim::Controller => cluster.start_controller(),
+            Victim::Agent(index) => cluster.start_agent(index),
+        }
+        .unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+        wait_live_on(
+            &cluster,
+            "lv",
+            &vps_id,
+            ends_on,
+            &format!("lv whole on one node after a kill at {fault}"),
+        );
+        check_same_processes(&cluster, "lv", &before);
+        check_files(&cluster, "lv");
+    }
+    cluster.finish();
+}
+
 /// The paddock-owned host routes (protocol 77) in node `index`'s netns, one per line.
 fn product_routes(cluster: &MultiNode, index: usize) -> String {
     let out = cluster.node_sh(
@@ -546,5 +775,152 @@ fn a_vps_moved_inside_a_shared_pool_keeps_its_address_and_is_reached_there() {
         .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
     tcp_message(&cluster, "a", "b", &b_ip);
     tcp_message(&cluster, "b", "a", &a_ip);
+    cluster.finish();
+}
+
+/// Runs `script` in `vps` and requires success; its stdout.
+fn run_ok(cluster: &MultiNode, vps: &str, script: &str) -> String {
+    let out = cluster
+        .sh("acme", vps, script)
+        .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    if !out.status.success() {
+        fail(cluster, format!("in {vps}: {script}: {out:?}"));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 13 item 6 with pools spanning nodes: three nodes share one pool; a TCP connection
+/// from A (one node) to B (another) survives a live move of B to the third node (same
+/// address, same connection: messages before and after on it), and the controller killed
+/// right after B's dump on the way back leaves B whole on the third node with the
+/// connection still carrying messages.
+#[test]
+fn a_tcp_connection_survives_a_live_move_inside_a_shared_pool() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = MultiNode::start_shared(3).expect("start three nodes sharing a pool");
+    cluster
+        .add_tenant("acme", &[])
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    let a = create(&cluster, "acme", "a");
+    let b = create(&cluster, "acme", "b");
+    let b_ip = first_ipv4(&b);
+    let node_of = |cluster: &MultiNode, vps: &Value| {
+        let name = vps["node"].as_str().unwrap_or_default();
+        cluster
+            .node_index(name)
+            .unwrap_or_else(|| fail(cluster, format!("no node {name}")))
+    };
+    let (a_node, b_node) = (node_of(&cluster, &a), node_of(&cluster, &b));
+    if a_node == b_node {
+        fail(&cluster, "spread placed a and b on the same node");
+    }
+    let third = (0..3)
+        .find(|index| *index != a_node && *index != b_node)
+        .expect("a third node");
+    wait_routed(&cluster, a_node, &b_ip, b_node);
+    // B echoes one connection (in its own session, so CRIU can dump it); A holds that
+    // connection open, sending each line appended to /tmp/in and keeping what comes back.
+    run_ok(
+        &cluster,
+        "b",
+        "setsid nc -l -p 7100 -e cat >/dev/null 2>&1 </dev/null & sleep 0.5",
+    );
+    run_ok(
+        &cluster,
+        "a",
+        &format!(
+            "touch /tmp/in; setsid sh -c 'tail -f /tmp/in | nc {b_ip} 7100 > /tmp/out' \
+             >/dev/null 2>&1 </dev/null & sleep 0.5"
+        ),
+    );
+    let client_pid = run_ok(&cluster, "a", "pidof nc").trim().to_owned();
+    let exchange = |cluster: &MultiNode, line: &str| {
+        let out = cluster
+            .sh("acme", "a", &format!("echo {line} >> /tmp/in"))
+            .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+        assert!(out.status.success(), "{out:?}");
+        cluster
+            .wait_until(
+                &format!("{line} echoed back on the connection"),
+                Duration::from_secs(120),
+                |c| {
+                    let got = c.sh("acme", "a", "cat /tmp/out")?;
+                    Ok(String::from_utf8_lossy(&got.stdout)
+                        .lines()
+                        .any(|seen| seen == line))
+                },
+            )
+            .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    };
+    exchange(&cluster, "before-the-move");
+
+    let vps_id = b["id"].as_str().unwrap_or_default().to_owned();
+    let to = cluster.nodes[third].name.clone();
+    let moved = cluster
+        .cli_ok(&live_args("b", &to))
+        .unwrap_or_else(|error| fail(&cluster, format!("migrate --live: {error:#}")));
+    let moved: Value = serde_json::from_str(&moved).expect("migration JSON");
+    assert_eq!(moved["live"], true, "{moved}");
+    assert_eq!(moved["addresses_kept"], true, "{moved}");
+    assert_eq!(moved["ipv4"][0], b_ip.as_str(), "{moved}");
+    cluster
+        .wait_until("b on the third node", Duration::from_secs(180), |c| {
+            let vps = c.json(&["--context", "acme", "show", "b"])?;
+            Ok(vps["node"] == to.as_str() && !on_node(c, b_node, &vps_id))
+        })
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    wait_routed(&cluster, a_node, &b_ip, third);
+    exchange(&cluster, "after-the-move");
+    assert_eq!(
+        run_ok(&cluster, "a", "pidof nc").trim(),
+        client_pid,
+        "the same client, on the same connection"
+    );
+
+    // The controller killed right after B's dump on a move back: rolled back, B restored
+    // on the third node from the images it kept, the connection still up.
+    let back = cluster.nodes[b_node].name.clone();
+    cluster.set_fault(Some("migrate:after-checkpoint"));
+    cluster.kill_controller();
+    let restarted = cluster.start_controller();
+    cluster.set_fault(None);
+    restarted.unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+    for node in cluster
+        .nodes
+        .iter()
+        .map(|node| node.name.clone())
+        .collect::<Vec<_>>()
+    {
+        cluster
+            .wait_node_status(&node, "online", Duration::from_secs(60))
+            .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    }
+    let out = cluster.cli(&live_args("b", &back)).expect("run migrate");
+    if out.status.success() {
+        fail(
+            &cluster,
+            format!("migrate with the controller killed succeeded: {out:?}"),
+        );
+    }
+    paddock_tests::poll_until(
+        "the controller killed after the dump",
+        Duration::from_secs(120),
+        || Ok(cluster.controller_exited()),
+    )
+    .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    cluster
+        .start_controller()
+        .unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
+    cluster
+        .wait_until("b whole on the third node", Duration::from_secs(180), |c| {
+            let vps = c.json(&["--context", "acme", "show", "b"])?;
+            let restored = c.sh("acme", "b", "true")?.status.success();
+            Ok(vps["node"] == to.as_str() && restored && !on_node(c, b_node, &vps_id))
+        })
+        .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
+    exchange(&cluster, "after-the-rollback");
+    assert_eq!(run_ok(&cluster, "a", "pidof nc").trim(), client_pid);
     cluster.finish();
 }

@@ -12,8 +12,8 @@ use paddock_proto::v1::{
 use super::vps::MAX_PAGES;
 use super::{confirm_destructive, CommandError};
 use crate::args::{
-    AdminCommand, NodeCommand, Overage, PlanCommand, PoolCommand, QuotaArgs, TenantCommand,
-    TokenCommand, TokenRole,
+    AdminCommand, MoveArgs, NodeCommand, Overage, PlanCommand, PoolCommand, QuotaArgs,
+    TenantCommand, TokenCommand, TokenRole,
 };
 use crate::client::Session;
 use crate::output::{Format, Printer};
@@ -58,7 +58,7 @@ pub async fn run(
             vps,
             tenant,
             to,
-            allow_new_address,
+            how,
         } => {
             let to_node = to.unwrap_or_default();
             if crate::terminal::stderr_is_tty() {
@@ -67,13 +67,20 @@ pub async fn run(
                 } else {
                     format!("node {to_node}")
                 };
-                eprintln!("Moving {tenant}/{vps} to {whither}: stop, copy, start there...");
+                let steps = if how.live {
+                    "checkpoint, transfer, restore there"
+                } else {
+                    "stop, copy, start there"
+                };
+                eprintln!("Moving {tenant}/{vps} to {whither}: {steps}...");
             }
             let request = v1::MigrateVpsRequest {
                 tenant,
                 name: vps,
                 to_node,
-                allow_new_address,
+                allow_new_address: how.allow_new_address,
+                live: how.live,
+                allow_cold: how.allow_cold,
             };
             let migration = session.call(session.nodes().migrate_vps(request)).await?;
             Ok(printer.one(&MigrationView::from(&migration))?)
@@ -88,7 +95,7 @@ async fn drain_and_migrate(
     session: &Session,
     printer: &Printer,
     name: String,
-    allow_new_address: bool,
+    how: MoveArgs,
 ) -> Result<(), CommandError> {
     let mut client = session.nodes();
     session
@@ -116,7 +123,9 @@ async fn drain_and_migrate(
             tenant: vps.tenant.clone(),
             name: vps.name.clone(),
             to_node: String::new(),
-            allow_new_address,
+            allow_new_address: how.allow_new_address,
+            live: how.live,
+            allow_cold: how.allow_cold,
         };
         let row = match session.call(client.migrate_vps(request)).await {
             Ok(migration) => DrainRow::moved(&migration),
@@ -339,8 +348,13 @@ async fn node(
         NodeCommand::Drain {
             name,
             migrate: true,
-            allow_new_address,
-        } => return drain_and_migrate(session, printer, name, allow_new_address).await,
+            how,
+        } => return drain_and_migrate(session, printer, name, how).await,
+        NodeCommand::Drain { how, .. } if how.allow_new_address || how.live || how.allow_cold => {
+            return Err(CommandError::Usage(
+                "--allow-new-address, --live and --allow-cold go with --migrate".to_owned(),
+            ))
+        }
         NodeCommand::Drain { name, .. } => {
             session
                 .call(client.drain_node(GetNodeRequest { name }))

@@ -57,12 +57,11 @@ impl NodeService for NodeApi {
                 name: request.name,
                 to_node: request.to_node,
                 allow_new_address: request.allow_new_address,
+                live: request.live,
+                allow_cold: request.allow_cold,
             })
             .await?;
-        Ok(Response::new(convert::migration(
-            &outcome.record,
-            outcome.duration,
-        )))
+        Ok(Response::new(convert::migration(&outcome)))
     }
 
     async fn drain_node(

@@ -78,7 +78,9 @@ fn migration_status(error: &MigrationError) -> tonic::Status {
         MigrationError::SameNode { .. }
         | MigrationError::InProgress { .. }
         | MigrationError::AddressChange { .. }
-        | MigrationError::HasSnapshots { .. } => {
+        | MigrationError::HasSnapshots { .. }
+        | MigrationError::LiveAddressChange { .. }
+        | MigrationError::CheckpointRefused { .. } => {
             tonic::Status::failed_precondition(error.to_string())
         }
         MigrationError::Moved { .. }

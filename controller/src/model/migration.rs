@@ -1,6 +1,6 @@
-//! Cold migration of a VPS between nodes: the durable record of one move, its phases, and
-//! the pure rules the store applies in the transactions that plan, switch and end it
-//! (address choice on the destination, reservations, the usage cursor's reset).
+//! Migration of a VPS between nodes, cold or live: the durable record of one move, its
+//! phases, and the pure rules the store applies in the transactions that plan, switch and end
+//! it (address choice on the destination, reservations, the usage cursor's reset).
 //!
 //! The VPS record's `node` changes only in the switch; until then the VPS belongs to its
 //! source node and a copy on the destination is a leftover to delete if the move ends early.
@@ -25,6 +25,12 @@ pub enum MigrationPhase {
     SourceStopped,
     /// The destination holds a verified copy of the disk (stopped).
     Copied,
+    /// Live: the source dumped the VPS (its processes are gone there, its images and disk
+    /// kept for a rollback); the transfer to the destination runs.
+    Checkpointed,
+    /// Live: the destination runs the restored VPS; only the switch is left (a crash from
+    /// here on finishes the move instead of rolling it back).
+    Restored,
     /// The VPS record names the destination; the source copy is still to delete.
     Switched,
     /// Ending early: the destination's copy and reservation are to go, the VPS stays.
@@ -37,6 +43,8 @@ impl MigrationPhase {
             Self::Planned => "planned",
             Self::SourceStopped => "source_stopped",
             Self::Copied => "copied",
+            Self::Checkpointed => "checkpointed",
+            Self::Restored => "restored",
             Self::Switched => "switched",
             Self::RollingBack => "rolling_back",
         }
@@ -65,6 +73,71 @@ pub struct MigrationRecord {
     /// Why it is rolling back.
     #[serde(default)]
     pub failure: Option<String>,
+    /// Moved running (CRIU): the VPS is not held stopped, the transfer is a checkpoint piped
+    /// into a restore.
+    #[serde(default)]
+    pub live: bool,
+    /// What the source's checkpoint did (live, from `Checkpointed` on).
+    #[serde(default)]
+    pub live_report: Option<LiveReport>,
+}
+
+/// What the checkpoint and restore of a live move did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveReport {
+    /// Pages each memory pre-dump round wrote while the VPS ran.
+    pub round_pages_written: Vec<u64>,
+    pub final_pages_written: u64,
+    /// How long the final dump kept the VPS frozen.
+    pub frozen_us: u64,
+    /// Bytes of CRIU's images, and of the whole transfer (images and disk).
+    pub image_bytes: u64,
+    pub transfer_bytes: u64,
+    pub checkpoint_ms: u64,
+    /// From the end of the dump until the destination ran the VPS.
+    pub restore_ms: u64,
+}
+
+/// What a phase change records beside the phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhaseNote {
+    Nothing,
+    /// Why the move rolls back.
+    Failure(String),
+    /// What the live transfer did.
+    Report(LiveReport),
+}
+
+/// Moves an unswitched `record` to `phase` with `note`; false (nothing to write) when it is
+/// switched (only cleaning is left) or in `phase` already.
+pub fn advance(record: &mut MigrationRecord, phase: MigrationPhase, note: &PhaseNote) -> bool {
+    if record.phase == MigrationPhase::Switched || record.phase == phase {
+        return false;
+    }
+    record.phase = phase;
+    match note {
+        PhaseNote::Nothing => {}
+        PhaseNote::Failure(reason) => record.failure = Some(reason.clone()),
+        PhaseNote::Report(report) => record.live_report = Some(report.clone()),
+    }
+    true
+}
+
+/// The VPS as the planning transaction leaves it: a cold move holds it stopped (its desired
+/// power is the record's `was_running`); a live one leaves it running.
+pub fn hold(vps: &mut VpsRecord, migration: &MigrationRecord) {
+    if !migration.live {
+        vps.desired_power = super::Power::Stopped;
+    }
+}
+
+/// The event the switch appends: `vps_live_migrated` for a live move, else `vps_migrated`.
+pub fn switched_event(migration: &MigrationRecord) -> super::EventKind {
+    if migration.live {
+        super::EventKind::VpsLiveMigrated
+    } else {
+        super::EventKind::VpsMigrated
+    }
 }
 
 /// Why a migration may not be planned or go on.
@@ -92,6 +165,25 @@ pub enum MigrationError {
         names.join(", ")
     )]
     HasSnapshots { vps: String, names: Vec<String> },
+    #[error(
+        "VPS {vps} cannot move live to node {node}: no pool there holds its address(es) \
+         {addresses}, and its TCP connections would break with new ones; pass --allow-cold \
+         --allow-new-address for a cold move to new addresses"
+    )]
+    LiveAddressChange {
+        vps: String,
+        node: String,
+        addresses: String,
+    },
+    #[error(
+        "VPS {vps} cannot be moved live: CRIU on node {node} cannot checkpoint it: {reason}; \
+         it keeps running there (pass --allow-cold for a cold move)"
+    )]
+    CheckpointRefused {
+        vps: String,
+        node: String,
+        reason: String,
+    },
     #[error("address {address} on node {node} was taken meanwhile; try again")]
     AddressTaken { address: String, node: String },
     #[error(
@@ -441,6 +533,8 @@ mod tests {
             addresses_kept: false,
             started_at: Utc::now(),
             failure: None,
+            live: false,
+            live_report: None,
         };
         let mut raced = dest.clone();
         raced.allocated.insert(plan.ipv4[0].clone(), "v-2".into());

@@ -356,6 +356,8 @@ pub enum EventKind {
     VpsMigrated,
     /// A migration of the VPS was rolled back (`detail`: why).
     MigrationFailed,
+    /// The VPS moved to another node running, with CRIU (`detail` as for `VpsMigrated`).
+    VpsLiveMigrated,
 }
 
 /// A VPS backup: an archive in the backup store (`node-agent/src/runtime/storage/backup.rs`)

@@ -1,16 +1,18 @@
-//! Cold migration of a VPS to another node (`paddock admin migrate`, `drain --migrate`).
+//! Migration of a VPS to another node (`paddock admin migrate [--live]`, `drain --migrate`).
 //!
 //! One move runs in phases, each recorded in the store before the next begins
 //! (`model::migration`): the plan reserves the destination's capacity and addresses and holds
-//! the VPS stopped; the transfer stops it on the source and streams its archive from the
-//! source agent through this controller into the destination agent (agents do not trust each
-//! other); the switch names the destination in the VPS record (the only place its `node`
+//! the VPS stopped (a live move leaves it running); the transfer stops it on the source and
+//! streams its archive from the source agent through this controller into the destination
+//! agent (agents do not trust each other) — or, live, pipes the source's CRIU checkpoint into
+//! the destination's restore; the switch names the destination in the VPS record (the only place its `node`
 //! changes) and restores its desired power, so the destination's reconciler starts it; the
 //! source's copy is deleted last. A failure before the switch rolls back: the VPS runs again
 //! on its source and the destination's copy and reservation go. A migration this controller
 //! is not driving (after a restart, or a cleanup that failed) is finished by the sweeper:
-//! rolled back before the switch, its source cleaned after it. ARCHITECTURE.md "Migration"
-//! has the crash table.
+//! rolled back before the switch (a live one after its restore finished instead), its source
+//! cleaned after it. Every store write of a move is fenced by the leader's term that drives
+//! it. ARCHITECTURE.md "Migration" has the crash table.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,13 +27,15 @@ use uuid::Uuid;
 use crate::agents::agent_error;
 use crate::convert;
 use crate::error::ControllerError;
-use crate::model::migration::{self, MigrationError, MigrationPhase, MigrationRecord};
+use crate::model::migration::{
+    self, LiveReport, MigrationError, MigrationPhase, MigrationRecord, PhaseNote,
+};
 use crate::model::scheduler;
 use crate::model::validate;
 use crate::model::{ipam, EventKind, EventRecord, PoolRecord, Power, VpsRecord};
 use crate::service::backups::spec_json;
 use crate::service::{reconcile, Controller};
-use crate::store::{Conflict, StoreError};
+use crate::store::{fenced, Conflict, StoreError, Term};
 
 /// How long the transfer waits for the source's last usage sample of the stopped VPS.
 const METERING_TAIL_WAIT: Duration = Duration::from_secs(45);
@@ -51,13 +55,20 @@ pub struct MigrateVps {
     pub to_node: String,
     /// Accept new addresses where the destination has no pool holding the current ones.
     pub allow_new_address: bool,
+    /// Move it running (CRIU checkpoint, transfer, restore), keeping its addresses.
+    pub live: bool,
+    /// With `live`: a cold move where a live one is refused.
+    pub allow_cold: bool,
 }
 
 /// A migration that ended with the VPS on its destination.
 #[derive(Debug, Clone)]
 pub struct MigrationOutcome {
+    /// As it ended (`live_report` set for a live move).
     pub record: MigrationRecord,
     pub duration: Duration,
+    /// A live move asked for but done cold (`allow_cold`, or a stopped VPS): why.
+    pub cold_because: Option<String>,
 }
 
 /// The VPS ids whose migration this controller process drives right now.
@@ -130,17 +141,42 @@ fn power(was_running: bool) -> Power {
 
 impl Migrations<'_> {
     /// Moves a VPS to another node and returns once it is there (or rolled back: the error
-    /// then says why, and the VPS runs on its source as before).
+    /// then says why, and the VPS runs on its source as before). A live move that CRIU
+    /// refuses is followed by a cold one with `allow_cold`.
     pub async fn migrate(&self, request: MigrateVps) -> Result<MigrationOutcome, ControllerError> {
         let started = Instant::now();
         // One driver per migration: with several controllers only the leader drives moves
         // (and sweeps unfinished ones), so no sweeper rolls back a move another controller is
-        // still driving. On sled this controller always leads.
-        if self.leadership.current().is_none() {
+        // still driving. On sled this controller always leads. The move's store writes are
+        // fenced by this term: a deposed leader cannot move a phase any more.
+        let Some(term) = self.leadership.current() else {
             return Err(ControllerError::NotLeader {
                 what: "a migration",
             });
+        };
+        match self.migrate_once(&request, request.live, term).await {
+            Err(ControllerError::Migration(MigrationError::CheckpointRefused {
+                reason, ..
+            })) if request.allow_cold => {
+                info!(vps = %request.name, tenant = %request.tenant, %reason, "CRIU refused the live move; moving it cold");
+                let mut outcome = self.migrate_once(&request, false, term).await?;
+                outcome.cold_because = Some(format!("CRIU cannot checkpoint it: {reason}"));
+                outcome.duration = started.elapsed();
+                Ok(outcome)
+            }
+            other => other,
         }
+    }
+
+    /// One attempt: live when `live` and the VPS allows it (running, addresses kept), else
+    /// cold (saying why where a live move was asked for).
+    async fn migrate_once(
+        &self,
+        request: &MigrateVps,
+        live: bool,
+        term: Term,
+    ) -> Result<MigrationOutcome, ControllerError> {
+        let started = Instant::now();
         validate::name("tenant", &request.tenant)?;
         validate::name("name", &request.name)?;
         if !request.to_node.is_empty() {
@@ -181,6 +217,29 @@ impl Migrations<'_> {
                 vps.resources.ipv4_count,
             ))
         })?;
+        let mut live = live;
+        let mut cold_because = None;
+        if live && vps.desired_power != Power::Running {
+            // Nothing runs to keep: a cold move is the same move.
+            live = false;
+            cold_because = Some("it is not running".to_owned());
+        }
+        // TCP connections survive only where the addresses move with the VPS.
+        if live && !plan.kept {
+            if !request.allow_cold {
+                return Err(MigrationError::LiveAddressChange {
+                    vps: vps.name.clone(),
+                    node: destination,
+                    addresses: migration::describe(&vps.ipv4),
+                }
+                .into());
+            }
+            live = false;
+            cold_because = Some(format!(
+                "no pool on node {destination} holds its address(es) {}",
+                migration::describe(&vps.ipv4)
+            ));
+        }
         if !plan.kept && !request.allow_new_address {
             return Err(MigrationError::AddressChange {
                 vps: vps.name.clone(),
@@ -206,6 +265,8 @@ impl Migrations<'_> {
             addresses_kept: plan.kept,
             started_at: Utc::now(),
             failure: None,
+            live,
+            live_report: None,
         };
         let Some(_driving) = self.active_migrations.claim(&vps.vps_id) else {
             return Err(MigrationError::InProgress {
@@ -214,37 +275,63 @@ impl Migrations<'_> {
             }
             .into());
         };
-        self.store.plan_migration(&record)?;
+        fenced(term, || self.store.plan_migration(&record))?;
         self.commit().await?;
         self.placements.invalidate();
         info!(
             migration = %record.id, vps = %record.vps, tenant = %record.tenant,
             from = %record.source, to = %record.destination, kept = record.addresses_kept,
-            "migration planned"
+            live = record.live, "migration planned"
         );
-        if let Err(error) = self.move_vps(&record).await {
-            let reason = error.to_string();
-            warn!(migration = %record.id, vps = %record.vps, %reason, "migration failed; rolling back");
-            if let Err(cleanup) = self.roll_back(&record, &reason).await {
-                warn!(migration = %record.id, error = %cleanup, "rollback incomplete; the sweeper retries it");
-            }
-            return Err(MigrationError::Failed {
-                vps: record.vps.clone(),
-                node: record.destination.clone(),
-                source_node: record.source.clone(),
-                reason,
-            }
-            .into());
-        }
         let mut record = record;
+        match self.move_vps(&record, term).await {
+            Ok(report) => record.live_report = report,
+            Err(error) => {
+                let reason = error.to_string();
+                warn!(migration = %record.id, vps = %record.vps, %reason, "migration failed; settling it");
+                match self.settle(&record, &reason, term).await {
+                    // The restore had finished: the move went through after all.
+                    Ok(Settled::Moved(ended)) => {
+                        info!(migration = %record.id, vps = %record.vps, "migration finished after an error past the restore");
+                        return Ok(MigrationOutcome {
+                            record: *ended,
+                            duration: started.elapsed(),
+                            cold_because,
+                        });
+                    }
+                    Ok(Settled::RolledBack) => {}
+                    Err(cleanup) => {
+                        warn!(migration = %record.id, error = %cleanup, "rollback incomplete; the sweeper retries it");
+                    }
+                }
+                // CRIU's refusal comes before the dump: the VPS never stopped on its source.
+                if matches!(
+                    error,
+                    ControllerError::Migration(MigrationError::CheckpointRefused { .. })
+                ) {
+                    return Err(error);
+                }
+                return Err(MigrationError::Failed {
+                    vps: record.vps.clone(),
+                    node: record.destination.clone(),
+                    source_node: record.source.clone(),
+                    reason,
+                }
+                .into());
+            }
+        }
         record.phase = MigrationPhase::Switched;
-        if let Err(error) = self.clean_source(&record).await {
-            // The VPS is moved; only the source's stopped copy is left, for the sweeper.
+        if let Err(error) = self.clean_source(&record, term).await {
+            // The VPS is moved; only the source's copy is left, for the sweeper.
             warn!(migration = %record.id, %error, "cleaning the source failed; the sweeper retries it");
         }
         let duration = started.elapsed();
-        info!(migration = %record.id, vps = %record.vps, ms = duration.as_millis() as u64, "VPS migrated");
-        Ok(MigrationOutcome { record, duration })
+        info!(migration = %record.id, vps = %record.vps, live = record.live, ms = duration.as_millis() as u64, "VPS migrated");
+        Ok(MigrationOutcome {
+            record,
+            duration,
+            cold_because,
+        })
     }
 
     /// The destination: `to_node` checked (it exists, is another node, and has room as a
@@ -278,25 +365,208 @@ impl Migrations<'_> {
         Ok(scheduler::place_with(&[view], &vps.resources, &placement)?)
     }
 
-    /// Everything up to and including the switch; an error means nothing switched.
-    async fn move_vps(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
-        self.cold_transfer(record).await?;
-        fault_point("migrate:after-copy");
-        self.await_source_usage(record).await?;
-        self.switch(record).await
+    /// Everything up to and including the switch; an error means nothing switched. A live
+    /// move answers what its checkpoint and restore did.
+    async fn move_vps(
+        &self,
+        record: &MigrationRecord,
+        term: Term,
+    ) -> Result<Option<LiveReport>, ControllerError> {
+        // When the source's run had ended (stopped, or dumped): its samples from then on
+        // carry the run's closing counters.
+        let (report, source_stopped_at) = if record.live {
+            let (report, dumped_at) = self.live_transfer(record, term).await?;
+            (Some(report), dumped_at)
+        } else {
+            let stopped_at = self.cold_transfer(record, term).await?;
+            fault_point("migrate:after-copy");
+            (None, stopped_at)
+        };
+        self.await_source_usage(record, source_stopped_at).await?;
+        self.switch(record, term).await?;
+        Ok(report)
+    }
+
+    /// Records `phase` (with `note`) and makes it durable before the next step.
+    async fn enter(
+        &self,
+        record: &MigrationRecord,
+        phase: MigrationPhase,
+        note: PhaseNote,
+        term: Term,
+    ) -> Result<(), ControllerError> {
+        fenced(term, || {
+            self.store.set_migration_phase(&record.vps_id, phase, note)
+        })?;
+        self.commit().await
     }
 
     /// The transfer step of a cold migration: the VPS stopped on the source, its disk copied
-    /// to the destination (stopped there). A live variant replaces exactly this step.
-    async fn cold_transfer(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
-        self.stop_on_source(record).await?;
-        self.store
-            .set_migration_phase(&record.vps_id, MigrationPhase::SourceStopped, None)?;
-        self.commit().await?;
+    /// to the destination (stopped there). A live move replaces exactly this step.
+    async fn cold_transfer(
+        &self,
+        record: &MigrationRecord,
+        term: Term,
+    ) -> Result<chrono::DateTime<Utc>, ControllerError> {
+        self.stop_on_source(record, term).await?;
+        let stopped_at = Utc::now();
+        self.enter(
+            record,
+            MigrationPhase::SourceStopped,
+            PhaseNote::Nothing,
+            term,
+        )
+        .await?;
         self.copy_to_destination(record).await?;
-        self.store
-            .set_migration_phase(&record.vps_id, MigrationPhase::Copied, None)?;
-        self.commit().await
+        self.enter(record, MigrationPhase::Copied, PhaseNote::Nothing, term)
+            .await?;
+        Ok(stopped_at)
+    }
+
+    /// The transfer step of a live migration: the source's `CheckpointVps` stream (after
+    /// its first message the VPS's processes are gone there, its images and disk kept)
+    /// piped into the destination's `RestoreCheckpoint` with the VPS's spec as it will be
+    /// placed there; `checkpointed` is recorded once the source dumped, `restored` once the
+    /// destination runs it. CRIU's refusal before the dump is `CheckpointRefused` (the VPS
+    /// runs on as it was).
+    async fn live_transfer(
+        &self,
+        record: &MigrationRecord,
+        term: Term,
+    ) -> Result<(LiveReport, chrono::DateTime<Utc>), ControllerError> {
+        use v1::agent_checkpoint_chunk::Item;
+        use v1::agent_checkpoint_upload::Item as Upload;
+        let (vps, suspended) = self.current(record)?;
+        let mut source = self.nodes().agent_for(&record.source)?;
+        let mut destination = self.nodes().agent_for(&record.destination)?;
+        let checkpoint_started = Instant::now();
+        let mut checkpoint = source
+            .checkpoint_vps(v1::AgentCheckpointRequest {
+                vps_id: vps.vps_id.clone(),
+                max_rounds: 0,
+            })
+            .await
+            .map_err(|status| {
+                if status.code() == tonic::Code::FailedPrecondition {
+                    MigrationError::CheckpointRefused {
+                        vps: record.vps.clone(),
+                        node: record.source.clone(),
+                        reason: status.message().to_owned(),
+                    }
+                    .into()
+                } else {
+                    agent_error(&record.source, status)
+                }
+            })?
+            .into_inner();
+        // The agent answers once the dump is done: the run has ended.
+        let dumped_at = Utc::now();
+        let first = checkpoint
+            .message()
+            .await
+            .map_err(|status| agent_error(&record.source, status))?;
+        let Some(v1::AgentCheckpointChunk {
+            item: Some(Item::Report(dumped)),
+        }) = first
+        else {
+            return Err(ControllerError::Agent {
+                node: record.source.clone(),
+                status: tonic::Status::data_loss("the checkpoint stream carried no report"),
+            });
+        };
+        let mut report = LiveReport {
+            round_pages_written: dumped.round_pages_written,
+            final_pages_written: dumped.final_pages_written,
+            frozen_us: dumped.frozen_us,
+            image_bytes: dumped.image_bytes,
+            transfer_bytes: 0,
+            checkpoint_ms: millis(checkpoint_started.elapsed()),
+            restore_ms: 0,
+        };
+        self.enter(
+            record,
+            MigrationPhase::Checkpointed,
+            PhaseNote::Report(report.clone()),
+            term,
+        )
+        .await?;
+        fault_point("migrate:after-checkpoint");
+        let restore_started = Instant::now();
+        // The destination gets the VPS as it will be placed there.
+        let mut placed = vps;
+        placed.node = record.destination.clone();
+        placed.ipv4 = record.new_ipv4.clone();
+        placed.network = record.new_network.clone();
+        placed.desired_power = Power::Running;
+        let spec = convert::vps_spec(&placed, suspended, Utc::now());
+        let (sender, receiver) = tokio::sync::mpsc::channel::<v1::AgentCheckpointUpload>(4);
+        let (broken, source_failed) = tokio::sync::oneshot::channel::<tonic::Status>();
+        // The checkpoint is pumped into the restore by a task of its own, a few chunks in
+        // memory at most. A source stream that breaks must not look like a complete transfer
+        // to the destination: the upload is then cancelled, never ended.
+        let pump = tokio::spawn(async move {
+            let mut bytes = 0u64;
+            let header = v1::AgentCheckpointUpload {
+                item: Some(Upload::Spec(spec)),
+            };
+            if sender.send(header).await.is_err() {
+                return bytes;
+            }
+            loop {
+                match checkpoint.message().await {
+                    Ok(Some(v1::AgentCheckpointChunk {
+                        item: Some(Item::Data(data)),
+                    })) => {
+                        bytes += data.len() as u64;
+                        let chunk = v1::AgentCheckpointUpload {
+                            item: Some(Upload::Data(data)),
+                        };
+                        if sender.send(chunk).await.is_err() {
+                            return bytes;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return bytes,
+                    Err(status) => {
+                        let _ = broken.send(status);
+                        // Hold the upload open until the restore call is dropped.
+                        match std::future::pending::<std::convert::Infallible>().await {}
+                    }
+                }
+            }
+        });
+        let restore =
+            destination.restore_checkpoint(tokio_stream::wrappers::ReceiverStream::new(receiver));
+        let restored = tokio::select! {
+            restored = restore => restored,
+            Ok(status) = source_failed => {
+                pump.abort();
+                return Err(agent_error(&record.source, status));
+            }
+        };
+        let restored = restored
+            .map_err(|status| agent_error(&record.destination, status))?
+            .into_inner();
+        report.transfer_bytes = pump.await.unwrap_or_default();
+        if restored.state() != v1::AgentVpsState::Running {
+            return Err(ControllerError::Agent {
+                node: record.destination.clone(),
+                status: tonic::Status::failed_precondition(format!(
+                    "the restored VPS does not run: {}",
+                    restored.message
+                )),
+            });
+        }
+        report.restore_ms = millis(restore_started.elapsed());
+        self.enter(
+            record,
+            MigrationPhase::Restored,
+            PhaseNote::Report(report.clone()),
+            term,
+        )
+        .await?;
+        fault_point("migrate:after-restore");
+        Ok((report, dumped_at))
     }
 
     fn current(&self, record: &MigrationRecord) -> Result<(VpsRecord, bool), ControllerError> {
@@ -312,7 +582,11 @@ impl Migrations<'_> {
     }
 
     /// An ordinary stop on the source (the plan holds the VPS stopped).
-    async fn stop_on_source(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+    async fn stop_on_source(
+        &self,
+        record: &MigrationRecord,
+        term: Term,
+    ) -> Result<(), ControllerError> {
         let (vps, suspended) = self.current(record)?;
         let mut client = self.nodes().agent_for(&record.source)?;
         let mut request = tonic::Request::new(convert::vps_spec(&vps, suspended, Utc::now()));
@@ -322,7 +596,9 @@ impl Migrations<'_> {
             .await
             .map_err(|status| agent_error(&record.source, status))?
             .into_inner();
-        reconcile::record_observed(self, &vps.vps_id, convert::observed(&status))?;
+        fenced(term, || {
+            reconcile::record_observed(self, &vps.vps_id, convert::observed(&status))
+        })?;
         if status.state() != v1::AgentVpsState::Stopped {
             return Err(ControllerError::Agent {
                 node: record.source.clone(),
@@ -430,13 +706,21 @@ impl Migrations<'_> {
     }
 
     /// A bounded wait (while the copy ran, most of it passed) for the source's first usage
-    /// sample of the VPS stopped: what its last run used is then counted on the source, whose
-    /// samples are not accepted after the switch.
-    async fn await_source_usage(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+    /// sample of the VPS after its run ended at `stopped_at` (the run's closing counters, or
+    /// a stopped VPS's): what its last run used is then counted on the source, whose samples
+    /// are not accepted after the switch.
+    async fn await_source_usage(
+        &self,
+        record: &MigrationRecord,
+        stopped_at: chrono::DateTime<Utc>,
+    ) -> Result<(), ControllerError> {
         let deadline = Instant::now() + METERING_TAIL_WAIT;
+        let ended_ms = stopped_at.timestamp_millis();
         loop {
             match self.store.get_usage_cursor(&record.vps_id)? {
-                Some(cursor) if cursor.incarnation != STOPPED_INCARNATION => {}
+                Some(cursor)
+                    if cursor.incarnation != STOPPED_INCARNATION
+                        && cursor.sampled_at_unix_ms < ended_ms => {}
                 _ => return Ok(()),
             }
             if Instant::now() >= deadline {
@@ -447,9 +731,10 @@ impl Migrations<'_> {
         }
     }
 
-    /// The switch transaction; the destination's reconciler then starts the VPS if it ran.
-    async fn switch(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
-        let vps = self.store.switch_migration(&record.vps_id)?;
+    /// The switch transaction; the destination's reconciler then starts the VPS if it ran
+    /// (a live move's VPS runs there already).
+    async fn switch(&self, record: &MigrationRecord, term: Term) -> Result<(), ControllerError> {
+        let vps = fenced(term, || self.store.switch_migration(&record.vps_id))?;
         self.commit().await?;
         self.placements.invalidate();
         self.reconciler.kick(&vps.node);
@@ -457,8 +742,13 @@ impl Migrations<'_> {
         Ok(())
     }
 
-    /// Deletes the source's stopped copy, then the migration record.
-    async fn clean_source(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+    /// Deletes the source's copy (a live move's checkpoint images with it), then the
+    /// migration record.
+    async fn clean_source(
+        &self,
+        record: &MigrationRecord,
+        term: Term,
+    ) -> Result<(), ControllerError> {
         let mut client = self.nodes().agent_for(&record.source)?;
         let mut request = tonic::Request::new(v1::AgentVpsRef {
             vps_id: record.vps_id.clone(),
@@ -468,45 +758,82 @@ impl Migrations<'_> {
             .delete_vps(request)
             .await
             .map_err(|status| agent_error(&record.source, status))?;
-        self.store.end_migration(&record.vps_id, None)?;
+        fenced(term, || self.store.end_migration(&record.vps_id, None))?;
         self.commit().await
     }
 
-    /// Ends an unswitched migration: the VPS runs again on its source at once (its desired
-    /// power restored), the destination's copy is deleted, then the reservation goes with the
-    /// record and `migration_failed` is appended. A switched one is cleaned forward instead.
+    /// Ends a migration nobody finished: a switched one is cleaned forward, a live one whose
+    /// restore finished is switched and cleaned (its VPS runs on the destination already),
+    /// any other is rolled back.
+    async fn settle(
+        &self,
+        record: &MigrationRecord,
+        reason: &str,
+        term: Term,
+    ) -> Result<Settled, ControllerError> {
+        let current = self
+            .store
+            .get_migration(&record.vps_id)?
+            .unwrap_or_else(|| record.clone());
+        match current.phase {
+            MigrationPhase::Switched => {
+                self.clean_source(&current, term).await?;
+                Ok(Settled::Moved(Box::new(current)))
+            }
+            MigrationPhase::Restored => {
+                self.switch(&current, term).await?;
+                let mut switched = current;
+                switched.phase = MigrationPhase::Switched;
+                self.clean_source(&switched, term).await?;
+                Ok(Settled::Moved(Box::new(switched)))
+            }
+            _ => {
+                self.roll_back(&current, reason, term).await?;
+                Ok(Settled::RolledBack)
+            }
+        }
+    }
+
+    /// Ends an unswitched migration: the VPS runs again on its source (cold: its desired
+    /// power restored at once; live: its copy on the destination deleted first, then its
+    /// dumped processes restored on the source), the destination's copy is deleted, then the
+    /// reservation goes with the record and `migration_failed` is appended. A switched one
+    /// is cleaned forward instead.
     async fn roll_back(
         &self,
         record: &MigrationRecord,
         reason: &str,
+        term: Term,
     ) -> Result<(), ControllerError> {
-        let current = self.store.set_migration_phase(
-            &record.vps_id,
-            MigrationPhase::RollingBack,
-            Some(reason.to_owned()),
-        )?;
+        let current = fenced(term, || {
+            self.store.set_migration_phase(
+                &record.vps_id,
+                MigrationPhase::RollingBack,
+                PhaseNote::Failure(reason.to_owned()),
+            )
+        })?;
         if current.phase == MigrationPhase::Switched {
-            return self.clean_source(&current).await;
+            return self.clean_source(&current, term).await;
         }
-        let restored = power(current.was_running);
-        match self.store.update_vps(&record.vps_id, &|vps| {
-            vps.desired_power = restored;
-            Ok(())
-        }) {
-            Ok(_) | Err(StoreError::NotFound { .. }) => {}
-            Err(error) => return Err(error.into()),
+        if current.live {
+            // Never two copies running: the destination's goes before the source resumes.
+            self.delete_on_destination(&current).await?;
+            self.resume_on_source(&current, term).await?;
+        } else {
+            let restored = power(current.was_running);
+            match fenced(term, || {
+                self.store.update_vps(&record.vps_id, &|vps| {
+                    vps.desired_power = restored;
+                    Ok(())
+                })
+            }) {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+            self.commit().await?;
+            self.reconciler.kick(&current.source);
+            self.delete_on_destination(&current).await?;
         }
-        self.commit().await?;
-        self.reconciler.kick(&current.source);
-        let mut destination = self.nodes().agent_for(&current.destination)?;
-        let mut request = tonic::Request::new(v1::AgentVpsRef {
-            vps_id: current.vps_id.clone(),
-        });
-        request.set_timeout(STEP_TIMEOUT);
-        destination
-            .delete_vps(request)
-            .await
-            .map_err(|status| agent_error(&current.destination, status))?;
         let event = self.store.get_vps(&current.vps_id)?.map(|vps| {
             EventRecord::of_vps(EventKind::MigrationFailed, &vps).with_detail(format!(
                 "{} -> {}: {}",
@@ -515,16 +842,73 @@ impl Migrations<'_> {
                 current.failure.as_deref().unwrap_or(reason)
             ))
         });
-        self.store.end_migration(&current.vps_id, event)?;
+        fenced(term, || self.store.end_migration(&current.vps_id, event))?;
         self.commit().await?;
         self.placements.invalidate();
+        self.reconciler.kick(&current.source);
         info!(migration = %current.id, vps = %current.vps, "migration rolled back");
         Ok(())
     }
 
-    /// Finishes every migration nobody drives: rolled back before the switch, its source
-    /// cleaned after it. Failures are logged and retried at the next sweep.
-    pub async fn sweep(&self) {
+    /// Deletes whatever the destination holds of the VPS (absent is fine).
+    async fn delete_on_destination(&self, record: &MigrationRecord) -> Result<(), ControllerError> {
+        let mut destination = self.nodes().agent_for(&record.destination)?;
+        let mut request = tonic::Request::new(v1::AgentVpsRef {
+            vps_id: record.vps_id.clone(),
+        });
+        request.set_timeout(STEP_TIMEOUT);
+        destination
+            .delete_vps(request)
+            .await
+            .map_err(|status| agent_error(&record.destination, status))?;
+        Ok(())
+    }
+
+    /// A live move rolling back: the source restores the VPS from the checkpoint it kept
+    /// (the same processes, as they were at the dump); one that runs there (never dumped)
+    /// is answered as it is. Where the source holds no complete checkpoint, or CRIU refuses
+    /// to restore it, the VPS is restarted from its disk by the source's reconciler once the
+    /// record is gone: the last resort, logged.
+    async fn resume_on_source(
+        &self,
+        record: &MigrationRecord,
+        term: Term,
+    ) -> Result<(), ControllerError> {
+        let (vps, suspended) = self.current(record)?;
+        let held = v1::AgentCheckpointUpload {
+            item: Some(v1::agent_checkpoint_upload::Item::Held(convert::vps_spec(
+                &vps,
+                suspended,
+                Utc::now(),
+            ))),
+        };
+        let mut source = self.nodes().agent_for(&record.source)?;
+        let mut request = tonic::Request::new(tokio_stream::iter([held]));
+        request.set_timeout(STEP_TIMEOUT);
+        match source.restore_checkpoint(request).await {
+            Ok(status) => {
+                let status = status.into_inner();
+                fenced(term, || {
+                    reconcile::record_observed(self, &vps.vps_id, convert::observed(&status))
+                })?;
+                info!(migration = %record.id, vps = %record.vps, node = %record.source, "VPS resumed on its source");
+                Ok(())
+            }
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                warn!(
+                    migration = %record.id, vps = %record.vps, node = %record.source,
+                    reason = %status.message(),
+                    "the source cannot restore the checkpoint; the VPS restarts from its disk"
+                );
+                Ok(())
+            }
+            Err(status) => Err(agent_error(&record.source, status)),
+        }
+    }
+
+    /// Finishes every migration nobody drives ([`Migrations::settle`]). Failures are logged
+    /// and retried at the next sweep.
+    pub async fn sweep(&self, term: Term) {
         let records = match self.store.list_migrations() {
             Ok(records) => records,
             Err(error) => {
@@ -536,20 +920,27 @@ impl Migrations<'_> {
             let Some(_driving) = self.active_migrations.claim(&record.vps_id) else {
                 continue;
             };
-            let outcome = if record.phase == MigrationPhase::Switched {
-                self.clean_source(&record).await
-            } else {
-                let reason = record
-                    .failure
-                    .clone()
-                    .unwrap_or_else(|| "interrupted (the controller restarted)".to_owned());
-                self.roll_back(&record, &reason).await
-            };
-            if let Err(error) = outcome {
+            let reason = record
+                .failure
+                .clone()
+                .unwrap_or_else(|| "interrupted (the controller restarted)".to_owned());
+            if let Err(error) = self.settle(&record, &reason, term).await {
                 warn!(migration = %record.id, vps = %record.vps, %error, "finishing an interrupted migration; retrying later");
             }
         }
     }
+}
+
+/// How [`Migrations::settle`] ended a migration.
+enum Settled {
+    /// The VPS is on the destination (the record as switched).
+    Moved(Box<MigrationRecord>),
+    /// The VPS is back on its source.
+    RolledBack,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs the sweeper: at start (a migration found then was interrupted by a restart) and
@@ -558,8 +949,8 @@ pub fn spawn_sweeper(controller: Arc<Controller>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             // Only the leader finishes unfinished moves: it is the only one that drives them.
-            if controller.leadership.current().is_some() {
-                controller.migrations().sweep().await;
+            if let Some(term) = controller.leadership.current() {
+                controller.migrations().sweep(term).await;
             }
             tokio::time::sleep(SWEEP_PERIOD).await;
         }

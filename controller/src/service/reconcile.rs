@@ -628,6 +628,7 @@ fn plan_steps(
     now: DateTime<Utc>,
 ) -> Result<Vec<Step>, ControllerError> {
     let mut suspended: HashMap<String, bool> = HashMap::new();
+    let mut moving_live: Option<std::collections::HashSet<String>> = None;
     let mut steps = Vec::new();
     let mut converged = 0u64;
     for vps in vpses {
@@ -656,6 +657,27 @@ fn plan_steps(
             Some(listed) if !full => drifted(&vps, &spec, &digest, listed.get(&vps.vps_id)),
             _ => true,
         };
+        // A VPS moving live is the migration's to handle: after the source's dump it looks
+        // stopped there, and an apply would start a second copy from its disk. Read (one
+        // scan) only when some VPS needs an apply.
+        if drifted {
+            let moving = match &moving_live {
+                Some(moving) => moving,
+                None => moving_live.insert(
+                    controller
+                        .store
+                        .list_migrations()?
+                        .into_iter()
+                        .filter(|migration| migration.live)
+                        .map(|migration| migration.vps_id)
+                        .collect(),
+                ),
+            };
+            if moving.contains(&vps.vps_id) {
+                debug!(vps = %vps.name, "moving live; left to its migration");
+                continue;
+            }
+        }
         if drifted && failures.waiting(&vps.vps_id, &digest) {
             debug!(vps = %vps.name, "its last apply failed; retrying after the backoff");
             continue;

@@ -909,6 +909,8 @@ fn migration_of(store: &dyn Backend, vps: &VpsRecord) -> migration::MigrationRec
         addresses_kept: plan.kept,
         started_at: Utc::now(),
         failure: None,
+        live: false,
+        live_report: None,
     }
 }
 
@@ -969,7 +971,7 @@ fn migrations_reserve_switch_and_roll_back(fixture: &Fixture) {
         .set_migration_phase(
             &web.vps_id,
             MigrationPhase::RollingBack,
-            Some("test".into()),
+            migration::PhaseNote::Failure("test".into()),
         )
         .expect("phase");
     let failed = EventRecord::of_vps(EventKind::MigrationFailed, &web);
@@ -1000,7 +1002,11 @@ fn migrations_reserve_switch_and_roll_back(fixture: &Fixture) {
     let plan = migration_of(store, &back);
     store.plan_migration(&plan).expect("plan again");
     store
-        .set_migration_phase(&web.vps_id, MigrationPhase::Copied, None)
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::Copied,
+            migration::PhaseNote::Nothing,
+        )
         .expect("copied");
     let moved = store.switch_migration(&web.vps_id).expect("switch");
     assert_eq!(moved.node, "n2");
@@ -1043,12 +1049,59 @@ fn migrations_reserve_switch_and_roll_back(fixture: &Fixture) {
     // Idempotent once switched; a late rollback request does not move it back.
     store.switch_migration(&web.vps_id).expect("again");
     let phase = store
-        .set_migration_phase(&web.vps_id, MigrationPhase::RollingBack, None)
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::RollingBack,
+            migration::PhaseNote::Nothing,
+        )
         .expect("phase");
     assert_eq!(phase.phase, MigrationPhase::Switched);
     store.end_migration(&web.vps_id, None).expect("end");
     assert_eq!(store.list_migrations().expect("list"), vec![]);
     assert_eq!(on("n2"), ["web"]);
+
+    // A live move back: the VPS is not held stopped, the phases keep the checkpoint's
+    // report, and the switch appends `vps_live_migrated`.
+    let there = store.get_vps(&web.vps_id).expect("get").expect("web");
+    let mut live = migration_of(store, &there);
+    live.source = "n2".to_owned();
+    live.destination = "n1".to_owned();
+    live.live = true;
+    live.new_network = None;
+    live.new_ipv4 = Vec::new();
+    let planned = store.plan_migration(&live).expect("plan live");
+    assert_eq!(planned.desired_power, Power::Running, "a live move runs on");
+    let report = migration::LiveReport {
+        frozen_us: 1234,
+        transfer_bytes: 99,
+        ..migration::LiveReport::default()
+    };
+    store
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::Checkpointed,
+            migration::PhaseNote::Report(report.clone()),
+        )
+        .expect("checkpointed");
+    let restored = store
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::Restored,
+            migration::PhaseNote::Nothing,
+        )
+        .expect("restored");
+    assert_eq!(restored.live_report, Some(report));
+    let back = store.switch_migration(&web.vps_id).expect("switch live");
+    assert_eq!(
+        (back.node.as_str(), back.desired_power),
+        ("n1", Power::Running)
+    );
+    let last = store.list_events(0, 1000).expect("events");
+    assert_eq!(
+        last.last().map(|e| e.kind),
+        Some(EventKind::VpsLiveMigrated)
+    );
+    store.end_migration(&web.vps_id, None).expect("end live");
 }
 
 /// A pool of ten addresses (`10.9.<third_octet>.10-19`) spanning `nodes`.
@@ -1180,7 +1233,11 @@ fn a_move_inside_a_shared_pool_keeps_every_address(fixture: &Fixture) {
     assert_eq!(allocation(store, "n2").vps_count, 1);
     // A rollback keeps the addresses with the VPS on n1.
     store
-        .set_migration_phase(&web.vps_id, MigrationPhase::RollingBack, None)
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::RollingBack,
+            migration::PhaseNote::Nothing,
+        )
         .expect("phase");
     store.end_migration(&web.vps_id, None).expect("roll back");
     let pool = store.get_pool("s").expect("get").expect("pool");
@@ -1192,7 +1249,11 @@ fn a_move_inside_a_shared_pool_keeps_every_address(fixture: &Fixture) {
     let plan = migration_of(store, &web);
     store.plan_migration(&plan).expect("plan again");
     store
-        .set_migration_phase(&web.vps_id, MigrationPhase::Copied, None)
+        .set_migration_phase(
+            &web.vps_id,
+            MigrationPhase::Copied,
+            migration::PhaseNote::Nothing,
+        )
         .expect("copied");
     let moved = store.switch_migration(&web.vps_id).expect("switch");
     assert_eq!(

@@ -60,7 +60,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::*;
-use crate::model::migration::{self, MigrationError, MigrationPhase, MigrationRecord};
+use crate::model::migration::{self, MigrationError, MigrationPhase, MigrationRecord, PhaseNote};
 use crate::model::snapshots::{self, SnapshotRecord, VpsSnapshots};
 use crate::model::*;
 use crate::model::{ipam, quota};
@@ -1774,7 +1774,7 @@ impl Store for EtcdStore {
             tx.update_allocation(&migration.destination, |allocation| {
                 migration::reserve_capacity(allocation, &vps);
             })?;
-            vps.desired_power = Power::Stopped;
+            migration::hold(&mut vps, migration);
             tx.put("vps", &vps.vps_id, &vps);
             tx.put("migrations", &vps.vps_id, migration);
             Ok(vps)
@@ -1794,16 +1794,12 @@ impl Store for EtcdStore {
         &self,
         vps_id: &str,
         phase: MigrationPhase,
-        failure: Option<String>,
+        note: PhaseNote,
     ) -> Result<MigrationRecord, StoreError> {
         self.transact(|tx| {
             let mut record: MigrationRecord = tx.need("migrations", vps_id, "migration")?;
-            if record.phase == MigrationPhase::Switched || record.phase == phase {
+            if !migration::advance(&mut record, phase, &note) {
                 return Ok(record);
-            }
-            record.phase = phase;
-            if failure.is_some() {
-                record.failure = failure.clone();
             }
             tx.put("migrations", vps_id, &record);
             Ok(record)
@@ -1852,7 +1848,7 @@ impl Store for EtcdStore {
             record.phase = MigrationPhase::Switched;
             tx.put("migrations", vps_id, &record);
             tx.append_event(
-                EventRecord::of_vps(EventKind::VpsMigrated, &vps)
+                EventRecord::of_vps(migration::switched_event(&record), &vps)
                     .with_detail(migration::migrated_detail(&record)),
             )?;
             Ok(vps)

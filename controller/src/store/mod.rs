@@ -329,18 +329,20 @@ pub trait Store: Send + Sync + 'static {
     /// Records `migration` (phase `planned`) in one transaction that checks the VPS is on the
     /// source, not being deleted and not already migrating (`check_plan`), reserves its new
     /// addresses in the destination pool and its resources in the destination's summary, and
-    /// holds the VPS stopped (its desired power is `migration.was_running`'s to restore).
+    /// holds the VPS stopped unless it moves live (`migration::hold`; its desired power is
+    /// `migration.was_running`'s to restore).
     /// Returns the VPS as held.
     fn plan_migration(&self, migration: &MigrationRecord) -> Result<VpsRecord, StoreError>;
     fn get_migration(&self, vps_id: &str) -> Result<Option<MigrationRecord>, StoreError>;
     fn list_migrations(&self) -> Result<Vec<MigrationRecord>, StoreError>;
-    /// Moves an unswitched migration to `phase` (`RollingBack` with its `failure`); a
-    /// switched one is never moved back (`Conflict`-free: it is returned unchanged).
+    /// Moves an unswitched migration to `phase` with `note` (`RollingBack` with its failure,
+    /// `Checkpointed` with the live report; `migration::advance`); a switched one is never
+    /// moved back (`Conflict`-free: it is returned unchanged).
     fn set_migration_phase(
         &self,
         vps_id: &str,
         phase: MigrationPhase,
-        failure: Option<String>,
+        note: crate::model::migration::PhaseNote,
     ) -> Result<MigrationRecord, StoreError>;
     /// The switch, one transaction: the VPS names the destination with its new addresses and
     /// its old desired power (`migration::switch_vps`), its source addresses and the source's

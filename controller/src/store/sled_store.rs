@@ -498,9 +498,9 @@ impl Store for SledStore {
         &self,
         vps_id: &str,
         phase: MigrationPhase,
-        failure: Option<String>,
+        note: crate::model::migration::PhaseNote,
     ) -> Result<MigrationRecord, StoreError> {
-        self.set_migration_phase_impl(vps_id, phase, failure)
+        self.set_migration_phase_impl(vps_id, phase, note)
     }
 
     fn switch_migration(&self, vps_id: &str) -> Result<VpsRecord, StoreError> {

@@ -3,6 +3,11 @@
 //! heartbeats to one controller of a list and moves to the next when that one fails (as
 //! `paddock-agent` does with several `controller` addresses). `ApplyVps` records the spec's
 //! power state and answers with it; `ListVps` lists what was applied; `DeleteVps` forgets it.
+//! A live move's calls act on that record too: `CheckpointVps` stops a running VPS (or
+//! refuses with the reason set by [`FakeAgent::refuse_checkpoints`]) and streams a small
+//! transfer, `RestoreCheckpoint` runs it (or refuses, [`FakeAgent::refuse_restores`]), its
+//! `held` form resumes a VPS this node dumped; `ExportVps`/`ImportVps` carry a token archive
+//! for a cold move.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -35,6 +40,16 @@ impl Drop for FakeAgent {
 #[derive(Default)]
 struct AgentState {
     vpses: Mutex<HashMap<String, v1::VpsStatus>>,
+    /// Why `CheckpointVps` refuses (FAILED_PRECONDITION), if it does.
+    checkpoint_refusal: Mutex<Option<String>>,
+    /// Why `RestoreCheckpoint` refuses (FAILED_PRECONDITION), if it does.
+    restore_refusal: Mutex<Option<String>>,
+    /// VPSes this node dumped and still holds the checkpoint of.
+    dumped: Mutex<std::collections::HashSet<String>>,
+    /// The VPS ids of every `held` restore asked for, in order.
+    held_restores: Mutex<Vec<String>>,
+    /// Bytes of checkpoint transfers received.
+    received_bytes: Mutex<u64>,
     /// Index in the controller list of the last controller a heartbeat reached.
     heartbeat_target: Mutex<Option<usize>>,
     /// The host routes of the last `SyncRoutes` (destination -> via).
@@ -43,7 +58,32 @@ struct AgentState {
     hold: std::sync::atomic::AtomicBool,
 }
 
+fn status(vps_id: &str, running: bool) -> v1::VpsStatus {
+    let mut status = v1::VpsStatus {
+        vps_id: vps_id.to_owned(),
+        state: 0,
+        init_pid: if running { 1000 } else { 0 },
+        message: String::new(),
+    };
+    status.set_state(if running {
+        v1::AgentVpsState::Running
+    } else {
+        v1::AgentVpsState::Stopped
+    });
+    status
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl AgentState {
+    fn set(&self, vps_id: &str, running: bool) -> v1::VpsStatus {
+        let status = status(vps_id, running);
+        locked(&self.vpses).insert(vps_id.to_owned(), status.clone());
+        status
+    }
+
     fn statuses(&self) -> Vec<v1::VpsStatus> {
         self.vpses
             .lock()
@@ -193,6 +233,43 @@ impl FakeAgent {
             .cloned()
     }
 
+    /// Makes `CheckpointVps` refuse with `reason` (CRIU's, as a real node reports it).
+    #[allow(dead_code)] // only the migration tests ask
+    pub fn refuse_checkpoints(&self, reason: Option<&str>) {
+        *locked(&self.state.checkpoint_refusal) = reason.map(str::to_owned);
+    }
+
+    /// Makes `RestoreCheckpoint` of a transfer refuse with `reason`.
+    #[allow(dead_code)] // only the migration tests ask
+    pub fn refuse_restores(&self, reason: Option<&str>) {
+        *locked(&self.state.restore_refusal) = reason.map(str::to_owned);
+    }
+
+    /// The VPS ids of the `held` restores (rollbacks on a source) asked for so far.
+    #[allow(dead_code)] // only the migration tests ask
+    pub fn held_restores(&self) -> Vec<String> {
+        locked(&self.state.held_restores).clone()
+    }
+
+    /// Bytes of checkpoint transfers received.
+    #[allow(dead_code)] // only the migration tests ask
+    pub fn received_bytes(&self) -> u64 {
+        *locked(&self.state.received_bytes)
+    }
+
+    /// Records `vps_id` as on this node, dumped (as a source is after `CheckpointVps`).
+    #[allow(dead_code)] // only the migration tests ask
+    pub fn set_dumped(&self, vps_id: &str) {
+        self.state.set(vps_id, false);
+        locked(&self.state.dumped).insert(vps_id.to_owned());
+    }
+
+    /// Records `vps_id` as running here (as a destination is after `RestoreCheckpoint`).
+    #[allow(dead_code)] // only the migration tests ask
+    pub fn set_running(&self, vps_id: &str) {
+        self.state.set(vps_id, true);
+    }
+
     /// The host routes the controller last synced (destination -> via); not every test
     /// including this module asks.
     #[allow(dead_code)]
@@ -212,6 +289,7 @@ impl FakeAgent {
     }
 
     /// Which controller (index in the list) the last heartbeat reached.
+    #[allow(dead_code)] // only the cluster test asks
     pub fn heartbeat_target(&self) -> Option<usize> {
         *self
             .state
@@ -236,34 +314,16 @@ impl NodeAgent for Service {
         }
         let spec = request.into_inner();
         let running = spec.desired_power() == v1::PowerState::Running;
-        let mut status = v1::VpsStatus {
-            vps_id: spec.vps_id.clone(),
-            state: 0,
-            init_pid: if running { 1000 } else { 0 },
-            message: String::new(),
-        };
-        status.set_state(if running {
-            v1::AgentVpsState::Running
-        } else {
-            v1::AgentVpsState::Stopped
-        });
-        self.0
-            .vpses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.vps_id, status.clone());
-        Ok(Response::new(status))
+        Ok(Response::new(self.0.set(&spec.vps_id, running)))
     }
 
     async fn delete_vps(
         &self,
         request: Request<v1::AgentVpsRef>,
     ) -> Result<Response<v1::Empty>, Status> {
-        self.0
-            .vpses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&request.into_inner().vps_id);
+        let vps_id = request.into_inner().vps_id;
+        locked(&self.0.vpses).remove(&vps_id);
+        locked(&self.0.dumped).remove(&vps_id);
         Ok(Response::new(v1::Empty {}))
     }
 
@@ -359,20 +419,80 @@ impl NodeAgent for Service {
 
     async fn checkpoint_vps(
         &self,
-        _request: Request<v1::AgentCheckpointRequest>,
+        request: Request<v1::AgentCheckpointRequest>,
     ) -> Result<Response<Self::CheckpointVpsStream>, Status> {
-        Err(Status::unimplemented(
-            "a fake node has no processes to checkpoint",
-        ))
+        use v1::agent_checkpoint_chunk::Item;
+        let vps_id = request.into_inner().vps_id;
+        if let Some(reason) = locked(&self.0.checkpoint_refusal).clone() {
+            return Err(Status::failed_precondition(reason));
+        }
+        let running = locked(&self.0.vpses)
+            .get(&vps_id)
+            .is_some_and(|status| status.state() == v1::AgentVpsState::Running);
+        if !running {
+            return Err(Status::failed_precondition("the VPS is not running"));
+        }
+        self.0.set(&vps_id, false);
+        locked(&self.0.dumped).insert(vps_id);
+        let report = v1::AgentCheckpointReport {
+            final_pages_written: 42,
+            frozen_us: 1500,
+            image_bytes: 4096,
+            total_ms: 3,
+            ..Default::default()
+        };
+        let messages = vec![
+            Ok(v1::AgentCheckpointChunk {
+                item: Some(Item::Report(report)),
+            }),
+            Ok(v1::AgentCheckpointChunk {
+                item: Some(Item::Data(vec![7; 3000])),
+            }),
+            Ok(v1::AgentCheckpointChunk {
+                item: Some(Item::Data(vec![9; 1096])),
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
     async fn restore_checkpoint(
         &self,
-        _request: Request<Streaming<v1::AgentCheckpointUpload>>,
+        request: Request<Streaming<v1::AgentCheckpointUpload>>,
     ) -> Result<Response<v1::VpsStatus>, Status> {
-        Err(Status::unimplemented(
-            "a fake node has no processes to restore",
-        ))
+        use v1::agent_checkpoint_upload::Item;
+        let mut inbound = request.into_inner();
+        let spec = match inbound.message().await? {
+            Some(v1::AgentCheckpointUpload {
+                item: Some(Item::Held(spec)),
+            }) => {
+                locked(&self.0.held_restores).push(spec.vps_id.clone());
+                let running = locked(&self.0.vpses)
+                    .get(&spec.vps_id)
+                    .is_some_and(|status| status.state() == v1::AgentVpsState::Running);
+                if running {
+                    return Ok(Response::new(status(&spec.vps_id, true)));
+                }
+                if !locked(&self.0.dumped).remove(&spec.vps_id) {
+                    return Err(Status::failed_precondition("no checkpoint held"));
+                }
+                return Ok(Response::new(self.0.set(&spec.vps_id, true)));
+            }
+            Some(v1::AgentCheckpointUpload {
+                item: Some(Item::Spec(spec)),
+            }) => spec,
+            _ => return Err(Status::invalid_argument("spec first")),
+        };
+        let mut bytes = 0u64;
+        while let Some(message) = inbound.message().await? {
+            if let Some(Item::Data(data)) = message.item {
+                bytes += data.len() as u64;
+            }
+        }
+        *locked(&self.0.received_bytes) += bytes;
+        if let Some(reason) = locked(&self.0.restore_refusal).clone() {
+            return Err(Status::failed_precondition(reason));
+        }
+        Ok(Response::new(self.0.set(&spec.vps_id, true)))
     }
 
     type ExportVpsStream = OutputStream<v1::AgentArchiveChunk>;
@@ -381,14 +501,34 @@ impl NodeAgent for Service {
         &self,
         _request: Request<v1::AgentExportRequest>,
     ) -> Result<Response<Self::ExportVpsStream>, Status> {
-        Err(Status::unimplemented("a fake node has no disks"))
+        let messages = vec![
+            Ok(v1::AgentArchiveChunk {
+                manifest: Some(v1::AgentArchiveManifest {
+                    archive_bytes: 5,
+                    ..Default::default()
+                }),
+                data: Vec::new(),
+            }),
+            Ok(v1::AgentArchiveChunk {
+                manifest: None,
+                data: vec![1; 5],
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
     async fn import_vps(
         &self,
-        _request: Request<Streaming<v1::AgentImportChunk>>,
+        request: Request<Streaming<v1::AgentImportChunk>>,
     ) -> Result<Response<v1::VpsStatus>, Status> {
-        Err(Status::unimplemented("a fake node has no disks"))
+        let mut inbound = request.into_inner();
+        let mut vps_id = String::new();
+        while let Some(chunk) = inbound.message().await? {
+            if !chunk.vps_id.is_empty() {
+                vps_id = chunk.vps_id;
+            }
+        }
+        Ok(Response::new(self.0.set(&vps_id, false)))
     }
 
     async fn sync_routes(

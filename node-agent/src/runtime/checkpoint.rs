@@ -55,6 +55,8 @@ pub const DISK_FILE: &str = "disk.img";
 /// The final dump's directory under a checkpoint's images directory.
 pub const FINAL_DIR: &str = "final";
 
+/// A VPS's checkpoints on its node: `vps/<id>/checkpoints/<nanos>/`.
+const CHECKPOINTS_DIR: &str = "checkpoints";
 /// The checkpoint's own record, beside CRIU's images (`paddock-checkpoint.json`).
 pub const META_FILE: &str = "paddock-checkpoint.json";
 /// The host directory the restore helper mounts its private tmpfs on (see
@@ -599,10 +601,10 @@ impl Runtime {
 
 impl Runtime {
     /// A fresh directory path for a checkpoint of `vps_id` (`vps/<id>/checkpoints/<nanos>`,
-    /// so it goes when the VPS is deleted; not created).
+    /// so it goes when the VPS is deleted, or once a restore here succeeded; not created).
     pub fn checkpoint_dir(&self, vps_id: &str) -> Result<PathBuf, RuntimeError> {
         validate_vps_id(vps_id)?;
-        let base = self.layout().vps_dir(vps_id).join("checkpoints");
+        let base = self.layout().vps_dir(vps_id).join(CHECKPOINTS_DIR);
         fsutil::create_private_dir_all(&base)
             .map_err(CheckpointError::from)
             .map_err(|source| RuntimeError::Checkpoint {
@@ -614,6 +616,32 @@ impl Runtime {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         Ok(base.join(nanos.to_string()))
+    }
+
+    /// The newest complete checkpoint this node holds of `vps_id` (one of
+    /// [`Runtime::checkpoint_dir`]'s, kept until the VPS is deleted or restored here): what a
+    /// live move rolling back restores on its source. `NoImages` if there is none.
+    pub fn held_checkpoint(&self, vps_id: &str) -> Result<PathBuf, RuntimeError> {
+        validate_vps_id(vps_id)?;
+        let base = self.layout().vps_dir(vps_id).join(CHECKPOINTS_DIR);
+        let newest = fs::read_dir(&base)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let nanos: u128 = entry.file_name().to_str()?.parse().ok()?;
+                Some((nanos, entry.path()))
+            })
+            .filter(|(_, dir)| {
+                dir.join(META_FILE).is_file() && dir.join(FINAL_DIR).join("inventory.img").is_file()
+            })
+            .max_by_key(|(nanos, _)| *nanos);
+        newest
+            .map(|(_, dir)| dir)
+            .ok_or_else(|| RuntimeError::Checkpoint {
+                vps_id: vps_id.to_owned(),
+                source: CheckpointError::NoImages(base),
+            })
     }
 
     /// The VPS's disk image (what a transfer carries beside the images).
@@ -836,6 +864,14 @@ impl Runtime {
         match reply.disk_device {
             Some(device) => cgroup.apply_io(&st.limits, device).map_err(cgroup_err)?,
             None => self.apply_io(&st, &cgroup)?,
+        }
+        // The VPS runs from them now: every checkpoint this node held of it is spent (the
+        // received one, or on a source that rolled back, the one it kept).
+        let held = self.layout().vps_dir(vps_id).join(CHECKPOINTS_DIR);
+        if let Err(error) = fs::remove_dir_all(&held) {
+            if error.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(vps_id, path = %held.display(), %error, "removing spent checkpoints");
+            }
         }
         Ok(self.observe(&st))
     }

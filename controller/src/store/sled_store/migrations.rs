@@ -8,8 +8,8 @@ use super::{
     abort, encode, flatten, node_vps_key, tx_append_event, tx_count_addresses, tx_get, tx_need,
     tx_update_allocation, SledStore,
 };
-use crate::model::migration::{self, MigrationError, MigrationPhase, MigrationRecord};
-use crate::model::{EventKind, EventRecord, PoolRecord, Power, UsageCursorRecord, VpsRecord};
+use crate::model::migration::{self, MigrationError, MigrationPhase, MigrationRecord, PhaseNote};
+use crate::model::{EventRecord, PoolRecord, Power, UsageCursorRecord, VpsRecord};
 use crate::store::{AfterCommit, Conflict, StoreError};
 
 const TREE: &str = "migrations";
@@ -75,7 +75,7 @@ impl SledStore {
                     tx_update_allocation(allocations, &record.destination, |allocation| {
                         migration::reserve_capacity(allocation, &vps);
                     })?;
-                    vps.desired_power = Power::Stopped;
+                    migration::hold(&mut vps, record);
                     all.insert(vps_id.as_bytes(), encode(&vps))?;
                     migrations.insert(vps_id.as_bytes(), encode(record))?;
                     Ok(vps)
@@ -100,7 +100,7 @@ impl SledStore {
         &self,
         vps_id: &str,
         phase: MigrationPhase,
-        failure: Option<String>,
+        note: PhaseNote,
     ) -> Result<MigrationRecord, StoreError> {
         let tree = self.migration_tree()?;
         flatten(tree.transaction(|migrations| {
@@ -111,12 +111,8 @@ impl SledStore {
                 "migration",
                 vps_id,
             )?;
-            if record.phase == MigrationPhase::Switched || record.phase == phase {
+            if !migration::advance(&mut record, phase, &note) {
                 return Ok(record);
-            }
-            record.phase = phase;
-            if failure.is_some() {
-                record.failure = failure.clone();
             }
             migrations.insert(vps_id.as_bytes(), encode(&record))?;
             Ok(record)
@@ -193,7 +189,7 @@ impl SledStore {
                         tx_append_event(
                             events,
                             meta,
-                            EventRecord::of_vps(EventKind::VpsMigrated, &vps)
+                            EventRecord::of_vps(migration::switched_event(&record), &vps)
                                 .with_detail(migration::migrated_detail(&record)),
                         )?;
                         Ok(vps)
