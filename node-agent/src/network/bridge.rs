@@ -109,30 +109,21 @@ pub async fn sync_addresses(
 /// (`send_redirects`). Without it, the kernel's defaults. They live on the
 /// bridge and go with it.
 pub fn set_routing(name: &str, routed: bool) -> Result<(), NetworkError> {
-    for (key, value) in [("proxy_arp_pvlan", routed), ("send_redirects", !routed)] {
-        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{name}/{key}"));
-        let wanted = if value { "1" } else { "0" };
-        let current = std::fs::read_to_string(&path).map_err(|source| NetworkError::Io {
-            op: "read",
-            path: path.clone(),
-            source,
-        })?;
-        if current.trim() != wanted {
-            std::fs::write(&path, wanted).map_err(|source| NetworkError::Io {
-                op: "write",
-                path: path.clone(),
-                source,
-            })?;
-        }
-    }
-    Ok(())
+    set_flag(name, "proxy_arp_pvlan", routed)?;
+    set_flag(name, "send_redirects", !routed)
 }
 
 /// Whether the bridge answers ARP for addresses routed out of another interface
 /// (`proxy_arp`): the addresses of shared pools living on other nodes, which a VPS takes for
 /// neighbours on its subnet. It lives on the bridge and goes with it.
 pub fn set_proxy_arp(name: &str, on: bool) -> Result<(), NetworkError> {
-    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{name}/proxy_arp"));
+    set_flag(name, "proxy_arp", on)
+}
+
+/// Sets the bridge's IPv4 flag `key` (`/proc/sys/net/ipv4/conf/<bridge>/<key>`), writing only
+/// when it differs.
+fn set_flag(name: &str, key: &str, on: bool) -> Result<(), NetworkError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{name}/{key}"));
     let wanted = if on { "1" } else { "0" };
     let current = std::fs::read_to_string(&path).map_err(|source| NetworkError::Io {
         op: "read",
