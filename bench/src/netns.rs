@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter(path: &Path) -> Result<()> {
+pub(crate) fn enter(path: &Path) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: setns only reads the fd, which `file` keeps open for the call; it changes the
     // network namespace of this thread alone (a thread of our own, never a pool's).

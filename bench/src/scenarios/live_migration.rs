@@ -29,7 +29,7 @@ const MIB: u64 = 1 << 20;
 const PING_EVERY: Duration = Duration::from_millis(10);
 
 /// Pings the echo server every 10 ms until told to stop; returns when each answer came.
-fn ping_loop(mut stream: TcpStream, stop: Arc<AtomicBool>) -> Result<Vec<Instant>> {
+pub(crate) fn ping_loop(mut stream: TcpStream, stop: Arc<AtomicBool>) -> Result<Vec<Instant>> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_nodelay(true)?;
     let mut answers = Vec::new();
@@ -43,7 +43,7 @@ fn ping_loop(mut stream: TcpStream, stop: Arc<AtomicBool>) -> Result<Vec<Instant
     Ok(answers)
 }
 
-fn longest_gap(answers: &[Instant]) -> Duration {
+pub(crate) fn longest_gap(answers: &[Instant]) -> Duration {
     answers
         .windows(2)
         .map(|pair| pair[1] - pair[0])

@@ -9,12 +9,22 @@
 //! Then controller-driven live moves (`admin migrate --live`) of a VPS without an address
 //! (per-node pools cannot keep one): from the command until it runs there, and how long the
 //! source's dump kept it frozen (from the command's report).
+//!
+//! Last, the downtime of a live move between nodes as a client sees it: three nodes sharing one
+//! pool, a TCP echo server in a VPS, pinged every 10 ms from a third node's network namespace
+//! over the product's routes while the VPS moves live between the other two; the longest gap
+//! between answers, against the longest gap of the same pinging without a move.
 
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use paddock_tests::multinode::{MultiNode, PLAN};
 
+use super::live_migration::{longest_gap, ping_loop};
 use crate::report::{Row, ScenarioReport};
 use crate::stats::Samples;
 use crate::Options;
@@ -24,6 +34,9 @@ const VPS: &str = "mover";
 /// The live mover and its plan (no IPv4 address).
 const LIVE_VPS: &str = "live-mover";
 const LIVE_PLAN: &str = "live0";
+/// The echo server moved live between nodes of a shared pool, and its port.
+const ECHO_VPS: &str = "echo";
+const ECHO_PORT: u16 = 7000;
 
 fn show(cluster: &MultiNode) -> Result<serde_json::Value> {
     show_vps(cluster, VPS)
@@ -139,7 +152,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
          where the kernel lacks it (then no pre-dump rounds)."
     ));
     cluster.finish();
-    Ok(())
+    live_downtime(iterations, report)
 }
 
 /// Controller-driven live moves back and forth: until running there, and frozen time.
@@ -191,5 +204,121 @@ fn live_moves(cluster: &MultiNode, iterations: usize, report: &mut ScenarioRepor
         "ms",
         &frozen,
     )?);
+    Ok(())
+}
+
+/// A TCP connection to `address` made from inside the network namespace `netns` (a node's); the
+/// socket stays in that namespace whichever thread then uses it.
+fn connect_from(netns: &str, address: &str) -> Result<TcpStream> {
+    let path = PathBuf::from(format!("/run/netns/{netns}"));
+    let address = address.to_owned();
+    let netns = netns.to_owned();
+    std::thread::spawn(move || -> Result<TcpStream> {
+        crate::netns::enter(&path)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match TcpStream::connect(&address) {
+                Ok(stream) => return Ok(stream),
+                Err(error) if Instant::now() > deadline => {
+                    bail!("connect {address} from {netns}: {error}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    })
+    .join()
+    .map_err(|_| anyhow!("the connecting thread panicked"))?
+}
+
+/// Pings `address` from `netns` every 10 ms while `during` runs (and half a second before and
+/// after it); the longest gap between two answers.
+fn gap_while(netns: &str, address: &str, during: impl FnOnce() -> Result<()>) -> Result<Duration> {
+    let stream = connect_from(netns, address)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pinger = {
+        let stop = stop.clone();
+        std::thread::spawn(move || ping_loop(stream, stop))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let outcome = during();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let answers = pinger
+        .join()
+        .map_err(|_| anyhow!("the pinger panicked"))??;
+    outcome?;
+    Ok(longest_gap(&answers))
+}
+
+/// Downtime of live moves between nodes, seen by a client on a third node.
+fn live_downtime(iterations: usize, report: &mut ScenarioReport) -> Result<()> {
+    let cluster = MultiNode::start_shared(3).context("start three nodes sharing a pool")?;
+    cluster.add_tenant(TENANT, &[])?;
+    cluster.cli_ok(&[
+        "--context",
+        TENANT,
+        "create",
+        ECHO_VPS,
+        "--plan",
+        PLAN,
+        "--wait",
+    ])?;
+    let vps = show_vps(&cluster, ECHO_VPS)?;
+    let ip = vps["ipv4"][0]
+        .as_str()
+        .with_context(|| format!("no address in {vps}"))?
+        .to_owned();
+    let address = format!("{ip}:{ECHO_PORT}");
+    let out = cluster.sh(
+        TENANT,
+        ECHO_VPS,
+        &format!("setsid nc -ll -p {ECHO_PORT} -e cat >/dev/null 2>&1 </dev/null &"),
+    )?;
+    if !out.status.success() {
+        bail!("echo server: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let names: Vec<String> = cluster.nodes.iter().map(|node| node.name.clone()).collect();
+    let mut downtime = Samples::new();
+    let mut idle = Samples::new();
+    for _ in 0..iterations {
+        let here = show_vps(&cluster, ECHO_VPS)?["node"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let position = names
+            .iter()
+            .position(|name| *name == here)
+            .with_context(|| format!("{ECHO_VPS} on an unknown node {here:?}"))?;
+        // The VPS moves to the next node; the client pings from the one after.
+        let there = names[(position + 1) % names.len()].clone();
+        let client = &cluster.nodes[(position + 2) % names.len()].netns;
+        idle.push_ms(gap_while(client, &address, || {
+            std::thread::sleep(Duration::from_secs(1));
+            Ok(())
+        })?);
+        downtime.push_ms(gap_while(client, &address, || {
+            cluster.admin_ok(&[
+                "migrate", ECHO_VPS, "--tenant", TENANT, "--to", &there, "--live",
+            ])?;
+            wait_vps_running_on(&cluster, ECHO_VPS, &there)
+        })?);
+    }
+    report.row(
+        Row::median(
+            "live migration between nodes: downtime (longest gap of a 10 ms TCP echo from a third node)",
+            "ms",
+            &downtime,
+        )?
+        .against_median("longest gap, no move", &idle)?,
+    );
+    report.note(format!(
+        "Downtime between nodes: three nodes of the multi-node harness sharing one pool (the \
+         VPS keeps its address; the other nodes reach it over the /32 routes the product \
+         installs), plan {PLAN}, an idle busybox VPS running busybox nc as a TCP echo; a \
+         client in a third node's network namespace sends a byte every 10 ms on one \
+         connection kept through the move and waits for its echo; {iterations} live move(s), \
+         each to the next node, the client on the node after it."
+    ));
+    cluster.finish();
     Ok(())
 }
