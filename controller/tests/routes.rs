@@ -46,6 +46,25 @@ async fn every_other_node_of_a_shared_pool_routes_a_vps_address_until_it_is_dele
             .await,
         );
     }
+    // A private (NAT) pool cannot span nodes: its tenant isolation is per node.
+    let refused = v1::pool_service_client::PoolServiceClient::new(api.channel.clone())
+        .create_pool(with_token(
+            v1::CreatePoolRequest {
+                pool: Some(v1::Pool {
+                    name: "private".into(),
+                    nodes: names.iter().map(|name| (*name).to_owned()).collect(),
+                    cidr: "10.205.0.0/24".into(),
+                    gateway: "10.205.0.1".into(),
+                    nat: true,
+                    ..v1::Pool::default()
+                }),
+            },
+            &api.admin,
+        ))
+        .await
+        .expect_err("a private pool across nodes is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("must be public"), "{refused:?}");
     v1::pool_service_client::PoolServiceClient::new(api.channel.clone())
         .create_pool(with_token(
             v1::CreatePoolRequest {

@@ -501,6 +501,24 @@ pub fn pool_span(
     Ok(span)
 }
 
+/// A pool spanning several nodes must be public (`nat = false`): isolation between tenants'
+/// private addresses is enforced on each node (the agent's hairpin chain), and traffic between
+/// the nodes of a shared pool is routed past it, so a private shared pool would let a VPS on one
+/// node reach another tenant's private address on another.
+pub fn check_shared_nat(span: &[String], nat: bool) -> Result<(), ValidationError> {
+    if span.len() > 1 && nat {
+        return Err(ValidationError::new(
+            "pool.nat",
+            format!(
+                "a pool shared by several nodes ({}) must be public (no NAT): tenant isolation \
+                 of private addresses is per node",
+                span.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The MAC address of a VPS's eth0: locally administered, unicast, stable for its id.
 pub fn mac_for(vps_id: &str) -> String {
     let digest = Sha256::digest(vps_id.as_bytes());
@@ -652,6 +670,16 @@ mod tests {
         assert!(!ipv6_prefixes_overlap("fd00:77::/64", "fd00:78::/64"));
         assert!(!ipv6_prefixes_overlap("fd00:1::/48", "fd00:2::/48"));
         assert!(!ipv6_prefixes_overlap("nope", "fd00::/48"));
+    }
+
+    #[test]
+    fn a_shared_pool_must_be_public() {
+        let span = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert_eq!(check_shared_nat(&span(&["n1"]), true), Ok(()));
+        assert_eq!(check_shared_nat(&span(&["n1", "n2"]), false), Ok(()));
+        let error = check_shared_nat(&span(&["n1", "n2"]), true).expect_err("private shared pool");
+        assert_eq!(error.field, "pool.nat");
+        assert!(error.to_string().contains("must be public"), "{error}");
     }
 
     #[test]

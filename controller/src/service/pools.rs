@@ -60,6 +60,7 @@ impl Pools<'_> {
             ipam::SpanError::Invalid(error) => ControllerError::from(error),
             ipam::SpanError::UnknownNode(node) => ControllerError::not_found("node", &node),
         })?;
+        ipam::check_shared_nat(&span, request.nat)?;
         let record = PoolRecord {
             name: request.name,
             node: span[0].clone(),
