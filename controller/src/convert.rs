@@ -5,6 +5,7 @@ use paddock_proto::v1;
 
 use crate::model::desired;
 use crate::model::metering::TransferStatus;
+use crate::model::migration::MigrationRecord;
 use crate::model::node::{Enrollment, Heartbeat, Registration, Template};
 use crate::model::scheduler::NodeView;
 use crate::model::validate::ValidationError;
@@ -552,9 +553,13 @@ pub fn backup(record: &crate::model::BackupRecord) -> v1::Backup {
     }
 }
 
-/// A migration as the API reports it.
-pub fn migration(outcome: &crate::service::migration::MigrationOutcome) -> v1::Migration {
-    let record = &outcome.record;
+/// A migration as the API reports it: its record as it ended, how long it took, and why a live
+/// move asked for was done cold.
+pub fn migration(
+    record: &MigrationRecord,
+    duration: std::time::Duration,
+    cold_because: Option<&str>,
+) -> v1::Migration {
     v1::Migration {
         migration_id: record.id.clone(),
         tenant: record.tenant.clone(),
@@ -566,7 +571,7 @@ pub fn migration(outcome: &crate::service::migration::MigrationOutcome) -> v1::M
         new_ipv4: record.new_ipv4.clone(),
         addresses_kept: record.addresses_kept,
         was_running: record.was_running,
-        duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         live: record.live,
         live_report: record
             .live_report
@@ -580,7 +585,7 @@ pub fn migration(outcome: &crate::service::migration::MigrationOutcome) -> v1::M
                 checkpoint_ms: report.checkpoint_ms,
                 restore_ms: report.restore_ms,
             }),
-        cold_because: outcome.cold_because.clone().unwrap_or_default(),
+        cold_because: cold_because.unwrap_or_default().to_owned(),
     }
 }
 

@@ -61,7 +61,11 @@ impl NodeService for NodeApi {
                 allow_cold: request.allow_cold,
             })
             .await?;
-        Ok(Response::new(convert::migration(&outcome)))
+        Ok(Response::new(convert::migration(
+            &outcome.record,
+            outcome.duration,
+            outcome.cold_because.as_deref(),
+        )))
     }
 
     async fn drain_node(
