@@ -162,55 +162,89 @@ async fn create_and_wait_running(channel: &Channel, admin: &str, tenant: &str, n
     running == Ok(true)
 }
 
+/// Three controllers on the etcd cluster (`leader_lease_secs = 3`), a fake agent `node`
+/// enrolled with all three in its list, and a pool `10.<octet>.0.0/16` on it.
+struct Trio {
+    first: Setup,
+    replicas: [Setup; 2],
+    daemons: Vec<Option<Daemon>>,
+    channels: Vec<Channel>,
+    admin: String,
+    urls: Vec<String>,
+    agent: FakeAgent,
+}
+
+impl Trio {
+    async fn start(etcd: &EtcdCluster, node: &str, octet: u8) -> Trio {
+        let endpoints = etcd.endpoints();
+        let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        let extra = format!(
+            "store = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"{PREFIX}\"\nleader_lease_secs = 3\nheartbeat_interval_secs = 1\nnode_offline_after_secs = 15",
+            quoted.join(", ")
+        );
+        let first = Setup::init_with(&extra);
+        let replicas = [first.replica(&extra), first.replica(&extra)];
+        let mut daemons = Vec::new();
+        let mut channels = Vec::new();
+        let mut urls = Vec::new();
+        for setup in std::iter::once(&first).chain(replicas.iter()) {
+            let (daemon, channel) = setup.launch().await;
+            daemons.push(Some(daemon));
+            channels.push(channel);
+            urls.push(format!("https://127.0.0.1:{}", setup.port));
+        }
+        let admin = first.admin.clone();
+        let agent = FakeAgent::start(
+            node,
+            urls.clone(),
+            &first.ca_pem,
+            &first.join,
+            Duration::from_millis(500),
+        )
+        .await;
+        v1::pool_service_client::PoolServiceClient::new(channels[0].clone())
+            .create_pool(with_token(
+                v1::CreatePoolRequest {
+                    pool: Some(v1::Pool {
+                        name: format!("pool-{node}"),
+                        node: node.into(),
+                        cidr: format!("10.{octet}.0.0/16"),
+                        gateway: format!("10.{octet}.0.1"),
+                        ..Default::default()
+                    }),
+                },
+                &admin,
+            ))
+            .await
+            .expect("pool");
+        Trio {
+            first,
+            replicas,
+            daemons,
+            channels,
+            admin,
+            urls,
+            agent,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_controllers_survive_a_leader_kill_and_a_frozen_etcd_member() {
     let Some(mut etcd) = EtcdCluster::start(3) else {
         return;
     };
+    let Trio {
+        first,
+        replicas,
+        mut daemons,
+        channels,
+        admin,
+        urls: _,
+        agent,
+    } = Trio::start(&etcd, "node-f", 203).await;
     let endpoints = etcd.endpoints();
-    let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    let extra = format!(
-        "store = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"{PREFIX}\"\nleader_lease_secs = 3\nheartbeat_interval_secs = 1\nnode_offline_after_secs = 15",
-        quoted.join(", ")
-    );
-    let first = Setup::init_with(&extra);
-    let setups = [first.replica(&extra), first.replica(&extra)];
-    let setups: Vec<&Setup> = std::iter::once(&first).chain(setups.iter()).collect();
-    let mut daemons: Vec<Option<Daemon>> = Vec::new();
-    let mut channels: Vec<Channel> = Vec::new();
-    for setup in &setups {
-        let (daemon, channel) = setup.launch().await;
-        daemons.push(Some(daemon));
-        channels.push(channel);
-    }
-    let admin = first.admin.clone();
-    let urls: Vec<String> = setups
-        .iter()
-        .map(|setup| format!("https://127.0.0.1:{}", setup.port))
-        .collect();
-    let agent = FakeAgent::start(
-        "node-f",
-        urls.clone(),
-        &first.ca_pem,
-        &first.join,
-        Duration::from_millis(500),
-    )
-    .await;
-    v1::pool_service_client::PoolServiceClient::new(channels[1].clone())
-        .create_pool(with_token(
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: "pool-f".into(),
-                    node: "node-f".into(),
-                    cidr: "10.203.0.0/16".into(),
-                    gateway: "10.203.0.1".into(),
-                    ..Default::default()
-                }),
-            },
-            &admin,
-        ))
-        .await
-        .expect("pool");
+    let setups: Vec<&Setup> = std::iter::once(&first).chain(replicas.iter()).collect();
     // t0..t4 for the concurrent creates; `late` for the ones after the kill.
     let tenant_names = (0..TENANTS)
         .map(|index| format!("t{index}"))
@@ -569,50 +603,17 @@ async fn cli_waits_and_event_follows_move_to_another_controller_when_theirs_dies
     let Some(etcd) = EtcdCluster::start(1) else {
         return;
     };
+    let Trio {
+        first,
+        replicas,
+        mut daemons,
+        channels,
+        admin,
+        urls,
+        agent,
+    } = Trio::start(&etcd, "node-c", 204).await;
     let endpoints = etcd.endpoints();
-    let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    let extra = format!(
-        "store = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"{PREFIX}\"\nleader_lease_secs = 3\nheartbeat_interval_secs = 1\nnode_offline_after_secs = 15",
-        quoted.join(", ")
-    );
-    let first = Setup::init_with(&extra);
-    let replicas = [first.replica(&extra), first.replica(&extra)];
     let setups: Vec<&Setup> = std::iter::once(&first).chain(replicas.iter()).collect();
-    let mut daemons: Vec<Option<Daemon>> = Vec::new();
-    let mut channels: Vec<Channel> = Vec::new();
-    for setup in &setups {
-        let (daemon, channel) = setup.launch().await;
-        daemons.push(Some(daemon));
-        channels.push(channel);
-    }
-    let admin = first.admin.clone();
-    let urls: Vec<String> = setups
-        .iter()
-        .map(|setup| format!("https://127.0.0.1:{}", setup.port))
-        .collect();
-    let agent = FakeAgent::start(
-        "node-c",
-        urls.clone(),
-        &first.ca_pem,
-        &first.join,
-        Duration::from_millis(500),
-    )
-    .await;
-    v1::pool_service_client::PoolServiceClient::new(channels[0].clone())
-        .create_pool(with_token(
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: "pool-c".into(),
-                    node: "node-c".into(),
-                    cidr: "10.204.0.0/16".into(),
-                    gateway: "10.204.0.1".into(),
-                    ..Default::default()
-                }),
-            },
-            &admin,
-        ))
-        .await
-        .expect("pool");
     v1::tenant_service_client::TenantServiceClient::new(channels[0].clone())
         .create_tenant(with_token(
             v1::CreateTenantRequest {
