@@ -862,8 +862,25 @@ async fn report_orphans(
 ) -> Result<usize, ControllerError> {
     let mut orphans = 0;
     for vps_id in listed.keys() {
-        // The store is read only for a VPS not placed on this node (one moving away).
-        if placed_here.contains(vps_id) || controller.store.get_vps(vps_id)?.is_some() {
+        if placed_here.contains(vps_id) {
+            continue;
+        }
+        // The store is read only for a VPS not placed on this node.
+        if let Some(vps) = controller.store.get_vps(vps_id)? {
+            // Placed on another node: while a move of it is in progress, this node's copy is
+            // the move's to handle. Without one, the copy here was left behind (a pass of this
+            // node applied it again after the move had deleted it) and goes: the VPS lives
+            // where the store says.
+            if controller.store.get_migration(vps_id)?.is_none() {
+                orphans += 1;
+                client
+                    .delete_vps(v1::AgentVpsRef {
+                        vps_id: vps_id.clone(),
+                    })
+                    .await
+                    .map_err(|status| agent_error(node, status))?;
+                info!(node, vps_id = %vps_id, placed_on = %vps.node, "stale copy of a VPS placed on another node removed");
+            }
             continue;
         }
         orphans += 1;
