@@ -186,6 +186,34 @@ fn wait_whole_on(cluster: &MultiNode, name: &str, vps_id: &str, index: usize, wh
 
 /// A running VPS moves with its files and owners and answers TCP at its new address; the
 /// move that changes its address is refused (naming both) until allowed.
+/// Restarts `victim` (`who` in messages) armed with the test fault point `fault`, then waits
+/// until every node is online again.
+fn arm(cluster: &mut MultiNode, fault: &str, victim: Victim, who: &str) {
+    cluster.set_fault(Some(fault));
+    let restarted = match victim {
+        Victim::Controller => {
+            cluster.kill_controller();
+            cluster.start_controller()
+        }
+        Victim::Agent(index) => {
+            cluster.kill_agent(index);
+            cluster.start_agent(index)
+        }
+    };
+    cluster.set_fault(None);
+    restarted.unwrap_or_else(|error| fail(cluster, format!("restart {who}: {error:#}")));
+    for node in cluster
+        .nodes
+        .iter()
+        .map(|node| node.name.clone())
+        .collect::<Vec<_>>()
+    {
+        cluster
+            .wait_node_status(&node, "online", Duration::from_secs(60))
+            .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
+    }
+}
+
 #[test]
 fn a_running_vps_moves_with_its_files_and_owners_and_answers_there() {
     if !require_root() {
@@ -290,29 +318,7 @@ fn a_kill_at_the_copy_step_leaves_the_vps_whole_on_one_node() {
     ];
     for (who, fault, victim) in cases {
         // Restart the victim armed with the fault point.
-        cluster.set_fault(Some(fault));
-        let restarted = match victim {
-            Victim::Controller => {
-                cluster.kill_controller();
-                cluster.start_controller()
-            }
-            Victim::Agent(index) => {
-                cluster.kill_agent(index);
-                cluster.start_agent(index)
-            }
-        };
-        cluster.set_fault(None);
-        restarted.unwrap_or_else(|error| fail(&cluster, format!("restart {who}: {error:#}")));
-        for node in cluster
-            .nodes
-            .iter()
-            .map(|node| node.name.clone())
-            .collect::<Vec<_>>()
-        {
-            cluster
-                .wait_node_status(&node, "online", Duration::from_secs(60))
-                .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
-        }
+        arm(&mut cluster, fault, victim, who);
         let out = cluster
             .cli(&migrate_args("web", &to, true))
             .expect("run migrate");
@@ -619,29 +625,7 @@ fn a_running_vps_moves_live_with_its_processes_and_survives_a_controller_kill() 
         let back = cluster.nodes[destination].name.clone();
         let ends_on = if moves { destination } else { source };
         let before = counter(&cluster, "lv");
-        cluster.set_fault(Some(fault));
-        let restarted = match victim {
-            Victim::Controller => {
-                cluster.kill_controller();
-                cluster.start_controller()
-            }
-            Victim::Agent(index) => {
-                cluster.kill_agent(index);
-                cluster.start_agent(index)
-            }
-        };
-        cluster.set_fault(None);
-        restarted.unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
-        for node in cluster
-            .nodes
-            .iter()
-            .map(|node| node.name.clone())
-            .collect::<Vec<_>>()
-        {
-            cluster
-                .wait_node_status(&node, "online", Duration::from_secs(60))
-                .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
-        }
+        arm(&mut cluster, fault, victim, "the victim");
         let out = cluster.cli(&live_args("lv", &back)).expect("run migrate");
         if out.status.success() {
             fail(
