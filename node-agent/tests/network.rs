@@ -1189,7 +1189,7 @@ fn transfer_intact(from: &Netns, to: &Netns, address: IpAddr, bytes: usize) -> u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn port_gso_size_is_set_on_both_ends_and_unset_follows_the_uplink() {
+async fn port_gso_size_is_set_on_both_ends_follows_a_restart_and_unset_the_uplink() {
     if !require_root() {
         return;
     }
@@ -1226,6 +1226,18 @@ async fn port_gso_size_is_set_on_both_ends_and_unset_follows_the_uplink() {
     let b_address: IpAddr = format!("{subnet}.11").parse().expect("ip");
     let sent = 32 << 20;
     assert_eq!(transfer_intact(&a, &b, b_address, sent), sent);
+    // An agent restarted with another size gives it to the ports it adopts.
+    drop(network);
+    let mut config = net_support::config(&bridge, &state);
+    config.port_gso_max_bytes = Some(offload::KERNEL_DEFAULT_BYTES);
+    let running = [(a_id.clone(), a.pid()), (b_id.clone(), b.pid())];
+    let network = Network::start(config, &running).await.expect("restart");
+    let sizes = network
+        .port_gso_ipv4_max(&a_id, &a.path())
+        .await
+        .expect("sizes");
+    let default = Some(offload::KERNEL_DEFAULT_BYTES);
+    assert_eq!(sizes, (default, default), "after the restart");
     network.teardown().await.expect("teardown");
     drop(network);
 

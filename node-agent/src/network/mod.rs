@@ -453,11 +453,23 @@ impl Network {
             .filter_map(|link| Some((link_name(link)?, link)))
             .collect();
         let mut repaired = 0usize;
+        // A port made before `port_gso_max_bytes` changed (or the uplink's size did) gets it now.
+        let uplinks = if adopt.is_empty() || network.config.port_gso_max_bytes.is_some() {
+            Vec::new()
+        } else {
+            offload::uplink_sizes(&network.host, network.config.uplink.as_deref()).await?
+        };
+        let sized = |link: &rtnetlink::packet_route::link::LinkMessage| {
+            offload::gso_ipv4_max(link).is_none_or(|bytes| {
+                let port_max = offload::tso_max(link).unwrap_or(offload::KERNEL_DEFAULT_BYTES);
+                bytes == offload::port_bytes(network.config.port_gso_max_bytes, &uplinks, port_max)
+            })
+        };
         for spec in &adopt {
             let marker = alias(&network.config.bridge, &spec.vps_id);
             let intact = by_name
                 .get(host_ifname(&spec.vps_id).as_str())
-                .is_some_and(|link| adoptable(link, &marker, bridge_index));
+                .is_some_and(|link| adoptable(link, &marker, bridge_index) && sized(link));
             if intact {
                 continue;
             }
