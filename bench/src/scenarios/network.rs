@@ -115,11 +115,13 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
         "Target (issue 12): VPS → VPS at least 80% of loopback (ratio ≥ 0.80). Loopback has a \
          64 KiB MTU and no second device; a veth pair through a bridge carries 1500-byte \
          frames, so the plain-veth row shows what the kernel path itself costs before any of \
-         the agent's rules. That cost is per packet, not per byte: TCP over veths hands down at \
-         most one GSO packet of the port's GSO size at a time, and each crosses two veths, the \
-         bridge and (br_netfilter on here) the IP hooks with conntrack. Larger packets (BIG \
-         TCP) divide it; the agent's default keeps the uplink's size, since a VPS's packet \
-         larger than the uplink takes whole is cut up in software on its way out.",
+         the agent's rules. That cost is per packet, not per byte: TCP hands the VPS's eth0 \
+         packets of at most the port's GSO size, and each crosses two veths, the bridge and \
+         (br_netfilter on here) the IP hooks with conntrack; the agent's rules are what the \
+         default VPS row adds to plain veths. Larger packets (BIG TCP) divide \
+         that cost; the agent's default keeps the uplink's size, since a VPS's packet larger \
+         than the uplink takes whole would be cut into frames in software on its way out, and \
+         this VM's virtio uplink takes 64 KiB.",
     );
     pair.delete(&mut node)?;
     big_pair.delete(&mut big_node)?;
