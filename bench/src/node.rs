@@ -61,10 +61,32 @@ impl Node {
         )
     }
 
+    /// [`Self::start`] with a network whose ports' IPv4 GSO/GRO size is `port_gso_max_bytes`
+    /// (the agent's `port_gso_max_bytes`; `None` = its default, the uplink's).
+    pub fn start_with_port_gso(options: &Options, port_gso_max_bytes: Option<u32>) -> Result<Self> {
+        Self::start_inner(
+            options,
+            Some(port_gso_max_bytes),
+            ProcView::Lxcfs(LxcfsConfig::new(
+                procview::DEFAULT_LXCFS_DIR,
+                std::env::temp_dir().join("paddock-bench-lxcfs"),
+            )),
+        )
+    }
+
     /// [`Self::start`] with `proc_view` as the VPSes' /proc.
     pub fn start_with_view(
         options: &Options,
         with_network: bool,
+        proc_view: ProcView,
+    ) -> Result<Self> {
+        Self::start_inner(options, with_network.then_some(None), proc_view)
+    }
+
+    /// `network`: `Some(port_gso_max_bytes)` for a network, `None` for none.
+    fn start_inner(
+        options: &Options,
+        network: Option<Option<u32>>,
         proc_view: ProcView,
     ) -> Result<Self> {
         let tag = unique_tag();
@@ -103,11 +125,12 @@ impl Node {
             subnet,
             vps_ids: Vec::new(),
         };
-        if with_network {
+        if let Some(port_gso_max_bytes) = network {
             let config = NetworkConfig {
                 bridge: node.bridge.clone(),
                 uplink: None,
                 ip_forward: false,
+                port_gso_max_bytes,
                 state_dir: node.state_dir.path().join("network"),
                 host_ports_open_to_vps: Vec::new(),
                 vps_isolation: Isolation::Tenant,
@@ -268,6 +291,15 @@ impl Node {
     }
 
     /// The network namespace of a running VPS.
+    /// The IPv4 GSO sizes of both ends of the VPS's port (host end, eth0 inside).
+    pub fn port_gso_ipv4_max(&self, vps_id: &str) -> Result<(Option<u32>, Option<u32>)> {
+        let network = self.network.as_ref().context("this node has no network")?;
+        let netns = self.netns(vps_id)?;
+        self.tokio
+            .block_on(network.port_gso_ipv4_max(vps_id, &netns))
+            .with_context(|| format!("reading the GSO size of {vps_id}'s port"))
+    }
+
     pub fn netns(&self, vps_id: &str) -> Result<PathBuf> {
         self.runtime
             .netns_path(vps_id)?

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{load_toml, ConfigError};
 
+/// The kernel's smallest default and largest possible GSO size (`GSO_MAX_SIZE`): the range
+/// of `port_gso_max_bytes`.
+pub const PORT_GSO_MIN_BYTES: u32 = 65_536;
+pub const PORT_GSO_MAX_BYTES: u32 = 524_280;
+
 /// The controllers an agent may talk to: one address (`controller = "https://..."`) or a
 /// list of the controllers sharing one store, tried in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,6 +88,11 @@ pub struct AgentConfig {
     pub uplink: Option<String>,
     /// Turn on `net.ipv4.ip_forward` when a VPS gets a gateway, so the host routes VPS traffic.
     pub ip_forward: bool,
+    /// Largest IPv4 TCP packet (bytes, before segmentation) the VPS ports pass whole, both
+    /// ends of each veth pair: up to 524280 (BIG TCP) cuts the per-packet cost of VPS to VPS
+    /// traffic on the node. Unset: what the uplink passes whole (`uplink`, else the devices
+    /// of the default routes), so traffic leaving the node is never cut up in software.
+    pub port_gso_max_bytes: Option<u32>,
     /// Ports of the node itself that VPSes may open through the bridge
     /// (`"udp/53"`, `"tcp/8000-8010"`). Everything else a VPS sends to one of
     /// the node's own addresses is dropped, except replies to connections the
@@ -185,6 +195,7 @@ impl Default for AgentConfig {
             bridge: "pdk0".to_owned(),
             uplink: None,
             ip_forward: true,
+            port_gso_max_bytes: None,
             host_ports_open_to_vps: Vec::new(),
             vps_isolation: Isolation::Tenant,
             usage_interval_secs: 10,
@@ -337,6 +348,15 @@ impl AgentConfig {
                 "must be an interface name of 1-15 characters of [A-Za-z0-9_-]",
             ));
         }
+        if config
+            .port_gso_max_bytes
+            .is_some_and(|bytes| !(PORT_GSO_MIN_BYTES..=PORT_GSO_MAX_BYTES).contains(&bytes))
+        {
+            return Err(invalid(
+                "port_gso_max_bytes",
+                "must be between 65536 and 524280 bytes",
+            ));
+        }
         if config.id_base < 65_536 {
             return Err(invalid(
                 "id_base",
@@ -432,6 +452,23 @@ mod tests {
             match load(bad) {
                 Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "controller"),
                 other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn port_gso_size_is_unset_or_within_the_kernels_range() {
+        let (dir, load) = loader("port-gso");
+        assert_eq!(load("").expect("default").port_gso_max_bytes, None);
+        for good in [65_536, 185_000, 524_280] {
+            let config = load(&format!("port_gso_max_bytes = {good}\n")).expect("in range");
+            assert_eq!(config.port_gso_max_bytes, Some(good));
+        }
+        for bad in [0, 65_535, 524_281] {
+            match load(&format!("port_gso_max_bytes = {bad}\n")) {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "port_gso_max_bytes"),
+                other => panic!("{bad} was not refused: {other:?}"),
             }
         }
         let _ = std::fs::remove_dir_all(dir);

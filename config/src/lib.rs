@@ -10,7 +10,10 @@ mod size;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::{AgentConfig, HostPort, Isolation, ProcViewKind, S3Store, Transport};
+pub use agent::{
+    AgentConfig, HostPort, Isolation, ProcViewKind, S3Store, Transport, PORT_GSO_MAX_BYTES,
+    PORT_GSO_MIN_BYTES,
+};
 pub use controller::{
     ControllerConfig, OrphanPolicy, QuotaDefaults, SchedulerConfig, SchedulerStrategy,
     StoreBackend, VpsLimits, MIN_PIDS,

@@ -81,6 +81,7 @@ pub async fn run(
                 bridge: config.bridge.clone(),
                 uplink: config.uplink.clone(),
                 ip_forward: config.ip_forward,
+                port_gso_max_bytes: config.port_gso_max_bytes,
                 state_dir: config.state_dir.join("network"),
                 host_ports_open_to_vps: config.host_ports_open_to_vps.clone(),
                 vps_isolation: config.vps_isolation,

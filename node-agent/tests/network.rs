@@ -1142,3 +1142,134 @@ async fn no_rogue_dhcp_servers_and_unspecified_source_only_for_dad() {
     network.remove_port(&b_id).await.expect("remove b");
     network.teardown().await.expect("teardown");
 }
+
+/// A veth pair of the test's own standing in for the node's uplink; removed on drop (its
+/// peer goes with it).
+struct UplinkGuard(String);
+
+impl Drop for UplinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// Sends `bytes` of a counting pattern from inside `from` to `address` and returns what the
+/// receiver read, checked byte by byte against the pattern.
+fn transfer_intact(from: &Netns, to: &Netns, address: IpAddr, bytes: usize) -> usize {
+    use std::io::{Read, Write};
+    let listener = listen_in(to, address.to_string());
+    let target = listener.local_addr().expect("listener address");
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut received = 0usize;
+        loop {
+            let n = stream.read(&mut buffer).expect("receive");
+            if n == 0 {
+                return received;
+            }
+            for (offset, byte) in buffer[..n].iter().enumerate() {
+                assert_eq!(*byte, ((received + offset) % 251) as u8, "corrupt stream");
+            }
+            received += n;
+        }
+    });
+    from.run(move || {
+        let pattern: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+        let mut stream =
+            TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect");
+        stream.write_all(&pattern).expect("send");
+    })
+    .join()
+    .expect("sender");
+    receiver.join().expect("receiver")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_gso_size_is_set_on_both_ends_follows_a_restart_and_unset_the_uplink() {
+    if !require_root() {
+        return;
+    }
+    use paddock_agent::network::offload;
+    // Configured: BIG TCP on both ends of every port, and a stream crosses the bridge and
+    // its filters whole.
+    let (bridge, subnet) = unique_names('g');
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = net_support::config(&bridge, &state);
+    config.port_gso_max_bytes = Some(offload::LARGEST_BYTES);
+    let (network, _guard) = network_with(config).await;
+    let (a, b) = (Netns::new(), Netns::new());
+    let a_id = format!("ga-{}", std::process::id());
+    let b_id = format!("gb-{}", std::process::id());
+    network
+        .ensure_port(&port(&a_id, &subnet, 10, 0, 0), a.pid())
+        .await
+        .expect("a");
+    network
+        .ensure_port(&port(&b_id, &subnet, 11, 0, 0), b.pid())
+        .await
+        .expect("b");
+    for (vps_id, netns) in [(&a_id, &a), (&b_id, &b)] {
+        let sizes = network
+            .port_gso_ipv4_max(vps_id, &netns.path())
+            .await
+            .expect("sizes");
+        assert_eq!(
+            sizes,
+            (Some(offload::LARGEST_BYTES), Some(offload::LARGEST_BYTES)),
+            "host end and eth0 of {vps_id} (a kernel before 6.3 reports none)"
+        );
+    }
+    let b_address: IpAddr = format!("{subnet}.11").parse().expect("ip");
+    let sent = 32 << 20;
+    assert_eq!(transfer_intact(&a, &b, b_address, sent), sent);
+    // An agent restarted with another size gives it to the ports it adopts.
+    drop(network);
+    let mut config = net_support::config(&bridge, &state);
+    config.port_gso_max_bytes = Some(offload::KERNEL_DEFAULT_BYTES);
+    let running = [(a_id.clone(), a.pid()), (b_id.clone(), b.pid())];
+    let network = Network::start(config, &running).await.expect("restart");
+    let sizes = network
+        .port_gso_ipv4_max(&a_id, &a.path())
+        .await
+        .expect("sizes");
+    let default = Some(offload::KERNEL_DEFAULT_BYTES);
+    assert_eq!(sizes, (default, default), "after the restart");
+    network.teardown().await.expect("teardown");
+    drop(network);
+
+    // Unset: the ports take the uplink's size, here an uplink of the test's own at 32000.
+    let (bridge, subnet) = unique_names('u');
+    let uplink = UplinkGuard(format!("{bridge}x"));
+    let status = Command::new("ip")
+        .args(["link", "add", &uplink.0, "type", "veth", "peer", "name"])
+        .arg(format!("{bridge}y"))
+        .status()
+        .expect("ip link add");
+    assert!(status.success(), "creating the test uplink");
+    // iproute2 before 6.3 cannot name the IPv4 size; up to 64 KiB it follows this one.
+    let status = Command::new("ip")
+        .args(["link", "set", &uplink.0, "gso_max_size", "32000"])
+        .status()
+        .expect("ip link set");
+    assert!(status.success(), "setting the test uplink's GSO size");
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = net_support::config(&bridge, &state);
+    config.uplink = Some(uplink.0.clone());
+    let (network, _guard) = network_with(config).await;
+    let c = Netns::new();
+    let c_id = format!("gc-{}", std::process::id());
+    network
+        .ensure_port(&port(&c_id, &subnet, 12, 0, 0), c.pid())
+        .await
+        .expect("c");
+    let sizes = network
+        .port_gso_ipv4_max(&c_id, &c.path())
+        .await
+        .expect("sizes");
+    assert_eq!(sizes, (Some(32_000), Some(32_000)));
+    network.teardown().await.expect("teardown");
+}

@@ -15,6 +15,7 @@
 pub mod bridge;
 pub mod counters;
 pub mod filter;
+pub mod offload;
 pub mod routes;
 pub mod shaping;
 pub mod veth;
@@ -315,6 +316,8 @@ pub struct NetworkConfig {
     pub uplink: Option<String>,
     /// Turn on `net.ipv4.ip_forward` when a port has a gateway (VPS traffic is routed by the host).
     pub ip_forward: bool,
+    /// IPv4 GSO/GRO size of both ends of every port; `None` = the uplink's ([`offload`]).
+    pub port_gso_max_bytes: Option<u32>,
     /// Where port specs are persisted (`<state_dir>/network`).
     pub state_dir: PathBuf,
     /// Ports of the node itself VPSes may open (everything else they send to
@@ -450,11 +453,23 @@ impl Network {
             .filter_map(|link| Some((link_name(link)?, link)))
             .collect();
         let mut repaired = 0usize;
+        // A port made before `port_gso_max_bytes` changed (or the uplink's size did) gets it now.
+        let uplinks = if adopt.is_empty() || network.config.port_gso_max_bytes.is_some() {
+            Vec::new()
+        } else {
+            offload::uplink_sizes(&network.host, network.config.uplink.as_deref()).await?
+        };
+        let sized = |link: &rtnetlink::packet_route::link::LinkMessage| {
+            offload::gso_ipv4_max(link).is_none_or(|bytes| {
+                let port_max = offload::tso_max(link).unwrap_or(offload::KERNEL_DEFAULT_BYTES);
+                bytes == offload::port_bytes(network.config.port_gso_max_bytes, &uplinks, port_max)
+            })
+        };
         for spec in &adopt {
             let marker = alias(&network.config.bridge, &spec.vps_id);
             let intact = by_name
                 .get(host_ifname(&spec.vps_id).as_str())
-                .is_some_and(|link| adoptable(link, &marker, bridge_index));
+                .is_some_and(|link| adoptable(link, &marker, bridge_index) && sized(link));
             if intact {
                 continue;
             }
@@ -582,11 +597,18 @@ impl Network {
             self.load_rules().await?;
         }
         self.shape(spec, &host_name).await?;
+        let gso_bytes = self.port_gso_bytes(&host_link).await?;
+        offload::ensure(&self.host, &host_link, gso_bytes).await?;
         self.host.set_up(host_index, Some(bridge_index)).await?;
 
         // Inside the VPS.
         let guest_index = link_peer(&host_link)
             .ok_or_else(|| NetworkError::Missing(format!("peer of {host_name}")))?;
+        let guest_link = guest
+            .link_by_index(guest_index)
+            .await?
+            .ok_or_else(|| NetworkError::Missing(format!("peer of {host_name}")))?;
+        offload::ensure(&guest, &guest_link, gso_bytes).await?;
         if let Some(lo) = guest.link_by_name("lo").await? {
             guest.set_up(lo.header.index, None).await?;
         }
@@ -670,9 +692,48 @@ impl Network {
         host_ifname(vps_id)
     }
 
+    /// The IPv4 GSO sizes of both ends of a VPS's port (host end, `eth0` in the VPS's
+    /// network namespace `netns`), as the kernel reports them; `None` where it reports none.
+    pub async fn port_gso_ipv4_max(
+        &self,
+        vps_id: &str,
+        netns: &Path,
+    ) -> Result<(Option<u32>, Option<u32>), NetworkError> {
+        let host_name = host_ifname(vps_id);
+        let host_link = self
+            .host
+            .link_by_name(&host_name)
+            .await?
+            .ok_or_else(|| NetworkError::Missing(format!("veth {host_name}")))?;
+        let guest = Netlink::in_netns(netns)?;
+        let guest_link = guest.link_by_name(veth::GUEST_IFNAME).await?;
+        Ok((
+            offload::gso_ipv4_max(&host_link),
+            guest_link.as_ref().and_then(offload::gso_ipv4_max),
+        ))
+    }
+
     /// Traffic counters of a VPS's port (see [`Counters`]).
     pub fn counters(&self, vps_id: &str) -> Result<Counters, NetworkError> {
         counters::read_port(&host_ifname(vps_id))
+    }
+
+    /// The IPv4 GSO/GRO size for the port whose host end is `host_link`: configured, else the
+    /// uplink's, within what the veth can take.
+    async fn port_gso_bytes(
+        &self,
+        host_link: &rtnetlink::packet_route::link::LinkMessage,
+    ) -> Result<u32, NetworkError> {
+        let uplinks = match self.config.port_gso_max_bytes {
+            Some(_) => Vec::new(),
+            None => offload::uplink_sizes(&self.host, self.config.uplink.as_deref()).await?,
+        };
+        let port_max = offload::tso_max(host_link).unwrap_or(offload::KERNEL_DEFAULT_BYTES);
+        Ok(offload::port_bytes(
+            self.config.port_gso_max_bytes,
+            &uplinks,
+            port_max,
+        ))
     }
 
     async fn shape(&self, spec: &PortSpec, host_name: &str) -> Result<(), NetworkError> {

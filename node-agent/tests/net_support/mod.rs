@@ -116,6 +116,7 @@ pub fn config(bridge: &str, state: &tempfile::TempDir) -> NetworkConfig {
         bridge: bridge.to_owned(),
         uplink: None,
         ip_forward: false,
+        port_gso_max_bytes: None,
         state_dir: state.path().join("network"),
         host_ports_open_to_vps: Vec::<HostPort>::new(),
         vps_isolation: Isolation::Tenant,
