@@ -100,7 +100,9 @@ impl BlankImages {
 
     /// Makes `target` a new, empty ext4 disk of `size_bytes`: a copy of the blank image of that
     /// size (made first if there is none, or if it fails its check), fsynced and renamed into
-    /// place, so a crash leaves either the old file at `target` or the complete new disk.
+    /// place, so a crash leaves either the old file at `target` or the complete new disk. The
+    /// rename is made durable by the caller's next durable write into `target`'s directory
+    /// (the VPS's state, which is written after every new disk before anything relies on it).
     pub fn copy_to(&self, target: &Path, size_bytes: u64) -> Result<CopyMethod, DiskError> {
         let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
         let image = self.image_path(size_bytes);
@@ -134,6 +136,7 @@ impl BlankImages {
             &image,
             target,
             crate::bounded::TOOL_DEADLINE,
+            snapshot::DirSync::WithNextWrite,
             |copy, path| match ext4_identity::renew(copy, path)? {
                 Renewal::Renewed { .. } => Ok::<(), DiskError>(()),
                 // Only an image made by another mkfs than the one of `disk::mkfs_options`.
