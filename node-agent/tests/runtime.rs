@@ -492,6 +492,53 @@ fn created_stopped_vps_and_bad_input() {
     assert_gone(&fixture, &vps_id, &[]);
 }
 
+/// A create writes no state of its own: the start that follows writes the VPS's first one.
+/// An agent that crashed in between (here: the state removed after the start) leaves a
+/// directory with a disk, an id range and a running init, but no state: a restarted agent
+/// removes all of it and frees the range.
+#[test]
+fn a_create_interrupted_before_its_first_state_write_is_removed_on_restart() {
+    if !require_root() {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let vps_id = fixture.new_vps_id();
+    let pid = running_pid(
+        &fixture
+            .runtime
+            .apply(&spec(&vps_id, 64 << 20, Power::Running))
+            .expect("create running"),
+    );
+    let range = fixture
+        .runtime
+        .id_range(&vps_id)
+        .expect("id range")
+        .expect("a range");
+    let idmap = fixture.state_dir.path().join("idmap.json");
+    let allocations = fs::read_to_string(&idmap).expect("idmap.json");
+    assert!(
+        allocations.contains(&vps_id),
+        "the range is durable before the start: {allocations}"
+    );
+    fs::remove_file(fixture.vps_dir(&vps_id).join("state.json")).expect("remove state");
+
+    let restarted = fixture.restarted_runtime();
+    assert_eq!(restarted.list().expect("list"), Vec::new());
+    assert_gone(&fixture, &vps_id, &[pid]);
+    let allocations = fs::read_to_string(&idmap).expect("idmap.json");
+    assert!(
+        !allocations.contains(&vps_id),
+        "the range stays allocated: {allocations}"
+    );
+    // The next VPS gets the freed range.
+    let next = fixture.new_vps_id();
+    restarted
+        .apply(&spec(&next, 64 << 20, Power::Stopped))
+        .expect("create next");
+    assert_eq!(restarted.id_range(&next).expect("id range"), Some(range));
+    restarted.delete(&next).expect("delete next");
+}
+
 #[test]
 fn interrupted_create_and_delete_are_cleaned_up_on_restart() {
     if !require_root() {

@@ -75,6 +75,12 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
         oci.version("runc")
     ));
     report.note(
+        "Durability: an agent start answers only once the VPS is on disk (the id range table \
+         and the new disk image fsynced, the VPS's state.json written with fsync, rename and a \
+         directory fsync; the ext4 mount flushes the disk through the loop device, which \
+         fsyncs the image). `runc run -d` makes no fsync call (strace).",
+    );
+    report.note(
         "Before each stop (not timed) the bench waits until the init takes the halt signal \
          (blocked for sigtimedwait, /proc SigBlk, or waiting in it): until then busybox init, a PID 1 without a \
          handler, ignores it, on either runtime.",

@@ -763,7 +763,11 @@ impl Runtime {
                         node: 0,
                     }));
                 }
-                self.create(spec)?
+                let st = self.create(spec)?;
+                // A create writes no state (its apply's start does): a restore, whose steps
+                // may fail and be retried, records the VPS at once.
+                self.save(&st)?;
+                st
             }
         };
         if self.live_init(&st)?.is_some() {

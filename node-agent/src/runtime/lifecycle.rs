@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::cgroups::VpsCgroup;
 use super::isolation::capabilities;
 use super::isolation::idmap::IdRange;
-use super::isolation::procview;
+use super::isolation::procview::{self, ProcBind};
 use super::isolation::rootfs::RootfsError;
 use super::phases;
 use super::process::console;
@@ -167,29 +167,70 @@ impl Runtime {
     /// [`Self::apply`] without the restart, under the VPS's lock.
     fn apply_locked(&self, spec: &VpsSpec) -> Result<VpsObserved, RuntimeError> {
         let vps_id = spec.vps_id.as_str();
-        // `created`: its disk image was made by this call, so no loop device can back it yet.
-        let (mut st, created) = match self.load(vps_id)? {
-            Some(st) if matches!(st.phase, Phase::Ready | Phase::Rebuilding) => (st, false),
+        let existing = match self.load(vps_id)? {
+            Some(st) if matches!(st.phase, Phase::Ready | Phase::Rebuilding) => Some(st),
             Some(_) => {
                 // A create or delete was interrupted: clean up, then build afresh.
                 self.remove_vps(vps_id)?;
-                (self.create(spec)?, true)
+                None
             }
-            None => (self.create(spec)?, true),
+            None => None,
         };
-        phases::mark("load state");
+        std::thread::scope(|scope| {
+            // A new VPS that is to run: lxcfs is asked whether it answers while the create
+            // waits on the disk.
+            let proc_binds = (existing.is_none() && spec.power == Power::Running)
+                .then(|| scope.spawn(|| self.proc_binds()));
+            // `created`: its disk image was made by this call, so no loop device can back it.
+            let (mut st, created) = match existing {
+                Some(st) => (st, false),
+                None => (self.create(spec)?, true),
+            };
+            phases::mark("load state");
+            let converged = self.converge(&mut st, spec, created, proc_binds);
+            // A VPS this apply created has no state on disk yet: the start or stop that
+            // carries out its power state writes it. If that failed, it is recorded as it is,
+            // stopped.
+            if created && converged.is_err() {
+                if let Err(error) = self.save(&st) {
+                    tracing::error!(vps_id, %error, "recording the VPS whose first apply failed");
+                }
+            }
+            converged
+        })
+    }
+
+    /// The lxcfs files to bind over the VPS's /proc (none with the host's /proc); restarts
+    /// lxcfs if it died since the agent started.
+    fn proc_binds(&self) -> Result<Vec<ProcBind>, RuntimeError> {
+        Ok(match &self.config().proc_view {
+            procview::ProcView::Host => Vec::new(),
+            procview::ProcView::Lxcfs(lxcfs) => procview::ensure_running(lxcfs)?,
+        })
+    }
+
+    /// The rest of [`Self::apply_locked`] once the VPS exists (`created`: by this apply, so it
+    /// has no state on disk yet; `proc_binds`: [`Self::proc_binds`] already under way).
+    fn converge(
+        &self,
+        st: &mut VpsState,
+        spec: &VpsSpec,
+        created: bool,
+        proc_binds: Option<ProcBindsCheck<'_>>,
+    ) -> Result<VpsObserved, RuntimeError> {
+        let vps_id = spec.vps_id.as_str();
         if st.phase == Phase::Rebuilding || spec.rebuild_generation > st.rebuild_generation {
-            self.rebuild(&mut st, spec)?;
+            self.rebuild(st, spec)?;
         } else if st.template != spec.template {
             return Err(RuntimeError::TemplateMismatch {
                 vps_id: vps_id.to_string(),
-                current: st.template,
+                current: st.template.clone(),
                 requested: spec.template.clone(),
             });
         }
 
         let cgroup = self.cgroup(vps_id);
-        let running = self.live_init(&st)?;
+        let running = self.live_init(st)?;
         // A start below gives the run a cgroup of its own, made afresh with the limits; any
         // other apply updates the limits of the one there is, recreated after a node reboot
         // (where the state survives but cgroups do not).
@@ -225,9 +266,10 @@ impl Runtime {
         // Set while the last run's init exited by itself (no stop recorded its end).
         let exited_init = st.init.clone().filter(|_| running.is_none());
         st.init = running.clone();
-        // Unchanged (e.g. right after the create): already on disk as it is.
-        if st != recorded {
-            self.save(&st)?;
+        // Unchanged (e.g. right after the create, whose first write is the start's or stop's
+        // below): already on disk as it is.
+        if *st != recorded {
+            self.save(st)?;
         }
         phases::mark("state: apply");
 
@@ -235,10 +277,10 @@ impl Runtime {
         // filesystem), after a stop. A failure is reported after the power state has been
         // carried out, so it never keeps a VPS down or up; the growth stays pending.
         let stopping = spec.power == Power::Stopped && running.is_some();
-        let grown_before = (!stopping).then(|| self.grow_disk(&mut st, running.is_some()));
+        let grown_before = (!stopping).then(|| self.grow_disk(st, running.is_some()));
         phases::mark("disk growth check");
         match (spec.power, running) {
-            (Power::Running, Some(_)) => self.apply_io(&st, &cgroup)?,
+            (Power::Running, Some(_)) => self.apply_io(st, &cgroup)?,
             (Power::Running, None) => {
                 self.kill(None, &cgroup, vps_id)?;
                 phases::mark("empty the old cgroup");
@@ -252,7 +294,7 @@ impl Runtime {
                     let known = st.closed_run.as_ref().map(|run| run.incarnation.as_str());
                     if known != Some(ending.incarnation.as_str()) {
                         st.closed_run = ending.close(vps_id, &cgroup);
-                        self.save(&st)?;
+                        self.save(st)?;
                     }
                 }
                 // Each run gets a new cgroup, so its counters start from zero
@@ -273,7 +315,7 @@ impl Runtime {
                         source,
                     })?;
                 phases::mark("device policy");
-                let (init, halt_signal, disk_device) = match self.start(&mut st, created) {
+                let (init, halt_signal, disk_device) = match self.start(st, created, proc_binds) {
                     Ok(started) => started,
                     // A start that failed or missed its deadline may have left its init,
                     // console supervisor or sysinfo server in the cgroup: none may stay.
@@ -290,7 +332,7 @@ impl Runtime {
                 tracing::info!(vps_id, pid = init.pid, %halt_signal, "started VPS");
                 st.init = Some(init);
                 st.halt_signal = Some(halt_signal);
-                self.save(&st)?;
+                self.save(st)?;
                 phases::mark("state: started");
                 match disk_device {
                     Some(device) => cgroup.apply_io(&st.limits, device).map_err(|source| {
@@ -299,13 +341,13 @@ impl Runtime {
                             source,
                         }
                     })?,
-                    None => self.apply_io(&st, &cgroup)?,
+                    None => self.apply_io(st, &cgroup)?,
                 }
                 phases::mark("IO limits");
                 self.record_start_phases(vps_id);
             }
             (Power::Stopped, init) => {
-                self.stop(&mut st, init.as_ref(), &cgroup)?;
+                self.stop(st, init.as_ref(), &cgroup)?;
                 if init.is_some() {
                     tracing::info!(vps_id, "stopped VPS");
                 }
@@ -313,9 +355,9 @@ impl Runtime {
         }
         match grown_before {
             Some(grown) => grown?,
-            None => self.grow_disk(&mut st, false)?,
+            None => self.grow_disk(st, false)?,
         }
-        Ok(self.observe(&st))
+        Ok(self.observe(st))
     }
 
     /// Keeps the phases of the start just made (see [`phases`]) and logs them at debug level.
@@ -368,8 +410,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Creates a VPS: intent marker first, then rootfs dirs and cgroup, then `Ready`. Rolls back
-    /// on failure.
+    /// Creates a VPS: its directory, id range, rootfs dirs and disk; returns its `Ready` state,
+    /// which the caller writes (see [`Self::apply_locked`]). Rolls back on failure.
     pub(super) fn create(&self, spec: &VpsSpec) -> Result<VpsState, RuntimeError> {
         let vps_id = spec.vps_id.as_str();
         if !self.layout().template_rootfs(&spec.template).is_dir() {
@@ -383,7 +425,7 @@ impl Runtime {
         let mut st = VpsState {
             version: STATE_VERSION,
             vps_id: vps_id.to_string(),
-            phase: Phase::Creating,
+            phase: Phase::Ready,
             hostname: spec.hostname.clone(),
             template: spec.template.clone(),
             limits: spec.limits.clone(),
@@ -397,23 +439,28 @@ impl Runtime {
             disk_grow_to: None,
             closed_run: None,
         };
-        // The id range goes into the intent marker, so both are one write: a crash after the
-        // range was allocated but before the marker leaves a directory without a state, which
-        // recovery removes together with its range.
-        let built = self
-            .inner
-            .ids
-            .allocate(vps_id)
+        // Nothing is written here but the id range (durably, before anything uses it) and the
+        // disk: the VPS's first state is written once, by the apply's start or stop. Until
+        // then a crash leaves a directory without a state, which recovery removes together
+        // with its range, as it removes a `Creating` one (the intent marker agents wrote
+        // before).
+        // The range's durable write and the disk's copy wait on the disk each: side by side.
+        let (allocated, built) = std::thread::scope(|scope| {
+            let allocating = scope.spawn(|| self.inner.ids.allocate(vps_id));
+            let built = self.build(spec);
+            let allocated = allocating.join().unwrap_or_else(|panic| {
+                std::panic::resume_unwind(panic);
+            });
+            (allocated, built)
+        });
+        let built = allocated
             .map_err(|source| RuntimeError::Idmap {
                 vps_id: vps_id.to_string(),
                 source,
             })
-            .and_then(|ids| {
-                st.ids = Some(ids);
-                self.save(&st)
-            })
-            .inspect(|_| phases::mark("id range, state: creating"))
-            .and_then(|_| self.build(spec));
+            .map(|ids| st.ids = Some(ids))
+            .and(built)
+            .inspect(|_| phases::mark("id range (written beside the disk image)"));
         if let Err(error) = built {
             return Err(match self.remove_vps(vps_id) {
                 Ok(()) => error,
@@ -423,9 +470,6 @@ impl Runtime {
                 },
             });
         }
-        st.phase = Phase::Ready;
-        self.save(&st)?;
-        phases::mark("state: ready");
         tracing::info!(vps_id, template = spec.template, "created VPS");
         Ok(st)
     }
@@ -469,7 +513,8 @@ impl Runtime {
 
     /// Makes `image` an empty ext4 disk of `size_bytes`: a copy of the node's blank image of
     /// that size (see [`super::storage::blank_image`]). Its root directory is given to the
-    /// VPS's root when the start helper mounts it.
+    /// VPS's root when the start helper mounts it. Every caller writes the VPS's state next
+    /// (durably, in the same directory), which makes the new disk's rename durable too.
     fn new_disk(&self, image: &Path, size_bytes: u64) -> Result<(), disk::DiskError> {
         let method = self.inner.blank_images.copy_to(image, size_bytes)?;
         tracing::debug!(image = %image.display(), size_bytes, method = method.as_str(), "new disk");
@@ -764,7 +809,12 @@ impl Runtime {
     /// Starts the init; returns it, the halt signal its template says stops it, and its disk's
     /// loop device if the start helper told it. `image_new`: the disk image was made by this
     /// apply (no earlier run's mount can still hold it).
-    fn start(&self, st: &mut VpsState, image_new: bool) -> Result<Started, RuntimeError> {
+    fn start(
+        &self,
+        st: &mut VpsState,
+        image_new: bool,
+        proc_binds: Option<ProcBindsCheck<'_>>,
+    ) -> Result<Started, RuntimeError> {
         let vps_id = st.vps_id.clone();
         let rootfs = self.rootfs_layout(&vps_id, &st.template);
         // Idempotent; also re-checks that the template is still there.
@@ -798,9 +848,11 @@ impl Runtime {
         }
         phases::mark("disk image check");
         // Also restarts lxcfs if it died since the agent started.
-        let proc_binds = match &self.config().proc_view {
-            procview::ProcView::Host => Vec::new(),
-            procview::ProcView::Lxcfs(lxcfs) => procview::ensure_running(lxcfs)?,
+        let proc_binds = match proc_binds {
+            Some(check) => check
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+            None => self.proc_binds()?,
         };
         phases::mark("lxcfs check");
         let request = StartRequest {
@@ -967,6 +1019,10 @@ impl RunEnding {
         })
     }
 }
+
+/// [`Runtime::proc_binds`] running beside the create of a VPS that is to start.
+type ProcBindsCheck<'scope> =
+    std::thread::ScopedJoinHandle<'scope, Result<Vec<ProcBind>, RuntimeError>>;
 
 /// A started init, the halt signal that stops it, and its disk's loop device (major, minor)
 /// if the start helper told it.

@@ -241,7 +241,7 @@ impl RootfsLayout {
     /// the VPS's own mounts from the checkpoint). Returns the disk's loop device.
     pub fn mount_root(&self, ids: IdRange) -> Result<PathBuf, RootfsError> {
         make_private("/")?;
-        step("attach and mount the disk");
+        step("attach the disk");
         let device = disk::attach_and_mount(&self.disk_image, &self.disk)?;
         for dir in [&self.upper, &self.work] {
             match fs::create_dir(dir) {

@@ -11,8 +11,9 @@
 //! changed since (inode, size, modification or change time); a missing, truncated or altered
 //! image, or one made with other mkfs options, is made again.
 //!
-//! Every disk copied from one blank image has the same filesystem UUID (as a snapshot or a
-//! migrated copy of a disk has its original's); the disk's root directory belongs to host root
+//! Each copy gets a filesystem UUID and directory hash seed of its own
+//! ([`super::ext4_identity`]; the blank images are made with `metadata_csum_seed`, so the new
+//! UUID leaves every metadata checksum valid). The disk's root directory belongs to host root
 //! in the blank image and is given to the VPS's root when the disk is first mounted
 //! ([`crate::runtime::isolation::rootfs::RootfsLayout::mount_root`]).
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::disk::{self, DiskError};
+use super::ext4_identity::{self, Renewal};
 use super::snapshot::{self, CopyMethod};
 use crate::fsutil::FromIo;
 
@@ -98,7 +100,9 @@ impl BlankImages {
 
     /// Makes `target` a new, empty ext4 disk of `size_bytes`: a copy of the blank image of that
     /// size (made first if there is none, or if it fails its check), fsynced and renamed into
-    /// place, so a crash leaves either the old file at `target` or the complete new disk.
+    /// place, so a crash leaves either the old file at `target` or the complete new disk. The
+    /// rename is made durable by the caller's next durable write into `target`'s directory
+    /// (the VPS's state, which is written after every new disk before anything relies on it).
     pub fn copy_to(&self, target: &Path, size_bytes: u64) -> Result<CopyMethod, DiskError> {
         let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
         let image = self.image_path(size_bytes);
@@ -128,8 +132,23 @@ impl BlankImages {
             };
             checked.insert(size_bytes, fingerprint);
         }
-        snapshot::copy_image(&image, target, crate::bounded::TOOL_DEADLINE)
-            .map_err(|source| DiskError::Copy(Box::new(source)))
+        snapshot::copy_image_then(
+            &image,
+            target,
+            crate::bounded::TOOL_DEADLINE,
+            snapshot::DirSync::WithNextWrite,
+            |copy, path| match ext4_identity::renew(copy, path)? {
+                Renewal::Renewed { .. } => Ok::<(), DiskError>(()),
+                // Only an image made by another mkfs than the one of `disk::mkfs_options`.
+                Renewal::ChecksumsSeededByUuid => {
+                    tracing::warn!(
+                        image = %image.display(),
+                        "blank image without metadata_csum_seed: its copies share its UUID"
+                    );
+                    Ok(())
+                }
+            },
+        )
     }
 
     /// The image's fingerprint if it matches its manifest (size, mkfs options, contents);
@@ -317,7 +336,13 @@ mod tests {
         blanks.copy_to(&second, SIZE).expect("second copy");
         let before = fs::read(&second).expect("read second");
         let blank_before = fs::read(blanks.image_path(SIZE)).expect("read blank");
-        assert_eq!(before, blank_before);
+        assert_same_but_identity(&first, &blanks.image_path(SIZE));
+        assert_same_but_identity(&second, &blanks.image_path(SIZE));
+        let uuids = [&first, &second, &blanks.image_path(SIZE)].map(uuid_of);
+        assert!(
+            uuids[0] != uuids[1] && uuids[0] != uuids[2] && uuids[1] != uuids[2],
+            "copies share a filesystem UUID: {uuids:?}"
+        );
         // A write in one disk (in its data area and over its superblock) shows in no other.
         let written = OpenOptions::new()
             .write(true)
@@ -335,11 +360,45 @@ mod tests {
         );
         let mut third_path = dir.path().join("c.img");
         blanks.copy_to(&third_path, SIZE).expect("third copy");
-        assert_eq!(fs::read(&third_path).expect("read third"), blank_before);
+        assert_same_but_identity(&third_path, &blanks.image_path(SIZE));
         // A copy over an existing file replaces it.
         third_path = first.clone();
         blanks.copy_to(&third_path, SIZE).expect("copy over");
-        assert_eq!(fs::read(&first).expect("read first"), blank_before);
+        assert_same_but_identity(&first, &blanks.image_path(SIZE));
+    }
+
+    fn uuid_of(image: &PathBuf) -> [u8; 16] {
+        let file = File::open(image).expect("open image");
+        ext4_identity::uuid(&file, image).expect("uuid")
+    }
+
+    /// `copy` has `blank`'s bytes except for the UUID, hash seed and checksum of its primary
+    /// and backup superblocks.
+    fn assert_same_but_identity(copy: &Path, blank: &Path) {
+        let copy_bytes = fs::read(copy).expect("read copy");
+        let blank_bytes = fs::read(blank).expect("read blank");
+        assert_eq!(copy_bytes.len(), blank_bytes.len());
+        let file = File::open(blank).expect("open blank");
+        let identity_bytes: Vec<std::ops::Range<usize>> =
+            ext4_identity::identity_ranges(&file, blank)
+                .expect("superblocks of the blank")
+                .collect();
+        assert!(identity_bytes.len() >= 3, "{identity_bytes:?}");
+        let differing: Vec<usize> = (0..copy_bytes.len())
+            .filter(|&at| copy_bytes[at] != blank_bytes[at])
+            .collect();
+        assert!(
+            !differing.is_empty(),
+            "{} is the blank itself",
+            copy.display()
+        );
+        for at in differing {
+            assert!(
+                identity_bytes.iter().any(|range| range.contains(&at)),
+                "{} differs from the blank at byte {at}",
+                copy.display()
+            );
+        }
     }
 
     #[test]
@@ -364,10 +423,7 @@ mod tests {
         assert_eq!(fs::read(&blank).expect("read blank").len(), good.len());
         let (blocks, block_size) = ext4_block_count_and_size(&copy);
         assert_eq!(blocks * block_size, SIZE);
-        assert_eq!(
-            fs::read(&copy).expect("read copy"),
-            fs::read(&blank).expect("blank")
-        );
+        assert_same_but_identity(&copy, &blank);
 
         // Replaced by a corrupt file while this process runs: it is another file than the one
         // checked, so it is checked again and made again.

@@ -133,6 +133,9 @@ pub enum DiskError {
     /// Copying a blank image to a new disk failed.
     #[error(transparent)]
     Copy(Box<super::snapshot::SnapshotError>),
+    /// Giving a new disk its own filesystem UUID failed.
+    #[error(transparent)]
+    Identity(#[from] super::ext4_identity::Ext4IdentityError),
     /// The filesystem reports a block size the image size cannot be expressed in.
     #[error("filesystem on {image} reports block size {block_size}")]
     BadBlockSize {
@@ -141,6 +144,12 @@ pub enum DiskError {
         /// What statvfs said.
         block_size: u64,
     },
+}
+
+impl From<super::snapshot::SnapshotError> for DiskError {
+    fn from(error: super::snapshot::SnapshotError) -> Self {
+        Self::Copy(Box::new(error))
+    }
 }
 
 impl FromIo for DiskError {
@@ -161,9 +170,10 @@ pub fn create_image(image: &Path, size_bytes: u64, ids: IdRange) -> Result<(), D
     format_image(image, size_bytes, Some(ids))
 }
 
-/// The mkfs.ext4 arguments of every disk: no reserved blocks, no discard, no zeroing of
-/// what the sparse file already reads as zeros, and the root directory owned by `root_owner`
-/// (host root if `None`).
+/// The mkfs.ext4 arguments of every disk: metadata checksums seeded from a value of their
+/// own (so a copy can take a new UUID, see [`super::ext4_identity`]), no reserved blocks, no
+/// discard, no zeroing of what the sparse file already reads as zeros, and the root directory
+/// owned by `root_owner` (host root if `None`).
 pub(crate) fn mkfs_options(root_owner: Option<IdRange>) -> String {
     // The file was just truncated to a hole: it reads as zeros, so mkfs need not zero the inode
     // tables and journal (e2fsprogs >= 1.47): about 4 MiB less to write and fsync per image.
@@ -175,7 +185,7 @@ pub(crate) fn mkfs_options(root_owner: Option<IdRange>) -> String {
     let owner = root_owner
         .map(|ids| format!(",root_owner={}:{}", ids.host_base, ids.host_base))
         .unwrap_or_default();
-    format!("-q -F -m 0 -E nodiscard{prezeroed}{owner}")
+    format!("-q -F -O metadata_csum,metadata_csum_seed -m 0 -E nodiscard{prezeroed}{owner}")
 }
 
 /// mkfs.ext4 on a new sparse file of `size_bytes`, fsynced and renamed to `image` (see
@@ -325,6 +335,7 @@ pub fn attach_and_mount(image: &Path, target: &Path) -> Result<PathBuf, DiskErro
             }
             Err(e) => return Err(loop_err("LOOP_CONFIGURE")(e)),
         }
+        crate::runtime::process::helper::step("mount the disk");
         mount_ext4(&device, target, MsFlags::empty())?;
         // Closing our fd leaves the mount as the only user: autoclear detaches the device when
         // the mount goes away (or right now, if the mount failed above).

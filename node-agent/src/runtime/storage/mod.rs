@@ -6,6 +6,7 @@ pub mod backup_store;
 pub mod blank_image;
 pub mod disk;
 pub(crate) mod disk_growth;
+pub mod ext4_identity;
 pub mod migration;
 pub mod s3;
 pub mod snapshot;

@@ -185,33 +185,67 @@ pub fn validate_name(name: &str) -> Result<(), SnapshotError> {
 /// fsynced) by reflink if the filesystem can, else sparsely; gives up at `limit` (a zero
 /// limit fails before copying). Nothing is left at `to` or beside it on failure.
 pub fn copy_image(from: &Path, to: &Path, limit: Duration) -> Result<CopyMethod, SnapshotError> {
+    copy_image_then(from, to, limit, DirSync::Now, |_, _| {
+        Ok::<(), SnapshotError>(())
+    })
+}
+
+/// When the rename that puts a copy in place is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirSync {
+    /// The directory is fsynced right after the rename.
+    Now,
+    /// By the caller's next durable write into the same directory (its fsync of the
+    /// directory covers the rename too); until then a crash may leave the old file, or none.
+    WithNextWrite,
+}
+
+/// [`copy_image`], with `adjust` run on the complete copy (open for reading and writing, at
+/// its temp path) before it is fsynced and renamed into place, and the rename made durable
+/// as `dir_sync` says.
+pub fn copy_image_then<E: From<SnapshotError>>(
+    from: &Path,
+    to: &Path,
+    limit: Duration,
+    dir_sync: DirSync,
+    adjust: impl FnOnce(&File, &Path) -> Result<(), E>,
+) -> Result<CopyMethod, E> {
     let started = Instant::now();
     let file_name = to
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = to.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = copy_to_tmp(from, &tmp, to, started, limit).and_then(|method| {
+    let result = (|| {
+        let (method, target) = copy_to_tmp(from, &tmp, to, started, limit)?;
+        adjust(&target, &tmp)?;
+        target
+            .sync_all()
+            .map_err(SnapshotError::io_err("fsync", &tmp))?;
+        drop(target);
         fs::rename(&tmp, to).map_err(SnapshotError::io_err("rename into place", to))?;
-        let dir = to.parent().unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(SnapshotError::io_err("fsync dir", dir))?;
+        if dir_sync == DirSync::Now {
+            let dir = to.parent().unwrap_or(Path::new("."));
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(SnapshotError::io_err("fsync dir", dir))?;
+        }
         Ok(method)
-    });
+    })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
 }
 
+/// The copy at `tmp`, not yet fsynced, and how it was made.
 fn copy_to_tmp(
     from: &Path,
     tmp: &Path,
     to: &Path,
     started: Instant,
     limit: Duration,
-) -> Result<CopyMethod, SnapshotError> {
+) -> Result<(CopyMethod, File), SnapshotError> {
     let deadline = started + limit;
     let missed = || SnapshotError::Deadline {
         from: from.to_path_buf(),
@@ -227,6 +261,7 @@ fn copy_to_tmp(
         .map_err(SnapshotError::io_err("stat", from))?
         .len();
     let target = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)
@@ -250,10 +285,7 @@ fn copy_to_tmp(
             })
         }
     };
-    target
-        .sync_all()
-        .map_err(SnapshotError::io_err("fsync", tmp))?;
-    Ok(method)
+    Ok((method, target))
 }
 
 /// Copies the data extents of `source` into `target` (already `size` long, all hole).
