@@ -47,6 +47,18 @@ struct Args {
     /// table's format or a hand-merged section), measuring nothing.
     #[arg(long)]
     render: bool,
+    /// control-plane: simulate this many nodes instead of 10,000 (or the quick run's 20), e.g.
+    /// for a profile of one path. Not for published results.
+    #[arg(long)]
+    cp_nodes: Option<usize>,
+    /// control-plane: stop creating after this many seconds instead of the scenario's budget.
+    /// Not for published results.
+    #[arg(long)]
+    cp_budget_secs: Option<u64>,
+    /// control-plane: measure the sled store only (no etcd side by side, no failover).
+    /// Not for published results.
+    #[arg(long)]
+    cp_sled_only: bool,
 }
 
 /// What every scenario is told.
@@ -57,6 +69,16 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// `--iterations`: replaces the scenarios' own counts.
     pub iterations: Option<usize>,
+    /// `--cp-nodes`, `--cp-budget-secs`, `--cp-sled-only`: a shorter control-plane run.
+    pub control_plane: ControlPlaneOptions,
+}
+
+/// Overrides of the control-plane scenario's size, for working on one path.
+#[derive(Debug, Default, Clone)]
+pub struct ControlPlaneOptions {
+    pub nodes: Option<usize>,
+    pub budget: Option<std::time::Duration>,
+    pub sled_only: bool,
 }
 
 impl Options {
@@ -116,6 +138,11 @@ fn run(args: Args) -> Result<bool> {
         quick: args.quick,
         bin_dir: bin_dir.clone(),
         iterations: args.iterations,
+        control_plane: ControlPlaneOptions {
+            nodes: args.cp_nodes,
+            budget: args.cp_budget_secs.map(std::time::Duration::from_secs),
+            sled_only: args.cp_sled_only,
+        },
     };
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = args.out.unwrap_or_else(|| {

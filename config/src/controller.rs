@@ -46,6 +46,10 @@ pub struct ControllerConfig {
     /// How often every VPS is applied again even when its node reports it
     /// converged (a full resync); 0 never does.
     pub full_resync_interval_secs: u32,
+    /// The most connections to node agents kept open at once; beyond it the least recently
+    /// used close (and dial again when needed). 0 (the default): half of the controller's
+    /// open-file limit, less a reserve, leaving the other half for the agents' heartbeats.
+    pub max_agent_connections: u32,
     /// How new VPSes are placed on nodes.
     pub scheduler: SchedulerConfig,
     /// What to do with a VPS a node runs that the controller does not know.
@@ -184,6 +188,7 @@ impl Default for ControllerConfig {
             node_offline_after_secs: 30,
             reconcile_interval_secs: 10,
             full_resync_interval_secs: 1800,
+            max_agent_connections: 0,
             orphan_policy: OrphanPolicy::Report,
             scheduler: SchedulerConfig::default(),
             default_quota: QuotaDefaults::default(),

@@ -1,4 +1,6 @@
-//! gRPC clients to the node agents, one lazily connected channel per node.
+//! gRPC clients to the node agents: one lazily connected channel per node, at most
+//! [`AgentPool::max_open`] of them kept at once (the least recently used go first), so a
+//! controller of many nodes does not hold an idle connection to every one of them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,23 +14,85 @@ use crate::pki::Pki;
 
 pub type AgentClient = NodeAgentClient<Channel>;
 
+/// Descriptors the derived limit leaves for everything but agent connections: the store's
+/// files, the listener, API clients.
+const FD_RESERVE: u64 = 512;
+
 /// Cached channels to agents, keyed by node name and address. Every channel
 /// is mutual TLS: the agent's certificate must be signed by our CA, and we
 /// present the controller's certificate.
 pub struct AgentPool {
     tls: ClientTlsConfig,
-    channels: Mutex<HashMap<String, (String, Channel)>>,
+    max_open: usize,
+    channels: Mutex<Channels>,
+}
+
+#[derive(Default)]
+struct Channels {
+    by_node: HashMap<String, Cached>,
+    /// Counts uses; a channel's `last_used` is the count at its last use.
+    uses: u64,
+}
+
+struct Cached {
+    address: String,
+    channel: Channel,
+    last_used: u64,
+}
+
+impl Channels {
+    /// Drops the least recently used channels until `room` more fit under `max_open`. A
+    /// dropped channel's connection closes once calls in flight on it (their clones) end;
+    /// the node's next call dials again.
+    fn make_room(&mut self, max_open: usize, room: usize) {
+        let max_open = max_open.max(room);
+        if self.by_node.len() + room <= max_open {
+            return;
+        }
+        // Evict a slice at once, so a full pool does not scan every channel per new dial.
+        let evict = (self.by_node.len() + room - max_open).max(max_open / 64);
+        let evict = evict.min(self.by_node.len());
+        let mut ages: Vec<u64> = self.by_node.values().map(|c| c.last_used).collect();
+        let (_, newest_evicted, _) = ages.select_nth_unstable(evict - 1);
+        let newest_evicted = *newest_evicted;
+        let mut left = evict;
+        self.by_node.retain(|_, cached| {
+            if left > 0 && cached.last_used <= newest_evicted {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
 }
 
 impl AgentPool {
-    pub fn new(pki: &Pki) -> Self {
+    /// A pool keeping at most `max_open` channels; 0 derives it from the process's open-file
+    /// limit ([`default_max_open`]).
+    pub fn new(pki: &Pki, max_open: usize) -> Self {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&pki.ca_cert_pem))
             .identity(Identity::from_pem(&pki.cert_pem, &pki.key_pem));
         Self {
             tls,
-            channels: Mutex::new(HashMap::new()),
+            max_open: if max_open == 0 {
+                default_max_open()
+            } else {
+                max_open
+            },
+            channels: Mutex::new(Channels::default()),
         }
+    }
+
+    /// How many agent channels are kept at most.
+    pub fn max_open(&self) -> usize {
+        self.max_open
+    }
+
+    /// How many agent channels are cached now.
+    pub fn open(&self) -> usize {
+        self.channels.lock().map_or(0, |c| c.by_node.len())
     }
 
     /// A client for `node` at `address`; reconnects lazily if the address changed.
@@ -41,34 +105,69 @@ impl AgentPool {
             .channels
             .lock()
             .map_err(|_| unavailable("agent channel cache poisoned".to_owned()))?;
-        let channel = match channels.get(node) {
-            Some((cached, channel)) if cached == address => channel.clone(),
-            _ => {
-                let channel = Endpoint::from_shared(address.to_owned())
-                    .map_err(|e| unavailable(format!("bad agent address {address:?}: {e}")))?
-                    .tls_config(self.tls.clone())
-                    .map_err(|e| unavailable(format!("TLS setup for {address:?}: {e}")))?
-                    .connect_timeout(Duration::from_secs(3))
-                    .tcp_keepalive(Some(Duration::from_secs(30)))
-                    // HTTP/2 pings, idle or not, find a connection a cut link killed within
-                    // 10 s, so the next call dials afresh instead of waiting for TCP's
-                    // retransmission backoff (tens of seconds after a 30 s outage).
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
-                channels.insert(node.to_owned(), (address.to_owned(), channel.clone()));
-                channel
+        channels.uses += 1;
+        let now = channels.uses;
+        if let Some(cached) = channels.by_node.get_mut(node) {
+            if cached.address == address {
+                cached.last_used = now;
+                return Ok(NodeAgentClient::new(cached.channel.clone()));
             }
-        };
+        }
+        let channel = Endpoint::from_shared(address.to_owned())
+            .map_err(|e| unavailable(format!("bad agent address {address:?}: {e}")))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| unavailable(format!("TLS setup for {address:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            // HTTP/2 pings, idle or not, find a connection a cut link killed within
+            // 10 s, so the next call dials afresh instead of waiting for TCP's
+            // retransmission backoff (tens of seconds after a 30 s outage).
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        if channels.by_node.remove(node).is_none() {
+            channels.make_room(self.max_open, 1);
+        }
+        channels.by_node.insert(
+            node.to_owned(),
+            Cached {
+                address: address.to_owned(),
+                channel: channel.clone(),
+                last_used: now,
+            },
+        );
         Ok(NodeAgentClient::new(channel))
     }
 
     /// Drops the cached channel of a removed node.
     pub fn forget(&self, node: &str) {
         if let Ok(mut channels) = self.channels.lock() {
-            channels.remove(node);
+            channels.by_node.remove(node);
         }
+    }
+}
+
+/// Half of the process's open-file limit less a reserve: the other half is for the agents'
+/// own connections to the controller (one per node, for heartbeats).
+pub fn default_max_open() -> usize {
+    let soft = open_file_limit().unwrap_or(1024);
+    usize::try_from((soft / 2).saturating_sub(FD_RESERVE).max(64)).unwrap_or(usize::MAX)
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, from `/proc/self/limits`.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    match line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+    {
+        "unlimited" => Some(u64::MAX),
+        soft => soft.parse().ok(),
     }
 }
 
@@ -85,5 +184,53 @@ pub fn agent_error(node: &str, status: tonic::Status) -> ControllerError {
             node: node.to_owned(),
             status,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Pki::create(dir.path(), &[]).expect("pki")
+    }
+
+    #[tokio::test]
+    async fn keeps_at_most_max_open_channels_dropping_the_least_recently_used() {
+        let pool = AgentPool::new(&pki(), 4);
+        for node in ["a", "b", "c", "d"] {
+            pool.client(node, &format!("https://{node}.invalid:7444"))
+                .expect("client");
+        }
+        assert_eq!(pool.open(), 4);
+        // "a" is used again: "b" is now the least recently used.
+        pool.client("a", "https://a.invalid:7444").expect("client");
+        pool.client("e", "https://e.invalid:7444").expect("client");
+        assert_eq!(pool.open(), 4, "one channel made room for the new one");
+        let channels = pool.channels.lock().expect("lock");
+        let mut kept: Vec<&str> = channels.by_node.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["a", "c", "d", "e"]);
+    }
+
+    #[tokio::test]
+    async fn a_changed_address_replaces_the_nodes_channel_without_evicting_another() {
+        let pool = AgentPool::new(&pki(), 2);
+        pool.client("a", "https://a.invalid:7444").expect("client");
+        pool.client("b", "https://b.invalid:7444").expect("client");
+        pool.client("a", "https://a2.invalid:7444").expect("client");
+        let channels = pool.channels.lock().expect("lock");
+        assert_eq!(channels.by_node.len(), 2);
+        assert_eq!(channels.by_node["a"].address, "https://a2.invalid:7444");
+        assert!(channels.by_node.contains_key("b"));
+    }
+
+    #[test]
+    fn the_derived_limit_leaves_room_for_the_agents_connections() {
+        let limit = open_file_limit().expect("/proc/self/limits names the open-file limit");
+        let max_open = default_max_open() as u64;
+        assert!(max_open >= 64);
+        assert!(max_open <= (limit / 2).max(64), "{max_open} of {limit}");
     }
 }

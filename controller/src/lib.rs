@@ -86,7 +86,7 @@ pub async fn serve_with(
     })?;
     let controller = Arc::new(Controller {
         store,
-        agents: agents::AgentPool::new(&pki),
+        agents: agents::AgentPool::new(&pki, config.max_agent_connections as usize),
         reconciler,
         placements: placement::PlacementCache::default(),
         active_migrations: Default::default(),

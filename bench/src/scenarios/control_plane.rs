@@ -40,6 +40,8 @@ struct Size {
     read_budget: Duration,
     heartbeat_secs: u32,
     reconcile_secs: u32,
+    /// The controller's `max_agent_connections` (0: its default).
+    agent_connections: usize,
 }
 
 const PLAN: &str = "sim";
@@ -79,6 +81,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             read_budget: Duration::from_secs(30),
             heartbeat_secs: 2,
             reconcile_secs: 2,
+            agent_connections: 0,
         }
     } else {
         Size {
@@ -91,15 +94,27 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             read_budget: Duration::from_secs(30),
             heartbeat_secs: 10,
             reconcile_secs: 10,
+            agent_connections: 0,
         }
     };
-    // Per simulated node the bench holds the controller's connection to it and its own
-    // connection to the controller (one shared listening socket serves every node); the
-    // controller (a child: it inherits the limit) the other ends. Fit the node count into what
-    // the limit allows, with room for the store's files, API clients and enrolments.
+    if let Some(nodes) = options.control_plane.nodes {
+        size.nodes = nodes.max(1);
+        size.target_nodes = size.nodes;
+    }
+    if let Some(budget) = options.control_plane.budget {
+        size.create_budget = budget;
+    }
+    // Per simulated node the bench holds its own connection to the controller (heartbeats;
+    // one shared listening socket serves every node) and the controller (a child: it inherits
+    // the limit) the other end. The controller's connections to the nodes cost one descriptor
+    // in each process too, but it keeps at most `max_agent_connections` of them (the least
+    // recently used close and dial again when needed). Fit the nodes and those connections
+    // into the limit, with room for the store's files, API clients and enrolments.
     let wanted = 2 * size.nodes as u64 + FD_RESERVE;
     let limit = simulator::raise_fd_limit(4 * size.nodes as u64 + 4096)?;
-    let fitting = (limit.saturating_sub(FD_RESERVE) / 2) as usize;
+    let budget = limit.saturating_sub(FD_RESERVE) as usize;
+    // At least a quarter of the nodes keep their connection; fewer nodes if that is all that fits.
+    let fitting = (budget * 4 / 5).max(1);
     if fitting < size.nodes {
         let why = if simulator::has_cap_sys_resource() {
             "fs.nr_open caps it".to_owned()
@@ -109,17 +124,28 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
                 .to_owned()
         };
         report.note(format!(
-            "RLIMIT_NOFILE is {limit}, {wanted} wanted ({why}): {fitting} of {} nodes fit at 2 \
-             descriptors per simulated node in the bench and in the controller",
+            "RLIMIT_NOFILE is {limit}, {wanted} wanted ({why}): {fitting} of {} nodes fit",
             size.nodes
         ));
-        size.nodes = fitting.max(1);
+        size.nodes = fitting;
+    }
+    size.agent_connections = budget.saturating_sub(size.nodes).min(size.nodes).max(1);
+    if size.agent_connections < size.nodes {
+        report.note(format!(
+            "RLIMIT_NOFILE is {limit}: the controller keeps at most {} connections to the {} \
+             nodes open (max_agent_connections; the least recently used close and are dialled \
+             again when needed), each node keeps its own connection to the controller",
+            size.agent_connections, size.nodes
+        ));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let on_sled = runtime.block_on(measure(options, &size, report, Store::Sled, Rows::All))?;
+    if options.control_plane.sled_only {
+        return Ok(());
+    }
     let Some(etcd) = etcd_server::EtcdServer::start() else {
         bail!("etcd is not installed (scripts/deps.sh installs etcd-server): the etcd half of control-plane cannot run");
     };
@@ -620,16 +646,22 @@ impl ControllerProcess {
             .port();
         let data_dir = dir.join("controller");
         let config = dir.join("controller.toml");
+        // The controller's default unless the descriptor limit asks for fewer connections.
+        let connections = if size.agent_connections > 0 && size.agent_connections < size.nodes {
+            format!("max_agent_connections = {}\n", size.agent_connections)
+        } else {
+            String::new()
+        };
         std::fs::write(
             &config,
             format!(
                 "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"off\"\ndata_dir = \"{}\"\n\
                  heartbeat_interval_secs = {}\nnode_offline_after_secs = {}\n\
-                 reconcile_interval_secs = {}\n{store_lines}",
+                 reconcile_interval_secs = {}\n{connections}{store_lines}",
                 data_dir.display(),
                 size.heartbeat_secs,
                 size.heartbeat_secs * 12,
-                size.reconcile_secs
+                size.reconcile_secs,
             ),
         )?;
         let binary = options.bin_dir.join("paddock-controller");
@@ -882,6 +914,7 @@ async fn failover(
         read_budget: Duration::ZERO,
         heartbeat_secs: 2,
         reconcile_secs: 10,
+        agent_connections: 0,
     };
     setup_tenants(
         &simulator::controller_channel(&access(&replicas[0])?).await?,

@@ -206,6 +206,9 @@ enum Kick {
     Node(String),
     /// A pass over the nodes the node shares a pool with: a VPS of a shared pool left it.
     Peers(String),
+    /// A pass over the node applying what changed in the store, without a listing (and over
+    /// the nodes it shares a pool with, as for [`Kick::Node`]).
+    Changed(String),
 }
 
 /// Creates the kick channel; the handle goes into the `Controller`.
@@ -228,6 +231,15 @@ impl ReconcileHandle {
         self.reports.forget(node);
         // The dispatcher only stops when the controller shuts down.
         let _ = self.kicks.send(Kick::Node(node.to_owned()));
+    }
+
+    /// Schedules a pass for `node` after a change of one of its VPSes in the store (such as a
+    /// create): the pass applies what changed without listing the node first, so a create
+    /// costs its node one call; the next periodic pass lists the node and checks it all.
+    /// Repeated kicks coalesce; with a pending [`kick`](Self::kick) the pass lists.
+    pub fn kick_changed(&self, node: &str) {
+        self.reports.forget(node);
+        let _ = self.kicks.send(Kick::Changed(node.to_owned()));
     }
 
     /// Schedules a pass for every node sharing a pool with `node` (their host routes to
@@ -271,6 +283,8 @@ struct Worker {
     full: Arc<AtomicBool>,
     /// Set when a kick (a change) asked for the next pass: it is never skipped.
     kicked: Arc<AtomicBool>,
+    /// Set when the next pass must list the node (every ask but [`Ask::Changed`]).
+    listing: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -289,6 +303,9 @@ enum Ask {
     Tick,
     /// The rare full resync: applies every VPS.
     Full,
+    /// A change of the node's VPSes in the store: always runs, applies what changed, does
+    /// not list the node (unless another ask pending does).
+    Changed,
 }
 
 impl Worker {
@@ -297,7 +314,11 @@ impl Worker {
         match ask {
             Ask::Full => self.full.store(true, Ordering::SeqCst),
             Ask::Kick => self.kicked.store(true, Ordering::SeqCst),
-            Ask::Tick => {}
+            Ask::Tick | Ask::Changed => {}
+        }
+        match ask {
+            Ask::Changed => self.kicked.store(true, Ordering::SeqCst),
+            _ => self.listing.store(true, Ordering::SeqCst),
         }
         let _ = self.passes.try_send(());
     }
@@ -375,6 +396,15 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                     (nodes, Ask::Kick)
                 }
                 Some(Kick::Peers(node)) => (handle.peers_of(&node), Ask::Kick),
+                Some(Kick::Changed(node)) => {
+                    for peer in handle.peers_of(&node) {
+                        workers
+                            .entry(peer.clone())
+                            .or_insert_with(|| spawn_worker(controller.clone(), peer, term))
+                            .request(Ask::Kick);
+                    }
+                    (vec![node], Ask::Changed)
+                }
                 None => return,
             },
             change = changes.recv(), if changes_open => match change {
@@ -460,6 +490,8 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
     let (passes, mut receiver) = mpsc::channel::<()>(1);
     let full = Arc::new(AtomicBool::new(false));
     let kicked = Arc::new(AtomicBool::new(false));
+    let listing = Arc::new(AtomicBool::new(false));
+    let listing_flag = listing.clone();
     let retries = passes.clone();
     let full_flag = full.clone();
     let kicked_flag = kicked.clone();
@@ -473,6 +505,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
         while receiver.recv().await.is_some() {
             let full_pass = full_flag.swap(false, Ordering::SeqCst);
             let kick = kicked_flag.swap(false, Ordering::SeqCst);
+            let list = listing_flag.swap(false, Ordering::SeqCst) || full_pass;
             let reported = controller.reconciler.reports().last(&node);
             if !full_pass && !kick && quiet.is_some() && quiet == reported && failures.is_empty() {
                 // Converged, and the node has reported the same since: nothing to do.
@@ -484,6 +517,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
                 &controller,
                 &node,
                 full_pass,
+                list,
                 &failures,
                 term,
                 &mut routes_acked,
@@ -502,6 +536,11 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
                     if full_pass {
                         full_flag.store(true, Ordering::SeqCst);
                     }
+                    if list {
+                        listing_flag.store(true, Ordering::SeqCst);
+                    } else {
+                        kicked_flag.store(true, Ordering::SeqCst);
+                    }
                     let _ = retries.try_send(());
                 }
             }
@@ -511,6 +550,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
         passes,
         full,
         kicked,
+        listing,
         task,
     }
 }
@@ -533,11 +573,14 @@ enum Step {
 
 /// One pass over a node: delete what is being deleted, apply what drifted,
 /// report the node's orphans. Answers whether the node was found converged (listed, nothing
-/// to delete or apply, no orphan).
+/// to delete or apply, no orphan). Without `list` the node is not listed: only what changed
+/// in the store is applied (and deleted), no orphan is looked for, and the pass never
+/// answers converged, so the next periodic pass lists the node.
 async fn reconcile_node(
     controller: &Controller,
     node_name: &str,
     full: bool,
+    list: bool,
     failures: &ApplyFailures,
     term: Term,
     routes_acked: &mut Option<String>,
@@ -553,8 +596,14 @@ async fn reconcile_node(
     }
     let client = controller.agents.client(&node.name, &node.address)?;
     let vpses = controller.store.list_vps_on_node(&node.name)?;
-    let listed = match client.clone().list_vps(v1::Empty {}).await {
-        Ok(response) => Some(
+    let listing = if list {
+        client.clone().list_vps(v1::Empty {}).await.map(Some)
+    } else {
+        Ok(None)
+    };
+    let listed = match listing {
+        Ok(None) => None,
+        Ok(Some(response)) => Some(
             response
                 .into_inner()
                 .vps
@@ -584,7 +633,11 @@ async fn reconcile_node(
     let steps = plan_steps(
         controller,
         vpses,
-        listed.as_ref(),
+        if list {
+            Listing::Done(listed.as_ref())
+        } else {
+            Listing::Skipped
+        },
         full,
         failures,
         Utc::now(),
@@ -618,11 +671,20 @@ async fn reconcile_node(
     }
 }
 
+/// What a pass knows of what the node runs.
+#[derive(Clone, Copy)]
+enum Listing<'a> {
+    /// The node was listed (`None`: the listing failed, so every VPS is applied).
+    Done(Option<&'a HashMap<String, v1::VpsStatus>>),
+    /// The node was not listed: only VPSes whose spec the node has not confirmed are applied.
+    Skipped,
+}
+
 /// Decides which of a node's VPSes need a call, counting the converged ones.
 fn plan_steps(
     controller: &Controller,
     vpses: Vec<VpsRecord>,
-    listed: Option<&HashMap<String, v1::VpsStatus>>,
+    listing: Listing<'_>,
     full: bool,
     failures: &ApplyFailures,
     now: DateTime<Utc>,
@@ -653,9 +715,11 @@ fn plan_steps(
         };
         let spec = convert::vps_spec(&vps, tenant_suspended, now);
         let digest = convert::spec_digest(&spec);
-        let drifted = match listed {
-            Some(listed) if !full => drifted(&vps, &spec, &digest, listed.get(&vps.vps_id)),
-            _ => true,
+        let drifted = match listing {
+            _ if full => true,
+            Listing::Done(Some(listed)) => drifted(&vps, &spec, &digest, listed.get(&vps.vps_id)),
+            Listing::Done(None) => true,
+            Listing::Skipped => vps.applied_spec.as_deref() != Some(digest.as_str()),
         };
         // A VPS moving live is the migration's to handle: after the source's dump it looks
         // stopped there, and an apply would start a second copy from its disk. Read (one
@@ -820,11 +884,14 @@ fn record_report(
     applied: Option<&str>,
 ) -> Result<(), ControllerError> {
     // Heartbeats repeat the same report every few seconds; an unchanged one
-    // needs no write (a concurrent change is healed by the next report).
-    let unchanged = controller
-        .store
-        .get_vps(vps_id)?
-        .is_some_and(|vps| observation_unchanged(&vps, &observed, applied));
+    // needs no write (a concurrent change is healed by the next report). An apply's
+    // result is not read first: a VPS is applied because its node had not confirmed
+    // the spec or ran it otherwise, so its record almost always changes.
+    let unchanged = applied.is_none()
+        && controller
+            .store
+            .get_vps(vps_id)?
+            .is_some_and(|vps| observation_unchanged(&vps, &observed, applied));
     if unchanged {
         return Ok(());
     }

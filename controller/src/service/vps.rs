@@ -109,15 +109,17 @@ impl Vps<'_> {
             .clone()
             .map(|id| TaggedRequest::new(id, RequestOp::Create, &request.parameters()));
         // A retry of a create that committed is answered with the VPS, whatever changed since.
-        let retried = |existing: Option<VpsRecord>| -> Result<Option<VpsRecord>, ControllerError> {
+        let retried = |existing: Option<&VpsRecord>| -> Result<Option<VpsRecord>, ControllerError> {
             match existing {
-                Some(existing) if requests::already_done(tagged.as_ref(), &existing)? => {
-                    Ok(Some(existing))
+                Some(existing) if requests::already_done(tagged.as_ref(), existing)? => {
+                    Ok(Some(existing.clone()))
                 }
                 _ => Ok(None),
             }
         };
-        if let Some(existing) = retried(self.store.find_vps(&tenant_name, &request.name)?)? {
+        // One read of the name serves both the retry and the name-taken check below.
+        let existing = self.store.find_vps(&tenant_name, &request.name)?;
+        if let Some(existing) = retried(existing.as_ref())? {
             return Ok(existing);
         }
         let template = if request.template.is_empty() {
@@ -149,7 +151,7 @@ impl Vps<'_> {
                 what: "creating a VPS",
             });
         }
-        if self.store.find_vps(&tenant_name, &request.name)?.is_some() {
+        if existing.is_some() {
             return Err(StoreError::AlreadyExists {
                 kind: "VPS",
                 name: request.name,
@@ -202,23 +204,26 @@ impl Vps<'_> {
             applied_spec: None,
             last_request: tagged.clone(),
         };
-        if let Err(error) = self.store.create_vps(&record) {
-            self.placements.release(&record.node, &record.resources);
-            // The same request, retried while the first attempt was committing.
-            if let StoreError::AlreadyExists { .. } = error {
-                if let Some(existing) = retried(self.store.find_vps(&record.tenant, &record.name)?)?
-                {
-                    self.commit().await?;
-                    return Ok(existing);
+        let stored = match self.store.create_vps(&record) {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.placements.release(&record.node, &record.resources);
+                // The same request, retried while the first attempt was committing.
+                if let StoreError::AlreadyExists { .. } = error {
+                    let existing = self.store.find_vps(&record.tenant, &record.name)?;
+                    if let Some(existing) = retried(existing.as_ref())? {
+                        self.commit().await?;
+                        return Ok(existing);
+                    }
                 }
+                return Err(error.into());
             }
-            return Err(error.into());
-        }
-        // The store allocated the addresses in the create transaction.
-        let record = self.store.get_vps(&record.vps_id)?.unwrap_or(record);
+        };
+        // As stored: with the addresses the create transaction allocated.
+        let record = stored;
         self.commit().await?;
         info!(vps = %record.name, tenant = %record.tenant, node = %record.node, actor = %principal.actor(), "VPS created");
-        self.reconciler.kick(&record.node);
+        self.reconciler.kick_changed(&record.node);
         Ok(record)
     }
 

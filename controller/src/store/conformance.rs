@@ -342,6 +342,15 @@ fn concurrent_creates_never_share_an_address(fixture: &Fixture) {
         .filter_map(|r| r.as_ref().err())
         .all(|e| matches!(e, StoreError::Ipam(_))));
     let created = store.list_vps(Some("acme")).expect("list");
+    // What a create answers is the record as stored, with the addresses it was given.
+    for returned in results.iter().filter_map(|r| r.as_ref().ok()) {
+        assert_eq!(returned.ipv4.len(), 1);
+        let stored = store.get_vps(&returned.vps_id).expect("get").expect("vps");
+        assert_eq!(
+            (&returned.ipv4, &returned.network),
+            (&stored.ipv4, &stored.network)
+        );
+    }
     let addresses: BTreeSet<String> = created
         .iter()
         .flat_map(|vps| vps.ipv4.iter().cloned())

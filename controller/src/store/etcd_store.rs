@@ -1262,7 +1262,7 @@ impl Store for EtcdStore {
         self.get("node_revocations", name)
     }
 
-    fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError> {
+    fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError> {
         let names_key = name_key(&vps.tenant, &vps.name);
         let result = self.transact(|tx| {
             let mut tenant: TenantRecord = tx.need("tenants", &vps.tenant, "tenant")?;
@@ -1302,7 +1302,7 @@ impl Store for EtcdStore {
                 Vec::new(),
             );
             tx.append_event(EventRecord::of_vps(EventKind::Created, &vps))?;
-            Ok(())
+            Ok(vps)
         });
         self.signalled(self.published(&vps.vps_id, result))
     }

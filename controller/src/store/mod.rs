@@ -201,8 +201,8 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a VPS, checking name uniqueness and the tenant's quota,
     /// charging the tenant's usage and allocating `resources.ipv4_count`
     /// addresses from its node's pools (written to the stored record's `ipv4`
-    /// and `network`; read it back) in one transaction.
-    fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError>;
+    /// and `network`) in one transaction. Returns the record as stored.
+    fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError>;
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError>;
     fn find_vps(&self, tenant: &str, name: &str) -> Result<Option<VpsRecord>, StoreError>;
     /// All VPSes, or one tenant's.

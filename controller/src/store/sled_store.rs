@@ -946,7 +946,7 @@ impl Store for SledStore {
         Self::get(&self.node_revocations, "node_revocations", name.as_bytes())
     }
 
-    fn create_vps(&self, vps: &VpsRecord) -> Result<(), StoreError> {
+    fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError> {
         let key = name_key(&vps.tenant, &vps.name);
         let node_key = node_vps_key(&vps.node, &vps.vps_id);
         let result = flatten(
@@ -1000,7 +1000,7 @@ impl Store for SledStore {
                             meta,
                             EventRecord::of_vps(EventKind::Created, &vps),
                         )?;
-                        Ok(())
+                        Ok(vps)
                     },
                 ),
         );

@@ -56,6 +56,8 @@ struct AgentState {
     routes: Mutex<HashMap<String, String>>,
     /// While set, `ApplyVps` does not answer (a node slow to start a VPS).
     hold: std::sync::atomic::AtomicBool,
+    /// `ListVps` calls answered.
+    lists: std::sync::atomic::AtomicU64,
 }
 
 fn status(vps_id: &str, running: bool) -> v1::VpsStatus {
@@ -233,6 +235,12 @@ impl FakeAgent {
             .cloned()
     }
 
+    /// How many `ListVps` calls the node answered.
+    #[allow(dead_code)] // only the reconcile-kick test asks
+    pub fn lists(&self) -> u64 {
+        self.state.lists.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Makes `CheckpointVps` refuse with `reason` (CRIU's, as a real node reports it).
     #[allow(dead_code)] // only the migration tests ask
     pub fn refuse_checkpoints(&self, reason: Option<&str>) {
@@ -333,6 +341,9 @@ impl NodeAgent for Service {
         &self,
         _request: Request<v1::Empty>,
     ) -> Result<Response<v1::AgentListVpsResponse>, Status> {
+        self.0
+            .lists
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(Response::new(v1::AgentListVpsResponse {
             vps: self.0.statuses(),
         }))
