@@ -517,21 +517,15 @@ async fn removing_a_node_revokes_its_certificates_until_it_enrols_again() {
         ))
         .await
         .expect("label");
-    pools()
-        .create_pool(with_token(
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: "pool-b".into(),
-                    node: "node-b".into(),
-                    cidr: "10.201.0.0/24".into(),
-                    gateway: "10.201.0.1".into(),
-                    ..v1::Pool::default()
-                }),
-            },
-            &api.admin,
-        ))
-        .await
-        .expect("pool on node-b");
+    api.create_pool(v1::Pool {
+        name: "pool-b".into(),
+        node: "node-b".into(),
+        cidr: "10.201.0.0/24".into(),
+        gateway: "10.201.0.1".into(),
+        ..v1::Pool::default()
+    })
+    .await
+    .expect("pool on node-b");
     let web = api
         .vps()
         .create_vps(with_token(

@@ -38,22 +38,16 @@ async fn add_node_b(api: &Api) {
         }))
         .await
         .expect("register node-b");
-    v1::pool_service_client::PoolServiceClient::new(api.channel.clone())
-        .create_pool(with_token(
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: "pool-b".into(),
-                    node: "node-b".into(),
-                    cidr: "10.201.0.0/16".into(),
-                    gateway: "10.201.0.1".into(),
-                    nat: true,
-                    ..v1::Pool::default()
-                }),
-            },
-            &api.admin,
-        ))
-        .await
-        .expect("pool-b");
+    api.create_pool(v1::Pool {
+        name: "pool-b".into(),
+        node: "node-b".into(),
+        cidr: "10.201.0.0/16".into(),
+        gateway: "10.201.0.1".into(),
+        nat: true,
+        ..v1::Pool::default()
+    })
+    .await
+    .expect("pool-b");
 }
 
 fn migrate(to_node: &str, allow_new_address: bool) -> v1::MigrateVpsRequest {
@@ -230,25 +224,17 @@ impl LiveCluster {
         };
         let b = fake("node-b").await;
         let c = fake("node-c").await;
-        let pools = v1::pool_service_client::PoolServiceClient::new(api.channel.clone());
         for (node, octet) in [("node-b", 201), ("node-c", 202)] {
-            pools
-                .clone()
-                .create_pool(with_token(
-                    v1::CreatePoolRequest {
-                        pool: Some(v1::Pool {
-                            name: format!("pool-{node}"),
-                            node: node.into(),
-                            cidr: format!("10.{octet}.0.0/16"),
-                            gateway: format!("10.{octet}.0.1"),
-                            nat: true,
-                            ..v1::Pool::default()
-                        }),
-                    },
-                    &api.admin,
-                ))
-                .await
-                .expect("pool");
+            api.create_pool(v1::Pool {
+                name: format!("pool-{node}"),
+                node: node.into(),
+                cidr: format!("10.{octet}.0.0/16"),
+                gateway: format!("10.{octet}.0.1"),
+                nat: true,
+                ..v1::Pool::default()
+            })
+            .await
+            .expect("pool");
         }
         NodeServiceClient::new(api.channel.clone())
             .drain_node(with_token(

@@ -45,22 +45,16 @@ async fn a_create_is_applied_without_listing_its_node() {
         ))
         .await
         .expect("drain node-a");
-    v1::pool_service_client::PoolServiceClient::new(api.channel.clone())
-        .create_pool(with_token(
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: "pool-k".into(),
-                    node: "node-k".into(),
-                    cidr: "10.203.0.0/16".into(),
-                    gateway: "10.203.0.1".into(),
-                    nat: true,
-                    ..v1::Pool::default()
-                }),
-            },
-            &api.admin,
-        ))
-        .await
-        .expect("pool on node-k");
+    api.create_pool(v1::Pool {
+        name: "pool-k".into(),
+        node: "node-k".into(),
+        cidr: "10.203.0.0/16".into(),
+        gateway: "10.203.0.1".into(),
+        nat: true,
+        ..v1::Pool::default()
+    })
+    .await
+    .expect("pool on node-k");
     let acme = api.tenant("acme", 10).await;
     const CREATES: u64 = 8;
     let before = agent.lists();

@@ -47,39 +47,28 @@ async fn every_other_node_of_a_shared_pool_routes_a_vps_address_until_it_is_dele
         );
     }
     // A private (NAT) pool cannot span nodes: its tenant isolation is per node.
-    let refused = v1::pool_service_client::PoolServiceClient::new(api.channel.clone())
-        .create_pool(with_token(
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: "private".into(),
-                    nodes: names.iter().map(|name| (*name).to_owned()).collect(),
-                    cidr: "10.205.0.0/24".into(),
-                    gateway: "10.205.0.1".into(),
-                    nat: true,
-                    ..v1::Pool::default()
-                }),
-            },
-            &api.admin,
-        ))
+    let refused = api
+        .create_pool(v1::Pool {
+            name: "private".into(),
+            nodes: names.iter().map(|name| (*name).to_owned()).collect(),
+            cidr: "10.205.0.0/24".into(),
+            gateway: "10.205.0.1".into(),
+            nat: true,
+            ..v1::Pool::default()
+        })
         .await
         .expect_err("a private pool across nodes is refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("must be public"), "{refused:?}");
-    v1::pool_service_client::PoolServiceClient::new(api.channel.clone())
-        .create_pool(with_token(
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: "shared".into(),
-                    nodes: names.iter().map(|name| (*name).to_owned()).collect(),
-                    cidr: "10.204.0.0/24".into(),
-                    gateway: "10.204.0.1".into(),
-                    ..v1::Pool::default()
-                }),
-            },
-            &api.admin,
-        ))
-        .await
-        .expect("shared pool");
+    api.create_pool(v1::Pool {
+        name: "shared".into(),
+        nodes: names.iter().map(|name| (*name).to_owned()).collect(),
+        cidr: "10.204.0.0/24".into(),
+        gateway: "10.204.0.1".into(),
+        ..v1::Pool::default()
+    })
+    .await
+    .expect("shared pool");
     api.tenants()
         .create_tenant(with_token(
             v1::CreateTenantRequest {

@@ -154,22 +154,16 @@ pub async fn start() -> Api {
         }))
         .await
         .expect("register node");
-    v1::pool_service_client::PoolServiceClient::new(api.channel.clone())
-        .create_pool(with_token(
-            v1::CreatePoolRequest {
-                pool: Some(v1::Pool {
-                    name: "pool-a".into(),
-                    node: "node-a".into(),
-                    cidr: "10.200.0.0/16".into(),
-                    gateway: "10.200.0.1".into(),
-                    nat: true,
-                    ..v1::Pool::default()
-                }),
-            },
-            &api.admin,
-        ))
-        .await
-        .expect("create pool");
+    api.create_pool(v1::Pool {
+        name: "pool-a".into(),
+        node: "node-a".into(),
+        cidr: "10.200.0.0/16".into(),
+        gateway: "10.200.0.1".into(),
+        nat: true,
+        ..v1::Pool::default()
+    })
+    .await
+    .expect("create pool");
     api
 }
 
@@ -250,6 +244,17 @@ impl Api {
     }
     pub fn tokens(&self) -> v1::token_service_client::TokenServiceClient<Channel> {
         v1::token_service_client::TokenServiceClient::new(self.channel.clone())
+    }
+
+    /// Creates `pool` as the admin.
+    pub async fn create_pool(&self, pool: v1::Pool) -> Result<v1::Pool, tonic::Status> {
+        v1::pool_service_client::PoolServiceClient::new(self.channel.clone())
+            .create_pool(with_token(
+                v1::CreatePoolRequest { pool: Some(pool) },
+                &self.admin,
+            ))
+            .await
+            .map(|response| response.into_inner())
     }
 
     pub async fn tenant(&self, name: &str, max_vps: u32) -> String {
