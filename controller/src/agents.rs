@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use paddock_proto::v1::node_agent_client::NodeAgentClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -155,20 +156,23 @@ pub fn default_max_open() -> usize {
     usize::try_from((soft / 2).saturating_sub(FD_RESERVE).max(64)).unwrap_or(usize::MAX)
 }
 
-/// The soft `RLIMIT_NOFILE` of this process, from `/proc/self/limits`.
+/// The soft `RLIMIT_NOFILE` of this process.
 fn open_file_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))?;
-    match line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-    {
-        "unlimited" => Some(u64::MAX),
-        soft => soft.parse().ok(),
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// Raises this process's soft open-file limit to its hard one and returns the limit now in
+/// force: a controller started by hand inherits a shell's soft limit (often 1024), which would
+/// keep [`default_max_open`] at a few dozen agent connections for a fleet of thousands. The
+/// systemd unit sets both limits itself.
+pub fn raise_open_file_limit() -> nix::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
+    Ok(hard)
 }
 
 /// Maps a failed agent call to the controller's error for that node.
@@ -227,8 +231,17 @@ mod tests {
     }
 
     #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        // A lower soft limit, as a shell would hand the controller (the hard one stays).
+        setrlimit(Resource::RLIMIT_NOFILE, (hard / 2).max(64), hard).expect("lower soft limit");
+        assert_eq!(raise_open_file_limit().expect("raise"), hard);
+        assert_eq!(open_file_limit(), Some(hard));
+    }
+
+    #[test]
     fn the_derived_limit_leaves_room_for_the_agents_connections() {
-        let limit = open_file_limit().expect("/proc/self/limits names the open-file limit");
+        let limit = open_file_limit().expect("the open-file limit");
         let max_open = default_max_open() as u64;
         assert!(max_open >= 64);
         assert!(max_open <= (limit / 2).max(64), "{max_open} of {limit}");

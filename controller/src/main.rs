@@ -94,6 +94,10 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Run => {
+                match paddock_controller::agents::raise_open_file_limit() {
+                    Ok(limit) => tracing::debug!(limit, "open-file limit"),
+                    Err(error) => tracing::warn!(%error, "raising the open-file limit"),
+                }
                 let shutdown = async {
                     let mut terminate =
                         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
