@@ -184,8 +184,6 @@ fn wait_whole_on(cluster: &MultiNode, name: &str, vps_id: &str, index: usize, wh
         .unwrap_or_else(|error| fail(cluster, format!("{error:#}")));
 }
 
-/// A running VPS moves with its files and owners and answers TCP at its new address; the
-/// move that changes its address is refused (naming both) until allowed.
 /// Restarts `victim` (`who` in messages) armed with the test fault point `fault`, then waits
 /// until every node is online again.
 fn arm(cluster: &mut MultiNode, fault: &str, victim: Victim, who: &str) {
@@ -214,6 +212,8 @@ fn arm(cluster: &mut MultiNode, fault: &str, victim: Victim, who: &str) {
     }
 }
 
+/// A running VPS moves with its files and owners and answers TCP at its new address; the
+/// move that changes its address is refused (naming both) until allowed.
 #[test]
 fn a_running_vps_moves_with_its_files_and_owners_and_answers_there() {
     if !require_root() {
@@ -866,21 +866,12 @@ fn a_tcp_connection_survives_a_live_move_inside_a_shared_pool() {
     // The controller killed right after B's dump on a move back: rolled back, B restored
     // on the third node from the images it kept, the connection still up.
     let back = cluster.nodes[b_node].name.clone();
-    cluster.set_fault(Some("migrate:after-checkpoint"));
-    cluster.kill_controller();
-    let restarted = cluster.start_controller();
-    cluster.set_fault(None);
-    restarted.unwrap_or_else(|error| fail(&cluster, format!("restart: {error:#}")));
-    for node in cluster
-        .nodes
-        .iter()
-        .map(|node| node.name.clone())
-        .collect::<Vec<_>>()
-    {
-        cluster
-            .wait_node_status(&node, "online", Duration::from_secs(60))
-            .unwrap_or_else(|error| fail(&cluster, format!("{error:#}")));
-    }
+    arm(
+        &mut cluster,
+        "migrate:after-checkpoint",
+        Victim::Controller,
+        "the controller",
+    );
     let out = cluster.cli(&live_args("b", &back)).expect("run migrate");
     if out.status.success() {
         fail(
