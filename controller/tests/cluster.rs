@@ -41,6 +41,14 @@ async fn leader(endpoints: &[String]) -> Option<String> {
         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
 }
 
+/// Which of `setups` the leader key names (by its port), if any.
+async fn leader_of(endpoints: &[String], setups: &[&Setup]) -> Option<usize> {
+    let address = leader(endpoints).await?;
+    setups
+        .iter()
+        .position(|setup| address.ends_with(&format!(":{}", setup.port)))
+}
+
 /// Waits until `check` returns something, or panics naming `what`.
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -269,15 +277,7 @@ async fn three_controllers_survive_a_leader_kill_and_a_frozen_etcd_member() {
     }
 
     // Exactly one leader, one of the three.
-    let port_of = |address: &str| -> Option<usize> {
-        setups
-            .iter()
-            .position(|setup| address.ends_with(&format!(":{}", setup.port)))
-    };
-    let old_leader = eventually("a leader", || async {
-        leader(&endpoints).await.as_deref().and_then(port_of)
-    })
-    .await;
+    let old_leader = eventually("a leader", || leader_of(&endpoints, &setups)).await;
     // The metrics say the same: exactly one controller reports `paddock_leader 1`.
     let mut leading = Vec::new();
     for setup in &setups {
@@ -458,10 +458,8 @@ async fn three_controllers_survive_a_leader_kill_and_a_frozen_etcd_member() {
 
     // Another controller takes over: the leader key names a survivor.
     let new_leader = eventually("a new leader", || async {
-        leader(&endpoints)
+        leader_of(&endpoints, &setups)
             .await
-            .as_deref()
-            .and_then(port_of)
             .filter(|index| *index != old_leader)
     })
     .await;
@@ -624,15 +622,7 @@ async fn cli_waits_and_event_follows_move_to_another_controller_when_theirs_dies
         ))
         .await
         .expect("tenant");
-    let port_of = |address: &str| -> Option<usize> {
-        setups
-            .iter()
-            .position(|setup| address.ends_with(&format!(":{}", setup.port)))
-    };
-    let leading = eventually("a leader", || async {
-        leader(&endpoints).await.as_deref().and_then(port_of)
-    })
-    .await;
+    let leading = eventually("a leader", || leader_of(&endpoints, &setups)).await;
     // The CLI's context lists the leader first: it is the controller the CLI attaches to.
     let order: Vec<usize> = (0..3).map(|step| (leading + step) % 3).collect();
     let context: Vec<String> = order.iter().map(|index| urls[*index].clone()).collect();
