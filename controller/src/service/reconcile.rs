@@ -313,12 +313,11 @@ impl Worker {
     fn request(&self, ask: Ask) {
         match ask {
             Ask::Full => self.full.store(true, Ordering::SeqCst),
-            Ask::Kick => self.kicked.store(true, Ordering::SeqCst),
-            Ask::Tick | Ask::Changed => {}
+            Ask::Kick | Ask::Changed => self.kicked.store(true, Ordering::SeqCst),
+            Ask::Tick => {}
         }
-        match ask {
-            Ask::Changed => self.kicked.store(true, Ordering::SeqCst),
-            _ => self.listing.store(true, Ordering::SeqCst),
+        if !matches!(ask, Ask::Changed) {
+            self.listing.store(true, Ordering::SeqCst);
         }
         let _ = self.passes.try_send(());
     }
@@ -375,6 +374,13 @@ pub fn spawn(controller: Arc<Controller>, mut queue: ReconcileQueue) -> JoinHand
 /// it (leadership lost) drops the workers, which stops them.
 async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Term) {
     let mut workers: HashMap<String, Worker> = HashMap::new();
+    // Asks `node`'s worker (started on first use) for a pass.
+    let mut request = |node: String, ask: Ask| {
+        workers
+            .entry(node.clone())
+            .or_insert_with(|| spawn_worker(controller.clone(), node, term))
+            .request(ask);
+    };
     let mut changes = controller.store.store_changes().subscribe();
     // The store owns the sender; closed only while the controller shuts down.
     let mut changes_open = true;
@@ -398,10 +404,7 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                 Some(Kick::Peers(node)) => (handle.peers_of(&node), Ask::Kick),
                 Some(Kick::Changed(node)) => {
                     for peer in handle.peers_of(&node) {
-                        workers
-                            .entry(peer.clone())
-                            .or_insert_with(|| spawn_worker(controller.clone(), peer, term))
-                            .request(Ask::Kick);
+                        request(peer, Ask::Kick);
                     }
                     (vec![node], Ask::Changed)
                 }
@@ -436,10 +439,7 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                 let ask = if full { Ask::Full } else { Ask::Tick };
                 // Nodes whose pools started or stopped being shared get their routes now.
                 for node in refresh_peers(controller) {
-                    workers
-                        .entry(node.clone())
-                        .or_insert_with(|| spawn_worker(controller.clone(), node, term))
-                        .request(Ask::Kick);
+                    request(node, Ask::Kick);
                 }
                 match controller.store.list_nodes() {
                     Ok(nodes) => (nodes.into_iter().map(|n| n.name).collect(), ask),
@@ -451,10 +451,7 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
             },
         };
         for node in nodes {
-            workers
-                .entry(node.clone())
-                .or_insert_with(|| spawn_worker(controller.clone(), node, term))
-                .request(ask);
+            request(node, ask);
         }
     }
 }

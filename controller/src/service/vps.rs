@@ -204,7 +204,8 @@ impl Vps<'_> {
             applied_spec: None,
             last_request: tagged.clone(),
         };
-        let stored = match self.store.create_vps(&record) {
+        // As stored: with the addresses the create transaction allocated.
+        let record = match self.store.create_vps(&record) {
             Ok(stored) => stored,
             Err(error) => {
                 self.placements.release(&record.node, &record.resources);
@@ -219,8 +220,6 @@ impl Vps<'_> {
                 return Err(error.into());
             }
         };
-        // As stored: with the addresses the create transaction allocated.
-        let record = stored;
         self.commit().await?;
         info!(vps = %record.name, tenant = %record.tenant, node = %record.node, actor = %principal.actor(), "VPS created");
         self.reconciler.kick_changed(&record.node);
