@@ -22,8 +22,7 @@ test: deps test-deps lint build-debug
 	# the etcd store backend (a private etcd per test). Fails if either failed.
 	status=0; \
 	PADDOCK_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --workspace --no-fail-fast -- --test-threads=2 || status=1; \
-	PADDOCK_TEST_STORE=etcd $(CARGO) test -p paddock-controller --no-fail-fast --test api --test authz \
-		--test watch --test metering --test limits --test events --test migrate -- --test-threads=2 || status=1; \
+	CARGO=$(CARGO) scripts/test-etcd-suites.sh || status=1; \
 	exit $$status
 
 # The benchmark suite on release binaries; writes bench/results/latest.{json,md}.
