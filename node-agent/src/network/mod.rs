@@ -380,7 +380,14 @@ pub struct Network {
     loaded: tokio::sync::Mutex<u64>,
     /// Held while the host routes of shared pools are synced.
     routes: tokio::sync::Mutex<()>,
+    /// The uplinks' IPv4 GSO sizes and when they were read ([`UPLINK_SIZES_TTL`]): a port
+    /// attach does not dump the routing table (a full BGP table on some hosts).
+    uplink_sizes: std::sync::Mutex<Option<(std::time::Instant, Vec<u32>)>>,
 }
+
+/// How long the uplinks' GSO sizes read for one port are reused for the next ones. A change
+/// of an uplink's size reaches new ports after this, existing ones at the agent's restart.
+const UPLINK_SIZES_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether a host link found at start-up already is the working port of `spec`: marked as
 /// ours, on the bridge, up, with a peer. Anything less is repaired with a full ensure.
@@ -418,6 +425,7 @@ impl Network {
             ports: tokio::sync::Mutex::new((BTreeMap::new(), 0)),
             loaded: tokio::sync::Mutex::new(0),
             routes: tokio::sync::Mutex::new(()),
+            uplink_sizes: std::sync::Mutex::new(None),
         };
         let bridge_index = bridge::ensure(&network.host, &network.config.bridge).await?;
         bridge::set_routing(&network.config.bridge, network.routed())?;
@@ -454,16 +462,14 @@ impl Network {
             .collect();
         let mut repaired = 0usize;
         // A port made before `port_gso_max_bytes` changed (or the uplink's size did) gets it now.
-        let uplinks = if adopt.is_empty() || network.config.port_gso_max_bytes.is_some() {
+        let uplinks = if adopt.is_empty() {
             Vec::new()
         } else {
-            offload::uplink_sizes(&network.host, network.config.uplink.as_deref()).await?
+            network.uplink_sizes().await?
         };
         let sized = |link: &rtnetlink::packet_route::link::LinkMessage| {
-            offload::gso_ipv4_max(link).is_none_or(|bytes| {
-                let port_max = offload::tso_max(link).unwrap_or(offload::KERNEL_DEFAULT_BYTES);
-                bytes == offload::port_bytes(network.config.port_gso_max_bytes, &uplinks, port_max)
-            })
+            offload::gso_ipv4_max(link)
+                .is_none_or(|bytes| bytes == network.port_bytes_for(&uplinks, link))
         };
         for spec in &adopt {
             let marker = alias(&network.config.bridge, &spec.vps_id);
@@ -597,7 +603,7 @@ impl Network {
             self.load_rules().await?;
         }
         self.shape(spec, &host_name).await?;
-        let gso_bytes = self.port_gso_bytes(&host_link).await?;
+        let gso_bytes = self.port_bytes_for(&self.uplink_sizes().await?, &host_link);
         offload::ensure(&self.host, &host_link, gso_bytes).await?;
         self.host.set_up(host_index, Some(bridge_index)).await?;
 
@@ -719,21 +725,32 @@ impl Network {
     }
 
     /// The IPv4 GSO/GRO size for the port whose host end is `host_link`: configured, else the
-    /// uplink's, within what the veth can take.
-    async fn port_gso_bytes(
+    /// uplinks' (`uplinks`, from [`uplink_sizes`](Self::uplink_sizes)), within what the veth
+    /// can take.
+    fn port_bytes_for(
         &self,
+        uplinks: &[u32],
         host_link: &rtnetlink::packet_route::link::LinkMessage,
-    ) -> Result<u32, NetworkError> {
-        let uplinks = match self.config.port_gso_max_bytes {
-            Some(_) => Vec::new(),
-            None => offload::uplink_sizes(&self.host, self.config.uplink.as_deref()).await?,
-        };
+    ) -> u32 {
         let port_max = offload::tso_max(host_link).unwrap_or(offload::KERNEL_DEFAULT_BYTES);
-        Ok(offload::port_bytes(
-            self.config.port_gso_max_bytes,
-            &uplinks,
-            port_max,
-        ))
+        offload::port_bytes(self.config.port_gso_max_bytes, uplinks, port_max)
+    }
+
+    /// The uplinks' IPv4 GSO sizes when the ports follow them (none is read when
+    /// `port_gso_max_bytes` is configured), reused for [`UPLINK_SIZES_TTL`].
+    async fn uplink_sizes(&self) -> Result<Vec<u32>, NetworkError> {
+        if self.config.port_gso_max_bytes.is_some() {
+            return Ok(Vec::new());
+        }
+        if let Some((read, sizes)) = &*self.uplink_sizes.lock().unwrap_or_else(|e| e.into_inner()) {
+            if read.elapsed() < UPLINK_SIZES_TTL {
+                return Ok(sizes.clone());
+            }
+        }
+        let sizes = offload::uplink_sizes(&self.host, self.config.uplink.as_deref()).await?;
+        *self.uplink_sizes.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), sizes.clone()));
+        Ok(sizes)
     }
 
     async fn shape(&self, spec: &PortSpec, host_name: &str) -> Result<(), NetworkError> {
