@@ -206,9 +206,9 @@ enum Kick {
     Node(String),
     /// A pass over the nodes the node shares a pool with: a VPS of a shared pool left it.
     Peers(String),
-    /// A pass over the node applying what changed in the store, without a listing (and over
-    /// the nodes it shares a pool with, as for [`Kick::Node`]).
-    Changed(String),
+    /// A pass over the node applying the VPS that changed in the store, without a listing
+    /// (and over the nodes it shares a pool with, as for [`Kick::Node`]).
+    Changed { node: String, vps_id: String },
 }
 
 /// Creates the kick channel; the handle goes into the `Controller`.
@@ -233,13 +233,17 @@ impl ReconcileHandle {
         let _ = self.kicks.send(Kick::Node(node.to_owned()));
     }
 
-    /// Schedules a pass for `node` after a change of one of its VPSes in the store (such as a
-    /// create): the pass applies what changed without listing the node first, so a create
-    /// costs its node one call; the next periodic pass lists the node and checks it all.
-    /// Repeated kicks coalesce; with a pending [`kick`](Self::kick) the pass lists.
-    pub fn kick_changed(&self, node: &str) {
+    /// Schedules a pass for `node` after a change of its VPS `vps_id` in the store (such as a
+    /// create): the pass reads and applies that VPS without listing the node or reading its
+    /// other VPSes, so a create costs its node one call and the store one read however full
+    /// the node is; the next periodic pass lists the node and checks it all. Repeated kicks
+    /// coalesce (their VPSes gather); with a pending [`kick`](Self::kick) the pass lists.
+    pub fn kick_changed(&self, node: &str, vps_id: &str) {
         self.reports.forget(node);
-        let _ = self.kicks.send(Kick::Changed(node.to_owned()));
+        let _ = self.kicks.send(Kick::Changed {
+            node: node.to_owned(),
+            vps_id: vps_id.to_owned(),
+        });
     }
 
     /// Schedules a pass for every node sharing a pool with `node` (their host routes to
@@ -285,6 +289,8 @@ struct Worker {
     kicked: Arc<AtomicBool>,
     /// Set when the next pass must list the node (every ask but [`Ask::Changed`]).
     listing: Arc<AtomicBool>,
+    /// The VPSes [`Ask::Changed`] named since the last pass: all a pass without a listing reads.
+    changed: Arc<Mutex<BTreeSet<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -295,7 +301,7 @@ impl Drop for Worker {
 }
 
 /// Why a pass is asked for.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Ask {
     /// A mutation (here or on another controller) or a node coming back: always runs.
     Kick,
@@ -303,21 +309,25 @@ enum Ask {
     Tick,
     /// The rare full resync: applies every VPS.
     Full,
-    /// A change of the node's VPSes in the store: always runs, applies what changed, does
-    /// not list the node (unless another ask pending does).
-    Changed,
+    /// A change of this VPS of the node in the store: always runs, applies it, does not list
+    /// the node (unless another ask pending does).
+    Changed(String),
 }
 
 impl Worker {
     /// Queues a pass; a full queue means one is already pending (coalesced).
     fn request(&self, ask: Ask) {
+        if !matches!(ask, Ask::Changed(_)) {
+            self.listing.store(true, Ordering::SeqCst);
+        }
         match ask {
             Ask::Full => self.full.store(true, Ordering::SeqCst),
-            Ask::Kick | Ask::Changed => self.kicked.store(true, Ordering::SeqCst),
+            Ask::Kick => self.kicked.store(true, Ordering::SeqCst),
+            Ask::Changed(vps_id) => {
+                changed_set(&self.changed).insert(vps_id);
+                self.kicked.store(true, Ordering::SeqCst);
+            }
             Ask::Tick => {}
-        }
-        if !matches!(ask, Ask::Changed) {
-            self.listing.store(true, Ordering::SeqCst);
         }
         let _ = self.passes.try_send(());
     }
@@ -402,11 +412,11 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                     (nodes, Ask::Kick)
                 }
                 Some(Kick::Peers(node)) => (handle.peers_of(&node), Ask::Kick),
-                Some(Kick::Changed(node)) => {
+                Some(Kick::Changed { node, vps_id }) => {
                     for peer in handle.peers_of(&node) {
                         request(peer, Ask::Kick);
                     }
-                    (vec![node], Ask::Changed)
+                    (vec![node], Ask::Changed(vps_id))
                 }
                 None => return,
             },
@@ -451,7 +461,7 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
             },
         };
         for node in nodes {
-            request(node, ask);
+            request(node, ask.clone());
         }
     }
 }
@@ -489,6 +499,8 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
     let kicked = Arc::new(AtomicBool::new(false));
     let listing = Arc::new(AtomicBool::new(false));
     let listing_flag = listing.clone();
+    let changed = Arc::new(Mutex::new(BTreeSet::new()));
+    let named = changed.clone();
     let retries = passes.clone();
     let full_flag = full.clone();
     let kicked_flag = kicked.clone();
@@ -503,6 +515,15 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
             let full_pass = full_flag.swap(false, Ordering::SeqCst);
             let kick = kicked_flag.swap(false, Ordering::SeqCst);
             let list = listing_flag.swap(false, Ordering::SeqCst) || full_pass;
+            // A listing pass reads every VPS of the node, those named meanwhile among them.
+            let named_now: Vec<String> = std::mem::take(&mut *changed_set(&named))
+                .into_iter()
+                .collect();
+            let scope = if list {
+                Scope::Listed
+            } else {
+                Scope::Changed(&named_now)
+            };
             let reported = controller.reconciler.reports().last(&node);
             if !full_pass && !kick && quiet.is_some() && quiet == reported && failures.is_empty() {
                 // Converged, and the node has reported the same since: nothing to do.
@@ -514,7 +535,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
                 &controller,
                 &node,
                 full_pass,
-                list,
+                scope,
                 &failures,
                 term,
                 &mut routes_acked,
@@ -536,6 +557,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
                     if list {
                         listing_flag.store(true, Ordering::SeqCst);
                     } else {
+                        changed_set(&named).extend(named_now);
                         kicked_flag.store(true, Ordering::SeqCst);
                     }
                     let _ = retries.try_send(());
@@ -548,8 +570,37 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
         full,
         kicked,
         listing,
+        changed,
         task,
     }
+}
+
+fn changed_set(set: &Mutex<BTreeSet<String>>) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    set.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Which of its node's VPSes a pass reads from the store.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Every VPS placed on the node; the node is listed.
+    Listed,
+    /// Only these (named by [`Ask::Changed`]), those still placed on the node; the node is
+    /// not listed.
+    Changed(&'a [String]),
+}
+
+/// The records of `vps_ids` (read with `get`) still placed on `node`: a VPS deleted or
+/// moved since it was named is not this node's to apply.
+fn placed_on(
+    node: &str,
+    vps_ids: &[String],
+    get: impl Fn(&str) -> Result<Option<VpsRecord>, crate::store::StoreError>,
+) -> Result<Vec<VpsRecord>, crate::store::StoreError> {
+    let mut placed = Vec::with_capacity(vps_ids.len());
+    for vps_id in vps_ids {
+        placed.extend(get(vps_id)?.filter(|vps| vps.node == node));
+    }
+    Ok(placed)
 }
 
 /// What one pass does with one VPS.
@@ -570,14 +621,15 @@ enum Step {
 
 /// One pass over a node: delete what is being deleted, apply what drifted,
 /// report the node's orphans. Answers whether the node was found converged (listed, nothing
-/// to delete or apply, no orphan). Without `list` the node is not listed: only what changed
-/// in the store is applied (and deleted), no orphan is looked for, and the pass never
-/// answers converged, so the next periodic pass lists the node.
+/// to delete or apply, no orphan). With [`Scope::Changed`] the node is not listed: only the
+/// named VPSes are read and applied (or deleted) if their node has not confirmed their
+/// spec, no orphan is looked for, and the pass never answers converged, so the next
+/// periodic pass lists the node.
 async fn reconcile_node(
     controller: &Controller,
     node_name: &str,
     full: bool,
-    list: bool,
+    scope: Scope<'_>,
     failures: &ApplyFailures,
     term: Term,
     routes_acked: &mut Option<String>,
@@ -592,7 +644,13 @@ async fn reconcile_node(
         return Ok(false);
     }
     let client = controller.agents.client(&node.name, &node.address)?;
-    let vpses = controller.store.list_vps_on_node(&node.name)?;
+    let list = matches!(scope, Scope::Listed);
+    let vpses = match scope {
+        Scope::Listed => controller.store.list_vps_on_node(&node.name)?,
+        Scope::Changed(vps_ids) => placed_on(&node.name, vps_ids, |vps_id| {
+            controller.store.get_vps(vps_id)
+        })?,
+    };
     let listing = if list {
         client.clone().list_vps(v1::Empty {}).await.map(Some)
     } else {
@@ -1017,6 +1075,40 @@ mod tests {
         let now = Instant::now();
         assert_eq!(reports.trusted("n1", now), Some(7));
         assert_eq!(reports.trusted("n1", now + REPORT_TRUST), None);
+    }
+
+    #[test]
+    fn a_changed_pass_reads_only_the_named_vpses_still_on_the_node() {
+        let record = |vps_id: &str, node: &str| VpsRecord {
+            vps_id: vps_id.to_owned(),
+            node: node.to_owned(),
+            ..crate::store::conformance::vps("acme", vps_id)
+        };
+        let store: HashMap<&str, VpsRecord> = [
+            ("named", record("named", "n1")),
+            ("moved", record("moved", "n2")),
+            ("other", record("other", "n1")),
+        ]
+        .into_iter()
+        .collect();
+        let read = Mutex::new(Vec::new());
+        let get = |vps_id: &str| {
+            read.lock().expect("reads").push(vps_id.to_owned());
+            Ok(store.get(vps_id).cloned())
+        };
+        let named = ["named", "moved", "deleted"].map(str::to_owned);
+        let placed = placed_on("n1", &named, get).expect("placed");
+        let ids: Vec<&str> = placed.iter().map(|vps| vps.vps_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["named"],
+            "moved and deleted VPSes are not applied here"
+        );
+        assert_eq!(
+            *read.lock().expect("reads"),
+            named,
+            "one read per named VPS; the node's other VPSes are not read"
+        );
     }
 
     #[test]

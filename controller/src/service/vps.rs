@@ -222,7 +222,7 @@ impl Vps<'_> {
         };
         self.commit().await?;
         info!(vps = %record.name, tenant = %record.tenant, node = %record.node, actor = %principal.actor(), "VPS created");
-        self.reconciler.kick_changed(&record.node);
+        self.reconciler.kick_changed(&record.node, &record.vps_id);
         Ok(record)
     }
 
