@@ -133,7 +133,9 @@ if ! "${admin[@]}" admin tenant show demo >/dev/null 2>&1; then
     "${admin[@]}" admin tenant create demo >/dev/null
     echo "created tenant demo"
 fi
-if ! "$PADDOCK" context list -o json | grep -q '"demo"'; then
+# A demo context left by an earlier controller (another PADDOCK_HOME, a wiped state dir)
+# names a token or CA this one does not know: it is replaced, not kept.
+if ! "$PADDOCK" --context demo list >/dev/null 2>&1; then
     demo_token=$("${admin[@]}" admin token create --tenant demo)
     "$PADDOCK" context add demo --controller "$CONTROLLER_URL" --ca-cert "$CA_CERT" \
         --token "$demo_token" >/dev/null
