@@ -507,7 +507,9 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         let failures = ApplyFailures::default();
-        // The heartbeat digest the node reported when a pass last found it converged.
+        // What the node ran when a pass last found it converged: its listing, digested as its
+        // heartbeats' reports are, so the first heartbeat after the pass that reports the same
+        // lets the next tick skip the node.
         let mut quiet: Option<u64> = None;
         // The digest of the host route set the agent last acknowledged.
         let mut routes_acked: Option<String> = None;
@@ -543,9 +545,7 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
             match pass.await {
                 Ok(converged) => {
                     backoff = Duration::from_millis(500);
-                    if converged {
-                        quiet = reported;
-                    }
+                    quiet = converged;
                 }
                 Err(error) => {
                     warn!(node = %node, %error, retry_in = ?backoff, "reconcile failed");
@@ -620,11 +620,11 @@ enum Step {
 }
 
 /// One pass over a node: delete what is being deleted, apply what drifted,
-/// report the node's orphans. Answers whether the node was found converged (listed, nothing
-/// to delete or apply, no orphan). With [`Scope::Changed`] the node is not listed: only the
-/// named VPSes are read and applied (or deleted) if their node has not confirmed their
-/// spec, no orphan is looked for, and the pass never answers converged, so the next
-/// periodic pass lists the node.
+/// report the node's orphans. When the node was found converged (listed, nothing to delete
+/// or apply, no orphan) answers the [`NodeReports::digest`] of its listing. With
+/// [`Scope::Changed`] the node is not listed: only the named VPSes are read and applied (or
+/// deleted) if their node has not confirmed their spec, no orphan is looked for, and the
+/// pass never answers converged, so the next periodic pass lists the node.
 async fn reconcile_node(
     controller: &Controller,
     node_name: &str,
@@ -633,15 +633,15 @@ async fn reconcile_node(
     failures: &ApplyFailures,
     term: Term,
     routes_acked: &mut Option<String>,
-) -> Result<bool, ControllerError> {
+) -> Result<Option<u64>, ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
-        return Ok(false);
+        return Ok(None);
     };
     if !controller.node_online(&node, Utc::now()) {
         // It may come back rebooted, without its host routes: they are sent again.
         *routes_acked = None;
         debug!(node = node_name, "node offline; waiting for it to return");
-        return Ok(false);
+        return Ok(None);
     }
     let client = controller.agents.client(&node.name, &node.address)?;
     let list = matches!(scope, Scope::Listed);
@@ -722,8 +722,18 @@ async fn reconcile_node(
     }
     match first_error {
         Some(error) => Err(error),
-        None => Ok(converged),
+        None => Ok(listed.filter(|_| converged).map(listing_digest)),
     }
+}
+
+/// A node's listing digested as its heartbeats' reports are ([`NodeReports::digest`]): the
+/// same VPSes in the same states give the same digest.
+fn listing_digest(listed: HashMap<String, v1::VpsStatus>) -> u64 {
+    let reports: Vec<(String, ObservedState)> = listed
+        .into_iter()
+        .map(|(vps_id, status)| (vps_id, convert::observed(&status)))
+        .collect();
+    NodeReports::digest(&reports)
 }
 
 /// What a pass knows of what the node runs.
@@ -1066,6 +1076,40 @@ mod tests {
         handle.kick("n1");
         assert!(!reports.unchanged("n1", digest), "a kick forgets the node");
         assert_eq!(reports.last("n1"), None);
+    }
+
+    #[test]
+    fn a_listing_digests_as_a_heartbeat_reporting_the_same() {
+        let status = |vps_id: &str, state: v1::AgentVpsState, init_pid: u32| v1::VpsStatus {
+            vps_id: vps_id.to_owned(),
+            state: state as i32,
+            init_pid,
+            message: format!("init pid {init_pid}"),
+        };
+        let statuses = vec![
+            status("a", v1::AgentVpsState::Running, 10),
+            status("b", v1::AgentVpsState::Stopped, 0),
+        ];
+        let heartbeat = convert::heartbeat(v1::HeartbeatRequest {
+            node_name: "n1".to_owned(),
+            vps: statuses.clone(),
+            ..v1::HeartbeatRequest::default()
+        });
+        let listed: HashMap<String, v1::VpsStatus> = statuses
+            .iter()
+            .map(|status| (status.vps_id.clone(), status.clone()))
+            .collect();
+        assert_eq!(
+            listing_digest(listed.clone()),
+            NodeReports::digest(&heartbeat.reports),
+            "a converged pass's listing lets the next tick skip once a heartbeat repeats it"
+        );
+        let mut changed = listed;
+        changed.insert("b".to_owned(), status("b", v1::AgentVpsState::Running, 11));
+        assert_ne!(
+            listing_digest(changed),
+            NodeReports::digest(&heartbeat.reports)
+        );
     }
 
     #[test]
