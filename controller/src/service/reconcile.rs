@@ -517,6 +517,14 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
             let full_pass = full_flag.swap(false, Ordering::SeqCst);
             let kick = kicked_flag.swap(false, Ordering::SeqCst);
             let list = listing_flag.swap(false, Ordering::SeqCst) || full_pass;
+            let reported = controller.reconciler.reports().last(&node);
+            if !full_pass && !kick && quiet.is_some() && quiet == reported && failures.is_empty() {
+                // Converged, and the node has reported the same since: nothing to do. A VPS
+                // named since the flags were read stays named: its kick's pass is queued.
+                crate::metrics::observe_reconcile_skipped();
+                continue;
+            }
+            quiet = None;
             // A listing pass reads every VPS of the node, those named meanwhile among them.
             let named_now: Vec<String> = std::mem::take(&mut *changed_set(&named))
                 .into_iter()
@@ -526,13 +534,6 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
             } else {
                 Scope::Changed(&named_now)
             };
-            let reported = controller.reconciler.reports().last(&node);
-            if !full_pass && !kick && quiet.is_some() && quiet == reported && failures.is_empty() {
-                // Converged, and the node has reported the same since: nothing to do.
-                crate::metrics::observe_reconcile_skipped();
-                continue;
-            }
-            quiet = None;
             let pass = reconcile_node(
                 &controller,
                 &node,
