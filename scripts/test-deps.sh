@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # What `make test` needs beyond scripts/deps.sh: moto's S3-compatible server (PyPI
 # `moto[server]`) for the S3 backup store tests, in a venv under target/ (PADDOCK_MOTO_VENV
-# overrides where). Idempotent: an existing venv with moto is kept.
+# overrides where). Idempotent: an existing venv whose moto_server runs is kept; one that
+# does not (a venv names its interpreter by absolute path, so a moved checkout breaks it)
+# is made again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PADDOCK_MOTO_VENV:-$PWD/target/moto-venv}
-if [[ -x $venv/bin/moto_server ]]; then
+if [[ -x $venv/bin/moto_server ]] && "$venv/bin/moto_server" --help >/dev/null 2>&1; then
     exit 0
 fi
 if ! /usr/bin/python3 -m venv --help >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then
