@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${PADDOCK_MOTO_VENV:-$PWD/target/moto-venv}
-if [[ -x $venv/bin/moto_server ]] && "$venv/bin/moto_server" --help >/dev/null 2>&1; then
+if "$venv/bin/moto_server" --help >/dev/null 2>&1; then
     exit 0
 fi
 if ! /usr/bin/python3 -m venv --help >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 suites=(api authz watch metering limits events migrate)
 
 mapfile -t binaries < <(
-	${CARGO:-cargo} test --workspace --no-run --message-format=json 2>/dev/null |
+	${CARGO:-cargo} test --workspace --no-run --message-format=json |
 		python3 -c '
 import json, sys
 wanted = set(sys.argv[1:])
