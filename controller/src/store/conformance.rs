@@ -92,6 +92,7 @@ both!(
     duplicate_names_and_release_on_remove,
     node_index_and_allocations_follow_vps_and_pool_changes,
     every_change_that_appends_events_signals_followers,
+    a_batch_of_vps_changes_fails_only_its_failing_changes,
     event_cursors_and_audit_sequence_have_no_gaps,
     usage_sample_writes_cursor_and_hour_together,
     plans_tokens_nodes_and_pools,
@@ -313,6 +314,59 @@ fn every_change_that_appends_events_signals_followers(fixture: &Fixture) {
     store.remove_vps("acme-web1-id").expect("remove");
     signalled(&mut commits, "remove_vps");
     assert_eq!(events(store), 4, "created, rebuilt, suspended, deleted");
+}
+
+fn a_batch_of_vps_changes_fails_only_its_failing_changes(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    for name in ["web1", "web2"] {
+        store.create_vps(&vps("acme", name)).expect("create");
+    }
+    let before = store.list_events(0, 100).expect("events").len();
+    let commits = store.event_signal().subscribe();
+    let started = |vps: &mut VpsRecord| {
+        vps.applied_spec = Some("digest".to_owned());
+        Ok(Some(EventRecord::of_vps(EventKind::Started, vps)))
+    };
+    let refused = |_: &mut VpsRecord| Err(StoreError::Conflict(Conflict::Transaction));
+    let results = store.update_vpses_emitting(&[
+        ("acme-web1-id", &started),
+        ("acme-gone-id", &started),
+        ("acme-web2-id", &refused),
+    ]);
+    assert_eq!(results.len(), 3);
+    let first = results[0].as_ref().expect("the existing VPS changes");
+    assert_eq!(first.applied_spec.as_deref(), Some("digest"));
+    assert!(
+        matches!(results[1], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Err(StoreError::Conflict(_))),
+        "{:?}",
+        results[2]
+    );
+    let stored = |id: &str| store.get_vps(id).expect("get").expect("exists");
+    assert_eq!(
+        stored("acme-web1-id").applied_spec.as_deref(),
+        Some("digest")
+    );
+    assert_eq!(
+        stored("acme-web2-id").applied_spec,
+        None,
+        "a refused change writes nothing"
+    );
+    let events = store.list_events(0, 100).expect("events");
+    assert_eq!(
+        events.len(),
+        before + 1,
+        "one event, of the change that committed"
+    );
+    assert!(
+        commits.has_changed().expect("sender alive"),
+        "followers are woken"
+    );
 }
 
 fn concurrent_creates_never_share_an_address(fixture: &Fixture) {

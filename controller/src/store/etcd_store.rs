@@ -1463,7 +1463,7 @@ impl Store for EtcdStore {
     fn update_vps_emitting(
         &self,
         vps_id: &str,
-        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventRecord>, StoreError> + Sync),
+        change: &VpsUpdate<'_>,
     ) -> Result<VpsRecord, StoreError> {
         let result = self.transact(|tx| {
             let mut vps: VpsRecord = tx.need("vps", vps_id, "VPS")?;

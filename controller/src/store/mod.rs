@@ -143,6 +143,10 @@ pub struct UsageState {
 /// A boxed future, so the trait stays object-safe.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// A change to one VPS record, which may name the lifecycle event it makes.
+pub type VpsUpdate<'a> =
+    dyn Fn(&mut VpsRecord) -> Result<Option<EventRecord>, StoreError> + Sync + 'a;
+
 /// Everything the controller persists. Mutations apply atomically in memory;
 /// callers `flush` before acknowledging them, which the implementation may
 /// batch with concurrent flushes (group commit).
@@ -236,8 +240,21 @@ pub trait Store: Send + Sync + 'static {
     fn update_vps_emitting(
         &self,
         vps_id: &str,
-        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventRecord>, StoreError> + Sync),
+        change: &VpsUpdate<'_>,
     ) -> Result<VpsRecord, StoreError>;
+    /// [`update_vps_emitting`](Self::update_vps_emitting) for several VPSes, each change with
+    /// its own result: a missing VPS or a refused change fails only itself. A store may
+    /// commit them together (sled: one transaction, and sled writes its log twice per
+    /// transaction whatever its size); this default commits them one by one.
+    fn update_vpses_emitting(
+        &self,
+        changes: &[(&str, &VpsUpdate<'_>)],
+    ) -> Vec<Result<VpsRecord, StoreError>> {
+        changes
+            .iter()
+            .map(|(vps_id, change)| self.update_vps_emitting(vps_id, change))
+            .collect()
+    }
     /// Like `update_tenant`, appending `event` (if any) in the same transaction.
     fn update_tenant_emitting(
         &self,

@@ -552,7 +552,7 @@ impl Store for SledStore {
     fn update_vps_emitting(
         &self,
         vps_id: &str,
-        change: &(dyn Fn(&mut VpsRecord) -> Result<Option<EventRecord>, StoreError> + Sync),
+        change: &VpsUpdate<'_>,
     ) -> Result<VpsRecord, StoreError> {
         let result = flatten((&self.vps, &self.events, &self.events_meta).transaction(
             |(all, events, meta)| {
@@ -567,6 +567,56 @@ impl Store for SledStore {
             },
         ));
         self.signalled(self.published(vps_id, result))
+    }
+
+    fn update_vpses_emitting(
+        &self,
+        changes: &[(&str, &VpsUpdate<'_>)],
+    ) -> Vec<Result<VpsRecord, StoreError>> {
+        let committed = flatten((&self.vps, &self.events, &self.events_meta).transaction(
+            |(all, events, meta)| {
+                let mut results = Vec::with_capacity(changes.len());
+                for (vps_id, change) in changes {
+                    let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
+                        results.push(Err(StoreError::NotFound {
+                            kind: "VPS",
+                            name: (*vps_id).to_owned(),
+                        }));
+                        continue;
+                    };
+                    match change(&mut vps) {
+                        Err(error) => results.push(Err(error)),
+                        Ok(event) => {
+                            all.insert(vps_id.as_bytes(), encode(&vps))?;
+                            if let Some(event) = event {
+                                tx_append_event(events, meta, event)?;
+                            }
+                            results.push(Ok(vps));
+                        }
+                    }
+                }
+                Ok(results)
+            },
+        ));
+        match committed {
+            Ok(results) => {
+                for ((vps_id, _), result) in changes.iter().zip(&results) {
+                    if result.is_ok() {
+                        self.vps_watchers().publish(vps_id, |id| self.get_vps(id));
+                    }
+                }
+                if results.iter().any(Result::is_ok) {
+                    self.event_signal().committed();
+                }
+                results
+            }
+            // A record that does not decode or a storage error: each change on its own
+            // tells whose it is.
+            Err(_) => changes
+                .iter()
+                .map(|(vps_id, change)| self.update_vps_emitting(vps_id, change))
+                .collect(),
+        }
     }
 
     fn update_tenant_emitting(
