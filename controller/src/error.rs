@@ -75,8 +75,6 @@ pub enum Precondition {
     },
     #[error("placement view unavailable")]
     PlacementView,
-    #[error("the apply result of VPS {vps_id} was not stored (its writer stopped); the next pass applies it again")]
-    ReportLost { vps_id: String },
 }
 
 impl ControllerError {

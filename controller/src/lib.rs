@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod convert;
 pub mod error;
 pub mod init;
@@ -89,6 +90,7 @@ pub async fn serve_with(
         agents: agents::AgentPool::new(&pki, config.max_agent_connections as usize),
         reconciler,
         placements: placement::PlacementCache::default(),
+        creates: batch::Batcher::default(),
         active_migrations: Default::default(),
         join_token,
         pki,

@@ -38,6 +38,7 @@ impl From<StoreError> for tonic::Status {
             | StoreError::Sled(_)
             | StoreError::EtcdRuntime { .. }
             | StoreError::Migrate(_)
+            | StoreError::BatchLost { .. }
             | StoreError::Corrupt { .. } => Status::internal(error.to_string()),
             // etcd unreachable or without quorum: worth retrying.
             StoreError::EtcdConnect { .. } | StoreError::Etcd(_) | StoreError::EtcdGone => {

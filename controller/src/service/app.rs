@@ -13,6 +13,7 @@ use crate::model::scheduler::NodeView;
 use crate::model::{Capacity, NodeAllocationRecord, NodeRecord, VpsRecord};
 use crate::service::reconcile::ReconcileHandle;
 use crate::store::Store;
+use crate::store::StoreError;
 
 /// Everything a request handler needs; cheap to share behind an `Arc`.
 pub struct Controller {
@@ -22,6 +23,8 @@ pub struct Controller {
     pub reconciler: ReconcileHandle,
     /// The scheduler's in-memory view of the nodes (see `placement.rs`).
     pub placements: crate::placement::PlacementCache,
+    /// Creates on their way to the store, in batches (`batch.rs`).
+    pub creates: crate::batch::Batcher<VpsRecord, Result<VpsRecord, StoreError>>,
     /// The migrations this process drives right now (`service::migration`).
     pub active_migrations: crate::service::migration::ActiveMigrations,
     /// Shared secret a new agent presents once, to enrol and get its certificate.

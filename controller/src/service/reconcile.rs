@@ -23,8 +23,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::agents::{agent_error, AgentClient};
+use crate::batch::Batcher;
 use crate::convert;
-use crate::error::{ControllerError, Precondition};
+use crate::error::ControllerError;
 use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 use crate::service::Controller;
 use crate::store::{fenced, Store, StoreChange, StoreError, Term, VpsUpdate};
@@ -900,17 +901,18 @@ async fn run_step(
             if let Some(wait) = failures.record(&vps_id, &digest, failed) {
                 warn!(vps_id = %vps_id, node, retry_in = ?wait, message = %status.message, "apply failed");
             }
-            controller
-                .reconciler
-                .applied
-                .record(
-                    controller.store.as_ref(),
-                    vps_id,
-                    convert::observed(&status),
-                    digest,
-                    term,
-                )
-                .await
+            let report = AppliedReport {
+                vps_id,
+                observed: convert::observed(&status),
+                digest,
+                term,
+            };
+            record_applied(
+                &controller.reconciler.applied,
+                controller.store.as_ref(),
+                report,
+            )
+            .await
         }
     }
 }
@@ -1004,102 +1006,59 @@ fn report_stored(result: Result<VpsRecord, StoreError>) -> Result<(), Controller
     }
 }
 
-/// The results of applies, stored together: every result that arrives while one batch is
-/// written (passes over other nodes finishing at the same moment) goes into the next store
-/// call, one transaction on sled, where each transaction costs two log writes whatever its
-/// size (an apply's result was half the log writes of a create).
-#[derive(Default)]
-pub struct AppliedReports {
-    queue: Mutex<AppliedQueue>,
-    /// Store calls made, each for one batch.
-    batches: std::sync::atomic::AtomicU64,
-}
+/// The results of applies, stored in batches ([`Batcher`]): an apply's result was one of the
+/// two transactions of a create.
+pub type AppliedReports = Batcher<AppliedReport, Result<(), ControllerError>>;
 
-#[derive(Default)]
-struct AppliedQueue {
-    pending: Vec<AppliedReport>,
-    /// A thread is writing batches; it looks at `pending` again before it stops.
-    writing: bool,
-}
-
-struct AppliedReport {
+/// What an agent answered to an apply, on its way to the store.
+pub struct AppliedReport {
     vps_id: String,
     observed: ObservedState,
+    /// The digest of the spec applied.
     digest: String,
-    /// The term of the pass that applied it: a batch is written fenced by it.
+    /// The term of the pass that applied it: its store call is fenced by it.
     term: Term,
-    done: tokio::sync::oneshot::Sender<Result<(), ControllerError>>,
 }
 
-impl AppliedReports {
-    fn queue(&self) -> std::sync::MutexGuard<'_, AppliedQueue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Stores what the agent answered to an apply of the spec with `digest`; returns once
-    /// it is stored (not flushed: as any report, it is the node's to repeat).
-    async fn record(
-        &self,
-        store: &dyn Store,
-        vps_id: String,
-        observed: ObservedState,
-        digest: String,
-        term: Term,
-    ) -> Result<(), ControllerError> {
-        let (done, stored) = tokio::sync::oneshot::channel();
-        self.queue().pending.push(AppliedReport {
-            vps_id: vps_id.clone(),
-            observed,
-            digest,
-            term,
-            done,
-        });
-        // The passes ready beside this one add theirs to the same batch.
-        tokio::task::yield_now().await;
-        self.write_pending(store);
-        stored
-            .await
-            .unwrap_or(Err(Precondition::ReportLost { vps_id }.into()))
-    }
-
-    /// Writes what is pending, batch after batch, unless another thread is at it (it writes
-    /// what this one added: it looks again before it stops). Never awaits while writing, so
-    /// a cancelled pass cannot leave the queue without a writer.
-    fn write_pending(&self, store: &dyn Store) {
-        struct Writing<'a>(&'a AppliedReports);
-        impl Drop for Writing<'_> {
-            fn drop(&mut self) {
-                self.0.queue().writing = false;
+/// Stores what the agent answered to an apply (with the passes finishing beside it); returns
+/// once it is stored (not flushed: as any report, it is the node's to repeat).
+async fn record_applied(
+    applied: &AppliedReports,
+    store: &dyn Store,
+    report: AppliedReport,
+) -> Result<(), ControllerError> {
+    let vps_id = report.vps_id.clone();
+    applied
+        .submit(report, |batch| write_applied(store, batch))
+        .await
+        .unwrap_or_else(|| {
+            Err(StoreError::BatchLost {
+                what: format!("storing the apply result of VPS {vps_id}"),
             }
-        }
-        {
-            let mut queue = self.queue();
-            if queue.writing {
-                return;
-            }
-            queue.writing = true;
-        }
-        let _writing = Writing(self);
-        loop {
-            let batch = std::mem::take(&mut self.queue().pending);
-            if batch.is_empty() {
-                return;
-            }
-            self.batches.fetch_add(1, Ordering::Relaxed);
-            write_applied(store, batch);
-        }
-    }
+            .into())
+        })
 }
 
-/// One store call per term among `batch` (all one term but around a change of leader).
-fn write_applied(store: &dyn Store, mut batch: Vec<AppliedReport>) {
-    while let Some(term) = batch.first().map(|report| report.term) {
-        let (group, rest): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|report| report.term == term);
-        batch = rest;
+/// One store call per term among `batch` (all one term but around a change of leader); the
+/// answers in the order of `batch`.
+fn write_applied(store: &dyn Store, batch: Vec<AppliedReport>) -> Vec<Result<(), ControllerError>> {
+    let mut terms: Vec<Term> = Vec::new();
+    for report in &batch {
+        if !terms.contains(&report.term) {
+            terms.push(report.term);
+        }
+    }
+    let mut answers: Vec<Result<(), ControllerError>> = Vec::with_capacity(batch.len());
+    answers.resize_with(batch.len(), || Ok(()));
+    for term in terms {
+        let group: Vec<(usize, &AppliedReport)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, report)| report.term == term)
+            .collect();
         let changes: Vec<_> = group
             .iter()
-            .map(|report| {
+            .map(|(_, report)| {
                 let (observed, digest) = (&report.observed, report.digest.as_str());
                 move |vps: &mut VpsRecord| Ok(report_change(vps, observed, Some(digest)))
             })
@@ -1107,14 +1066,14 @@ fn write_applied(store: &dyn Store, mut batch: Vec<AppliedReport>) {
         let calls: Vec<(&str, &VpsUpdate<'_>)> = group
             .iter()
             .zip(&changes)
-            .map(|(report, change)| (report.vps_id.as_str(), change as &VpsUpdate<'_>))
+            .map(|((_, report), change)| (report.vps_id.as_str(), change as &VpsUpdate<'_>))
             .collect();
         let results = fenced(term, || store.update_vpses_emitting(&calls));
-        for (report, result) in group.into_iter().zip(results) {
-            // The pass that waits for it may be gone (cancelled); the record stands.
-            let _ = report.done.send(report_stored(result));
+        for ((index, _), result) in group.iter().zip(results) {
+            answers[*index] = report_stored(result);
         }
     }
+    answers
 }
 
 /// VPSes the agent runs that the controller does not know (from the pass's
@@ -1317,22 +1276,18 @@ mod tests {
             } else {
                 format!("acme-v{i}-id")
             };
-            applied.record(
-                &store,
+            let report = AppliedReport {
                 vps_id,
-                running.clone(),
-                format!("digest{i}"),
-                Term { revision: 0 },
-            )
+                observed: running.clone(),
+                digest: format!("digest{i}"),
+                term: Term { revision: 0 },
+            };
+            record_applied(&applied, &store, report)
         });
         for result in join_all(records).await {
             result.expect("stored");
         }
-        assert_eq!(
-            applied.batches.load(Ordering::Relaxed),
-            1,
-            "one store call for 21 results"
-        );
+        assert_eq!(applied.batches(), 1, "one store call for 21 results");
         for i in 0..20 {
             let stored = store
                 .get_vps(&format!("acme-v{i}-id"))
@@ -1348,17 +1303,16 @@ mod tests {
             .count();
         assert_eq!(started, 20, "each VPS that started has its event");
         // The queue is free again: a lone result is written by its own caller.
-        applied
-            .record(
-                &store,
-                "acme-v0-id".to_owned(),
-                running,
-                "digest0".to_owned(),
-                Term { revision: 0 },
-            )
+        let report = AppliedReport {
+            vps_id: "acme-v0-id".to_owned(),
+            observed: running,
+            digest: "digest0".to_owned(),
+            term: Term { revision: 0 },
+        };
+        record_applied(&applied, &store, report)
             .await
             .expect("stored");
-        assert_eq!(applied.batches.load(Ordering::Relaxed), 2);
+        assert_eq!(applied.batches(), 2);
     }
 
     #[test]

@@ -204,8 +204,18 @@ impl Vps<'_> {
             applied_spec: None,
             last_request: tagged.clone(),
         };
-        // As stored: with the addresses the create transaction allocated.
-        let record = match self.store.create_vps(&record) {
+        // As stored: with the addresses the create transaction allocated; with the creates
+        // made beside it, in one transaction.
+        let created = self
+            .creates
+            .submit(record.clone(), |batch| self.store.create_vpses(&batch))
+            .await
+            .unwrap_or_else(|| {
+                Err(StoreError::BatchLost {
+                    what: "the create's transaction".to_owned(),
+                })
+            });
+        let record = match created {
             Ok(stored) => stored,
             Err(error) => {
                 self.placements.release(&record.node, &record.resources);

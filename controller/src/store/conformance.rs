@@ -93,6 +93,7 @@ both!(
     node_index_and_allocations_follow_vps_and_pool_changes,
     every_change_that_appends_events_signals_followers,
     a_batch_of_vps_changes_fails_only_its_failing_changes,
+    a_batch_of_creates_answers_each_as_if_made_one_by_one,
     event_cursors_and_audit_sequence_have_no_gaps,
     usage_sample_writes_cursor_and_hour_together,
     plans_tokens_nodes_and_pools,
@@ -367,6 +368,49 @@ fn a_batch_of_vps_changes_fails_only_its_failing_changes(fixture: &Fixture) {
         commits.has_changed().expect("sender alive"),
         "followers are woken"
     );
+}
+
+fn a_batch_of_creates_answers_each_as_if_made_one_by_one(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 2)).expect("tenant");
+    let batch = [vps("acme", "web1"), vps("acme", "web2")];
+    let created = store.create_vpses(&batch);
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 2);
+    store.create_tenant(&tenant("beta", 2)).expect("tenant");
+    let mut again = vps("beta", "web1");
+    again.vps_id = "beta-web1-again".to_owned();
+    let batch = [
+        vps("beta", "web1"),
+        again,
+        vps("beta", "web2"),
+        vps("beta", "web3"),
+    ];
+    let results = store.create_vpses(&batch);
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(StoreError::AlreadyExists { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert!(
+        matches!(results[3], Err(StoreError::Quota(_))),
+        "{:?}",
+        results[3]
+    );
+    let names: BTreeSet<String> = store
+        .list_vps(Some("beta"))
+        .expect("list")
+        .into_iter()
+        .map(|vps| vps.name)
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["web1".to_owned(), "web2".to_owned()])
+    );
+    let created = store.list_events(0, 100).expect("events");
+    assert_eq!(created.len(), 4, "one event per VPS created");
 }
 
 fn concurrent_creates_never_share_an_address(fixture: &Fixture) {

@@ -67,6 +67,9 @@ pub enum StoreError {
         key: String,
         source: serde_json::Error,
     },
+    /// A write handed to a batch (`crate::batch`) whose store call ended without its answer.
+    #[error("{what} did not finish: the store call of its batch stopped; try again")]
+    BatchLost { what: String },
     #[error("{kind} {name:?} already exists")]
     AlreadyExists { kind: &'static str, name: String },
     #[error("{kind} {name:?} not found")]
@@ -207,6 +210,13 @@ pub trait Store: Send + Sync + 'static {
     /// addresses from its node's pools (written to the stored record's `ipv4`
     /// and `network`) in one transaction. Returns the record as stored.
     fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError>;
+    /// [`create_vps`](Self::create_vps) for several VPSes, each with its own result as if
+    /// created one after the other in this order. A store may commit them together (sled:
+    /// one transaction, and creates one by one if any of them fails); this default creates
+    /// them one by one.
+    fn create_vpses(&self, vpses: &[VpsRecord]) -> Vec<Result<VpsRecord, StoreError>> {
+        vpses.iter().map(|vps| self.create_vps(vps)).collect()
+    }
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError>;
     fn find_vps(&self, tenant: &str, name: &str) -> Result<Option<VpsRecord>, StoreError>;
     /// All VPSes, or one tenant's.

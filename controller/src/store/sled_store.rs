@@ -237,7 +237,123 @@ impl From<UnabortableTransactionError> for StoreError {
     }
 }
 
+/// The trees a create writes, inside its transaction.
+struct CreateTrees<'a> {
+    tenants: &'a TransactionalTree,
+    all: &'a TransactionalTree,
+    names: &'a TransactionalTree,
+    pools: &'a TransactionalTree,
+    events: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    node_index: &'a TransactionalTree,
+    allocations: &'a TransactionalTree,
+}
+
+type CreateTreeTuple = (
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+);
+
+impl<'a> From<&'a CreateTreeTuple> for CreateTrees<'a> {
+    fn from(
+        (tenants, all, names, pools, events, meta, node_index, allocations): &'a CreateTreeTuple,
+    ) -> Self {
+        Self {
+            tenants,
+            all,
+            names,
+            pools,
+            events,
+            meta,
+            node_index,
+            allocations,
+        }
+    }
+}
+
+/// Creates `vps` in a transaction: checks its name and its tenant's quota, takes its
+/// addresses and charges its node; returns it as stored (with its addresses).
+fn tx_create_vps(trees: &CreateTrees<'_>, vps: &VpsRecord) -> TxResult<VpsRecord> {
+    let key = name_key(&vps.tenant, &vps.name);
+    let mut tenant = tx_need::<TenantRecord>(
+        trees.tenants,
+        "tenants",
+        vps.tenant.as_bytes(),
+        "tenant",
+        vps.tenant.clone(),
+    )?;
+    if trees.names.get(&key)?.is_some() {
+        return abort(StoreError::AlreadyExists {
+            kind: "VPS",
+            name: vps.name.clone(),
+        });
+    }
+    if let Err(error) = quota::admit(&mut tenant, &vps.resources, &vps.plan) {
+        return abort(StoreError::Quota(error));
+    }
+    // The node's summary names its pools: read in the
+    // transaction, so allocations and pool changes serialize.
+    let mut allocation: NodeAllocationRecord =
+        tx_get(trees.allocations, "node_allocations", vps.node.as_bytes())?.unwrap_or_default();
+    let mut vps = vps.clone();
+    let pool = allocate_addresses(trees.pools, &allocation.pools, &mut vps)?;
+    allocation.account(&vps.resources, 1.0);
+    trees
+        .allocations
+        .insert(vps.node.as_bytes(), encode(&allocation))?;
+    if let Some(pool) = &pool {
+        let taken = i64::try_from(vps.ipv4.len()).unwrap_or(i64::MAX);
+        tx_count_addresses(trees.allocations, pool, taken)?;
+    }
+    trees
+        .tenants
+        .insert(vps.tenant.as_bytes(), encode(&tenant))?;
+    trees.all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
+    trees.names.insert(key, vps.vps_id.as_bytes())?;
+    trees
+        .node_index
+        .insert(node_vps_key(&vps.node, &vps.vps_id), &[])?;
+    tx_append_event(
+        trees.events,
+        trees.meta,
+        EventRecord::of_vps(EventKind::Created, &vps),
+    )?;
+    Ok(vps)
+}
+
 impl SledStore {
+    /// The trees of [`tx_create_vps`], in its order.
+    #[allow(clippy::type_complexity)]
+    fn create_trees(
+        &self,
+    ) -> (
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+    ) {
+        (
+            &self.tenants,
+            &self.vps,
+            &self.vps_names,
+            &self.pools,
+            &self.events,
+            &self.events_meta,
+            &self.vps_nodes,
+            &self.node_allocations,
+        )
+    }
+
     fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
         sled::Config::new()
             .path(path)
@@ -997,64 +1113,36 @@ impl Store for SledStore {
     }
 
     fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError> {
-        let key = name_key(&vps.tenant, &vps.name);
-        let node_key = node_vps_key(&vps.node, &vps.vps_id);
         let result = flatten(
-            (
-                &self.tenants,
-                &self.vps,
-                &self.vps_names,
-                &self.pools,
-                &self.events,
-                &self.events_meta,
-                &self.vps_nodes,
-                &self.node_allocations,
-            )
-                .transaction(
-                    |(tenants, all, names, pools, events, meta, node_index, allocations)| {
-                        let mut tenant = tx_need::<TenantRecord>(
-                            tenants,
-                            "tenants",
-                            vps.tenant.as_bytes(),
-                            "tenant",
-                            vps.tenant.clone(),
-                        )?;
-                        if names.get(&key)?.is_some() {
-                            return abort(StoreError::AlreadyExists {
-                                kind: "VPS",
-                                name: vps.name.clone(),
-                            });
-                        }
-                        if let Err(error) = quota::admit(&mut tenant, &vps.resources, &vps.plan) {
-                            return abort(StoreError::Quota(error));
-                        }
-                        // The node's summary names its pools: read in the
-                        // transaction, so allocations and pool changes serialize.
-                        let mut allocation: NodeAllocationRecord =
-                            tx_get(allocations, "node_allocations", vps.node.as_bytes())?
-                                .unwrap_or_default();
-                        let mut vps = vps.clone();
-                        let pool = allocate_addresses(pools, &allocation.pools, &mut vps)?;
-                        allocation.account(&vps.resources, 1.0);
-                        allocations.insert(vps.node.as_bytes(), encode(&allocation))?;
-                        if let Some(pool) = &pool {
-                            let taken = i64::try_from(vps.ipv4.len()).unwrap_or(i64::MAX);
-                            tx_count_addresses(allocations, pool, taken)?;
-                        }
-                        tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
-                        all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
-                        names.insert(key.clone(), vps.vps_id.as_bytes())?;
-                        node_index.insert(node_key.clone(), &[])?;
-                        tx_append_event(
-                            events,
-                            meta,
-                            EventRecord::of_vps(EventKind::Created, &vps),
-                        )?;
-                        Ok(vps)
-                    },
-                ),
+            self.create_trees()
+                .transaction(|trees| tx_create_vps(&CreateTrees::from(trees), vps)),
         );
         self.signalled(self.published(&vps.vps_id, result))
+    }
+
+    fn create_vpses(&self, vpses: &[VpsRecord]) -> Vec<Result<VpsRecord, StoreError>> {
+        let created = flatten(self.create_trees().transaction(|trees| {
+            let trees = CreateTrees::from(trees);
+            vpses
+                .iter()
+                .map(|vps| tx_create_vps(&trees, vps))
+                .collect::<TxResult<Vec<_>>>()
+        }));
+        match created {
+            Ok(created) => {
+                for vps in &created {
+                    self.vps_watchers()
+                        .publish(&vps.vps_id, |id| self.get_vps(id));
+                }
+                if !created.is_empty() {
+                    self.event_signal().committed();
+                }
+                created.into_iter().map(Ok).collect()
+            }
+            // One of them is refused (a name taken, a quota reached) or the store failed:
+            // one by one, each gets its own answer.
+            Err(_) => vpses.iter().map(|vps| self.create_vps(vps)).collect(),
+        }
     }
 
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError> {
