@@ -923,7 +923,7 @@ pub fn record_observed(
     vps_id: &str,
     observed: ObservedState,
 ) -> Result<(), ControllerError> {
-    record_report(controller, vps_id, observed, None)
+    record_report(controller, vps_id, observed)
 }
 
 /// [`record_observed`] for a heartbeat that has just read `vps`: an unchanged report (the
@@ -933,45 +933,40 @@ pub fn record_observed_of(
     vps: &VpsRecord,
     observed: ObservedState,
 ) -> Result<(), ControllerError> {
-    if observation_unchanged(vps, &observed, None) {
+    if observation_unchanged(vps, &observed) {
         return Ok(());
     }
-    record_report(controller, &vps.vps_id, observed, None)
+    record_report(controller, &vps.vps_id, observed)
 }
 
-/// Whether `vps` already records `observed` (and, for an apply's result, its spec digest).
-fn observation_unchanged(vps: &VpsRecord, observed: &ObservedState, applied: Option<&str>) -> bool {
-    applied.is_none_or(|digest| vps.applied_spec.as_deref() == Some(digest))
-        && vps.observed.as_ref().is_some_and(|current| {
-            current.state == observed.state
-                && current.init_pid == observed.init_pid
-                && current.message == observed.message
-        })
+/// Whether `vps` already records `observed`.
+fn observation_unchanged(vps: &VpsRecord, observed: &ObservedState) -> bool {
+    vps.observed.as_ref().is_some_and(|current| {
+        current.state == observed.state
+            && current.init_pid == observed.init_pid
+            && current.message == observed.message
+    })
 }
 
-/// Stores what an agent reported for a VPS: an apply's result (with the digest
-/// of the spec it applied) or a heartbeat's report (`applied` is `None`).
+/// Stores what an agent reported for a VPS in a heartbeat (an apply's result goes through
+/// [`record_applied`]).
 fn record_report(
     controller: &Controller,
     vps_id: &str,
     observed: ObservedState,
-    applied: Option<&str>,
 ) -> Result<(), ControllerError> {
     // Heartbeats repeat the same report every few seconds; an unchanged one
-    // needs no write (a concurrent change is healed by the next report). An apply's
-    // result is not read first: a VPS is applied because its node had not confirmed
-    // the spec or ran it otherwise, so its record almost always changes.
-    let unchanged = applied.is_none()
-        && controller
-            .store
-            .get_vps(vps_id)?
-            .is_some_and(|vps| observation_unchanged(&vps, &observed, applied));
+    // needs no write (a concurrent change is healed by the next report).
+    let unchanged = controller
+        .store
+        .get_vps(vps_id)?
+        .is_some_and(|vps| observation_unchanged(&vps, &observed));
     if unchanged {
         return Ok(());
     }
     let result = controller
         .store
-        .update_vps_emitting(vps_id, &|vps| Ok(report_change(vps, &observed, applied)));
+        .update_vps_emitting(vps_id, &|vps| Ok(report_change(vps, &observed, None)));
     report_stored(result)
 }
 
@@ -1027,6 +1022,14 @@ async fn record_applied(
     store: &dyn Store,
     report: AppliedReport,
 ) -> Result<(), ControllerError> {
+    if !store.batches_writes() {
+        return fenced(report.term, || {
+            let (observed, digest) = (&report.observed, report.digest.as_str());
+            report_stored(store.update_vps_emitting(&report.vps_id, &|vps| {
+                Ok(report_change(vps, observed, Some(digest)))
+            }))
+        });
+    }
     let vps_id = report.vps_id.clone();
     applied
         .submit(report, |batch| write_applied(store, batch))

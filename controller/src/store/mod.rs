@@ -210,6 +210,14 @@ pub trait Store: Send + Sync + 'static {
     /// addresses from its node's pools (written to the stored record's `ipv4`
     /// and `network`) in one transaction. Returns the record as stored.
     fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError>;
+    /// Whether writes made together cost less as one call ([`create_vpses`](Self::create_vpses),
+    /// [`update_vpses_emitting`](Self::update_vpses_emitting)) than one by one: the
+    /// controller then gathers concurrent writes into batches (`crate::batch`). Not so where
+    /// every write is a round trip of its own (etcd): a batch would queue them behind one
+    /// another.
+    fn batches_writes(&self) -> bool {
+        false
+    }
     /// [`create_vps`](Self::create_vps) for several VPSes, each with its own result as if
     /// created one after the other in this order. A store may commit them together (sled:
     /// one transaction, and creates one by one if any of them fails); this default creates

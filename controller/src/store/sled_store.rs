@@ -1120,6 +1120,10 @@ impl Store for SledStore {
         self.signalled(self.published(&vps.vps_id, result))
     }
 
+    fn batches_writes(&self) -> bool {
+        true
+    }
+
     fn create_vpses(&self, vpses: &[VpsRecord]) -> Vec<Result<VpsRecord, StoreError>> {
         let created = flatten(self.create_trees().transaction(|trees| {
             let trees = CreateTrees::from(trees);
