@@ -133,8 +133,8 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
     if size.agent_connections < size.nodes {
         report.note(format!(
             "RLIMIT_NOFILE is {limit}: the controller keeps at most {} connections to the {} \
-             nodes open (max_agent_connections; the least recently used close and are dialled \
-             again when needed), each node keeps its own connection to the controller",
+             nodes open (max_agent_connections; connections picked at random close and are \
+             dialled again when needed), each node keeps its own connection to the controller",
             size.agent_connections, size.nodes
         ));
     }
