@@ -104,6 +104,7 @@ pub async fn serve_with(
     let reconcile_task = service::reconcile::spawn(controller.clone(), queue);
     let migration_sweeper = service::migration::spawn_sweeper(controller.clone());
     let placement_task = placement::follow_store(controller.clone());
+    let idle_closer = agents::AgentPool::spawn_idle_closer(controller.clone());
     let metrics_task = controller.config.metrics_listen.map(|addr| {
         let gauges = controller.clone();
         tokio::spawn(async move {
@@ -124,6 +125,7 @@ pub async fn serve_with(
     reconcile_task.abort();
     migration_sweeper.abort();
     placement_task.abort();
+    idle_closer.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

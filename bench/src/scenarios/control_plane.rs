@@ -42,6 +42,9 @@ struct Size {
     reconcile_secs: u32,
     /// The controller's `max_agent_connections` (0: its default).
     agent_connections: usize,
+    /// After the idle window, wait this long more and measure a quiet fleet: the controller
+    /// has closed its agent channels unused for a minute (`IDLE_CLOSE` in its agents.rs).
+    quiet_after: Option<Duration>,
 }
 
 const PLAN: &str = "sim";
@@ -82,6 +85,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             heartbeat_secs: 2,
             reconcile_secs: 2,
             agent_connections: 0,
+            quiet_after: None,
         }
     } else {
         Size {
@@ -95,6 +99,7 @@ pub fn run(options: &Options, report: &mut ScenarioReport) -> Result<()> {
             heartbeat_secs: 10,
             reconcile_secs: 10,
             agent_connections: 0,
+            quiet_after: Some(Duration::from_secs(62)),
         }
     };
     if let Some(nodes) = options.control_plane.nodes {
@@ -389,6 +394,17 @@ async fn measure(
     let idle_cores = (controller.cpu_secs()? - cpu_before_idle) / window.as_secs_f64();
     let idle_applies = simulator.counters.applies.load(Ordering::Relaxed) - applied;
     let idle_lists = simulator.counters.lists.load(Ordering::Relaxed) - lists_before;
+    // The idle window's ListVps (a node's one listing after its creates) used the channels;
+    // a minute later the controller has closed them.
+    let quiet = match size.quiet_after {
+        Some(wait) => {
+            tokio::time::sleep(wait).await;
+            let before = controller.cpu_secs()?;
+            tokio::time::sleep(window).await;
+            Some((controller.cpu_secs()? - before) / window.as_secs_f64())
+        }
+        None => None,
+    };
     report.note(format!(
         "{made} VPSes on {} nodes; {attempted} creates by {} concurrent clients (8 HTTP/2 \
          connections) over {} tenants in {elapsed:.1} s, plan without IPv4 addresses (no \
@@ -472,6 +488,26 @@ async fn measure(
         )
         .against("one core", 1.0),
     );
+    if let Some(quiet_cores) = quiet {
+        report.row(
+            single(
+                &backend.label("controller CPU once quiet (idle agent channels closed)"),
+                "cores",
+                quiet_cores,
+                1,
+            )
+            .against("controller CPU while idle", idle_cores),
+        );
+        report.note(format!(
+            "{}: once quiet = a second idle window of {} s, starting {} s after the first \
+             ended, when the controller has closed its agent channels unused for a minute \
+             (an open channel pings its agent every 5 s, idle or not); the simulated nodes \
+             still heartbeat",
+            backend.label("quiet"),
+            window.as_secs(),
+            size.quiet_after.map_or(0, |wait| wait.as_secs()),
+        ));
+    }
     report.note(format!(
         "{}: controller CPU (utime + stime of its process): {create_cpu_ms:.3} ms per create over \
          the create phase, {read_cpu_ms:.3} ms per GetVps over the read phase, both including \
@@ -915,6 +951,7 @@ async fn failover(
         heartbeat_secs: 2,
         reconcile_secs: 10,
         agent_connections: 0,
+        quiet_after: None,
     };
     setup_tenants(
         &simulator::controller_channel(&access(&replicas[0])?).await?,
