@@ -301,7 +301,10 @@ mod tests {
             .get()
             .and_then(|seen| seen.lock().ok()?.get(der.as_slice()).cloned())
             .expect("parsed once, then remembered");
-        assert_eq!(remembered.common_name.as_deref(), Some("paddock-node:node1"));
+        assert_eq!(
+            remembered.common_name.as_deref(),
+            Some("paddock-node:node1")
+        );
         assert_eq!(common_name(b"not a certificate"), None);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
         assert_eq!(

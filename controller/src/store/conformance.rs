@@ -377,6 +377,15 @@ fn a_batch_of_creates_answers_each_as_if_made_one_by_one(fixture: &Fixture) {
     let created = store.create_vpses(&batch);
     assert!(created.iter().all(Result::is_ok), "{created:?}");
     assert_eq!(store.list_vps(Some("acme")).expect("list").len(), 2);
+    // Each create of a batch sees the ones before it: the tenant and the node are charged
+    // for both, not twice for one.
+    let used = store.get_tenant("acme").expect("get").expect("tenant").used;
+    assert_eq!(used.max_vps, 2, "the tenant is charged for both");
+    assert_eq!(
+        allocation(store, &batch[0].node).vps_count,
+        2,
+        "the node too"
+    );
     store.create_tenant(&tenant("beta", 2)).expect("tenant");
     let mut again = vps("beta", "web1");
     again.vps_id = "beta-web1-again".to_owned();
