@@ -1,6 +1,7 @@
 //! `Store` on sled: one tree per record kind, JSON values, multi-tree transactions.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,6 +30,8 @@ pub type DumpEntry = (String, Vec<u8>, Vec<u8>);
 /// The embedded sled store in the controller's data dir.
 pub struct SledStore {
     db: sled::Db,
+    /// sled's log file, for the fdatasync that ends a [`flush`](Store::flush).
+    log: Arc<std::fs::File>,
     plans: Tree,
     tenants: Tree,
     tokens: Tree,
@@ -364,8 +367,13 @@ impl SledStore {
             })
     }
 
-    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+    fn from_db(db: sled::Db, path: &Path) -> Result<Self, StoreError> {
+        // sled's own flush ends in sync_file_range, which neither waits for the file's
+        // metadata nor flushes the disk's write cache; a flush that must survive a power cut
+        // ends with an fdatasync of this handle on the same file.
+        let log = std::fs::File::open(path.join("db")).map_err(sled::Error::Io)?;
         Ok(Self {
+            log: Arc::new(log),
             plans: db.open_tree("plans")?,
             tenants: db.open_tree("tenants")?,
             tokens: db.open_tree("tokens")?,
@@ -397,7 +405,7 @@ impl SledStore {
         if meta.get(SCHEMA_KEY)?.is_none() {
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
         }
-        let store = Self::from_db(db)?;
+        let store = Self::from_db(db, path)?;
         store.check_schema(path)?;
         store.build_node_index()?;
         Ok(store)
@@ -410,7 +418,7 @@ impl SledStore {
                 path: path.display().to_string(),
             });
         }
-        let store = Self::from_db(Self::open_db(path)?)?;
+        let store = Self::from_db(Self::open_db(path)?, path)?;
         store.check_schema(path)?;
         store.build_node_index()?;
         Ok(store)
@@ -938,6 +946,11 @@ impl Store for SledStore {
             let covering = commits.requested.load(SeqCst);
             let started = std::time::Instant::now();
             self.db.flush_async().await?;
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.sync_data())
+                .await
+                .map_err(|error| sled::Error::Io(std::io::Error::other(error)))?
+                .map_err(sled::Error::Io)?;
             crate::metrics::observe_store_flush(started.elapsed());
             commits.flushes.fetch_add(1, SeqCst);
             commits.completed.store(covering, SeqCst);
