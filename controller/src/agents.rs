@@ -158,7 +158,7 @@ impl AgentPool {
         before - channels.by_node.len()
     }
 
-    /// Closes idle channels ([`IDLE_CLOSE`]) every few seconds, until aborted.
+    /// Closes idle channels ([`IDLE_CLOSE`]) every quarter of it, until aborted.
     pub fn spawn_idle_closer(controller: Arc<crate::Controller>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(IDLE_CLOSE / 4);

@@ -12,8 +12,7 @@ use crate::error::ControllerError;
 use crate::model::scheduler::NodeView;
 use crate::model::{Capacity, NodeAllocationRecord, NodeRecord, VpsRecord};
 use crate::service::reconcile::ReconcileHandle;
-use crate::store::Store;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// Everything a request handler needs; cheap to share behind an `Arc`.
 pub struct Controller {
