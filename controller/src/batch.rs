@@ -1,7 +1,10 @@
 //! Store calls made together. On sled every transaction writes the log twice, whatever its
 //! size, so writes made one transaction each cost the threads, syscalls and disk writes of
 //! two log writes apiece. A [`Batcher`] gathers the writes that arrive while one batch is
-//! being written (and those of the tasks ready beside the first) into the next call.
+//! being written (and those of the tasks ready beside the first) into the next call. Over a
+//! store whose every write is a round trip of its own (etcd) batching would only queue writes
+//! behind one another, so a batcher made for it writes each item at once
+//! ([`Store::batches_writes`](crate::store::Store::batches_writes)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -10,6 +13,8 @@ use tokio::sync::oneshot;
 
 /// Items waiting for one store call, each answered with its own output.
 pub struct Batcher<I, O> {
+    /// Whether items are gathered at all; if not, each is written alone at once.
+    batched: bool,
     queue: Mutex<Queue<I, O>>,
     batches: AtomicU64,
 }
@@ -20,9 +25,11 @@ struct Queue<I, O> {
     writing: bool,
 }
 
-impl<I, O> Default for Batcher<I, O> {
-    fn default() -> Self {
+impl<I, O> Batcher<I, O> {
+    /// A batcher gathering items into batches if `batched`, else writing each alone.
+    pub fn new(batched: bool) -> Self {
         Self {
+            batched,
             queue: Mutex::new(Queue {
                 pending: Vec::new(),
                 writing: false,
@@ -30,18 +37,20 @@ impl<I, O> Default for Batcher<I, O> {
             batches: AtomicU64::new(0),
         }
     }
-}
 
-impl<I, O> Batcher<I, O> {
     fn queue(&self) -> MutexGuard<'_, Queue<I, O>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Hands `item` to the next batch and waits for its output. `write` makes one store call
+    /// Hands `item` to the next batch and waits for its output (or writes it alone, at once,
+    /// if this batcher does not batch). `write` makes one store call
     /// for a batch and answers each item in order; every caller of one batcher must pass the
     /// same `write`, since whoever finds the queue idle writes the others' items too. `None`
     /// if the item's batch ended without an answer for it (its writer panicked).
     pub async fn submit(&self, item: I, write: impl Fn(Vec<I>) -> Vec<O>) -> Option<O> {
+        if !self.batched {
+            return write(vec![item]).into_iter().next();
+        }
         let (done, answer) = oneshot::channel();
         self.queue().pending.push((item, done));
         // The tasks ready beside this one add theirs to the same batch.
@@ -93,7 +102,7 @@ mod tests {
 
     #[tokio::test]
     async fn items_submitted_together_are_written_in_one_batch_in_order() {
-        let batcher = Batcher::<u32, u32>::default();
+        let batcher = Batcher::<u32, u32>::new(true);
         let calls = Mutex::new(Vec::new());
         let write = |items: Vec<u32>| {
             calls.lock().expect("calls").push(items.clone());
@@ -111,8 +120,22 @@ mod tests {
 
     #[tokio::test]
     async fn an_item_left_without_an_answer_gets_none_and_the_queue_stays_usable() {
-        let batcher = Batcher::<u32, u32>::default();
+        let batcher = Batcher::<u32, u32>::new(true);
         assert_eq!(batcher.submit(1, |_| Vec::new()).await, None);
         assert_eq!(batcher.submit(2, |items| items).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_batcher_not_batching_writes_each_item_alone() {
+        let batcher = Batcher::<u32, u32>::new(false);
+        let calls = Mutex::new(Vec::new());
+        let write = |items: Vec<u32>| {
+            calls.lock().expect("calls").push(items.clone());
+            items
+        };
+        let answers = futures::future::join_all((0..3).map(|i| batcher.submit(i, write))).await;
+        assert_eq!(answers, [Some(0), Some(1), Some(2)]);
+        assert_eq!(*calls.lock().expect("calls"), [vec![0], vec![1], vec![2]]);
+        assert_eq!(batcher.batches(), 0, "nothing was gathered");
     }
 }

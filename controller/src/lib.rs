@@ -77,7 +77,9 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let (reconciler, queue) = service::reconcile::channel();
+    // Creates and apply results are gathered into batches where the store gains from it.
+    let batches_writes = store.batches_writes();
+    let (reconciler, queue) = service::reconcile::channel(batches_writes);
     // On etcd several controllers may share the store; only the leader reconciles.
     let leadership = store.campaign(store::Candidate {
         identity: listener
@@ -90,7 +92,7 @@ pub async fn serve_with(
         agents: agents::AgentPool::new(&pki, config.max_agent_connections as usize),
         reconciler,
         placements: placement::PlacementCache::default(),
-        creates: batch::Batcher::default(),
+        creates: batch::Batcher::new(batches_writes),
         active_migrations: Default::default(),
         join_token,
         pki,

@@ -214,14 +214,15 @@ enum Kick {
     Changed { node: String, vps_id: String },
 }
 
-/// Creates the kick channel; the handle goes into the `Controller`.
-pub fn channel() -> (ReconcileHandle, ReconcileQueue) {
+/// Creates the kick channel; the handle goes into the `Controller`. `batches_writes`: whether
+/// the store gains from apply results stored together ([`Store::batches_writes`]).
+pub fn channel(batches_writes: bool) -> (ReconcileHandle, ReconcileQueue) {
     let (kicks, receiver) = mpsc::unbounded_channel();
     (
         ReconcileHandle {
             kicks,
             reports: Arc::default(),
-            applied: Arc::default(),
+            applied: Arc::new(Batcher::new(batches_writes)),
             peers: Arc::default(),
         },
         ReconcileQueue { kicks: receiver },
@@ -1022,14 +1023,6 @@ async fn record_applied(
     store: &dyn Store,
     report: AppliedReport,
 ) -> Result<(), ControllerError> {
-    if !store.batches_writes() {
-        return fenced(report.term, || {
-            let (observed, digest) = (&report.observed, report.digest.as_str());
-            report_stored(store.update_vps_emitting(&report.vps_id, &|vps| {
-                Ok(report_change(vps, observed, Some(digest)))
-            }))
-        });
-    }
     let vps_id = report.vps_id.clone();
     applied
         .submit(report, |batch| write_applied(store, batch))
@@ -1145,7 +1138,7 @@ mod tests {
 
     #[test]
     fn a_repeated_heartbeat_is_unchanged_until_a_kick() {
-        let (handle, _queue) = channel();
+        let (handle, _queue) = channel(true);
         let reports = handle.reports();
         let first = vec![
             report("a", Observed::Running, 10),
@@ -1265,7 +1258,7 @@ mod tests {
                 .create_vps(&vps("acme", &format!("v{i}")))
                 .expect("create");
         }
-        let applied = AppliedReports::default();
+        let applied = AppliedReports::new(true);
         let running = ObservedState {
             state: Observed::Running,
             init_pid: 42,

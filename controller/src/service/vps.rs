@@ -206,18 +206,15 @@ impl Vps<'_> {
         };
         // As stored: with the addresses the create transaction allocated; with the creates
         // made beside it, in one transaction.
-        let created = if self.store.batches_writes() {
-            self.creates
-                .submit(record.clone(), |batch| self.store.create_vpses(&batch))
-                .await
-                .unwrap_or_else(|| {
-                    Err(StoreError::BatchLost {
-                        what: "the create's transaction".to_owned(),
-                    })
+        let created = self
+            .creates
+            .submit(record.clone(), |batch| self.store.create_vpses(&batch))
+            .await
+            .unwrap_or_else(|| {
+                Err(StoreError::BatchLost {
+                    what: "the create's transaction".to_owned(),
                 })
-        } else {
-            self.store.create_vps(&record)
-        };
+            });
         let record = match created {
             Ok(stored) => stored,
             Err(error) => {

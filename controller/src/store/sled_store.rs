@@ -240,19 +240,35 @@ impl From<UnabortableTransactionError> for StoreError {
     }
 }
 
-/// The trees a create writes, inside its transaction.
-struct CreateTrees<'a> {
-    tenants: &'a TransactionalTree,
-    all: &'a TransactionalTree,
-    names: &'a TransactionalTree,
-    pools: &'a TransactionalTree,
-    events: &'a TransactionalTree,
-    meta: &'a TransactionalTree,
-    node_index: &'a TransactionalTree,
-    allocations: &'a TransactionalTree,
+/// Applies `change` to the VPS `vps_id` in a transaction over the VPS, event and event-meta
+/// trees, appending the event it names. The inner error (the VPS is missing, or `change`
+/// refused) wrote nothing: a caller may abort with it or go on with other changes.
+fn tx_update_vps(
+    (all, events, meta): (&TransactionalTree, &TransactionalTree, &TransactionalTree),
+    vps_id: &str,
+    change: &VpsUpdate<'_>,
+) -> TxResult<Result<VpsRecord, StoreError>> {
+    let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
+        return Ok(Err(StoreError::NotFound {
+            kind: "VPS",
+            name: vps_id.to_owned(),
+        }));
+    };
+    let event = match change(&mut vps) {
+        Ok(event) => event,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    all.insert(vps_id.as_bytes(), encode(&vps))?;
+    if let Some(event) = event {
+        tx_append_event(events, meta, event)?;
+    }
+    Ok(Ok(vps))
 }
 
-type CreateTreeTuple = (
+/// The trees a create writes, inside its transaction, in the order of
+/// [`SledStore::create_trees`]: tenants, VPSes, VPS names, pools, events, event meta, the
+/// per-node VPS index, node allocations.
+type CreateTrees = (
     TransactionalTree,
     TransactionalTree,
     TransactionalTree,
@@ -263,35 +279,19 @@ type CreateTreeTuple = (
     TransactionalTree,
 );
 
-impl<'a> From<&'a CreateTreeTuple> for CreateTrees<'a> {
-    fn from(
-        (tenants, all, names, pools, events, meta, node_index, allocations): &'a CreateTreeTuple,
-    ) -> Self {
-        Self {
-            tenants,
-            all,
-            names,
-            pools,
-            events,
-            meta,
-            node_index,
-            allocations,
-        }
-    }
-}
-
 /// Creates `vps` in a transaction: checks its name and its tenant's quota, takes its
 /// addresses and charges its node; returns it as stored (with its addresses).
-fn tx_create_vps(trees: &CreateTrees<'_>, vps: &VpsRecord) -> TxResult<VpsRecord> {
+fn tx_create_vps(trees: &CreateTrees, vps: &VpsRecord) -> TxResult<VpsRecord> {
+    let (tenants, all, names, pools, events, meta, node_index, allocations) = trees;
     let key = name_key(&vps.tenant, &vps.name);
     let mut tenant = tx_need::<TenantRecord>(
-        trees.tenants,
+        tenants,
         "tenants",
         vps.tenant.as_bytes(),
         "tenant",
         vps.tenant.clone(),
     )?;
-    if trees.names.get(&key)?.is_some() {
+    if names.get(&key)?.is_some() {
         return abort(StoreError::AlreadyExists {
             kind: "VPS",
             name: vps.name.clone(),
@@ -303,35 +303,25 @@ fn tx_create_vps(trees: &CreateTrees<'_>, vps: &VpsRecord) -> TxResult<VpsRecord
     // The node's summary names its pools: read in the
     // transaction, so allocations and pool changes serialize.
     let mut allocation: NodeAllocationRecord =
-        tx_get(trees.allocations, "node_allocations", vps.node.as_bytes())?.unwrap_or_default();
+        tx_get(allocations, "node_allocations", vps.node.as_bytes())?.unwrap_or_default();
     let mut vps = vps.clone();
-    let pool = allocate_addresses(trees.pools, &allocation.pools, &mut vps)?;
+    let pool = allocate_addresses(pools, &allocation.pools, &mut vps)?;
     allocation.account(&vps.resources, 1.0);
-    trees
-        .allocations
-        .insert(vps.node.as_bytes(), encode(&allocation))?;
+    allocations.insert(vps.node.as_bytes(), encode(&allocation))?;
     if let Some(pool) = &pool {
         let taken = i64::try_from(vps.ipv4.len()).unwrap_or(i64::MAX);
-        tx_count_addresses(trees.allocations, pool, taken)?;
+        tx_count_addresses(allocations, pool, taken)?;
     }
-    trees
-        .tenants
-        .insert(vps.tenant.as_bytes(), encode(&tenant))?;
-    trees.all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
-    trees.names.insert(key, vps.vps_id.as_bytes())?;
-    trees
-        .node_index
-        .insert(node_vps_key(&vps.node, &vps.vps_id), &[])?;
-    tx_append_event(
-        trees.events,
-        trees.meta,
-        EventRecord::of_vps(EventKind::Created, &vps),
-    )?;
+    tenants.insert(vps.tenant.as_bytes(), encode(&tenant))?;
+    all.insert(vps.vps_id.as_bytes(), encode(&vps))?;
+    names.insert(key, vps.vps_id.as_bytes())?;
+    node_index.insert(node_vps_key(&vps.node, &vps.vps_id), &[])?;
+    tx_append_event(events, meta, EventRecord::of_vps(EventKind::Created, &vps))?;
     Ok(vps)
 }
 
 impl SledStore {
-    /// The trees of [`tx_create_vps`], in its order.
+    /// The trees of [`tx_create_vps`], in the order of [`CreateTrees`].
     #[allow(clippy::type_complexity)]
     fn create_trees(
         &self,
@@ -680,14 +670,7 @@ impl Store for SledStore {
     ) -> Result<VpsRecord, StoreError> {
         let result = flatten((&self.vps, &self.events, &self.events_meta).transaction(
             |(all, events, meta)| {
-                let mut vps =
-                    tx_need::<VpsRecord>(all, "vps", vps_id.as_bytes(), "VPS", vps_id.to_owned())?;
-                let event = change(&mut vps).or_else(abort)?;
-                all.insert(vps_id.as_bytes(), encode(&vps))?;
-                if let Some(event) = event {
-                    tx_append_event(events, meta, event)?;
-                }
-                Ok(vps)
+                tx_update_vps((all, events, meta), vps_id, change)?.or_else(abort)
             },
         ));
         self.signalled(self.published(vps_id, result))
@@ -699,27 +682,10 @@ impl Store for SledStore {
     ) -> Vec<Result<VpsRecord, StoreError>> {
         let committed = flatten((&self.vps, &self.events, &self.events_meta).transaction(
             |(all, events, meta)| {
-                let mut results = Vec::with_capacity(changes.len());
-                for (vps_id, change) in changes {
-                    let Some(mut vps) = tx_get::<VpsRecord>(all, "vps", vps_id.as_bytes())? else {
-                        results.push(Err(StoreError::NotFound {
-                            kind: "VPS",
-                            name: (*vps_id).to_owned(),
-                        }));
-                        continue;
-                    };
-                    match change(&mut vps) {
-                        Err(error) => results.push(Err(error)),
-                        Ok(event) => {
-                            all.insert(vps_id.as_bytes(), encode(&vps))?;
-                            if let Some(event) = event {
-                                tx_append_event(events, meta, event)?;
-                            }
-                            results.push(Ok(vps));
-                        }
-                    }
-                }
-                Ok(results)
+                changes
+                    .iter()
+                    .map(|(vps_id, change)| tx_update_vps((all, events, meta), vps_id, change))
+                    .collect::<TxResult<Vec<_>>>()
             },
         ));
         match committed {
@@ -1128,7 +1094,7 @@ impl Store for SledStore {
     fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError> {
         let result = flatten(
             self.create_trees()
-                .transaction(|trees| tx_create_vps(&CreateTrees::from(trees), vps)),
+                .transaction(|trees| tx_create_vps(trees, vps)),
         );
         self.signalled(self.published(&vps.vps_id, result))
     }
@@ -1139,10 +1105,9 @@ impl Store for SledStore {
 
     fn create_vpses(&self, vpses: &[VpsRecord]) -> Vec<Result<VpsRecord, StoreError>> {
         let created = flatten(self.create_trees().transaction(|trees| {
-            let trees = CreateTrees::from(trees);
             vpses
                 .iter()
-                .map(|vps| tx_create_vps(&trees, vps))
+                .map(|vps| tx_create_vps(trees, vps))
                 .collect::<TxResult<Vec<_>>>()
         }));
         match created {
