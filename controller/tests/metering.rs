@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{start, with_token};
+use common::{start, start_with, with_token};
 use paddock_proto::v1;
 use paddock_proto::v1::billing_service_client::BillingServiceClient;
 use tonic::Code;
@@ -364,7 +364,11 @@ async fn events_after(api: &common::Api, token: &str, after: u64) -> Vec<v1::Eve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_up_allowance_throttles_or_suspends_until_lifted_or_the_month_ends() {
-    let api = start().await;
+    // Limits are swept when a month begins and with every full resync: here each tick is one.
+    let api = start_with(|config| {
+        config.full_resync_interval_secs = config.reconcile_interval_secs;
+    })
+    .await;
     let acme = api.tenant("acme", 10).await;
     let billing = api.token(v1::Role::Billing, "").await;
 
@@ -588,8 +592,9 @@ async fn a_used_up_allowance_throttles_or_suspends_until_lifted_or_the_month_end
         v1::TransferOverage::Unspecified
     );
 
-    // The month of the throttle ends: it stops applying at once, and the
-    // controller's periodic pass clears it with its event.
+    // The month of the throttle ends (aged by hand: a month's first tick cannot be waited
+    // for): it stops applying at once, and the controller's next sweep clears it with its
+    // event.
     api.store
         .update_vps(&throttled.id, &|vps| {
             let limit = vps.transfer_limit.as_mut().expect("limit");

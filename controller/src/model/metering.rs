@@ -209,6 +209,25 @@ pub struct TransferStatus {
     pub limit: Option<TransferLimit>,
 }
 
+/// How long after a billing month begins the transfer limits are looked over a second time:
+/// a controller whose clock lags the one leading may still set a limit ending with the month
+/// just over.
+pub const LIMIT_SWEEP_CLOCK_GRACE_SECS: i64 = 5 * 60;
+
+/// Whether a sweep for transfer limits whose month ended is due at `now`, the last one
+/// having begun at `last` (`None`: none yet). Every limit ends when a billing month does
+/// ([`BillingMonth::limit`]), so between month boundaries no limit can end: a sweep is due
+/// once a month began since the last one, and once more [`LIMIT_SWEEP_CLOCK_GRACE_SECS`]
+/// later. Callers sweep besides at start and with each full resync (a limit edited by hand).
+pub fn limit_sweep_due(last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    let Some(last) = last else {
+        return true;
+    };
+    let grace = chrono::Duration::seconds(LIMIT_SWEEP_CLOCK_GRACE_SECS);
+    let month = |at: DateTime<Utc>| BillingMonth::of(at).name;
+    month(last) != month(now) || month(last - grace) != month(now - grace)
+}
+
 /// The `detail` of a `transfer_limited` event.
 pub fn describe_limit(limit: &TransferLimit) -> String {
     let until = limit
@@ -453,6 +472,45 @@ mod tests {
             vec![EventKind::Transfer80Percent, EventKind::Transfer100Percent]
         );
         assert!(transfer_thresholds(1000, 5000, 100).is_empty());
+    }
+
+    #[test]
+    fn limits_are_swept_only_after_a_month_began() {
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("instant")
+                .with_timezone(&Utc)
+        };
+        assert!(limit_sweep_due(None, at("2026-12-07T10:00:00Z")));
+        // Within a month: nothing can have ended.
+        assert!(!limit_sweep_due(
+            Some(at("2026-12-01T00:10:00Z")),
+            at("2026-12-31T23:59:59Z")
+        ));
+        // The month's first tick, and the first after the grace; not in between.
+        let last_of_november = at("2026-11-30T23:59:55Z");
+        let first_december_sweep = at("2026-12-01T00:00:05Z");
+        assert!(limit_sweep_due(
+            Some(last_of_november),
+            first_december_sweep
+        ));
+        assert!(!limit_sweep_due(
+            Some(first_december_sweep),
+            at("2026-12-01T00:04:59Z")
+        ));
+        assert!(limit_sweep_due(
+            Some(first_december_sweep),
+            at("2026-12-01T00:05:01Z")
+        ));
+        assert!(!limit_sweep_due(
+            Some(at("2026-12-01T00:05:01Z")),
+            at("2026-12-01T00:09:00Z")
+        ));
+        // Across the year's end.
+        assert!(limit_sweep_due(
+            Some(at("2026-12-31T23:59:59Z")),
+            at("2027-01-01T00:00:01Z")
+        ));
     }
 
     #[test]

@@ -143,7 +143,10 @@ impl Metering<'_> {
 
     /// Clears every transfer limit whose month is over, each with its
     /// `transfer_limit_ended` event, and kicks the nodes concerned (their
-    /// specs no longer carry the limit from `until` on anyway).
+    /// specs no longer carry the limit from `until` on anyway). Reads every VPS: the
+    /// reconciler calls it only when one may have ended ([`limit_sweep_due`]).
+    ///
+    /// [`limit_sweep_due`]: crate::model::metering::limit_sweep_due
     pub fn end_expired_transfer_limits(&self) -> Result<(), ControllerError> {
         let now = Utc::now();
         for vps in self.store.list_vps(None)? {

@@ -26,6 +26,7 @@ use crate::agents::{agent_error, AgentClient};
 use crate::batch::Batcher;
 use crate::convert;
 use crate::error::ControllerError;
+use crate::model::metering::limit_sweep_due;
 use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
 use crate::service::Controller;
 use crate::store::{fenced, Store, StoreChange, StoreError, Term, VpsUpdate};
@@ -402,6 +403,8 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
     let period = Duration::from_secs(u64::from(controller.config.reconcile_interval_secs));
     let full_period = Duration::from_secs(u64::from(controller.config.full_resync_interval_secs));
     let mut last_full = Instant::now();
+    // When the transfer limits were last swept for ones whose month ended.
+    let mut limits_swept = None;
     // The first tick fires at once: a new leader passes over every node.
     let mut tick = tokio::time::interval(period);
     // Nodes sharing a pool: a change on one may change the others' host routes. Read before
@@ -443,13 +446,20 @@ async fn lead(controller: &Arc<Controller>, queue: &mut ReconcileQueue, term: Te
                 }
             },
             _ = tick.tick() => {
-                let ended = fenced(term, || controller.metering().end_expired_transfer_limits());
-                if let Err(error) = ended {
-                    warn!(%error, "ending the transfer limits of past months");
-                }
                 let full = !full_period.is_zero() && last_full.elapsed() >= full_period;
                 if full {
                     last_full = Instant::now();
+                }
+                // Reads every VPS: at this term's first tick, when a billing month began
+                // and with the full resyncs, not every tick.
+                let now = Utc::now();
+                if full || limit_sweep_due(limits_swept, now) {
+                    let ended =
+                        fenced(term, || controller.metering().end_expired_transfer_limits());
+                    match ended {
+                        Ok(()) => limits_swept = Some(now),
+                        Err(error) => warn!(%error, "ending the transfer limits of past months"),
+                    }
                 }
                 let ask = if full { Ask::Full } else { Ask::Tick };
                 // Nodes whose pools started or stopped being shared get their routes now.

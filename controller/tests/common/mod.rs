@@ -74,6 +74,11 @@ pub fn with_token<T>(message: T, token: &str) -> Request<T> {
 }
 
 pub async fn start() -> Api {
+    start_with(|_| {}).await
+}
+
+/// [`start`] with `tune` applied to the controller's configuration.
+pub async fn start_with(tune: impl FnOnce(&mut ControllerConfig)) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let etcd = match std::env::var("PADDOCK_TEST_STORE").as_deref() {
         Ok("etcd") => {
@@ -90,6 +95,7 @@ pub async fn start() -> Api {
         config.store = StoreBackend::Etcd;
         config.etcd_endpoints = vec![etcd.endpoint.clone()];
     }
+    tune(&mut config);
     let init = paddock_controller::init::init(&config).await.expect("init");
     let join = std::fs::read_to_string(&init.join_token_path)
         .expect("join token")
