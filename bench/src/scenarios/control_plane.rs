@@ -251,6 +251,7 @@ async fn measure(
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + size.create_budget;
     let cpu_before_creates = controller.cpu_secs()?;
+    let lists_before_creates = simulator.counters.lists.load(Ordering::Relaxed);
     let started = Instant::now();
     let creates = run_clients(size.clients, &channels, |client, _| {
         let next = next.clone();
@@ -336,6 +337,7 @@ async fn measure(
     }
     let cpu_before_reads = controller.cpu_secs()?;
     let create_cpu_ms = (cpu_before_reads - cpu_before_creates) * 1000.0 / made as f64;
+    let create_lists = simulator.counters.lists.load(Ordering::Relaxed) - lists_before_creates;
 
     // The baseline: GetVps of the VPSes just made, same clients, same controller and fleet.
     let reads = made.min(size.creates.min(20_000));
@@ -511,9 +513,10 @@ async fn measure(
     report.note(format!(
         "{}: controller CPU (utime + stime of its process): {create_cpu_ms:.3} ms per create over \
          the create phase, {read_cpu_ms:.3} ms per GetVps over the read phase, both including \
-         the fleet's heartbeats and reconcile passes meanwhile; {idle_cores:.3} cores over the \
-         idle window",
-        backend.label("store")
+         the fleet's heartbeats and reconcile passes meanwhile (ListVps during the creates: \
+         {create_lists}, {:.2} per create); {idle_cores:.3} cores over the idle window",
+        backend.label("store"),
+        create_lists as f64 / made as f64
     ));
     drop(simulator);
     drop(controller);

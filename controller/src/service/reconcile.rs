@@ -148,18 +148,11 @@ impl NodeReports {
 
     /// The digest of a heartbeat's reports; independent of their order.
     pub fn digest(reports: &[(String, ObservedState)]) -> u64 {
-        use std::hash::{Hash, Hasher};
-        reports
-            .iter()
-            .map(|(vps_id, observed)| {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                vps_id.hash(&mut hasher);
-                (observed.state as u8).hash(&mut hasher);
-                observed.init_pid.hash(&mut hasher);
-                observed.message.hash(&mut hasher);
-                hasher.finish()
-            })
-            .fold(reports.len() as u64, u64::wrapping_add)
+        digest_of(
+            reports
+                .iter()
+                .map(|(vps_id, observed)| report_hash(vps_id, observed)),
+        )
     }
 
     /// The node's last recorded digest, if recorded within [`REPORT_TRUST`].
@@ -194,6 +187,23 @@ impl NodeReports {
     fn forget(&self, node: &str) {
         self.map().remove(node);
     }
+}
+
+/// One VPS's part of a [`NodeReports::digest`].
+fn report_hash(vps_id: &str, observed: &ObservedState) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    vps_id.hash(&mut hasher);
+    (observed.state as u8).hash(&mut hasher);
+    observed.init_pid.hash(&mut hasher);
+    observed.message.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A [`NodeReports::digest`] from its VPSes' [`report_hash`]es.
+fn digest_of(hashes: impl ExactSizeIterator<Item = u64>) -> u64 {
+    let count = hashes.len() as u64;
+    hashes.fold(count, u64::wrapping_add)
 }
 
 /// The receiving end, consumed by [`spawn`].
@@ -522,10 +532,11 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         let failures = ApplyFailures::default();
-        // What the node ran when a pass last found it converged: its listing, digested as its
-        // heartbeats' reports are, so the first heartbeat after the pass that reports the same
-        // lets the next tick skip the node.
-        let mut quiet: Option<u64> = None;
+        // What the node ran when a pass last found it converged: its listing, per VPS as its
+        // heartbeats' reports are digested, kept up to date by the passes that apply only the
+        // VPSes named to them, so the first heartbeat after them that reports the same lets
+        // the next tick skip the node.
+        let mut quiet: Option<HashMap<String, u64>> = None;
         // The digest of the host route set the agent last acknowledged.
         let mut routes_acked: Option<String> = None;
         while receiver.recv().await.is_some() {
@@ -533,13 +544,16 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
             let kick = kicked_flag.swap(false, Ordering::SeqCst);
             let list = listing_flag.swap(false, Ordering::SeqCst) || full_pass;
             let reported = controller.reconciler.reports().last(&node);
-            if !full_pass && !kick && quiet.is_some() && quiet == reported && failures.is_empty() {
+            let converged = quiet
+                .as_ref()
+                .is_some_and(|quiet| Some(digest_of(quiet.values().copied())) == reported);
+            if !full_pass && !kick && converged && failures.is_empty() {
                 // Converged, and the node has reported the same since: nothing to do. A VPS
                 // named since the flags were read stays named: its kick's pass is queued.
                 crate::metrics::observe_reconcile_skipped();
                 continue;
             }
-            quiet = None;
+            let known = quiet.take();
             // A listing pass reads every VPS of the node, those named meanwhile among them.
             let named_now: Vec<String> = std::mem::take(&mut *changed_set(&named))
                 .into_iter()
@@ -559,9 +573,9 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
                 &mut routes_acked,
             );
             match pass.await {
-                Ok(converged) => {
+                Ok(learnt) => {
                     backoff = Duration::from_millis(500);
-                    quiet = converged;
+                    quiet = learnt.update(known);
                 }
                 Err(error) => {
                     warn!(node = %node, %error, retry_in = ?backoff, "reconcile failed");
@@ -635,12 +649,45 @@ enum Step {
     },
 }
 
+/// What a pass learnt of what its node runs, for the worker to skip the next ticks while the
+/// node's heartbeats report the same.
+#[derive(Debug, PartialEq)]
+enum Learnt {
+    /// Nothing to go on: the next tick lists the node.
+    Nothing,
+    /// The node was listed and found converged: its listing, per VPS ([`report_hash`]).
+    Listing(HashMap<String, u64>),
+    /// Only named VPSes were passed over, and each is now as wanted on the node: as its
+    /// apply answered ([`report_hash`]), or gone (`None`: deleted).
+    Named(Vec<(String, Option<u64>)>),
+}
+
+impl Learnt {
+    /// What the node runs after the pass, `known` being what it ran converged before (the
+    /// VPSes a [`Learnt::Named`] pass did not touch are as they were).
+    fn update(self, known: Option<HashMap<String, u64>>) -> Option<HashMap<String, u64>> {
+        match self {
+            Learnt::Nothing => None,
+            Learnt::Listing(listing) => Some(listing),
+            Learnt::Named(changes) => known.map(|mut known| {
+                for (vps_id, now) in changes {
+                    match now {
+                        Some(hash) => known.insert(vps_id, hash),
+                        None => known.remove(&vps_id),
+                    };
+                }
+                known
+            }),
+        }
+    }
+}
+
 /// One pass over a node: delete what is being deleted, apply what drifted,
 /// report the node's orphans. When the node was found converged (listed, nothing to delete
-/// or apply, no orphan) answers the [`NodeReports::digest`] of its listing. With
-/// [`Scope::Changed`] the node is not listed: only the named VPSes are read and applied (or
-/// deleted) if their node has not confirmed their spec, no orphan is looked for, and the
-/// pass never answers converged, so the next periodic pass lists the node.
+/// or apply, no orphan) answers its listing ([`Learnt::Listing`]). With [`Scope::Changed`]
+/// the node is not listed: only the named VPSes are read and applied (or deleted) if their
+/// node has not confirmed their spec, and no orphan is looked for; when each step left its
+/// VPS as wanted, the pass answers what they left ([`Learnt::Named`]).
 async fn reconcile_node(
     controller: &Controller,
     node_name: &str,
@@ -649,15 +696,15 @@ async fn reconcile_node(
     failures: &ApplyFailures,
     term: Term,
     routes_acked: &mut Option<String>,
-) -> Result<Option<u64>, ControllerError> {
+) -> Result<Learnt, ControllerError> {
     let Some(node) = controller.store.get_node(node_name)? else {
-        return Ok(None);
+        return Ok(Learnt::Nothing);
     };
     if !controller.node_online(&node, Utc::now()) {
         // It may come back rebooted, without its host routes: they are sent again.
         *routes_acked = None;
         debug!(node = node_name, "node offline; waiting for it to return");
-        return Ok(None);
+        return Ok(Learnt::Nothing);
     }
     let client = controller.agents.client(&node.name, &node.address)?;
     let list = matches!(scope, Scope::Listed);
@@ -720,9 +767,19 @@ async fn reconcile_node(
             .map(|step| run_step(controller, client.clone(), node_name, step, failures, term)),
     )
     .await;
+    // What each step left on the node (`None`: not as wanted).
+    let mut left = Some(Vec::new());
     for outcome in outcomes {
-        if let Err(error) = outcome {
-            first_error.get_or_insert(error);
+        match outcome {
+            Ok(Some(change)) => {
+                if let Some(left) = left.as_mut() {
+                    left.push(change);
+                }
+            }
+            Ok(None) => left = None,
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
         }
     }
     // The host routes of shared pools: after the deletes, before the orphans.
@@ -736,20 +793,25 @@ async fn reconcile_node(
         let orphans = report_orphans(controller, client, node_name, listed, &known).await?;
         converged &= orphans == 0;
     }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(listed.filter(|_| converged).map(listing_digest)),
+    match (first_error, listed, left) {
+        (Some(error), _, _) => Err(error),
+        (None, Some(listed), _) if converged => Ok(Learnt::Listing(listing_hashes(&listed))),
+        (None, None, Some(left)) if !list => Ok(Learnt::Named(left)),
+        (None, _, _) => Ok(Learnt::Nothing),
     }
 }
 
-/// A node's listing digested as its heartbeats' reports are ([`NodeReports::digest`]): the
-/// same VPSes in the same states give the same digest.
-fn listing_digest(listed: HashMap<String, v1::VpsStatus>) -> u64 {
-    let reports: Vec<(String, ObservedState)> = listed
-        .into_iter()
-        .map(|(vps_id, status)| (vps_id, convert::observed(&status)))
-        .collect();
-    NodeReports::digest(&reports)
+/// A node's listing per VPS as its heartbeats' reports are digested ([`report_hash`]): the
+/// same VPSes in the same states give the same [`NodeReports::digest`].
+fn listing_hashes(listed: &HashMap<String, v1::VpsStatus>) -> HashMap<String, u64> {
+    listed
+        .iter()
+        .map(|(vps_id, status)| (vps_id.clone(), status_hash(vps_id, status)))
+        .collect()
+}
+
+fn status_hash(vps_id: &str, status: &v1::VpsStatus) -> u64 {
+    report_hash(vps_id, &convert::observed(status))
 }
 
 /// What a pass knows of what the node runs.
@@ -859,13 +921,20 @@ fn drifted(
     let Some(status) = listed else {
         return true;
     };
-    let wanted = match spec.desired_power() {
-        v1::PowerState::Running => v1::AgentVpsState::Running,
-        _ => v1::AgentVpsState::Stopped,
-    };
-    status.state() != wanted
+    status.state() != wanted_state(spec)
 }
 
+/// The state a VPS applied with `spec` is in on its node when converged.
+fn wanted_state(spec: &v1::VpsSpec) -> v1::AgentVpsState {
+    match spec.desired_power() {
+        v1::PowerState::Running => v1::AgentVpsState::Running,
+        _ => v1::AgentVpsState::Stopped,
+    }
+}
+
+/// Runs one step; answers what it left on the node: `(vps_id, None)` for a deleted VPS,
+/// `(vps_id, Some(hash))` for one applied that now runs as wanted ([`report_hash`] of the
+/// apply's answer), `None` for one that does not.
 async fn run_step(
     controller: &Controller,
     mut client: AgentClient,
@@ -873,7 +942,7 @@ async fn run_step(
     step: Step,
     failures: &ApplyFailures,
     term: Term,
-) -> Result<(), ControllerError> {
+) -> Result<Option<(String, Option<u64>)>, ControllerError> {
     match step {
         Step::Delete {
             vps_id,
@@ -894,13 +963,14 @@ async fn run_step(
             // What the VPS held on its node is free again for placements.
             controller.placements.invalidate();
             info!(vps = %name, tenant = %tenant, node, "VPS deleted");
-            Ok(())
+            Ok(Some((vps_id, None)))
         }
         Step::Apply {
             vps_id,
             spec,
             digest,
         } => {
+            let wanted = wanted_state(&spec);
             let mut request = tonic::Request::new(*spec);
             request.set_timeout(Duration::from_secs(120));
             let status = client
@@ -912,6 +982,8 @@ async fn run_step(
             if let Some(wait) = failures.record(&vps_id, &digest, failed) {
                 warn!(vps_id = %vps_id, node, retry_in = ?wait, message = %status.message, "apply failed");
             }
+            let left = (!failed && status.state() == wanted)
+                .then(|| (vps_id.clone(), Some(status_hash(&vps_id, &status))));
             let report = AppliedReport {
                 vps_id,
                 observed: convert::observed(&status),
@@ -923,7 +995,8 @@ async fn run_step(
                 controller.store.as_ref(),
                 report,
             )
-            .await
+            .await?;
+            Ok(left)
         }
     }
 }
@@ -1199,17 +1272,54 @@ mod tests {
             .iter()
             .map(|status| (status.vps_id.clone(), status.clone()))
             .collect();
+        let digest = |listed: &HashMap<String, v1::VpsStatus>| {
+            digest_of(listing_hashes(listed).values().copied())
+        };
         assert_eq!(
-            listing_digest(listed.clone()),
+            digest(&listed),
             NodeReports::digest(&heartbeat.reports),
             "a converged pass's listing lets the next tick skip once a heartbeat repeats it"
         );
         let mut changed = listed;
         changed.insert("b".to_owned(), status("b", v1::AgentVpsState::Running, 11));
-        assert_ne!(
-            listing_digest(changed),
-            NodeReports::digest(&heartbeat.reports)
+        assert_ne!(digest(&changed), NodeReports::digest(&heartbeat.reports));
+    }
+
+    #[test]
+    fn passes_over_named_vpses_keep_the_converged_listing_up_to_date() {
+        let status = |vps_id: &str, state: v1::AgentVpsState, init_pid: u32| v1::VpsStatus {
+            vps_id: vps_id.to_owned(),
+            state: state as i32,
+            init_pid,
+            message: String::new(),
+        };
+        let a = status("a", v1::AgentVpsState::Running, 10);
+        let b = status("b", v1::AgentVpsState::Running, 11);
+        let listed: HashMap<String, v1::VpsStatus> =
+            [("a".to_owned(), a.clone()), ("b".to_owned(), b)].into();
+        let known = Learnt::Listing(listing_hashes(&listed)).update(None);
+        // c created and started, b deleted, by passes that listed nothing.
+        let c = status("c", v1::AgentVpsState::Running, 12);
+        let after = Learnt::Named(vec![
+            ("c".to_owned(), Some(status_hash("c", &c))),
+            ("b".to_owned(), None),
+        ])
+        .update(known.clone())
+        .expect("still known");
+        let heartbeat = convert::heartbeat(v1::HeartbeatRequest {
+            node_name: "n1".to_owned(),
+            vps: vec![c, a],
+            ..v1::HeartbeatRequest::default()
+        });
+        assert_eq!(
+            digest_of(after.values().copied()),
+            NodeReports::digest(&heartbeat.reports),
+            "the heartbeat after those passes lets the next tick skip the node"
         );
+        // Without a converged listing to start from, or after a pass that left a VPS not as
+        // wanted, the next tick lists the node.
+        assert_eq!(Learnt::Named(Vec::new()).update(None), None);
+        assert_eq!(Learnt::Nothing.update(known), None);
     }
 
     #[test]
