@@ -15,7 +15,7 @@ use crate::model::scheduler::NodeView;
 use crate::model::validate::{self, ValidationError};
 use crate::model::NodeRecord;
 use crate::pki;
-use crate::service::reconcile::{record_observed_of, NodeReports};
+use crate::service::reconcile::record_observed_of;
 use crate::service::Controller;
 
 /// Nodes: enrolment, registration, heartbeats, cordoning and reaching their agents. A view of the [`Controller`]'s shared state; get one with
@@ -227,7 +227,7 @@ impl Nodes<'_> {
         self.store.put_node(&node)?;
         // A report that repeats the last one recorded (the usual heartbeat) reads no VPS.
         let reports = self.reconciler.reports();
-        let digest = NodeReports::digest(&request.reports);
+        let digest = reports.hear(&node.name, &request.reports);
         if !reports.unchanged(&node.name, digest) {
             for (vps_id, observed) in request.reports {
                 match self.store.get_vps(&vps_id)? {

@@ -133,6 +133,15 @@ pub const REPORT_TRUST: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct NodeReports {
     nodes: Mutex<HashMap<String, RecordedReport>>,
+    /// Every node's last heartbeat, recorded in full or not (kicks do not forget it).
+    heard: Mutex<HashMap<String, Arc<Heard>>>,
+}
+
+/// What a node's last heartbeat reported, per VPS ([`report_hash`]), and when it came.
+#[derive(Debug)]
+pub struct Heard {
+    hashes: HashMap<String, u64>,
+    at: Instant,
 }
 
 #[derive(Clone, Copy)]
@@ -163,9 +172,30 @@ impl NodeReports {
             .map(|report| report.digest)
     }
 
-    /// The digest of the node's last recorded report, however old.
-    fn last(&self, node: &str) -> Option<u64> {
-        self.map().get(node).map(|report| report.digest)
+    /// Keeps what a heartbeat of `node` reports, for the reconcile worker to skip a tick that
+    /// would list what it reports ([`Known::confirmed_by`]); answers its [`digest`](Self::digest).
+    pub fn hear(&self, node: &str, reports: &[(String, ObservedState)]) -> u64 {
+        let heard = Arc::new(Heard {
+            hashes: reports
+                .iter()
+                .map(|(vps_id, observed)| (vps_id.clone(), report_hash(vps_id, observed)))
+                .collect(),
+            at: Instant::now(),
+        });
+        self.heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node.to_owned(), heard);
+        Self::digest(reports)
+    }
+
+    /// The node's last heartbeat, however old.
+    fn heard(&self, node: &str) -> Option<Arc<Heard>> {
+        self.heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .cloned()
     }
 
     /// Whether a heartbeat with `digest` repeats what was recorded for `node` recently.
@@ -536,17 +566,18 @@ fn spawn_worker(controller: Arc<Controller>, node: String, term: Term) -> Worker
         // heartbeats' reports are digested, kept up to date by the passes that apply only the
         // VPSes named to them, so the first heartbeat after them that reports the same lets
         // the next tick skip the node.
-        let mut quiet: Option<HashMap<String, u64>> = None;
+        let mut quiet: Option<Known> = None;
         // The digest of the host route set the agent last acknowledged.
         let mut routes_acked: Option<String> = None;
         while receiver.recv().await.is_some() {
             let full_pass = full_flag.swap(false, Ordering::SeqCst);
             let kick = kicked_flag.swap(false, Ordering::SeqCst);
             let list = listing_flag.swap(false, Ordering::SeqCst) || full_pass;
-            let reported = controller.reconciler.reports().last(&node);
-            let converged = quiet
-                .as_ref()
-                .is_some_and(|quiet| Some(digest_of(quiet.values().copied())) == reported);
+            let heard = controller.reconciler.reports().heard(&node);
+            let converged = match (quiet.as_mut(), heard) {
+                (Some(known), Some(heard)) => known.confirmed_by(&heard),
+                _ => false,
+            };
             if !full_pass && !kick && converged && failures.is_empty() {
                 // Converged, and the node has reported the same since: nothing to do. A VPS
                 // named since the flags were read stays named: its kick's pass is queued.
@@ -665,20 +696,52 @@ enum Learnt {
 impl Learnt {
     /// What the node runs after the pass, `known` being what it ran converged before (the
     /// VPSes a [`Learnt::Named`] pass did not touch are as they were).
-    fn update(self, known: Option<HashMap<String, u64>>) -> Option<HashMap<String, u64>> {
+    fn update(self, known: Option<Known>) -> Option<Known> {
         match self {
             Learnt::Nothing => None,
-            Learnt::Listing(listing) => Some(listing),
+            Learnt::Listing(running) => Some(Known {
+                running,
+                changed_at: HashMap::new(),
+            }),
             Learnt::Named(changes) => known.map(|mut known| {
-                for (vps_id, now) in changes {
-                    match now {
-                        Some(hash) => known.insert(vps_id, hash),
-                        None => known.remove(&vps_id),
+                let now = Instant::now();
+                for (vps_id, left) in changes {
+                    match left {
+                        Some(hash) => known.running.insert(vps_id.clone(), hash),
+                        None => known.running.remove(&vps_id),
                     };
+                    known.changed_at.insert(vps_id, now);
                 }
                 known
             }),
         }
+    }
+}
+
+/// What a converged node runs as far as its passes know: a listing, and what the passes over
+/// named VPSes left since.
+#[derive(Debug, Clone, PartialEq)]
+struct Known {
+    /// Per VPS, as heartbeats' reports are digested ([`report_hash`]).
+    running: HashMap<String, u64>,
+    /// The VPSes those passes changed, and when: a heartbeat that came before may not show it.
+    changed_at: HashMap<String, Instant>,
+}
+
+impl Known {
+    /// Whether the node's last heartbeat reports what is known, so a tick has nothing to do:
+    /// every VPS as known, except those changed after the heartbeat came (their apply
+    /// answered for them).
+    fn confirmed_by(&mut self, heard: &Heard) -> bool {
+        self.changed_at.retain(|_, at| *at > heard.at);
+        let changed = |vps_id: &String| self.changed_at.contains_key(vps_id);
+        self.running
+            .iter()
+            .all(|(vps_id, hash)| changed(vps_id) || heard.hashes.get(vps_id) == Some(hash))
+            && heard
+                .hashes
+                .keys()
+                .all(|vps_id| changed(vps_id) || self.running.contains_key(vps_id))
     }
 }
 
@@ -1245,10 +1308,13 @@ mod tests {
         again[0].1.state = Observed::Running;
         assert_ne!(NodeReports::digest(&again), digest);
         assert_ne!(NodeReports::digest(&first[..1]), digest);
-        assert_eq!(reports.last("n1"), Some(digest));
+        assert_eq!(reports.hear("n1", &first), digest);
         handle.kick("n1");
         assert!(!reports.unchanged("n1", digest), "a kick forgets the node");
-        assert_eq!(reports.last("n1"), None);
+        assert!(
+            reports.heard("n1").is_some(),
+            "but not what it last heard: the kick's own pass is not skipped"
+        );
     }
 
     #[test]
@@ -1293,33 +1359,59 @@ mod tests {
             init_pid,
             message: String::new(),
         };
+        let reports = NodeReports::default();
+        let hear = |statuses: Vec<v1::VpsStatus>| {
+            let heartbeat = convert::heartbeat(v1::HeartbeatRequest {
+                node_name: "n1".to_owned(),
+                vps: statuses,
+                ..v1::HeartbeatRequest::default()
+            });
+            reports.hear("n1", &heartbeat.reports);
+            reports.heard("n1").expect("heard")
+        };
         let a = status("a", v1::AgentVpsState::Running, 10);
         let b = status("b", v1::AgentVpsState::Running, 11);
         let listed: HashMap<String, v1::VpsStatus> =
-            [("a".to_owned(), a.clone()), ("b".to_owned(), b)].into();
-        let known = Learnt::Listing(listing_hashes(&listed)).update(None);
-        // c created and started, b deleted, by passes that listed nothing.
+            [("a".to_owned(), a.clone()), ("b".to_owned(), b.clone())].into();
+        let mut known = Learnt::Listing(listing_hashes(&listed))
+            .update(None)
+            .expect("converged");
+        let before = hear(vec![b.clone(), a.clone()]);
+        assert!(
+            known.confirmed_by(&before),
+            "a heartbeat repeating the listing"
+        );
+        // c created and started, b deleted, by passes that listed nothing (later than the
+        // heartbeat, on any clock).
+        std::thread::sleep(Duration::from_millis(1));
         let c = status("c", v1::AgentVpsState::Running, 12);
-        let after = Learnt::Named(vec![
+        let mut after = Learnt::Named(vec![
             ("c".to_owned(), Some(status_hash("c", &c))),
             ("b".to_owned(), None),
         ])
-        .update(known.clone())
+        .update(Some(known.clone()))
         .expect("still known");
-        let heartbeat = convert::heartbeat(v1::HeartbeatRequest {
-            node_name: "n1".to_owned(),
-            vps: vec![c, a],
-            ..v1::HeartbeatRequest::default()
-        });
-        assert_eq!(
-            digest_of(after.values().copied()),
-            NodeReports::digest(&heartbeat.reports),
-            "the heartbeat after those passes lets the next tick skip the node"
+        assert!(
+            after.confirmed_by(&before),
+            "a heartbeat from before the passes is not held against what they changed"
         );
+        let stopped_a = status("a", v1::AgentVpsState::Stopped, 0);
+        assert!(
+            !after
+                .clone()
+                .confirmed_by(&hear(vec![stopped_a, c.clone()])),
+            "a VPS the passes did not touch is compared"
+        );
+        assert!(after.confirmed_by(&hear(vec![c.clone(), a.clone()])));
+        assert!(
+            !after.confirmed_by(&hear(vec![c, a.clone(), b])),
+            "once heard after the passes, their VPSes are compared too"
+        );
+        assert!(!known.confirmed_by(&hear(vec![a])), "a VPS gone unasked");
         // Without a converged listing to start from, or after a pass that left a VPS not as
         // wanted, the next tick lists the node.
         assert_eq!(Learnt::Named(Vec::new()).update(None), None);
-        assert_eq!(Learnt::Nothing.update(known), None);
+        assert_eq!(Learnt::Nothing.update(Some(known)), None);
     }
 
     #[test]
