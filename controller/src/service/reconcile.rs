@@ -731,7 +731,7 @@ struct Known {
 impl Known {
     /// Whether the node's last heartbeat reports what is known, so a tick has nothing to do:
     /// every VPS as known, except those changed after the heartbeat came (their apply
-    /// answered for them).
+    /// answered for them). Changes that heartbeat came after are compared from then on.
     fn confirmed_by(&mut self, heard: &Heard) -> bool {
         self.changed_at.retain(|_, at| *at > heard.at);
         let changed = |vps_id: &String| self.changed_at.contains_key(vps_id);
@@ -830,16 +830,13 @@ async fn reconcile_node(
             .map(|step| run_step(controller, client.clone(), node_name, step, failures, term)),
     )
     .await;
-    // What each step left on the node (`None`: not as wanted).
-    let mut left = Some(Vec::new());
+    // What the steps left on the node, if each left its VPS as wanted.
+    let mut left = Vec::new();
+    let mut all_as_wanted = true;
     for outcome in outcomes {
         match outcome {
-            Ok(Some(change)) => {
-                if let Some(left) = left.as_mut() {
-                    left.push(change);
-                }
-            }
-            Ok(None) => left = None,
+            Ok(Some(change)) => left.push(change),
+            Ok(None) => all_as_wanted = false,
             Err(error) => {
                 first_error.get_or_insert(error);
             }
@@ -856,11 +853,11 @@ async fn reconcile_node(
         let orphans = report_orphans(controller, client, node_name, listed, &known).await?;
         converged &= orphans == 0;
     }
-    match (first_error, listed, left) {
-        (Some(error), _, _) => Err(error),
-        (None, Some(listed), _) if converged => Ok(Learnt::Listing(listing_hashes(&listed))),
-        (None, None, Some(left)) if !list => Ok(Learnt::Named(left)),
-        (None, _, _) => Ok(Learnt::Nothing),
+    match (first_error, listed) {
+        (Some(error), _) => Err(error),
+        (None, Some(listed)) if converged => Ok(Learnt::Listing(listing_hashes(&listed))),
+        (None, None) if !list && all_as_wanted => Ok(Learnt::Named(left)),
+        (None, _) => Ok(Learnt::Nothing),
     }
 }
 
