@@ -91,7 +91,11 @@ pub async fn serve_with(
         store,
         agents: agents::AgentPool::new(&pki, config.max_agent_connections as usize),
         reconciler,
-        placements: placement::PlacementCache::default(),
+        placements: placement::PlacementCache::new(if leadership.shared() {
+            placement::SHARED_VIEW_TTL
+        } else {
+            placement::SOLE_VIEW_TTL
+        }),
         creates: batch::Batcher::new(batches_writes),
         active_migrations: Default::default(),
         join_token,

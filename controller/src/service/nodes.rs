@@ -222,6 +222,9 @@ impl Nodes<'_> {
         let was_online = self.node_online(&node, Utc::now());
         node.last_heartbeat = Utc::now();
         if let Some(capacity) = request.capacity {
+            if capacity != node.capacity {
+                self.placements.invalidate();
+            }
             node.capacity = capacity;
         }
         self.store.put_node(&node)?;

@@ -27,7 +27,7 @@ use crate::batch::Batcher;
 use crate::convert;
 use crate::error::ControllerError;
 use crate::model::metering::limit_sweep_due;
-use crate::model::{EventKind, EventRecord, Observed, ObservedState, VpsRecord};
+use crate::model::{EventKind, EventRecord, Observed, ObservedState, Resources, VpsRecord};
 use crate::service::Controller;
 use crate::store::{fenced, Store, StoreChange, StoreError, Term, VpsUpdate};
 
@@ -671,6 +671,8 @@ enum Step {
         vps_id: String,
         name: String,
         tenant: String,
+        /// What it holds on its node, given back to the placement view.
+        resources: Resources,
     },
     Apply {
         vps_id: String,
@@ -902,6 +904,7 @@ fn plan_steps(
                 vps_id: vps.vps_id,
                 name: vps.name,
                 tenant: vps.tenant,
+                resources: vps.resources,
             });
             continue;
         }
@@ -1008,6 +1011,7 @@ async fn run_step(
             vps_id,
             name,
             tenant,
+            resources,
         } => {
             client
                 .delete_vps(v1::AgentVpsRef {
@@ -1016,12 +1020,17 @@ async fn run_step(
                 .await
                 .map_err(|status| agent_error(node, status))?;
             failures.forget(&vps_id);
-            fenced(term, || controller.store.remove_vps(&vps_id))?;
+            // What the VPS held on its node is free again for placements: given back before
+            // the record goes, so a view rebuilt in between counts it (never neither).
+            controller.placements.release(node, &resources);
+            let removed = fenced(term, || controller.store.remove_vps(&vps_id));
+            if removed.is_err() {
+                controller.placements.invalidate();
+            }
+            removed?;
             controller.commit().await?;
             // The nodes sharing a pool with this one route its addresses no more.
             controller.reconciler.kick_peers(node);
-            // What the VPS held on its node is free again for placements.
-            controller.placements.invalidate();
             info!(vps = %name, tenant = %tenant, node, "VPS deleted");
             Ok(Some((vps_id, None)))
         }

@@ -68,6 +68,11 @@ impl Leadership {
         }
     }
 
+    /// Whether other controllers may share the store (this one campaigns for leadership).
+    pub fn shared(&self) -> bool {
+        self._campaign.is_some()
+    }
+
     /// The current term, if this controller leads.
     pub fn current(&self) -> Option<Term> {
         *self.state.borrow()
