@@ -221,13 +221,18 @@ impl Nodes<'_> {
         };
         let was_online = self.node_online(&node, Utc::now());
         node.last_heartbeat = Utc::now();
-        if let Some(capacity) = request.capacity {
-            if capacity != node.capacity {
-                self.placements.invalidate();
-            }
+        let new_capacity = request
+            .capacity
+            .filter(|capacity| *capacity != node.capacity);
+        let capacity_changed = new_capacity.is_some();
+        if let Some(capacity) = new_capacity {
             node.capacity = capacity;
         }
         self.store.put_node(&node)?;
+        if capacity_changed {
+            // Forgotten once stored, so a view rebuilt meanwhile cannot keep the old one.
+            self.placements.invalidate();
+        }
         // A report that repeats the last one recorded (the usual heartbeat) reads no VPS.
         let reports = self.reconciler.reports();
         let digest = reports.hear(&node.name, &request.reports);
