@@ -1051,11 +1051,13 @@ async fn run_step(
             if let Some(wait) = failures.record(&vps_id, &digest, failed) {
                 warn!(vps_id = %vps_id, node, retry_in = ?wait, message = %status.message, "apply failed");
             }
-            let left = (!failed && status.state() == wanted)
-                .then(|| (vps_id.clone(), Some(status_hash(&vps_id, &status))));
+            // `wanted` is never `Error`: a failed apply leaves nothing known.
+            let observed = convert::observed(&status);
+            let left = (status.state() == wanted)
+                .then(|| (vps_id.clone(), Some(report_hash(&vps_id, &observed))));
             let report = AppliedReport {
                 vps_id,
-                observed: convert::observed(&status),
+                observed,
                 digest,
                 term,
             };
