@@ -290,7 +290,8 @@ struct Delivery {
 
 /// Hands what the store watch reports to this controller's watchers, followers and workers
 /// (on its own thread: publishing reads the VPS, a blocking call). Changes this store made
-/// itself were published after their commit; only the workers hear of them again.
+/// itself were published after their commit, and its reconciler was kicked then: of those,
+/// only topology changes (rare) are announced to the workers again.
 fn deliver_watched(watched: mpsc::Receiver<(i64, etcd_cluster::Watched)>, delivery: Delivery) {
     let Delivery {
         runtime,
@@ -325,7 +326,8 @@ fn deliver_watched(watched: mpsc::Receiver<(i64, etcd_cluster::Watched)>, delive
                 if !mine {
                     watchers.publish(&vps_id, read);
                 }
-                if let Some(node) = node {
+                // This controller kicked its own reconciler when it committed (as sled does).
+                if let (Some(node), false) = (node, mine) {
                     changes.send(StoreChange::Vps { node });
                 }
             }

@@ -202,12 +202,13 @@ impl EventSignal {
     }
 }
 
-/// A change in the shared store that a controller's workers and caches act on, whichever
-/// controller committed it (etcd's watch reports every commit; the embedded sled store has
-/// one controller, which knows its own changes, and sends none).
+/// A change in the shared store that a controller's workers and caches act on (etcd's watch
+/// reports other controllers' commits, and this one's topology changes; the embedded sled
+/// store has one controller, which knows its own changes, and sends none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreChange {
-    /// A VPS placed on `node` was written or removed: the leader reconciles the node.
+    /// Another controller wrote or removed a VPS placed on `node`: the leader reconciles the
+    /// node.
     Vps { node: String },
     /// A node or pool changed (not a mere heartbeat), or the watch restarted: cached views
     /// of the nodes are stale.
