@@ -1,10 +1,11 @@
 //! Store calls made together. On sled every transaction writes the log twice, whatever its
 //! size, so writes made one transaction each cost the threads, syscalls and disk writes of
 //! two log writes apiece. A [`Batcher`] gathers the writes that arrive while one batch is
-//! being written (and those of the tasks ready beside the first) into the next call. Over a
-//! store whose every write is a round trip of its own (etcd) batching would only queue writes
-//! behind one another, so a batcher made for it writes each item at once
-//! ([`Store::batches_writes`](crate::store::Store::batches_writes)).
+//! being written (and those of the tasks ready beside the first) into the next call. On etcd
+//! every transaction that appends an event reads and bumps the event counter, so such
+//! transactions commit one after the other, a round trip and an fsync each: a batch is one
+//! transaction for many writes. A store that gains nothing from batches gets a batcher that
+//! writes each item at once ([`Store::batches_writes`](crate::store::Store::batches_writes)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -77,7 +77,8 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    // Creates and apply results are gathered into batches where the store gains from it.
+    // Creates, apply results and audit entries are gathered into batches where the store
+    // gains from it.
     let batches_writes = store.batches_writes();
     let (reconciler, queue) = service::reconcile::channel(batches_writes);
     // On etcd several controllers may share the store; only the leader reconciles.
@@ -97,6 +98,7 @@ pub async fn serve_with(
             placement::SOLE_VIEW_TTL
         }),
         creates: batch::Batcher::new(batches_writes),
+        audits: batch::Batcher::new(batches_writes),
         active_migrations: Default::default(),
         join_token,
         pki,

@@ -13,6 +13,7 @@ use crate::auth;
 use crate::metrics;
 use crate::model::AuditRecord;
 use crate::service::Controller;
+use crate::store::StoreError;
 
 /// Where a handler names the object a mutation acted on (`tenant/name`).
 #[derive(Clone, Default)]
@@ -170,8 +171,17 @@ impl paddock_telemetry::RpcObserver for Observer {
                 target: call.target.get(),
                 result: if code == "Ok" { "ok".to_owned() } else { code },
             };
-            // Durable before the caller sees the answer.
-            let written = controller.store.append_audit(&entry);
+            // Durable before the caller sees the answer; with the entries of the calls that
+            // finish beside it, in one store call.
+            let written = controller
+                .audits
+                .submit(entry, |batch| controller.store.append_audits(&batch))
+                .await
+                .unwrap_or_else(|| {
+                    Err(StoreError::BatchLost {
+                        what: "the audit entry's write".to_owned(),
+                    })
+                });
             if let Err(error) = written {
                 warn!(%error, "writing audit entry");
             } else if let Err(error) = controller.store.flush().await {

@@ -24,6 +24,8 @@ pub struct Controller {
     pub placements: crate::placement::PlacementCache,
     /// Creates on their way to the store, in batches (`batch.rs`).
     pub creates: crate::batch::Batcher<VpsRecord, Result<VpsRecord, StoreError>>,
+    /// Audit entries on their way to the store, in batches.
+    pub audits: crate::batch::Batcher<crate::model::AuditRecord, Result<u64, StoreError>>,
     /// The migrations this process drives right now (`service::migration`).
     pub active_migrations: crate::service::migration::ActiveMigrations,
     /// Shared secret a new agent presents once, to enrol and get its certificate.

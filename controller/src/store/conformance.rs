@@ -94,6 +94,7 @@ both!(
     every_change_that_appends_events_signals_followers,
     a_batch_of_vps_changes_fails_only_its_failing_changes,
     a_batch_of_creates_answers_each_as_if_made_one_by_one,
+    a_batch_larger_than_one_transaction_is_written_whole_in_order,
     event_cursors_and_audit_sequence_have_no_gaps,
     usage_sample_writes_cursor_and_hour_together,
     plans_tokens_nodes_and_pools,
@@ -420,6 +421,69 @@ fn a_batch_of_creates_answers_each_as_if_made_one_by_one(fixture: &Fixture) {
     );
     let created = store.list_events(0, 100).expect("events");
     assert_eq!(created.len(), 4, "one event per VPS created");
+}
+
+/// 40 creates, then 40 changes, then 40 audit entries at once: more than one etcd Txn takes
+/// (it refuses more than 128 operations), so each batch is cut; every item is written, its
+/// events and sequence numbers in order.
+fn a_batch_larger_than_one_transaction_is_written_whole_in_order(fixture: &Fixture) {
+    let store = &*fixture.store;
+    let mut roomy = tenant("acme", 100);
+    roomy.quota.vcpus = 1000.0;
+    store.create_tenant(&roomy).expect("tenant");
+    let batch: Vec<VpsRecord> = (0..40).map(|i| vps("acme", &format!("web{i}"))).collect();
+    let created = store.create_vpses(&batch);
+    assert_eq!(created.len(), 40);
+    for (record, result) in batch.iter().zip(&created) {
+        let stored = result.as_ref().expect("every create of the batch succeeds");
+        assert_eq!(stored.vps_id, record.vps_id, "answers in the batch's order");
+    }
+    let used = store.get_tenant("acme").expect("get").expect("tenant").used;
+    assert_eq!(used.max_vps, 40, "the tenant is charged once for each");
+    assert_eq!(allocation(store, "n1").vps_count, 40, "the node too");
+    let started = |vps: &mut VpsRecord| {
+        vps.applied_spec = Some("digest".to_owned());
+        Ok(Some(EventRecord::of_vps(EventKind::Started, vps)))
+    };
+    let changes: Vec<(&str, &VpsUpdate<'_>)> = batch
+        .iter()
+        .map(|vps| (vps.vps_id.as_str(), &started as &VpsUpdate<'_>))
+        .collect();
+    let changed = store.update_vpses_emitting(&changes);
+    assert!(changed.iter().all(Result::is_ok), "{changed:?}");
+    let events = store.list_events(0, 1000).expect("events");
+    assert_eq!(events.len(), 80, "one event per create and per change");
+    let cursors: Vec<u64> = events.iter().map(|event| event.cursor).collect();
+    assert_eq!(cursors, (1..=80).collect::<Vec<u64>>(), "no gap, in order");
+    let names: Vec<String> = events
+        .iter()
+        .map(|event| format!("{:?} {}", event.kind, event.vps))
+        .collect();
+    let expected: Vec<String> = ["Created", "Started"]
+        .iter()
+        .flat_map(|kind| (0..40).map(move |i| format!("{kind} web{i}")))
+        .collect();
+    assert_eq!(names, expected, "events in the batches' order");
+    let entries: Vec<AuditRecord> = (0..40)
+        .map(|i| AuditRecord {
+            target: format!("x{i}"),
+            ..audit()
+        })
+        .collect();
+    let seqs: Vec<u64> = store
+        .append_audits(&entries)
+        .into_iter()
+        .map(|seq| seq.expect("every entry is appended"))
+        .collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>(), "in order, no gap");
+    let targets: Vec<String> = store
+        .list_audit(0, 1000)
+        .expect("audit")
+        .into_iter()
+        .map(|entry| entry.target)
+        .collect();
+    let expected: Vec<String> = (0..40).map(|i| format!("x{i}")).collect();
+    assert_eq!(targets, expected, "stored under their sequence numbers");
 }
 
 fn concurrent_creates_never_share_an_address(fixture: &Fixture) {

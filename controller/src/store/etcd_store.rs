@@ -36,7 +36,10 @@
 //! fresh reads. A body that refuses (quota, name taken, ...) is refused only after the same
 //! compares confirm that what it read was current, so a refusal is never based on a torn read.
 //! Event cursors and audit sequence numbers come from a counter key read and written in the
-//! appending Txn, so they are strictly increasing without gaps, in commit order.
+//! appending Txn, so they are strictly increasing without gaps, in commit order. That makes
+//! every Txn appending to one log conflict with every other: they commit one at a time, so
+//! creates, the reconciler's apply results and audit entries are written in batches
+//! (`crate::batch`), many to a Txn ([`BATCH_WRITES`] keys at most), not one Txn each.
 //!
 //! etcd acknowledges a Txn only once a quorum has it in its WAL (fsynced): every returned write
 //! is durable, and `flush` has nothing left to do.
@@ -49,8 +52,9 @@
 //! calling thread on a std channel until the answer arrives. This cannot deadlock: the etcd
 //! runtime's tasks never wait for the caller's runtime (they only do network I/O), so a caller
 //! blocking every worker of its own runtime still gets its answer. `Handle::block_on` was not an
-//! option (it panics inside a runtime), and `block_in_place` would panic on a current-thread
-//! runtime (the `#[tokio::test]` default). The blocking mirrors sled's (disk I/O on the caller).
+//! option (it panics inside a runtime). On a multi-thread runtime's worker the wait is wrapped in
+//! `block_in_place`, so the worker's other tasks run on another thread meanwhile; not on a
+//! current-thread runtime (the `#[tokio::test]` default), where it would panic.
 
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
@@ -150,6 +154,11 @@ struct Witnesses {
     spent: std::sync::Mutex<Vec<String>>,
 }
 
+/// A batch of writes (creates, apply results, audit entries) takes no further item into its Txn once it
+/// stages this many keys; the rest go in the next Txn. etcd refuses a Txn of more than 128
+/// operations (its `--max-txn-ops` default), and a Txn also writes its witness and deletes
+/// up to [`WITNESS_CLEANUP`] spent ones; one create stages about seven keys.
+const BATCH_WRITES: usize = 64;
 /// How many spent witnesses one Txn deletes.
 const WITNESS_CLEANUP: usize = 16;
 /// A witness's value when the Txn wrote it, and when the store voided it.
@@ -261,7 +270,10 @@ impl OwnCommits {
     }
 }
 
-/// Runs `future` on the store's runtime and blocks this (non-runtime) thread for its answer.
+/// Runs `future` on the store's runtime and blocks this thread for its answer. On a worker
+/// of a multi-thread runtime (the controller's) the worker's other tasks move to another
+/// thread meanwhile (`block_in_place`): a round trip to etcd must not stall every task queued
+/// behind it, and the controller's runtime has one worker per core.
 fn blocking<T, Fut>(runtime: &tokio::runtime::Handle, future: Fut) -> Result<T, StoreError>
 where
     T: Send + 'static,
@@ -271,8 +283,15 @@ where
     runtime.spawn(async move {
         let _ = sender.send(future.await);
     });
-    receiver
-        .recv()
+    let wait = || receiver.recv();
+    let answer = match tokio::runtime::Handle::try_current() {
+        Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        // A current-thread runtime has no other worker to hand its tasks to.
+        _ => wait(),
+    };
+    answer
         .map_err(|_| StoreError::EtcdGone)?
         .map_err(StoreError::from)
 }
@@ -439,6 +458,74 @@ impl Tx<'_> {
         let next = last + 1;
         self.put_raw(key.to_owned(), next.to_string().into_bytes());
         Ok(next)
+    }
+
+    /// Creates `vps` (see [`Store::create_vps`]); returns the record as stored.
+    fn create_vps(&mut self, vps: &VpsRecord) -> Result<VpsRecord, StoreError> {
+        let names_key = name_key(&vps.tenant, &vps.name);
+        let mut tenant: TenantRecord = self.need("tenants", &vps.tenant, "tenant")?;
+        if self.raw(&format!("vps_names/{names_key}"))?.is_some() {
+            return Err(StoreError::AlreadyExists {
+                kind: "VPS",
+                name: vps.name.clone(),
+            });
+        }
+        quota::admit(&mut tenant, &vps.resources, &vps.plan)?;
+        // The node's summary names its pools: read in the transaction, so
+        // allocations and pool changes serialize.
+        let mut allocation: NodeAllocationRecord =
+            self.get("node_allocations", &vps.node)?.unwrap_or_default();
+        let mut vps = vps.clone();
+        let pool = allocate_addresses(self, &allocation.pools, &mut vps)?;
+        allocation.account(&vps.resources, 1.0);
+        // A VPS id is never reused: it must not exist either.
+        if self.raw(&format!("vps/{}", vps.vps_id))?.is_some() {
+            return Err(StoreError::AlreadyExists {
+                kind: "VPS",
+                name: vps.vps_id.clone(),
+            });
+        }
+        self.put("node_allocations", &vps.node, &allocation);
+        if let Some(pool) = &pool {
+            self.count_addresses(pool, i64::try_from(vps.ipv4.len()).unwrap_or(i64::MAX))?;
+        }
+        self.put("tenants", &vps.tenant, &tenant);
+        self.put("vps", &vps.vps_id, &vps);
+        self.put_raw(
+            format!("vps_names/{names_key}"),
+            vps.vps_id.clone().into_bytes(),
+        );
+        self.put_raw(
+            format!("vps_nodes/{}", node_vps_key(&vps.node, &vps.vps_id)),
+            Vec::new(),
+        );
+        self.append_event(EventRecord::of_vps(EventKind::Created, &vps))?;
+        Ok(vps)
+    }
+
+    /// Changes VPS `vps_id` and appends the event the change returns (see
+    /// [`Store::update_vps_emitting`]); returns the record as stored.
+    fn update_vps_emitting(
+        &mut self,
+        vps_id: &str,
+        change: &VpsUpdate<'_>,
+    ) -> Result<VpsRecord, StoreError> {
+        let mut vps: VpsRecord = self.need("vps", vps_id, "VPS")?;
+        let event = change(&mut vps)?;
+        self.put("vps", vps_id, &vps);
+        if let Some(event) = event {
+            self.append_event(event)?;
+        }
+        Ok(vps)
+    }
+
+    /// Appends `entry` to the audit log with the next sequence number; returns it.
+    fn append_audit(&mut self, entry: &AuditRecord) -> Result<u64, StoreError> {
+        let seq = self.next("audit_last")?;
+        let mut entry = entry.clone();
+        entry.seq = seq;
+        self.put("audit", &format!("{seq:020}"), &entry);
+        Ok(seq)
     }
 
     /// Appends `event` with the next cursor.
@@ -1265,48 +1352,47 @@ impl Store for EtcdStore {
     }
 
     fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError> {
-        let names_key = name_key(&vps.tenant, &vps.name);
-        let result = self.transact(|tx| {
-            let mut tenant: TenantRecord = tx.need("tenants", &vps.tenant, "tenant")?;
-            if tx.raw(&format!("vps_names/{names_key}"))?.is_some() {
-                return Err(StoreError::AlreadyExists {
-                    kind: "VPS",
-                    name: vps.name.clone(),
-                });
-            }
-            quota::admit(&mut tenant, &vps.resources, &vps.plan)?;
-            // The node's summary names its pools: read in the transaction, so
-            // allocations and pool changes serialize.
-            let mut allocation: NodeAllocationRecord =
-                tx.get("node_allocations", &vps.node)?.unwrap_or_default();
-            let mut vps = vps.clone();
-            let pool = allocate_addresses(tx, &allocation.pools, &mut vps)?;
-            allocation.account(&vps.resources, 1.0);
-            // A VPS id is never reused: it must not exist either.
-            if tx.raw(&format!("vps/{}", vps.vps_id))?.is_some() {
-                return Err(StoreError::AlreadyExists {
-                    kind: "VPS",
-                    name: vps.vps_id.clone(),
-                });
-            }
-            tx.put("node_allocations", &vps.node, &allocation);
-            if let Some(pool) = &pool {
-                tx.count_addresses(pool, i64::try_from(vps.ipv4.len()).unwrap_or(i64::MAX))?;
-            }
-            tx.put("tenants", &vps.tenant, &tenant);
-            tx.put("vps", &vps.vps_id, &vps);
-            tx.put_raw(
-                format!("vps_names/{names_key}"),
-                vps.vps_id.clone().into_bytes(),
-            );
-            tx.put_raw(
-                format!("vps_nodes/{}", node_vps_key(&vps.node, &vps.vps_id)),
-                Vec::new(),
-            );
-            tx.append_event(EventRecord::of_vps(EventKind::Created, &vps))?;
-            Ok(vps)
-        });
+        let result = self.transact(|tx| tx.create_vps(vps));
         self.signalled(self.published(&vps.vps_id, result))
+    }
+
+    fn batches_writes(&self) -> bool {
+        true
+    }
+
+    fn create_vpses(&self, vpses: &[VpsRecord]) -> Vec<Result<VpsRecord, StoreError>> {
+        let mut results = Vec::with_capacity(vpses.len());
+        let mut rest = vpses;
+        while !rest.is_empty() {
+            let created = self.transact(|tx| {
+                let mut created = Vec::new();
+                for vps in rest {
+                    if !created.is_empty() && tx.writes.len() >= BATCH_WRITES {
+                        break;
+                    }
+                    created.push(tx.create_vps(vps)?);
+                }
+                Ok(created)
+            });
+            match created {
+                Ok(created) => {
+                    for vps in &created {
+                        self.vps_watchers()
+                            .publish(&vps.vps_id, |id| self.get_vps(id));
+                    }
+                    self.event_signal().committed();
+                    rest = &rest[created.len()..];
+                    results.extend(created.into_iter().map(Ok));
+                }
+                // One of them is refused (a name taken, a quota reached) or the store failed:
+                // one by one, each gets its own answer.
+                Err(_) => {
+                    results.extend(rest.iter().map(|vps| self.create_vps(vps)));
+                    rest = &[];
+                }
+            }
+        }
+        results
     }
 
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError> {
@@ -1467,16 +1553,49 @@ impl Store for EtcdStore {
         vps_id: &str,
         change: &VpsUpdate<'_>,
     ) -> Result<VpsRecord, StoreError> {
-        let result = self.transact(|tx| {
-            let mut vps: VpsRecord = tx.need("vps", vps_id, "VPS")?;
-            let event = change(&mut vps)?;
-            tx.put("vps", vps_id, &vps);
-            if let Some(event) = event {
-                tx.append_event(event)?;
-            }
-            Ok(vps)
-        });
+        let result = self.transact(|tx| tx.update_vps_emitting(vps_id, change));
         self.signalled(self.published(vps_id, result))
+    }
+
+    fn update_vpses_emitting(
+        &self,
+        changes: &[(&str, &VpsUpdate<'_>)],
+    ) -> Vec<Result<VpsRecord, StoreError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        let mut rest = changes;
+        while !rest.is_empty() {
+            let changed = self.transact(|tx| {
+                let mut changed = Vec::new();
+                for (vps_id, change) in rest {
+                    if !changed.is_empty() && tx.writes.len() >= BATCH_WRITES {
+                        break;
+                    }
+                    changed.push(tx.update_vps_emitting(vps_id, change)?);
+                }
+                Ok(changed)
+            });
+            match changed {
+                Ok(changed) => {
+                    for vps in &changed {
+                        self.vps_watchers()
+                            .publish(&vps.vps_id, |id| self.get_vps(id));
+                    }
+                    self.event_signal().committed();
+                    rest = &rest[changed.len()..];
+                    results.extend(changed.into_iter().map(Ok));
+                }
+                // One of them is refused (the VPS is gone, the change says no) or the store
+                // failed: one by one, each gets its own answer.
+                Err(_) => {
+                    results.extend(
+                        rest.iter()
+                            .map(|(vps_id, change)| self.update_vps_emitting(vps_id, change)),
+                    );
+                    rest = &[];
+                }
+            }
+        }
+        results
     }
 
     fn update_tenant_emitting(
@@ -1599,13 +1718,36 @@ impl Store for EtcdStore {
     }
 
     fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError> {
-        self.transact(|tx| {
-            let seq = tx.next("audit_last")?;
-            let mut entry = entry.clone();
-            entry.seq = seq;
-            tx.put("audit", &format!("{seq:020}"), &entry);
-            Ok(seq)
-        })
+        self.transact(|tx| tx.append_audit(entry))
+    }
+
+    fn append_audits(&self, entries: &[AuditRecord]) -> Vec<Result<u64, StoreError>> {
+        let mut results = Vec::with_capacity(entries.len());
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let appended = self.transact(|tx| {
+                let mut appended = Vec::new();
+                for entry in rest {
+                    if !appended.is_empty() && tx.writes.len() >= BATCH_WRITES {
+                        break;
+                    }
+                    appended.push(tx.append_audit(entry)?);
+                }
+                Ok(appended)
+            });
+            match appended {
+                Ok(appended) => {
+                    rest = &rest[appended.len()..];
+                    results.extend(appended.into_iter().map(Ok));
+                }
+                // The store failed: one by one, each gets its own answer.
+                Err(_) => {
+                    results.extend(rest.iter().map(|entry| self.append_audit(entry)));
+                    rest = &[];
+                }
+            }
+        }
+        results
     }
 
     fn list_audit(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {

@@ -212,16 +212,16 @@ pub trait Store: Send + Sync + 'static {
     fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError>;
     /// Whether writes made together cost less as one call ([`create_vpses`](Self::create_vpses),
     /// [`update_vpses_emitting`](Self::update_vpses_emitting)) than one by one: the
-    /// controller then gathers concurrent writes into batches (`crate::batch`). Not so where
-    /// every write is a round trip of its own (etcd): a batch would queue them behind one
-    /// another.
+    /// controller then gathers concurrent writes into batches (`crate::batch`). Both backends
+    /// do (sled: one log write pair per transaction; etcd: one round trip and fsync per
+    /// transaction, and transactions appending events commit one after the other).
     fn batches_writes(&self) -> bool {
         false
     }
     /// [`create_vps`](Self::create_vps) for several VPSes, each with its own result as if
     /// created one after the other in this order. A store may commit them together (sled:
-    /// one transaction, and creates one by one if any of them fails); this default creates
-    /// them one by one.
+    /// one transaction, etcd: as few as its transaction size allows; both create one by one
+    /// if any of them fails); this default creates them one by one.
     fn create_vpses(&self, vpses: &[VpsRecord]) -> Vec<Result<VpsRecord, StoreError>> {
         vpses.iter().map(|vps| self.create_vps(vps)).collect()
     }
@@ -333,6 +333,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     fn append_audit(&self, entry: &AuditRecord) -> Result<u64, StoreError>;
+    /// [`append_audit`](Self::append_audit) for several entries, sequenced in this order. A
+    /// store may append them together (etcd: as few transactions as its size allows); this
+    /// default appends them one by one.
+    fn append_audits(&self, entries: &[AuditRecord]) -> Vec<Result<u64, StoreError>> {
+        entries
+            .iter()
+            .map(|entry| self.append_audit(entry))
+            .collect()
+    }
     /// Audit entries with a sequence number above `after_seq`, oldest first.
     fn list_audit(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
 
