@@ -10,19 +10,21 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// Items waiting for one store call, each answered with its own output.
 pub struct Batcher<I, O> {
     /// Whether items are gathered at all; if not, each is written alone at once.
     batched: bool,
     queue: Mutex<Queue<I, O>>,
+    /// Wakes a caller still waiting when a writer stops with items pending: it writes them.
+    turn: Notify,
     batches: AtomicU64,
 }
 
 struct Queue<I, O> {
     pending: Vec<(I, oneshot::Sender<O>)>,
-    /// A thread is writing batches; it looks at `pending` again before it stops.
+    /// A thread is writing a batch; when it stops, a waiting caller writes the next.
     writing: bool,
 }
 
@@ -35,6 +37,7 @@ impl<I, O> Batcher<I, O> {
                 pending: Vec::new(),
                 writing: false,
             }),
+            turn: Notify::new(),
             batches: AtomicU64::new(0),
         }
     }
@@ -46,18 +49,28 @@ impl<I, O> Batcher<I, O> {
     /// Hands `item` to the next batch and waits for its output (or writes it alone, at once,
     /// if this batcher does not batch). `write` makes one store call
     /// for a batch and answers each item in order; every caller of one batcher must pass the
-    /// same `write`, since whoever finds the queue idle writes the others' items too. `None`
-    /// if the item's batch ended without an answer for it (its writer panicked).
+    /// same `write`, since whoever finds the queue idle writes the others' items too. A caller
+    /// writes at most one batch, the one with its own item or, woken when a writer stopped,
+    /// the next; so under a steady stream of items no caller keeps writing the others' batches
+    /// long after its own was answered. `None` if the item's batch ended without an answer for
+    /// it (its writer panicked).
     pub async fn submit(&self, item: I, write: impl Fn(Vec<I>) -> Vec<O>) -> Option<O> {
         if !self.batched {
             return write(vec![item]).into_iter().next();
         }
-        let (done, answer) = oneshot::channel();
+        let (done, mut answer) = oneshot::channel();
         self.queue().pending.push((item, done));
         // The tasks ready beside this one add theirs to the same batch.
         tokio::task::yield_now().await;
-        self.write_pending(&write);
-        answer.await.ok()
+        loop {
+            self.write_pending(&write);
+            tokio::select! {
+                biased;
+                output = &mut answer => return output.ok(),
+                // A writer stopped with items pending (this one's, maybe): write them.
+                () = self.turn.notified() => {}
+            }
+        }
     }
 
     /// How many batches were written.
@@ -65,34 +78,34 @@ impl<I, O> Batcher<I, O> {
         self.batches.load(Ordering::Relaxed)
     }
 
-    /// Writes what is pending, batch after batch, unless another thread is at it. Never
-    /// awaits while writing, so a cancelled caller cannot leave the queue without a writer.
+    /// Writes what is pending as one batch, unless another thread is writing one; when done,
+    /// wakes a waiting caller if more items came meanwhile. Never awaits while writing, so a
+    /// cancelled caller cannot leave the queue without a writer.
     fn write_pending(&self, write: &impl Fn(Vec<I>) -> Vec<O>) {
         struct Writing<'a, I, O>(&'a Batcher<I, O>);
         impl<I, O> Drop for Writing<'_, I, O> {
             fn drop(&mut self) {
-                self.0.queue().writing = false;
+                let mut queue = self.0.queue();
+                queue.writing = false;
+                if !queue.pending.is_empty() {
+                    self.0.turn.notify_one();
+                }
             }
         }
-        {
+        let batch = {
             let mut queue = self.queue();
-            if queue.writing {
+            if queue.writing || queue.pending.is_empty() {
                 return;
             }
             queue.writing = true;
-        }
+            std::mem::take(&mut queue.pending)
+        };
         let _writing = Writing(self);
-        loop {
-            let batch = std::mem::take(&mut self.queue().pending);
-            if batch.is_empty() {
-                return;
-            }
-            self.batches.fetch_add(1, Ordering::Relaxed);
-            let (items, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
-            for (answer, output) in answers.into_iter().zip(write(items)) {
-                // The caller may be gone (cancelled); what was written stands.
-                let _ = answer.send(output);
-            }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let (items, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
+        for (answer, output) in answers.into_iter().zip(write(items)) {
+            // The caller may be gone (cancelled); what was written stands.
+            let _ = answer.send(output);
         }
     }
 }
@@ -117,6 +130,47 @@ mod tests {
         // Idle again: a lone item is written by its own caller.
         assert_eq!(batcher.submit(7, write).await, Some(70));
         assert_eq!(batcher.batches(), 2);
+    }
+
+    /// Items keep coming while a batch is written: its writer returns with its own answer and
+    /// a caller still waiting writes the next batch (the writer used to keep writing every
+    /// later batch while any item was pending, its own answer held up meanwhile).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_writes_one_batch_and_a_waiting_caller_writes_the_next() {
+        let batcher = std::sync::Arc::new(Batcher::<u32, u32>::new(true));
+        let writers = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let recording = |who: &'static str| {
+            let batcher = batcher.clone();
+            let writers = writers.clone();
+            move |items: Vec<u32>| {
+                writers.lock().expect("writers").push((who, items.clone()));
+                if items == [1] {
+                    // The second item arrives while this batch is being written.
+                    while batcher.queue().pending.is_empty() {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                items.into_iter().map(|item| item * 10).collect()
+            }
+        };
+        let first = tokio::spawn({
+            let (batcher, write) = (batcher.clone(), recording("first"));
+            async move { batcher.submit(1, write).await }
+        });
+        while batcher.batches() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let second = tokio::spawn({
+            let (batcher, write) = (batcher.clone(), recording("second"));
+            async move { batcher.submit(2, write).await }
+        });
+        assert_eq!(first.await.expect("first"), Some(10));
+        assert_eq!(second.await.expect("second"), Some(20));
+        assert_eq!(
+            *writers.lock().expect("writers"),
+            [("first", vec![1]), ("second", vec![2])],
+            "each caller wrote the batch of its own item"
+        );
     }
 
     #[tokio::test]
