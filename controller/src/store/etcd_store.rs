@@ -1156,6 +1156,54 @@ impl EtcdStore {
         })
     }
 
+    /// Writes `items` in as few Txns as [`BATCH_WRITES`] allows, each item with `write`, and
+    /// calls `committed` with what each Txn wrote. If a Txn is refused or fails (a name taken,
+    /// a quota reached, a VPS gone, the store failed), the items from there on are written
+    /// one by one with `alone`, so each gets the answer it would have got alone.
+    fn batched<I, O>(
+        &self,
+        items: &[I],
+        write: impl Fn(&mut Tx<'_>, &I) -> Result<O, StoreError>,
+        alone: impl Fn(&I) -> Result<O, StoreError>,
+        committed: impl Fn(&[O]),
+    ) -> Vec<Result<O, StoreError>> {
+        let mut results = Vec::with_capacity(items.len());
+        let mut rest = items;
+        while !rest.is_empty() {
+            let written = self.transact(|tx| {
+                let mut written = Vec::new();
+                for item in rest {
+                    if !written.is_empty() && tx.writes.len() >= BATCH_WRITES {
+                        break;
+                    }
+                    written.push(write(tx, item)?);
+                }
+                Ok(written)
+            });
+            match written {
+                Ok(written) => {
+                    committed(&written);
+                    rest = &rest[written.len()..];
+                    results.extend(written.into_iter().map(Ok));
+                }
+                Err(_) => {
+                    results.extend(rest.iter().map(&alone));
+                    rest = &[];
+                }
+            }
+        }
+        results
+    }
+
+    /// After a Txn of a batch wrote `vpses`: publishes each and wakes event followers.
+    fn published_batch(&self, vpses: &[VpsRecord]) {
+        for vps in vpses {
+            self.vps_watchers()
+                .publish(&vps.vps_id, |id| self.get_vps(id));
+        }
+        self.event_signal().committed();
+    }
+
     fn put_plain<T: Serialize>(
         &self,
         tree: &'static str,
@@ -1361,38 +1409,12 @@ impl Store for EtcdStore {
     }
 
     fn create_vpses(&self, vpses: &[VpsRecord]) -> Vec<Result<VpsRecord, StoreError>> {
-        let mut results = Vec::with_capacity(vpses.len());
-        let mut rest = vpses;
-        while !rest.is_empty() {
-            let created = self.transact(|tx| {
-                let mut created = Vec::new();
-                for vps in rest {
-                    if !created.is_empty() && tx.writes.len() >= BATCH_WRITES {
-                        break;
-                    }
-                    created.push(tx.create_vps(vps)?);
-                }
-                Ok(created)
-            });
-            match created {
-                Ok(created) => {
-                    for vps in &created {
-                        self.vps_watchers()
-                            .publish(&vps.vps_id, |id| self.get_vps(id));
-                    }
-                    self.event_signal().committed();
-                    rest = &rest[created.len()..];
-                    results.extend(created.into_iter().map(Ok));
-                }
-                // One of them is refused (a name taken, a quota reached) or the store failed:
-                // one by one, each gets its own answer.
-                Err(_) => {
-                    results.extend(rest.iter().map(|vps| self.create_vps(vps)));
-                    rest = &[];
-                }
-            }
-        }
-        results
+        self.batched(
+            vpses,
+            |tx, vps| tx.create_vps(vps),
+            |vps| self.create_vps(vps),
+            |created| self.published_batch(created),
+        )
     }
 
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError> {
@@ -1561,41 +1583,12 @@ impl Store for EtcdStore {
         &self,
         changes: &[(&str, &VpsUpdate<'_>)],
     ) -> Vec<Result<VpsRecord, StoreError>> {
-        let mut results = Vec::with_capacity(changes.len());
-        let mut rest = changes;
-        while !rest.is_empty() {
-            let changed = self.transact(|tx| {
-                let mut changed = Vec::new();
-                for (vps_id, change) in rest {
-                    if !changed.is_empty() && tx.writes.len() >= BATCH_WRITES {
-                        break;
-                    }
-                    changed.push(tx.update_vps_emitting(vps_id, change)?);
-                }
-                Ok(changed)
-            });
-            match changed {
-                Ok(changed) => {
-                    for vps in &changed {
-                        self.vps_watchers()
-                            .publish(&vps.vps_id, |id| self.get_vps(id));
-                    }
-                    self.event_signal().committed();
-                    rest = &rest[changed.len()..];
-                    results.extend(changed.into_iter().map(Ok));
-                }
-                // One of them is refused (the VPS is gone, the change says no) or the store
-                // failed: one by one, each gets its own answer.
-                Err(_) => {
-                    results.extend(
-                        rest.iter()
-                            .map(|(vps_id, change)| self.update_vps_emitting(vps_id, change)),
-                    );
-                    rest = &[];
-                }
-            }
-        }
-        results
+        self.batched(
+            changes,
+            |tx, (vps_id, change)| tx.update_vps_emitting(vps_id, change),
+            |(vps_id, change)| self.update_vps_emitting(vps_id, change),
+            |changed| self.published_batch(changed),
+        )
     }
 
     fn update_tenant_emitting(
@@ -1722,32 +1715,12 @@ impl Store for EtcdStore {
     }
 
     fn append_audits(&self, entries: &[AuditRecord]) -> Vec<Result<u64, StoreError>> {
-        let mut results = Vec::with_capacity(entries.len());
-        let mut rest = entries;
-        while !rest.is_empty() {
-            let appended = self.transact(|tx| {
-                let mut appended = Vec::new();
-                for entry in rest {
-                    if !appended.is_empty() && tx.writes.len() >= BATCH_WRITES {
-                        break;
-                    }
-                    appended.push(tx.append_audit(entry)?);
-                }
-                Ok(appended)
-            });
-            match appended {
-                Ok(appended) => {
-                    rest = &rest[appended.len()..];
-                    results.extend(appended.into_iter().map(Ok));
-                }
-                // The store failed: one by one, each gets its own answer.
-                Err(_) => {
-                    results.extend(rest.iter().map(|entry| self.append_audit(entry)));
-                    rest = &[];
-                }
-            }
-        }
-        results
+        self.batched(
+            entries,
+            |tx, entry| tx.append_audit(entry),
+            |entry| self.append_audit(entry),
+            |_| {},
+        )
     }
 
     fn list_audit(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
