@@ -154,11 +154,12 @@ struct Witnesses {
     spent: std::sync::Mutex<Vec<String>>,
 }
 
-/// A batch of writes (creates, apply results, audit entries) takes no further item into its Txn once it
-/// stages this many keys; the rest go in the next Txn. etcd refuses a Txn of more than 128
-/// operations (its `--max-txn-ops` default), and a Txn also writes its witness and deletes
-/// up to [`WITNESS_CLEANUP`] spent ones; one create stages about seven keys.
+/// A batch of writes (creates, apply results, audit entries) takes no further item into its
+/// Txn once it stages this many keys; the rest go in the next Txn. etcd refuses a Txn of more
+/// than 128 operations (its `--max-txn-ops` default), and a Txn also writes its witness and
+/// deletes up to [`WITNESS_CLEANUP`] spent ones; one create stages about seven keys.
 const BATCH_WRITES: usize = 64;
+
 /// How many spent witnesses one Txn deletes.
 const WITNESS_CLEANUP: usize = 16;
 /// A witness's value when the Txn wrote it, and when the store voided it.

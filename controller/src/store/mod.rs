@@ -211,7 +211,8 @@ pub trait Store: Send + Sync + 'static {
     /// and `network`) in one transaction. Returns the record as stored.
     fn create_vps(&self, vps: &VpsRecord) -> Result<VpsRecord, StoreError>;
     /// Whether writes made together cost less as one call ([`create_vpses`](Self::create_vpses),
-    /// [`update_vpses_emitting`](Self::update_vpses_emitting)) than one by one: the
+    /// [`update_vpses_emitting`](Self::update_vpses_emitting),
+    /// [`append_audits`](Self::append_audits)) than one by one: the
     /// controller then gathers concurrent writes into batches (`crate::batch`). Both backends
     /// do (sled: one log write pair per transaction; etcd: one round trip and fsync per
     /// transaction, and transactions appending events commit one after the other).
