@@ -50,10 +50,10 @@ impl<I, O> Batcher<I, O> {
     /// if this batcher does not batch). `write` makes one store call
     /// for a batch and answers each item in order; every caller of one batcher must pass the
     /// same `write`, since whoever finds the queue idle writes the others' items too. A caller
-    /// writes at most one batch, the one with its own item or, woken when a writer stopped,
-    /// the next; so under a steady stream of items no caller keeps writing the others' batches
-    /// long after its own was answered. `None` if the item's batch ended without an answer for
-    /// it (its writer panicked).
+    /// writes one batch of waited-for items, the one with its own item or, woken when a writer
+    /// stopped, the next; so under a steady stream of items no caller keeps writing the others'
+    /// batches long after its own was answered. `None` if the item's batch ended without an
+    /// answer for it (its writer panicked).
     pub async fn submit(&self, item: I, write: impl Fn(Vec<I>) -> Vec<O>) -> Option<O> {
         if !self.batched {
             return write(vec![item]).into_iter().next();
@@ -78,9 +78,11 @@ impl<I, O> Batcher<I, O> {
         self.batches.load(Ordering::Relaxed)
     }
 
-    /// Writes what is pending as one batch, unless another thread is writing one; when done,
-    /// wakes a waiting caller if more items came meanwhile. Never awaits while writing, so a
-    /// cancelled caller cannot leave the queue without a writer.
+    /// Writes what is pending as one batch, unless another thread is writing one. When done,
+    /// wakes a waiting caller if more items came meanwhile; if every caller of those is gone
+    /// (cancelled), writes them itself, so no item is left for a later caller to commit
+    /// long after. Never awaits while writing, so a cancelled caller cannot leave the queue
+    /// without a writer.
     fn write_pending(&self, write: &impl Fn(Vec<I>) -> Vec<O>) {
         struct Writing<'a, I, O>(&'a Batcher<I, O>);
         impl<I, O> Drop for Writing<'_, I, O> {
@@ -92,20 +94,32 @@ impl<I, O> Batcher<I, O> {
                 }
             }
         }
-        let batch = {
+        {
             let mut queue = self.queue();
-            if queue.writing || queue.pending.is_empty() {
+            if queue.writing {
                 return;
             }
             queue.writing = true;
-            std::mem::take(&mut queue.pending)
-        };
+        }
         let _writing = Writing(self);
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        let (items, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
-        for (answer, output) in answers.into_iter().zip(write(items)) {
-            // The caller may be gone (cancelled); what was written stands.
-            let _ = answer.send(output);
+        let mut first = true;
+        loop {
+            let batch = {
+                let mut queue = self.queue();
+                let waited_for = queue.pending.iter().any(|(_, answer)| !answer.is_closed());
+                // After the first batch, only items whose callers are all gone.
+                if queue.pending.is_empty() || (!first && waited_for) {
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            first = false;
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            let (items, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
+            for (answer, output) in answers.into_iter().zip(write(items)) {
+                // The caller may be gone (cancelled); what was written stands.
+                let _ = answer.send(output);
+            }
         }
     }
 }
@@ -171,6 +185,27 @@ mod tests {
             [("first", vec![1]), ("second", vec![2])],
             "each caller wrote the batch of its own item"
         );
+    }
+
+    /// An item whose caller went away (cancelled) while another batch was written is still
+    /// written by that batch's writer, not left for whoever submits next.
+    #[tokio::test]
+    async fn items_of_callers_gone_are_written_by_the_writer() {
+        let batcher = Batcher::<u32, u32>::new(true);
+        let calls = Mutex::new(Vec::new());
+        let (gone, answer) = oneshot::channel();
+        drop(answer);
+        let gone = Mutex::new(Some(gone));
+        let write = |items: Vec<u32>| {
+            calls.lock().expect("calls").push(items.clone());
+            // Submitted while the first batch is written, by a caller gone before its answer.
+            if let Some(gone) = gone.lock().expect("gone").take() {
+                batcher.queue().pending.push((2, gone));
+            }
+            items
+        };
+        assert_eq!(batcher.submit(1, write).await, Some(1));
+        assert_eq!(*calls.lock().expect("calls"), [vec![1], vec![2]]);
     }
 
     #[tokio::test]
