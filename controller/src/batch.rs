@@ -106,9 +106,9 @@ impl<I, O> Batcher<I, O> {
         loop {
             let batch = {
                 let mut queue = self.queue();
-                let waited_for = queue.pending.iter().any(|(_, answer)| !answer.is_closed());
                 // After the first batch, only items whose callers are all gone.
-                if queue.pending.is_empty() || (!first && waited_for) {
+                let waited_for = || queue.pending.iter().any(|(_, answer)| !answer.is_closed());
+                if queue.pending.is_empty() || (!first && waited_for()) {
                     return;
                 }
                 std::mem::take(&mut queue.pending)

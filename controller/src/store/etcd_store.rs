@@ -1196,15 +1196,6 @@ impl EtcdStore {
         results
     }
 
-    /// After a Txn of a batch wrote `vpses`: publishes each and wakes event followers.
-    fn published_batch(&self, vpses: &[VpsRecord]) {
-        for vps in vpses {
-            self.vps_watchers()
-                .publish(&vps.vps_id, |id| self.get_vps(id));
-        }
-        self.event_signal().committed();
-    }
-
     fn put_plain<T: Serialize>(
         &self,
         tree: &'static str,

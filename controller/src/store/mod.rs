@@ -419,6 +419,18 @@ pub(crate) trait AfterCommit: Store {
         result
     }
 
+    /// Publishes each of `vpses` and wakes `WatchEvents` followers, unless there are none;
+    /// call after a committed transaction wrote them all (a batch of creates or changes).
+    fn published_batch(&self, vpses: &[VpsRecord]) {
+        for vps in vpses {
+            self.vps_watchers()
+                .publish(&vps.vps_id, |id| self.get_vps(id));
+        }
+        if !vpses.is_empty() {
+            self.event_signal().committed();
+        }
+    }
+
     /// Wakes `WatchEvents` followers; call after a committed transaction that may have
     /// appended events (not after the ones that never do, such as a heartbeat's update).
     fn signalled<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {

@@ -1112,13 +1112,7 @@ impl Store for SledStore {
         }));
         match created {
             Ok(created) => {
-                for vps in &created {
-                    self.vps_watchers()
-                        .publish(&vps.vps_id, |id| self.get_vps(id));
-                }
-                if !created.is_empty() {
-                    self.event_signal().committed();
-                }
+                self.published_batch(&created);
                 created.into_iter().map(Ok).collect()
             }
             // One of them is refused (a name taken, a quota reached) or the store failed:
