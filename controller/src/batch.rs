@@ -52,21 +52,31 @@ impl<I, O> Batcher<I, O> {
     /// same `write`, since whoever finds the queue idle writes the others' items too. A caller
     /// writes one batch of waited-for items, the one with its own item or, woken when a writer
     /// stopped, the next; so under a steady stream of items no caller keeps writing the others'
-    /// batches long after its own was answered. `None` if the item's batch ended without an
-    /// answer for it (its writer panicked).
-    pub async fn submit(&self, item: I, write: impl Fn(Vec<I>) -> Vec<O>) -> Option<O> {
+    /// batches long after its own was answered. A caller cancelled before its answer writes
+    /// what is pending if no one is writing, as a woken caller would have. `None` if the
+    /// item's batch ended without an answer for it (its writer panicked).
+    pub async fn submit<W: Fn(Vec<I>) -> Vec<O>>(&self, item: I, write: W) -> Option<O> {
         if !self.batched {
             return write(vec![item]).into_iter().next();
         }
-        let (done, mut answer) = oneshot::channel();
+        let (done, answer) = oneshot::channel();
         self.queue().pending.push((item, done));
+        let mut waiting = Waiting {
+            batcher: self,
+            write: &write,
+            answer: Some(answer),
+        };
         // The tasks ready beside this one add theirs to the same batch.
         tokio::task::yield_now().await;
         loop {
             self.write_pending(&write);
+            let answer = waiting.answer.as_mut()?;
             tokio::select! {
                 biased;
-                output = &mut answer => return output.ok(),
+                output = answer => {
+                    waiting.answer = None;
+                    return output.ok();
+                }
                 // A writer stopped with items pending (this one's, maybe): write them.
                 () = self.turn.notified() => {}
             }
@@ -81,17 +91,16 @@ impl<I, O> Batcher<I, O> {
     /// Writes what is pending as one batch, unless another thread is writing one. When done,
     /// wakes a waiting caller if more items came meanwhile; if every caller of those is gone
     /// (cancelled), writes them itself, so no item is left for a later caller to commit
-    /// long after. Never awaits while writing, so a cancelled caller cannot leave the queue
-    /// without a writer.
+    /// long after. Whether to stop and the end of writing are one step under the queue's
+    /// lock, so a caller cancelled meanwhile either sees no writer (and writes) or is seen
+    /// gone by the writer's next look. Never awaits while writing, so a cancelled caller
+    /// cannot leave the queue without a writer.
     fn write_pending(&self, write: &impl Fn(Vec<I>) -> Vec<O>) {
+        /// Ends the writing if `write` panics.
         struct Writing<'a, I, O>(&'a Batcher<I, O>);
         impl<I, O> Drop for Writing<'_, I, O> {
             fn drop(&mut self) {
-                let mut queue = self.0.queue();
-                queue.writing = false;
-                if !queue.pending.is_empty() {
-                    self.0.turn.notify_one();
-                }
+                self.0.stop_writing(&mut self.0.queue());
             }
         }
         {
@@ -101,7 +110,7 @@ impl<I, O> Batcher<I, O> {
             }
             queue.writing = true;
         }
-        let _writing = Writing(self);
+        let writing = Writing(self);
         let mut first = true;
         loop {
             let batch = {
@@ -109,6 +118,9 @@ impl<I, O> Batcher<I, O> {
                 // After the first batch, only items whose callers are all gone.
                 let waited_for = || queue.pending.iter().any(|(_, answer)| !answer.is_closed());
                 if queue.pending.is_empty() || (!first && waited_for()) {
+                    self.stop_writing(&mut queue);
+                    // Stopped already, under this lock.
+                    std::mem::forget(writing);
                     return;
                 }
                 std::mem::take(&mut queue.pending)
@@ -120,6 +132,33 @@ impl<I, O> Batcher<I, O> {
                 // The caller may be gone (cancelled); what was written stands.
                 let _ = answer.send(output);
             }
+        }
+    }
+
+    /// Ends a writer's turn; a waiting caller writes what is pending.
+    fn stop_writing(&self, queue: &mut Queue<I, O>) {
+        queue.writing = false;
+        if !queue.pending.is_empty() {
+            self.turn.notify_one();
+        }
+    }
+}
+
+/// A caller waiting for its answer. Dropped before the answer came (the caller cancelled),
+/// it writes what is pending unless a writer is at it: the turn a writer handed to this
+/// caller when it stopped would otherwise stay with no one until the next item comes.
+struct Waiting<'a, I, O, W: Fn(Vec<I>) -> Vec<O>> {
+    batcher: &'a Batcher<I, O>,
+    write: &'a W,
+    answer: Option<oneshot::Receiver<O>>,
+}
+
+impl<I, O, W: Fn(Vec<I>) -> Vec<O>> Drop for Waiting<'_, I, O, W> {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            // Gone first, so that a writer looking after this sees its item as abandoned.
+            drop(answer);
+            self.batcher.write_pending(self.write);
         }
     }
 }
@@ -206,6 +245,39 @@ mod tests {
         };
         assert_eq!(batcher.submit(1, write).await, Some(1));
         assert_eq!(*calls.lock().expect("calls"), [vec![1], vec![2]]);
+    }
+
+    /// A writer stops with an item pending and hands its turn to that item's waiting caller,
+    /// which is cancelled before it runs: it writes the item as it goes (the item used to wait
+    /// for whoever submitted next, and an idle node's create could commit much later).
+    #[tokio::test]
+    async fn a_caller_cancelled_after_its_turn_came_writes_what_is_pending() {
+        use std::future::Future;
+        let batcher = Batcher::<u32, u32>::new(true);
+        let calls = Mutex::new(Vec::new());
+        let record = |items: Vec<u32>| {
+            calls.lock().expect("calls").push(items.clone());
+            items
+        };
+        let second = std::cell::RefCell::new(Box::pin(batcher.submit(2, &record)));
+        let first = batcher.submit(1, |items: Vec<u32>| {
+            // While the first batch is written, the second caller queues its item and waits.
+            let mut context = std::task::Context::from_waker(futures::task::noop_waker_ref());
+            for _ in 0..2 {
+                let polled = second.borrow_mut().as_mut().poll(&mut context);
+                assert!(polled.is_pending());
+            }
+            record(items)
+        });
+        assert_eq!(first.await, Some(1));
+        assert_eq!(
+            *calls.lock().expect("calls"),
+            [vec![1]],
+            "the second was waited for"
+        );
+        drop(second);
+        assert_eq!(*calls.lock().expect("calls"), [vec![1], vec![2]]);
+        assert!(batcher.queue().pending.is_empty() && !batcher.queue().writing);
     }
 
     #[tokio::test]
