@@ -251,6 +251,7 @@ async fn measure(
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + size.create_budget;
     let cpu_before_creates = controller.cpu_secs()?;
+    let bench_cpu_before_creates = process_cpu_secs("self")?;
     let lists_before_creates = simulator.counters.lists.load(Ordering::Relaxed);
     let started = Instant::now();
     let creates = run_clients(size.clients, &channels, |client, _| {
@@ -337,12 +338,15 @@ async fn measure(
     }
     let cpu_before_reads = controller.cpu_secs()?;
     let create_cpu_ms = (cpu_before_reads - cpu_before_creates) * 1000.0 / made as f64;
+    let bench_cpu_ms =
+        (process_cpu_secs("self")? - bench_cpu_before_creates) * 1000.0 / made as f64;
     let create_lists = simulator.counters.lists.load(Ordering::Relaxed) - lists_before_creates;
 
     // The baseline: GetVps of the VPSes just made, same clients, same controller and fleet.
     let reads = made.min(size.creates.min(20_000));
     let next = Arc::new(AtomicUsize::new(0));
     let read_deadline = Instant::now() + size.read_budget;
+    let reads_started = Instant::now();
     let gets = run_clients(size.clients, &channels, |client, _| {
         let next = next.clone();
         let admin = admin.clone();
@@ -378,6 +382,7 @@ async fn measure(
             get.push(*value);
         }
     }
+    let gets_per_sec = get.len() as f64 / reads_started.elapsed().as_secs_f64();
     let read_cpu_ms =
         (controller.cpu_secs()? - cpu_before_reads) * 1000.0 / get.len().max(1) as f64;
 
@@ -430,6 +435,22 @@ async fn measure(
         .against("Nomad C1M anchor", 3750.0),
     );
     report.row(
+        single(
+            &backend.label("placements/s, vs reads"),
+            "1/s",
+            placements_per_sec,
+            made,
+        )
+        .against("GetVps/s, same clients and fleet", gets_per_sec),
+    );
+    report.note(format!(
+        "{}: a GetVps is one API round trip that writes nothing and calls no agent, made by \
+         the same clients on the same connections right after the creates: what API calls \
+         alone reach on this machine ({gets_per_sec:.0}/s). A create is that round trip plus \
+         a durable write, an ApplyVps round trip to its node and the write of its result",
+        backend.label("reads")
+    ));
+    report.row(
         Row::median(
             &backend.label("CreateVps latency under load"),
             "ms",
@@ -481,6 +502,26 @@ async fn measure(
         )
         .against("controller CPU per GetVps, same fleet", read_cpu_ms),
     );
+    report.row(
+        single(
+            &backend.label("bench CPU per acknowledged create (API clients + simulated nodes)"),
+            "ms",
+            bench_cpu_ms,
+            made,
+        )
+        .against("controller CPU per acknowledged create", create_cpu_ms),
+    );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    report.note(format!(
+        "{}: the bench (its API clients and the simulated nodes answering ApplyVps and sending \
+         heartbeats, one process) spent {bench_cpu_ms:.3} ms of CPU per create on the same \
+         {cores:.0} CPUs as the controller: even a controller that cost nothing would place at \
+         most {:.0}/s here ({cores:.0} CPUs / the bench's CPU per create), and with both at \
+         their measured costs at most {:.0}/s",
+        backend.label("machine"),
+        cores * 1000.0 / bench_cpu_ms,
+        cores * 1000.0 / (bench_cpu_ms + create_cpu_ms),
+    ));
     report.row(
         single(
             &backend.label("controller CPU while idle"),
@@ -649,6 +690,27 @@ impl Store<'_> {
     }
 }
 
+/// CPU seconds (user + system) process `pid` (or `self`) has used so far, all its threads.
+fn process_cpu_secs(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at `state`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| -> Result<f64> {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<f64>().ok())
+            .with_context(|| format!("parsing /proc/{pid}/stat"))
+    };
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 counted from `state`.
+    // SAFETY: sysconf reads a constant of the system.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / per_sec.max(1.0))
+}
+
 /// The real controller binary, killed and reaped on drop.
 struct ControllerProcess {
     child: Child,
@@ -660,23 +722,7 @@ struct ControllerProcess {
 impl ControllerProcess {
     /// CPU seconds (user + system) the controller process has used so far.
     fn cpu_secs(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .context("reading the controller's /proc stat")?;
-        // Fields after the command name (which may contain spaces) start at `state`.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |index: usize| -> Result<f64> {
-            fields
-                .get(index)
-                .and_then(|value| value.parse::<f64>().ok())
-                .context("parsing the controller's /proc stat")
-        };
-        // utime and stime are fields 14 and 15 of stat: 11 and 12 counted from `state`.
-        // SAFETY: sysconf reads a constant of the system.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok((ticks(11)? + ticks(12)?) / per_sec.max(1.0))
+        process_cpu_secs(&self.child.id().to_string())
     }
 
     fn start(options: &Options, dir: &Path, size: &Size, store_lines: &str) -> Result<Self> {
