@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct Counters {
     pub lists: AtomicU64,
     pub deletes: AtomicU64,
     pub heartbeats: AtomicU64,
+    /// Usage samples in heartbeats the controller took.
+    pub samples: AtomicU64,
 }
 
 /// What the simulated nodes need to know about the controller.
@@ -47,6 +49,9 @@ pub struct ControllerAccess {
 /// Running simulated nodes; dropping it stops their servers and heartbeats.
 pub struct Simulator {
     pub counters: Arc<Counters>,
+    /// While set, every heartbeat carries a usage sample for each VPS of its node, as an
+    /// agent's does every `usage_interval_secs` (default 10 s, the bench's heartbeat).
+    pub metering: Arc<AtomicBool>,
     pub nodes: usize,
     shutdown: watch::Sender<bool>,
 }
@@ -84,6 +89,7 @@ impl Simulator {
         heartbeat: Duration,
     ) -> Result<Self> {
         let counters = Arc::new(Counters::default());
+        let metering = Arc::new(AtomicBool::new(false));
         let (shutdown, stopped) = watch::channel(false);
         // One listening socket for every node: the port on the wildcard address, each
         // accepted connection handed to the node owning the local address it was made to.
@@ -103,6 +109,7 @@ impl Simulator {
                 controller.join_token.clone(),
             );
             let counters = counters.clone();
+            let metering = metering.clone();
             let stopped = stopped.clone();
             let routes = routes.clone();
             started.push(tokio::spawn(async move {
@@ -113,7 +120,11 @@ impl Simulator {
                     address,
                     routes,
                 };
-                start_node(node, access, counters, stopped, heartbeat, nodes).await
+                let beats = Beats {
+                    interval: heartbeat,
+                    metering,
+                };
+                start_node(node, access, counters, stopped, beats, nodes).await
             }));
         }
         for (index, task) in started.into_iter().enumerate() {
@@ -123,6 +134,7 @@ impl Simulator {
         }
         Ok(Self {
             counters,
+            metering,
             nodes,
             shutdown,
         })
@@ -169,6 +181,12 @@ async fn route_connections(
     }
 }
 
+/// How a simulated node heartbeats.
+struct Beats {
+    interval: Duration,
+    metering: Arc<AtomicBool>,
+}
+
 /// One simulated node's place: its index, the address it serves on, and the router.
 struct SimNode {
     index: usize,
@@ -185,7 +203,7 @@ async fn start_node(
     (url, ca_pem, join_token): (String, String, String),
     counters: Arc<Counters>,
     stopped: watch::Receiver<bool>,
-    heartbeat: Duration,
+    beats: Beats,
     nodes: usize,
 ) -> Result<()> {
     let name = node_name(index);
@@ -267,7 +285,7 @@ async fn start_node(
         agent_version: "simulated".to_owned(),
     };
     let answer = registry.register(register).await.context("registering")?;
-    let interval = heartbeat.max(Duration::from_secs(u64::from(
+    let interval = beats.interval.max(Duration::from_secs(u64::from(
         answer.into_inner().heartbeat_interval_secs.max(1),
     )));
     let mut stopped = stopped;
@@ -279,23 +297,61 @@ async fn start_node(
             _ = stopped.wait_for(|stop| *stop) => return,
         }
         let mut ticker = tokio::time::interval(interval);
-        loop {
+        for sequence in 1.. {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stopped.wait_for(|stop| *stop) => return,
             }
+            let vps = agent.statuses();
+            let usage = if beats.metering.load(Ordering::Relaxed) {
+                let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
+                vps.iter()
+                    .map(|status| usage_sample(&status.vps_id, sequence, interval_ms))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let samples = usage.len() as u64;
             let request = v1::HeartbeatRequest {
                 node_name: name.clone(),
-                vps: agent.statuses(),
+                vps,
                 capacity: None,
-                usage: Vec::new(),
+                usage,
             };
             if registry.heartbeat(request).await.is_ok() {
                 counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+                counters.samples.fetch_add(samples, Ordering::Relaxed);
             }
         }
     });
     Ok(())
+}
+
+/// A usage sample of a busy VPS: every counter grows with each beat (`sequence`), in one
+/// incarnation for the whole run.
+fn usage_sample(vps_id: &str, sequence: u64, interval_ms: u32) -> v1::UsageSample {
+    let sampled_at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+    v1::UsageSample {
+        vps_id: vps_id.to_owned(),
+        incarnation: "simulated".to_owned(),
+        sequence,
+        sampled_at_unix_ms,
+        interval_ms,
+        cpu_usage_ns: sequence * 2_000_000_000,
+        memory_bytes: 48 << 20,
+        memory_peak_bytes: 64 << 20,
+        io_read_bytes: sequence << 20,
+        io_write_bytes: sequence << 21,
+        io_read_ops: sequence * 256,
+        io_write_ops: sequence * 512,
+        net_rx_bytes: sequence * 1_000_000,
+        net_tx_bytes: sequence * 2_000_000,
+        disk_used_bytes: 300 << 20,
+    }
 }
 
 /// One simulated agent: what it was told to run.

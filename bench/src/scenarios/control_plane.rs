@@ -401,6 +401,22 @@ async fn measure(
     let idle_cores = (controller.cpu_secs()? - cpu_before_idle) / window.as_secs_f64();
     let idle_applies = simulator.counters.applies.load(Ordering::Relaxed) - applied;
     let idle_lists = simulator.counters.lists.load(Ordering::Relaxed) - lists_before;
+    // Metering: each heartbeat carries a usage sample per VPS, as an agent's does every 10 s
+    // (its default `usage_interval_secs`). Each VPS's first sample only sets its counters'
+    // start (one heartbeat interval for those), then a window like the idle one.
+    let beat = Duration::from_secs(u64::from(size.heartbeat_secs));
+    simulator.metering.store(true, Ordering::Relaxed);
+    tokio::time::sleep(beat + Duration::from_secs(1)).await;
+    let samples_before = simulator.counters.samples.load(Ordering::Relaxed);
+    let beats_before = simulator.counters.heartbeats.load(Ordering::Relaxed);
+    let cpu_before_metering = controller.cpu_secs()?;
+    tokio::time::sleep(window).await;
+    let metering_cores = (controller.cpu_secs()? - cpu_before_metering) / window.as_secs_f64();
+    let samples = simulator.counters.samples.load(Ordering::Relaxed) - samples_before;
+    let metered_beats = simulator.counters.heartbeats.load(Ordering::Relaxed) - beats_before;
+    simulator.metering.store(false, Ordering::Relaxed);
+    let sample_cpu_ms = (metering_cores - idle_cores).max(0.0) * window.as_secs_f64() * 1000.0
+        / samples.max(1) as f64;
     // The idle window's ListVps (a node's one listing after its creates) used the channels;
     // a minute later the controller has closed them.
     let quiet = match size.quiet_after {
@@ -531,6 +547,34 @@ async fn measure(
         )
         .against("one core", 1.0),
     );
+    report.row(
+        single(
+            &backend.label("controller CPU while idle, usage samples on"),
+            "cores",
+            metering_cores,
+            1,
+        )
+        .against("controller CPU while idle", idle_cores),
+    );
+    report.row(
+        single(
+            &backend.label("controller CPU per usage sample"),
+            "ms",
+            sample_cpu_ms,
+            samples as usize,
+        )
+        .against("controller CPU per GetVps, same fleet", read_cpu_ms),
+    );
+    report.note(format!(
+        "{}: usage samples on = a window of {} s in which every heartbeat carried a usage \
+         sample for each VPS of its node (cumulative counters, as an agent sends every \
+         `usage_interval_secs`, default 10 s), after one heartbeat interval for each VPS's \
+         first sample: {samples} samples in {metered_beats} heartbeats the controller took \
+         ({:.0}/s); CPU per sample = the window's CPU above the idle window's, per sample",
+        backend.label("metering"),
+        window.as_secs(),
+        samples as f64 / window.as_secs_f64(),
+    ));
     if let Some(quiet_cores) = quiet {
         report.row(
             single(
