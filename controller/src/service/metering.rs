@@ -1,7 +1,7 @@
 //! Metering service: accepts agents' usage samples (the arithmetic is `model::metering`)
 //! and answers usage queries for billing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
@@ -9,9 +9,11 @@ use crate::auth::Principal;
 use crate::error::ControllerError;
 use crate::model::metering::*;
 use crate::model::validate::ValidationError;
-use crate::model::{EventKind, EventRecord, UsageCursorRecord, UsageHourRecord, VpsRecord};
+use crate::model::{
+    EventKind, EventRecord, TransferOverage, UsageCursorRecord, UsageHourRecord, VpsRecord,
+};
 use crate::service::Controller;
-use crate::store::{UsageHourKey, UsageState, UsageUpdate};
+use crate::store::{UsageHourKey, UsageItem, UsageState, UsageUpdate};
 
 /// Usage samples, transfer limits and usage queries. A view of the [`Controller`]'s shared state; get one with
 /// [`Controller::metering`].
@@ -32,113 +34,76 @@ impl std::ops::Deref for Metering<'_> {
 }
 
 impl Metering<'_> {
-    /// Accounts one usage sample reported by `node`. Samples of VPSes that
-    /// are unknown or placed on another node are dropped. Returns whether the
-    /// sample was accepted (false for repeats).
+    /// Accounts one usage sample reported by `node`, as [`Metering::record_usages`] does.
+    /// Returns whether the sample was accepted (false for repeats and dropped samples).
+    pub fn record_usage(&self, node: &str, sample: &Sample) -> Result<bool, ControllerError> {
+        Ok(self.record_usages(node, std::slice::from_ref(sample))? == 1)
+    }
+
+    /// Accounts the usage samples of one heartbeat of `node`, in order, in as few store
+    /// calls as the store allows (one transaction on sled). Samples of VPSes that are
+    /// unknown or placed on another node are dropped. Returns how many samples were accepted
+    /// (repeats are not); if the store fails some, the others stand and the first error is
+    /// returned.
     ///
     /// The sample that uses up the plan's monthly transfer allowance also
     /// puts the plan's overage action (throttle or suspend) on the VPS, in
     /// the same transaction as the `transfer_100_percent` event, and kicks
     /// the node so the action is applied at once.
-    pub fn record_usage(&self, node: &str, sample: &Sample) -> Result<bool, ControllerError> {
-        let Some(vps) = self.store.get_vps(&sample.vps_id)? else {
-            return Ok(false);
-        };
-        if vps.node != node {
-            tracing::warn!(node, vps_id = %sample.vps_id, "usage sample for a VPS placed elsewhere");
-            return Ok(false);
+    pub fn record_usages(&self, node: &str, samples: &[Sample]) -> Result<usize, ControllerError> {
+        if samples.is_empty() {
+            // Most heartbeats: no store call at all.
+            return Ok(0);
         }
         let now = Utc::now();
-        let mut sample = sample.clone();
-        if sample.sampled_at_unix_ms > now.timestamp_millis() + MAX_CLOCK_SKEW_MS {
-            sample.sampled_at_unix_ms = now.timestamp_millis();
+        let mut plans: HashMap<String, (u64, TransferOverage)> = HashMap::new();
+        let mut accountings = Vec::with_capacity(samples.len());
+        for sample in samples {
+            let Some(vps) = self.store.get_vps(&sample.vps_id)? else {
+                continue;
+            };
+            if vps.node != node {
+                tracing::warn!(node, vps_id = %sample.vps_id, "usage sample for a VPS placed elsewhere");
+                continue;
+            }
+            let plan = match plans.get(&vps.plan) {
+                Some(plan) => *plan,
+                None => {
+                    let plan = self.store.get_plan(&vps.plan)?;
+                    let allowance = plan.as_ref().map_or(0, |plan| plan.monthly_transfer_bytes);
+                    let overage = plan.map(|plan| plan.transfer_overage).unwrap_or_default();
+                    plans.insert(vps.plan.clone(), (allowance, overage));
+                    (allowance, overage)
+                }
+            };
+            accountings.push(Accounting::new(vps, sample, plan, now));
         }
-        let hour_start = floor_to(sample.sampled_at_unix_ms.div_euclid(1000), HOUR_SECS);
-        let key = UsageHourKey {
-            tenant: vps.tenant.clone(),
-            hour_start,
-            vps_id: vps.vps_id.clone(),
-        };
-        let plan = self.store.get_plan(&vps.plan)?;
-        let allowance = plan.as_ref().map_or(0, |plan| plan.monthly_transfer_bytes);
-        let overage = plan.map(|plan| plan.transfer_overage).unwrap_or_default();
-        let sampled_at = DateTime::from_timestamp_millis(sample.sampled_at_unix_ms).unwrap_or(now);
-        let month = BillingMonth::of(sampled_at);
-        let current_month = month == BillingMonth::of(now);
-        let update = self.store.record_usage(&vps.vps_id, &key, &|state| {
-            let UsageState {
-                cursor: last,
-                hour,
-                vps,
-            } = state;
-            // Removed since the lookup above: nothing left to bill.
-            let vps = vps?;
-            let delta = delta(last.as_ref(), &sample)?;
-            let (transfer, threshold) = match &last {
-                Some(last) if last.month == month.name => {
-                    (last.month_transfer_bytes, last.month_threshold_percent)
-                }
-                _ => (0, 0),
-            };
-            let transfer = transfer
-                .saturating_add(delta.net_rx_bytes)
-                .saturating_add(delta.net_tx_bytes);
-            let crossed = transfer_thresholds(allowance, transfer, threshold);
-            let mut events: Vec<EventRecord> = crossed
-                .iter()
-                .map(|kind| EventRecord::of_vps(*kind, &vps))
-                .collect();
-            // A late sample of a month already over announces, but limits nothing.
-            let limit = (current_month && crossed.contains(&EventKind::Transfer100Percent))
-                .then(|| month.limit(overage, now))
-                .flatten();
-            let limited = limit.map(|limit| {
-                let mut vps = vps.clone();
-                if let Some(ended) = vps.transfer_limit.take() {
-                    events.push(limit_ended(&vps, &ended, "its billing month ended"));
-                }
-                events.push(
-                    EventRecord::of_vps(EventKind::TransferLimited, &vps)
-                        .with_detail(describe_limit(&limit)),
-                );
-                vps.transfer_limit = Some(limit);
-                vps
-            });
-            let mut hour = hour.unwrap_or_else(|| UsageHourRecord {
-                tenant: vps.tenant.clone(),
-                vps_id: vps.vps_id.clone(),
-                hour_start,
-                ..UsageHourRecord::default()
-            });
-            hour.vps = vps.name.clone();
-            hour.plan = vps.plan.clone();
-            accumulate(&mut hour, &delta);
-            let cursor = UsageCursorRecord {
-                incarnation: sample.incarnation.clone(),
-                sequence: sample.sequence,
-                sampled_at_unix_ms: sample.sampled_at_unix_ms,
-                counters: sample.counters.clone(),
-                month: month.name.clone(),
-                month_transfer_bytes: transfer,
-                month_threshold_percent: match crossed.last() {
-                    Some(EventKind::Transfer100Percent) => 100,
-                    Some(_) => 80,
-                    None => threshold,
-                },
-            };
-            Some(UsageUpdate {
-                cursor,
-                hour,
-                events,
-                vps: limited,
+        let applies: Vec<_> = accountings
+            .iter()
+            .map(|accounting| move |state: UsageState| accounting.apply(state))
+            .collect();
+        let items: Vec<UsageItem<'_>> = accountings
+            .iter()
+            .zip(&applies)
+            .map(|(accounting, apply)| UsageItem {
+                vps_id: &accounting.key.vps_id,
+                hour_key: &accounting.key,
+                apply,
             })
-        })?;
-        if let Some(limited) = update.as_ref().and_then(|update| update.vps.as_ref()) {
-            tracing::info!(vps = %limited.name, tenant = %limited.tenant, plan = %limited.plan,
-                limit = ?limited.transfer_limit, "monthly transfer allowance used up");
-            self.reconciler.kick(&limited.node);
+            .collect();
+        let mut accepted = 0;
+        for result in self.store.record_usages(&items) {
+            let Some(update) = result? else {
+                continue;
+            };
+            accepted += 1;
+            if let Some(limited) = &update.vps {
+                tracing::info!(vps = %limited.name, tenant = %limited.tenant, plan = %limited.plan,
+                    limit = ?limited.transfer_limit, "monthly transfer allowance used up");
+                self.reconciler.kick(&limited.node);
+            }
         }
-        Ok(update.is_some())
+        Ok(accepted)
     }
 
     /// Clears every transfer limit whose month is over, each with its
@@ -394,6 +359,123 @@ impl Metering<'_> {
             tenant: query.tenant.clone(),
             per_vps,
             total,
+        })
+    }
+}
+
+/// One usage sample made ready for its store transaction: where it goes and what it is
+/// applied with.
+struct Accounting {
+    key: UsageHourKey,
+    sample: Sample,
+    hour_start: i64,
+    /// The plan's monthly transfer allowance and what happens beyond it.
+    allowance: u64,
+    overage: TransferOverage,
+    month: BillingMonth,
+    current_month: bool,
+    now: DateTime<Utc>,
+}
+
+impl Accounting {
+    fn new(
+        vps: VpsRecord,
+        sample: &Sample,
+        plan: (u64, TransferOverage),
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut sample = sample.clone();
+        if sample.sampled_at_unix_ms > now.timestamp_millis() + MAX_CLOCK_SKEW_MS {
+            sample.sampled_at_unix_ms = now.timestamp_millis();
+        }
+        let hour_start = floor_to(sample.sampled_at_unix_ms.div_euclid(1000), HOUR_SECS);
+        let sampled_at = DateTime::from_timestamp_millis(sample.sampled_at_unix_ms).unwrap_or(now);
+        let month = BillingMonth::of(sampled_at);
+        let (allowance, overage) = plan;
+        Self {
+            key: UsageHourKey {
+                tenant: vps.tenant,
+                hour_start,
+                vps_id: vps.vps_id,
+            },
+            current_month: month == BillingMonth::of(now),
+            sample,
+            hour_start,
+            allowance,
+            overage,
+            month,
+            now,
+        }
+    }
+
+    /// What the sample writes given what its transaction read; `None` to ignore it.
+    fn apply(&self, state: UsageState) -> Option<UsageUpdate> {
+        let (sample, month) = (&self.sample, &self.month);
+        let UsageState {
+            cursor: last,
+            hour,
+            vps,
+        } = state;
+        // Removed since the lookup above: nothing left to bill.
+        let vps = vps?;
+        let delta = delta(last.as_ref(), sample)?;
+        let (transfer, threshold) = match &last {
+            Some(last) if last.month == month.name => {
+                (last.month_transfer_bytes, last.month_threshold_percent)
+            }
+            _ => (0, 0),
+        };
+        let transfer = transfer
+            .saturating_add(delta.net_rx_bytes)
+            .saturating_add(delta.net_tx_bytes);
+        let crossed = transfer_thresholds(self.allowance, transfer, threshold);
+        let mut events: Vec<EventRecord> = crossed
+            .iter()
+            .map(|kind| EventRecord::of_vps(*kind, &vps))
+            .collect();
+        // A late sample of a month already over announces, but limits nothing.
+        let limit = (self.current_month && crossed.contains(&EventKind::Transfer100Percent))
+            .then(|| month.limit(self.overage, self.now))
+            .flatten();
+        let limited = limit.map(|limit| {
+            let mut vps = vps.clone();
+            if let Some(ended) = vps.transfer_limit.take() {
+                events.push(limit_ended(&vps, &ended, "its billing month ended"));
+            }
+            events.push(
+                EventRecord::of_vps(EventKind::TransferLimited, &vps)
+                    .with_detail(describe_limit(&limit)),
+            );
+            vps.transfer_limit = Some(limit);
+            vps
+        });
+        let mut hour = hour.unwrap_or_else(|| UsageHourRecord {
+            tenant: vps.tenant.clone(),
+            vps_id: vps.vps_id.clone(),
+            hour_start: self.hour_start,
+            ..UsageHourRecord::default()
+        });
+        hour.vps = vps.name.clone();
+        hour.plan = vps.plan.clone();
+        accumulate(&mut hour, &delta);
+        let cursor = UsageCursorRecord {
+            incarnation: sample.incarnation.clone(),
+            sequence: sample.sequence,
+            sampled_at_unix_ms: sample.sampled_at_unix_ms,
+            counters: sample.counters.clone(),
+            month: month.name.clone(),
+            month_transfer_bytes: transfer,
+            month_threshold_percent: match crossed.last() {
+                Some(EventKind::Transfer100Percent) => 100,
+                Some(_) => 80,
+                None => threshold,
+            },
+        };
+        Some(UsageUpdate {
+            cursor,
+            hour,
+            events,
+            vps: limited,
         })
     }
 }

@@ -248,9 +248,7 @@ impl Nodes<'_> {
             }
             reports.recorded(&node.name, digest);
         }
-        for sample in &request.usage {
-            self.metering().record_usage(&node.name, sample)?;
-        }
+        self.metering().record_usages(&node.name, &request.usage)?;
         if !was_online {
             self.placements.invalidate();
             info!(node = %node.name, "node is back online");

@@ -97,6 +97,7 @@ both!(
     a_batch_larger_than_one_transaction_is_written_whole_in_order,
     event_cursors_and_audit_sequence_have_no_gaps,
     usage_sample_writes_cursor_and_hour_together,
+    a_batch_of_usage_samples_is_applied_in_order,
     plans_tokens_nodes_and_pools,
     long_lists_are_complete_and_ordered,
     vps_watchers_see_committed_changes,
@@ -596,6 +597,106 @@ fn event_cursors_and_audit_sequence_have_no_gaps(fixture: &Fixture) {
         .map(|entry| entry.seq)
         .collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
+}
+
+/// One heartbeat's samples in one call: each sees what the ones before it wrote (two of one
+/// VPS: a run's closing sample and the next run's first), a repeat is ignored, and the
+/// events of the batch are appended in order.
+fn a_batch_of_usage_samples_is_applied_in_order(fixture: &Fixture) {
+    let store = &*fixture.store;
+    store.create_tenant(&tenant("acme", 5)).expect("tenant");
+    let (web, db) = (vps("acme", "web"), vps("acme", "db"));
+    store.create_vps(&web).expect("web");
+    store.create_vps(&db).expect("db");
+    let key = |vps: &VpsRecord| UsageHourKey {
+        tenant: "acme".to_owned(),
+        hour_start: 3600,
+        vps_id: vps.vps_id.clone(),
+    };
+    let (web_key, db_key) = (key(&web), key(&db));
+    let after = store.list_events(0, 1000).expect("events").len();
+    // Each sample counts one CPU nanosecond and takes sequence `sequence`; a later sequence
+    // than the cursor's only, as the real arithmetic does.
+    let sequences = [1, 1, 2, 2];
+    let applies: Vec<_> = sequences
+        .iter()
+        .map(|&sequence| {
+            move |state: UsageState| -> Option<UsageUpdate> {
+                let vps = state.vps?;
+                let last = state.cursor.map_or(0, |cursor| cursor.sequence);
+                if sequence <= last {
+                    return None;
+                }
+                let mut hour = state.hour.unwrap_or_else(|| UsageHourRecord {
+                    tenant: vps.tenant.clone(),
+                    vps_id: vps.vps_id.clone(),
+                    hour_start: 3600,
+                    ..UsageHourRecord::default()
+                });
+                hour.cpu_usage_ns += 1;
+                Some(UsageUpdate {
+                    cursor: UsageCursorRecord {
+                        sequence,
+                        ..UsageCursorRecord::default()
+                    },
+                    hour,
+                    events: vec![EventRecord::of_vps(EventKind::Transfer80Percent, &vps)],
+                    vps: None,
+                })
+            }
+        })
+        .collect();
+    let targets = [
+        (&web, &web_key),
+        (&db, &db_key),
+        (&web, &web_key),
+        (&web, &web_key),
+    ];
+    let items: Vec<UsageItem<'_>> = targets
+        .iter()
+        .zip(&applies)
+        .map(|((vps, key), apply)| UsageItem {
+            vps_id: &vps.vps_id,
+            hour_key: key,
+            apply,
+        })
+        .collect();
+    let answers: Vec<Option<u64>> = store
+        .record_usages(&items)
+        .into_iter()
+        .map(|answer| {
+            answer
+                .expect("recorded")
+                .map(|update| update.cursor.sequence)
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [Some(1), Some(1), Some(2), None],
+        "the repeat is ignored"
+    );
+    let cursor = store.get_usage_cursor(&web.vps_id).expect("cursor");
+    assert_eq!(cursor.map(|cursor| cursor.sequence), Some(2));
+    let hours = store
+        .list_usage_hours(Some("acme"), 0, 7200)
+        .expect("hours");
+    let cpu: Vec<(String, u64)> = hours
+        .iter()
+        .map(|hour| (hour.vps_id.clone(), hour.cpu_usage_ns))
+        .collect();
+    assert_eq!(
+        cpu,
+        [(db.vps_id.clone(), 1), (web.vps_id.clone(), 2)],
+        "web's second sample added to its first in the same hour"
+    );
+    let events: Vec<String> = store.list_events(0, 1000).expect("events")[after..]
+        .iter()
+        .map(|event| event.vps_id.clone())
+        .collect();
+    assert_eq!(
+        events,
+        [&web.vps_id, &db.vps_id, &web.vps_id].map(String::clone)
+    );
 }
 
 fn usage_sample_writes_cursor_and_hour_together(fixture: &Fixture) {

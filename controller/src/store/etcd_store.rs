@@ -461,6 +461,33 @@ impl Tx<'_> {
         Ok(next)
     }
 
+    /// Records a usage sample (see [`Store::record_usage`]); what it wrote, if anything.
+    fn record_usage(&mut self, item: &UsageItem<'_>) -> Result<Option<UsageUpdate>, StoreError> {
+        let UsageItem {
+            vps_id,
+            hour_key,
+            apply,
+        } = item;
+        let key = usage_hour_key(&hour_key.tenant, hour_key.hour_start, &hour_key.vps_id);
+        let state = UsageState {
+            cursor: self.get("usage_cursors", vps_id)?,
+            hour: self.get("usage_hours", &key)?,
+            vps: self.get("vps", vps_id)?,
+        };
+        let Some(update) = apply(state) else {
+            return Ok(None);
+        };
+        self.put("usage_cursors", vps_id, &update.cursor);
+        self.put("usage_hours", &key, &update.hour);
+        if let Some(vps) = &update.vps {
+            self.put("vps", vps_id, vps);
+        }
+        for event in &update.events {
+            self.append_event(event.clone())?;
+        }
+        Ok(Some(update))
+    }
+
     /// Creates `vps` (see [`Store::create_vps`]); returns the record as stored.
     fn create_vps(&mut self, vps: &VpsRecord) -> Result<VpsRecord, StoreError> {
         let names_key = name_key(&vps.tenant, &vps.name);
@@ -1648,27 +1675,31 @@ impl Store for EtcdStore {
         hour_key: &UsageHourKey,
         apply: &(dyn Fn(UsageState) -> Option<UsageUpdate> + Sync),
     ) -> Result<Option<UsageUpdate>, StoreError> {
-        let key = usage_hour_key(&hour_key.tenant, hour_key.hour_start, &hour_key.vps_id);
-        let result = self.transact(|tx| {
-            let state = UsageState {
-                cursor: tx.get("usage_cursors", vps_id)?,
-                hour: tx.get("usage_hours", &key)?,
-                vps: tx.get("vps", vps_id)?,
-            };
-            let Some(update) = apply(state) else {
-                return Ok(None);
-            };
-            tx.put("usage_cursors", vps_id, &update.cursor);
-            tx.put("usage_hours", &key, &update.hour);
-            if let Some(vps) = &update.vps {
-                tx.put("vps", vps_id, vps);
-            }
-            for event in &update.events {
-                tx.append_event(event.clone())?;
-            }
-            Ok(Some(update))
-        });
+        let item = UsageItem {
+            vps_id,
+            hour_key,
+            apply,
+        };
+        let result = self.transact(|tx| tx.record_usage(&item));
         self.usage_recorded(vps_id, result)
+    }
+
+    /// As many samples to a Txn as [`BATCH_WRITES`] allows.
+    fn record_usages(
+        &self,
+        items: &[UsageItem<'_>],
+    ) -> Vec<Result<Option<UsageUpdate>, StoreError>> {
+        let results = self.batched(
+            items,
+            |tx, item| tx.record_usage(item),
+            |item| self.transact(|tx| tx.record_usage(item)),
+            |_| {},
+        );
+        items
+            .iter()
+            .zip(results)
+            .map(|(item, result)| self.usage_recorded(item.vps_id, result))
+            .collect()
     }
 
     fn get_usage_cursor(&self, vps_id: &str) -> Result<Option<UsageCursorRecord>, StoreError> {

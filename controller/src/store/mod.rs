@@ -122,6 +122,13 @@ pub struct UsageHourKey {
     pub vps_id: String,
 }
 
+/// One usage sample for [`Store::record_usages`], as [`Store::record_usage`] takes it.
+pub struct UsageItem<'a> {
+    pub vps_id: &'a str,
+    pub hour_key: &'a UsageHourKey,
+    pub apply: &'a (dyn Fn(UsageState) -> Option<UsageUpdate> + Sync),
+}
+
 /// What one accepted usage sample writes.
 #[derive(Debug, Clone)]
 pub struct UsageUpdate {
@@ -303,6 +310,19 @@ pub trait Store: Send + Sync + 'static {
         hour_key: &UsageHourKey,
         apply: &(dyn Fn(UsageState) -> Option<UsageUpdate> + Sync),
     ) -> Result<Option<UsageUpdate>, StoreError>;
+    /// Several usage samples (one heartbeat's), each recorded as [`Store::record_usage`]
+    /// would and in order, a later one seeing what an earlier one wrote (a VPS may have a
+    /// run's closing sample and the next run's first in one heartbeat), in as few store calls
+    /// as this store allows; the answers in the order of `items`. By default one call each.
+    fn record_usages(
+        &self,
+        items: &[UsageItem<'_>],
+    ) -> Vec<Result<Option<UsageUpdate>, StoreError>> {
+        items
+            .iter()
+            .map(|item| self.record_usage(item.vps_id, item.hour_key, item.apply))
+            .collect()
+    }
     /// The last usage sample accepted for a VPS (with its month's transfer).
     fn get_usage_cursor(&self, vps_id: &str) -> Result<Option<UsageCursorRecord>, StoreError>;
     /// Hour records with `from <= hour_start < to` (Unix seconds), of one

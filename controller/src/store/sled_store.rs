@@ -224,6 +224,55 @@ fn tx_need<T: DeserializeOwned>(
     }
 }
 
+impl SledStore {
+    /// Usage samples in one transaction, in order (sled's transaction reads its own writes).
+    fn record_usages_together(
+        &self,
+        items: &[UsageItem<'_>],
+    ) -> Result<Vec<Option<UsageUpdate>>, StoreError> {
+        let keys: Vec<Vec<u8>> = items
+            .iter()
+            .map(|item| {
+                let key = item.hour_key;
+                usage_hour_key(&key.tenant, key.hour_start, &key.vps_id)
+            })
+            .collect();
+        flatten(
+            (
+                &self.usage_cursors,
+                &self.usage_hours,
+                &self.vps,
+                &self.events,
+                &self.events_meta,
+            )
+                .transaction(|(cursors, hours, all_vps, events, meta)| {
+                    let mut updates = Vec::with_capacity(items.len());
+                    for (item, key) in items.iter().zip(&keys) {
+                        let vps_id = item.vps_id.as_bytes();
+                        let state = UsageState {
+                            cursor: tx_get(cursors, "usage_cursors", vps_id)?,
+                            hour: tx_get(hours, "usage_hours", key)?,
+                            vps: tx_get(all_vps, "vps", vps_id)?,
+                        };
+                        let update = (item.apply)(state);
+                        if let Some(update) = &update {
+                            cursors.insert(vps_id, encode(&update.cursor))?;
+                            hours.insert(key.as_slice(), encode(&update.hour))?;
+                            if let Some(vps) = &update.vps {
+                                all_vps.insert(vps_id, encode(vps))?;
+                            }
+                            for event in &update.events {
+                                tx_append_event(events, meta, event.clone())?;
+                            }
+                        }
+                        updates.push(update);
+                    }
+                    Ok(updates)
+                }),
+        )
+    }
+}
+
 fn flatten<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
     result.map_err(|error| match error {
         TransactionError::Abort(error) => error,
@@ -809,36 +858,37 @@ impl Store for SledStore {
         hour_key: &UsageHourKey,
         apply: &(dyn Fn(UsageState) -> Option<UsageUpdate> + Sync),
     ) -> Result<Option<UsageUpdate>, StoreError> {
-        let key = usage_hour_key(&hour_key.tenant, hour_key.hour_start, &hour_key.vps_id);
-        let result = flatten(
-            (
-                &self.usage_cursors,
-                &self.usage_hours,
-                &self.vps,
-                &self.events,
-                &self.events_meta,
-            )
-                .transaction(|(cursors, hours, all_vps, events, meta)| {
-                    let state = UsageState {
-                        cursor: tx_get(cursors, "usage_cursors", vps_id.as_bytes())?,
-                        hour: tx_get(hours, "usage_hours", &key)?,
-                        vps: tx_get(all_vps, "vps", vps_id.as_bytes())?,
-                    };
-                    let Some(update) = apply(state) else {
-                        return Ok(None);
-                    };
-                    cursors.insert(vps_id.as_bytes(), encode(&update.cursor))?;
-                    hours.insert(key.as_slice(), encode(&update.hour))?;
-                    if let Some(vps) = &update.vps {
-                        all_vps.insert(vps_id.as_bytes(), encode(vps))?;
-                    }
-                    for event in &update.events {
-                        tx_append_event(events, meta, event.clone())?;
-                    }
-                    Ok(Some(update))
-                }),
-        );
+        let item = UsageItem {
+            vps_id,
+            hour_key,
+            apply,
+        };
+        let result = self
+            .record_usages_together(std::slice::from_ref(&item))
+            .map(|mut updates| updates.pop().flatten());
         self.usage_recorded(vps_id, result)
+    }
+
+    /// One transaction for all of `items`; if it fails, each alone, for its own answer.
+    fn record_usages(
+        &self,
+        items: &[UsageItem<'_>],
+    ) -> Vec<Result<Option<UsageUpdate>, StoreError>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        match self.record_usages_together(items) {
+            Ok(updates) => items
+                .iter()
+                .zip(updates)
+                .map(|(item, update)| self.usage_recorded(item.vps_id, Ok(update)))
+                .collect(),
+            // A failed transaction wrote nothing.
+            Err(_) => items
+                .iter()
+                .map(|item| self.record_usage(item.vps_id, item.hour_key, item.apply))
+                .collect(),
+        }
     }
 
     fn get_usage_cursor(&self, vps_id: &str) -> Result<Option<UsageCursorRecord>, StoreError> {
