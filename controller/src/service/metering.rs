@@ -58,8 +58,12 @@ impl Metering<'_> {
         let now = Utc::now();
         let mut plans: HashMap<String, (u64, TransferOverage)> = HashMap::new();
         let mut accountings = Vec::with_capacity(samples.len());
-        for sample in samples {
-            let Some(vps) = self.store.get_vps(&sample.vps_id)? else {
+        let vps_ids: Vec<&str> = samples
+            .iter()
+            .map(|sample| sample.vps_id.as_str())
+            .collect();
+        for (sample, vps) in samples.iter().zip(self.store.get_vpses(&vps_ids)?) {
+            let Some(vps) = vps else {
                 continue;
             };
             if vps.node != node {

@@ -608,6 +608,14 @@ fn a_batch_of_usage_samples_is_applied_in_order(fixture: &Fixture) {
     let (web, db) = (vps("acme", "web"), vps("acme", "db"));
     store.create_vps(&web).expect("web");
     store.create_vps(&db).expect("db");
+    // The VPS lookups before such a batch are one call too.
+    let found: Vec<Option<String>> = store
+        .get_vpses(&[&web.vps_id, "acme-gone-id", &db.vps_id])
+        .expect("get_vpses")
+        .into_iter()
+        .map(|vps| vps.map(|vps| vps.name))
+        .collect();
+    assert_eq!(found, [Some("web".to_owned()), None, Some("db".to_owned())]);
     let key = |vps: &VpsRecord| UsageHourKey {
         tenant: "acme".to_owned(),
         hour_start: 3600,

@@ -1524,6 +1524,28 @@ impl Store for EtcdStore {
         self.get("vps", vps_id)
     }
 
+    /// One request per [`PREFETCH_KEYS`] VPSes.
+    fn get_vpses(&self, vps_ids: &[&str]) -> Result<Vec<Option<VpsRecord>>, StoreError> {
+        let keys: Vec<String> = vps_ids
+            .iter()
+            .map(|vps_id| format!("vps/{vps_id}"))
+            .collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let reads = self.read_many(&keys)?;
+        if reads.len() != vps_ids.len() {
+            return vps_ids.iter().map(|vps_id| self.get_vps(vps_id)).collect();
+        }
+        vps_ids
+            .iter()
+            .zip(reads)
+            .map(|(vps_id, read)| {
+                read.value
+                    .map(|bytes| decode("vps", vps_id, &bytes))
+                    .transpose()
+            })
+            .collect()
+    }
+
     fn find_vps(&self, tenant: &str, name: &str) -> Result<Option<VpsRecord>, StoreError> {
         match self.raw_get(&format!("vps_names/{}", name_key(tenant, name)))? {
             None => Ok(None),

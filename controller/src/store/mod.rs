@@ -234,6 +234,11 @@ pub trait Store: Send + Sync + 'static {
         vpses.iter().map(|vps| self.create_vps(vps)).collect()
     }
     fn get_vps(&self, vps_id: &str) -> Result<Option<VpsRecord>, StoreError>;
+    /// VPSes by id, in the order of `vps_ids` (`None` for one that does not exist), in as
+    /// few store calls as this store allows. By default one call each.
+    fn get_vpses(&self, vps_ids: &[&str]) -> Result<Vec<Option<VpsRecord>>, StoreError> {
+        vps_ids.iter().map(|vps_id| self.get_vps(vps_id)).collect()
+    }
     fn find_vps(&self, tenant: &str, name: &str) -> Result<Option<VpsRecord>, StoreError>;
     /// All VPSes, or one tenant's.
     fn list_vps(&self, tenant: Option<&str>) -> Result<Vec<VpsRecord>, StoreError>;
