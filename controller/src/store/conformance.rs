@@ -705,6 +705,36 @@ fn a_batch_of_usage_samples_is_applied_in_order(fixture: &Fixture) {
         events,
         [&web.vps_id, &db.vps_id, &web.vps_id].map(String::clone)
     );
+
+    // A heartbeat of more samples than one etcd Txn takes (each stages its cursor, hour,
+    // event and the event counter): all written, events in order.
+    store.create_tenant(&tenant("bulk", 40)).expect("tenant");
+    let bulk: Vec<VpsRecord> = (0..30).map(|i| vps("bulk", &format!("v{i}"))).collect();
+    for vps in &bulk {
+        store.create_vps(vps).expect("bulk vps");
+    }
+    let keys: Vec<UsageHourKey> = bulk.iter().map(key).collect();
+    let first = &applies[0];
+    let items: Vec<UsageItem<'_>> = bulk
+        .iter()
+        .zip(&keys)
+        .map(|(vps, key)| UsageItem {
+            vps_id: &vps.vps_id,
+            hour_key: key,
+            apply: first,
+        })
+        .collect();
+    let before = store.list_events(0, 1000).expect("events").len();
+    let answers = store.record_usages(&items);
+    assert!(answers
+        .iter()
+        .all(|answer| matches!(answer, Ok(Some(update)) if update.cursor.sequence == 1)));
+    let events: Vec<String> = store.list_events(0, 1000).expect("events")[before..]
+        .iter()
+        .map(|event| event.vps_id.clone())
+        .collect();
+    let ids: Vec<String> = bulk.iter().map(|vps| vps.vps_id.clone()).collect();
+    assert_eq!(events, ids);
 }
 
 fn usage_sample_writes_cursor_and_hour_together(fixture: &Fixture) {

@@ -382,6 +382,22 @@ struct Read {
     mod_revision: i64,
 }
 
+impl Read {
+    /// What a get found: the key's value and revision, or none (revision 0: absent).
+    fn of(found: Option<&etcd_client::KeyValue>) -> Self {
+        match found {
+            Some(kv) => Read {
+                value: Some(kv.value().to_vec()),
+                mod_revision: kv.mod_revision(),
+            },
+            None => Read {
+                value: None,
+                mod_revision: 0,
+            },
+        }
+    }
+}
+
 /// A transaction in progress: what it read (compared at commit) and what it will write.
 struct Tx<'a> {
     store: &'a EtcdStore,
@@ -403,16 +419,7 @@ impl Tx<'_> {
             let full = full.clone();
             async move { kv.get(full, None).await }
         })?;
-        let read = match response.kvs().first() {
-            Some(kv) => Read {
-                value: Some(kv.value().to_vec()),
-                mod_revision: kv.mod_revision(),
-            },
-            None => Read {
-                value: None,
-                mod_revision: 0,
-            },
-        };
+        let read = Read::of(response.kvs().first());
         let value = read.value.clone();
         self.reads.insert(key.to_owned(), read);
         Ok(value)
@@ -901,16 +908,7 @@ impl EtcdStore {
                     etcd_client::TxnOpResponse::Get(answer) => answer.kvs().first(),
                     _ => None,
                 };
-                reads.push(match first {
-                    Some(kv) => Read {
-                        value: Some(kv.value().to_vec()),
-                        mod_revision: kv.mod_revision(),
-                    },
-                    None => Read {
-                        value: None,
-                        mod_revision: 0,
-                    },
-                });
+                reads.push(Read::of(first));
             }
         }
         Ok(reads)
@@ -1254,8 +1252,8 @@ impl EtcdStore {
         self.batched_reading(items, |_| Vec::new(), write, alone, committed)
     }
 
-    /// [`EtcdStore::batched`], each Txn first reading the keys `reads` names for the items
-    /// not yet written, in as few requests as etcd's operation limit allows
+    /// [`EtcdStore::batched`], each Txn first reading the keys `reads` names for the next
+    /// items it may take, in as few requests as etcd's operation limit allows
     /// ([`Tx::prefetch`]), instead of a round trip per key as its items ask.
     fn batched_reading<I, O>(
         &self,
@@ -1269,7 +1267,8 @@ impl EtcdStore {
         let mut rest = items;
         while !rest.is_empty() {
             let written = self.transact(|tx| {
-                tx.prefetch(&reads(rest))?;
+                // A Txn takes at most this many items that write (each stages a key).
+                tx.prefetch(&reads(&rest[..rest.len().min(BATCH_WRITES)]))?;
                 let mut written = Vec::new();
                 for item in rest {
                     if !written.is_empty() && tx.writes.len() >= BATCH_WRITES {
