@@ -32,7 +32,14 @@ pub struct PlacementCache {
 struct Cached {
     index: CapacityIndex,
     built: Instant,
+    /// How long it is reused: the TTL, or less if a node it calls online would be offline
+    /// by then without another heartbeat.
+    lives: Duration,
 }
+
+/// Node views read from the store, and how long the ones it calls online stay online
+/// without another heartbeat (the least of those; `Duration::MAX` if none is online).
+pub type LoadedViews = (Vec<NodeView>, Duration);
 
 impl PlacementCache {
     /// A cache whose views are rebuilt from the store when older than `ttl`.
@@ -44,21 +51,26 @@ impl PlacementCache {
     }
 
     /// Picks a node for `need` and charges the view with it; the caller
-    /// [`release`](Self::release)s it if the VPS is not stored after all.
+    /// [`release`](Self::release)s it if the VPS is not stored after all. A view is read
+    /// again once older than the TTL or than its online nodes' silence allows, so no node
+    /// that fell silent is placed on after it counts as offline.
     pub fn place(
         &self,
-        load: impl FnOnce() -> Result<Vec<NodeView>, ControllerError>,
+        load: impl FnOnce() -> Result<LoadedViews, ControllerError>,
         need: &Resources,
         placement: &Placement,
     ) -> Result<String, ControllerError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let fresh = state.as_ref().is_some_and(|cached| {
-            cached.built.elapsed() < self.ttl && cached.index.serves(placement)
+            cached.built.elapsed() < cached.lives && cached.index.serves(placement)
         });
         if !fresh {
+            let built = Instant::now();
+            let (views, online_for) = load()?;
             *state = Some(Cached {
-                index: CapacityIndex::new(load()?, placement),
-                built: Instant::now(),
+                index: CapacityIndex::new(views, placement),
+                built,
+                lives: self.ttl.min(online_for),
             });
         }
         let cached = state
@@ -135,7 +147,7 @@ mod tests {
             ..Resources::default()
         };
         let placement = Placement::default();
-        let load = || Ok(vec![node("a"), node("b")]);
+        let load = || Ok((vec![node("a"), node("b")], Duration::MAX));
         let first = cache.place(load, &need, &placement).expect("first");
         let second = cache
             .place(|| panic!("the view is fresh"), &need, &placement)
@@ -156,12 +168,43 @@ mod tests {
             .place(
                 || {
                     reloaded = true;
-                    Ok(vec![node("c")])
+                    Ok((vec![node("c")], Duration::MAX))
                 },
                 &need,
                 &placement,
             )
             .expect("after invalidate");
         assert!(reloaded);
+    }
+
+    /// A node silent for almost the offline threshold is online in the view built now, and
+    /// offline a moment later: the view lives only that long, not the whole TTL (a create
+    /// right after the node counted as offline was placed on it).
+    #[test]
+    fn a_view_lives_no_longer_than_its_online_nodes_stay_online() {
+        let cache = PlacementCache::new(SOLE_VIEW_TTL);
+        let need = Resources {
+            vcpus: 0.1,
+            memory_bytes: 1 << 20,
+            disk_bytes: 1 << 20,
+            ..Resources::default()
+        };
+        let placement = Placement::default();
+        let soon = Duration::from_millis(50);
+        let first = cache
+            .place(|| Ok((vec![node("silent")], soon)), &need, &placement)
+            .expect("first");
+        assert_eq!(first, "silent");
+        std::thread::sleep(soon);
+        let mut silent_offline = node("silent");
+        silent_offline.online = false;
+        let second = cache
+            .place(
+                || Ok((vec![silent_offline, node("b")], Duration::MAX)),
+                &need,
+                &placement,
+            )
+            .expect("second");
+        assert_eq!(second, "b", "the view was read again");
     }
 }

@@ -48,6 +48,14 @@ impl Controller {
         silence.num_seconds() < i64::from(self.config.node_offline_after_secs)
     }
 
+    /// How much longer a node online at `now` stays online without another heartbeat.
+    pub fn online_for(&self, node: &NodeRecord, now: DateTime<Utc>) -> std::time::Duration {
+        let threshold = chrono::Duration::seconds(i64::from(self.config.node_offline_after_secs));
+        (node.last_heartbeat + threshold - now)
+            .to_std()
+            .unwrap_or_default()
+    }
+
     /// Every node with what is promised on it, for scheduling and `admin node list`:
     /// one pass over the nodes and their allocation summaries, never over every VPS.
     pub fn node_views(&self) -> Result<Vec<(NodeRecord, NodeView, u32)>, ControllerError> {

@@ -171,11 +171,16 @@ impl Vps<'_> {
         }
         let node = self.placements.place(
             || {
-                Ok(self
-                    .node_views()?
-                    .into_iter()
-                    .map(|(_, view, _)| view)
-                    .collect())
+                let now = Utc::now();
+                let mut online_for = std::time::Duration::MAX;
+                let mut views = Vec::new();
+                for (node, view, _) in self.node_views()? {
+                    if view.online {
+                        online_for = online_for.min(self.online_for(&node, now));
+                    }
+                    views.push(view);
+                }
+                Ok((views, online_for))
             },
             &resources,
             &self.placement(request.node_selector),
