@@ -34,12 +34,6 @@ impl std::ops::Deref for Metering<'_> {
 }
 
 impl Metering<'_> {
-    /// Accounts one usage sample reported by `node`, as [`Metering::record_usages`] does.
-    /// Returns whether the sample was accepted (false for repeats and dropped samples).
-    pub fn record_usage(&self, node: &str, sample: &Sample) -> Result<bool, ControllerError> {
-        Ok(self.record_usages(node, std::slice::from_ref(sample))? == 1)
-    }
-
     /// Accounts the usage samples of one heartbeat of `node`, in order, in as few store
     /// calls as the store allows (one transaction on sled). Samples of VPSes that are
     /// unknown or placed on another node are dropped. Returns how many samples were accepted
@@ -372,7 +366,6 @@ impl Metering<'_> {
 struct Accounting {
     key: UsageHourKey,
     sample: Sample,
-    hour_start: i64,
     /// The plan's monthly transfer allowance and what happens beyond it.
     allowance: u64,
     overage: TransferOverage,
@@ -404,7 +397,6 @@ impl Accounting {
             },
             current_month: month == BillingMonth::of(now),
             sample,
-            hour_start,
             allowance,
             overage,
             month,
@@ -456,7 +448,7 @@ impl Accounting {
         let mut hour = hour.unwrap_or_else(|| UsageHourRecord {
             tenant: vps.tenant.clone(),
             vps_id: vps.vps_id.clone(),
-            hour_start: self.hour_start,
+            hour_start: self.key.hour_start,
             ..UsageHourRecord::default()
         });
         hour.vps = vps.name.clone();
